@@ -1,0 +1,190 @@
+"""The TOML configuration, validated with pydantic; errors name the file and the field."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Annotated, Literal, Self
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from modeld.errors import ConfigError
+
+EvictionPolicy = Literal["largest_first", "lru", "fewest"]
+PositiveFloat = Annotated[float, Field(gt=0)]
+NonNegativeFloat = Annotated[float, Field(ge=0)]
+
+
+class _Strict(BaseModel):
+    """Unknown keys are errors: a typo in a config must not be silently ignored."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DaemonConfig(_Strict):
+    """The `[daemon]` table."""
+
+    socket: Path = Path("/run/modeld/modeld.sock")
+    socket_mode: int = 0o660
+    socket_group: str | None = None
+    state_dir: Path = Path("/var/lib/modeld")
+    eviction_policy: EvictionPolicy = "largest_first"
+    poll_interval_s: PositiveFloat = 2.0
+    memory_release_timeout_s: PositiveFloat = 60.0
+    memory_poll_interval_s: PositiveFloat = 0.1
+    health_poll_interval_s: PositiveFloat = 0.5
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    hf_cache_dir: Path | None = None
+
+
+class GpuConfig(_Strict):
+    """The `[gpu]` table: the real NVML backend, or a simulated GPU for demos and tests."""
+
+    backend: Literal["nvml", "simulated"] = "nvml"
+    devices_gb: list[PositiveFloat] = Field(default_factory=lambda: [80.0])
+    release_delay_s: NonNegativeFloat = 1.0
+    external_used_gb: list[NonNegativeFloat] = Field(default_factory=list)
+    stale_after_s: PositiveFloat = 10.0
+
+    @model_validator(mode="after")
+    def _external_fits(self) -> Self:
+        if len(self.external_used_gb) > len(self.devices_gb):
+            raise ValueError("external_used_gb has more entries than devices_gb")
+        for index, (ext, total) in enumerate(
+            zip(self.external_used_gb, self.devices_gb, strict=False)
+        ):
+            if ext > total:
+                raise ValueError(f"external_used_gb[{index}] = {ext} exceeds device total {total}")
+        return self
+
+    def external_for(self, device: int) -> float:
+        """Memory held on `device` by processes modeld does not manage (simulated only)."""
+        return self.external_used_gb[device] if device < len(self.external_used_gb) else 0.0
+
+
+class ModelConfig(_Strict):
+    """One `[models."name"]` table."""
+
+    name: str = ""
+    runtime: Literal["docker", "process"] = "docker"
+    # docker: an existing container by name, or one modeld creates from `image`.
+    container: str | None = None
+    image: str | None = None
+    command: list[str] | None = None
+    env: dict[str, str] = Field(default_factory=dict)
+    volumes: list[str] = Field(default_factory=list)
+    ports: list[str] = Field(default_factory=list)
+    network_mode: str | None = None
+    request_gpus: bool = True
+    cwd: Path | None = None
+    endpoint: str
+    size_gb: NonNegativeFloat = 0.0
+    hf_path: str | None = None
+    description: str = ""
+    load_time_seconds: PositiveFloat = 60.0
+    gpus: list[Annotated[int, Field(ge=0)]] = Field(default_factory=lambda: [0], min_length=1)
+    gpu_memory_utilization: Annotated[float, Field(gt=0, le=1)] | None = None
+    gpu_memory_gb: PositiveFloat | None = None
+    load_timeout_s: PositiveFloat = 300.0
+    stop_timeout_s: PositiveFloat = 30.0
+    pinned: bool = False
+
+    @field_validator("endpoint")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must be an http:// or https:// URL")
+        return value.rstrip("/")
+
+    @field_validator("gpus")
+    @classmethod
+    def _unique_gpus(cls, value: list[int]) -> list[int]:
+        if len(set(value)) != len(value):
+            raise ValueError("lists a device twice")
+        return value
+
+    @model_validator(mode="after")
+    def _runtime_fields(self) -> Self:
+        if self.gpu_memory_gb is not None and self.gpu_memory_utilization is not None:
+            raise ValueError("set gpu_memory_gb or gpu_memory_utilization, not both")
+        if self.runtime == "docker" and not (self.container or self.image):
+            raise ValueError("a docker model needs `container` (existing) or `image` (to create)")
+        if self.runtime == "process" and not self.command:
+            raise ValueError("a process model needs `command`")
+        return self
+
+    @property
+    def container_name(self) -> str:
+        """The Docker container's name: the configured one, or `modeld-<model>`."""
+        return self.container or f"modeld-{self.name}"
+
+
+class Config(_Strict):
+    """The whole configuration file."""
+
+    daemon: DaemonConfig = Field(default_factory=DaemonConfig)
+    gpu: GpuConfig = Field(default_factory=GpuConfig)
+    models: dict[str, ModelConfig]
+
+    @model_validator(mode="before")
+    @classmethod
+    def _name_models(cls, data: object) -> object:
+        # Each model learns its own name from its table key, so it can be passed around alone.
+        if isinstance(data, dict) and isinstance(data.get("models"), dict):
+            data = dict(data)
+            data["models"] = {
+                name: ({**table, "name": name} if isinstance(table, dict) else table)
+                for name, table in data["models"].items()
+            }
+        return data
+
+    @model_validator(mode="after")
+    def _devices_exist(self) -> Self:
+        if not self.models:
+            raise ValueError("declare at least one model under [models]")
+        if self.gpu.backend == "simulated":
+            count = len(self.gpu.devices_gb)
+            for model in self.models.values():
+                missing = [gpu for gpu in model.gpus if gpu >= count]
+                if missing:
+                    raise ValueError(
+                        f"models.{model.name}.gpus: device {missing[0]} does not exist "
+                        f"(the simulated GPU has {count})"
+                    )
+        return self
+
+
+def _field_path(loc: tuple[int | str, ...]) -> str:
+    return ".".join(str(part) for part in loc) or "(top level)"
+
+
+def parse_config(data: dict[str, object], source: str = "<config>") -> Config:
+    """Validate a parsed TOML document; raise ConfigError naming the source and fields."""
+    try:
+        return Config.model_validate(data)
+    except ValidationError as exc:
+        problems = [f"{_field_path(err['loc'])}: {err['msg']}" for err in exc.errors()]
+        raise ConfigError(
+            f"{source}: invalid configuration: " + "; ".join(problems),
+            file=source,
+            fields=[_field_path(err["loc"]) for err in exc.errors()],
+        ) from None
+
+
+def load_config(path: Path) -> Config:
+    """Read and validate a TOML configuration file."""
+    try:
+        with path.open("rb") as handle:
+            data = tomllib.load(handle)
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}", file=str(path)) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}", file=str(path)) from None
+    return parse_config(data, str(path))

@@ -1,0 +1,297 @@
+"""`modelctl`: the thin command-line client of modeld.
+
+Exit codes: 0 ok, 1 the daemon said no, 2 usage, 3 cannot reach the daemon.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import itertools
+import json
+import os
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from modeld.client import Client, DaemonUnreachable, RpcError, call, default_socket
+
+EXIT_OK = 0
+EXIT_REFUSED = 1
+EXIT_USAGE = 2
+EXIT_UNREACHABLE = 3
+
+STATE_STYLE = {
+    "running": "green",
+    "loading": "yellow",
+    "stopping": "yellow",
+    "stopped": "dim",
+    "failed": "bold red",
+}
+
+
+def _ago(iso_time: str | None) -> str:
+    if not iso_time:
+        return "-"
+    seconds = max(0.0, time.time() - datetime.fromisoformat(iso_time).timestamp())
+    if seconds < 90:
+        return f"{seconds:.0f}s ago"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f}m ago"
+    return f"{seconds / 3600:.1f}h ago"
+
+
+def _gb(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f} GB"
+
+
+def render_status(console: Console, status: dict[str, Any]) -> None:
+    """The models table, then one line per GPU."""
+    table = Table(title="modeld models")
+    for column in ("model", "state", "since", "memory", "health", "est. load"):
+        table.add_column(column)
+    for name, model in status["models"].items():
+        state = model["status"]
+        memory = _gb(model["gpu_memory_used_gb"])
+        if model["gpu_memory_source"]:
+            memory += f" ({model['gpu_memory_source']})"
+        table.add_row(
+            name + (" [pinned]" if model["pinned"] else ""),
+            f"[{STATE_STYLE.get(state, '')}]{state}[/]",
+            _ago(model["since"]),
+            memory,
+            model["health"],
+            f"~{model['estimated_load_time_seconds']:.0f}s",
+        )
+    console.print(table)
+    for name, model in status["models"].items():
+        if model["failure"]:
+            failure = model["failure"]
+            console.print(f"[red]{name} failed:[/] {failure['reason']}")
+            for line in failure["last_lines"][-5:]:
+                console.print(f"  [dim]{line}[/]")
+    render_gpu(console, status["gpu"])
+
+
+def render_gpu(console: Console, gpu: dict[str, Any]) -> None:
+    """One line per device, and the total."""
+    for device in gpu["devices"]:
+        console.print(
+            f"GPU {device['index']} {device['name']}: {device['used_gb']:.1f} / "
+            f"{device['total_gb']:.1f} GB used, {device['free_gb']:.1f} GB free"
+        )
+    note = " [yellow](stale reading)[/]" if gpu["stale"] else ""
+    console.print(
+        f"total: {gpu['used_gb']:.1f} / {gpu['total_gb']:.1f} GB used, "
+        f"{gpu['available_gb']:.1f} GB available ({gpu['backend']}){note}"
+    )
+
+
+def render_models(console: Console, models: list[dict[str, Any]]) -> None:
+    """The configured models."""
+    table = Table(title="configured models")
+    for column in ("model", "runtime", "gpus", "needs", "size", "description"):
+        table.add_column(column)
+    for model in models:
+        needs = ", ".join(f"{gb:.1f}" for gb in model["gpu_memory_required_gb"].values())
+        table.add_row(
+            model["name"],
+            model["runtime"],
+            ",".join(map(str, model["gpus"])),
+            f"{needs} GB ({model['gpu_memory_required_source']})",
+            _gb(model["size_gb"]),
+            model["description"],
+        )
+    console.print(table)
+
+
+def render_result(console: Console, op: str, result: dict[str, Any]) -> None:
+    """A one-paragraph account of a switch/start/stop/restart."""
+    status = result.get("status")
+    model = result.get("model")
+    if status == "already_loaded":
+        console.print(f"[green]{model} is already running and healthy[/]")
+        return
+    if status in ("stopped", "already_stopped"):
+        console.print(f"{model}: {status.replace('_', ' ')}")
+        return
+    for victim in result.get("unloaded_models", []):
+        console.print(f"stopped {victim} to free memory")
+    state = result.get("state")
+    if state == "running":
+        took = result.get("load_seconds")
+        console.print(
+            f"[green]{model} is running and healthy[/]"
+            + (f" (loaded in {took:.1f}s)" if took else "")
+        )
+    else:
+        console.print(
+            f"{model}: {state} (estimated load ~{result['estimated_load_time_seconds']:.0f}s)"
+        )
+
+
+def _modeld_pids() -> list[int]:
+    """PIDs of running modeld daemons, to tell 'not running' from 'other socket'."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        names = [os.path.basename(arg.decode(errors="replace")) for arg in argv if arg]
+        as_module = any(a == "-m" and b == "modeld" for a, b in itertools.pairwise(names))
+        if "modeld" in names[:2] or as_module:
+            pids.append(int(entry.name))
+    return pids
+
+
+def _unreachable_message(exc: DaemonUnreachable) -> str:
+    pids = _modeld_pids()
+    if pids:
+        hint = (
+            f"modeld is running (pid {', '.join(map(str, pids))}) but not answering here: "
+            "check --socket / MODELD_SOCKET against its [daemon] socket"
+        )
+    else:
+        hint = "modeld does not seem to be running (start it: systemctl start modeld)"
+    return f"modelctl: {exc}. {hint}"
+
+
+async def _with_progress(
+    console: Console, path: Path, op: str, model: str, params: dict[str, Any]
+) -> Any:
+    """Run a waiting call while a second connection polls `status` to draw progress."""
+    request = asyncio.create_task(call(op, path, model=model, **params))
+    with Progress(
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+    ) as progress:
+        bar = progress.add_task(f"{op} {model}", total=None)
+        async with Client(path) as watcher:
+            while not request.done():
+                view = (await watcher.call("status"))["models"][model]
+                if view["status"] == "loading":
+                    loading_for = time.time() - datetime.fromisoformat(view["since"]).timestamp()
+                    progress.update(
+                        bar,
+                        description=f"{model}: loading",
+                        total=max(view["estimated_load_time_seconds"], loading_for),
+                        completed=loading_for,
+                    )
+                else:
+                    progress.update(bar, description=f"{model}: {view['status']}")
+                await asyncio.wait({request}, timeout=0.5)
+    return await request
+
+
+async def _run(args: argparse.Namespace, console: Console) -> int:
+    path: Path = args.socket
+    op: str = args.command
+    if op in ("status", "gpu", "models", "ping"):
+        result = await call(op, path)
+    elif op == "stop":
+        result = await call(op, path, model=args.model)
+    else:
+        params: dict[str, Any] = {"wait": not args.no_wait}
+        if args.timeout is not None:
+            params["timeout"] = args.timeout
+        if params["wait"] and not args.json and console.is_terminal:
+            result = await _with_progress(console, path, op, args.model, params)
+        else:
+            result = await call(op, path, model=args.model, **params)
+    if args.json:
+        print(json.dumps(result, indent=2))
+    elif op == "status":
+        render_status(console, result)
+    elif op == "gpu":
+        render_gpu(console, result)
+    elif op == "models":
+        render_models(console, result)
+    elif op == "ping":
+        console.print(f"modeld {result['version']} answers on {path}")
+    else:
+        render_result(console, op, result)
+    return EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """modelctl's command line."""
+    parser = argparse.ArgumentParser(prog="modelctl", description="Control the modeld daemon.")
+    parser.add_argument(
+        "--socket",
+        type=Path,
+        default=default_socket(),
+        help="daemon socket (default: $MODELD_SOCKET or /run/modeld/modeld.sock)",
+    )
+    parser.add_argument("--json", action="store_true", help="print the raw JSON result")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, text in (
+        ("status", "models and GPU"),
+        ("gpu", "GPU memory"),
+        ("models", "configured models"),
+        ("ping", "is the daemon up"),
+    ):
+        sub.add_parser(name, help=text)
+    for name, text in (
+        ("switch", "make MODEL the one that answers, stopping others if needed"),
+        ("start", "start MODEL if it fits without stopping anything"),
+        ("restart", "stop and start MODEL"),
+    ):
+        command = sub.add_parser(name, help=text)
+        command.add_argument("model")
+        command.add_argument("--no-wait", action="store_true", help="return once started")
+        command.add_argument("--timeout", type=float, help="seconds to wait for health")
+    sub.add_parser("stop", help="stop MODEL").add_argument("model")
+    for command in sub.choices.values():
+        command.add_argument(
+            "--json",
+            action="store_true",
+            default=argparse.SUPPRESS,
+            help="print the raw JSON result",
+        )
+    return parser
+
+
+def run(argv: list[str] | None = None) -> int:
+    """Parse, call the daemon, print; return the exit code."""
+    args = build_parser().parse_args(argv)
+    console = Console()
+    try:
+        return asyncio.run(_run(args, console))
+    except DaemonUnreachable as exc:
+        print(_unreachable_message(exc), file=sys.stderr)
+        return EXIT_UNREACHABLE
+    except RpcError as exc:
+        if args.json:
+            print(
+                json.dumps(
+                    {"error": {"code": exc.code, "message": exc.message, "data": exc.data}},
+                    indent=2,
+                )
+            )
+        else:
+            Console(stderr=True).print(f"[red]modelctl: {exc.message}[/]")
+        return EXIT_REFUSED
+    except KeyboardInterrupt:
+        return 130
+
+
+def main() -> None:
+    """Console entry point."""
+    sys.exit(run())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,101 @@
+"""`modeld-demo`: run the daemon on the embedded demo and show a switch.
+
+Starts `modeld` with etc/modeld/demo.toml (simulated GPU, fake vLLM backends as
+child processes) on a private socket, drives it with `modelctl`, then stops it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from rich.console import Console
+
+DEMO_CONFIG = Path("etc/modeld/demo.toml")
+STEPS: list[list[str]] = [
+    ["models"],
+    ["switch", "demo-chat"],
+    ["switch", "demo-coder"],
+    ["status"],
+    ["switch", "demo-large"],
+    ["switch", "demo-large"],
+    ["status"],
+]
+
+
+def _ctl(socket: Path, args: list[str], console: Console) -> int:
+    console.rule(f"[bold]$ modelctl {' '.join(args)}")
+    command = [sys.executable, "-m", "modeld.ctl", "--socket", str(socket), *args]
+    return subprocess.run(command, check=False).returncode
+
+
+def _wait_ready(daemon: subprocess.Popen[bytes], socket: Path, deadline_s: float) -> bool:
+    deadline = time.monotonic() + deadline_s
+    ping = [sys.executable, "-m", "modeld.ctl", "--socket", str(socket), "ping"]
+    while time.monotonic() < deadline:
+        if daemon.poll() is not None:
+            return False
+        if (
+            socket.exists()
+            and subprocess.run(ping, capture_output=True, check=False).returncode == 0
+        ):
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def run(argv: list[str] | None = None) -> int:
+    """Run the demo; 0 if every step worked."""
+    parser = argparse.ArgumentParser(prog="modeld-demo", description=__doc__)
+    parser.add_argument("--config", type=Path, default=DEMO_CONFIG)
+    args = parser.parse_args(argv)
+    console = Console()
+    if not args.config.exists():
+        console.print(f"[red]modeld-demo: {args.config} not found (run from the repository root)")
+        return 2
+    workdir = Path(tempfile.mkdtemp(prefix="modeld-demo-"))
+    socket = workdir / "modeld.sock"
+    log_path = workdir / "modeld.log"
+    console.print(f"starting modeld on {socket} (daemon log: {log_path})")
+    with log_path.open("wb") as log:
+        daemon = subprocess.Popen(
+            [sys.executable, "-m", "modeld", "--config", str(args.config), "--socket", str(socket)],
+            stderr=log,
+            env={**os.environ, "MODELD_LOG_LEVEL": os.environ.get("MODELD_LOG_LEVEL", "info")},
+        )
+        failed = 0
+        try:
+            if not _wait_ready(daemon, socket, 30):
+                console.print("[red]modeld did not come up; its log:")
+                console.print(log_path.read_text())
+                return 1
+            for step in STEPS:
+                if _ctl(socket, step, console) != 0:
+                    failed += 1
+        finally:
+            daemon.terminate()
+            daemon.wait(timeout=30)
+    console.rule("[bold]daemon log (last lines)")
+    for line in log_path.read_text().splitlines()[-8:]:
+        console.print(line, markup=False, highlight=False)
+    if failed:
+        console.print(f"[red]{failed} demo step(s) failed")
+        return 1
+    shutil.rmtree(workdir, ignore_errors=True)
+    console.print("[green]demo done: modeld switched models and stopped cleanly")
+    return 0
+
+
+def main() -> None:
+    """Console entry point."""
+    sys.exit(run())
+
+
+if __name__ == "__main__":
+    main()

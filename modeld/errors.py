@@ -1,0 +1,99 @@
+"""The one exception family of modeld; each error knows its JSON-RPC code and data."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+
+class ModeldError(Exception):
+    """Base of every error modeld reports to a caller."""
+
+    code: ClassVar[int] = -32000
+    kind: ClassVar[str] = "error"
+
+    def __init__(self, message: str, **data: Any) -> None:
+        super().__init__(message)
+        self.message = message
+        self.data: dict[str, Any] = {"error": self.kind, **data}
+
+
+class UnknownModel(ModeldError):
+    """The named model is not in the configuration."""
+
+    code = -32001
+    kind = "unknown_model"
+
+
+class InsufficientMemory(ModeldError):
+    """Even stopping every stoppable model would not make the target fit."""
+
+    code = -32002
+    kind = "insufficient_memory"
+
+
+class LoadFailed(ModeldError):
+    """The backend did not reach health: it exited, died or could not be started."""
+
+    code = -32003
+    kind = "load_failed"
+
+
+class OperationTimeout(ModeldError):
+    """A wait (for health, for memory to be released) ran past its deadline."""
+
+    code = -32004
+    kind = "timeout"
+
+
+class RuntimeUnavailable(ModeldError):
+    """The runtime (the Docker engine) cannot be reached."""
+
+    code = -32005
+    kind = "runtime_unavailable"
+
+
+class GpuUnavailable(ModeldError):
+    """GPU memory cannot be read, so no memory decision can be made."""
+
+    code = -32006
+    kind = "gpu_unavailable"
+
+
+class OperationFailed(ModeldError):
+    """A runtime operation (stop, inspect) failed for a reason other than the above."""
+
+    code = -32007
+    kind = "operation_failed"
+
+
+class ConfigError(ModeldError):
+    """The configuration file is missing, unreadable or invalid."""
+
+    code = -32008
+    kind = "invalid_config"
+
+
+class SocketInUse(ModeldError):
+    """Another process answers on the daemon's socket path."""
+
+    kind = "socket_in_use"
+
+
+class InvalidParams(ModeldError):
+    """A request's parameters are malformed (JSON-RPC's own code)."""
+
+    code = -32602
+    kind = "invalid_params"
+
+
+ERROR_CLASSES: tuple[type[ModeldError], ...] = (
+    UnknownModel,
+    InsufficientMemory,
+    LoadFailed,
+    OperationTimeout,
+    RuntimeUnavailable,
+    GpuUnavailable,
+    OperationFailed,
+    ConfigError,
+    InvalidParams,
+)

@@ -1,0 +1,55 @@
+"""How much GPU memory a model needs per device, and where that figure comes from."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+
+from modeld.config import ModelConfig
+
+# The seed's rule of thumb, kept only as a last resort: vLLM does not reserve by model size.
+SEED_SIZE_FACTOR = 0.85
+
+
+class Source(StrEnum):
+    """Where a memory figure comes from, most trustworthy first."""
+
+    MEASURED = "measured"
+    CONFIGURED = "configured"
+    UTILIZATION = "utilization"
+    ESTIMATED = "estimated"
+
+
+@dataclass(frozen=True)
+class Need:
+    """GB needed on each device the model uses, and the figure's source."""
+
+    per_device: Mapping[int, float]
+    source: Source
+
+    @property
+    def total_gb(self) -> float:
+        """The need summed over devices."""
+        return sum(self.per_device.values())
+
+
+def model_need(
+    model: ModelConfig,
+    device_totals: Mapping[int, float],
+    measured: Mapping[int, float] | None = None,
+) -> Need:
+    """A model's need per device: measured, else gpu_memory_gb, else U x total, else size x 0.85."""
+    if measured and all(measured.get(gpu, 0.0) > 0 for gpu in model.gpus):
+        return Need({gpu: measured[gpu] for gpu in model.gpus}, Source.MEASURED)
+    if model.gpu_memory_gb is not None:
+        return Need({gpu: model.gpu_memory_gb for gpu in model.gpus}, Source.CONFIGURED)
+    if model.gpu_memory_utilization is not None:
+        utilization = model.gpu_memory_utilization
+        return Need(
+            {gpu: utilization * device_totals.get(gpu, 0.0) for gpu in model.gpus},
+            Source.UTILIZATION,
+        )
+    # Tensor-parallel weights split across devices; the seed knew only one device.
+    share = model.size_gb * SEED_SIZE_FACTOR / len(model.gpus)
+    return Need({gpu: share for gpu in model.gpus}, Source.ESTIMATED)

@@ -1,0 +1,39 @@
+"""What the Supervisor keeps about each model (it alone writes these records)."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+
+from modeld.config import ModelConfig
+from modeld.errors import ModeldError
+from modeld.health import Health
+from modeld.runtime.base import BackendStatus
+from modeld.states import ModelStatus, State
+
+
+@dataclass
+class ModelRecord:
+    """One model's live record: state, health, backend, and its load watcher."""
+
+    config: ModelConfig
+    status: ModelStatus
+    # Bumped by every transition: an observation made before it is stale.
+    generation: int = 0
+    health: Health = Health.UNKNOWN
+    backend: BackendStatus | None = None
+    load: asyncio.Task[ModeldError | None] | None = field(default=None, repr=False)
+    loading_started: float | None = None
+    last_used: float = 0.0
+    last_load_s: float | None = None
+    downloaded_bytes: int | None = None
+
+    @property
+    def name(self) -> str:
+        """The model's name."""
+        return self.config.name
+
+    @property
+    def state(self) -> State:
+        """The model's current state."""
+        return self.status.state

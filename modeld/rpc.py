@@ -1,0 +1,281 @@
+"""The socket API: NDJSON JSON-RPC 2.0 over a Unix stream socket, through jsonrpcserver.
+
+Handlers only call the Supervisor. ModeldError is mapped to a JSON-RPC error here,
+and nowhere else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import grp
+import json
+import os
+import socket
+import struct
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import structlog
+from jsonrpcserver import Error, Result, Success, async_dispatch
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from modeld import __version__
+from modeld.errors import ModeldError, SocketInUse
+from modeld.supervisor import Supervisor
+
+log = structlog.get_logger("modeld.rpc")
+
+MAX_MESSAGE_BYTES = 1024 * 1024
+INVALID_PARAMS = -32602
+INVALID_REQUEST = -32600
+
+
+@dataclass(frozen=True)
+class Context:
+    """What a handler gets: the Supervisor and who is calling (SO_PEERCRED)."""
+
+    supervisor: Supervisor
+    caller: dict[str, int]
+
+
+class _Params(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class NoParams(_Params):
+    """Methods that take no parameters."""
+
+
+class ModelParams(_Params):
+    """`stop`: a model name."""
+
+    model: str = Field(min_length=1)
+
+
+class LoadParams(ModelParams):
+    """`switch`, `start`, `restart`: a model, whether to wait for health, and for how long."""
+
+    wait: bool = True
+    timeout: float | None = Field(default=None, gt=0)
+
+
+Handler = Callable[..., Awaitable[Result]]
+P = TypeVar("P", bound=_Params)
+
+
+def _method(params_type: type[P], call: Callable[[Context, P], Awaitable[Any]]) -> Handler:
+    """Validate params with pydantic, call the Supervisor, map ModeldError to its code."""
+
+    async def handler(context: Context, *args: Any, **kwargs: Any) -> Result:
+        if args:
+            return Error(
+                INVALID_PARAMS,
+                "Invalid params",
+                {"error": "invalid_params", "reason": "params must be an object"},
+            )
+        try:
+            params = params_type.model_validate(kwargs)
+        except ValidationError as exc:
+            problems = [
+                {"field": ".".join(str(p) for p in err["loc"]), "message": err["msg"]}
+                for err in exc.errors()
+            ]
+            return Error(
+                INVALID_PARAMS, "Invalid params", {"error": "invalid_params", "problems": problems}
+            )
+        try:
+            return Success(await call(context, params))
+        except ModeldError as exc:
+            return Error(exc.code, exc.message, exc.data)
+
+    return handler
+
+
+async def _ping(ctx: Context, _: NoParams) -> dict[str, Any]:
+    return {"pong": True, "version": __version__}
+
+
+async def _status(ctx: Context, _: NoParams) -> dict[str, Any]:
+    return ctx.supervisor.status()
+
+
+async def _gpu(ctx: Context, _: NoParams) -> dict[str, Any]:
+    return ctx.supervisor.gpu()
+
+
+async def _models(ctx: Context, _: NoParams) -> list[dict[str, Any]]:
+    return ctx.supervisor.models()
+
+
+async def _switch(ctx: Context, p: LoadParams) -> dict[str, Any]:
+    return await ctx.supervisor.switch(p.model, wait=p.wait, timeout=p.timeout, caller=ctx.caller)
+
+
+async def _start(ctx: Context, p: LoadParams) -> dict[str, Any]:
+    return await ctx.supervisor.start(p.model, wait=p.wait, timeout=p.timeout, caller=ctx.caller)
+
+
+async def _stop(ctx: Context, p: ModelParams) -> dict[str, Any]:
+    return await ctx.supervisor.stop(p.model, caller=ctx.caller)
+
+
+async def _restart(ctx: Context, p: LoadParams) -> dict[str, Any]:
+    return await ctx.supervisor.restart(p.model, wait=p.wait, timeout=p.timeout, caller=ctx.caller)
+
+
+METHODS: dict[str, Handler] = {
+    "ping": _method(NoParams, _ping),
+    "status": _method(NoParams, _status),
+    "gpu": _method(NoParams, _gpu),
+    "models": _method(NoParams, _models),
+    "switch": _method(LoadParams, _switch),
+    "start": _method(LoadParams, _start),
+    "stop": _method(ModelParams, _stop),
+    "restart": _method(LoadParams, _restart),
+}
+
+
+def peer_credentials(writer: asyncio.StreamWriter) -> dict[str, int]:
+    """The caller's pid, uid and gid from SO_PEERCRED (empty if unavailable)."""
+    sock = writer.get_extra_info("socket")
+    if sock is None:
+        return {}
+    try:
+        raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    except OSError:
+        return {}
+    pid, uid, gid = struct.unpack("3i", raw)
+    return {"pid": pid, "uid": uid, "gid": gid}
+
+
+def _error_line(code: int, message: str, data: dict[str, Any]) -> bytes:
+    body = {"jsonrpc": "2.0", "error": {"code": code, "message": message, "data": data}, "id": None}
+    return json.dumps(body).encode() + b"\n"
+
+
+class RpcServer:
+    """Serves JSON-RPC on a Unix socket; each connection, and each request, on its own."""
+
+    def __init__(
+        self, supervisor: Supervisor, path: Path, mode: int = 0o660, group: str | None = None
+    ) -> None:
+        self._supervisor = supervisor
+        self._path = path
+        self._mode = mode
+        self._group = group
+        self._server: asyncio.Server | None = None
+        self._requests: set[asyncio.Task[None]] = set()
+        self._listening = False
+
+    async def start(self) -> None:
+        """Listen on the socket path, replacing a stale socket but never a live one."""
+        self._path.parent.mkdir(parents=True, exist_ok=True)
+        if self._path.exists() or self._path.is_socket():
+            if await _answers(self._path):
+                raise SocketInUse(
+                    f"{self._path} is in use by another process (is modeld running?)",
+                    socket=str(self._path),
+                )
+            self._path.unlink()
+        self._server = await asyncio.start_unix_server(
+            self._connection, path=str(self._path), limit=MAX_MESSAGE_BYTES + 1
+        )
+        self._listening = True
+        os.chmod(self._path, self._mode)
+        if self._group:
+            try:
+                os.chown(self._path, -1, grp.getgrnam(self._group).gr_gid)
+            except (KeyError, PermissionError) as exc:
+                log.warning("socket.group_not_set", group=self._group, error=str(exc))
+        log.info("socket.listening", path=str(self._path))
+
+    async def close(self) -> None:
+        """Stop accepting, let in-flight requests finish, remove the socket."""
+        try:
+            if self._server is not None:
+                self._server.close()
+                if self._requests:
+                    await asyncio.wait(self._requests, timeout=30)
+        finally:
+            # Only the socket this server created: never another daemon's.
+            if self._listening:
+                with contextlib.suppress(FileNotFoundError):
+                    self._path.unlink()
+
+    async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        context = Context(self._supervisor, peer_credentials(writer))
+        write_lock = asyncio.Lock()
+        mine: set[asyncio.Task[None]] = set()
+        try:
+            while True:
+                try:
+                    line = await reader.readuntil(b"\n")
+                except asyncio.IncompleteReadError as exc:
+                    line = exc.partial  # the last message may lack its newline
+                    if not line.strip():
+                        break
+                except asyncio.LimitOverrunError:
+                    await self._send(
+                        writer,
+                        write_lock,
+                        _error_line(
+                            INVALID_REQUEST,
+                            "Invalid Request",
+                            {"error": "too_large", "limit_bytes": MAX_MESSAGE_BYTES},
+                        ),
+                    )
+                    break  # the stream cannot be resynchronised: drop this connection only
+                if line.strip():
+                    task = asyncio.create_task(self._request(line, context, writer, write_lock))
+                    for registry in (self._requests, mine):
+                        registry.add(task)
+                        task.add_done_callback(registry.discard)
+                if reader.at_eof():
+                    break
+        except ConnectionError:
+            pass
+        finally:
+            # A caller that hangs up (or half-closes after its last request, as socat does)
+            # does not abort its switch: the request tasks finish, answer if they still can,
+            # and log their outcome; only then is the transport closed.
+            if mine:
+                await asyncio.wait(mine)
+            writer.close()
+
+    async def _request(
+        self, line: bytes, context: Context, writer: asyncio.StreamWriter, write_lock: asyncio.Lock
+    ) -> None:
+        try:
+            text = line.decode("utf-8")
+        except UnicodeDecodeError:
+            await self._send(
+                writer, write_lock, _error_line(-32700, "Parse error", {"error": "not_utf8"})
+            )
+            return
+        response = await async_dispatch(text, methods=METHODS, context=context)
+        if response:
+            await self._send(writer, write_lock, response.encode() + b"\n")
+
+    @staticmethod
+    async def _send(writer: asyncio.StreamWriter, lock: asyncio.Lock, data: bytes) -> None:
+        async with lock:
+            if writer.is_closing():
+                log.info("rpc.caller_gone", bytes=len(data))
+                return
+            try:
+                writer.write(data)
+                await writer.drain()
+            except ConnectionError:
+                log.info("rpc.caller_gone", bytes=len(data))
+
+
+async def _answers(path: Path) -> bool:
+    try:
+        _, writer = await asyncio.wait_for(asyncio.open_unix_connection(str(path)), 2)
+    except (OSError, TimeoutError):
+        return False
+    writer.close()
+    return True

@@ -1,0 +1,203 @@
+"""The Docker runtime, through aiodocker only.
+
+A model names either an existing container (docker compose made it; modeld only
+starts and stops it) or an image, from which modeld creates a container labelled
+`modeld.model=<name>`, recreating it at each start so config changes apply.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiodocker
+import aiohttp
+from aiodocker.containers import DockerContainer
+
+from modeld.config import ModelConfig
+from modeld.errors import LoadFailed, ModeldError, OperationFailed, RuntimeUnavailable
+from modeld.runtime.base import LOG_LINES, BackendState, BackendStatus
+
+LABEL = "modeld.model"
+
+
+def _port_bindings(ports: list[str]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Compose-style "host:container" (or "ip:host:container") into Docker's two maps."""
+    exposed: dict[str, Any] = {}
+    bindings: dict[str, Any] = {}
+    for spec in ports:
+        parts = spec.split(":")
+        container_port = parts[-1] if "/" in parts[-1] else f"{parts[-1]}/tcp"
+        host_ip = parts[0] if len(parts) == 3 else ""
+        host_port = parts[-2] if len(parts) >= 2 else ""
+        exposed[container_port] = {}
+        bindings.setdefault(container_port, []).append({"HostIp": host_ip, "HostPort": host_port})
+    return exposed, bindings
+
+
+def container_config(model: ModelConfig) -> dict[str, Any]:
+    """The Engine API create body for a model that names an image."""
+    exposed, bindings = _port_bindings(model.ports)
+    host: dict[str, Any] = {"Binds": list(model.volumes), "PortBindings": bindings}
+    if model.network_mode:
+        host["NetworkMode"] = model.network_mode
+    if model.request_gpus:
+        host["DeviceRequests"] = [
+            {
+                "Driver": "nvidia",
+                "DeviceIDs": [str(gpu) for gpu in model.gpus],
+                "Capabilities": [["gpu"]],
+            }
+        ]
+    config: dict[str, Any] = {
+        "Image": model.image,
+        "Env": [f"{key}={value}" for key, value in model.env.items()],
+        "Labels": {LABEL: model.name},
+        "ExposedPorts": exposed,
+        "HostConfig": host,
+        "StopTimeout": int(model.stop_timeout_s),
+    }
+    if model.command:
+        config["Cmd"] = list(model.command)
+    return config
+
+
+def _status(info: dict[str, Any]) -> BackendStatus:
+    state = info["State"]
+    if state.get("Running"):
+        return BackendStatus(
+            BackendState.RUNNING,
+            pid=int(state.get("Pid") or 0) or None,
+            id=info["Id"],
+            started_at=state.get("StartedAt"),
+        )
+    if state.get("Status") == "created":
+        return BackendStatus(BackendState.ABSENT, id=info["Id"])
+    return BackendStatus(
+        BackendState.EXITED,
+        exit_code=state.get("ExitCode"),
+        id=info["Id"],
+        started_at=state.get("StartedAt"),
+    )
+
+
+def _info(container: DockerContainer) -> dict[str, Any]:
+    """The inspect data `containers.get` already fetched, without a second request."""
+    return {"Id": container.id, "State": container["State"]}
+
+
+class DockerRuntime:
+    """A Runtime over the Docker Engine API."""
+
+    name = "docker"
+
+    def __init__(self, url: str | None = None) -> None:
+        self._url = url
+        self._docker: aiodocker.Docker | None = None
+
+    def _client(self) -> aiodocker.Docker:
+        if self._docker is None:
+            try:
+                self._docker = aiodocker.Docker(url=self._url)
+            except Exception as exc:  # aiodocker raises ValueError when it finds no socket
+                raise RuntimeUnavailable(
+                    f"Docker engine not found: {exc}", runtime="docker"
+                ) from None
+        return self._docker
+
+    @contextlib.asynccontextmanager
+    async def _engine(self, model: ModelConfig, action: str) -> AsyncIterator[aiodocker.Docker]:
+        """Map the engine's failures to modeld's errors, in one place for this runtime."""
+        try:
+            yield self._client()
+        except ModeldError:
+            raise
+        except aiodocker.DockerError as exc:
+            error = LoadFailed if action == "start" else OperationFailed
+            raise error(
+                f"{model.name}: docker {action} failed: {exc.message}",
+                model=model.name,
+                reason=exc.message,
+                docker_status=exc.status,
+            ) from None
+        except (aiohttp.ClientError, OSError) as exc:
+            raise RuntimeUnavailable(
+                f"Docker engine unreachable ({action} {model.name}): {exc}",
+                runtime="docker",
+            ) from None
+
+    async def _find(self, docker: aiodocker.Docker, model: ModelConfig) -> DockerContainer | None:
+        try:
+            return await docker.containers.get(model.container_name)
+        except aiodocker.DockerError as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    async def start(self, model: ModelConfig) -> BackendStatus:
+        """Start the existing container, or create a fresh one from the image and start it."""
+        async with self._engine(model, "start") as docker:
+            container = await self._find(docker, model)
+            if model.image:
+                if container is not None:
+                    if container["State"].get("Running"):
+                        return _status(_info(container))
+                    await container.delete(force=True)
+                container = await docker.containers.create(
+                    container_config(model), name=model.container_name
+                )
+            elif container is None:
+                raise LoadFailed(
+                    f"{model.name}: container {model.container_name!r} does not exist "
+                    "(create it first, e.g. `docker compose create`, or set `image`)",
+                    model=model.name,
+                    reason="no such container",
+                )
+            await container.start()
+            return _status(await container.show())
+
+    async def stop(self, model: ModelConfig) -> None:
+        """Stop the container (SIGTERM, SIGKILL after `stop_timeout_s`); no-op when not running."""
+        async with self._engine(model, "stop") as docker:
+            container = await self._find(docker, model)
+            if container is None or not container["State"].get("Running"):
+                return
+            await container.stop(t=int(model.stop_timeout_s))
+
+    async def inspect(self, model: ModelConfig) -> BackendStatus:
+        """The container's state, PID and exit code."""
+        async with self._engine(model, "inspect") as docker:
+            container = await self._find(docker, model)
+            if container is None:
+                return BackendStatus(BackendState.ABSENT)
+            return _status(_info(container))
+
+    async def wait_exit(self, model: ModelConfig) -> BackendStatus:
+        """Block on the Engine's wait endpoint until the container stops running."""
+        async with self._engine(model, "wait") as docker:
+            container = await self._find(docker, model)
+            if container is None:
+                return BackendStatus(BackendState.ABSENT)
+            result = await container.wait()
+            return BackendStatus(
+                BackendState.EXITED, exit_code=result.get("StatusCode"), id=container.id
+            )
+
+    async def logs(self, model: ModelConfig, lines: int = LOG_LINES) -> list[str]:
+        """The container's last log lines; empty if the engine cannot give them."""
+        try:
+            async with self._engine(model, "logs") as docker:
+                container = await self._find(docker, model)
+                if container is None:
+                    return []
+                chunks = await container.log(stdout=True, stderr=True, tail=lines)
+        except ModeldError:
+            return []
+        return "".join(chunks).splitlines()[-lines:]
+
+    async def close(self) -> None:
+        """Close the engine connection; containers keep running (a restart adopts them)."""
+        if self._docker is not None:
+            await self._docker.close()
+            self._docker = None

@@ -1,0 +1,80 @@
+"""Model states and the one table of transitions allowed between them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+
+class State(StrEnum):
+    """Where a model's backend is in its life."""
+
+    STOPPED = "stopped"
+    LOADING = "loading"
+    RUNNING = "running"
+    STOPPING = "stopping"
+    FAILED = "failed"
+
+
+S = State
+
+# Every allowed move, and nothing else. Why each exists:
+#   stopped->loading   start requested, or a backend found started behind modeld's back
+#   stopped->running   not allowed: health is only ever reached through loading
+#   loading->running   health answered 200
+#   loading->failed    backend exited, health 503, deadline passed, or start itself failed
+#   loading->stopping  a stop (or an eviction) arrived while it loaded
+#   running->stopping  stop or eviction
+#   running->failed    the backend died or exited without being asked to
+#   stopping->stopped  the backend is gone
+#   stopping->failed   the runtime could not stop it
+#   failed->loading    retried start, or found running again behind modeld's back
+#   failed->stopping   clean up what a failed backend left (a container that still runs)
+#   failed->stopped    an explicit stop of a model whose backend is already gone
+TRANSITIONS: dict[State, frozenset[State]] = {
+    S.STOPPED: frozenset({S.LOADING}),
+    S.LOADING: frozenset({S.RUNNING, S.FAILED, S.STOPPING}),
+    S.RUNNING: frozenset({S.STOPPING, S.FAILED}),
+    S.STOPPING: frozenset({S.STOPPED, S.FAILED}),
+    S.FAILED: frozenset({S.LOADING, S.STOPPING, S.STOPPED}),
+}
+
+# States in which a backend may hold GPU memory.
+ACTIVE: frozenset[State] = frozenset({S.LOADING, S.RUNNING, S.STOPPING})
+
+
+class IllegalTransition(Exception):
+    """A transition outside the table: a bug in modeld, never a user error."""
+
+
+def check_transition(current: State, new: State) -> None:
+    """Raise IllegalTransition unless the table allows `current -> new`."""
+    if new not in TRANSITIONS[current]:
+        raise IllegalTransition(f"{current} -> {new} is not an allowed transition")
+
+
+@dataclass(frozen=True)
+class Failure:
+    """Why a model failed: a message, and the backend's exit code and last lines if any."""
+
+    reason: str
+    exit_code: int | None = None
+    last_lines: tuple[str, ...] = ()
+
+    def as_dict(self) -> dict[str, Any]:
+        """The failure as JSON-ready data."""
+        return {
+            "reason": self.reason,
+            "exit_code": self.exit_code,
+            "last_lines": list(self.last_lines),
+        }
+
+
+@dataclass(frozen=True)
+class ModelStatus:
+    """A model's state, when it entered it (wall clock), and why it failed if it did."""
+
+    state: State
+    since: float
+    failure: Failure | None = None

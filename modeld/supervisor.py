@@ -1,0 +1,657 @@
+"""The Supervisor: the one owner of model state.
+
+Operations (switch, start, stop, restart) are served one at a time under one
+asyncio.Lock. State changes only through `_transition`, over the table in
+`states.py`. Transitions are synchronous (no await inside), so the load watchers
+and the monitor, which observe the world between operations, apply theirs
+atomically on the event loop; each checks the record's generation first so that
+an observation made before another change is dropped instead of applied.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections import defaultdict
+from collections.abc import Mapping
+from typing import Any
+
+import structlog
+
+from modeld.config import Config
+from modeld.errors import (
+    ConfigError,
+    GpuUnavailable,
+    InsufficientMemory,
+    LoadFailed,
+    ModeldError,
+    OperationTimeout,
+    RuntimeUnavailable,
+    UnknownModel,
+)
+from modeld.gpu.base import BackendRef, GpuMonitor, GpuReading
+from modeld.health import Health, HealthProbe
+from modeld.hfcache import downloaded_bytes, hf_cache_dir
+from modeld.memory import model_need
+from modeld.planner import Candidate, Device, Infeasible, Plan, Target, plan_switch
+from modeld.record import ModelRecord
+from modeld.runtime.base import BackendState, Runtime
+from modeld.states import Failure, ModelStatus, State, check_transition
+from modeld.views import device_totals, gpu_view, held_memory, model_view, models_view, runtime_view
+
+log = structlog.get_logger("modeld.supervisor")
+
+Caller = Mapping[str, int]
+
+
+class Supervisor:
+    """Owns every model's state and serves operations on them one at a time."""
+
+    def __init__(
+        self,
+        config: Config,
+        gpu: GpuMonitor,
+        runtimes: Mapping[str, Runtime],
+        probe: HealthProbe | None = None,
+    ) -> None:
+        self._config = config
+        self._gpu = gpu
+        self._runtimes = dict(runtimes)
+        self._probe = probe or HealthProbe()
+        self._lock = asyncio.Lock()
+        self._models = {
+            name: ModelRecord(model, ModelStatus(State.STOPPED, time.time()))
+            for name, model in config.models.items()
+        }
+        self._reading: GpuReading | None = None
+        self._reading_at = 0.0
+        self._gpu_error: str | None = None
+        self._runtime_errors: dict[str, str | None] = {name: None for name in self._runtimes}
+        self._changed = asyncio.Event()
+        self._monitor: asyncio.Task[None] | None = None
+        self._busy = 0
+
+    # ---- lifecycle -------------------------------------------------------------------
+
+    async def startup(self) -> None:
+        """Read the GPU, check every model's devices exist, find what already runs."""
+        reading = await self._read_gpu()
+        present = {d.index for d in reading.devices}
+        for record in self._models.values():
+            missing = [gpu for gpu in record.config.gpus if gpu not in present]
+            if missing:
+                raise ConfigError(
+                    f"models.{record.name}.gpus: device {missing[0]} does not exist "
+                    f"(this host has {len(present)})",
+                    fields=[f"models.{record.name}.gpus"],
+                )
+        for record in self._models.values():
+            await self._find_running(record)
+        await self._scan_downloads()
+        await self.poll_once()
+        self._monitor = asyncio.create_task(self._monitor_loop(), name="modeld-monitor")
+
+    async def _find_running(self, record: ModelRecord) -> None:
+        try:
+            backend = await self._runtime(record).inspect(record.config)
+        except RuntimeUnavailable as exc:
+            self._runtime_errors[record.config.runtime] = exc.message
+            return
+        if backend.state is BackendState.RUNNING:
+            # Found running: watch it to health instead of restarting it.
+            record.backend = backend
+            self._begin_loading(record, "found running at startup")
+
+    async def shutdown(self) -> None:
+        """Stop watching; models in containers keep running, process children are stopped."""
+        tasks = [t for t in [self._monitor] + [r.load for r in self._models.values()] if t]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for runtime in self._runtimes.values():
+            await runtime.close()
+        await self._gpu.close()
+        await self._probe.close()
+
+    # ---- queries: answered from memory -----------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        """Every model's state in the seed's fields, and the GPU block."""
+        return {
+            "models": {name: model_view(r, self._reading) for name, r in self._models.items()},
+            "gpu": self.gpu(),
+            "runtimes": runtime_view(self._runtime_errors),
+            "eviction_policy": self._config.daemon.eviction_policy,
+            "busy": self._busy > 0,
+        }
+
+    def gpu(self) -> dict[str, Any]:
+        """The last GPU reading in the seed's shape, with devices and freshness."""
+        return gpu_view(
+            self._reading, self._gpu.backend, self._gpu_error, self._gpu_error is not None
+        )
+
+    def models(self) -> list[dict[str, Any]]:
+        """The configured models."""
+        return models_view(self._models.values(), self._reading)
+
+    def state_of(self, name: str) -> State:
+        """A model's current state."""
+        return self._record(name).state
+
+    async def wait_for_state(self, name: str, states: set[State], timeout: float) -> State:
+        """Return once `name` is in one of `states`; TimeoutError after `timeout`."""
+        record = self._record(name)
+        async with asyncio.timeout(timeout):
+            while record.state not in states:
+                await self._changed.wait()
+        return record.state
+
+    # ---- operations: one at a time ---------------------------------------------------
+
+    async def switch(
+        self,
+        name: str,
+        *,
+        wait: bool = True,
+        timeout: float | None = None,
+        caller: Caller | None = None,
+    ) -> dict[str, Any]:
+        """Make `name` the model that answers: stop what must go, start it, wait for health."""
+        record = self._record(name)
+        async with self._operation("switch", record, caller):
+            return await self._bring_up(record, evict=True, wait=wait, timeout=timeout)
+
+    async def start(
+        self,
+        name: str,
+        *,
+        wait: bool = True,
+        timeout: float | None = None,
+        caller: Caller | None = None,
+    ) -> dict[str, Any]:
+        """Start `name` only if it fits without stopping anything."""
+        record = self._record(name)
+        async with self._operation("start", record, caller):
+            return await self._bring_up(record, evict=False, wait=wait, timeout=timeout)
+
+    async def stop(self, name: str, *, caller: Caller | None = None) -> dict[str, Any]:
+        """Stop `name`'s backend; stopping a stopped model is not an error."""
+        record = self._record(name)
+        async with self._operation("stop", record, caller):
+            if record.state is State.STOPPED:
+                return {"status": "already_stopped", "model": name}
+            await self._check_runtime(record)
+            await self._stop_model(record, "requested")
+            return {"status": "stopped", "model": name}
+
+    async def restart(
+        self,
+        name: str,
+        *,
+        wait: bool = True,
+        timeout: float | None = None,
+        caller: Caller | None = None,
+    ) -> dict[str, Any]:
+        """Stop `name` if it runs, wait for its memory, and start it again."""
+        record = self._record(name)
+        async with self._operation("restart", record, caller):
+            await self._check_runtime(record)
+            if record.state is not State.STOPPED:
+                await self._stop_model(record, "restart")
+                await self._wait_for_memory(record)
+            result = await self._bring_up(record, evict=False, wait=wait, timeout=timeout)
+            return {**result, "status": "restarted"}
+
+    @contextlib.asynccontextmanager
+    async def _operation(self, op: str, record: ModelRecord, caller: Caller | None) -> Any:
+        log.info("operation.requested", op=op, model=record.name, caller=dict(caller or {}))
+        async with self._lock:
+            self._busy += 1
+            started = time.monotonic()
+            try:
+                yield
+            except ModeldError as exc:
+                log.warning(
+                    "operation.failed",
+                    op=op,
+                    model=record.name,
+                    error=exc.data["error"],
+                    message=exc.message,
+                    caller=dict(caller or {}),
+                )
+                raise
+            else:
+                log.info(
+                    "operation.done",
+                    op=op,
+                    model=record.name,
+                    caller=dict(caller or {}),
+                    seconds=round(time.monotonic() - started, 3),
+                )
+            finally:
+                self._busy -= 1
+
+    async def _bring_up(
+        self, record: ModelRecord, *, evict: bool, wait: bool, timeout: float | None
+    ) -> dict[str, Any]:
+        record.last_used = time.time()
+        if record.state is State.RUNNING:
+            return {
+                "status": "already_loaded",
+                "model": record.name,
+                "message": f"Model '{record.name}' is already running and healthy",
+            }
+        if record.state is State.LOADING:
+            # Already on its way: wait for that load, never start a second backend.
+            return await self._join_load(record, wait, timeout, [], None)
+        await self._check_runtime(record)
+        reading = await self._read_gpu()
+        plan = self._plan(record, reading)
+        if isinstance(plan, Infeasible):
+            raise self._insufficient(record, plan)
+        memory_info = {
+            "required_gb": round(plan.required_gb, 1),
+            "available_before_gb": round(plan.available_before_gb, 1),
+            "freed_gb": round(plan.freed_gb, 1),
+            "device": plan.device,
+            "source": model_need(record.config, device_totals(reading)).source.value,
+            "per_device": {
+                str(d): {k: round(v, 1) for k, v in figures.items()}
+                for d, figures in plan.per_device.items()
+            },
+        }
+        if plan.stop and not evict:
+            raise InsufficientMemory(
+                f"Not enough free GPU memory to start {record.name} without stopping "
+                f"{', '.join(plan.stop)}; use switch to let modeld stop them",
+                model=record.name,
+                would_stop=list(plan.stop),
+                **memory_info,
+            )
+        log.info("switch.plan", model=record.name, stop=list(plan.stop), **memory_info)
+        for victim in plan.stop:
+            await self._stop_model(self._models[victim], f"evicted for {record.name}")
+        if plan.stop:
+            await self._wait_for_memory(record)
+        await self._start_model(record)
+        return await self._join_load(record, wait, timeout, list(plan.stop), memory_info)
+
+    def _insufficient(self, record: ModelRecord, plan: Infeasible) -> InsufficientMemory:
+        return InsufficientMemory(
+            f"Cannot free enough GPU memory to load {record.name} on GPU {plan.device}. "
+            f"Required: {plan.required_gb:.1f}GB, Available after unloading all models: "
+            f"{plan.total_available_gb:.1f}GB",
+            model=record.name,
+            device=plan.device,
+            required_gb=round(plan.required_gb, 1),
+            available_gb=round(plan.available_gb, 1),
+            freed_gb=round(plan.freed_gb, 1),
+            total_available_gb=round(plan.total_available_gb, 1),
+            pinned_blocking=list(plan.blocked_by),
+        )
+
+    async def _join_load(
+        self,
+        record: ModelRecord,
+        wait: bool,
+        timeout: float | None,
+        unloaded: list[str],
+        memory_info: dict[str, Any] | None,
+    ) -> dict[str, Any]:
+        result: dict[str, Any] = {
+            "status": "success",
+            "model": record.name,
+            "unloaded_models": unloaded,
+            "estimated_load_time_seconds": round(
+                record.last_load_s or record.config.load_time_seconds, 1
+            ),
+            "memory_info": memory_info
+            or {"required_gb": None, "available_before_gb": None, "freed_gb": 0},
+        }
+        load = record.load
+        if wait and load is not None:
+            try:
+                failure = await asyncio.wait_for(asyncio.shield(load), timeout)
+            except TimeoutError:
+                raise OperationTimeout(
+                    f"{record.name} is still loading after {timeout}s; the load goes on",
+                    model=record.name,
+                    state=record.state.value,
+                ) from None
+            except asyncio.CancelledError:
+                if load.cancelled() and not _current_task_cancelling():
+                    raise LoadFailed(
+                        f"{record.name}: load aborted", model=record.name, reason="aborted"
+                    ) from None
+                raise
+            if failure is not None:
+                raise failure
+        result["state"] = record.state.value
+        result["health"] = record.health.value
+        result["load_seconds"] = round(record.last_load_s, 2) if record.last_load_s else None
+        return result
+
+    # ---- state changes ---------------------------------------------------------------
+
+    def _transition(
+        self, record: ModelRecord, new: State, reason: str, failure: Failure | None = None
+    ) -> None:
+        """The one place a model's state changes: validate, stamp, log, wake waiters."""
+        old = record.state
+        check_transition(old, new)
+        record.status = ModelStatus(new, time.time(), failure)
+        record.generation += 1
+        fields: dict[str, Any] = {
+            "model": record.name,
+            "from_state": old.value,
+            "to_state": new.value,
+            "reason": reason,
+        }
+        if failure is not None:
+            fields.update(failure=failure.reason, exit_code=failure.exit_code)
+        log.info("model.transition", **fields)
+        changed, self._changed = self._changed, asyncio.Event()
+        changed.set()
+
+    def _begin_loading(self, record: ModelRecord, reason: str) -> None:
+        self._transition(record, State.LOADING, reason)
+        record.loading_started = time.monotonic()
+        record.load = asyncio.create_task(self._watch_load(record), name=f"load-{record.name}")
+
+    async def _start_model(self, record: ModelRecord) -> None:
+        runtime = self._runtime(record)
+        if record.state is State.FAILED:
+            # A failed backend may linger (vLLM's server outlives its dead engine).
+            await runtime.stop(record.config)
+        self._transition(record, State.LOADING, "start")
+        record.loading_started = time.monotonic()
+        record.health = Health.UNKNOWN
+        try:
+            record.backend = await runtime.start(record.config)
+        except ModeldError as exc:
+            self._transition(record, State.FAILED, "start failed", Failure(exc.message))
+            raise
+        record.load = asyncio.create_task(self._watch_load(record), name=f"load-{record.name}")
+
+    async def _stop_model(self, record: ModelRecord, reason: str) -> None:
+        if record.load is not None and not record.load.done():
+            record.load.cancel()
+            await asyncio.wait({record.load})
+        record.load = None
+        if record.state is State.STOPPED:
+            return
+        self._transition(record, State.STOPPING, reason)
+        try:
+            await self._runtime(record).stop(record.config)
+        except ModeldError as exc:
+            self._transition(
+                record, State.FAILED, "stop failed", Failure(f"stop failed: {exc.message}")
+            )
+            raise
+        record.health = Health.UNKNOWN
+        record.backend = None
+        self._transition(record, State.STOPPED, reason)
+
+    async def _watch_load(self, record: ModelRecord) -> ModeldError | None:
+        """Race health against the backend's exit and the load deadline; record the outcome."""
+        started = record.loading_started or time.monotonic()
+        try:
+            await self._await_ready(record, record.config.load_timeout_s)
+        except ModeldError as failure:
+            # Nothing half-loaded may keep GPU memory: stop it (a no-op once it exited).
+            with contextlib.suppress(ModeldError):
+                await self._runtime(record).stop(record.config)
+            record.load = None
+            self._transition(
+                record,
+                State.FAILED,
+                "load failed",
+                Failure(
+                    failure.message,
+                    failure.data.get("exit_code"),
+                    tuple(failure.data.get("last_lines", ())),
+                ),
+            )
+            return failure
+        record.last_load_s = time.monotonic() - started
+        record.load = None
+        self._transition(record, State.RUNNING, "healthy")
+        return None
+
+    async def _await_ready(self, record: ModelRecord, timeout: float) -> None:
+        runtime = self._runtime(record)
+        exited = asyncio.create_task(runtime.wait_exit(record.config))
+        healthy = asyncio.create_task(self._until_healthy(record))
+        try:
+            done, _ = await asyncio.wait(
+                {exited, healthy}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+            )
+        finally:
+            exited.cancel()
+            healthy.cancel()
+            await asyncio.gather(exited, healthy, return_exceptions=True)
+        if healthy in done:
+            healthy.result()
+            return
+        if exited in done:
+            status = exited.result()
+            lines = await runtime.logs(record.config)
+            raise LoadFailed(
+                f"{record.name}: backend exited with code {status.exit_code} while loading",
+                model=record.name,
+                reason="exited during load",
+                exit_code=status.exit_code,
+                last_lines=lines,
+            )
+        raise OperationTimeout(
+            f"{record.name} did not answer /health within load_timeout_s={timeout}s",
+            model=record.name,
+            load_timeout_s=timeout,
+        )
+
+    async def _until_healthy(self, record: ModelRecord) -> None:
+        while True:
+            record.health = await self._probe.check(record.config.endpoint)
+            if record.health is Health.HEALTHY:
+                return
+            if record.health is Health.DEAD:
+                raise LoadFailed(
+                    f"{record.name}: /health answered 503: the engine died while loading",
+                    model=record.name,
+                    reason="engine died",
+                )
+            await asyncio.sleep(self._config.daemon.health_poll_interval_s)
+
+    # ---- memory ----------------------------------------------------------------------
+
+    async def _read_gpu(self) -> GpuReading:
+        """A fresh reading; a recent one (marked stale) if the driver fails; else GpuUnavailable."""
+        try:
+            reading = await self._gpu.read(self._backend_refs())
+        except GpuUnavailable as exc:
+            self._gpu_error = exc.message
+            age = time.monotonic() - self._reading_at
+            if self._reading is not None and age <= self._config.gpu.stale_after_s:
+                log.warning("gpu.stale_reading", error=exc.message, age_s=round(age, 2))
+                return self._reading
+            raise
+        self._reading = reading
+        self._reading_at = time.monotonic()
+        self._gpu_error = None
+        return reading
+
+    def _backend_refs(self) -> list[BackendRef]:
+        totals = device_totals(self._reading) or dict(enumerate(self._config.gpu.devices_gb))
+        return [
+            BackendRef(
+                model=r.name,
+                pid=r.backend.pid,
+                container_id=r.backend.id,
+                expected_gb=model_need(r.config, totals).per_device,
+            )
+            for r in self._models.values()
+            if r.backend is not None and r.backend.pid
+        ]
+
+    def _plan_inputs(
+        self, target: ModelRecord, reading: GpuReading
+    ) -> tuple[Target, list[Device], list[Candidate]]:
+        """Plain data for the planner: free memory net of loads still growing; who holds what."""
+        totals = device_totals(reading)
+        pending: dict[int, float] = defaultdict(float)
+        candidates = []
+        for record in self._models.values():
+            if record is target or record.state not in (State.RUNNING, State.LOADING):
+                continue
+            held, _ = held_memory(record, reading)
+            if record.state is State.LOADING:
+                # A loading vLLM has not yet reserved all it will: count the rest as taken.
+                need = model_need(record.config, totals).per_device
+                for device, gb in need.items():
+                    pending[device] += max(0.0, gb - held.get(device, 0.0))
+                    held[device] = max(gb, held.get(device, 0.0))
+            candidates.append(
+                Candidate(
+                    record.name, held, record.config.size_gb, record.last_used, record.config.pinned
+                )
+            )
+        devices = [
+            Device(d.index, d.total_gb, d.free_gb - pending[d.index]) for d in reading.devices
+        ]
+        target_need = model_need(target.config, totals).per_device
+        return Target(target.name, target_need), devices, candidates
+
+    def _plan(self, record: ModelRecord, reading: GpuReading) -> Plan | Infeasible:
+        target, devices, candidates = self._plan_inputs(record, reading)
+        return plan_switch(target, devices, candidates, self._config.daemon.eviction_policy)
+
+    async def _wait_for_memory(self, record: ModelRecord) -> None:
+        """Poll the GPU until `record` fits without stopping anything, or time out."""
+        daemon = self._config.daemon
+        deadline = time.monotonic() + daemon.memory_release_timeout_s
+        while True:
+            target, devices, _ = self._plan_inputs(record, await self._read_gpu())
+            free = {d.index: d.free_gb for d in devices}
+            short = {
+                str(dev): round(need - free.get(dev, 0.0), 2)
+                for dev, need in target.need_gb.items()
+                if free.get(dev, 0.0) + 1e-6 < need
+            }
+            if not short:
+                return
+            if time.monotonic() >= deadline:
+                raise OperationTimeout(
+                    f"GPU memory for {record.name} was not released within "
+                    f"{daemon.memory_release_timeout_s}s",
+                    model=record.name,
+                    short_gb=short,
+                )
+            await asyncio.sleep(daemon.memory_poll_interval_s)
+
+    # ---- the monitor: notice what changed behind modeld's back ------------------------
+
+    async def _monitor_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self._config.daemon.poll_interval_s)
+            try:
+                await self.poll_once()
+            except Exception:  # the monitor must outlive any one bad poll
+                log.exception("monitor.poll_failed")
+
+    async def poll_once(self) -> None:
+        """One monitor pass: GPU, then each model's backend and health."""
+        with contextlib.suppress(GpuUnavailable):
+            await self._read_gpu()
+        await asyncio.gather(*(self._observe(r) for r in self._models.values()))
+
+    async def _observe(self, record: ModelRecord) -> None:
+        # Loading and stopping models are watched by the operation that moves them.
+        if record.state not in (State.RUNNING, State.STOPPED, State.FAILED):
+            return
+        generation = record.generation
+        runtime = record.config.runtime
+        try:
+            backend = await self._runtime(record).inspect(record.config)
+        except RuntimeUnavailable as exc:
+            self._runtime_errors[runtime] = exc.message
+            return
+        self._runtime_errors[runtime] = None
+        if record.generation != generation:
+            return
+        if record.state is State.RUNNING:
+            if backend.state is not BackendState.RUNNING:
+                lines = await self._runtime(record).logs(record.config)
+                if record.generation != generation:
+                    return
+                record.backend = None
+                record.health = Health.UNKNOWN
+                self._transition(
+                    record,
+                    State.FAILED,
+                    "backend exited",
+                    Failure(
+                        f"backend exited with code {backend.exit_code} without modeld asking",
+                        backend.exit_code,
+                        tuple(lines),
+                    ),
+                )
+                return
+            health = await self._probe.check(record.config.endpoint)
+            if record.generation != generation:
+                return
+            record.health = health
+            if health is Health.DEAD:
+                self._transition(
+                    record,
+                    State.FAILED,
+                    "engine died",
+                    Failure("/health answered 503: the engine died"),
+                )
+        elif backend.state is BackendState.RUNNING:
+            if record.state is State.FAILED:
+                # Re-adopt a failed model only once it truly answers again.
+                health = await self._probe.check(record.config.endpoint)
+                if record.generation != generation or health is not Health.HEALTHY:
+                    return
+            record.backend = backend
+            self._begin_loading(record, "backend found running")
+
+    async def _scan_downloads(self) -> None:
+        cache = hf_cache_dir(self._config.daemon.hf_cache_dir)
+        for record in self._models.values():
+            if record.config.hf_path:
+                record.downloaded_bytes = await asyncio.to_thread(
+                    downloaded_bytes, cache, record.config.hf_path
+                )
+
+    # ---- helpers ---------------------------------------------------------------------
+
+    def _record(self, name: str) -> ModelRecord:
+        try:
+            return self._models[name]
+        except KeyError:
+            raise UnknownModel(
+                f"Model '{name}' not found. Available: {sorted(self._models)}",
+                model=name,
+                available=sorted(self._models),
+            ) from None
+
+    def _runtime(self, record: ModelRecord) -> Runtime:
+        return self._runtimes[record.config.runtime]
+
+    async def _check_runtime(self, record: ModelRecord) -> None:
+        """Fail with RuntimeUnavailable before changing anything if the engine is down."""
+        runtime = record.config.runtime
+        try:
+            await self._runtime(record).inspect(record.config)
+        except RuntimeUnavailable as exc:
+            self._runtime_errors[runtime] = exc.message
+            raise
+        self._runtime_errors[runtime] = None
+
+
+def _current_task_cancelling() -> bool:
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0

@@ -1,0 +1,144 @@
+"""JSON views of the Supervisor's memory: the seed's `status` and `gpu` shapes, and more.
+
+Pure functions of the records and the last GPU reading: `status` never does I/O.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+from modeld.gpu.base import GpuReading
+from modeld.hfcache import human_size
+from modeld.memory import Source, model_need
+from modeld.record import ModelRecord
+from modeld.states import ACTIVE
+
+
+def iso(timestamp: float) -> str:
+    """A Unix time as ISO 8601 UTC."""
+    return datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="seconds")
+
+
+def device_totals(reading: GpuReading | None) -> dict[int, float]:
+    """Total GB per device index from a reading (empty before the first one)."""
+    return {d.index: d.total_gb for d in reading.devices} if reading else {}
+
+
+def held_memory(record: ModelRecord, reading: GpuReading | None) -> tuple[dict[int, float], Source]:
+    """What a model holds now: measured from its processes where the driver says, else its need."""
+    measured = reading.per_model.get(record.name, {}) if reading else {}
+    if measured:
+        return dict(measured), Source.MEASURED
+    need = model_need(record.config, device_totals(reading))
+    return dict(need.per_device), need.source
+
+
+def model_view(record: ModelRecord, reading: GpuReading | None) -> dict[str, Any]:
+    """One model in the seed's `status` fields, plus state time, failure and sources."""
+    config = record.config
+    need = model_need(config, device_totals(reading))
+    used_gb: float | None = None
+    used_source: str | None = None
+    per_device: dict[int, float] = {}
+    if record.state in ACTIVE:
+        per_device, source = held_memory(record, reading)
+        used_gb = round(sum(per_device.values()), 1)
+        used_source = source.value
+    failure = record.status.failure
+    return {
+        "status": record.state.value,
+        "since": iso(record.status.since),
+        "size_gb": config.size_gb,
+        "description": config.description,
+        "estimated_load_time_seconds": round(record.last_load_s or config.load_time_seconds, 1),
+        "gpu_memory_used_gb": used_gb,
+        "gpu_memory_source": used_source,
+        "gpu_memory_per_device_gb": {str(d): round(gb, 2) for d, gb in per_device.items()},
+        "gpu_memory_required_gb": round(need.total_gb, 1),
+        "gpu_memory_required_source": need.source.value,
+        "downloaded_size": human_size(record.downloaded_bytes),
+        "health": record.health.value,
+        "failure": failure.as_dict() if failure else None,
+        "gpus": list(config.gpus),
+        "pinned": config.pinned,
+        "runtime": config.runtime,
+        "endpoint": config.endpoint,
+        "last_load_seconds": round(record.last_load_s, 2) if record.last_load_s else None,
+    }
+
+
+def _mb(gb: float) -> int:
+    return round(gb * 1024)
+
+
+def gpu_view(
+    reading: GpuReading | None, backend: str, error: str | None, stale: bool
+) -> dict[str, Any]:
+    """The seed's `gpu` block summed over devices, with a `devices` list and freshness."""
+    devices = reading.devices if reading else ()
+    total = sum(d.total_gb for d in devices)
+    used = sum(d.used_gb for d in devices)
+    free = sum(d.free_gb for d in devices)
+    return {
+        "used_mb": _mb(used),
+        "total_mb": _mb(total),
+        "available_mb": _mb(free),
+        "used_gb": round(used, 2),
+        "total_gb": round(total, 2),
+        "available_gb": round(free, 2),
+        "devices": [
+            {
+                "index": d.index,
+                "name": d.name,
+                "total_gb": round(d.total_gb, 2),
+                "used_gb": round(d.used_gb, 2),
+                "free_gb": round(d.free_gb, 2),
+                "total_mb": _mb(d.total_gb),
+                "used_mb": _mb(d.used_gb),
+                "free_mb": _mb(d.free_gb),
+            }
+            for d in devices
+        ],
+        "backend": backend,
+        "read_at": iso(reading.taken_at) if reading else None,
+        "per_process": reading.per_process if reading else False,
+        "stale": stale,
+        "error": error,
+        "source": "measured",
+    }
+
+
+def models_view(records: Iterable[ModelRecord], reading: GpuReading | None) -> list[dict[str, Any]]:
+    """The configured models and the memory each will need, with the figure's source."""
+    totals = device_totals(reading)
+    views = []
+    for record in records:
+        config = record.config
+        need = model_need(config, totals)
+        views.append(
+            {
+                "name": config.name,
+                "runtime": config.runtime,
+                "container": config.container_name if config.runtime == "docker" else None,
+                "endpoint": config.endpoint,
+                "size_gb": config.size_gb,
+                "hf_path": config.hf_path,
+                "description": config.description,
+                "load_time_seconds": config.load_time_seconds,
+                "gpus": list(config.gpus),
+                "pinned": config.pinned,
+                "gpu_memory_required_gb": {
+                    str(d): round(gb, 2) for d, gb in need.per_device.items()
+                },
+                "gpu_memory_required_source": need.source.value,
+                "load_timeout_s": config.load_timeout_s,
+            }
+        )
+    return views
+
+
+def runtime_view(errors: Mapping[str, str | None]) -> dict[str, Any]:
+    """Each runtime in use and whether it answers."""
+    return {name: {"available": err is None, "error": err} for name, err in errors.items()}
