@@ -418,6 +418,9 @@ class Supervisor:
         record.last_load_s = time.monotonic() - started
         record.load = None
         self._transition(record, State.RUNNING, "healthy")
+        # Its memory is now what the driver measures: refresh what `status` shows.
+        with contextlib.suppress(GpuUnavailable):
+            await self._read_gpu()
         return None
 
     async def _await_ready(self, record: ModelRecord, timeout: float) -> None:

@@ -1,0 +1,67 @@
+"""Shared fixtures: free ports, configs, and a supervisor over the fake runtime."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import pytest
+
+from modeld.config import Config, parse_config
+from modeld.gpu.simulated import SimulatedGpu
+from modeld.health import HealthProbe
+from modeld.supervisor import Supervisor
+from tests.fakes import FakeRuntime
+
+
+def free_port() -> int:
+    """A TCP port nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def make_config(
+    models: dict[str, dict[str, Any]],
+    devices_gb: list[float] | None = None,
+    **daemon: Any,
+) -> Config:
+    """A process-runtime config on a simulated GPU, each model on its own free port."""
+    tables = {
+        name: {
+            "runtime": "process",
+            "command": ["unused"],
+            "endpoint": f"http://127.0.0.1:{free_port()}",
+            "load_timeout_s": 10,
+            **table,
+        }
+        for name, table in models.items()
+    }
+    gpu = {"backend": "simulated", "devices_gb": devices_gb or [80], "release_delay_s": 0.0}
+    gpu.update(daemon.pop("gpu", {}))
+    settings = {"poll_interval_s": 3600, "health_poll_interval_s": 0.02,
+                "memory_poll_interval_s": 0.01, **daemon}
+    return parse_config({"daemon": settings, "gpu": gpu, "models": tables})
+
+
+SupervisorFactory = Callable[..., Any]
+
+
+@pytest.fixture
+async def supervised() -> AsyncIterator[SupervisorFactory]:
+    """Build started Supervisors over FakeRuntime + SimulatedGpu; shut them down after."""
+    made: list[Supervisor] = []
+
+    async def build(config: Config) -> tuple[Supervisor, FakeRuntime, SimulatedGpu]:
+        runtime = FakeRuntime()
+        gpu = SimulatedGpu(config.gpu, alive=runtime.alive)
+        runtime.gpu = gpu
+        supervisor = Supervisor(config, gpu, {"process": runtime}, HealthProbe(timeout_s=1))
+        await supervisor.startup()
+        made.append(supervisor)
+        return supervisor, runtime, gpu
+
+    yield build
+    for supervisor in made:
+        await supervisor.shutdown()

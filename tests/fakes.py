@@ -1,0 +1,147 @@
+"""A fake runtime whose backends are real in-process fake vLLM HTTP servers."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from dataclasses import dataclass, field
+from urllib.parse import urlparse
+
+from modeld.config import ModelConfig
+from modeld.errors import LoadFailed
+from modeld.fakevllm import FakeVllm
+from modeld.gpu.simulated import SimulatedGpu
+from modeld.runtime.base import BackendState, BackendStatus
+
+
+@dataclass
+class Behaviour:
+    """How a fake backend behaves: load time, or an exit during load, or a start error."""
+
+    load_seconds: float = 0.05
+    exit_code: int | None = None
+    start_error: str | None = None
+
+
+@dataclass
+class _Backend:
+    pid: int
+    server: FakeVllm
+    task: asyncio.Task[int]
+    stop: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+class FakeRuntime:
+    """A Runtime for supervisor tests: fake PIDs, real HTTP health endpoints."""
+
+    name = "process"
+
+    def __init__(self, gpu: SimulatedGpu | None = None) -> None:
+        self.behaviour: dict[str, Behaviour] = {}
+        self.events: list[tuple[str, str]] = []
+        self.free_at_start: dict[str, float] = {}
+        self.gpu = gpu
+        self._backends: dict[str, _Backend] = {}
+        self._exit_codes: dict[str, int] = {}
+        self._alive: set[int] = set()
+        self._pids = itertools.count(4_000_000)
+
+    def alive(self, pid: int) -> bool:
+        """Liveness of a fake PID (handed to SimulatedGpu)."""
+        return pid in self._alive
+
+    def starts(self, model: str) -> int:
+        """How many times `model` was started."""
+        return self.events.count(("start", model))
+
+    async def start(self, model: ModelConfig) -> BackendStatus:
+        """Start an in-process fake vLLM on the model's endpoint port."""
+        behaviour = self.behaviour.get(model.name, Behaviour())
+        if behaviour.start_error:
+            raise LoadFailed(f"{model.name}: {behaviour.start_error}", model=model.name)
+        if self.gpu is not None:
+            reading = await self.gpu.read([])
+            self.free_at_start[model.name] = reading.devices[model.gpus[0]].free_gb
+        self.events.append(("start", model.name))
+        port = urlparse(model.endpoint).port
+        assert port is not None
+        server = FakeVllm(model.name, port, load_seconds=behaviour.load_seconds)
+        pid = next(self._pids)
+        stop = asyncio.Event()
+        task = asyncio.create_task(self._run(server, behaviour, stop))
+        self._backends[model.name] = _Backend(pid, server, task, stop)
+        self._alive.add(pid)
+        self._exit_codes.pop(model.name, None)
+        return BackendStatus(BackendState.RUNNING, pid=pid)
+
+    async def _run(self, server: FakeVllm, behaviour: Behaviour, stop: asyncio.Event) -> int:
+        stopped = asyncio.create_task(stop.wait())
+        try:
+            if behaviour.exit_code is not None:
+                await asyncio.wait({stopped}, timeout=behaviour.load_seconds)
+                return 0 if stop.is_set() else behaviour.exit_code
+            loading = asyncio.create_task(server.load())
+            await asyncio.wait({loading, stopped}, return_when=asyncio.FIRST_COMPLETED)
+            loading.cancel()
+            await stop.wait()
+            return 0
+        finally:
+            stopped.cancel()
+            await server.close()
+
+    async def _ended(self, name: str) -> None:
+        backend = self._backends.pop(name)
+        self._exit_codes[name] = await backend.task
+        self._alive.discard(backend.pid)
+
+    async def stop(self, model: ModelConfig) -> None:
+        """Stop the fake server; idempotent."""
+        backend = self._backends.get(model.name)
+        if backend is None:
+            return
+        self.events.append(("stop", model.name))
+        backend.stop.set()
+        await self._ended(model.name)
+
+    async def kill_behind_back(self, name: str, exit_code: int = 0) -> None:
+        """End a backend the way `docker stop` by hand would: modeld did not ask."""
+        backend = self._backends[name]
+        backend.stop.set()
+        await self._ended(name)
+        self._exit_codes[name] = exit_code
+
+    def engine_dies(self, name: str) -> None:
+        """Make `/health` answer 503, as vLLM does when its engine process died."""
+        self._backends[name].server.engine_dead = True
+
+    async def inspect(self, model: ModelConfig) -> BackendStatus:
+        """RUNNING while the fake runs; EXITED with its code after."""
+        backend = self._backends.get(model.name)
+        if backend is not None and not backend.task.done():
+            return BackendStatus(BackendState.RUNNING, pid=backend.pid)
+        if backend is not None:
+            await self._ended(model.name)
+        if model.name in self._exit_codes:
+            return BackendStatus(BackendState.EXITED, exit_code=self._exit_codes[model.name])
+        return BackendStatus(BackendState.ABSENT)
+
+    async def wait_exit(self, model: ModelConfig) -> BackendStatus:
+        """Wait until the fake backend ends."""
+        backend = self._backends.get(model.name)
+        if backend is not None:
+            code = await asyncio.shield(backend.task)
+            if self._backends.get(model.name) is backend:
+                await self._ended(model.name)
+            return BackendStatus(BackendState.EXITED, exit_code=code)
+        return BackendStatus(BackendState.EXITED, exit_code=self._exit_codes.get(model.name))
+
+    async def logs(self, model: ModelConfig, lines: int = 20) -> list[str]:
+        """A fixed last line, like a backend's log."""
+        return [f"{model.name}: CUDA error: out of memory"]
+
+    async def close(self) -> None:
+        """Stop every fake backend."""
+        for backend in list(self._backends.values()):
+            backend.stop.set()
+        for name in list(self._backends):
+            await self._ended(name)

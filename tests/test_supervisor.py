@@ -1,0 +1,243 @@
+"""The Supervisor against the fake runtime (real HTTP health) and the simulated GPU."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from structlog.testing import capture_logs
+
+from modeld.errors import InsufficientMemory, LoadFailed, OperationTimeout, UnknownModel
+from modeld.states import State
+from tests.conftest import SupervisorFactory, make_config
+from tests.fakes import Behaviour
+
+THREE = {
+    "alpha": {"gpu_memory_gb": 30, "size_gb": 35},
+    "beta": {"gpu_memory_gb": 25, "size_gb": 29},
+    "gamma": {"gpu_memory_gb": 30, "size_gb": 35},
+}
+
+
+async def test_already_loaded(supervised: SupervisorFactory) -> None:
+    """A second switch to a running, healthy model answers `already_loaded` and starts nothing."""
+    supervisor, runtime, _ = await supervised(make_config(THREE, [60]))
+    first = await supervisor.switch("alpha")
+    assert first["status"] == "success"
+    assert first["state"] == "running"
+    second = await supervisor.switch("alpha")
+    assert second["status"] == "already_loaded"
+    assert runtime.starts("alpha") == 1
+
+
+async def test_switch_stops_largest_and_waits_for_memory(supervised: SupervisorFactory) -> None:
+    """Only two fit: switching to the third stops the largest, after its memory is free."""
+    config = make_config(THREE, [60], gpu={"release_delay_s": 0.3})
+    supervisor, runtime, _ = await supervised(config)
+    await supervisor.switch("alpha")
+    await supervisor.switch("beta")
+    result = await supervisor.switch("gamma")
+    assert result["status"] == "success"
+    assert result["unloaded_models"] == ["alpha"]
+    assert result["memory_info"] == {
+        "required_gb": 30.0, "available_before_gb": 5.0, "freed_gb": 30.0, "device": 0,
+        "source": "configured", "per_device": {"0": {"required_gb": 30.0,
+                                                     "available_before_gb": 5.0,
+                                                     "freed_gb": 30.0}},
+    }
+    # The start came only once the simulated driver had released alpha's memory.
+    assert runtime.free_at_start["gamma"] >= 30
+    assert supervisor.state_of("alpha") is State.STOPPED
+    assert supervisor.state_of("beta") is State.RUNNING
+    assert supervisor.state_of("gamma") is State.RUNNING
+
+
+async def test_insufficient_memory_changes_nothing(supervised: SupervisorFactory) -> None:
+    """A target that cannot fit even alone is refused with the seed's numbers; nothing stops."""
+    models = {**THREE, "huge": {"gpu_memory_gb": 70, "size_gb": 80}}
+    supervisor, runtime, _ = await supervised(make_config(models, [60]))
+    await supervisor.switch("alpha")
+    with pytest.raises(InsufficientMemory) as caught:
+        await supervisor.switch("huge")
+    assert caught.value.data == {
+        "error": "insufficient_memory", "model": "huge", "device": 0, "required_gb": 70.0,
+        "available_gb": 30.0, "freed_gb": 30.0, "total_available_gb": 60.0,
+        "pinned_blocking": [],
+    }
+    assert supervisor.state_of("alpha") is State.RUNNING
+    assert runtime.events == [("start", "alpha")]
+
+
+async def test_unmanaged_memory_is_never_promised(supervised: SupervisorFactory) -> None:
+    """Memory held by processes modeld does not manage counts as used."""
+    config = make_config(THREE, [60], gpu={"external_used_gb": [35]})
+    supervisor, _, _ = await supervised(config)
+    with pytest.raises(InsufficientMemory) as caught:
+        await supervisor.switch("alpha")
+    assert caught.value.data["total_available_gb"] == 25.0
+
+
+async def test_start_refuses_to_evict(supervised: SupervisorFactory) -> None:
+    """`start` never stops another model; it says which ones a switch would stop."""
+    supervisor, _, _ = await supervised(make_config(THREE, [60]))
+    await supervisor.switch("alpha")
+    await supervisor.switch("beta")
+    with pytest.raises(InsufficientMemory) as caught:
+        await supervisor.start("gamma")
+    assert caught.value.data["would_stop"] == ["alpha"]
+    assert supervisor.state_of("alpha") is State.RUNNING
+
+
+async def test_loading_target_is_waited_for_not_started_twice(
+    supervised: SupervisorFactory,
+) -> None:
+    """A switch to a model still loading joins that load instead of starting another backend."""
+    supervisor, runtime, _ = await supervised(make_config(THREE, [60]))
+    runtime.behaviour["alpha"] = Behaviour(load_seconds=0.5)
+    first = await supervisor.switch("alpha", wait=False)
+    assert first["state"] == "loading"
+    second = await supervisor.switch("alpha")
+    assert second["status"] == "success"
+    assert second["state"] == "running"
+    assert runtime.starts("alpha") == 1
+
+
+async def test_concurrent_switches_are_served_one_at_a_time(
+    supervised: SupervisorFactory,
+) -> None:
+    """Three switches at once, each needing the others gone: never overcommitted, no overlap."""
+    models = {name: {"gpu_memory_gb": 50} for name in ("a", "b", "c")}
+    config = make_config(models, [80], gpu={"release_delay_s": 0.1})
+    supervisor, runtime, _ = await supervised(config)
+    for name in models:
+        runtime.behaviour[name] = Behaviour(load_seconds=0.2)
+    results = await asyncio.gather(*(supervisor.switch(name) for name in models))
+    assert all(r["status"] == "success" for r in results)
+    # Each start is followed by the previous model's stop only after it was running.
+    assert [kind for kind, _ in runtime.events] == ["start", "stop", "start", "stop", "start"]
+    assert all(free >= 50 for free in runtime.free_at_start.values())
+    running = [n for n in models if supervisor.state_of(n) is State.RUNNING]
+    assert running == [results[-1]["model"]]
+
+
+async def test_exit_during_load_fails_at_once(supervised: SupervisorFactory) -> None:
+    """A backend that exits while loading is `failed` with its exit code and last lines."""
+    supervisor, runtime, _ = await supervised(make_config(THREE, [60]))
+    runtime.behaviour["alpha"] = Behaviour(load_seconds=0.1, exit_code=3)
+    with pytest.raises(LoadFailed) as caught:
+        await supervisor.switch("alpha")
+    assert caught.value.data["exit_code"] == 3
+    assert caught.value.data["last_lines"] == ["alpha: CUDA error: out of memory"]
+    view = supervisor.status()["models"]["alpha"]
+    assert view["status"] == "failed"
+    assert view["failure"]["exit_code"] == 3
+
+
+async def test_load_timeout_fails_and_stops_backend(supervised: SupervisorFactory) -> None:
+    """A backend that never answers is `failed` after load_timeout_s and is stopped."""
+    config = make_config({"slow": {"gpu_memory_gb": 10, "load_timeout_s": 0.3}}, [60])
+    supervisor, runtime, _ = await supervised(config)
+    runtime.behaviour["slow"] = Behaviour(load_seconds=60)
+    with pytest.raises(OperationTimeout):
+        await supervisor.switch("slow")
+    assert supervisor.state_of("slow") is State.FAILED
+    assert runtime.events[-1] == ("stop", "slow")
+
+
+async def test_caller_timeout_leaves_load_running(supervised: SupervisorFactory) -> None:
+    """A caller's own timeout answers `timeout`; the model goes on loading and then runs."""
+    supervisor, runtime, _ = await supervised(make_config(THREE, [60]))
+    runtime.behaviour["alpha"] = Behaviour(load_seconds=0.4)
+    with pytest.raises(OperationTimeout) as caught:
+        await supervisor.switch("alpha", timeout=0.05)
+    assert caught.value.data["state"] == "loading"
+    assert await supervisor.wait_for_state("alpha", {State.RUNNING}, 5) is State.RUNNING
+
+
+async def test_failed_start_is_reported(supervised: SupervisorFactory) -> None:
+    """A backend that cannot be started is `failed` with the runtime's message."""
+    supervisor, runtime, _ = await supervised(make_config(THREE, [60]))
+    runtime.behaviour["alpha"] = Behaviour(start_error="image not found")
+    with pytest.raises(LoadFailed, match="image not found"):
+        await supervisor.switch("alpha")
+    assert supervisor.status()["models"]["alpha"]["failure"]["reason"] == "alpha: image not found"
+
+
+async def test_exit_behind_back_is_noticed(supervised: SupervisorFactory) -> None:
+    """A running backend stopped outside modeld turns `failed` with its exit code."""
+    supervisor, runtime, _ = await supervised(make_config(THREE, [60]))
+    await supervisor.switch("alpha")
+    await runtime.kill_behind_back("alpha", exit_code=137)
+    with capture_logs() as logs:
+        await supervisor.poll_once()
+    assert supervisor.state_of("alpha") is State.FAILED
+    failure = supervisor.status()["models"]["alpha"]["failure"]
+    assert failure["exit_code"] == 137
+    assert {"event": "model.transition", "model": "alpha", "from_state": "running",
+            "to_state": "failed"}.items() <= logs[0].items()
+
+
+async def test_engine_death_is_noticed(supervised: SupervisorFactory) -> None:
+    """`/health` 503 on a running model (vLLM's engine died) turns it `failed`."""
+    supervisor, runtime, _ = await supervised(make_config(THREE, [60]))
+    await supervisor.switch("alpha")
+    runtime.engine_dies("alpha")
+    await supervisor.poll_once()
+    assert supervisor.state_of("alpha") is State.FAILED
+
+
+async def test_failed_model_can_be_switched_to_again(supervised: SupervisorFactory) -> None:
+    """After a failed load, a new switch starts the model afresh."""
+    supervisor, runtime, _ = await supervised(make_config(THREE, [60]))
+    runtime.behaviour["alpha"] = Behaviour(exit_code=1)
+    with pytest.raises(LoadFailed):
+        await supervisor.switch("alpha")
+    runtime.behaviour["alpha"] = Behaviour()
+    assert (await supervisor.switch("alpha"))["state"] == "running"
+
+
+async def test_stop_is_idempotent_and_restart_reloads(supervised: SupervisorFactory) -> None:
+    """stop twice is fine; restart stops then starts the backend again."""
+    supervisor, runtime, _ = await supervised(make_config(THREE, [60]))
+    await supervisor.switch("alpha")
+    assert (await supervisor.restart("alpha"))["status"] == "restarted"
+    assert runtime.starts("alpha") == 2
+    assert (await supervisor.stop("alpha"))["status"] == "stopped"
+    assert (await supervisor.stop("alpha"))["status"] == "already_stopped"
+    assert supervisor.state_of("alpha") is State.STOPPED
+
+
+async def test_stop_during_load_aborts_it(supervised: SupervisorFactory) -> None:
+    """Stopping a model that is still loading ends the load and stops the backend."""
+    supervisor, runtime, _ = await supervised(make_config(THREE, [60]))
+    runtime.behaviour["alpha"] = Behaviour(load_seconds=30)
+    await supervisor.switch("alpha", wait=False)
+    await supervisor.stop("alpha")
+    assert supervisor.state_of("alpha") is State.STOPPED
+    assert runtime.events == [("start", "alpha"), ("stop", "alpha")]
+
+
+async def test_unknown_model_lists_available(supervised: SupervisorFactory) -> None:
+    """An unknown name is refused with the available names."""
+    supervisor, _, _ = await supervised(make_config(THREE, [60]))
+    with pytest.raises(UnknownModel) as caught:
+        await supervisor.switch("nope")
+    assert caught.value.data["available"] == ["alpha", "beta", "gamma"]
+
+
+async def test_status_has_seed_fields(supervised: SupervisorFactory) -> None:
+    """`status` carries the seed's per-model and GPU fields, with sources."""
+    supervisor, _, _ = await supervised(make_config(THREE, [60]))
+    await supervisor.switch("alpha")
+    status = supervisor.status()
+    alpha = status["models"]["alpha"]
+    for field in ("status", "size_gb", "description", "estimated_load_time_seconds",
+                  "gpu_memory_used_gb", "downloaded_size", "health"):
+        assert field in alpha
+    assert alpha["status"] == "running"
+    assert alpha["health"] == "healthy"
+    assert alpha["gpu_memory_used_gb"] == 30.0
+    assert alpha["gpu_memory_source"] == "measured"
+    assert status["gpu"]["used_mb"] == 30 * 1024
+    assert status["gpu"]["available_gb"] == 30.0
+    assert status["gpu"]["total_mb"] == 60 * 1024
