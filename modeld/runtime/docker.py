@@ -20,6 +20,8 @@ from modeld.errors import LoadFailed, ModeldError, OperationFailed, RuntimeUnava
 from modeld.runtime.base import LOG_LINES, BackendState, BackendStatus
 
 LABEL = "modeld.model"
+# aiodocker reports a failed connection to the engine as a DockerError with this status.
+CONNECTION_FAILED = 900
 
 
 def _port_bindings(ports: list[str]) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -114,6 +116,11 @@ class DockerRuntime:
         except ModeldError:
             raise
         except aiodocker.DockerError as exc:
+            if exc.status == CONNECTION_FAILED:
+                raise RuntimeUnavailable(
+                    f"Docker engine unreachable ({action} {model.name}): {exc.message}",
+                    runtime="docker",
+                ) from None
             error = LoadFailed if action == "start" else OperationFailed
             raise error(
                 f"{model.name}: docker {action} failed: {exc.message}",
@@ -121,7 +128,7 @@ class DockerRuntime:
                 reason=exc.message,
                 docker_status=exc.status,
             ) from None
-        except (aiohttp.ClientError, OSError) as exc:
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
             raise RuntimeUnavailable(
                 f"Docker engine unreachable ({action} {model.name}): {exc}",
                 runtime="docker",

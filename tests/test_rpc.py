@@ -1,0 +1,154 @@
+"""The socket API: real Unix socket, NDJSON JSON-RPC, errors that disturb nobody."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from modeld.client import Client, RpcError
+from modeld.rpc import MAX_MESSAGE_BYTES, RpcServer
+from modeld.states import State
+from modeld.supervisor import Supervisor
+from tests.conftest import SupervisorFactory, make_config
+
+MODELS = {"alpha": {"gpu_memory_gb": 30}, "beta": {"gpu_memory_gb": 40}}
+
+
+@pytest.fixture
+async def served(
+    supervised: SupervisorFactory, tmp_path: Path
+) -> AsyncIterator[tuple[Path, Supervisor]]:
+    """A running RpcServer over a supervised fake host: its socket path and Supervisor."""
+    supervisor, _, _ = await supervised(make_config(MODELS, [60]))
+    path = tmp_path / "modeld.sock"
+    server = RpcServer(supervisor, path)
+    await server.start()
+    yield path, supervisor
+    await server.close()
+
+
+@pytest.fixture
+def socket_path(served: tuple[Path, Supervisor]) -> Path:
+    """The served socket's path."""
+    return served[0]
+
+
+async def exchange(path: Path, *lines: bytes) -> list[dict[str, Any]]:
+    """Send raw lines on one connection; read one response per line."""
+    reader, writer = await asyncio.open_unix_connection(str(path))
+    try:
+        answers = []
+        for line in lines:
+            writer.write(line)
+            await writer.drain()
+            answers.append(json.loads(await reader.readline()))
+        return answers
+    finally:
+        writer.close()
+
+
+def request(method: str, params: Any = None, id_: int = 1) -> bytes:
+    """One JSON-RPC request line."""
+    body: dict[str, Any] = {"jsonrpc": "2.0", "id": id_, "method": method}
+    if params is not None:
+        body["params"] = params
+    return json.dumps(body).encode() + b"\n"
+
+
+async def test_garbage_gets_errors_and_connection_stays_usable(socket_path: Path) -> None:
+    """Malformed JSON, unknown method, bad params, unknown model: each its error; then ping works."""
+    answers = await exchange(
+        socket_path,
+        b"{not json\n",
+        request("explode"),
+        request("switch", {"model": 42}),
+        request("switch", ["alpha"]),
+        request("switch", {"model": "alpha", "wiat": False}),
+        request("switch", {"model": "nope"}),
+        request("ping"),
+    )
+    codes = [a.get("error", {}).get("code") for a in answers]
+    assert codes == [-32700, -32601, -32602, -32602, -32602, -32001, None]
+    assert answers[2]["error"]["data"]["problems"][0]["field"] == "model"
+    assert answers[4]["error"]["data"]["problems"][0]["field"] == "wiat"
+    assert answers[5]["error"]["data"] == {
+        "error": "unknown_model", "model": "nope", "available": ["alpha", "beta"]}
+    assert answers[6]["result"]["pong"] is True
+
+
+async def test_oversized_message_drops_only_that_connection(socket_path: Path) -> None:
+    """A line over 1 MiB is refused and closes that connection; other clients are served."""
+    async with Client(socket_path) as bystander:
+        reader, writer = await asyncio.open_unix_connection(str(socket_path))
+        writer.write(b"x" * (MAX_MESSAGE_BYTES + 10) + b"\n")
+        await writer.drain()
+        answer = json.loads(await reader.readline())
+        assert answer["error"]["data"]["error"] == "too_large"
+        assert await reader.read() == b""
+        writer.close()
+        assert (await bystander.call("ping"))["pong"] is True
+
+
+async def test_switch_and_status_over_socket(socket_path: Path) -> None:
+    """switch answers in the seed's shape; status shows the model running."""
+    async with Client(socket_path) as client:
+        result = await client.call("switch", model="alpha")
+        assert {"status", "model", "unloaded_models", "estimated_load_time_seconds",
+                "memory_info"} <= result.keys()
+        assert result["status"] == "success"
+        status = await client.call("status")
+        assert status["models"]["alpha"]["status"] == "running"
+        gpu = await client.call("gpu")
+        assert gpu["devices"][0]["total_gb"] == 60
+
+
+async def test_insufficient_memory_is_an_error_not_a_success(socket_path: Path) -> None:
+    """Unlike the seed's HTTP 200, refusing a switch is a JSON-RPC error with the numbers."""
+    async with Client(socket_path) as client:
+        await client.call("switch", model="alpha")
+        await client.call("switch", model="beta")
+        with pytest.raises(RpcError) as caught:
+            await client.call("start", model="alpha")
+        assert caught.value.code == -32002
+        assert caught.value.data["would_stop"] == ["beta"]
+
+
+async def test_batch_and_notification(socket_path: Path) -> None:
+    """A batch gets one line holding every answer; a notification gets none."""
+    batch = json.dumps([
+        {"jsonrpc": "2.0", "id": 1, "method": "ping"},
+        {"jsonrpc": "2.0", "method": "ping"},
+        {"jsonrpc": "2.0", "id": 2, "method": "models"},
+    ]).encode() + b"\n"
+    [answer] = await exchange(socket_path, batch)
+    assert isinstance(answer, list)
+    assert sorted(a["id"] for a in answer) == [1, 2]
+
+
+async def test_caller_hanging_up_does_not_abort_switch(served: tuple[Path, Supervisor]) -> None:
+    """A client that disconnects mid-switch leaves the switch to finish."""
+    path, supervisor = served
+    _, writer = await asyncio.open_unix_connection(str(path))
+    writer.write(request("switch", {"model": "alpha"}))
+    await writer.drain()
+    writer.close()
+    await supervisor.wait_for_state("alpha", {State.LOADING}, 10)
+    assert await supervisor.wait_for_state("alpha", {State.RUNNING}, 10) is State.RUNNING
+
+
+async def test_second_daemon_refuses_live_socket(
+    socket_path: Path, supervised: SupervisorFactory
+) -> None:
+    """Starting on a socket another server answers fails, and leaves that socket alone."""
+    supervisor, _, _ = await supervised(make_config(MODELS, [60]))
+    from modeld.errors import SocketInUse
+
+    with pytest.raises(SocketInUse):
+        await RpcServer(supervisor, socket_path).start()
+    async with Client(socket_path) as client:
+        assert (await client.call("ping"))["pong"] is True
