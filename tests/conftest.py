@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import socket
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -20,6 +21,15 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 20.0) -> None:
+    """Poll an outside condition (a process, a port) until true; TimeoutError at the deadline."""
+    async with asyncio.timeout(timeout):
+        while True:
+            if await check():
+                return
+            await asyncio.sleep(0.05)
 
 
 def make_config(
@@ -40,8 +50,12 @@ def make_config(
     }
     gpu = {"backend": "simulated", "devices_gb": devices_gb or [80], "release_delay_s": 0.0}
     gpu.update(daemon.pop("gpu", {}))
-    settings = {"poll_interval_s": 3600, "health_poll_interval_s": 0.02,
-                "memory_poll_interval_s": 0.01, **daemon}
+    settings = {
+        "poll_interval_s": 3600,
+        "health_poll_interval_s": 0.02,
+        "memory_poll_interval_s": 0.01,
+        **daemon,
+    }
     return parse_config({"daemon": settings, "gpu": gpu, "models": tables})
 
 

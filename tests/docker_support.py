@@ -36,8 +36,9 @@ httpd -f -p "127.0.0.1:$1" -h /tmp/www & wait $!
 
 def docker_cli(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     """Run the docker CLI (tests use it to set up and to check what modeld did)."""
-    return subprocess.run(["docker", *args], capture_output=True, text=True, check=check,
-                          timeout=120)
+    return subprocess.run(
+        ["docker", *args], capture_output=True, text=True, check=check, timeout=120
+    )
 
 
 def engine_problem() -> str | None:
@@ -72,8 +73,9 @@ def build_image() -> str:
         archive = Path(tmp) / "rootfs.tar"
         with tarfile.open(archive, "w") as tar:
             tar.add(root, arcname=".")
-        subprocess.run(["docker", "import", str(archive), IMAGE], check=True,
-                       capture_output=True, timeout=120)
+        subprocess.run(
+            ["docker", "import", str(archive), IMAGE], check=True, capture_output=True, timeout=120
+        )
     return IMAGE
 
 

@@ -67,12 +67,17 @@ def model(image: str, prefix: str, name: str, gb: float, *extra: str) -> dict[st
 
 def docker_config(models: dict[str, dict[str, Any]], devices_gb: list[float]) -> Config:
     """Docker models on a simulated GPU, with a fast monitor."""
-    return parse_config({
-        "daemon": {"poll_interval_s": 0.2, "health_poll_interval_s": 0.05,
-                   "memory_poll_interval_s": 0.02},
-        "gpu": {"backend": "simulated", "devices_gb": devices_gb, "release_delay_s": 0.2},
-        "models": models,
-    })
+    return parse_config(
+        {
+            "daemon": {
+                "poll_interval_s": 0.2,
+                "health_poll_interval_s": 0.05,
+                "memory_poll_interval_s": 0.02,
+            },
+            "gpu": {"backend": "simulated", "devices_gb": devices_gb, "release_delay_s": 0.2},
+            "models": models,
+        }
+    )
 
 
 @pytest.fixture
@@ -80,10 +85,13 @@ async def daemon(tmp_path: Path) -> AsyncIterator[Any]:
     """Start a Supervisor + RpcServer over the real engine; yield a starter."""
     running: list[tuple[Supervisor, RpcServer]] = []
 
-    async def start(config: Config, runtime: DockerRuntime | None = None) -> tuple[Supervisor, Path]:
+    async def start(
+        config: Config, runtime: DockerRuntime | None = None
+    ) -> tuple[Supervisor, Path]:
         gpu = SimulatedGpu(config.gpu)
-        supervisor = Supervisor(config, gpu, {"docker": runtime or DockerRuntime()},
-                                HealthProbe(timeout_s=1))
+        supervisor = Supervisor(
+            config, gpu, {"docker": runtime or DockerRuntime()}, HealthProbe(timeout_s=1)
+        )
         await supervisor.startup()
         path = tmp_path / f"modeld-{len(running)}.sock"
         server = RpcServer(supervisor, path)
@@ -115,7 +123,7 @@ async def test_switch_three_models_where_two_fit(image: str, prefix: str, daemon
         "b": model(image, prefix, "b", 25),
         "c": model(image, prefix, "c", 30),
     }
-    supervisor, path = await daemon(docker_config(tables, [60]))
+    _, path = await daemon(docker_config(tables, [60]))
     async with Client(path) as client:
         assert (await client.call("switch", model="a"))["state"] == "running"
         assert (await client.call("switch", model="b"))["state"] == "running"
@@ -127,24 +135,37 @@ async def test_switch_three_models_where_two_fit(image: str, prefix: str, daemon
         assert container_state(f"{prefix}-a") == "exited"
         assert container_state(f"{prefix}-b") == "running"
         assert container_state(f"{prefix}-c") == "running"
-        labels = docker_cli("inspect", "--format", "{{index .Config.Labels \"modeld.model\"}}",
-                            f"{prefix}-c").stdout.strip()
+        labels = docker_cli(
+            "inspect", "--format", '{{index .Config.Labels "modeld.model"}}', f"{prefix}-c"
+        ).stdout.strip()
         assert labels == "c"
         status = await client.call("status")
         for name, expected in (("a", "stopped"), ("b", "running"), ("c", "running")):
             view = status["models"][name]
             assert view["status"] == expected
-            assert {"size_gb", "description", "estimated_load_time_seconds",
-                    "gpu_memory_used_gb", "downloaded_size", "health"} <= view.keys()
-        assert {"used_mb", "total_mb", "available_mb", "used_gb", "total_gb",
-                "available_gb"} <= status["gpu"].keys()
+            assert {
+                "size_gb",
+                "description",
+                "estimated_load_time_seconds",
+                "gpu_memory_used_gb",
+                "downloaded_size",
+                "health",
+            } <= view.keys()
+        assert {
+            "used_mb",
+            "total_mb",
+            "available_mb",
+            "used_gb",
+            "total_gb",
+            "available_gb",
+        } <= status["gpu"].keys()
         assert status["gpu"]["used_gb"] == 55.0
 
 
 async def test_container_exiting_during_load_fails(image: str, prefix: str, daemon: Any) -> None:
     """A container that exits while loading is `failed` with its exit code and log lines."""
     tables = {"bad": model(image, prefix, "bad", 10, "3")}
-    supervisor, path = await daemon(docker_config(tables, [60]))
+    _, path = await daemon(docker_config(tables, [60]))
     async with Client(path) as client:
         with pytest.raises(RpcError) as caught:
             await client.call("switch", model="bad")
@@ -159,7 +180,7 @@ async def test_container_exiting_during_load_fails(image: str, prefix: str, daem
 async def test_docker_stop_behind_back_is_noticed(image: str, prefix: str, daemon: Any) -> None:
     """`docker stop` by hand turns a running model `failed`, noticed by the monitor."""
     tables = {"a": model(image, prefix, "a", 10)}
-    supervisor, path = await daemon(docker_config(tables, [60]))
+    supervisor, _ = await daemon(docker_config(tables, [60]))
     await supervisor.switch("a")
     await asyncio.to_thread(docker_cli, "stop", f"{prefix}-a")
     assert await supervisor.wait_for_state("a", {State.FAILED}, 15) is State.FAILED
@@ -173,12 +194,19 @@ async def test_existing_container_is_started_and_stopped(
     """A compose-style container that exists by name is started and stopped, not recreated."""
     port = free_port()
     name = f"{prefix}-existing"
-    created = docker_cli("create", "--name", name, "--network", "host", image,
-                         "/fake-vllm", str(port), "0.3").stdout.strip()
-    tables = {"existing": {"runtime": "docker", "container": name,
-                           "endpoint": f"http://127.0.0.1:{port}", "gpu_memory_gb": 10,
-                           "stop_timeout_s": 5}}
-    supervisor, path = await daemon(docker_config(tables, [60]))
+    created = docker_cli(
+        "create", "--name", name, "--network", "host", image, "/fake-vllm", str(port), "0.3"
+    ).stdout.strip()
+    tables = {
+        "existing": {
+            "runtime": "docker",
+            "container": name,
+            "endpoint": f"http://127.0.0.1:{port}",
+            "gpu_memory_gb": 10,
+            "stop_timeout_s": 5,
+        }
+    }
+    supervisor, _ = await daemon(docker_config(tables, [60]))
     await supervisor.switch("existing")
     assert container_state(name) == "running"
     assert docker_cli("inspect", "--format", "{{.Id}}", name).stdout.strip() == created
@@ -190,9 +218,15 @@ async def test_missing_container_fails_with_docker_message(
     image: str, prefix: str, daemon: Any
 ) -> None:
     """A model naming a container that does not exist fails its load with a clear reason."""
-    tables = {"ghost": {"runtime": "docker", "container": f"{prefix}-ghost",
-                        "endpoint": f"http://127.0.0.1:{free_port()}", "gpu_memory_gb": 10}}
-    supervisor, path = await daemon(docker_config(tables, [60]))
+    tables = {
+        "ghost": {
+            "runtime": "docker",
+            "container": f"{prefix}-ghost",
+            "endpoint": f"http://127.0.0.1:{free_port()}",
+            "gpu_memory_gb": 10,
+        }
+    }
+    _, path = await daemon(docker_config(tables, [60]))
     async with Client(path) as client:
         with pytest.raises(RpcError) as caught:
             await client.call("switch", model="ghost")
@@ -217,10 +251,16 @@ async def test_running_container_is_adopted_not_restarted(
 
 async def test_engine_unreachable_is_a_clear_error(tmp_path: Path, daemon: Any) -> None:
     """With no engine on the socket, status answers and switch gets runtime_unavailable."""
-    tables = {"a": {"runtime": "docker", "container": "whatever",
-                    "endpoint": "http://127.0.0.1:1", "gpu_memory_gb": 10}}
+    tables = {
+        "a": {
+            "runtime": "docker",
+            "container": "whatever",
+            "endpoint": "http://127.0.0.1:1",
+            "gpu_memory_gb": 10,
+        }
+    }
     runtime = DockerRuntime(url=f"unix://{tmp_path}/no-docker.sock")
-    supervisor, path = await daemon(docker_config(tables, [60]), runtime)
+    _, path = await daemon(docker_config(tables, [60]), runtime)
     async with Client(path) as client:
         with pytest.raises(RpcError) as caught:
             await client.call("switch", model="a")

@@ -43,8 +43,9 @@ def scenario(
     """One device of `total` GB holding `running`, as the planner sees it."""
     used = sum(need[name] for name in running)
     candidates = [
-        Candidate(name, {0: need[name]}, SEED[name], (last_used or {}).get(name, 0.0),
-                  name in pinned)
+        Candidate(
+            name, {0: need[name]}, SEED[name], (last_used or {}).get(name, 0.0), name in pinned
+        )
         for name in running
     ]
     return Target(target, {0: need[target]}), [Device(0, total, total - used)], candidates
@@ -67,8 +68,7 @@ def utilization_needs(total: float) -> dict[str, float]:
         # 141 GB holds all three smaller models at the seed's estimates.
         (141, ["gpt-oss-20b", "deepseek-coder-33b-instruct"], "mistral-7b-v0.1", ()),
         # Largest first: deepseek (36.6) goes before 20b (34.0).
-        (80, ["gpt-oss-20b", "deepseek-coder-33b-instruct", "mistral-7b-v0.1"],
-         "gpt-oss-20b", ()),
+        (80, ["gpt-oss-20b", "deepseek-coder-33b-instruct", "mistral-7b-v0.1"], "gpt-oss-20b", ()),
     ],
 )
 def test_seed_table_estimates_fit(
@@ -106,8 +106,12 @@ def test_seed_infeasible_on_141gb_too() -> None:
     [
         (80, "largest_first", {}, ("deepseek-coder-33b-instruct",)),
         (80, "lru", {"gpt-oss-20b": 1.0, "deepseek-coder-33b-instruct": 2.0}, ("gpt-oss-20b",)),
-        (80, "lru", {"gpt-oss-20b": 2.0, "deepseek-coder-33b-instruct": 1.0},
-         ("deepseek-coder-33b-instruct",)),
+        (
+            80,
+            "lru",
+            {"gpt-oss-20b": 2.0, "deepseek-coder-33b-instruct": 1.0},
+            ("deepseek-coder-33b-instruct",),
+        ),
         # One model either way; fewest takes the one that frees the least.
         (80, "fewest", {}, ("gpt-oss-20b",)),
         (141, "largest_first", {}, ("deepseek-coder-33b-instruct",)),
@@ -119,8 +123,13 @@ def test_policies_under_vllm_utilization(
 ) -> None:
     """20B + DeepSeek fill the GPU; Mistral needs one of them stopped, chosen by policy."""
     plan = plan_switch(
-        *scenario(total, ["gpt-oss-20b", "deepseek-coder-33b-instruct"], "mistral-7b-v0.1",
-                  utilization_needs(total), last_used=last_used),
+        *scenario(
+            total,
+            ["gpt-oss-20b", "deepseek-coder-33b-instruct"],
+            "mistral-7b-v0.1",
+            utilization_needs(total),
+            last_used=last_used,
+        ),
         policy,
     )
     assert isinstance(plan, Plan)
@@ -143,8 +152,13 @@ def test_120b_on_80gb_stops_both_smaller_models() -> None:
 def test_pinned_model_is_never_stopped() -> None:
     """A pinned 20B stays; the planner stops DeepSeek even under `fewest`."""
     plan = plan_switch(
-        *scenario(80, ["gpt-oss-20b", "deepseek-coder-33b-instruct"], "mistral-7b-v0.1",
-                  utilization_needs(80), pinned=frozenset({"gpt-oss-20b"})),
+        *scenario(
+            80,
+            ["gpt-oss-20b", "deepseek-coder-33b-instruct"],
+            "mistral-7b-v0.1",
+            utilization_needs(80),
+            pinned=frozenset({"gpt-oss-20b"}),
+        ),
         "fewest",
     )
     assert isinstance(plan, Plan)
@@ -154,8 +168,13 @@ def test_pinned_model_is_never_stopped() -> None:
 def test_pinned_model_blocking_is_reported() -> None:
     """When only a pinned model stands in the way the answer says which."""
     plan = plan_switch(
-        *scenario(80, ["gpt-oss-20b", "deepseek-coder-33b-instruct"], "gpt-oss-120b",
-                  utilization_needs(80), pinned=frozenset({"gpt-oss-20b"})),
+        *scenario(
+            80,
+            ["gpt-oss-20b", "deepseek-coder-33b-instruct"],
+            "gpt-oss-120b",
+            utilization_needs(80),
+            pinned=frozenset({"gpt-oss-20b"}),
+        ),
         "largest_first",
     )
     assert isinstance(plan, Infeasible)
@@ -203,8 +222,15 @@ def worlds(draw: st.DrawFn) -> tuple[Target, list[Device], list[Candidate], Evic
             share = draw(st.floats(0, max(0.0, totals[gpu] - held_total[gpu])))
             held[gpu] = share
             held_total[gpu] += share
-        candidates.append(Candidate(f"m{index}", held, draw(st.floats(0, 200)),
-                                    draw(st.floats(0, 100)), draw(st.booleans())))
+        candidates.append(
+            Candidate(
+                f"m{index}",
+                held,
+                draw(st.floats(0, 200)),
+                draw(st.floats(0, 100)),
+                draw(st.booleans()),
+            )
+        )
     external = [draw(st.floats(0, totals[i] - held_total[i])) for i in range(count)]
     devices = [Device(i, totals[i], totals[i] - held_total[i] - external[i]) for i in range(count)]
     target_gpus = draw(st.sets(st.integers(0, count - 1), min_size=1))
@@ -224,7 +250,9 @@ def fits(target: Target, devices: list[Device], stopped: list[Candidate]) -> boo
 
 @settings(max_examples=400, deadline=None)
 @given(worlds())
-def test_plan_properties(world: tuple[Target, list[Device], list[Candidate], EvictionPolicy]) -> None:
+def test_plan_properties(
+    world: tuple[Target, list[Device], list[Candidate], EvictionPolicy],
+) -> None:
     """Plans fit, spare pinned models, stop nothing needlessly; infeasible only when it is."""
     target, devices, candidates, policy = world
     result = plan_switch(target, devices, candidates, policy)
@@ -244,5 +272,6 @@ def test_plan_properties(world: tuple[Target, list[Device], list[Candidate], Evi
         assert not fits(target, devices, [c for c in stopped if c is not victim])
     if policy == "fewest":
         for smaller in range(len(stopped)):
-            assert not any(fits(target, devices, list(combo))
-                           for combo in combinations(stoppable, smaller))
+            assert not any(
+                fits(target, devices, list(combo)) for combo in combinations(stoppable, smaller)
+            )

@@ -61,7 +61,7 @@ def request(method: str, params: Any = None, id_: int = 1) -> bytes:
 
 
 async def test_garbage_gets_errors_and_connection_stays_usable(socket_path: Path) -> None:
-    """Malformed JSON, unknown method, bad params, unknown model: each its error; then ping works."""
+    """Malformed JSON, unknown method, bad params, unknown model: each errs; then ping works."""
     answers = await exchange(
         socket_path,
         b"{not json\n",
@@ -77,7 +77,10 @@ async def test_garbage_gets_errors_and_connection_stays_usable(socket_path: Path
     assert answers[2]["error"]["data"]["problems"][0]["field"] == "model"
     assert answers[4]["error"]["data"]["problems"][0]["field"] == "wiat"
     assert answers[5]["error"]["data"] == {
-        "error": "unknown_model", "model": "nope", "available": ["alpha", "beta"]}
+        "error": "unknown_model",
+        "model": "nope",
+        "available": ["alpha", "beta"],
+    }
     assert answers[6]["result"]["pong"] is True
 
 
@@ -98,8 +101,13 @@ async def test_switch_and_status_over_socket(socket_path: Path) -> None:
     """switch answers in the seed's shape; status shows the model running."""
     async with Client(socket_path) as client:
         result = await client.call("switch", model="alpha")
-        assert {"status", "model", "unloaded_models", "estimated_load_time_seconds",
-                "memory_info"} <= result.keys()
+        assert {
+            "status",
+            "model",
+            "unloaded_models",
+            "estimated_load_time_seconds",
+            "memory_info",
+        } <= result.keys()
         assert result["status"] == "success"
         status = await client.call("status")
         assert status["models"]["alpha"]["status"] == "running"
@@ -120,11 +128,16 @@ async def test_insufficient_memory_is_an_error_not_a_success(socket_path: Path) 
 
 async def test_batch_and_notification(socket_path: Path) -> None:
     """A batch gets one line holding every answer; a notification gets none."""
-    batch = json.dumps([
-        {"jsonrpc": "2.0", "id": 1, "method": "ping"},
-        {"jsonrpc": "2.0", "method": "ping"},
-        {"jsonrpc": "2.0", "id": 2, "method": "models"},
-    ]).encode() + b"\n"
+    batch = (
+        json.dumps(
+            [
+                {"jsonrpc": "2.0", "id": 1, "method": "ping"},
+                {"jsonrpc": "2.0", "method": "ping"},
+                {"jsonrpc": "2.0", "id": 2, "method": "models"},
+            ]
+        ).encode()
+        + b"\n"
+    )
     [answer] = await exchange(socket_path, batch)
     assert isinstance(answer, list)
     assert sorted(a["id"] for a in answer) == [1, 2]

@@ -40,10 +40,12 @@ async def test_switch_stops_largest_and_waits_for_memory(supervised: SupervisorF
     assert result["status"] == "success"
     assert result["unloaded_models"] == ["alpha"]
     assert result["memory_info"] == {
-        "required_gb": 30.0, "available_before_gb": 5.0, "freed_gb": 30.0, "device": 0,
-        "source": "configured", "per_device": {"0": {"required_gb": 30.0,
-                                                     "available_before_gb": 5.0,
-                                                     "freed_gb": 30.0}},
+        "required_gb": 30.0,
+        "available_before_gb": 5.0,
+        "freed_gb": 30.0,
+        "device": 0,
+        "source": "configured",
+        "per_device": {"0": {"required_gb": 30.0, "available_before_gb": 5.0, "freed_gb": 30.0}},
     }
     # The start came only once the simulated driver had released alpha's memory.
     assert runtime.free_at_start["gamma"] >= 30
@@ -60,8 +62,13 @@ async def test_insufficient_memory_changes_nothing(supervised: SupervisorFactory
     with pytest.raises(InsufficientMemory) as caught:
         await supervisor.switch("huge")
     assert caught.value.data == {
-        "error": "insufficient_memory", "model": "huge", "device": 0, "required_gb": 70.0,
-        "available_gb": 30.0, "freed_gb": 30.0, "total_available_gb": 60.0,
+        "error": "insufficient_memory",
+        "model": "huge",
+        "device": 0,
+        "required_gb": 70.0,
+        "available_gb": 30.0,
+        "freed_gb": 30.0,
+        "total_available_gb": 60.0,
         "pinned_blocking": [],
     }
     assert supervisor.state_of("alpha") is State.RUNNING
@@ -173,8 +180,12 @@ async def test_exit_behind_back_is_noticed(supervised: SupervisorFactory) -> Non
     assert supervisor.state_of("alpha") is State.FAILED
     failure = supervisor.status()["models"]["alpha"]["failure"]
     assert failure["exit_code"] == 137
-    assert {"event": "model.transition", "model": "alpha", "from_state": "running",
-            "to_state": "failed"}.items() <= logs[0].items()
+    assert {
+        "event": "model.transition",
+        "model": "alpha",
+        "from_state": "running",
+        "to_state": "failed",
+    }.items() <= logs[0].items()
 
 
 async def test_engine_death_is_noticed(supervised: SupervisorFactory) -> None:
@@ -231,8 +242,15 @@ async def test_status_has_seed_fields(supervised: SupervisorFactory) -> None:
     await supervisor.switch("alpha")
     status = supervisor.status()
     alpha = status["models"]["alpha"]
-    for field in ("status", "size_gb", "description", "estimated_load_time_seconds",
-                  "gpu_memory_used_gb", "downloaded_size", "health"):
+    for field in (
+        "status",
+        "size_gb",
+        "description",
+        "estimated_load_time_seconds",
+        "gpu_memory_used_gb",
+        "downloaded_size",
+        "health",
+    ):
         assert field in alpha
     assert alpha["status"] == "running"
     assert alpha["health"] == "healthy"

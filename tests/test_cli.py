@@ -1,0 +1,108 @@
+"""The daemon and modelctl as a user runs them: real processes, the demo config."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+DEMO = ROOT / "etc/modeld/demo.toml"
+
+
+def modelctl(socket: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """Run modelctl against `socket`."""
+    return subprocess.run(
+        [sys.executable, "-m", "modeld.ctl", "--socket", str(socket), *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+@pytest.fixture
+def demo_daemon(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], Path]]:
+    """`modeld --config etc/modeld/demo.toml` on a private socket, until it answers ping."""
+    socket = tmp_path / "modeld.sock"
+    log = (tmp_path / "modeld.log").open("w")
+    daemon = subprocess.Popen(
+        [sys.executable, "-m", "modeld", "--config", str(DEMO), "--socket", str(socket)],
+        stderr=log,
+        text=True,
+        cwd=ROOT,
+    )
+    deadline = time.monotonic() + 30
+    while modelctl(socket, "ping").returncode != 0:
+        assert daemon.poll() is None, (tmp_path / "modeld.log").read_text()
+        assert time.monotonic() < deadline, "modeld did not answer within 30s"
+        time.sleep(0.1)
+    yield daemon, socket
+    if daemon.poll() is None:
+        daemon.kill()
+        daemon.wait()
+    log.close()
+
+
+def test_modelctl_against_the_daemon(demo_daemon: tuple[subprocess.Popen[str], Path]) -> None:
+    """--json output parses; a switch runs; refusals exit 1; SIGTERM exits 0 and cleans up."""
+    daemon, socket = demo_daemon
+    status = modelctl(socket, "--json", "status")
+    assert status.returncode == 0
+    assert set(json.loads(status.stdout)["models"]) == {"demo-chat", "demo-coder", "demo-large"}
+
+    switched = modelctl(socket, "switch", "demo-coder", "--json")
+    assert switched.returncode == 0, switched.stderr
+    assert json.loads(switched.stdout)["state"] == "running"
+
+    table = modelctl(socket, "status")
+    assert table.returncode == 0
+    assert "demo-coder" in table.stdout and "running" in table.stdout
+
+    unknown = modelctl(socket, "switch", "nope")
+    assert unknown.returncode == 1
+    assert "Available" in unknown.stderr
+
+    daemon.send_signal(signal.SIGTERM)
+    assert daemon.wait(timeout=30) == 0
+    assert not socket.exists()
+
+
+def test_unreachable_daemon_exit_3_names_socket(tmp_path: Path) -> None:
+    """With nothing on the socket modelctl exits 3 and says which socket it tried."""
+    socket = tmp_path / "absent.sock"
+    result = modelctl(socket, "status")
+    assert result.returncode == 3
+    assert str(socket) in result.stderr
+    assert "no such socket" in result.stderr
+
+
+def test_usage_error_exit_2() -> None:
+    """A malformed command line exits 2."""
+    result = subprocess.run(
+        [sys.executable, "-m", "modeld.ctl", "switch"], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 2
+
+
+def test_demo_command_switches_between_models() -> None:
+    """The README's demo (`modeld-demo`) runs the daemon and switches, evicting one model."""
+    env = {**os.environ, "COLUMNS": "120"}
+    result = subprocess.run(
+        [sys.executable, "-m", "modeld.demo"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        env=env,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "stopped demo-chat to free memory" in result.stdout
+    assert "demo-large is running and healthy" in result.stdout
+    assert "demo done" in result.stdout

@@ -1,0 +1,112 @@
+"""Configuration: the shipped files load; bad ones name the file and the field."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from modeld.config import load_config
+from modeld.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_shipped_configs_load() -> None:
+    """etc/modeld/modeld.toml declares the seed's four models; demo.toml is simulated."""
+    seed = load_config(ROOT / "etc/modeld/modeld.toml")
+    assert {name: m.size_gb for name, m in seed.models.items()} == {
+        "gpt-oss-120b": 183,
+        "gpt-oss-20b": 40,
+        "deepseek-coder-33b-instruct": 43,
+        "mistral-7b-v0.1": 7,
+    }
+    assert seed.models["gpt-oss-120b"].load_time_seconds == 61
+    assert seed.models["gpt-oss-20b"].hf_path == "openai/gpt-oss-20b"
+    demo = load_config(ROOT / "etc/modeld/demo.toml")
+    assert demo.gpu.backend == "simulated"
+    assert {m.runtime for m in demo.models.values()} == {"process"}
+
+
+@pytest.mark.parametrize(
+    ("toml", "field"),
+    [
+        ('[models.a]\nendpoint = "http://x"\nruntime = "process"\n', "models.a"),
+        (
+            '[models.a]\nendpoint = "ftp://x"\ncommand = ["x"]\nruntime = "process"\n',
+            "models.a.endpoint",
+        ),
+        ('[models.a]\nendpoint = "http://x"\ncontainer = "c"\nsize_gb = -1\n', "models.a.size_gb"),
+        ('[models.a]\nendpoint = "http://x"\ncontainer = "c"\nsizegb = 1\n', "models.a.sizegb"),
+        (
+            '[daemon]\neviction_policy = "random"\n[models.a]\nendpoint = "http://x"\n'
+            'container = "c"\n',
+            "daemon.eviction_policy",
+        ),
+        (
+            '[gpu]\nbackend = "simulated"\ndevices_gb = [80]\n[models.a]\nendpoint = "http://x"\n'
+            'container = "c"\ngpus = [1]\n',
+            "models.a.gpus",
+        ),
+        (
+            '[models.a]\nendpoint = "http://x"\ncontainer = "c"\ngpu_memory_gb = 3\n'
+            "gpu_memory_utilization = 0.5\n",
+            "models.a",
+        ),
+    ],
+)
+def test_invalid_config_names_file_and_field(tmp_path: Path, toml: str, field: str) -> None:
+    """Each mistake is reported with the file name and the offending field."""
+    path = tmp_path / "bad.toml"
+    path.write_text(toml)
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    assert str(path) in caught.value.message
+    assert field in caught.value.message
+
+
+def test_daemon_exits_nonzero_on_bad_config(tmp_path: Path) -> None:
+    """`modeld --config bad.toml` exits 78 (EX_CONFIG) with the file and field on stderr."""
+    path = tmp_path / "bad.toml"
+    path.write_text('[models.a]\nendpoint = "http://x"\ncontainer = "c"\nload_timeout_s = 0\n')
+    result = subprocess.run(
+        [sys.executable, "-m", "modeld", "--config", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 78
+    assert str(path) in result.stderr
+    assert "models.a.load_timeout_s" in result.stderr
+
+
+def test_daemon_says_clearly_when_nvml_cannot_load(tmp_path: Path) -> None:
+    """On a host without the NVIDIA driver, the nvml backend fails at start with advice."""
+    pytest.importorskip("pynvml")
+    if Path("/dev/nvidiactl").exists():
+        pytest.skip("this host has an NVIDIA driver")
+    path = tmp_path / "nvml.toml"
+    path.write_text(
+        '[gpu]\nbackend = "nvml"\n[models.a]\nendpoint = "http://x"\n'
+        'runtime = "process"\ncommand = ["x"]\n'
+    )
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "modeld",
+            "--config",
+            str(path),
+            "--socket",
+            str(tmp_path / "s.sock"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 69
+    assert "NVML cannot load" in result.stderr
+    assert 'backend = "simulated"' in result.stderr
+    assert not (tmp_path / "s.sock").exists()
