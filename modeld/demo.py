@@ -7,6 +7,7 @@ child processes) on a private socket, drives it with `modelctl`, then stops it.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import subprocess
@@ -27,6 +28,23 @@ STEPS: list[list[str]] = [
     ["switch", "demo-large"],
     ["status"],
 ]
+
+
+def _summary(line: str) -> str | None:
+    """A switch decision or state transition from the daemon's JSON log, in one line."""
+    try:
+        event = json.loads(line)
+    except ValueError:
+        return None
+    if event.get("event") == "switch.plan":
+        stop = ", ".join(event["stop"]) or "nothing"
+        return (
+            f"plan for {event['model']}: needs {event['required_gb']} GB, "
+            f"{event['available_before_gb']} GB free, stop {stop}"
+        )
+    if event.get("event") == "model.transition":
+        return f"{event['model']}: {event['from_state']} -> {event['to_state']} ({event['reason']})"
+    return None
 
 
 def _ctl(socket: Path, args: list[str], console: Console) -> int:
@@ -81,9 +99,11 @@ def run(argv: list[str] | None = None) -> int:
         finally:
             daemon.terminate()
             daemon.wait(timeout=30)
-    console.rule("[bold]daemon log (last lines)")
-    for line in log_path.read_text().splitlines()[-8:]:
-        console.print(line, markup=False, highlight=False)
+    console.rule("[bold]what the daemon logged: decisions and transitions")
+    for line in log_path.read_text().splitlines():
+        summary = _summary(line)
+        if summary:
+            console.print(summary, markup=False, highlight=False)
     if failed:
         console.print(f"[red]{failed} demo step(s) failed")
         return 1

@@ -3,14 +3,25 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 
 import pytest
 from structlog.testing import capture_logs
 
-from modeld.errors import InsufficientMemory, LoadFailed, OperationTimeout, UnknownModel
+from modeld.errors import (
+    GpuUnavailable,
+    InsufficientMemory,
+    LoadFailed,
+    OperationTimeout,
+    UnknownModel,
+)
+from modeld.gpu.base import BackendRef, GpuReading
+from modeld.gpu.simulated import SimulatedGpu
+from modeld.health import HealthProbe
 from modeld.states import State
+from modeld.supervisor import Supervisor
 from tests.conftest import SupervisorFactory, make_config
-from tests.fakes import Behaviour
+from tests.fakes import Behaviour, FakeRuntime
 
 THREE = {
     "alpha": {"gpu_memory_gb": 30, "size_gb": 35},
@@ -259,3 +270,40 @@ async def test_status_has_seed_fields(supervised: SupervisorFactory) -> None:
     assert status["gpu"]["used_mb"] == 30 * 1024
     assert status["gpu"]["available_gb"] == 30.0
     assert status["gpu"]["total_mb"] == 60 * 1024
+
+
+class FlakyGpu(SimulatedGpu):
+    """A simulated GPU whose driver can be made to fail reads, as NVML can."""
+
+    failing = False
+
+    async def read(self, backends: Sequence[BackendRef]) -> GpuReading:
+        """Fail with GpuUnavailable while `failing`."""
+        if self.failing:
+            raise GpuUnavailable("NVML read failed: GPU is lost", reason="GPU is lost")
+        return await super().read(backends)
+
+
+async def test_gpu_read_errors_use_recent_reading_then_refuse() -> None:
+    """A failed read falls back to a recent reading (marked stale); none fresh: refused."""
+    config = make_config(THREE, [60], gpu={"stale_after_s": 0.2})
+    runtime = FakeRuntime()
+    gpu = FlakyGpu(config.gpu, alive=runtime.alive)
+    supervisor = Supervisor(config, gpu, {"process": runtime}, HealthProbe(timeout_s=1))
+    await supervisor.startup()
+    try:
+        gpu.failing = True
+        assert (await supervisor.switch("alpha"))["state"] == "running"
+        assert supervisor.gpu()["stale"] is True
+        assert supervisor.gpu()["error"] == "NVML read failed: GPU is lost"
+        await supervisor.wait_for_state("alpha", {State.RUNNING}, 1)
+        await asyncio.sleep(0.3)  # let the last good reading age past stale_after_s
+        with pytest.raises(GpuUnavailable):
+            await supervisor.switch("beta")
+        assert supervisor.state_of("beta") is State.STOPPED
+        assert supervisor.status()["models"]["alpha"]["status"] == "running"
+        gpu.failing = False
+        assert (await supervisor.switch("beta"))["state"] == "running"
+        assert supervisor.gpu()["stale"] is False
+    finally:
+        await supervisor.shutdown()
