@@ -15,6 +15,29 @@ from modeld.health import HealthProbe
 from modeld.supervisor import Supervisor
 from tests.fakes import FakeRuntime
 
+# The router seed's field names: clients written for it must keep working.
+SEED_MODEL_FIELDS = frozenset(
+    {
+        "status",
+        "size_gb",
+        "description",
+        "estimated_load_time_seconds",
+        "gpu_memory_used_gb",
+        "downloaded_size",
+        "health",
+    }
+)
+SEED_GPU_FIELDS = frozenset(
+    {
+        "used_mb",
+        "total_mb",
+        "available_mb",
+        "used_gb",
+        "total_gb",
+        "available_gb",
+    }
+)
+
 
 def free_port() -> int:
     """A TCP port nothing listens on right now."""
