@@ -181,7 +181,10 @@ async def _with_progress(
         bar = progress.add_task(f"{op} {model}", total=None)
         async with Client(path) as watcher:
             while not request.done():
-                view = (await watcher.call("status"))["models"][model]
+                view = (await watcher.call("status"))["models"].get(model)
+                if view is None:  # an unknown model: the request's own error says so
+                    await asyncio.wait({request})
+                    break
                 if view["status"] == "loading":
                     loading_for = time.time() - datetime.fromisoformat(view["since"]).timestamp()
                     progress.update(
@@ -190,6 +193,9 @@ async def _with_progress(
                         total=max(view["estimated_load_time_seconds"], loading_for),
                         completed=loading_for,
                     )
+                elif view["status"] in ("stopped", "failed"):
+                    # Not started yet: queued behind another operation, or freeing memory.
+                    progress.update(bar, description=f"{model}: waiting for room")
                 else:
                     progress.update(bar, description=f"{model}: {view['status']}")
                 await asyncio.wait({request}, timeout=0.5)
@@ -282,7 +288,11 @@ def run(argv: list[str] | None = None) -> int:
                 )
             )
         else:
-            Console(stderr=True).print(f"[red]modelctl: {exc.message}[/]")
+            err = Console(stderr=True)
+            err.print(f"[red]modelctl: {exc.message}[/]", highlight=False)
+            data = exc.data if isinstance(exc.data, dict) else {}
+            for line in data.get("last_lines") or []:
+                err.print(f"  {line}", markup=False, highlight=False)
         return EXIT_REFUSED
     except KeyboardInterrupt:
         return 130

@@ -15,6 +15,7 @@ from modeld.rpc import MAX_MESSAGE_BYTES, RpcServer
 from modeld.states import State
 from modeld.supervisor import Supervisor
 from tests.conftest import SupervisorFactory, make_config
+from tests.fakes import Behaviour, FakeRuntime
 
 MODELS = {"alpha": {"gpu_memory_gb": 30}, "beta": {"gpu_memory_gb": 40}}
 
@@ -22,18 +23,18 @@ MODELS = {"alpha": {"gpu_memory_gb": 30}, "beta": {"gpu_memory_gb": 40}}
 @pytest.fixture
 async def served(
     supervised: SupervisorFactory, tmp_path: Path
-) -> AsyncIterator[tuple[Path, Supervisor]]:
-    """A running RpcServer over a supervised fake host: its socket path and Supervisor."""
-    supervisor, _, _ = await supervised(make_config(MODELS, [60]))
+) -> AsyncIterator[tuple[Path, Supervisor, FakeRuntime]]:
+    """A running RpcServer over a supervised fake host: socket path, Supervisor, runtime."""
+    supervisor, runtime, _ = await supervised(make_config(MODELS, [60]))
     path = tmp_path / "modeld.sock"
     server = RpcServer(supervisor, path)
     await server.start()
-    yield path, supervisor
+    yield path, supervisor, runtime
     await server.close()
 
 
 @pytest.fixture
-def socket_path(served: tuple[Path, Supervisor]) -> Path:
+def socket_path(served: tuple[Path, Supervisor, FakeRuntime]) -> Path:
     """The served socket's path."""
     return served[0]
 
@@ -143,9 +144,11 @@ async def test_batch_and_notification(socket_path: Path) -> None:
     assert sorted(a["id"] for a in answer) == [1, 2]
 
 
-async def test_caller_hanging_up_does_not_abort_switch(served: tuple[Path, Supervisor]) -> None:
+async def test_caller_hanging_up_does_not_abort_switch(
+    served: tuple[Path, Supervisor, FakeRuntime],
+) -> None:
     """A client that disconnects mid-switch leaves the switch to finish."""
-    path, supervisor = served
+    path, supervisor, _ = served
     _, writer = await asyncio.open_unix_connection(str(path))
     writer.write(request("switch", {"model": "alpha"}))
     await writer.drain()
@@ -165,3 +168,20 @@ async def test_second_daemon_refuses_live_socket(
         await RpcServer(supervisor, socket_path).start()
     async with Client(socket_path) as client:
         assert (await client.call("ping"))["pong"] is True
+
+
+async def test_others_are_served_while_a_switch_loads(
+    served: tuple[Path, Supervisor, FakeRuntime],
+) -> None:
+    """During a long switch, status answers from memory and shows the model loading."""
+    path, supervisor, runtime = served
+    runtime.behaviour["alpha"] = Behaviour(load_seconds=1.0)
+    async with Client(path) as switcher, Client(path) as watcher:
+        switch = asyncio.create_task(switcher.call("switch", model="alpha"))
+        await supervisor.wait_for_state("alpha", {State.LOADING}, 10)
+        status = await watcher.call("status")
+        assert status["models"]["alpha"]["status"] == "loading"
+        assert status["busy"] is True
+        assert (await watcher.call("ping"))["pong"] is True
+        assert not switch.done()
+        assert (await switch)["state"] == "running"

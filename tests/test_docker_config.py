@@ -1,0 +1,57 @@
+"""The Engine API body modeld sends to create a container (no engine needed)."""
+
+from __future__ import annotations
+
+from modeld.config import ModelConfig
+from modeld.runtime.docker import container_config
+
+
+def test_create_body_carries_labels_ports_volumes_and_gpus() -> None:
+    """Image, command, env, volumes, ports and the NVIDIA device request all reach Docker."""
+    model = ModelConfig.model_validate(
+        {
+            "name": "gpt-oss-20b",
+            "image": "vllm/vllm-openai:v0.32.0",
+            "command": ["--model", "openai/gpt-oss-20b", "--gpu-memory-utilization", "0.85"],
+            "env": {"HF_HUB_OFFLINE": "1"},
+            "volumes": ["/srv/hf:/root/.cache/huggingface:ro"],
+            "ports": ["127.0.0.1:8002:8000", "9000:9000/udp"],
+            "endpoint": "http://127.0.0.1:8002",
+            "gpus": [0, 1],
+            "stop_timeout_s": 20,
+        }
+    )
+    body = container_config(model)
+    assert body["Image"] == "vllm/vllm-openai:v0.32.0"
+    assert body["Cmd"][-1] == "0.85"
+    assert body["Env"] == ["HF_HUB_OFFLINE=1"]
+    assert body["Labels"] == {"modeld.model": "gpt-oss-20b"}
+    assert body["StopTimeout"] == 20
+    host = body["HostConfig"]
+    assert host["Binds"] == ["/srv/hf:/root/.cache/huggingface:ro"]
+    assert body["ExposedPorts"] == {"8000/tcp": {}, "9000/udp": {}}
+    assert host["PortBindings"] == {
+        "8000/tcp": [{"HostIp": "127.0.0.1", "HostPort": "8002"}],
+        "9000/udp": [{"HostIp": "", "HostPort": "9000"}],
+    }
+    assert host["DeviceRequests"] == [
+        {"Driver": "nvidia", "DeviceIDs": ["0", "1"], "Capabilities": [["gpu"]]}
+    ]
+    assert "NetworkMode" not in host
+
+
+def test_no_gpu_request_and_host_network() -> None:
+    """request_gpus = false sends no device request; network_mode passes through."""
+    model = ModelConfig.model_validate(
+        {
+            "name": "m",
+            "image": "img",
+            "endpoint": "http://127.0.0.1:1",
+            "request_gpus": False,
+            "network_mode": "host",
+        }
+    )
+    host = container_config(model)["HostConfig"]
+    assert "DeviceRequests" not in host
+    assert host["NetworkMode"] == "host"
+    assert "Cmd" not in container_config(model)

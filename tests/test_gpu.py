@@ -1,0 +1,129 @@
+"""The GPU layer: the simulated driver's behaviour, PID attribution, and the real NVML."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from modeld.config import GpuConfig
+from modeld.errors import GpuUnavailable
+from modeld.gpu.base import BackendRef, GpuReading, owner_of, pid_alive
+from modeld.gpu.nvml import NvmlMonitor
+from modeld.gpu.simulated import SimulatedGpu
+
+
+class Clock:
+    """A hand-driven monotonic clock."""
+
+    now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def test_simulated_memory_held_while_alive_released_after_delay() -> None:
+    """Memory appears with the process, stays while it lives, lingers `release_delay_s`."""
+    clock, alive = Clock(), {101}
+    gpu = SimulatedGpu(
+        GpuConfig(
+            backend="simulated", devices_gb=[80, 80], external_used_gb=[5], release_delay_s=2.0
+        ),
+        clock=clock,
+        alive=lambda pid: pid in alive,
+    )
+    ref = BackendRef("m", 101, expected_gb={0: 30, 1: 30})
+    reading = await gpu.read([ref])
+    assert [d.used_gb for d in reading.devices] == [35, 30]
+    assert reading.per_model == {"m": {0: 30, 1: 30}}
+    alive.clear()
+    clock.now = 1.0
+    reading = await gpu.read([])
+    assert [d.used_gb for d in reading.devices] == [35, 30]
+    assert reading.per_model == {}  # like NVML, a dead process is no longer listed
+    clock.now = 3.0
+    reading = await gpu.read([])
+    assert [d.free_gb for d in reading.devices] == [75, 80]
+
+
+async def test_external_memory_is_never_released() -> None:
+    """Memory held by processes modeld does not manage stays used."""
+    gpu = SimulatedGpu(GpuConfig(backend="simulated", devices_gb=[24], external_used_gb=[2]))
+    assert (await gpu.read([])).devices[0].free_gb == 22
+
+
+def test_owner_of_attributes_child_processes_to_backend() -> None:
+    """A backend's child (vLLM's engine core) is attributed to the backend's model."""
+    parent = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import subprocess, sys; c = subprocess.Popen([sys.executable, '-c', "
+            "'import time; time.sleep(30)']); print(c.pid, flush=True); c.wait()",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert parent.stdout is not None
+        child = int(parent.stdout.readline())
+        assert pid_alive(child)
+        refs = [BackendRef("other", 1_000_000_000), BackendRef("mine", parent.pid)]
+        assert owner_of(child, refs) == "mine"
+        assert owner_of(child, refs[:1]) is None
+    finally:
+        subprocess.run(["pkill", "-P", str(parent.pid)], check=False)
+        parent.wait(timeout=10)
+
+
+def test_dead_and_zombie_pids_are_not_alive() -> None:
+    """An exited, unreaped child is a zombie and holds no GPU memory."""
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    # Wait for the exit without reaping it: the child stays a zombie.
+    os.waitid(os.P_PID, child.pid, os.WEXITED | os.WNOWAIT)
+    assert Path(f"/proc/{child.pid}").exists()
+    assert not pid_alive(child.pid)
+    child.wait()
+    assert not pid_alive(child.pid)
+
+
+def _nvml_or_skip() -> None:
+    if not Path("/dev/nvidiactl").exists():
+        pytest.skip("no NVIDIA driver on this host (run on a lent GPU machine)")
+
+
+async def _read_nvml_once() -> GpuReading:
+    monitor = await NvmlMonitor.open()
+    try:
+        return await monitor.read([])
+    finally:
+        await monitor.close()
+
+
+def test_nvml_reads_real_devices() -> None:
+    """On a GPU host: NVML totals agree with nvidia-smi and used never exceeds total."""
+    _nvml_or_skip()
+    reading = asyncio.run(_read_nvml_once())
+    smi = subprocess.run(
+        ["nvidia-smi", "--query-gpu=memory.total", "--format=csv,noheader,nounits"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    totals_mib = [int(line) for line in smi.stdout.split()]
+    assert [round(d.total_gb * 1024) for d in reading.devices] == pytest.approx(totals_mib, abs=2)
+    for device in reading.devices:
+        assert 0 <= device.used_gb <= device.total_gb
+        assert device.name
+
+
+def test_nvml_missing_driver_is_a_clear_error() -> None:
+    """Without the driver, opening NVML raises GpuUnavailable with advice, not a traceback."""
+    if Path("/dev/nvidiactl").exists():
+        pytest.skip("this host has an NVIDIA driver")
+    with pytest.raises(GpuUnavailable, match="NVML cannot load"):
+        asyncio.run(NvmlMonitor.open())
