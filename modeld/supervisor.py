@@ -247,6 +247,10 @@ class Supervisor:
             # Already on its way: wait for that load, never start a second backend.
             return await self._join_load(record, wait, timeout, [], None)
         await self._check_runtime(record)
+        if record.state is State.FAILED:
+            # A failed backend may linger (vLLM's API server outlives its dead engine):
+            # stop it first, so its memory is not counted twice.
+            await self._stop_model(record, "clearing failed backend before start")
         reading = await self._read_gpu()
         plan = self._plan(record, reading)
         if isinstance(plan, Infeasible):
@@ -273,8 +277,8 @@ class Supervisor:
         log.info("switch.plan", model=record.name, stop=list(plan.stop), **memory_info)
         for victim in plan.stop:
             await self._stop_model(self._models[victim], f"evicted for {record.name}")
-        if plan.stop:
-            await self._wait_for_memory(record)
+        # Start only once the driver shows the room (at once when nothing was stopped).
+        await self._wait_for_memory(record)
         await self._start_model(record)
         return await self._join_load(record, wait, timeout, list(plan.stop), memory_info)
 
@@ -362,9 +366,6 @@ class Supervisor:
 
     async def _start_model(self, record: ModelRecord) -> None:
         runtime = self._runtime(record)
-        if record.state is State.FAILED:
-            # A failed backend may linger (vLLM's server outlives its dead engine).
-            await runtime.stop(record.config)
         self._transition(record, State.LOADING, "start")
         record.loading_started = time.monotonic()
         record.health = Health.UNKNOWN

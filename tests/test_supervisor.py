@@ -299,3 +299,18 @@ async def test_gpu_read_errors_use_recent_reading_then_refuse() -> None:
         assert supervisor.gpu()["stale"] is False
     finally:
         await supervisor.shutdown()
+
+
+async def test_lingering_failed_backend_is_cleared_before_restart(
+    supervised: SupervisorFactory,
+) -> None:
+    """A failed model whose server still holds memory is stopped, then started afresh."""
+    supervisor, runtime, _ = await supervised(make_config({"alpha": {"gpu_memory_gb": 50}}, [60]))
+    await supervisor.switch("alpha")
+    runtime.engine_dies("alpha")  # /health 503, but the server process lives on
+    await supervisor.poll_once()
+    assert supervisor.state_of("alpha") is State.FAILED
+    result = await supervisor.switch("alpha")
+    assert result["state"] == "running"
+    assert runtime.events == [("start", "alpha"), ("stop", "alpha"), ("start", "alpha")]
+    assert runtime.free_at_start["alpha"] >= 50
