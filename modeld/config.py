@@ -41,7 +41,19 @@ class DaemonConfig(_Strict):
     memory_poll_interval_s: PositiveFloat = 0.1
     health_poll_interval_s: PositiveFloat = 0.5
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    max_connections: Annotated[int, Field(ge=1)] = 256
+    # Who may call mutating methods (switch, start, stop, restart). Both empty: anyone
+    # who can open the socket. Root may always.
+    allow_uids: list[Annotated[int, Field(ge=0)]] = Field(default_factory=list)
+    allow_groups: list[str] = Field(default_factory=list)
     hf_cache_dir: Path | None = None
+
+    @field_validator("socket_mode")
+    @classmethod
+    def _not_world_writable(cls, value: int) -> int:
+        if value & 0o002:
+            raise ValueError(f"{oct(value)} is world-writable: anyone could switch models")
+        return value
 
 
 class GpuConfig(_Strict):

@@ -9,6 +9,7 @@ from pathlib import Path
 import structlog
 
 from modeld import __version__
+from modeld.access import AccessPolicy
 from modeld.config import Config
 from modeld.gpu import open_gpu_monitor
 from modeld.health import HealthProbe
@@ -43,8 +44,14 @@ async def run_daemon(config: Config, socket_path: Path) -> None:
         loop.add_signal_handler(sig, stop.set)
     gpu = await open_gpu_monitor(config.gpu)
     supervisor = Supervisor(config, gpu, build_runtimes(config), HealthProbe())
+    daemon = config.daemon
     server = RpcServer(
-        supervisor, socket_path, config.daemon.socket_mode, config.daemon.socket_group
+        supervisor,
+        socket_path,
+        daemon.socket_mode,
+        daemon.socket_group,
+        AccessPolicy(daemon.allow_uids, daemon.allow_groups),
+        daemon.max_connections,
     )
     try:
         await supervisor.startup()

@@ -73,6 +73,20 @@ class ConfigError(ModeldError):
     kind = "invalid_config"
 
 
+class PermissionDenied(ModeldError):
+    """The caller may read but not change (allow_uids / allow_groups)."""
+
+    code = -32009
+    kind = "permission_denied"
+
+
+class TooManyConnections(ModeldError):
+    """The daemon holds max_connections connections already."""
+
+    code = -32010
+    kind = "too_many_connections"
+
+
 class SocketInUse(ModeldError):
     """Another process answers on the daemon's socket path."""
 
@@ -84,16 +98,3 @@ class InvalidParams(ModeldError):
 
     code = -32602
     kind = "invalid_params"
-
-
-ERROR_CLASSES: tuple[type[ModeldError], ...] = (
-    UnknownModel,
-    InsufficientMemory,
-    LoadFailed,
-    OperationTimeout,
-    RuntimeUnavailable,
-    GpuUnavailable,
-    OperationFailed,
-    ConfigError,
-    InvalidParams,
-)

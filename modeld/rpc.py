@@ -11,8 +11,6 @@ import contextlib
 import grp
 import json
 import os
-import socket
-import struct
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +21,8 @@ from jsonrpcserver import Error, Result, Success, async_dispatch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from modeld import __version__
-from modeld.errors import ModeldError, SocketInUse
+from modeld.access import AccessPolicy, Caller, peer_credentials
+from modeld.errors import ModeldError, PermissionDenied, SocketInUse, TooManyConnections
 from modeld.supervisor import Supervisor
 
 log = structlog.get_logger("modeld.rpc")
@@ -35,10 +34,11 @@ INVALID_REQUEST = -32600
 
 @dataclass(frozen=True)
 class Context:
-    """What a handler gets: the Supervisor and who is calling (SO_PEERCRED)."""
+    """What a handler gets: the Supervisor, who is calling, and what they may do."""
 
     supervisor: Supervisor
-    caller: dict[str, int]
+    caller: Caller
+    policy: AccessPolicy
 
 
 class _Params(BaseModel):
@@ -66,8 +66,10 @@ Handler = Callable[..., Awaitable[Result]]
 P = TypeVar("P", bound=_Params)
 
 
-def _method(params_type: type[P], call: Callable[[Context, P], Awaitable[Any]]) -> Handler:
-    """Validate params with pydantic, call the Supervisor, map ModeldError to its code."""
+def _method(
+    params_type: type[P], call: Callable[[Context, P], Awaitable[Any]], mutates: bool = False
+) -> Handler:
+    """Validate params, check access, call the Supervisor, map ModeldError to its code."""
 
     async def handler(context: Context, *args: Any, **kwargs: Any) -> Result:
         if args:
@@ -87,6 +89,12 @@ def _method(params_type: type[P], call: Callable[[Context, P], Awaitable[Any]]) 
                 INVALID_PARAMS, "Invalid params", {"error": "invalid_params", "problems": problems}
             )
         try:
+            if mutates and not context.policy.may_mutate(context.caller):
+                raise PermissionDenied(
+                    "permission denied: this uid may read but not change models "
+                    "(daemon.allow_uids / allow_groups)",
+                    uid=context.caller.uid,
+                )
             return Success(await call(context, params))
         except ModeldError as exc:
             return Error(exc.code, exc.message, exc.data)
@@ -111,19 +119,25 @@ async def _models(ctx: Context, _: NoParams) -> list[dict[str, Any]]:
 
 
 async def _switch(ctx: Context, p: LoadParams) -> dict[str, Any]:
-    return await ctx.supervisor.switch(p.model, wait=p.wait, timeout=p.timeout, caller=ctx.caller)
+    return await ctx.supervisor.switch(
+        p.model, wait=p.wait, timeout=p.timeout, caller=ctx.caller.as_log()
+    )
 
 
 async def _start(ctx: Context, p: LoadParams) -> dict[str, Any]:
-    return await ctx.supervisor.start(p.model, wait=p.wait, timeout=p.timeout, caller=ctx.caller)
+    return await ctx.supervisor.start(
+        p.model, wait=p.wait, timeout=p.timeout, caller=ctx.caller.as_log()
+    )
 
 
 async def _stop(ctx: Context, p: ModelParams) -> dict[str, Any]:
-    return await ctx.supervisor.stop(p.model, caller=ctx.caller)
+    return await ctx.supervisor.stop(p.model, caller=ctx.caller.as_log())
 
 
 async def _restart(ctx: Context, p: LoadParams) -> dict[str, Any]:
-    return await ctx.supervisor.restart(p.model, wait=p.wait, timeout=p.timeout, caller=ctx.caller)
+    return await ctx.supervisor.restart(
+        p.model, wait=p.wait, timeout=p.timeout, caller=ctx.caller.as_log()
+    )
 
 
 METHODS: dict[str, Handler] = {
@@ -131,24 +145,11 @@ METHODS: dict[str, Handler] = {
     "status": _method(NoParams, _status),
     "gpu": _method(NoParams, _gpu),
     "models": _method(NoParams, _models),
-    "switch": _method(LoadParams, _switch),
-    "start": _method(LoadParams, _start),
-    "stop": _method(ModelParams, _stop),
-    "restart": _method(LoadParams, _restart),
+    "switch": _method(LoadParams, _switch, mutates=True),
+    "start": _method(LoadParams, _start, mutates=True),
+    "stop": _method(ModelParams, _stop, mutates=True),
+    "restart": _method(LoadParams, _restart, mutates=True),
 }
-
-
-def peer_credentials(writer: asyncio.StreamWriter) -> dict[str, int]:
-    """The caller's pid, uid and gid from SO_PEERCRED (empty if unavailable)."""
-    sock = writer.get_extra_info("socket")
-    if sock is None:
-        return {}
-    try:
-        raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-    except OSError:
-        return {}
-    pid, uid, gid = struct.unpack("3i", raw)
-    return {"pid": pid, "uid": uid, "gid": gid}
 
 
 def _error_line(code: int, message: str, data: dict[str, Any]) -> bytes:
@@ -160,9 +161,18 @@ class RpcServer:
     """Serves JSON-RPC on a Unix socket; each connection, and each request, on its own."""
 
     def __init__(
-        self, supervisor: Supervisor, path: Path, mode: int = 0o660, group: str | None = None
+        self,
+        supervisor: Supervisor,
+        path: Path,
+        mode: int = 0o660,
+        group: str | None = None,
+        policy: AccessPolicy | None = None,
+        max_connections: int = 256,
     ) -> None:
         self._supervisor = supervisor
+        self._policy = policy or AccessPolicy()
+        self._max_connections = max_connections
+        self._connections = 0
         self._path = path
         self._mode = mode
         self._group = group
@@ -206,8 +216,21 @@ class RpcServer:
                     self._path.unlink()
 
     async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        context = Context(self._supervisor, peer_credentials(writer))
+        caller = peer_credentials(writer.get_extra_info("socket"))
         write_lock = asyncio.Lock()
+        if self._connections >= self._max_connections:
+            refusal = TooManyConnections(
+                f"modeld serves at most {self._max_connections} connections; try again later",
+                limit=self._max_connections,
+            )
+            log.warning("rpc.connection_refused", limit=self._max_connections, **caller.as_log())
+            await self._send(
+                writer, write_lock, _error_line(refusal.code, refusal.message, refusal.data)
+            )
+            writer.close()
+            return
+        self._connections += 1
+        context = Context(self._supervisor, caller, self._policy)
         mine: set[asyncio.Task[None]] = set()
         try:
             while True:
@@ -243,6 +266,7 @@ class RpcServer:
             # and log their outcome; only then is the transport closed.
             if mine:
                 await asyncio.wait(mine)
+            self._connections -= 1
             writer.close()
 
     async def _request(
