@@ -66,6 +66,8 @@ def model_view(record: ModelRecord, reading: GpuReading | None) -> dict[str, Any
         "runtime": config.runtime,
         "endpoint": config.endpoint,
         "last_load_seconds": round(record.last_load_s, 2) if record.last_load_s else None,
+        "backend_pid": record.backend.pid if record.backend else None,
+        "container_id": record.backend.id if record.backend else None,
     }
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -12,6 +13,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from modeld.gpu.base import pid_alive
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO = ROOT / "etc/modeld/demo.toml"
@@ -106,3 +109,29 @@ def test_demo_command_switches_between_models() -> None:
     assert "stopped demo-chat to free memory" in result.stdout
     assert "demo-large is running and healthy" in result.stdout
     assert "demo done" in result.stdout
+
+
+def port_answers(port: int) -> bool:
+    """Whether something accepts connections on 127.0.0.1:port."""
+    with socket.socket() as sock:
+        sock.settimeout(1)
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+@pytest.mark.parametrize("how", [signal.SIGTERM, signal.SIGKILL], ids=["sigterm", "kill-9"])
+def test_process_backends_end_with_the_daemon(
+    demo_daemon: tuple[subprocess.Popen[str], Path], how: signal.Signals
+) -> None:
+    """Process backends cannot be adopted, so they end with the daemon, even on kill -9."""
+    daemon, socket_path = demo_daemon
+    switched = modelctl(socket_path, "--json", "switch", "demo-coder")
+    assert switched.returncode == 0, switched.stderr
+    status = json.loads(modelctl(socket_path, "--json", "status").stdout)
+    backend = status["models"]["demo-coder"]["backend_pid"]
+    assert port_answers(18102)
+    daemon.send_signal(how)
+    daemon.wait(timeout=30)
+    deadline = time.monotonic() + 15
+    while pid_alive(backend) or port_answers(18102):
+        assert time.monotonic() < deadline, "the backend outlived the daemon"
+        time.sleep(0.05)

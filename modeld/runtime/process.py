@@ -1,13 +1,17 @@
 """The process runtime: each backend is a child process group of the daemon.
 
-Children cannot be adopted by a later daemon the way containers can, so when the
-daemon exits it stops them (close()): nothing is left holding GPU memory unwatched.
+Children cannot be adopted by a later daemon the way containers can (their exit code
+and output belong to the parent), so they live and die with the daemon: on a clean
+exit it stops them (close()), and if it is killed outright the kernel sends each
+child SIGTERM (PR_SET_PDEATHSIG). Nothing is left holding GPU memory unwatched.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
+import functools
 import os
 import shutil
 import signal
@@ -41,6 +45,17 @@ def resolve_command(argv0: str) -> str | None:
     return shutil.which(argv0, path=search)
 
 
+_PR_SET_PDEATHSIG = 1
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def _die_with_daemon(daemon_pid: int) -> None:
+    """In the child before exec: get SIGTERM if the daemon dies, even by SIGKILL."""
+    _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != daemon_pid:  # the daemon died before prctl took effect
+        os._exit(1)
+
+
 def _kill_group(pgid: int, sig: signal.Signals) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, sig)
@@ -72,6 +87,7 @@ class ProcessRuntime:
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.STDOUT,
                 start_new_session=True,
+                preexec_fn=functools.partial(_die_with_daemon, os.getpid()),
                 env={**os.environ, **model.env},
                 cwd=model.cwd,
             )
