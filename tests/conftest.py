@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import socket
-from collections.abc import AsyncIterator, Awaitable, Callable
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
 import pytest
@@ -13,7 +13,9 @@ from modeld.config import Config, parse_config
 from modeld.gpu.simulated import SimulatedGpu
 from modeld.health import HealthProbe
 from modeld.supervisor import Supervisor
+from tests.docker_support import build_image, docker_cli, docker_required, engine_problem
 from tests.fakes import FakeRuntime
+from tests.ports import free_port
 
 # The router seed's field names: clients written for it must keep working.
 SEED_MODEL_FIELDS = frozenset(
@@ -37,13 +39,6 @@ SEED_GPU_FIELDS = frozenset(
         "available_gb",
     }
 )
-
-
-def free_port() -> int:
-    """A TCP port nothing listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 20.0) -> None:
@@ -102,3 +97,24 @@ async def supervised() -> AsyncIterator[SupervisorFactory]:
     yield build
     for supervisor in made:
         await supervisor.shutdown()
+
+
+@pytest.fixture(scope="session")
+def image() -> str:
+    """The fake-vLLM image; skip (or fail, in CI) when no engine can run."""
+    problem = engine_problem()
+    if problem is not None:
+        if docker_required():
+            pytest.fail(f"Docker is required here but unusable: {problem}")
+        pytest.skip(f"no usable Docker engine: {problem}")
+    return build_image()
+
+
+@pytest.fixture
+def prefix() -> Iterator[str]:
+    """A unique container-name prefix; every container with it is removed afterwards."""
+    prefix = f"modeld-test-{uuid.uuid4().hex[:8]}"
+    yield prefix
+    names = docker_cli("ps", "-aq", "--filter", f"name={prefix}", check=False).stdout.split()
+    if names:
+        docker_cli("rm", "-f", *names, check=False)

@@ -13,6 +13,9 @@ import subprocess
 import tarfile
 import tempfile
 from pathlib import Path
+from typing import Any
+
+from tests.ports import free_port
 
 IMAGE = "modeld-test/fake-vllm:1"
 BUSYBOX = Path("/bin/busybox")
@@ -82,3 +85,24 @@ def build_image() -> str:
 def docker_required() -> bool:
     """CI sets MODELD_REQUIRE_DOCKER=1: there a missing engine fails instead of skipping."""
     return os.environ.get("MODELD_REQUIRE_DOCKER") == "1"
+
+
+def docker_model(
+    image: str, prefix: str, name: str, gb: float, *extra: str, load_seconds: float = 0.5
+) -> dict[str, Any]:
+    """A docker model table for the fake-vLLM image on host networking."""
+    port = free_port()
+    return {
+        "runtime": "docker",
+        "image": image,
+        "container": f"{prefix}-{name}",
+        "command": ["/fake-vllm", str(port), str(load_seconds), *extra],
+        "env": {"MODEL": name},
+        "network_mode": "host",
+        "request_gpus": False,
+        "endpoint": f"http://127.0.0.1:{port}",
+        "gpu_memory_gb": gb,
+        "size_gb": gb,
+        "load_timeout_s": 20,
+        "stop_timeout_s": 5,
+    }

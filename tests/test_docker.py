@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import asyncio
-import uuid
-from collections.abc import AsyncIterator, Iterator
+import json
+import subprocess
+import sys
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
 
-from modeld.client import Client, RpcError
+from modeld.client import Client, DaemonUnreachable, RpcError
 from modeld.config import Config, parse_config
 from modeld.gpu.simulated import SimulatedGpu
 from modeld.health import HealthProbe
@@ -19,50 +21,11 @@ from modeld.rpc import RpcServer
 from modeld.runtime.docker import DockerRuntime
 from modeld.states import State
 from modeld.supervisor import Supervisor
-from tests.conftest import SEED_GPU_FIELDS, SEED_MODEL_FIELDS, free_port
-from tests.docker_support import build_image, docker_cli, docker_required, engine_problem
+from tests.conftest import SEED_GPU_FIELDS, SEED_MODEL_FIELDS, eventually
+from tests.docker_support import docker_cli, docker_model
+from tests.ports import free_port
 
 pytestmark = pytest.mark.docker
-
-
-@pytest.fixture(scope="module")
-def image() -> str:
-    """The fake-vLLM image; skip (or fail, in CI) when no engine can run."""
-    problem = engine_problem()
-    if problem is not None:
-        if docker_required():
-            pytest.fail(f"Docker is required here but unusable: {problem}")
-        pytest.skip(f"no usable Docker engine: {problem}")
-    return build_image()
-
-
-@pytest.fixture
-def prefix() -> Iterator[str]:
-    """A unique container-name prefix; every container with it is removed afterwards."""
-    prefix = f"modeld-test-{uuid.uuid4().hex[:8]}"
-    yield prefix
-    names = docker_cli("ps", "-aq", "--filter", f"name={prefix}", check=False).stdout.split()
-    if names:
-        docker_cli("rm", "-f", *names, check=False)
-
-
-def model(image: str, prefix: str, name: str, gb: float, *extra: str) -> dict[str, Any]:
-    """A docker model table for the fake-vLLM image on host networking."""
-    port = free_port()
-    return {
-        "runtime": "docker",
-        "image": image,
-        "container": f"{prefix}-{name}",
-        "command": ["/fake-vllm", str(port), "0.5", *extra],
-        "env": {"MODEL": name},
-        "network_mode": "host",
-        "request_gpus": False,
-        "endpoint": f"http://127.0.0.1:{port}",
-        "gpu_memory_gb": gb,
-        "size_gb": gb,
-        "load_timeout_s": 20,
-        "stop_timeout_s": 5,
-    }
 
 
 def docker_config(models: dict[str, dict[str, Any]], devices_gb: list[float]) -> Config:
@@ -119,9 +82,9 @@ async def health(endpoint: str) -> int:
 async def test_switch_three_models_where_two_fit(image: str, prefix: str, daemon: Any) -> None:
     """Switch A, B, C on a GPU holding two: A's container is stopped, C runs and answers."""
     tables = {
-        "a": model(image, prefix, "a", 30),
-        "b": model(image, prefix, "b", 25),
-        "c": model(image, prefix, "c", 30),
+        "a": docker_model(image, prefix, "a", 30),
+        "b": docker_model(image, prefix, "b", 25),
+        "c": docker_model(image, prefix, "c", 30),
     }
     _, path = await daemon(docker_config(tables, [60]))
     async with Client(path) as client:
@@ -150,7 +113,7 @@ async def test_switch_three_models_where_two_fit(image: str, prefix: str, daemon
 
 async def test_container_exiting_during_load_fails(image: str, prefix: str, daemon: Any) -> None:
     """A container that exits while loading is `failed` with its exit code and log lines."""
-    tables = {"bad": model(image, prefix, "bad", 10, "3")}
+    tables = {"bad": docker_model(image, prefix, "bad", 10, "3")}
     _, path = await daemon(docker_config(tables, [60]))
     async with Client(path) as client:
         with pytest.raises(RpcError) as caught:
@@ -165,7 +128,7 @@ async def test_container_exiting_during_load_fails(image: str, prefix: str, daem
 
 async def test_docker_stop_behind_back_is_noticed(image: str, prefix: str, daemon: Any) -> None:
     """`docker stop` by hand turns a running model `failed`, noticed by the monitor."""
-    tables = {"a": model(image, prefix, "a", 10)}
+    tables = {"a": docker_model(image, prefix, "a", 10)}
     supervisor, _ = await daemon(docker_config(tables, [60]))
     await supervisor.switch("a")
     await asyncio.to_thread(docker_cli, "stop", f"{prefix}-a")
@@ -224,7 +187,7 @@ async def test_running_container_is_adopted_not_restarted(
     image: str, prefix: str, daemon: Any
 ) -> None:
     """A healthy container found at startup becomes `running` with the same start time."""
-    tables = {"a": model(image, prefix, "a", 10)}
+    tables = {"a": docker_model(image, prefix, "a", 10)}
     config = docker_config(tables, [60])
     first, _ = await daemon(config)
     await first.switch("a")
@@ -254,3 +217,107 @@ async def test_engine_unreachable_is_a_clear_error(tmp_path: Path, daemon: Any) 
         status = await client.call("status")
         assert status["runtimes"]["docker"]["available"] is False
         assert status["models"]["a"]["status"] == "stopped"
+
+
+async def test_loading_container_is_adopted_and_watched(
+    image: str, prefix: str, daemon: Any
+) -> None:
+    """A container still loading when modeld starts is `loading`, then `running`, unrestarted."""
+    tables = {"slow": docker_model(image, prefix, "slow", 10, load_seconds=2)}
+    config = docker_config(tables, [60])
+    first, _ = await daemon(config)
+    await first.switch("slow", wait=False)
+    await first.shutdown()  # the daemon goes away; the container keeps loading
+    started = docker_cli("inspect", "--format", "{{.State.StartedAt}}", f"{prefix}-slow").stdout
+    second, _ = await daemon(config)
+    assert second.state_of("slow") is State.LOADING
+    assert await second.wait_for_state("slow", {State.RUNNING}, 20) is State.RUNNING
+    after = docker_cli("inspect", "--format", "{{.State.StartedAt}}", f"{prefix}-slow").stdout
+    assert after == started
+
+
+def toml_value(value: Any) -> str:
+    """A value in TOML: JSON's strings, numbers, booleans and arrays are TOML too; tables not."""
+    if isinstance(value, dict):
+        return "{ " + ", ".join(f"{k} = {toml_value(v)}" for k, v in value.items()) + " }"
+    return json.dumps(value)
+
+
+def write_config(path: Path, socket: Path, tables: dict[str, dict[str, Any]], gb: float) -> None:
+    """A TOML config for a daemon run as its own process."""
+    lines = [
+        "[daemon]",
+        f'socket = "{socket}"',
+        "poll_interval_s = 0.2",
+        "health_poll_interval_s = 0.05",
+        "memory_poll_interval_s = 0.02",
+        "[gpu]",
+        'backend = "simulated"',
+        f"devices_gb = [{gb}]",
+        "release_delay_s = 0.2",
+    ]
+    for name, table in tables.items():
+        lines.append(f'[models."{name}"]')
+        lines += [f"{key} = {toml_value(value)}" for key, value in table.items()]
+    path.write_text("\n".join(lines) + "\n")
+
+
+def spawn_daemon(config: Path, log: Path) -> subprocess.Popen[bytes]:
+    """`modeld --config` as its own process."""
+    with log.open("ab") as handle:
+        return subprocess.Popen(
+            [sys.executable, "-m", "modeld", "--config", str(config)], stderr=handle
+        )
+
+
+async def answering(socket: Path) -> bool:
+    """Whether a daemon answers ping on `socket`."""
+    try:
+        async with Client(socket) as client:
+            return bool((await client.call("ping"))["pong"])
+    except DaemonUnreachable:
+        return False
+
+
+async def test_kill_9_mid_switch_then_restart(image: str, prefix: str, tmp_path: Path) -> None:
+    """modeld killed during a switch's load, restarted: no duplicates, states match Docker,
+    memory within capacity."""
+    tables = {
+        "a": docker_model(image, prefix, "a", 30),
+        "b": docker_model(image, prefix, "b", 25),
+        "c": docker_model(image, prefix, "c", 30, load_seconds=3),
+    }
+    socket, config = tmp_path / "modeld.sock", tmp_path / "modeld.toml"
+    write_config(config, socket, tables, 60)
+    daemon = spawn_daemon(config, tmp_path / "modeld.log")
+    try:
+        await eventually(lambda: answering(socket))
+        async with Client(socket) as client:
+            await client.call("switch", model="a")
+            await client.call("switch", model="b")
+            await client.call("switch", model="c", wait=False)
+        daemon.kill()  # SIGKILL while c loads, after a was stopped for it
+        daemon.wait()
+        daemon = spawn_daemon(config, tmp_path / "modeld.log")
+        await eventually(lambda: answering(socket))
+        async with Client(socket) as client:
+
+            async def settled() -> bool:
+                status = await client.call("status")
+                return all(m["status"] != "loading" for m in status["models"].values())
+
+            await eventually(settled)
+            status = await client.call("status")
+    finally:
+        daemon.kill()
+        daemon.wait()
+    for name in tables:
+        ids = docker_cli(
+            "ps", "-aq", "--filter", f"label=modeld.model={name}", "--filter", f"name={prefix}"
+        ).stdout.split()
+        assert len(ids) == 1, f"{name}: {len(ids)} containers"
+        docker_state = container_state(f"{prefix}-{name}")
+        expected = "running" if docker_state == "running" else "stopped"
+        assert status["models"][name]["status"] == expected, (name, docker_state)
+    assert [status["models"][n]["status"] for n in "abc"] == ["stopped", "running", "running"]
+    assert status["gpu"]["used_gb"] <= status["gpu"]["total_gb"]
