@@ -277,10 +277,39 @@ class Supervisor:
         log.info("switch.plan", model=record.name, stop=list(plan.stop), **memory_info)
         for victim in plan.stop:
             await self._stop_model(self._models[victim], f"evicted for {record.name}")
-        # Start only once the driver shows the room (at once when nothing was stopped).
-        await self._wait_for_memory(record)
-        await self._start_model(record)
-        return await self._join_load(record, wait, timeout, list(plan.stop), memory_info)
+        try:
+            # Start only once the driver shows the room (at once when nothing was stopped).
+            await self._wait_for_memory(record)
+            await self._start_model(record)
+            return await self._join_load(record, wait, timeout, list(plan.stop), memory_info)
+        except ModeldError as failure:
+            # A failed switch should not leave users with nothing: bring back what it
+            # stopped. A caller's own timeout is not a failure: the load goes on.
+            if (
+                plan.stop
+                and self._config.daemon.rollback_on_failure
+                and (record.state is State.FAILED)
+            ):
+                failure.data.update(await self._restore(plan.stop, record.name))
+            raise
+
+    async def _restore(self, names: tuple[str, ...], failed: str) -> dict[str, Any]:
+        """Start again the models a failed switch stopped; say which came back."""
+        restored: list[str] = []
+        not_restored: dict[str, str] = {}
+        for name in names:
+            victim = self._models[name]
+            try:
+                await self._wait_for_memory(victim)
+                await self._start_model(victim)
+                if victim.load is not None and (failure := await asyncio.shield(victim.load)):
+                    raise failure
+            except ModeldError as exc:
+                not_restored[name] = exc.message
+            else:
+                restored.append(name)
+        log.info("switch.rolled_back", model=failed, restored=restored, not_restored=not_restored)
+        return {"restored": restored, "not_restored": not_restored}
 
     def _insufficient(self, record: ModelRecord, plan: Infeasible) -> InsufficientMemory:
         return InsufficientMemory(

@@ -314,3 +314,27 @@ async def test_lingering_failed_backend_is_cleared_before_restart(
     assert result["state"] == "running"
     assert runtime.events == [("start", "alpha"), ("stop", "alpha"), ("start", "alpha")]
     assert runtime.free_at_start["alpha"] >= 50
+
+
+@pytest.mark.parametrize("rollback", [True, False])
+async def test_failed_switch_restores_what_it_stopped(
+    supervised: SupervisorFactory, rollback: bool
+) -> None:
+    """The target fails after alpha was stopped for it: alpha comes back (unless disabled)."""
+    config = make_config(THREE, [60], rollback_on_failure=rollback)
+    supervisor, runtime, _ = await supervised(config)
+    await supervisor.switch("alpha")
+    await supervisor.switch("beta")
+    runtime.behaviour["gamma"] = Behaviour(exit_code=2)
+    with pytest.raises(LoadFailed) as caught:
+        await supervisor.switch("gamma")
+    assert supervisor.state_of("gamma") is State.FAILED
+    assert supervisor.state_of("beta") is State.RUNNING
+    if rollback:
+        assert caught.value.data["restored"] == ["alpha"]
+        assert caught.value.data["not_restored"] == {}
+        assert supervisor.state_of("alpha") is State.RUNNING
+        assert runtime.starts("alpha") == 2
+    else:
+        assert "restored" not in caught.value.data
+        assert supervisor.state_of("alpha") is State.STOPPED
