@@ -109,6 +109,14 @@ class ModelConfig(_Strict):
     load_timeout_s: PositiveFloat = 300.0
     stop_timeout_s: PositiveFloat = 30.0
     pinned: bool = False
+    # on-failure: a model that dies after having run is started again, with exponential
+    # backoff, at most restart_max_retries times in a row.
+    restart: Literal["no", "on-failure"] = "no"
+    restart_max_retries: Annotated[int, Field(ge=0)] = 5
+    restart_backoff_s: PositiveFloat = 1.0
+    restart_backoff_max_s: PositiveFloat = 60.0
+    # Running this long counts as recovered: the retry count starts again from zero.
+    restart_reset_after_s: PositiveFloat = 300.0
 
     @field_validator("endpoint")
     @classmethod

@@ -27,6 +27,12 @@ class ModelRecord:
     last_used: float = 0.0
     last_load_s: float | None = None
     downloaded_bytes: int | None = None
+    running_since: float | None = None
+    # restart = "on-failure": consecutive automatic restarts, and the pending one.
+    restart_attempts: int = 0
+    restart_at: float | None = None
+    restart_gave_up: bool = False
+    restart_task: asyncio.Task[None] | None = field(default=None, repr=False)
 
     @property
     def name(self) -> str:

@@ -43,6 +43,12 @@ from modeld.views import device_totals, gpu_view, held_memory, model_view, model
 log = structlog.get_logger("modeld.supervisor")
 
 Caller = Mapping[str, int]
+AUTO_RESTART = "auto_restart"
+
+
+def restart_delay(attempt: int, base_s: float, cap_s: float) -> float:
+    """Exponential backoff: base, 2 x base, 4 x base, ... never above the cap."""
+    return float(min(cap_s, base_s * 2**attempt))
 
 
 class Supervisor:
@@ -105,7 +111,9 @@ class Supervisor:
 
     async def shutdown(self) -> None:
         """Stop watching; models in containers keep running, process children are stopped."""
-        tasks = [t for t in [self._monitor] + [r.load for r in self._models.values()] if t]
+        records = list(self._models.values())
+        pending = [self._monitor] + [r.load for r in records] + [r.restart_task for r in records]
+        tasks = [t for t in pending if t]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -207,6 +215,9 @@ class Supervisor:
     @contextlib.asynccontextmanager
     async def _operation(self, op: str, record: ModelRecord, caller: Caller | None) -> Any:
         log.info("operation.requested", op=op, model=record.name, caller=dict(caller or {}))
+        if op != AUTO_RESTART:
+            # An operator acting on the model takes over from the restart policy.
+            self._cancel_restart(record)
         async with self._lock:
             self._busy += 1
             started = time.monotonic()
@@ -447,6 +458,7 @@ class Supervisor:
             return failure
         record.last_load_s = time.monotonic() - started
         record.load = None
+        record.running_since = time.monotonic()
         self._transition(record, State.RUNNING, "healthy")
         # Its memory is now what the driver measures: refresh what `status` shows.
         with contextlib.suppress(GpuUnavailable):
@@ -496,6 +508,57 @@ class Supervisor:
                     reason="engine died",
                 )
             await asyncio.sleep(self._config.daemon.health_poll_interval_s)
+
+    # ---- restart = "on-failure" -------------------------------------------------------
+
+    def _schedule_restart(self, record: ModelRecord) -> None:
+        """After a model that ran has died: start it again later, within the retry limit."""
+        config = record.config
+        if config.restart != "on-failure":
+            return
+        ran_for = time.monotonic() - (record.running_since or time.monotonic())
+        if ran_for >= config.restart_reset_after_s:
+            record.restart_attempts = 0
+        if record.restart_attempts >= config.restart_max_retries:
+            record.restart_gave_up = True
+            record.restart_at = None
+            log.warning("restart.gave_up", model=record.name, attempts=record.restart_attempts)
+            return
+        delay = restart_delay(
+            record.restart_attempts, config.restart_backoff_s, config.restart_backoff_max_s
+        )
+        record.restart_attempts += 1
+        record.restart_at = time.time() + delay
+        log.info(
+            "restart.scheduled", model=record.name, attempt=record.restart_attempts, delay_s=delay
+        )
+        record.restart_task = asyncio.create_task(
+            self._auto_restart(record, delay), name=f"restart-{record.name}"
+        )
+
+    async def _auto_restart(self, record: ModelRecord, delay: float) -> None:
+        await asyncio.sleep(delay)
+        record.restart_task = None
+        record.restart_at = None
+        try:
+            async with self._operation(AUTO_RESTART, record, None):
+                # An operator's own operation cancels a pending restart before it gets
+                # here; a model found running again (re-adopted) needs none.
+                if record.state not in (State.FAILED, State.STOPPED):
+                    return
+                await self._bring_up(record, evict=False, wait=True, timeout=None)
+        except ModeldError:
+            # A failed retry is one more failure; the policy decides whether to go on.
+            record.running_since = None
+            self._schedule_restart(record)
+
+    def _cancel_restart(self, record: ModelRecord) -> None:
+        if record.restart_task is not None:
+            record.restart_task.cancel()
+            record.restart_task = None
+        record.restart_attempts = 0
+        record.restart_at = None
+        record.restart_gave_up = False
 
     # ---- memory ----------------------------------------------------------------------
 
@@ -630,6 +693,7 @@ class Supervisor:
                         tuple(lines),
                     ),
                 )
+                self._schedule_restart(record)
                 return
             health = await self._probe.check(record.config.endpoint)
             if record.generation != generation:
@@ -642,6 +706,7 @@ class Supervisor:
                     "engine died",
                     Failure("/health answered 503: the engine died"),
                 )
+                self._schedule_restart(record)
         elif backend.state is BackendState.RUNNING:
             if record.state is State.FAILED:
                 # Re-adopt a failed model only once it truly answers again.

@@ -66,6 +66,13 @@ def model_view(record: ModelRecord, reading: GpuReading | None) -> dict[str, Any
         "runtime": config.runtime,
         "endpoint": config.endpoint,
         "last_load_seconds": round(record.last_load_s, 2) if record.last_load_s else None,
+        "restart": {
+            "policy": config.restart,
+            "attempts": record.restart_attempts,
+            "max_retries": config.restart_max_retries,
+            "next_attempt_at": iso(record.restart_at) if record.restart_at else None,
+            "gave_up": record.restart_gave_up,
+        },
         "backend_pid": record.backend.pid if record.backend else None,
         "container_id": record.backend.id if record.backend else None,
     }

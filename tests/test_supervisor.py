@@ -19,7 +19,7 @@ from modeld.gpu.base import BackendRef, GpuReading
 from modeld.gpu.simulated import SimulatedGpu
 from modeld.health import HealthProbe
 from modeld.states import State
-from modeld.supervisor import Supervisor
+from modeld.supervisor import Supervisor, restart_delay
 from tests.conftest import SEED_GPU_FIELDS, SEED_MODEL_FIELDS, SupervisorFactory, make_config
 from tests.fakes import Behaviour, FakeRuntime
 
@@ -338,3 +338,54 @@ async def test_failed_switch_restores_what_it_stopped(
     else:
         assert "restored" not in caught.value.data
         assert supervisor.state_of("alpha") is State.STOPPED
+
+
+async def test_restart_on_failure_backs_off_and_gives_up(supervised: SupervisorFactory) -> None:
+    """A model that keeps dying is restarted max_retries times, then left failed."""
+    table = {
+        "gpu_memory_gb": 10,
+        "restart": "on-failure",
+        "restart_max_retries": 2,
+        "restart_backoff_s": 0.05,
+    }
+    supervisor, runtime, _ = await supervised(make_config({"alpha": table}, [60]))
+    await supervisor.switch("alpha")
+    for attempt in (1, 2):
+        await runtime.kill_behind_back("alpha", exit_code=1)
+        await supervisor.poll_once()
+        restart = supervisor.status()["models"]["alpha"]["restart"]
+        assert restart["attempts"] == attempt
+        assert restart["next_attempt_at"] is not None
+        await supervisor.wait_for_state("alpha", {State.RUNNING}, 10)
+    await runtime.kill_behind_back("alpha", exit_code=1)
+    await supervisor.poll_once()
+    view = supervisor.status()["models"]["alpha"]
+    assert view["status"] == "failed"
+    assert view["restart"] == {
+        "policy": "on-failure",
+        "attempts": 2,
+        "max_retries": 2,
+        "next_attempt_at": None,
+        "gave_up": True,
+    }
+    assert runtime.starts("alpha") == 3
+
+
+async def test_operator_action_cancels_pending_restart(supervised: SupervisorFactory) -> None:
+    """Stopping a model while its restart waits cancels the restart."""
+    table = {"gpu_memory_gb": 10, "restart": "on-failure", "restart_backoff_s": 30}
+    supervisor, runtime, _ = await supervised(make_config({"alpha": table}, [60]))
+    await supervisor.switch("alpha")
+    await runtime.kill_behind_back("alpha")
+    await supervisor.poll_once()
+    assert supervisor.status()["models"]["alpha"]["restart"]["attempts"] == 1
+    await supervisor.stop("alpha")
+    view = supervisor.status()["models"]["alpha"]
+    assert view["status"] == "stopped"
+    assert view["restart"]["attempts"] == 0
+    assert view["restart"]["next_attempt_at"] is None
+
+
+def test_backoff_doubles_up_to_the_cap() -> None:
+    """1, 2, 4, 8 ... seconds, never above the cap."""
+    assert [restart_delay(n, 1.0, 10.0) for n in range(6)] == [1, 2, 4, 8, 10, 10]
