@@ -23,6 +23,7 @@ from modeld.states import State
 from modeld.supervisor import Supervisor
 from tests.conftest import SEED_GPU_FIELDS, SEED_MODEL_FIELDS, eventually
 from tests.docker_support import docker_cli, docker_model
+from tests.engine_proxy import EngineProxy
 from tests.ports import free_port
 
 pytestmark = pytest.mark.docker
@@ -321,3 +322,72 @@ async def test_kill_9_mid_switch_then_restart(image: str, prefix: str, tmp_path:
         assert status["models"][name]["status"] == expected, (name, docker_state)
     assert [status["models"][n]["status"] for n in "abc"] == ["stopped", "running", "running"]
     assert status["gpu"]["used_gb"] <= status["gpu"]["total_gb"]
+
+
+async def test_missing_image_fails_with_dockers_message(
+    image: str, prefix: str, daemon: Any
+) -> None:
+    """An image that is not there (nothing can be pulled): `failed` with Docker's words."""
+    table = docker_model(image, prefix, "ghost", 10)
+    table["image"] = "modeld-test/no-such-image:1"
+    _, path = await daemon(docker_config({"ghost": table}, [60]))
+    async with Client(path) as client:
+        with pytest.raises(RpcError) as caught:
+            await client.call("switch", model="ghost")
+        assert caught.value.code == -32003
+        assert "No such image" in caught.value.message
+        view = (await client.call("status"))["models"]["ghost"]
+        assert view["status"] == "failed"
+        assert "No such image" in view["failure"]["reason"]
+
+
+async def test_engine_down_and_back(image: str, prefix: str, daemon: Any, tmp_path: Path) -> None:
+    """Engine gone mid-switch: status answers, changes are refused without busy-looping;
+    back: modeld reconnects and re-reads what happened meanwhile."""
+    proxy = EngineProxy(tmp_path / "engine.sock")
+    await proxy.start()
+    try:
+        tables = {
+            "a": docker_model(image, prefix, "a", 10),
+            "b": docker_model(image, prefix, "b", 10),
+            "c": docker_model(image, prefix, "c", 10, load_seconds=2),
+        }
+        supervisor, path = await daemon(docker_config(tables, [60]), DockerRuntime(proxy.url))
+        await supervisor.switch("a")
+        async with Client(path) as client:
+            switching = asyncio.create_task(client.call("switch", model="c"))
+
+            async def c_container_runs() -> bool:
+                result = await asyncio.to_thread(
+                    docker_cli,
+                    "inspect",
+                    "--format",
+                    "{{.State.Running}}",
+                    f"{prefix}-c",
+                    check=False,
+                )
+                return result.stdout.strip() == "true"
+
+            await eventually(c_container_runs)
+            proxy.cut()  # the engine "restarts" in the middle of c's load
+            with pytest.raises(RpcError) as caught:
+                await switching
+            assert caught.value.code == -32005
+            refused_before = proxy.refused
+            await asyncio.sleep(1.0)  # five monitor periods of an engine that is down
+            assert proxy.refused - refused_before <= 2 * 5 * len(tables)
+            status = await client.call("status")
+            assert status["runtimes"]["docker"]["available"] is False
+            with pytest.raises(RpcError) as refused:
+                await client.call("switch", model="b")
+            assert refused.value.code == -32005
+            assert (await client.call("status"))["models"]["b"]["status"] == "stopped"
+            # Meanwhile, behind modeld's back, a is stopped.
+            await asyncio.to_thread(docker_cli, "stop", f"{prefix}-a")
+            proxy.restore()
+            assert await supervisor.wait_for_state("a", {State.FAILED}, 15) is State.FAILED
+            assert await supervisor.wait_for_state("c", {State.RUNNING}, 15) is State.RUNNING
+            assert (await client.call("status"))["runtimes"]["docker"]["available"] is True
+            assert (await client.call("switch", model="b"))["state"] == "running"
+    finally:
+        await proxy.close()
