@@ -26,6 +26,7 @@ class ModelRecord:
     loading_started: float | None = None
     last_used: float = 0.0
     last_load_s: float | None = None
+    learned_load_s: float | None = None
     downloaded_bytes: int | None = None
     running_since: float | None = None
     # restart = "on-failure": consecutive automatic restarts, and the pending one.

@@ -38,6 +38,7 @@ from modeld.planner import Candidate, Device, Infeasible, Plan, Target, plan_swi
 from modeld.record import ModelRecord
 from modeld.runtime.base import BackendState, Runtime
 from modeld.states import Failure, ModelStatus, State, check_transition
+from modeld.store import Learned, Store, remember_load
 from modeld.views import device_totals, gpu_view, held_memory, model_view, models_view, runtime_view
 
 log = structlog.get_logger("modeld.supervisor")
@@ -60,8 +61,11 @@ class Supervisor:
         gpu: GpuMonitor,
         runtimes: Mapping[str, Runtime],
         probe: HealthProbe | None = None,
+        store: Store | None = None,
     ) -> None:
         self._config = config
+        self._store = store or Store(config.daemon.state_dir)
+        self._learned = Learned()
         self._gpu = gpu
         self._runtimes = dict(runtimes)
         self._probe = probe or HealthProbe()
@@ -92,7 +96,10 @@ class Supervisor:
                     f"(this host has {len(present)})",
                     fields=[f"models.{record.name}.gpus"],
                 )
+        self._learned = await asyncio.to_thread(self._store.load)
         for record in self._models.values():
+            if learned := self._learned.models.get(record.name):
+                record.learned_load_s = learned.typical_load_s()
             await self._find_running(record)
         await self._scan_downloads()
         await self.poll_once()
@@ -349,7 +356,7 @@ class Supervisor:
             "model": record.name,
             "unloaded_models": unloaded,
             "estimated_load_time_seconds": round(
-                record.last_load_s or record.config.load_time_seconds, 1
+                record.learned_load_s or record.config.load_time_seconds, 1
             ),
             "memory_info": memory_info
             or {"required_gb": None, "available_before_gb": None, "freed_gb": 0},
@@ -456,13 +463,17 @@ class Supervisor:
                 ),
             )
             return failure
-        record.last_load_s = time.monotonic() - started
+        load_s = time.monotonic() - started
+        record.last_load_s = load_s
         record.load = None
         record.running_since = time.monotonic()
         self._transition(record, State.RUNNING, "healthy")
         # Its memory is now what the driver measures: refresh what `status` shows.
         with contextlib.suppress(GpuUnavailable):
             await self._read_gpu()
+        remember_load(self._learned, record.name, load_s)
+        record.learned_load_s = self._learned.models[record.name].typical_load_s()
+        await asyncio.to_thread(self._store.save, self._learned.model_copy(deep=True))
         return None
 
     async def _await_ready(self, record: ModelRecord, timeout: float) -> None:

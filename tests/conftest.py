@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import tempfile
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
@@ -69,6 +70,7 @@ def make_config(
     gpu = {"backend": "simulated", "devices_gb": devices_gb or [80], "release_delay_s": 0.0}
     gpu.update(daemon.pop("gpu", {}))
     settings = {
+        "state_dir": tempfile.mkdtemp(prefix="modeld-state-"),
         "poll_interval_s": 3600,
         "health_poll_interval_s": 0.02,
         "memory_poll_interval_s": 0.01,

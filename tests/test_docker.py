@@ -6,6 +6,7 @@ import asyncio
 import json
 import subprocess
 import sys
+import tempfile
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,7 @@ def docker_config(models: dict[str, dict[str, Any]], devices_gb: list[float]) ->
     return parse_config(
         {
             "daemon": {
+                "state_dir": tempfile.mkdtemp(prefix="modeld-state-"),
                 "poll_interval_s": 0.2,
                 "health_poll_interval_s": 0.05,
                 "memory_poll_interval_s": 0.02,
@@ -249,6 +251,7 @@ def write_config(path: Path, socket: Path, tables: dict[str, dict[str, Any]], gb
     lines = [
         "[daemon]",
         f'socket = "{socket}"',
+        f'state_dir = "{path.parent / "state"}"',
         "poll_interval_s = 0.2",
         "health_poll_interval_s = 0.05",
         "memory_poll_interval_s = 0.02",

@@ -1,0 +1,59 @@
+"""The state file: learned load times survive a restart; corruption is never fatal."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from structlog.testing import capture_logs
+
+from modeld.store import Learned, Store, remember_load
+from tests.conftest import SupervisorFactory, make_config
+
+
+def test_save_is_atomic_and_round_trips(tmp_path: Path) -> None:
+    """A saved state reads back; no temp file is left beside it."""
+    store = Store(tmp_path / "state")
+    learned = Learned()
+    for seconds in (3.0, 1.0, 2.0, 9.0, 4.0, 5.0):
+        remember_load(learned, "alpha", seconds)
+    assert store.save(learned)
+    assert store.load().models["alpha"].load_seconds == [1.0, 2.0, 9.0, 4.0, 5.0]
+    assert store.load().models["alpha"].typical_load_s() == 4.0
+    assert [p.name for p in (tmp_path / "state").iterdir()] == ["state.json"]
+
+
+def test_corrupt_file_is_reported_ignored_and_rewritten(tmp_path: Path) -> None:
+    """Garbage or a wrong shape: a warning, an empty state, then a good file on save."""
+    store = Store(tmp_path)
+    for garbage in (b"{not json", b'{"models": {"alpha": {"load_seconds": "fast"}}}', b"\xff"):
+        store.path.write_bytes(garbage)
+        with capture_logs() as logs:
+            assert store.load() == Learned()
+        assert logs[0]["event"] == "store.corrupt_ignored"
+        assert logs[0]["log_level"] == "warning"
+    assert store.save(Learned())
+    assert json.loads(store.path.read_text())["models"] == {}
+
+
+def test_unwritable_state_dir_is_not_fatal(tmp_path: Path) -> None:
+    """A state dir that cannot be made is a warning, and saving reports False."""
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with capture_logs() as logs:
+        assert not Store(blocker / "state").save(Learned())
+    assert logs[0]["event"] == "store.save_failed"
+
+
+async def test_learned_load_time_survives_restart(supervised: SupervisorFactory) -> None:
+    """A measured load replaces the configured estimate, also for the next daemon."""
+    config = make_config({"alpha": {"gpu_memory_gb": 10, "load_time_seconds": 99}}, [60])
+    first, _, _ = await supervised(config)
+    assert first.status()["models"]["alpha"]["estimated_load_time_seconds"] == 99
+    await first.switch("alpha")
+    learned = first.status()["models"]["alpha"]["estimated_load_time_seconds"]
+    assert learned < 99
+    await first.shutdown()
+    assert (config.daemon.state_dir / "state.json").exists()
+    second, _, _ = await supervised(config)
+    assert second.status()["models"]["alpha"]["estimated_load_time_seconds"] == learned
