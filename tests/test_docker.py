@@ -30,7 +30,9 @@ from tests.ports import free_port
 pytestmark = pytest.mark.docker
 
 
-def docker_config(models: dict[str, dict[str, Any]], devices_gb: list[float]) -> Config:
+def docker_config(
+    models: dict[str, dict[str, Any]], devices_gb: list[float], release_delay_s: float = 0.2
+) -> Config:
     """Docker models on a simulated GPU, with a fast monitor."""
     return parse_config(
         {
@@ -40,7 +42,11 @@ def docker_config(models: dict[str, dict[str, Any]], devices_gb: list[float]) ->
                 "health_poll_interval_s": 0.05,
                 "memory_poll_interval_s": 0.02,
             },
-            "gpu": {"backend": "simulated", "devices_gb": devices_gb, "release_delay_s": 0.2},
+            "gpu": {
+                "backend": "simulated",
+                "devices_gb": devices_gb,
+                "release_delay_s": release_delay_s,
+            },
             "models": models,
         }
     )
