@@ -400,3 +400,40 @@ async def test_engine_down_and_back(image: str, prefix: str, daemon: Any, tmp_pa
             assert (await client.call("switch", model="b"))["state"] == "running"
     finally:
         await proxy.close()
+
+
+async def test_never_healthy_container_is_stopped_at_timeout(
+    image: str, prefix: str, daemon: Any
+) -> None:
+    """A container that never answers is `failed` after load_timeout_s and stopped."""
+    table = docker_model(image, prefix, "stuck", 10, load_seconds=600)
+    table["load_timeout_s"] = 1
+    _, path = await daemon(docker_config({"stuck": table}, [60]))
+    async with Client(path) as client:
+        with pytest.raises(RpcError) as caught:
+            await client.call("switch", model="stuck")
+        assert caught.value.code == -32004
+        assert (await client.call("status"))["models"]["stuck"]["status"] == "failed"
+    assert container_state(f"{prefix}-stuck") == "exited"
+
+
+async def test_failed_switch_restores_stopped_containers(
+    image: str, prefix: str, daemon: Any
+) -> None:
+    """c exits while loading after a was stopped for it: a's container runs again."""
+    tables = {
+        "a": docker_model(image, prefix, "a", 30),
+        "b": docker_model(image, prefix, "b", 25),
+        "c": docker_model(image, prefix, "c", 30, "4"),
+    }
+    _, path = await daemon(docker_config(tables, [60]))
+    async with Client(path) as client:
+        await client.call("switch", model="a")
+        await client.call("switch", model="b")
+        with pytest.raises(RpcError) as caught:
+            await client.call("switch", model="c")
+        assert caught.value.data["exit_code"] == 4
+        assert caught.value.data["restored"] == ["a"]
+        status = await client.call("status")
+    assert [status["models"][n]["status"] for n in "abc"] == ["running", "running", "failed"]
+    assert [container_state(f"{prefix}-{n}") for n in "abc"] == ["running", "running", "exited"]
