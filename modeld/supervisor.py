@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections import defaultdict
 from collections.abc import Mapping
 from typing import Any
 
@@ -30,26 +29,23 @@ from modeld.errors import (
     RuntimeUnavailable,
     UnknownModel,
 )
-from modeld.gpu.base import BackendRef, GpuMonitor, GpuReading
+from modeld.gpu.base import GpuMonitor
 from modeld.health import Health, HealthProbe
 from modeld.hfcache import downloaded_bytes, hf_cache_dir
-from modeld.memory import model_need
-from modeld.planner import Candidate, Device, Infeasible, Plan, Target, plan_switch
+from modeld.ledger import GpuLedger
+from modeld.planner import Infeasible
+from modeld.readiness import await_ready
 from modeld.record import ModelRecord
+from modeld.restart import GiveUp, decide_restart
 from modeld.runtime.base import BackendState, Runtime
 from modeld.states import Failure, ModelStatus, State, check_transition
 from modeld.store import Learned, Store, remember_load
-from modeld.views import device_totals, gpu_view, held_memory, model_view, models_view, runtime_view
+from modeld.views import model_view, models_view, runtime_view
 
 log = structlog.get_logger("modeld.supervisor")
 
 Caller = Mapping[str, int]
 AUTO_RESTART = "auto_restart"
-
-
-def restart_delay(attempt: int, base_s: float, cap_s: float) -> float:
-    """Exponential backoff: base, 2 x base, 4 x base, ... never above the cap."""
-    return float(min(cap_s, base_s * 2**attempt))
 
 
 class Supervisor:
@@ -66,7 +62,7 @@ class Supervisor:
         self._config = config
         self._store = store or Store(config.daemon.state_dir)
         self._learned = Learned()
-        self._gpu = gpu
+        self._ledger = GpuLedger(gpu, config)
         self._runtimes = dict(runtimes)
         self._probe = probe or HealthProbe()
         self._lock = asyncio.Lock()
@@ -74,9 +70,6 @@ class Supervisor:
             name: ModelRecord(model, ModelStatus(State.STOPPED, time.time()))
             for name, model in config.models.items()
         }
-        self._reading: GpuReading | None = None
-        self._reading_at = 0.0
-        self._gpu_error: str | None = None
         self._runtime_errors: dict[str, str | None] = {name: None for name in self._runtimes}
         self._changed = asyncio.Event()
         self._monitor: asyncio.Task[None] | None = None
@@ -86,7 +79,7 @@ class Supervisor:
 
     async def startup(self) -> None:
         """Read the GPU, check every model's devices exist, find what already runs."""
-        reading = await self._read_gpu()
+        reading = await self._ledger.read(self._models.values())
         present = {d.index for d in reading.devices}
         for record in self._models.values():
             missing = [gpu for gpu in record.config.gpus if gpu not in present]
@@ -126,7 +119,7 @@ class Supervisor:
         await asyncio.gather(*tasks, return_exceptions=True)
         for runtime in self._runtimes.values():
             await runtime.close()
-        await self._gpu.close()
+        await self._ledger.close()
         await self._probe.close()
 
     # ---- queries: answered from memory -----------------------------------------------
@@ -134,7 +127,9 @@ class Supervisor:
     def status(self) -> dict[str, Any]:
         """Every model's state in the seed's fields, and the GPU block."""
         return {
-            "models": {name: model_view(r, self._reading) for name, r in self._models.items()},
+            "models": {
+                name: model_view(r, self._ledger.reading) for name, r in self._models.items()
+            },
             "gpu": self.gpu(),
             "runtimes": runtime_view(self._runtime_errors),
             "eviction_policy": self._config.daemon.eviction_policy,
@@ -143,13 +138,11 @@ class Supervisor:
 
     def gpu(self) -> dict[str, Any]:
         """The last GPU reading in the seed's shape, with devices and freshness."""
-        return gpu_view(
-            self._reading, self._gpu.backend, self._gpu_error, self._gpu_error is not None
-        )
+        return self._ledger.view()
 
     def models(self) -> list[dict[str, Any]]:
         """The configured models."""
-        return models_view(self._models.values(), self._reading)
+        return models_view(self._models.values(), self._ledger.reading)
 
     def state_of(self, name: str) -> State:
         """A model's current state."""
@@ -215,7 +208,7 @@ class Supervisor:
             await self._check_runtime(record)
             if record.state is not State.STOPPED:
                 await self._stop_model(record, "restart")
-                await self._wait_for_memory(record)
+                await self._ledger.wait_for_room(record, self._models.values())
             result = await self._bring_up(record, evict=False, wait=wait, timeout=timeout)
             return {**result, "status": "restarted"}
 
@@ -269,8 +262,8 @@ class Supervisor:
             # A failed backend may linger (vLLM's API server outlives its dead engine):
             # stop it first, so its memory is not counted twice.
             await self._stop_model(record, "clearing failed backend before start")
-        reading = await self._read_gpu()
-        plan = self._plan(record, reading)
+        reading = await self._ledger.read(self._models.values())
+        plan = self._ledger.plan(record, self._models.values(), reading)
         if isinstance(plan, Infeasible):
             raise self._insufficient(record, plan)
         memory_info = {
@@ -278,7 +271,7 @@ class Supervisor:
             "available_before_gb": round(plan.available_before_gb, 1),
             "freed_gb": round(plan.freed_gb, 1),
             "device": plan.device,
-            "source": model_need(record.config, device_totals(reading)).source.value,
+            "source": self._ledger.need(record).source.value,
             "per_device": {
                 str(d): {k: round(v, 1) for k, v in figures.items()}
                 for d, figures in plan.per_device.items()
@@ -297,7 +290,7 @@ class Supervisor:
             await self._stop_model(self._models[victim], f"evicted for {record.name}")
         try:
             # Start only once the driver shows the room (at once when nothing was stopped).
-            await self._wait_for_memory(record)
+            await self._ledger.wait_for_room(record, self._models.values())
             await self._start_model(record)
             return await self._join_load(record, wait, timeout, list(plan.stop), memory_info)
         except ModeldError as failure:
@@ -318,7 +311,7 @@ class Supervisor:
         for name in names:
             victim = self._models[name]
             try:
-                await self._wait_for_memory(victim)
+                await self._ledger.wait_for_room(victim, self._models.values())
                 await self._start_model(victim)
                 if victim.load is not None and (failure := await asyncio.shield(victim.load)):
                     raise failure
@@ -446,7 +439,13 @@ class Supervisor:
         """Race health against the backend's exit and the load deadline; record the outcome."""
         started = record.loading_started or time.monotonic()
         try:
-            await self._await_ready(record, record.config.load_timeout_s)
+            await await_ready(
+                record.config,
+                self._runtime(record),
+                self._probe,
+                self._config.daemon.health_poll_interval_s,
+                lambda health: setattr(record, "health", health),
+            )
         except ModeldError as failure:
             # Nothing half-loaded may keep GPU memory: stop it (a no-op once it exited).
             with contextlib.suppress(ModeldError):
@@ -470,81 +469,36 @@ class Supervisor:
         self._transition(record, State.RUNNING, "healthy")
         # Its memory is now what the driver measures: refresh what `status` shows.
         with contextlib.suppress(GpuUnavailable):
-            await self._read_gpu()
+            await self._ledger.read(self._models.values())
         remember_load(self._learned, record.name, load_s)
         record.learned_load_s = self._learned.models[record.name].typical_load_s()
         await asyncio.to_thread(self._store.save, self._learned.model_copy(deep=True))
         return None
 
-    async def _await_ready(self, record: ModelRecord, timeout: float) -> None:
-        runtime = self._runtime(record)
-        exited = asyncio.create_task(runtime.wait_exit(record.config))
-        healthy = asyncio.create_task(self._until_healthy(record))
-        try:
-            done, _ = await asyncio.wait(
-                {exited, healthy}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
-            )
-        finally:
-            exited.cancel()
-            healthy.cancel()
-            await asyncio.gather(exited, healthy, return_exceptions=True)
-        if healthy in done:
-            healthy.result()
-            return
-        if exited in done:
-            status = exited.result()
-            lines = await runtime.logs(record.config)
-            raise LoadFailed(
-                f"{record.name}: backend exited with code {status.exit_code} while loading",
-                model=record.name,
-                reason="exited during load",
-                exit_code=status.exit_code,
-                last_lines=lines,
-            )
-        raise OperationTimeout(
-            f"{record.name} did not answer /health within load_timeout_s={timeout}s",
-            model=record.name,
-            load_timeout_s=timeout,
-        )
-
-    async def _until_healthy(self, record: ModelRecord) -> None:
-        while True:
-            record.health = await self._probe.check(record.config.endpoint)
-            if record.health is Health.HEALTHY:
-                return
-            if record.health is Health.DEAD:
-                raise LoadFailed(
-                    f"{record.name}: /health answered 503: the engine died while loading",
-                    model=record.name,
-                    reason="engine died",
-                )
-            await asyncio.sleep(self._config.daemon.health_poll_interval_s)
-
     # ---- restart = "on-failure" -------------------------------------------------------
 
     def _schedule_restart(self, record: ModelRecord) -> None:
-        """After a model that ran has died: start it again later, within the retry limit."""
-        config = record.config
-        if config.restart != "on-failure":
-            return
+        """After a model that ran has died: start it again later, if its policy says so."""
         ran_for = time.monotonic() - (record.running_since or time.monotonic())
-        if ran_for >= config.restart_reset_after_s:
-            record.restart_attempts = 0
-        if record.restart_attempts >= config.restart_max_retries:
+        decision = decide_restart(record.config, record.restart_attempts, ran_for)
+        if decision is None:
+            return
+        if isinstance(decision, GiveUp):
+            record.restart_attempts = decision.attempts
             record.restart_gave_up = True
             record.restart_at = None
-            log.warning("restart.gave_up", model=record.name, attempts=record.restart_attempts)
+            log.warning("restart.gave_up", model=record.name, attempts=decision.attempts)
             return
-        delay = restart_delay(
-            record.restart_attempts, config.restart_backoff_s, config.restart_backoff_max_s
-        )
-        record.restart_attempts += 1
-        record.restart_at = time.time() + delay
+        record.restart_attempts = decision.attempt
+        record.restart_at = time.time() + decision.delay_s
         log.info(
-            "restart.scheduled", model=record.name, attempt=record.restart_attempts, delay_s=delay
+            "restart.scheduled",
+            model=record.name,
+            attempt=decision.attempt,
+            delay_s=decision.delay_s,
         )
         record.restart_task = asyncio.create_task(
-            self._auto_restart(record, delay), name=f"restart-{record.name}"
+            self._auto_restart(record, decision.delay_s), name=f"restart-{record.name}"
         )
 
     async def _auto_restart(self, record: ModelRecord, delay: float) -> None:
@@ -571,92 +525,6 @@ class Supervisor:
         record.restart_at = None
         record.restart_gave_up = False
 
-    # ---- memory ----------------------------------------------------------------------
-
-    async def _read_gpu(self) -> GpuReading:
-        """A fresh reading; a recent one (marked stale) if the driver fails; else GpuUnavailable."""
-        try:
-            reading = await self._gpu.read(self._backend_refs())
-        except GpuUnavailable as exc:
-            self._gpu_error = exc.message
-            age = time.monotonic() - self._reading_at
-            if self._reading is not None and age <= self._config.gpu.stale_after_s:
-                log.warning("gpu.stale_reading", error=exc.message, age_s=round(age, 2))
-                return self._reading
-            raise
-        self._reading = reading
-        self._reading_at = time.monotonic()
-        self._gpu_error = None
-        return reading
-
-    def _backend_refs(self) -> list[BackendRef]:
-        totals = device_totals(self._reading) or dict(enumerate(self._config.gpu.devices_gb))
-        return [
-            BackendRef(
-                model=r.name,
-                pid=r.backend.pid,
-                container_id=r.backend.id,
-                expected_gb=model_need(r.config, totals).per_device,
-            )
-            for r in self._models.values()
-            if r.backend is not None and r.backend.pid
-        ]
-
-    def _plan_inputs(
-        self, target: ModelRecord, reading: GpuReading
-    ) -> tuple[Target, list[Device], list[Candidate]]:
-        """Plain data for the planner: free memory net of loads still growing; who holds what."""
-        totals = device_totals(reading)
-        pending: dict[int, float] = defaultdict(float)
-        candidates = []
-        for record in self._models.values():
-            if record is target or record.state not in (State.RUNNING, State.LOADING):
-                continue
-            held, _ = held_memory(record, reading)
-            if record.state is State.LOADING:
-                # A loading vLLM has not yet reserved all it will: count the rest as taken.
-                need = model_need(record.config, totals).per_device
-                for device, gb in need.items():
-                    pending[device] += max(0.0, gb - held.get(device, 0.0))
-                    held[device] = max(gb, held.get(device, 0.0))
-            candidates.append(
-                Candidate(
-                    record.name, held, record.config.size_gb, record.last_used, record.config.pinned
-                )
-            )
-        devices = [
-            Device(d.index, d.total_gb, d.free_gb - pending[d.index]) for d in reading.devices
-        ]
-        target_need = model_need(target.config, totals).per_device
-        return Target(target.name, target_need), devices, candidates
-
-    def _plan(self, record: ModelRecord, reading: GpuReading) -> Plan | Infeasible:
-        target, devices, candidates = self._plan_inputs(record, reading)
-        return plan_switch(target, devices, candidates, self._config.daemon.eviction_policy)
-
-    async def _wait_for_memory(self, record: ModelRecord) -> None:
-        """Poll the GPU until `record` fits without stopping anything, or time out."""
-        daemon = self._config.daemon
-        deadline = time.monotonic() + daemon.memory_release_timeout_s
-        while True:
-            target, devices, _ = self._plan_inputs(record, await self._read_gpu())
-            free = {d.index: d.free_gb for d in devices}
-            short = {
-                str(dev): round(need - free.get(dev, 0.0), 2)
-                for dev, need in target.need_gb.items()
-                if free.get(dev, 0.0) + 1e-6 < need
-            }
-            if not short:
-                return
-            if time.monotonic() >= deadline:
-                raise OperationTimeout(
-                    f"GPU memory for {record.name} was not released within "
-                    f"{daemon.memory_release_timeout_s}s",
-                    model=record.name,
-                    short_gb=short,
-                )
-            await asyncio.sleep(daemon.memory_poll_interval_s)
-
     # ---- the monitor: notice what changed behind modeld's back ------------------------
 
     async def _monitor_loop(self) -> None:
@@ -670,7 +538,7 @@ class Supervisor:
     async def poll_once(self) -> None:
         """One monitor pass: GPU, then each model's backend and health."""
         with contextlib.suppress(GpuUnavailable):
-            await self._read_gpu()
+            await self._ledger.read(self._models.values())
         await asyncio.gather(*(self._observe(r) for r in self._models.values()))
 
     async def _observe(self, record: ModelRecord) -> None:

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 import pytest
 from structlog.testing import capture_logs
 
+from modeld.config import ModelConfig
 from modeld.errors import (
     GpuUnavailable,
     InsufficientMemory,
@@ -18,8 +19,9 @@ from modeld.errors import (
 from modeld.gpu.base import BackendRef, GpuReading
 from modeld.gpu.simulated import SimulatedGpu
 from modeld.health import HealthProbe
+from modeld.restart import GiveUp, Retry, decide_restart, restart_delay
 from modeld.states import State
-from modeld.supervisor import Supervisor, restart_delay
+from modeld.supervisor import Supervisor
 from tests.conftest import SEED_GPU_FIELDS, SEED_MODEL_FIELDS, SupervisorFactory, make_config
 from tests.fakes import Behaviour, FakeRuntime
 
@@ -389,3 +391,23 @@ async def test_operator_action_cancels_pending_restart(supervised: SupervisorFac
 def test_backoff_doubles_up_to_the_cap() -> None:
     """1, 2, 4, 8 ... seconds, never above the cap."""
     assert [restart_delay(n, 1.0, 10.0) for n in range(6)] == [1, 2, 4, 8, 10, 10]
+
+
+def test_restart_decision_resets_after_a_stable_run() -> None:
+    """A model that ran past restart_reset_after_s starts counting from zero again."""
+    model = ModelConfig.model_validate(
+        {
+            "name": "m",
+            "runtime": "process",
+            "command": ["x"],
+            "endpoint": "http://x",
+            "restart": "on-failure",
+            "restart_max_retries": 2,
+            "restart_reset_after_s": 60,
+        }
+    )
+    assert decide_restart(model, attempts=2, ran_for_s=5) == GiveUp(2)
+    assert decide_restart(model, attempts=2, ran_for_s=61) == Retry(delay_s=1.0, attempt=1)
+    assert decide_restart(model, attempts=1, ran_for_s=5) == Retry(delay_s=2.0, attempt=2)
+    policy_no = model.model_copy(update={"restart": "no"})
+    assert decide_restart(policy_no, attempts=0, ran_for_s=0) is None

@@ -1,0 +1,133 @@
+"""The GPU as the Supervisor sees it: the last reading, its freshness, and the memory
+arithmetic its decisions need. The ledger reads; it never changes a model's state."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import defaultdict
+from collections.abc import Iterable
+from typing import Any
+
+import structlog
+
+from modeld.config import Config
+from modeld.errors import GpuUnavailable, OperationTimeout
+from modeld.gpu.base import BackendRef, GpuMonitor, GpuReading
+from modeld.memory import Need, model_need
+from modeld.planner import Candidate, Device, Infeasible, Plan, Target, plan_switch
+from modeld.record import ModelRecord
+from modeld.states import State
+from modeld.views import device_totals, gpu_view, held_memory
+
+log = structlog.get_logger("modeld.ledger")
+
+
+class GpuLedger:
+    """Reads the GPU monitor, keeps the last good reading, and plans memory."""
+
+    def __init__(self, monitor: GpuMonitor, config: Config) -> None:
+        self._monitor = monitor
+        self._config = config
+        self.reading: GpuReading | None = None
+        self._read_at = 0.0
+        self.error: str | None = None
+
+    async def read(self, records: Iterable[ModelRecord]) -> GpuReading:
+        """A fresh reading; a recent one (marked stale) if the driver fails; else GpuUnavailable."""
+        try:
+            reading = await self._monitor.read(self._backend_refs(records))
+        except GpuUnavailable as exc:
+            self.error = exc.message
+            age = time.monotonic() - self._read_at
+            if self.reading is not None and age <= self._config.gpu.stale_after_s:
+                log.warning("gpu.stale_reading", error=exc.message, age_s=round(age, 2))
+                return self.reading
+            raise
+        self.reading = reading
+        self._read_at = time.monotonic()
+        self.error = None
+        return reading
+
+    def view(self) -> dict[str, Any]:
+        """The last reading in the seed's `gpu` shape, with devices and freshness."""
+        return gpu_view(self.reading, self._monitor.backend, self.error, self.error is not None)
+
+    def need(self, record: ModelRecord) -> Need:
+        """What `record` needs per device on this host's devices."""
+        return model_need(record.config, device_totals(self.reading))
+
+    def _backend_refs(self, records: Iterable[ModelRecord]) -> list[BackendRef]:
+        totals = device_totals(self.reading) or dict(enumerate(self._config.gpu.devices_gb))
+        return [
+            BackendRef(
+                model=r.name,
+                pid=r.backend.pid,
+                container_id=r.backend.id,
+                expected_gb=model_need(r.config, totals).per_device,
+            )
+            for r in records
+            if r.backend is not None and r.backend.pid
+        ]
+
+    def plan_inputs(
+        self, target: ModelRecord, records: Iterable[ModelRecord], reading: GpuReading
+    ) -> tuple[Target, list[Device], list[Candidate]]:
+        """Plain data for the planner: free memory net of loads still growing; who holds what."""
+        totals = device_totals(reading)
+        pending: dict[int, float] = defaultdict(float)
+        candidates = []
+        for record in records:
+            if record is target or record.state not in (State.RUNNING, State.LOADING):
+                continue
+            held, _ = held_memory(record, reading)
+            if record.state is State.LOADING:
+                # A loading vLLM has not yet reserved all it will: count the rest as taken.
+                for device, gb in model_need(record.config, totals).per_device.items():
+                    pending[device] += max(0.0, gb - held.get(device, 0.0))
+                    held[device] = max(gb, held.get(device, 0.0))
+            candidates.append(
+                Candidate(
+                    record.name, held, record.config.size_gb, record.last_used, record.config.pinned
+                )
+            )
+        devices = [
+            Device(d.index, d.total_gb, d.free_gb - pending[d.index]) for d in reading.devices
+        ]
+        target_need = model_need(target.config, totals).per_device
+        return Target(target.name, target_need), devices, candidates
+
+    def plan(
+        self, target: ModelRecord, records: Iterable[ModelRecord], reading: GpuReading
+    ) -> Plan | Infeasible:
+        """Who to stop so `target` fits, under the configured eviction policy."""
+        inputs = self.plan_inputs(target, records, reading)
+        return plan_switch(*inputs, self._config.daemon.eviction_policy)
+
+    async def wait_for_room(self, target: ModelRecord, records: Iterable[ModelRecord]) -> None:
+        """Poll the GPU until `target` fits without stopping anything, or time out."""
+        daemon = self._config.daemon
+        everyone = list(records)
+        deadline = time.monotonic() + daemon.memory_release_timeout_s
+        while True:
+            need, devices, _ = self.plan_inputs(target, everyone, await self.read(everyone))
+            free = {d.index: d.free_gb for d in devices}
+            short = {
+                str(dev): round(gb - free.get(dev, 0.0), 2)
+                for dev, gb in need.need_gb.items()
+                if free.get(dev, 0.0) + 1e-6 < gb
+            }
+            if not short:
+                return
+            if time.monotonic() >= deadline:
+                raise OperationTimeout(
+                    f"GPU memory for {target.name} was not released within "
+                    f"{daemon.memory_release_timeout_s}s",
+                    model=target.name,
+                    short_gb=short,
+                )
+            await asyncio.sleep(daemon.memory_poll_interval_s)
+
+    async def close(self) -> None:
+        """Release the driver."""
+        await self._monitor.close()
