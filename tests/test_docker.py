@@ -144,6 +144,8 @@ async def test_docker_stop_behind_back_is_noticed(image: str, prefix: str, daemo
     assert await supervisor.wait_for_state("a", {State.FAILED}, 15) is State.FAILED
     failure = supervisor.status()["models"]["a"]["failure"]
     assert "without modeld asking" in failure["reason"]
+    assert failure["exit_code"] == 0
+    assert failure["last_lines"][-1] == "fake-vllm: SIGTERM, shutting down"
 
 
 async def test_existing_container_is_started_and_stopped(
