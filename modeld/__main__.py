@@ -7,6 +7,8 @@ import asyncio
 import sys
 from pathlib import Path
 
+import structlog
+
 from modeld import __version__
 from modeld.config import load_config
 from modeld.errors import ConfigError, ModeldError
@@ -36,7 +38,7 @@ def run(argv: list[str] | None = None) -> int:
     from modeld.daemon import run_daemon
 
     try:
-        asyncio.run(run_daemon(config, args.socket or config.daemon.socket))
+        asyncio.run(run_daemon(config, args.socket or config.daemon.socket, args.config))
     except ConfigError as exc:
         print(f"modeld: {exc.message}", file=sys.stderr)
         return EXIT_CONFIG
@@ -45,6 +47,10 @@ def run(argv: list[str] | None = None) -> int:
         return EXIT_UNAVAILABLE
     except KeyboardInterrupt:
         return 0
+    except Exception:
+        # A crash, as opposed to a startup failure: systemd's Restart= takes it from here.
+        structlog.get_logger("modeld").exception("daemon.crashed")
+        return EXIT_SOFTWARE
     return 0
 
 

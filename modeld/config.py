@@ -42,6 +42,8 @@ class DaemonConfig(_Strict):
     health_poll_interval_s: PositiveFloat = 0.5
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     max_connections: Annotated[int, Field(ge=1)] = 256
+    # On SIGTERM: how long an operation in flight may still take before modeld exits.
+    shutdown_timeout_s: PositiveFloat = 30.0
     # When a switch's target fails after others were stopped for it, start them again.
     rollback_on_failure: bool = True
     # Who may call mutating methods (switch, start, stop, restart). Both empty: anyone

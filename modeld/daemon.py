@@ -1,20 +1,29 @@
-"""The daemon's lifecycle: startup, serve until a signal, shutdown (like uvicorn)."""
+"""The daemon's lifecycle: startup, serve until a signal, shutdown (like uvicorn).
+
+Signal handlers only set events; everything they ask for happens here, in order.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
+from collections.abc import Callable, Coroutine
 from pathlib import Path
+from typing import Any
 
 import structlog
 
 from modeld import __version__
 from modeld.access import AccessPolicy
 from modeld.config import Config
+from modeld.errors import ModeldError
 from modeld.gpu import open_gpu_monitor
 from modeld.health import HealthProbe
+from modeld.listen import inherited_socket
 from modeld.rpc import RpcServer
 from modeld.runtime.base import Runtime
+from modeld.sdnotify import Notifier
 from modeld.supervisor import Supervisor
 
 log = structlog.get_logger("modeld.daemon")
@@ -35,16 +44,53 @@ def build_runtimes(config: Config) -> dict[str, Runtime]:
     return runtimes
 
 
-async def run_daemon(config: Config, socket_path: Path) -> None:
+async def _every(interval_s: float, action: Callable[[], None]) -> None:
+    while True:
+        action()
+        await asyncio.sleep(interval_s)
+
+
+async def _report_status(supervisor: Supervisor, notifier: Notifier, interval_s: float) -> None:
+    """Keep `systemctl status` current: on every transition, and as memory moves."""
+    while True:
+        notifier.status(supervisor.summary())
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(supervisor.changed(), interval_s)
+
+
+async def _serve_reloads(
+    requested: asyncio.Event, supervisor: Supervisor, notifier: Notifier
+) -> None:
+    """SIGHUP: re-read the config; an invalid one is logged and the old one stays."""
+    while True:
+        await requested.wait()
+        requested.clear()
+        notifier.reloading()
+        try:
+            await supervisor.reload(caller={"signal": signal.SIGHUP.value})
+        except ModeldError as exc:
+            log.error("config.reload_rejected", error=exc.message, **exc.data)
+        finally:
+            notifier.ready(supervisor.summary())
+
+
+async def run_daemon(config: Config, socket_path: Path, config_path: Path | None = None) -> None:
     """Start up, serve until SIGTERM or SIGINT, shut down; ModeldError if startup fails."""
-    stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        # Signal handlers only set the event; the shutdown runs below, in order.
-        loop.add_signal_handler(sig, stop.set)
-    gpu = await open_gpu_monitor(config.gpu)
-    supervisor = Supervisor(config, gpu, build_runtimes(config), HealthProbe())
+    stop, reload_requested = asyncio.Event(), asyncio.Event()
+    for sig, event in (
+        (signal.SIGTERM, stop),
+        (signal.SIGINT, stop),
+        (signal.SIGHUP, reload_requested),
+    ):
+        loop.add_signal_handler(sig, event.set)
+    notifier = Notifier()
+    inherited = inherited_socket()
     daemon = config.daemon
+    gpu = await open_gpu_monitor(config.gpu)
+    supervisor = Supervisor(
+        config, gpu, build_runtimes(config), HealthProbe(), config_path=config_path
+    )
     server = RpcServer(
         supervisor,
         socket_path,
@@ -53,19 +99,34 @@ async def run_daemon(config: Config, socket_path: Path) -> None:
         AccessPolicy(daemon.allow_uids, daemon.allow_groups),
         daemon.max_connections,
     )
+    background: list[asyncio.Task[None]] = []
     try:
         await supervisor.startup()
-        await server.start()
+        await server.start(inherited)
+        notifier.ready(supervisor.summary())
         log.info(
             "daemon.ready",
             version=__version__,
             socket=str(socket_path),
+            activated=inherited is not None,
             models=sorted(config.models),
             gpu=gpu.backend,
         )
+        jobs: list[Coroutine[Any, Any, None]] = [
+            _report_status(supervisor, notifier, daemon.poll_interval_s),
+            _serve_reloads(reload_requested, supervisor, notifier),
+        ]
+        if notifier.watchdog_interval_s:
+            # From the event loop itself: a stuck loop stops the pings and systemd restarts us.
+            jobs.append(_every(notifier.watchdog_interval_s, notifier.watchdog))
+        background = [asyncio.create_task(job) for job in jobs]
         await stop.wait()
         log.info("daemon.stopping")
     finally:
-        await server.close()
+        notifier.stopping()
+        for task in background:
+            task.cancel()
+        await asyncio.gather(*background, return_exceptions=True)
+        await server.close(daemon.shutdown_timeout_s)
         await supervisor.shutdown()
         log.info("daemon.stopped")

@@ -28,7 +28,7 @@ class GpuLedger:
 
     def __init__(self, monitor: GpuMonitor, config: Config) -> None:
         self._monitor = monitor
-        self._config = config
+        self.config = config
         self.reading: GpuReading | None = None
         self._read_at = 0.0
         self.error: str | None = None
@@ -40,7 +40,7 @@ class GpuLedger:
         except GpuUnavailable as exc:
             self.error = exc.message
             age = time.monotonic() - self._read_at
-            if self.reading is not None and age <= self._config.gpu.stale_after_s:
+            if self.reading is not None and age <= self.config.gpu.stale_after_s:
                 log.warning("gpu.stale_reading", error=exc.message, age_s=round(age, 2))
                 return self.reading
             raise
@@ -58,7 +58,7 @@ class GpuLedger:
         return model_need(record.config, device_totals(self.reading))
 
     def _backend_refs(self, records: Iterable[ModelRecord]) -> list[BackendRef]:
-        totals = device_totals(self.reading) or dict(enumerate(self._config.gpu.devices_gb))
+        totals = device_totals(self.reading) or dict(enumerate(self.config.gpu.devices_gb))
         return [
             BackendRef(
                 model=r.name,
@@ -102,11 +102,11 @@ class GpuLedger:
     ) -> Plan | Infeasible:
         """Who to stop so `target` fits, under the configured eviction policy."""
         inputs = self.plan_inputs(target, records, reading)
-        return plan_switch(*inputs, self._config.daemon.eviction_policy)
+        return plan_switch(*inputs, self.config.daemon.eviction_policy)
 
     async def wait_for_room(self, target: ModelRecord, records: Iterable[ModelRecord]) -> None:
         """Poll the GPU until `target` fits without stopping anything, or time out."""
-        daemon = self._config.daemon
+        daemon = self.config.daemon
         everyone = list(records)
         deadline = time.monotonic() + daemon.memory_release_timeout_s
         while True:

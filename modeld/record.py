@@ -34,6 +34,9 @@ class ModelRecord:
     restart_at: float | None = None
     restart_gave_up: bool = False
     restart_task: asyncio.Task[None] | None = field(default=None, repr=False)
+    # After a reload: removed from the config while running, or changed while running.
+    unmanaged: bool = False
+    pending_config: ModelConfig | None = None
 
     @property
     def name(self) -> str:

@@ -11,6 +11,7 @@ import contextlib
 import grp
 import json
 import os
+import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -140,6 +141,10 @@ async def _restart(ctx: Context, p: LoadParams) -> dict[str, Any]:
     )
 
 
+async def _reload(ctx: Context, _: NoParams) -> dict[str, Any]:
+    return await ctx.supervisor.reload(caller=ctx.caller.as_log())
+
+
 METHODS: dict[str, Handler] = {
     "ping": _method(NoParams, _ping),
     "status": _method(NoParams, _status),
@@ -148,6 +153,7 @@ METHODS: dict[str, Handler] = {
     "switch": _method(LoadParams, _switch, mutates=True),
     "start": _method(LoadParams, _start, mutates=True),
     "stop": _method(ModelParams, _stop, mutates=True),
+    "reload": _method(NoParams, _reload, mutates=True),
     "restart": _method(LoadParams, _restart, mutates=True),
 }
 
@@ -180,8 +186,16 @@ class RpcServer:
         self._requests: set[asyncio.Task[None]] = set()
         self._listening = False
 
-    async def start(self) -> None:
-        """Listen on the socket path, replacing a stale socket but never a live one."""
+    async def start(self, inherited: socket.socket | None = None) -> None:
+        """Listen on the socket systemd passed in, else on the socket path (replacing a
+        stale socket but never a live one)."""
+        if inherited is not None:
+            # systemd owns this socket, its mode and its group: serve it, never remove it.
+            self._server = await asyncio.start_unix_server(
+                self._connection, sock=inherited, limit=MAX_MESSAGE_BYTES + 1
+            )
+            log.info("socket.listening", path=str(inherited.getsockname()), activated=True)
+            return
         self._path.parent.mkdir(parents=True, exist_ok=True)
         if self._path.exists() or self._path.is_socket():
             if await _answers(self._path):
@@ -202,13 +216,13 @@ class RpcServer:
                 log.warning("socket.group_not_set", group=self._group, error=str(exc))
         log.info("socket.listening", path=str(self._path))
 
-    async def close(self) -> None:
-        """Stop accepting, let in-flight requests finish, remove the socket."""
+    async def close(self, grace_s: float = 30.0) -> None:
+        """Stop accepting, let in-flight requests finish (up to `grace_s`), remove the socket."""
         try:
             if self._server is not None:
                 self._server.close()
                 if self._requests:
-                    await asyncio.wait(self._requests, timeout=30)
+                    await asyncio.wait(self._requests, timeout=grace_s)
         finally:
             # Only the socket this server created: never another daemon's.
             if self._listening:

@@ -13,12 +13,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections import Counter
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import structlog
 
-from modeld.config import Config
+from modeld.config import Config, load_config
 from modeld.errors import (
     ConfigError,
     GpuUnavailable,
@@ -36,6 +38,7 @@ from modeld.ledger import GpuLedger
 from modeld.planner import Infeasible
 from modeld.readiness import await_ready
 from modeld.record import ModelRecord
+from modeld.reload import ReloadPlan, plan_reload
 from modeld.restart import GiveUp, decide_restart
 from modeld.runtime.base import BackendState, Runtime
 from modeld.states import Failure, ModelStatus, State, check_transition
@@ -58,8 +61,10 @@ class Supervisor:
         runtimes: Mapping[str, Runtime],
         probe: HealthProbe | None = None,
         store: Store | None = None,
+        config_path: Path | None = None,
     ) -> None:
         self._config = config
+        self._config_path = config_path
         self._store = store or Store(config.daemon.state_dir)
         self._learned = Learned()
         self._ledger = GpuLedger(gpu, config)
@@ -144,6 +149,17 @@ class Supervisor:
         """The configured models."""
         return models_view(self._models.values(), self._ledger.reading)
 
+    def summary(self) -> str:
+        """One line for `systemctl status`: e.g. "2 running, 1 loading · 41.3 GB free"."""
+        counts = Counter(r.state for r in self._models.values())
+        parts = [f"{counts[s]} {s.value}" for s in (State.RUNNING, State.LOADING, State.FAILED)]
+        shown = ", ".join(p for p in parts if not p.startswith("0 ")) or "none running"
+        return f"{shown} · {self._ledger.view()['available_gb']:.1f} GB free"
+
+    async def changed(self) -> None:
+        """Return at the next state transition."""
+        await self._changed.wait()
+
     def state_of(self, name: str) -> State:
         """A model's current state."""
         return self._record(name).state
@@ -167,7 +183,7 @@ class Supervisor:
         caller: Caller | None = None,
     ) -> dict[str, Any]:
         """Make `name` the model that answers: stop what must go, start it, wait for health."""
-        record = self._record(name)
+        record = self._record(name, managed=True)
         async with self._operation("switch", record, caller):
             return await self._bring_up(record, evict=True, wait=wait, timeout=timeout)
 
@@ -180,7 +196,7 @@ class Supervisor:
         caller: Caller | None = None,
     ) -> dict[str, Any]:
         """Start `name` only if it fits without stopping anything."""
-        record = self._record(name)
+        record = self._record(name, managed=True)
         async with self._operation("start", record, caller):
             return await self._bring_up(record, evict=False, wait=wait, timeout=timeout)
 
@@ -203,7 +219,7 @@ class Supervisor:
         caller: Caller | None = None,
     ) -> dict[str, Any]:
         """Stop `name` if it runs, wait for its memory, and start it again."""
-        record = self._record(name)
+        record = self._record(name, managed=True)
         async with self._operation("restart", record, caller):
             await self._check_runtime(record)
             if record.state is not State.STOPPED:
@@ -212,10 +228,66 @@ class Supervisor:
             result = await self._bring_up(record, evict=False, wait=wait, timeout=timeout)
             return {**result, "status": "restarted"}
 
+    async def reload(self, *, caller: Caller | None = None) -> dict[str, Any]:
+        """Re-read the config file and apply it; an invalid one changes nothing."""
+        if self._config_path is None:
+            raise ConfigError("modeld was started without a config file: nothing to reload")
+        new = await asyncio.to_thread(load_config, self._config_path)
+        async with self._operation("reload", None, caller):
+            idle = {n for n, r in self._models.items() if r.state is State.STOPPED}
+            plan = plan_reload(self._config, new, idle)
+            self._check_reloadable(plan)
+            for name in plan.added:
+                self._models[name] = ModelRecord(
+                    plan.config.models[name], ModelStatus(State.STOPPED, time.time())
+                )
+            for name in plan.removed:
+                del self._models[name]
+            for name in plan.unmanaged:
+                self._models[name].unmanaged = True
+            for name, model in plan.config.models.items():
+                record = self._models[name]
+                record.unmanaged = False
+                if name in plan.changed_now:
+                    record.config = model
+                elif name in plan.changed_at_next_start:
+                    record.pending_config = model
+            self._config = plan.config
+            self._ledger.config = plan.config
+            outcome = {
+                "status": "reloaded",
+                "added": list(plan.added),
+                "removed": list(plan.removed),
+                "unmanaged": list(plan.unmanaged),
+                "changed": list(plan.changed_now),
+                "changed_at_next_start": list(plan.changed_at_next_start),
+                "requires_restart": list(plan.requires_restart),
+            }
+            log.info("config.reloaded", path=str(self._config_path), **outcome)
+            return outcome
+
+    def _check_reloadable(self, plan: ReloadPlan) -> None:
+        """Refuse a config whose models need a runtime or a GPU this daemon does not have."""
+        present = {d.index for d in self._ledger.reading.devices} if self._ledger.reading else set()
+        for name, model in plan.config.models.items():
+            if model.runtime not in self._runtimes:
+                raise ConfigError(
+                    f"models.{name}.runtime: the {model.runtime} runtime is not running in "
+                    "this daemon; restart modeld to add it",
+                    fields=[f"models.{name}.runtime"],
+                )
+            missing = [gpu for gpu in model.gpus if present and gpu not in present]
+            if missing:
+                raise ConfigError(
+                    f"models.{name}.gpus: device {missing[0]} does not exist",
+                    fields=[f"models.{name}.gpus"],
+                )
+
     @contextlib.asynccontextmanager
-    async def _operation(self, op: str, record: ModelRecord, caller: Caller | None) -> Any:
-        log.info("operation.requested", op=op, model=record.name, caller=dict(caller or {}))
-        if op != AUTO_RESTART:
+    async def _operation(self, op: str, record: ModelRecord | None, caller: Caller | None) -> Any:
+        model = record.name if record else None
+        log.info("operation.requested", op=op, model=model, caller=dict(caller or {}))
+        if record is not None and op != AUTO_RESTART:
             # An operator acting on the model takes over from the restart policy.
             self._cancel_restart(record)
         async with self._lock:
@@ -227,7 +299,7 @@ class Supervisor:
                 log.warning(
                     "operation.failed",
                     op=op,
-                    model=record.name,
+                    model=model,
                     error=exc.data["error"],
                     message=exc.message,
                     caller=dict(caller or {}),
@@ -237,7 +309,7 @@ class Supervisor:
                 log.info(
                     "operation.done",
                     op=op,
-                    model=record.name,
+                    model=model,
                     caller=dict(caller or {}),
                     seconds=round(time.monotonic() - started, 3),
                 )
@@ -405,6 +477,8 @@ class Supervisor:
         record.load = asyncio.create_task(self._watch_load(record), name=f"load-{record.name}")
 
     async def _start_model(self, record: ModelRecord) -> None:
+        if record.pending_config is not None:
+            record.config, record.pending_config = record.pending_config, None
         runtime = self._runtime(record)
         self._transition(record, State.LOADING, "start")
         record.loading_started = time.monotonic()
@@ -434,6 +508,12 @@ class Supervisor:
         record.health = Health.UNKNOWN
         record.backend = None
         self._transition(record, State.STOPPED, reason)
+        if record.pending_config is not None:
+            record.config, record.pending_config = record.pending_config, None
+        if record.unmanaged:
+            # Removed from the config by a reload: once stopped, it is forgotten.
+            del self._models[record.name]
+            log.info("model.forgotten", model=record.name)
 
     async def _watch_load(self, record: ModelRecord) -> ModeldError | None:
         """Race health against the backend's exit and the load deadline; record the outcome."""
@@ -605,15 +685,17 @@ class Supervisor:
 
     # ---- helpers ---------------------------------------------------------------------
 
-    def _record(self, name: str) -> ModelRecord:
-        try:
-            return self._models[name]
-        except KeyError:
+    def _record(self, name: str, managed: bool = False) -> ModelRecord:
+        record = self._models.get(name)
+        if record is None or (managed and record.unmanaged):
+            available = sorted(n for n, r in self._models.items() if not r.unmanaged)
+            why = " (removed from the config; it runs unmanaged until stopped)" if record else ""
             raise UnknownModel(
-                f"Model '{name}' not found. Available: {sorted(self._models)}",
+                f"Model '{name}' not found{why}. Available: {available}",
                 model=name,
-                available=sorted(self._models),
-            ) from None
+                available=available,
+            )
+        return record
 
     def _runtime(self, record: ModelRecord) -> Runtime:
         return self._runtimes[record.config.runtime]

@@ -73,6 +73,8 @@ def model_view(record: ModelRecord, reading: GpuReading | None) -> dict[str, Any
             "next_attempt_at": iso(record.restart_at) if record.restart_at else None,
             "gave_up": record.restart_gave_up,
         },
+        "unmanaged": record.unmanaged,
+        "config_pending": record.pending_config is not None,
         "backend_pid": record.backend.pid if record.backend else None,
         "container_id": record.backend.id if record.backend else None,
     }
@@ -124,7 +126,9 @@ def models_view(records: Iterable[ModelRecord], reading: GpuReading | None) -> l
     totals = device_totals(reading)
     views = []
     for record in records:
-        config = record.config
+        if record.unmanaged:
+            continue
+        config = record.pending_config or record.config
         need = model_need(config, totals)
         views.append(
             {
