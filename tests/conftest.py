@@ -6,6 +6,7 @@ import asyncio
 import tempfile
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -87,11 +88,15 @@ async def supervised() -> AsyncIterator[SupervisorFactory]:
     """Build started Supervisors over FakeRuntime + SimulatedGpu; shut them down after."""
     made: list[Supervisor] = []
 
-    async def build(config: Config) -> tuple[Supervisor, FakeRuntime, SimulatedGpu]:
+    async def build(
+        config: Config, config_path: Path | None = None
+    ) -> tuple[Supervisor, FakeRuntime, SimulatedGpu]:
         runtime = FakeRuntime()
         gpu = SimulatedGpu(config.gpu, alive=runtime.alive)
         runtime.gpu = gpu
-        supervisor = Supervisor(config, gpu, {"process": runtime}, HealthProbe(timeout_s=1))
+        supervisor = Supervisor(
+            config, gpu, {"process": runtime}, HealthProbe(timeout_s=1), config_path=config_path
+        )
         await supervisor.startup()
         made.append(supervisor)
         return supervisor, runtime, gpu
