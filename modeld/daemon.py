@@ -69,7 +69,9 @@ async def _serve_reloads(
         try:
             await supervisor.reload(caller={"signal": signal.SIGHUP.value})
         except ModeldError as exc:
-            log.error("config.reload_rejected", error=exc.message, **exc.data)
+            log.error("config.reload_rejected", reason=exc.message, fields=exc.data.get("fields"))
+        except Exception:  # a bug in one reload must not end the reloads that follow
+            log.exception("config.reload_crashed")
         finally:
             notifier.ready(supervisor.summary())
 
@@ -107,7 +109,7 @@ async def run_daemon(config: Config, socket_path: Path, config_path: Path | None
         log.info(
             "daemon.ready",
             version=__version__,
-            socket=str(socket_path),
+            socket=server.address,
             activated=inherited is not None,
             models=sorted(config.models),
             gpu=gpu.backend,

@@ -216,6 +216,12 @@ class RpcServer:
                 log.warning("socket.group_not_set", group=self._group, error=str(exc))
         log.info("socket.listening", path=str(self._path))
 
+    @property
+    def address(self) -> str:
+        """Where clients connect: the socket systemd passed in, or the path."""
+        sockets = self._server.sockets if self._server else ()
+        return str(sockets[0].getsockname()) if sockets else str(self._path)
+
     async def close(self, grace_s: float = 30.0) -> None:
         """Stop accepting, let in-flight requests finish (up to `grace_s`), remove the socket."""
         try:
