@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 import subprocess
 import sys
 import tempfile
@@ -439,3 +440,23 @@ async def test_failed_switch_restores_stopped_containers(
         status = await client.call("status")
     assert [status["models"][n]["status"] for n in "abc"] == ["running", "running", "failed"]
     assert [container_state(f"{prefix}-{n}") for n in "abc"] == ["running", "running", "exited"]
+
+
+async def test_sigterm_leaves_containers_running(image: str, prefix: str, tmp_path: Path) -> None:
+    """SIGTERM: modeld exits 0 and removes its socket; the model's container keeps running."""
+    tables = {"a": docker_model(image, prefix, "a", 10)}
+    socket, config = tmp_path / "modeld.sock", tmp_path / "modeld.toml"
+    write_config(config, socket, tables, 60)
+    daemon = spawn_daemon(config, tmp_path / "modeld.log")
+    try:
+        await eventually(lambda: answering(socket))
+        async with Client(socket) as client:
+            assert (await client.call("switch", model="a"))["state"] == "running"
+        daemon.send_signal(signal.SIGTERM)
+        assert await asyncio.to_thread(daemon.wait, 30) == 0
+    finally:
+        daemon.kill()
+        daemon.wait()
+    assert not socket.exists()
+    assert container_state(f"{prefix}-a") == "running"
+    assert await health(tables["a"]["endpoint"]) == 200
