@@ -150,11 +150,28 @@ class ModelConfig(_Strict):
         return self.container or f"modeld-{self.name}"
 
 
+class MetricsConfig(_Strict):
+    """The optional `[metrics]` table: Prometheus metrics over HTTP."""
+
+    listen: str | None = None
+
+    @field_validator("listen")
+    @classmethod
+    def _host_port(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        host, sep, port = value.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError('must be "host:port", e.g. "127.0.0.1:9464"')
+        return value
+
+
 class Config(_Strict):
     """The whole configuration file."""
 
     daemon: DaemonConfig = Field(default_factory=DaemonConfig)
     gpu: GpuConfig = Field(default_factory=GpuConfig)
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig)
     models: dict[str, ModelConfig]
 
     @model_validator(mode="before")

@@ -13,14 +13,16 @@ from pathlib import Path
 from typing import Any
 
 import structlog
+from aiohttp import web
 
 from modeld import __version__
 from modeld.access import AccessPolicy
 from modeld.config import Config
-from modeld.errors import ModeldError
+from modeld.errors import ModeldError, SocketInUse
 from modeld.gpu import open_gpu_monitor
 from modeld.health import HealthProbe
 from modeld.listen import inherited_socket
+from modeld.metrics import Metrics, serve_metrics
 from modeld.rpc import RpcServer
 from modeld.runtime.base import Runtime
 from modeld.sdnotify import Notifier
@@ -90,8 +92,14 @@ async def run_daemon(config: Config, socket_path: Path, config_path: Path | None
     inherited = inherited_socket()
     daemon = config.daemon
     gpu = await open_gpu_monitor(config.gpu)
+    metrics = Metrics() if config.metrics.listen else None
     supervisor = Supervisor(
-        config, gpu, build_runtimes(config), HealthProbe(), config_path=config_path
+        config,
+        gpu,
+        build_runtimes(config),
+        HealthProbe(),
+        config_path=config_path,
+        metrics=metrics,
     )
     server = RpcServer(
         supervisor,
@@ -102,8 +110,18 @@ async def run_daemon(config: Config, socket_path: Path, config_path: Path | None
         daemon.max_connections,
     )
     background: list[asyncio.Task[None]] = []
+    metrics_runner: web.AppRunner | None = None
     try:
         await supervisor.startup()
+        if metrics is not None and config.metrics.listen:
+            metrics.watch(supervisor.status)
+            try:
+                metrics_runner = await serve_metrics(metrics, config.metrics.listen)
+            except OSError as exc:
+                raise SocketInUse(
+                    f"metrics.listen {config.metrics.listen}: {exc.strerror}",
+                    listen=config.metrics.listen,
+                ) from None
         await server.start(inherited)
         notifier.ready(supervisor.summary())
         log.info(
@@ -130,5 +148,7 @@ async def run_daemon(config: Config, socket_path: Path, config_path: Path | None
             task.cancel()
         await asyncio.gather(*background, return_exceptions=True)
         await server.close(daemon.shutdown_timeout_s)
+        if metrics_runner is not None:
+            await metrics_runner.cleanup()
         await supervisor.shutdown()
         log.info("daemon.stopped")

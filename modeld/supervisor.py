@@ -35,6 +35,7 @@ from modeld.gpu.base import GpuMonitor
 from modeld.health import Health, HealthProbe
 from modeld.hfcache import downloaded_bytes, hf_cache_dir
 from modeld.ledger import GpuLedger
+from modeld.metrics import MetricsSink, NoMetrics
 from modeld.planner import Infeasible
 from modeld.readiness import await_ready
 from modeld.record import ModelRecord
@@ -62,8 +63,10 @@ class Supervisor:
         probe: HealthProbe | None = None,
         store: Store | None = None,
         config_path: Path | None = None,
+        metrics: MetricsSink | None = None,
     ) -> None:
         self._config = config
+        self._metrics = metrics or NoMetrics()
         self._config_path = config_path
         self._store = store or Store(config.daemon.state_dir)
         self._learned = Learned()
@@ -139,6 +142,7 @@ class Supervisor:
             "runtimes": runtime_view(self._runtime_errors),
             "eviction_policy": self._config.daemon.eviction_policy,
             "busy": self._busy > 0,
+            "in_flight": self._busy,
         }
 
     def gpu(self) -> dict[str, Any]:
@@ -184,8 +188,17 @@ class Supervisor:
     ) -> dict[str, Any]:
         """Make `name` the model that answers: stop what must go, start it, wait for health."""
         record = self._record(name, managed=True)
-        async with self._operation("switch", record, caller):
-            return await self._bring_up(record, evict=True, wait=wait, timeout=timeout)
+        started, outcome = time.monotonic(), "error"
+        try:
+            async with self._operation("switch", record, caller):
+                result = await self._bring_up(record, evict=True, wait=wait, timeout=timeout)
+                outcome = result["status"]
+                return result
+        except ModeldError as exc:
+            outcome = exc.data["error"]
+            raise
+        finally:
+            self._metrics.switch_done(outcome, time.monotonic() - started)
 
     async def start(
         self,
@@ -360,6 +373,7 @@ class Supervisor:
         log.info("switch.plan", model=record.name, stop=list(plan.stop), **memory_info)
         for victim in plan.stop:
             await self._stop_model(self._models[victim], f"evicted for {record.name}")
+            self._metrics.evicted(victim)
         try:
             # Start only once the driver shows the room (at once when nothing was stopped).
             await self._ledger.wait_for_room(record, self._models.values())
@@ -468,6 +482,8 @@ class Supervisor:
         if failure is not None:
             fields.update(failure=failure.reason, exit_code=failure.exit_code)
         log.info("model.transition", **fields)
+        if new is State.FAILED:
+            self._metrics.failed(record.name)
         changed, self._changed = self._changed, asyncio.Event()
         changed.set()
 
@@ -544,6 +560,7 @@ class Supervisor:
             return failure
         load_s = time.monotonic() - started
         record.last_load_s = load_s
+        self._metrics.load_done(record.name, load_s)
         record.load = None
         record.running_since = time.monotonic()
         self._transition(record, State.RUNNING, "healthy")

@@ -1,0 +1,152 @@
+"""Prometheus metrics: events the Supervisor reports, and its state read at scrape time.
+
+State (model states, GPU memory) is not copied into gauges: a collector reads the
+Supervisor's `status` when Prometheus scrapes, on the event loop, so the two never
+disagree. Durations and counts are recorded as they happen.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any, Protocol
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.exposition import generate_latest
+from prometheus_client.registry import Collector
+
+from modeld.states import State
+
+GIB = 1024**3
+LOAD_BUCKETS = (1, 2.5, 5, 10, 15, 20, 30, 45, 60, 90, 120, 180, 300, 600)
+
+
+class MetricsSink(Protocol):
+    """What the Supervisor reports as it works."""
+
+    def switch_done(self, outcome: str, seconds: float) -> None:
+        """A switch ended (`success`, `already_loaded` or an error name)."""
+
+    def load_done(self, model: str, seconds: float) -> None:
+        """A model reached health after `seconds` of loading."""
+
+    def evicted(self, model: str) -> None:
+        """A model was stopped to make room."""
+
+    def failed(self, model: str) -> None:
+        """A model entered `failed`."""
+
+
+class NoMetrics:
+    """A sink that records nothing (no [metrics] configured)."""
+
+    def switch_done(self, outcome: str, seconds: float) -> None:
+        """Nothing."""
+
+    def load_done(self, model: str, seconds: float) -> None:
+        """Nothing."""
+
+    def evicted(self, model: str) -> None:
+        """Nothing."""
+
+    def failed(self, model: str) -> None:
+        """Nothing."""
+
+
+class _StatusCollector(Collector):
+    """Gauges read from the Supervisor's status at scrape time."""
+
+    def __init__(self, status: Callable[[], dict[str, Any]]) -> None:
+        self._status = status
+
+    def collect(self) -> Iterator[Metric]:
+        status = self._status()
+        state = GaugeMetricFamily(
+            "modeld_model_state", "1 for the state each model is in", labels=["model", "state"]
+        )
+        memory = GaugeMetricFamily(
+            "modeld_model_gpu_memory_bytes",
+            "GPU memory a model holds, per device",
+            labels=["model", "device", "source"],
+        )
+        for name, model in status["models"].items():
+            for candidate in State:
+                state.add_metric([name, candidate.value], float(model["status"] == candidate))
+            for device, gb in model["gpu_memory_per_device_gb"].items():
+                memory.add_metric([name, device, model["gpu_memory_source"]], gb * GIB)
+        gpu = GaugeMetricFamily(
+            "modeld_gpu_memory_bytes", "GPU memory per device", labels=["device", "kind"]
+        )
+        for device in status["gpu"]["devices"]:
+            for kind in ("total", "used", "free"):
+                gpu.add_metric([str(device["index"]), kind], device[f"{kind}_gb"] * GIB)
+        in_flight = GaugeMetricFamily(
+            "modeld_operations_in_flight", "Operations running or waiting for their turn"
+        )
+        in_flight.add_metric([], status["in_flight"])
+        yield from (state, memory, gpu, in_flight)
+
+
+class Metrics:
+    """The registry modeld serves, and the sink the Supervisor reports to."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self._switch = Histogram(
+            "modeld_switch_duration_seconds",
+            "Time a switch took, by outcome",
+            ["outcome"],
+            buckets=LOAD_BUCKETS,
+            registry=self.registry,
+        )
+        self._load = Histogram(
+            "modeld_load_duration_seconds",
+            "Time from start to health, by model",
+            ["model"],
+            buckets=LOAD_BUCKETS,
+            registry=self.registry,
+        )
+        self._evictions = Counter(
+            "modeld_evictions", "Models stopped to make room", ["model"], registry=self.registry
+        )
+        self._failures = Counter(
+            "modeld_failures", "Models that entered failed", ["model"], registry=self.registry
+        )
+
+    def watch(self, status: Callable[[], dict[str, Any]]) -> None:
+        """Export the Supervisor's state, read at each scrape."""
+        self.registry.register(_StatusCollector(status))
+
+    def switch_done(self, outcome: str, seconds: float) -> None:
+        """Record a switch."""
+        self._switch.labels(outcome).observe(seconds)
+
+    def load_done(self, model: str, seconds: float) -> None:
+        """Record a load."""
+        self._load.labels(model).observe(seconds)
+
+    def evicted(self, model: str) -> None:
+        """Count an eviction."""
+        self._evictions.labels(model).inc()
+
+    def failed(self, model: str) -> None:
+        """Count a failure."""
+        self._failures.labels(model).inc()
+
+
+async def serve_metrics(metrics: Metrics, listen: str) -> web.AppRunner:
+    """Serve /metrics on `host:port` from the event loop; the runner, to clean up."""
+
+    async def scrape(request: web.Request) -> web.Response:
+        return web.Response(
+            body=generate_latest(metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST}
+        )
+
+    app = web.Application()
+    app.router.add_get("/metrics", scrape)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    host, _, port = listen.rpartition(":")
+    await web.TCPSite(runner, host.strip("[]") or "127.0.0.1", int(port)).start()
+    return runner

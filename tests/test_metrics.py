@@ -1,0 +1,121 @@
+"""Prometheus metrics, scraped over HTTP and parsed with prometheus-client's parser."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from modeld.config import parse_config
+from modeld.errors import LoadFailed
+from modeld.gpu.simulated import SimulatedGpu
+from modeld.health import HealthProbe
+from modeld.metrics import Metrics, serve_metrics
+from modeld.supervisor import Supervisor
+from tests.conftest import make_config
+from tests.fakes import Behaviour, FakeRuntime
+from tests.ports import free_port
+
+GIB = 1024**3
+
+
+@pytest.fixture
+async def host() -> AsyncIterator[tuple[Supervisor, FakeRuntime, str]]:
+    """A supervised fake host with metrics served on a free port."""
+    config = make_config(
+        {
+            "alpha": {"gpu_memory_gb": 30},
+            "beta": {"gpu_memory_gb": 25},
+            "gamma": {"gpu_memory_gb": 30},
+        },
+        [60],
+    )
+    runtime = FakeRuntime()
+    gpu = SimulatedGpu(config.gpu, alive=runtime.alive)
+    metrics = Metrics()
+    supervisor = Supervisor(
+        config, gpu, {"process": runtime}, HealthProbe(timeout_s=1), metrics=metrics
+    )
+    await supervisor.startup()
+    metrics.watch(supervisor.status)
+    listen = f"127.0.0.1:{free_port()}"
+    runner = await serve_metrics(metrics, listen)
+    yield supervisor, runtime, f"http://{listen}/metrics"
+    await runner.cleanup()
+    await supervisor.shutdown()
+
+
+async def scrape(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Every sample, keyed by name and sorted labels."""
+    async with aiohttp.ClientSession() as session, session.get(url) as response:
+        assert response.status == 200
+        assert response.headers["Content-Type"].startswith("text/plain")
+        text = await response.text()
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def value(samples: dict[Any, float], name: str, **labels: str) -> float:
+    """One sample's value."""
+    return samples[(name, tuple(sorted(labels.items())))]
+
+
+async def test_metrics_match_status(host: tuple[Supervisor, FakeRuntime, str]) -> None:
+    """States, GPU memory, per-model memory, switch and load histograms, evictions and
+    failures all agree with what modeld says in `status`."""
+    supervisor, runtime, url = host
+    await supervisor.switch("alpha")
+    await supervisor.switch("beta")
+    await supervisor.switch("gamma")  # evicts alpha
+    await supervisor.switch("gamma")  # already loaded
+    runtime.behaviour["alpha"] = Behaviour(exit_code=1)
+    with pytest.raises(LoadFailed) as caught:
+        await supervisor.switch("alpha")  # evicts gamma, fails, brings gamma back
+    assert caught.value.data["restored"] == ["gamma"]
+
+    samples = await scrape(url)
+    status = supervisor.status()
+    for name, model in status["models"].items():
+        assert value(samples, "modeld_model_state", model=name, state=model["status"]) == 1
+        for device, gb in model["gpu_memory_per_device_gb"].items():
+            held = value(
+                samples,
+                "modeld_model_gpu_memory_bytes",
+                model=name,
+                device=device,
+                source=model["gpu_memory_source"],
+            )
+            assert held == gb * GIB
+    assert value(samples, "modeld_model_state", model="alpha", state="running") == 0
+    device = status["gpu"]["devices"][0]
+    for kind in ("total", "used", "free"):
+        assert value(samples, "modeld_gpu_memory_bytes", device="0", kind=kind) == pytest.approx(
+            device[f"{kind}_gb"] * GIB
+        )
+    assert value(samples, "modeld_switch_duration_seconds_count", outcome="success") == 3
+    assert value(samples, "modeld_switch_duration_seconds_count", outcome="already_loaded") == 1
+    assert value(samples, "modeld_switch_duration_seconds_count", outcome="load_failed") == 1
+    assert value(samples, "modeld_load_duration_seconds_count", model="gamma") == 2
+    assert value(samples, "modeld_evictions_total", model="alpha") == 1
+    assert value(samples, "modeld_evictions_total", model="gamma") == 1
+    assert value(samples, "modeld_failures_total", model="alpha") == 1
+    assert value(samples, "modeld_operations_in_flight") == 0
+
+
+def test_metrics_listen_is_validated() -> None:
+    """A listen address without a port is a config error naming the field."""
+    from modeld.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"metrics\.listen"):
+        parse_config(
+            {
+                "metrics": {"listen": "localhost"},
+                "models": {"a": {"runtime": "process", "command": ["x"], "endpoint": "http://x"}},
+            }
+        )
