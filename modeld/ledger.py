@@ -53,6 +53,11 @@ class GpuLedger:
         """The last reading in the seed's `gpu` shape, with devices and freshness."""
         return gpu_view(self.reading, self._monitor.backend, self.error, self.error is not None)
 
+    def free_gb(self) -> dict[str, float]:
+        """Free GB per device in the last reading (for logs)."""
+        devices = self.reading.devices if self.reading else ()
+        return {str(d.index): round(d.free_gb, 2) for d in devices}
+
     def need(self, record: ModelRecord) -> Need:
         """What `record` needs per device on this host's devices."""
         return model_need(record.config, device_totals(self.reading))

@@ -377,6 +377,13 @@ class Supervisor:
         try:
             # Start only once the driver shows the room (at once when nothing was stopped).
             await self._ledger.wait_for_room(record, self._models.values())
+            if plan.stop:
+                log.info(
+                    "switch.room_ready",
+                    model=record.name,
+                    stopped=list(plan.stop),
+                    free_gb=self._ledger.free_gb(),
+                )
             await self._start_model(record)
             return await self._join_load(record, wait, timeout, list(plan.stop), memory_info)
         except ModeldError as failure:
