@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
+from typing import Any, ClassVar
 
 from modeld.config import ModelConfig
 from modeld.errors import ModeldError
@@ -15,6 +16,9 @@ from modeld.states import ModelStatus, State
 @dataclass
 class ModelRecord:
     """One model's live record: state, health, backend, and its load watcher."""
+
+    # Bumped by every change to any record, so a cached view knows when it is stale.
+    revision: ClassVar[int] = 0
 
     config: ModelConfig
     status: ModelStatus
@@ -37,6 +41,10 @@ class ModelRecord:
     # After a reload: removed from the config while running, or changed while running.
     unmanaged: bool = False
     pending_config: ModelConfig | None = None
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        object.__setattr__(self, name, value)
+        ModelRecord.revision += 1
 
     @property
     def name(self) -> str:

@@ -9,21 +9,32 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import grp
+import inspect
 import json
 import os
 import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 import structlog
 from jsonrpcserver import Error, Result, Success, async_dispatch
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
+    TypeAdapter,
+    ValidationError,
+)
 
 from modeld import __version__
 from modeld.access import AccessPolicy, Caller, peer_credentials
 from modeld.errors import ModeldError, PermissionDenied, SocketInUse, TooManyConnections
+from modeld.jsonraw import RawJSON, serialize_response
 from modeld.supervisor import Supervisor
 
 log = structlog.get_logger("modeld.rpc")
@@ -63,6 +74,28 @@ class LoadParams(ModelParams):
     timeout: float | None = Field(default=None, gt=0)
 
 
+class _Envelope(BaseModel):
+    """A JSON-RPC 2.0 request as the spec's schema describes it (params checked later)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    jsonrpc: Literal["2.0"]
+    method: StrictStr
+    params: dict[str, Any] | list[Any] = Field(default_factory=dict)
+    id: StrictStr | StrictInt | StrictFloat | None = None
+
+
+_ENVELOPES: TypeAdapter[Any] = TypeAdapter(
+    _Envelope | Annotated[list[_Envelope], Field(min_length=1)]
+)
+
+
+def validate_envelope(request: Any) -> Any:
+    """jsonrpcserver's validator, done by pydantic: far cheaper than its JSON-schema check."""
+    _ENVELOPES.validate_python(request)
+    return request
+
+
 Handler = Callable[..., Awaitable[Result]]
 P = TypeVar("P", bound=_Params)
 
@@ -100,15 +133,27 @@ def _method(
         except ModeldError as exc:
             return Error(exc.code, exc.message, exc.data)
 
+    # jsonrpcserver binds the params against the handler's signature on every call;
+    # a ready-made signature spares inspect from rebuilding it each time.
+    handler.__signature__ = HANDLER_SIGNATURE  # type: ignore[attr-defined]
     return handler
+
+
+HANDLER_SIGNATURE = inspect.Signature(
+    [
+        inspect.Parameter("context", inspect.Parameter.POSITIONAL_ONLY),
+        inspect.Parameter("args", inspect.Parameter.VAR_POSITIONAL),
+        inspect.Parameter("kwargs", inspect.Parameter.VAR_KEYWORD),
+    ]
+)
 
 
 async def _ping(ctx: Context, _: NoParams) -> dict[str, Any]:
     return {"pong": True, "version": __version__}
 
 
-async def _status(ctx: Context, _: NoParams) -> dict[str, Any]:
-    return ctx.supervisor.status()
+async def _status(ctx: Context, _: NoParams) -> RawJSON:
+    return ctx.supervisor.status_json()
 
 
 async def _gpu(ctx: Context, _: NoParams) -> dict[str, Any]:
@@ -299,7 +344,13 @@ class RpcServer:
                 writer, write_lock, _error_line(-32700, "Parse error", {"error": "not_utf8"})
             )
             return
-        response = await async_dispatch(text, methods=METHODS, context=context)
+        response = await async_dispatch(
+            text,
+            methods=METHODS,
+            context=context,
+            validator=validate_envelope,
+            serializer=serialize_response,
+        )
         if response:
             await self._send(writer, write_lock, response.encode() + b"\n")
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import time
 from collections import Counter
 from collections.abc import Mapping
@@ -34,6 +35,7 @@ from modeld.errors import (
 from modeld.gpu.base import GpuMonitor
 from modeld.health import Health, HealthProbe
 from modeld.hfcache import downloaded_bytes, hf_cache_dir
+from modeld.jsonraw import RawJSON
 from modeld.ledger import GpuLedger
 from modeld.metrics import MetricsSink, NoMetrics
 from modeld.planner import Infeasible
@@ -50,6 +52,7 @@ log = structlog.get_logger("modeld.supervisor")
 
 Caller = Mapping[str, int]
 AUTO_RESTART = "auto_restart"
+STATUS_MAX_AGE_S = 0.5
 
 
 class Supervisor:
@@ -82,6 +85,12 @@ class Supervisor:
         self._changed = asyncio.Event()
         self._monitor: asyncio.Task[None] | None = None
         self._busy = 0
+        # What the cached status was built from; see status().
+        self._revision = 0
+        self._status_key: tuple[Any, ...] | None = None
+        self._status_at = 0.0
+        self._status: dict[str, Any] = {}
+        self._status_json = RawJSON("{}")
 
     # ---- lifecycle -------------------------------------------------------------------
 
@@ -110,7 +119,7 @@ class Supervisor:
         try:
             backend = await self._runtime(record).inspect(record.config)
         except RuntimeUnavailable as exc:
-            self._runtime_errors[record.config.runtime] = exc.message
+            self._runtime_seen(record.config.runtime, exc.message)
             return
         if backend.state is BackendState.RUNNING:
             # Found running: watch it to health instead of restarting it.
@@ -133,7 +142,30 @@ class Supervisor:
     # ---- queries: answered from memory -----------------------------------------------
 
     def status(self) -> dict[str, Any]:
-        """Every model's state in the seed's fields, and the GPU block."""
+        """Every model's state in the seed's fields, and the GPU block (do not modify it).
+
+        Built from memory, and rebuilt only when something it shows has changed: callers
+        may ask thousands of times a second.
+        """
+        self._refresh_status()
+        return self._status
+
+    def status_json(self) -> RawJSON:
+        """`status`, serialized once per change."""
+        self._refresh_status()
+        return self._status_json
+
+    def _refresh_status(self) -> None:
+        key = (ModelRecord.revision, self._revision, id(self._ledger.reading), self._ledger.error)
+        now = time.monotonic()
+        # The age limit is a safety net for any change that bumps no revision.
+        if key == self._status_key and now - self._status_at < STATUS_MAX_AGE_S:
+            return
+        self._status = self._build_status()
+        self._status_json = RawJSON(json.dumps(self._status))
+        self._status_key, self._status_at = key, now
+
+    def _build_status(self) -> dict[str, Any]:
         return {
             "models": {
                 name: model_view(r, self._ledger.reading) for name, r in self._models.items()
@@ -267,6 +299,7 @@ class Supervisor:
                     record.pending_config = model
             self._config = plan.config
             self._ledger.config = plan.config
+            self._revision += 1
             outcome = {
                 "status": "reloaded",
                 "added": list(plan.added),
@@ -303,22 +336,24 @@ class Supervisor:
         if record is not None and op != AUTO_RESTART:
             # An operator acting on the model takes over from the restart policy.
             self._cancel_restart(record)
-        async with self._lock:
-            self._busy += 1
-            started = time.monotonic()
-            try:
-                yield
-            except ModeldError as exc:
-                log.warning(
-                    "operation.failed",
-                    op=op,
-                    model=model,
-                    error=exc.data["error"],
-                    message=exc.message,
-                    caller=dict(caller or {}),
-                )
-                raise
-            else:
+        # Counted from the moment it asks: waiting for its turn is being in flight too.
+        self._busy += 1
+        self._revision += 1
+        try:
+            async with self._lock:
+                started = time.monotonic()
+                try:
+                    yield
+                except ModeldError as exc:
+                    log.warning(
+                        "operation.failed",
+                        op=op,
+                        model=model,
+                        error=exc.data["error"],
+                        message=exc.message,
+                        caller=dict(caller or {}),
+                    )
+                    raise
                 log.info(
                     "operation.done",
                     op=op,
@@ -326,8 +361,9 @@ class Supervisor:
                     caller=dict(caller or {}),
                     seconds=round(time.monotonic() - started, 3),
                 )
-            finally:
-                self._busy -= 1
+        finally:
+            self._busy -= 1
+            self._revision += 1
 
     async def _bring_up(
         self, record: ModelRecord, *, evict: bool, wait: bool, timeout: float | None
@@ -654,9 +690,9 @@ class Supervisor:
         try:
             backend = await self._runtime(record).inspect(record.config)
         except RuntimeUnavailable as exc:
-            self._runtime_errors[runtime] = exc.message
+            self._runtime_seen(runtime, exc.message)
             return
-        self._runtime_errors[runtime] = None
+        self._runtime_seen(runtime, None)
         if record.generation != generation:
             return
         if record.state is State.RUNNING:
@@ -721,6 +757,11 @@ class Supervisor:
             )
         return record
 
+    def _runtime_seen(self, kind: str, error: str | None) -> None:
+        if self._runtime_errors.get(kind) != error:
+            self._runtime_errors[kind] = error
+            self._revision += 1
+
     def _runtime(self, record: ModelRecord) -> Runtime:
         return self._runtimes[record.config.runtime]
 
@@ -730,9 +771,9 @@ class Supervisor:
         try:
             await self._runtime(record).inspect(record.config)
         except RuntimeUnavailable as exc:
-            self._runtime_errors[runtime] = exc.message
+            self._runtime_seen(runtime, exc.message)
             raise
-        self._runtime_errors[runtime] = None
+        self._runtime_seen(runtime, None)
 
 
 def _current_task_cancelling() -> bool:

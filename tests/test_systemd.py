@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from tests.ports import free_port
+from tests.ports import free_port, wait_listening
 
 ROOT = Path(__file__).resolve().parent.parent
 UNITS = ROOT / "systemd"
@@ -143,11 +143,20 @@ def test_socket_activation_serves_early_client(tmp_path: Path) -> None:
     launcher = spawn([activate, "-l", str(sock_path), *modeld(config)], tmp_path / "log")
     try:
         deadline = time.monotonic() + 10
-        while not sock_path.exists():  # the launcher's own socket, not modeld's
-            assert time.monotonic() < deadline
-            time.sleep(0.01)
-        # modeld is started by this very connection.
-        assert call(sock_path, "status")["result"]["models"]["alpha"]["status"] == "stopped"
+        client = socket.socket(socket.AF_UNIX)
+        client.settimeout(30)
+        while True:  # until the launcher listens (it binds first: the file shows early)
+            try:
+                client.connect(str(sock_path))
+                break
+            except (FileNotFoundError, ConnectionRefusedError):
+                assert time.monotonic() < deadline, "systemd-socket-activate did not listen"
+                time.sleep(0.01)
+        # modeld is started by this very connection, and answers it.
+        with client:
+            client.sendall(b'{"jsonrpc":"2.0","id":1,"method":"status"}\n')
+            answer = json.loads(client.makefile("rb").readline())
+        assert answer["result"]["models"]["alpha"]["status"] == "stopped"
         launcher.send_signal(signal.SIGTERM)
         assert launcher.wait(timeout=30) == 0
         assert sock_path.exists()
@@ -163,11 +172,7 @@ def test_sighup_applies_a_valid_config_and_keeps_the_old_on_error(tmp_path: Path
     demo_like_config(config, sock_path, ["alpha"])
     daemon = spawn(modeld(config), log)
     try:
-        deadline = time.monotonic() + 30
-        while not sock_path.exists():
-            assert daemon.poll() is None, log.read_text()
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
+        wait_listening(sock_path, alive=lambda: daemon.poll() is None)
         demo_like_config(config, sock_path, ["alpha", "beta"])
         daemon.send_signal(signal.SIGHUP)
         deadline = time.monotonic() + 10

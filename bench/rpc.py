@@ -1,0 +1,128 @@
+"""P1 and P2: `status` over the socket against a raw asyncio Unix-socket echo.
+
+P1: `status` round trip p50 within 3x of the echo's p50 (same request bytes, same run),
+p99 under 1 ms, with 4 and with 64 models. P2: at least 5,000 `status` calls per second
+from 16 concurrent clients.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from bench.common import Report, daemon, figure
+from tests.ports import wait_listening
+
+REQUEST = b'{"jsonrpc":"2.0","id":1,"method":"status"}\n'
+
+
+async def _echo_server(path: str) -> None:
+    async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while line := await reader.readline():
+            writer.write(line)
+            await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_unix_server(echo, path=path)
+    async with server:
+        await server.serve_forever()
+
+
+async def round_trips(path: Path, count: int) -> list[float]:
+    """Sequential round trips on one connection, in microseconds (after a warm-up)."""
+    reader, writer = await asyncio.open_unix_connection(str(path), limit=1 << 24)
+    samples = []
+    for index in range(count + count // 10):
+        started = time.perf_counter_ns()
+        writer.write(REQUEST)
+        await reader.readline()
+        if index >= count // 10:
+            samples.append((time.perf_counter_ns() - started) / 1000)
+    writer.close()
+    return samples
+
+
+async def throughput(path: Path, clients: int, seconds: float) -> float:
+    """`status` calls per second completed by `clients` concurrent connections."""
+    deadline = time.perf_counter() + seconds
+    done = 0
+
+    async def client() -> None:
+        nonlocal done
+        reader, writer = await asyncio.open_unix_connection(str(path), limit=1 << 24)
+        while time.perf_counter() < deadline:
+            writer.write(REQUEST)
+            await reader.readline()
+            done += 1
+        writer.close()
+
+    started = time.perf_counter()
+    await asyncio.gather(*(client() for _ in range(clients)))
+    return done / (time.perf_counter() - started)
+
+
+def run(quick: bool) -> Report:
+    """Measure P1 for 4 and 64 models, and P2."""
+    report = Report("rpc")
+    count = 300 if quick else 5000
+    with tempfile.TemporaryDirectory() as tmp:
+        echo_path = Path(tmp) / "echo.sock"
+        echo = subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                "import asyncio, sys; from bench.rpc import _echo_server; "
+                "asyncio.run(_echo_server(sys.argv[1]))",
+                str(echo_path),
+            ]
+        )
+        try:
+            wait_listening(echo_path)
+            for models in (4, 64):
+                with daemon(models) as (_, socket):
+                    baseline = asyncio.run(round_trips(echo_path, count))
+                    status = asyncio.run(round_trips(socket, count))
+                    base = figure("echo", "us", baseline)
+                    result = figure(
+                        f"status, {models} models",
+                        "us",
+                        status,
+                        baseline=base.median,
+                        target="p50 <= 3x echo, p99 < 1000 us",
+                    )
+                    result.met = result.median <= 3 * base.median and result.p99 < 1000
+                    report.add(base)
+                    report.add(result)
+                    if models == 4:
+                        rates = [
+                            asyncio.run(throughput(socket, 16, 0.5 if quick else 3.0))
+                            for _ in range(1 if quick else 5)
+                        ]
+                        rate = figure(
+                            "status throughput, 16 clients",
+                            "calls/s",
+                            rates,
+                            target=">= 5000 calls/s",
+                        )
+                        rate.met = rate.median >= 5000
+                        report.add(rate)
+        finally:
+            echo.terminate()
+            echo.wait()
+    return report
+
+
+def main() -> None:
+    """Run alone: `python -m bench.rpc [--quick]`."""
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true")
+    print(run(parser.parse_args().quick).to_json())
+
+
+if __name__ == "__main__":
+    main()
