@@ -38,8 +38,9 @@ class DaemonConfig(_Strict):
     eviction_policy: EvictionPolicy = "largest_first"
     poll_interval_s: PositiveFloat = 2.0
     memory_release_timeout_s: PositiveFloat = 60.0
-    memory_poll_interval_s: PositiveFloat = 0.1
-    health_poll_interval_s: PositiveFloat = 0.5
+    memory_poll_interval_s: PositiveFloat = 0.05
+    # A refused connection costs next to nothing: probe often, answer soon after health.
+    health_poll_interval_s: PositiveFloat = 0.02
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     max_connections: Annotated[int, Field(ge=1)] = 256
     # On SIGTERM: how long an operation in flight may still take before modeld exits.

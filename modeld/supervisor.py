@@ -84,6 +84,7 @@ class Supervisor:
         self._runtime_errors: dict[str, str | None] = {name: None for name in self._runtimes}
         self._changed = asyncio.Event()
         self._monitor: asyncio.Task[None] | None = None
+        self._saving: asyncio.Task[None] | None = None
         self._busy = 0
         # What the cached status was built from; see status().
         self._revision = 0
@@ -134,6 +135,8 @@ class Supervisor:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        if self._saving is not None:
+            await asyncio.wait({self._saving})  # learned figures are not lost at exit
         for runtime in self._runtimes.values():
             await runtime.close()
         await self._ledger.close()
@@ -612,8 +615,21 @@ class Supervisor:
             await self._ledger.read(self._models.values())
         remember_load(self._learned, record.name, load_s)
         record.learned_load_s = self._learned.models[record.name].typical_load_s()
-        await asyncio.to_thread(self._store.save, self._learned.model_copy(deep=True))
+        self._save_learned()
         return None
+
+    def _save_learned(self) -> None:
+        """Write the learned figures in the background: a waiting caller need not wait for
+        an fsync. Saves run one after another, each a snapshot, so the last one wins."""
+        snapshot = self._learned.model_copy(deep=True)
+        previous = self._saving
+
+        async def save() -> None:
+            if previous is not None:
+                await asyncio.wait({previous})
+            await asyncio.to_thread(self._store.save, snapshot)
+
+        self._saving = asyncio.create_task(save(), name="save-learned")
 
     # ---- restart = "on-failure" -------------------------------------------------------
 
