@@ -33,17 +33,22 @@ async def _echo_server(path: str) -> None:
         await server.serve_forever()
 
 
-async def round_trips(path: Path, count: int) -> list[float]:
-    """Sequential round trips on one connection, in microseconds (after a warm-up)."""
-    reader, writer = await asyncio.open_unix_connection(str(path), limit=1 << 24)
-    samples = []
+async def round_trips(echo: Path, modeld: Path, count: int) -> tuple[list[float], list[float]]:
+    """Round trips in microseconds, alternating echo and modeld request by request so both
+    see the same machine at the same moment (after a warm-up)."""
+    connections = [
+        await asyncio.open_unix_connection(str(path), limit=1 << 24) for path in (echo, modeld)
+    ]
+    samples: tuple[list[float], list[float]] = ([], [])
     for index in range(count + count // 10):
-        started = time.perf_counter_ns()
-        writer.write(REQUEST)
-        await reader.readline()
-        if index >= count // 10:
-            samples.append((time.perf_counter_ns() - started) / 1000)
-    writer.close()
+        for (reader, writer), kept in zip(connections, samples, strict=True):
+            started = time.perf_counter_ns()
+            writer.write(REQUEST)
+            await reader.readline()
+            if index >= count // 10:
+                kept.append((time.perf_counter_ns() - started) / 1000)
+    for _, writer in connections:
+        writer.close()
     return samples
 
 
@@ -85,8 +90,7 @@ def run(quick: bool) -> Report:
             wait_listening(echo_path)
             for models in (4, 64):
                 with daemon(models) as (_, socket):
-                    baseline = asyncio.run(round_trips(echo_path, count))
-                    status = asyncio.run(round_trips(socket, count))
+                    baseline, status = asyncio.run(round_trips(echo_path, socket, count))
                     base = figure("echo", "us", baseline)
                     result = figure(
                         f"status, {models} models",

@@ -17,7 +17,7 @@ from pydantic import (
 
 from modeld.errors import ConfigError
 
-EvictionPolicy = Literal["largest_first", "lru", "fewest"]
+EvictionPolicy = Literal["largest_first", "lru", "fewest", "cost_aware"]
 PositiveFloat = Annotated[float, Field(gt=0)]
 NonNegativeFloat = Annotated[float, Field(ge=0)]
 

@@ -13,8 +13,9 @@ from modeld.config import EvictionPolicy
 
 # Float memory figures: treat differences below a kilobyte as equal.
 EPSILON_GB = 1e-6
-# Exhaustive search for `fewest` is exact up to this many candidates, greedy beyond.
-FEWEST_EXACT_LIMIT = 16
+# Policies that choose the eviction set jointly search exactly up to this many
+# candidates (2^n sets), greedily beyond.
+EXACT_LIMIT = 12
 
 
 @dataclass(frozen=True)
@@ -35,6 +36,9 @@ class Candidate:
     size_gb: float = 0.0
     last_used: float = 0.0
     pinned: bool = False
+    # cost_aware: seconds to load it again, and how often it is asked for (decayed).
+    reload_s: float = 0.0
+    demand: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -119,28 +123,37 @@ def _greedy(
     return _prune(target, free, chosen)
 
 
-def _fewest(
+def _cheapest(
     target: Target,
     free: Mapping[int, float],
     ordered: Sequence[Candidate],
+    cost: Callable[[Sequence[Candidate]], float],
 ) -> list[Candidate]:
-    if len(ordered) > FEWEST_EXACT_LIMIT:
+    """The feasible eviction set of least cost, chosen jointly rather than one by one;
+    ties go to the set freeing the least memory, then to the policy's order."""
+    if len(ordered) > EXACT_LIMIT:
         return _greedy(target, free, ordered)
     rank = {c.name: i for i, c in enumerate(ordered)}
-    for count in range(1, len(ordered) + 1):
-        feasible = [
-            list(combo) for combo in combinations(ordered, count) if _fits(target, free, combo)
-        ]
-        if feasible:
-            # Fewest models first; among those, the least memory taken from users.
-            return min(
-                feasible,
-                key=lambda combo: (
-                    sum(_relief(c, target) for c in combo),
-                    [rank[c.name] for c in combo],
-                ),
-            )
-    return list(ordered)
+    feasible = [
+        list(combo)
+        for count in range(1, len(ordered) + 1)
+        for combo in combinations(ordered, count)
+        if _fits(target, free, combo)
+    ]
+    best = min(
+        feasible,
+        key=lambda combo: (
+            cost(combo),
+            sum(_relief(c, target) for c in combo),
+            [rank[c.name] for c in combo],
+        ),
+    )
+    return _prune(target, free, best)
+
+
+def _expected_reload_s(combo: Sequence[Candidate]) -> float:
+    """Seconds of cold loads the eviction is expected to cause: demand x reload time."""
+    return sum(c.demand * c.reload_s for c in combo)
 
 
 def _order(
@@ -151,6 +164,12 @@ def _order(
         "largest_first": lambda c: (-_relief(c, target), -c.size_gb, c.name),
         "lru": lambda c: (c.last_used, -_relief(c, target), c.name),
         "fewest": lambda c: (-_relief(c, target), c.last_used, c.name),
+        # Greedy fallback order for many candidates: cheapest expected reload per GB.
+        "cost_aware": lambda c: (
+            c.demand * c.reload_s / max(_relief(c, target), EPSILON_GB),
+            c.last_used,
+            c.name,
+        ),
     }
     return sorted(candidates, key=keys[policy])
 
@@ -190,7 +209,9 @@ def plan_switch(
     if _fits(target, free, []):
         chosen: list[Candidate] = []
     elif policy == "fewest":
-        chosen = _fewest(target, free, ordered)
+        chosen = _cheapest(target, free, ordered, len)
+    elif policy == "cost_aware":
+        chosen = _cheapest(target, free, ordered, _expected_reload_s)
     else:
         chosen = _greedy(target, free, ordered)
     dev = _tightest(target, free, chosen)

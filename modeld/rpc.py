@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
 import structlog
-from jsonrpcserver import Error, Result, Success, async_dispatch
+from jsonrpcserver import Error, Result, Success, async_dispatch, dispatch
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -100,28 +100,50 @@ Handler = Callable[..., Awaitable[Result]]
 P = TypeVar("P", bound=_Params)
 
 
+def _validated(params_type: type[P], args: tuple[Any, ...], kwargs: dict[str, Any]) -> P | Result:
+    """The params as `params_type`, or the Invalid params error to answer with."""
+    if args:
+        return Error(
+            INVALID_PARAMS,
+            "Invalid params",
+            {"error": "invalid_params", "reason": "params must be an object"},
+        )
+    try:
+        return params_type.model_validate(kwargs)
+    except ValidationError as exc:
+        problems = [
+            {"field": ".".join(str(p) for p in err["loc"]), "message": err["msg"]}
+            for err in exc.errors()
+        ]
+        return Error(
+            INVALID_PARAMS, "Invalid params", {"error": "invalid_params", "problems": problems}
+        )
+
+
+def _query(params_type: type[P], call: Callable[[Context, P], Any]) -> Callable[..., Result]:
+    """A read-only handler, answered synchronously from memory."""
+
+    def handler(context: Context, *args: Any, **kwargs: Any) -> Result:
+        params = _validated(params_type, args, kwargs)
+        if not isinstance(params, params_type):
+            return params
+        return Success(call(context, params))
+
+    # jsonrpcserver binds the params against the handler's signature on every call;
+    # a ready-made signature spares inspect from rebuilding it each time.
+    handler.__signature__ = HANDLER_SIGNATURE  # type: ignore[attr-defined]
+    return handler
+
+
 def _method(
-    params_type: type[P], call: Callable[[Context, P], Awaitable[Any]], mutates: bool = False
+    params_type: type[P], call: Callable[[Context, P], Any], mutates: bool = False
 ) -> Handler:
     """Validate params, check access, call the Supervisor, map ModeldError to its code."""
 
     async def handler(context: Context, *args: Any, **kwargs: Any) -> Result:
-        if args:
-            return Error(
-                INVALID_PARAMS,
-                "Invalid params",
-                {"error": "invalid_params", "reason": "params must be an object"},
-            )
-        try:
-            params = params_type.model_validate(kwargs)
-        except ValidationError as exc:
-            problems = [
-                {"field": ".".join(str(p) for p in err["loc"]), "message": err["msg"]}
-                for err in exc.errors()
-            ]
-            return Error(
-                INVALID_PARAMS, "Invalid params", {"error": "invalid_params", "problems": problems}
-            )
+        params = _validated(params_type, args, kwargs)
+        if not isinstance(params, params_type):
+            return params
         try:
             if mutates and not context.policy.may_mutate(context.caller):
                 raise PermissionDenied(
@@ -129,12 +151,11 @@ def _method(
                     "(daemon.allow_uids / allow_groups)",
                     uid=context.caller.uid,
                 )
-            return Success(await call(context, params))
+            result = call(context, params)
+            return Success(await result if inspect.isawaitable(result) else result)
         except ModeldError as exc:
             return Error(exc.code, exc.message, exc.data)
 
-    # jsonrpcserver binds the params against the handler's signature on every call;
-    # a ready-made signature spares inspect from rebuilding it each time.
     handler.__signature__ = HANDLER_SIGNATURE  # type: ignore[attr-defined]
     return handler
 
@@ -148,19 +169,19 @@ HANDLER_SIGNATURE = inspect.Signature(
 )
 
 
-async def _ping(ctx: Context, _: NoParams) -> dict[str, Any]:
+def _ping(ctx: Context, _: NoParams) -> dict[str, Any]:
     return {"pong": True, "version": __version__}
 
 
-async def _status(ctx: Context, _: NoParams) -> RawJSON:
+def _status(ctx: Context, _: NoParams) -> RawJSON:
     return ctx.supervisor.status_json()
 
 
-async def _gpu(ctx: Context, _: NoParams) -> dict[str, Any]:
+def _gpu(ctx: Context, _: NoParams) -> dict[str, Any]:
     return ctx.supervisor.gpu()
 
 
-async def _models(ctx: Context, _: NoParams) -> list[dict[str, Any]]:
+def _models(ctx: Context, _: NoParams) -> list[dict[str, Any]]:
     return ctx.supervisor.models()
 
 
@@ -190,17 +211,37 @@ async def _reload(ctx: Context, _: NoParams) -> dict[str, Any]:
     return await ctx.supervisor.reload(caller=ctx.caller.as_log())
 
 
+_QUERIES: dict[str, Callable[[Context, NoParams], Any]] = {
+    "ping": _ping,
+    "status": _status,
+    "gpu": _gpu,
+    "models": _models,
+}
+# Read-only methods answered from memory: dispatched synchronously, inline.
+QUERY_METHODS = {name: _query(NoParams, call) for name, call in _QUERIES.items()}
 METHODS: dict[str, Handler] = {
-    "ping": _method(NoParams, _ping),
-    "status": _method(NoParams, _status),
-    "gpu": _method(NoParams, _gpu),
-    "models": _method(NoParams, _models),
+    **{name: _method(NoParams, call) for name, call in _QUERIES.items()},
     "switch": _method(LoadParams, _switch, mutates=True),
     "start": _method(LoadParams, _start, mutates=True),
     "stop": _method(ModelParams, _stop, mutates=True),
     "reload": _method(NoParams, _reload, mutates=True),
     "restart": _method(LoadParams, _restart, mutates=True),
 }
+
+
+_UNPARSED = object()
+
+
+def _parse(line: bytes) -> tuple[str | None, Any]:
+    """The line as text and as JSON (_UNPARSED if it is not JSON; None text if not UTF-8)."""
+    try:
+        text = line.decode("utf-8")
+    except UnicodeDecodeError:
+        return None, _UNPARSED
+    try:
+        return text, json.loads(text)
+    except (ValueError, RecursionError):
+        return text, _UNPARSED
 
 
 def _error_line(code: int, message: str, data: dict[str, Any]) -> bytes:
@@ -317,7 +358,16 @@ class RpcServer:
                     )
                     break  # the stream cannot be resynchronised: drop this connection only
                 if line.strip():
-                    task = asyncio.create_task(self._request(line, context, writer, write_lock))
+                    text, request = _parse(line)
+                    if isinstance(request, dict) and request.get("method") in QUERY_METHODS:
+                        # Answered from memory at once: no task, no extra loop turn.
+                        await self._request(text, request, context, writer, write_lock)
+                        continue
+                    # Anything that may take long runs on its own, so this connection's
+                    # next requests are not held up behind it.
+                    task = asyncio.create_task(
+                        self._request(text, request, context, writer, write_lock)
+                    )
                     for registry in (self._requests, mine):
                         registry.add(task)
                         task.add_done_callback(registry.discard)
@@ -335,22 +385,29 @@ class RpcServer:
             writer.close()
 
     async def _request(
-        self, line: bytes, context: Context, writer: asyncio.StreamWriter, write_lock: asyncio.Lock
+        self,
+        text: str | None,
+        request: Any,
+        context: Context,
+        writer: asyncio.StreamWriter,
+        write_lock: asyncio.Lock,
     ) -> None:
-        try:
-            text = line.decode("utf-8")
-        except UnicodeDecodeError:
+        if text is None:
             await self._send(
                 writer, write_lock, _error_line(-32700, "Parse error", {"error": "not_utf8"})
             )
             return
-        response = await async_dispatch(
-            text,
-            methods=METHODS,
-            context=context,
-            validator=validate_envelope,
-            serializer=serialize_response,
-        )
+        options: dict[str, Any] = {
+            "context": context,
+            # Parsed once already; what did not parse is left to jsonrpcserver to report.
+            "deserializer": json.loads if request is _UNPARSED else lambda _: request,
+            "validator": validate_envelope,
+            "serializer": serialize_response,
+        }
+        if isinstance(request, dict) and request.get("method") in QUERY_METHODS:
+            response = dispatch(text, methods=QUERY_METHODS, **options)
+        else:
+            response = await async_dispatch(text, methods=METHODS, **options)
         if response:
             await self._send(writer, write_lock, response.encode() + b"\n")
 

@@ -165,7 +165,7 @@ class Supervisor:
         if key == self._status_key and now - self._status_at < STATUS_MAX_AGE_S:
             return
         self._status = self._build_status()
-        self._status_json = RawJSON(json.dumps(self._status))
+        self._status_json = RawJSON(json.dumps(self._status, separators=(",", ":")))
         self._status_key, self._status_at = key, now
 
     def _build_status(self) -> dict[str, Any]:

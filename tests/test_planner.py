@@ -205,7 +205,7 @@ def test_prune_keeps_models_the_plan_can_do_without() -> None:
 
 # ---- properties ----------------------------------------------------------------------
 
-POLICIES: list[EvictionPolicy] = ["largest_first", "lru", "fewest"]
+POLICIES: list[EvictionPolicy] = ["largest_first", "lru", "fewest", "cost_aware"]
 
 
 @st.composite
@@ -229,6 +229,8 @@ def worlds(draw: st.DrawFn) -> tuple[Target, list[Device], list[Candidate], Evic
                 draw(st.floats(0, 200)),
                 draw(st.floats(0, 100)),
                 draw(st.booleans()),
+                reload_s=draw(st.floats(0, 120)),
+                demand=draw(st.floats(0, 10)),
             )
         )
     external = [draw(st.floats(0, totals[i] - held_total[i])) for i in range(count)]
@@ -275,3 +277,21 @@ def test_plan_properties(
             assert not any(
                 fits(target, devices, list(combo)) for combo in combinations(stoppable, smaller)
             )
+
+
+def test_cost_aware_keeps_the_model_people_ask_for() -> None:
+    """cost_aware stops the set whose expected reload cost is least, chosen jointly: two
+    rarely used small models rather than one popular big one."""
+    devices = [Device(0, 80, 0)]
+    running = [
+        Candidate("popular", {0: 40}, reload_s=60, demand=5.0),
+        Candidate("rare-1", {0: 20}, reload_s=10, demand=0.2),
+        Candidate("rare-2", {0: 20}, reload_s=20, demand=0.1),
+    ]
+    target = Target("t", {0: 40})
+    plan = plan_switch(target, devices, running, "cost_aware")
+    assert isinstance(plan, Plan)
+    assert sorted(plan.stop) == ["rare-1", "rare-2"]
+    largest = plan_switch(target, devices, running, "largest_first")
+    assert isinstance(largest, Plan)
+    assert largest.stop == ("popular",)
