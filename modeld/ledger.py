@@ -93,7 +93,13 @@ class GpuLedger:
                     held[device] = max(gb, held.get(device, 0.0))
             candidates.append(
                 Candidate(
-                    record.name, held, record.config.size_gb, record.last_used, record.config.pinned
+                    record.name,
+                    held,
+                    record.config.size_gb,
+                    record.last_used,
+                    record.config.pinned,
+                    reload_s=record.learned_load_s or record.config.load_time_seconds,
+                    demand=record.demand,
                 )
             )
         devices = [

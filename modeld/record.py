@@ -29,6 +29,7 @@ class ModelRecord:
     load: asyncio.Task[ModeldError | None] | None = field(default=None, repr=False)
     loading_started: float | None = None
     last_used: float = 0.0
+    demand: float = 0.0
     last_load_s: float | None = None
     learned_load_s: float | None = None
     downloaded_bytes: int | None = None

@@ -53,6 +53,9 @@ log = structlog.get_logger("modeld.supervisor")
 Caller = Mapping[str, int]
 AUTO_RESTART = "auto_restart"
 STATUS_MAX_AGE_S = 0.5
+# cost_aware: at each request every model's demand decays by this factor, so favourites
+# that stop being asked for stop being protected within a few dozen requests.
+DEMAND_DECAY = 0.95
 
 
 class Supervisor:
@@ -372,6 +375,9 @@ class Supervisor:
         self, record: ModelRecord, *, evict: bool, wait: bool, timeout: float | None
     ) -> dict[str, Any]:
         record.last_used = time.time()
+        for other in self._models.values():
+            other.demand *= DEMAND_DECAY
+        record.demand += 1.0
         if record.state is State.RUNNING:
             return {
                 "status": "already_loaded",

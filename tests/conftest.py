@@ -72,6 +72,8 @@ def make_config(
     gpu.update(daemon.pop("gpu", {}))
     settings = {
         "state_dir": tempfile.mkdtemp(prefix="modeld-state-"),
+        # The tests' expectations are written against the seed's policy.
+        "eviction_policy": "largest_first",
         "poll_interval_s": 3600,
         "health_poll_interval_s": 0.02,
         "memory_poll_interval_s": 0.01,

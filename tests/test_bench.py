@@ -12,7 +12,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 
 
-@pytest.mark.parametrize("bench", ["rpc", "memory_wait", "footprint"])
+@pytest.mark.parametrize("bench", ["rpc", "memory_wait", "footprint", "traces"])
 def test_bench_runs_quick(bench: str) -> None:
     """`python -m bench.NAME --quick` exits 0 and reports its figures with targets."""
     result = subprocess.run(
@@ -53,5 +53,29 @@ def test_runner_writes_results(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     text = output.read_text()
     assert "machine:" in text
-    for figure in ("status, 4 models", "status, 64 models", "start after release", "RSS"):
+    for figure in (
+        "status, 4 models",
+        "status, 64 models",
+        "start after release",
+        "RSS",
+        "cost_aware: load seconds / optimum",
+    ):
         assert figure in text
+
+
+def test_trace_optimum_bounds_every_policy() -> None:
+    """The offline optimum is never beaten, and matches a case worked by hand."""
+    from bench.traces import POLICIES, Model, Scenario, make_scenario, optimum, simulate
+    from modeld.planner import Device
+
+    for seed in range(4):
+        scenario = make_scenario(seed, 5, 1 + seed % 2, 40)
+        best = optimum(scenario)
+        assert all(best <= simulate(scenario, policy) + 1e-9 for policy in POLICIES)
+    # Two 50 GB models on 80 GB alternate: every request is a cold load.
+    models = {n: Model(n, {0: 50.0}, 10.0) for n in ("a", "b")}
+    worst = Scenario("alternating", models, (Device(0, 80, 80),), ("a", "b", "a", "b"))
+    assert optimum(worst) == 40.0
+    # With 40 GB each both fit: only the first two requests load.
+    small = {n: Model(n, {0: 40.0}, 10.0) for n in ("a", "b")}
+    assert optimum(Scenario("fits", small, (Device(0, 80, 80),), ("a", "b", "a", "b"))) == 20.0

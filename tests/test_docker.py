@@ -39,6 +39,7 @@ def docker_config(
         {
             "daemon": {
                 "state_dir": tempfile.mkdtemp(prefix="modeld-state-"),
+                "eviction_policy": "largest_first",
                 "poll_interval_s": 0.2,
                 "health_poll_interval_s": 0.05,
                 "memory_poll_interval_s": 0.02,
@@ -261,6 +262,7 @@ def write_config(path: Path, socket: Path, tables: dict[str, dict[str, Any]], gb
         "[daemon]",
         f'socket = "{socket}"',
         f'state_dir = "{path.parent / "state"}"',
+        'eviction_policy = "largest_first"',
         "poll_interval_s = 0.2",
         "health_poll_interval_s = 0.05",
         "memory_poll_interval_s = 0.02",

@@ -411,3 +411,19 @@ def test_restart_decision_resets_after_a_stable_run() -> None:
     assert decide_restart(model, attempts=1, ran_for_s=5) == Retry(delay_s=2.0, attempt=2)
     policy_no = model.model_copy(update={"restart": "no"})
     assert decide_restart(policy_no, attempts=0, ran_for_s=0) is None
+
+
+async def test_cost_aware_stops_the_model_least_wanted_back(
+    supervised: SupervisorFactory,
+) -> None:
+    """With cost_aware the daemon feeds demand and learned load times to the planner: the
+    popular, slow-to-load model stays although it is the largest."""
+    config = make_config(THREE, [60], eviction_policy="cost_aware")
+    supervisor, runtime, _ = await supervised(config)
+    runtime.behaviour["alpha"] = Behaviour(load_seconds=0.3)
+    await supervisor.switch("beta")
+    for _ in range(5):
+        await supervisor.switch("alpha")  # people keep asking for alpha
+    result = await supervisor.switch("gamma")
+    assert result["unloaded_models"] == ["beta"]
+    assert supervisor.state_of("alpha") is State.RUNNING

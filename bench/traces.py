@@ -1,0 +1,201 @@
+"""Scheduling quality: seeded request traces replayed through the real planner, each
+policy's total cold-load seconds against the exact offline optimum and the seed's
+`largest_first`.
+
+Traces: Zipf popularity whose favourites shift over time; 4- and 8-model sets with varied
+memory needs (10-50 GB) and load times (5-60 s); one 80 GB GPU, and two 80 GB GPUs with
+some models spanning both. The optimum is a dynamic program over the sets of loaded
+models (keeping a model loaded costs nothing, so only maximal feasible sets matter).
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import statistics
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from itertools import combinations
+
+from bench.common import Report, figure
+from modeld.config import EvictionPolicy
+from modeld.planner import Candidate, Device, Infeasible, Target, plan_switch
+from modeld.supervisor import DEMAND_DECAY
+
+POLICIES: tuple[EvictionPolicy, ...] = ("largest_first", "lru", "fewest", "cost_aware")
+DEFAULT: EvictionPolicy = "cost_aware"
+
+
+@dataclass(frozen=True)
+class Model:
+    """A model in a trace: memory per device and cold-load seconds."""
+
+    name: str
+    need: dict[int, float]
+    load_s: float
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """Models, devices and a request sequence."""
+
+    label: str
+    models: dict[str, Model]
+    devices: tuple[Device, ...]
+    trace: tuple[str, ...]
+
+
+def _fits(models: Iterable[Model], devices: Sequence[Device]) -> bool:
+    used: dict[int, float] = {}
+    for model in models:
+        for device, gb in model.need.items():
+            used[device] = used.get(device, 0.0) + gb
+    return all(used.get(d.index, 0.0) <= d.total_gb + 1e-9 for d in devices)
+
+
+def make_scenario(seed: int, count: int, gpus: int, length: int) -> Scenario:
+    """A seeded scenario: models, Zipf requests whose favourites shift every so often."""
+    rng = random.Random(seed)
+    models = {}
+    for index in range(count):
+        placement = [rng.randrange(gpus)] if gpus == 1 or rng.random() < 0.7 else [0, 1]
+        models[f"m{index}"] = Model(
+            f"m{index}",
+            {d: float(rng.randint(10, 50)) for d in placement},
+            float(rng.randint(5, 60)),
+        )
+    names = list(models)
+    order = names[:]
+    rng.shuffle(order)
+    weights = [1 / (rank + 1) ** 1.1 for rank in range(count)]
+    trace = []
+    for position in range(length):
+        if position and position % rng.randint(30, 50) == 0:
+            # Favourites shift: a few ranks trade places.
+            for _ in range(2):
+                a, b = rng.sample(range(count), 2)
+                order[a], order[b] = order[b], order[a]
+        trace.append(rng.choices(order, weights)[0])
+    devices = tuple(Device(d, 80.0, 80.0) for d in range(gpus))
+    return Scenario(f"{count} models, {gpus} GPU, seed {seed}", models, devices, tuple(trace))
+
+
+def simulate(scenario: Scenario, policy: EvictionPolicy) -> float:
+    """Total cold-load seconds serving the trace with `policy` through plan_switch."""
+    loaded: dict[str, int] = {}
+    demand = dict.fromkeys(scenario.models, 0.0)
+    total = 0.0
+    for time, name in enumerate(scenario.trace):
+        for other in demand:
+            demand[other] *= DEMAND_DECAY
+        demand[name] += 1.0
+        if name in loaded:
+            loaded[name] = time
+            continue
+        used: dict[int, float] = {}
+        for held in loaded:
+            for device, gb in scenario.models[held].need.items():
+                used[device] = used.get(device, 0.0) + gb
+        devices = [
+            Device(d.index, d.total_gb, d.total_gb - used.get(d.index, 0.0))
+            for d in scenario.devices
+        ]
+        candidates = [
+            Candidate(
+                held,
+                scenario.models[held].need,
+                sum(scenario.models[held].need.values()),
+                float(last),
+                reload_s=scenario.models[held].load_s,
+                demand=demand[held],
+            )
+            for held, last in loaded.items()
+        ]
+        model = scenario.models[name]
+        plan = plan_switch(Target(name, model.need), devices, candidates, policy)
+        assert not isinstance(plan, Infeasible), "every model fits alone"
+        for victim in plan.stop:
+            del loaded[victim]
+        loaded[name] = time
+        total += model.load_s
+    return total
+
+
+def optimum(scenario: Scenario) -> float:
+    """The least total cold-load seconds any eviction schedule achieves (knowing the
+    future): dynamic programming over maximal feasible sets of loaded models."""
+    states: dict[frozenset[str], float] = {frozenset(): 0.0}
+    models = scenario.models
+    for name in scenario.trace:
+        following: dict[frozenset[str], float] = {}
+        for loaded, cost in states.items():
+            if name in loaded:
+                options = [(loaded, cost)]
+            else:
+                others = sorted(loaded)
+                kept: list[frozenset[str]] = []
+                for size in range(len(others), -1, -1):
+                    for subset in combinations(others, size):
+                        keep = frozenset(subset)
+                        if any(keep < bigger for bigger in kept):
+                            continue
+                        if _fits([models[n] for n in (*subset, name)], scenario.devices):
+                            kept.append(keep)
+                options = [(keep | {name}, cost + models[name].load_s) for keep in kept]
+            for state, value in options:
+                if value < following.get(state, float("inf")):
+                    following[state] = value
+        states = following
+    return min(states.values())
+
+
+def scenarios(quick: bool) -> list[Scenario]:
+    """The bench's traces: 4-, 6- and 8-model sets on one and on two GPUs."""
+    length = 60 if quick else 160
+    seeds = range(1) if quick else range(2)
+    return [
+        make_scenario(1000 * count + 10 * gpus + seed, count, gpus, length)
+        for count in (4, 6, 8)
+        for gpus in (1, 2)
+        for seed in seeds
+    ]
+
+
+def run(quick: bool) -> Report:
+    """Every policy on every trace, against the optimum and largest_first."""
+    report = Report("scheduling")
+    ratios: dict[str, list[float]] = {policy: [] for policy in POLICIES}
+    versus_seed: dict[str, list[float]] = {policy: [] for policy in POLICIES}
+    for scenario in scenarios(quick):
+        best = optimum(scenario)
+        seed_cost = simulate(scenario, "largest_first")
+        for policy in POLICIES:
+            cost = simulate(scenario, policy)
+            ratios[policy].append(cost / best)
+            versus_seed[policy].append(cost / seed_cost)
+    for policy in POLICIES:
+        mean, worst = statistics.mean(ratios[policy]), max(ratios[policy])
+        versus = statistics.mean(versus_seed[policy])
+        result = figure(
+            f"{policy}: load seconds / optimum",
+            "x",
+            ratios[policy],
+            notes=f"mean {mean:.3f}x optimum, worst trace {worst:.3f}x, "
+            f"{versus:.2f}x largest_first, over {len(ratios[policy])} traces",
+        )
+        if policy == DEFAULT:
+            result.target = "mean <= 1.15x optimum, worst <= 1.35x, <= 0.8x largest_first"
+            result.met = mean <= 1.15 and worst <= 1.35 and versus <= 0.8
+        report.add(result)
+    return report
+
+
+def main() -> None:
+    """Run alone: `python -m bench.traces [--quick]`."""
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true")
+    print(run(parser.parse_args().quick).to_json())
+
+
+if __name__ == "__main__":
+    main()
