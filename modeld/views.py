@@ -53,6 +53,7 @@ def model_view(record: ModelRecord, reading: GpuReading | None) -> dict[str, Any
         "size_gb": config.size_gb,
         "description": config.description,
         "estimated_load_time_seconds": round(record.learned_load_s or config.load_time_seconds, 1),
+        "estimated_load_time_source": "learned" if record.learned_load_s else "configured",
         "gpu_memory_used_gb": used_gb,
         "gpu_memory_source": used_source,
         "gpu_memory_per_device_gb": {str(d): round(gb, 2) for d, gb in per_device.items()},

@@ -50,6 +50,7 @@ async def test_learned_load_time_survives_restart(supervised: SupervisorFactory)
     config = make_config({"alpha": {"gpu_memory_gb": 10, "load_time_seconds": 99}}, [60])
     first, _, _ = await supervised(config)
     assert first.status()["models"]["alpha"]["estimated_load_time_seconds"] == 99
+    assert first.status()["models"]["alpha"]["estimated_load_time_source"] == "configured"
     await first.switch("alpha")
     learned = first.status()["models"]["alpha"]["estimated_load_time_seconds"]
     assert learned < 99
@@ -57,3 +58,4 @@ async def test_learned_load_time_survives_restart(supervised: SupervisorFactory)
     assert (config.daemon.state_dir / "state.json").exists()
     second, _, _ = await supervised(config)
     assert second.status()["models"]["alpha"]["estimated_load_time_seconds"] == learned
+    assert second.status()["models"]["alpha"]["estimated_load_time_source"] == "learned"
