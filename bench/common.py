@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -9,7 +10,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -76,6 +77,13 @@ class Report:
     def to_json(self) -> str:
         """For the runner."""
         return json.dumps({"bench": self.bench, "figures": [asdict(f) for f in self.figures]})
+
+
+def cli(run: Callable[[bool], Report], description: str | None) -> None:
+    """A benchmark run alone: `python -m bench.NAME [--quick]` prints its figures."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--quick", action="store_true", help="few samples: proves it runs")
+    print(run(parser.parse_args().quick).to_json())
 
 
 def machine() -> dict[str, str]:

@@ -6,14 +6,13 @@ process importing the same libraries, measured in the same run.
 
 from __future__ import annotations
 
-import argparse
 import os
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from bench.common import Report, daemon, figure
+from bench.common import Report, cli, daemon, figure
 from tests.ports import wait_listening
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -86,9 +85,7 @@ def run(quick: bool) -> Report:
 
 def main() -> None:
     """Run alone: `python -m bench.footprint [--quick]`."""
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--quick", action="store_true")
-    print(run(parser.parse_args().quick).to_json())
+    cli(run, __doc__)
 
 
 if __name__ == "__main__":

@@ -7,12 +7,11 @@ figure is how long after that release the target is started (the seed always sle
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import tempfile
 import time
 
-from bench.common import Report, figure
+from bench.common import Report, cli, figure
 from modeld.config import ModelConfig, parse_config
 from modeld.gpu.simulated import SimulatedGpu
 from modeld.health import HealthProbe
@@ -100,9 +99,7 @@ def run(quick: bool) -> Report:
 
 def main() -> None:
     """Run alone: `python -m bench.memory_wait [--quick]`."""
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--quick", action="store_true")
-    print(run(parser.parse_args().quick).to_json())
+    cli(run, __doc__)
 
 
 if __name__ == "__main__":

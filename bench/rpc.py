@@ -7,7 +7,6 @@ from 16 concurrent clients.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import subprocess
 import sys
@@ -15,7 +14,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.common import Report, daemon, figure
+from bench.common import Report, cli, daemon, figure
 from tests.ports import wait_listening
 
 REQUEST = b'{"jsonrpc":"2.0","id":1,"method":"status"}\n'
@@ -123,9 +122,7 @@ def run(quick: bool) -> Report:
 
 def main() -> None:
     """Run alone: `python -m bench.rpc [--quick]`."""
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--quick", action="store_true")
-    print(run(parser.parse_args().quick).to_json())
+    cli(run, __doc__)
 
 
 if __name__ == "__main__":

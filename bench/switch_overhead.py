@@ -6,7 +6,6 @@ second; the seed does not wait at all).
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import tempfile
 import time
@@ -16,7 +15,7 @@ from pathlib import Path
 import aiodocker
 import aiohttp
 
-from bench.common import Report, figure
+from bench.common import Report, cli, figure
 from modeld.client import Client
 from modeld.config import parse_config
 from modeld.gpu.simulated import SimulatedGpu
@@ -142,9 +141,7 @@ def run(quick: bool) -> Report:
 
 def main() -> None:
     """Run alone: `python -m bench.switch_overhead [--quick]`."""
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--quick", action="store_true")
-    print(run(parser.parse_args().quick).to_json())
+    cli(run, __doc__)
 
 
 if __name__ == "__main__":

@@ -10,14 +10,13 @@ models (keeping a model loaded costs nothing, so only maximal feasible sets matt
 
 from __future__ import annotations
 
-import argparse
 import random
 import statistics
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from itertools import combinations
 
-from bench.common import Report, figure
+from bench.common import Report, cli, figure
 from modeld.config import EvictionPolicy
 from modeld.planner import Candidate, Device, Infeasible, Target, plan_switch
 from modeld.supervisor import DEMAND_DECAY
@@ -192,9 +191,7 @@ def run(quick: bool) -> Report:
 
 def main() -> None:
     """Run alone: `python -m bench.traces [--quick]`."""
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--quick", action="store_true")
-    print(run(parser.parse_args().quick).to_json())
+    cli(run, __doc__)
 
 
 if __name__ == "__main__":

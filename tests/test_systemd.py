@@ -209,34 +209,26 @@ def unit_dir(tmp_path: Path) -> Path:
     return tmp_path
 
 
-def test_units_verify_clean(unit_dir: Path) -> None:
-    """`systemd-analyze verify` finds nothing to say about either unit."""
+def systemd_analyze(unit_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """Run systemd-analyze on the units in `unit_dir` (skip where it is not installed)."""
     analyze = shutil.which("systemd-analyze")
     if analyze is None:
         pytest.skip("systemd-analyze is not installed (apt-get install systemd)")
-    result = subprocess.run(
-        [analyze, "verify", "modeld.socket", "modeld.service"],
-        cwd=unit_dir,
-        capture_output=True,
-        text=True,
-        timeout=60,
+    return subprocess.run(
+        [analyze, *args], cwd=unit_dir, capture_output=True, text=True, timeout=60
     )
+
+
+def test_units_verify_clean(unit_dir: Path) -> None:
+    """`systemd-analyze verify` finds nothing to say about either unit."""
+    result = systemd_analyze(unit_dir, "verify", "modeld.socket", "modeld.service")
     assert result.returncode == 0, result.stderr
     assert "modeld" not in result.stderr, result.stderr
 
 
 def test_service_exposure_at_most_2(unit_dir: Path) -> None:
     """`systemd-analyze security --offline=true` rates the service 2.0 or better."""
-    analyze = shutil.which("systemd-analyze")
-    if analyze is None:
-        pytest.skip("systemd-analyze is not installed (apt-get install systemd)")
-    result = subprocess.run(
-        [analyze, "security", "--offline=true", "modeld.service"],
-        cwd=unit_dir,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    result = systemd_analyze(unit_dir, "security", "--offline=true", "modeld.service")
     found = re.search(r"Overall exposure level for modeld.service: (\d+\.\d)", result.stdout)
     assert found, result.stdout + result.stderr
     assert float(found.group(1)) <= 2.0
