@@ -18,7 +18,7 @@ from modeld.memory import Need, model_need
 from modeld.planner import Candidate, Device, Infeasible, Plan, Target, plan_switch
 from modeld.record import ModelRecord
 from modeld.states import State
-from modeld.views import device_totals, gpu_view, held_memory
+from modeld.views import device_totals, gpu_view, held_memory, record_need
 
 log = structlog.get_logger("modeld.ledger")
 
@@ -60,7 +60,7 @@ class GpuLedger:
 
     def need(self, record: ModelRecord) -> Need:
         """What `record` needs per device on this host's devices."""
-        return model_need(record.config, device_totals(self.reading))
+        return record_need(record, device_totals(self.reading))
 
     def _backend_refs(self, records: Iterable[ModelRecord]) -> list[BackendRef]:
         totals = device_totals(self.reading) or dict(enumerate(self.config.gpu.devices_gb))
@@ -88,7 +88,7 @@ class GpuLedger:
             held, _ = held_memory(record, reading)
             if record.state is State.LOADING:
                 # A loading vLLM has not yet reserved all it will: count the rest as taken.
-                for device, gb in model_need(record.config, totals).per_device.items():
+                for device, gb in record_need(record, totals).per_device.items():
                     pending[device] += max(0.0, gb - held.get(device, 0.0))
                     held[device] = max(gb, held.get(device, 0.0))
             candidates.append(
@@ -105,7 +105,7 @@ class GpuLedger:
         devices = [
             Device(d.index, d.total_gb, d.free_gb - pending[d.index]) for d in reading.devices
         ]
-        target_need = model_need(target.config, totals).per_device
+        target_need = record_need(target, totals).per_device
         return Target(target.name, target_need), devices, candidates
 
     def plan(

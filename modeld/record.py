@@ -32,6 +32,10 @@ class ModelRecord:
     demand: float = 0.0
     last_load_s: float | None = None
     learned_load_s: float | None = None
+    # Peak memory measured on this host under the current settings (preferred by plans),
+    # and how far the measured use went past the configured figure, if it did.
+    learned_gb: dict[int, float] | None = None
+    over_plan_gb: float | None = None
     downloaded_bytes: int | None = None
     running_since: float | None = None
     # restart = "on-failure": consecutive automatic restarts, and the pending one.

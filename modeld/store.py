@@ -15,16 +15,24 @@ from pathlib import Path
 import structlog
 from pydantic import BaseModel, Field, ValidationError
 
+from modeld.config import ModelConfig
+
 log = structlog.get_logger("modeld.store")
 
 STATE_FILE = "state.json"
 KEPT_LOADS = 5
+# A peak is rewritten only when it grows by more than this: no file churn from jitter.
+PEAK_STEP_GB = 0.25
 
 
 class LearnedModel(BaseModel):
     """Figures learned about one model on this host."""
 
     load_seconds: list[float] = Field(default_factory=list)
+    # Peak GPU memory measured while it ran, per device, and the settings it ran with:
+    # a peak learned under other settings says nothing about the new ones.
+    peak_gb: dict[int, float] = Field(default_factory=dict)
+    peak_for: str = ""
 
     def typical_load_s(self) -> float | None:
         """The median of the recent loads, if any."""
@@ -95,3 +103,40 @@ def remember_load(state: Learned, model: str, seconds: float) -> None:
     """Add one measured load time, keeping the most recent few."""
     learned = state.models.setdefault(model, LearnedModel())
     learned.load_seconds = [*learned.load_seconds, round(seconds, 3)][-KEPT_LOADS:]
+
+
+def memory_fingerprint(model: ModelConfig) -> str:
+    """The settings that decide how much memory a model takes."""
+    fields = model.model_dump(
+        include={
+            "gpus",
+            "gpu_memory_utilization",
+            "gpu_memory_gb",
+            "image",
+            "command",
+            "container",
+            "env",
+        }
+    )
+    return json.dumps(fields, sort_keys=True, default=str)
+
+
+def learned_peak(learned: LearnedModel | None, model: ModelConfig) -> dict[int, float] | None:
+    """The peak measured for `model` under its current settings, if any."""
+    if learned is None or not learned.peak_gb or learned.peak_for != memory_fingerprint(model):
+        return None
+    return dict(learned.peak_gb)
+
+
+def remember_peak(state: Learned, model: ModelConfig, measured: dict[int, float]) -> bool:
+    """Raise the remembered peak where `measured` is higher; True if it grew noticeably."""
+    learned = state.models.setdefault(model.name, LearnedModel())
+    fingerprint = memory_fingerprint(model)
+    if learned.peak_for != fingerprint:
+        learned.peak_gb, learned.peak_for = {}, fingerprint
+    grew = False
+    for device, gb in measured.items():
+        if gb > learned.peak_gb.get(device, 0.0) + PEAK_STEP_GB:
+            learned.peak_gb[device] = round(gb, 3)
+            grew = True
+    return grew

@@ -32,11 +32,12 @@ from modeld.errors import (
     RuntimeUnavailable,
     UnknownModel,
 )
-from modeld.gpu.base import GpuMonitor
+from modeld.gpu.base import GpuMonitor, GpuReading
 from modeld.health import Health, HealthProbe
 from modeld.hfcache import downloaded_bytes, hf_cache_dir
 from modeld.jsonraw import RawJSON
 from modeld.ledger import GpuLedger
+from modeld.memory import model_need
 from modeld.metrics import MetricsSink, NoMetrics
 from modeld.planner import Infeasible
 from modeld.readiness import await_ready
@@ -45,7 +46,7 @@ from modeld.reload import ReloadPlan, plan_reload
 from modeld.restart import GiveUp, decide_restart
 from modeld.runtime.base import BackendState, Runtime
 from modeld.states import Failure, ModelStatus, State, check_transition
-from modeld.store import Learned, Store, remember_load
+from modeld.store import Learned, Store, learned_peak, remember_load, remember_peak
 from modeld.views import model_view, models_view, runtime_view
 
 log = structlog.get_logger("modeld.supervisor")
@@ -56,6 +57,8 @@ STATUS_MAX_AGE_S = 0.5
 # cost_aware: at each request every model's demand decays by this factor, so favourites
 # that stop being asked for stop being protected within a few dozen requests.
 DEMAND_DECAY = 0.95
+# Measured use beyond the configured need by more than this is reported.
+OVER_PLAN_TOLERANCE_GB = 0.5
 
 
 class Supervisor:
@@ -114,6 +117,7 @@ class Supervisor:
         for record in self._models.values():
             if learned := self._learned.models.get(record.name):
                 record.learned_load_s = learned.typical_load_s()
+                record.learned_gb = learned_peak(learned, record.config)
             await self._find_running(record)
         await self._scan_downloads()
         await self.poll_once()
@@ -301,6 +305,7 @@ class Supervisor:
                 record.unmanaged = False
                 if name in plan.changed_now:
                     record.config = model
+                    record.learned_gb = learned_peak(self._learned.models.get(name), model)
                 elif name in plan.changed_at_next_start:
                     record.pending_config = model
             self._config = plan.config
@@ -547,6 +552,8 @@ class Supervisor:
     async def _start_model(self, record: ModelRecord) -> None:
         if record.pending_config is not None:
             record.config, record.pending_config = record.pending_config, None
+            record.learned_gb = learned_peak(self._learned.models.get(record.name), record.config)
+        record.over_plan_gb = None
         runtime = self._runtime(record)
         self._transition(record, State.LOADING, "start")
         record.loading_started = time.monotonic()
@@ -618,11 +625,41 @@ class Supervisor:
         self._transition(record, State.RUNNING, "healthy")
         # Its memory is now what the driver measures: refresh what `status` shows.
         with contextlib.suppress(GpuUnavailable):
-            await self._ledger.read(self._models.values())
+            self._learn_memory(await self._ledger.read(self._models.values()))
         remember_load(self._learned, record.name, load_s)
         record.learned_load_s = self._learned.models[record.name].typical_load_s()
         self._save_learned()
         return None
+
+    def _learn_memory(self, reading: GpuReading) -> None:
+        """Remember each running model's peak measured memory; report one that has grown
+        past what its configuration promised (the plan was built on that figure)."""
+        totals = {d.index: d.total_gb for d in reading.devices}
+        grew = False
+        for record in self._models.values():
+            measured = reading.per_model.get(record.name)
+            if record.state is not State.RUNNING or not measured:
+                continue
+            if not all(gpu in measured for gpu in record.config.gpus):
+                continue
+            if remember_peak(self._learned, record.config, dict(measured)):
+                grew = True
+                record.learned_gb = learned_peak(
+                    self._learned.models.get(record.name), record.config
+                )
+            planned = model_need(record.config, totals)
+            over = sum(measured.values()) - planned.total_gb
+            if over > OVER_PLAN_TOLERANCE_GB and record.over_plan_gb is None:
+                record.over_plan_gb = round(over, 2)
+                log.warning(
+                    "memory.over_plan",
+                    model=record.name,
+                    planned_gb=planned.total_gb,
+                    planned_source=planned.source.value,
+                    measured_gb=round(sum(measured.values()), 2),
+                )
+        if grew:
+            self._save_learned()
 
     def _save_learned(self) -> None:
         """Write the learned figures in the background: a waiting caller need not wait for
@@ -700,7 +737,7 @@ class Supervisor:
     async def poll_once(self) -> None:
         """One monitor pass: GPU, then each model's backend and health."""
         with contextlib.suppress(GpuUnavailable):
-            await self._ledger.read(self._models.values())
+            self._learn_memory(await self._ledger.read(self._models.values()))
         await asyncio.gather(*(self._observe(r) for r in self._models.values()))
 
     async def _observe(self, record: ModelRecord) -> None:

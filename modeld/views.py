@@ -11,7 +11,7 @@ from typing import Any
 
 from modeld.gpu.base import GpuReading
 from modeld.hfcache import human_size
-from modeld.memory import Source, model_need
+from modeld.memory import Need, Source, model_need
 from modeld.record import ModelRecord
 from modeld.states import ACTIVE
 
@@ -26,19 +26,24 @@ def device_totals(reading: GpuReading | None) -> dict[int, float]:
     return {d.index: d.total_gb for d in reading.devices} if reading else {}
 
 
+def record_need(record: ModelRecord, totals: Mapping[int, float]) -> Need:
+    """What a model needs per device: its learned peak first, then its configuration."""
+    return model_need(record.config, totals, record.learned_gb)
+
+
 def held_memory(record: ModelRecord, reading: GpuReading | None) -> tuple[dict[int, float], Source]:
     """What a model holds now: measured from its processes where the driver says, else its need."""
     measured = reading.per_model.get(record.name, {}) if reading else {}
     if measured:
         return dict(measured), Source.MEASURED
-    need = model_need(record.config, device_totals(reading))
+    need = record_need(record, device_totals(reading))
     return dict(need.per_device), need.source
 
 
 def model_view(record: ModelRecord, reading: GpuReading | None) -> dict[str, Any]:
     """One model in the seed's `status` fields, plus state time, failure and sources."""
     config = record.config
-    need = model_need(config, device_totals(reading))
+    need = record_need(record, device_totals(reading))
     used_gb: float | None = None
     used_source: str | None = None
     per_device: dict[int, float] = {}
@@ -59,6 +64,7 @@ def model_view(record: ModelRecord, reading: GpuReading | None) -> dict[str, Any
         "gpu_memory_per_device_gb": {str(d): round(gb, 2) for d, gb in per_device.items()},
         "gpu_memory_required_gb": round(need.total_gb, 1),
         "gpu_memory_required_source": need.source.value,
+        "gpu_memory_over_plan_gb": record.over_plan_gb,
         "downloaded_size": human_size(record.downloaded_bytes),
         "health": record.health.value,
         "failure": failure.as_dict() if failure else None,
@@ -130,7 +136,7 @@ def models_view(records: Iterable[ModelRecord], reading: GpuReading | None) -> l
         if record.unmanaged:
             continue
         config = record.pending_config or record.config
-        need = model_need(config, totals)
+        need = model_need(config, totals, None if record.pending_config else record.learned_gb)
         views.append(
             {
                 "name": config.name,
