@@ -1,9 +1,24 @@
-"""Sizes of models in the local Hugging Face cache (the seed's `downloaded_size`)."""
+"""Models in the local Hugging Face cache: size on disk and whether the download looks
+complete (the seed's `downloaded_size`, without its per-request disk walk).
+
+Everything here walks the disk: call it off the event loop.
+"""
 
 from __future__ import annotations
 
+import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Download:
+    """A model's files in the cache."""
+
+    bytes: int
+    complete: bool
+    reason: str | None = None
 
 
 def hf_cache_dir(configured: Path | None) -> Path:
@@ -17,19 +32,50 @@ def hf_cache_dir(configured: Path | None) -> Path:
     return Path.home() / ".cache" / "huggingface" / "hub"
 
 
-def downloaded_bytes(cache: Path, hf_path: str) -> int | None:
-    """Bytes of `org/name` in the cache (blobs, counted once), or None if not downloaded.
+def _repo(cache: Path, hf_path: str) -> Path:
+    return cache / f"models--{hf_path.replace('/', '--')}"
 
-    Walks the disk: call it off the event loop.
+
+def signature(cache: Path, hf_path: str) -> tuple[float, ...] | None:
+    """Changes whenever files are added to or removed from the model's cache entry."""
+    repo = _repo(cache, hf_path)
+    try:
+        return tuple(os.stat(repo / part).st_mtime for part in ("blobs", "snapshots"))
+    except OSError:
+        return None
+
+
+def download_state(cache: Path, hf_path: str) -> Download | None:
+    """Size and completeness of `org/name` in the cache, or None if nothing is there.
+
+    Incomplete: a blob still being written (`*.incomplete`), or a safetensors index that
+    names a shard missing from the snapshot.
     """
-    blobs = cache / f"models--{hf_path.replace('/', '--')}" / "blobs"
+    repo = _repo(cache, hf_path)
+    blobs = repo / "blobs"
     if not blobs.is_dir():
         return None
-    total = 0
+    total, partial = 0, False
     for entry in os.scandir(blobs):
+        if entry.name.endswith(".incomplete"):
+            partial = True
         if entry.is_file(follow_symlinks=False):
             total += entry.stat(follow_symlinks=False).st_size
-    return total
+    if partial:
+        return Download(total, False, "a file is still downloading")
+    snapshots = sorted((repo / "snapshots").glob("*"), key=lambda p: p.stat().st_mtime)
+    if not snapshots:
+        return Download(total, False, "no snapshot")
+    snapshot = snapshots[-1]
+    for index in snapshot.glob("*.safetensors.index.json"):
+        try:
+            shards = set(json.loads(index.read_text())["weight_map"].values())
+        except (OSError, ValueError, KeyError):
+            return Download(total, False, f"{index.name} is unreadable")
+        missing = sorted(s for s in shards if not (snapshot / s).exists())
+        if missing:
+            return Download(total, False, f"missing {missing[0]}")
+    return Download(total, True)
 
 
 def human_size(size: int | None) -> str | None:

@@ -9,6 +9,7 @@ from typing import Any, ClassVar
 from modeld.config import ModelConfig
 from modeld.errors import ModeldError
 from modeld.health import Health
+from modeld.hfcache import Download
 from modeld.runtime.base import BackendStatus
 from modeld.states import ModelStatus, State
 
@@ -36,7 +37,7 @@ class ModelRecord:
     # and how far the measured use went past the configured figure, if it did.
     learned_gb: dict[int, float] | None = None
     over_plan_gb: float | None = None
-    downloaded_bytes: int | None = None
+    download: Download | None = None
     running_since: float | None = None
     # restart = "on-failure": consecutive automatic restarts, and the pending one.
     restart_attempts: int = 0

@@ -34,7 +34,7 @@ from modeld.errors import (
 )
 from modeld.gpu.base import GpuMonitor, GpuReading
 from modeld.health import Health, HealthProbe
-from modeld.hfcache import downloaded_bytes, hf_cache_dir
+from modeld.hfcache import Download, download_state, hf_cache_dir, signature
 from modeld.jsonraw import RawJSON
 from modeld.ledger import GpuLedger
 from modeld.memory import model_need
@@ -91,6 +91,7 @@ class Supervisor:
         self._changed = asyncio.Event()
         self._monitor: asyncio.Task[None] | None = None
         self._saving: asyncio.Task[None] | None = None
+        self._download_marks: dict[str, tuple[float, ...] | None] = {}
         self._busy = 0
         # What the cached status was built from; see status().
         self._revision = 0
@@ -119,7 +120,6 @@ class Supervisor:
                 record.learned_load_s = learned.typical_load_s()
                 record.learned_gb = learned_peak(learned, record.config)
             await self._find_running(record)
-        await self._scan_downloads()
         await self.poll_once()
         self._monitor = asyncio.create_task(self._monitor_loop(), name="modeld-monitor")
 
@@ -739,6 +739,7 @@ class Supervisor:
         with contextlib.suppress(GpuUnavailable):
             self._learn_memory(await self._ledger.read(self._models.values()))
         await asyncio.gather(*(self._observe(r) for r in self._models.values()))
+        await self._scan_downloads()
 
     async def _observe(self, record: ModelRecord) -> None:
         # Loading and stopping models are watched by the operation that moves them.
@@ -795,12 +796,23 @@ class Supervisor:
             self._begin_loading(record, "backend found running")
 
     async def _scan_downloads(self) -> None:
+        """Refresh what the HF cache holds for each model, off the loop, only for models
+        whose cache entry changed since the last look."""
         cache = hf_cache_dir(self._config.daemon.hf_cache_dir)
-        for record in self._models.values():
-            if record.config.hf_path:
-                record.downloaded_bytes = await asyncio.to_thread(
-                    downloaded_bytes, cache, record.config.hf_path
-                )
+        paths = {r.name: r.config.hf_path for r in self._models.values() if r.config.hf_path}
+
+        def scan() -> dict[str, tuple[tuple[float, ...] | None, Download | None]]:
+            found = {}
+            for name, hf_path in paths.items():
+                mark = signature(cache, hf_path)
+                if mark is None or mark != self._download_marks.get(name):
+                    found[name] = (mark, download_state(cache, hf_path))
+            return found
+
+        for name, (mark, state) in (await asyncio.to_thread(scan)).items():
+            self._download_marks[name] = mark
+            if record := self._models.get(name):
+                record.download = state
 
     # ---- helpers ---------------------------------------------------------------------
 

@@ -65,7 +65,16 @@ def model_view(record: ModelRecord, reading: GpuReading | None) -> dict[str, Any
         "gpu_memory_required_gb": round(need.total_gb, 1),
         "gpu_memory_required_source": need.source.value,
         "gpu_memory_over_plan_gb": record.over_plan_gb,
-        "downloaded_size": human_size(record.downloaded_bytes),
+        "downloaded_size": human_size(record.download.bytes) if record.download else None,
+        "download": (
+            {
+                "bytes": record.download.bytes,
+                "complete": record.download.complete,
+                "reason": record.download.reason,
+            }
+            if record.download
+            else None
+        ),
         "health": record.health.value,
         "failure": failure.as_dict() if failure else None,
         "gpus": list(config.gpus),

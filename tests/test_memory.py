@@ -59,7 +59,7 @@ async def test_measured_peak_is_reported_learned_and_preferred() -> None:
     finally:
         await first.shutdown()
 
-    second, runtime = await started(config)
+    second, _ = await started(config)
     try:
         view = second.status()["models"]["alpha"]
         assert (view["gpu_memory_required_gb"], view["gpu_memory_required_source"]) == (
