@@ -125,6 +125,19 @@ def gpu_view(
                 "total_mb": _mb(d.total_gb),
                 "used_mb": _mb(d.used_gb),
                 "free_mb": _mb(d.free_gb),
+                # Held by processes that belong to no model (only known with per-process data).
+                "unmanaged_gb": (
+                    round(
+                        max(
+                            0.0,
+                            d.used_gb
+                            - sum(m.get(d.index, 0.0) for m in reading.per_model.values()),
+                        ),
+                        2,
+                    )
+                    if reading and reading.per_process
+                    else None
+                ),
             }
             for d in devices
         ],

@@ -12,9 +12,10 @@ import pytest
 
 from modeld.config import GpuConfig
 from modeld.errors import GpuUnavailable
-from modeld.gpu.base import BackendRef, GpuReading, owner_of, pid_alive
+from modeld.gpu.base import BackendRef, GpuReading, container_of, owner_of, pid_alive
 from modeld.gpu.nvml import NvmlMonitor
 from modeld.gpu.simulated import SimulatedGpu
+from tests.conftest import SupervisorFactory, make_config
 
 
 class Clock:
@@ -127,3 +128,36 @@ def test_nvml_missing_driver_is_a_clear_error() -> None:
         pytest.skip("this host has an NVIDIA driver")
     with pytest.raises(GpuUnavailable, match="NVML cannot load"):
         asyncio.run(NvmlMonitor.open())
+
+
+CID = "3f4e" + "a" * 60
+
+
+@pytest.mark.parametrize(
+    "cgroup",
+    [
+        f"0::/system.slice/docker-{CID}.scope\n",  # v2, systemd driver
+        f"0::/docker/{CID}\n",  # v2, cgroupfs driver
+        f"12:memory:/docker/{CID}\n11:cpu,cpuacct:/docker/{CID}\n",  # v1
+        f"5:devices:/system.slice/docker-{CID}.scope\n",  # v1, systemd driver
+        f"0::/kubepods/besteffort/pod1234/{CID}\n",  # a Kubernetes pod
+    ],
+    ids=["v2-systemd", "v2-cgroupfs", "v1", "v1-systemd", "kubepods"],
+)
+def test_container_of_reads_every_cgroup_layout(cgroup: str) -> None:
+    """A process's container is found from /proc/<pid>/cgroup in every common layout."""
+    assert container_of(cgroup) == CID
+
+
+def test_container_of_ignores_processes_outside_containers() -> None:
+    """A host process's cgroup names no container."""
+    assert container_of("0::/user.slice/user-0.slice/session-1.scope\n") is None
+
+
+async def test_unmanaged_memory_is_shown_per_device(supervised: SupervisorFactory) -> None:
+    """Memory no model's processes hold is shown as unmanaged on its device."""
+    config = make_config({"a": {"gpu_memory_gb": 10}}, [24], gpu={"external_used_gb": [3]})
+    supervisor, _, _ = await supervised(config)
+    await supervisor.switch("a")
+    [device] = supervisor.gpu()["devices"]
+    assert (device["used_gb"], device["unmanaged_gb"]) == (13.0, 3.0)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -93,10 +94,24 @@ def owner_of(pid: int, backends: Sequence[BackendRef]) -> str | None:
             return roots[current]
         current = parent_pid(current)
     try:
-        cgroup = Path(f"/proc/{pid}/cgroup").read_text()
+        container = container_of(Path(f"/proc/{pid}/cgroup").read_text())
     except OSError:
         return None
     for backend in backends:
-        if backend.container_id and backend.container_id in cgroup:
+        if container and backend.container_id == container:
             return backend.model
+    return None
+
+
+# A Docker container id in a cgroup path: ".../docker/<id>" (cgroup v1, cgroupfs),
+# ".../docker-<id>.scope" (systemd driver, v1 or v2), ".../<id>" under a Kubernetes pod.
+_CONTAINER_ID = re.compile(r"(?:docker[-/]|/)([0-9a-f]{64})(?:\.scope)?(?:/|$)")
+
+
+def container_of(cgroup: str) -> str | None:
+    """The container id a process's /proc/<pid>/cgroup places it in, v1 or v2 layout."""
+    for line in cgroup.splitlines():
+        path = line.split(":", 2)[-1]
+        if found := _CONTAINER_ID.search(path):
+            return found.group(1)
     return None
