@@ -141,6 +141,16 @@ def gpu_view(
             }
             for d in devices
         ],
+        "processes": [
+            {
+                "pid": p.pid,
+                "device": p.device,
+                "used_gb": round(p.used_gb, 2),
+                "model": p.model,
+                "unmanaged": p.model is None,
+            }
+            for p in (reading.processes if reading else ())
+        ],
         "backend": backend,
         "read_at": iso(reading.taken_at) if reading else None,
         "per_process": reading.per_process if reading else False,

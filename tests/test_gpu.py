@@ -159,5 +159,8 @@ async def test_unmanaged_memory_is_shown_per_device(supervised: SupervisorFactor
     config = make_config({"a": {"gpu_memory_gb": 10}}, [24], gpu={"external_used_gb": [3]})
     supervisor, _, _ = await supervised(config)
     await supervisor.switch("a")
-    [device] = supervisor.gpu()["devices"]
+    gpu = supervisor.gpu()
+    [device] = gpu["devices"]
     assert (device["used_gb"], device["unmanaged_gb"]) == (13.0, 3.0)
+    [process] = gpu["processes"]
+    assert (process["model"], process["used_gb"], process["unmanaged"]) == ("a", 10.0, False)

@@ -37,6 +37,16 @@ class BackendRef:
 
 
 @dataclass(frozen=True)
+class ProcessUse:
+    """One process's memory on one device, and the model it belongs to (None: unmanaged)."""
+
+    pid: int
+    device: int
+    used_gb: float
+    model: str | None
+
+
+@dataclass(frozen=True)
 class GpuReading:
     """Every device, and the memory attributed to each model's processes where known."""
 
@@ -44,6 +54,7 @@ class GpuReading:
     per_model: Mapping[str, Mapping[int, float]]
     taken_at: float
     per_process: bool
+    processes: tuple[ProcessUse, ...] = ()
 
     def device(self, index: int) -> DeviceReading | None:
         """The reading of one device, if it exists."""

@@ -12,7 +12,7 @@ from typing import Any
 import pynvml
 
 from modeld.errors import GpuUnavailable
-from modeld.gpu.base import GIB, BackendRef, DeviceReading, GpuReading, owner_of
+from modeld.gpu.base import GIB, BackendRef, DeviceReading, GpuReading, ProcessUse, owner_of
 
 
 def _text(value: Any) -> str:
@@ -48,6 +48,7 @@ class NvmlMonitor:
         with self._lock:
             devices: list[DeviceReading] = []
             per_model: dict[str, dict[int, float]] = {}
+            processes: list[ProcessUse] = []
             per_process = True
             for index in range(pynvml.nvmlDeviceGetCount()):
                 handle = pynvml.nvmlDeviceGetHandleByIndex(index)
@@ -61,22 +62,24 @@ class NvmlMonitor:
                     )
                 )
                 try:
-                    processes = pynvml.nvmlDeviceGetComputeRunningProcesses(handle)
+                    running = pynvml.nvmlDeviceGetComputeRunningProcesses(handle)
                 except pynvml.NVMLError:
                     per_process = False
                     continue
-                for process in processes:
+                for process in running:
                     # PIDs are host PIDs; usedGpuMemory is None where the driver hides it
                     # (some containers, MIG, vGPU).
                     if process.usedGpuMemory is None:
                         per_process = False
                         continue
                     model = owner_of(process.pid, backends)
+                    used = process.usedGpuMemory / GIB
+                    processes.append(ProcessUse(process.pid, index, used, model))
                     if model is None:
                         continue
                     share = per_model.setdefault(model, {})
-                    share[index] = share.get(index, 0.0) + process.usedGpuMemory / GIB
-            return GpuReading(tuple(devices), per_model, time.time(), per_process)
+                    share[index] = share.get(index, 0.0) + used
+            return GpuReading(tuple(devices), per_model, time.time(), per_process, tuple(processes))
 
     async def read(self, backends: Sequence[BackendRef]) -> GpuReading:
         """Read every device in a worker thread; GpuUnavailable on a driver error."""

@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from modeld.config import GpuConfig
-from modeld.gpu.base import BackendRef, DeviceReading, GpuReading, pid_alive
+from modeld.gpu.base import BackendRef, DeviceReading, GpuReading, ProcessUse, pid_alive
 
 
 @dataclass
@@ -63,7 +63,13 @@ class SimulatedGpu:
                     model = per_model.setdefault(hold.model, {})
                     model[index] = model.get(index, 0.0) + share
             devices.append(DeviceReading(index, f"Simulated GPU {index}", total, used))
-        return GpuReading(tuple(devices), per_model, time.time(), per_process=True)
+        processes = tuple(
+            ProcessUse(pid, device, gb, hold.model)
+            for pid, hold in self._holds.items()
+            if hold.released_at is None
+            for device, gb in hold.per_device.items()
+        )
+        return GpuReading(tuple(devices), per_model, time.time(), True, processes)
 
     async def close(self) -> None:
         """Nothing to release."""
