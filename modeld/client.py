@@ -6,6 +6,7 @@ import asyncio
 import itertools
 import json
 import os
+from collections.abc import AsyncIterator
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -90,6 +91,16 @@ class Client:
             error = response["error"]
             raise RpcError(error["code"], error["message"], error.get("data"))
         return response["result"]
+
+    async def events(self) -> AsyncIterator[dict[str, Any]]:
+        """Subscribe, then yield each event the daemon pushes on this connection."""
+        await self.call("subscribe")
+        assert self._reader is not None
+        while line := await self._reader.readline():
+            message = json.loads(line)
+            if message.get("method") == "event":
+                yield message["params"]
+        raise DaemonUnreachable(self.path, "connection closed by modeld")
 
 
 async def call(method: str, path: Path | None = None, **params: Any) -> Any:

@@ -202,9 +202,54 @@ async def _with_progress(
     return await request
 
 
+def render_event(console: Console, event: dict[str, Any], as_json: bool) -> None:
+    """One event as a line (or as JSON)."""
+    if as_json:
+        print(json.dumps(event), flush=True)
+        return
+    stamp = datetime.fromtimestamp(event["time"]).strftime("%H:%M:%S")
+    if event["type"] == "state":
+        state = event["to_state"]
+        text = (
+            f"{event['model']}: {event['from_state']} -> [{STATE_STYLE.get(state, '')}]"
+            f"{state}[/] ({event['reason']})"
+        )
+        if event.get("failure"):
+            text += f": {event['failure']}"
+    elif event["type"] == "switch.plan":
+        stop = ", ".join(event["stop"]) or "nothing"
+        text = f"switch to {event['model']}: stop {stop}"
+    elif event["type"] == "switch.stopped":
+        text = f"switch to {event['model']}: stopped {event['stopped']}"
+    elif event["type"] == "switch.room_ready":
+        text = f"switch to {event['model']}: memory free {event['free_gb']}"
+    else:
+        text = json.dumps(event)
+    if event.get("dropped_before"):
+        text += f" [yellow]({event['dropped_before']} earlier events dropped)[/]"
+    console.print(f"[dim]{stamp}[/] {text}", highlight=False)
+
+
+async def _watch(path: Path, console: Console, as_json: bool) -> int:
+    async with Client(path) as client:
+        async for event in client.events():
+            render_event(console, event, as_json)
+    return EXIT_OK
+
+
 async def _run(args: argparse.Namespace, console: Console) -> int:
     path: Path = args.socket
     op: str = args.command
+    if op == "watch":
+        return await _watch(path, console, args.json)
+    if op == "logs":
+        result = await call("logs", path, model=args.model, lines=args.lines)
+        if args.json:
+            print(json.dumps(result, indent=2))
+        else:
+            for line in result["lines"]:
+                console.print(line, markup=False, highlight=False)
+        return EXIT_OK
     if op in ("status", "gpu", "models", "ping"):
         result = await call(op, path)
     elif op == "stop":
@@ -260,6 +305,10 @@ def build_parser() -> argparse.ArgumentParser:
         command.add_argument("--no-wait", action="store_true", help="return once started")
         command.add_argument("--timeout", type=float, help="seconds to wait for health")
     sub.add_parser("stop", help="stop MODEL").add_argument("model")
+    sub.add_parser("watch", help="print events (state changes, switch progress) as they come")
+    logs = sub.add_parser("logs", help="the last lines MODEL's backend printed")
+    logs.add_argument("model")
+    logs.add_argument("-n", "--lines", type=int, default=50)
     for command in sub.choices.values():
         command.add_argument(
             "--json",
@@ -295,7 +344,7 @@ def run(argv: list[str] | None = None) -> int:
                 err.print(f"  {line}", markup=False, highlight=False)
         return EXIT_REFUSED
     except KeyboardInterrupt:
-        return 130
+        return EXIT_OK if args.command == "watch" else 130
 
 
 def main() -> None:

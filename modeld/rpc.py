@@ -34,6 +34,7 @@ from pydantic import (
 from modeld import __version__
 from modeld.access import AccessPolicy, Caller, peer_credentials
 from modeld.errors import ModeldError, PermissionDenied, SocketInUse, TooManyConnections
+from modeld.events import Subscription
 from modeld.jsonraw import RawJSON, serialize_response
 from modeld.supervisor import Supervisor
 
@@ -51,6 +52,8 @@ class Context:
     supervisor: Supervisor
     caller: Caller
     policy: AccessPolicy
+    # Connects a subscription to this connection, which then pushes its events.
+    attach: Callable[[Subscription], None] = lambda _: None
 
 
 class _Params(BaseModel):
@@ -65,6 +68,12 @@ class ModelParams(_Params):
     """`stop`: a model name."""
 
     model: str = Field(min_length=1)
+
+
+class LogsParams(ModelParams):
+    """`logs`: a model, and how many of its last lines."""
+
+    lines: int = Field(default=50, ge=1, le=10_000)
 
 
 class LoadParams(ModelParams):
@@ -207,6 +216,15 @@ async def _restart(ctx: Context, p: LoadParams) -> dict[str, Any]:
     )
 
 
+async def _subscribe(ctx: Context, _: NoParams) -> dict[str, Any]:
+    ctx.attach(ctx.supervisor.subscribe())
+    return {"subscribed": True}
+
+
+async def _logs(ctx: Context, p: LogsParams) -> dict[str, Any]:
+    return await ctx.supervisor.logs(p.model, p.lines)
+
+
 async def _reload(ctx: Context, _: NoParams) -> dict[str, Any]:
     return await ctx.supervisor.reload(caller=ctx.caller.as_log())
 
@@ -225,6 +243,8 @@ METHODS: dict[str, Handler] = {
     "start": _method(LoadParams, _start, mutates=True),
     "stop": _method(ModelParams, _stop, mutates=True),
     "reload": _method(NoParams, _reload, mutates=True),
+    "subscribe": _method(NoParams, _subscribe),
+    "logs": _method(LogsParams, _logs),
     "restart": _method(LoadParams, _restart, mutates=True),
 }
 
@@ -336,7 +356,13 @@ class RpcServer:
             writer.close()
             return
         self._connections += 1
-        context = Context(self._supervisor, caller, self._policy)
+        pumps: list[tuple[Subscription, asyncio.Task[None]]] = []
+
+        def attach(subscription: Subscription) -> None:
+            pump = asyncio.create_task(self._pump(subscription, writer, write_lock))
+            pumps.append((subscription, pump))
+
+        context = Context(self._supervisor, caller, self._policy, attach)
         mine: set[asyncio.Task[None]] = set()
         try:
             while True:
@@ -379,10 +405,22 @@ class RpcServer:
             # A caller that hangs up (or half-closes after its last request, as socat does)
             # does not abort its switch: the request tasks finish, answer if they still can,
             # and log their outcome; only then is the transport closed.
+            for subscription, pump in pumps:
+                self._supervisor.unsubscribe(subscription)
+                pump.cancel()
             if mine:
                 await asyncio.wait(mine)
             self._connections -= 1
             writer.close()
+
+    async def _pump(
+        self, subscription: Subscription, writer: asyncio.StreamWriter, write_lock: asyncio.Lock
+    ) -> None:
+        """Push a subscription's events to its connection as `event` notifications."""
+        while not writer.is_closing():
+            event = await subscription.next()
+            message = {"jsonrpc": "2.0", "method": "event", "params": event}
+            await self._send(writer, write_lock, json.dumps(message).encode() + b"\n")
 
     async def _request(
         self,

@@ -32,6 +32,7 @@ from modeld.errors import (
     RuntimeUnavailable,
     UnknownModel,
 )
+from modeld.events import EventBus, Subscription
 from modeld.gpu.base import GpuMonitor, GpuReading
 from modeld.health import Health, HealthProbe
 from modeld.hfcache import Download, download_state, hf_cache_dir, signature
@@ -92,6 +93,7 @@ class Supervisor:
         self._monitor: asyncio.Task[None] | None = None
         self._saving: asyncio.Task[None] | None = None
         self._download_marks: dict[str, tuple[float, ...] | None] = {}
+        self._events = EventBus()
         self._busy = 0
         # What the cached status was built from; see status().
         self._revision = 0
@@ -185,6 +187,7 @@ class Supervisor:
             "eviction_policy": self._config.daemon.eviction_policy,
             "busy": self._busy > 0,
             "in_flight": self._busy,
+            "subscribers": self._events.count,
         }
 
     def gpu(self) -> dict[str, Any]:
@@ -205,6 +208,21 @@ class Supervisor:
     async def changed(self) -> None:
         """Return at the next state transition."""
         await self._changed.wait()
+
+    def subscribe(self) -> Subscription:
+        """Events from now on: state changes and switch progress."""
+        self._revision += 1
+        return self._events.subscribe()
+
+    def unsubscribe(self, subscription: Subscription) -> None:
+        """Stop a subscription."""
+        self._revision += 1
+        self._events.unsubscribe(subscription)
+
+    async def logs(self, name: str, lines: int) -> dict[str, Any]:
+        """A model's backend's last output lines (Docker logs or captured output)."""
+        record = self._record(name)
+        return {"model": name, "lines": await self._runtime(record).logs(record.config, lines)}
 
     def state_of(self, name: str) -> State:
         """A model's current state."""
@@ -421,13 +439,20 @@ class Supervisor:
                 **memory_info,
             )
         log.info("switch.plan", model=record.name, stop=list(plan.stop), **memory_info)
+        self._events.publish(
+            "switch.plan", model=record.name, stop=list(plan.stop), memory_info=memory_info
+        )
         for victim in plan.stop:
             await self._stop_model(self._models[victim], f"evicted for {record.name}")
             self._metrics.evicted(victim)
+            self._events.publish("switch.stopped", model=record.name, stopped=victim)
         try:
             # Start only once the driver shows the room (at once when nothing was stopped).
             await self._ledger.wait_for_room(record, self._models.values())
             if plan.stop:
+                self._events.publish(
+                    "switch.room_ready", model=record.name, free_gb=self._ledger.free_gb()
+                )
                 log.info(
                     "switch.room_ready",
                     model=record.name,
@@ -539,6 +564,7 @@ class Supervisor:
         if failure is not None:
             fields.update(failure=failure.reason, exit_code=failure.exit_code)
         log.info("model.transition", **fields)
+        self._events.publish("state", **fields)
         if new is State.FAILED:
             self._metrics.failed(record.name)
         changed, self._changed = self._changed, asyncio.Event()

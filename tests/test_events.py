@@ -1,0 +1,177 @@
+"""Live events over `subscribe`, and backends' logs over `logs`."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from modeld.client import Client, RpcError
+from modeld.events import Subscription
+from modeld.rpc import RpcServer
+from modeld.supervisor import Supervisor
+from tests.conftest import SupervisorFactory, eventually, make_config
+from tests.fakes import Behaviour, FakeRuntime
+
+THREE = {"a": {"gpu_memory_gb": 30}, "b": {"gpu_memory_gb": 25}, "c": {"gpu_memory_gb": 30}}
+
+
+@pytest.fixture
+async def served(
+    supervised: SupervisorFactory, tmp_path: Path
+) -> AsyncIterator[tuple[Path, Supervisor, FakeRuntime]]:
+    """A daemon over the fake host, on a socket."""
+    supervisor, runtime, _ = await supervised(make_config(THREE, [60]))
+    path = tmp_path / "modeld.sock"
+    server = RpcServer(supervisor, path)
+    await server.start()
+    yield path, supervisor, runtime
+    await server.close()
+
+
+async def collect(client: Client, until: int) -> list[dict[str, Any]]:
+    """Events until the `until`-th state change."""
+    events, states = [], 0
+    async for event in client.events():
+        events.append(event)
+        states += event["type"] == "state"
+        if states == until:
+            return events
+    return events
+
+
+async def test_two_subscribers_see_the_same_ordered_story(
+    served: tuple[Path, Supervisor, FakeRuntime],
+) -> None:
+    """Both subscribers receive the switch's steps in order, while a third subscriber that
+    never reads holds up neither them nor the switch."""
+    path, supervisor, _ = served
+    await supervisor.switch("a")
+    await supervisor.switch("b")
+    stalled = await asyncio.open_unix_connection(str(path))
+    stalled[1].write(b'{"jsonrpc":"2.0","id":1,"method":"subscribe"}\n')  # and never reads
+    async with Client(path) as first, Client(path) as second:
+        readers = [asyncio.create_task(collect(c, until=4)) for c in (first, second)]
+
+        async def all_subscribed() -> bool:
+            return bool(supervisor.status()["subscribers"] == 3)
+
+        await eventually(all_subscribed, timeout=10)
+        await supervisor.switch("c")
+        one, two = await asyncio.wait_for(asyncio.gather(*readers), 10)
+    stalled[1].close()
+    assert [e["seq"] for e in one] == [e["seq"] for e in two]
+    assert [e["seq"] for e in one] == sorted(e["seq"] for e in one)
+    story = [(e["type"], e.get("model"), e.get("to_state") or e.get("stopped")) for e in one]
+    assert story == [
+        ("switch.plan", "c", None),
+        ("state", "a", "stopping"),
+        ("state", "a", "stopped"),
+        ("switch.stopped", "c", "a"),
+        ("switch.room_ready", "c", None),
+        ("state", "c", "loading"),
+        ("state", "c", "running"),
+    ]
+
+
+def test_full_queue_drops_the_oldest_and_says_so() -> None:
+    """A subscriber that falls behind loses the oldest events, and is told how many."""
+
+    async def scenario() -> list[dict[str, Any]]:
+        subscription = Subscription(limit=3)
+        for seq in range(1, 6):
+            subscription.offer({"seq": seq})
+        return [await subscription.next() for _ in range(3)]
+
+    events = asyncio.run(scenario())
+    assert [e["seq"] for e in events] == [3, 4, 5]
+    assert events[0]["dropped_before"] == 2
+    assert "dropped_before" not in events[1]
+
+
+async def test_logs_after_a_failed_load(served: tuple[Path, Supervisor, FakeRuntime]) -> None:
+    """`logs` returns the backend's last lines, e.g. after it failed to load."""
+    path, _, runtime = served
+    runtime.behaviour["a"] = Behaviour(exit_code=3)
+    async with Client(path) as client:
+        with pytest.raises(RpcError):
+            await client.call("switch", model="a")
+        logs = await client.call("logs", model="a", lines=5)
+        assert logs["lines"] == ["a: CUDA error: out of memory"]
+        with pytest.raises(RpcError) as caught:
+            await client.call("logs", model="a", lines=0)
+        assert caught.value.code == -32602
+
+
+def test_modelctl_watch_prints_events(tmp_path: Path) -> None:
+    """`modelctl watch --json` prints the events of a switch made by someone else."""
+    root = Path(__file__).resolve().parent.parent
+    socket = tmp_path / "modeld.sock"
+    daemon = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "modeld",
+            "--config",
+            str(root / "etc/modeld/demo.toml"),
+            "--socket",
+            str(socket),
+        ],
+        stderr=subprocess.DEVNULL,
+    )
+    watcher = None
+    try:
+        from tests.ports import wait_listening
+
+        wait_listening(socket, alive=lambda: daemon.poll() is None)
+        watcher = subprocess.Popen(
+            [sys.executable, "-m", "modeld.ctl", "--socket", str(socket), "--json", "watch"],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert watcher.stdout is not None
+        deadline = time.monotonic() + 30
+        while True:  # act only once the watcher is subscribed
+            status = subprocess.run(
+                [sys.executable, "-m", "modeld.ctl", "--socket", str(socket), "--json", "status"],
+                capture_output=True,
+                text=True,
+                check=True,
+                timeout=60,
+            )
+            if json.loads(status.stdout)["subscribers"] == 1:
+                break
+            assert time.monotonic() < deadline, "modelctl watch did not subscribe"
+            time.sleep(0.05)
+        subprocess.run(
+            [sys.executable, "-m", "modeld.ctl", "--socket", str(socket), "switch", "demo-coder"],
+            check=True,
+            capture_output=True,
+            timeout=60,
+        )
+        subprocess.run(
+            [sys.executable, "-m", "modeld.ctl", "--socket", str(socket), "stop", "demo-coder"],
+            check=True,
+            capture_output=True,
+            timeout=60,
+        )
+        seen = []
+        for line in watcher.stdout:
+            event = json.loads(line)
+            seen.append((event.get("model"), event.get("to_state")))
+            if ("demo-coder", "stopped") in seen:
+                break
+        assert ("demo-coder", "stopping") in seen
+    finally:
+        if watcher is not None:
+            watcher.terminate()
+            watcher.wait()
+        daemon.terminate()
+        daemon.wait()
