@@ -45,6 +45,8 @@ class DaemonConfig(_Strict):
     health_poll_interval_s: PositiveFloat = 0.02
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     max_connections: Annotated[int, Field(ge=1)] = 256
+    # Started at daemon start, in this order, each only if it fits beside the ones before.
+    preload: list[str] = Field(default_factory=list)
     # On SIGTERM: how long an operation in flight may still take before modeld exits.
     shutdown_timeout_s: PositiveFloat = 30.0
     # When a switch's target fails after others were stopped for it, start them again.
@@ -193,6 +195,9 @@ class Config(_Strict):
     def _devices_exist(self) -> Self:
         if not self.models:
             raise ValueError("declare at least one model under [models]")
+        unknown = [name for name in self.daemon.preload if name not in self.models]
+        if unknown:
+            raise ValueError(f"daemon.preload: {unknown[0]!r} is not a configured model")
         if self.gpu.backend == "simulated":
             count = len(self.gpu.devices_gb)
             for model in self.models.values():

@@ -109,7 +109,7 @@ async def run_daemon(config: Config, socket_path: Path, config_path: Path | None
         AccessPolicy(daemon.allow_uids, daemon.allow_groups),
         daemon.max_connections,
     )
-    background: list[asyncio.Task[None]] = []
+    background: list[asyncio.Task[Any]] = []
     metrics_runner: web.AppRunner | None = None
     try:
         await supervisor.startup()
@@ -132,9 +132,11 @@ async def run_daemon(config: Config, socket_path: Path, config_path: Path | None
             models=sorted(config.models),
             gpu=gpu.backend,
         )
-        jobs: list[Coroutine[Any, Any, None]] = [
+        jobs: list[Coroutine[Any, Any, Any]] = [
             _report_status(supervisor, notifier, daemon.poll_interval_s),
             _serve_reloads(reload_requested, supervisor, notifier),
+            # In the background: the socket answers while preloaded models load.
+            supervisor.preload(),
         ]
         if notifier.watchdog_interval_s:
             # From the event loop itself: a stuck loop stops the pings and systemd restarts us.

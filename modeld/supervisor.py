@@ -301,6 +301,20 @@ class Supervisor:
             result = await self._bring_up(record, evict=False, wait=wait, timeout=timeout)
             return {**result, "status": "restarted"}
 
+    async def preload(self) -> dict[str, str]:
+        """Start the configured `preload` models in order, each only if it fits without
+        stopping anything; what became of each (never raises: the daemon serves on)."""
+        outcome: dict[str, str] = {}
+        for name in self._config.daemon.preload:
+            try:
+                result = await self.start(name, caller={"preload": 1})
+                outcome[name] = result.get("state") or result["status"]
+            except ModeldError as exc:
+                outcome[name] = exc.data["error"]
+                log.warning("preload.skipped", model=name, error=exc.message)
+        log.info("preload.done", outcome=outcome)
+        return outcome
+
     async def reload(self, *, caller: Caller | None = None) -> dict[str, Any]:
         """Re-read the config file and apply it; an invalid one changes nothing."""
         if self._config_path is None:

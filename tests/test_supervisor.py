@@ -10,6 +10,7 @@ from structlog.testing import capture_logs
 
 from modeld.config import ModelConfig
 from modeld.errors import (
+    ConfigError,
     GpuUnavailable,
     InsufficientMemory,
     LoadFailed,
@@ -427,3 +428,19 @@ async def test_cost_aware_stops_the_model_least_wanted_back(
     result = await supervisor.switch("gamma")
     assert result["unloaded_models"] == ["beta"]
     assert supervisor.state_of("alpha") is State.RUNNING
+
+
+async def test_preload_starts_in_order_within_memory(supervised: SupervisorFactory) -> None:
+    """Preloaded models start in order; one that would need an eviction is skipped."""
+    config = make_config(THREE, [60], preload=["beta", "alpha", "gamma"])
+    supervisor, runtime, _ = await supervised(config)
+    outcome = await supervisor.preload()
+    assert outcome == {"beta": "running", "alpha": "running", "gamma": "insufficient_memory"}
+    assert [model for kind, model in runtime.events if kind == "start"] == ["beta", "alpha"]
+    assert supervisor.state_of("gamma") is State.STOPPED
+
+
+def test_preload_names_must_be_models() -> None:
+    """A preload entry that is not a configured model is a config error naming the field."""
+    with pytest.raises(ConfigError, match=r"daemon\.preload"):
+        make_config(THREE, [60], preload=["nope"])
