@@ -111,9 +111,44 @@ class GpuLedger:
     def plan(
         self, target: ModelRecord, records: Iterable[ModelRecord], reading: GpuReading
     ) -> Plan | Infeasible:
-        """Who to stop so `target` fits, under the configured eviction policy."""
-        inputs = self.plan_inputs(target, records, reading)
-        return plan_switch(*inputs, self.config.daemon.eviction_policy)
+        """Who to stop so `target` fits, under the configured eviction policy.
+
+        Memory that backends stopped a moment ago still hold, but that the driver is about
+        to release, counts as free here (so the plan stops no one for it); the start
+        itself still waits until the driver shows it free (wait_for_room).
+        """
+        everyone = list(records)
+        need, devices, candidates = self.plan_inputs(target, everyone, reading)
+        releasing = self.releasing(everyone, reading)
+        devices = [
+            Device(d.index, d.total_gb, d.free_gb + releasing.get(d.index, 0.0)) for d in devices
+        ]
+        return plan_switch(need, devices, candidates, self.config.daemon.eviction_policy)
+
+    def releasing(self, records: Iterable[ModelRecord], reading: GpuReading) -> dict[int, float]:
+        """Per device, memory that stopped backends held and the driver has not yet freed:
+        what no model holds now beyond what no model held before they stopped, at most
+        what they held. Known only where the driver reports per-process use."""
+        if not reading.per_process:
+            return {}
+        now = time.monotonic()
+        unattributed = self.unattributed(reading)
+        credit: dict[int, float] = defaultdict(float)
+        for record in records:
+            if record.releasing_gb is None or now > record.releasing_until:
+                continue
+            for device, gb in record.releasing_gb.items():
+                lingering = unattributed.get(device, 0.0) - record.releasing_base.get(device, 0.0)
+                credit[device] += max(0.0, min(gb, lingering))
+        return dict(credit)
+
+    @staticmethod
+    def unattributed(reading: GpuReading) -> dict[int, float]:
+        """Per device, memory held by no model's live processes."""
+        return {
+            d.index: d.used_gb - sum(m.get(d.index, 0.0) for m in reading.per_model.values())
+            for d in reading.devices
+        }
 
     async def wait_for_room(self, target: ModelRecord, records: Iterable[ModelRecord]) -> None:
         """Poll the GPU until `target` fits without stopping anything, or time out."""

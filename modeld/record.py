@@ -36,6 +36,11 @@ class ModelRecord:
     # Peak memory measured on this host under the current settings (preferred by plans),
     # and how far the measured use went past the configured figure, if it did.
     learned_gb: dict[int, float] | None = None
+    # Memory a just-stopped backend held that the driver may not have released yet, the
+    # memory no model held before it stopped, and until when to expect the release.
+    releasing_gb: dict[int, float] | None = None
+    releasing_base: dict[int, float] = field(default_factory=dict)
+    releasing_until: float = 0.0
     over_plan_gb: float | None = None
     download: Download | None = None
     running_since: float | None = None

@@ -48,7 +48,7 @@ from modeld.restart import GiveUp, decide_restart
 from modeld.runtime.base import BackendState, Runtime
 from modeld.states import Failure, ModelStatus, State, check_transition
 from modeld.store import Learned, Store, learned_peak, remember_load, remember_peak
-from modeld.views import model_view, models_view, runtime_view
+from modeld.views import held_memory, model_view, models_view, runtime_view
 
 log = structlog.get_logger("modeld.supervisor")
 
@@ -594,6 +594,7 @@ class Supervisor:
             record.config, record.pending_config = record.pending_config, None
             record.learned_gb = learned_peak(self._learned.models.get(record.name), record.config)
         record.over_plan_gb = None
+        record.releasing_gb = None
         runtime = self._runtime(record)
         self._transition(record, State.LOADING, "start")
         record.loading_started = time.monotonic()
@@ -613,6 +614,12 @@ class Supervisor:
         if record.state is State.STOPPED:
             return
         self._transition(record, State.STOPPING, reason)
+        reading = self._ledger.reading
+        if reading is not None:
+            held, _ = held_memory(record, reading)
+            record.releasing_gb = held
+            record.releasing_base = self._ledger.unattributed(reading)
+            record.releasing_until = time.monotonic() + self._config.daemon.memory_release_timeout_s
         try:
             await self._runtime(record).stop(record.config)
         except ModeldError as exc:

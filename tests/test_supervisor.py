@@ -444,3 +444,19 @@ def test_preload_names_must_be_models() -> None:
     """A preload entry that is not a configured model is a config error naming the field."""
     with pytest.raises(ConfigError, match=r"daemon\.preload"):
         make_config(THREE, [60], preload=["nope"])
+
+
+async def test_switch_right_after_a_stop_counts_memory_being_released(
+    supervised: SupervisorFactory,
+) -> None:
+    """`stop alpha` then at once `switch gamma`: the memory alpha is still releasing is
+    counted as coming back, so beta is not stopped for it; gamma starts once it is free."""
+    config = make_config(THREE, [60], gpu={"release_delay_s": 0.5})
+    supervisor, runtime, _ = await supervised(config)
+    await supervisor.switch("alpha")
+    await supervisor.switch("beta")
+    await supervisor.stop("alpha")
+    result = await supervisor.switch("gamma")
+    assert result["unloaded_models"] == []
+    assert supervisor.state_of("beta") is State.RUNNING
+    assert runtime.free_at_start["gamma"] >= 30
