@@ -16,8 +16,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from rich.console import Console
+from rich.console import Console, Group
+from rich.live import Live
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.progress_bar import ProgressBar
 from rich.table import Table
 
 from modeld.client import Client, DaemonUnreachable, RpcError, call, default_socket
@@ -53,6 +55,18 @@ def _gb(value: float | None) -> str:
 
 def render_status(console: Console, status: dict[str, Any]) -> None:
     """The models table, then one line per GPU."""
+    console.print(models_table(status))
+    for name, model in status["models"].items():
+        if model["failure"]:
+            failure = model["failure"]
+            console.print(f"[red]{name} failed:[/] {failure['reason']}")
+            for line in failure["last_lines"][-5:]:
+                console.print(f"  [dim]{line}[/]")
+    render_gpu(console, status["gpu"])
+
+
+def models_table(status: dict[str, Any]) -> Table:
+    """Every model: state, since, memory, health, estimated load."""
     table = Table(title="modeld models")
     for column in ("model", "state", "since", "memory", "health", "est. load"):
         table.add_column(column)
@@ -69,14 +83,64 @@ def render_status(console: Console, status: dict[str, Any]) -> None:
             model["health"],
             f"~{model['estimated_load_time_seconds']:.0f}s",
         )
-    console.print(table)
+    return table
+
+
+def dashboard(status: dict[str, Any], last_event: str | None = None) -> Group:
+    """`modelctl top`: the models, a memory bar per GPU, loads in progress, last event."""
+    parts: list[Any] = [models_table(status)]
+    for device in status["gpu"]["devices"]:
+        bar = Table.grid(padding=(0, 1))
+        bar.add_row(
+            f"GPU {device['index']}",
+            ProgressBar(total=device["total_gb"], completed=device["used_gb"], width=40),
+            f"{device['used_gb']:.1f} / {device['total_gb']:.1f} GB",
+        )
+        parts.append(bar)
     for name, model in status["models"].items():
-        if model["failure"]:
-            failure = model["failure"]
-            console.print(f"[red]{name} failed:[/] {failure['reason']}")
-            for line in failure["last_lines"][-5:]:
-                console.print(f"  [dim]{line}[/]")
-    render_gpu(console, status["gpu"])
+        if model["status"] == "loading":
+            elapsed = time.time() - datetime.fromisoformat(model["since"]).timestamp()
+            estimate = model["estimated_load_time_seconds"]
+            parts.append(
+                f"[yellow]{name}[/] loading {elapsed:.0f}s of ~{estimate:.0f}s "
+                f"(~{max(0.0, estimate - elapsed):.0f}s left)"
+            )
+    if last_event:
+        parts.append(f"[dim]last event:[/] {last_event}")
+    return Group(*parts)
+
+
+async def _top(path: Path, console: Console, once: bool) -> int:
+    """A live dashboard, redrawn on every event and once a second."""
+    async with Client(path) as query:
+        status = await query.call("status")
+        if once:
+            console.print(dashboard(status))
+            return EXIT_OK
+        queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+
+        async def listen() -> None:
+            async with Client(path) as subscriber:
+                async for event in subscriber.events():
+                    queue.put_nowait(event)
+
+        listener = asyncio.create_task(listen())
+        last: str | None = None
+        try:
+            with Live(dashboard(status), console=console, refresh_per_second=4) as live:
+                while not listener.done():
+                    try:
+                        event = await asyncio.wait_for(queue.get(), 1.0)
+                        last = f"{event['type']} {event.get('model', '')} " + str(
+                            event.get("to_state") or event.get("stopped") or ""
+                        )
+                    except TimeoutError:
+                        pass
+                    live.update(dashboard(await query.call("status"), last))
+            listener.result()  # the daemon went away: say so like any other command
+        finally:
+            listener.cancel()
+    return EXIT_OK
 
 
 def render_gpu(console: Console, gpu: dict[str, Any]) -> None:
@@ -242,6 +306,8 @@ async def _run(args: argparse.Namespace, console: Console) -> int:
     op: str = args.command
     if op == "watch":
         return await _watch(path, console, args.json)
+    if op == "top":
+        return await _top(path, console, args.once)
     if op == "logs":
         result = await call("logs", path, model=args.model, lines=args.lines)
         if args.json:
@@ -306,6 +372,8 @@ def build_parser() -> argparse.ArgumentParser:
         command.add_argument("--timeout", type=float, help="seconds to wait for health")
     sub.add_parser("stop", help="stop MODEL").add_argument("model")
     sub.add_parser("watch", help="print events (state changes, switch progress) as they come")
+    top = sub.add_parser("top", help="a live dashboard: models, GPU memory, loads in progress")
+    top.add_argument("--once", action="store_true", help="draw once and exit")
     logs = sub.add_parser("logs", help="the last lines MODEL's backend printed")
     logs.add_argument("model")
     logs.add_argument("-n", "--lines", type=int, default=50)
@@ -344,7 +412,7 @@ def run(argv: list[str] | None = None) -> int:
                 err.print(f"  {line}", markup=False, highlight=False)
         return EXIT_REFUSED
     except KeyboardInterrupt:
-        return EXIT_OK if args.command == "watch" else 130
+        return EXIT_OK if args.command in ("watch", "top") else 130
 
 
 def main() -> None:

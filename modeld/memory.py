@@ -16,6 +16,8 @@ class Source(StrEnum):
     """Where a memory figure comes from, most trustworthy first."""
 
     MEASURED = "measured"
+    # The peak measured on this host the last time it ran under the same settings.
+    LEARNED = "learned"
     CONFIGURED = "configured"
     UTILIZATION = "utilization"
     ESTIMATED = "estimated"
@@ -37,11 +39,12 @@ class Need:
 def model_need(
     model: ModelConfig,
     device_totals: Mapping[int, float],
-    measured: Mapping[int, float] | None = None,
+    learned: Mapping[int, float] | None = None,
 ) -> Need:
-    """A model's need per device: measured, else gpu_memory_gb, else U x total, else size x 0.85."""
-    if measured and all(measured.get(gpu, 0.0) > 0 for gpu in model.gpus):
-        return Need({gpu: measured[gpu] for gpu in model.gpus}, Source.MEASURED)
+    """A model's need per device: its learned peak, else gpu_memory_gb, else U x total,
+    else the seed's size x 0.85."""
+    if learned and all(learned.get(gpu, 0.0) > 0 for gpu in model.gpus):
+        return Need({gpu: learned[gpu] for gpu in model.gpus}, Source.LEARNED)
     if model.gpu_memory_gb is not None:
         return Need({gpu: model.gpu_memory_gb for gpu in model.gpus}, Source.CONFIGURED)
     if model.gpu_memory_utilization is not None:

@@ -135,3 +135,14 @@ def test_process_backends_end_with_the_daemon(
     while pid_alive(backend) or port_answers(18102):
         assert time.monotonic() < deadline, "the backend outlived the daemon"
         time.sleep(0.05)
+
+
+def test_top_draws_the_dashboard(demo_daemon: tuple[subprocess.Popen[str], Path]) -> None:
+    """`modelctl top --once` draws the models, a memory bar per GPU and loads in progress."""
+    _, socket_path = demo_daemon
+    assert modelctl(socket_path, "switch", "demo-large", "--no-wait").returncode == 0
+    top = modelctl(socket_path, "top", "--once")
+    assert top.returncode == 0, top.stderr
+    assert "demo-large" in top.stdout
+    assert "GPU 0" in top.stdout
+    assert "/ 24.0 GB" in top.stdout

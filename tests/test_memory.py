@@ -55,7 +55,7 @@ async def test_measured_peak_is_reported_learned_and_preferred() -> None:
         assert view["gpu_memory_over_plan_gb"] == 10.0
         assert any(e["event"] == "memory.over_plan" and e["model"] == "alpha" for e in logs)
         assert view["gpu_memory_required_gb"] == 40.0
-        assert view["gpu_memory_required_source"] == "measured"
+        assert view["gpu_memory_required_source"] == "learned"
     finally:
         await first.shutdown()
 
@@ -64,13 +64,13 @@ async def test_measured_peak_is_reported_learned_and_preferred() -> None:
         view = second.status()["models"]["alpha"]
         assert (view["gpu_memory_required_gb"], view["gpu_memory_required_source"]) == (
             40.0,
-            "measured",
+            "learned",
         )
         await second.switch("beta")
         # At 30 GB alpha would fit beside beta (55 of 60); at its measured 40 it does not.
         result = await second.switch("alpha")
         assert result["unloaded_models"] == ["beta"]
-        assert result["memory_info"]["source"] == "measured"
+        assert result["memory_info"]["source"] == "learned"
     finally:
         await second.shutdown()
 
