@@ -14,6 +14,7 @@ import pytest
 from modeld.config import Config, parse_config
 from modeld.gpu.simulated import SimulatedGpu
 from modeld.health import HealthProbe
+from modeld.rpc import RpcServer
 from modeld.supervisor import Supervisor
 from tests.docker_support import build_image, docker_cli, docker_required, engine_problem
 from tests.fakes import FakeRuntime
@@ -127,3 +128,25 @@ def prefix() -> Iterator[str]:
     names = docker_cli("ps", "-aq", "--filter", f"name={prefix}", check=False).stdout.split()
     if names:
         docker_cli("rm", "-f", *names, check=False)
+
+
+Served = tuple[Path, Supervisor, FakeRuntime]
+ServeFactory = Callable[[Config], Awaitable[Served]]
+
+
+@pytest.fixture
+async def serve(supervised: SupervisorFactory, tmp_path: Path) -> AsyncIterator[ServeFactory]:
+    """Start RpcServers over supervised fake hosts: each gives socket, Supervisor, runtime."""
+    servers: list[RpcServer] = []
+
+    async def start(config: Config) -> Served:
+        supervisor, runtime, _ = await supervised(config)
+        path = tmp_path / f"modeld-{len(servers)}.sock"
+        server = RpcServer(supervisor, path)
+        await server.start()
+        servers.append(server)
+        return path, supervisor, runtime
+
+    yield start
+    for server in servers:
+        await server.close()

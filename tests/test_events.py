@@ -7,7 +7,6 @@ import json
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -15,25 +14,17 @@ import pytest
 
 from modeld.client import Client, RpcError
 from modeld.events import Subscription
-from modeld.rpc import RpcServer
 from modeld.supervisor import Supervisor
-from tests.conftest import SupervisorFactory, eventually, make_config
+from tests.conftest import Served, ServeFactory, eventually, make_config
 from tests.fakes import Behaviour, FakeRuntime
 
 THREE = {"a": {"gpu_memory_gb": 30}, "b": {"gpu_memory_gb": 25}, "c": {"gpu_memory_gb": 30}}
 
 
 @pytest.fixture
-async def served(
-    supervised: SupervisorFactory, tmp_path: Path
-) -> AsyncIterator[tuple[Path, Supervisor, FakeRuntime]]:
-    """A daemon over the fake host, on a socket."""
-    supervisor, runtime, _ = await supervised(make_config(THREE, [60]))
-    path = tmp_path / "modeld.sock"
-    server = RpcServer(supervisor, path)
-    await server.start()
-    yield path, supervisor, runtime
-    await server.close()
+async def served(serve: ServeFactory) -> Served:
+    """A daemon over the fake host, on a socket: path, Supervisor, runtime."""
+    return await serve(make_config(THREE, [60]))
 
 
 async def collect(client: Client, until: int) -> list[dict[str, Any]]:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -14,23 +13,16 @@ from modeld.client import Client, RpcError
 from modeld.rpc import MAX_MESSAGE_BYTES, RpcServer
 from modeld.states import State
 from modeld.supervisor import Supervisor
-from tests.conftest import SupervisorFactory, make_config
+from tests.conftest import Served, ServeFactory, SupervisorFactory, make_config
 from tests.fakes import Behaviour, FakeRuntime
 
 MODELS = {"alpha": {"gpu_memory_gb": 30}, "beta": {"gpu_memory_gb": 40}}
 
 
 @pytest.fixture
-async def served(
-    supervised: SupervisorFactory, tmp_path: Path
-) -> AsyncIterator[tuple[Path, Supervisor, FakeRuntime]]:
-    """A running RpcServer over a supervised fake host: socket path, Supervisor, runtime."""
-    supervisor, runtime, _ = await supervised(make_config(MODELS, [60]))
-    path = tmp_path / "modeld.sock"
-    server = RpcServer(supervisor, path)
-    await server.start()
-    yield path, supervisor, runtime
-    await server.close()
+async def served(serve: ServeFactory) -> Served:
+    """A daemon over the fake host, on a socket: path, Supervisor, runtime."""
+    return await serve(make_config(MODELS, [60]))
 
 
 @pytest.fixture
