@@ -8,13 +8,13 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from modeld.gpu.base import pid_alive
+from tests.ports import wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO = ROOT / "etc/modeld/demo.toml"
@@ -41,11 +41,12 @@ def demo_daemon(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], Path]]:
         text=True,
         cwd=ROOT,
     )
-    deadline = time.monotonic() + 30
-    while modelctl(socket, "ping").returncode != 0:
+
+    def answers() -> bool:
         assert daemon.poll() is None, (tmp_path / "modeld.log").read_text()
-        assert time.monotonic() < deadline, "modeld did not answer within 30s"
-        time.sleep(0.1)
+        return modelctl(socket, "ping").returncode == 0
+
+    wait_until(answers, "modeld answering ping")
     yield daemon, socket
     if daemon.poll() is None:
         daemon.kill()
@@ -131,10 +132,11 @@ def test_process_backends_end_with_the_daemon(
     assert port_answers(18102)
     daemon.send_signal(how)
     daemon.wait(timeout=30)
-    deadline = time.monotonic() + 15
-    while pid_alive(backend) or port_answers(18102):
-        assert time.monotonic() < deadline, "the backend outlived the daemon"
-        time.sleep(0.05)
+    wait_until(
+        lambda: not pid_alive(backend) and not port_answers(18102),
+        "the backend to end with the daemon",
+        timeout=15,
+    )
 
 
 def test_top_draws_the_dashboard(demo_daemon: tuple[subprocess.Popen[str], Path]) -> None:

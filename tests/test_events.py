@@ -6,7 +6,6 @@ import asyncio
 import json
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -119,7 +118,7 @@ def test_modelctl_watch_prints_events(tmp_path: Path) -> None:
     )
     watcher = None
     try:
-        from tests.ports import wait_listening
+        from tests.ports import wait_listening, wait_until
 
         wait_listening(socket, alive=lambda: daemon.poll() is None)
         watcher = subprocess.Popen(
@@ -128,8 +127,8 @@ def test_modelctl_watch_prints_events(tmp_path: Path) -> None:
             text=True,
         )
         assert watcher.stdout is not None
-        deadline = time.monotonic() + 30
-        while True:  # act only once the watcher is subscribed
+
+        def subscribed() -> bool:
             status = subprocess.run(
                 [sys.executable, "-m", "modeld.ctl", "--socket", str(socket), "--json", "status"],
                 capture_output=True,
@@ -137,10 +136,9 @@ def test_modelctl_watch_prints_events(tmp_path: Path) -> None:
                 check=True,
                 timeout=60,
             )
-            if json.loads(status.stdout)["subscribers"] == 1:
-                break
-            assert time.monotonic() < deadline, "modelctl watch did not subscribe"
-            time.sleep(0.05)
+            return bool(json.loads(status.stdout)["subscribers"] == 1)
+
+        wait_until(subscribed, "modelctl watch to subscribe")  # act only once it listens
         subprocess.run(
             [sys.executable, "-m", "modeld.ctl", "--socket", str(socket), "switch", "demo-coder"],
             check=True,

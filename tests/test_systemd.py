@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from tests.ports import free_port, wait_listening
+from tests.ports import free_port, wait_listening, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 UNITS = ROOT / "systemd"
@@ -142,16 +142,17 @@ def test_socket_activation_serves_early_client(tmp_path: Path) -> None:
     demo_like_config(config, tmp_path / "unused.sock", ["alpha"])
     launcher = spawn([activate, "-l", str(sock_path), *modeld(config)], tmp_path / "log")
     try:
-        deadline = time.monotonic() + 10
         client = socket.socket(socket.AF_UNIX)
         client.settimeout(30)
-        while True:  # until the launcher listens (it binds first: the file shows early)
+
+        def connected() -> bool:  # the launcher binds before it listens
             try:
                 client.connect(str(sock_path))
-                break
             except (FileNotFoundError, ConnectionRefusedError):
-                assert time.monotonic() < deadline, "systemd-socket-activate did not listen"
-                time.sleep(0.01)
+                return False
+            return True
+
+        wait_until(connected, "systemd-socket-activate to listen", timeout=10, interval=0.01)
         # modeld is started by this very connection, and answers it.
         with client:
             client.sendall(b'{"jsonrpc":"2.0","id":1,"method":"status"}\n')
@@ -175,16 +176,18 @@ def test_sighup_applies_a_valid_config_and_keeps_the_old_on_error(tmp_path: Path
         wait_listening(sock_path, alive=lambda: daemon.poll() is None)
         demo_like_config(config, sock_path, ["alpha", "beta"])
         daemon.send_signal(signal.SIGHUP)
-        deadline = time.monotonic() + 10
-        while "beta" not in call(sock_path, "status")["result"]["models"]:
-            assert time.monotonic() < deadline, "reload did not apply"
-            time.sleep(0.05)
+        wait_until(
+            lambda: "beta" in call(sock_path, "status")["result"]["models"],
+            "the reload to apply",
+            timeout=10,
+        )
         config.write_text(config.read_text().replace("gpu_memory_gb = 8", "gpu_memory_gb = -8"))
         daemon.send_signal(signal.SIGHUP)
-        deadline = time.monotonic() + 10
-        while "config.reload_rejected" not in log.read_text():
-            assert time.monotonic() < deadline, "rejection not logged"
-            time.sleep(0.05)
+        wait_until(
+            lambda: "config.reload_rejected" in log.read_text(),
+            "the rejection to be logged",
+            timeout=10,
+        )
         assert "gpu_memory_gb" in log.read_text()
         models = call(sock_path, "models")["result"]
         assert [m["name"] for m in models] == ["alpha", "beta"]
