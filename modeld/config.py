@@ -18,6 +18,7 @@ from pydantic import (
 from modeld.errors import ConfigError
 
 EvictionPolicy = Literal["largest_first", "lru", "fewest", "cost_aware"]
+SLEEP_MODE_FLAG = "--enable-sleep-mode"
 PositiveFloat = Annotated[float, Field(gt=0)]
 NonNegativeFloat = Annotated[float, Field(ge=0)]
 
@@ -56,6 +57,9 @@ class DaemonConfig(_Strict):
     allow_uids: list[Annotated[int, Field(ge=0)]] = Field(default_factory=list)
     allow_groups: list[str] = Field(default_factory=list)
     hf_cache_dir: Path | None = None
+    # Host RAM that parked (sleeping) models' weights may take in total; 0 disables
+    # parking, so models with sleep_mode are stopped like any other.
+    park_ram_gb: NonNegativeFloat = 0.0
 
     @field_validator("socket_mode")
     @classmethod
@@ -73,6 +77,9 @@ class GpuConfig(_Strict):
     release_delay_s: NonNegativeFloat = 1.0
     external_used_gb: list[NonNegativeFloat] = Field(default_factory=list)
     stale_after_s: PositiveFloat = 10.0
+    # Per device, what a sleeping backend still holds (vLLM keeps its CUDA context and
+    # some buffers: not zero, sometimes gigabytes).
+    sleep_residual_gb: NonNegativeFloat = 1.2
 
     @model_validator(mode="after")
     def _external_fits(self) -> Self:
@@ -124,6 +131,17 @@ class ModelConfig(_Strict):
     restart_backoff_max_s: PositiveFloat = 60.0
     # Running this long counts as recovered: the retry count starts again from zero.
     restart_reset_after_s: PositiveFloat = 300.0
+    # vLLM sleep mode: when memory is needed, park the model (POST /sleep?level=1: weights
+    # to host RAM) instead of stopping it, and wake it in seconds instead of a cold load.
+    # modeld adds `--enable-sleep-mode` to `command` and VLLM_SERVER_DEV_MODE=1 to `env`.
+    sleep_mode: bool = False
+    # Seconds a wake takes, until measured here; host RAM the parked weights take (default:
+    # size_gb); how long a wake may take before modeld falls back to a cold restart.
+    wake_time_seconds: PositiveFloat = 5.0
+    park_ram_gb: PositiveFloat | None = None
+    wake_timeout_s: PositiveFloat = 60.0
+    # Park (sleep_mode) or stop the model once it has served no request for this long.
+    idle_unload_after_s: PositiveFloat | None = None
 
     @field_validator("endpoint")
     @classmethod
@@ -147,7 +165,29 @@ class ModelConfig(_Strict):
             raise ValueError("a docker model needs `container` (existing) or `image` (to create)")
         if self.runtime == "process" and not self.command:
             raise ValueError("a process model needs `command`")
+        if self.pinned and self.idle_unload_after_s is not None:
+            raise ValueError("a pinned model is never unloaded: drop idle_unload_after_s")
         return self
+
+    @property
+    def launch_command(self) -> list[str] | None:
+        """The command to run: `command`, with `--enable-sleep-mode` when sleep_mode is on."""
+        if self.command is None:
+            return None
+        if self.sleep_mode and SLEEP_MODE_FLAG not in self.command:
+            return [*self.command, SLEEP_MODE_FLAG]
+        return list(self.command)
+
+    @property
+    def launch_env(self) -> dict[str, str]:
+        """The environment to add: `env`, with vLLM's dev mode (which serves /sleep) when
+        sleep_mode is on."""
+        return {**({"VLLM_SERVER_DEV_MODE": "1"} if self.sleep_mode else {}), **self.env}
+
+    @property
+    def parked_ram_gb(self) -> float:
+        """Host RAM its weights take while parked."""
+        return self.park_ram_gb if self.park_ram_gb is not None else self.size_gb
 
     @property
     def container_name(self) -> str:

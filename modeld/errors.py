@@ -87,6 +87,13 @@ class TooManyConnections(ModeldError):
     kind = "too_many_connections"
 
 
+class SleepModeFailed(ModeldError):
+    """A backend's sleep endpoint (/sleep, /wake_up, /is_sleeping) did not do its job."""
+
+    code = -32011
+    kind = "sleep_mode_failed"
+
+
 class SocketInUse(ModeldError):
     """Another process answers on the daemon's socket path."""
 

@@ -4,17 +4,26 @@ Like vLLM it keeps its port closed while it "loads", then answers `/health` with
 200 and an empty body, `/v1/models` with the served model, and `/version`.
 It can also fail the ways vLLM fails: exit during load, or die later (`/health`
 503, then exit 0, as vLLM's API server does when its engine process dies).
+
+With `--enable-sleep-mode` and VLLM_SERVER_DEV_MODE=1 it serves vLLM's sleep
+endpoints: `POST /sleep?level=1`, `POST /wake_up` (each taking its time, as moving
+weights between GPU and host RAM does), `GET /is_sleeping`; while asleep `/health`
+still answers 200 and completions answer 503, as in vLLM. `/metrics` serves the
+request counters and gauges vLLM exports, counting the completions it answered.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import signal
 import sys
 import time
 
 from aiohttp import web
+from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 
 class FakeVllm:
@@ -26,21 +35,113 @@ class FakeVllm:
         port: int,
         host: str = "127.0.0.1",
         load_seconds: float = 0.0,
+        *,
+        sleep_mode: bool = False,
+        dev_mode: bool = False,
+        sleep_seconds: float = 0.0,
+        wake_seconds: float = 0.0,
+        wake_fails: bool = False,
+        request_seconds: float = 0.0,
     ) -> None:
         self.model = model
         self.port = port
         self.host = host
         self.load_seconds = load_seconds
         self.engine_dead = False
+        self.sleep_mode = sleep_mode
+        self.dev_mode = dev_mode
+        self.sleep_seconds = sleep_seconds
+        self.wake_seconds = wake_seconds
+        self.wake_fails = wake_fails
+        self.request_seconds = request_seconds
+        self.sleeping = False
         self._runner: web.AppRunner | None = None
         self._created = int(time.time())
+        self._registry = CollectorRegistry()
+        labels = {"model_name": model}
+        self._running = Gauge(
+            "vllm:num_requests_running",
+            "Number of requests in model execution batches.",
+            ["model_name"],
+            registry=self._registry,
+        ).labels(**labels)
+        Gauge(
+            "vllm:num_requests_waiting",
+            "Number of requests waiting to be processed.",
+            ["model_name"],
+            registry=self._registry,
+        ).labels(**labels).set(0)
+        self._finished = Counter(
+            "vllm:request_success",
+            "Count of successfully processed requests.",
+            ["finished_reason", "model_name"],
+            registry=self._registry,
+        ).labels(finished_reason="stop", **labels)
 
     def _app(self) -> web.Application:
         app = web.Application()
         app.router.add_get("/health", self._health)
         app.router.add_get("/v1/models", self._models)
         app.router.add_get("/version", self._version)
+        app.router.add_get("/metrics", self._metrics)
+        app.router.add_post("/v1/completions", self._complete)
+        app.router.add_post("/v1/chat/completions", self._complete)
+        # Like vLLM: the sleep endpoints exist only in dev mode.
+        if self.dev_mode:
+            app.router.add_post("/sleep", self._sleep)
+            app.router.add_post("/wake_up", self._wake_up)
+            app.router.add_get("/is_sleeping", self._is_sleeping)
         return app
+
+    async def _sleep(self, request: web.Request) -> web.Response:
+        if not self.sleep_mode:
+            # vLLM's engine refuses: it was not started with --enable-sleep-mode.
+            return web.json_response({"error": "Sleep mode is not enabled"}, status=500)
+        if request.query.get("level", "1") not in ("1", "2"):
+            return web.json_response({"error": "level must be 1 or 2"}, status=400)
+        if not self.sleeping:
+            await asyncio.sleep(self.sleep_seconds)
+            self.sleeping = True
+        return web.Response(status=200)
+
+    async def _wake_up(self, request: web.Request) -> web.Response:
+        if not self.sleep_mode:
+            return web.json_response({"error": "Sleep mode is not enabled"}, status=500)
+        if self.sleeping:
+            await asyncio.sleep(self.wake_seconds)
+            if self.wake_fails:
+                return web.json_response(
+                    {"error": "CUDA error: out of memory while restoring weights"}, status=500
+                )
+            self.sleeping = False
+        return web.Response(status=200)
+
+    async def _is_sleeping(self, request: web.Request) -> web.Response:
+        return web.json_response({"is_sleeping": self.sleeping})
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        return web.Response(
+            body=generate_latest(self._registry), headers={"Content-Type": CONTENT_TYPE_LATEST}
+        )
+
+    async def _complete(self, request: web.Request) -> web.Response:
+        if self.sleeping:
+            return web.json_response(
+                {"error": "The model is sleeping, wake it up first"}, status=503
+            )
+        self._running.inc()
+        try:
+            await asyncio.sleep(self.request_seconds)
+        finally:
+            self._running.dec()
+        self._finished.inc()
+        return web.json_response(
+            {
+                "object": "text_completion",
+                "model": self.model,
+                "choices": [{"index": 0, "text": " fake", "finish_reason": "stop"}],
+            }
+        )
 
     async def _health(self, request: web.Request) -> web.Response:
         return web.Response(status=503 if self.engine_dead else 200)
@@ -83,7 +184,18 @@ async def _serve(args: argparse.Namespace) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    server = FakeVllm(args.model, args.port, args.host, args.load_seconds)
+    server = FakeVllm(
+        args.model,
+        args.port,
+        args.host,
+        args.load_seconds,
+        sleep_mode=args.enable_sleep_mode,
+        dev_mode=os.environ.get("VLLM_SERVER_DEV_MODE") == "1",
+        sleep_seconds=args.sleep_seconds,
+        wake_seconds=args.wake_seconds,
+        wake_fails=args.wake_fails,
+        request_seconds=args.request_seconds,
+    )
     print(f"fake-vllm: loading {args.model} ({args.load_seconds}s)", flush=True)
     loading = asyncio.create_task(
         asyncio.sleep(args.fail_after) if args.fail_after is not None else server.load()
@@ -122,6 +234,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--fail-after", type=float, help="exit during load after this long")
     parser.add_argument("--exit-code", type=int, default=1, help="exit code for --fail-after")
     parser.add_argument("--die-after", type=float, help="engine dies this long after ready")
+    parser.add_argument(
+        "--enable-sleep-mode",
+        action="store_true",
+        help="serve /sleep and /wake_up (with VLLM_SERVER_DEV_MODE=1, as vLLM)",
+    )
+    parser.add_argument("--sleep-seconds", type=float, default=0.3, help="time /sleep takes")
+    parser.add_argument("--wake-seconds", type=float, default=0.5, help="time /wake_up takes")
+    parser.add_argument("--wake-fails", action="store_true", help="/wake_up answers 500")
+    parser.add_argument(
+        "--request-seconds", type=float, default=0.05, help="time one completion takes"
+    )
     sys.exit(asyncio.run(_serve(parser.parse_args(argv))))
 
 

@@ -18,9 +18,12 @@ from modeld.memory import Need, model_need
 from modeld.planner import Candidate, Device, Infeasible, Plan, Target, plan_switch
 from modeld.record import ModelRecord
 from modeld.states import State
-from modeld.views import device_totals, gpu_view, held_memory, record_need
+from modeld.views import device_totals, gpu_view, held_memory, record_need, residual_memory
 
 log = structlog.get_logger("modeld.ledger")
+
+# Models whose backends hold GPU memory a plan may take back.
+HOLDERS = frozenset({State.RUNNING, State.LOADING, State.SLEEPING})
 
 
 class GpuLedger:
@@ -70,6 +73,7 @@ class GpuLedger:
                 pid=r.backend.pid,
                 container_id=r.backend.id,
                 expected_gb=model_need(r.config, totals).per_device,
+                parked=r.state is State.SLEEPING,
             )
             for r in records
             if r.backend is not None and r.backend.pid
@@ -78,12 +82,14 @@ class GpuLedger:
     def plan_inputs(
         self, target: ModelRecord, records: Iterable[ModelRecord], reading: GpuReading
     ) -> tuple[Target, list[Device], list[Candidate]]:
-        """Plain data for the planner: free memory net of loads still growing; who holds what."""
+        """Plain data for the planner: free memory net of loads still growing; who holds what,
+        and who may be parked."""
         totals = device_totals(reading)
         pending: dict[int, float] = defaultdict(float)
         candidates = []
+        parking = self.config.daemon.park_ram_gb > 0
         for record in records:
-            if record is target or record.state not in (State.RUNNING, State.LOADING):
+            if record is target or record.state not in HOLDERS:
                 continue
             held, _ = held_memory(record, reading)
             if record.state is State.LOADING:
@@ -100,13 +106,33 @@ class GpuLedger:
                     record.config.pinned,
                     reload_s=record.learned_load_s or record.config.load_time_seconds,
                     demand=record.demand,
+                    can_park=(
+                        parking and record.config.sleep_mode and record.state is State.RUNNING
+                    ),
+                    parked=record.state is State.SLEEPING,
+                    residual_gb=residual_memory(record, reading),
+                    park_ram_gb=record.config.parked_ram_gb,
+                    wake_s=record.learned_wake_s or record.config.wake_time_seconds,
                 )
             )
         devices = [
             Device(d.index, d.total_gb, d.free_gb - pending[d.index]) for d in reading.devices
         ]
-        target_need = record_need(target, totals).per_device
+        target_need = dict(record_need(target, totals).per_device)
+        if target.state is State.SLEEPING:
+            # Waking needs only what its residual does not already hold.
+            held, _ = held_memory(target, reading)
+            target_need = {d: max(0.0, gb - held.get(d, 0.0)) for d, gb in target_need.items()}
         return Target(target.name, target_need), devices, candidates
+
+    def ram_free_gb(self, records: Iterable[ModelRecord]) -> float:
+        """Host RAM left in the parking budget: park_ram_gb less what parked models take."""
+        return self.config.daemon.park_ram_gb - self.ram_parked_gb(records)
+
+    @staticmethod
+    def ram_parked_gb(records: Iterable[ModelRecord]) -> float:
+        """Host RAM the weights of parked models take."""
+        return sum(r.config.parked_ram_gb for r in records if r.state is State.SLEEPING)
 
     def plan(
         self, target: ModelRecord, records: Iterable[ModelRecord], reading: GpuReading
@@ -123,7 +149,13 @@ class GpuLedger:
         devices = [
             Device(d.index, d.total_gb, d.free_gb + releasing.get(d.index, 0.0)) for d in devices
         ]
-        return plan_switch(need, devices, candidates, self.config.daemon.eviction_policy)
+        return plan_switch(
+            need,
+            devices,
+            candidates,
+            self.config.daemon.eviction_policy,
+            max(0.0, self.ram_free_gb(everyone)),
+        )
 
     def releasing(self, records: Iterable[ModelRecord], reading: GpuReading) -> dict[int, float]:
         """Per device, memory that stopped backends held and the driver has not yet freed:

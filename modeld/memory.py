@@ -10,6 +10,10 @@ from modeld.config import ModelConfig
 
 # The seed's rule of thumb, kept only as a last resort: vLLM does not reserve by model size.
 SEED_SIZE_FACTOR = 0.85
+# What a parked (sleeping) vLLM is assumed to keep per device until it has been measured
+# here: its CUDA context, NCCL and allocator buffers. Deliberately not small: a plan
+# that counts on too little coming back stops one more model afterwards.
+SLEEP_RESIDUAL_ESTIMATE_GB = 2.0
 
 
 class Source(StrEnum):
@@ -56,3 +60,15 @@ def model_need(
     # Tensor-parallel weights split across devices; the seed knew only one device.
     share = model.size_gb * SEED_SIZE_FACTOR / len(model.gpus)
     return Need({gpu: share for gpu in model.gpus}, Source.ESTIMATED)
+
+
+def parked_residual(
+    model: ModelConfig, need: Need, measured: Mapping[int, float] | None
+) -> dict[int, float]:
+    """What a model keeps per device once parked: measured the last time it was, else
+    the estimate (never more than its whole need)."""
+    if measured and all(gpu in measured for gpu in model.gpus):
+        return {gpu: measured[gpu] for gpu in model.gpus}
+    return {
+        gpu: min(SLEEP_RESIDUAL_ESTIMATE_GB, need.per_device.get(gpu, 0.0)) for gpu in model.gpus
+    }

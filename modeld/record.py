@@ -6,6 +6,7 @@ import asyncio
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+from modeld.activity import Activity
 from modeld.config import ModelConfig
 from modeld.errors import ModeldError
 from modeld.health import Health
@@ -49,6 +50,17 @@ class ModelRecord:
     restart_at: float | None = None
     restart_gave_up: bool = False
     restart_task: asyncio.Task[None] | None = field(default=None, repr=False)
+    # Sleep mode: what it kept per device the last time it was parked (measured), the
+    # last and typical wake times, and why the last wake fell back to a cold start.
+    residual_gb: dict[int, float] | None = None
+    last_wake_s: float | None = None
+    learned_wake_s: float | None = None
+    wake_fallback: str | None = None
+    # idle_unload_after_s: the last /metrics reading, when it was last seen busy
+    # (monotonic), and the unload in progress.
+    activity: Activity | None = None
+    last_active: float = 0.0
+    unload_task: asyncio.Task[None] | None = field(default=None, repr=False)
     # After a reload: removed from the config while running, or changed while running.
     unmanaged: bool = False
     pending_config: ModelConfig | None = None

@@ -14,6 +14,8 @@ class State(StrEnum):
     LOADING = "loading"
     RUNNING = "running"
     STOPPING = "stopping"
+    # Parked with vLLM's sleep mode: the process lives, its weights are in host RAM.
+    SLEEPING = "sleeping"
     FAILED = "failed"
 
 
@@ -25,8 +27,14 @@ S = State
 #   loading->running   health answered 200
 #   loading->failed    backend exited, health 503, deadline passed, or start itself failed
 #   loading->stopping  a stop (or an eviction) arrived while it loaded
+#   loading->sleeping  a backend found at startup (or woken behind modeld's back) answers
+#                      health but says it is asleep
 #   running->stopping  stop or eviction
+#   running->sleeping  parked: /sleep answered and /is_sleeping says so
 #   running->failed    the backend died or exited without being asked to
+#   sleeping->loading  waking it (POST /wake_up), or found awake again
+#   sleeping->stopping stopped while parked (an eviction, idle unload or an explicit stop)
+#   sleeping->failed   the parked backend died
 #   stopping->stopped  the backend is gone
 #   stopping->failed   the runtime could not stop it
 #   failed->loading    retried start, or found running again behind modeld's back
@@ -34,14 +42,15 @@ S = State
 #   failed->stopped    an explicit stop of a model whose backend is already gone
 TRANSITIONS: dict[State, frozenset[State]] = {
     S.STOPPED: frozenset({S.LOADING}),
-    S.LOADING: frozenset({S.RUNNING, S.FAILED, S.STOPPING}),
-    S.RUNNING: frozenset({S.STOPPING, S.FAILED}),
+    S.LOADING: frozenset({S.RUNNING, S.FAILED, S.STOPPING, S.SLEEPING}),
+    S.RUNNING: frozenset({S.STOPPING, S.FAILED, S.SLEEPING}),
+    S.SLEEPING: frozenset({S.LOADING, S.STOPPING, S.FAILED}),
     S.STOPPING: frozenset({S.STOPPED, S.FAILED}),
     S.FAILED: frozenset({S.LOADING, S.STOPPING, S.STOPPED}),
 }
 
-# States in which a backend may hold GPU memory.
-ACTIVE: frozenset[State] = frozenset({S.LOADING, S.RUNNING, S.STOPPING})
+# States in which a backend may hold GPU memory (a sleeping one keeps a residual).
+ACTIVE: frozenset[State] = frozenset({S.LOADING, S.RUNNING, S.STOPPING, S.SLEEPING})
 
 
 class IllegalTransition(Exception):

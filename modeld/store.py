@@ -33,13 +33,26 @@ class LearnedModel(BaseModel):
     # a peak learned under other settings says nothing about the new ones.
     peak_gb: dict[int, float] = Field(default_factory=dict)
     peak_for: str = ""
+    # Sleep mode: recent wake times, and what it kept per device when parked (under the
+    # settings in residual_for).
+    wake_seconds: list[float] = Field(default_factory=list)
+    residual_gb: dict[int, float] = Field(default_factory=dict)
+    residual_for: str = ""
 
     def typical_load_s(self) -> float | None:
         """The median of the recent loads, if any."""
-        if not self.load_seconds:
-            return None
-        ordered = sorted(self.load_seconds)
-        return ordered[len(ordered) // 2]
+        return _median(self.load_seconds)
+
+    def typical_wake_s(self) -> float | None:
+        """The median of the recent wakes, if any."""
+        return _median(self.wake_seconds)
+
+
+def _median(values: list[float]) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[len(ordered) // 2]
 
 
 class Learned(BaseModel):
@@ -105,6 +118,28 @@ def remember_load(state: Learned, model: str, seconds: float) -> None:
     learned.load_seconds = [*learned.load_seconds, round(seconds, 3)][-KEPT_LOADS:]
 
 
+def remember_wake(state: Learned, model: str, seconds: float) -> None:
+    """Add one measured wake time, keeping the most recent few."""
+    learned = state.models.setdefault(model, LearnedModel())
+    learned.wake_seconds = [*learned.wake_seconds, round(seconds, 3)][-KEPT_LOADS:]
+
+
+def remember_residual(state: Learned, model: ModelConfig, measured: dict[int, float]) -> None:
+    """Keep what the model held per device right after it was parked."""
+    learned = state.models.setdefault(model.name, LearnedModel())
+    learned.residual_gb = {device: round(gb, 3) for device, gb in measured.items()}
+    learned.residual_for = memory_fingerprint(model)
+
+
+def learned_residual(learned: LearnedModel | None, model: ModelConfig) -> dict[int, float] | None:
+    """What `model` kept when parked under its current settings, if measured."""
+    if learned is None or not learned.residual_gb:
+        return None
+    if learned.residual_for != memory_fingerprint(model):
+        return None
+    return dict(learned.residual_gb)
+
+
 def memory_fingerprint(model: ModelConfig) -> str:
     """The settings that decide how much memory a model takes."""
     fields = model.model_dump(
@@ -116,6 +151,7 @@ def memory_fingerprint(model: ModelConfig) -> str:
             "command",
             "container",
             "env",
+            "sleep_mode",
         }
     )
     return json.dumps(fields, sort_keys=True, default=str)

@@ -21,6 +21,7 @@ from typing import Any
 
 import structlog
 
+from modeld.activity import ActivityProbe, last_active
 from modeld.config import Config, load_config
 from modeld.errors import (
     ConfigError,
@@ -30,6 +31,7 @@ from modeld.errors import (
     ModeldError,
     OperationTimeout,
     RuntimeUnavailable,
+    SleepModeFailed,
     UnknownModel,
 )
 from modeld.events import EventBus, Subscription
@@ -40,26 +42,39 @@ from modeld.jsonraw import RawJSON
 from modeld.ledger import GpuLedger
 from modeld.memory import model_need
 from modeld.metrics import MetricsSink, NoMetrics
-from modeld.planner import Infeasible
+from modeld.planner import Infeasible, Plan
 from modeld.readiness import await_ready
 from modeld.record import ModelRecord
 from modeld.reload import ReloadPlan, plan_reload
 from modeld.restart import GiveUp, decide_restart
 from modeld.runtime.base import BackendState, Runtime
+from modeld.sleepmode import SleepControl
 from modeld.states import Failure, ModelStatus, State, check_transition
-from modeld.store import Learned, Store, learned_peak, remember_load, remember_peak
+from modeld.store import (
+    Learned,
+    Store,
+    learned_peak,
+    learned_residual,
+    remember_load,
+    remember_peak,
+    remember_residual,
+    remember_wake,
+)
 from modeld.views import held_memory, model_view, models_view, runtime_view
 
 log = structlog.get_logger("modeld.supervisor")
 
 Caller = Mapping[str, int]
 AUTO_RESTART = "auto_restart"
+IDLE_UNLOAD = "idle_unload"
 STATUS_MAX_AGE_S = 0.5
 # cost_aware: at each request every model's demand decays by this factor, so favourites
 # that stop being asked for stop being protected within a few dozen requests.
 DEMAND_DECAY = 0.95
 # Measured use beyond the configured need by more than this is reported.
 OVER_PLAN_TOLERANCE_GB = 0.5
+# A parked model may keep more than planned: plan again after parking, at most this often.
+PLAN_ROUNDS = 3
 
 
 class Supervisor:
@@ -74,8 +89,12 @@ class Supervisor:
         store: Store | None = None,
         config_path: Path | None = None,
         metrics: MetricsSink | None = None,
+        sleep: SleepControl | None = None,
+        activity: ActivityProbe | None = None,
     ) -> None:
         self._config = config
+        self._sleep = sleep or SleepControl()
+        self._activity = activity or ActivityProbe()
         self._metrics = metrics or NoMetrics()
         self._config_path = config_path
         self._store = store or Store(config.daemon.state_dir)
@@ -120,7 +139,9 @@ class Supervisor:
         for record in self._models.values():
             if learned := self._learned.models.get(record.name):
                 record.learned_load_s = learned.typical_load_s()
+                record.learned_wake_s = learned.typical_wake_s()
                 record.learned_gb = learned_peak(learned, record.config)
+                record.residual_gb = learned_residual(learned, record.config)
             await self._find_running(record)
         await self.poll_once()
         self._monitor = asyncio.create_task(self._monitor_loop(), name="modeld-monitor")
@@ -139,7 +160,8 @@ class Supervisor:
     async def shutdown(self) -> None:
         """Stop watching; models in containers keep running, process children are stopped."""
         records = list(self._models.values())
-        pending = [self._monitor] + [r.load for r in records] + [r.restart_task for r in records]
+        pending: list[asyncio.Task[Any] | None] = [self._monitor]
+        pending += [task for r in records for task in (r.load, r.restart_task, r.unload_task)]
         tasks = [t for t in pending if t]
         for task in tasks:
             task.cancel()
@@ -150,6 +172,8 @@ class Supervisor:
             await runtime.close()
         await self._ledger.close()
         await self._probe.close()
+        await self._sleep.close()
+        await self._activity.close()
 
     # ---- queries: answered from memory -----------------------------------------------
 
@@ -178,11 +202,16 @@ class Supervisor:
         self._status_key, self._status_at = key, now
 
     def _build_status(self) -> dict[str, Any]:
+        now = time.monotonic()
         return {
             "models": {
-                name: model_view(r, self._ledger.reading) for name, r in self._models.items()
+                name: model_view(r, self._ledger.reading, now) for name, r in self._models.items()
             },
             "gpu": self.gpu(),
+            "parking": {
+                "ram_budget_gb": self._config.daemon.park_ram_gb,
+                "ram_used_gb": round(self._ledger.ram_parked_gb(self._models.values()), 1),
+            },
             "runtimes": runtime_view(self._runtime_errors),
             "eviction_policy": self._config.daemon.eviction_policy,
             "busy": self._busy > 0,
@@ -201,7 +230,8 @@ class Supervisor:
     def summary(self) -> str:
         """One line for `systemctl status`: e.g. "2 running, 1 loading · 41.3 GB free"."""
         counts = Counter(r.state for r in self._models.values())
-        parts = [f"{counts[s]} {s.value}" for s in (State.RUNNING, State.LOADING, State.FAILED)]
+        shown_states = (State.RUNNING, State.LOADING, State.SLEEPING, State.FAILED)
+        parts = [f"{counts[s]} {s.value}" for s in shown_states]
         shown = ", ".join(p for p in parts if not p.startswith("0 ")) or "none running"
         return f"{shown} · {self._ledger.view()['available_gb']:.1f} GB free"
 
@@ -416,6 +446,7 @@ class Supervisor:
             other.demand *= DEMAND_DECAY
         record.demand += 1.0
         if record.state is State.RUNNING:
+            record.last_active = time.monotonic()
             return {
                 "status": "already_loaded",
                 "model": record.name,
@@ -444,47 +475,158 @@ class Supervisor:
                 for d, figures in plan.per_device.items()
             },
         }
-        if plan.stop and not evict:
+        if (plan.stop or plan.park) and not evict:
+            touched = ", ".join([*plan.stop, *plan.park])
             raise InsufficientMemory(
                 f"Not enough free GPU memory to start {record.name} without stopping "
-                f"{', '.join(plan.stop)}; use switch to let modeld stop them",
+                f"{touched}; use switch to let modeld stop them",
                 model=record.name,
                 would_stop=list(plan.stop),
+                would_park=list(plan.park),
                 **memory_info,
             )
-        log.info("switch.plan", model=record.name, stop=list(plan.stop), **memory_info)
-        self._events.publish(
-            "switch.plan", model=record.name, stop=list(plan.stop), memory_info=memory_info
+        log.info(
+            "switch.plan",
+            model=record.name,
+            stop=list(plan.stop),
+            park=list(plan.park),
+            **memory_info,
         )
-        for victim in plan.stop:
-            await self._stop_model(self._models[victim], f"evicted for {record.name}")
-            self._metrics.evicted(victim)
-            self._events.publish("switch.stopped", model=record.name, stopped=victim)
+        self._events.publish(
+            "switch.plan",
+            model=record.name,
+            stop=list(plan.stop),
+            park=list(plan.park),
+            memory_info=memory_info,
+        )
+        stopped, parked = await self._make_room(record, plan)
+        moved = [*stopped, *parked]
         try:
             # Start only once the driver shows the room (at once when nothing was stopped).
             await self._ledger.wait_for_room(record, self._models.values())
-            if plan.stop:
+            if moved:
                 self._events.publish(
                     "switch.room_ready", model=record.name, free_gb=self._ledger.free_gb()
                 )
                 log.info(
                     "switch.room_ready",
                     model=record.name,
-                    stopped=list(plan.stop),
+                    stopped=stopped,
+                    parked=parked,
                     free_gb=self._ledger.free_gb(),
                 )
-            await self._start_model(record)
-            return await self._join_load(record, wait, timeout, list(plan.stop), memory_info)
+            extra: dict[str, Any] = {"parked_models": parked}
+            if record.state is State.SLEEPING:
+                await self._wake(record)
+                extra.update(
+                    woke=record.wake_fallback is None,
+                    wake_seconds=round(record.last_wake_s, 2) if record.last_wake_s else None,
+                    wake_fallback=record.wake_fallback,
+                )
+            else:
+                await self._start_model(record)
+            return await self._join_load(record, wait, timeout, moved, memory_info, extra)
         except ModeldError as failure:
             # A failed switch should not leave users with nothing: bring back what it
             # stopped. A caller's own timeout is not a failure: the load goes on.
-            if (
-                plan.stop
-                and self._config.daemon.rollback_on_failure
-                and (record.state is State.FAILED)
-            ):
-                failure.data.update(await self._restore(plan.stop, record.name))
+            if moved and self._config.daemon.rollback_on_failure and record.state is State.FAILED:
+                failure.data.update(await self._restore(tuple(moved), record.name))
             raise
+
+    async def _make_room(self, record: ModelRecord, plan: Plan) -> tuple[list[str], list[str]]:
+        """Carry out a plan: stops first (they may give back host RAM the parks need), then
+        parks. A parked model may keep more than planned: plan again, a few times at most."""
+        stopped: list[str] = []
+        parked: list[str] = []
+        for _ in range(PLAN_ROUNDS):
+            for name in plan.stop:
+                await self._stop_model(self._models[name], f"evicted for {record.name}")
+                self._metrics.evicted(name)
+                stopped.append(name)
+                self._events.publish("switch.stopped", model=record.name, stopped=name)
+            for name in plan.park:
+                self._metrics.evicted(name)
+                if await self._park(self._models[name], f"parked for {record.name}"):
+                    parked.append(name)
+                    self._events.publish("switch.parked", model=record.name, parked=name)
+                else:
+                    stopped.append(name)
+                    self._events.publish("switch.stopped", model=record.name, stopped=name)
+            if not plan.park:
+                break
+            reading = await self._ledger.read(self._models.values())
+            replanned = self._ledger.plan(record, self._models.values(), reading)
+            if isinstance(replanned, Infeasible):
+                raise self._insufficient(record, replanned)
+            if not (replanned.stop or replanned.park):
+                break
+            log.info(
+                "switch.replan",
+                model=record.name,
+                stop=list(replanned.stop),
+                park=list(replanned.park),
+                why="a parked model kept more memory than planned",
+            )
+            plan = replanned
+        return stopped, parked
+
+    async def _park(self, record: ModelRecord, reason: str) -> bool:
+        """Park a running model with vLLM's sleep mode (weights to host RAM); stop it if the
+        backend will not sleep. True if it was parked."""
+        endpoint = record.config.endpoint
+        try:
+            await self._sleep.sleep(endpoint, record.config.stop_timeout_s)
+            if not await self._sleep.is_sleeping(endpoint):
+                raise SleepModeFailed("/sleep answered 200 but /is_sleeping says it is awake")
+        except SleepModeFailed as exc:
+            log.warning("park.failed", model=record.name, error=exc.message, fallback="stop")
+            self._events.publish("park.failed", model=record.name, error=exc.message)
+            await self._stop_model(record, f"{reason}; parking failed: {exc.message}")
+            return False
+        if record.state is State.RUNNING:  # the monitor may have seen it asleep already
+            self._transition(record, State.SLEEPING, reason)
+        # What it keeps is measured, never assumed: plans count on it from now on.
+        with contextlib.suppress(GpuUnavailable):
+            reading = await self._ledger.read(self._models.values())
+            if measured := reading.per_model.get(record.name):
+                record.residual_gb = dict(measured)
+                remember_residual(self._learned, record.config, dict(measured))
+                self._save_learned()
+        return True
+
+    async def _wake(self, record: ModelRecord) -> None:
+        """Wake a parked model (POST /wake_up, then /is_sleeping false and /health 200);
+        if it will not wake, stop it and cold-start it instead, and say why."""
+        config = record.config
+        started = time.monotonic()
+        self._transition(record, State.LOADING, "wake")
+        record.loading_started = started
+        self._events.publish("switch.waking", model=record.name)
+        try:
+            await self._sleep.wake_up(config.endpoint, config.wake_timeout_s)
+            if await self._sleep.is_sleeping(config.endpoint):
+                raise SleepModeFailed("/wake_up answered 200 but /is_sleeping says it sleeps")
+            health = await self._probe.check(config.endpoint)
+            record.health = health
+            if health is not Health.HEALTHY:
+                raise SleepModeFailed(f"/health says {health.value} after waking")
+        except SleepModeFailed as exc:
+            record.wake_fallback = exc.message
+            log.warning("wake.failed", model=record.name, error=exc.message, fallback="cold start")
+            self._events.publish(
+                "wake.failed", model=record.name, error=exc.message, fallback="cold start"
+            )
+            await self._stop_model(record, f"wake failed: {exc.message}; cold start instead")
+            await self._ledger.wait_for_room(record, self._models.values())
+            await self._start_model(record)
+            return
+        record.wake_fallback = None
+        record.last_wake_s = time.monotonic() - started
+        remember_wake(self._learned, record.name, record.last_wake_s)
+        record.learned_wake_s = self._learned.models[record.name].typical_wake_s()
+        self._save_learned()
+        record.running_since = time.monotonic()
+        self._transition(record, State.RUNNING, "woke")
 
     async def _restore(self, names: tuple[str, ...], failed: str) -> dict[str, Any]:
         """Start again the models a failed switch stopped; say which came back."""
@@ -494,7 +636,10 @@ class Supervisor:
             victim = self._models[name]
             try:
                 await self._ledger.wait_for_room(victim, self._models.values())
-                await self._start_model(victim)
+                if victim.state is State.SLEEPING:
+                    await self._wake(victim)
+                else:
+                    await self._start_model(victim)
                 if victim.load is not None and (failure := await asyncio.shield(victim.load)):
                     raise failure
             except ModeldError as exc:
@@ -525,6 +670,7 @@ class Supervisor:
         timeout: float | None,
         unloaded: list[str],
         memory_info: dict[str, Any] | None,
+        extra: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         result: dict[str, Any] = {
             "status": "success",
@@ -535,6 +681,7 @@ class Supervisor:
             ),
             "memory_info": memory_info
             or {"required_gb": None, "available_before_gb": None, "freed_gb": 0},
+            **(extra or {}),
         }
         load = record.load
         if wait and load is not None:
@@ -569,6 +716,9 @@ class Supervisor:
         check_transition(old, new)
         record.status = ModelStatus(new, time.time(), failure)
         record.generation += 1
+        if new is State.RUNNING:
+            # The idle clock starts when it answers; activity is read afresh from here.
+            record.last_active, record.activity = time.monotonic(), None
         fields: dict[str, Any] = {
             "model": record.name,
             "from_state": old.value,
@@ -665,6 +815,11 @@ class Supervisor:
             )
             return failure
         load_s = time.monotonic() - started
+        if await self._asleep(record):
+            # Found at startup (or woken and parked again behind modeld's back) asleep.
+            record.load = None
+            self._transition(record, State.SLEEPING, "found asleep")
+            return None
         record.last_load_s = load_s
         self._metrics.load_done(record.name, load_s)
         record.load = None
@@ -790,7 +945,7 @@ class Supervisor:
 
     async def _observe(self, record: ModelRecord) -> None:
         # Loading and stopping models are watched by the operation that moves them.
-        if record.state not in (State.RUNNING, State.STOPPED, State.FAILED):
+        if record.state not in (State.RUNNING, State.SLEEPING, State.STOPPED, State.FAILED):
             return
         generation = record.generation
         runtime = record.config.runtime
@@ -802,37 +957,8 @@ class Supervisor:
         self._runtime_seen(runtime, None)
         if record.generation != generation:
             return
-        if record.state is State.RUNNING:
-            if backend.state is not BackendState.RUNNING:
-                lines = await self._runtime(record).logs(record.config)
-                if record.generation != generation:
-                    return
-                record.backend = None
-                record.health = Health.UNKNOWN
-                self._transition(
-                    record,
-                    State.FAILED,
-                    "backend exited",
-                    Failure(
-                        f"backend exited with code {backend.exit_code} without modeld asking",
-                        backend.exit_code,
-                        tuple(lines),
-                    ),
-                )
-                self._schedule_restart(record)
-                return
-            health = await self._probe.check(record.config.endpoint)
-            if record.generation != generation:
-                return
-            record.health = health
-            if health is Health.DEAD:
-                self._transition(
-                    record,
-                    State.FAILED,
-                    "engine died",
-                    Failure("/health answered 503: the engine died"),
-                )
-                self._schedule_restart(record)
+        if record.state in (State.RUNNING, State.SLEEPING):
+            await self._observe_live(record, backend.state, backend.exit_code, generation)
         elif backend.state is BackendState.RUNNING:
             if record.state is State.FAILED:
                 # Re-adopt a failed model only once it truly answers again.
@@ -841,6 +967,112 @@ class Supervisor:
                     return
             record.backend = backend
             self._begin_loading(record, "backend found running")
+
+    async def _observe_live(
+        self, record: ModelRecord, backend: BackendState, exit_code: int | None, generation: int
+    ) -> None:
+        """A running or parked model: has it died, been parked or woken behind modeld's
+        back, or gone idle?"""
+        if backend is not BackendState.RUNNING:
+            lines = await self._runtime(record).logs(record.config)
+            if record.generation != generation:
+                return
+            record.backend = None
+            record.health = Health.UNKNOWN
+            self._transition(
+                record,
+                State.FAILED,
+                "backend exited",
+                Failure(
+                    f"backend exited with code {exit_code} without modeld asking",
+                    exit_code,
+                    tuple(lines),
+                ),
+            )
+            self._schedule_restart(record)
+            return
+        health = await self._probe.check(record.config.endpoint)
+        if record.generation != generation:
+            return
+        record.health = health
+        if health is Health.DEAD:
+            self._transition(
+                record,
+                State.FAILED,
+                "engine died",
+                Failure("/health answered 503: the engine died"),
+            )
+            self._schedule_restart(record)
+            return
+        asleep = await self._asleep(record)
+        if record.generation != generation:
+            return
+        if asleep is True and record.state is State.RUNNING:
+            self._transition(record, State.SLEEPING, "found asleep")
+        elif asleep is False and record.state is State.SLEEPING:
+            self._begin_loading(record, "found awake")
+        elif record.state is State.RUNNING:
+            await self._check_idle(record, generation)
+
+    async def _asleep(self, record: ModelRecord) -> bool | None:
+        """Whether a sleep-mode backend says it sleeps; None if it cannot say or has no
+        sleep mode."""
+        if not record.config.sleep_mode:
+            return None
+        try:
+            return await self._sleep.is_sleeping(record.config.endpoint)
+        except SleepModeFailed:
+            return None
+
+    # ---- idle unload -----------------------------------------------------------------
+
+    async def _check_idle(self, record: ModelRecord, generation: int) -> None:
+        """Read the backend's request metrics; unload it once idle_unload_after_s passed
+        with none finished and none in flight."""
+        idle_after = record.config.idle_unload_after_s
+        if idle_after is None or record.unload_task is not None:
+            return
+        activity = await self._activity.read(record.config.endpoint)
+        if record.generation != generation:
+            return
+        now = time.monotonic()
+        record.last_active = last_active(record.activity, activity, record.last_active, now)
+        record.activity = activity
+        if now - record.last_active >= idle_after:
+            record.unload_task = asyncio.create_task(
+                self._idle_unload(record), name=f"idle-unload-{record.name}"
+            )
+
+    async def _idle_unload(self, record: ModelRecord) -> None:
+        idle_after = record.config.idle_unload_after_s or 0.0
+        try:
+            idle_s = round(time.monotonic() - record.last_active)
+            async with self._operation(IDLE_UNLOAD, record, {"idle_s": idle_s}):
+                # A switch to it, or a request, may have come while this waited its turn.
+                if record.state is not State.RUNNING:
+                    return
+                if time.monotonic() - record.last_active < idle_after:
+                    return
+                reason = f"idle for {idle_s}s (idle_unload_after_s={idle_after:g})"
+                if self._may_park(record):
+                    # A backend that will not sleep is stopped by _park itself.
+                    action = "parked" if await self._park(record, reason) else "stopped"
+                else:
+                    await self._stop_model(record, reason)
+                    action = "stopped"
+                self._events.publish("idle.unloaded", model=record.name, action=action)
+        except ModeldError:
+            pass  # logged by _operation; the monitor tries again at its next pass
+        finally:
+            record.unload_task = None
+
+    def _may_park(self, record: ModelRecord) -> bool:
+        """Sleep mode is on for it and its weights fit in what is left of the RAM budget."""
+        return (
+            record.config.sleep_mode
+            and self._config.daemon.park_ram_gb > 0
+            and record.config.parked_ram_gb <= self._ledger.ram_free_gb(self._models.values())
+        )
 
     async def _scan_downloads(self) -> None:
         """Refresh what the HF cache holds for each model, off the loop, only for models

@@ -11,9 +11,9 @@ from typing import Any
 
 from modeld.gpu.base import GpuReading
 from modeld.hfcache import human_size
-from modeld.memory import Need, Source, model_need
+from modeld.memory import Need, Source, model_need, parked_residual
 from modeld.record import ModelRecord
-from modeld.states import ACTIVE
+from modeld.states import ACTIVE, State
 
 
 def iso(timestamp: float) -> str:
@@ -37,11 +37,21 @@ def held_memory(record: ModelRecord, reading: GpuReading | None) -> tuple[dict[i
     if measured:
         return dict(measured), Source.MEASURED
     need = record_need(record, device_totals(reading))
+    if record.state is State.SLEEPING:
+        residual = parked_residual(record.config, need, record.residual_gb)
+        return residual, Source.LEARNED if record.residual_gb else Source.ESTIMATED
     return dict(need.per_device), need.source
 
 
-def model_view(record: ModelRecord, reading: GpuReading | None) -> dict[str, Any]:
-    """One model in the seed's `status` fields, plus state time, failure and sources."""
+def residual_memory(record: ModelRecord, reading: GpuReading | None) -> dict[int, float]:
+    """What `record` would keep per device once parked."""
+    need = record_need(record, device_totals(reading))
+    return parked_residual(record.config, need, record.residual_gb)
+
+
+def model_view(record: ModelRecord, reading: GpuReading | None, now: float) -> dict[str, Any]:
+    """One model in the seed's `status` fields, plus state time, failure and sources
+    (`now`: the monotonic clock, for idle time)."""
     config = record.config
     need = record_need(record, device_totals(reading))
     used_gb: float | None = None
@@ -79,6 +89,26 @@ def model_view(record: ModelRecord, reading: GpuReading | None) -> dict[str, Any
         "failure": failure.as_dict() if failure else None,
         "gpus": list(config.gpus),
         "pinned": config.pinned,
+        "sleep_mode": config.sleep_mode,
+        "parked": (
+            {
+                "ram_gb": round(config.parked_ram_gb, 1),
+                "estimated_wake_seconds": round(
+                    record.learned_wake_s or config.wake_time_seconds, 2
+                ),
+                "wake_source": "learned" if record.learned_wake_s else "configured",
+            }
+            if record.state is State.SLEEPING
+            else None
+        ),
+        "last_wake_seconds": round(record.last_wake_s, 2) if record.last_wake_s else None,
+        "wake_fallback": record.wake_fallback,
+        "idle_unload_after_s": config.idle_unload_after_s,
+        "idle_seconds": (
+            round(max(0.0, now - record.last_active), 1)
+            if record.state is State.RUNNING and config.idle_unload_after_s
+            else None
+        ),
         "runtime": config.runtime,
         "endpoint": config.endpoint,
         "last_load_seconds": round(record.last_load_s, 2) if record.last_load_s else None,

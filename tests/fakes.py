@@ -21,6 +21,11 @@ class Behaviour:
     load_seconds: float = 0.05
     exit_code: int | None = None
     start_error: str | None = None
+    # Sleep mode (only with the model's sleep_mode): how long /sleep and /wake_up take,
+    # and whether /wake_up fails.
+    sleep_seconds: float = 0.02
+    wake_seconds: float = 0.05
+    wake_fails: bool = False
 
 
 @dataclass
@@ -65,7 +70,16 @@ class FakeRuntime:
         self.events.append(("start", model.name))
         port = urlparse(model.endpoint).port
         assert port is not None
-        server = FakeVllm(model.name, port, load_seconds=behaviour.load_seconds)
+        server = FakeVllm(
+            model.name,
+            port,
+            load_seconds=behaviour.load_seconds,
+            sleep_mode=model.sleep_mode,
+            dev_mode=model.launch_env.get("VLLM_SERVER_DEV_MODE") == "1",
+            sleep_seconds=behaviour.sleep_seconds,
+            wake_seconds=behaviour.wake_seconds,
+            wake_fails=behaviour.wake_fails,
+        )
         pid = next(self._pids)
         stop = asyncio.Event()
         task = asyncio.create_task(self._run(server, behaviour, stop))
@@ -109,6 +123,10 @@ class FakeRuntime:
         backend.stop.set()
         await self._ended(name)
         self._exit_codes[name] = exit_code
+
+    def server(self, name: str) -> FakeVllm:
+        """The fake vLLM server of a running backend."""
+        return self._backends[name].server
 
     def engine_dies(self, name: str) -> None:
         """Make `/health` answer 503, as vLLM does when its engine process died."""

@@ -34,6 +34,8 @@ class BackendRef:
     pid: int
     container_id: str | None = None
     expected_gb: Mapping[int, float] = field(default_factory=dict)
+    # Parked with vLLM's sleep mode (the simulated GPU then holds only a residual).
+    parked: bool = False
 
 
 @dataclass(frozen=True)

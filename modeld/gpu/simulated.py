@@ -2,7 +2,9 @@
 
 Memory appears when a backend process is first seen alive, stays held while the
 process lives, and is released `release_delay_s` after it is seen dead, as a real
-driver frees a CUDA context some time after its process exits. `external_used_gb`
+driver frees a CUDA context some time after its process exits. A backend parked with
+vLLM's sleep mode keeps `sleep_residual_gb` per device (most, not all, is freed), and
+takes its whole share again once it is woken. `external_used_gb`
 is memory held by processes modeld does not manage: nobody can free it.
 """
 
@@ -21,6 +23,7 @@ class _Hold:
     model: str
     per_device: dict[int, float]
     released_at: float | None = None
+    parked: bool = False
 
 
 class SimulatedGpu:
@@ -44,8 +47,15 @@ class SimulatedGpu:
         """Account for newly seen and newly dead backends, then report every device."""
         now = self._clock()
         for ref in backends:
-            if ref.pid not in self._holds and self._alive(ref.pid):
-                self._holds[ref.pid] = _Hold(ref.model, dict(ref.expected_gb))
+            if not self._alive(ref.pid):
+                continue
+            holds = dict(ref.expected_gb)
+            if ref.parked:
+                residual = self._config.sleep_residual_gb
+                holds = {device: min(gb, residual) for device, gb in holds.items()}
+            hold = self._holds.setdefault(ref.pid, _Hold(ref.model, holds, parked=ref.parked))
+            if hold.parked != ref.parked:
+                hold.per_device, hold.parked = holds, ref.parked
         for pid, hold in list(self._holds.items()):
             if hold.released_at is None and not self._alive(pid):
                 hold.released_at = now + self._config.release_delay_s

@@ -54,14 +54,14 @@ def container_config(model: ModelConfig) -> dict[str, Any]:
         ]
     config: dict[str, Any] = {
         "Image": model.image,
-        "Env": [f"{key}={value}" for key, value in model.env.items()],
+        "Env": [f"{key}={value}" for key, value in model.launch_env.items()],
         "Labels": {LABEL: model.name},
         "ExposedPorts": exposed,
         "HostConfig": host,
         "StopTimeout": int(model.stop_timeout_s),
     }
-    if model.command:
-        config["Cmd"] = list(model.command)
+    if model.launch_command:
+        config["Cmd"] = model.launch_command
     return config
 
 

@@ -71,29 +71,30 @@ class ProcessRuntime:
 
     async def start(self, model: ModelConfig) -> BackendStatus:
         """Spawn the model's command in a new session (its own process group)."""
-        assert model.command is not None  # the config validator guarantees it
-        executable = resolve_command(model.command[0])
+        command = model.launch_command
+        assert command is not None  # the config validator guarantees it
+        executable = resolve_command(command[0])
         if executable is None:
             raise LoadFailed(
-                f"{model.name}: command not found: {model.command[0]}",
+                f"{model.name}: command not found: {command[0]}",
                 model=model.name,
                 reason="command not found",
             )
         try:
             process = await asyncio.create_subprocess_exec(
                 executable,
-                *model.command[1:],
+                *command[1:],
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.STDOUT,
                 start_new_session=True,
                 preexec_fn=functools.partial(_die_with_daemon, os.getpid()),
-                env={**os.environ, **model.env},
+                env={**os.environ, **model.launch_env},
                 cwd=model.cwd,
             )
         except OSError as exc:
             raise LoadFailed(
-                f"{model.name}: cannot start {model.command[0]}: {exc.strerror}",
+                f"{model.name}: cannot start {command[0]}: {exc.strerror}",
                 model=model.name,
                 reason=str(exc),
             ) from None
