@@ -163,14 +163,21 @@ def _options(candidate: Candidate, target: Target) -> list[Move]:
     return moves
 
 
-def _prune(target: Target, free: Mapping[int, float], chosen: list[Move]) -> list[Move]:
-    """Drop every move the plan can do without, least eligible for eviction first."""
+def _prune(
+    target: Target, free: Mapping[int, float], chosen: list[Move], ram_free: float
+) -> list[Move]:
+    """Drop every move the plan can do without, least eligible for eviction first (a stop
+    that gives back host RAM a park needs is not one of them)."""
     kept = list(chosen)
     for move in reversed(chosen):
         without = [m for m in kept if m is not move]
-        if _fits(target, free, without):
+        if _fits(target, free, without) and _ram(without) <= ram_free + EPSILON_GB:
             kept = without
     return kept
+
+
+def _ram(moves: Sequence[Move]) -> float:
+    return sum(m.ram_gb for m in moves)
 
 
 def _greedy(
@@ -191,7 +198,7 @@ def _greedy(
             break
         if chosen[index].action == "park":
             chosen[index] = Move(chosen[index].candidate, "stop")
-    return _prune(target, free, chosen)
+    return _prune(target, free, chosen, ram_free)
 
 
 def _cheapest(
@@ -211,7 +218,7 @@ def _cheapest(
     best: tuple[tuple[float, float, list[int], list[Action]], list[Move]] | None = None
     for assignment in product(*choices):
         moves = [m for m in assignment if m is not None]
-        if not moves or sum(m.ram_gb for m in moves) > ram_free + EPSILON_GB:
+        if not moves or _ram(moves) > ram_free + EPSILON_GB:
             continue
         if not _fits(target, free, moves):
             continue
@@ -226,7 +233,7 @@ def _cheapest(
     if best is None:
         # Only the RAM budget stood in the way: stopping is always within it.
         return _greedy(target, free, ordered, 0.0)
-    return _prune(target, free, best[1])
+    return _prune(target, free, best[1], ram_free)
 
 
 def _expected_wait_s(moves: Sequence[Move]) -> float:

@@ -627,6 +627,9 @@ class Supervisor:
         self._save_learned()
         record.running_since = time.monotonic()
         self._transition(record, State.RUNNING, "woke")
+        # Its weights are back on the GPU: refresh what `status` shows.
+        with contextlib.suppress(GpuUnavailable):
+            self._learn_memory(await self._ledger.read(self._models.values()))
 
     async def _restore(self, names: tuple[str, ...], failed: str) -> dict[str, Any]:
         """Start again the models a failed switch stopped; say which came back."""

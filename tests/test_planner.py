@@ -295,3 +295,135 @@ def test_cost_aware_keeps_the_model_people_ask_for() -> None:
     largest = plan_switch(target, devices, running, "largest_first")
     assert isinstance(largest, Plan)
     assert largest.stop == ("popular",)
+
+
+# ---- sleep-mode parking ----------------------------------------------------------------
+
+
+def parkable(name: str, held: float, **fields: float) -> Candidate:
+    """A running sleep-mode model on device 0 that keeps 2 GB once parked."""
+    return Candidate(
+        name, {0: held}, can_park=True, residual_gb={0: 2.0}, park_ram_gb=held, **fields
+    )
+
+
+def test_cost_aware_parks_rather_than_stops_when_a_wake_is_cheaper() -> None:
+    """Parking frees all but the residual and costs a wake, not a cold load: chosen."""
+    plan = plan_switch(
+        Target("t", {0: 40}),
+        [Device(0, 80, 0)],
+        [parkable("a", 40, reload_s=60, demand=1, wake_s=3), Candidate("b", {0: 40})],
+        "cost_aware",
+        ram_free_gb=100,
+    )
+    assert isinstance(plan, Plan)
+    # b was never asked for: stopping it costs no expected wait, so it goes.
+    assert plan.stop == ("b",) and plan.park == ()
+    busy_b = Candidate("b", {0: 40}, reload_s=60, demand=1)
+    plan = plan_switch(
+        Target("t", {0: 30}),
+        [Device(0, 80, 0)],
+        [parkable("a", 40, reload_s=60, demand=1, wake_s=3), busy_b],
+        "cost_aware",
+        ram_free_gb=100,
+    )
+    assert isinstance(plan, Plan)
+    assert plan.park == ("a",) and plan.stop == ()
+
+
+def test_residual_counts_a_park_that_frees_too_little_becomes_a_stop() -> None:
+    """The target needs all 40 GB: parking leaves 2 GB behind, so the model is stopped."""
+    for policy in POLICIES:
+        plan = plan_switch(
+            Target("t", {0: 40}),
+            [Device(0, 40, 0)],
+            [parkable("a", 40, reload_s=60, demand=1, wake_s=3)],
+            policy,
+            ram_free_gb=100,
+        )
+        assert isinstance(plan, Plan)
+        assert (plan.stop, plan.park) == (("a",), ()), policy
+
+
+def test_parking_stays_within_the_ram_budget() -> None:
+    """Two models could be parked, host RAM holds one: the other is stopped."""
+    for policy in POLICIES:
+        plan = plan_switch(
+            Target("t", {0: 70}),
+            [Device(0, 80, 0)],
+            [
+                parkable("a", 40, reload_s=60, demand=1, wake_s=3),
+                parkable("b", 40, reload_s=50, demand=1, wake_s=3),
+            ],
+            policy,
+            ram_free_gb=45,
+        )
+        assert isinstance(plan, Plan)
+        assert len(plan.park) == 1 and len(plan.stop) == 1, policy
+
+
+def test_stopping_a_parked_model_gives_back_its_ram_for_a_new_park() -> None:
+    """A parked model that is rarely wanted is stopped, freeing host RAM to park a
+    running one people ask for."""
+    old = Candidate("old", {0: 2.0}, reload_s=60, demand=0.1, parked=True, park_ram_gb=40, wake_s=3)
+    plan = plan_switch(
+        Target("t", {0: 40}),
+        [Device(0, 80, 5)],
+        [old, parkable("hot", 38, reload_s=60, demand=5, wake_s=3)],
+        "cost_aware",
+        ram_free_gb=10,
+    )
+    assert isinstance(plan, Plan)
+    assert plan.stop == ("old",) and plan.park == ("hot",)
+
+
+@st.composite
+def parking_worlds(draw: st.DrawFn) -> tuple[Target, Device, list[Candidate], float, str]:
+    """One device holding running, parkable and parked models, a RAM budget and a policy."""
+    total = draw(st.floats(20, 160))
+    used = 0.0
+    candidates = []
+    for index in range(draw(st.integers(1, 6))):
+        held = draw(st.floats(0, max(0.0, total - used)))
+        used += held
+        parked = draw(st.booleans())
+        candidates.append(
+            Candidate(
+                f"m{index}",
+                {0: held},
+                pinned=draw(st.booleans()),
+                reload_s=draw(st.floats(1, 120)),
+                demand=draw(st.floats(0, 10)),
+                can_park=not parked and draw(st.booleans()),
+                parked=parked,
+                residual_gb={0: min(held, draw(st.floats(0, 4)))},
+                park_ram_gb=draw(st.floats(1, 80)),
+                wake_s=draw(st.floats(0.1, 10)),
+            )
+        )
+    target = Target("target", {0: draw(st.floats(0.1, total))})
+    ram = draw(st.floats(0, 200))
+    return target, Device(0, total, total - used), candidates, ram, draw(st.sampled_from(POLICIES))
+
+
+@settings(max_examples=300, deadline=None)
+@given(parking_worlds())
+def test_parking_plan_properties(world: tuple[Target, Device, list[Candidate], float, str]) -> None:
+    """With parking: the target fits once parked models keep their residual, host RAM
+    stays within budget, pinned and already-parked models are never parked."""
+    target, device, candidates, ram, policy = world
+    result = plan_switch(target, [device], candidates, policy, ram_free_gb=ram)  # type: ignore[arg-type]
+    if isinstance(result, Infeasible):
+        return
+    by_name = {c.name: c for c in candidates}
+    stopped = [by_name[n] for n in result.stop]
+    parked = [by_name[n] for n in result.park]
+    assert not set(result.stop) & set(result.park)
+    assert all(c.can_park and not c.parked and not c.pinned for c in parked)
+    assert all(not c.pinned for c in stopped)
+    freed = sum(c.held_gb[0] for c in stopped) + sum(
+        c.held_gb[0] - c.residual_gb[0] for c in parked
+    )
+    assert device.free_gb + freed + 1e-6 >= target.need_gb[0]
+    ram_used = sum(c.park_ram_gb for c in parked) - sum(c.park_ram_gb for c in stopped if c.parked)
+    assert ram_used <= ram + 1e-6

@@ -1,0 +1,269 @@
+"""Sleep-mode parking, waking and idle unload, end to end against the fake vLLM
+backend (real HTTP: /sleep, /wake_up, /is_sleeping, /metrics) and the simulated GPU."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import aiohttp
+import pytest
+from structlog.testing import capture_logs
+
+from modeld.errors import ConfigError
+from modeld.gpu.base import BackendRef
+from modeld.gpu.simulated import SimulatedGpu
+from modeld.health import HealthProbe
+from modeld.states import State
+from modeld.supervisor import Supervisor
+from tests.conftest import SupervisorFactory, make_config
+from tests.fakes import Behaviour
+
+# Two 50 GB models that sleep, on one 80 GB GPU: only one runs at a time.
+PARKABLE = {
+    "a": {"gpu_memory_gb": 50, "size_gb": 40, "sleep_mode": True, "load_time_seconds": 60},
+    "b": {"gpu_memory_gb": 50, "size_gb": 40, "sleep_mode": True, "load_time_seconds": 60},
+}
+
+
+def model_status(supervisor: Supervisor, name: str) -> dict[str, Any]:
+    """One model's entry in `status`."""
+    return dict(supervisor.status()["models"][name])
+
+
+async def test_switch_parks_the_other_model_and_wakes_it_back(
+    supervised: SupervisorFactory,
+) -> None:
+    """a -> b parks a (weights to host RAM, a residual stays on the GPU, measured); b -> a
+    wakes a without restarting its backend and parks b."""
+    config = make_config(PARKABLE, [80], park_ram_gb=100, gpu={"sleep_residual_gb": 1.5})
+    supervisor, runtime, _ = await supervised(config)
+    await supervisor.switch("a")
+    result = await supervisor.switch("b")
+    assert result["parked_models"] == ["a"]
+    assert result["unloaded_models"] == ["a"]
+    assert supervisor.state_of("a") is State.SLEEPING
+    assert runtime.server("a").sleeping
+    parked = model_status(supervisor, "a")
+    # What it keeps is what the GPU says (1.5 GB), not the 2 GB estimate, nor zero.
+    assert parked["gpu_memory_used_gb"] == 1.5
+    assert parked["gpu_memory_source"] == "measured"
+    assert parked["parked"]["ram_gb"] == 40
+    assert supervisor.status()["parking"] == {"ram_budget_gb": 100, "ram_used_gb": 40.0}
+
+    back = await supervisor.switch("a")
+    assert back["woke"] is True and back["wake_fallback"] is None
+    assert back["wake_seconds"] is not None
+    assert back["parked_models"] == ["b"]
+    assert supervisor.state_of("a") is State.RUNNING
+    assert not runtime.server("a").sleeping
+    assert runtime.starts("a") == 1  # woken, not cold-started
+    woke = model_status(supervisor, "a")
+    assert woke["last_wake_seconds"] == back["wake_seconds"]
+    assert woke["gpu_memory_used_gb"] == 50
+
+
+async def test_wake_failure_falls_back_to_a_cold_start(supervised: SupervisorFactory) -> None:
+    """A backend whose /wake_up fails is stopped and started afresh, and the answer says so."""
+    supervisor, runtime, _ = await supervised(make_config(PARKABLE, [80], park_ram_gb=100))
+    runtime.behaviour["a"] = Behaviour(wake_fails=True)
+    await supervisor.switch("a")
+    await supervisor.switch("b")
+    assert supervisor.state_of("a") is State.SLEEPING
+    with capture_logs() as logs:
+        result = await supervisor.switch("a")
+    assert result["woke"] is False
+    assert "500" in result["wake_fallback"]
+    assert supervisor.state_of("a") is State.RUNNING
+    assert runtime.starts("a") == 2
+    assert model_status(supervisor, "a")["wake_fallback"] == result["wake_fallback"]
+    assert any(e["event"] == "wake.failed" and e["fallback"] == "cold start" for e in logs)
+
+
+async def test_ram_budget_exhausted_means_stop(supervised: SupervisorFactory) -> None:
+    """Host RAM for one parked model only: the second eviction stops instead of parking."""
+    models = {**PARKABLE, "c": {**PARKABLE["a"]}}
+    supervisor, _, _ = await supervised(make_config(models, [80], park_ram_gb=60))
+    await supervisor.switch("a")
+    await supervisor.switch("b")
+    result = await supervisor.switch("c")
+    assert supervisor.state_of("a") is State.SLEEPING
+    assert result["parked_models"] == []
+    assert result["unloaded_models"] == ["b"]
+    assert supervisor.state_of("b") is State.STOPPED
+    assert supervisor.status()["parking"]["ram_used_gb"] <= 60
+
+
+async def test_without_a_budget_sleep_mode_models_are_stopped(
+    supervised: SupervisorFactory,
+) -> None:
+    """park_ram_gb = 0 (the default) disables parking: evictions stop as before."""
+    supervisor, _, _ = await supervised(make_config(PARKABLE, [80]))
+    await supervisor.switch("a")
+    result = await supervisor.switch("b")
+    assert result["parked_models"] == []
+    assert supervisor.state_of("a") is State.STOPPED
+
+
+async def test_pinned_sleep_mode_model_is_never_parked(supervised: SupervisorFactory) -> None:
+    """A pinned model stays running even though it could be parked."""
+    models = {"a": {**PARKABLE["a"], "pinned": True}, "b": {**PARKABLE["b"], "gpu_memory_gb": 20}}
+    models["c"] = {"gpu_memory_gb": 20}
+    supervisor, _, _ = await supervised(make_config(models, [80], park_ram_gb=100))
+    await supervisor.switch("a")
+    await supervisor.switch("b")
+    await supervisor.switch("c")
+    assert supervisor.state_of("a") is State.RUNNING
+
+
+async def test_parked_model_keeping_more_than_planned_leads_to_a_new_plan(
+    supervised: SupervisorFactory,
+) -> None:
+    """The planner counts on a 2 GB residual; the GPU shows 6 GB kept. modeld plans again
+    with the measured figure and stops what it must, instead of starting into no room."""
+    models = {
+        "a": {"gpu_memory_gb": 40, "size_gb": 30, "sleep_mode": True},
+        "b": {"gpu_memory_gb": 30},
+        "c": {"gpu_memory_gb": 47},
+    }
+    config = make_config(models, [80], park_ram_gb=100, gpu={"sleep_residual_gb": 6.0})
+    supervisor, runtime, _ = await supervised(config)
+    await supervisor.switch("a")
+    await supervisor.switch("b")
+    with capture_logs() as logs:
+        result = await supervisor.switch("c")
+    assert supervisor.state_of("c") is State.RUNNING
+    assert any(e["event"] == "switch.replan" for e in logs)
+    assert "a" in result["unloaded_models"]
+    assert runtime.free_at_start["c"] >= 47
+
+
+async def test_monitor_notices_sleep_and_wake_behind_its_back(
+    supervised: SupervisorFactory,
+) -> None:
+    """Someone POSTs /sleep to a running model, then /wake_up: the monitor follows."""
+    supervisor, _, _ = await supervised(make_config(PARKABLE, [80], park_ram_gb=100))
+    await supervisor.switch("a")
+    endpoint = supervisor.status()["models"]["a"]["endpoint"]
+    async with aiohttp.ClientSession() as http:
+        await (await http.post(f"{endpoint}/sleep?level=1")).release()
+        await supervisor.poll_once()
+        assert supervisor.state_of("a") is State.SLEEPING
+        await (await http.post(f"{endpoint}/wake_up")).release()
+        await supervisor.poll_once()
+    assert await supervisor.wait_for_state("a", {State.RUNNING}, 5) is State.RUNNING
+
+
+async def test_a_parked_backend_found_at_startup_is_adopted_asleep(
+    supervised: SupervisorFactory,
+) -> None:
+    """A new daemon over a backend that sleeps adopts it as sleeping, not running."""
+    config = make_config(PARKABLE, [80], park_ram_gb=100)
+    first, runtime, gpu = await supervised(config)
+    await first.switch("a")
+    await first.switch("b")
+    second = Supervisor(config, gpu, {"process": runtime}, HealthProbe(timeout_s=1))
+    await second.startup()
+    try:
+        assert await second.wait_for_state("a", {State.SLEEPING}, 5) is State.SLEEPING
+        assert await second.wait_for_state("b", {State.RUNNING}, 5) is State.RUNNING
+        assert second.status()["parking"]["ram_used_gb"] == 40
+    finally:
+        await second.shutdown()
+
+
+async def test_events_show_the_park_and_the_wake(supervised: SupervisorFactory) -> None:
+    """Subscribers see a's park as a switch step and a state change to sleeping."""
+    supervisor, _, _ = await supervised(make_config(PARKABLE, [80], park_ram_gb=100))
+    await supervisor.switch("a")
+    subscription = supervisor.subscribe()
+    await supervisor.switch("b")
+    await supervisor.switch("a")
+    seen = []
+    async with asyncio.timeout(5):
+        while not seen or (seen[-1].get("model"), seen[-1].get("to_state")) != ("a", "running"):
+            seen.append(await subscription.next())
+    kinds = [(e["type"], e.get("to_state") or e.get("parked")) for e in seen]
+    assert ("switch.parked", "a") in kinds
+    assert ("state", "sleeping") in kinds
+    assert ("switch.waking", None) in kinds
+
+
+async def test_idle_model_is_unloaded_but_never_with_requests_in_flight(
+    supervised: SupervisorFactory,
+) -> None:
+    """A model with idle_unload_after_s is kept while a long request runs (metrics say
+    one is in flight), and parked once it has served nothing for that long."""
+    models = {"a": {**PARKABLE["a"], "idle_unload_after_s": 0.3}}
+    config = make_config(models, [80], park_ram_gb=100, poll_interval_s=0.05)
+    supervisor, runtime, _ = await supervised(config)
+    await supervisor.switch("a")
+    server = runtime.server("a")
+    server.request_seconds = 1.0
+    endpoint = supervisor.status()["models"]["a"]["endpoint"]
+    async with aiohttp.ClientSession() as http:
+        async with http.post(f"{endpoint}/v1/completions", json={"prompt": "hi"}) as response:
+            assert response.status == 200
+        # The request took three idle periods; the model answered it, so it still runs.
+        assert supervisor.state_of("a") is State.RUNNING
+    assert await supervisor.wait_for_state("a", {State.SLEEPING}, 10) is State.SLEEPING
+
+
+async def test_idle_unload_stops_a_model_without_sleep_mode(
+    supervised: SupervisorFactory,
+) -> None:
+    """Without sleep mode, an idle model is stopped; steady requests keep another running."""
+    models = {
+        "idle": {"gpu_memory_gb": 20, "idle_unload_after_s": 0.3},
+        "busy": {"gpu_memory_gb": 20, "idle_unload_after_s": 0.3},
+    }
+    supervisor, _, _ = await supervised(make_config(models, [80], poll_interval_s=0.05))
+    await supervisor.switch("idle")
+    await supervisor.switch("busy")
+    endpoint = supervisor.status()["models"]["busy"]["endpoint"]
+
+    async def keep_busy() -> None:
+        async with aiohttp.ClientSession() as http:
+            while True:
+                await (await http.post(f"{endpoint}/v1/completions", json={})).release()
+                await asyncio.sleep(0.05)
+
+    client = asyncio.create_task(keep_busy())
+    try:
+        assert await supervisor.wait_for_state("idle", {State.STOPPED}, 10) is State.STOPPED
+        # A window of three idle periods (the only way to see that something does not
+        # happen): steady requests keep it running throughout.
+        with pytest.raises(TimeoutError):
+            await supervisor.wait_for_state("busy", {State.STOPPED, State.STOPPING}, 1.0)
+    finally:
+        client.cancel()
+    assert await supervisor.wait_for_state("busy", {State.STOPPED}, 10) is State.STOPPED
+
+
+def test_pinned_models_cannot_be_idle_unloaded() -> None:
+    """pinned with idle_unload_after_s is a config error naming the model."""
+    with pytest.raises(ConfigError, match=r"models\.a.*pinned model is never unloaded"):
+        make_config({"a": {"pinned": True, "idle_unload_after_s": 60}})
+
+
+def test_sleep_mode_adds_vllm_flag_and_dev_mode() -> None:
+    """sleep_mode appends --enable-sleep-mode to the command and sets VLLM_SERVER_DEV_MODE."""
+    config = make_config({"a": {"sleep_mode": True, "command": ["vllm", "serve", "m"]}})
+    model = config.models["a"]
+    assert model.launch_command == ["vllm", "serve", "m", "--enable-sleep-mode"]
+    assert model.launch_env["VLLM_SERVER_DEV_MODE"] == "1"
+    plain = make_config({"a": {"command": ["vllm", "serve", "m"]}}).models["a"]
+    assert plain.launch_command == ["vllm", "serve", "m"]
+    assert "VLLM_SERVER_DEV_MODE" not in plain.launch_env
+
+
+async def test_simulated_gpu_keeps_a_residual_while_parked() -> None:
+    """The simulated driver frees all but sleep_residual_gb of a parked backend, and
+    takes the whole share back once it wakes."""
+    config = make_config({"a": {}}, [80], gpu={"sleep_residual_gb": 1.0}).gpu
+    gpu = SimulatedGpu(config, alive=lambda pid: True)
+    awake = BackendRef("a", 10, expected_gb={0: 30.0})
+    asleep = BackendRef("a", 10, expected_gb={0: 30.0}, parked=True)
+    assert (await gpu.read([awake])).devices[0].used_gb == 30
+    assert (await gpu.read([asleep])).devices[0].used_gb == 1
+    assert (await gpu.read([awake])).devices[0].used_gb == 30
