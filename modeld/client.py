@@ -94,7 +94,16 @@ class Client:
 
     async def events(self) -> AsyncIterator[dict[str, Any]]:
         """Subscribe, then yield each event the daemon pushes on this connection."""
+        async for event in await self.subscribe():
+            yield event
+
+    async def subscribe(self) -> AsyncIterator[dict[str, Any]]:
+        """Subscribe now (events from this moment on are kept for the caller); iterate the
+        result for each event the daemon pushes on this connection."""
         await self.call("subscribe")
+        return self._pushed()
+
+    async def _pushed(self) -> AsyncIterator[dict[str, Any]]:
         assert self._reader is not None
         while line := await self._reader.readline():
             message = json.loads(line)

@@ -34,6 +34,7 @@ STATE_STYLE = {
     "loading": "yellow",
     "stopping": "yellow",
     "stopped": "dim",
+    "sleeping": "cyan",
     "failed": "bold red",
 }
 
@@ -75,13 +76,16 @@ def models_table(status: dict[str, Any]) -> Table:
         memory = _gb(model["gpu_memory_used_gb"])
         if model["gpu_memory_source"]:
             memory += f" ({model['gpu_memory_source']})"
+        estimate = f"~{model['estimated_load_time_seconds']:.0f}s"
+        if parked := model.get("parked"):
+            estimate = f"~{parked['estimated_wake_seconds']:.1f}s (wake)"
         table.add_row(
             name + (" [pinned]" if model["pinned"] else ""),
             f"[{STATE_STYLE.get(state, '')}]{state}[/]",
             _ago(model["since"]),
             memory,
             model["health"],
-            f"~{model['estimated_load_time_seconds']:.0f}s",
+            estimate,
         )
     return table
 
@@ -185,11 +189,17 @@ def render_result(console: Console, op: str, result: dict[str, Any]) -> None:
     if status in ("stopped", "already_stopped"):
         console.print(f"{model}: {status.replace('_', ' ')}")
         return
+    parked = result.get("parked_models", [])
     for victim in result.get("unloaded_models", []):
-        console.print(f"stopped {victim} to free memory")
+        verb = "parked (sleep mode)" if victim in parked else "stopped"
+        console.print(f"{verb} {victim} to free memory")
+    if result.get("woke"):
+        console.print(f"woke {model} from sleep in {result['wake_seconds']:.1f}s")
+    elif result.get("wake_fallback"):
+        console.print(f"[yellow]{model} would not wake ({result['wake_fallback']}): cold start[/]")
     state = result.get("state")
     if state == "running":
-        took = result.get("load_seconds")
+        took = None if result.get("woke") else result.get("load_seconds")
         console.print(
             f"[green]{model} is running and healthy[/]"
             + (f" (loaded in {took:.1f}s)" if took else "")
@@ -229,40 +239,86 @@ def _unreachable_message(exc: DaemonUnreachable) -> str:
     return f"modelctl: {exc}. {hint}"
 
 
-async def _with_progress(
+def describe_step(event: dict[str, Any], model: str) -> str | None:
+    """The step of a switch to `model` that an event marks, in a few words; None if the
+    event is about something else."""
+    kind = event["type"]
+    if kind == "state":
+        subject, state = event["model"], event["to_state"]
+        if subject == model:
+            if state == "loading":
+                return f"{model}: waking" if event["reason"] == "wake" else f"{model}: loading"
+            if state == "failed":
+                return f"{model}: failed ({event.get('failure') or event['reason']})"
+            return f"{model}: {state}"
+        if state in ("stopping", "sleeping"):
+            return f"{'parking' if state == 'sleeping' else 'stopping'} {subject}"
+        return None
+    if event.get("model") != model:
+        return None
+    if kind == "switch.plan":
+        moves = [f"stop {', '.join(event['stop'])}"] if event["stop"] else []
+        moves += [f"park {', '.join(event['park'])}"] if event.get("park") else []
+        return f"plan: {'; '.join(moves) or 'fits as is'}"
+    if kind == "switch.stopped":
+        return f"stopped {event['stopped']}"
+    if kind == "switch.parked":
+        return f"parked {event['parked']}"
+    if kind == "switch.room_ready":
+        return "memory free"
+    if kind == "wake.failed":
+        return f"{model}: would not wake, cold start"
+    return None
+
+
+async def switch_with_progress(
     console: Console, path: Path, op: str, model: str, params: dict[str, Any]
 ) -> Any:
-    """Run a waiting call while a second connection polls `status` to draw progress."""
-    request = asyncio.create_task(call(op, path, model=model, **params))
-    with Progress(
-        SpinnerColumn(),
-        TextColumn("{task.description}"),
-        BarColumn(),
-        TimeElapsedColumn(),
-        console=console,
-        transient=True,
-    ) as progress:
-        bar = progress.add_task(f"{op} {model}", total=None)
-        async with Client(path) as watcher:
-            while not request.done():
-                view = (await watcher.call("status"))["models"].get(model)
-                if view is None:  # an unknown model: the request's own error says so
-                    await asyncio.wait({request})
-                    break
-                if view["status"] == "loading":
-                    loading_for = time.time() - datetime.fromisoformat(view["since"]).timestamp()
-                    progress.update(
-                        bar,
-                        description=f"{model}: loading",
-                        total=max(view["estimated_load_time_seconds"], loading_for),
-                        completed=loading_for,
+    """Run a waiting call while its steps, pushed as events on a second connection, drive
+    a progress bar: the current step, and loading time against the estimate."""
+    async with Client(path) as watcher:
+        view = (await watcher.call("status"))["models"].get(model) or {}
+        load_estimate = view.get("estimated_load_time_seconds")
+        wake_estimate = (view.get("parked") or {}).get("estimated_wake_seconds")
+        events = await watcher.subscribe()
+        request = asyncio.create_task(call(op, path, model=model, **params))
+        with Progress(
+            SpinnerColumn(),
+            TextColumn("{task.description}"),
+            BarColumn(),
+            TimeElapsedColumn(),
+            console=console,
+            transient=True,
+        ) as progress:
+            bar = progress.add_task(f"{op} {model}", total=None)
+            estimate: float | None = None
+            loading_since: float | None = None
+            pushed: asyncio.Future[dict[str, Any]] = asyncio.ensure_future(anext(events))
+            try:
+                while not request.done():
+                    await asyncio.wait(
+                        {request, pushed}, timeout=0.2, return_when="FIRST_COMPLETED"
                     )
-                elif view["status"] in ("stopped", "failed"):
-                    # Not started yet: queued behind another operation, or freeing memory.
-                    progress.update(bar, description=f"{model}: waiting for room")
-                else:
-                    progress.update(bar, description=f"{model}: {view['status']}")
-                await asyncio.wait({request}, timeout=0.5)
+                    if pushed.done():
+                        if pushed.exception() is not None:
+                            await asyncio.wait({request})  # the stream ended: wait quietly
+                            break
+                        event = pushed.result()
+                        pushed = asyncio.ensure_future(anext(events))
+                        step = describe_step(event, model)
+                        if step is not None:
+                            progress.update(bar, description=step)
+                        if event["type"] == "state" and event["model"] == model:
+                            loading = event["to_state"] == "loading"
+                            loading_since = time.monotonic() if loading else None
+                            waking = event["reason"] == "wake"
+                            estimate = (wake_estimate if waking else load_estimate) or None
+                    if loading_since is not None and estimate:
+                        # Elapsed against the estimate; a slow load stretches the bar.
+                        elapsed = time.monotonic() - loading_since
+                        progress.update(bar, total=max(estimate, elapsed), completed=elapsed)
+            finally:
+                pushed.cancel()
     return await request
 
 
@@ -282,11 +338,22 @@ def render_event(console: Console, event: dict[str, Any], as_json: bool) -> None
             text += f": {event['failure']}"
     elif event["type"] == "switch.plan":
         stop = ", ".join(event["stop"]) or "nothing"
-        text = f"switch to {event['model']}: stop {stop}"
+        park = f", park {', '.join(event['park'])}" if event.get("park") else ""
+        text = f"switch to {event['model']}: stop {stop}{park}"
     elif event["type"] == "switch.stopped":
         text = f"switch to {event['model']}: stopped {event['stopped']}"
     elif event["type"] == "switch.room_ready":
         text = f"switch to {event['model']}: memory free {event['free_gb']}"
+    elif event["type"] == "switch.parked":
+        text = f"switch to {event['model']}: parked {event['parked']} (sleep mode)"
+    elif event["type"] in ("park.failed", "wake.failed"):
+        action = "park" if event["type"] == "park.failed" else "wake"
+        text = (
+            f"[yellow]{event['model']}: could not {action} ({event['error']}); "
+            f"{'stopped instead' if action == 'park' else 'cold start instead'}[/]"
+        )
+    elif event["type"] == "idle.unloaded":
+        text = f"{event['model']}: idle, {event['action']}"
     else:
         text = json.dumps(event)
     if event.get("dropped_before"):
@@ -325,7 +392,7 @@ async def _run(args: argparse.Namespace, console: Console) -> int:
         if args.timeout is not None:
             params["timeout"] = args.timeout
         if params["wait"] and not args.json and console.is_terminal:
-            result = await _with_progress(console, path, op, args.model, params)
+            result = await switch_with_progress(console, path, op, args.model, params)
         else:
             result = await call(op, path, model=args.model, **params)
     if args.json:

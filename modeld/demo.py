@@ -27,6 +27,8 @@ STEPS: list[list[str]] = [
     ["switch", "demo-large"],
     ["switch", "demo-large"],
     ["status"],
+    ["switch", "demo-chat"],
+    ["status"],
 ]
 
 
@@ -38,9 +40,10 @@ def _summary(line: str) -> str | None:
         return None
     if event.get("event") == "switch.plan":
         stop = ", ".join(event["stop"]) or "nothing"
+        park = f", park {', '.join(event['park'])}" if event.get("park") else ""
         return (
             f"plan for {event['model']}: needs {event['required_gb']} GB, "
-            f"{event['available_before_gb']} GB free, stop {stop}"
+            f"{event['available_before_gb']} GB free, stop {stop}{park}"
         )
     if event.get("event") == "model.transition":
         return f"{event['model']}: {event['from_state']} -> {event['to_state']} ({event['reason']})"

@@ -706,7 +706,9 @@ class Supervisor:
                 raise failure
         result["state"] = record.state.value
         result["health"] = record.health.value
-        result["load_seconds"] = round(record.last_load_s, 2) if record.last_load_s else None
+        # A woken model did not load: its wake time is in wake_seconds.
+        loaded = record.last_load_s and not result.get("woke")
+        result["load_seconds"] = round(record.last_load_s, 2) if loaded else None
         return result
 
     # ---- state changes ---------------------------------------------------------------

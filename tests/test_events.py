@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import subprocess
 import sys
@@ -10,8 +11,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from rich.console import Console
+from rich.progress import Progress
 
 from modeld.client import Client, RpcError
+from modeld.ctl import switch_with_progress, describe_step
 from modeld.events import Subscription
 from modeld.supervisor import Supervisor
 from tests.conftest import Served, ServeFactory, eventually, make_config
@@ -164,3 +168,55 @@ def test_modelctl_watch_prints_events(tmp_path: Path) -> None:
             watcher.wait()
         daemon.terminate()
         daemon.wait()
+
+
+def test_switch_steps_are_described_from_events() -> None:
+    """Each event of a switch to `t` names its step; events about others are ignored."""
+    steps = [
+        (
+            {"type": "switch.plan", "model": "t", "stop": ["a"], "park": ["b"]},
+            "plan: stop a; park b",
+        ),
+        ({"type": "switch.plan", "model": "t", "stop": [], "park": []}, "plan: fits as is"),
+        ({"type": "state", "model": "a", "to_state": "stopping", "reason": "x"}, "stopping a"),
+        ({"type": "state", "model": "b", "to_state": "sleeping", "reason": "x"}, "parking b"),
+        ({"type": "switch.parked", "model": "t", "parked": "b"}, "parked b"),
+        ({"type": "switch.room_ready", "model": "t", "free_gb": {}}, "memory free"),
+        ({"type": "state", "model": "t", "to_state": "loading", "reason": "wake"}, "t: waking"),
+        ({"type": "state", "model": "t", "to_state": "loading", "reason": "start"}, "t: loading"),
+        ({"type": "state", "model": "t", "to_state": "running", "reason": "ok"}, "t: running"),
+        ({"type": "switch.plan", "model": "other", "stop": [], "park": []}, None),
+        ({"type": "state", "model": "a", "to_state": "running", "reason": "x"}, None),
+    ]
+    for event, expected in steps:
+        assert describe_step(event, "t") == expected, event
+
+
+async def test_switch_progress_follows_the_switch_through_events(
+    serve: ServeFactory,
+) -> None:
+    """modelctl's progress bar is driven by pushed events: it shows each step of a real
+    switch (the park, the load) and returns the switch's own answer."""
+    models = {
+        "a": {"gpu_memory_gb": 50, "size_gb": 40, "sleep_mode": True},
+        "b": {"gpu_memory_gb": 50, "load_time_seconds": 1},
+    }
+    path, supervisor, runtime = await serve(make_config(models, [80], park_ram_gb=100))
+    runtime.behaviour["b"] = Behaviour(load_seconds=0.5)
+    await supervisor.switch("a")
+    shown: list[str] = []
+    console = Console(file=io.StringIO(), force_terminal=True, width=100)
+    update = Progress.update
+
+    def record(progress: Progress, task: Any, **fields: Any) -> None:
+        if fields.get("description"):
+            shown.append(fields["description"])
+        update(progress, task, **fields)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(Progress, "update", record)
+        result = await switch_with_progress(console, path, "switch", "b", {"wait": True})
+    assert result["state"] == "running"
+    assert result["parked_models"] == ["a"]
+    assert shown[:2] == ["plan: park a", "parking a"]
+    assert "b: loading" in shown

@@ -300,10 +300,17 @@ def test_cost_aware_keeps_the_model_people_ask_for() -> None:
 # ---- sleep-mode parking ----------------------------------------------------------------
 
 
-def parkable(name: str, held: float, **fields: float) -> Candidate:
+def parkable(name: str, held: float, reload_s: float, demand: float, wake_s: float) -> Candidate:
     """A running sleep-mode model on device 0 that keeps 2 GB once parked."""
     return Candidate(
-        name, {0: held}, can_park=True, residual_gb={0: 2.0}, park_ram_gb=held, **fields
+        name,
+        {0: held},
+        reload_s=reload_s,
+        demand=demand,
+        can_park=True,
+        residual_gb={0: 2.0},
+        park_ram_gb=held,
+        wake_s=wake_s,
     )
 
 
@@ -378,7 +385,9 @@ def test_stopping_a_parked_model_gives_back_its_ram_for_a_new_park() -> None:
 
 
 @st.composite
-def parking_worlds(draw: st.DrawFn) -> tuple[Target, Device, list[Candidate], float, str]:
+def parking_worlds(
+    draw: st.DrawFn,
+) -> tuple[Target, Device, list[Candidate], float, EvictionPolicy]:
     """One device holding running, parkable and parked models, a RAM budget and a policy."""
     total = draw(st.floats(20, 160))
     used = 0.0
@@ -408,11 +417,13 @@ def parking_worlds(draw: st.DrawFn) -> tuple[Target, Device, list[Candidate], fl
 
 @settings(max_examples=300, deadline=None)
 @given(parking_worlds())
-def test_parking_plan_properties(world: tuple[Target, Device, list[Candidate], float, str]) -> None:
+def test_parking_plan_properties(
+    world: tuple[Target, Device, list[Candidate], float, EvictionPolicy],
+) -> None:
     """With parking: the target fits once parked models keep their residual, host RAM
     stays within budget, pinned and already-parked models are never parked."""
     target, device, candidates, ram, policy = world
-    result = plan_switch(target, [device], candidates, policy, ram_free_gb=ram)  # type: ignore[arg-type]
+    result = plan_switch(target, [device], candidates, policy, ram_free_gb=ram)
     if isinstance(result, Infeasible):
         return
     by_name = {c.name: c for c in candidates}

@@ -179,7 +179,7 @@ async def test_events_show_the_park_and_the_wake(supervised: SupervisorFactory) 
     subscription = supervisor.subscribe()
     await supervisor.switch("b")
     await supervisor.switch("a")
-    seen = []
+    seen: list[dict[str, Any]] = []
     async with asyncio.timeout(5):
         while not seen or (seen[-1].get("model"), seen[-1].get("to_state")) != ("a", "running"):
             seen.append(await subscription.next())
