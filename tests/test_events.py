@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.progress import Progress
 
 from modeld.client import Client, RpcError
-from modeld.ctl import switch_with_progress, describe_step
+from modeld.ctl import describe_step, switch_with_progress
 from modeld.events import Subscription
 from modeld.supervisor import Supervisor
 from tests.conftest import Served, ServeFactory, eventually, make_config
