@@ -707,8 +707,8 @@ class Supervisor:
         result["state"] = record.state.value
         result["health"] = record.health.value
         # A woken model did not load: its wake time is in wake_seconds.
-        loaded = record.last_load_s and not result.get("woke")
-        result["load_seconds"] = round(record.last_load_s, 2) if loaded else None
+        loaded = None if result.get("woke") else record.last_load_s
+        result["load_seconds"] = round(loaded, 2) if loaded else None
         return result
 
     # ---- state changes ---------------------------------------------------------------
