@@ -172,7 +172,7 @@ def test_modelctl_watch_prints_events(tmp_path: Path) -> None:
 
 def test_switch_steps_are_described_from_events() -> None:
     """Each event of a switch to `t` names its step; events about others are ignored."""
-    steps = [
+    steps: list[tuple[dict[str, Any], str | None]] = [
         (
             {"type": "switch.plan", "model": "t", "stop": ["a"], "park": ["b"]},
             "plan: stop a; park b",
