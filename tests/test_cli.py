@@ -96,7 +96,8 @@ def test_usage_error_exit_2() -> None:
 
 
 def test_demo_command_switches_between_models() -> None:
-    """The README's demo (`modeld-demo`) runs the daemon and switches, evicting one model."""
+    """The README's demo (`modeld-demo`) runs the daemon and switches: it parks one
+    model with sleep mode (real fake-vLLM processes), and wakes it back."""
     env = {**os.environ, "COLUMNS": "120"}
     result = subprocess.run(
         [sys.executable, "-m", "modeld.demo"],
@@ -107,8 +108,10 @@ def test_demo_command_switches_between_models() -> None:
         env=env,
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "stopped demo-chat to free memory" in result.stdout
+    assert "parked (sleep mode) demo-chat to free memory" in result.stdout
     assert "demo-large is running and healthy" in result.stdout
+    assert "demo-chat: running -> sleeping (parked for demo-large)" in result.stdout
+    assert "woke demo-chat from sleep" in result.stdout
     assert "demo done" in result.stdout
 
 

@@ -55,3 +55,18 @@ def test_no_gpu_request_and_host_network() -> None:
     assert "DeviceRequests" not in host
     assert host["NetworkMode"] == "host"
     assert "Cmd" not in container_config(model)
+
+
+def test_sleep_mode_reaches_the_container() -> None:
+    """sleep_mode: vLLM's flag is appended to the container's command and dev mode (which
+    serves /sleep and /wake_up) is set in its environment."""
+    model = ModelConfig(
+        name="m",
+        image="vllm/vllm-openai:latest",
+        command=["--model", "org/m"],
+        endpoint="http://127.0.0.1:8000",
+        sleep_mode=True,
+    )
+    body = container_config(model)
+    assert body["Cmd"] == ["--model", "org/m", "--enable-sleep-mode"]
+    assert "VLLM_SERVER_DEV_MODE=1" in body["Env"]
