@@ -1,28 +1,44 @@
-"""JSON text already serialized, spliced into a JSON-RPC response without re-encoding."""
+"""JSON responses as bytes: results already serialized (RawJSON) are spliced in as is.
+
+`status` with many models is tens of kilobytes, serialized once per change; each call
+then costs one copy of it, not a json.dumps, a str-to-bytes encode and a newline append.
+"""
 
 from __future__ import annotations
 
 import json
 from typing import Any
 
-
-class RawJSON(str):
-    """A string that is already JSON: the response serializer inserts it as is."""
-
-
-def _decoded(value: Any) -> Any:
-    return json.loads(value) if isinstance(value, RawJSON) else value
+from jsonrpcserver.response import to_serializable_one
+from oslash.either import Either, Right
 
 
-def serialize_response(response: Any) -> str:
-    """jsonrpcserver's serializer: json.dumps, but a RawJSON result is spliced in as is."""
-    if isinstance(response, dict) and isinstance(response.get("result"), RawJSON):
-        raw, request_id = response["result"], json.dumps(response.get("id"))
-        return f'{{"jsonrpc": "2.0", "result": {raw}, "id": {request_id}}}'
-    if isinstance(response, list):
-        # A batch is rare: decode any raw results and encode the whole list.
-        response = [
-            {**item, "result": _decoded(item["result"])} if "result" in item else item
-            for item in response
-        ]
-    return json.dumps(response)
+class RawJSON(bytes):
+    """UTF-8 bytes that are already JSON: the response serializer inserts them as is."""
+
+
+_SUCCESS_HEAD = b'{"jsonrpc":"2.0","result":'
+_ID = b',"id":'
+
+
+def response_bytes(response: Either) -> bytes:
+    """One jsonrpcserver Response as JSON bytes (jsonrpcserver's post_process)."""
+    if isinstance(response, Right):
+        success = response._value
+        if isinstance(success.result, RawJSON):
+            return b"".join((_SUCCESS_HEAD, success.result, _ID, _id(success.id), b"}"))
+    return json.dumps(to_serializable_one(response), separators=(",", ":")).encode()
+
+
+def response_line(dispatched: bytes | list[bytes] | None) -> bytes | None:
+    """What dispatch_to_response gave (one, a batch, or None for notifications) as one
+    NDJSON line."""
+    if dispatched is None:
+        return None
+    if isinstance(dispatched, list):
+        return b"[" + b",".join(dispatched) + b"]\n"
+    return dispatched + b"\n"
+
+
+def _id(value: Any) -> bytes:
+    return json.dumps(value).encode()

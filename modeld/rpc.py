@@ -19,7 +19,13 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
 import structlog
-from jsonrpcserver import Error, Result, Success, async_dispatch, dispatch
+from jsonrpcserver import (
+    Error,
+    Result,
+    Success,
+    async_dispatch_to_response,
+    dispatch_to_response,
+)
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -35,7 +41,7 @@ from modeld import __version__
 from modeld.access import AccessPolicy, Caller, peer_credentials
 from modeld.errors import ModeldError, PermissionDenied, SocketInUse, TooManyConnections
 from modeld.events import Subscription
-from modeld.jsonraw import RawJSON, serialize_response
+from modeld.jsonraw import RawJSON, response_bytes, response_line
 from modeld.supervisor import Supervisor
 
 log = structlog.get_logger("modeld.rpc")
@@ -440,14 +446,16 @@ class RpcServer:
             # Parsed once already; what did not parse is left to jsonrpcserver to report.
             "deserializer": json.loads if request is _UNPARSED else lambda _: request,
             "validator": validate_envelope,
-            "serializer": serialize_response,
+            # Each Response straight to bytes: no dict step, no str step.
+            "post_process": response_bytes,
         }
         if isinstance(request, dict) and request.get("method") in QUERY_METHODS:
-            response = dispatch(text, methods=QUERY_METHODS, **options)
+            dispatched = dispatch_to_response(text, QUERY_METHODS, **options)
         else:
-            response = await async_dispatch(text, methods=METHODS, **options)
-        if response:
-            await self._send(writer, write_lock, response.encode() + b"\n")
+            dispatched = await async_dispatch_to_response(text, METHODS, **options)
+        line = response_line(dispatched)
+        if line is not None:
+            await self._send(writer, write_lock, line)
 
     @staticmethod
     async def _send(writer: asyncio.StreamWriter, lock: asyncio.Lock, data: bytes) -> None:

@@ -119,7 +119,7 @@ class Supervisor:
         self._status_key: tuple[Any, ...] | None = None
         self._status_at = 0.0
         self._status: dict[str, Any] = {}
-        self._status_json = RawJSON("{}")
+        self._status_json = RawJSON(b"{}")
 
     # ---- lifecycle -------------------------------------------------------------------
 
@@ -198,7 +198,7 @@ class Supervisor:
         if key == self._status_key and now - self._status_at < STATUS_MAX_AGE_S:
             return
         self._status = self._build_status()
-        self._status_json = RawJSON(json.dumps(self._status, separators=(",", ":")))
+        self._status_json = RawJSON(json.dumps(self._status, separators=(",", ":")).encode())
         self._status_key, self._status_at = key, now
 
     def _build_status(self) -> dict[str, Any]:
