@@ -12,6 +12,7 @@ import json
 
 import aiohttp
 
+from modeld.config import ModelConfig
 from modeld.errors import SleepModeFailed
 
 # Level 1 moves the weights to host RAM and drops the KV cache: a wake restores them.
@@ -80,3 +81,14 @@ class SleepControl:
         if self._session is not None:
             await self._session.close()
             self._session = None
+
+
+async def says_asleep(control: SleepControl, model: ModelConfig) -> bool | None:
+    """Whether a sleep-mode backend says it sleeps; None if it cannot say, or the model
+    has no sleep mode."""
+    if not model.sleep_mode:
+        return None
+    try:
+        return await control.is_sleeping(model.endpoint)
+    except SleepModeFailed:
+        return None

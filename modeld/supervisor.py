@@ -3,7 +3,7 @@
 Operations (switch, start, stop, restart) are served one at a time under one
 asyncio.Lock. State changes only through `_transition`, over the table in
 `states.py`. Transitions are synchronous (no await inside), so the load watchers
-and the monitor, which observe the world between operations, apply theirs
+and what the monitor (monitor.py) reports between operations are applied
 atomically on the event loop; each checks the record's generation first so that
 an observation made before another change is dropped instead of applied.
 """
@@ -21,8 +21,8 @@ from typing import Any
 
 import structlog
 
-from modeld.activity import ActivityProbe, last_active
-from modeld.config import Config, load_config
+from modeld.activity import Activity, ActivityProbe, last_active
+from modeld.config import Config, DaemonConfig, load_config
 from modeld.errors import (
     ConfigError,
     GpuUnavailable,
@@ -37,18 +37,19 @@ from modeld.errors import (
 from modeld.events import EventBus, Subscription
 from modeld.gpu.base import GpuMonitor, GpuReading
 from modeld.health import Health, HealthProbe
-from modeld.hfcache import Download, download_state, hf_cache_dir, signature
+from modeld.hfcache import Download
 from modeld.jsonraw import RawJSON
 from modeld.ledger import GpuLedger
 from modeld.memory import model_need
 from modeld.metrics import MetricsSink, NoMetrics
+from modeld.monitor import Monitor
 from modeld.planner import Infeasible, Plan
 from modeld.readiness import await_ready
 from modeld.record import ModelRecord
 from modeld.reload import ReloadPlan, plan_reload
 from modeld.restart import GiveUp, decide_restart
-from modeld.runtime.base import BackendState, Runtime
-from modeld.sleepmode import SleepControl
+from modeld.runtime.base import BackendState, BackendStatus, Runtime
+from modeld.sleepmode import SleepControl, says_asleep
 from modeld.states import Failure, ModelStatus, State, check_transition
 from modeld.store import (
     Learned,
@@ -109,9 +110,11 @@ class Supervisor:
         }
         self._runtime_errors: dict[str, str | None] = {name: None for name in self._runtimes}
         self._changed = asyncio.Event()
-        self._monitor: asyncio.Task[None] | None = None
+        self._monitor = Monitor(
+            self, self._ledger, self._probe, self._sleep, self._activity, self._daemon_settings
+        )
+        self._monitoring: asyncio.Task[None] | None = None
         self._saving: asyncio.Task[None] | None = None
-        self._download_marks: dict[str, tuple[float, ...] | None] = {}
         self._events = EventBus()
         self._busy = 0
         # What the cached status was built from; see status().
@@ -144,13 +147,13 @@ class Supervisor:
                 record.residual_gb = learned_residual(learned, record.config)
             await self._find_running(record)
         await self.poll_once()
-        self._monitor = asyncio.create_task(self._monitor_loop(), name="modeld-monitor")
+        self._monitoring = asyncio.create_task(self._monitor.run(), name="modeld-monitor")
 
     async def _find_running(self, record: ModelRecord) -> None:
         try:
             backend = await self._runtime(record).inspect(record.config)
         except RuntimeUnavailable as exc:
-            self._runtime_seen(record.config.runtime, exc.message)
+            self.seen_runtime(record.config.runtime, exc.message)
             return
         if backend.state is BackendState.RUNNING:
             # Found running: watch it to health instead of restarting it.
@@ -160,7 +163,7 @@ class Supervisor:
     async def shutdown(self) -> None:
         """Stop watching; models in containers keep running, process children are stopped."""
         records = list(self._models.values())
-        pending: list[asyncio.Task[Any] | None] = [self._monitor]
+        pending: list[asyncio.Task[Any] | None] = [self._monitoring]
         pending += [task for r in records for task in (r.load, r.restart_task, r.unload_task)]
         tasks = [t for t in pending if t]
         for task in tasks:
@@ -820,7 +823,7 @@ class Supervisor:
             )
             return failure
         load_s = time.monotonic() - started
-        if await self._asleep(record):
+        if await says_asleep(self._sleep, record.config):
             # Found at startup (or woken and parked again behind modeld's back) asleep.
             record.load = None
             self._transition(record, State.SLEEPING, "found asleep")
@@ -931,72 +934,53 @@ class Supervisor:
         record.restart_at = None
         record.restart_gave_up = False
 
-    # ---- the monitor: notice what changed behind modeld's back ------------------------
-
-    async def _monitor_loop(self) -> None:
-        while True:
-            await asyncio.sleep(self._config.daemon.poll_interval_s)
-            try:
-                await self.poll_once()
-            except Exception:  # the monitor must outlive any one bad poll
-                log.exception("monitor.poll_failed")
+    # ---- what the monitor saw (modeld/monitor.py): applied here, if still current ------
 
     async def poll_once(self) -> None:
-        """One monitor pass: GPU, then each model's backend and health."""
-        with contextlib.suppress(GpuUnavailable):
-            self._learn_memory(await self._ledger.read(self._models.values()))
-        await asyncio.gather(*(self._observe(r) for r in self._models.values()))
-        await self._scan_downloads()
+        """One monitor pass now: GPU, each model's backend and health, downloads."""
+        await self._monitor.poll_once()
 
-    async def _observe(self, record: ModelRecord) -> None:
-        # Loading and stopping models are watched by the operation that moves them.
-        if record.state not in (State.RUNNING, State.SLEEPING, State.STOPPED, State.FAILED):
-            return
-        generation = record.generation
-        runtime = record.config.runtime
-        try:
-            backend = await self._runtime(record).inspect(record.config)
-        except RuntimeUnavailable as exc:
-            self._runtime_seen(runtime, exc.message)
-            return
-        self._runtime_seen(runtime, None)
+    def records(self) -> list[ModelRecord]:
+        """Every model's record (for the monitor, which reads them and never writes)."""
+        return list(self._models.values())
+
+    def runtime_for(self, record: ModelRecord) -> Runtime:
+        """The runtime a model's backend runs in."""
+        return self._runtimes[record.config.runtime]
+
+    def seen_runtime(self, kind: str, error: str | None) -> None:
+        """A runtime answered (error None) or did not: shown in `status`."""
+        if self._runtime_errors.get(kind) != error:
+            self._runtime_errors[kind] = error
+            self._revision += 1
+
+    def seen_memory(self, reading: GpuReading) -> None:
+        """A fresh GPU reading: learn running models' peaks."""
+        self._learn_memory(reading)
+
+    def seen_exit(
+        self, record: ModelRecord, generation: int, exit_code: int | None, lines: list[str]
+    ) -> None:
+        """A running or parked model's backend is gone: any exit modeld did not ask for is
+        a failure."""
         if record.generation != generation:
             return
-        if record.state in (State.RUNNING, State.SLEEPING):
-            await self._observe_live(record, backend.state, backend.exit_code, generation)
-        elif backend.state is BackendState.RUNNING:
-            if record.state is State.FAILED:
-                # Re-adopt a failed model only once it truly answers again.
-                health = await self._probe.check(record.config.endpoint)
-                if record.generation != generation or health is not Health.HEALTHY:
-                    return
-            record.backend = backend
-            self._begin_loading(record, "backend found running")
+        record.backend = None
+        record.health = Health.UNKNOWN
+        self._transition(
+            record,
+            State.FAILED,
+            "backend exited",
+            Failure(
+                f"backend exited with code {exit_code} without modeld asking",
+                exit_code,
+                tuple(lines),
+            ),
+        )
+        self._schedule_restart(record)
 
-    async def _observe_live(
-        self, record: ModelRecord, backend: BackendState, exit_code: int | None, generation: int
-    ) -> None:
-        """A running or parked model: has it died, been parked or woken behind modeld's
-        back, or gone idle?"""
-        if backend is not BackendState.RUNNING:
-            lines = await self._runtime(record).logs(record.config)
-            if record.generation != generation:
-                return
-            record.backend = None
-            record.health = Health.UNKNOWN
-            self._transition(
-                record,
-                State.FAILED,
-                "backend exited",
-                Failure(
-                    f"backend exited with code {exit_code} without modeld asking",
-                    exit_code,
-                    tuple(lines),
-                ),
-            )
-            self._schedule_restart(record)
-            return
-        health = await self._probe.check(record.config.endpoint)
+    def seen_health(self, record: ModelRecord, generation: int, health: Health) -> None:
+        """What /health said; 503 means vLLM's engine died."""
         if record.generation != generation:
             return
         record.health = health
@@ -1008,45 +992,45 @@ class Supervisor:
                 Failure("/health answered 503: the engine died"),
             )
             self._schedule_restart(record)
-            return
-        asleep = await self._asleep(record)
+
+    def seen_asleep(self, record: ModelRecord, generation: int, asleep: bool) -> None:
+        """A model parked or woken behind modeld's back."""
         if record.generation != generation:
             return
-        if asleep is True and record.state is State.RUNNING:
+        if asleep and record.state is State.RUNNING:
             self._transition(record, State.SLEEPING, "found asleep")
-        elif asleep is False and record.state is State.SLEEPING:
+        elif not asleep and record.state is State.SLEEPING:
             self._begin_loading(record, "found awake")
-        elif record.state is State.RUNNING:
-            await self._check_idle(record, generation)
 
-    async def _asleep(self, record: ModelRecord) -> bool | None:
-        """Whether a sleep-mode backend says it sleeps; None if it cannot say or has no
-        sleep mode."""
-        if not record.config.sleep_mode:
-            return None
-        try:
-            return await self._sleep.is_sleeping(record.config.endpoint)
-        except SleepModeFailed:
-            return None
-
-    # ---- idle unload -----------------------------------------------------------------
-
-    async def _check_idle(self, record: ModelRecord, generation: int) -> None:
-        """Read the backend's request metrics; unload it once idle_unload_after_s passed
-        with none finished and none in flight."""
-        idle_after = record.config.idle_unload_after_s
-        if idle_after is None or record.unload_task is not None:
+    def seen_running(self, record: ModelRecord, generation: int, backend: BackendStatus) -> None:
+        """A stopped or failed model's backend runs: watch it to health."""
+        if record.generation != generation or record.state not in (State.STOPPED, State.FAILED):
             return
-        activity = await self._activity.read(record.config.endpoint)
-        if record.generation != generation:
+        record.backend = backend
+        self._begin_loading(record, "backend found running")
+
+    def seen_activity(
+        self, record: ModelRecord, generation: int, activity: Activity | None
+    ) -> None:
+        """A running model's request metrics: unload it once idle_unload_after_s passed
+        with no request finished, none in flight and none queued."""
+        idle_after = record.config.idle_unload_after_s
+        if record.generation != generation or idle_after is None:
             return
         now = time.monotonic()
         record.last_active = last_active(record.activity, activity, record.last_active, now)
         record.activity = activity
-        if now - record.last_active >= idle_after:
+        if now - record.last_active >= idle_after and record.unload_task is None:
             record.unload_task = asyncio.create_task(
                 self._idle_unload(record), name=f"idle-unload-{record.name}"
             )
+
+    def seen_download(self, name: str, download: Download | None) -> None:
+        """What the HF cache holds for a model."""
+        if record := self._models.get(name):
+            record.download = download
+
+    # ---- idle unload -----------------------------------------------------------------
 
     async def _idle_unload(self, record: ModelRecord) -> None:
         idle_after = record.config.idle_unload_after_s or 0.0
@@ -1079,25 +1063,6 @@ class Supervisor:
             and record.config.parked_ram_gb <= self._ledger.ram_free_gb(self._models.values())
         )
 
-    async def _scan_downloads(self) -> None:
-        """Refresh what the HF cache holds for each model, off the loop, only for models
-        whose cache entry changed since the last look."""
-        cache = hf_cache_dir(self._config.daemon.hf_cache_dir)
-        paths = {r.name: r.config.hf_path for r in self._models.values() if r.config.hf_path}
-
-        def scan() -> dict[str, tuple[tuple[float, ...] | None, Download | None]]:
-            found = {}
-            for name, hf_path in paths.items():
-                mark = signature(cache, hf_path)
-                if mark is None or mark != self._download_marks.get(name):
-                    found[name] = (mark, download_state(cache, hf_path))
-            return found
-
-        for name, (mark, state) in (await asyncio.to_thread(scan)).items():
-            self._download_marks[name] = mark
-            if record := self._models.get(name):
-                record.download = state
-
     # ---- helpers ---------------------------------------------------------------------
 
     def _record(self, name: str, managed: bool = False) -> ModelRecord:
@@ -1112,10 +1077,8 @@ class Supervisor:
             )
         return record
 
-    def _runtime_seen(self, kind: str, error: str | None) -> None:
-        if self._runtime_errors.get(kind) != error:
-            self._runtime_errors[kind] = error
-            self._revision += 1
+    def _daemon_settings(self) -> DaemonConfig:
+        return self._config.daemon
 
     def _runtime(self, record: ModelRecord) -> Runtime:
         return self._runtimes[record.config.runtime]
@@ -1126,9 +1089,9 @@ class Supervisor:
         try:
             await self._runtime(record).inspect(record.config)
         except RuntimeUnavailable as exc:
-            self._runtime_seen(runtime, exc.message)
+            self.seen_runtime(runtime, exc.message)
             raise
-        self._runtime_seen(runtime, None)
+        self.seen_runtime(runtime, None)
 
 
 def _current_task_cancelling() -> bool:
