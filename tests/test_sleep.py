@@ -10,7 +10,8 @@ import aiohttp
 import pytest
 from structlog.testing import capture_logs
 
-from modeld.errors import ConfigError
+from modeld.activity import Activity, last_active, parse_activity
+from modeld.errors import ConfigError, LoadFailed
 from modeld.gpu.base import BackendRef
 from modeld.gpu.simulated import SimulatedGpu
 from modeld.health import HealthProbe
@@ -267,3 +268,49 @@ async def test_simulated_gpu_keeps_a_residual_while_parked() -> None:
     assert (await gpu.read([awake])).devices[0].used_gb == 30
     assert (await gpu.read([asleep])).devices[0].used_gb == 1
     assert (await gpu.read([awake])).devices[0].used_gb == 30
+
+
+async def test_failed_switch_wakes_the_model_it_parked(supervised: SupervisorFactory) -> None:
+    """The target exits while loading after a was parked for it: a is woken back (not
+    cold-started), and the error says it was restored."""
+    models = {**PARKABLE, "bad": {"gpu_memory_gb": 50}}
+    supervisor, runtime, _ = await supervised(make_config(models, [80], park_ram_gb=100))
+    runtime.behaviour["bad"] = Behaviour(exit_code=1)
+    await supervisor.switch("a")
+    with pytest.raises(LoadFailed) as failed:
+        await supervisor.switch("bad")
+    assert failed.value.data["restored"] == ["a"]
+    assert supervisor.state_of("a") is State.RUNNING
+    assert runtime.starts("a") == 1
+
+
+VLLM_METRICS = """\
+# HELP vllm:num_requests_running Number of requests in model execution batches.
+# TYPE vllm:num_requests_running gauge
+vllm:num_requests_running{engine="0",model_name="m"} 0.0
+# HELP vllm:num_requests_waiting Number of requests waiting to be processed.
+# TYPE vllm:num_requests_waiting gauge
+vllm:num_requests_waiting{engine="0",model_name="m"} 2.0
+# HELP vllm:request_success_total Count of successfully processed requests.
+# TYPE vllm:request_success_total counter
+vllm:request_success_total{engine="0",finished_reason="stop",model_name="m"} 40.0
+vllm:request_success_total{engine="0",finished_reason="length",model_name="m"} 2.0
+"""
+
+
+def test_vllm_metrics_are_read_as_activity() -> None:
+    """Finished requests are summed over finish reasons; queued ones count as in flight;
+    an exposition without vLLM's metrics gives None."""
+    assert parse_activity(VLLM_METRICS) == Activity(finished=42.0, in_flight=2.0)
+    assert parse_activity("# TYPE other gauge\nother 1\n") is None
+
+
+def test_last_active_moves_only_on_evidence_of_use() -> None:
+    """Busy when requests are in flight or more finished; unreadable metrics count as
+    busy; the same counts as before leave the idle clock running."""
+    quiet = Activity(finished=5, in_flight=0)
+    assert last_active(quiet, quiet, since=10.0, now=20.0) == 10.0
+    assert last_active(quiet, Activity(6, 0), since=10.0, now=20.0) == 20.0
+    assert last_active(quiet, Activity(5, 1), since=10.0, now=20.0) == 20.0
+    assert last_active(quiet, None, since=10.0, now=20.0) == 20.0
+    assert last_active(None, quiet, since=10.0, now=20.0) == 10.0
