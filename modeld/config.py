@@ -135,9 +135,10 @@ class ModelConfig(_Strict):
     # to host RAM) instead of stopping it, and wake it in seconds instead of a cold load.
     # modeld adds `--enable-sleep-mode` to `command` and VLLM_SERVER_DEV_MODE=1 to `env`.
     sleep_mode: bool = False
-    # Seconds a wake takes, until measured here; host RAM the parked weights take (default:
-    # size_gb); how long a wake may take before modeld falls back to a cold restart.
-    wake_time_seconds: PositiveFloat = 5.0
+    # Seconds a wake takes, until measured here (default: a tenth of the load estimate,
+    # vLLM's published ratio); host RAM the parked weights take (default: size_gb); how
+    # long a wake may take before modeld falls back to a cold restart.
+    wake_time_seconds: PositiveFloat | None = None
     park_ram_gb: PositiveFloat | None = None
     wake_timeout_s: PositiveFloat = 60.0
     # Park (sleep_mode) or stop the model once it has served no request for this long.

@@ -104,7 +104,7 @@ class GpuLedger:
                     record.config.size_gb,
                     record.last_used,
                     record.config.pinned,
-                    reload_s=record.learned_load_s or record.config.load_time_seconds,
+                    reload_s=record.load_estimate_s(),
                     demand=record.demand,
                     can_park=(
                         parking and record.config.sleep_mode and record.state is State.RUNNING
@@ -112,7 +112,7 @@ class GpuLedger:
                     parked=record.state is State.SLEEPING,
                     residual_gb=residual_memory(record, reading),
                     park_ram_gb=record.config.parked_ram_gb,
-                    wake_s=record.learned_wake_s or record.config.wake_time_seconds,
+                    wake_s=record.wake_estimate()[0],
                 )
             )
         devices = [

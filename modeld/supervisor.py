@@ -682,9 +682,7 @@ class Supervisor:
             "status": "success",
             "model": record.name,
             "unloaded_models": unloaded,
-            "estimated_load_time_seconds": round(
-                record.learned_load_s or record.config.load_time_seconds, 1
-            ),
+            "estimated_load_time_seconds": round(record.load_estimate_s(), 1),
             "memory_info": memory_info
             or {"required_gb": None, "available_before_gb": None, "freed_gb": 0},
             **(extra or {}),

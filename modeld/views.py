@@ -67,7 +67,7 @@ def model_view(record: ModelRecord, reading: GpuReading | None, now: float) -> d
         "since": iso(record.status.since),
         "size_gb": config.size_gb,
         "description": config.description,
-        "estimated_load_time_seconds": round(record.learned_load_s or config.load_time_seconds, 1),
+        "estimated_load_time_seconds": round(record.load_estimate_s(), 1),
         "estimated_load_time_source": "learned" if record.learned_load_s else "configured",
         "gpu_memory_used_gb": used_gb,
         "gpu_memory_source": used_source,
@@ -93,10 +93,8 @@ def model_view(record: ModelRecord, reading: GpuReading | None, now: float) -> d
         "parked": (
             {
                 "ram_gb": round(config.parked_ram_gb, 1),
-                "estimated_wake_seconds": round(
-                    record.learned_wake_s or config.wake_time_seconds, 2
-                ),
-                "wake_source": "learned" if record.learned_wake_s else "configured",
+                "estimated_wake_seconds": round(record.wake_estimate()[0], 2),
+                "wake_source": record.wake_estimate()[1],
             }
             if record.state is State.SLEEPING
             else None
