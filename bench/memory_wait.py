@@ -8,18 +8,14 @@ figure is how long after that release the target is started (the seed always sle
 from __future__ import annotations
 
 import asyncio
-import tempfile
 import time
 
 from bench.common import Report, cli, figure
-from modeld.config import ModelConfig, parse_config
-from modeld.gpu.simulated import SimulatedGpu
-from modeld.health import HealthProbe
+from bench.fakehost import two_models
+from modeld.config import ModelConfig
 from modeld.logs import configure_logging
 from modeld.runtime.base import BackendStatus
-from modeld.supervisor import Supervisor
 from tests.fakes import Behaviour, FakeRuntime
-from tests.ports import free_port
 
 # Not a multiple of the poll interval, so the figure shows the real polling lag.
 RELEASE_DELAY_S = 0.43
@@ -46,38 +42,17 @@ class TimedRuntime(FakeRuntime):
 
 async def lags(rounds: int) -> list[float]:
     """Milliseconds between the memory's release and the next start, per switch."""
-    models = {
-        name: {
-            "runtime": "process",
-            "command": ["x"],
-            "gpu_memory_gb": 50,
-            "endpoint": f"http://127.0.0.1:{free_port()}",
-        }
-        for name in ("a", "b")
-    }
-    config = parse_config(
-        {
-            "daemon": {"state_dir": tempfile.mkdtemp(prefix="modeld-bench-")},
-            "gpu": {"backend": "simulated", "devices_gb": [80], "release_delay_s": RELEASE_DELAY_S},
-            "models": models,
-        }
-    )
     runtime = TimedRuntime()
-    for name in models:
-        runtime.behaviour[name] = Behaviour(load_seconds=0.0)
-    gpu = SimulatedGpu(config.gpu, alive=runtime.alive)
-    supervisor = Supervisor(config, gpu, {"process": runtime}, HealthProbe())
-    await supervisor.startup()
     samples = []
-    try:
+    async with two_models(
+        runtime, Behaviour(load_seconds=0.0), release_delay_s=RELEASE_DELAY_S
+    ) as supervisor:
         await supervisor.switch("a")
         for index in range(rounds):
             target, victim = ("b", "a") if index % 2 == 0 else ("a", "b")
             await supervisor.switch(target)
             released = runtime.stopped_at[victim] + RELEASE_DELAY_S
             samples.append((runtime.started_at[target] - released) * 1000)
-    finally:
-        await supervisor.shutdown()
     return samples
 
 

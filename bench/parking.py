@@ -10,63 +10,33 @@ parking saves a user waiting for the switch, modeld's own overhead included.
 from __future__ import annotations
 
 import asyncio
-import tempfile
 import time
-from typing import Any
 
 from bench.common import Report, cli, figure
-from modeld.config import parse_config
-from modeld.gpu.simulated import SimulatedGpu
-from modeld.health import HealthProbe
+from bench.fakehost import two_models
 from modeld.logs import configure_logging
-from modeld.supervisor import Supervisor
 from tests.fakes import Behaviour, FakeRuntime
-from tests.ports import free_port
 
 LOAD_S, WAKE_S, SLEEP_S = 1.5, 0.15, 0.1
 
 
 async def switch_times(rounds: int, park: bool) -> list[float]:
     """Milliseconds each switch takes, models taking turns, parking or stopping."""
-    models: dict[str, Any] = {
-        name: {
-            "runtime": "process",
-            "command": ["x"],
-            "gpu_memory_gb": 50,
-            "size_gb": 40,
-            "sleep_mode": park,
-            "endpoint": f"http://127.0.0.1:{free_port()}",
-        }
-        for name in ("a", "b")
-    }
-    config = parse_config(
-        {
-            "daemon": {
-                "state_dir": tempfile.mkdtemp(prefix="modeld-bench-"),
-                "park_ram_gb": 100 if park else 0,
-            },
-            "gpu": {"backend": "simulated", "devices_gb": [80], "release_delay_s": 0.0},
-            "models": models,
-        }
-    )
-    runtime = FakeRuntime()
-    for name in models:
-        runtime.behaviour[name] = Behaviour(
-            load_seconds=LOAD_S, wake_seconds=WAKE_S, sleep_seconds=SLEEP_S
-        )
-    gpu = SimulatedGpu(config.gpu, alive=runtime.alive)
-    supervisor = Supervisor(config, gpu, {"process": runtime}, HealthProbe())
-    await supervisor.startup()
+    behaviour = Behaviour(load_seconds=LOAD_S, wake_seconds=WAKE_S, sleep_seconds=SLEEP_S)
     samples = []
-    try:
+    async with two_models(
+        FakeRuntime(),
+        behaviour,
+        daemon={"park_ram_gb": 100 if park else 0},
+        size_gb=40,
+        sleep_mode=park,
+    ) as supervisor:
         await supervisor.switch("a")
         await supervisor.switch("b")  # both have loaded once: every later switch is a return
         for index in range(rounds):
             started = time.monotonic()
             await supervisor.switch("a" if index % 2 == 0 else "b")
             samples.append((time.monotonic() - started) * 1000)
-    finally:
-        await supervisor.shutdown()
     return samples
 
 
