@@ -64,6 +64,19 @@ def render_status(console: Console, status: dict[str, Any]) -> None:
             for line in failure["last_lines"][-5:]:
                 console.print(f"  [dim]{line}[/]")
     render_gpu(console, status["gpu"])
+    if line := parking_line(status):
+        console.print(line)
+
+
+def parking_line(status: dict[str, Any]) -> str | None:
+    """Host RAM taken by parked models against the budget, when parking is on."""
+    parking = status.get("parking") or {}
+    if not parking.get("ram_budget_gb"):
+        return None
+    parked = [name for name, m in status["models"].items() if m["status"] == "sleeping"]
+    return f"parked: {parking['ram_used_gb']:.1f} / {parking['ram_budget_gb']:.1f} GB host RAM" + (
+        f" ({', '.join(parked)})" if parked else ""
+    )
 
 
 def models_table(status: dict[str, Any]) -> Table:
@@ -101,6 +114,8 @@ def dashboard(status: dict[str, Any], last_event: str | None = None) -> Group:
             f"{device['used_gb']:.1f} / {device['total_gb']:.1f} GB",
         )
         parts.append(bar)
+    if line := parking_line(status):
+        parts.append(line)
     for name, model in status["models"].items():
         if model["status"] == "loading":
             elapsed = time.time() - datetime.fromisoformat(model["since"]).timestamp()
