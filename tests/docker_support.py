@@ -2,7 +2,10 @@
 
 No registry is reachable, so nothing is pulled: the rootfs holds Debian's static
 busybox and a script that keeps the port closed while "loading", then serves
-`/health` (200, empty) and `/v1/models` with busybox httpd.
+`/health` (200, empty) and `/v1/models` with busybox httpd. Given vLLM's
+`--enable-sleep-mode` (and VLLM_SERVER_DEV_MODE=1 for the endpoints to exist), it
+serves through `nc -ll -e` instead, one shell handler per request, which also
+answers `/sleep`, `/wake_up` and `/is_sleeping` as vLLM does.
 """
 
 from __future__ import annotations
@@ -17,23 +20,62 @@ from typing import Any
 
 from tests.ports import free_port
 
-IMAGE = "modeld-test/fake-vllm:1"
+IMAGE = "modeld-test/fake-vllm:2"
 BUSYBOX = Path("/bin/busybox")
 
 FAKE_VLLM = """#!/bin/sh
-# fake-vllm PORT LOAD_SECONDS [EXIT_CODE]: vLLM's port behaviour, in busybox.
+# fake-vllm PORT LOAD_SECONDS [EXIT_CODE] [--enable-sleep-mode]: vLLM's port behaviour.
 trap 'echo "fake-vllm: SIGTERM, shutting down"; exit 0' TERM INT
-echo "fake-vllm: loading ${MODEL:-model} for ${2}s"
-sleep "$2" & wait $!
-if [ -n "$3" ]; then
+port=$1 load=$2
+shift 2
+exit_code="" sleep_mode=""
+for arg in "$@"; do
+  case "$arg" in --enable-sleep-mode) sleep_mode=1 ;; *) exit_code=$arg ;; esac
+done
+echo "fake-vllm: loading ${MODEL:-model} for ${load}s"
+sleep "$load" & wait $!
+if [ -n "$exit_code" ]; then
   echo "fake-vllm: CUDA error: out of memory"
-  exit "$3"
+  exit "$exit_code"
 fi
-mkdir -p /tmp/www/v1
-: > /tmp/www/health
-echo '{"object":"list","data":[{"id":"'"${MODEL:-model}"'","object":"model"}]}' > /tmp/www/v1/models
-echo "fake-vllm: serving on 127.0.0.1:$1"
-httpd -f -p "127.0.0.1:$1" -h /tmp/www & wait $!
+echo "fake-vllm: serving on port $port${sleep_mode:+ with sleep mode}"
+if [ -n "$sleep_mode" ]; then
+  nc -ll -p "$port" -e /vllm-handler & wait $!
+else
+  mkdir -p /tmp/www/v1
+  : > /tmp/www/health
+  echo '{"object":"list","data":[{"id":"'"${MODEL:-model}"'","object":"model"}]}' \\
+    > /tmp/www/v1/models
+  httpd -f -p "127.0.0.1:$port" -h /tmp/www & wait $!
+fi
+"""
+
+# One HTTP request on stdin, its answer on stdout (busybox nc -e runs one per connection).
+VLLM_HANDLER = """#!/bin/sh
+read -r method target version
+while read -r header; do [ -z "${header%$(printf '\\r')}" ] && break; done
+path="${target%%\\?*}"
+reply() {
+  body="$2"
+  printf 'HTTP/1.0 %s\\r\\nContent-Type: application/json\\r\\nContent-Length: %s\\r\\n' \\
+    "$1" "${#body}"
+  printf 'Connection: close\\r\\n\\r\\n%s' "$body"
+}
+dev="$VLLM_SERVER_DEV_MODE"
+case "$method $path" in
+  "GET /health") reply "200 OK" "" ;;
+  "GET /v1/models") reply "200 OK" '{"object":"list","data":[{"id":"'"${MODEL:-m}"'"}]}' ;;
+  "GET /is_sleeping")
+    if [ -e /tmp/sleeping ]; then asleep=true; else asleep=false; fi
+    [ "$dev" = 1 ] && reply "200 OK" '{"is_sleeping":'$asleep'}' || reply "404 Not Found" "" ;;
+  "POST /sleep")
+    [ "$dev" = 1 ] || { reply "404 Not Found" '{"detail":"Not Found"}'; exit 0; }
+    sleep 0.2; : > /tmp/sleeping; echo "fake-vllm: asleep" >&2; reply "200 OK" "" ;;
+  "POST /wake_up")
+    [ "$dev" = 1 ] || { reply "404 Not Found" '{"detail":"Not Found"}'; exit 0; }
+    sleep 0.3; rm -f /tmp/sleeping; echo "fake-vllm: awake" >&2; reply "200 OK" "" ;;
+  *) reply "404 Not Found" '{"detail":"Not Found"}' ;;
+esac
 """
 
 
@@ -68,11 +110,12 @@ def build_image() -> str:
         (root / "bin").mkdir(parents=True)
         (root / "tmp").mkdir()
         shutil.copy2(BUSYBOX, root / "bin" / "busybox")
-        for applet in ("sh", "sleep", "httpd", "mkdir", "echo"):
+        for applet in ("sh", "sleep", "httpd", "mkdir", "echo", "nc", "printf", "rm", "["):
             (root / "bin" / applet).symlink_to("busybox")
-        script = root / "fake-vllm"
-        script.write_text(FAKE_VLLM)
-        script.chmod(0o755)
+        for name, text in (("fake-vllm", FAKE_VLLM), ("vllm-handler", VLLM_HANDLER)):
+            script = root / name
+            script.write_text(text)
+            script.chmod(0o755)
         archive = Path(tmp) / "rootfs.tar"
         with tarfile.open(archive, "w") as tar:
             tar.add(root, arcname=".")

@@ -32,7 +32,10 @@ pytestmark = pytest.mark.docker
 
 
 def docker_config(
-    models: dict[str, dict[str, Any]], devices_gb: list[float], release_delay_s: float = 0.2
+    models: dict[str, dict[str, Any]],
+    devices_gb: list[float],
+    release_delay_s: float = 0.2,
+    **daemon: Any,
 ) -> Config:
     """Docker models on a simulated GPU, with a fast monitor."""
     return parse_config(
@@ -43,6 +46,7 @@ def docker_config(
                 "poll_interval_s": 0.2,
                 "health_poll_interval_s": 0.05,
                 "memory_poll_interval_s": 0.02,
+                **daemon,
             },
             "gpu": {
                 "backend": "simulated",
@@ -462,3 +466,31 @@ async def test_sigterm_leaves_containers_running(image: str, prefix: str, tmp_pa
     assert not socket.exists()
     assert container_state(f"{prefix}-a") == "running"
     assert await health(tables["a"]["endpoint"]) == 200
+
+
+async def test_parked_container_outlives_the_daemon_and_wakes_in_place(
+    image: str, prefix: str, daemon: Any
+) -> None:
+    """Sleep mode with real containers: a is parked (its container runs on, asleep), a
+    new daemon adopts it as sleeping, and switching back wakes the same container."""
+    tables = {
+        name: {**docker_model(image, prefix, name, 50), "sleep_mode": True} for name in ("a", "b")
+    }
+    config = docker_config(tables, [80], park_ram_gb=100)
+    first, _ = await daemon(config)
+    await first.switch("a")
+    started = docker_cli("inspect", "--format", "{{.State.StartedAt}}", f"{prefix}-a").stdout
+    result = await first.switch("b")
+    assert result["parked_models"] == ["a"]
+    assert first.state_of("a") is State.SLEEPING
+    assert "fake-vllm: asleep" in docker_cli("logs", f"{prefix}-a").stderr
+    await first.shutdown()
+
+    second, _ = await daemon(config)
+    assert await second.wait_for_state("a", {State.SLEEPING}, 15) is State.SLEEPING
+    assert await second.wait_for_state("b", {State.RUNNING}, 15) is State.RUNNING
+    back = await second.switch("a")
+    assert back["woke"] is True
+    assert back["parked_models"] == ["b"]
+    after = docker_cli("inspect", "--format", "{{.State.StartedAt}}", f"{prefix}-a").stdout
+    assert after == started  # woken in place, never restarted
