@@ -26,6 +26,7 @@ from jsonrpcserver import (
     async_dispatch_to_response,
     dispatch_to_response,
 )
+from jsonrpcserver.dispatcher import create_request, dispatch_request, to_response
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -138,7 +139,11 @@ def _validated(params_type: type[P], args: tuple[Any, ...], kwargs: dict[str, An
 def _query(params_type: type[P], call: Callable[[Context, P], Any]) -> Callable[..., Result]:
     """A read-only handler, answered synchronously from memory."""
 
+    no_params = params_type.model_construct() if not params_type.model_fields else None
+
     def handler(context: Context, *args: Any, **kwargs: Any) -> Result:
+        if no_params is not None and not args and not kwargs:
+            return Success(call(context, no_params))  # nothing to validate
         params = _validated(params_type, args, kwargs)
         if not isinstance(params, params_type):
             return params
@@ -256,6 +261,21 @@ METHODS: dict[str, Handler] = {
 
 
 _UNPARSED = object()
+
+
+def _dispatch_query(request: dict[str, Any], context: Context) -> bytes | None:
+    """A read-only call, the hot path (`status` is polled thousands of times a second):
+    jsonrpcserver's own request dispatch, without the layers around it that a single,
+    already parsed request does not need. None (then the full dispatch answers) for a
+    notification or a request that is not a valid JSON-RPC envelope."""
+    if "id" not in request:
+        return None
+    try:
+        validate_envelope(request)
+    except ValidationError:
+        return None
+    call, result = dispatch_request(QUERY_METHODS, context, create_request(request))
+    return response_bytes(to_response(call, result))
 
 
 def _parse(line: bytes) -> tuple[str | None, Any]:
@@ -450,7 +470,9 @@ class RpcServer:
             "post_process": response_bytes,
         }
         if isinstance(request, dict) and request.get("method") in QUERY_METHODS:
-            dispatched = dispatch_to_response(text, QUERY_METHODS, **options)
+            dispatched = _dispatch_query(request, context) or dispatch_to_response(
+                text, QUERY_METHODS, **options
+            )
         else:
             dispatched = await async_dispatch_to_response(text, METHODS, **options)
         line = response_line(dispatched)
