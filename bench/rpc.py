@@ -8,6 +8,7 @@ from 16 concurrent clients.
 from __future__ import annotations
 
 import asyncio
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -20,10 +21,13 @@ from tests.ports import wait_listening
 REQUEST = b'{"jsonrpc":"2.0","id":1,"method":"status"}\n'
 
 
-async def _echo_server(path: str) -> None:
+async def _echo_server(path: str, reply_bytes: int = 0) -> None:
+    """Echo each line; or, given reply_bytes, answer each with a line that long."""
+    reply = b"x" * (reply_bytes - 1) + b"\n" if reply_bytes else None
+
     async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         while line := await reader.readline():
-            writer.write(line)
+            writer.write(reply or line)
             await writer.drain()
         writer.close()
 
@@ -32,13 +36,11 @@ async def _echo_server(path: str) -> None:
         await server.serve_forever()
 
 
-async def round_trips(echo: Path, modeld: Path, count: int) -> tuple[list[float], list[float]]:
-    """Round trips in microseconds, alternating echo and modeld request by request so both
+async def round_trips(paths: list[Path], count: int) -> list[list[float]]:
+    """Round trips in microseconds to each server, taking turns request by request so all
     see the same machine at the same moment (after a warm-up)."""
-    connections = [
-        await asyncio.open_unix_connection(str(path), limit=1 << 24) for path in (echo, modeld)
-    ]
-    samples: tuple[list[float], list[float]] = ([], [])
+    connections = [await asyncio.open_unix_connection(str(path), limit=1 << 24) for path in paths]
+    samples: list[list[float]] = [[] for _ in paths]
     for index in range(count + count // 10):
         for (reader, writer), kept in zip(connections, samples, strict=True):
             started = time.perf_counter_ns()
@@ -70,26 +72,53 @@ async def throughput(path: Path, clients: int, seconds: float) -> float:
     return done / (time.perf_counter() - started)
 
 
+def _echo(path: Path, reply_bytes: int = 0) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import asyncio, sys; from bench.rpc import _echo_server; "
+            "asyncio.run(_echo_server(sys.argv[1], int(sys.argv[2])))",
+            str(path),
+            str(reply_bytes),
+        ]
+    )
+
+
+async def _status_bytes(socket: Path) -> int:
+    reader, writer = await asyncio.open_unix_connection(str(socket), limit=1 << 24)
+    writer.write(REQUEST)
+    size = len(await reader.readline())
+    writer.close()
+    return size
+
+
 def run(quick: bool) -> Report:
     """Measure P1 for 4 and 64 models, and P2."""
     report = Report("rpc")
     count = 300 if quick else 5000
     with tempfile.TemporaryDirectory() as tmp:
-        echo_path = Path(tmp) / "echo.sock"
-        echo = subprocess.Popen(
-            [
-                sys.executable,
-                "-c",
-                "import asyncio, sys; from bench.rpc import _echo_server; "
-                "asyncio.run(_echo_server(sys.argv[1]))",
-                str(echo_path),
-            ]
-        )
+        echo_path, sized_path = Path(tmp) / "echo.sock", Path(tmp) / "sized.sock"
+        echo = _echo(echo_path)
         try:
             wait_listening(echo_path)
             for models in (4, 64):
                 with daemon(models) as (_, socket):
-                    baseline, status = asyncio.run(round_trips(echo_path, socket, count))
+                    size = asyncio.run(_status_bytes(socket))
+                    # Context, not the target's baseline: an echo answering with a line
+                    # as long as the status answer shows what its size alone costs.
+                    sized = _echo(sized_path, size)
+                    try:
+                        wait_listening(sized_path)
+                        baseline, status = asyncio.run(round_trips([echo_path, socket], count))
+                        # Apart, so the target's measurement is exactly echo against modeld.
+                        echo_again, same_size = asyncio.run(
+                            round_trips([echo_path, sized_path], count)
+                        )
+                    finally:
+                        sized.terminate()
+                        sized.wait()
+                        sized_path.unlink(missing_ok=True)
                     base = figure("echo", "us", baseline)
                     result = figure(
                         f"status, {models} models",
@@ -101,6 +130,16 @@ def run(quick: bool) -> Report:
                     result.met = result.median <= 3 * base.median and result.p99 < 1000
                     report.add(base)
                     report.add(result)
+                    report.add(
+                        figure(
+                            f"echo answering {size} bytes, as status does with {models} models",
+                            "us",
+                            same_size,
+                            baseline=statistics.median(echo_again),
+                            notes=f"status, {models} models, is "
+                            f"{result.median / statistics.median(same_size):.2f}x this",
+                        )
+                    )
                     if models == 4:
                         rates = [
                             asyncio.run(throughput(socket, 16, 0.5 if quick else 3.0))
