@@ -369,23 +369,20 @@ class RpcServer:
 
     async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         caller = peer_credentials(writer.get_extra_info("socket"))
-        write_lock = asyncio.Lock()
         if self._connections >= self._max_connections:
             refusal = TooManyConnections(
                 f"modeld serves at most {self._max_connections} connections; try again later",
                 limit=self._max_connections,
             )
             log.warning("rpc.connection_refused", limit=self._max_connections, **caller.as_log())
-            await self._send(
-                writer, write_lock, _error_line(refusal.code, refusal.message, refusal.data)
-            )
+            await self._send(writer, _error_line(refusal.code, refusal.message, refusal.data))
             writer.close()
             return
         self._connections += 1
         pumps: list[tuple[Subscription, asyncio.Task[None]]] = []
 
         def attach(subscription: Subscription) -> None:
-            pump = asyncio.create_task(self._pump(subscription, writer, write_lock))
+            pump = asyncio.create_task(self._pump(subscription, writer))
             pumps.append((subscription, pump))
 
         context = Context(self._supervisor, caller, self._policy, attach)
@@ -401,7 +398,6 @@ class RpcServer:
                 except asyncio.LimitOverrunError:
                     await self._send(
                         writer,
-                        write_lock,
                         _error_line(
                             INVALID_REQUEST,
                             "Invalid Request",
@@ -413,13 +409,11 @@ class RpcServer:
                     text, request = _parse(line)
                     if isinstance(request, dict) and request.get("method") in QUERY_METHODS:
                         # Answered from memory at once: no task, no extra loop turn.
-                        await self._request(text, request, context, writer, write_lock)
+                        await self._request(text, request, context, writer)
                         continue
                     # Anything that may take long runs on its own, so this connection's
                     # next requests are not held up behind it.
-                    task = asyncio.create_task(
-                        self._request(text, request, context, writer, write_lock)
-                    )
+                    task = asyncio.create_task(self._request(text, request, context, writer))
                     for registry in (self._requests, mine):
                         registry.add(task)
                         task.add_done_callback(registry.discard)
@@ -439,14 +433,12 @@ class RpcServer:
             self._connections -= 1
             writer.close()
 
-    async def _pump(
-        self, subscription: Subscription, writer: asyncio.StreamWriter, write_lock: asyncio.Lock
-    ) -> None:
+    async def _pump(self, subscription: Subscription, writer: asyncio.StreamWriter) -> None:
         """Push a subscription's events to its connection as `event` notifications."""
         while not writer.is_closing():
             event = await subscription.next()
             message = {"jsonrpc": "2.0", "method": "event", "params": event}
-            await self._send(writer, write_lock, json.dumps(message).encode() + b"\n")
+            await self._send(writer, json.dumps(message).encode() + b"\n")
 
     async def _request(
         self,
@@ -454,12 +446,9 @@ class RpcServer:
         request: Any,
         context: Context,
         writer: asyncio.StreamWriter,
-        write_lock: asyncio.Lock,
     ) -> None:
         if text is None:
-            await self._send(
-                writer, write_lock, _error_line(-32700, "Parse error", {"error": "not_utf8"})
-            )
+            await self._send(writer, _error_line(-32700, "Parse error", {"error": "not_utf8"}))
             return
         options: dict[str, Any] = {
             "context": context,
@@ -477,19 +466,21 @@ class RpcServer:
             dispatched = await async_dispatch_to_response(text, METHODS, **options)
         line = response_line(dispatched)
         if line is not None:
-            await self._send(writer, write_lock, line)
+            await self._send(writer, line)
 
     @staticmethod
-    async def _send(writer: asyncio.StreamWriter, lock: asyncio.Lock, data: bytes) -> None:
-        async with lock:
-            if writer.is_closing():
-                log.info("rpc.caller_gone", bytes=len(data))
-                return
-            try:
-                writer.write(data)
-                await writer.drain()
-            except ConnectionError:
-                log.info("rpc.caller_gone", bytes=len(data))
+    async def _send(writer: asyncio.StreamWriter, data: bytes) -> None:
+        """Write one whole message (one write call: messages from the connection's
+        requests and its event pump never interleave), then wait while the caller's
+        buffer is full."""
+        if writer.is_closing():
+            log.info("rpc.caller_gone", bytes=len(data))
+            return
+        try:
+            writer.write(data)
+            await writer.drain()
+        except ConnectionError:
+            log.info("rpc.caller_gone", bytes=len(data))
 
 
 async def _answers(path: Path) -> bool:
