@@ -21,6 +21,7 @@ from modeld.config import Config
 from modeld.errors import ModeldError, SocketInUse
 from modeld.gpu import open_gpu_monitor
 from modeld.health import HealthProbe
+from modeld.hostmem import parkable_ram_gb
 from modeld.listen import inherited_socket
 from modeld.metrics import Metrics, serve_metrics
 from modeld.rpc import RpcServer
@@ -100,6 +101,8 @@ async def run_daemon(config: Config, socket_path: Path, config_path: Path | None
         HealthProbe(),
         config_path=config_path,
         metrics=metrics,
+        # Fake backends on the simulated GPU park nothing in host RAM.
+        host_ram=parkable_ram_gb if config.gpu.backend == "nvml" else None,
     )
     server = RpcServer(
         supervisor,

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import structlog
@@ -29,9 +29,17 @@ HOLDERS = frozenset({State.RUNNING, State.LOADING, State.SLEEPING})
 class GpuLedger:
     """Reads the GPU monitor, keeps the last good reading, and plans memory."""
 
-    def __init__(self, monitor: GpuMonitor, config: Config) -> None:
+    def __init__(
+        self,
+        monitor: GpuMonitor,
+        config: Config,
+        host_ram: Callable[[], float | None] | None = None,
+    ) -> None:
         self._monitor = monitor
         self.config = config
+        # Host RAM a park may still take (None: unknown, or simulated as with the
+        # simulated GPU, whose fake backends move no weights).
+        self._host_ram = host_ram
         self.reading: GpuReading | None = None
         self._read_at = 0.0
         self.error: str | None = None
@@ -126,8 +134,11 @@ class GpuLedger:
         return Target(target.name, target_need), devices, candidates
 
     def ram_free_gb(self, records: Iterable[ModelRecord]) -> float:
-        """Host RAM left in the parking budget: park_ram_gb less what parked models take."""
-        return self.config.daemon.park_ram_gb - self.ram_parked_gb(records)
+        """Host RAM a park may take: what is left of park_ram_gb after the parked models,
+        and never more than the host has to spare."""
+        budget = self.config.daemon.park_ram_gb - self.ram_parked_gb(records)
+        spare = self._host_ram() if self._host_ram is not None else None
+        return budget if spare is None else min(budget, spare)
 
     @staticmethod
     def ram_parked_gb(records: Iterable[ModelRecord]) -> float:

@@ -15,7 +15,7 @@ import contextlib
 import json
 import time
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -92,6 +92,7 @@ class Supervisor:
         metrics: MetricsSink | None = None,
         sleep: SleepControl | None = None,
         activity: ActivityProbe | None = None,
+        host_ram: Callable[[], float | None] | None = None,
     ) -> None:
         self._config = config
         self._sleep = sleep or SleepControl()
@@ -100,7 +101,7 @@ class Supervisor:
         self._config_path = config_path
         self._store = store or Store(config.daemon.state_dir)
         self._learned = Learned()
-        self._ledger = GpuLedger(gpu, config)
+        self._ledger = GpuLedger(gpu, config, host_ram)
         self._runtimes = dict(runtimes)
         self._probe = probe or HealthProbe()
         self._lock = asyncio.Lock()
@@ -214,6 +215,8 @@ class Supervisor:
             "parking": {
                 "ram_budget_gb": self._config.daemon.park_ram_gb,
                 "ram_used_gb": round(self._ledger.ram_parked_gb(self._models.values()), 1),
+                # What the next park may take: the budget's rest, within the host's spare.
+                "ram_free_gb": round(max(0.0, self._ledger.ram_free_gb(self._models.values())), 1),
             },
             "runtimes": runtime_view(self._runtime_errors),
             "eviction_policy": self._config.daemon.eviction_policy,

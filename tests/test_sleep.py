@@ -4,6 +4,7 @@ backend (real HTTP: /sleep, /wake_up, /is_sleeping, /metrics) and the simulated 
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -15,10 +16,11 @@ from modeld.errors import ConfigError, LoadFailed
 from modeld.gpu.base import BackendRef
 from modeld.gpu.simulated import SimulatedGpu
 from modeld.health import HealthProbe
+from modeld.hostmem import parkable_ram_gb, parse_meminfo
 from modeld.states import State
 from modeld.supervisor import Supervisor
 from tests.conftest import SupervisorFactory, make_config
-from tests.fakes import Behaviour
+from tests.fakes import Behaviour, FakeRuntime
 
 # Two 50 GB models that sleep, on one 80 GB GPU: only one runs at a time.
 PARKABLE = {
@@ -50,7 +52,11 @@ async def test_switch_parks_the_other_model_and_wakes_it_back(
     assert parked["gpu_memory_used_gb"] == 1.5
     assert parked["gpu_memory_source"] == "measured"
     assert parked["parked"]["ram_gb"] == 40
-    assert supervisor.status()["parking"] == {"ram_budget_gb": 100, "ram_used_gb": 40.0}
+    assert supervisor.status()["parking"] == {
+        "ram_budget_gb": 100,
+        "ram_used_gb": 40.0,
+        "ram_free_gb": 60.0,
+    }
 
     back = await supervisor.switch("a")
     assert back["woke"] is True and back["wake_fallback"] is None
@@ -314,3 +320,43 @@ def test_last_active_moves_only_on_evidence_of_use() -> None:
     assert last_active(quiet, Activity(5, 1), since=10.0, now=20.0) == 20.0
     assert last_active(quiet, None, since=10.0, now=20.0) == 20.0
     assert last_active(None, quiet, since=10.0, now=20.0) == 10.0
+
+
+MEMINFO = """\
+MemTotal:       65536000 kB
+MemFree:         1000000 kB
+MemAvailable:   20971520 kB
+Buffers:          100000 kB
+"""
+
+
+def test_host_ram_to_spare_is_available_less_a_tenth(tmp_path: Path) -> None:
+    """20 GiB available of 62.5 GiB: 13.75 GiB may be parked; unreadable is None."""
+    meminfo = tmp_path / "meminfo"
+    meminfo.write_text(MEMINFO)
+    assert parse_meminfo(MEMINFO)["MemAvailable"] == 20.0
+    assert parkable_ram_gb(meminfo) == pytest.approx(20.0 - 6.25)
+    assert parkable_ram_gb(tmp_path / "missing") is None
+
+
+async def test_a_host_short_of_ram_stops_instead_of_parking(
+    supervised: SupervisorFactory,
+) -> None:
+    """The budget allows 100 GB but the host can spare 30: a model whose weights take 40
+    is stopped, not parked into swap."""
+    config = make_config(PARKABLE, [80], park_ram_gb=100)
+    runtime = FakeRuntime()
+    gpu = SimulatedGpu(config.gpu, alive=runtime.alive)
+    runtime.gpu = gpu
+    supervisor = Supervisor(
+        config, gpu, {"process": runtime}, HealthProbe(timeout_s=1), host_ram=lambda: 30.0
+    )
+    await supervisor.startup()
+    try:
+        await supervisor.switch("a")
+        result = await supervisor.switch("b")
+        assert result["parked_models"] == []
+        assert supervisor.state_of("a") is State.STOPPED
+        assert supervisor.status()["parking"]["ram_free_gb"] == 30.0
+    finally:
+        await supervisor.shutdown()
