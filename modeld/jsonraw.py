@@ -21,13 +21,14 @@ _SUCCESS_HEAD = b'{"jsonrpc":"2.0","result":'
 _ID = b',"id":'
 
 
-def response_bytes(response: Either) -> bytes:
-    """One jsonrpcserver Response as JSON bytes (jsonrpcserver's post_process)."""
+def response_bytes(response: Either, end: bytes = b"") -> bytes:
+    """One jsonrpcserver Response as JSON bytes, then `end` (jsonrpcserver's post_process;
+    a whole NDJSON line with end=b"\\n")."""
     if isinstance(response, Right):
         success = response._value
         if isinstance(success.result, RawJSON):
-            return b"".join((_SUCCESS_HEAD, success.result, _ID, _id(success.id), b"}"))
-    return json.dumps(to_serializable_one(response), separators=(",", ":")).encode()
+            return b"".join((_SUCCESS_HEAD, success.result, _ID, _id(success.id), b"}", end))
+    return json.dumps(to_serializable_one(response), separators=(",", ":")).encode() + end
 
 
 def response_line(dispatched: bytes | list[bytes] | None) -> bytes | None:

@@ -264,10 +264,10 @@ _UNPARSED = object()
 
 
 def _dispatch_query(request: dict[str, Any], context: Context) -> bytes | None:
-    """A read-only call, the hot path (`status` is polled thousands of times a second):
-    jsonrpcserver's own request dispatch, without the layers around it that a single,
-    already parsed request does not need. None (then the full dispatch answers) for a
-    notification or a request that is not a valid JSON-RPC envelope."""
+    """A read-only call's answer line. The hot path (`status` is polled thousands of
+    times a second): jsonrpcserver's own request dispatch, without the layers around it
+    that a single, already parsed request does not need. None (then the full dispatch
+    answers) for a notification or a request that is not a valid JSON-RPC envelope."""
     if "id" not in request:
         return None
     try:
@@ -275,7 +275,7 @@ def _dispatch_query(request: dict[str, Any], context: Context) -> bytes | None:
     except ValidationError:
         return None
     call, result = dispatch_request(QUERY_METHODS, context, create_request(request))
-    return response_bytes(to_response(call, result))
+    return response_bytes(to_response(call, result), b"\n")
 
 
 def _parse(line: bytes) -> tuple[str | None, Any]:
@@ -450,6 +450,10 @@ class RpcServer:
         if text is None:
             await self._send(writer, _error_line(-32700, "Parse error", {"error": "not_utf8"}))
             return
+        query = isinstance(request, dict) and request.get("method") in QUERY_METHODS
+        if query and (answer := _dispatch_query(request, context)) is not None:
+            await self._send(writer, answer)
+            return
         options: dict[str, Any] = {
             "context": context,
             # Parsed once already; what did not parse is left to jsonrpcserver to report.
@@ -458,10 +462,8 @@ class RpcServer:
             # Each Response straight to bytes: no dict step, no str step.
             "post_process": response_bytes,
         }
-        if isinstance(request, dict) and request.get("method") in QUERY_METHODS:
-            dispatched = _dispatch_query(request, context) or dispatch_to_response(
-                text, QUERY_METHODS, **options
-            )
+        if query:
+            dispatched = dispatch_to_response(text, QUERY_METHODS, **options)
         else:
             dispatched = await async_dispatch_to_response(text, METHODS, **options)
         line = response_line(dispatched)
