@@ -8,8 +8,9 @@ It can also fail the ways vLLM fails: exit during load, or die later (`/health`
 With `--enable-sleep-mode` and VLLM_SERVER_DEV_MODE=1 it serves vLLM's sleep
 endpoints: `POST /sleep?level=1`, `POST /wake_up` (each taking its time, as moving
 weights between GPU and host RAM does), `GET /is_sleeping`; while asleep `/health`
-still answers 200 and completions answer 503, as in vLLM. `/metrics` serves the
-request counters and gauges vLLM exports, counting the completions it answered.
+still answers 200 and completions wait (queued) until it is woken, as in vLLM 0.32.
+`/metrics` serves the request counters and gauges vLLM exports (running, waiting,
+finished, and `vllm:engine_sleep_state`), counting the completions it answered.
 """
 
 from __future__ import annotations
@@ -54,7 +55,9 @@ class FakeVllm:
         self.wake_seconds = wake_seconds
         self.wake_fails = wake_fails
         self.request_seconds = request_seconds
-        self.sleeping = False
+        # Set while awake: completions sent while asleep wait for it.
+        self._awake = asyncio.Event()
+        self._awake.set()
         self._runner: web.AppRunner | None = None
         self._created = int(time.time())
         self._registry = CollectorRegistry()
@@ -65,18 +68,35 @@ class FakeVllm:
             ["model_name"],
             registry=self._registry,
         ).labels(**labels)
-        Gauge(
+        self._waiting = Gauge(
             "vllm:num_requests_waiting",
             "Number of requests waiting to be processed.",
             ["model_name"],
             registry=self._registry,
-        ).labels(**labels).set(0)
+        ).labels(**labels)
+        self._sleep_state = Gauge(
+            "vllm:engine_sleep_state",
+            "Engine sleep state: 1 for the current one.",
+            ["sleep_state", "model_name"],
+            registry=self._registry,
+        )
+        self._show_sleep_state()
         self._finished = Counter(
             "vllm:request_success",
             "Count of successfully processed requests.",
             ["finished_reason", "model_name"],
             registry=self._registry,
         ).labels(finished_reason="stop", **labels)
+
+    @property
+    def sleeping(self) -> bool:
+        """Whether it is parked (weights in host RAM)."""
+        return not self._awake.is_set()
+
+    def _show_sleep_state(self) -> None:
+        current = "weights_offloaded" if self.sleeping else "awake"
+        for state in ("awake", "weights_offloaded", "discard_all"):
+            self._sleep_state.labels(state, self.model).set(float(state == current))
 
     def _app(self) -> web.Application:
         app = web.Application()
@@ -99,10 +119,12 @@ class FakeVllm:
             return web.json_response({"error": "Sleep mode is not enabled"}, status=500)
         if request.query.get("level", "1") not in ("1", "2"):
             return web.json_response({"error": "level must be 1 or 2"}, status=400)
+        level = int(request.query.get("level", "1"))
         if not self.sleeping:
             await asyncio.sleep(self.sleep_seconds)
-            self.sleeping = True
-        return web.Response(status=200)
+            self._awake.clear()
+            self._show_sleep_state()
+        return web.json_response({"status": "sleeping", "level": level})
 
     async def _wake_up(self, request: web.Request) -> web.Response:
         if not self.sleep_mode:
@@ -113,8 +135,9 @@ class FakeVllm:
                 return web.json_response(
                     {"error": "CUDA error: out of memory while restoring weights"}, status=500
                 )
-            self.sleeping = False
-        return web.Response(status=200)
+            self._awake.set()
+            self._show_sleep_state()
+        return web.json_response({"status": "awake"})
 
     async def _is_sleeping(self, request: web.Request) -> web.Response:
         return web.json_response({"is_sleeping": self.sleeping})
@@ -126,9 +149,11 @@ class FakeVllm:
 
     async def _complete(self, request: web.Request) -> web.Response:
         if self.sleeping:
-            return web.json_response(
-                {"error": "The model is sleeping, wake it up first"}, status=503
-            )
+            self._waiting.inc()
+            try:
+                await self._awake.wait()
+            finally:
+                self._waiting.dec()
         self._running.inc()
         try:
             await asyncio.sleep(self.request_seconds)

@@ -20,7 +20,7 @@ from typing import Any
 
 from tests.ports import free_port
 
-IMAGE = "modeld-test/fake-vllm:2"
+IMAGE = "modeld-test/fake-vllm:3"
 BUSYBOX = Path("/bin/busybox")
 
 FAKE_VLLM = """#!/bin/sh
@@ -70,10 +70,12 @@ case "$method $path" in
     [ "$dev" = 1 ] && reply "200 OK" '{"is_sleeping":'$asleep'}' || reply "404 Not Found" "" ;;
   "POST /sleep")
     [ "$dev" = 1 ] || { reply "404 Not Found" '{"detail":"Not Found"}'; exit 0; }
-    sleep 0.2; : > /tmp/sleeping; echo "fake-vllm: asleep" >&2; reply "200 OK" "" ;;
+    sleep 0.2; : > /tmp/sleeping; echo "fake-vllm: asleep" >&2
+    reply "200 OK" '{"status":"sleeping","level":1}' ;;
   "POST /wake_up")
     [ "$dev" = 1 ] || { reply "404 Not Found" '{"detail":"Not Found"}'; exit 0; }
-    sleep 0.3; rm -f /tmp/sleeping; echo "fake-vllm: awake" >&2; reply "200 OK" "" ;;
+    sleep 0.3; rm -f /tmp/sleeping; echo "fake-vllm: awake" >&2
+    reply "200 OK" '{"status":"awake"}' ;;
   *) reply "404 Not Found" '{"detail":"Not Found"}' ;;
 esac
 """
