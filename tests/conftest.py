@@ -92,13 +92,18 @@ async def supervised() -> AsyncIterator[SupervisorFactory]:
     made: list[Supervisor] = []
 
     async def build(
-        config: Config, config_path: Path | None = None
+        config: Config, config_path: Path | None = None, **options: Any
     ) -> tuple[Supervisor, FakeRuntime, SimulatedGpu]:
         runtime = FakeRuntime()
         gpu = SimulatedGpu(config.gpu, alive=runtime.alive)
         runtime.gpu = gpu
         supervisor = Supervisor(
-            config, gpu, {"process": runtime}, HealthProbe(timeout_s=1), config_path=config_path
+            config,
+            gpu,
+            {"process": runtime},
+            HealthProbe(timeout_s=1),
+            config_path=config_path,
+            **options,
         )
         await supervisor.startup()
         made.append(supervisor)

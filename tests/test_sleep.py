@@ -20,7 +20,7 @@ from modeld.hostmem import parkable_ram_gb, parse_meminfo
 from modeld.states import State
 from modeld.supervisor import Supervisor
 from tests.conftest import SupervisorFactory, make_config
-from tests.fakes import Behaviour, FakeRuntime
+from tests.fakes import Behaviour
 
 # Two 50 GB models that sleep, on one 80 GB GPU: only one runs at a time.
 PARKABLE = {
@@ -345,18 +345,9 @@ async def test_a_host_short_of_ram_stops_instead_of_parking(
     """The budget allows 100 GB but the host can spare 30: a model whose weights take 40
     is stopped, not parked into swap."""
     config = make_config(PARKABLE, [80], park_ram_gb=100)
-    runtime = FakeRuntime()
-    gpu = SimulatedGpu(config.gpu, alive=runtime.alive)
-    runtime.gpu = gpu
-    supervisor = Supervisor(
-        config, gpu, {"process": runtime}, HealthProbe(timeout_s=1), host_ram=lambda: 30.0
-    )
-    await supervisor.startup()
-    try:
-        await supervisor.switch("a")
-        result = await supervisor.switch("b")
-        assert result["parked_models"] == []
-        assert supervisor.state_of("a") is State.STOPPED
-        assert supervisor.status()["parking"]["ram_free_gb"] == 30.0
-    finally:
-        await supervisor.shutdown()
+    supervisor, _, _ = await supervised(config, host_ram=lambda: 30.0)
+    await supervisor.switch("a")
+    result = await supervisor.switch("b")
+    assert result["parked_models"] == []
+    assert supervisor.state_of("a") is State.STOPPED
+    assert supervisor.status()["parking"]["ram_free_gb"] == 30.0
