@@ -20,6 +20,8 @@ from modeld.states import State
 
 GIB = 1024**3
 LOAD_BUCKETS = (1, 2.5, 5, 10, 15, 20, 30, 45, 60, 90, 120, 180, 300, 600)
+# vLLM's published wakes take 0.3 to 6 s.
+WAKE_BUCKETS = (0.1, 0.25, 0.5, 1, 2, 3, 5, 7.5, 10, 20, 60)
 
 
 class MetricsSink(Protocol):
@@ -37,6 +39,12 @@ class MetricsSink(Protocol):
     def failed(self, model: str) -> None:
         """A model entered `failed`."""
 
+    def parked(self, model: str) -> None:
+        """A model was parked with vLLM's sleep mode."""
+
+    def woke(self, model: str, seconds: float | None) -> None:
+        """A parked model was woken in `seconds`, or (None) would not wake."""
+
 
 class NoMetrics:
     """A sink that records nothing (no [metrics] configured)."""
@@ -51,6 +59,12 @@ class NoMetrics:
         """Nothing."""
 
     def failed(self, model: str) -> None:
+        """Nothing."""
+
+    def parked(self, model: str) -> None:
+        """Nothing."""
+
+    def woke(self, model: str, seconds: float | None) -> None:
         """Nothing."""
 
 
@@ -85,7 +99,14 @@ class _StatusCollector(Collector):
             "modeld_operations_in_flight", "Operations running or waiting for their turn"
         )
         in_flight.add_metric([], status["in_flight"])
-        yield from (state, memory, gpu, in_flight)
+        parked = GaugeMetricFamily(
+            "modeld_parked_ram_bytes",
+            "Host RAM taken by parked models' weights, and the budget",
+            labels=["kind"],
+        )
+        parked.add_metric(["used"], status["parking"]["ram_used_gb"] * GIB)
+        parked.add_metric(["budget"], status["parking"]["ram_budget_gb"] * GIB)
+        yield from (state, memory, gpu, in_flight, parked)
 
 
 class Metrics:
@@ -113,6 +134,25 @@ class Metrics:
         self._failures = Counter(
             "modeld_failures", "Models that entered failed", ["model"], registry=self.registry
         )
+        self._parks = Counter(
+            "modeld_parks",
+            "Models parked with vLLM's sleep mode",
+            ["model"],
+            registry=self.registry,
+        )
+        self._wake = Histogram(
+            "modeld_wake_duration_seconds",
+            "Time a parked model took to wake, by model",
+            ["model"],
+            buckets=WAKE_BUCKETS,
+            registry=self.registry,
+        )
+        self._wake_failures = Counter(
+            "modeld_wake_failures",
+            "Parked models that would not wake (cold-started instead)",
+            ["model"],
+            registry=self.registry,
+        )
 
     def watch(self, status: Callable[[], dict[str, Any]]) -> None:
         """Export the Supervisor's state, read at each scrape."""
@@ -133,6 +173,17 @@ class Metrics:
     def failed(self, model: str) -> None:
         """Count a failure."""
         self._failures.labels(model).inc()
+
+    def parked(self, model: str) -> None:
+        """Count a park."""
+        self._parks.labels(model).inc()
+
+    def woke(self, model: str, seconds: float | None) -> None:
+        """Record a wake, or count one that failed."""
+        if seconds is None:
+            self._wake_failures.labels(model).inc()
+        else:
+            self._wake.labels(model).observe(seconds)
 
 
 async def serve_metrics(metrics: Metrics, listen: str) -> web.AppRunner:

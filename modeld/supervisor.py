@@ -591,6 +591,7 @@ class Supervisor:
             return False
         if record.state is State.RUNNING:  # the monitor may have seen it asleep already
             self._transition(record, State.SLEEPING, reason)
+        self._metrics.parked(record.name)
         # What it keeps is measured, never assumed: plans count on it from now on.
         with contextlib.suppress(GpuUnavailable):
             reading = await self._ledger.read(self._models.values())
@@ -622,12 +623,14 @@ class Supervisor:
             self._events.publish(
                 "wake.failed", model=record.name, error=exc.message, fallback="cold start"
             )
+            self._metrics.woke(record.name, None)
             await self._stop_model(record, f"wake failed: {exc.message}; cold start instead")
             await self._ledger.wait_for_room(record, self._models.values())
             await self._start_model(record)
             return
         record.wake_fallback = None
         record.last_wake_s = time.monotonic() - started
+        self._metrics.woke(record.name, record.last_wake_s)
         remember_wake(self._learned, record.name, record.last_wake_s)
         record.learned_wake_s = self._learned.models[record.name].typical_wake_s()
         self._save_learned()

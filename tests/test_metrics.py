@@ -119,3 +119,41 @@ def test_metrics_listen_is_validated() -> None:
                 "models": {"a": {"runtime": "process", "command": ["x"], "endpoint": "http://x"}},
             }
         )
+
+
+async def test_parks_and_wakes_are_counted() -> None:
+    """A park, a wake (its duration) and a wake that fell back to a cold start each show
+    in the metrics, with the parked weights' host RAM against the budget."""
+    sleepy = {"gpu_memory_gb": 50, "size_gb": 40, "sleep_mode": True}
+    config = make_config({"a": sleepy, "b": dict(sleepy)}, [80], park_ram_gb=100)
+    runtime = FakeRuntime()
+    metrics = Metrics()
+    supervisor = Supervisor(
+        config,
+        SimulatedGpu(config.gpu, alive=runtime.alive),
+        {"process": runtime},
+        HealthProbe(timeout_s=1),
+        metrics=metrics,
+    )
+    await supervisor.startup()
+    metrics.watch(supervisor.status)
+    listen = f"127.0.0.1:{free_port()}"
+    runner = await serve_metrics(metrics, listen)
+    try:
+        runtime.behaviour["b"] = Behaviour(wake_fails=True)
+        await supervisor.switch("a")
+        await supervisor.switch("b")  # parks a
+        await supervisor.switch("a")  # wakes a, parks b
+        samples = await scrape(f"http://{listen}/metrics")
+        assert value(samples, "modeld_parks_total", model="a") == 1
+        assert value(samples, "modeld_parks_total", model="b") == 1
+        assert value(samples, "modeld_wake_duration_seconds_count", model="a") == 1
+        assert value(samples, "modeld_parked_ram_bytes", kind="used") == 40 * GIB
+        await supervisor.switch("b")  # b will not wake: cold start; a parked again
+        samples = await scrape(f"http://{listen}/metrics")
+        assert value(samples, "modeld_wake_failures_total", model="b") == 1
+        assert value(samples, "modeld_parks_total", model="a") == 2
+        assert value(samples, "modeld_parked_ram_bytes", kind="budget") == 100 * GIB
+    finally:
+        await runner.cleanup()
+        await supervisor.shutdown()
