@@ -747,9 +747,13 @@ class Supervisor:
         changed.set()
 
     def _begin_loading(self, record: ModelRecord, reason: str) -> None:
+        """Watch a backend modeld did not start (found running, or awake again) to health;
+        how long that takes says nothing about how long a load takes."""
         self._transition(record, State.LOADING, reason)
         record.loading_started = time.monotonic()
-        record.load = asyncio.create_task(self._watch_load(record), name=f"load-{record.name}")
+        record.load = asyncio.create_task(
+            self._watch_load(record, timed=False), name=f"load-{record.name}"
+        )
 
     async def _start_model(self, record: ModelRecord) -> None:
         if record.pending_config is not None:
@@ -766,7 +770,9 @@ class Supervisor:
         except ModeldError as exc:
             self._transition(record, State.FAILED, "start failed", Failure(exc.message))
             raise
-        record.load = asyncio.create_task(self._watch_load(record), name=f"load-{record.name}")
+        record.load = asyncio.create_task(
+            self._watch_load(record, timed=True), name=f"load-{record.name}"
+        )
 
     async def _stop_model(self, record: ModelRecord, reason: str) -> None:
         if record.load is not None and not record.load.done():
@@ -799,8 +805,9 @@ class Supervisor:
             del self._models[record.name]
             log.info("model.forgotten", model=record.name)
 
-    async def _watch_load(self, record: ModelRecord) -> ModeldError | None:
-        """Race health against the backend's exit and the load deadline; record the outcome."""
+    async def _watch_load(self, record: ModelRecord, timed: bool) -> ModeldError | None:
+        """Race health against the backend's exit and the load deadline; record the outcome,
+        and (`timed`: a load modeld started) how long it took."""
         started = record.loading_started or time.monotonic()
         try:
             await await_ready(
@@ -832,17 +839,19 @@ class Supervisor:
             record.load = None
             self._transition(record, State.SLEEPING, "found asleep")
             return None
-        record.last_load_s = load_s
-        self._metrics.load_done(record.name, load_s)
+        if timed:
+            record.last_load_s = load_s
+            self._metrics.load_done(record.name, load_s)
         record.load = None
         record.running_since = time.monotonic()
         self._transition(record, State.RUNNING, "healthy")
         # Its memory is now what the driver measures: refresh what `status` shows.
         with contextlib.suppress(GpuUnavailable):
             self._learn_memory(await self._ledger.read(self._models.values()))
-        remember_load(self._learned, record.name, load_s)
-        record.learned_load_s = self._learned.models[record.name].typical_load_s()
-        self._save_learned()
+        if timed:
+            remember_load(self._learned, record.name, load_s)
+            record.learned_load_s = self._learned.models[record.name].typical_load_s()
+            self._save_learned()
         return None
 
     def _learn_memory(self, reading: GpuReading) -> None:

@@ -7,8 +7,12 @@ from pathlib import Path
 
 from structlog.testing import capture_logs
 
+from modeld.health import HealthProbe
+from modeld.states import State
 from modeld.store import Learned, Store, remember_load
-from tests.conftest import SupervisorFactory, make_config
+from modeld.supervisor import Supervisor
+from tests.conftest import SupervisorFactory, eventually, make_config
+from tests.fakes import Behaviour
 
 
 def test_save_is_atomic_and_round_trips(tmp_path: Path) -> None:
@@ -59,3 +63,31 @@ async def test_learned_load_time_survives_restart(supervised: SupervisorFactory)
     second, _, _ = await supervised(config)
     assert second.status()["models"]["alpha"]["estimated_load_time_seconds"] == learned
     assert second.status()["models"]["alpha"]["estimated_load_time_source"] == "learned"
+
+
+async def test_adopting_a_running_backend_learns_no_load_time(
+    supervised: SupervisorFactory,
+) -> None:
+    """A backend found running took no load time of modeld's: the next daemon adopts it
+    without adding a near-zero 'load' to what it learned."""
+    config = make_config({"alpha": {"gpu_memory_gb": 10}}, [60])
+    first, runtime, gpu = await supervised(config)
+    runtime.behaviour["alpha"] = Behaviour(load_seconds=0.3)
+    await first.switch("alpha")
+    learned = first.status()["models"]["alpha"]["estimated_load_time_seconds"]
+    store = Store(config.daemon.state_dir)
+
+    async def saved() -> bool:
+        model = store.load().models.get("alpha")
+        return model is not None and bool(model.load_seconds)
+
+    await eventually(saved)  # the save runs in the background
+    second = Supervisor(config, gpu, {"process": runtime}, HealthProbe(timeout_s=1))
+    await second.startup()
+    try:
+        assert await second.wait_for_state("alpha", {State.RUNNING}, 5) is State.RUNNING
+        view = second.status()["models"]["alpha"]
+        assert view["estimated_load_time_seconds"] == learned
+        assert view["last_load_seconds"] is None
+    finally:
+        await second.shutdown()
