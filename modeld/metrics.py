@@ -25,47 +25,37 @@ WAKE_BUCKETS = (0.1, 0.25, 0.5, 1, 2, 3, 5, 7.5, 10, 20, 60)
 
 
 class MetricsSink(Protocol):
-    """What the Supervisor reports as it works."""
+    """What the Supervisor reports as it works. Each report does nothing unless a sink
+    records it (NoMetrics keeps these defaults)."""
 
     def switch_done(self, outcome: str, seconds: float) -> None:
         """A switch ended (`success`, `already_loaded` or an error name)."""
+        return None
 
     def load_done(self, model: str, seconds: float) -> None:
         """A model reached health after `seconds` of loading."""
+        return None
 
     def evicted(self, model: str) -> None:
         """A model was stopped to make room."""
+        return None
 
     def failed(self, model: str) -> None:
         """A model entered `failed`."""
+        return None
 
     def parked(self, model: str) -> None:
         """A model was parked with vLLM's sleep mode."""
+        return None
 
     def woke(self, model: str, seconds: float | None) -> None:
         """A parked model was woken in `seconds`, or (None) would not wake."""
+        return None
 
 
-class NoMetrics:
-    """A sink that records nothing (no [metrics] configured)."""
-
-    def switch_done(self, outcome: str, seconds: float) -> None:
-        """Nothing."""
-
-    def load_done(self, model: str, seconds: float) -> None:
-        """Nothing."""
-
-    def evicted(self, model: str) -> None:
-        """Nothing."""
-
-    def failed(self, model: str) -> None:
-        """Nothing."""
-
-    def parked(self, model: str) -> None:
-        """Nothing."""
-
-    def woke(self, model: str, seconds: float | None) -> None:
-        """Nothing."""
+class NoMetrics(MetricsSink):
+    """A sink that records nothing (no [metrics] configured): the protocol's own methods,
+    which do nothing, are its whole body."""
 
 
 class _StatusCollector(Collector):
