@@ -5,6 +5,7 @@ from __future__ import annotations
 import tomllib
 from pathlib import Path
 from typing import Annotated, Literal, Self
+from urllib.parse import urlsplit
 
 from pydantic import (
     BaseModel,
@@ -60,6 +61,11 @@ class DaemonConfig(_Strict):
     # Host RAM that parked (sleeping) models' weights may take in total; 0 disables
     # parking, so models with sleep_mode are stopped like any other.
     park_ram_gb: NonNegativeFloat = 0.0
+    # Process backends get a clean environment: PATH, HOME, LANG, LC_ALL, TZ, the names
+    # listed here (e.g. "HF_HOME", "HF_TOKEN") from the daemon's own, and their `env`.
+    pass_env: list[Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]] = Field(
+        default_factory=list
+    )
 
     @field_validator("socket_mode")
     @classmethod
@@ -249,6 +255,34 @@ class Config(_Strict):
                         f"(the simulated GPU has {count})"
                     )
         return self
+
+
+LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1", "[::1]"})
+
+
+def _loopback(host: str) -> bool:
+    return host in LOOPBACK_HOSTS or host.startswith("127.")
+
+
+def config_warnings(config: Config) -> list[str]:
+    """What is valid but risky in a config: an operator should hear of it at start."""
+    warnings = []
+    for name, model in config.models.items():
+        host = urlsplit(model.endpoint).hostname or ""
+        if model.sleep_mode and not _loopback(host):
+            warnings.append(
+                f"models.{name}: sleep_mode runs vLLM with VLLM_SERVER_DEV_MODE=1, which serves "
+                f"unauthenticated admin endpoints, and its endpoint {model.endpoint} is not on "
+                "loopback: keep the backend reachable only from this host"
+            )
+        for spec in model.ports:
+            parts = spec.split(":")
+            if len(parts) == 3 and not _loopback(parts[0].strip("[]")):
+                warnings.append(
+                    f"models.{name}.ports: {spec!r} publishes the backend on {parts[0]}, "
+                    "beyond loopback: anyone who reaches it can use the model without modeld"
+                )
+    return warnings
 
 
 def _field_path(loc: tuple[int | str, ...]) -> str:

@@ -18,6 +18,7 @@ from typing import Any
 
 from rich.console import Console, Group
 from rich.live import Live
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.progress_bar import ProgressBar
 from rich.table import Table
@@ -60,9 +61,10 @@ def render_status(console: Console, status: dict[str, Any]) -> None:
     for name, model in status["models"].items():
         if model["failure"]:
             failure = model["failure"]
-            console.print(f"[red]{name} failed:[/] {failure['reason']}")
+            # What a backend printed is text, never markup ("[/opt/vllm]" is not a tag).
+            console.print(f"[red]{escape(name)} failed:[/] {escape(failure['reason'])}")
             for line in failure["last_lines"][-5:]:
-                console.print(f"  [dim]{line}[/]")
+                console.print(f"  [dim]{escape(line)}[/]")
     render_gpu(console, status["gpu"])
     if line := parking_line(status):
         console.print(line)
@@ -211,7 +213,8 @@ def render_result(console: Console, op: str, result: dict[str, Any]) -> None:
     if result.get("woke"):
         console.print(f"woke {model} from sleep in {result['wake_seconds']:.1f}s")
     elif result.get("wake_fallback"):
-        console.print(f"[yellow]{model} would not wake ({result['wake_fallback']}): cold start[/]")
+        fallback = escape(str(result["wake_fallback"]))
+        console.print(f"[yellow]{model} would not wake ({fallback}): cold start[/]")
     state = result.get("state")
     if state == "running":
         took = None if result.get("woke") else result.get("load_seconds")
@@ -350,7 +353,7 @@ def render_event(console: Console, event: dict[str, Any], as_json: bool) -> None
             f"{state}[/] ({event['reason']})"
         )
         if event.get("failure"):
-            text += f": {event['failure']}"
+            text += f": {escape(str(event['failure']))}"
     elif event["type"] == "switch.plan":
         stop = ", ".join(event["stop"]) or "nothing"
         park = f", park {', '.join(event['park'])}" if event.get("park") else ""
@@ -364,13 +367,13 @@ def render_event(console: Console, event: dict[str, Any], as_json: bool) -> None
     elif event["type"] in ("park.failed", "wake.failed"):
         action = "park" if event["type"] == "park.failed" else "wake"
         text = (
-            f"[yellow]{event['model']}: could not {action} ({event['error']}); "
+            f"[yellow]{event['model']}: could not {action} ({escape(str(event['error']))}); "
             f"{'stopped instead' if action == 'park' else 'cold start instead'}[/]"
         )
     elif event["type"] == "idle.unloaded":
         text = f"{event['model']}: idle, {event['action']}"
     else:
-        text = json.dumps(event)
+        text = escape(json.dumps(event))
     if event.get("dropped_before"):
         text += f" [yellow]({event['dropped_before']} earlier events dropped)[/]"
     console.print(f"[dim]{stamp}[/] {text}", highlight=False)
@@ -488,7 +491,7 @@ def run(argv: list[str] | None = None) -> int:
             )
         else:
             err = Console(stderr=True)
-            err.print(f"[red]modelctl: {exc.message}[/]", highlight=False)
+            err.print(f"[red]modelctl: {escape(exc.message)}[/]", highlight=False)
             data = exc.data if isinstance(exc.data, dict) else {}
             for line in data.get("last_lines") or []:
                 err.print(f"  {line}", markup=False, highlight=False)

@@ -17,7 +17,7 @@ from aiohttp import web
 
 from modeld import __version__
 from modeld.access import AccessPolicy
-from modeld.config import Config
+from modeld.config import Config, config_warnings
 from modeld.errors import ModeldError, SocketInUse
 from modeld.gpu import open_gpu_monitor
 from modeld.health import HealthProbe
@@ -43,7 +43,7 @@ def build_runtimes(config: Config) -> dict[str, Runtime]:
     if "process" in kinds:
         from modeld.runtime.process import ProcessRuntime
 
-        runtimes["process"] = ProcessRuntime()
+        runtimes["process"] = ProcessRuntime(config.daemon.pass_env)
     return runtimes
 
 
@@ -91,6 +91,8 @@ async def run_daemon(config: Config, socket_path: Path, config_path: Path | None
         loop.add_signal_handler(sig, event.set)
     notifier = Notifier()
     inherited = inherited_socket()
+    for warning in config_warnings(config):
+        log.warning("config.risk", warning=warning)
     daemon = config.daemon
     gpu = await open_gpu_monitor(config.gpu)
     metrics = Metrics() if config.metrics.listen else None

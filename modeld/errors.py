@@ -94,6 +94,13 @@ class SleepModeFailed(ModeldError):
     kind = "sleep_mode_failed"
 
 
+class NameCollision(ModeldError):
+    """A container with the model's name exists that modeld did not make for it."""
+
+    code = -32012
+    kind = "name_collision"
+
+
 class SocketInUse(ModeldError):
     """Another process answers on the daemon's socket path."""
 

@@ -17,7 +17,7 @@ import structlog
 
 from modeld.activity import Activity, ActivityProbe
 from modeld.config import DaemonConfig
-from modeld.errors import GpuUnavailable, RuntimeUnavailable
+from modeld.errors import GpuUnavailable, ModeldError, RuntimeUnavailable
 from modeld.gpu.base import GpuReading
 from modeld.health import Health, HealthProbe
 from modeld.hfcache import Download, download_state, hf_cache_dir, signature
@@ -125,6 +125,10 @@ class Monitor:
             backend = await runtime.inspect(record.config)
         except RuntimeUnavailable as exc:
             self._observer.seen_runtime(record.config.runtime, exc.message)
+            return
+        except ModeldError as exc:
+            # E.g. a stranger's container under the model's name: nothing to adopt.
+            log.debug("monitor.inspect_refused", model=record.name, error=exc.message)
             return
         self._observer.seen_runtime(record.config.runtime, None)
         if record.generation != generation:

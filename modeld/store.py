@@ -11,6 +11,7 @@ import json
 import os
 import tempfile
 from pathlib import Path
+from typing import Annotated
 
 import structlog
 from pydantic import BaseModel, Field, ValidationError
@@ -21,22 +22,30 @@ log = structlog.get_logger("modeld.store")
 
 STATE_FILE = "state.json"
 KEPT_LOADS = 5
+# A few hundred bytes per model: anything near this size was not written by modeld.
+MAX_STATE_BYTES = 16 * 1024 * 1024
 # A peak is rewritten only when it grows by more than this: no file churn from jitter.
 PEAK_STEP_GB = 0.25
+
+
+# A figure from the file is a finite, non-negative number: "Infinity", NaN or -5 GB
+# would make every plan wrong (nothing fits, or everything does).
+Figure = Annotated[float, Field(ge=0, allow_inf_nan=False)]
+Device = Annotated[int, Field(ge=0)]
 
 
 class LearnedModel(BaseModel):
     """Figures learned about one model on this host."""
 
-    load_seconds: list[float] = Field(default_factory=list)
+    load_seconds: list[Figure] = Field(default_factory=list)
     # Peak GPU memory measured while it ran, per device, and the settings it ran with:
     # a peak learned under other settings says nothing about the new ones.
-    peak_gb: dict[int, float] = Field(default_factory=dict)
+    peak_gb: dict[Device, Figure] = Field(default_factory=dict)
     peak_for: str = ""
     # Sleep mode: recent wake times, and what it kept per device when parked (under the
     # settings in residual_for).
-    wake_seconds: list[float] = Field(default_factory=list)
-    residual_gb: dict[int, float] = Field(default_factory=dict)
+    wake_seconds: list[Figure] = Field(default_factory=list)
+    residual_gb: dict[Device, Figure] = Field(default_factory=dict)
     residual_for: str = ""
 
     def typical_load_s(self) -> float | None:
@@ -71,6 +80,9 @@ class Store:
     def load(self) -> Learned:
         """The saved state; an empty one if there is none or it cannot be used."""
         try:
+            if self.path.stat().st_size > MAX_STATE_BYTES:
+                log.warning("store.too_large_ignored", path=str(self.path), limit=MAX_STATE_BYTES)
+                return Learned()
             raw = self.path.read_bytes()
         except FileNotFoundError:
             return Learned()

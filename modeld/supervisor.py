@@ -29,6 +29,7 @@ from modeld.errors import (
     InsufficientMemory,
     LoadFailed,
     ModeldError,
+    OperationFailed,
     OperationTimeout,
     RuntimeUnavailable,
     SleepModeFailed,
@@ -68,6 +69,8 @@ log = structlog.get_logger("modeld.supervisor")
 Caller = Mapping[str, int]
 AUTO_RESTART = "auto_restart"
 IDLE_UNLOAD = "idle_unload"
+# Operations that only a model still in the config may take (stop works on any).
+MANAGED_ONLY = frozenset({"switch", "start", "restart", AUTO_RESTART})
 STATUS_MAX_AGE_S = 0.5
 # cost_aware: at each request every model's demand decays by this factor, so favourites
 # that stop being asked for stop being protected within a few dozen requests.
@@ -124,6 +127,7 @@ class Supervisor:
         self._status_at = 0.0
         self._status: dict[str, Any] = {}
         self._status_json = RawJSON(b"{}")
+        self._status_redacted: RawJSON | None = None
 
     # ---- lifecycle -------------------------------------------------------------------
 
@@ -155,6 +159,9 @@ class Supervisor:
             backend = await self._runtime(record).inspect(record.config)
         except RuntimeUnavailable as exc:
             self.seen_runtime(record.config.runtime, exc.message)
+            return
+        except ModeldError as exc:
+            log.warning("startup.not_adopted", model=record.name, reason=exc.message)
             return
         if backend.state is BackendState.RUNNING:
             # Found running: watch it to health instead of restarting it.
@@ -190,10 +197,16 @@ class Supervisor:
         self._refresh_status()
         return self._status
 
-    def status_json(self) -> RawJSON:
-        """`status`, serialized once per change."""
+    def status_json(self, redacted: bool = False) -> RawJSON:
+        """`status`, serialized once per change; `redacted`: without the lines backends
+        printed (for callers who may not read logs)."""
         self._refresh_status()
-        return self._status_json
+        if not redacted:
+            return self._status_json
+        if self._status_redacted is None:
+            view = {**self._status, "models": _without_lines(self._status["models"])}
+            self._status_redacted = RawJSON(json.dumps(view, separators=(",", ":")).encode())
+        return self._status_redacted
 
     def _refresh_status(self) -> None:
         key = (ModelRecord.revision, self._revision, id(self._ledger.reading), self._ledger.error)
@@ -203,6 +216,7 @@ class Supervisor:
             return
         self._status = self._build_status()
         self._status_json = RawJSON(json.dumps(self._status, separators=(",", ":")).encode())
+        self._status_redacted = None
         self._status_key, self._status_at = key, now
 
     def _build_status(self) -> dict[str, Any]:
@@ -422,6 +436,8 @@ class Supervisor:
             async with self._lock:
                 started = time.monotonic()
                 try:
+                    if record is not None:
+                        self._still_configured(record, op)
                     yield
                 except ModeldError as exc:
                     log.warning(
@@ -770,6 +786,13 @@ class Supervisor:
         except ModeldError as exc:
             self._transition(record, State.FAILED, "start failed", Failure(exc.message))
             raise
+        except Exception as exc:
+            # Whatever goes wrong, the model must not be left `loading` with no load.
+            log.exception("runtime.start_crashed", model=record.name)
+            self._transition(record, State.FAILED, "start failed", Failure(repr(exc)))
+            raise LoadFailed(
+                f"{record.name}: start failed: {exc!r}", model=record.name, reason=repr(exc)
+            ) from exc
         record.load = asyncio.create_task(
             self._watch_load(record, timed=True), name=f"load-{record.name}"
         )
@@ -790,11 +813,17 @@ class Supervisor:
             record.releasing_until = time.monotonic() + self._config.daemon.memory_release_timeout_s
         try:
             await self._runtime(record).stop(record.config)
-        except ModeldError as exc:
+        except Exception as exc:
+            # Never left `stopping`: a stop that failed, for any reason, says so.
+            if not isinstance(exc, ModeldError):
+                log.exception("runtime.stop_crashed", model=record.name)
+                exc = OperationFailed(
+                    f"{record.name}: stop failed: {exc!r}", model=record.name, reason=repr(exc)
+                )
             self._transition(
                 record, State.FAILED, "stop failed", Failure(f"stop failed: {exc.message}")
             )
-            raise
+            raise exc from None
         record.health = Health.UNKNOWN
         record.backend = None
         self._transition(record, State.STOPPED, reason)
@@ -817,10 +846,13 @@ class Supervisor:
                 self._config.daemon.health_poll_interval_s,
                 lambda health: setattr(record, "health", health),
             )
-        except ModeldError as failure:
+        except Exception as exc:
+            failure = exc if isinstance(exc, ModeldError) else _crashed(record, exc)
             # Nothing half-loaded may keep GPU memory: stop it (a no-op once it exited).
-            with contextlib.suppress(ModeldError):
+            try:
                 await self._runtime(record).stop(record.config)
+            except Exception:
+                log.exception("load.stop_after_failure_failed", model=record.name)
             record.load = None
             self._transition(
                 record,
@@ -934,6 +966,8 @@ class Supervisor:
                 if record.state not in (State.FAILED, State.STOPPED):
                     return
                 await self._bring_up(record, evict=False, wait=True, timeout=None)
+        except UnknownModel:
+            return  # removed by a reload meanwhile
         except ModeldError:
             # A failed retry is one more failure; the policy decides whether to go on.
             record.running_since = None
@@ -1090,6 +1124,20 @@ class Supervisor:
             )
         return record
 
+    def _still_configured(self, record: ModelRecord, op: str) -> None:
+        """Under the lock: the record a call looked up before its turn is still the one
+        configured (a reload meanwhile may have removed it)."""
+        if self._models.get(record.name) is record and not (
+            record.unmanaged and op in MANAGED_ONLY
+        ):
+            return
+        self._record(record.name, managed=op in MANAGED_ONLY)  # raises UnknownModel
+        raise UnknownModel(
+            f"Model '{record.name}' was replaced by a reload while this call waited; call again",
+            model=record.name,
+            available=sorted(n for n, r in self._models.items() if not r.unmanaged),
+        )
+
     def _daemon_settings(self) -> DaemonConfig:
         return self._config.daemon
 
@@ -1105,6 +1153,22 @@ class Supervisor:
             self.seen_runtime(runtime, exc.message)
             raise
         self.seen_runtime(runtime, None)
+
+
+def _crashed(record: ModelRecord, exc: Exception) -> LoadFailed:
+    """An unexpected error while watching a load, as the load's failure."""
+    log.error("load.watch_crashed", model=record.name, error=repr(exc))
+    return LoadFailed(f"{record.name}: load failed: {exc!r}", model=record.name, reason=repr(exc))
+
+
+def _without_lines(models: dict[str, Any]) -> dict[str, Any]:
+    """Model views with their failures' backend output left out."""
+    return {
+        name: {**view, "failure": {**view["failure"], "last_lines": []}}
+        if view.get("failure")
+        else view
+        for name, view in models.items()
+    }
 
 
 def _current_task_cancelling() -> bool:

@@ -92,7 +92,7 @@ async def test_exit_code_and_output_are_kept() -> None:
 
 
 async def test_sigterm_ignoring_backend_is_killed() -> None:
-    """A backend that ignores SIGTERM is SIGKILLed after stop_timeout_s."""
+    """A backend that ignores SIGTERM is SIGKILLed after stop_timeout_s (exit 128+9)."""
     ignore = (
         "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
         "print('ready', flush=True); time.sleep(60)"
@@ -103,6 +103,6 @@ async def test_sigterm_ignoring_backend_is_killed() -> None:
         await runtime.start(model)
         await eventually(lambda: has_output(runtime, model))
         await runtime.stop(model)
-        assert (await runtime.inspect(model)).exit_code == -9
+        assert (await runtime.inspect(model)).exit_code == 128 + 9
     finally:
         await runtime.close()

@@ -7,6 +7,7 @@ starts and stops it) or an image, from which modeld creates a container labelled
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
@@ -16,7 +17,13 @@ import aiohttp
 from aiodocker.containers import DockerContainer
 
 from modeld.config import ModelConfig
-from modeld.errors import LoadFailed, ModeldError, OperationFailed, RuntimeUnavailable
+from modeld.errors import (
+    LoadFailed,
+    ModeldError,
+    NameCollision,
+    OperationFailed,
+    RuntimeUnavailable,
+)
 from modeld.runtime.base import LOG_LINES, BackendState, BackendStatus
 
 LABEL = "modeld.model"
@@ -24,14 +31,22 @@ LABEL = "modeld.model"
 CONNECTION_FAILED = 900
 
 
+LOOPBACK = "127.0.0.1"
+# Deadlines on the engine (a wait for the container's exit has none: callers race it).
+ENGINE_TIMEOUT_S = 30.0
+STOP_MARGIN_S = 30.0
+
+
 def _port_bindings(ports: list[str]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Compose-style "host:container" (or "ip:host:container") into Docker's two maps."""
+    """Compose-style "host:container" (or "ip:host:container") into Docker's two maps.
+    Without an ip, the port is published on loopback only: a vLLM backend has no auth of
+    its own (and in dev mode, for sleep, it serves admin endpoints)."""
     exposed: dict[str, Any] = {}
     bindings: dict[str, Any] = {}
     for spec in ports:
         parts = spec.split(":")
         container_port = parts[-1] if "/" in parts[-1] else f"{parts[-1]}/tcp"
-        host_ip = parts[0] if len(parts) == 3 else ""
+        host_ip = parts[0] if len(parts) == 3 else LOOPBACK
         host_port = parts[-2] if len(parts) >= 2 else ""
         exposed[container_port] = {}
         bindings.setdefault(container_port, []).append({"HostIp": host_ip, "HostPort": host_port})
@@ -84,6 +99,12 @@ def _status(info: dict[str, Any]) -> BackendStatus:
     )
 
 
+def _label(container: DockerContainer) -> str | None:
+    labels = (container["Config"] or {}).get("Labels") or {}
+    value = labels.get(LABEL)
+    return value if isinstance(value, str) else None
+
+
 def _info(container: DockerContainer) -> dict[str, Any]:
     """The inspect data `containers.get` already fetched, without a second request."""
     return {"Id": container.id, "State": container["State"]}
@@ -109,10 +130,14 @@ class DockerRuntime:
         return self._docker
 
     @contextlib.asynccontextmanager
-    async def _engine(self, model: ModelConfig, action: str) -> AsyncIterator[aiodocker.Docker]:
-        """Map the engine's failures to modeld's errors, in one place for this runtime."""
+    async def _engine(
+        self, model: ModelConfig, action: str, timeout: float | None = ENGINE_TIMEOUT_S
+    ) -> AsyncIterator[aiodocker.Docker]:
+        """Map the engine's failures to modeld's errors, in one place for this runtime; an
+        engine that does not answer within `timeout` is unavailable."""
         try:
-            yield self._client()
+            async with asyncio.timeout(timeout):
+                yield self._client()
         except ModeldError:
             raise
         except aiodocker.DockerError as exc:
@@ -135,12 +160,24 @@ class DockerRuntime:
             ) from None
 
     async def _find(self, docker: aiodocker.Docker, model: ModelConfig) -> DockerContainer | None:
+        """The model's container: for an `image` model, only one modeld made for it (its
+        label says so); a stranger with the same name is never touched."""
         try:
-            return await docker.containers.get(model.container_name)
+            container = await docker.containers.get(model.container_name)
         except aiodocker.DockerError as exc:
             if exc.status == 404:
                 return None
             raise
+        if model.image and _label(container) != model.name:
+            raise NameCollision(
+                f"{model.name}: a container named {model.container_name!r} exists that "
+                f"modeld did not make for this model (label {LABEL}={_label(container)!r}); "
+                "rename or remove it, or name it with `container` to have modeld use it",
+                model=model.name,
+                container=model.container_name,
+                label=_label(container),
+            )
+        return container
 
     async def start(self, model: ModelConfig) -> BackendStatus:
         """Start the existing container, or create a fresh one from the image and start it."""
@@ -166,7 +203,8 @@ class DockerRuntime:
 
     async def stop(self, model: ModelConfig) -> None:
         """Stop the container (SIGTERM, SIGKILL after `stop_timeout_s`); no-op when not running."""
-        async with self._engine(model, "stop") as docker:
+        timeout = model.stop_timeout_s + STOP_MARGIN_S
+        async with self._engine(model, "stop", timeout) as docker:
             container = await self._find(docker, model)
             if container is None or not container["State"].get("Running"):
                 return
@@ -182,7 +220,7 @@ class DockerRuntime:
 
     async def wait_exit(self, model: ModelConfig) -> BackendStatus:
         """Block on the Engine's wait endpoint until the container stops running."""
-        async with self._engine(model, "wait") as docker:
+        async with self._engine(model, "wait", None) as docker:
             container = await self._find(docker, model)
             if container is None:
                 return BackendStatus(BackendState.ABSENT)

@@ -1,40 +1,97 @@
-"""The process runtime: each backend is a child process group of the daemon.
+"""The process runtime: each backend is a child of the daemon, under its own reaper.
 
 Children cannot be adopted by a later daemon the way containers can (their exit code
 and output belong to the parent), so they live and die with the daemon: on a clean
 exit it stops them (close()), and if it is killed outright the kernel sends each
-child SIGTERM (PR_SET_PDEATHSIG). Nothing is left holding GPU memory unwatched.
+reaper SIGTERM (PR_SET_PDEATHSIG), which ends its backend's whole tree.
+
+Each backend runs under `reaper.py` (see there), a subreaper: whatever the backend
+starts stays in the reaper's tree, even a child that leaves its session, so a stop
+ends all of it. The daemon signals a reaper only through a pidfd, never by PID: a
+reaped backend's PID may belong to someone else by then.
+
+Output is read in bounded chunks (a 70,000-character line must not stop the reader
+and, with it, the backend, which would block on a full pipe); lines are kept cut to
+`MAX_LINE_CHARS`. Every wait on a child has a deadline.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
-import functools
 import os
 import shutil
 import signal
 import sys
 from collections import deque
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import structlog
 
 from modeld.config import ModelConfig
-from modeld.errors import LoadFailed
+from modeld.errors import LoadFailed, OperationFailed
+from modeld.runtime import reaper
 from modeld.runtime.base import LOG_LINES, BackendState, BackendStatus
 
 log = structlog.get_logger(__name__)
 KEPT_LINES = 200
+MAX_LINE_CHARS = 4096
+READ_CHUNK = 64 * 1024
+# Beyond stop_timeout_s (the reaper's own grace period before SIGKILL): how long the
+# reaper may take to kill and reap, and how long the output may take to reach EOF.
+REAP_MARGIN_S = 5.0
+DRAIN_S = 2.0
+# The environment a backend gets from the daemon's own, besides its declared `env`.
+BASE_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "TZ")
+REAPER = str(Path(reaper.__file__).resolve())
 
 
 @dataclass
 class _Child:
     process: asyncio.subprocess.Process
+    pidfd: int | None
     output: deque[str] = field(default_factory=lambda: deque(maxlen=KEPT_LINES))
     reader: asyncio.Task[None] | None = None
+    partial: str = ""
+    overflow: int = 0
+
+    def signal(self, sig: signal.Signals) -> None:
+        """Signal the reaper through its pidfd: never a PID that may have been reused."""
+        if self.pidfd is None or self.process.returncode is not None:
+            return
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            signal.pidfd_send_signal(self.pidfd, sig)
+
+    def keep(self, chunk: str) -> None:
+        """Split output into lines, each cut to MAX_LINE_CHARS; the rest of a long line is
+        only counted as it arrives (so memory stays bounded however long it gets)."""
+        *ended, rest = chunk.split("\n")
+        for piece in ended:
+            self._add(piece)
+            self.output.append(_cut(self.partial, self.overflow))
+            self.partial, self.overflow = "", 0
+        self._add(rest)
+
+    def _add(self, piece: str) -> None:
+        room = MAX_LINE_CHARS - len(self.partial)
+        self.partial += piece[:room]
+        self.overflow += max(0, len(piece) - room)
+
+    def close(self) -> None:
+        """Keep the last unfinished line and release the pidfd."""
+        if self.partial:
+            self.output.append(_cut(self.partial, self.overflow))
+            self.partial, self.overflow = "", 0
+        if self.pidfd is not None:
+            os.close(self.pidfd)
+            self.pidfd = None
+
+
+def _cut(line: str, overflow: int) -> str:
+    line = line.rstrip("\r")
+    return f"{line}… [{overflow} more characters]" if overflow else line
 
 
 def resolve_command(argv0: str) -> str | None:
@@ -45,32 +102,37 @@ def resolve_command(argv0: str) -> str | None:
     return shutil.which(argv0, path=search)
 
 
-_PR_SET_PDEATHSIG = 1
-_libc = ctypes.CDLL(None, use_errno=True)
-
-
-def _die_with_daemon(daemon_pid: int) -> None:
-    """In the child before exec: get SIGTERM if the daemon dies, even by SIGKILL."""
-    _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-    if os.getppid() != daemon_pid:  # the daemon died before prctl took effect
-        os._exit(1)
-
-
-def _kill_group(pgid: int, sig: signal.Signals) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pgid, sig)
+def backend_env(
+    declared: Mapping[str, str], passed: Sequence[str], source: Mapping[str, str] | None = None
+) -> dict[str, str]:
+    """A backend's whole environment: a few basics and the `pass_env` names from the
+    daemon's, then what the model declares. Nothing else of the daemon's (its socket
+    activation, its credentials, NOTIFY_SOCKET) reaches a backend."""
+    environ = os.environ if source is None else source
+    base = {name: environ[name] for name in (*BASE_ENV, *passed) if name in environ}
+    return {**base, **declared}
 
 
 class ProcessRuntime:
-    """A Runtime that runs each backend as a child process group."""
+    """A Runtime that runs each backend as a child process tree under a reaper."""
 
     name = "process"
 
-    def __init__(self) -> None:
+    def __init__(self, pass_env: Sequence[str] = ()) -> None:
         self._children: dict[str, _Child] = {}
+        self._pass_env = tuple(pass_env)
+        extra = set(os.getgroups()) - {os.getegid()}
+        if extra and os.geteuid() != 0:
+            # The reaper drops them when it may (root, CAP_SETGID); here it may not.
+            log.warning(
+                "process.groups_inherited",
+                groups=sorted(extra),
+                hint="backends keep the daemon's supplementary groups (docker is "
+                "root-equivalent): run a process-runtime daemon without them",
+            )
 
     async def start(self, model: ModelConfig) -> BackendStatus:
-        """Spawn the model's command in a new session (its own process group)."""
+        """Spawn the model's command under its reaper, in a new session."""
         command = model.launch_command
         assert command is not None  # the config validator guarantees it
         executable = resolve_command(command[0])
@@ -82,14 +144,20 @@ class ProcessRuntime:
             )
         try:
             process = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-I",
+                "-S",
+                REAPER,
+                str(os.getpid()),
+                str(model.stop_timeout_s),
+                "--",
                 executable,
                 *command[1:],
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.STDOUT,
                 start_new_session=True,
-                preexec_fn=functools.partial(_die_with_daemon, os.getpid()),
-                env={**os.environ, **model.launch_env},
+                env=backend_env(model.launch_env, self._pass_env),
                 cwd=model.cwd,
             )
         except OSError as exc:
@@ -98,34 +166,67 @@ class ProcessRuntime:
                 model=model.name,
                 reason=str(exc),
             ) from None
-        child = _Child(process)
-        child.reader = asyncio.create_task(self._read_output(model.name, child))
+        try:
+            pidfd: int | None = os.pidfd_open(process.pid)
+        except ProcessLookupError:
+            pidfd = None  # gone already: there is nothing left to signal
+        child = _Child(process, pidfd)
+        child.reader = asyncio.create_task(self._read_output(child))
         self._children[model.name] = child
         return BackendStatus(BackendState.RUNNING, pid=process.pid)
 
-    async def _read_output(self, name: str, child: _Child) -> None:
-        assert child.process.stdout is not None
-        async for raw in child.process.stdout:
-            child.output.append(raw.decode(errors="replace").rstrip())
+    @staticmethod
+    async def _read_output(child: _Child) -> None:
+        stream = child.process.stdout
+        assert stream is not None
+        while chunk := await stream.read(READ_CHUNK):
+            child.keep(chunk.decode(errors="replace"))
 
     async def stop(self, model: ModelConfig) -> None:
-        """SIGTERM the whole group, SIGKILL after `stop_timeout_s`, then reap."""
+        """SIGTERM the backend's tree (the reaper SIGKILLs it after `stop_timeout_s`), and
+        make sure of it: past the deadline the daemon kills the tree itself."""
         child = self._children.get(model.name)
         if child is None:
             return
-        process = child.process
-        if process.returncode is None:
-            _kill_group(process.pid, signal.SIGTERM)
-            try:
-                await asyncio.wait_for(process.wait(), model.stop_timeout_s)
-            except TimeoutError:
-                log.warning("process.kill", model=model.name, pid=process.pid)
-                _kill_group(process.pid, signal.SIGKILL)
-                await process.wait()
-        # Children that outlived their leader would keep GPU memory: kill the group.
-        _kill_group(process.pid, signal.SIGKILL)
+        child.signal(signal.SIGTERM)
+        if not await self._reaped(child, model.stop_timeout_s + REAP_MARGIN_S):
+            log.warning("process.kill", model=model.name, pid=child.process.pid)
+            self._kill_tree(child)
+            if not await self._reaped(child, REAP_MARGIN_S):
+                raise OperationFailed(
+                    f"{model.name}: its processes did not exit, even after SIGKILL",
+                    model=model.name,
+                    reason="did not exit",
+                )
+        await self._drained(child)
+
+    @staticmethod
+    def _kill_tree(child: _Child) -> None:
+        # The reaper is our unreaped child, so its PID is still its own: its tree is safe
+        # to walk. Kill the tree first, then the reaper, so nothing is orphaned to init.
+        if child.process.returncode is None:
+            reaper.signal_tree(child.process.pid, signal.SIGKILL)
+        child.signal(signal.SIGKILL)
+
+    @staticmethod
+    async def _reaped(child: _Child, timeout: float) -> bool:
+        try:
+            await asyncio.wait_for(child.process.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True
+
+    @staticmethod
+    async def _drained(child: _Child) -> None:
+        """Let the reader reach EOF (the last lines are what a failure report needs); a
+        pipe that something outside the tree still holds open is given up on."""
         if child.reader is not None:
-            await child.reader
+            done, _ = await asyncio.wait({child.reader}, timeout=DRAIN_S)
+            if not done:
+                child.reader.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await child.reader
+        child.close()
 
     async def inspect(self, model: ModelConfig) -> BackendStatus:
         """RUNNING while the child lives, EXITED with its code after, ABSENT if never started."""
@@ -138,33 +239,30 @@ class ProcessRuntime:
         return BackendStatus(BackendState.EXITED, pid=None, exit_code=code)
 
     async def wait_exit(self, model: ModelConfig) -> BackendStatus:
-        """Wait for the child to exit."""
+        """Wait for the child to exit (callers race this against their own deadline)."""
         child = self._children.get(model.name)
         if child is None:
             return BackendStatus(BackendState.ABSENT)
         code = await child.process.wait()
-        if child.reader is not None:
-            # The last lines are what a failure report needs: read them all.
-            await child.reader
+        await self._drained(child)
         return BackendStatus(BackendState.EXITED, exit_code=code)
 
     async def logs(self, model: ModelConfig, lines: int = LOG_LINES) -> list[str]:
-        """The child's last output lines."""
+        """The child's last output lines, the unfinished one included."""
         child = self._children.get(model.name)
-        return list(child.output)[-lines:] if child else []
+        if child is None:
+            return []
+        # The line being written counts too (a progress bar may never end its line).
+        unfinished = [_cut(child.partial, child.overflow)] if child.partial else []
+        return [*child.output, *unfinished][-lines:]
 
     async def close(self) -> None:
         """Stop every child: a process backend cannot outlive the daemon that watches it."""
-        for child in list(self._children.values()):
-            process = child.process
-            if process.returncode is None:
-                _kill_group(process.pid, signal.SIGTERM)
+        for child in self._children.values():
+            child.signal(signal.SIGTERM)
         for name, child in list(self._children.items()):
-            process = child.process
-            try:
-                await asyncio.wait_for(process.wait(), 10)
-            except TimeoutError:
-                _kill_group(process.pid, signal.SIGKILL)
-                await process.wait()
-            _kill_group(process.pid, signal.SIGKILL)
-            log.info("process.stopped_at_exit", model=name, exit_code=process.returncode)
+            if not await self._reaped(child, 10 + REAP_MARGIN_S):
+                self._kill_tree(child)
+                await self._reaped(child, REAP_MARGIN_S)
+            await self._drained(child)
+            log.info("process.stopped_at_exit", model=name, exit_code=child.process.returncode)
