@@ -47,6 +47,14 @@ class DaemonConfig(_Strict):
     health_poll_interval_s: PositiveFloat = 0.02
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     max_connections: Annotated[int, Field(ge=1)] = 256
+    # One uid other than root and the allowed callers may hold at most this many; the
+    # last reserved_connections are kept for root and the allowed callers.
+    max_connections_per_uid: Annotated[int, Field(ge=1)] = 32
+    reserved_connections: Annotated[int, Field(ge=0)] = 16
+    # A request line begun must end within this; a client that does not read its answers
+    # for this long is disconnected.
+    client_line_timeout_s: PositiveFloat = 10.0
+    client_write_timeout_s: PositiveFloat = 30.0
     # Started at daemon start, in this order, each only if it fits beside the ones before.
     preload: list[str] = Field(default_factory=list)
     # On SIGTERM: how long an operation in flight may still take before modeld exits.

@@ -24,7 +24,7 @@ from modeld.health import HealthProbe
 from modeld.hostmem import parkable_ram_gb
 from modeld.listen import inherited_socket
 from modeld.metrics import Metrics, serve_metrics
-from modeld.rpc import RpcServer
+from modeld.rpc import Limits, RpcServer
 from modeld.runtime.base import Runtime
 from modeld.sdnotify import Notifier
 from modeld.supervisor import Supervisor
@@ -112,7 +112,13 @@ async def run_daemon(config: Config, socket_path: Path, config_path: Path | None
         daemon.socket_mode,
         daemon.socket_group,
         AccessPolicy(daemon.allow_uids, daemon.allow_groups),
-        daemon.max_connections,
+        limits=Limits(
+            max_connections=daemon.max_connections,
+            per_uid=daemon.max_connections_per_uid,
+            reserved=min(daemon.reserved_connections, daemon.max_connections),
+            line_timeout_s=daemon.client_line_timeout_s,
+            write_timeout_s=daemon.client_write_timeout_s,
+        ),
     )
     background: list[asyncio.Task[Any]] = []
     metrics_runner: web.AppRunner | None = None

@@ -312,6 +312,7 @@ def _error_line(code: int, message: str, data: dict[str, Any]) -> bytes:
 # past that the connection is not read until one ends (a client cannot pile up work).
 MAX_TASKS_PER_CONNECTION = 8
 MAX_BATCH = 100
+LINES_PER_TURN = 32
 READ_CHUNK = 64 * 1024
 # A line begun must be finished within this; an answer the client does not read within
 # WRITE_TIMEOUT_S (its buffers full) ends the connection.
@@ -545,14 +546,20 @@ class RpcServer:
         """Read lines in chunks and answer each; bounded in bytes, time and tasks."""
         buffer = b""
         while True:
-            start = 0
+            start, served = 0, 0
             while (end := buffer.find(b"\n", start)) >= 0:
                 line = buffer[start : end + 1]
                 start = end + 1
                 if len(line) > MAX_MESSAGE_BYTES:
                     break
+                if connection.writer.is_closing():
+                    return  # cut off (or gone): the rest of what it sent is not served
                 if line.strip():
                     await self._line(line, connection, context)
+                    served += 1
+                    if served % LINES_PER_TURN == 0:
+                        # A chunk may hold thousands of lines: let other clients in.
+                        await asyncio.sleep(0)
             else:
                 buffer = buffer[start:]
             if len(buffer) > MAX_MESSAGE_BYTES:
@@ -585,7 +592,7 @@ class RpcServer:
 
     async def _line(self, line: bytes, connection: _Connection, context: Context) -> None:
         text, request = _parse(line)
-        if text is None or request is _UNPARSED or _is_query(request):
+        if text is None or not _may_take_long(request):
             # Answered from memory (or refused) at once: no task, no extra loop turn.
             await self._request(text, request, context, connection)
             return
@@ -660,6 +667,16 @@ class RpcServer:
         line = response_line(dispatched)
         if line is not None:
             await connection.send(line)
+
+
+def _may_take_long(request: Any) -> bool:
+    """A batch, or a call of a method that waits (anything else is answered at once)."""
+    if isinstance(request, list):
+        return True
+    if not isinstance(request, dict):
+        return False
+    method = request.get("method")
+    return isinstance(method, str) and method in METHODS and method not in QUERY_METHODS
 
 
 def _is_query(request: Any) -> bool:

@@ -17,6 +17,7 @@ import pytest
 
 from modeld.client import Client, DaemonUnreachable, RpcError
 from modeld.config import Config, parse_config
+from modeld.errors import NameCollision
 from modeld.gpu.simulated import SimulatedGpu
 from modeld.health import HealthProbe
 from modeld.rpc import RpcServer
@@ -213,6 +214,29 @@ async def test_running_container_is_adopted_not_restarted(
     assert await second.wait_for_state("a", {State.RUNNING}, 15) is State.RUNNING
     after = docker_cli("inspect", "--format", "{{.State.StartedAt}}", f"{prefix}-a").stdout
     assert after == started
+
+
+async def test_a_strangers_container_with_the_name_is_never_touched(
+    image: str, prefix: str, daemon: Any
+) -> None:
+    """A container with the model's name that modeld did not make (no modeld.model label)
+    is not adopted at startup, not removed, not stopped: switch says name_collision."""
+    tables = {"a": docker_model(image, prefix, "a", 10)}
+    port = tables["a"]["endpoint"].rsplit(":", 1)[1]
+    name = f"{prefix}-a"
+    docker_cli("run", "-d", "--network", "host", "--name", name, image, "/fake-vllm", port, "0")
+    started = docker_cli("inspect", "--format", "{{.State.StartedAt}}", name).stdout
+    supervisor, _ = await daemon(docker_config(tables, [60]))
+    assert supervisor.state_of("a") is State.STOPPED
+    with pytest.raises(NameCollision, match="did not make") as caught:
+        await supervisor.switch("a")
+    assert caught.value.data["container"] == name
+    assert container_state(name) == "running"
+    assert docker_cli("inspect", "--format", "{{.State.StartedAt}}", name).stdout == started
+    docker_cli("stop", "-t", "1", name)
+    with pytest.raises(NameCollision):
+        await supervisor.switch("a")
+    assert container_state(name) == "exited"  # a stopped stranger is not force-removed
 
 
 async def test_engine_unreachable_is_a_clear_error(tmp_path: Path, daemon: Any) -> None:

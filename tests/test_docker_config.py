@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from modeld.config import ModelConfig
+from modeld.config import ModelConfig, config_warnings, parse_config
 from modeld.runtime.docker import container_config
 
 
@@ -32,7 +32,8 @@ def test_create_body_carries_labels_ports_volumes_and_gpus() -> None:
     assert body["ExposedPorts"] == {"8000/tcp": {}, "9000/udp": {}}
     assert host["PortBindings"] == {
         "8000/tcp": [{"HostIp": "127.0.0.1", "HostPort": "8002"}],
-        "9000/udp": [{"HostIp": "", "HostPort": "9000"}],
+        # No address given: loopback only, never every interface.
+        "9000/udp": [{"HostIp": "127.0.0.1", "HostPort": "9000"}],
     }
     assert host["DeviceRequests"] == [
         {"Driver": "nvidia", "DeviceIDs": ["0", "1"], "Capabilities": [["gpu"]]}
@@ -70,3 +71,27 @@ def test_sleep_mode_reaches_the_container() -> None:
     body = container_config(model)
     assert body["Cmd"] == ["--model", "org/m", "--enable-sleep-mode"]
     assert "VLLM_SERVER_DEV_MODE=1" in body["Env"]
+
+
+def test_risky_exposure_is_warned_about() -> None:
+    """A sleep-mode backend off loopback, or ports published on every interface, are
+    named in the warnings an operator sees at start; loopback ones are not."""
+    models = {
+        "open": {
+            "image": "vllm/vllm-openai:latest",
+            "endpoint": "http://10.0.0.5:8000",
+            "sleep_mode": True,
+            "ports": ["0.0.0.0:8000:8000"],
+        },
+        "closed": {
+            "image": "vllm/vllm-openai:latest",
+            "endpoint": "http://127.0.0.1:8001",
+            "sleep_mode": True,
+            "ports": ["8001:8000", "127.0.0.1:8002:8000"],
+        },
+    }
+    warnings = config_warnings(parse_config({"models": models}))
+    assert len(warnings) == 2
+    assert all(w.startswith("models.open") for w in warnings)
+    assert any("VLLM_SERVER_DEV_MODE" in w for w in warnings)
+    assert any("0.0.0.0" in w for w in warnings)

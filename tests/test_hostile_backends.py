@@ -14,7 +14,6 @@ from pathlib import Path
 
 import pytest
 
-from modeld.config import ModelConfig
 from modeld.gpu.base import pid_alive
 from modeld.gpu.simulated import SimulatedGpu
 from modeld.health import HealthProbe
@@ -93,7 +92,7 @@ async def test_a_70000_character_line_loads_stops_and_keeps_the_daemon_usable() 
 
 async def test_a_line_without_end_is_bounded(runtime: ProcessRuntime) -> None:
     """Output with no newline at all (10 MB) never grows one kept line past the limit."""
-    spew = "import sys, time; sys.stdout.write('z' * 10_000_000); sys.stdout.flush(); time.sleep(60)"
+    spew = "import sys, time; print('z' * 10_000_000, end='', flush=True); time.sleep(60)"
     model = process_model([sys.executable, "-c", spew], stop_timeout_s=1)
     await runtime.start(model)
     await eventually(lambda: has_output(runtime, model))
@@ -182,7 +181,6 @@ async def test_backends_do_not_inherit_supplementary_groups(runtime: ProcessRunt
 # unrelated process (ns_last_pid), stop the backend again, report whether it survived.
 PID_REUSE = """
 import asyncio, os, subprocess, sys
-from modeld.config import ModelConfig
 from modeld.runtime.process import ProcessRuntime
 
 async def main():

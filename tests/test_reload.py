@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Any
 
@@ -9,7 +10,8 @@ import pytest
 
 from modeld.errors import ConfigError, UnknownModel
 from modeld.states import State
-from tests.conftest import SupervisorFactory, make_config
+from tests.conftest import SupervisorFactory, eventually, make_config
+from tests.fakes import Behaviour
 
 MODELS: dict[str, dict[str, Any]] = {
     "alpha": {"gpu_memory_gb": 10, "description": "first"},
@@ -111,3 +113,28 @@ async def test_new_model_on_missing_device_is_refused(
     with pytest.raises(ConfigError, match=r"models\.far\.gpus"):
         await supervisor.reload()
     assert "far" not in supervisor.status()["models"]
+
+
+async def test_a_switch_queued_behind_a_reload_that_removes_its_model_starts_nothing(
+    supervised: SupervisorFactory, tmp_path: Path
+) -> None:
+    """A switch that waited its turn behind a reload removing its model is refused as
+    unknown, and no backend outside the config (a ghost in no status) is started."""
+    supervisor, runtime, path, tables = await started(supervised, tmp_path)
+    runtime.behaviour["alpha"] = Behaviour(load_seconds=0.5)
+    holding = asyncio.create_task(supervisor.switch("alpha"))  # holds the lock meanwhile
+    await supervisor.wait_for_state("alpha", {State.LOADING}, 5)
+    toml({"alpha": tables["alpha"]}, path)
+    reloading = asyncio.create_task(supervisor.reload())
+
+    async def reload_waits_its_turn() -> bool:
+        return bool(supervisor.status()["in_flight"] >= 2)
+
+    await eventually(reload_waits_its_turn, timeout=5)
+    switching = asyncio.create_task(supervisor.switch("beta"))
+    await holding
+    assert (await reloading)["removed"] == ["beta"]
+    with pytest.raises(UnknownModel, match="beta"):
+        await switching
+    assert runtime.starts("beta") == 0
+    assert "beta" not in supervisor.status()["models"]
