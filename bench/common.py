@@ -111,6 +111,7 @@ def write_config(
     devices_gb: float = 640.0,
     gb_each: float = 8.0,
     release_delay_s: float = 0.0,
+    socket_group: str | None = None,
 ) -> list[int]:
     """A process-runtime config of `models` fake vLLM models; their ports."""
 
@@ -118,6 +119,7 @@ def write_config(
     lines = [
         "[daemon]",
         f'socket = "{socket}"',
+        *([f'socket_group = "{socket_group}"'] if socket_group else []),
         f'state_dir = "{path.parent / "state"}"',
         "poll_interval_s = 2.0",
         "health_poll_interval_s = 0.01",
@@ -142,9 +144,12 @@ def write_config(
 
 
 @contextmanager
-def daemon(models: int, **config: Any) -> Iterator[tuple[subprocess.Popen[bytes], Path]]:
+def daemon(
+    models: int, socket_dir_mode: int = 0o700, **config: Any
+) -> Iterator[tuple[subprocess.Popen[bytes], Path]]:
     """A modeld process over `models` fake models; its socket once it answers."""
     with tempfile.TemporaryDirectory(prefix="modeld-bench-") as tmp:
+        os.chmod(tmp, socket_dir_mode)
         socket, path = Path(tmp) / "modeld.sock", Path(tmp) / "modeld.toml"
         write_config(path, models, socket, **config)
         process = subprocess.Popen(

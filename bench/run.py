@@ -6,10 +6,10 @@ import argparse
 from datetime import UTC, datetime
 from pathlib import Path
 
-from bench import footprint, memory_wait, parking, rpc, switch_overhead, traces
+from bench import footprint, hostile, memory_wait, parking, rpc, switch_overhead, traces
 from bench.common import Report, machine
 
-BENCHES = [rpc, switch_overhead, memory_wait, parking, footprint, traces]
+BENCHES = [rpc, switch_overhead, memory_wait, parking, footprint, hostile, traces]
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 
 

@@ -12,7 +12,9 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 
 
-@pytest.mark.parametrize("bench", ["rpc", "memory_wait", "parking", "footprint", "traces"])
+@pytest.mark.parametrize(
+    "bench", ["rpc", "memory_wait", "parking", "footprint", "hostile", "traces"]
+)
 def test_bench_runs_quick(bench: str) -> None:
     """`python -m bench.NAME --quick` exits 0 and reports its figures with targets."""
     result = subprocess.run(

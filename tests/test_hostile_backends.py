@@ -14,13 +14,15 @@ from pathlib import Path
 
 import pytest
 
+from modeld.config import ModelConfig
+from modeld.errors import LoadFailed, OperationFailed
 from modeld.gpu.base import pid_alive
 from modeld.gpu.simulated import SimulatedGpu
 from modeld.health import HealthProbe
 from modeld.runtime.process import MAX_LINE_CHARS, ProcessRuntime, resolve_command
 from modeld.states import State
 from modeld.supervisor import Supervisor
-from tests.conftest import eventually, make_config
+from tests.conftest import SupervisorFactory, eventually, make_config
 from tests.ports import free_port
 from tests.test_process_runtime import has_output, process_model
 
@@ -181,6 +183,7 @@ async def test_backends_do_not_inherit_supplementary_groups(runtime: ProcessRunt
 # unrelated process (ns_last_pid), stop the backend again, report whether it survived.
 PID_REUSE = """
 import asyncio, os, subprocess, sys
+from modeld.config import ModelConfig
 from modeld.runtime.process import ProcessRuntime
 
 async def main():
@@ -222,3 +225,29 @@ def test_a_reused_pid_is_never_signalled(tmp_path: Path) -> None:
     if verdict == "no-reuse":
         pytest.skip("the kernel did not hand the PID out again")
     assert verdict == "alive"
+
+
+async def test_a_runtime_crash_never_leaves_a_model_loading_or_stopping(
+    supervised: SupervisorFactory,
+) -> None:
+    """Whatever a runtime raises on start or stop (not only modeld's own errors), the
+    model ends `failed` with the reason, the caller gets a clear error, and the daemon
+    serves on."""
+    supervisor, runtime, _ = await supervised(make_config({"m": {"gpu_memory_gb": 10}}, [80]))
+    await supervisor.switch("m")
+
+    async def crash(model: ModelConfig) -> None:
+        raise ValueError("Separator is found, but chunk is longer than limit")
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(runtime, "stop", crash)
+        with pytest.raises(OperationFailed, match="chunk is longer"):
+            await supervisor.stop("m")
+    assert supervisor.state_of("m") is State.FAILED
+    await supervisor.stop("m")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(runtime, "start", crash)
+        with pytest.raises(LoadFailed, match="chunk is longer"):
+            await supervisor.switch("m")
+    assert supervisor.state_of("m") is State.FAILED
+    assert (await supervisor.switch("m"))["state"] == "running"

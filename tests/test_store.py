@@ -40,6 +40,22 @@ def test_corrupt_file_is_reported_ignored_and_rewritten(tmp_path: Path) -> None:
     assert json.loads(store.path.read_text())["models"] == {}
 
 
+def test_figures_that_would_break_plans_are_refused(tmp_path: Path) -> None:
+    """Infinity, NaN or a negative figure in the file (hand-edited, or planted) is
+    reported and ignored: a plan built on them would fit nothing, or everything."""
+    store = Store(tmp_path)
+    for figures in (
+        '{"models": {"alpha": {"load_seconds": [Infinity]}}}',
+        '{"models": {"alpha": {"peak_gb": {"0": -40}}}}',
+        '{"models": {"alpha": {"residual_gb": {"0": NaN}}}}',
+        '{"models": {"alpha": {"peak_gb": {"-1": 4}}}}',
+    ):
+        store.path.write_text(figures)
+        with capture_logs() as logs:
+            assert store.load() == Learned()
+        assert logs[0]["event"] == "store.corrupt_ignored"
+
+
 def test_unwritable_state_dir_is_not_fatal(tmp_path: Path) -> None:
     """A state dir that cannot be made is a warning, and saving reports False."""
     blocker = tmp_path / "file"

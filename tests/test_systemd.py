@@ -235,3 +235,11 @@ def test_service_exposure_at_most_2(unit_dir: Path) -> None:
     found = re.search(r"Overall exposure level for modeld.service: (\d+\.\d)", result.stdout)
     assert found, result.stdout + result.stderr
     assert float(found.group(1)) <= 2.0
+
+
+def test_service_is_bounded_in_memory_tasks_and_files() -> None:
+    """A runaway daemon (or a flood that got past its limits) hits the unit's ceilings
+    before it hurts the host's models."""
+    unit = (ROOT / "systemd" / "modeld.service").read_text()
+    for limit in ("MemoryMax=", "TasksMax=", "LimitNOFILE="):
+        assert re.search(rf"^{limit}\S+", unit, re.M), limit
