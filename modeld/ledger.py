@@ -111,7 +111,8 @@ class GpuLedger:
                     held,
                     record.config.size_gb,
                     record.last_used,
-                    record.config.pinned,
+                    # A loading model has callers waiting on it: never evicted under them.
+                    record.config.pinned or record.state is State.LOADING,
                     reload_s=record.load_estimate_s(),
                     demand=record.demand,
                     can_park=(

@@ -16,6 +16,7 @@ import json
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -300,10 +301,11 @@ class Supervisor:
         record = self._record(name, managed=True)
         started, outcome = time.monotonic(), "error"
         try:
-            async with self._operation("switch", record, caller):
-                result = await self._bring_up(record, evict=True, wait=wait, timeout=timeout)
-                outcome = result["status"]
-                return result
+            result = await self._load(
+                "switch", record, caller, evict=True, wait=wait, timeout=timeout
+            )
+            outcome = result["status"]
+            return result
         except ModeldError as exc:
             outcome = exc.data["error"]
             raise
@@ -320,8 +322,7 @@ class Supervisor:
     ) -> dict[str, Any]:
         """Start `name` only if it fits without stopping anything."""
         record = self._record(name, managed=True)
-        async with self._operation("start", record, caller):
-            return await self._bring_up(record, evict=False, wait=wait, timeout=timeout)
+        return await self._load("start", record, caller, evict=False, wait=wait, timeout=timeout)
 
     async def stop(self, name: str, *, caller: Caller | None = None) -> dict[str, Any]:
         """Stop `name`'s backend; stopping a stopped model is not an error."""
@@ -343,13 +344,73 @@ class Supervisor:
     ) -> dict[str, Any]:
         """Stop `name` if it runs, wait for its memory, and start it again."""
         record = self._record(name, managed=True)
-        async with self._operation("restart", record, caller):
-            await self._check_runtime(record)
-            if record.state is not State.STOPPED:
-                await self._stop_model(record, "restart")
-                await self._ledger.wait_for_room(record, self._models.values())
-            result = await self._bring_up(record, evict=False, wait=wait, timeout=timeout)
-            return {**result, "status": "restarted"}
+        result = await self._load(
+            "restart", record, caller, evict=False, wait=wait, timeout=timeout, restart=True
+        )
+        return {**result, "status": "restarted"}
+
+    async def _load(
+        self,
+        op: str,
+        record: ModelRecord,
+        caller: Caller | None,
+        *,
+        evict: bool,
+        wait: bool,
+        timeout: float | None,
+        restart: bool = False,
+    ) -> dict[str, Any]:
+        """Decide, make room and start under the lock; wait for health outside it, so
+        other operations never queue behind an unrelated load. When loads in flight hold
+        the memory the target needs, wait (outside the lock) for them to settle and plan
+        again: a loading model is never evicted from under its waiting callers."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            async with self._operation(op, record, caller):
+                if restart:
+                    await self._check_runtime(record)
+                    if record.state is not State.STOPPED:
+                        await self._stop_model(record, "restart")
+                        await self._ledger.wait_for_room(record, self._models.values())
+                    restart = False
+                try:
+                    begun = await self._bring_up(record, evict=evict)
+                except _LoadsInTheWay as blocked:
+                    loads = blocked.loads
+                else:
+                    break
+            await self._settle(record, loads, deadline)
+        with self._counted():
+            return await self._finish(begun, wait, _left(deadline))
+
+    async def _settle(
+        self, record: ModelRecord, loads: list[asyncio.Task[Any]], deadline: float | None
+    ) -> None:
+        """Wait for one of the loads in the way to end (the caller's deadline applies)."""
+        with self._counted():
+            done, _ = await asyncio.wait(
+                [asyncio.shield(load) for load in loads],
+                timeout=_left(deadline),
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+        if not done:
+            raise OperationTimeout(
+                f"{record.name}: still waiting for other models' loads to end after the "
+                "timeout; nothing was changed for it",
+                model=record.name,
+                state=record.state.value,
+            )
+
+    @contextlib.contextmanager
+    def _counted(self) -> Any:
+        """A caller waiting outside the lock is in flight too."""
+        self._busy += 1
+        self._revision += 1
+        try:
+            yield
+        finally:
+            self._busy -= 1
+            self._revision += 1
 
     async def preload(self) -> dict[str, str]:
         """Start the configured `preload` models in order, each only if it fits without
@@ -460,23 +521,24 @@ class Supervisor:
             self._busy -= 1
             self._revision += 1
 
-    async def _bring_up(
-        self, record: ModelRecord, *, evict: bool, wait: bool, timeout: float | None
-    ) -> dict[str, Any]:
-        record.last_used = time.time()
-        for other in self._models.values():
-            other.demand *= DEMAND_DECAY
-        record.demand += 1.0
+    async def _bring_up(self, record: ModelRecord, *, evict: bool) -> _Begun:
+        """Under the lock: plan, stop or park what must go, start (or begin waking) the
+        target. Returns what the caller waits on, outside the lock."""
         if record.state is State.RUNNING:
+            self._count_demand(record)
             record.last_active = time.monotonic()
-            return {
-                "status": "already_loaded",
-                "model": record.name,
-                "message": f"Model '{record.name}' is already running and healthy",
-            }
+            return _Begun(
+                record,
+                {
+                    "status": "already_loaded",
+                    "model": record.name,
+                    "message": f"Model '{record.name}' is already running and healthy",
+                },
+            )
         if record.state is State.LOADING:
             # Already on its way: wait for that load, never start a second backend.
-            return await self._join_load(record, wait, timeout, [], None)
+            self._count_demand(record)
+            return _Begun(record, _success(record, [], None), load=record.load)
         await self._check_runtime(record)
         if record.state is State.FAILED:
             # A failed backend may linger (vLLM's API server outlives its dead engine):
@@ -485,7 +547,15 @@ class Supervisor:
         reading = await self._ledger.read(self._models.values())
         plan = self._ledger.plan(record, self._models.values(), reading)
         if isinstance(plan, Infeasible):
+            loads = [
+                r.load
+                for r in self._models.values()
+                if r is not record and r.state is State.LOADING and r.load is not None
+            ]
+            if loads:
+                raise _LoadsInTheWay(loads)
             raise self._insufficient(record, plan)
+        self._count_demand(record)
         memory_info = {
             "required_gb": round(plan.required_gb, 1),
             "available_before_gb": round(plan.available_before_gb, 1),
@@ -523,6 +593,8 @@ class Supervisor:
         )
         stopped, parked = await self._make_room(record, plan)
         moved = [*stopped, *parked]
+        begun = _Begun(record, _success(record, moved, memory_info), moved=moved)
+        begun.result["parked_models"] = parked
         try:
             # Start only once the driver shows the room (at once when nothing was stopped).
             await self._ledger.wait_for_room(record, self._models.values())
@@ -537,23 +609,50 @@ class Supervisor:
                     parked=parked,
                     free_gb=self._ledger.free_gb(),
                 )
-            extra: dict[str, Any] = {"parked_models": parked}
             if record.state is State.SLEEPING:
-                await self._wake(record)
-                extra.update(
-                    woke=record.wake_fallback is None,
-                    wake_seconds=round(record.last_wake_s, 2) if record.last_wake_s else None,
-                    wake_fallback=record.wake_fallback,
-                )
+                self._begin_wake(record)
+                begun.waking = True
             else:
                 await self._start_model(record)
-            return await self._join_load(record, wait, timeout, moved, memory_info, extra)
         except ModeldError as failure:
+            begun.failure = failure  # the caller rolls back, outside the lock
+        begun.load = record.load
+        return begun
+
+    def _count_demand(self, record: ModelRecord) -> None:
+        """cost_aware's demand: each request decays everyone's, and counts for its model."""
+        record.last_used = time.time()
+        for other in self._models.values():
+            other.demand *= DEMAND_DECAY
+        record.demand += 1.0
+
+    async def _finish(self, begun: _Begun, wait: bool, timeout: float | None) -> dict[str, Any]:
+        """Outside the lock: wait for the load begun (or joined), roll back on failure."""
+        record, result = begun.record, begun.result
+        if result["status"] == "already_loaded":
+            return result
+        failure = begun.failure
+        if failure is None and wait and begun.load is not None:
+            failure = await _wait_load(record, begun.load, timeout)
+        if failure is not None:
             # A failed switch should not leave users with nothing: bring back what it
             # stopped. A caller's own timeout is not a failure: the load goes on.
-            if moved and self._config.daemon.rollback_on_failure and record.state is State.FAILED:
-                failure.data.update(await self._restore(tuple(moved), record.name))
-            raise
+            rollback = begun.moved and self._config.daemon.rollback_on_failure
+            if rollback and record.state is State.FAILED:
+                failure.data.update(await self._restore(tuple(begun.moved), record.name))
+            raise failure
+        if begun.waking and wait:
+            result.update(
+                woke=record.wake_fallback is None,
+                wake_seconds=round(record.last_wake_s, 2) if record.last_wake_s else None,
+                wake_fallback=record.wake_fallback,
+            )
+        result["state"] = record.state.value
+        result["health"] = record.health.value
+        # A woken model did not load: its wake time is in wake_seconds.
+        loaded = None if result.get("woke") else record.last_load_s
+        result["load_seconds"] = round(loaded, 2) if loaded else None
+        return result
 
     async def _make_room(self, record: ModelRecord, plan: Plan) -> tuple[list[str], list[str]]:
         """Carry out a plan: stops first (they may give back host RAM the parks need), then
@@ -617,14 +716,20 @@ class Supervisor:
                 self._save_learned()
         return True
 
-    async def _wake(self, record: ModelRecord) -> None:
-        """Wake a parked model (POST /wake_up, then /is_sleeping false and /health 200);
-        if it will not wake, stop it and cold-start it instead, and say why."""
+    def _begin_wake(self, record: ModelRecord) -> None:
+        """Begin waking a parked model: it is `loading` until the wake task ends."""
+        self._transition(record, State.LOADING, "wake")
+        record.loading_started = time.monotonic()
+        self._events.publish("switch.waking", model=record.name)
+        record.load = asyncio.create_task(self._wake_load(record), name=f"wake-{record.name}")
+
+    async def _wake_load(self, record: ModelRecord) -> ModeldError | None:
+        """Wake (POST /wake_up, then /is_sleeping false and /health 200), outside the
+        lock; if it will not wake, stop it and cold-start it instead (under the lock), and
+        say why. The outcome, like a load's: None, or the error."""
         config = record.config
         started = time.monotonic()
-        self._transition(record, State.LOADING, "wake")
-        record.loading_started = started
-        self._events.publish("switch.waking", model=record.name)
+        generation = record.generation
         try:
             await self._sleep.wake_up(config.endpoint, config.wake_timeout_s)
             if await self._sleep.is_sleeping(config.endpoint):
@@ -634,16 +739,10 @@ class Supervisor:
             if health is not Health.HEALTHY:
                 raise SleepModeFailed(f"/health says {health.value} after waking")
         except SleepModeFailed as exc:
-            record.wake_fallback = exc.message
-            log.warning("wake.failed", model=record.name, error=exc.message, fallback="cold start")
-            self._events.publish(
-                "wake.failed", model=record.name, error=exc.message, fallback="cold start"
-            )
-            self._metrics.woke(record.name, None)
-            await self._stop_model(record, f"wake failed: {exc.message}; cold start instead")
-            await self._ledger.wait_for_room(record, self._models.values())
-            await self._start_model(record)
-            return
+            return await self._cold_start_instead(record, generation, exc)
+        if record.generation != generation:
+            return LoadFailed(f"{record.name}: changed while waking", model=record.name)
+        record.load = None
         record.wake_fallback = None
         record.last_wake_s = time.monotonic() - started
         self._metrics.woke(record.name, record.last_wake_s)
@@ -655,6 +754,29 @@ class Supervisor:
         # Its weights are back on the GPU: refresh what `status` shows.
         with contextlib.suppress(GpuUnavailable):
             self._learn_memory(await self._ledger.read(self._models.values()))
+        return None
+
+    async def _cold_start_instead(
+        self, record: ModelRecord, generation: int, exc: SleepModeFailed
+    ) -> ModeldError | None:
+        record.wake_fallback = exc.message
+        log.warning("wake.failed", model=record.name, error=exc.message, fallback="cold start")
+        self._events.publish(
+            "wake.failed", model=record.name, error=exc.message, fallback="cold start"
+        )
+        self._metrics.woke(record.name, None)
+        async with self._lock:
+            if record.generation != generation:
+                return LoadFailed(f"{record.name}: changed while waking", model=record.name)
+            record.load = None  # this task is no longer the load a stop would cancel
+            try:
+                await self._stop_model(record, f"wake failed: {exc.message}; cold start instead")
+                await self._ledger.wait_for_room(record, self._models.values())
+                await self._start_model(record)
+            except ModeldError as failure:
+                return failure
+        load = record.load
+        return await asyncio.shield(load) if load is not None else None
 
     async def _restore(self, names: tuple[str, ...], failed: str) -> dict[str, Any]:
         """Start again the models a failed switch stopped; say which came back."""
@@ -663,11 +785,12 @@ class Supervisor:
         for name in names:
             victim = self._models[name]
             try:
-                await self._ledger.wait_for_room(victim, self._models.values())
-                if victim.state is State.SLEEPING:
-                    await self._wake(victim)
-                else:
-                    await self._start_model(victim)
+                async with self._operation("rollback", victim, None):
+                    await self._ledger.wait_for_room(victim, self._models.values())
+                    if victim.state is State.SLEEPING:
+                        self._begin_wake(victim)
+                    elif victim.state in (State.STOPPED, State.FAILED):
+                        await self._start_model(victim)
                 if victim.load is not None and (failure := await asyncio.shield(victim.load)):
                     raise failure
             except ModeldError as exc:
@@ -690,49 +813,6 @@ class Supervisor:
             total_available_gb=round(plan.total_available_gb, 1),
             pinned_blocking=list(plan.blocked_by),
         )
-
-    async def _join_load(
-        self,
-        record: ModelRecord,
-        wait: bool,
-        timeout: float | None,
-        unloaded: list[str],
-        memory_info: dict[str, Any] | None,
-        extra: dict[str, Any] | None = None,
-    ) -> dict[str, Any]:
-        result: dict[str, Any] = {
-            "status": "success",
-            "model": record.name,
-            "unloaded_models": unloaded,
-            "estimated_load_time_seconds": round(record.load_estimate_s(), 1),
-            "memory_info": memory_info
-            or {"required_gb": None, "available_before_gb": None, "freed_gb": 0},
-            **(extra or {}),
-        }
-        load = record.load
-        if wait and load is not None:
-            try:
-                failure = await asyncio.wait_for(asyncio.shield(load), timeout)
-            except TimeoutError:
-                raise OperationTimeout(
-                    f"{record.name} is still loading after {timeout}s; the load goes on",
-                    model=record.name,
-                    state=record.state.value,
-                ) from None
-            except asyncio.CancelledError:
-                if load.cancelled() and not _current_task_cancelling():
-                    raise LoadFailed(
-                        f"{record.name}: load aborted", model=record.name, reason="aborted"
-                    ) from None
-                raise
-            if failure is not None:
-                raise failure
-        result["state"] = record.state.value
-        result["health"] = record.health.value
-        # A woken model did not load: its wake time is in wake_seconds.
-        loaded = None if result.get("woke") else record.last_load_s
-        result["load_seconds"] = round(loaded, 2) if loaded else None
-        return result
 
     # ---- state changes ---------------------------------------------------------------
 
@@ -965,10 +1045,12 @@ class Supervisor:
                 # here; a model found running again (re-adopted) needs none.
                 if record.state not in (State.FAILED, State.STOPPED):
                     return
-                await self._bring_up(record, evict=False, wait=True, timeout=None)
+                begun = await self._bring_up(record, evict=False)
+            with self._counted():
+                await self._finish(begun, wait=True, timeout=None)
         except UnknownModel:
             return  # removed by a reload meanwhile
-        except ModeldError:
+        except (ModeldError, _LoadsInTheWay):
             # A failed retry is one more failure; the policy decides whether to go on.
             record.running_since = None
             self._schedule_restart(record)
@@ -1153,6 +1235,69 @@ class Supervisor:
             self.seen_runtime(runtime, exc.message)
             raise
         self.seen_runtime(runtime, None)
+
+
+@dataclass
+class _Begun:
+    """What an operation started under the lock, for its caller to wait on outside it."""
+
+    record: ModelRecord
+    result: dict[str, Any]
+    load: asyncio.Task[ModeldError | None] | None = None
+    moved: list[str] = field(default_factory=list)
+    waking: bool = False
+    failure: ModeldError | None = None
+
+
+class _LoadsInTheWay(Exception):
+    """The target fits only once loads now in flight have ended (loading models are
+    never evicted): wait for one outside the lock, then plan again."""
+
+    def __init__(self, loads: list[asyncio.Task[Any]]) -> None:
+        super().__init__("loads in the way")
+        self.loads = loads
+
+
+def _success(
+    record: ModelRecord, unloaded: list[str], memory_info: dict[str, Any] | None
+) -> dict[str, Any]:
+    """The seed's `success` answer, before the outcome of the load is known."""
+    return {
+        "status": "success",
+        "model": record.name,
+        "unloaded_models": unloaded,
+        "estimated_load_time_seconds": round(record.load_estimate_s(), 1),
+        "memory_info": memory_info
+        or {"required_gb": None, "available_before_gb": None, "freed_gb": 0},
+    }
+
+
+async def _wait_load(
+    record: ModelRecord, load: asyncio.Task[ModeldError | None], timeout: float | None
+) -> ModeldError | None:
+    """A load's outcome; a caller's own deadline (OperationTimeout: the load goes on), or
+    the load ended by a stop (LoadFailed saying so)."""
+    try:
+        return await asyncio.wait_for(asyncio.shield(load), timeout)
+    except TimeoutError:
+        raise OperationTimeout(
+            f"{record.name} is still loading after {timeout}s; the load goes on",
+            model=record.name,
+            state=record.state.value,
+        ) from None
+    except asyncio.CancelledError:
+        if load.cancelled() and not _current_task_cancelling():
+            return LoadFailed(
+                f"{record.name}: stopped while loading (the load was ended by a stop)",
+                model=record.name,
+                reason="stopped",
+            )
+        raise
+
+
+def _left(deadline: float | None) -> float | None:
+    """Seconds to a deadline (at least a moment), or None for none."""
+    return None if deadline is None else max(0.001, deadline - time.monotonic())
 
 
 def _crashed(record: ModelRecord, exc: Exception) -> LoadFailed:

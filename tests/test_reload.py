@@ -11,7 +11,6 @@ import pytest
 from modeld.errors import ConfigError, UnknownModel
 from modeld.states import State
 from tests.conftest import SupervisorFactory, eventually, make_config
-from tests.fakes import Behaviour
 
 MODELS: dict[str, dict[str, Any]] = {
     "alpha": {"gpu_memory_gb": 10, "description": "first"},
@@ -120,21 +119,34 @@ async def test_a_switch_queued_behind_a_reload_that_removes_its_model_starts_not
 ) -> None:
     """A switch that waited its turn behind a reload removing its model is refused as
     unknown, and no backend outside the config (a ghost in no status) is started."""
-    supervisor, runtime, path, tables = await started(supervised, tmp_path)
-    runtime.behaviour["alpha"] = Behaviour(load_seconds=0.5)
-    holding = asyncio.create_task(supervisor.switch("alpha"))  # holds the lock meanwhile
-    await supervisor.wait_for_state("alpha", {State.LOADING}, 5)
-    toml({"alpha": tables["alpha"]}, path)
+    models = {name: {"gpu_memory_gb": 30} for name in ("alpha", "beta", "gamma", "delta")}
+    # Memory comes back a while after a stop: the switch that stops holds the lock meanwhile.
+    config = make_config(models, [60], gpu={"release_delay_s": 0.5})
+    path = tmp_path / "modeld.toml"
+    supervisor, runtime, _ = await supervised(config, path)
+    await supervisor.switch("alpha")
+    await supervisor.switch("beta")
+    events = supervisor.subscribe()
+    holding = asyncio.create_task(supervisor.switch("gamma"))
+    async with asyncio.timeout(5):
+        while (await events.next())["type"] != "switch.stopped":
+            pass  # now it waits, under the lock, for the stopped model's memory
+    keep = {
+        name: m.model_dump(include={"runtime", "command", "endpoint", "gpu_memory_gb"})
+        for name, m in config.models.items()
+        if name != "delta"
+    }
+    toml(keep, path)
     reloading = asyncio.create_task(supervisor.reload())
 
     async def reload_waits_its_turn() -> bool:
         return bool(supervisor.status()["in_flight"] >= 2)
 
     await eventually(reload_waits_its_turn, timeout=5)
-    switching = asyncio.create_task(supervisor.switch("beta"))
-    await holding
-    assert (await reloading)["removed"] == ["beta"]
-    with pytest.raises(UnknownModel, match="beta"):
+    switching = asyncio.create_task(supervisor.switch("delta"))
+    assert (await reloading)["removed"] == ["delta"]
+    with pytest.raises(UnknownModel, match="delta"):
         await switching
-    assert runtime.starts("beta") == 0
-    assert "beta" not in supervisor.status()["models"]
+    await holding
+    assert runtime.starts("delta") == 0
+    assert "delta" not in supervisor.status()["models"]

@@ -1,0 +1,77 @@
+"""The lock guards decisions, not waits: while one model loads, every other operation
+proceeds; a loading model is joined, never started twice, and never evicted under its
+waiting callers. Ordered by events, not by timing."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from modeld.errors import LoadFailed
+from modeld.states import State
+from tests.conftest import SupervisorFactory, eventually, make_config
+from tests.fakes import Behaviour
+
+MODELS = {name: {"gpu_memory_gb": 20} for name in ("slow", "other", "third")}
+
+
+async def test_other_operations_proceed_while_a_model_loads(
+    supervised: SupervisorFactory,
+) -> None:
+    """With `slow` loading: stopping another model, switching to a third that fits,
+    status and a second switch to `slow` all answer before the load ends; the second
+    switch joins the load (one backend); a stop of `slow` ends it and both waiting callers
+    hear that it was stopped."""
+    supervisor, runtime, _ = await supervised(make_config(MODELS, [80]))
+    await supervisor.switch("other")
+    runtime.behaviour["slow"] = Behaviour(load_seconds=60)
+    first = asyncio.create_task(supervisor.switch("slow"))
+    await supervisor.wait_for_state("slow", {State.LOADING}, 5)
+
+    assert (await supervisor.stop("other"))["status"] == "stopped"
+    assert supervisor.state_of("slow") is State.LOADING
+    assert (await supervisor.switch("third"))["state"] == "running"
+    assert supervisor.state_of("slow") is State.LOADING
+    assert supervisor.status()["models"]["slow"]["status"] == "loading"
+    assert supervisor.status()["in_flight"] == 1  # the caller waiting on `slow`
+
+    second = asyncio.create_task(supervisor.switch("slow"))
+    # Joining takes the lock for a moment only; then both wait on the same load.
+
+    async def both_waiting() -> bool:
+        return bool(supervisor.status()["in_flight"] == 2)
+
+    await eventually(both_waiting, timeout=5)
+    assert runtime.starts("slow") == 1
+    assert (await supervisor.stop("slow"))["status"] == "stopped"
+    for waiting in (first, second):
+        with pytest.raises(LoadFailed, match="stopped while loading") as caught:
+            await waiting
+        assert caught.value.data["reason"] == "stopped"
+    assert runtime.starts("slow") == 1
+
+
+async def test_a_switch_needing_a_loading_models_memory_waits_for_that_load(
+    supervised: SupervisorFactory,
+) -> None:
+    """A loading model is never evicted under its waiting caller: a switch that needs
+    its memory waits for the load to end (its caller gets its answer), then plans."""
+    models = {"first": {"gpu_memory_gb": 50}, "second": {"gpu_memory_gb": 50}}
+    supervisor, runtime, _ = await supervised(make_config(models, [80]))
+    runtime.behaviour["first"] = Behaviour(load_seconds=0.3)
+    events = supervisor.subscribe()
+    loading = asyncio.create_task(supervisor.switch("first"))
+    await supervisor.wait_for_state("first", {State.LOADING}, 5)
+    result = await supervisor.switch("second")
+    assert result["state"] == "running"
+    assert result["unloaded_models"] == ["first"]
+    assert (await loading)["state"] == "running"  # it did answer before being evicted
+    seen: list[dict[str, Any]] = []
+    while len(seen) < 50 and not (seen and seen[-1].get("type") == "switch.room_ready"):
+        seen.append(await asyncio.wait_for(events.next(), 5))
+    kinds = [(e["type"], e.get("model"), e.get("to_state")) for e in seen]
+    healthy = kinds.index(("state", "first", "running"))
+    planned = kinds.index(("switch.plan", "second", None))
+    assert healthy < planned
