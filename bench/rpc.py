@@ -1,8 +1,11 @@
-"""P1 and P2: `status` over the socket against a raw asyncio Unix-socket echo.
+"""P1 and P2: `status` over the socket against an echo process answering as many bytes.
 
-P1: `status` round trip p50 within 3x of the echo's p50 (same request bytes, same run),
-p99 under 1 ms, with 4 and with 64 models. P2: at least 5,000 `status` calls per second
-from 16 concurrent clients.
+P1: `status` round trip p50 within 1.3x of the baseline's p50, p99 under 1 ms, with 4
+and with 64 models. The baseline is a separate process on the same kind of socket that
+answers each request line with a line as long as modeld's `status` answer (same
+transport, same wakeups, same copies): what is left is modeld's own work. A plain echo
+of the request line is reported for context. P2: at least 5,000 `status` calls per
+second from 16 concurrent clients.
 """
 
 from __future__ import annotations
@@ -105,41 +108,30 @@ def run(quick: bool) -> Report:
             for models in (4, 64):
                 with daemon(models) as (_, socket):
                     size = asyncio.run(_status_bytes(socket))
-                    # Context, not the target's baseline: an echo answering with a line
-                    # as long as the status answer shows what its size alone costs.
                     sized = _echo(sized_path, size)
                     try:
                         wait_listening(sized_path)
-                        baseline, status = asyncio.run(round_trips([echo_path, socket], count))
-                        # Apart, so the target's measurement is exactly echo against modeld.
-                        echo_again, same_size = asyncio.run(
-                            round_trips([echo_path, sized_path], count)
+                        # Taking turns request by request: both see the same machine.
+                        baseline, status, plain = asyncio.run(
+                            round_trips([sized_path, socket, echo_path], count)
                         )
                     finally:
                         sized.terminate()
                         sized.wait()
                         sized_path.unlink(missing_ok=True)
-                    base = figure("echo", "us", baseline)
+                    base = figure(f"echo answering {size} bytes (baseline)", "us", baseline)
                     result = figure(
                         f"status, {models} models",
                         "us",
                         status,
                         baseline=base.median,
-                        target="p50 <= 3x echo, p99 < 1000 us",
+                        target="p50 <= 1.3x same-size echo, p99 < 1000 us",
+                        notes=f"a plain echo of the request line: "
+                        f"{statistics.median(plain):.0f} us",
                     )
-                    result.met = result.median <= 3 * base.median and result.p99 < 1000
+                    result.met = result.median <= 1.3 * base.median and result.p99 < 1000
                     report.add(base)
                     report.add(result)
-                    report.add(
-                        figure(
-                            f"echo answering {size} bytes, as status does with {models} models",
-                            "us",
-                            same_size,
-                            baseline=statistics.median(echo_again),
-                            notes=f"status, {models} models, is "
-                            f"{result.median / statistics.median(same_size):.2f}x this",
-                        )
-                    )
                     if models == 4:
                         rates = [
                             asyncio.run(throughput(socket, 16, 0.5 if quick else 3.0))

@@ -1,16 +1,14 @@
-"""JSON responses as bytes: results already serialized (RawJSON) are spliced in as is.
+"""JSON answers as bytes: results already serialized (RawJSON) are spliced in as is.
 
 `status` with many models is tens of kilobytes, serialized once per change; each call
-then costs one copy of it, not a json.dumps, a str-to-bytes encode and a newline append.
+then costs one copy of it, not a json.dumps of the whole view. jsonrpcserver's public
+`dispatch_to_serializable` gives each answer as a dict; only its `result` may be RawJSON.
 """
 
 from __future__ import annotations
 
 import json
 from typing import Any
-
-from jsonrpcserver.response import to_serializable_one
-from oslash.either import Either, Right
 
 
 class RawJSON(bytes):
@@ -21,25 +19,18 @@ _SUCCESS_HEAD = b'{"jsonrpc":"2.0","result":'
 _ID = b',"id":'
 
 
-def response_bytes(response: Either, end: bytes = b"") -> bytes:
-    """One jsonrpcserver Response as JSON bytes, then `end` (jsonrpcserver's post_process;
-    a whole NDJSON line with end=b"\\n")."""
-    if isinstance(response, Right):
-        success = response._value
-        if isinstance(success.result, RawJSON):
-            return b"".join((_SUCCESS_HEAD, success.result, _ID, _id(success.id), b"}", end))
-    return json.dumps(to_serializable_one(response), separators=(",", ":")).encode() + end
+def _one(response: dict[str, Any]) -> bytes:
+    result = response.get("result")
+    if isinstance(result, RawJSON):
+        return b"".join((_SUCCESS_HEAD, result, _ID, json.dumps(response["id"]).encode(), b"}"))
+    return json.dumps(response, separators=(",", ":")).encode()
 
 
-def response_line(dispatched: bytes | list[bytes] | None) -> bytes | None:
-    """What dispatch_to_response gave (one, a batch, or None for notifications) as one
-    NDJSON line."""
+def response_line(dispatched: dict[str, Any] | list[dict[str, Any]] | None) -> bytes | None:
+    """What dispatch_to_serializable gave (one answer, a batch's, or None for
+    notifications) as one NDJSON line."""
     if dispatched is None:
         return None
     if isinstance(dispatched, list):
-        return b"[" + b",".join(dispatched) + b"]\n"
-    return dispatched + b"\n"
-
-
-def _id(value: Any) -> bytes:
-    return json.dumps(value).encode()
+        return b"[" + b",".join(_one(r) for r in dispatched) + b"]\n"
+    return _one(dispatched) + b"\n"

@@ -25,10 +25,9 @@ from jsonrpcserver import (
     Error,
     Result,
     Success,
-    async_dispatch_to_response,
-    dispatch_to_response,
+    async_dispatch_to_serializable,
+    dispatch_to_serializable,
 )
-from jsonrpcserver.dispatcher import create_request, dispatch_request, to_response
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -44,7 +43,7 @@ from modeld import __version__
 from modeld.access import AccessPolicy, Caller, peer_credentials
 from modeld.errors import ModeldError, PermissionDenied, SocketInUse, TooManyConnections
 from modeld.events import Subscription
-from modeld.jsonraw import RawJSON, response_bytes, response_line
+from modeld.jsonraw import RawJSON, response_line
 from modeld.supervisor import Supervisor
 
 log = structlog.get_logger("modeld.rpc")
@@ -276,21 +275,6 @@ METHODS: dict[str, Handler] = {
 _UNPARSED = object()
 
 
-def _dispatch_query(request: dict[str, Any], context: Context) -> bytes | None:
-    """A read-only call's answer line. The hot path (`status` is polled thousands of
-    times a second): jsonrpcserver's own request dispatch, without the layers around it
-    that a single, already parsed request does not need. None (then the full dispatch
-    answers) for a notification or a request that is not a valid JSON-RPC envelope."""
-    if "id" not in request:
-        return None
-    try:
-        validate_envelope(request)
-    except ValidationError:
-        return None
-    call, result = dispatch_request(QUERY_METHODS, context, create_request(request))
-    return response_bytes(to_response(call, result), b"\n")
-
-
 def _parse(line: bytes) -> tuple[str | None, Any]:
     """The line as text and as JSON (_UNPARSED if it is not JSON; None text if not UTF-8)."""
     try:
@@ -357,6 +341,9 @@ class _Connection:
             return
         try:
             self.writer.write(data)
+            transport = self.writer.transport
+            if transport.get_write_buffer_size() <= transport.get_write_buffer_limits()[1]:
+                return  # below the high-water mark: nothing to wait for (no timer, no task)
             await asyncio.wait_for(self.writer.drain(), self.limits.write_timeout_s)
         except ConnectionError:
             self._gone(len(data))
@@ -568,8 +555,12 @@ class RpcServer:
                 return  # the stream cannot be resynchronised: drop this connection only
             try:
                 # A line begun must be finished in time; between lines a client may idle.
-                timeout = self._limits.line_timeout_s if buffer else None
-                chunk = await asyncio.wait_for(reader.read(READ_CHUNK), timeout)
+                if buffer:
+                    chunk = await asyncio.wait_for(
+                        reader.read(READ_CHUNK), self._limits.line_timeout_s
+                    )
+                else:
+                    chunk = await reader.read(READ_CHUNK)
             except TimeoutError:
                 log.warning(
                     "rpc.line_timeout",
@@ -648,22 +639,17 @@ class RpcServer:
         if text is None:
             await connection.send(_error_line(-32700, "Parse error", {"error": "not_utf8"}))
             return
-        query = _is_query(request)
-        if query and (answer := _dispatch_query(request, context)) is not None:
-            await connection.send(answer)
-            return
         options: dict[str, Any] = {
             "context": context,
             # Parsed once already; what did not parse is left to jsonrpcserver to report.
             "deserializer": json.loads if request is _UNPARSED else lambda _: request,
             "validator": validate_envelope,
-            # Each Response straight to bytes: no dict step, no str step.
-            "post_process": response_bytes,
         }
-        if query:
-            dispatched = dispatch_to_response(text, QUERY_METHODS, **options)
+        if _is_query(request):
+            # Read-only, answered from memory: dispatched synchronously, no task.
+            dispatched = dispatch_to_serializable(text, QUERY_METHODS, **options)
         else:
-            dispatched = await async_dispatch_to_response(text, METHODS, **options)
+            dispatched = await async_dispatch_to_serializable(text, METHODS, **options)
         line = response_line(dispatched)
         if line is not None:
             await connection.send(line)
