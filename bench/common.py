@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tests.ports import free_port, wait_listening
+from modeld.testing.ports import free_port, wait_listening
 
 ROOT = Path(__file__).resolve().parent.parent
 

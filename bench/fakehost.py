@@ -8,12 +8,12 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+from modeld.build import build_supervisor
 from modeld.config import parse_config
 from modeld.gpu.simulated import SimulatedGpu
-from modeld.health import HealthProbe
 from modeld.supervisor import Supervisor
-from tests.fakes import Behaviour, FakeRuntime
-from tests.ports import free_port
+from modeld.testing.fakes import Behaviour, FakeRuntime
+from modeld.testing.ports import free_port
 
 
 @asynccontextmanager
@@ -46,8 +46,8 @@ async def two_models(
     )
     for name in models:
         runtime.behaviour[name] = behaviour
-    supervisor = Supervisor(
-        config, SimulatedGpu(config.gpu, alive=runtime.alive), {"process": runtime}, HealthProbe()
+    supervisor = await build_supervisor(
+        config, gpu=SimulatedGpu(config.gpu, alive=runtime.alive), runtimes={"process": runtime}
     )
     await supervisor.startup()
     try:

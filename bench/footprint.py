@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 from bench.common import Report, cli, daemon, figure
-from tests.ports import wait_listening
+from modeld.testing.ports import wait_listening
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 BARE = (

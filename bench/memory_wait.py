@@ -15,7 +15,7 @@ from bench.fakehost import two_models
 from modeld.config import ModelConfig
 from modeld.logs import configure_logging
 from modeld.runtime.base import BackendStatus
-from tests.fakes import Behaviour, FakeRuntime
+from modeld.testing.fakes import Behaviour, FakeRuntime
 
 # Not a multiple of the poll interval, so the figure shows the real polling lag.
 RELEASE_DELAY_S = 0.43

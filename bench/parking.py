@@ -15,7 +15,7 @@ import time
 from bench.common import Report, cli, figure
 from bench.fakehost import two_models
 from modeld.logs import configure_logging
-from tests.fakes import Behaviour, FakeRuntime
+from modeld.testing.fakes import Behaviour, FakeRuntime
 
 LOAD_S, WAKE_S, SLEEP_S = 1.5, 0.15, 0.1
 

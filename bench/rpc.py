@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 from bench.common import Report, cli, daemon, figure
-from tests.ports import wait_listening
+from modeld.testing.ports import wait_listening
 
 REQUEST = b'{"jsonrpc":"2.0","id":1,"method":"status"}\n'
 

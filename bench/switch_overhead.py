@@ -16,6 +16,7 @@ import aiodocker
 import aiohttp
 
 from bench.common import Report, cli, figure
+from modeld.build import build_supervisor
 from modeld.client import Client
 from modeld.config import parse_config
 from modeld.gpu.simulated import SimulatedGpu
@@ -23,9 +24,8 @@ from modeld.health import HealthProbe
 from modeld.logs import configure_logging
 from modeld.rpc import RpcServer
 from modeld.runtime.docker import DockerRuntime
-from modeld.supervisor import Supervisor
-from tests.docker_support import build_image, docker_cli, engine_problem
-from tests.ports import free_port
+from modeld.testing.docker import build_image, docker_cli, engine_problem
+from modeld.testing.ports import free_port
 
 # Not a multiple of any poll interval, so the figure shows the real polling lag.
 LOAD_SECONDS = 1.23
@@ -86,8 +86,11 @@ async def measure(rounds: int) -> tuple[list[float], list[float]]:
             },
         }
     )
-    supervisor = Supervisor(
-        config, SimulatedGpu(config.gpu), {"docker": DockerRuntime()}, HealthProbe()
+    supervisor = await build_supervisor(
+        config,
+        gpu=SimulatedGpu(config.gpu),
+        runtimes={"docker": DockerRuntime()},
+        probe=HealthProbe(),
     )
     await supervisor.startup()
     path = Path(tempfile.mkdtemp()) / "modeld.sock"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import tomllib
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Literal, Self
 from urllib.parse import urlsplit
@@ -254,14 +255,10 @@ class Config(_Strict):
         if unknown:
             raise ValueError(f"daemon.preload: {unknown[0]!r} is not a configured model")
         if self.gpu.backend == "simulated":
-            count = len(self.gpu.devices_gb)
-            for model in self.models.values():
-                missing = [gpu for gpu in model.gpus if gpu >= count]
-                if missing:
-                    raise ValueError(
-                        f"models.{model.name}.gpus: device {missing[0]} does not exist "
-                        f"(the simulated GPU has {count})"
-                    )
+            # The simulated GPU's devices are known now; NVML's at start (check_devices).
+            missing = missing_device(self.models, set(range(len(self.gpu.devices_gb))))
+            if missing:
+                raise ValueError(f"{missing} (the simulated GPU has {len(self.gpu.devices_gb)})")
         return self
 
 
@@ -291,6 +288,24 @@ def config_warnings(config: Config) -> list[str]:
                     "beyond loopback: anyone who reaches it can use the model without modeld"
                 )
     return warnings
+
+
+def missing_device(models: Mapping[str, ModelConfig], present: set[int]) -> str | None:
+    """The one rule for GPU indexes: the first model naming a device this host lacks, as
+    "models.NAME.gpus: device N does not exist", or None."""
+    for name, model in models.items():
+        missing = [gpu for gpu in model.gpus if gpu not in present]
+        if missing:
+            return f"models.{name}.gpus: device {missing[0]} does not exist"
+    return None
+
+
+def check_devices(models: Mapping[str, ModelConfig], present: set[int]) -> None:
+    """ConfigError (naming the field) when a model names a device this host lacks."""
+    if missing := missing_device(models, present):
+        raise ConfigError(
+            f"{missing} (this host has {len(present)})", fields=[missing.split(":")[0]]
+        )
 
 
 def _field_path(loc: tuple[int | str, ...]) -> str:

@@ -17,34 +17,16 @@ from aiohttp import web
 
 from modeld import __version__
 from modeld.access import AccessPolicy
+from modeld.build import build_supervisor
 from modeld.config import Config, config_warnings
 from modeld.errors import ModeldError, SocketInUse
-from modeld.gpu import open_gpu_monitor
-from modeld.health import HealthProbe
-from modeld.hostmem import parkable_ram_gb
 from modeld.listen import inherited_socket
 from modeld.metrics import Metrics, serve_metrics
 from modeld.rpc import Limits, RpcServer
-from modeld.runtime.base import Runtime
 from modeld.sdnotify import Notifier
 from modeld.supervisor import Supervisor
 
 log = structlog.get_logger("modeld.daemon")
-
-
-def build_runtimes(config: Config) -> dict[str, Runtime]:
-    """One runtime of each kind the configured models use."""
-    runtimes: dict[str, Runtime] = {}
-    kinds = {model.runtime for model in config.models.values()}
-    if "docker" in kinds:
-        from modeld.runtime.docker import DockerRuntime
-
-        runtimes["docker"] = DockerRuntime()
-    if "process" in kinds:
-        from modeld.runtime.process import ProcessRuntime
-
-        runtimes["process"] = ProcessRuntime(config.daemon.pass_env)
-    return runtimes
 
 
 async def _every(interval_s: float, action: Callable[[], None]) -> None:
@@ -94,18 +76,8 @@ async def run_daemon(config: Config, socket_path: Path, config_path: Path | None
     for warning in config_warnings(config):
         log.warning("config.risk", warning=warning)
     daemon = config.daemon
-    gpu = await open_gpu_monitor(config.gpu)
     metrics = Metrics() if config.metrics.listen else None
-    supervisor = Supervisor(
-        config,
-        gpu,
-        build_runtimes(config),
-        HealthProbe(),
-        config_path=config_path,
-        metrics=metrics,
-        # Fake backends on the simulated GPU park nothing in host RAM.
-        host_ram=parkable_ram_gb if config.gpu.backend == "nvml" else None,
-    )
+    supervisor = await build_supervisor(config, metrics=metrics, config_path=config_path)
     server = RpcServer(
         supervisor,
         socket_path,
@@ -141,7 +113,7 @@ async def run_daemon(config: Config, socket_path: Path, config_path: Path | None
             socket=server.address,
             activated=inherited is not None,
             models=sorted(config.models),
-            gpu=gpu.backend,
+            gpu=config.gpu.backend,
         )
         jobs: list[Coroutine[Any, Any, Any]] = [
             _report_status(supervisor, notifier, daemon.poll_interval_s),

@@ -23,7 +23,7 @@ from typing import Any
 import structlog
 
 from modeld.activity import Activity, ActivityProbe, last_active
-from modeld.config import Config, DaemonConfig, load_config
+from modeld.config import Config, DaemonConfig, check_devices, load_config
 from modeld.errors import (
     ConfigError,
     GpuUnavailable,
@@ -135,15 +135,7 @@ class Supervisor:
     async def startup(self) -> None:
         """Read the GPU, check every model's devices exist, find what already runs."""
         reading = await self._ledger.read(self._models.values())
-        present = {d.index for d in reading.devices}
-        for record in self._models.values():
-            missing = [gpu for gpu in record.config.gpus if gpu not in present]
-            if missing:
-                raise ConfigError(
-                    f"models.{record.name}.gpus: device {missing[0]} does not exist "
-                    f"(this host has {len(present)})",
-                    fields=[f"models.{record.name}.gpus"],
-                )
+        check_devices(self._config.models, {d.index for d in reading.devices})
         self._learned = await asyncio.to_thread(self._store.load)
         for record in self._models.values():
             if learned := self._learned.models.get(record.name):
@@ -468,7 +460,6 @@ class Supervisor:
 
     def _check_reloadable(self, plan: ReloadPlan) -> None:
         """Refuse a config whose models need a runtime or a GPU this daemon does not have."""
-        present = {d.index for d in self._ledger.reading.devices} if self._ledger.reading else set()
         for name, model in plan.config.models.items():
             if model.runtime not in self._runtimes:
                 raise ConfigError(
@@ -476,12 +467,8 @@ class Supervisor:
                     "this daemon; restart modeld to add it",
                     fields=[f"models.{name}.runtime"],
                 )
-            missing = [gpu for gpu in model.gpus if present and gpu not in present]
-            if missing:
-                raise ConfigError(
-                    f"models.{name}.gpus: device {missing[0]} does not exist",
-                    fields=[f"models.{name}.gpus"],
-                )
+        if self._ledger.reading:
+            check_devices(plan.config.models, {d.index for d in self._ledger.reading.devices})
 
     @contextlib.asynccontextmanager
     async def _operation(self, op: str, record: ModelRecord | None, caller: Caller | None) -> Any:

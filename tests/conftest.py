@@ -11,14 +11,15 @@ from typing import Any
 
 import pytest
 
+from modeld.build import build_supervisor
 from modeld.config import Config, parse_config
 from modeld.gpu.simulated import SimulatedGpu
 from modeld.health import HealthProbe
 from modeld.rpc import RpcServer
 from modeld.supervisor import Supervisor
-from tests.docker_support import build_image, docker_cli, docker_required, engine_problem
-from tests.fakes import FakeRuntime
-from tests.ports import free_port
+from modeld.testing.docker import build_image, docker_cli, docker_required, engine_problem
+from modeld.testing.fakes import FakeRuntime
+from modeld.testing.ports import free_port
 
 # The router seed's field names: clients written for it must keep working.
 SEED_MODEL_FIELDS = frozenset(
@@ -97,11 +98,11 @@ async def supervised() -> AsyncIterator[SupervisorFactory]:
         runtime = FakeRuntime()
         gpu = SimulatedGpu(config.gpu, alive=runtime.alive)
         runtime.gpu = gpu
-        supervisor = Supervisor(
+        supervisor = await build_supervisor(
             config,
-            gpu,
-            {"process": runtime},
-            HealthProbe(timeout_s=1),
+            gpu=gpu,
+            runtimes={"process": runtime},
+            probe=HealthProbe(timeout_s=1),
             config_path=config_path,
             **options,
         )

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from modeld.gpu.base import pid_alive
-from tests.ports import wait_until
+from modeld.testing.ports import wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO = ROOT / "etc/modeld/demo.toml"

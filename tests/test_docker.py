@@ -15,6 +15,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from modeld.build import build_supervisor
 from modeld.client import Client, DaemonUnreachable, RpcError
 from modeld.config import Config, parse_config
 from modeld.errors import NameCollision
@@ -24,10 +25,10 @@ from modeld.rpc import RpcServer
 from modeld.runtime.docker import DockerRuntime
 from modeld.states import State
 from modeld.supervisor import Supervisor
+from modeld.testing.docker import docker_cli, docker_model
+from modeld.testing.ports import free_port
 from tests.conftest import SEED_GPU_FIELDS, SEED_MODEL_FIELDS, eventually
-from tests.docker_support import docker_cli, docker_model
 from tests.engine_proxy import EngineProxy
-from tests.ports import free_port
 
 pytestmark = pytest.mark.docker
 
@@ -68,8 +69,11 @@ async def daemon(tmp_path: Path) -> AsyncIterator[Any]:
         config: Config, runtime: DockerRuntime | None = None
     ) -> tuple[Supervisor, Path]:
         gpu = SimulatedGpu(config.gpu)
-        supervisor = Supervisor(
-            config, gpu, {"docker": runtime or DockerRuntime()}, HealthProbe(timeout_s=1)
+        supervisor = await build_supervisor(
+            config,
+            gpu=gpu,
+            runtimes={"docker": runtime or DockerRuntime()},
+            probe=HealthProbe(timeout_s=1),
         )
         await supervisor.startup()
         path = tmp_path / f"modeld-{len(running)}.sock"

@@ -18,8 +18,8 @@ from modeld.client import Client, RpcError
 from modeld.ctl import describe_step, switch_with_progress
 from modeld.events import Subscription
 from modeld.supervisor import Supervisor
+from modeld.testing.fakes import Behaviour, FakeRuntime
 from tests.conftest import Served, ServeFactory, eventually, make_config
-from tests.fakes import Behaviour, FakeRuntime
 
 THREE = {"a": {"gpu_memory_gb": 30}, "b": {"gpu_memory_gb": 25}, "c": {"gpu_memory_gb": 30}}
 
@@ -122,7 +122,7 @@ def test_modelctl_watch_prints_events(tmp_path: Path) -> None:
     )
     watcher = None
     try:
-        from tests.ports import wait_listening, wait_until
+        from modeld.testing.ports import wait_listening, wait_until
 
         wait_listening(socket, alive=lambda: daemon.poll() is None)
         watcher = subprocess.Popen(

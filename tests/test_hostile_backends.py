@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from modeld.build import build_supervisor
 from modeld.config import ModelConfig
 from modeld.errors import LoadFailed, OperationFailed
 from modeld.gpu.base import pid_alive
@@ -21,9 +22,8 @@ from modeld.gpu.simulated import SimulatedGpu
 from modeld.health import HealthProbe
 from modeld.runtime.process import MAX_LINE_CHARS, ProcessRuntime, resolve_command
 from modeld.states import State
-from modeld.supervisor import Supervisor
+from modeld.testing.ports import free_port
 from tests.conftest import SupervisorFactory, eventually, make_config
-from tests.ports import free_port
 from tests.test_process_runtime import has_output, process_model
 
 FAKE_VLLM = resolve_command("modeld-fake-vllm")
@@ -75,7 +75,12 @@ async def test_a_70000_character_line_loads_stops_and_keeps_the_daemon_usable() 
         {"talker": {"command": command, "endpoint": f"http://127.0.0.1:{port}"}}, [80]
     )
     runtime = ProcessRuntime()
-    supervisor = Supervisor(config, SimulatedGpu(config.gpu), {"process": runtime}, HealthProbe())
+    supervisor = await build_supervisor(
+        config,
+        gpu=SimulatedGpu(config.gpu),
+        runtimes={"process": runtime},
+        probe=HealthProbe(),
+    )
     await supervisor.startup()
     try:
         result = await supervisor.switch("talker", timeout=30)

@@ -24,9 +24,9 @@ from modeld.client import Client
 from modeld.ctl import render_status
 from modeld.rpc import MAX_BATCH, Limits, RpcServer
 from modeld.supervisor import Supervisor
+from modeld.testing.fakes import Behaviour, FakeRuntime
+from modeld.testing.ports import wait_until
 from tests.conftest import SupervisorFactory, eventually, make_config
-from tests.fakes import Behaviour, FakeRuntime
-from tests.ports import wait_until
 
 NOBODY = 65534
 MODELS = {"alpha": {"gpu_memory_gb": 10}, "beta": {"gpu_memory_gb": 10}}

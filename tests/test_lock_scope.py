@@ -11,8 +11,8 @@ import pytest
 
 from modeld.errors import LoadFailed
 from modeld.states import State
+from modeld.testing.fakes import Behaviour
 from tests.conftest import SupervisorFactory, eventually, make_config
-from tests.fakes import Behaviour
 
 MODELS = {name: {"gpu_memory_gb": 20} for name in ("slow", "other", "third")}
 

@@ -8,14 +8,15 @@ from dataclasses import replace
 
 from structlog.testing import capture_logs
 
+from modeld.build import build_supervisor
 from modeld.config import Config
 from modeld.gpu.base import BackendRef, GpuReading
 from modeld.gpu.simulated import SimulatedGpu
 from modeld.health import HealthProbe
 from modeld.states import State
 from modeld.supervisor import Supervisor
+from modeld.testing.fakes import FakeRuntime
 from tests.conftest import SupervisorFactory, make_config
-from tests.fakes import FakeRuntime
 
 
 class HungryGpu(SimulatedGpu):
@@ -36,7 +37,12 @@ async def started(config: Config) -> tuple[Supervisor, FakeRuntime]:
     """A supervisor on the hungry GPU."""
     runtime = FakeRuntime()
     gpu = HungryGpu(config.gpu, alive=runtime.alive)
-    supervisor = Supervisor(config, gpu, {"process": runtime}, HealthProbe(timeout_s=1))
+    supervisor = await build_supervisor(
+        config,
+        gpu=gpu,
+        runtimes={"process": runtime},
+        probe=HealthProbe(timeout_s=1),
+    )
     await supervisor.startup()
     return supervisor, runtime
 

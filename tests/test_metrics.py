@@ -9,15 +9,16 @@ import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from modeld.build import build_supervisor
 from modeld.config import parse_config
 from modeld.errors import LoadFailed
 from modeld.gpu.simulated import SimulatedGpu
 from modeld.health import HealthProbe
 from modeld.metrics import Metrics, serve_metrics
 from modeld.supervisor import Supervisor
+from modeld.testing.fakes import Behaviour, FakeRuntime
+from modeld.testing.ports import free_port
 from tests.conftest import make_config
-from tests.fakes import Behaviour, FakeRuntime
-from tests.ports import free_port
 
 GIB = 1024**3
 
@@ -36,8 +37,12 @@ async def host() -> AsyncIterator[tuple[Supervisor, FakeRuntime, str]]:
     runtime = FakeRuntime()
     gpu = SimulatedGpu(config.gpu, alive=runtime.alive)
     metrics = Metrics()
-    supervisor = Supervisor(
-        config, gpu, {"process": runtime}, HealthProbe(timeout_s=1), metrics=metrics
+    supervisor = await build_supervisor(
+        config,
+        gpu=gpu,
+        runtimes={"process": runtime},
+        probe=HealthProbe(timeout_s=1),
+        metrics=metrics,
     )
     await supervisor.startup()
     metrics.watch(supervisor.status)
@@ -128,11 +133,11 @@ async def test_parks_and_wakes_are_counted() -> None:
     config = make_config({"a": sleepy, "b": dict(sleepy)}, [80], park_ram_gb=100)
     runtime = FakeRuntime()
     metrics = Metrics()
-    supervisor = Supervisor(
+    supervisor = await build_supervisor(
         config,
-        SimulatedGpu(config.gpu, alive=runtime.alive),
-        {"process": runtime},
-        HealthProbe(timeout_s=1),
+        gpu=SimulatedGpu(config.gpu, alive=runtime.alive),
+        runtimes={"process": runtime},
+        probe=HealthProbe(timeout_s=1),
         metrics=metrics,
     )
     await supervisor.startup()

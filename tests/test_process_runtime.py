@@ -10,8 +10,8 @@ from modeld.gpu.base import pid_alive
 from modeld.health import Health, HealthProbe
 from modeld.runtime.base import BackendState
 from modeld.runtime.process import ProcessRuntime
+from modeld.testing.ports import free_port
 from tests.conftest import eventually
-from tests.ports import free_port
 
 PARENT_AND_CHILD = (
     "import subprocess, sys, time; "

@@ -13,8 +13,8 @@ from modeld.client import Client, RpcError
 from modeld.rpc import MAX_MESSAGE_BYTES, RpcServer
 from modeld.states import State
 from modeld.supervisor import Supervisor
+from modeld.testing.fakes import Behaviour, FakeRuntime
 from tests.conftest import Served, ServeFactory, SupervisorFactory, make_config
-from tests.fakes import Behaviour, FakeRuntime
 
 MODELS = {"alpha": {"gpu_memory_gb": 30}, "beta": {"gpu_memory_gb": 40}}
 

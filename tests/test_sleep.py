@@ -12,6 +12,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from modeld.activity import Activity, last_active, parse_activity
+from modeld.build import build_supervisor
 from modeld.errors import ConfigError, LoadFailed
 from modeld.gpu.base import BackendRef
 from modeld.gpu.simulated import SimulatedGpu
@@ -19,8 +20,8 @@ from modeld.health import HealthProbe
 from modeld.hostmem import parkable_ram_gb, parse_meminfo
 from modeld.states import State
 from modeld.supervisor import Supervisor
+from modeld.testing.fakes import Behaviour
 from tests.conftest import SupervisorFactory, make_config
-from tests.fakes import Behaviour
 
 # Two 50 GB models that sleep, on one 80 GB GPU: only one runs at a time.
 PARKABLE = {
@@ -169,7 +170,12 @@ async def test_a_parked_backend_found_at_startup_is_adopted_asleep(
     first, runtime, gpu = await supervised(config)
     await first.switch("a")
     await first.switch("b")
-    second = Supervisor(config, gpu, {"process": runtime}, HealthProbe(timeout_s=1))
+    second = await build_supervisor(
+        config,
+        gpu=gpu,
+        runtimes={"process": runtime},
+        probe=HealthProbe(timeout_s=1),
+    )
     await second.startup()
     try:
         assert await second.wait_for_state("a", {State.SLEEPING}, 5) is State.SLEEPING

@@ -7,12 +7,12 @@ from pathlib import Path
 
 from structlog.testing import capture_logs
 
+from modeld.build import build_supervisor
 from modeld.health import HealthProbe
 from modeld.states import State
 from modeld.store import Learned, Store, remember_load
-from modeld.supervisor import Supervisor
+from modeld.testing.fakes import Behaviour
 from tests.conftest import SupervisorFactory, eventually, make_config
-from tests.fakes import Behaviour
 
 
 def test_save_is_atomic_and_round_trips(tmp_path: Path) -> None:
@@ -98,7 +98,12 @@ async def test_adopting_a_running_backend_learns_no_load_time(
         return model is not None and bool(model.load_seconds)
 
     await eventually(saved)  # the save runs in the background
-    second = Supervisor(config, gpu, {"process": runtime}, HealthProbe(timeout_s=1))
+    second = await build_supervisor(
+        config,
+        gpu=gpu,
+        runtimes={"process": runtime},
+        probe=HealthProbe(timeout_s=1),
+    )
     await second.startup()
     try:
         assert await second.wait_for_state("alpha", {State.RUNNING}, 5) is State.RUNNING

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from modeld.build import build_supervisor
 from modeld.client import Client, RpcError
 from modeld.config import GpuConfig
 from modeld.gpu.base import BackendRef, GpuReading
@@ -18,9 +19,8 @@ from modeld.gpu.simulated import SimulatedGpu
 from modeld.health import HealthProbe
 from modeld.rpc import RpcServer
 from modeld.runtime.docker import DockerRuntime
-from modeld.supervisor import Supervisor
-from tests.docker_support import docker_cli
-from tests.ports import free_port
+from modeld.testing.docker import docker_cli
+from modeld.testing.ports import free_port
 from tests.test_docker import docker_config
 
 pytestmark = pytest.mark.docker
@@ -95,7 +95,12 @@ async def test_storm_of_switches(image: str, prefix: str, tmp_path: Path) -> Non
     tables = {name: existing_container(image, prefix, name) for name in MODELS}
     config = docker_config(tables, [CAPACITY_GB], release_delay_s=0.05)
     gpu = RecordingGpu(config.gpu)
-    supervisor = Supervisor(config, gpu, {"docker": DockerRuntime()}, HealthProbe(timeout_s=2))
+    supervisor = await build_supervisor(
+        config,
+        gpu=gpu,
+        runtimes={"docker": DockerRuntime()},
+        probe=HealthProbe(timeout_s=2),
+    )
     await supervisor.startup()
     server = RpcServer(supervisor, tmp_path / "storm.sock", max_connections=64)
     await server.start()

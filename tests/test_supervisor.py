@@ -8,6 +8,7 @@ from collections.abc import Sequence
 import pytest
 from structlog.testing import capture_logs
 
+from modeld.build import build_supervisor
 from modeld.config import ModelConfig
 from modeld.errors import (
     ConfigError,
@@ -22,9 +23,8 @@ from modeld.gpu.simulated import SimulatedGpu
 from modeld.health import HealthProbe
 from modeld.restart import GiveUp, Retry, decide_restart, restart_delay
 from modeld.states import State
-from modeld.supervisor import Supervisor
+from modeld.testing.fakes import Behaviour, FakeRuntime
 from tests.conftest import SEED_GPU_FIELDS, SEED_MODEL_FIELDS, SupervisorFactory, make_config
-from tests.fakes import Behaviour, FakeRuntime
 
 THREE = {
     "alpha": {"gpu_memory_gb": 30, "size_gb": 35},
@@ -284,7 +284,12 @@ async def test_gpu_read_errors_use_recent_reading_then_refuse() -> None:
     config = make_config(THREE, [60], gpu={"stale_after_s": 0.2})
     runtime = FakeRuntime()
     gpu = FlakyGpu(config.gpu, alive=runtime.alive)
-    supervisor = Supervisor(config, gpu, {"process": runtime}, HealthProbe(timeout_s=1))
+    supervisor = await build_supervisor(
+        config,
+        gpu=gpu,
+        runtimes={"process": runtime},
+        probe=HealthProbe(timeout_s=1),
+    )
     await supervisor.startup()
     try:
         gpu.failing = True

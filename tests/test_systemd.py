@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from tests.ports import free_port, wait_listening, wait_until
+from modeld.testing.ports import free_port, wait_listening, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 UNITS = ROOT / "systemd"

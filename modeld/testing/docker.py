@@ -18,7 +18,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from tests.ports import free_port
+from modeld.testing.ports import free_port
 
 IMAGE = "modeld-test/fake-vllm:3"
 BUSYBOX = Path("/bin/busybox")

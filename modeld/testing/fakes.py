@@ -1,4 +1,5 @@
-"""A fake runtime whose backends are real in-process fake vLLM HTTP servers."""
+"""A fake runtime for tests and benchmarks: fake PIDs, but real in-process fake vLLM HTTP
+servers (modeld.fakevllm), so everything above the runtime speaks the real protocol."""
 
 from __future__ import annotations
 
