@@ -20,12 +20,12 @@ from modeld.build import build_supervisor
 from modeld.client import Client
 from modeld.config import parse_config
 from modeld.gpu.simulated import SimulatedGpu
-from modeld.health import HealthProbe
 from modeld.logs import configure_logging
 from modeld.rpc import RpcServer
 from modeld.runtime.docker import DockerRuntime
 from modeld.testing.docker import build_image, docker_cli, engine_problem
 from modeld.testing.ports import free_port
+from modeld.vllm import VllmClient
 
 # Not a multiple of any poll interval, so the figure shows the real polling lag.
 LOAD_SECONDS = 1.23
@@ -90,7 +90,7 @@ async def measure(rounds: int) -> tuple[list[float], list[float]]:
         config,
         gpu=SimulatedGpu(config.gpu),
         runtimes={"docker": DockerRuntime()},
-        probe=HealthProbe(),
+        vllm=VllmClient(),
     )
     await supervisor.startup()
     path = Path(tempfile.mkdtemp()) / "modeld.sock"

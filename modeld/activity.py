@@ -1,11 +1,11 @@
 """Is a model being used? vLLM's `/metrics` says: its finished-request counter and its
-running and waiting gauges. The idle decision is a pure function of two readings."""
+running and waiting gauges (read by modeld.vllm). The idle decision is a pure function
+of two readings."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
 # Requests vLLM finished (any reason), and requests in its batches or queue now.
@@ -47,33 +47,3 @@ def last_active(
     if previous is not None and current.finished != previous.finished:
         return now
     return since
-
-
-class ActivityProbe:
-    """GETs `<endpoint>/metrics` with one shared HTTP session."""
-
-    def __init__(self, timeout_s: float = 2.0) -> None:
-        self._timeout = aiohttp.ClientTimeout(total=timeout_s)
-        self._session: aiohttp.ClientSession | None = None
-
-    async def read(self, endpoint: str) -> Activity | None:
-        """One reading, or None if `/metrics` cannot be read or lacks vLLM's metrics."""
-        if self._session is None:
-            self._session = aiohttp.ClientSession(timeout=self._timeout)
-        try:
-            async with self._session.get(f"{endpoint}/metrics") as response:
-                if response.status != 200:
-                    return None
-                text = await response.text()
-        except (aiohttp.ClientError, ConnectionError, TimeoutError):
-            return None
-        try:
-            return parse_activity(text)
-        except ValueError:
-            return None
-
-    async def close(self) -> None:
-        """Close the HTTP session."""
-        if self._session is not None:
-            await self._session.close()
-            self._session = None

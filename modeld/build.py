@@ -9,11 +9,11 @@ from pathlib import Path
 from modeld.config import Config
 from modeld.gpu import open_gpu_monitor
 from modeld.gpu.base import GpuMonitor
-from modeld.health import HealthProbe
 from modeld.hostmem import parkable_ram_gb
 from modeld.metrics import MetricsSink
 from modeld.runtime.base import Runtime
 from modeld.supervisor import Supervisor
+from modeld.vllm import VllmClient
 
 
 def build_runtimes(config: Config) -> dict[str, Runtime]:
@@ -36,7 +36,7 @@ async def build_supervisor(
     *,
     gpu: GpuMonitor | None = None,
     runtimes: Mapping[str, Runtime] | None = None,
-    probe: HealthProbe | None = None,
+    vllm: VllmClient | None = None,
     metrics: MetricsSink | None = None,
     config_path: Path | None = None,
     host_ram: Callable[[], float | None] | None = None,
@@ -48,7 +48,7 @@ async def build_supervisor(
         config,
         monitor,
         runtimes if runtimes is not None else build_runtimes(config),
-        probe or HealthProbe(),
+        vllm or VllmClient(),
         config_path=config_path,
         metrics=metrics,
         # Fake backends on the simulated GPU park nothing in host RAM.

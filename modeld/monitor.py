@@ -15,17 +15,16 @@ from typing import Protocol
 
 import structlog
 
-from modeld.activity import Activity, ActivityProbe
+from modeld.activity import Activity
 from modeld.config import DaemonConfig
 from modeld.errors import GpuUnavailable, ModeldError, RuntimeUnavailable
 from modeld.gpu.base import GpuReading
-from modeld.health import Health, HealthProbe
 from modeld.hfcache import Download, download_state, hf_cache_dir, signature
 from modeld.ledger import GpuLedger
 from modeld.record import ModelRecord
 from modeld.runtime.base import BackendState, BackendStatus, Runtime
-from modeld.sleepmode import SleepControl, says_asleep
 from modeld.states import State
+from modeld.vllm import Health, VllmClient
 
 log = structlog.get_logger("modeld.monitor")
 
@@ -88,16 +87,12 @@ class Monitor:
         self,
         observer: Observer,
         ledger: GpuLedger,
-        probe: HealthProbe,
-        sleep: SleepControl,
-        activity: ActivityProbe,
+        vllm: VllmClient,
         settings: Callable[[], DaemonConfig],
     ) -> None:
         self._observer = observer
         self._ledger = ledger
-        self._probe = probe
-        self._sleep = sleep
-        self._activity = activity
+        self._vllm = vllm
         self._settings = settings
         self._download_marks: dict[str, tuple[float, ...] | None] = {}
 
@@ -138,7 +133,7 @@ class Monitor:
         elif backend.state is BackendState.RUNNING:
             # Re-adopt a failed model only once it truly answers again.
             failed = record.state is State.FAILED
-            if failed and await self._probe.check(record.config.endpoint) is not Health.HEALTHY:
+            if failed and await self._vllm.health(record.config.endpoint) is not Health.HEALTHY:
                 return
             self._observer.seen_running(record, generation, backend)
 
@@ -152,14 +147,14 @@ class Monitor:
             self._observer.seen_exit(record, generation, backend.exit_code, lines)
             return
         self._observer.seen_health(
-            record, generation, await self._probe.check(record.config.endpoint)
+            record, generation, await self._vllm.health(record.config.endpoint)
         )
-        asleep = await says_asleep(self._sleep, record.config)
+        asleep = await self._vllm.says_asleep(record.config)
         if asleep is not None:
             self._observer.seen_asleep(record, generation, asleep)
         watch_idle = record.config.idle_unload_after_s is not None
         if watch_idle and record.generation == generation and record.state is State.RUNNING:
-            activity = await self._activity.read(record.config.endpoint)
+            activity = await self._vllm.activity(record.config.endpoint)
             self._observer.seen_activity(record, generation, activity)
 
     async def _scan_downloads(self, records: list[ModelRecord]) -> None:

@@ -12,16 +12,16 @@ from collections.abc import Callable
 
 from modeld.config import ModelConfig
 from modeld.errors import LoadFailed, OperationTimeout
-from modeld.health import Health, HealthProbe
 from modeld.runtime.base import Runtime
+from modeld.vllm import Health, VllmClient
 
 
 async def until_healthy(
-    model: ModelConfig, probe: HealthProbe, interval_s: float, seen: Callable[[Health], None]
+    model: ModelConfig, probe: VllmClient, interval_s: float, seen: Callable[[Health], None]
 ) -> None:
     """Probe `/health` until 200; LoadFailed on 503 (vLLM's engine died)."""
     while True:
-        health = await probe.check(model.endpoint)
+        health = await probe.health(model.endpoint)
         seen(health)
         if health is Health.HEALTHY:
             return
@@ -37,7 +37,7 @@ async def until_healthy(
 async def await_ready(
     model: ModelConfig,
     runtime: Runtime,
-    probe: HealthProbe,
+    probe: VllmClient,
     interval_s: float,
     seen: Callable[[Health], None],
 ) -> None:

@@ -9,10 +9,10 @@ from typing import Any, ClassVar
 from modeld.activity import Activity
 from modeld.config import ModelConfig
 from modeld.errors import ModeldError
-from modeld.health import Health
 from modeld.hfcache import Download
 from modeld.runtime.base import BackendStatus
 from modeld.states import ModelStatus, State
+from modeld.vllm import Health
 
 WAKE_FRACTION_OF_LOAD = 0.1
 

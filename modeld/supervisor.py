@@ -22,7 +22,7 @@ from typing import Any
 
 import structlog
 
-from modeld.activity import Activity, ActivityProbe, last_active
+from modeld.activity import Activity, last_active
 from modeld.config import Config, DaemonConfig, check_devices, load_config
 from modeld.errors import (
     ConfigError,
@@ -38,7 +38,6 @@ from modeld.errors import (
 )
 from modeld.events import EventBus, Subscription
 from modeld.gpu.base import GpuMonitor, GpuReading
-from modeld.health import Health, HealthProbe
 from modeld.hfcache import Download
 from modeld.jsonraw import RawJSON
 from modeld.ledger import GpuLedger
@@ -51,7 +50,6 @@ from modeld.record import ModelRecord
 from modeld.reload import ReloadPlan, plan_reload
 from modeld.restart import GiveUp, decide_restart
 from modeld.runtime.base import BackendState, BackendStatus, Runtime
-from modeld.sleepmode import SleepControl, says_asleep
 from modeld.states import Failure, ModelStatus, State, check_transition
 from modeld.store import (
     Learned,
@@ -64,6 +62,7 @@ from modeld.store import (
     remember_wake,
 )
 from modeld.views import held_memory, model_view, models_view, runtime_view
+from modeld.vllm import Health, VllmClient
 
 log = structlog.get_logger("modeld.supervisor")
 
@@ -90,24 +89,20 @@ class Supervisor:
         config: Config,
         gpu: GpuMonitor,
         runtimes: Mapping[str, Runtime],
-        probe: HealthProbe | None = None,
+        vllm: VllmClient | None = None,
         store: Store | None = None,
         config_path: Path | None = None,
         metrics: MetricsSink | None = None,
-        sleep: SleepControl | None = None,
-        activity: ActivityProbe | None = None,
         host_ram: Callable[[], float | None] | None = None,
     ) -> None:
         self._config = config
-        self._sleep = sleep or SleepControl()
-        self._activity = activity or ActivityProbe()
         self._metrics = metrics or NoMetrics()
         self._config_path = config_path
         self._store = store or Store(config.daemon.state_dir)
         self._learned = Learned()
         self._ledger = GpuLedger(gpu, config, host_ram)
         self._runtimes = dict(runtimes)
-        self._probe = probe or HealthProbe()
+        self._vllm = vllm or VllmClient()
         self._lock = asyncio.Lock()
         self._models = {
             name: ModelRecord(model, ModelStatus(State.STOPPED, time.time()))
@@ -115,9 +110,7 @@ class Supervisor:
         }
         self._runtime_errors: dict[str, str | None] = {name: None for name in self._runtimes}
         self._changed = asyncio.Event()
-        self._monitor = Monitor(
-            self, self._ledger, self._probe, self._sleep, self._activity, self._daemon_settings
-        )
+        self._monitor = Monitor(self, self._ledger, self._vllm, self._daemon_settings)
         self._monitoring: asyncio.Task[None] | None = None
         self._saving: asyncio.Task[None] | None = None
         self._events = EventBus()
@@ -175,9 +168,7 @@ class Supervisor:
         for runtime in self._runtimes.values():
             await runtime.close()
         await self._ledger.close()
-        await self._probe.close()
-        await self._sleep.close()
-        await self._activity.close()
+        await self._vllm.close()
 
     # ---- queries: answered from memory -----------------------------------------------
 
@@ -683,8 +674,8 @@ class Supervisor:
         backend will not sleep. True if it was parked."""
         endpoint = record.config.endpoint
         try:
-            await self._sleep.sleep(endpoint, record.config.stop_timeout_s)
-            if not await self._sleep.is_sleeping(endpoint):
+            await self._vllm.sleep(endpoint, record.config.stop_timeout_s)
+            if not await self._vllm.is_sleeping(endpoint):
                 raise SleepModeFailed("/sleep answered 200 but /is_sleeping says it is awake")
         except SleepModeFailed as exc:
             log.warning("park.failed", model=record.name, error=exc.message, fallback="stop")
@@ -718,10 +709,10 @@ class Supervisor:
         started = time.monotonic()
         generation = record.generation
         try:
-            await self._sleep.wake_up(config.endpoint, config.wake_timeout_s)
-            if await self._sleep.is_sleeping(config.endpoint):
+            await self._vllm.wake_up(config.endpoint, config.wake_timeout_s)
+            if await self._vllm.is_sleeping(config.endpoint):
                 raise SleepModeFailed("/wake_up answered 200 but /is_sleeping says it sleeps")
-            health = await self._probe.check(config.endpoint)
+            health = await self._vllm.health(config.endpoint)
             record.health = health
             if health is not Health.HEALTHY:
                 raise SleepModeFailed(f"/health says {health.value} after waking")
@@ -909,7 +900,7 @@ class Supervisor:
             await await_ready(
                 record.config,
                 self._runtime(record),
-                self._probe,
+                self._vllm,
                 self._config.daemon.health_poll_interval_s,
                 lambda health: setattr(record, "health", health),
             )
@@ -933,7 +924,7 @@ class Supervisor:
             )
             return failure
         load_s = time.monotonic() - started
-        if await says_asleep(self._sleep, record.config):
+        if await self._vllm.says_asleep(record.config):
             # Found at startup (or woken and parked again behind modeld's back) asleep.
             record.load = None
             self._transition(record, State.SLEEPING, "found asleep")

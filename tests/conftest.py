@@ -14,12 +14,12 @@ import pytest
 from modeld.build import build_supervisor
 from modeld.config import Config, parse_config
 from modeld.gpu.simulated import SimulatedGpu
-from modeld.health import HealthProbe
 from modeld.rpc import RpcServer
 from modeld.supervisor import Supervisor
 from modeld.testing.docker import build_image, docker_cli, docker_required, engine_problem
 from modeld.testing.fakes import FakeRuntime
 from modeld.testing.ports import free_port
+from modeld.vllm import VllmClient
 
 # The router seed's field names: clients written for it must keep working.
 SEED_MODEL_FIELDS = frozenset(
@@ -102,7 +102,7 @@ async def supervised() -> AsyncIterator[SupervisorFactory]:
             config,
             gpu=gpu,
             runtimes={"process": runtime},
-            probe=HealthProbe(timeout_s=1),
+            vllm=VllmClient(timeout_s=1),
             config_path=config_path,
             **options,
         )

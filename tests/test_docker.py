@@ -20,13 +20,13 @@ from modeld.client import Client, DaemonUnreachable, RpcError
 from modeld.config import Config, parse_config
 from modeld.errors import NameCollision
 from modeld.gpu.simulated import SimulatedGpu
-from modeld.health import HealthProbe
 from modeld.rpc import RpcServer
 from modeld.runtime.docker import DockerRuntime
 from modeld.states import State
 from modeld.supervisor import Supervisor
 from modeld.testing.docker import docker_cli, docker_model
 from modeld.testing.ports import free_port
+from modeld.vllm import VllmClient
 from tests.conftest import SEED_GPU_FIELDS, SEED_MODEL_FIELDS, eventually
 from tests.engine_proxy import EngineProxy
 
@@ -73,7 +73,7 @@ async def daemon(tmp_path: Path) -> AsyncIterator[Any]:
             config,
             gpu=gpu,
             runtimes={"docker": runtime or DockerRuntime()},
-            probe=HealthProbe(timeout_s=1),
+            vllm=VllmClient(timeout_s=1),
         )
         await supervisor.startup()
         path = tmp_path / f"modeld-{len(running)}.sock"

@@ -19,10 +19,10 @@ from modeld.config import ModelConfig
 from modeld.errors import LoadFailed, OperationFailed
 from modeld.gpu.base import pid_alive
 from modeld.gpu.simulated import SimulatedGpu
-from modeld.health import HealthProbe
 from modeld.runtime.process import MAX_LINE_CHARS, ProcessRuntime, resolve_command
 from modeld.states import State
 from modeld.testing.ports import free_port
+from modeld.vllm import VllmClient
 from tests.conftest import SupervisorFactory, eventually, make_config
 from tests.test_process_runtime import has_output, process_model
 
@@ -79,7 +79,7 @@ async def test_a_70000_character_line_loads_stops_and_keeps_the_daemon_usable() 
         config,
         gpu=SimulatedGpu(config.gpu),
         runtimes={"process": runtime},
-        probe=HealthProbe(),
+        vllm=VllmClient(),
     )
     await supervisor.startup()
     try:

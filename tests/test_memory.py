@@ -12,10 +12,10 @@ from modeld.build import build_supervisor
 from modeld.config import Config
 from modeld.gpu.base import BackendRef, GpuReading
 from modeld.gpu.simulated import SimulatedGpu
-from modeld.health import HealthProbe
 from modeld.states import State
 from modeld.supervisor import Supervisor
 from modeld.testing.fakes import FakeRuntime
+from modeld.vllm import VllmClient
 from tests.conftest import SupervisorFactory, make_config
 
 
@@ -41,7 +41,7 @@ async def started(config: Config) -> tuple[Supervisor, FakeRuntime]:
         config,
         gpu=gpu,
         runtimes={"process": runtime},
-        probe=HealthProbe(timeout_s=1),
+        vllm=VllmClient(timeout_s=1),
     )
     await supervisor.startup()
     return supervisor, runtime

@@ -13,11 +13,11 @@ from modeld.build import build_supervisor
 from modeld.config import parse_config
 from modeld.errors import LoadFailed
 from modeld.gpu.simulated import SimulatedGpu
-from modeld.health import HealthProbe
 from modeld.metrics import Metrics, serve_metrics
 from modeld.supervisor import Supervisor
 from modeld.testing.fakes import Behaviour, FakeRuntime
 from modeld.testing.ports import free_port
+from modeld.vllm import VllmClient
 from tests.conftest import make_config
 
 GIB = 1024**3
@@ -41,7 +41,7 @@ async def host() -> AsyncIterator[tuple[Supervisor, FakeRuntime, str]]:
         config,
         gpu=gpu,
         runtimes={"process": runtime},
-        probe=HealthProbe(timeout_s=1),
+        vllm=VllmClient(timeout_s=1),
         metrics=metrics,
     )
     await supervisor.startup()
@@ -137,7 +137,7 @@ async def test_parks_and_wakes_are_counted() -> None:
         config,
         gpu=SimulatedGpu(config.gpu, alive=runtime.alive),
         runtimes={"process": runtime},
-        probe=HealthProbe(timeout_s=1),
+        vllm=VllmClient(timeout_s=1),
         metrics=metrics,
     )
     await supervisor.startup()

@@ -7,10 +7,10 @@ import sys
 
 from modeld.config import ModelConfig
 from modeld.gpu.base import pid_alive
-from modeld.health import Health, HealthProbe
 from modeld.runtime.base import BackendState
 from modeld.runtime.process import ProcessRuntime
 from modeld.testing.ports import free_port
+from modeld.vllm import Health, VllmClient
 from tests.conftest import eventually
 
 PARENT_AND_CHILD = (
@@ -44,19 +44,19 @@ async def test_fake_vllm_child_serves_health_then_stops() -> None:
     model = process_model(
         ["modeld-fake-vllm", "--model", "m", "--port", str(port), "--load-seconds", "0.3"], port
     )
-    runtime, probe = ProcessRuntime(), HealthProbe(timeout_s=1)
+    runtime, probe = ProcessRuntime(), VllmClient(timeout_s=1)
     try:
         started = await runtime.start(model)
         assert started.state is BackendState.RUNNING
-        assert await probe.check(model.endpoint) is Health.UNREACHABLE
+        assert await probe.health(model.endpoint) is Health.UNREACHABLE
 
         async def healthy() -> bool:
-            return await probe.check(model.endpoint) is Health.HEALTHY
+            return await probe.health(model.endpoint) is Health.HEALTHY
 
         await eventually(healthy)
         await runtime.stop(model)
         assert (await runtime.inspect(model)).state is BackendState.EXITED
-        assert await probe.check(model.endpoint) is Health.UNREACHABLE
+        assert await probe.health(model.endpoint) is Health.UNREACHABLE
         await runtime.stop(model)  # idempotent
     finally:
         await runtime.close()

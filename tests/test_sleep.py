@@ -16,11 +16,11 @@ from modeld.build import build_supervisor
 from modeld.errors import ConfigError, LoadFailed
 from modeld.gpu.base import BackendRef
 from modeld.gpu.simulated import SimulatedGpu
-from modeld.health import HealthProbe
 from modeld.hostmem import parkable_ram_gb, parse_meminfo
 from modeld.states import State
 from modeld.supervisor import Supervisor
 from modeld.testing.fakes import Behaviour
+from modeld.vllm import VllmClient
 from tests.conftest import SupervisorFactory, make_config
 
 # Two 50 GB models that sleep, on one 80 GB GPU: only one runs at a time.
@@ -174,7 +174,7 @@ async def test_a_parked_backend_found_at_startup_is_adopted_asleep(
         config,
         gpu=gpu,
         runtimes={"process": runtime},
-        probe=HealthProbe(timeout_s=1),
+        vllm=VllmClient(timeout_s=1),
     )
     await second.startup()
     try:

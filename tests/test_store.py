@@ -8,10 +8,10 @@ from pathlib import Path
 from structlog.testing import capture_logs
 
 from modeld.build import build_supervisor
-from modeld.health import HealthProbe
 from modeld.states import State
 from modeld.store import Learned, Store, remember_load
 from modeld.testing.fakes import Behaviour
+from modeld.vllm import VllmClient
 from tests.conftest import SupervisorFactory, eventually, make_config
 
 
@@ -102,7 +102,7 @@ async def test_adopting_a_running_backend_learns_no_load_time(
         config,
         gpu=gpu,
         runtimes={"process": runtime},
-        probe=HealthProbe(timeout_s=1),
+        vllm=VllmClient(timeout_s=1),
     )
     await second.startup()
     try:

@@ -16,11 +16,11 @@ from modeld.client import Client, RpcError
 from modeld.config import GpuConfig
 from modeld.gpu.base import BackendRef, GpuReading
 from modeld.gpu.simulated import SimulatedGpu
-from modeld.health import HealthProbe
 from modeld.rpc import RpcServer
 from modeld.runtime.docker import DockerRuntime
 from modeld.testing.docker import docker_cli
 from modeld.testing.ports import free_port
+from modeld.vllm import VllmClient
 from tests.test_docker import docker_config
 
 pytestmark = pytest.mark.docker
@@ -99,7 +99,7 @@ async def test_storm_of_switches(image: str, prefix: str, tmp_path: Path) -> Non
         config,
         gpu=gpu,
         runtimes={"docker": DockerRuntime()},
-        probe=HealthProbe(timeout_s=2),
+        vllm=VllmClient(timeout_s=2),
     )
     await supervisor.startup()
     server = RpcServer(supervisor, tmp_path / "storm.sock", max_connections=64)

@@ -20,10 +20,10 @@ from modeld.errors import (
 )
 from modeld.gpu.base import BackendRef, GpuReading
 from modeld.gpu.simulated import SimulatedGpu
-from modeld.health import HealthProbe
 from modeld.restart import GiveUp, Retry, decide_restart, restart_delay
 from modeld.states import State
 from modeld.testing.fakes import Behaviour, FakeRuntime
+from modeld.vllm import VllmClient
 from tests.conftest import SEED_GPU_FIELDS, SEED_MODEL_FIELDS, SupervisorFactory, make_config
 
 THREE = {
@@ -288,7 +288,7 @@ async def test_gpu_read_errors_use_recent_reading_then_refuse() -> None:
         config,
         gpu=gpu,
         runtimes={"process": runtime},
-        probe=HealthProbe(timeout_s=1),
+        vllm=VllmClient(timeout_s=1),
     )
     await supervisor.startup()
     try:
