@@ -21,8 +21,8 @@ from modeld.client import Client
 from modeld.config import parse_config
 from modeld.gpu.simulated import SimulatedGpu
 from modeld.logs import configure_logging
-from modeld.rpc import RpcServer
 from modeld.runtime.docker import DockerRuntime
+from modeld.server import RpcServer
 from modeld.testing.docker import build_image, docker_cli, engine_problem
 from modeld.testing.ports import free_port
 from modeld.vllm import VllmClient

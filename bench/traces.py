@@ -19,7 +19,7 @@ from itertools import combinations
 from bench.common import Report, cli, figure
 from modeld.config import EvictionPolicy
 from modeld.planner import Candidate, Device, Infeasible, Target, plan_switch
-from modeld.supervisor import DEMAND_DECAY
+from modeld.switching import DEMAND_DECAY
 
 POLICIES: tuple[EvictionPolicy, ...] = ("largest_first", "lru", "fewest", "cost_aware")
 DEFAULT: EvictionPolicy = "cost_aware"

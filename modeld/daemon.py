@@ -22,8 +22,8 @@ from modeld.config import Config, config_warnings
 from modeld.errors import ModeldError, SocketInUse
 from modeld.listen import inherited_socket
 from modeld.metrics import Metrics, serve_metrics
-from modeld.rpc import Limits, RpcServer
 from modeld.sdnotify import Notifier
+from modeld.server import Limits, RpcServer
 from modeld.supervisor import Supervisor
 
 log = structlog.get_logger("modeld.daemon")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any
 
 from modeld.activity import Activity
 from modeld.config import ModelConfig
@@ -17,12 +17,21 @@ from modeld.vllm import Health
 WAKE_FRACTION_OF_LOAD = 0.1
 
 
+class Revision:
+    """The one signal that what `status` shows has changed: bumped by every write to a
+    record and by every other change the view shows."""
+
+    def __init__(self) -> None:
+        self.value = 0
+
+    def bump(self) -> None:
+        """Something `status` shows has changed."""
+        self.value += 1
+
+
 @dataclass
 class ModelRecord:
     """One model's live record: state, health, backend, and its load watcher."""
-
-    # Bumped by every change to any record, so a cached view knows when it is stale.
-    revision: ClassVar[int] = 0
 
     config: ModelConfig
     status: ModelStatus
@@ -66,10 +75,14 @@ class ModelRecord:
     # After a reload: removed from the config while running, or changed while running.
     unmanaged: bool = False
     pending_config: ModelConfig | None = None
+    # Told of every write to this record (the status view's one signal).
+    changes: Revision | None = field(default=None, repr=False, compare=False)
 
     def __setattr__(self, name: str, value: Any) -> None:
         object.__setattr__(self, name, value)
-        ModelRecord.revision += 1
+        changes = self.__dict__.get("changes")
+        if changes is not None:
+            changes.bump()
 
     def load_estimate_s(self) -> float:
         """Seconds a cold load is expected to take: learned here, else configured."""

@@ -6,18 +6,10 @@ and nowhere else.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import functools
-import grp
 import inspect
 import json
-import os
-import socket
-from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
 import structlog
@@ -40,9 +32,8 @@ from pydantic import (
 )
 
 from modeld import __version__
-from modeld.access import AccessPolicy, Caller, peer_credentials
-from modeld.errors import ModeldError, PermissionDenied, SocketInUse, TooManyConnections
-from modeld.events import Subscription
+from modeld.access import AccessPolicy, Caller
+from modeld.errors import ModeldError, PermissionDenied
 from modeld.jsonraw import RawJSON, response_line
 from modeld.supervisor import Supervisor
 
@@ -272,390 +263,28 @@ METHODS: dict[str, Handler] = {
 }
 
 
-_UNPARSED = object()
+UNPARSED = object()
 
 
-def _parse(line: bytes) -> tuple[str | None, Any]:
-    """The line as text and as JSON (_UNPARSED if it is not JSON; None text if not UTF-8)."""
+def parse(line: bytes) -> tuple[str | None, Any]:
+    """The line as text and as JSON (UNPARSED if it is not JSON; None text if not UTF-8)."""
     try:
         text = line.decode("utf-8")
     except UnicodeDecodeError:
-        return None, _UNPARSED
+        return None, UNPARSED
     try:
         return text, json.loads(text)
     except (ValueError, RecursionError):
-        return text, _UNPARSED
+        return text, UNPARSED
 
 
-def _error_line(code: int, message: str, data: dict[str, Any]) -> bytes:
+def error_line(code: int, message: str, data: dict[str, Any]) -> bytes:
+    """A JSON-RPC error answer line not tied to a request (id null)."""
     body = {"jsonrpc": "2.0", "error": {"code": code, "message": message, "data": data}, "id": None}
     return json.dumps(body).encode() + b"\n"
 
 
-# Per connection: requests that may take long run as tasks, at most this many at once;
-# past that the connection is not read until one ends (a client cannot pile up work).
-MAX_TASKS_PER_CONNECTION = 8
-MAX_BATCH = 100
-LINES_PER_TURN = 32
-READ_CHUNK = 64 * 1024
-# A line begun must be finished within this; an answer the client does not read within
-# WRITE_TIMEOUT_S (its buffers full) ends the connection.
-LINE_TIMEOUT_S = 10.0
-WRITE_TIMEOUT_S = 30.0
-# Slots kept for root and the allowed callers, and the share of one other uid.
-RESERVED_CONNECTIONS = 16
-MAX_CONNECTIONS_PER_UID = 32
-
-
-@dataclass
-class Limits:
-    """What one connection, and one uid, may hold."""
-
-    max_connections: int = 256
-    per_uid: int = MAX_CONNECTIONS_PER_UID
-    reserved: int = RESERVED_CONNECTIONS
-    tasks: int = MAX_TASKS_PER_CONNECTION
-    line_timeout_s: float = LINE_TIMEOUT_S
-    write_timeout_s: float = WRITE_TIMEOUT_S
-
-
-class _Connection:
-    """One client: its writer, its request tasks, its one subscription."""
-
-    def __init__(self, writer: asyncio.StreamWriter, caller: Caller, limits: Limits) -> None:
-        self.writer = writer
-        self.caller = caller
-        self.limits = limits
-        self.tasks: set[asyncio.Task[None]] = set()
-        self.subscription: Subscription | None = None
-        self.pump: asyncio.Task[None] | None = None
-        self.closed = False
-        self.gone_logged = False
-
-    async def send(self, data: bytes) -> None:
-        """Write one whole message (one write call: messages from the connection's
-        requests and its event pump never interleave), then wait while the caller's
-        buffer is full, up to the write deadline; a caller that does not read is cut."""
-        if self.writer.is_closing():
-            self._gone(len(data))
-            return
-        try:
-            self.writer.write(data)
-            transport = self.writer.transport
-            if transport.get_write_buffer_size() <= transport.get_write_buffer_limits()[1]:
-                return  # below the high-water mark: nothing to wait for (no timer, no task)
-            await asyncio.wait_for(self.writer.drain(), self.limits.write_timeout_s)
-        except ConnectionError:
-            self._gone(len(data))
-        except TimeoutError:
-            if not self.writer.is_closing():
-                log.warning(
-                    "rpc.client_not_reading",
-                    timeout_s=self.limits.write_timeout_s,
-                    **self.caller.as_log(),
-                )
-            self.writer.transport.abort()
-
-    def _gone(self, size: int) -> None:
-        # Once per connection: a client that left must not make a log line per answer.
-        if not self.gone_logged:
-            self.gone_logged = True
-            log.info("rpc.caller_gone", bytes=size, **self.caller.as_log())
-
-
-class RpcServer:
-    """Serves JSON-RPC on a Unix socket; each connection, and each request, on its own."""
-
-    def __init__(
-        self,
-        supervisor: Supervisor,
-        path: Path,
-        mode: int = 0o660,
-        group: str | None = None,
-        policy: AccessPolicy | None = None,
-        max_connections: int = 256,
-        limits: Limits | None = None,
-    ) -> None:
-        self._supervisor = supervisor
-        self._policy = policy or AccessPolicy()
-        self._limits = limits or Limits(
-            max_connections=max_connections,
-            reserved=min(RESERVED_CONNECTIONS, max_connections // 4),
-        )
-        self._connections = 0
-        self._per_uid: Counter[int | None] = Counter()
-        self._path = path
-        self._mode = mode
-        self._group = group
-        self._server: asyncio.Server | None = None
-        self._requests: set[asyncio.Task[None]] = set()
-        # The socket file this server made (device, inode): removed at exit only if the
-        # path still names it, never another daemon's socket bound there meanwhile.
-        self._made: tuple[int, int] | None = None
-
-    @property
-    def connections(self) -> int:
-        """How many connections are open now."""
-        return self._connections
-
-    async def start(self, inherited: socket.socket | None = None) -> None:
-        """Listen on the socket systemd passed in, else on the socket path (replacing a
-        stale socket but never a live one)."""
-        if inherited is not None:
-            # systemd owns this socket, its mode and its group: serve it, never remove it.
-            self._server = await asyncio.start_unix_server(self._connection, sock=inherited)
-            log.info("socket.listening", path=str(inherited.getsockname()), activated=True)
-            return
-        self._path.parent.mkdir(parents=True, exist_ok=True)
-        if self._path.exists() or self._path.is_socket():
-            if await _answers(self._path):
-                raise SocketInUse(
-                    f"{self._path} is in use by another process (is modeld running?)",
-                    socket=str(self._path),
-                )
-            self._path.unlink()
-        sock = self._bind_private()
-        self._server = await asyncio.start_unix_server(self._connection, sock=sock)
-        log.info("socket.listening", path=str(self._path))
-
-    def _bind_private(self) -> socket.socket:
-        """Bind beside the path, set mode and group, listen, then rename into place: the
-        socket is never reachable under its name with the wrong permissions."""
-        temporary = self._path.with_name(f".{self._path.name}.{os.getpid()}")
-        with contextlib.suppress(FileNotFoundError):
-            temporary.unlink()
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            sock.bind(str(temporary))
-            os.chmod(temporary, self._mode)
-            if self._group:
-                try:
-                    os.chown(temporary, -1, grp.getgrnam(self._group).gr_gid)
-                except (KeyError, PermissionError) as exc:
-                    log.warning("socket.group_not_set", group=self._group, error=str(exc))
-            sock.listen(socket.SOMAXCONN)
-            os.rename(temporary, self._path)
-        except BaseException:
-            sock.close()
-            with contextlib.suppress(FileNotFoundError):
-                temporary.unlink()
-            raise
-        made = self._path.stat()
-        self._made = (made.st_dev, made.st_ino)
-        sock.setblocking(False)
-        return sock
-
-    @property
-    def address(self) -> str:
-        """Where clients connect: the socket systemd passed in, or the path."""
-        if self._made is not None:
-            return str(self._path)
-        sockets = self._server.sockets if self._server else ()
-        return str(sockets[0].getsockname()) if sockets else str(self._path)
-
-    async def close(self, grace_s: float = 30.0) -> None:
-        """Stop accepting, let in-flight requests finish (up to `grace_s`), remove the socket."""
-        try:
-            if self._server is not None:
-                self._server.close()
-                if self._requests:
-                    await asyncio.wait(self._requests, timeout=grace_s)
-        finally:
-            if self._made is not None:
-                self._remove_own_socket()
-
-    def _remove_own_socket(self) -> None:
-        try:
-            now = self._path.stat()
-        except FileNotFoundError:
-            return
-        if (now.st_dev, now.st_ino) == self._made:
-            self._path.unlink()
-        else:
-            log.warning("socket.replaced", path=str(self._path), action="left in place")
-
-    def _admit(self, caller: Caller) -> TooManyConnections | None:
-        """Whether a new connection may be served: unprivileged callers share all but the
-        reserved slots, each uid at most its share; root and allowed callers may use all."""
-        limits = self._limits
-        privileged = caller.uid == 0 or (
-            self._policy.restricted and self._policy.may_mutate(caller)
-        )
-        if self._connections >= limits.max_connections:
-            why, limit = "the daemon's connections are all taken", limits.max_connections
-        elif privileged:
-            return None
-        elif self._connections >= limits.max_connections - limits.reserved:
-            why = "the remaining connections are reserved for root and allowed callers"
-            limit = limits.max_connections - limits.reserved
-        elif self._per_uid[caller.uid] >= limits.per_uid:
-            why, limit = f"uid {caller.uid} holds its share of connections", limits.per_uid
-        else:
-            return None
-        return TooManyConnections(f"{why} ({limit}); try again later", limit=limit, reason=why)
-
-    async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        caller = peer_credentials(writer.get_extra_info("socket"))
-        connection = _Connection(writer, caller, self._limits)
-        refusal = self._admit(caller)
-        if refusal is not None:
-            log.warning("rpc.refused", reason=refusal.data["reason"], **caller.as_log())
-            with contextlib.suppress(ConnectionError):
-                writer.write(_error_line(refusal.code, refusal.message, refusal.data))
-            writer.close()
-            return
-        self._connections += 1
-        self._per_uid[caller.uid] += 1
-        attach = functools.partial(self.attach, connection)
-        context = Context(self._supervisor, caller, self._policy, attach)
-        try:
-            await self._serve(reader, connection, context)
-        except ConnectionError:
-            pass
-        finally:
-            # A caller that hangs up (or half-closes after its last request, as socat does)
-            # does not abort its switch: the request tasks finish, answer if they still can,
-            # and log their outcome; only then is the transport closed.
-            connection.closed = True
-            self._end_subscription(connection)
-            if connection.tasks:
-                await asyncio.wait(connection.tasks)
-            self._end_subscription(connection)  # in case a subscribe was still on its way
-            self._connections -= 1
-            self._per_uid[caller.uid] -= 1
-            if not self._per_uid[caller.uid]:
-                del self._per_uid[caller.uid]
-            writer.close()
-
-    async def _serve(
-        self, reader: asyncio.StreamReader, connection: _Connection, context: Context
-    ) -> None:
-        """Read lines in chunks and answer each; bounded in bytes, time and tasks."""
-        buffer = b""
-        while True:
-            start, served = 0, 0
-            while (end := buffer.find(b"\n", start)) >= 0:
-                line = buffer[start : end + 1]
-                start = end + 1
-                if len(line) > MAX_MESSAGE_BYTES:
-                    break
-                if connection.writer.is_closing():
-                    return  # cut off (or gone): the rest of what it sent is not served
-                if line.strip():
-                    await self._line(line, connection, context)
-                    served += 1
-                    if served % LINES_PER_TURN == 0:
-                        # A chunk may hold thousands of lines: let other clients in.
-                        await asyncio.sleep(0)
-            else:
-                buffer = buffer[start:]
-            if len(buffer) > MAX_MESSAGE_BYTES:
-                refusal = {"error": "too_large", "limit_bytes": MAX_MESSAGE_BYTES}
-                await connection.send(_error_line(INVALID_REQUEST, "Invalid Request", refusal))
-                return  # the stream cannot be resynchronised: drop this connection only
-            try:
-                # A line begun must be finished in time; between lines a client may idle.
-                if buffer:
-                    chunk = await asyncio.wait_for(
-                        reader.read(READ_CHUNK), self._limits.line_timeout_s
-                    )
-                else:
-                    chunk = await reader.read(READ_CHUNK)
-            except TimeoutError:
-                log.warning(
-                    "rpc.line_timeout",
-                    timeout_s=self._limits.line_timeout_s,
-                    **connection.caller.as_log(),
-                )
-                await connection.send(
-                    _error_line(
-                        INVALID_REQUEST,
-                        "Invalid Request",
-                        {"error": "line_timeout", "timeout_s": self._limits.line_timeout_s},
-                    )
-                )
-                return
-            if not chunk:
-                if buffer.strip():  # the last message may lack its newline
-                    await self._line(buffer, connection, context)
-                return
-            buffer += chunk
-
-    async def _line(self, line: bytes, connection: _Connection, context: Context) -> None:
-        text, request = _parse(line)
-        if text is None or not _may_take_long(request):
-            # Answered from memory (or refused) at once: no task, no extra loop turn.
-            await self._request(text, request, context, connection)
-            return
-        if isinstance(request, list) and len(request) > MAX_BATCH:
-            refusal = {"error": "batch_too_large", "limit": MAX_BATCH}
-            await connection.send(_error_line(INVALID_REQUEST, "Invalid Request", refusal))
-            return
-        while len(connection.tasks) >= self._limits.tasks:
-            # Backpressure: this connection is not read until one of its requests ends.
-            await asyncio.wait(connection.tasks, return_when=asyncio.FIRST_COMPLETED)
-        # Anything that may take long runs on its own, so this connection's next
-        # requests are not held up behind it.
-        task = asyncio.create_task(self._request(text, request, context, connection))
-        for registry in (self._requests, connection.tasks):
-            registry.add(task)
-            task.add_done_callback(registry.discard)
-
-    def attach(self, connection: _Connection) -> bool:
-        """Give the connection its one subscription; False if it had one already."""
-        if connection.subscription is not None:
-            return False
-        subscription = self._supervisor.subscribe()
-        connection.subscription = subscription
-        if connection.closed:
-            # The caller hung up before its subscribe was served: nothing to push to.
-            self._end_subscription(connection)
-        else:
-            connection.pump = asyncio.create_task(self._pump(subscription, connection))
-        return True
-
-    def _end_subscription(self, connection: _Connection) -> None:
-        if connection.subscription is not None:
-            self._supervisor.unsubscribe(connection.subscription)
-        if connection.pump is not None:
-            connection.pump.cancel()
-        connection.pump = None
-
-    @staticmethod
-    async def _pump(subscription: Subscription, connection: _Connection) -> None:
-        """Push a subscription's events to its connection as `event` notifications."""
-        while not connection.writer.is_closing():
-            event = await subscription.next()
-            message = {"jsonrpc": "2.0", "method": "event", "params": event}
-            await connection.send(json.dumps(message).encode() + b"\n")
-
-    async def _request(
-        self,
-        text: str | None,
-        request: Any,
-        context: Context,
-        connection: _Connection,
-    ) -> None:
-        if text is None:
-            await connection.send(_error_line(-32700, "Parse error", {"error": "not_utf8"}))
-            return
-        options: dict[str, Any] = {
-            "context": context,
-            # Parsed once already; what did not parse is left to jsonrpcserver to report.
-            "deserializer": json.loads if request is _UNPARSED else lambda _: request,
-            "validator": validate_envelope,
-        }
-        if _is_query(request):
-            # Read-only, answered from memory: dispatched synchronously, no task.
-            dispatched = dispatch_to_serializable(text, QUERY_METHODS, **options)
-        else:
-            dispatched = await async_dispatch_to_serializable(text, METHODS, **options)
-        line = response_line(dispatched)
-        if line is not None:
-            await connection.send(line)
-
-
-def _may_take_long(request: Any) -> bool:
+def may_take_long(request: Any) -> bool:
     """A batch, or a call of a method that waits (anything else is answered at once)."""
     if isinstance(request, list):
         return True
@@ -665,7 +294,7 @@ def _may_take_long(request: Any) -> bool:
     return isinstance(method, str) and method in METHODS and method not in QUERY_METHODS
 
 
-def _is_query(request: Any) -> bool:
+def is_query(request: Any) -> bool:
     """A single request for a read-only method (a `method` of any other type is not)."""
     if not isinstance(request, dict):
         return False
@@ -673,10 +302,20 @@ def _is_query(request: Any) -> bool:
     return isinstance(method, str) and method in QUERY_METHODS
 
 
-async def _answers(path: Path) -> bool:
-    try:
-        _, writer = await asyncio.wait_for(asyncio.open_unix_connection(str(path)), 2)
-    except (OSError, TimeoutError):
-        return False
-    writer.close()
-    return True
+async def answer(text: str | None, request: Any, context: Context) -> bytes | None:
+    """The answer line to one request line (parsed already, or UNPARSED), through
+    jsonrpcserver's public dispatch; None for notifications."""
+    if text is None:
+        return error_line(-32700, "Parse error", {"error": "not_utf8"})
+    options: dict[str, Any] = {
+        "context": context,
+        # Parsed once already; what did not parse is left to jsonrpcserver to report.
+        "deserializer": json.loads if request is UNPARSED else lambda _: request,
+        "validator": validate_envelope,
+    }
+    if is_query(request):
+        # Read-only, answered from memory: dispatched synchronously.
+        dispatched = dispatch_to_serializable(text, QUERY_METHODS, **options)
+    else:
+        dispatched = await async_dispatch_to_serializable(text, METHODS, **options)
+    return response_line(dispatched)

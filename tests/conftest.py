@@ -14,7 +14,7 @@ import pytest
 from modeld.build import build_supervisor
 from modeld.config import Config, parse_config
 from modeld.gpu.simulated import SimulatedGpu
-from modeld.rpc import RpcServer
+from modeld.server import RpcServer
 from modeld.supervisor import Supervisor
 from modeld.testing.docker import build_image, docker_cli, docker_required, engine_problem
 from modeld.testing.fakes import FakeRuntime

@@ -19,7 +19,7 @@ from modeld.access import AccessPolicy, Caller
 from modeld.client import Client, DaemonUnreachable
 from modeld.config import parse_config
 from modeld.errors import ConfigError
-from modeld.rpc import RpcServer
+from modeld.server import RpcServer
 from tests.conftest import SupervisorFactory, eventually, make_config
 
 NOBODY, NOGROUP = 65534, 65534

@@ -20,8 +20,8 @@ from modeld.client import Client, DaemonUnreachable, RpcError
 from modeld.config import Config, parse_config
 from modeld.errors import NameCollision
 from modeld.gpu.simulated import SimulatedGpu
-from modeld.rpc import RpcServer
 from modeld.runtime.docker import DockerRuntime
+from modeld.server import RpcServer
 from modeld.states import State
 from modeld.supervisor import Supervisor
 from modeld.testing.docker import docker_cli, docker_model

@@ -15,8 +15,9 @@ from rich.console import Console
 from rich.progress import Progress
 
 from modeld.client import Client, RpcError
-from modeld.ctl import describe_step, switch_with_progress
+from modeld.ctl import switch_with_progress
 from modeld.events import Subscription
+from modeld.render import describe_step
 from modeld.supervisor import Supervisor
 from modeld.testing.fakes import Behaviour, FakeRuntime
 from tests.conftest import Served, ServeFactory, eventually, make_config

@@ -14,7 +14,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from modeld.client import Client
-from modeld.rpc import MAX_MESSAGE_BYTES, RpcServer
+from modeld.rpc import MAX_MESSAGE_BYTES
+from modeld.server import RpcServer
 from tests.conftest import SupervisorFactory, make_config
 
 METHODS = ["ping", "status", "gpu", "models", "switch", "start", "stop", "restart"]

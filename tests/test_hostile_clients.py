@@ -21,8 +21,8 @@ from rich.console import Console
 
 from modeld.access import AccessPolicy
 from modeld.client import Client
-from modeld.ctl import render_status
-from modeld.rpc import MAX_BATCH, Limits, RpcServer
+from modeld.render import render_status
+from modeld.server import MAX_BATCH, Limits, RpcServer
 from modeld.supervisor import Supervisor
 from modeld.testing.fakes import Behaviour, FakeRuntime
 from modeld.testing.ports import wait_until
@@ -386,7 +386,7 @@ async def test_the_socket_appears_with_its_mode_already_set(
         public_when_chmod.append(path.exists())
         chmod(target, mode, *args, **kwargs)
 
-    monkeypatch.setattr("modeld.rpc.os.chmod", watching_chmod)
+    monkeypatch.setattr("modeld.server.os.chmod", watching_chmod)
     rpc = RpcServer(supervisor, path, 0o600)
     await rpc.start()
     try:

@@ -10,7 +10,8 @@ from typing import Any
 import pytest
 
 from modeld.client import Client, RpcError
-from modeld.rpc import MAX_MESSAGE_BYTES, RpcServer
+from modeld.rpc import MAX_MESSAGE_BYTES
+from modeld.server import RpcServer
 from modeld.states import State
 from modeld.supervisor import Supervisor
 from modeld.testing.fakes import Behaviour, FakeRuntime

@@ -16,8 +16,8 @@ from modeld.client import Client, RpcError
 from modeld.config import GpuConfig
 from modeld.gpu.base import BackendRef, GpuReading
 from modeld.gpu.simulated import SimulatedGpu
-from modeld.rpc import RpcServer
 from modeld.runtime.docker import DockerRuntime
+from modeld.server import RpcServer
 from modeld.testing.docker import docker_cli
 from modeld.testing.ports import free_port
 from modeld.vllm import VllmClient

@@ -1,0 +1,77 @@
+"""restart = "on-failure": a model that ran and died is started again later, with
+backoff, as the pure policy in restart.py decides. It follows transitions: nothing
+calls it when a model fails."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+
+import structlog
+
+from modeld.lifecycle import Transition
+from modeld.record import ModelRecord
+from modeld.restart import GiveUp, decide_restart
+from modeld.states import State
+
+log = structlog.get_logger("modeld.restarts")
+
+# The transitions to `failed` of a backend that was serving: the ones worth a restart.
+DIED = frozenset({"backend exited", "engine died"})
+
+
+class Restarts:
+    """Schedules and runs automatic restarts; an operator's own action cancels them."""
+
+    def __init__(self, bring_back: Callable[[ModelRecord], Awaitable[bool]]) -> None:
+        # Starts the model again (under the operations lock); False if it failed.
+        self._bring_back = bring_back
+
+    def on_transition(self, event: Transition) -> None:
+        """A model that ran has died: schedule its restart, if its policy says so."""
+        if event.new is State.FAILED and event.reason in DIED:
+            self.schedule(event.record)
+
+    def schedule(self, record: ModelRecord) -> None:
+        """Start it again later, or give up, as decide_restart says."""
+        ran_for = time.monotonic() - (record.running_since or time.monotonic())
+        decision = decide_restart(record.config, record.restart_attempts, ran_for)
+        if decision is None:
+            return
+        if isinstance(decision, GiveUp):
+            record.restart_attempts = decision.attempts
+            record.restart_gave_up = True
+            record.restart_at = None
+            log.warning("restart.gave_up", model=record.name, attempts=decision.attempts)
+            return
+        record.restart_attempts = decision.attempt
+        record.restart_at = time.time() + decision.delay_s
+        log.info(
+            "restart.scheduled",
+            model=record.name,
+            attempt=decision.attempt,
+            delay_s=decision.delay_s,
+        )
+        record.restart_task = asyncio.create_task(
+            self._restart(record, decision.delay_s), name=f"restart-{record.name}"
+        )
+
+    async def _restart(self, record: ModelRecord, delay: float) -> None:
+        await asyncio.sleep(delay)
+        record.restart_task = None
+        record.restart_at = None
+        if not await self._bring_back(record):
+            # A failed retry is one more failure; the policy decides whether to go on.
+            record.running_since = None
+            self.schedule(record)
+
+    @staticmethod
+    def cancel(record: ModelRecord) -> None:
+        """An operator acting on the model takes over from the restart policy."""
+        if record.restart_task is not None:
+            record.restart_task.cancel()
+            record.restart_task = None
+        record.restart_attempts = 0
+        record.restart_at = None
+        record.restart_gave_up = False
