@@ -105,10 +105,3 @@ class SocketInUse(ModeldError):
     """Another process answers on the daemon's socket path."""
 
     kind = "socket_in_use"
-
-
-class InvalidParams(ModeldError):
-    """A request's parameters are malformed (JSON-RPC's own code)."""
-
-    code = -32602
-    kind = "invalid_params"

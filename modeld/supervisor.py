@@ -191,18 +191,6 @@ class Supervisor:
         lines_kept = await self._life.runtime(record).logs(record.config, lines)
         return {"model": name, "lines": lines_kept}
 
-    def state_of(self, name: str) -> State:
-        """A model's current state."""
-        return self._life.record(name).state
-
-    async def wait_for_state(self, name: str, states: set[State], timeout: float) -> State:
-        """Return once `name` is in one of `states`; TimeoutError after `timeout`."""
-        record = self._life.record(name)
-        async with asyncio.timeout(timeout):
-            while record.state not in states:
-                await self._life.changed()
-        return record.state
-
     # ---- operations -----------------------------------------------------------------------
 
     async def switch(

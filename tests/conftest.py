@@ -1,90 +1,24 @@
-"""Shared fixtures: free ports, configs, and a supervisor over the fake runtime."""
+"""The fixtures every tier may use: supervisors over the fake runtime, served on a
+socket; the Docker test image and container names. Helpers live in tests/support."""
 
 from __future__ import annotations
 
-import asyncio
-import tempfile
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from modeld.build import build_supervisor
-from modeld.config import Config, parse_config
+from modeld.config import Config
 from modeld.gpu.simulated import SimulatedGpu
 from modeld.server import RpcServer
 from modeld.supervisor import Supervisor
 from modeld.testing.docker import build_image, docker_cli, docker_required, engine_problem
 from modeld.testing.fakes import FakeRuntime
-from modeld.testing.ports import free_port
 from modeld.vllm import VllmClient
-
-# The router seed's field names: clients written for it must keep working.
-SEED_MODEL_FIELDS = frozenset(
-    {
-        "status",
-        "size_gb",
-        "description",
-        "estimated_load_time_seconds",
-        "gpu_memory_used_gb",
-        "downloaded_size",
-        "health",
-    }
-)
-SEED_GPU_FIELDS = frozenset(
-    {
-        "used_mb",
-        "total_mb",
-        "available_mb",
-        "used_gb",
-        "total_gb",
-        "available_gb",
-    }
-)
-
-
-async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 20.0) -> None:
-    """Poll an outside condition (a process, a port) until true; TimeoutError at the deadline."""
-    async with asyncio.timeout(timeout):
-        while True:
-            if await check():
-                return
-            await asyncio.sleep(0.05)
-
-
-def make_config(
-    models: dict[str, dict[str, Any]],
-    devices_gb: list[float] | None = None,
-    **daemon: Any,
-) -> Config:
-    """A process-runtime config on a simulated GPU, each model on its own free port."""
-    tables = {
-        name: {
-            "runtime": "process",
-            "command": ["unused"],
-            "endpoint": f"http://127.0.0.1:{free_port()}",
-            "load_timeout_s": 10,
-            **table,
-        }
-        for name, table in models.items()
-    }
-    gpu = {"backend": "simulated", "devices_gb": devices_gb or [80], "release_delay_s": 0.0}
-    gpu.update(daemon.pop("gpu", {}))
-    settings = {
-        "state_dir": tempfile.mkdtemp(prefix="modeld-state-"),
-        # The tests' expectations are written against the seed's policy.
-        "eviction_policy": "largest_first",
-        "poll_interval_s": 3600,
-        "health_poll_interval_s": 0.02,
-        "memory_poll_interval_s": 0.01,
-        **daemon,
-    }
-    return parse_config({"daemon": settings, "gpu": gpu, "models": tables})
-
-
-SupervisorFactory = Callable[..., Any]
+from tests.support import Served, ServeFactory, SupervisorFactory
 
 
 @pytest.fixture
@@ -134,10 +68,6 @@ def prefix() -> Iterator[str]:
     names = docker_cli("ps", "-aq", "--filter", f"name={prefix}", check=False).stdout.split()
     if names:
         docker_cli("rm", "-f", *names, check=False)
-
-
-Served = tuple[Path, Supervisor, FakeRuntime]
-ServeFactory = Callable[[Config], Awaitable[Served]]
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ from modeld.config import ModelConfig
 from modeld.gpu.base import GIB, BackendRef, GpuReading
 from modeld.gpu.nvml import NvmlMonitor
 from modeld.runtime.process import ProcessRuntime
-from tests.conftest import eventually
+from tests.support import eventually
 
 pytestmark = pytest.mark.skipif(
     not Path("/dev/nvidiactl").exists(), reason="no NVIDIA driver on this host"

@@ -7,7 +7,6 @@ import json
 import signal
 import subprocess
 import sys
-import tempfile
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -17,7 +16,7 @@ import pytest
 
 from modeld.build import build_supervisor
 from modeld.client import Client, DaemonUnreachable, RpcError
-from modeld.config import Config, parse_config
+from modeld.config import Config
 from modeld.errors import NameCollision
 from modeld.gpu.simulated import SimulatedGpu
 from modeld.runtime.docker import DockerRuntime
@@ -27,37 +26,17 @@ from modeld.supervisor import Supervisor
 from modeld.testing.docker import docker_cli, docker_model
 from modeld.testing.ports import free_port
 from modeld.vllm import VllmClient
-from tests.conftest import SEED_GPU_FIELDS, SEED_MODEL_FIELDS, eventually
-from tests.engine_proxy import EngineProxy
+from tests.support import (
+    SEED_GPU_FIELDS,
+    SEED_MODEL_FIELDS,
+    docker_config,
+    eventually,
+    state_of,
+    wait_for_state,
+)
+from tests.support.engine_proxy import EngineProxy
 
 pytestmark = pytest.mark.docker
-
-
-def docker_config(
-    models: dict[str, dict[str, Any]],
-    devices_gb: list[float],
-    release_delay_s: float = 0.2,
-    **daemon: Any,
-) -> Config:
-    """Docker models on a simulated GPU, with a fast monitor."""
-    return parse_config(
-        {
-            "daemon": {
-                "state_dir": tempfile.mkdtemp(prefix="modeld-state-"),
-                "eviction_policy": "largest_first",
-                "poll_interval_s": 0.2,
-                "health_poll_interval_s": 0.05,
-                "memory_poll_interval_s": 0.02,
-                **daemon,
-            },
-            "gpu": {
-                "backend": "simulated",
-                "devices_gb": devices_gb,
-                "release_delay_s": release_delay_s,
-            },
-            "models": models,
-        }
-    )
 
 
 @pytest.fixture
@@ -152,7 +131,7 @@ async def test_docker_stop_behind_back_is_noticed(image: str, prefix: str, daemo
     supervisor, _ = await daemon(docker_config(tables, [60]))
     await supervisor.switch("a")
     await asyncio.to_thread(docker_cli, "stop", f"{prefix}-a")
-    assert await supervisor.wait_for_state("a", {State.FAILED}, 15) is State.FAILED
+    assert await wait_for_state(supervisor, "a", {State.FAILED}, 15) is State.FAILED
     failure = supervisor.status()["models"]["a"]["failure"]
     assert "without modeld asking" in failure["reason"]
     assert failure["exit_code"] == 0
@@ -215,7 +194,7 @@ async def test_running_container_is_adopted_not_restarted(
     await first.switch("a")
     started = docker_cli("inspect", "--format", "{{.State.StartedAt}}", f"{prefix}-a").stdout
     second, _ = await daemon(config)
-    assert await second.wait_for_state("a", {State.RUNNING}, 15) is State.RUNNING
+    assert await wait_for_state(second, "a", {State.RUNNING}, 15) is State.RUNNING
     after = docker_cli("inspect", "--format", "{{.State.StartedAt}}", f"{prefix}-a").stdout
     assert after == started
 
@@ -231,7 +210,7 @@ async def test_a_strangers_container_with_the_name_is_never_touched(
     docker_cli("run", "-d", "--network", "host", "--name", name, image, "/fake-vllm", port, "0")
     started = docker_cli("inspect", "--format", "{{.State.StartedAt}}", name).stdout
     supervisor, _ = await daemon(docker_config(tables, [60]))
-    assert supervisor.state_of("a") is State.STOPPED
+    assert state_of(supervisor, "a") is State.STOPPED
     with pytest.raises(NameCollision, match="did not make") as caught:
         await supervisor.switch("a")
     assert caught.value.data["container"] == name
@@ -275,8 +254,8 @@ async def test_loading_container_is_adopted_and_watched(
     await first.shutdown()  # the daemon goes away; the container keeps loading
     started = docker_cli("inspect", "--format", "{{.State.StartedAt}}", f"{prefix}-slow").stdout
     second, _ = await daemon(config)
-    assert second.state_of("slow") is State.LOADING
-    assert await second.wait_for_state("slow", {State.RUNNING}, 20) is State.RUNNING
+    assert state_of(second, "slow") is State.LOADING
+    assert await wait_for_state(second, "slow", {State.RUNNING}, 20) is State.RUNNING
     after = docker_cli("inspect", "--format", "{{.State.StartedAt}}", f"{prefix}-slow").stdout
     assert after == started
 
@@ -431,8 +410,8 @@ async def test_engine_down_and_back(image: str, prefix: str, daemon: Any, tmp_pa
             # Meanwhile, behind modeld's back, a is stopped.
             await asyncio.to_thread(docker_cli, "stop", f"{prefix}-a")
             proxy.restore()
-            assert await supervisor.wait_for_state("a", {State.FAILED}, 15) is State.FAILED
-            assert await supervisor.wait_for_state("c", {State.RUNNING}, 15) is State.RUNNING
+            assert await wait_for_state(supervisor, "a", {State.FAILED}, 15) is State.FAILED
+            assert await wait_for_state(supervisor, "c", {State.RUNNING}, 15) is State.RUNNING
             assert (await client.call("status"))["runtimes"]["docker"]["available"] is True
             assert (await client.call("switch", model="b"))["state"] == "running"
     finally:
@@ -510,13 +489,13 @@ async def test_parked_container_outlives_the_daemon_and_wakes_in_place(
     started = docker_cli("inspect", "--format", "{{.State.StartedAt}}", f"{prefix}-a").stdout
     result = await first.switch("b")
     assert result["parked_models"] == ["a"]
-    assert first.state_of("a") is State.SLEEPING
+    assert state_of(first, "a") is State.SLEEPING
     assert "fake-vllm: asleep" in docker_cli("logs", f"{prefix}-a").stderr
     await first.shutdown()
 
     second, _ = await daemon(config)
-    assert await second.wait_for_state("a", {State.SLEEPING}, 15) is State.SLEEPING
-    assert await second.wait_for_state("b", {State.RUNNING}, 15) is State.RUNNING
+    assert await wait_for_state(second, "a", {State.SLEEPING}, 15) is State.SLEEPING
+    assert await wait_for_state(second, "b", {State.RUNNING}, 15) is State.RUNNING
     back = await second.switch("a")
     assert back["woke"] is True
     assert back["parked_models"] == ["b"]

@@ -12,7 +12,7 @@ from modeld.states import State
 from modeld.store import Learned, Store, remember_load
 from modeld.testing.fakes import Behaviour
 from modeld.vllm import VllmClient
-from tests.conftest import SupervisorFactory, eventually, make_config
+from tests.support import SupervisorFactory, eventually, make_config, wait_for_state
 
 
 def test_save_is_atomic_and_round_trips(tmp_path: Path) -> None:
@@ -106,7 +106,7 @@ async def test_adopting_a_running_backend_learns_no_load_time(
     )
     await second.startup()
     try:
-        assert await second.wait_for_state("alpha", {State.RUNNING}, 5) is State.RUNNING
+        assert await wait_for_state(second, "alpha", {State.RUNNING}, 5) is State.RUNNING
         view = second.status()["models"]["alpha"]
         assert view["estimated_load_time_seconds"] == learned
         assert view["last_load_seconds"] is None

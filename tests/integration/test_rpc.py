@@ -15,7 +15,7 @@ from modeld.server import RpcServer
 from modeld.states import State
 from modeld.supervisor import Supervisor
 from modeld.testing.fakes import Behaviour, FakeRuntime
-from tests.conftest import Served, ServeFactory, SupervisorFactory, make_config
+from tests.support import Served, ServeFactory, SupervisorFactory, make_config, wait_for_state
 
 MODELS = {"alpha": {"gpu_memory_gb": 30}, "beta": {"gpu_memory_gb": 40}}
 
@@ -146,8 +146,8 @@ async def test_caller_hanging_up_does_not_abort_switch(
     writer.write(request("switch", {"model": "alpha"}))
     await writer.drain()
     writer.close()
-    await supervisor.wait_for_state("alpha", {State.LOADING}, 10)
-    assert await supervisor.wait_for_state("alpha", {State.RUNNING}, 10) is State.RUNNING
+    await wait_for_state(supervisor, "alpha", {State.LOADING}, 10)
+    assert await wait_for_state(supervisor, "alpha", {State.RUNNING}, 10) is State.RUNNING
 
 
 async def test_second_daemon_refuses_live_socket(
@@ -171,7 +171,7 @@ async def test_others_are_served_while_a_switch_loads(
     runtime.behaviour["alpha"] = Behaviour(load_seconds=1.0)
     async with Client(path) as switcher, Client(path) as watcher:
         switch = asyncio.create_task(switcher.call("switch", model="alpha"))
-        await supervisor.wait_for_state("alpha", {State.LOADING}, 10)
+        await wait_for_state(supervisor, "alpha", {State.LOADING}, 10)
         status = await watcher.call("status")
         assert status["models"]["alpha"]["status"] == "loading"
         assert status["busy"] is True

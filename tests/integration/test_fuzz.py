@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from modeld.client import Client
 from modeld.rpc import MAX_MESSAGE_BYTES
 from modeld.server import RpcServer
-from tests.conftest import SupervisorFactory, make_config
+from tests.support import SupervisorFactory, make_config
 
 METHODS = ["ping", "status", "gpu", "models", "switch", "start", "stop", "restart"]
 json_values = st.recursive(

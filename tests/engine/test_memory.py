@@ -16,7 +16,7 @@ from modeld.states import State
 from modeld.supervisor import Supervisor
 from modeld.testing.fakes import FakeRuntime
 from modeld.vllm import VllmClient
-from tests.conftest import SupervisorFactory, make_config
+from tests.support import SupervisorFactory, make_config, state_of
 
 
 class HungryGpu(SimulatedGpu):
@@ -118,7 +118,7 @@ async def test_two_gpu_plan_stops_only_what_frees_the_needed_device(
     result = await supervisor.switch("tp")
     assert result["unloaded_models"] == ["on1"]
     assert set(result["memory_info"]["per_device"]) == {"0", "1"}
-    assert supervisor.state_of("on0") is State.RUNNING
+    assert state_of(supervisor, "on0") is State.RUNNING
     gpu = supervisor.gpu()["devices"]
     assert [d["used_gb"] for d in gpu] == [70.0, 40.0]
 
@@ -136,5 +136,5 @@ async def test_four_gpu_host_leaves_other_devices_alone(supervised: SupervisorFa
         await supervisor.switch(name)
     result = await supervisor.switch("also23")
     assert result["unloaded_models"] == ["on23"]
-    assert supervisor.state_of("big0") is State.RUNNING
-    assert supervisor.state_of("big1") is State.RUNNING
+    assert state_of(supervisor, "big0") is State.RUNNING
+    assert state_of(supervisor, "big1") is State.RUNNING

@@ -20,7 +20,7 @@ from modeld.events import Subscription
 from modeld.render import describe_step
 from modeld.supervisor import Supervisor
 from modeld.testing.fakes import Behaviour, FakeRuntime
-from tests.conftest import Served, ServeFactory, eventually, make_config
+from tests.support import Served, ServeFactory, eventually, make_config
 
 THREE = {"a": {"gpu_memory_gb": 30}, "b": {"gpu_memory_gb": 25}, "c": {"gpu_memory_gb": 30}}
 
@@ -107,7 +107,7 @@ async def test_logs_after_a_failed_load(served: tuple[Path, Supervisor, FakeRunt
 
 def test_modelctl_watch_prints_events(tmp_path: Path) -> None:
     """`modelctl watch --json` prints the events of a switch made by someone else."""
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[2]
     socket = tmp_path / "modeld.sock"
     daemon = subprocess.Popen(
         [

@@ -20,7 +20,7 @@ from modeld.client import Client, DaemonUnreachable
 from modeld.config import parse_config
 from modeld.errors import ConfigError
 from modeld.server import RpcServer
-from tests.conftest import SupervisorFactory, eventually, make_config
+from tests.support import SupervisorFactory, eventually, make_config
 
 NOBODY, NOGROUP = 65534, 65534
 MODELS = {"alpha": {"gpu_memory_gb": 10}}

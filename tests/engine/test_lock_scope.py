@@ -12,7 +12,7 @@ import pytest
 from modeld.errors import LoadFailed
 from modeld.states import State
 from modeld.testing.fakes import Behaviour
-from tests.conftest import SupervisorFactory, eventually, make_config
+from tests.support import SupervisorFactory, eventually, make_config, state_of, wait_for_state
 
 MODELS = {name: {"gpu_memory_gb": 20} for name in ("slow", "other", "third")}
 
@@ -28,12 +28,12 @@ async def test_other_operations_proceed_while_a_model_loads(
     await supervisor.switch("other")
     runtime.behaviour["slow"] = Behaviour(load_seconds=60)
     first = asyncio.create_task(supervisor.switch("slow"))
-    await supervisor.wait_for_state("slow", {State.LOADING}, 5)
+    await wait_for_state(supervisor, "slow", {State.LOADING}, 5)
 
     assert (await supervisor.stop("other"))["status"] == "stopped"
-    assert supervisor.state_of("slow") is State.LOADING
+    assert state_of(supervisor, "slow") is State.LOADING
     assert (await supervisor.switch("third"))["state"] == "running"
-    assert supervisor.state_of("slow") is State.LOADING
+    assert state_of(supervisor, "slow") is State.LOADING
     assert supervisor.status()["models"]["slow"]["status"] == "loading"
     assert supervisor.status()["in_flight"] == 1  # the caller waiting on `slow`
 
@@ -63,7 +63,7 @@ async def test_a_switch_needing_a_loading_models_memory_waits_for_that_load(
     runtime.behaviour["first"] = Behaviour(load_seconds=0.3)
     events = supervisor.subscribe()
     loading = asyncio.create_task(supervisor.switch("first"))
-    await supervisor.wait_for_state("first", {State.LOADING}, 5)
+    await wait_for_state(supervisor, "first", {State.LOADING}, 5)
     result = await supervisor.switch("second")
     assert result["state"] == "running"
     assert result["unloaded_models"] == ["first"]

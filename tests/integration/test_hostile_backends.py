@@ -23,8 +23,14 @@ from modeld.runtime.process import MAX_LINE_CHARS, ProcessRuntime, resolve_comma
 from modeld.states import State
 from modeld.testing.ports import free_port
 from modeld.vllm import VllmClient
-from tests.conftest import SupervisorFactory, eventually, make_config
-from tests.test_process_runtime import has_output, process_model
+from tests.support import (
+    SupervisorFactory,
+    eventually,
+    has_output,
+    make_config,
+    process_model,
+    state_of,
+)
 
 FAKE_VLLM = resolve_command("modeld-fake-vllm")
 # Prints a 70,000-character line (a logged prompt, a long traceback), then 1 MB more
@@ -91,7 +97,7 @@ async def test_a_70000_character_line_loads_stops_and_keeps_the_daemon_usable() 
         assert len(long_lines[0]) < MAX_LINE_CHARS + 100
         assert long_lines[0].endswith(f"[{70000 - MAX_LINE_CHARS} more characters]")
         assert (await supervisor.stop("talker"))["status"] == "stopped"
-        assert supervisor.state_of("talker") is State.STOPPED
+        assert state_of(supervisor, "talker") is State.STOPPED
         assert supervisor.status()["models"]["talker"]["status"] == "stopped"
     finally:
         await supervisor.shutdown()
@@ -248,11 +254,11 @@ async def test_a_runtime_crash_never_leaves_a_model_loading_or_stopping(
         patch.setattr(runtime, "stop", crash)
         with pytest.raises(OperationFailed, match="chunk is longer"):
             await supervisor.stop("m")
-    assert supervisor.state_of("m") is State.FAILED
+    assert state_of(supervisor, "m") is State.FAILED
     await supervisor.stop("m")
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(runtime, "start", crash)
         with pytest.raises(LoadFailed, match="chunk is longer"):
             await supervisor.switch("m")
-    assert supervisor.state_of("m") is State.FAILED
+    assert state_of(supervisor, "m") is State.FAILED
     assert (await supervisor.switch("m"))["state"] == "running"

@@ -21,7 +21,7 @@ import pytest
 
 from modeld.testing.ports import free_port, wait_listening, wait_until
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 UNITS = ROOT / "systemd"
 
 

@@ -5,37 +5,18 @@ from __future__ import annotations
 import asyncio
 import sys
 
-from modeld.config import ModelConfig
 from modeld.gpu.base import pid_alive
 from modeld.runtime.base import BackendState
 from modeld.runtime.process import ProcessRuntime
 from modeld.testing.ports import free_port
 from modeld.vllm import Health, VllmClient
-from tests.conftest import eventually
+from tests.support import eventually, has_output, process_model
 
 PARENT_AND_CHILD = (
     "import subprocess, sys, time; "
     "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']); "
     "print('child', child.pid, flush=True); time.sleep(60)"
 )
-
-
-async def has_output(runtime: ProcessRuntime, model: ModelConfig) -> bool:
-    """True once the backend printed a line."""
-    return bool(await runtime.logs(model))
-
-
-def process_model(command: list[str], port: int = 1, **extra: object) -> ModelConfig:
-    """A process-runtime model config."""
-    return ModelConfig.model_validate(
-        {
-            "name": "m",
-            "runtime": "process",
-            "command": command,
-            "endpoint": f"http://127.0.0.1:{port}",
-            **extra,
-        }
-    )
 
 
 async def test_fake_vllm_child_serves_health_then_stops() -> None:

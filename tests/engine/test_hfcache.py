@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 
 from modeld.hfcache import download_state, human_size
-from tests.conftest import SupervisorFactory, make_config
+from tests.support import SupervisorFactory, make_config
 
 
 def cached_model(

@@ -21,7 +21,7 @@ from modeld.server import RpcServer
 from modeld.testing.docker import docker_cli
 from modeld.testing.ports import free_port
 from modeld.vllm import VllmClient
-from tests.test_docker import docker_config
+from tests.support import docker_config
 
 pytestmark = pytest.mark.docker
 

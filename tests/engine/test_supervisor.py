@@ -24,7 +24,14 @@ from modeld.restart import GiveUp, Retry, decide_restart, restart_delay
 from modeld.states import State
 from modeld.testing.fakes import Behaviour, FakeRuntime
 from modeld.vllm import VllmClient
-from tests.conftest import SEED_GPU_FIELDS, SEED_MODEL_FIELDS, SupervisorFactory, make_config
+from tests.support import (
+    SEED_GPU_FIELDS,
+    SEED_MODEL_FIELDS,
+    SupervisorFactory,
+    make_config,
+    state_of,
+    wait_for_state,
+)
 
 THREE = {
     "alpha": {"gpu_memory_gb": 30, "size_gb": 35},
@@ -63,9 +70,9 @@ async def test_switch_stops_largest_and_waits_for_memory(supervised: SupervisorF
     }
     # The start came only once the simulated driver had released alpha's memory.
     assert runtime.free_at_start["gamma"] >= 30
-    assert supervisor.state_of("alpha") is State.STOPPED
-    assert supervisor.state_of("beta") is State.RUNNING
-    assert supervisor.state_of("gamma") is State.RUNNING
+    assert state_of(supervisor, "alpha") is State.STOPPED
+    assert state_of(supervisor, "beta") is State.RUNNING
+    assert state_of(supervisor, "gamma") is State.RUNNING
 
 
 async def test_insufficient_memory_changes_nothing(supervised: SupervisorFactory) -> None:
@@ -85,7 +92,7 @@ async def test_insufficient_memory_changes_nothing(supervised: SupervisorFactory
         "total_available_gb": 60.0,
         "pinned_blocking": [],
     }
-    assert supervisor.state_of("alpha") is State.RUNNING
+    assert state_of(supervisor, "alpha") is State.RUNNING
     assert runtime.events == [("start", "alpha")]
 
 
@@ -106,7 +113,7 @@ async def test_start_refuses_to_evict(supervised: SupervisorFactory) -> None:
     with pytest.raises(InsufficientMemory) as caught:
         await supervisor.start("gamma")
     assert caught.value.data["would_stop"] == ["alpha"]
-    assert supervisor.state_of("alpha") is State.RUNNING
+    assert state_of(supervisor, "alpha") is State.RUNNING
 
 
 async def test_loading_target_is_waited_for_not_started_twice(
@@ -137,7 +144,7 @@ async def test_concurrent_switches_are_served_one_at_a_time(
     # Each start is followed by the previous model's stop only after it was running.
     assert [kind for kind, _ in runtime.events] == ["start", "stop", "start", "stop", "start"]
     assert all(free >= 50 for free in runtime.free_at_start.values())
-    running = [n for n in models if supervisor.state_of(n) is State.RUNNING]
+    running = [n for n in models if state_of(supervisor, n) is State.RUNNING]
     assert running == [results[-1]["model"]]
 
 
@@ -161,7 +168,7 @@ async def test_load_timeout_fails_and_stops_backend(supervised: SupervisorFactor
     runtime.behaviour["slow"] = Behaviour(load_seconds=60)
     with pytest.raises(OperationTimeout):
         await supervisor.switch("slow")
-    assert supervisor.state_of("slow") is State.FAILED
+    assert state_of(supervisor, "slow") is State.FAILED
     assert runtime.events[-1] == ("stop", "slow")
 
 
@@ -172,7 +179,7 @@ async def test_caller_timeout_leaves_load_running(supervised: SupervisorFactory)
     with pytest.raises(OperationTimeout) as caught:
         await supervisor.switch("alpha", timeout=0.05)
     assert caught.value.data["state"] == "loading"
-    assert await supervisor.wait_for_state("alpha", {State.RUNNING}, 5) is State.RUNNING
+    assert await wait_for_state(supervisor, "alpha", {State.RUNNING}, 5) is State.RUNNING
 
 
 async def test_failed_start_is_reported(supervised: SupervisorFactory) -> None:
@@ -191,7 +198,7 @@ async def test_exit_behind_back_is_noticed(supervised: SupervisorFactory) -> Non
     await runtime.kill_behind_back("alpha", exit_code=137)
     with capture_logs() as logs:
         await supervisor.poll_once()
-    assert supervisor.state_of("alpha") is State.FAILED
+    assert state_of(supervisor, "alpha") is State.FAILED
     failure = supervisor.status()["models"]["alpha"]["failure"]
     assert failure["exit_code"] == 137
     assert {
@@ -208,7 +215,7 @@ async def test_engine_death_is_noticed(supervised: SupervisorFactory) -> None:
     await supervisor.switch("alpha")
     runtime.engine_dies("alpha")
     await supervisor.poll_once()
-    assert supervisor.state_of("alpha") is State.FAILED
+    assert state_of(supervisor, "alpha") is State.FAILED
 
 
 async def test_failed_model_can_be_switched_to_again(supervised: SupervisorFactory) -> None:
@@ -229,7 +236,7 @@ async def test_stop_is_idempotent_and_restart_reloads(supervised: SupervisorFact
     assert runtime.starts("alpha") == 2
     assert (await supervisor.stop("alpha"))["status"] == "stopped"
     assert (await supervisor.stop("alpha"))["status"] == "already_stopped"
-    assert supervisor.state_of("alpha") is State.STOPPED
+    assert state_of(supervisor, "alpha") is State.STOPPED
 
 
 async def test_stop_during_load_aborts_it(supervised: SupervisorFactory) -> None:
@@ -238,7 +245,7 @@ async def test_stop_during_load_aborts_it(supervised: SupervisorFactory) -> None
     runtime.behaviour["alpha"] = Behaviour(load_seconds=30)
     await supervisor.switch("alpha", wait=False)
     await supervisor.stop("alpha")
-    assert supervisor.state_of("alpha") is State.STOPPED
+    assert state_of(supervisor, "alpha") is State.STOPPED
     assert runtime.events == [("start", "alpha"), ("stop", "alpha")]
 
 
@@ -296,11 +303,11 @@ async def test_gpu_read_errors_use_recent_reading_then_refuse() -> None:
         assert (await supervisor.switch("alpha"))["state"] == "running"
         assert supervisor.gpu()["stale"] is True
         assert supervisor.gpu()["error"] == "NVML read failed: GPU is lost"
-        await supervisor.wait_for_state("alpha", {State.RUNNING}, 1)
+        await wait_for_state(supervisor, "alpha", {State.RUNNING}, 1)
         await asyncio.sleep(0.3)  # let the last good reading age past stale_after_s
         with pytest.raises(GpuUnavailable):
             await supervisor.switch("beta")
-        assert supervisor.state_of("beta") is State.STOPPED
+        assert state_of(supervisor, "beta") is State.STOPPED
         assert supervisor.status()["models"]["alpha"]["status"] == "running"
         gpu.failing = False
         assert (await supervisor.switch("beta"))["state"] == "running"
@@ -317,7 +324,7 @@ async def test_lingering_failed_backend_is_cleared_before_restart(
     await supervisor.switch("alpha")
     runtime.engine_dies("alpha")  # /health 503, but the server process lives on
     await supervisor.poll_once()
-    assert supervisor.state_of("alpha") is State.FAILED
+    assert state_of(supervisor, "alpha") is State.FAILED
     result = await supervisor.switch("alpha")
     assert result["state"] == "running"
     assert runtime.events == [("start", "alpha"), ("stop", "alpha"), ("start", "alpha")]
@@ -336,16 +343,16 @@ async def test_failed_switch_restores_what_it_stopped(
     runtime.behaviour["gamma"] = Behaviour(exit_code=2)
     with pytest.raises(LoadFailed) as caught:
         await supervisor.switch("gamma")
-    assert supervisor.state_of("gamma") is State.FAILED
-    assert supervisor.state_of("beta") is State.RUNNING
+    assert state_of(supervisor, "gamma") is State.FAILED
+    assert state_of(supervisor, "beta") is State.RUNNING
     if rollback:
         assert caught.value.data["restored"] == ["alpha"]
         assert caught.value.data["not_restored"] == {}
-        assert supervisor.state_of("alpha") is State.RUNNING
+        assert state_of(supervisor, "alpha") is State.RUNNING
         assert runtime.starts("alpha") == 2
     else:
         assert "restored" not in caught.value.data
-        assert supervisor.state_of("alpha") is State.STOPPED
+        assert state_of(supervisor, "alpha") is State.STOPPED
 
 
 async def test_restart_on_failure_backs_off_and_gives_up(supervised: SupervisorFactory) -> None:
@@ -364,7 +371,7 @@ async def test_restart_on_failure_backs_off_and_gives_up(supervised: SupervisorF
         restart = supervisor.status()["models"]["alpha"]["restart"]
         assert restart["attempts"] == attempt
         assert restart["next_attempt_at"] is not None
-        await supervisor.wait_for_state("alpha", {State.RUNNING}, 10)
+        await wait_for_state(supervisor, "alpha", {State.RUNNING}, 10)
     await runtime.kill_behind_back("alpha", exit_code=1)
     await supervisor.poll_once()
     view = supervisor.status()["models"]["alpha"]
@@ -432,7 +439,7 @@ async def test_cost_aware_stops_the_model_least_wanted_back(
         await supervisor.switch("alpha")  # people keep asking for alpha
     result = await supervisor.switch("gamma")
     assert result["unloaded_models"] == ["beta"]
-    assert supervisor.state_of("alpha") is State.RUNNING
+    assert state_of(supervisor, "alpha") is State.RUNNING
 
 
 async def test_preload_starts_in_order_within_memory(supervised: SupervisorFactory) -> None:
@@ -442,7 +449,7 @@ async def test_preload_starts_in_order_within_memory(supervised: SupervisorFacto
     outcome = await supervisor.preload()
     assert outcome == {"beta": "running", "alpha": "running", "gamma": "insufficient_memory"}
     assert [model for kind, model in runtime.events if kind == "start"] == ["beta", "alpha"]
-    assert supervisor.state_of("gamma") is State.STOPPED
+    assert state_of(supervisor, "gamma") is State.STOPPED
 
 
 def test_preload_names_must_be_models() -> None:
@@ -463,5 +470,5 @@ async def test_switch_right_after_a_stop_counts_memory_being_released(
     await supervisor.stop("alpha")
     result = await supervisor.switch("gamma")
     assert result["unloaded_models"] == []
-    assert supervisor.state_of("beta") is State.RUNNING
+    assert state_of(supervisor, "beta") is State.RUNNING
     assert runtime.free_at_start["gamma"] >= 30

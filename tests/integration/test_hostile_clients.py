@@ -26,7 +26,7 @@ from modeld.server import MAX_BATCH, Limits, RpcServer
 from modeld.supervisor import Supervisor
 from modeld.testing.fakes import Behaviour, FakeRuntime
 from modeld.testing.ports import wait_until
-from tests.conftest import SupervisorFactory, eventually, make_config
+from tests.support import SupervisorFactory, eventually, make_config
 
 NOBODY = 65534
 MODELS = {"alpha": {"gpu_memory_gb": 10}, "beta": {"gpu_memory_gb": 10}}

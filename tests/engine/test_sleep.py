@@ -21,7 +21,7 @@ from modeld.states import State
 from modeld.supervisor import Supervisor
 from modeld.testing.fakes import Behaviour
 from modeld.vllm import VllmClient
-from tests.conftest import SupervisorFactory, make_config
+from tests.support import SupervisorFactory, make_config, state_of, wait_for_state
 
 # Two 50 GB models that sleep, on one 80 GB GPU: only one runs at a time.
 PARKABLE = {
@@ -46,7 +46,7 @@ async def test_switch_parks_the_other_model_and_wakes_it_back(
     result = await supervisor.switch("b")
     assert result["parked_models"] == ["a"]
     assert result["unloaded_models"] == ["a"]
-    assert supervisor.state_of("a") is State.SLEEPING
+    assert state_of(supervisor, "a") is State.SLEEPING
     assert runtime.server("a").sleeping
     parked = model_status(supervisor, "a")
     # What it keeps is what the GPU says (1.5 GB), not the 2 GB estimate, nor zero.
@@ -63,7 +63,7 @@ async def test_switch_parks_the_other_model_and_wakes_it_back(
     assert back["woke"] is True and back["wake_fallback"] is None
     assert back["wake_seconds"] is not None
     assert back["parked_models"] == ["b"]
-    assert supervisor.state_of("a") is State.RUNNING
+    assert state_of(supervisor, "a") is State.RUNNING
     assert not runtime.server("a").sleeping
     assert runtime.starts("a") == 1  # woken, not cold-started
     woke = model_status(supervisor, "a")
@@ -77,12 +77,12 @@ async def test_wake_failure_falls_back_to_a_cold_start(supervised: SupervisorFac
     runtime.behaviour["a"] = Behaviour(wake_fails=True)
     await supervisor.switch("a")
     await supervisor.switch("b")
-    assert supervisor.state_of("a") is State.SLEEPING
+    assert state_of(supervisor, "a") is State.SLEEPING
     with capture_logs() as logs:
         result = await supervisor.switch("a")
     assert result["woke"] is False
     assert "500" in result["wake_fallback"]
-    assert supervisor.state_of("a") is State.RUNNING
+    assert state_of(supervisor, "a") is State.RUNNING
     assert runtime.starts("a") == 2
     assert model_status(supervisor, "a")["wake_fallback"] == result["wake_fallback"]
     assert any(e["event"] == "wake.failed" and e["fallback"] == "cold start" for e in logs)
@@ -95,10 +95,10 @@ async def test_ram_budget_exhausted_means_stop(supervised: SupervisorFactory) ->
     await supervisor.switch("a")
     await supervisor.switch("b")
     result = await supervisor.switch("c")
-    assert supervisor.state_of("a") is State.SLEEPING
+    assert state_of(supervisor, "a") is State.SLEEPING
     assert result["parked_models"] == []
     assert result["unloaded_models"] == ["b"]
-    assert supervisor.state_of("b") is State.STOPPED
+    assert state_of(supervisor, "b") is State.STOPPED
     assert supervisor.status()["parking"]["ram_used_gb"] <= 60
 
 
@@ -110,7 +110,7 @@ async def test_without_a_budget_sleep_mode_models_are_stopped(
     await supervisor.switch("a")
     result = await supervisor.switch("b")
     assert result["parked_models"] == []
-    assert supervisor.state_of("a") is State.STOPPED
+    assert state_of(supervisor, "a") is State.STOPPED
 
 
 async def test_pinned_sleep_mode_model_is_never_parked(supervised: SupervisorFactory) -> None:
@@ -121,7 +121,7 @@ async def test_pinned_sleep_mode_model_is_never_parked(supervised: SupervisorFac
     await supervisor.switch("a")
     await supervisor.switch("b")
     await supervisor.switch("c")
-    assert supervisor.state_of("a") is State.RUNNING
+    assert state_of(supervisor, "a") is State.RUNNING
 
 
 async def test_parked_model_keeping_more_than_planned_leads_to_a_new_plan(
@@ -140,7 +140,7 @@ async def test_parked_model_keeping_more_than_planned_leads_to_a_new_plan(
     await supervisor.switch("b")
     with capture_logs() as logs:
         result = await supervisor.switch("c")
-    assert supervisor.state_of("c") is State.RUNNING
+    assert state_of(supervisor, "c") is State.RUNNING
     assert any(e["event"] == "switch.replan" for e in logs)
     assert "a" in result["unloaded_models"]
     assert runtime.free_at_start["c"] >= 47
@@ -156,10 +156,10 @@ async def test_monitor_notices_sleep_and_wake_behind_its_back(
     async with aiohttp.ClientSession() as http:
         await (await http.post(f"{endpoint}/sleep?level=1")).release()
         await supervisor.poll_once()
-        assert supervisor.state_of("a") is State.SLEEPING
+        assert state_of(supervisor, "a") is State.SLEEPING
         await (await http.post(f"{endpoint}/wake_up")).release()
         await supervisor.poll_once()
-    assert await supervisor.wait_for_state("a", {State.RUNNING}, 5) is State.RUNNING
+    assert await wait_for_state(supervisor, "a", {State.RUNNING}, 5) is State.RUNNING
 
 
 async def test_a_parked_backend_found_at_startup_is_adopted_asleep(
@@ -178,8 +178,8 @@ async def test_a_parked_backend_found_at_startup_is_adopted_asleep(
     )
     await second.startup()
     try:
-        assert await second.wait_for_state("a", {State.SLEEPING}, 5) is State.SLEEPING
-        assert await second.wait_for_state("b", {State.RUNNING}, 5) is State.RUNNING
+        assert await wait_for_state(second, "a", {State.SLEEPING}, 5) is State.SLEEPING
+        assert await wait_for_state(second, "b", {State.RUNNING}, 5) is State.RUNNING
         assert second.status()["parking"]["ram_used_gb"] == 40
     finally:
         await second.shutdown()
@@ -218,8 +218,8 @@ async def test_idle_model_is_unloaded_but_never_with_requests_in_flight(
         async with http.post(f"{endpoint}/v1/completions", json={"prompt": "hi"}) as response:
             assert response.status == 200
         # The request took three idle periods; the model answered it, so it still runs.
-        assert supervisor.state_of("a") is State.RUNNING
-    assert await supervisor.wait_for_state("a", {State.SLEEPING}, 10) is State.SLEEPING
+        assert state_of(supervisor, "a") is State.RUNNING
+    assert await wait_for_state(supervisor, "a", {State.SLEEPING}, 10) is State.SLEEPING
 
 
 async def test_idle_unload_stops_a_model_without_sleep_mode(
@@ -243,14 +243,14 @@ async def test_idle_unload_stops_a_model_without_sleep_mode(
 
     client = asyncio.create_task(keep_busy())
     try:
-        assert await supervisor.wait_for_state("idle", {State.STOPPED}, 10) is State.STOPPED
+        assert await wait_for_state(supervisor, "idle", {State.STOPPED}, 10) is State.STOPPED
         # A window of three idle periods (the only way to see that something does not
         # happen): steady requests keep it running throughout.
         with pytest.raises(TimeoutError):
-            await supervisor.wait_for_state("busy", {State.STOPPED, State.STOPPING}, 1.0)
+            await wait_for_state(supervisor, "busy", {State.STOPPED, State.STOPPING}, 1.0)
     finally:
         client.cancel()
-    assert await supervisor.wait_for_state("busy", {State.STOPPED}, 10) is State.STOPPED
+    assert await wait_for_state(supervisor, "busy", {State.STOPPED}, 10) is State.STOPPED
 
 
 def test_pinned_models_cannot_be_idle_unloaded() -> None:
@@ -292,7 +292,7 @@ async def test_failed_switch_wakes_the_model_it_parked(supervised: SupervisorFac
     with pytest.raises(LoadFailed) as failed:
         await supervisor.switch("bad")
     assert failed.value.data["restored"] == ["a"]
-    assert supervisor.state_of("a") is State.RUNNING
+    assert state_of(supervisor, "a") is State.RUNNING
     assert runtime.starts("a") == 1
 
 
@@ -355,5 +355,5 @@ async def test_a_host_short_of_ram_stops_instead_of_parking(
     await supervisor.switch("a")
     result = await supervisor.switch("b")
     assert result["parked_models"] == []
-    assert supervisor.state_of("a") is State.STOPPED
+    assert state_of(supervisor, "a") is State.STOPPED
     assert supervisor.status()["parking"]["ram_free_gb"] == 30.0

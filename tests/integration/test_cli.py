@@ -16,7 +16,7 @@ import pytest
 from modeld.gpu.base import pid_alive
 from modeld.testing.ports import wait_until
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 DEMO = ROOT / "etc/modeld/demo.toml"
 
 

@@ -10,7 +10,7 @@ import pytest
 
 from modeld.errors import ConfigError, UnknownModel
 from modeld.states import State
-from tests.conftest import SupervisorFactory, eventually, make_config
+from tests.support import SupervisorFactory, eventually, make_config, state_of
 
 MODELS: dict[str, dict[str, Any]] = {
     "alpha": {"gpu_memory_gb": 10, "description": "first"},
@@ -77,7 +77,7 @@ async def test_reload_adds_changes_and_removes(
     assert "beta" not in supervisor.status()["models"]
     await supervisor.restart("alpha")
     assert supervisor.status()["models"]["alpha"]["description"] == "second"
-    assert supervisor.state_of("alpha") is State.RUNNING
+    assert state_of(supervisor, "alpha") is State.RUNNING
 
 
 async def test_invalid_config_is_rejected_and_old_stays(

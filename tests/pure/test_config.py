@@ -11,7 +11,7 @@ import pytest
 from modeld.config import load_config
 from modeld.errors import ConfigError
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_shipped_configs_load() -> None:

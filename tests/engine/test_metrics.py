@@ -18,7 +18,7 @@ from modeld.supervisor import Supervisor
 from modeld.testing.fakes import Behaviour, FakeRuntime
 from modeld.testing.ports import free_port
 from modeld.vllm import VllmClient
-from tests.conftest import make_config
+from tests.support import make_config
 
 GIB = 1024**3
 

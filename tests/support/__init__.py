@@ -1,0 +1,147 @@
+"""What the tests share: configs, the seed's field names, waiting on other processes,
+and the types of the fixtures in conftest.py. Tests import helpers from here, never
+from conftest.py or from each other."""
+
+from __future__ import annotations
+
+import asyncio
+import tempfile
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from modeld.config import Config, ModelConfig, parse_config
+from modeld.runtime.process import ProcessRuntime
+from modeld.states import State
+from modeld.supervisor import Supervisor
+from modeld.testing.fakes import FakeRuntime
+from modeld.testing.ports import free_port
+
+# The router seed's field names: clients written for it must keep working.
+SEED_MODEL_FIELDS = frozenset(
+    {
+        "status",
+        "size_gb",
+        "description",
+        "estimated_load_time_seconds",
+        "gpu_memory_used_gb",
+        "downloaded_size",
+        "health",
+    }
+)
+SEED_GPU_FIELDS = frozenset(
+    {
+        "used_mb",
+        "total_mb",
+        "available_mb",
+        "used_gb",
+        "total_gb",
+        "available_gb",
+    }
+)
+
+
+async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 20.0) -> None:
+    """Poll an outside condition (a process, a port) until true; TimeoutError at the deadline."""
+    async with asyncio.timeout(timeout):
+        while True:
+            if await check():
+                return
+            await asyncio.sleep(0.05)
+
+
+def make_config(
+    models: dict[str, dict[str, Any]],
+    devices_gb: list[float] | None = None,
+    **daemon: Any,
+) -> Config:
+    """A process-runtime config on a simulated GPU, each model on its own free port."""
+    tables = {
+        name: {
+            "runtime": "process",
+            "command": ["unused"],
+            "endpoint": f"http://127.0.0.1:{free_port()}",
+            "load_timeout_s": 10,
+            **table,
+        }
+        for name, table in models.items()
+    }
+    gpu = {"backend": "simulated", "devices_gb": devices_gb or [80], "release_delay_s": 0.0}
+    gpu.update(daemon.pop("gpu", {}))
+    settings = {
+        "state_dir": tempfile.mkdtemp(prefix="modeld-state-"),
+        # The tests' expectations are written against the seed's policy.
+        "eviction_policy": "largest_first",
+        "poll_interval_s": 3600,
+        "health_poll_interval_s": 0.02,
+        "memory_poll_interval_s": 0.01,
+        **daemon,
+    }
+    return parse_config({"daemon": settings, "gpu": gpu, "models": tables})
+
+
+SupervisorFactory = Callable[..., Any]
+
+Served = tuple[Path, Supervisor, FakeRuntime]
+ServeFactory = Callable[[Config], Awaitable[Served]]
+
+
+async def has_output(runtime: ProcessRuntime, model: ModelConfig) -> bool:
+    """True once the backend printed a line."""
+    return bool(await runtime.logs(model))
+
+
+def process_model(command: list[str], port: int = 1, **extra: object) -> ModelConfig:
+    """A process-runtime model config."""
+    return ModelConfig.model_validate(
+        {
+            "name": "m",
+            "runtime": "process",
+            "command": command,
+            "endpoint": f"http://127.0.0.1:{port}",
+            **extra,
+        }
+    )
+
+
+def docker_config(
+    models: dict[str, dict[str, Any]],
+    devices_gb: list[float],
+    release_delay_s: float = 0.2,
+    **daemon: Any,
+) -> Config:
+    """Docker models on a simulated GPU, with a fast monitor."""
+    return parse_config(
+        {
+            "daemon": {
+                "state_dir": tempfile.mkdtemp(prefix="modeld-state-"),
+                "eviction_policy": "largest_first",
+                "poll_interval_s": 0.2,
+                "health_poll_interval_s": 0.05,
+                "memory_poll_interval_s": 0.02,
+                **daemon,
+            },
+            "gpu": {
+                "backend": "simulated",
+                "devices_gb": devices_gb,
+                "release_delay_s": release_delay_s,
+            },
+            "models": models,
+        }
+    )
+
+
+def state_of(supervisor: Supervisor, name: str) -> State:
+    """A model's state, as `status` shows it."""
+    return State(supervisor.status()["models"][name]["status"])
+
+
+async def wait_for_state(
+    supervisor: Supervisor, name: str, states: set[State], timeout: float
+) -> State:
+    """Return once `name` is in one of `states` (woken by each transition); TimeoutError
+    after `timeout`."""
+    async with asyncio.timeout(timeout):
+        while (current := state_of(supervisor, name)) not in states:
+            await supervisor.changed()
+    return current
