@@ -45,30 +45,30 @@ class Learning:
         self.learned = await asyncio.to_thread(self._store.load)
         for record in self._records():
             if learned := self.learned.models.get(record.name):
-                record.learned_load_s = learned.typical_load_s()
-                record.learned_wake_s = learned.typical_wake_s()
-                record.learned_gb = learned_peak(learned, record.config)
-                record.residual_gb = learned_residual(learned, record.config)
+                record.loading.learned_s = learned.typical_load_s()
+                record.sleep.learned_wake_s = learned.typical_wake_s()
+                record.memory.learned_gb = learned_peak(learned, record.config)
+                record.memory.residual_gb = learned_residual(learned, record.config)
 
     def on_transition(self, event: Transition) -> None:
         """A load or wake modeld timed has ended: remember how long it took."""
         record = event.record
         if event.load_s is not None:
             remember_load(self.learned, record.name, event.load_s)
-            record.learned_load_s = self.learned.models[record.name].typical_load_s()
+            record.loading.learned_s = self.learned.models[record.name].typical_load_s()
             self.save()
         if event.wake_s is not None:
             remember_wake(self.learned, record.name, event.wake_s)
-            record.learned_wake_s = self.learned.models[record.name].typical_wake_s()
+            record.sleep.learned_wake_s = self.learned.models[record.name].typical_wake_s()
             self.save()
 
     def config_changed(self, record: ModelRecord) -> None:
         """Its settings changed: only a peak learned under the new ones counts."""
-        record.learned_gb = learned_peak(self.learned.models.get(record.name), record.config)
+        record.memory.learned_gb = learned_peak(self.learned.models.get(record.name), record.config)
 
     def parked(self, record: ModelRecord, measured: dict[int, float]) -> None:
         """What a model kept on the GPU once parked, as measured."""
-        record.residual_gb = dict(measured)
+        record.memory.residual_gb = dict(measured)
         remember_residual(self.learned, record.config, dict(measured))
         self.save()
 
@@ -88,8 +88,8 @@ class Learning:
                 self.config_changed(record)
             planned = model_need(record.config, totals)
             over = sum(measured.values()) - planned.total_gb
-            if over > OVER_PLAN_TOLERANCE_GB and record.over_plan_gb is None:
-                record.over_plan_gb = round(over, 2)
+            if over > OVER_PLAN_TOLERANCE_GB and record.memory.over_plan_gb is None:
+                record.memory.over_plan_gb = round(over, 2)
                 log.warning(
                     "memory.over_plan",
                     model=record.name,

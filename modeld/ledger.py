@@ -110,11 +110,11 @@ class GpuLedger:
                     record.name,
                     held,
                     record.config.size_gb,
-                    record.last_used,
+                    record.usage.last_used,
                     # A loading model has callers waiting on it: never evicted under them.
                     record.config.pinned or record.state is State.LOADING,
                     reload_s=record.load_estimate_s(),
-                    demand=record.demand,
+                    demand=record.usage.demand,
                     can_park=(
                         parking and record.config.sleep_mode and record.state is State.RUNNING
                     ),
@@ -179,10 +179,12 @@ class GpuLedger:
         unattributed = self.unattributed(reading)
         credit: dict[int, float] = defaultdict(float)
         for record in records:
-            if record.releasing_gb is None or now > record.releasing_until:
+            if record.memory.releasing_gb is None or now > record.memory.releasing_until:
                 continue
-            for device, gb in record.releasing_gb.items():
-                lingering = unattributed.get(device, 0.0) - record.releasing_base.get(device, 0.0)
+            for device, gb in record.memory.releasing_gb.items():
+                lingering = unattributed.get(device, 0.0) - record.memory.releasing_base.get(
+                    device, 0.0
+                )
                 credit[device] += max(0.0, min(gb, lingering))
         return dict(credit)
 

@@ -131,7 +131,7 @@ class Lifecycle:
         record.generation += 1
         if new is State.RUNNING:
             # The idle clock starts when it answers; activity is read afresh from here.
-            record.last_active, record.activity = time.monotonic(), None
+            record.usage.last_active, record.usage.activity = time.monotonic(), None
         fields: dict[str, Any] = {
             "model": record.name,
             "from_state": old.value,
@@ -174,7 +174,7 @@ class Lifecycle:
         """Watch a backend modeld did not start (found running, or awake again) to health;
         how long that takes says nothing about how long a load takes."""
         self.transition(record, State.LOADING, reason)
-        record.loading_started = time.monotonic()
+        record.loading.started = time.monotonic()
         record.load = asyncio.create_task(
             self._watch_load(record, timed=False), name=f"load-{record.name}"
         )
@@ -184,11 +184,11 @@ class Lifecycle:
         if record.pending_config is not None:
             record.config, record.pending_config = record.pending_config, None
             self.config_changed(record)
-        record.over_plan_gb = None
-        record.releasing_gb = None
+        record.memory.over_plan_gb = None
+        record.memory.releasing_gb = None
         runtime = self.runtime(record)
         self.transition(record, State.LOADING, "start")
-        record.loading_started = time.monotonic()
+        record.loading.started = time.monotonic()
         record.health = Health.UNKNOWN
         try:
             record.backend = await runtime.start(record.config)
@@ -218,10 +218,10 @@ class Lifecycle:
         reading = self.ledger.reading
         if reading is not None:
             held, _ = held_memory(record, reading)
-            record.releasing_gb = held
-            record.releasing_base = self.ledger.unattributed(reading)
+            record.memory.releasing_gb = held
+            record.memory.releasing_base = self.ledger.unattributed(reading)
             timeout = self.config.daemon.memory_release_timeout_s
-            record.releasing_until = time.monotonic() + timeout
+            record.memory.releasing_until = time.monotonic() + timeout
         try:
             await self.runtime(record).stop(record.config)
         except Exception as exc:
@@ -248,7 +248,7 @@ class Lifecycle:
     async def _watch_load(self, record: ModelRecord, timed: bool) -> ModeldError | None:
         """Race health against the backend's exit and the load deadline; record the outcome,
         and (`timed`: a load modeld started) how long it took."""
-        started = record.loading_started or time.monotonic()
+        started = record.loading.started or time.monotonic()
         try:
             await await_ready(
                 record.config,
@@ -276,7 +276,7 @@ class Lifecycle:
             self.transition(record, State.SLEEPING, "found asleep")
             return None
         if timed:
-            record.last_load_s = load_s
+            record.loading.last_s = load_s
         record.load = None
         record.running_since = time.monotonic()
         self.transition(record, State.RUNNING, "healthy", load_s=load_s if timed else None)

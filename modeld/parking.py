@@ -74,7 +74,7 @@ class Parking:
     def begin_wake(self, record: ModelRecord) -> None:
         """Begin waking a parked model: it is `loading` until the wake task ends."""
         self._life.transition(record, State.LOADING, "wake")
-        record.loading_started = time.monotonic()
+        record.loading.started = time.monotonic()
         self._life.events.publish("switch.waking", model=record.name)
         record.load = asyncio.create_task(self._wake(record), name=f"wake-{record.name}")
 
@@ -98,10 +98,10 @@ class Parking:
         if record.generation != generation:
             return LoadFailed(f"{record.name}: changed while waking", model=record.name)
         record.load = None
-        record.wake_fallback = None
-        record.last_wake_s = time.monotonic() - started
+        record.sleep.fallback = None
+        record.sleep.last_wake_s = time.monotonic() - started
         record.running_since = time.monotonic()
-        life.transition(record, State.RUNNING, "woke", wake_s=record.last_wake_s)
+        life.transition(record, State.RUNNING, "woke", wake_s=record.sleep.last_wake_s)
         # Its weights are back on the GPU: refresh what `status` shows.
         with contextlib.suppress(GpuUnavailable):
             await life.measured()
@@ -111,7 +111,7 @@ class Parking:
         self, record: ModelRecord, generation: int, exc: SleepModeFailed
     ) -> ModeldError | None:
         life = self._life
-        record.wake_fallback = exc.message
+        record.sleep.fallback = exc.message
         log.warning("wake.failed", model=record.name, error=exc.message, fallback="cold start")
         life.events.publish(
             "wake.failed", model=record.name, error=exc.message, fallback="cold start"
@@ -139,22 +139,24 @@ class Parking:
         if record.generation != generation or idle_after is None:
             return
         now = time.monotonic()
-        record.last_active = last_active(record.activity, activity, record.last_active, now)
-        record.activity = activity
-        if now - record.last_active >= idle_after and record.unload_task is None:
-            record.unload_task = asyncio.create_task(
+        record.usage.last_active = last_active(
+            record.usage.activity, activity, record.usage.last_active, now
+        )
+        record.usage.activity = activity
+        if now - record.usage.last_active >= idle_after and record.usage.unload_task is None:
+            record.usage.unload_task = asyncio.create_task(
                 self._idle_unload(record), name=f"idle-unload-{record.name}"
             )
 
     async def _idle_unload(self, record: ModelRecord) -> None:
         idle_after = record.config.idle_unload_after_s or 0.0
         try:
-            idle_s = round(time.monotonic() - record.last_active)
+            idle_s = round(time.monotonic() - record.usage.last_active)
             async with self._ops.operation(IDLE_UNLOAD, record, {"idle_s": idle_s}):
                 # A switch to it, or a request, may have come while this waited its turn.
                 if record.state is not State.RUNNING:
                     return
-                if time.monotonic() - record.last_active < idle_after:
+                if time.monotonic() - record.usage.last_active < idle_after:
                     return
                 reason = f"idle for {idle_s}s (idle_unload_after_s={idle_after:g})"
                 if self.may_park(record):
@@ -167,4 +169,4 @@ class Parking:
         except ModeldError:
             pass  # logged by the operation; the monitor tries again at its next pass
         finally:
-            record.unload_task = None
+            record.usage.unload_task = None

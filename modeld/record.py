@@ -29,9 +29,79 @@ class Revision:
         self.value += 1
 
 
+class _Facts:
+    """A group of a record's fields: every write tells the record's Revision."""
+
+    _changes: Revision | None = None
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        object.__setattr__(self, name, value)
+        if self._changes is not None:
+            self._changes.bump()
+
+
+@dataclass
+class LoadFacts(_Facts):
+    """The load in progress and how long loads take: when this one began, the last one
+    modeld timed, and the typical one learned here."""
+
+    started: float | None = None
+    last_s: float | None = None
+    learned_s: float | None = None
+
+
+@dataclass
+class MemoryFacts(_Facts):
+    """GPU memory beyond the config: the peak learned here under the current settings
+    (preferred by plans); what a just-stopped backend may still hold, what no model held
+    before it stopped, and until when to expect the release; how far measured use went
+    past the configured figure; what it kept when last parked (measured)."""
+
+    learned_gb: dict[int, float] | None = None
+    releasing_gb: dict[int, float] | None = None
+    releasing_base: dict[int, float] = field(default_factory=dict)
+    releasing_until: float = 0.0
+    over_plan_gb: float | None = None
+    residual_gb: dict[int, float] | None = None
+
+
+@dataclass
+class RestartFacts(_Facts):
+    """restart = "on-failure": consecutive automatic restarts, and the pending one."""
+
+    attempts: int = 0
+    at: float | None = None
+    gave_up: bool = False
+    task: asyncio.Task[None] | None = field(default=None, repr=False)
+
+
+@dataclass
+class SleepFacts(_Facts):
+    """Sleep mode: the last and typical wake times, and why the last wake fell back to a
+    cold start."""
+
+    last_wake_s: float | None = None
+    learned_wake_s: float | None = None
+    fallback: str | None = None
+
+
+@dataclass
+class UsageFacts(_Facts):
+    """Who wants it: when it was last asked for and its decaying demand (cost_aware);
+    idle_unload_after_s: the last /metrics reading, when it was last seen busy
+    (monotonic), and the unload in progress."""
+
+    last_used: float = 0.0
+    demand: float = 0.0
+    activity: Activity | None = None
+    last_active: float = 0.0
+    unload_task: asyncio.Task[None] | None = field(default=None, repr=False)
+
+
 @dataclass
 class ModelRecord:
-    """One model's live record: state, health, backend, and its load watcher."""
+    """One model's live record: state, health, backend and its load watcher; the rest
+    grouped by concern (loading, memory, restarts, sleep, usage)."""
 
     config: ModelConfig
     status: ModelStatus
@@ -40,43 +110,22 @@ class ModelRecord:
     health: Health = Health.UNKNOWN
     backend: BackendStatus | None = None
     load: asyncio.Task[ModeldError | None] | None = field(default=None, repr=False)
-    loading_started: float | None = None
-    last_used: float = 0.0
-    demand: float = 0.0
-    last_load_s: float | None = None
-    learned_load_s: float | None = None
-    # Peak memory measured on this host under the current settings (preferred by plans),
-    # and how far the measured use went past the configured figure, if it did.
-    learned_gb: dict[int, float] | None = None
-    # Memory a just-stopped backend held that the driver may not have released yet, the
-    # memory no model held before it stopped, and until when to expect the release.
-    releasing_gb: dict[int, float] | None = None
-    releasing_base: dict[int, float] = field(default_factory=dict)
-    releasing_until: float = 0.0
-    over_plan_gb: float | None = None
-    download: Download | None = None
     running_since: float | None = None
-    # restart = "on-failure": consecutive automatic restarts, and the pending one.
-    restart_attempts: int = 0
-    restart_at: float | None = None
-    restart_gave_up: bool = False
-    restart_task: asyncio.Task[None] | None = field(default=None, repr=False)
-    # Sleep mode: what it kept per device the last time it was parked (measured), the
-    # last and typical wake times, and why the last wake fell back to a cold start.
-    residual_gb: dict[int, float] | None = None
-    last_wake_s: float | None = None
-    learned_wake_s: float | None = None
-    wake_fallback: str | None = None
-    # idle_unload_after_s: the last /metrics reading, when it was last seen busy
-    # (monotonic), and the unload in progress.
-    activity: Activity | None = None
-    last_active: float = 0.0
-    unload_task: asyncio.Task[None] | None = field(default=None, repr=False)
+    download: Download | None = None
+    loading: LoadFacts = field(default_factory=LoadFacts)
+    memory: MemoryFacts = field(default_factory=MemoryFacts)
+    restarts: RestartFacts = field(default_factory=RestartFacts)
+    sleep: SleepFacts = field(default_factory=SleepFacts)
+    usage: UsageFacts = field(default_factory=UsageFacts)
     # After a reload: removed from the config while running, or changed while running.
     unmanaged: bool = False
     pending_config: ModelConfig | None = None
     # Told of every write to this record (the status view's one signal).
     changes: Revision | None = field(default=None, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        for facts in (self.loading, self.memory, self.restarts, self.sleep, self.usage):
+            object.__setattr__(facts, "_changes", self.changes)
 
     def __setattr__(self, name: str, value: Any) -> None:
         object.__setattr__(self, name, value)
@@ -86,14 +135,14 @@ class ModelRecord:
 
     def load_estimate_s(self) -> float:
         """Seconds a cold load is expected to take: learned here, else configured."""
-        return self.learned_load_s or self.config.load_time_seconds
+        return self.loading.learned_s or self.config.load_time_seconds
 
     def wake_estimate(self) -> tuple[float, str]:
         """Seconds a wake from sleep is expected to take, and where the figure comes from:
         learned here, configured, else a tenth of the load estimate (vLLM's published
         wakes take 0.3-6 s against 30-100+ s cold starts)."""
-        if self.learned_wake_s:
-            return self.learned_wake_s, "learned"
+        if self.sleep.learned_wake_s:
+            return self.sleep.learned_wake_s, "learned"
         if self.config.wake_time_seconds:
             return self.config.wake_time_seconds, "configured"
         return WAKE_FRACTION_OF_LOAD * self.load_estimate_s(), "estimated"

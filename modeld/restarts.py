@@ -36,31 +36,31 @@ class Restarts:
     def schedule(self, record: ModelRecord) -> None:
         """Start it again later, or give up, as decide_restart says."""
         ran_for = time.monotonic() - (record.running_since or time.monotonic())
-        decision = decide_restart(record.config, record.restart_attempts, ran_for)
+        decision = decide_restart(record.config, record.restarts.attempts, ran_for)
         if decision is None:
             return
         if isinstance(decision, GiveUp):
-            record.restart_attempts = decision.attempts
-            record.restart_gave_up = True
-            record.restart_at = None
+            record.restarts.attempts = decision.attempts
+            record.restarts.gave_up = True
+            record.restarts.at = None
             log.warning("restart.gave_up", model=record.name, attempts=decision.attempts)
             return
-        record.restart_attempts = decision.attempt
-        record.restart_at = time.time() + decision.delay_s
+        record.restarts.attempts = decision.attempt
+        record.restarts.at = time.time() + decision.delay_s
         log.info(
             "restart.scheduled",
             model=record.name,
             attempt=decision.attempt,
             delay_s=decision.delay_s,
         )
-        record.restart_task = asyncio.create_task(
+        record.restarts.task = asyncio.create_task(
             self._restart(record, decision.delay_s), name=f"restart-{record.name}"
         )
 
     async def _restart(self, record: ModelRecord, delay: float) -> None:
         await asyncio.sleep(delay)
-        record.restart_task = None
-        record.restart_at = None
+        record.restarts.task = None
+        record.restarts.at = None
         if not await self._bring_back(record):
             # A failed retry is one more failure; the policy decides whether to go on.
             record.running_since = None
@@ -69,9 +69,9 @@ class Restarts:
     @staticmethod
     def cancel(record: ModelRecord) -> None:
         """An operator acting on the model takes over from the restart policy."""
-        if record.restart_task is not None:
-            record.restart_task.cancel()
-            record.restart_task = None
-        record.restart_attempts = 0
-        record.restart_at = None
-        record.restart_gave_up = False
+        if record.restarts.task is not None:
+            record.restarts.task.cancel()
+            record.restarts.task = None
+        record.restarts.attempts = 0
+        record.restarts.at = None
+        record.restarts.gave_up = False

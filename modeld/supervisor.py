@@ -118,7 +118,9 @@ class Supervisor:
         """Stop watching; models in containers keep running, process children are stopped."""
         records = list(self._life.records.values())
         pending: list[asyncio.Task[Any] | None] = [self._monitoring]
-        pending += [task for r in records for task in (r.load, r.restart_task, r.unload_task)]
+        pending += [
+            task for r in records for task in (r.load, r.restarts.task, r.usage.unload_task)
+        ]
         tasks = [t for t in pending if t]
         for task in tasks:
             task.cancel()

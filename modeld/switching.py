@@ -128,7 +128,7 @@ class Switcher:
         target. Returns what the caller waits on, outside the lock."""
         if record.state is State.RUNNING:
             self._count_demand(record)
-            record.last_active = time.monotonic()
+            record.usage.last_active = time.monotonic()
             return _Begun(
                 record,
                 {
@@ -223,10 +223,10 @@ class Switcher:
 
     def _count_demand(self, record: ModelRecord) -> None:
         """cost_aware's demand: each request decays everyone's, and counts for its model."""
-        record.last_used = time.time()
+        record.usage.last_used = time.time()
         for other in self._life.records.values():
-            other.demand *= DEMAND_DECAY
-        record.demand += 1.0
+            other.usage.demand *= DEMAND_DECAY
+        record.usage.demand += 1.0
 
     async def _finish(self, begun: _Begun, wait: bool, timeout: float | None) -> dict[str, Any]:
         """Outside the lock: wait for the load begun (or joined), roll back on failure."""
@@ -245,14 +245,16 @@ class Switcher:
             raise failure
         if begun.waking and wait:
             result.update(
-                woke=record.wake_fallback is None,
-                wake_seconds=round(record.last_wake_s, 2) if record.last_wake_s else None,
-                wake_fallback=record.wake_fallback,
+                woke=record.sleep.fallback is None,
+                wake_seconds=round(record.sleep.last_wake_s, 2)
+                if record.sleep.last_wake_s
+                else None,
+                wake_fallback=record.sleep.fallback,
             )
         result["state"] = record.state.value
         result["health"] = record.health.value
         # A woken model did not load: its wake time is in wake_seconds.
-        loaded = None if result.get("woke") else record.last_load_s
+        loaded = None if result.get("woke") else record.loading.last_s
         result["load_seconds"] = round(loaded, 2) if loaded else None
         return result
 

@@ -28,7 +28,7 @@ def device_totals(reading: GpuReading | None) -> dict[int, float]:
 
 def record_need(record: ModelRecord, totals: Mapping[int, float]) -> Need:
     """What a model needs per device: its learned peak first, then its configuration."""
-    return model_need(record.config, totals, record.learned_gb)
+    return model_need(record.config, totals, record.memory.learned_gb)
 
 
 def held_memory(record: ModelRecord, reading: GpuReading | None) -> tuple[dict[int, float], Source]:
@@ -38,15 +38,15 @@ def held_memory(record: ModelRecord, reading: GpuReading | None) -> tuple[dict[i
         return dict(measured), Source.MEASURED
     need = record_need(record, device_totals(reading))
     if record.state is State.SLEEPING:
-        residual = parked_residual(record.config, need, record.residual_gb)
-        return residual, Source.LEARNED if record.residual_gb else Source.ESTIMATED
+        residual = parked_residual(record.config, need, record.memory.residual_gb)
+        return residual, Source.LEARNED if record.memory.residual_gb else Source.ESTIMATED
     return dict(need.per_device), need.source
 
 
 def residual_memory(record: ModelRecord, reading: GpuReading | None) -> dict[int, float]:
     """What `record` would keep per device once parked."""
     need = record_need(record, device_totals(reading))
-    return parked_residual(record.config, need, record.residual_gb)
+    return parked_residual(record.config, need, record.memory.residual_gb)
 
 
 def model_view(record: ModelRecord, reading: GpuReading | None, now: float) -> dict[str, Any]:
@@ -68,13 +68,13 @@ def model_view(record: ModelRecord, reading: GpuReading | None, now: float) -> d
         "size_gb": config.size_gb,
         "description": config.description,
         "estimated_load_time_seconds": round(record.load_estimate_s(), 1),
-        "estimated_load_time_source": "learned" if record.learned_load_s else "configured",
+        "estimated_load_time_source": "learned" if record.loading.learned_s else "configured",
         "gpu_memory_used_gb": used_gb,
         "gpu_memory_source": used_source,
         "gpu_memory_per_device_gb": {str(d): round(gb, 2) for d, gb in per_device.items()},
         "gpu_memory_required_gb": round(need.total_gb, 1),
         "gpu_memory_required_source": need.source.value,
-        "gpu_memory_over_plan_gb": record.over_plan_gb,
+        "gpu_memory_over_plan_gb": record.memory.over_plan_gb,
         "downloaded_size": human_size(record.download.bytes) if record.download else None,
         "download": (
             {
@@ -99,23 +99,25 @@ def model_view(record: ModelRecord, reading: GpuReading | None, now: float) -> d
             if record.state is State.SLEEPING
             else None
         ),
-        "last_wake_seconds": round(record.last_wake_s, 2) if record.last_wake_s else None,
-        "wake_fallback": record.wake_fallback,
+        "last_wake_seconds": round(record.sleep.last_wake_s, 2)
+        if record.sleep.last_wake_s
+        else None,
+        "wake_fallback": record.sleep.fallback,
         "idle_unload_after_s": config.idle_unload_after_s,
         "idle_seconds": (
-            round(max(0.0, now - record.last_active), 1)
+            round(max(0.0, now - record.usage.last_active), 1)
             if record.state is State.RUNNING and config.idle_unload_after_s
             else None
         ),
         "runtime": config.runtime,
         "endpoint": config.endpoint,
-        "last_load_seconds": round(record.last_load_s, 2) if record.last_load_s else None,
+        "last_load_seconds": round(record.loading.last_s, 2) if record.loading.last_s else None,
         "restart": {
             "policy": config.restart,
-            "attempts": record.restart_attempts,
+            "attempts": record.restarts.attempts,
             "max_retries": config.restart_max_retries,
-            "next_attempt_at": iso(record.restart_at) if record.restart_at else None,
-            "gave_up": record.restart_gave_up,
+            "next_attempt_at": iso(record.restarts.at) if record.restarts.at else None,
+            "gave_up": record.restarts.gave_up,
         },
         "unmanaged": record.unmanaged,
         "config_pending": record.pending_config is not None,
@@ -196,7 +198,9 @@ def models_view(records: Iterable[ModelRecord], reading: GpuReading | None) -> l
         if record.unmanaged:
             continue
         config = record.pending_config or record.config
-        need = model_need(config, totals, None if record.pending_config else record.learned_gb)
+        need = model_need(
+            config, totals, None if record.pending_config else record.memory.learned_gb
+        )
         views.append(
             {
                 "name": config.name,
