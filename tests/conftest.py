@@ -3,6 +3,8 @@ socket; the Docker test image and container names. Helpers live in tests/support
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -47,6 +49,15 @@ async def supervised() -> AsyncIterator[SupervisorFactory]:
     yield build
     for supervisor in made:
         await supervisor.shutdown()
+
+
+@pytest.fixture
+def shared_dir() -> Iterator[Path]:
+    """A directory another user can reach (pytest's own tmp dirs are private to root)."""
+    path = Path(tempfile.mkdtemp(prefix="modeld-shared-"))
+    path.chmod(0o755)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

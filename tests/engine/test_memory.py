@@ -8,15 +8,13 @@ from dataclasses import replace
 
 from structlog.testing import capture_logs
 
-from modeld.build import build_supervisor
 from modeld.config import Config
 from modeld.gpu.base import BackendRef, GpuReading
 from modeld.gpu.simulated import SimulatedGpu
 from modeld.states import State
 from modeld.supervisor import Supervisor
 from modeld.testing.fakes import FakeRuntime
-from modeld.vllm import VllmClient
-from tests.support import SupervisorFactory, make_config, state_of
+from tests.support import SupervisorFactory, make_config, start_over, state_of
 
 
 class HungryGpu(SimulatedGpu):
@@ -37,13 +35,7 @@ async def started(config: Config) -> tuple[Supervisor, FakeRuntime]:
     """A supervisor on the hungry GPU."""
     runtime = FakeRuntime()
     gpu = HungryGpu(config.gpu, alive=runtime.alive)
-    supervisor = await build_supervisor(
-        config,
-        gpu=gpu,
-        runtimes={"process": runtime},
-        vllm=VllmClient(timeout_s=1),
-    )
-    await supervisor.startup()
+    supervisor = await start_over(config, runtime, gpu)
     return supervisor, runtime
 
 

@@ -9,7 +9,6 @@ import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from modeld.build import build_supervisor
 from modeld.config import parse_config
 from modeld.errors import LoadFailed
 from modeld.gpu.simulated import SimulatedGpu
@@ -17,8 +16,7 @@ from modeld.metrics import Metrics, serve_metrics
 from modeld.supervisor import Supervisor
 from modeld.testing.fakes import Behaviour, FakeRuntime
 from modeld.testing.ports import free_port
-from modeld.vllm import VllmClient
-from tests.support import make_config
+from tests.support import make_config, start_over
 
 GIB = 1024**3
 
@@ -37,14 +35,7 @@ async def host() -> AsyncIterator[tuple[Supervisor, FakeRuntime, str]]:
     runtime = FakeRuntime()
     gpu = SimulatedGpu(config.gpu, alive=runtime.alive)
     metrics = Metrics()
-    supervisor = await build_supervisor(
-        config,
-        gpu=gpu,
-        runtimes={"process": runtime},
-        vllm=VllmClient(timeout_s=1),
-        metrics=metrics,
-    )
-    await supervisor.startup()
+    supervisor = await start_over(config, runtime, gpu, metrics=metrics)
     metrics.watch(supervisor.status)
     listen = f"127.0.0.1:{free_port()}"
     runner = await serve_metrics(metrics, listen)
@@ -133,14 +124,9 @@ async def test_parks_and_wakes_are_counted() -> None:
     config = make_config({"a": sleepy, "b": dict(sleepy)}, [80], park_ram_gb=100)
     runtime = FakeRuntime()
     metrics = Metrics()
-    supervisor = await build_supervisor(
-        config,
-        gpu=SimulatedGpu(config.gpu, alive=runtime.alive),
-        runtimes={"process": runtime},
-        vllm=VllmClient(timeout_s=1),
-        metrics=metrics,
+    supervisor = await start_over(
+        config, runtime, SimulatedGpu(config.gpu, alive=runtime.alive), metrics=metrics
     )
-    await supervisor.startup()
     metrics.watch(supervisor.status)
     listen = f"127.0.0.1:{free_port()}"
     runner = await serve_metrics(metrics, listen)

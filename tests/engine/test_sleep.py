@@ -12,7 +12,6 @@ import pytest
 from structlog.testing import capture_logs
 
 from modeld.activity import Activity, last_active, parse_activity
-from modeld.build import build_supervisor
 from modeld.errors import ConfigError, LoadFailed
 from modeld.gpu.base import BackendRef
 from modeld.gpu.simulated import SimulatedGpu
@@ -20,8 +19,7 @@ from modeld.hostmem import parkable_ram_gb, parse_meminfo
 from modeld.states import State
 from modeld.supervisor import Supervisor
 from modeld.testing.fakes import Behaviour
-from modeld.vllm import VllmClient
-from tests.support import SupervisorFactory, make_config, state_of, wait_for_state
+from tests.support import SupervisorFactory, make_config, start_over, state_of, wait_for_state
 
 # Two 50 GB models that sleep, on one 80 GB GPU: only one runs at a time.
 PARKABLE = {
@@ -170,13 +168,7 @@ async def test_a_parked_backend_found_at_startup_is_adopted_asleep(
     first, runtime, gpu = await supervised(config)
     await first.switch("a")
     await first.switch("b")
-    second = await build_supervisor(
-        config,
-        gpu=gpu,
-        runtimes={"process": runtime},
-        vllm=VllmClient(timeout_s=1),
-    )
-    await second.startup()
+    second = await start_over(config, runtime, gpu)
     try:
         assert await wait_for_state(second, "a", {State.SLEEPING}, 5) is State.SLEEPING
         assert await wait_for_state(second, "b", {State.RUNNING}, 5) is State.RUNNING

@@ -7,12 +7,10 @@ from pathlib import Path
 
 from structlog.testing import capture_logs
 
-from modeld.build import build_supervisor
 from modeld.states import State
 from modeld.store import Learned, Store, remember_load
 from modeld.testing.fakes import Behaviour
-from modeld.vllm import VllmClient
-from tests.support import SupervisorFactory, eventually, make_config, wait_for_state
+from tests.support import SupervisorFactory, eventually, make_config, start_over, wait_for_state
 
 
 def test_save_is_atomic_and_round_trips(tmp_path: Path) -> None:
@@ -98,13 +96,7 @@ async def test_adopting_a_running_backend_learns_no_load_time(
         return model is not None and bool(model.load_seconds)
 
     await eventually(saved)  # the save runs in the background
-    second = await build_supervisor(
-        config,
-        gpu=gpu,
-        runtimes={"process": runtime},
-        vllm=VllmClient(timeout_s=1),
-    )
-    await second.startup()
+    second = await start_over(config, runtime, gpu)
     try:
         assert await wait_for_state(second, "alpha", {State.RUNNING}, 5) is State.RUNNING
         view = second.status()["models"]["alpha"]

@@ -8,7 +8,6 @@ from collections.abc import Sequence
 import pytest
 from structlog.testing import capture_logs
 
-from modeld.build import build_supervisor
 from modeld.config import ModelConfig
 from modeld.errors import (
     ConfigError,
@@ -23,12 +22,12 @@ from modeld.gpu.simulated import SimulatedGpu
 from modeld.restart import GiveUp, Retry, decide_restart, restart_delay
 from modeld.states import State
 from modeld.testing.fakes import Behaviour, FakeRuntime
-from modeld.vllm import VllmClient
 from tests.support import (
     SEED_GPU_FIELDS,
     SEED_MODEL_FIELDS,
     SupervisorFactory,
     make_config,
+    start_over,
     state_of,
     wait_for_state,
 )
@@ -291,13 +290,7 @@ async def test_gpu_read_errors_use_recent_reading_then_refuse() -> None:
     config = make_config(THREE, [60], gpu={"stale_after_s": 0.2})
     runtime = FakeRuntime()
     gpu = FlakyGpu(config.gpu, alive=runtime.alive)
-    supervisor = await build_supervisor(
-        config,
-        gpu=gpu,
-        runtimes={"process": runtime},
-        vllm=VllmClient(timeout_s=1),
-    )
-    await supervisor.startup()
+    supervisor = await start_over(config, runtime, gpu)
     try:
         gpu.failing = True
         assert (await supervisor.switch("alpha"))["state"] == "running"

@@ -7,9 +7,7 @@ import json
 import os
 import socket
 import stat
-import subprocess
-import tempfile
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -47,15 +45,6 @@ def test_unknown_group_and_world_writable_socket_are_config_errors() -> None:
                 "models": {"a": {"runtime": "process", "command": ["x"], "endpoint": "http://x"}},
             }
         )
-
-
-@pytest.fixture
-def shared_dir() -> Iterator[Path]:
-    """A directory another user can reach (pytest's own tmp dirs are private to root)."""
-    path = Path(tempfile.mkdtemp(prefix="modeld-access-"))
-    path.chmod(0o755)
-    yield path
-    subprocess.run(["rm", "-rf", str(path)], check=False)
 
 
 ServerFactory = Callable[..., Any]

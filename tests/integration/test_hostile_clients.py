@@ -10,7 +10,6 @@ import os
 import socket
 import subprocess
 import sys
-import tempfile
 from collections.abc import AsyncIterator, Iterator
 from io import StringIO
 from pathlib import Path
@@ -32,15 +31,6 @@ NOBODY = 65534
 MODELS = {"alpha": {"gpu_memory_gb": 10}, "beta": {"gpu_memory_gb": 10}}
 STATUS = b'{"jsonrpc":"2.0","id":1,"method":"status"}\n'
 PING = b'{"jsonrpc":"2.0","id":1,"method":"ping"}\n'
-
-
-@pytest.fixture
-def shared_dir() -> Iterator[Path]:
-    """A directory another user can reach (pytest's own tmp dirs are private to root)."""
-    path = Path(tempfile.mkdtemp(prefix="modeld-hostile-"))
-    path.chmod(0o755)
-    yield path
-    subprocess.run(["rm", "-rf", str(path)], check=False)
 
 
 Server = tuple[Path, Supervisor, FakeRuntime, RpcServer]

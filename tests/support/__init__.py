@@ -10,12 +10,15 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+from modeld.build import build_supervisor
 from modeld.config import Config, ModelConfig, parse_config
+from modeld.gpu.base import GpuMonitor
 from modeld.runtime.process import ProcessRuntime
 from modeld.states import State
 from modeld.supervisor import Supervisor
 from modeld.testing.fakes import FakeRuntime
 from modeld.testing.ports import free_port
+from modeld.vllm import VllmClient
 
 # The router seed's field names: clients written for it must keep working.
 SEED_MODEL_FIELDS = frozenset(
@@ -145,3 +148,15 @@ async def wait_for_state(
         while (current := state_of(supervisor, name)) not in states:
             await supervisor.changed()
     return current
+
+
+async def start_over(
+    config: Config, runtime: FakeRuntime, gpu: GpuMonitor, **options: Any
+) -> Supervisor:
+    """A started Supervisor over the fake runtime and the given GPU: for tests with their
+    own GPU fake, or a second daemon over the same host."""
+    supervisor = await build_supervisor(
+        config, gpu=gpu, runtimes={"process": runtime}, vllm=VllmClient(timeout_s=1), **options
+    )
+    await supervisor.startup()
+    return supervisor
