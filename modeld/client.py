@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import json
 import os
@@ -39,17 +40,24 @@ class DaemonUnreachable(Exception):
 
 
 class Client:
-    """One connection; calls are sent one at a time and matched by id."""
+    """One connection. Calls may be made from many tasks at once: each waits for the
+    answer with its id (one reader task matches answers to calls). Leases taken on it
+    end when it closes."""
+
+    EVENTS_KEPT = 10_000
 
     def __init__(self, path: Path | None = None) -> None:
         self.path = path or default_socket()
         self._ids = itertools.count(1)
-        self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
+        self._reading: asyncio.Task[None] | None = None
+        self._pending: dict[int, asyncio.Future[dict[str, Any]]] = {}
+        self._events: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue(self.EVENTS_KEPT)
+        self._closed: DaemonUnreachable | None = None
 
     async def __aenter__(self) -> Client:
         try:
-            self._reader, self._writer = await asyncio.open_unix_connection(
+            reader, self._writer = await asyncio.open_unix_connection(
                 str(self.path), limit=64 * 1024 * 1024
             )
         except FileNotFoundError:
@@ -60,6 +68,7 @@ class Client:
             raise DaemonUnreachable(
                 self.path, "permission denied (are you in the modeld group?)"
             ) from None
+        self._reading = asyncio.create_task(self._read(reader))
         return self
 
     async def __aexit__(
@@ -68,25 +77,53 @@ class Client:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        if self._reading is not None:
+            self._reading.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reading
         if self._writer is not None:
             self._writer.close()
 
+    async def _read(self, reader: asyncio.StreamReader) -> None:
+        """Match each answer to its call; queue pushed events."""
+        try:
+            while line := await reader.readline():
+                message = json.loads(line)
+                if message.get("method") == "event":
+                    if self._events.full():
+                        self._events.get_nowait()  # the oldest goes, as the daemon does
+                    self._events.put_nowait(message["params"])
+                    continue
+                future = self._pending.pop(message.get("id"), None)
+                if future is not None and not future.done():
+                    future.set_result(message)
+        except (ConnectionError, ValueError):
+            pass
+        self._closed = DaemonUnreachable(self.path, "connection closed by modeld")
+        for future in self._pending.values():
+            if not future.done():
+                future.set_exception(self._closed)
+        self._pending.clear()
+        with contextlib.suppress(asyncio.QueueFull):
+            self._events.put_nowait(None)
+
     async def call(self, method: str, **params: Any) -> Any:
         """Call `method` with named params; the result, or RpcError."""
-        assert self._reader is not None and self._writer is not None, "use `async with`"
+        assert self._writer is not None, "use `async with`"
+        if self._closed is not None:
+            raise self._closed
         request_id = next(self._ids)
-        message = {"jsonrpc": "2.0", "id": request_id, "method": method}
+        message: dict[str, Any] = {"jsonrpc": "2.0", "id": request_id, "method": method}
         if params:
             message["params"] = params
-        self._writer.write(json.dumps(message).encode() + b"\n")
-        await self._writer.drain()
-        while True:
-            line = await self._reader.readline()
-            if not line:
-                raise DaemonUnreachable(self.path, "connection closed by modeld")
-            response = json.loads(line)
-            if response.get("id") == request_id:
-                break
+        answer = asyncio.get_running_loop().create_future()
+        self._pending[request_id] = answer
+        try:
+            self._writer.write(json.dumps(message).encode() + b"\n")
+            await self._writer.drain()
+            response = await answer
+        finally:
+            self._pending.pop(request_id, None)
         if "error" in response:
             error = response["error"]
             raise RpcError(error["code"], error["message"], error.get("data"))
@@ -104,12 +141,23 @@ class Client:
         return self._pushed()
 
     async def _pushed(self) -> AsyncIterator[dict[str, Any]]:
-        assert self._reader is not None
-        while line := await self._reader.readline():
-            message = json.loads(line)
-            if message.get("method") == "event":
-                yield message["params"]
+        while (event := await self._events.get()) is not None:
+            yield event
         raise DaemonUnreachable(self.path, "connection closed by modeld")
+
+    @contextlib.asynccontextmanager
+    async def lease(self, model: str, timeout_s: float | None = None) -> AsyncIterator[str]:
+        """`async with client.lease("gpt-oss-20b") as endpoint:` send requests to
+        `endpoint`; modeld keeps the model loaded (never evicts it) until the block ends."""
+        params: dict[str, Any] = {"model": model}
+        if timeout_s is not None:
+            params["timeout_s"] = timeout_s
+        granted = await self.call("acquire", **params)
+        try:
+            yield str(granted["endpoint"])
+        finally:
+            with contextlib.suppress(DaemonUnreachable):  # then it ended with the connection
+                await self.call("release", lease=granted["lease"])
 
 
 async def call(method: str, path: Path | None = None, **params: Any) -> Any:

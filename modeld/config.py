@@ -58,6 +58,9 @@ class DaemonConfig(_Strict):
     client_write_timeout_s: PositiveFloat = 30.0
     # Started at daemon start, in this order, each only if it fits beside the ones before.
     preload: list[str] = Field(default_factory=list)
+    # How long a switch (or stop) waits for the leases on the models it must evict to
+    # end (requests in flight: LLM answers take minutes) before it fails models_busy.
+    drain_timeout_s: PositiveFloat = 600.0
     # On SIGTERM: how long an operation in flight may still take before modeld exits.
     shutdown_timeout_s: PositiveFloat = 30.0
     # When a switch's target fails after others were stopped for it, start them again.

@@ -175,9 +175,11 @@ async def _run(args: argparse.Namespace, console: Console) -> int:
     if op in ("status", "gpu", "models", "ping"):
         result = await call(op, path)
     elif op == "stop":
-        result = await call(op, path, model=args.model)
+        result = await call(op, path, model=args.model, **({"force": True} if args.force else {}))
     else:
         params: dict[str, Any] = {"wait": not args.no_wait}
+        if getattr(args, "force", False):
+            params["force"] = True
         if args.timeout is not None:
             params["timeout"] = args.timeout
         if params["wait"] and not args.json and console.is_terminal:
@@ -226,7 +228,13 @@ def build_parser() -> argparse.ArgumentParser:
         command.add_argument("model")
         command.add_argument("--no-wait", action="store_true", help="return once started")
         command.add_argument("--timeout", type=float, help="seconds to wait for health")
-    sub.add_parser("stop", help="stop MODEL").add_argument("model")
+        if name == "switch":
+            command.add_argument(
+                "--force", action="store_true", help="evict models even while they serve requests"
+            )
+    stop = sub.add_parser("stop", help="stop MODEL (once its requests in flight have ended)")
+    stop.add_argument("model")
+    stop.add_argument("--force", action="store_true", help="stop it under its requests")
     sub.add_parser("watch", help="print events (state changes, switch progress) as they come")
     top = sub.add_parser("top", help="a live dashboard: models, GPU memory, loads in progress")
     top.add_argument("--once", action="store_true", help="draw once and exit")

@@ -101,6 +101,21 @@ class NameCollision(ModeldError):
     kind = "name_collision"
 
 
+class ModelsBusy(ModeldError):
+    """A switch or stop needs models that serve requests, and their leases did not end
+    within drain_timeout_s: nothing was stopped."""
+
+    code = -32013
+    kind = "models_busy"
+
+
+class UnknownLease(ModeldError):
+    """`release` of a lease this connection does not hold."""
+
+    code = -32014
+    kind = "unknown_lease"
+
+
 class SocketInUse(ModeldError):
     """Another process answers on the daemon's socket path."""
 

@@ -88,7 +88,11 @@ class GpuLedger:
         ]
 
     def plan_inputs(
-        self, target: ModelRecord, records: Iterable[ModelRecord], reading: GpuReading
+        self,
+        target: ModelRecord,
+        records: Iterable[ModelRecord],
+        reading: GpuReading,
+        protected: Callable[[str], bool] = lambda _: False,
     ) -> tuple[Target, list[Device], list[Candidate]]:
         """Plain data for the planner: free memory net of loads still growing; who holds what,
         and who may be parked."""
@@ -111,8 +115,9 @@ class GpuLedger:
                     held,
                     record.config.size_gb,
                     record.usage.last_used,
-                    # A loading model has callers waiting on it: never evicted under them.
-                    record.config.pinned or record.state is State.LOADING,
+                    # A loading model has callers waiting on it, a leased one requests in
+                    # flight: neither is evicted under them.
+                    record.config.pinned or record.state is State.LOADING or protected(record.name),
                     reload_s=record.load_estimate_s(),
                     demand=record.usage.demand,
                     can_park=(
@@ -147,7 +152,11 @@ class GpuLedger:
         return sum(r.config.parked_ram_gb for r in records if r.state is State.SLEEPING)
 
     def plan(
-        self, target: ModelRecord, records: Iterable[ModelRecord], reading: GpuReading
+        self,
+        target: ModelRecord,
+        records: Iterable[ModelRecord],
+        reading: GpuReading,
+        protected: Callable[[str], bool] = lambda _: False,
     ) -> Plan | Infeasible:
         """Who to stop so `target` fits, under the configured eviction policy.
 
@@ -156,7 +165,7 @@ class GpuLedger:
         itself still waits until the driver shows it free (wait_for_room).
         """
         everyone = list(records)
-        need, devices, candidates = self.plan_inputs(target, everyone, reading)
+        need, devices, candidates = self.plan_inputs(target, everyone, reading, protected)
         releasing = self.releasing(everyone, reading)
         devices = [
             Device(d.index, d.total_gb, d.free_gb + releasing.get(d.index, 0.0)) for d in devices

@@ -52,6 +52,14 @@ class MetricsSink(Protocol):
         """A parked model was woken in `seconds`, or (None) would not wake."""
         return None
 
+    def acquired(self, model: str, seconds: float) -> None:
+        """A lease was granted after waiting `seconds` (loading, switching, draining)."""
+        return None
+
+    def models_busy(self) -> None:
+        """A switch or stop was refused: the models it needed kept serving requests."""
+        return None
+
 
 class NoMetrics(MetricsSink):
     """A sink that records nothing (no [metrics] configured): the protocol's own methods,
@@ -96,7 +104,12 @@ class _StatusCollector(Collector):
         )
         parked.add_metric(["used"], status["parking"]["ram_used_gb"] * GIB)
         parked.add_metric(["budget"], status["parking"]["ram_budget_gb"] * GIB)
-        yield from (state, memory, gpu, in_flight, parked)
+        leases = GaugeMetricFamily(
+            "modeld_leases", "Requests in flight (leases held) per model", labels=["model"]
+        )
+        for name, model in status["models"].items():
+            leases.add_metric([name], model["leases"])
+        yield from (state, memory, gpu, in_flight, parked, leases)
 
 
 class Metrics:
@@ -143,6 +156,18 @@ class Metrics:
             ["model"],
             registry=self.registry,
         )
+        self._acquire = Histogram(
+            "modeld_acquire_wait_seconds",
+            "Time an acquire waited for its lease, by model",
+            ["model"],
+            buckets=(0.001, 0.01, 0.1, *LOAD_BUCKETS),
+            registry=self.registry,
+        )
+        self._busy = Counter(
+            "modeld_models_busy",
+            "Switches and stops refused because the models they needed kept serving",
+            registry=self.registry,
+        )
 
     def watch(self, status: Callable[[], dict[str, Any]]) -> None:
         """Export the Supervisor's state, read at each scrape."""
@@ -174,6 +199,14 @@ class Metrics:
             self._wake_failures.labels(model).inc()
         else:
             self._wake.labels(model).observe(seconds)
+
+    def acquired(self, model: str, seconds: float) -> None:
+        """Record an acquire's wait."""
+        self._acquire.labels(model).observe(seconds)
+
+    def models_busy(self) -> None:
+        """Count a models_busy refusal."""
+        self._busy.inc()
 
 
 async def serve_metrics(metrics: Metrics, listen: str) -> web.AppRunner:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import Callable
 
 import structlog
 
@@ -32,11 +33,14 @@ class Parking:
         operations: Operations,
         learning: Learning,
         metrics: MetricsSink,
+        serving: Callable[[str], bool] = lambda _: False,
     ) -> None:
         self._life = lifecycle
         self._ops = operations
         self._learning = learning
         self._metrics = metrics
+        # Whether a model serves requests (leases): then it is never idle.
+        self._serving = serving
 
     def may_park(self, record: ModelRecord) -> bool:
         """Sleep mode is on for it and its weights fit in what is left of the RAM budget."""
@@ -154,7 +158,7 @@ class Parking:
             idle_s = round(time.monotonic() - record.usage.last_active)
             async with self._ops.operation(IDLE_UNLOAD, record, {"idle_s": idle_s}):
                 # A switch to it, or a request, may have come while this waited its turn.
-                if record.state is not State.RUNNING:
+                if record.state is not State.RUNNING or self._serving(record.name):
                     return
                 if time.monotonic() - record.usage.last_active < idle_after:
                     return

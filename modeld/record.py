@@ -89,13 +89,15 @@ class SleepFacts(_Facts):
 class UsageFacts(_Facts):
     """Who wants it: when it was last asked for and its decaying demand (cost_aware);
     idle_unload_after_s: the last /metrics reading, when it was last seen busy
-    (monotonic), and the unload in progress."""
+    (monotonic), and the unload in progress; the leases held on it."""
 
     last_used: float = 0.0
     demand: float = 0.0
     activity: Activity | None = None
     last_active: float = 0.0
     unload_task: asyncio.Task[None] | None = field(default=None, repr=False)
+    # Requests in flight on it (leases.py).
+    leases: int = 0
 
 
 @dataclass

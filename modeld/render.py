@@ -65,9 +65,10 @@ def parking_line(status: dict[str, Any]) -> str | None:
 
 
 def models_table(status: dict[str, Any]) -> Table:
-    """Every model: state, since, memory, health, estimated load."""
+    """Every model: state, since, memory, health, leases (requests in flight), estimated
+    load."""
     table = Table(title="modeld models")
-    for column in ("model", "state", "since", "memory", "health", "est. load"):
+    for column in ("model", "state", "since", "memory", "health", "leases", "est. load"):
         table.add_column(column)
     for name, model in status["models"].items():
         state = model["status"]
@@ -83,6 +84,7 @@ def models_table(status: dict[str, Any]) -> Table:
             _ago(model["since"]),
             memory,
             model["health"],
+            str(model.get("leases", 0)),
             estimate,
         )
     return table

@@ -53,6 +53,8 @@ class Context:
     policy: AccessPolicy
     # Gives this connection its one subscription (False: it had one already).
     attach: Callable[[], bool] = lambda: False
+    # The connection: leases belong to it and end when it closes.
+    owner: int = 0
 
     @property
     def trusted(self) -> bool:
@@ -86,6 +88,30 @@ class LoadParams(ModelParams):
 
     wait: bool = True
     timeout: float | None = Field(default=None, gt=0)
+
+
+class SwitchParams(LoadParams):
+    """`switch`: also `force`, to evict models serving requests without draining them."""
+
+    force: bool = False
+
+
+class StopParams(ModelParams):
+    """`stop`: a model, and `force` to stop it under its requests in flight."""
+
+    force: bool = False
+
+
+class AcquireParams(ModelParams):
+    """`acquire`: a model, and how long to wait for it to run (default: no limit)."""
+
+    timeout_s: float | None = Field(default=None, gt=0)
+
+
+class ReleaseParams(_Params):
+    """`release`: a lease this connection holds."""
+
+    lease: str = Field(min_length=1, max_length=100)
 
 
 class _Envelope(BaseModel):
@@ -208,9 +234,9 @@ def _models(ctx: Context, _: NoParams) -> list[dict[str, Any]]:
     return ctx.supervisor.models()
 
 
-async def _switch(ctx: Context, p: LoadParams) -> dict[str, Any]:
+async def _switch(ctx: Context, p: SwitchParams) -> dict[str, Any]:
     return await ctx.supervisor.switch(
-        p.model, wait=p.wait, timeout=p.timeout, caller=ctx.caller.as_log()
+        p.model, wait=p.wait, timeout=p.timeout, caller=ctx.caller.as_log(), force=p.force
     )
 
 
@@ -220,8 +246,18 @@ async def _start(ctx: Context, p: LoadParams) -> dict[str, Any]:
     )
 
 
-async def _stop(ctx: Context, p: ModelParams) -> dict[str, Any]:
-    return await ctx.supervisor.stop(p.model, caller=ctx.caller.as_log())
+async def _stop(ctx: Context, p: StopParams) -> dict[str, Any]:
+    return await ctx.supervisor.stop(p.model, caller=ctx.caller.as_log(), force=p.force)
+
+
+async def _acquire(ctx: Context, p: AcquireParams) -> dict[str, Any]:
+    return await ctx.supervisor.acquire(
+        p.model, owner=ctx.owner, timeout=p.timeout_s, caller=ctx.caller.as_log()
+    )
+
+
+async def _release(ctx: Context, p: ReleaseParams) -> dict[str, Any]:
+    return ctx.supervisor.release(p.lease, owner=ctx.owner)
 
 
 async def _restart(ctx: Context, p: LoadParams) -> dict[str, Any]:
@@ -253,9 +289,11 @@ _QUERIES: dict[str, Callable[[Context, NoParams], Any]] = {
 QUERY_METHODS = {name: _query(NoParams, call) for name, call in _QUERIES.items()}
 METHODS: dict[str, Handler] = {
     **{name: _method(name, NoParams, call) for name, call in _QUERIES.items()},
-    "switch": _method("switch", LoadParams, _switch, trusted=True),
+    "switch": _method("switch", SwitchParams, _switch, trusted=True),
+    "acquire": _method("acquire", AcquireParams, _acquire, trusted=True),
+    "release": _method("release", ReleaseParams, _release),
     "start": _method("start", LoadParams, _start, trusted=True),
-    "stop": _method("stop", ModelParams, _stop, trusted=True),
+    "stop": _method("stop", StopParams, _stop, trusted=True),
     "reload": _method("reload", NoParams, _reload, trusted=True),
     "subscribe": _method("subscribe", NoParams, _subscribe),
     "logs": _method("logs", LogsParams, _logs, trusted=True),

@@ -250,7 +250,8 @@ class RpcServer:
         self._connections += 1
         self._per_uid[caller.uid] += 1
         attach = functools.partial(self.attach, connection)
-        context = Context(self._supervisor, caller, self._policy, attach)
+        owner = id(connection)
+        context = Context(self._supervisor, caller, self._policy, attach, owner)
         try:
             await self._serve(reader, connection, context)
         except ConnectionError:
@@ -261,9 +262,11 @@ class RpcServer:
             # and log their outcome; only then is the transport closed.
             connection.closed = True
             self._end_subscription(connection)
+            self._supervisor.release_owner(owner)  # its requests in flight are over
             if connection.tasks:
                 await asyncio.wait(connection.tasks)
             self._end_subscription(connection)  # in case a subscribe was still on its way
+            self._supervisor.release_owner(owner)  # in case an acquire was still on its way
             self._connections -= 1
             self._per_uid[caller.uid] -= 1
             if not self._per_uid[caller.uid]:

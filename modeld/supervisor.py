@@ -16,6 +16,7 @@ lifecycle; nothing calls them from elsewhere.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -23,11 +24,18 @@ from typing import Any
 import structlog
 
 from modeld.config import Config, DaemonConfig, check_devices, load_config
-from modeld.errors import ConfigError, ModeldError, RuntimeUnavailable
+from modeld.errors import (
+    ConfigError,
+    ModeldError,
+    ModelsBusy,
+    OperationTimeout,
+    RuntimeUnavailable,
+)
 from modeld.events import EventBus, Subscription
 from modeld.gpu.base import GpuMonitor
 from modeld.jsonraw import RawJSON
 from modeld.learning import Learning
+from modeld.leases import Leases
 from modeld.ledger import GpuLedger
 from modeld.lifecycle import Lifecycle, Transition
 from modeld.metrics import MetricsSink, NoMetrics
@@ -75,8 +83,11 @@ class Supervisor:
             store or Store(config.daemon.state_dir), lambda: list(life.records.values())
         )
         self._ops = Operations(life)
-        self._parking = Parking(life, self._ops, self._learning, self._metrics)
-        self._switcher = Switcher(life, self._ops, self._parking, self._metrics)
+        self._leases = Leases()
+        self._parking = Parking(
+            life, self._ops, self._learning, self._metrics, self._leases.protected
+        )
+        self._switcher = Switcher(life, self._ops, self._parking, self._leases, self._metrics)
         self._restarts = Restarts(self._switcher.bring_back)
         self._view = StatusView(life, lambda: self._ops.busy, lambda: self._events.count)
         self._observations = Observations(life, self._learning, self._parking)
@@ -202,13 +213,15 @@ class Supervisor:
         wait: bool = True,
         timeout: float | None = None,
         caller: Caller | None = None,
+        force: bool = False,
     ) -> dict[str, Any]:
-        """Make `name` the model that answers: stop what must go, start it, wait for health."""
+        """Make `name` the model that answers: stop what must go (draining models that
+        serve requests, unless `force`), start it, wait for health."""
         record = self._life.record(name, managed=True)
         started, outcome = asyncio.get_running_loop().time(), "error"
         try:
             result = await self._switcher.load(
-                "switch", record, caller, evict=True, wait=wait, timeout=timeout
+                "switch", record, caller, evict=True, wait=wait, timeout=timeout, force=force
             )
             outcome = result["status"]
             return result
@@ -232,15 +245,81 @@ class Supervisor:
             "start", record, caller, evict=False, wait=wait, timeout=timeout
         )
 
-    async def stop(self, name: str, *, caller: Caller | None = None) -> dict[str, Any]:
-        """Stop `name`'s backend; stopping a stopped model is not an error."""
+    async def stop(
+        self, name: str, *, caller: Caller | None = None, force: bool = False
+    ) -> dict[str, Any]:
+        """Stop `name`'s backend once its requests in flight have ended (ModelsBusy past
+        drain_timeout_s), or at once with `force`; stopping a stopped model is fine."""
         record = self._life.record(name)
-        async with self._ops.operation("stop", record, caller):
-            if record.state is State.STOPPED:
-                return {"status": "already_stopped", "model": name}
-            await self._life.check_runtime(record)
-            await self._life.stop_model(record, "requested")
-            return {"status": "stopped", "model": name}
+        drained = []
+        if not force and self._leases.protected(name):
+            drained = await self._switcher.drain([name], None)
+        try:
+            async with self._ops.operation("stop", record, caller):
+                if record.state is State.STOPPED:
+                    return {"status": "already_stopped", "model": name}
+                await self._life.check_runtime(record)
+                await self._life.stop_model(record, "requested")
+                return {"status": "stopped", "model": name}
+        finally:
+            self._leases.end_drain(drained)
+
+    async def acquire(
+        self,
+        name: str,
+        *,
+        owner: int,
+        timeout: float | None = None,
+        caller: Caller | None = None,
+    ) -> dict[str, Any]:
+        """A lease on `name` once it runs and answers: switching, waking or joining a load
+        as needed (concurrent acquires share one load). While it drains, new acquires
+        wait their turn; a waiting acquire protects the model once it runs."""
+        started = time.monotonic()
+        deadline = None if timeout is None else started + timeout
+        self._life.record(name, managed=True)
+        try:
+            async with asyncio.timeout(timeout):
+                await self._leases.gate(name)
+        except TimeoutError:
+            raise OperationTimeout(
+                f"{name} was still draining after {timeout}s; no lease", model=name
+            ) from None
+        with self._leases.waiting(name):
+            while True:
+                record = self._life.record(name, managed=True)
+                if record.state is State.RUNNING:
+                    lease = self._leases.grant(record, owner)
+                    waited = time.monotonic() - started
+                    self._metrics.acquired(name, waited)
+                    log.info("lease.granted", model=name, lease=lease.id, **dict(caller or {}))
+                    return {
+                        "lease": lease.id,
+                        "model": name,
+                        "endpoint": record.config.endpoint,
+                        "state": record.state.value,
+                        "leases": record.usage.leases,
+                        "waited_seconds": round(waited, 3),
+                    }
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    raise OperationTimeout(f"{name} did not run within {timeout}s", model=name)
+                try:
+                    await self.switch(name, timeout=left, caller=caller)
+                except ModelsBusy:
+                    continue  # its turn comes once the drain allows; our timeout rules
+
+    def release(self, lease: str, *, owner: int | None = None) -> dict[str, Any]:
+        """End a lease (only the connection's own, given `owner`)."""
+        ended = self._leases.release(lease, owner)
+        return {"released": True, "model": ended.model, "leases": self._leases.held(ended.model)}
+
+    def release_owner(self, owner: int) -> int:
+        """A connection closed: its leases end at once; how many."""
+        ended = self._leases.release_owner(owner)
+        if ended:
+            log.info("lease.connection_closed", owner=owner, released=ended)
+        return ended
 
     async def restart(
         self,

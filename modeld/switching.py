@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,6 +22,7 @@ from modeld.errors import (
     OperationTimeout,
     UnknownModel,
 )
+from modeld.leases import Leases
 from modeld.lifecycle import Lifecycle
 from modeld.metrics import MetricsSink
 from modeld.operations import AUTO_RESTART, Caller, Operations
@@ -46,11 +48,13 @@ class Switcher:
         lifecycle: Lifecycle,
         operations: Operations,
         parking: Parking,
+        leases: Leases,
         metrics: MetricsSink,
     ) -> None:
         self._life = lifecycle
         self._ops = operations
         self._parking = parking
+        self._leases = leases
         self._metrics = metrics
 
     async def bring_back(self, record: ModelRecord) -> bool:
@@ -67,7 +71,7 @@ class Switcher:
                 await self._finish(begun, wait=True, timeout=None)
         except UnknownModel:
             return True
-        except (ModeldError, _LoadsInTheWay):
+        except (ModeldError, _LoadsInTheWay, _LeasesInTheWay):
             return False
         return True
 
@@ -81,29 +85,61 @@ class Switcher:
         wait: bool,
         timeout: float | None,
         restart: bool = False,
+        force: bool = False,
     ) -> dict[str, Any]:
         """Decide, make room and start under the lock; wait for health outside it, so
         other operations never queue behind an unrelated load. When loads in flight hold
         the memory the target needs, wait (outside the lock) for them to settle and plan
-        again: a loading model is never evicted from under its waiting callers."""
+        again: a loading model is never evicted from under its waiting callers. Models
+        serving requests (leases) are drained first, unless `force`."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            async with self._ops.operation(op, record, caller):
-                if restart:
-                    await self._life.check_runtime(record)
-                    if record.state is not State.STOPPED:
-                        await self._life.stop_model(record, "restart")
-                        await self._life.ledger.wait_for_room(record, self._life.records.values())
-                    restart = False
-                try:
-                    begun = await self._bring_up(record, evict=evict)
-                except _LoadsInTheWay as blocked:
-                    loads = blocked.loads
+        drained: list[str] = []
+        try:
+            while True:
+                async with self._ops.operation(op, record, caller):
+                    if restart:
+                        await self._life.check_runtime(record)
+                        if record.state is not State.STOPPED:
+                            await self._life.stop_model(record, "restart")
+                            records = self._life.records.values()
+                            await self._life.ledger.wait_for_room(record, records)
+                        restart = False
+                    try:
+                        begun = await self._bring_up(record, evict=evict, force=force)
+                    except _LoadsInTheWay as blocked:
+                        loads, busy = blocked.loads, []
+                    except _LeasesInTheWay as blocked:
+                        loads, busy = [], blocked.busy
+                    else:
+                        break
+                if busy:
+                    drained += await self.drain(busy, deadline)
                 else:
-                    break
-            await self._settle(record, loads, deadline)
+                    await self._settle(record, loads, deadline)
+        finally:
+            # The evicted are gone (or the switch gave up): their acquires may go on.
+            self._leases.end_drain(drained)
         with self._ops.counted():
             return await self._finish(begun, wait, _left(deadline))
+
+    async def drain(self, names: list[str], deadline: float | None) -> list[str]:
+        """Outside the lock: close the gate on `names` (new acquires wait), then wait for
+        their leases to end, up to drain_timeout_s (ModelsBusy: nothing was stopped). The
+        names this call closed, for the caller to open again once they are evicted."""
+        closed = self._leases.begin_drain(names)
+        for name in names:
+            log.info("drain.begun", model=name, leases=self._leases.held(name))
+            self._life.events.publish("drain", model=name, leases=self._leases.held(name))
+        limit = self._life.config.daemon.drain_timeout_s
+        left = _left(deadline)
+        try:
+            with self._ops.counted():
+                await self._leases.drained(names, limit if left is None else min(limit, left))
+        except ModeldError as refusal:
+            self._leases.end_drain(closed)
+            self._metrics.models_busy()
+            raise refusal from None
+        return closed
 
     async def _settle(
         self, record: ModelRecord, loads: list[asyncio.Task[Any]], deadline: float | None
@@ -123,7 +159,7 @@ class Switcher:
                 state=record.state.value,
             )
 
-    async def _bring_up(self, record: ModelRecord, *, evict: bool) -> _Begun:
+    async def _bring_up(self, record: ModelRecord, *, evict: bool, force: bool = False) -> _Begun:
         """Under the lock: plan, stop or park what must go, start (or begin waking) the
         target. Returns what the caller waits on, outside the lock."""
         if record.state is State.RUNNING:
@@ -146,16 +182,25 @@ class Switcher:
             # A failed backend may linger (vLLM's API server outlives its dead engine):
             # stop it first, so its memory is not counted twice.
             await self._life.stop_model(record, "clearing failed backend before start")
-        reading = await self._life.ledger.read(self._life.records.values())
-        plan = self._life.ledger.plan(record, self._life.records.values(), reading)
+        records = self._life.records.values()
+        reading = await self._life.ledger.read(records)
+        protected = self._protected(force)
+        plan = self._life.ledger.plan(record, records, reading, protected)
         if isinstance(plan, Infeasible):
             loads = [
                 r.load
-                for r in self._life.records.values()
+                for r in records
                 if r is not record and r.state is State.LOADING and r.load is not None
             ]
             if loads:
                 raise _LoadsInTheWay(loads)
+            if not force:
+                # Would it fit once the models serving requests were drained?
+                drained = self._life.ledger.plan(record, records, reading)
+                if not isinstance(drained, Infeasible):
+                    busy = [n for n in (*drained.stop, *drained.park) if protected(n)]
+                    if busy:
+                        raise _LeasesInTheWay(busy)
             raise self._insufficient(record, plan)
         self._count_demand(record)
         memory_info = {
@@ -221,6 +266,11 @@ class Switcher:
         begun.load = record.load
         return begun
 
+    def _protected(self, force: bool) -> Callable[[str], bool]:
+        """Who plans must not evict beyond pinned and loading models: those serving
+        requests, unless an operator forces it."""
+        return (lambda _: False) if force else self._leases.protected
+
     def _count_demand(self, record: ModelRecord) -> None:
         """cost_aware's demand: each request decays everyone's, and counts for its model."""
         record.usage.last_used = time.time()
@@ -280,7 +330,9 @@ class Switcher:
             if not plan.park:
                 break
             reading = await self._life.ledger.read(self._life.records.values())
-            replanned = self._life.ledger.plan(record, self._life.records.values(), reading)
+            replanned = self._life.ledger.plan(
+                record, self._life.records.values(), reading, self._protected(False)
+            )
             if isinstance(replanned, Infeasible):
                 raise self._insufficient(record, replanned)
             if not (replanned.stop or replanned.park):
@@ -342,6 +394,14 @@ class _Begun:
     moved: list[str] = field(default_factory=list)
     waking: bool = False
     failure: ModeldError | None = None
+
+
+class _LeasesInTheWay(Exception):
+    """The target fits only once models serving requests are drained."""
+
+    def __init__(self, busy: list[str]) -> None:
+        super().__init__("leases in the way")
+        self.busy = busy
 
 
 class _LoadsInTheWay(Exception):

@@ -120,6 +120,7 @@ def model_view(record: ModelRecord, reading: GpuReading | None, now: float) -> d
             "gave_up": record.restarts.gave_up,
         },
         "unmanaged": record.unmanaged,
+        "leases": record.usage.leases,
         "config_pending": record.pending_config is not None,
         "backend_pid": record.backend.pid if record.backend else None,
         "container_id": record.backend.id if record.backend else None,

@@ -1,0 +1,169 @@
+"""Leases: a model serving requests is never evicted from under them; a switch that
+needs it drains it (or is refused with models_busy, having stopped nothing); acquires
+coalesce into one load; a connection's leases end with it. Ordered by events."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from modeld.client import Client
+from modeld.errors import LoadFailed, ModelsBusy
+from modeld.events import Subscription
+from modeld.states import State
+from modeld.testing.fakes import Behaviour
+from tests.support import (
+    ServeFactory,
+    SupervisorFactory,
+    eventually,
+    make_config,
+    state_of,
+    wait_for_state,
+)
+
+TWO = {"a": {"gpu_memory_gb": 50}, "b": {"gpu_memory_gb": 50}}
+
+
+async def next_of(events: Subscription, kind: str, **match: Any) -> dict[str, Any]:
+    """The next event of `kind` whose fields match."""
+    async with asyncio.timeout(10):
+        while True:
+            event = await events.next()
+            if event["type"] == kind and all(event.get(k) == v for k, v in match.items()):
+                return event
+
+
+async def test_a_leased_model_survives_a_switch_until_its_release(
+    supervised: SupervisorFactory,
+) -> None:
+    """A switch that needs a leased model's memory drains it: the model keeps running,
+    new acquires for it wait, and only after the release is it stopped for the switch;
+    the acquire that waited is served after, with its own turn."""
+    supervisor, _, _ = await supervised(make_config(TWO, [80]))
+    events = supervisor.subscribe()
+    held = await supervisor.acquire("a", owner=1)
+    switching = asyncio.create_task(supervisor.switch("b"))
+    await next_of(events, "drain", model="a")
+    assert state_of(supervisor, "a") is State.RUNNING
+    latecomer = asyncio.create_task(supervisor.acquire("a", owner=2))
+    assert supervisor.status()["models"]["a"]["leases"] == 1
+    supervisor.release(held["lease"], owner=1)
+    result = await switching
+    assert result["unloaded_models"] == ["a"]
+    assert result["state"] == "running"
+    granted = await latecomer  # its turn: a comes back once b is up
+    assert granted["model"] == "a"
+    assert state_of(supervisor, "a") is State.RUNNING
+    assert supervisor.status()["models"]["a"]["leases"] == 1
+
+
+async def test_a_drain_past_its_timeout_is_refused_and_loses_nothing(
+    supervised: SupervisorFactory,
+) -> None:
+    """Leases that outlast drain_timeout_s: models_busy naming the model and its lease
+    count; nothing was stopped, and the lease still holds."""
+    supervisor, runtime, _ = await supervised(make_config(TWO, [80], drain_timeout_s=0.2))
+    held = await supervisor.acquire("a", owner=1)
+    with pytest.raises(ModelsBusy) as refused:
+        await supervisor.switch("b")
+    assert refused.value.data["busy"] == {"a": 1}
+    assert state_of(supervisor, "a") is State.RUNNING
+    assert state_of(supervisor, "b") is State.STOPPED
+    assert runtime.starts("b") == 0
+    assert supervisor.release(held["lease"], owner=1)["leases"] == 0
+
+
+async def test_force_evicts_a_leased_model(supervised: SupervisorFactory) -> None:
+    """An operator's `force` evicts without draining."""
+    supervisor, _, _ = await supervised(make_config(TWO, [80]))
+    await supervisor.acquire("a", owner=1)
+    result = await supervisor.switch("b", force=True)
+    assert result["unloaded_models"] == ["a"]
+    assert state_of(supervisor, "a") is State.STOPPED
+
+
+async def test_twenty_concurrent_acquires_make_one_backend(
+    supervised: SupervisorFactory,
+) -> None:
+    """Twenty acquires of a stopped model start it once; all get their lease when it is
+    healthy."""
+    supervisor, runtime, _ = await supervised(make_config(TWO, [80]))
+    runtime.behaviour["a"] = Behaviour(load_seconds=0.3)
+    granted = await asyncio.gather(*(supervisor.acquire("a", owner=n) for n in range(20)))
+    assert runtime.starts("a") == 1
+    assert len({g["lease"] for g in granted}) == 20
+    assert supervisor.status()["models"]["a"]["leases"] == 20
+
+
+async def test_an_acquire_whose_model_fails_gets_the_error_and_no_lease(
+    supervised: SupervisorFactory,
+) -> None:
+    """The load's error reaches the acquirer; no lease is left behind."""
+    supervisor, runtime, _ = await supervised(make_config(TWO, [80]))
+    runtime.behaviour["a"] = Behaviour(exit_code=1)
+    with pytest.raises(LoadFailed):
+        await supervisor.acquire("a", owner=1)
+    assert supervisor.status()["models"]["a"]["leases"] == 0
+
+
+async def test_stop_waits_for_requests_in_flight_unless_forced(
+    supervised: SupervisorFactory,
+) -> None:
+    """`stop` of a leased model drains it first (refused past the drain timeout);
+    `force` stops it at once."""
+    supervisor, _, _ = await supervised(make_config(TWO, [80], drain_timeout_s=0.2))
+    await supervisor.acquire("a", owner=1)
+    with pytest.raises(ModelsBusy):
+        await supervisor.stop("a")
+    assert state_of(supervisor, "a") is State.RUNNING
+    assert (await supervisor.stop("a", force=True))["status"] == "stopped"
+
+
+async def test_a_closed_connections_leases_end_and_the_client_lease_block(
+    serve: ServeFactory,
+) -> None:
+    """Over the socket: `async with client.lease(model)` holds a lease for the block; a
+    connection that closes holding leases loses them at once, so a switch needing that
+    model goes through."""
+    path, supervisor, _ = await serve(make_config(TWO, [80]))
+    async with Client(path) as client:
+        async with client.lease("a") as endpoint:
+            assert endpoint.startswith("http://127.0.0.1:")
+            assert supervisor.status()["models"]["a"]["leases"] == 1
+        assert supervisor.status()["models"]["a"]["leases"] == 0
+        await client.call("acquire", model="a")
+        await client.call("acquire", model="a")
+        assert supervisor.status()["models"]["a"]["leases"] == 2
+
+    async def released() -> bool:
+        return bool(supervisor.status()["models"]["a"]["leases"] == 0)
+
+    await eventually(released, timeout=10)
+    assert (await supervisor.switch("b"))["unloaded_models"] == ["a"]
+
+
+async def test_release_of_someone_elses_lease_is_refused(serve: ServeFactory) -> None:
+    """A connection may end only its own leases."""
+    path, supervisor, _ = await serve(make_config(TWO, [80]))
+    async with Client(path) as mine, Client(path) as other:
+        granted = await mine.call("acquire", model="a")
+        with pytest.raises(Exception, match="no lease") as refused:
+            await other.call("release", lease=granted["lease"])
+        assert getattr(refused.value, "code", None) == -32014
+        assert supervisor.status()["models"]["a"]["leases"] == 1
+
+
+async def test_a_leased_model_is_never_idle_unloaded(supervised: SupervisorFactory) -> None:
+    """Leases count as use: a model with one is kept past idle_unload_after_s even when
+    its metrics say idle; once released, it is unloaded."""
+    models = {"a": {"gpu_memory_gb": 20, "idle_unload_after_s": 0.2}}
+    supervisor, _, _ = await supervised(make_config(models, [80], poll_interval_s=0.05))
+    held = await supervisor.acquire("a", owner=1)
+    # A window of several idle periods (the only way to see that something does not
+    # happen): the lease keeps it running throughout.
+    with pytest.raises(TimeoutError):
+        await wait_for_state(supervisor, "a", {State.STOPPING, State.STOPPED}, 1.0)
+    supervisor.release(held["lease"], owner=1)
+    assert await wait_for_state(supervisor, "a", {State.STOPPED}, 10) is State.STOPPED
