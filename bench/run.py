@@ -6,10 +6,19 @@ import argparse
 from datetime import UTC, datetime
 from pathlib import Path
 
-from bench import footprint, hostile, memory_wait, parking, rpc, switch_overhead, traces
+from bench import (
+    footprint,
+    hostile,
+    leases,
+    memory_wait,
+    parking,
+    rpc,
+    switch_overhead,
+    traces,
+)
 from bench.common import Report, machine
 
-BENCHES = [rpc, switch_overhead, memory_wait, parking, footprint, hostile, traces]
+BENCHES = [rpc, switch_overhead, memory_wait, parking, leases, footprint, hostile, traces]
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 
 
