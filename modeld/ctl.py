@@ -22,8 +22,10 @@ from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeEl
 
 from modeld.client import Client, DaemonUnreachable, RpcError, call, default_socket
 from modeld.render import (
+    LOADED,
     dashboard,
     describe_step,
+    ps_table,
     render_event,
     render_gpu,
     render_models,
@@ -172,6 +174,14 @@ async def _run(args: argparse.Namespace, console: Console) -> int:
             for line in result["lines"]:
                 console.print(line, markup=False, highlight=False)
         return EXIT_OK
+    if op == "ps":
+        result = await call("status", path)
+        if args.json:
+            loaded = {n: m for n, m in result["models"].items() if m["status"] in LOADED}
+            print(json.dumps(loaded, indent=2))
+        else:
+            console.print(ps_table(result))
+        return EXIT_OK
     if op in ("status", "gpu", "models", "ping"):
         result = await call(op, path)
     elif op == "stop":
@@ -216,6 +226,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("status", "models and GPU"),
         ("gpu", "GPU memory"),
         ("models", "configured models"),
+        ("ps", "only what is loaded (running, loading, sleeping)"),
         ("ping", "is the daemon up"),
     ):
         sub.add_parser(name, help=text)

@@ -90,6 +90,28 @@ def models_table(status: dict[str, Any]) -> Table:
     return table
 
 
+LOADED = ("running", "loading", "sleeping")
+
+
+def ps_table(status: dict[str, Any]) -> Table:
+    """Only what is loaded (running, loading, sleeping): memory, leases, since."""
+    table = Table(title="loaded models")
+    for column in ("model", "state", "memory", "leases", "since"):
+        table.add_column(column)
+    for name, model in status["models"].items():
+        if model["status"] not in LOADED:
+            continue
+        state = model["status"]
+        table.add_row(
+            name,
+            f"[{STATE_STYLE.get(state, '')}]{state}[/]",
+            _gb(model["gpu_memory_used_gb"]),
+            str(model.get("leases", 0)),
+            _ago(model["since"]),
+        )
+    return table
+
+
 def dashboard(status: dict[str, Any], last_event: str | None = None) -> Group:
     """`modelctl top`: the models, a memory bar per GPU, loads in progress, last event."""
     parts: list[Any] = [models_table(status)]

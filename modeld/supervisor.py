@@ -329,11 +329,18 @@ class Supervisor:
         timeout: float | None = None,
         caller: Caller | None = None,
     ) -> dict[str, Any]:
-        """Stop `name` if it runs, wait for its memory, and start it again."""
+        """Stop `name` if it runs (once its requests in flight have ended), wait for its
+        memory, and start it again."""
         record = self._life.record(name, managed=True)
-        result = await self._switcher.load(
-            "restart", record, caller, evict=False, wait=wait, timeout=timeout, restart=True
-        )
+        drained = []
+        if self._leases.protected(name):
+            drained = await self._switcher.drain([name], None)
+        try:
+            result = await self._switcher.load(
+                "restart", record, caller, evict=False, wait=wait, timeout=timeout, restart=True
+            )
+        finally:
+            self._leases.end_drain(drained)
         return {**result, "status": "restarted"}
 
     async def preload(self) -> dict[str, str]:

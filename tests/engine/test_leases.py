@@ -167,3 +167,16 @@ async def test_a_leased_model_is_never_idle_unloaded(supervised: SupervisorFacto
         await wait_for_state(supervisor, "a", {State.STOPPING, State.STOPPED}, 1.0)
     supervisor.release(held["lease"], owner=1)
     assert await wait_for_state(supervisor, "a", {State.STOPPED}, 10) is State.STOPPED
+
+
+async def test_restart_waits_for_requests_in_flight(supervised: SupervisorFactory) -> None:
+    """`restart` of a leased model drains it first: refused past the drain timeout with
+    the model untouched."""
+    supervisor, runtime, _ = await supervised(make_config(TWO, [80], drain_timeout_s=0.2))
+    held = await supervisor.acquire("a", owner=1)
+    with pytest.raises(ModelsBusy):
+        await supervisor.restart("a")
+    assert runtime.starts("a") == 1
+    supervisor.release(held["lease"], owner=1)
+    assert (await supervisor.restart("a"))["status"] == "restarted"
+    assert runtime.starts("a") == 2

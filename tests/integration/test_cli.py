@@ -69,6 +69,10 @@ def test_modelctl_against_the_daemon(demo_daemon: tuple[subprocess.Popen[str], P
     assert table.returncode == 0
     assert "demo-coder" in table.stdout and "running" in table.stdout
 
+    loaded = modelctl(socket, "ps")  # only what is loaded
+    assert loaded.returncode == 0
+    assert "demo-coder" in loaded.stdout and "demo-large" not in loaded.stdout
+
     unknown = modelctl(socket, "switch", "nope")
     assert unknown.returncode == 1
     assert "Available" in unknown.stderr

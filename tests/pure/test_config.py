@@ -8,10 +8,12 @@ from pathlib import Path
 
 import pytest
 
+from modeld.checkconfig import schema
 from modeld.config import load_config
 from modeld.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[2]
+SEED = "etc/modeld/modeld.toml"
 
 
 def test_shipped_configs_load() -> None:
@@ -110,3 +112,40 @@ def test_daemon_says_clearly_when_nvml_cannot_load(tmp_path: Path) -> None:
     assert "NVML cannot load" in result.stderr
     assert 'backend = "simulated"' in result.stderr
     assert not (tmp_path / "s.sock").exists()
+
+
+def test_check_config_explains_the_seed_models() -> None:
+    """`modeld check-config` on the seed's config: valid, each of the four models with
+    its runtime, need per device and source; exit 0; nothing started."""
+    result = subprocess.run(
+        [sys.executable, "-m", "modeld", "check-config", "--config", str(ROOT / SEED)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].endswith("valid")
+    models = [line for line in lines if line.startswith("model ")]
+    assert len(models) == 4
+    assert any("gpt-oss-20b: docker" in m and "34.0 GB [configured]" in m for m in models)
+    assert any("90% of its total [utilization]" in m for m in models)
+
+
+def test_check_config_on_a_broken_file_names_file_and_field(tmp_path: Path) -> None:
+    """A broken config: exit 78 with the file and the field."""
+    path = tmp_path / "bad.toml"
+    path.write_text('[models.a]\nendpoint = "http://x"\ncontainer = "c"\nsize_gb = -1\n')
+    result = subprocess.run(
+        [sys.executable, "-m", "modeld", "check-config", "--config", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 78
+    assert str(path) in result.stderr and "models.a.size_gb" in result.stderr
+
+
+def test_the_committed_schema_matches_the_code() -> None:
+    """docs/config.schema.json is what `modeld config-schema` prints today."""
+    assert (ROOT / "docs" / "config.schema.json").read_text() == schema()
