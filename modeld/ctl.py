@@ -213,7 +213,13 @@ async def _run(args: argparse.Namespace, console: Console) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """modelctl's command line."""
-    parser = argparse.ArgumentParser(prog="modelctl", description="Control the modeld daemon.")
+    parser = argparse.ArgumentParser(
+        prog="modelctl",
+        description="Control the modeld daemon.",
+        epilog="exit codes: 0 done; 1 the daemon said no (unknown model, insufficient memory, "
+        "models busy, load failed, ...); 2 usage error; 3 cannot reach the daemon (the "
+        "message names the socket and whether a modeld process runs)",
+    )
     parser.add_argument(
         "--socket",
         type=Path,

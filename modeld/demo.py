@@ -1,7 +1,8 @@
 """`modeld-demo`: run the daemon on the embedded demo and show a switch.
 
-Starts `modeld` with etc/modeld/demo.toml (simulated GPU, fake vLLM backends as
-child processes) on a private socket, drives it with `modelctl`, then stops it.
+Starts `modeld` with the demo config shipped in the package (etc/modeld/demo.toml links
+to it; simulated GPU, fake vLLM backends as child processes) on a private socket, drives
+it with `modelctl`, then stops it.
 """
 
 from __future__ import annotations
@@ -18,7 +19,9 @@ from pathlib import Path
 
 from rich.console import Console
 
-DEMO_CONFIG = Path("etc/modeld/demo.toml")
+# Shipped inside the package (etc/modeld/demo.toml links to it), so an installed wheel
+# runs the demo from anywhere.
+DEMO_CONFIG = Path(__file__).resolve().parent / "demo.toml"
 STEPS: list[list[str]] = [
     ["models"],
     ["switch", "demo-chat"],
@@ -78,7 +81,7 @@ def run(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     console = Console()
     if not args.config.exists():
-        console.print(f"[red]modeld-demo: {args.config} not found (run from the repository root)")
+        console.print(f"[red]modeld-demo: {args.config} not found")
         return 2
     workdir = Path(tempfile.mkdtemp(prefix="modeld-demo-"))
     socket = workdir / "modeld.sock"
