@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -74,6 +75,19 @@ def _wait_ready(daemon: subprocess.Popen[bytes], socket: Path, deadline_s: float
     return False
 
 
+def private_copy(config: Path, directory: Path) -> Path:
+    """The demo config with its state kept in `directory` (a run of its own)."""
+    text = re.sub(
+        r"^state_dir = .*$",
+        f'state_dir = "{directory / "state"}"',
+        config.read_text(),
+        flags=re.MULTILINE,
+    )
+    copy = directory / config.name
+    copy.write_text(text)
+    return copy
+
+
 def run(argv: list[str] | None = None) -> int:
     """Run the demo; 0 if every step worked."""
     parser = argparse.ArgumentParser(prog="modeld-demo", description=__doc__)
@@ -84,6 +98,9 @@ def run(argv: list[str] | None = None) -> int:
         console.print(f"[red]modeld-demo: {args.config} not found")
         return 2
     workdir = Path(tempfile.mkdtemp(prefix="modeld-demo-"))
+    if args.config == DEMO_CONFIG:
+        # Each run starts afresh: nothing learned by an earlier run changes what it shows.
+        args.config = private_copy(DEMO_CONFIG, workdir)
     socket = workdir / "modeld.sock"
     log_path = workdir / "modeld.log"
     console.print(f"starting modeld on {socket} (daemon log: {log_path})")

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from modeld.demo import private_copy
 from modeld.gpu.base import pid_alive
 from modeld.testing.ports import wait_until
 
@@ -35,8 +36,9 @@ def demo_daemon(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], Path]]:
     """`modeld --config etc/modeld/demo.toml` on a private socket, until it answers ping."""
     socket = tmp_path / "modeld.sock"
     log = (tmp_path / "modeld.log").open("w")
+    config = private_copy(DEMO, tmp_path)  # learned figures of its own
     daemon = subprocess.Popen(
-        [sys.executable, "-m", "modeld", "--config", str(DEMO), "--socket", str(socket)],
+        [sys.executable, "-m", "modeld", "--config", str(config), "--socket", str(socket)],
         stderr=log,
         text=True,
         cwd=ROOT,

@@ -16,6 +16,7 @@ from rich.progress import Progress
 
 from modeld.client import Client, RpcError
 from modeld.ctl import switch_with_progress
+from modeld.demo import private_copy
 from modeld.events import Subscription
 from modeld.render import describe_step
 from modeld.supervisor import Supervisor
@@ -115,7 +116,7 @@ def test_modelctl_watch_prints_events(tmp_path: Path) -> None:
             "-m",
             "modeld",
             "--config",
-            str(root / "etc/modeld/demo.toml"),
+            str(private_copy(root / "etc/modeld/demo.toml", tmp_path)),
             "--socket",
             str(socket),
         ],
