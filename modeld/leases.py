@@ -11,7 +11,7 @@ import contextlib
 import secrets
 import time
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 
 from modeld.errors import ModelsBusy, UnknownLease
@@ -31,9 +31,10 @@ class Lease:
 class Leases:
     """Who holds which model, who is waiting to, and which models are draining."""
 
-    def __init__(self) -> None:
+    def __init__(self, records: Mapping[str, ModelRecord]) -> None:
+        # The live records: a model's lease count is kept on its record (status shows it).
+        self._records = records
         self._by_id: dict[str, Lease] = {}
-        self._records: dict[str, ModelRecord] = {}
         self._waiting: Counter[str] = Counter()
         self._draining: dict[str, asyncio.Event] = {}
         self._changed = asyncio.Event()
@@ -51,7 +52,6 @@ class Leases:
         """A new lease on `record` for connection `owner`."""
         lease = Lease(secrets.token_hex(12), record.name, owner, time.time())
         self._by_id[lease.id] = lease
-        self._records[record.name] = record
         record.usage.leases += 1
         return lease
 
@@ -61,8 +61,8 @@ class Leases:
         if lease is None or (owner is not None and lease.owner != owner):
             raise UnknownLease(f"no lease {lease_id!r} held on this connection", lease=lease_id)
         del self._by_id[lease_id]
-        record = self._records[lease.model]
-        record.usage.leases -= 1
+        if (record := self._records.get(lease.model)) is not None:  # a reload may remove it
+            record.usage.leases -= 1
         self._tell()
         return lease
 

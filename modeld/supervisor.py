@@ -16,8 +16,9 @@ lifecycle; nothing calls them from elsewhere.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -83,7 +84,7 @@ class Supervisor:
             store or Store(config.daemon.state_dir), lambda: list(life.records.values())
         )
         self._ops = Operations(life)
-        self._leases = Leases()
+        self._leases = Leases(life.records)
         self._parking = Parking(
             life, self._ops, self._learning, self._metrics, self._leases.protected
         )
@@ -218,7 +219,7 @@ class Supervisor:
         """Make `name` the model that answers: stop what must go (draining models that
         serve requests, unless `force`), start it, wait for health."""
         record = self._life.record(name, managed=True)
-        started, outcome = asyncio.get_running_loop().time(), "error"
+        started, outcome = time.monotonic(), "error"
         try:
             result = await self._switcher.load(
                 "switch", record, caller, evict=True, wait=wait, timeout=timeout, force=force
@@ -229,7 +230,7 @@ class Supervisor:
             outcome = exc.data["error"]
             raise
         finally:
-            self._metrics.switch_done(outcome, asyncio.get_running_loop().time() - started)
+            self._metrics.switch_done(outcome, time.monotonic() - started)
 
     async def start(
         self,
@@ -251,16 +252,22 @@ class Supervisor:
         """Stop `name`'s backend once its requests in flight have ended (ModelsBusy past
         drain_timeout_s), or at once with `force`; stopping a stopped model is fine."""
         record = self._life.record(name)
+        async with self._no_requests(name, force), self._ops.operation("stop", record, caller):
+            if record.state is State.STOPPED:
+                return {"status": "already_stopped", "model": name}
+            await self._life.check_runtime(record)
+            await self._life.stop_model(record, "requested")
+            return {"status": "stopped", "model": name}
+
+    @contextlib.asynccontextmanager
+    async def _no_requests(self, name: str, force: bool) -> AsyncIterator[None]:
+        """Drain `name` first if it serves requests (ModelsBusy past drain_timeout_s),
+        keeping new acquires waiting until the block is done; `force` skips it."""
         drained = []
         if not force and self._leases.protected(name):
             drained = await self._switcher.drain([name], None)
         try:
-            async with self._ops.operation("stop", record, caller):
-                if record.state is State.STOPPED:
-                    return {"status": "already_stopped", "model": name}
-                await self._life.check_runtime(record)
-                await self._life.stop_model(record, "requested")
-                return {"status": "stopped", "model": name}
+            yield
         finally:
             self._leases.end_drain(drained)
 
@@ -332,15 +339,10 @@ class Supervisor:
         """Stop `name` if it runs (once its requests in flight have ended), wait for its
         memory, and start it again."""
         record = self._life.record(name, managed=True)
-        drained = []
-        if self._leases.protected(name):
-            drained = await self._switcher.drain([name], None)
-        try:
+        async with self._no_requests(name, force=False):
             result = await self._switcher.load(
                 "restart", record, caller, evict=False, wait=wait, timeout=timeout, restart=True
             )
-        finally:
-            self._leases.end_drain(drained)
         return {**result, "status": "restarted"}
 
     async def preload(self) -> dict[str, str]:

@@ -42,7 +42,9 @@ LONG_LINE_THEN_SERVE = (
     "os.execv(sys.argv[1], sys.argv[1:])"
 )
 # The backend starts a child that leaves its session and ignores SIGTERM, and a
-# grandchild orphaned by a double fork; both keep stdout open.
+# grandchild orphaned by a double fork; both keep stdout open. The sleeps in these
+# backend bodies are their lifetimes, not waits of the test: bounded, so that if the
+# code under test ever leaks them they still end on their own.
 ESCAPING_CHILDREN = """
 import os, signal, subprocess, sys, time
 code = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(120)"
