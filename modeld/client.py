@@ -53,6 +53,8 @@ class Client:
         self._reading: asyncio.Task[None] | None = None
         self._pending: dict[int, asyncio.Future[dict[str, Any]]] = {}
         self._events: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue(self.EVENTS_KEPT)
+        # Followed logs, per model: each line, then None at the end.
+        self._logs: dict[str, asyncio.Queue[str | None]] = {}
         self._closed: DaemonUnreachable | None = None
 
     async def __aenter__(self) -> Client:
@@ -90,9 +92,13 @@ class Client:
             while line := await reader.readline():
                 message = json.loads(line)
                 if message.get("method") == "event":
-                    if self._events.full():
-                        self._events.get_nowait()  # the oldest goes, as the daemon does
-                    self._events.put_nowait(message["params"])
+                    _offer(self._events, message["params"])
+                    continue
+                if message.get("method") == "log":
+                    params = message["params"]
+                    queue = self._logs.get(params["model"])
+                    if queue is not None:
+                        _offer(queue, None if params.get("ended") else params["line"])
                     continue
                 future = self._pending.pop(message.get("id"), None)
                 if future is not None and not future.done():
@@ -106,6 +112,8 @@ class Client:
         self._pending.clear()
         with contextlib.suppress(asyncio.QueueFull):
             self._events.put_nowait(None)
+        for queue in self._logs.values():
+            _offer(queue, None)
 
     async def call(self, method: str, **params: Any) -> Any:
         """Call `method` with named params; the result, or RpcError."""
@@ -145,6 +153,17 @@ class Client:
             yield event
         raise DaemonUnreachable(self.path, "connection closed by modeld")
 
+    async def follow(self, model: str, lines: int = 50) -> AsyncIterator[str]:
+        """`model`'s backend's last `lines` lines, then each new one as it is printed,
+        until the backend ends (or the connection does)."""
+        queue = self._logs.setdefault(model, asyncio.Queue(self.EVENTS_KEPT))
+        try:
+            await self.call("logs", model=model, lines=lines, follow=True)
+            while (line := await queue.get()) is not None:
+                yield line
+        finally:
+            self._logs.pop(model, None)
+
     @contextlib.asynccontextmanager
     async def lease(self, model: str, timeout_s: float | None = None) -> AsyncIterator[str]:
         """`async with client.lease("gpt-oss-20b") as endpoint:` send requests to
@@ -158,6 +177,13 @@ class Client:
         finally:
             with contextlib.suppress(DaemonUnreachable):  # then it ended with the connection
                 await self.call("release", lease=granted["lease"])
+
+
+def _offer(queue: asyncio.Queue[Any], item: Any) -> None:
+    """Queue without blocking the reader: the oldest item goes when full."""
+    if queue.full():
+        queue.get_nowait()
+    queue.put_nowait(item)
 
 
 async def call(method: str, path: Path | None = None, **params: Any) -> Any:

@@ -1,6 +1,8 @@
+# PYTHON_ARGCOMPLETE_OK
 """`modelctl`: the thin command-line client of modeld.
 
 Exit codes: 0 ok, 1 the daemon said no, 2 usage, 3 cannot reach the daemon.
+Shell completion through argcomplete: `eval "$(modelctl completion bash)"`.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import argcomplete
+from argcomplete.shell_integration import shellcode
 from rich.console import Console
 from rich.live import Live
 from rich.markup import escape
@@ -159,6 +163,18 @@ async def _watch(path: Path, console: Console, as_json: bool) -> int:
     return EXIT_OK
 
 
+async def _follow(path: Path, model: str, lines: int, console: Console, as_json: bool) -> int:
+    """Print the last lines, then each new one as the daemon pushes it (no polling),
+    until the backend ends or Ctrl-C."""
+    async with Client(path) as client:
+        async for line in client.follow(model, lines):
+            if as_json:
+                print(json.dumps({"model": model, "line": line}), flush=True)
+            else:
+                console.print(line, markup=False, highlight=False)
+    return EXIT_OK
+
+
 async def _run(args: argparse.Namespace, console: Console) -> int:
     path: Path = args.socket
     op: str = args.command
@@ -166,6 +182,8 @@ async def _run(args: argparse.Namespace, console: Console) -> int:
         return await _watch(path, console, args.json)
     if op == "top":
         return await _top(path, console, args.once)
+    if op == "logs" and args.follow:
+        return await _follow(path, args.model, args.lines, console, args.json)
     if op == "logs":
         result = await call("logs", path, model=args.model, lines=args.lines)
         if args.json:
@@ -211,6 +229,28 @@ async def _run(args: argparse.Namespace, console: Console) -> int:
     return EXIT_OK
 
 
+# A completion must come at once: a daemon that is slow to answer just completes nothing.
+COMPLETION_TIMEOUT_S = 1.0
+
+
+def _model_names(prefix: str, parsed_args: argparse.Namespace, **_: Any) -> list[str]:
+    """Complete MODEL from the daemon's configured models (nothing if it does not answer)."""
+
+    async def names() -> list[str]:
+        models = await asyncio.wait_for(call("models", parsed_args.socket), COMPLETION_TIMEOUT_S)
+        return [str(model["name"]) for model in models]
+
+    try:
+        return [name for name in asyncio.run(names()) if name.startswith(prefix)]
+    except (DaemonUnreachable, RpcError, TimeoutError, OSError):
+        return []
+
+
+def _model_argument(command: argparse.ArgumentParser) -> None:
+    model = command.add_argument("model")
+    model.completer = _model_names  # type: ignore[attr-defined]  # argcomplete reads it
+
+
 def build_parser() -> argparse.ArgumentParser:
     """modelctl's command line."""
     parser = argparse.ArgumentParser(
@@ -242,7 +282,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("restart", "stop and start MODEL"),
     ):
         command = sub.add_parser(name, help=text)
-        command.add_argument("model")
+        _model_argument(command)
         command.add_argument("--no-wait", action="store_true", help="return once started")
         command.add_argument("--timeout", type=float, help="seconds to wait for health")
         if name == "switch":
@@ -250,14 +290,22 @@ def build_parser() -> argparse.ArgumentParser:
                 "--force", action="store_true", help="evict models even while they serve requests"
             )
     stop = sub.add_parser("stop", help="stop MODEL (once its requests in flight have ended)")
-    stop.add_argument("model")
+    _model_argument(stop)
     stop.add_argument("--force", action="store_true", help="stop it under its requests")
     sub.add_parser("watch", help="print events (state changes, switch progress) as they come")
     top = sub.add_parser("top", help="a live dashboard: models, GPU memory, loads in progress")
     top.add_argument("--once", action="store_true", help="draw once and exit")
     logs = sub.add_parser("logs", help="the last lines MODEL's backend printed")
-    logs.add_argument("model")
+    _model_argument(logs)
     logs.add_argument("-n", "--lines", type=int, default=50)
+    logs.add_argument(
+        "-f", "--follow", action="store_true", help="then print new lines until the backend ends"
+    )
+    completion = sub.add_parser(
+        "completion",
+        help='print the shell completion script: eval "$(modelctl completion bash)"',
+    )
+    completion.add_argument("shell", choices=["bash", "zsh", "fish"], nargs="?", default="bash")
     for command in sub.choices.values():
         command.add_argument(
             "--json",
@@ -270,7 +318,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def run(argv: list[str] | None = None) -> int:
     """Parse, call the daemon, print; return the exit code."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    argcomplete.autocomplete(parser)  # answers a shell's completion request, then exits
+    args = parser.parse_args(argv)
+    if args.command == "completion":
+        print(shellcode(["modelctl"], shell=args.shell), end="")
+        return EXIT_OK
     console = Console()
     try:
         return asyncio.run(_run(args, console))
@@ -293,7 +346,8 @@ def run(argv: list[str] | None = None) -> int:
                 err.print(f"  {line}", markup=False, highlight=False)
         return EXIT_REFUSED
     except KeyboardInterrupt:
-        return EXIT_OK if args.command in ("watch", "top") else 130
+        following = args.command == "logs" and args.follow
+        return EXIT_OK if args.command in ("watch", "top") or following else 130
 
 
 def main() -> None:

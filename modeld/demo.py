@@ -20,6 +20,8 @@ from pathlib import Path
 
 from rich.console import Console
 
+from modeld.testing.ports import free_port
+
 # Shipped inside the package (etc/modeld/demo.toml links to it), so an installed wheel
 # runs the demo from anywhere.
 DEMO_CONFIG = Path(__file__).resolve().parent / "demo.toml"
@@ -75,14 +77,19 @@ def _wait_ready(daemon: subprocess.Popen[bytes], socket: Path, deadline_s: float
     return False
 
 
-def private_copy(config: Path, directory: Path) -> Path:
-    """The demo config with its state kept in `directory` (a run of its own)."""
+def private_copy(config: Path, directory: Path, fresh_ports: bool = False) -> Path:
+    """The demo config with its state kept in `directory` (a run of its own); with
+    `fresh_ports`, its backends on free ports too (so runs side by side do not clash)."""
     text = re.sub(
         r"^state_dir = .*$",
         f'state_dir = "{directory / "state"}"',
         config.read_text(),
         flags=re.MULTILINE,
     )
+    if fresh_ports:
+        for port in set(re.findall(r'"http://127\.0\.0\.1:(\d+)"', text)):
+            new = str(free_port())
+            text = text.replace(f'"{port}"', f'"{new}"').replace(f':{port}"', f':{new}"')
     copy = directory / config.name
     copy.write_text(text)
     return copy

@@ -116,6 +116,13 @@ class UnknownLease(ModeldError):
     kind = "unknown_lease"
 
 
+class LimitReached(ModeldError):
+    """A per-connection limit (such as how many logs it follows) is reached."""
+
+    code = -32015
+    kind = "limit_reached"
+
+
 class SocketInUse(ModeldError):
     """Another process answers on the daemon's socket path."""
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import os
 import signal
 import sys
@@ -25,6 +26,9 @@ import time
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+# Like uvicorn's access lines under vLLM: client, request line, status.
+ACCESS_LOG_FORMAT = '%a - "%r" %s'
 
 
 class FakeVllm:
@@ -43,8 +47,11 @@ class FakeVllm:
         wake_seconds: float = 0.0,
         wake_fails: bool = False,
         request_seconds: float = 0.0,
+        access_log: logging.Logger | None = None,
     ) -> None:
         self.model = model
+        # As a process it prints a line per request, as vLLM's API server does.
+        self.access_log = access_log
         self.port = port
         self.host = host
         self.load_seconds = load_seconds
@@ -193,7 +200,9 @@ class FakeVllm:
     async def load(self) -> None:
         """Spend the "load" time with the port closed, then open it."""
         await asyncio.sleep(self.load_seconds)
-        self._runner = web.AppRunner(self._app(), access_log=None)
+        self._runner = web.AppRunner(
+            self._app(), access_log=self.access_log, access_log_format=ACCESS_LOG_FORMAT
+        )
         await self._runner.setup()
         await web.TCPSite(self._runner, self.host, self.port, reuse_address=True).start()
 
@@ -202,6 +211,17 @@ class FakeVllm:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+
+
+def _stdout_logger() -> logging.Logger:
+    """Access lines on stdout, where the runtime collects a backend's output."""
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(logging.Formatter("INFO:     %(message)s"))
+    access = logging.getLogger("fake-vllm.access")
+    access.addHandler(handler)
+    access.setLevel(logging.INFO)
+    access.propagate = False
+    return access
 
 
 async def _serve(args: argparse.Namespace) -> int:
@@ -220,6 +240,7 @@ async def _serve(args: argparse.Namespace) -> int:
         wake_seconds=args.wake_seconds,
         wake_fails=args.wake_fails,
         request_seconds=args.request_seconds,
+        access_log=_stdout_logger(),
     )
     print(f"fake-vllm: loading {args.model} ({args.load_seconds}s)", flush=True)
     loading = asyncio.create_task(

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import inspect
 import json
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal, TypeVar
 
@@ -55,6 +55,9 @@ class Context:
     attach: Callable[[], bool] = lambda: False
     # The connection: leases belong to it and end when it closes.
     owner: int = 0
+    # Pushes a model's log lines to this connection as `log` notifications until the
+    # backend ends or the connection closes (False: it follows that model already).
+    follow: Callable[[str, AsyncIterator[str]], bool] = lambda model, lines: False
 
     @property
     def trusted(self) -> bool:
@@ -78,9 +81,10 @@ class ModelParams(_Params):
 
 
 class LogsParams(ModelParams):
-    """`logs`: a model, and how many of its last lines."""
+    """`logs`: a model, how many of its last lines, and whether to follow new ones."""
 
     lines: int = Field(default=50, ge=1, le=10_000)
+    follow: bool = False
 
 
 class LoadParams(ModelParams):
@@ -272,6 +276,10 @@ async def _subscribe(ctx: Context, _: NoParams) -> dict[str, Any]:
 
 
 async def _logs(ctx: Context, p: LogsParams) -> dict[str, Any]:
+    if p.follow:
+        # The last lines come first as notifications, then each new one: no gap between.
+        already = not ctx.follow(p.model, ctx.supervisor.follow_logs(p.model, p.lines))
+        return {"model": p.model, "following": True, "already": already}
     return await ctx.supervisor.logs(p.model, p.lines)
 
 

@@ -13,6 +13,7 @@ import json
 import os
 import socket
 from collections import Counter
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,7 @@ from typing import Any
 import structlog
 
 from modeld.access import AccessPolicy, Caller, peer_credentials
-from modeld.errors import SocketInUse, TooManyConnections
+from modeld.errors import LimitReached, SocketInUse, TooManyConnections
 from modeld.events import Subscription
 from modeld.rpc import (
     INVALID_REQUEST,
@@ -39,6 +40,8 @@ log = structlog.get_logger("modeld.server")
 # past that the connection is not read until one ends (a client cannot pile up work).
 MAX_TASKS_PER_CONNECTION = 8
 MAX_BATCH = 100
+# How many models' logs one connection may follow at once.
+MAX_FOLLOWS_PER_CONNECTION = 8
 LINES_PER_TURN = 32
 READ_CHUNK = 64 * 1024
 # A line begun must be finished within this; an answer the client does not read within
@@ -72,6 +75,7 @@ class _Connection:
         self.tasks: set[asyncio.Task[None]] = set()
         self.subscription: Subscription | None = None
         self.pump: asyncio.Task[None] | None = None
+        self.follows: dict[str, asyncio.Task[None]] = {}
         self.closed = False
         self.gone_logged = False
 
@@ -250,8 +254,9 @@ class RpcServer:
         self._connections += 1
         self._per_uid[caller.uid] += 1
         attach = functools.partial(self.attach, connection)
+        follow = functools.partial(self.follow, connection)
         owner = id(connection)
-        context = Context(self._supervisor, caller, self._policy, attach, owner)
+        context = Context(self._supervisor, caller, self._policy, attach, owner, follow)
         try:
             await self._serve(reader, connection, context)
         except ConnectionError:
@@ -262,10 +267,12 @@ class RpcServer:
             # and log their outcome; only then is the transport closed.
             connection.closed = True
             self._end_subscription(connection)
+            self._end_follows(connection)
             self._supervisor.release_owner(owner)  # its requests in flight are over
             if connection.tasks:
                 await asyncio.wait(connection.tasks)
             self._end_subscription(connection)  # in case a subscribe was still on its way
+            self._end_follows(connection)
             self._supervisor.release_owner(owner)  # in case an acquire was still on its way
             self._connections -= 1
             self._per_uid[caller.uid] -= 1
@@ -366,6 +373,38 @@ class RpcServer:
         if connection.pump is not None:
             connection.pump.cancel()
         connection.pump = None
+
+    def follow(self, connection: _Connection, model: str, lines: AsyncIterator[str]) -> bool:
+        """Push `lines` to the connection as `log` notifications; False if it follows
+        `model` already. The follow ends with the backend or the connection."""
+        if model in connection.follows or connection.closed:
+            return False
+        if len(connection.follows) >= MAX_FOLLOWS_PER_CONNECTION:
+            raise LimitReached(
+                f"this connection follows {len(connection.follows)} models' logs already",
+                limit=MAX_FOLLOWS_PER_CONNECTION,
+            )
+        task = asyncio.create_task(self._follow(model, lines, connection))
+        connection.follows[model] = task
+        task.add_done_callback(lambda _: connection.follows.pop(model, None))
+        return True
+
+    @staticmethod
+    def _end_follows(connection: _Connection) -> None:
+        for task in connection.follows.values():
+            task.cancel()
+
+    @staticmethod
+    async def _follow(model: str, lines: AsyncIterator[str], connection: _Connection) -> None:
+        """Send each line as it comes (the write deadline cuts off a caller that does not
+        read; the runtime drops lines for it meanwhile, never holds the backend up)."""
+        async for line in lines:
+            if connection.writer.is_closing():
+                return
+            message = {"jsonrpc": "2.0", "method": "log", "params": {"model": model, "line": line}}
+            await connection.send(json.dumps(message).encode() + b"\n")
+        ended = {"jsonrpc": "2.0", "method": "log", "params": {"model": model, "ended": True}}
+        await connection.send(json.dumps(ended).encode() + b"\n")
 
     @staticmethod
     async def _pump(subscription: Subscription, connection: _Connection) -> None:

@@ -205,6 +205,11 @@ class Supervisor:
         lines_kept = await self._life.runtime(record).logs(record.config, lines)
         return {"model": name, "lines": lines_kept}
 
+    def follow_logs(self, name: str, lines: int) -> AsyncIterator[str]:
+        """A model's backend's last lines, then each new one until the backend ends."""
+        record = self._life.record(name)
+        return self._life.runtime(record).follow(record.config, lines)
+
     # ---- operations -----------------------------------------------------------------------
 
     async def switch(

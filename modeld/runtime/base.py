@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Protocol
@@ -9,6 +10,9 @@ from typing import Protocol
 from modeld.config import ModelConfig
 
 LOG_LINES = 20
+# Output lines are kept and passed on cut to this length (a backend may print megabytes
+# without a newline).
+MAX_LINE_CHARS = 4096
 
 
 class BackendState(StrEnum):
@@ -53,6 +57,11 @@ class Runtime(Protocol):
 
     async def logs(self, model: ModelConfig, lines: int = LOG_LINES) -> list[str]:
         """The backend's last output lines (best effort: empty when unavailable)."""
+        ...
+
+    def follow(self, model: ModelConfig, lines: int = LOG_LINES) -> AsyncIterator[str]:
+        """The backend's last `lines` lines, then each new one as it is printed, until the
+        backend ends (like `docker logs -f --tail`); nothing when it is not running."""
         ...
 
     async def close(self) -> None:

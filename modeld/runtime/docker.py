@@ -24,7 +24,7 @@ from modeld.errors import (
     OperationFailed,
     RuntimeUnavailable,
 )
-from modeld.runtime.base import LOG_LINES, BackendState, BackendStatus
+from modeld.runtime.base import LOG_LINES, MAX_LINE_CHARS, BackendState, BackendStatus
 
 LABEL = "modeld.model"
 # aiodocker reports a failed connection to the engine as a DockerError with this status.
@@ -97,6 +97,13 @@ def _status(info: dict[str, Any]) -> BackendStatus:
         id=info["Id"],
         started_at=state.get("StartedAt"),
     )
+
+
+def _cut(line: str) -> str:
+    line = line.rstrip("\r")
+    if len(line) > MAX_LINE_CHARS:
+        return f"{line[:MAX_LINE_CHARS]}… [cut]"
+    return line
 
 
 def _label(container: DockerContainer) -> str | None:
@@ -240,6 +247,27 @@ class DockerRuntime:
         except ModeldError:
             return []
         return "".join(chunks).splitlines()[-lines:]
+
+    async def follow(self, model: ModelConfig, lines: int = LOG_LINES) -> AsyncIterator[str]:
+        """The container's last `lines` lines, then each new one until it stops (the
+        engine ends the stream then); nothing if the engine cannot give them."""
+        try:
+            async with self._engine(model, "logs") as docker:
+                container = await self._find(docker, model)
+            if container is None:
+                return
+            stream = container.log(stdout=True, stderr=True, follow=True, tail=lines)
+            partial = ""
+            async for chunk in stream:
+                *ended, partial = (partial + chunk).split("\n")
+                for line in ended:
+                    yield _cut(line)
+                # A line without its newline is kept only up to the cut.
+                partial = partial[: MAX_LINE_CHARS + 1]
+            if partial:
+                yield _cut(partial)
+        except (ModeldError, aiodocker.DockerError, aiohttp.ClientError, OSError):
+            return
 
     async def close(self) -> None:
         """Close the engine connection; containers keep running (a restart adopts them)."""

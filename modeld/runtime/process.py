@@ -18,13 +18,14 @@ and, with it, the backend, which would block on a full pipe); lines are kept cut
 from __future__ import annotations
 
 import asyncio
+import codecs
 import contextlib
 import os
 import shutil
 import signal
 import sys
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,11 +34,10 @@ import structlog
 from modeld.config import ModelConfig
 from modeld.errors import LoadFailed, OperationFailed
 from modeld.runtime import reaper
-from modeld.runtime.base import LOG_LINES, BackendState, BackendStatus
+from modeld.runtime.base import LOG_LINES, MAX_LINE_CHARS, BackendState, BackendStatus
 
 log = structlog.get_logger(__name__)
 KEPT_LINES = 200
-MAX_LINE_CHARS = 4096
 READ_CHUNK = 64 * 1024
 # Beyond stop_timeout_s (the reaper's own grace period before SIGKILL): how long the
 # reaper may take to kill and reap, and how long the output may take to reach EOF.
@@ -56,6 +56,8 @@ class _Child:
     reader: asyncio.Task[None] | None = None
     partial: str = ""
     overflow: int = 0
+    followers: set[Follower] = field(default_factory=set)
+    ended: bool = False
 
     def signal(self, sig: signal.Signals) -> None:
         """Signal the reaper through its pidfd: never a PID that may have been reused."""
@@ -70,23 +72,74 @@ class _Child:
         *ended, rest = chunk.split("\n")
         for piece in ended:
             self._add(piece)
-            self.output.append(_cut(self.partial, self.overflow))
+            self._line(_cut(self.partial, self.overflow))
             self.partial, self.overflow = "", 0
         self._add(rest)
+
+    def _line(self, line: str) -> None:
+        self.output.append(line)
+        for follower in self.followers:
+            follower.offer(line)
 
     def _add(self, piece: str) -> None:
         room = MAX_LINE_CHARS - len(self.partial)
         self.partial += piece[:room]
         self.overflow += max(0, len(piece) - room)
 
-    def close(self) -> None:
-        """Keep the last unfinished line and release the pidfd."""
+    def eof(self) -> None:
+        """The output ended: keep the last unfinished line, and tell the followers."""
         if self.partial:
-            self.output.append(_cut(self.partial, self.overflow))
+            self._line(_cut(self.partial, self.overflow))
             self.partial, self.overflow = "", 0
+        self.ended = True
+        for follower in self.followers:
+            follower.end()
+
+    def close(self) -> None:
+        """End the output (if the reader could not) and release the pidfd."""
+        self.eof()
         if self.pidfd is not None:
             os.close(self.pidfd)
             self.pidfd = None
+
+
+class Follower:
+    """One `logs -f`: a bounded queue of new lines. A reader that falls behind loses the
+    oldest lines, never the backend's or the daemon's time, and is told how many."""
+
+    LIMIT = 1000
+
+    def __init__(self) -> None:
+        self._lines: deque[str] = deque()
+        self._ready = asyncio.Event()
+        self._ended = False
+        self.dropped = 0
+
+    def offer(self, line: str) -> None:
+        """Queue a line (never blocks: the oldest goes when full)."""
+        if len(self._lines) >= self.LIMIT:
+            self._lines.popleft()
+            self.dropped += 1
+        self._lines.append(line)
+        self._ready.set()
+
+    def end(self) -> None:
+        """The backend ended: what is queued is the last of it."""
+        self._ended = True
+        self._ready.set()
+
+    async def lines(self) -> AsyncIterator[str]:
+        """Each queued line as it comes, until the end."""
+        while True:
+            await self._ready.wait()
+            self._ready.clear()
+            if self.dropped:
+                yield f"… [{self.dropped} lines dropped: the reader fell behind]"
+                self.dropped = 0
+            while self._lines:
+                yield self._lines.popleft()
+            if self._ended:
+                return
 
 
 def _cut(line: str, overflow: int) -> str:
@@ -179,8 +232,12 @@ class ProcessRuntime:
     async def _read_output(child: _Child) -> None:
         stream = child.process.stdout
         assert stream is not None
+        # Incremental: a character split between two chunks is decoded whole.
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         while chunk := await stream.read(READ_CHUNK):
-            child.keep(chunk.decode(errors="replace"))
+            child.keep(decoder.decode(chunk))
+        child.keep(decoder.decode(b"", final=True))
+        child.eof()
 
     async def stop(self, model: ModelConfig) -> None:
         """SIGTERM the backend's tree (the reaper SIGKILLs it after `stop_timeout_s`), and
@@ -255,6 +312,26 @@ class ProcessRuntime:
         # The line being written counts too (a progress bar may never end its line).
         unfinished = [_cut(child.partial, child.overflow)] if child.partial else []
         return [*child.output, *unfinished][-lines:]
+
+    async def follow(self, model: ModelConfig, lines: int = LOG_LINES) -> AsyncIterator[str]:
+        """The last `lines` lines, then each new one until the child's output ends."""
+        child = self._children.get(model.name)
+        if child is None:
+            return
+        # The tail and the follower are taken in one step: no line is lost or doubled.
+        follower = Follower()
+        tail = [*child.output][-lines:]
+        if child.ended:
+            follower.end()
+        else:
+            child.followers.add(follower)
+        try:
+            for line in tail:
+                yield line
+            async for line in follower.lines():
+                yield line
+        finally:
+            child.followers.discard(follower)
 
     async def close(self) -> None:
         """Stop every child: a process backend cannot outlive the daemon that watches it."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from urllib.parse import urlparse
 
@@ -157,6 +158,13 @@ class FakeRuntime:
     async def logs(self, model: ModelConfig, lines: int = 20) -> list[str]:
         """A fixed last line, like a backend's log."""
         return [f"{model.name}: CUDA error: out of memory"]
+
+    async def follow(self, model: ModelConfig, lines: int = 20) -> AsyncIterator[str]:
+        """The fixed line, then nothing more until the fake backend ends."""
+        yield (await self.logs(model, lines))[-1]
+        backend = self._backends.get(model.name)
+        if backend is not None:
+            await asyncio.shield(backend.task)
 
     async def close(self) -> None:
         """Stop every fake backend."""

@@ -8,8 +8,10 @@ import signal
 import socket
 import subprocess
 import sys
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import urlparse
 
 import pytest
 
@@ -19,6 +21,9 @@ from modeld.testing.ports import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 DEMO = ROOT / "etc/modeld/demo.toml"
+
+
+MODELCTL = [sys.executable, "-m", "modeld.ctl"]
 
 
 def modelctl(socket: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -36,7 +41,7 @@ def demo_daemon(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], Path]]:
     """`modeld --config etc/modeld/demo.toml` on a private socket, until it answers ping."""
     socket = tmp_path / "modeld.sock"
     log = (tmp_path / "modeld.log").open("w")
-    config = private_copy(DEMO, tmp_path)  # learned figures of its own
+    config = private_copy(DEMO, tmp_path, fresh_ports=True)  # a run of its own
     daemon = subprocess.Popen(
         [sys.executable, "-m", "modeld", "--config", str(config), "--socket", str(socket)],
         stderr=log,
@@ -138,11 +143,12 @@ def test_process_backends_end_with_the_daemon(
     assert switched.returncode == 0, switched.stderr
     status = json.loads(modelctl(socket_path, "--json", "status").stdout)
     backend = status["models"]["demo-coder"]["backend_pid"]
-    assert port_answers(18102)
+    port = urlparse(status["models"]["demo-coder"]["endpoint"]).port
+    assert port is not None and port_answers(port)
     daemon.send_signal(how)
     daemon.wait(timeout=30)
     wait_until(
-        lambda: not pid_alive(backend) and not port_answers(18102),
+        lambda: not pid_alive(backend) and not port_answers(port),
         "the backend to end with the daemon",
         timeout=15,
     )
@@ -157,3 +163,75 @@ def test_top_draws_the_dashboard(demo_daemon: tuple[subprocess.Popen[str], Path]
     assert "demo-large" in top.stdout
     assert "GPU 0" in top.stdout
     assert "/ 24.0 GB" in top.stdout
+
+
+def test_modelctl_logs_follow_prints_new_lines_until_the_backend_ends(
+    demo_daemon: tuple[subprocess.Popen[str], Path],
+) -> None:
+    """`modelctl logs MODEL -f` prints the last lines, then each request's line as the
+    backend prints it (pushed, not polled), and exits 0 when the model is stopped."""
+    _, socket_path = demo_daemon
+    assert modelctl(socket_path, "switch", "demo-coder").returncode == 0
+    status = json.loads(modelctl(socket_path, "--json", "status").stdout)
+    endpoint = status["models"]["demo-coder"]["endpoint"]
+    follower = subprocess.Popen(
+        [*MODELCTL, "--socket", str(socket_path), "logs", "demo-coder", "-f"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert follower.stdout is not None
+        seen = []
+        for line in follower.stdout:  # the tail comes first
+            seen.append(line)
+            if "serving demo-coder" in line:
+                break
+        body = json.dumps({"model": "demo-coder", "prompt": "hi"}).encode()
+        request = urllib.request.Request(
+            f"{endpoint}/v1/completions", body, {"Content-Type": "application/json"}
+        )
+        with urllib.request.urlopen(request, timeout=30) as answer:
+            assert answer.status == 200
+        for line in follower.stdout:
+            seen.append(line)
+            if '"POST /v1/completions HTTP/1.1" 200' in line:
+                break
+        assert modelctl(socket_path, "stop", "demo-coder").returncode == 0
+        assert follower.wait(timeout=60) == 0
+    finally:
+        if follower.poll() is None:
+            follower.kill()
+            follower.wait()
+    assert any("loading demo-coder" in line for line in seen)
+
+
+COMPLETE = """
+source <(modelctl completion bash)
+complete_line() {
+  COMP_LINE="$1"; COMP_POINT=${#COMP_LINE}; COMP_TYPE=9
+  read -ra COMP_WORDS <<< "$1"; COMP_CWORD=$((${#COMP_WORDS[@]} - 1))
+  _python_argcomplete modelctl
+  printf '%s\\n' "${COMPREPLY[@]}" | sort; echo --
+}
+"""
+
+
+def test_bash_completes_commands_options_and_the_daemons_models(
+    demo_daemon: tuple[subprocess.Popen[str], Path],
+) -> None:
+    """`eval "$(modelctl completion bash)"`: bash completes subcommands, their options and
+    the model names the running daemon has."""
+    _, socket_path = demo_daemon
+    lines = [
+        "modelctl sw",
+        "modelctl logs demo-chat --fo",
+        f"modelctl --socket {socket_path} switch demo-c",
+        f"modelctl --socket {socket_path} logs demo-l",
+    ]
+    script = COMPLETE + "".join(f"complete_line '{line}'\n" for line in lines)
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    done = subprocess.run(
+        ["bash", "-c", script], capture_output=True, text=True, env=env, timeout=60, check=True
+    )
+    answers = [block.split() for block in done.stdout.split("--\n")[:-1]]
+    assert answers == [["switch"], ["--follow"], ["demo-chat", "demo-coder"], ["demo-large"]]

@@ -501,3 +501,24 @@ async def test_parked_container_outlives_the_daemon_and_wakes_in_place(
     assert back["parked_models"] == ["b"]
     after = docker_cli("inspect", "--format", "{{.State.StartedAt}}", f"{prefix}-a").stdout
     assert after == started  # woken in place, never restarted
+
+
+async def test_follow_a_containers_log_until_it_stops(image: str, prefix: str, daemon: Any) -> None:
+    """`logs -f` with Docker: the container's last lines, then its end when it stops."""
+    tables = {"a": docker_model(image, prefix, "a", 10)}
+    supervisor, _ = await daemon(docker_config(tables, [60]))
+    await supervisor.switch("a")
+    lines = supervisor.follow_logs("a", 10)
+    seen = []
+    async for line in lines:  # (the test's timeout bounds it, should the line not come)
+        seen.append(line)
+        if "fake-vllm: serving" in line:
+            break
+    await supervisor.stop("a")
+    seen += await asyncio.wait_for(_rest(lines), 30)  # the engine ends the stream
+    assert any("fake-vllm: loading" in line for line in seen)
+    assert "fake-vllm: SIGTERM, shutting down" in seen
+
+
+async def _rest(lines: AsyncIterator[str]) -> list[str]:
+    return [line async for line in lines]

@@ -19,6 +19,7 @@ from modeld.ctl import switch_with_progress
 from modeld.demo import private_copy
 from modeld.events import Subscription
 from modeld.render import describe_step
+from modeld.server import MAX_FOLLOWS_PER_CONNECTION
 from modeld.supervisor import Supervisor
 from modeld.testing.fakes import Behaviour, FakeRuntime
 from tests.support import Served, ServeFactory, eventually, make_config
@@ -222,3 +223,26 @@ async def test_switch_progress_follows_the_switch_through_events(
     assert result["parked_models"] == ["a"]
     assert shown[:2] == ["plan: park a", "parking a"]
     assert "b: loading" in shown
+
+
+async def test_logs_follow_over_the_socket(serve: ServeFactory) -> None:
+    """`logs` with `follow` pushes the backend's lines until it ends; unknown models are
+    refused; one connection follows at most MAX_FOLLOWS_PER_CONNECTION models."""
+    names = {f"m{i}": {"gpu_memory_gb": 1} for i in range(MAX_FOLLOWS_PER_CONNECTION + 1)}
+    path, supervisor, _ = await serve(make_config(names, [60]))
+    for name in names:
+        await supervisor.start(name)
+    async with Client(path) as client:
+        with pytest.raises(RpcError) as caught:
+            await anext(client.follow("nope"))
+        assert caught.value.data["error"] == "unknown_model"
+        followed = [client.follow(name) for name in list(names)[:-1]]
+        for name, lines in zip(names, followed, strict=False):
+            assert await anext(lines) == f"{name}: CUDA error: out of memory"
+        with pytest.raises(RpcError) as caught:
+            await anext(client.follow(list(names)[-1]))
+        assert caught.value.data == {"error": "limit_reached", "limit": 8}
+        await supervisor.stop("m0")
+        assert [line async for line in followed[0]] == []  # ended with its backend
+    async with Client(path) as other:  # the limit is per connection
+        assert await anext(other.follow(list(names)[-1])) == "m8: CUDA error: out of memory"

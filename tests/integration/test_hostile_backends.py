@@ -19,7 +19,8 @@ from modeld.config import ModelConfig
 from modeld.errors import LoadFailed, OperationFailed
 from modeld.gpu.base import pid_alive
 from modeld.gpu.simulated import SimulatedGpu
-from modeld.runtime.process import MAX_LINE_CHARS, ProcessRuntime, resolve_command
+from modeld.runtime.base import MAX_LINE_CHARS
+from modeld.runtime.process import ProcessRuntime, resolve_command
 from modeld.states import State
 from modeld.testing.ports import free_port
 from modeld.vllm import VllmClient

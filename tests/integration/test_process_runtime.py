@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import sys
+from pathlib import Path
+
+import pytest
 
 from modeld.gpu.base import pid_alive
 from modeld.runtime.base import BackendState
-from modeld.runtime.process import ProcessRuntime
+from modeld.runtime.process import Follower, ProcessRuntime
 from modeld.testing.ports import free_port
 from modeld.vllm import Health, VllmClient
 from tests.support import eventually, has_output, process_model
@@ -87,3 +90,63 @@ async def test_sigterm_ignoring_backend_is_killed() -> None:
         assert (await runtime.inspect(model)).exit_code == 128 + 9
     finally:
         await runtime.close()
+
+
+def _waits_for(flag: Path, before: str, after: str) -> str:
+    """A backend script: print `before`, wait for `flag` to exist, then print `after`."""
+    return (
+        "import os, time\n"
+        f"print({before!r}, flush=True)\n"
+        f"while not os.path.exists({str(flag)!r}): time.sleep(0.02)\n"
+        f"print({after}, flush=True)\n"
+    )
+
+
+async def test_follow_gives_the_tail_then_new_lines_until_the_backend_ends(
+    tmp_path: Path,
+) -> None:
+    """`logs -f` underneath: the lines printed so far, then each new one as it comes, and
+    the end when the backend exits."""
+    flag = tmp_path / "go"
+    model = process_model([sys.executable, "-c", _waits_for(flag, "one", "'two'")])
+    runtime = ProcessRuntime()
+    try:
+        await runtime.start(model)
+        await eventually(lambda: has_output(runtime, model))
+        lines = runtime.follow(model, lines=10)
+        assert await asyncio.wait_for(anext(lines), 10) == "one"
+        flag.touch()
+        assert await asyncio.wait_for(anext(lines), 10) == "two"
+        with pytest.raises(StopAsyncIteration):
+            await asyncio.wait_for(anext(lines), 10)
+    finally:
+        await runtime.close()
+
+
+async def test_a_follower_that_falls_behind_loses_the_oldest_lines_and_is_told(
+    tmp_path: Path,
+) -> None:
+    """A reader that does not keep up never holds the backend up: the oldest lines go,
+    and it is told how many before the ones it still gets."""
+    flag = tmp_path / "go"
+    burst = "'\\n'.join(str(i) for i in range(3000))"
+    model = process_model([sys.executable, "-c", _waits_for(flag, "ready", burst)])
+    runtime = ProcessRuntime()
+    try:
+        await runtime.start(model)
+        await eventually(lambda: has_output(runtime, model))
+        lines = runtime.follow(model, lines=1)
+        assert await asyncio.wait_for(anext(lines), 10) == "ready"
+        flag.touch()
+        assert (await runtime.wait_exit(model)).exit_code == 0  # the whole burst was printed
+        rest = [line async for line in lines]
+    finally:
+        await runtime.close()
+    assert rest[0].startswith(f"… [{3000 - Follower.LIMIT} lines dropped")
+    assert rest[1:] == [str(i) for i in range(3000 - Follower.LIMIT, 3000)]
+
+
+async def test_follow_of_a_model_never_started_ends_at_once() -> None:
+    """Following a model without a backend gives nothing and ends (no hang)."""
+    runtime = ProcessRuntime()
+    assert [line async for line in runtime.follow(process_model(["true"]))] == []
