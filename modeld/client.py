@@ -56,6 +56,7 @@ class Client:
         # Followed logs, per model: each line, then None at the end.
         self._logs: dict[str, asyncio.Queue[str | None]] = {}
         self._closed: DaemonUnreachable | None = None
+        self._background: set[asyncio.Future[Any]] = set()
 
     async def __aenter__(self) -> Client:
         try:
@@ -164,14 +165,37 @@ class Client:
         finally:
             self._logs.pop(model, None)
 
+    async def acquire(self, model: str, timeout_s: float | None = None) -> dict[str, Any]:
+        """`acquire`: a lease on `model` once it runs. A caller cancelled while it waits
+        (a client that hung up) does not leak the lease: it is released once granted."""
+        params: dict[str, Any] = {"model": model}
+        if timeout_s is not None:
+            params["timeout_s"] = timeout_s
+        pending = asyncio.ensure_future(self.call("acquire", **params))
+        try:
+            return await asyncio.shield(pending)
+        except asyncio.CancelledError:
+            pending.add_done_callback(self._release_granted)
+            raise
+
+    def _release_granted(self, acquired: asyncio.Future[Any]) -> None:
+        if acquired.cancelled() or acquired.exception() is not None or self.closed:
+            return
+        release = asyncio.ensure_future(self.call("release", lease=acquired.result()["lease"]))
+        self._background.add(release)
+        release.add_done_callback(self._background.discard)
+        release.add_done_callback(lambda done: done.cancelled() or done.exception())
+
+    @property
+    def closed(self) -> bool:
+        """Whether the daemon closed this connection (calls on it fail at once)."""
+        return self._closed is not None
+
     @contextlib.asynccontextmanager
     async def lease(self, model: str, timeout_s: float | None = None) -> AsyncIterator[str]:
         """`async with client.lease("gpt-oss-20b") as endpoint:` send requests to
         `endpoint`; modeld keeps the model loaded (never evicts it) until the block ends."""
-        params: dict[str, Any] = {"model": model}
-        if timeout_s is not None:
-            params["timeout_s"] = timeout_s
-        granted = await self.call("acquire", **params)
+        granted = await self.acquire(model, timeout_s)
         try:
             yield str(granted["endpoint"])
         finally:

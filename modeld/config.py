@@ -133,6 +133,9 @@ class ModelConfig(_Strict):
     endpoint: str
     size_gb: NonNegativeFloat = 0.0
     hf_path: str | None = None
+    # The name vLLM serves it under (its --served-model-name), when not the table's key:
+    # the gateway sends requests for this model with that name.
+    served_model_name: str | None = None
     description: str = ""
     load_time_seconds: PositiveFloat = 60.0
     gpus: list[Annotated[int, Field(ge=0)]] = Field(default_factory=lambda: [0], min_length=1)
@@ -221,13 +224,43 @@ class MetricsConfig(_Strict):
 
     @field_validator("listen")
     @classmethod
-    def _host_port(cls, value: str | None) -> str | None:
-        if value is None:
-            return value
-        host, sep, port = value.rpartition(":")
-        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-            raise ValueError('must be "host:port", e.g. "127.0.0.1:9464"')
-        return value
+    def _listen(cls, value: str | None) -> str | None:
+        return value if value is None else _host_port(value)
+
+
+def _host_port(value: str) -> str:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError('must be "host:port", e.g. "127.0.0.1:8080"')
+    return value
+
+
+class GatewayConfig(_Strict):
+    """The `[gateway]` table, read by `modeld-gateway` (the daemon only checks it)."""
+
+    listen: str = "127.0.0.1:8080"
+    # The daemon's socket; default: daemon.socket.
+    socket: Path | None = None
+    # Bearer keys; when any is set, every endpoint but the dashboard's files needs one.
+    api_keys: list[Annotated[str, Field(min_length=8)]] = Field(default_factory=list)
+    api_keys_file: Path | None = None
+    # A request body larger than this is refused (413) before it is read further.
+    max_body_bytes: Annotated[int, Field(ge=1024)] = 32 * 1024 * 1024
+    # How long a request waits for its model to run (its load, or its turn behind others).
+    acquire_timeout_s: PositiveFloat = 600.0
+    # The backend must accept the connection within this, and send each next piece of
+    # its answer within upstream_read_timeout_s (a long answer is fine; a stalled one is not).
+    upstream_connect_timeout_s: PositiveFloat = 10.0
+    upstream_read_timeout_s: PositiveFloat = 600.0
+    # Requests in flight at once (waiting included); past it, 429.
+    max_requests: Annotated[int, Field(ge=1)] = 1024
+    # Server-sent event streams (/events) at once.
+    max_event_streams: Annotated[int, Field(ge=1)] = 64
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, value: str) -> str:
+        return _host_port(value)
 
 
 class Config(_Strict):
@@ -236,6 +269,7 @@ class Config(_Strict):
     daemon: DaemonConfig = Field(default_factory=DaemonConfig)
     gpu: GpuConfig = Field(default_factory=GpuConfig)
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
+    gateway: GatewayConfig = Field(default_factory=GatewayConfig)
     models: dict[str, ModelConfig]
 
     @model_validator(mode="before")

@@ -17,11 +17,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import hashlib
+import json
 import logging
 import os
 import signal
 import sys
 import time
+import uuid
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
@@ -47,6 +50,7 @@ class FakeVllm:
         wake_seconds: float = 0.0,
         wake_fails: bool = False,
         request_seconds: float = 0.0,
+        token_seconds: float = 0.0,
         access_log: logging.Logger | None = None,
     ) -> None:
         self.model = model
@@ -62,6 +66,7 @@ class FakeVllm:
         self.wake_seconds = wake_seconds
         self.wake_fails = wake_fails
         self.request_seconds = request_seconds
+        self.token_seconds = token_seconds
         # Set while awake: completions sent while asleep wait for it.
         self._awake = asyncio.Event()
         self._awake.set()
@@ -113,6 +118,7 @@ class FakeVllm:
         app.router.add_get("/metrics", self._metrics)
         app.router.add_post("/v1/completions", self._complete)
         app.router.add_post("/v1/chat/completions", self._complete)
+        app.router.add_post("/v1/embeddings", self._embed)
         # Like vLLM: the sleep endpoints exist only in dev mode.
         if self.dev_mode:
             app.router.add_post("/sleep", self._sleep)
@@ -154,26 +160,132 @@ class FakeVllm:
             body=generate_latest(self._registry), headers={"Content-Type": CONTENT_TYPE_LATEST}
         )
 
-    async def _complete(self, request: web.Request) -> web.Response:
+    async def _complete(self, request: web.Request) -> web.StreamResponse:
+        """`/v1/completions` and `/v1/chat/completions`, streamed or not, as vLLM answers."""
+        body = await _json_body(request)
+        if isinstance(body, web.Response):
+            return body
+        if (refused := self._wrong_model(body)) is not None:
+            return refused
+        await self._awake_for(request)
+        chat = request.path.endswith("/chat/completions")
+        tokens = self._tokens(body)
+        self._running.inc()
+        try:
+            if body.get("stream"):
+                return await self._stream(request, body, chat, tokens)
+            await asyncio.sleep(self.request_seconds + self.token_seconds * len(tokens))
+        finally:
+            self._running.dec()
+        self._finished.inc()
+        text = "".join(tokens)
+        choice: dict[str, object] = (
+            {"index": 0, "message": {"role": "assistant", "content": text}}
+            if chat
+            else {"index": 0, "text": text}
+        )
+        return web.json_response(
+            {
+                "id": _request_id(chat),
+                "object": "chat.completion" if chat else "text_completion",
+                "created": int(time.time()),
+                "model": self.model,
+                "choices": [{**choice, "logprobs": None, "finish_reason": "stop"}],
+                "usage": _usage(tokens),
+            }
+        )
+
+    async def _stream(
+        self, request: web.Request, body: dict[str, object], chat: bool, tokens: list[str]
+    ) -> web.StreamResponse:
+        """Server-sent events, one chunk per token, then `data: [DONE]` (vLLM's framing)."""
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        request_id, created = _request_id(chat), int(time.time())
+        kind = "chat.completion.chunk" if chat else "text_completion"
+
+        async def send(delta: str | None, finish: str | None, first: bool = False) -> None:
+            if chat:
+                content: dict[str, object] = {"content": delta} if delta is not None else {}
+                if first:
+                    content = {"role": "assistant", "content": ""}
+                choice: dict[str, object] = {"index": 0, "delta": content}
+            else:
+                choice = {"index": 0, "text": delta or ""}
+            chunk = {
+                "id": request_id,
+                "object": kind,
+                "created": created,
+                "model": self.model,
+                "choices": [{**choice, "logprobs": None, "finish_reason": finish}],
+            }
+            await response.write(b"data: " + json.dumps(chunk).encode() + b"\n\n")
+
+        await asyncio.sleep(self.request_seconds)
+        if chat:
+            await send(None, None, first=True)
+        for token in tokens:
+            await send(token, None)
+            if self.token_seconds:
+                await asyncio.sleep(self.token_seconds)
+        await send("" if not chat else None, "stop")
+        options = body.get("stream_options")
+        if isinstance(options, dict) and options.get("include_usage"):
+            usage = {"id": request_id, "object": kind, "created": created, "model": self.model}
+            usage_chunk = {**usage, "choices": [], "usage": _usage(tokens)}
+            await response.write(b"data: " + json.dumps(usage_chunk).encode() + b"\n\n")
+        await response.write(b"data: [DONE]\n\n")
+        await response.write_eof()
+        self._finished.inc()
+        return response
+
+    async def _embed(self, request: web.Request) -> web.Response:
+        """`/v1/embeddings`: one small vector per input."""
+        body = await _json_body(request)
+        if isinstance(body, web.Response):
+            return body
+        if (refused := self._wrong_model(body)) is not None:
+            return refused
+        await self._awake_for(request)
+        given = body.get("input", "")
+        inputs = given if isinstance(given, list) else [given]
+        data = [
+            {"object": "embedding", "index": i, "embedding": _vector(str(text))}
+            for i, text in enumerate(inputs)
+        ]
+        words = sum(len(str(text).split()) for text in inputs)
+        return web.json_response(
+            {
+                "id": f"embd-{uuid.uuid4().hex}",
+                "object": "list",
+                "created": int(time.time()),
+                "model": self.model,
+                "data": data,
+                "usage": {"prompt_tokens": words, "total_tokens": words},
+            }
+        )
+
+    async def _awake_for(self, request: web.Request) -> None:
+        # Like vLLM: a request sent while asleep waits (queued) until the wake-up.
         if self.sleeping:
             self._waiting.inc()
             try:
                 await self._awake.wait()
             finally:
                 self._waiting.dec()
-        self._running.inc()
-        try:
-            await asyncio.sleep(self.request_seconds)
-        finally:
-            self._running.dec()
-        self._finished.inc()
-        return web.json_response(
-            {
-                "object": "text_completion",
-                "model": self.model,
-                "choices": [{"index": 0, "text": " fake", "finish_reason": "stop"}],
-            }
-        )
+
+    def _wrong_model(self, body: dict[str, object]) -> web.Response | None:
+        """vLLM answers 404 for a model it does not serve (none named: its own)."""
+        named = body.get("model")
+        if named is None or named == self.model:
+            return None
+        return _error(404, "NotFoundError", f"The model `{named}` does not exist.")
+
+    def _tokens(self, body: dict[str, object]) -> list[str]:
+        """The answer, a token per word: the model's name, then `ok`s up to max_tokens."""
+        limit = body.get("max_tokens") or body.get("max_completion_tokens") or 8
+        count = max(1, min(int(limit) if isinstance(limit, int) else 8, 4096))
+        return [f"{self.model}", *[" ok"] * (count - 1)]
 
     async def _health(self, request: web.Request) -> web.Response:
         return web.Response(status=503 if self.engine_dead else 200)
@@ -213,6 +325,36 @@ class FakeVllm:
             self._runner = None
 
 
+async def _json_body(request: web.Request) -> dict[str, object] | web.Response:
+    try:
+        body = await request.json()
+    except ValueError:
+        return _error(400, "BadRequestError", "The request body is not valid JSON.")
+    if not isinstance(body, dict):
+        return _error(400, "BadRequestError", "The request body must be a JSON object.")
+    return body
+
+
+def _error(status: int, kind: str, message: str) -> web.Response:
+    """vLLM's error body."""
+    error = {"message": message, "type": kind, "param": None, "code": status}
+    return web.json_response({"error": error}, status=status)
+
+
+def _request_id(chat: bool) -> str:
+    return f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}"
+
+
+def _usage(tokens: list[str]) -> dict[str, int]:
+    return {"prompt_tokens": 1, "completion_tokens": len(tokens), "total_tokens": len(tokens) + 1}
+
+
+def _vector(text: str) -> list[float]:
+    """A deterministic unit-ish vector for `text` (same text, same embedding)."""
+    digest = hashlib.sha256(text.encode()).digest()
+    return [round(byte / 255 - 0.5, 4) for byte in digest[:16]]
+
+
 def _stdout_logger() -> logging.Logger:
     """Access lines on stdout, where the runtime collects a backend's output."""
     handler = logging.StreamHandler(sys.stdout)
@@ -240,6 +382,7 @@ async def _serve(args: argparse.Namespace) -> int:
         wake_seconds=args.wake_seconds,
         wake_fails=args.wake_fails,
         request_seconds=args.request_seconds,
+        token_seconds=args.token_seconds,
         access_log=_stdout_logger(),
     )
     print(f"fake-vllm: loading {args.model} ({args.load_seconds}s)", flush=True)
@@ -290,6 +433,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--wake-fails", action="store_true", help="/wake_up answers 500")
     parser.add_argument(
         "--request-seconds", type=float, default=0.05, help="time one completion takes"
+    )
+    parser.add_argument(
+        "--token-seconds", type=float, default=0.0, help="time between two streamed tokens"
     )
     sys.exit(asyncio.run(_serve(parser.parse_args(argv))))
 

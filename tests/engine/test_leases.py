@@ -144,6 +144,28 @@ async def test_a_closed_connections_leases_end_and_the_client_lease_block(
     assert (await supervisor.switch("b"))["unloaded_models"] == ["a"]
 
 
+async def test_a_lease_waiter_that_gives_up_leaks_no_lease(serve: ServeFactory) -> None:
+    """A router's request cancelled while its model loads (its client hung up): the lease
+    granted when the load ends is released at once, so nothing holds the model."""
+    path, supervisor, runtime = await serve(make_config(TWO, [80]))
+    runtime.behaviour["a"] = Behaviour(load_seconds=0.5)
+    events = supervisor.subscribe()
+    async with Client(path) as client:
+        waiting = asyncio.create_task(client.acquire("a"))
+        await next_of(events, "state", model="a", to_state="loading")
+        waiting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+        await next_of(events, "state", model="a", to_state="running")
+
+        async def released() -> bool:
+            view = supervisor.status()["models"]["a"]
+            return bool(view["leases"] == 0 and view["status"] == "running")
+
+        await eventually(released, timeout=10)  # while the connection stays open
+        assert (await client.call("switch", model="b"))["unloaded_models"] == ["a"]
+
+
 async def test_release_of_someone_elses_lease_is_refused(serve: ServeFactory) -> None:
     """A connection may end only its own leases."""
     path, supervisor, _ = await serve(make_config(TWO, [80]))
