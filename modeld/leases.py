@@ -74,6 +74,16 @@ class Leases:
         return len(mine)
 
     @contextlib.contextmanager
+    def queued(self, record: ModelRecord) -> Iterator[None]:
+        """An acquire for `record`'s model from its start to its lease or error (status
+        shows how many wait); unlike `waiting`, it does not protect the model."""
+        record.usage.waiting += 1
+        try:
+            yield
+        finally:
+            record.usage.waiting -= 1
+
+    @contextlib.contextmanager
     def waiting(self, name: str) -> Iterator[None]:
         """An acquire in flight for `name`: protects the model once it runs."""
         self._waiting[name] += 1

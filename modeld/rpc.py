@@ -165,7 +165,7 @@ def _validated(params_type: type[P], args: tuple[Any, ...], kwargs: dict[str, An
 
 
 def _query(params_type: type[P], call: Callable[[Context, P], Any]) -> Callable[..., Result]:
-    """A read-only handler, answered synchronously from memory."""
+    """A handler answered synchronously from memory (queries, and `release`)."""
 
     no_params = params_type.model_construct() if not params_type.model_fields else None
 
@@ -175,7 +175,10 @@ def _query(params_type: type[P], call: Callable[[Context, P], Any]) -> Callable[
         params = _validated(params_type, args, kwargs)
         if not isinstance(params, params_type):
             return params
-        return Success(call(context, params))
+        try:
+            return Success(call(context, params))
+        except ModeldError as exc:
+            return Error(exc.code, exc.message, exc.data)
 
     # jsonrpcserver binds the params against the handler's signature on every call;
     # a ready-made signature spares inspect from rebuilding it each time.
@@ -260,7 +263,7 @@ async def _acquire(ctx: Context, p: AcquireParams) -> dict[str, Any]:
     )
 
 
-async def _release(ctx: Context, p: ReleaseParams) -> dict[str, Any]:
+def _release(ctx: Context, p: ReleaseParams) -> dict[str, Any]:
     return ctx.supervisor.release(p.lease, owner=ctx.owner)
 
 
@@ -293,8 +296,12 @@ _QUERIES: dict[str, Callable[[Context, NoParams], Any]] = {
     "gpu": _gpu,
     "models": _models,
 }
-# Read-only methods answered from memory: dispatched synchronously, inline.
-QUERY_METHODS = {name: _query(NoParams, call) for name, call in _QUERIES.items()}
+# Answered from memory at once, dispatched synchronously, inline: the read-only methods,
+# and `release` (so a lease always ends promptly, however busy its connection is).
+QUERY_METHODS = {
+    **{name: _query(NoParams, call) for name, call in _QUERIES.items()},
+    "release": _query(ReleaseParams, _release),
+}
 METHODS: dict[str, Handler] = {
     **{name: _method(name, NoParams, call) for name, call in _QUERIES.items()},
     "switch": _method("switch", SwitchParams, _switch, trusted=True),
@@ -324,10 +331,18 @@ def parse(line: bytes) -> tuple[str | None, Any]:
         return text, UNPARSED
 
 
-def error_line(code: int, message: str, data: dict[str, Any]) -> bytes:
-    """A JSON-RPC error answer line not tied to a request (id null)."""
-    body = {"jsonrpc": "2.0", "error": {"code": code, "message": message, "data": data}, "id": None}
+def error_line(code: int, message: str, data: dict[str, Any], request: Any = None) -> bytes:
+    """A JSON-RPC error answer line: to `request` (a single call), else not tied to one
+    (id null)."""
+    request_id = request.get("id") if isinstance(request, dict) else None
+    error = {"code": code, "message": message, "data": data}
+    body = {"jsonrpc": "2.0", "error": error, "id": request_id}
     return json.dumps(body).encode() + b"\n"
+
+
+def is_acquire(request: Any) -> bool:
+    """A single `acquire` call (it waits, but cheaply: counted apart from other tasks)."""
+    return isinstance(request, dict) and request.get("method") == "acquire"
 
 
 def may_take_long(request: Any) -> bool:

@@ -29,6 +29,7 @@ from modeld.rpc import (
     Context,
     answer,
     error_line,
+    is_acquire,
     may_take_long,
     parse,
 )
@@ -39,6 +40,10 @@ log = structlog.get_logger("modeld.server")
 # Per connection: requests that may take long run as tasks, at most this many at once;
 # past that the connection is not read until one ends (a client cannot pile up work).
 MAX_TASKS_PER_CONNECTION = 8
+# Acquires only wait (for a load, or their turn), so a router may have many at once on
+# one connection; past this many the next is refused (`limit_reached`), never queued, so
+# the connection is always read and its releases always reach the daemon.
+MAX_ACQUIRES_PER_CONNECTION = 4096
 MAX_BATCH = 100
 # How many models' logs one connection may follow at once.
 MAX_FOLLOWS_PER_CONNECTION = 8
@@ -61,6 +66,7 @@ class Limits:
     per_uid: int = MAX_CONNECTIONS_PER_UID
     reserved: int = RESERVED_CONNECTIONS
     tasks: int = MAX_TASKS_PER_CONNECTION
+    acquires: int = MAX_ACQUIRES_PER_CONNECTION
     line_timeout_s: float = LINE_TIMEOUT_S
     write_timeout_s: float = WRITE_TIMEOUT_S
 
@@ -73,6 +79,7 @@ class _Connection:
         self.caller = caller
         self.limits = limits
         self.tasks: set[asyncio.Task[None]] = set()
+        self.acquires: set[asyncio.Task[None]] = set()
         self.subscription: Subscription | None = None
         self.pump: asyncio.Task[None] | None = None
         self.follows: dict[str, asyncio.Task[None]] = {}
@@ -269,8 +276,8 @@ class RpcServer:
             self._end_subscription(connection)
             self._end_follows(connection)
             self._supervisor.release_owner(owner)  # its requests in flight are over
-            if connection.tasks:
-                await asyncio.wait(connection.tasks)
+            if connection.tasks or connection.acquires:
+                await asyncio.wait(connection.tasks | connection.acquires)
             self._end_subscription(connection)  # in case a subscribe was still on its way
             self._end_follows(connection)
             self._supervisor.release_owner(owner)  # in case an acquire was still on its way
@@ -344,13 +351,23 @@ class RpcServer:
             refusal = {"error": "batch_too_large", "limit": MAX_BATCH}
             await connection.send(error_line(INVALID_REQUEST, "Invalid Request", refusal))
             return
-        while len(connection.tasks) >= self._limits.tasks:
-            # Backpressure: this connection is not read until one of its requests ends.
-            await asyncio.wait(connection.tasks, return_when=asyncio.FIRST_COMPLETED)
+        if is_acquire(request):
+            if len(connection.acquires) >= self._limits.acquires:
+                refusal = {"error": "limit_reached", "limit": self._limits.acquires}
+                await connection.send(
+                    error_line(LimitReached.code, "too many acquires waiting", refusal, request)
+                )
+                return
+            pool = connection.acquires
+        else:
+            pool = connection.tasks
+            while len(pool) >= self._limits.tasks:
+                # Backpressure: this connection is not read until one of its requests ends.
+                await asyncio.wait(pool, return_when=asyncio.FIRST_COMPLETED)
         # Anything that may take long runs on its own, so this connection's next
         # requests are not held up behind it.
         task = asyncio.create_task(self._request(text, request, context, connection))
-        for registry in (self._requests, connection.tasks):
+        for registry in (self._requests, pool):
             registry.add(task)
             task.add_done_callback(registry.discard)
 

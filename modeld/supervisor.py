@@ -287,9 +287,14 @@ class Supervisor:
         """A lease on `name` once it runs and answers: switching, waking or joining a load
         as needed (concurrent acquires share one load). While it drains, new acquires
         wait their turn; a waiting acquire protects the model once it runs."""
+        with self._leases.queued(self._life.record(name, managed=True)):
+            return await self._acquire(name, owner, timeout, caller)
+
+    async def _acquire(
+        self, name: str, owner: int, timeout: float | None, caller: Caller | None
+    ) -> dict[str, Any]:
         started = time.monotonic()
         deadline = None if timeout is None else started + timeout
-        self._life.record(name, managed=True)
         try:
             async with asyncio.timeout(timeout):
                 await self._leases.gate(name)
@@ -309,6 +314,7 @@ class Supervisor:
                         "lease": lease.id,
                         "model": name,
                         "endpoint": record.config.endpoint,
+                        "served_model_name": record.config.served_model_name or name,
                         "state": record.state.value,
                         "leases": record.usage.leases,
                         "waited_seconds": round(waited, 3),

@@ -121,6 +121,7 @@ def model_view(record: ModelRecord, reading: GpuReading | None, now: float) -> d
         },
         "unmanaged": record.unmanaged,
         "leases": record.usage.leases,
+        "waiting": record.usage.waiting,
         "config_pending": record.pending_config is not None,
         "backend_pid": record.backend.pid if record.backend else None,
         "container_id": record.backend.id if record.backend else None,

@@ -15,7 +15,7 @@ import pytest
 from modeld.build import build_supervisor
 from modeld.config import Config
 from modeld.gpu.simulated import SimulatedGpu
-from modeld.server import RpcServer
+from modeld.server import Limits, RpcServer
 from modeld.supervisor import Supervisor
 from modeld.testing.docker import build_image, docker_cli, docker_required, engine_problem
 from modeld.testing.fakes import FakeRuntime
@@ -86,10 +86,10 @@ async def serve(supervised: SupervisorFactory, tmp_path: Path) -> AsyncIterator[
     """Start RpcServers over supervised fake hosts: each gives socket, Supervisor, runtime."""
     servers: list[RpcServer] = []
 
-    async def start(config: Config) -> Served:
+    async def start(config: Config, limits: Limits | None = None) -> Served:
         supervisor, runtime, _ = await supervised(config)
         path = tmp_path / f"modeld-{len(servers)}.sock"
-        server = RpcServer(supervisor, path)
+        server = RpcServer(supervisor, path, limits=limits)
         await server.start()
         servers.append(server)
         return path, supervisor, runtime

@@ -9,9 +9,10 @@ from typing import Any
 
 import pytest
 
-from modeld.client import Client
+from modeld.client import Client, RpcError
 from modeld.errors import LoadFailed, ModelsBusy
 from modeld.events import Subscription
+from modeld.server import Limits
 from modeld.states import State
 from modeld.testing.fakes import Behaviour
 from tests.support import (
@@ -164,6 +165,53 @@ async def test_a_lease_waiter_that_gives_up_leaks_no_lease(serve: ServeFactory) 
 
         await eventually(released, timeout=10)  # while the connection stays open
         assert (await client.call("switch", model="b"))["unloaded_models"] == ["a"]
+
+
+async def test_a_router_connection_with_many_waiting_acquires_still_releases(
+    serve: ServeFactory,
+) -> None:
+    """One connection (a gateway's) holds a lease on a, then 20 more acquires of a wait
+    behind a switch that drains a: its release is still read and answered, so the switch
+    goes on, and the waiters get their turn after it (no deadlock, no drain timeout)."""
+    path, supervisor, _ = await serve(make_config(TWO, [80]))
+    events = supervisor.subscribe()
+    async with Client(path) as router:
+        held = await router.acquire("a")
+        switching = asyncio.create_task(supervisor.switch("b"))
+        await next_of(events, "drain", model="a")
+        waiters = [asyncio.create_task(router.acquire("a")) for _ in range(20)]
+
+        async def all_waiting() -> bool:
+            return bool(supervisor.status()["models"]["a"]["waiting"] == 20)
+
+        await eventually(all_waiting, timeout=10)
+        await router.call("release", lease=held["lease"])
+        assert (await switching)["unloaded_models"] == ["a"]
+        granted = await asyncio.wait_for(asyncio.gather(*waiters), 30)
+    assert {lease["model"] for lease in granted} == {"a"}
+
+
+async def test_acquires_past_the_connections_bound_are_refused_not_queued(
+    serve: ServeFactory,
+) -> None:
+    """A connection may have `Limits.acquires` acquires waiting; the next is refused with
+    `limit_reached` at once (its own id), and the connection goes on being served."""
+    path, supervisor, runtime = await serve(make_config(TWO, [80]), Limits(acquires=2))
+    runtime.behaviour["a"] = Behaviour(load_seconds=60)
+    async with Client(path) as client:
+        waiting = [asyncio.create_task(client.acquire("a")) for _ in range(2)]
+
+        async def both_waiting() -> bool:
+            return bool(supervisor.status()["models"]["a"]["waiting"] == 2)
+
+        await eventually(both_waiting, timeout=10)
+        with pytest.raises(RpcError) as refused:
+            await client.acquire("a")
+        assert refused.value.data == {"error": "limit_reached", "limit": 2}
+        assert (await client.call("ping"))["pong"] is True
+        await supervisor.stop("a", force=True)  # the load ends: its waiters are told
+        for outcome in await asyncio.gather(*waiting, return_exceptions=True):
+            assert isinstance(outcome, RpcError) and outcome.data["error"] == "load_failed"
 
 
 async def test_release_of_someone_elses_lease_is_refused(serve: ServeFactory) -> None:

@@ -86,7 +86,7 @@ def make_config(
 SupervisorFactory = Callable[..., Any]
 
 Served = tuple[Path, Supervisor, FakeRuntime]
-ServeFactory = Callable[[Config], Awaitable[Served]]
+ServeFactory = Callable[..., Awaitable[Served]]
 
 
 async def has_output(runtime: ProcessRuntime, model: ModelConfig) -> bool:
