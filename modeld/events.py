@@ -59,6 +59,11 @@ class EventBus:
         """Stop delivering to `subscription`."""
         self._subscriptions.discard(subscription)
 
+    def forward(self, event: dict[str, Any]) -> None:
+        """Send an event made elsewhere (the daemon's, relayed by the gateway) as it is."""
+        for subscription in self._subscriptions:
+            subscription.offer(event)
+
     def publish(self, kind: str, **fields: Any) -> None:
         """Send an event to every subscriber, numbered so gaps are visible."""
         if not self._subscriptions:

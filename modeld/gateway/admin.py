@@ -1,0 +1,123 @@
+"""HTTP over the daemon's own methods: the seed router's `/v1/models/status` and
+`/v1/models/switch?target_model=`, start / stop / restart of one model, and the
+OpenAI model list. The daemon decides; these only translate."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+
+from modeld.gateway.errors import GatewayError
+from modeld.gateway.link import DaemonLink
+
+# What a model's entry in /v1/models carries from modeld's status, besides OpenAI's.
+LISTED = (
+    "status",
+    "health",
+    "size_gb",
+    "description",
+    "estimated_load_time_seconds",
+    "gpu_memory_used_gb",
+    "gpu_memory_required_gb",
+    "leases",
+    "waiting",
+    "sleep_mode",
+    "since",
+)
+
+
+def without_backend_output(status: dict[str, Any]) -> dict[str, Any]:
+    """The daemon's status without the lines backends printed (they may hold keys and
+    prompts): an HTTP caller with an API key is not necessarily the host's operator."""
+    for view in status.get("models", {}).values():
+        failure = view.get("failure")
+        if isinstance(failure, dict):
+            failure.pop("last_lines", None)
+    return status
+
+
+def _flag(request: web.Request, name: str, default: bool) -> bool:
+    value = request.query.get(name)
+    if value is None:
+        return default
+    if value.lower() in ("1", "true", "yes"):
+        return True
+    if value.lower() in ("0", "false", "no"):
+        return False
+    raise GatewayError("bad_request", f"query parameter {name} must be true or false")
+
+
+def _timeout(request: web.Request) -> float | None:
+    value = request.query.get("timeout")
+    if value is None:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = -1.0
+    if not 0 < seconds < float("inf"):
+        raise GatewayError("bad_request", "query parameter timeout must be seconds > 0")
+    return seconds
+
+
+class Admin:
+    """The seed's endpoints and the model list."""
+
+    def __init__(self, link: DaemonLink) -> None:
+        self._link = link
+
+    async def status(self, request: web.Request) -> web.Response:
+        """`GET /v1/models/status`: every model and the GPU, with the seed's fields."""
+        return web.json_response(without_backend_output(await self._link.call("status")))
+
+    async def switch(self, request: web.Request) -> web.Response:
+        """`POST /v1/models/switch?target_model=NAME[&wait=false][&force=true][&timeout=S]`."""
+        target = request.query.get("target_model", "")
+        if not target:
+            raise GatewayError("bad_request", "query parameter target_model is required")
+        return await self._load(request, "switch", target)
+
+    async def action(self, request: web.Request) -> web.Response:
+        """`POST /v1/models/{name}/{start|stop|restart}`."""
+        name, action = request.match_info["name"], request.match_info["action"]
+        if action == "stop":
+            params = {"force": True} if _flag(request, "force", False) else {}
+            return web.json_response(await self._link.call("stop", model=name, **params))
+        return await self._load(request, action, name)
+
+    async def _load(self, request: web.Request, method: str, model: str) -> web.Response:
+        params: dict[str, Any] = {"model": model, "wait": _flag(request, "wait", True)}
+        if method == "switch" and _flag(request, "force", False):
+            params["force"] = True
+        timeout = _timeout(request)
+        if timeout is not None:
+            params["timeout"] = timeout
+        # A switch may wait for a drain, a stop and a load: the daemon's own deadlines
+        # (drain_timeout_s, load_timeout_s) bound it; ours is their sum and a margin.
+        waited = timeout if timeout is not None else 3600.0
+        result = await self._link.call(method, timeout=waited, **params)
+        if isinstance(result, dict) and result.get("status") == "already_loaded":
+            result = {
+                "message": f"Model '{model}' is already running and healthy",
+                "model": model,
+                **result,
+            }
+        return web.json_response(result)
+
+    async def models(self, request: web.Request) -> web.Response:
+        """`GET /v1/models`: OpenAI's list, of every configured model (not only the
+        loaded ones), each with modeld's state and figures."""
+        status = await self._link.call("status")
+        data = []
+        for name, view in status["models"].items():
+            data.append(
+                {
+                    "id": name,
+                    "object": "model",
+                    "created": 0,
+                    "owned_by": "modeld",
+                    **{key: view.get(key) for key in LISTED},
+                }
+            )
+        return web.json_response({"object": "list", "data": data})

@@ -1,0 +1,166 @@
+"""The gateway's aiohttp application: routes, and the two middlewares (errors, keys)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import structlog
+from aiohttp import web
+
+from modeld.config import GatewayConfig
+from modeld.gateway.admin import Admin
+from modeld.gateway.auth import Keys
+from modeld.gateway.errors import GatewayError, openai_response, seed_response
+from modeld.gateway.link import DaemonLink
+from modeld.gateway.metrics import GatewayMetrics
+from modeld.gateway.proxy import INFERENCE_PATHS, Proxy
+from modeld.gateway.sse import EventStreams
+
+log = structlog.get_logger("modeld.gateway")
+
+STATIC = Path(__file__).resolve().parent / "static"
+# The seed's endpoints answer errors in the seed's shape; everything else in OpenAI's.
+SEED_ROUTES = frozenset({"seed-status", "seed-switch", "seed-action"})
+# What loads without a key: the dashboard's own files (it then asks for a key).
+PUBLIC_ROUTES = frozenset({"page", "static"})
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+KEYS: web.AppKey[Keys] = web.AppKey("keys", Keys)
+METRICS: web.AppKey[GatewayMetrics] = web.AppKey("metrics", GatewayMetrics)
+
+
+def _route_name(request: web.Request) -> str | None:
+    route = request.match_info.route
+    return route.name if route is not None else None
+
+
+@web.middleware
+async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every refusal, in one place: GatewayError and aiohttp's own HTTP errors (404,
+    405, 413) become the route's error shape with the status of their kind."""
+    try:
+        return await handler(request)
+    except GatewayError as exc:
+        error = exc
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        kinds = {404: "not_found", 405: "method_not_allowed", 413: "too_large"}
+        message = {
+            404: f"no such endpoint: {request.method} {request.path}",
+            413: "the request body is too large (gateway.max_body_bytes)",
+        }.get(exc.status, exc.reason)
+        error = GatewayError(kinds.get(exc.status, "bad_request"), message)
+    request.app[METRICS].errors.labels(error.kind).inc()
+    if _route_name(request) in SEED_ROUTES:
+        return seed_response(error)
+    return openai_response(error)
+
+
+@web.middleware
+async def keys(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """`Authorization: Bearer <key>` on everything but the dashboard's files."""
+    accepted = request.app[KEYS]
+    if (
+        accepted.required
+        and _route_name(request) not in PUBLIC_ROUTES
+        and not accepted.accepts(request.headers.get("Authorization"))
+    ):
+        log.info("gateway.unauthorized", path=request.path, peer=request.remote)
+        raise GatewayError("unauthorized", "a valid API key is required (Authorization: Bearer)")
+    return await handler(request)
+
+
+class Gateway:
+    """The application and its parts: proxy, admin endpoints, event streams, metrics."""
+
+    def __init__(self, config: GatewayConfig, link: DaemonLink, accepted: Keys) -> None:
+        self.config = config
+        self.link = link
+        self.keys = accepted
+        self.metrics = GatewayMetrics()
+        self.proxy = Proxy(link, config, self.metrics)
+        self.admin = Admin(link)
+        self.streams = EventStreams(link.events, self.metrics, config.max_event_streams)
+        self.app = self._build()
+
+    def _build(self) -> web.Application:
+        app = web.Application(
+            middlewares=[errors, keys], client_max_size=self.config.max_body_bytes
+        )
+        app[KEYS] = self.keys
+        app[METRICS] = self.metrics
+        router = app.router
+        for path in INFERENCE_PATHS:
+            router.add_post(path, self.proxy.handle, name=f"infer{path.replace('/', '-')}")
+        router.add_get("/v1/models", self.admin.models, name="models")
+        router.add_get("/v1/models/status", self.admin.status, name="seed-status")
+        router.add_post("/v1/models/switch", self.admin.switch, name="seed-switch")
+        router.add_post(
+            r"/v1/models/{name}/{action:start|stop|restart}",
+            self.admin.action,
+            name="seed-action",
+        )
+        router.add_get("/events", self.streams.handle, name="events")
+        router.add_get("/metrics", self._metrics, name="metrics")
+        router.add_get("/health", self._health, name="health")
+        if STATIC.is_dir():
+            router.add_get("/", self._page, name="page")
+            router.add_static("/static/", STATIC, name="static")
+        app.on_startup.append(self._startup)
+        app.on_shutdown.append(self._shutdown)
+        app.on_cleanup.append(self._cleanup)
+        return app
+
+    async def _startup(self, app: web.Application) -> None:
+        await self.proxy.start()
+
+    async def _shutdown(self, app: web.Application) -> None:
+        self.streams.closing.set()  # event streams end, so the shutdown does not wait on them
+
+    async def _cleanup(self, app: web.Application) -> None:
+        await self.proxy.close()
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        return web.Response(
+            body=self.metrics.exposition(),
+            headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"},
+        )
+
+    async def _health(self, request: web.Request) -> web.Response:
+        """200 when the daemon answers `ping`, else 503."""
+        pong = await self.link.call("ping")
+        return web.json_response({"gateway": "ok", "modeld": pong.get("version")})
+
+    async def _page(self, request: web.Request) -> web.FileResponse:
+        return web.FileResponse(STATIC / "index.html")
+
+
+class GatewayServer:
+    """A Gateway listening on HOST:PORT, with its relay of the daemon's events."""
+
+    def __init__(self, gateway: Gateway, shutdown_timeout_s: float = 30.0) -> None:
+        self.gateway = gateway
+        self._shutdown_timeout_s = shutdown_timeout_s
+        # Cancel a request's handler when its client hangs up: its wait for a model, or
+        # its upstream request, ends at once, and its lease with it.
+        self._runner = web.AppRunner(gateway.app, handler_cancellation=True, access_log=None)
+        self._relay: asyncio.Task[None] | None = None
+
+    async def start(self, host: str, port: int) -> None:
+        """Listen; OSError when the address is taken."""
+        await self._runner.setup()
+        self._relay = asyncio.create_task(self.gateway.link.follow_events())
+        site = web.TCPSite(self._runner, host, port, shutdown_timeout=self._shutdown_timeout_s)
+        await site.start()
+
+    async def close(self) -> None:
+        """Stop listening, let answers in flight end (up to the shutdown timeout), close
+        the daemon connections (leases still held end with them)."""
+        if self._relay is not None:
+            self._relay.cancel()
+            await asyncio.gather(self._relay, return_exceptions=True)
+        await self._runner.cleanup()
+        await self.gateway.link.close()

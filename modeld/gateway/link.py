@@ -1,0 +1,150 @@
+"""The gateway's connections to modeld, as an ordinary client of its socket.
+
+Three connections, each reconnected when the daemon restarts: one for leases (many
+acquires wait on it at once; the daemon answers its releases at once however many wait),
+one for everything else (status, switch, ...; a switch waiting for a drain never holds
+up a release), and one subscribed to events, fanned out to the gateway's own
+subscribers. Every call has a deadline: a daemon that stops answering costs a request
+its deadline, never the gateway.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from modeld.client import Client, DaemonUnreachable, RpcError
+from modeld.events import EventBus
+from modeld.gateway.errors import GatewayError
+
+log = structlog.get_logger("modeld.gateway.link")
+
+CONNECT_TIMEOUT_S = 5.0
+# Calls answered from memory (status, models, release) must come back within this.
+CALL_TIMEOUT_S = 30.0
+# Beyond a waiting call's own timeout: the daemon's answer may take this much longer.
+ANSWER_MARGIN_S = 30.0
+RECONNECT_MAX_S = 10.0
+
+
+class _Connection:
+    """One reconnecting connection: a call finds it open, or opens it again."""
+
+    def __init__(self, socket: Path) -> None:
+        self._socket = socket
+        self._client: Client | None = None
+        self._opening = asyncio.Lock()
+
+    async def client(self) -> Client:
+        """The open connection (opened again if the daemon closed it)."""
+        async with self._opening:
+            if self._client is not None and not self._client.closed:
+                return self._client
+            await self.close()
+            client = Client(self._socket)
+            try:
+                await asyncio.wait_for(client.__aenter__(), CONNECT_TIMEOUT_S)
+            except DaemonUnreachable as exc:
+                raise GatewayError.from_unreachable(exc) from None
+            except TimeoutError:
+                raise GatewayError(
+                    "daemon_unreachable", f"modeld did not accept a connection on {self._socket}"
+                ) from None
+            self._client = client
+            return client
+
+    async def close(self) -> None:
+        """Close the connection (its leases end with it)."""
+        if self._client is not None:
+            client, self._client = self._client, None
+            await client.__aexit__(None, None, None)
+
+
+async def _answer(client: Client, method: str, timeout: float, **params: Any) -> Any:
+    """A call with its deadline, errors as GatewayError."""
+    try:
+        async with asyncio.timeout(timeout):
+            return await client.call(method, **params)
+    except RpcError as exc:
+        raise GatewayError.from_rpc(exc) from None
+    except DaemonUnreachable as exc:
+        raise GatewayError.from_unreachable(exc) from None
+    except TimeoutError:
+        raise GatewayError(
+            "daemon_unreachable", f"modeld did not answer {method} within {timeout:g}s"
+        ) from None
+
+
+class DaemonLink:
+    """The gateway's side of the socket: calls, leases and events."""
+
+    def __init__(self, socket: Path) -> None:
+        self.socket = socket
+        self._calls = _Connection(socket)
+        self._leases = _Connection(socket)
+        self.events = EventBus()
+        self.connected = asyncio.Event()
+
+    async def call(self, method: str, timeout: float | None = None, **params: Any) -> Any:
+        """Call `method`; a waiting call (`timeout` given) may take that long and a margin."""
+        limit = CALL_TIMEOUT_S if timeout is None else timeout + ANSWER_MARGIN_S
+        return await _answer(await self._calls.client(), method, limit, **params)
+
+    @contextlib.asynccontextmanager
+    async def lease(self, model: str, timeout_s: float) -> AsyncIterator[dict[str, Any]]:
+        """Hold a lease on `model` for the block: it runs, and is not evicted, until the
+        block ends. A block cancelled while it waits leaks nothing (Client.acquire)."""
+        client = await self._leases.client()
+        try:
+            async with asyncio.timeout(timeout_s + ANSWER_MARGIN_S):
+                granted = await client.acquire(model, timeout_s)
+        except RpcError as exc:
+            raise GatewayError.from_rpc(exc) from None
+        except DaemonUnreachable as exc:
+            raise GatewayError.from_unreachable(exc) from None
+        except TimeoutError:
+            raise GatewayError(
+                "timeout", f"{model} did not run within {timeout_s:g}s", model=model
+            ) from None
+        try:
+            yield granted
+        finally:
+            if not client.closed:  # else the lease ended with the connection
+                # Answered inline by the daemon: quick, and awaited so that the lease
+                # has ended when the response does.
+                with contextlib.suppress(GatewayError):
+                    await asyncio.shield(
+                        _answer(client, "release", CALL_TIMEOUT_S, lease=granted["lease"])
+                    )
+
+    async def follow_events(self) -> None:
+        """Forward the daemon's events to `events` for as long as the gateway runs,
+        subscribing again after the daemon restarts (and saying so in the stream)."""
+        delay = 0.5
+        while True:
+            try:
+                async with Client(self.socket) as client:
+                    subscription = await asyncio.wait_for(client.subscribe(), CALL_TIMEOUT_S)
+                    self.connected.set()
+                    self.events.publish("gateway.connected", socket=str(self.socket))
+                    delay = 0.5
+                    async for event in subscription:
+                        self.events.forward(event)
+            except (DaemonUnreachable, TimeoutError, OSError) as exc:
+                if self.connected.is_set():
+                    log.warning("gateway.daemon_lost", reason=str(exc))
+                    self.events.publish("gateway.disconnected", reason=str(exc))
+                self.connected.clear()
+            # Back off between attempts (a daemon restart takes seconds).
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, RECONNECT_MAX_S)
+
+    async def close(self) -> None:
+        """Close the connections (the leases of requests still in flight end)."""
+        await self._leases.close()
+        await self._calls.close()

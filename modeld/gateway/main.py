@@ -1,0 +1,142 @@
+"""`modeld-gateway`: run the HTTP gateway. Lifecycle like the daemon's (and uvicorn's):
+startup, serve until SIGTERM/SIGINT, shutdown; SIGHUP re-reads the API keys. Signal
+handlers only set events; sys.exit only in main()."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import sys
+from pathlib import Path
+
+import structlog
+
+from modeld import __version__
+from modeld.config import Config, load_config
+from modeld.errors import ConfigError
+from modeld.gateway.app import Gateway, GatewayServer
+from modeld.gateway.auth import Keys, read_keys
+from modeld.gateway.link import DaemonLink
+from modeld.logs import configure_logging
+from modeld.sdnotify import Notifier
+
+log = structlog.get_logger("modeld.gateway")
+
+EXIT_UNAVAILABLE = 69
+EXIT_CONFIG = 78
+DEFAULT_CONFIG = Path("/etc/modeld/modeld.toml")
+# How long a stop waits for answers in flight before it cuts them.
+SHUTDOWN_TIMEOUT_S = 30.0
+
+
+def split_listen(listen: str) -> tuple[str, int]:
+    """`host:port` (IPv6 in brackets) as host and port."""
+    host, _, port = listen.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+def _loopback(host: str) -> bool:
+    return host in ("localhost", "::1") or host.startswith("127.")
+
+
+async def run_gateway(config: Config, config_path: Path, listen: str, socket: Path) -> None:
+    """Start up, serve until SIGTERM or SIGINT, shut down."""
+    loop = asyncio.get_running_loop()
+    stop, reload_requested = asyncio.Event(), asyncio.Event()
+    for sig, event in (
+        (signal.SIGTERM, stop),
+        (signal.SIGINT, stop),
+        (signal.SIGHUP, reload_requested),
+    ):
+        loop.add_signal_handler(sig, event.set)
+    notifier = Notifier()
+    accepted = Keys(read_keys(config.gateway, str(config_path)))
+    host, port = split_listen(listen)
+    if not accepted.required and not _loopback(host):
+        log.warning(
+            "gateway.open",
+            listen=listen,
+            hint="no api_keys: anyone who reaches this address can load and switch models",
+        )
+    server = GatewayServer(
+        Gateway(config.gateway, DaemonLink(socket), accepted), SHUTDOWN_TIMEOUT_S
+    )
+    reloads = asyncio.create_task(_reload_keys(reload_requested, config_path, accepted, notifier))
+    try:
+        await server.start(host, port)
+        notifier.ready(f"listening on {listen}")
+        log.info(
+            "gateway.ready",
+            version=__version__,
+            listen=listen,
+            socket=str(socket),
+            keys=accepted.required,
+        )
+        await stop.wait()
+        log.info("gateway.stopping")
+    finally:
+        notifier.stopping()
+        reloads.cancel()
+        await asyncio.gather(reloads, return_exceptions=True)
+        await server.close()
+        log.info("gateway.stopped")
+
+
+async def _reload_keys(
+    requested: asyncio.Event, config_path: Path, accepted: Keys, notifier: Notifier
+) -> None:
+    """SIGHUP: read the config's keys again (other settings take a restart)."""
+    while True:
+        await requested.wait()
+        requested.clear()
+        notifier.reloading()
+        try:
+            accepted.replace(read_keys(load_config(config_path).gateway, str(config_path)))
+            log.info("gateway.keys_reloaded")
+        except ConfigError as exc:
+            log.error("gateway.reload_rejected", reason=exc.message)
+        finally:
+            notifier.ready("keys reloaded")
+
+
+def run(argv: list[str] | None = None) -> int:
+    """Parse arguments, load the config, serve; return the exit code."""
+    parser = argparse.ArgumentParser(
+        prog="modeld-gateway",
+        description="OpenAI-compatible HTTP gateway to modeld: routes each request to "
+        "the model its body names, loading or switching as needed.",
+        epilog="exit codes: 0 stopped; 69 cannot listen (address in use); 78 invalid config",
+    )
+    parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="TOML config file")
+    parser.add_argument("--listen", help="HOST:PORT, overrides [gateway] listen")
+    parser.add_argument("--socket", type=Path, help="modeld's socket, overrides the config")
+    parser.add_argument("--log-level", help="debug, info, warning or error")
+    parser.add_argument("--version", action="version", version=f"modeld-gateway {__version__}")
+    args = parser.parse_args(argv)
+    try:
+        config = load_config(args.config)
+        read_keys(config.gateway, str(args.config))
+        listen = args.listen or config.gateway.listen
+        split_listen(listen)
+    except ConfigError as exc:
+        print(f"modeld-gateway: {exc.message}", file=sys.stderr)
+        return EXIT_CONFIG
+    except ValueError:
+        print(f"modeld-gateway: --listen {args.listen!r}: must be HOST:PORT", file=sys.stderr)
+        return EXIT_CONFIG
+    configure_logging(args.log_level or config.daemon.log_level)
+    socket = args.socket or config.gateway.socket or config.daemon.socket
+    try:
+        asyncio.run(run_gateway(config, args.config, listen, socket))
+    except OSError as exc:
+        log.error("gateway.cannot_listen", listen=listen, reason=exc.strerror or str(exc))
+        return EXIT_UNAVAILABLE
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+def main() -> None:
+    """Console entry point."""
+    sys.exit(run())

@@ -1,0 +1,52 @@
+"""The gateway's Prometheus metrics (its own registry, served at /metrics)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+WAIT_BUCKETS = (0.001, 0.01, 0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
+
+
+class GatewayMetrics:
+    """Requests, how long they waited for their model, errors, and what is in flight."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "modeld_gateway_requests",
+            "Inference requests answered, by model, path and HTTP status.",
+            ["model", "path", "status"],
+            registry=self.registry,
+        )
+        self.load_wait = Histogram(
+            "modeld_gateway_load_wait_seconds",
+            "How long a request waited for its model to run (load, switch or its turn).",
+            ["model"],
+            buckets=WAIT_BUCKETS,
+            registry=self.registry,
+        )
+        self.errors = Counter(
+            "modeld_gateway_errors",
+            "Refused or failed requests, by error code.",
+            ["code"],
+            registry=self.registry,
+        )
+        self.in_flight = Gauge(
+            "modeld_gateway_requests_in_flight",
+            "Inference requests in flight (waiting for their model or being answered).",
+            registry=self.registry,
+        )
+        self.event_streams = Gauge(
+            "modeld_gateway_event_streams",
+            "Clients following /events.",
+            registry=self.registry,
+        )
+        self.hangups = Counter(
+            "modeld_gateway_client_hangups",
+            "Requests whose client went away before the answer ended.",
+            registry=self.registry,
+        )
+
+    def exposition(self) -> bytes:
+        """The text format."""
+        return generate_latest(self.registry)

@@ -1,0 +1,77 @@
+"""`GET /events`: modeld's events as server-sent events.
+
+Each stream has its own bounded queue (modeld.events): a slow reader loses its oldest
+events (the next says `dropped_before`), never holds anyone up, and is cut off when it
+does not read for WRITE_TIMEOUT_S. A comment line every KEEPALIVE_S keeps proxies from
+closing an idle stream and finds clients that left.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+from aiohttp import web
+
+from modeld.events import EventBus
+from modeld.gateway.errors import GatewayError
+from modeld.gateway.metrics import GatewayMetrics
+
+KEEPALIVE_S = 15.0
+WRITE_TIMEOUT_S = 30.0
+
+
+class EventStreams:
+    """Serves /events from the gateway's relay of the daemon's events."""
+
+    def __init__(self, bus: EventBus, metrics: GatewayMetrics, limit: int) -> None:
+        self._bus = bus
+        self._metrics = metrics
+        self._limit = limit
+        self._open = 0
+        self.closing = asyncio.Event()
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        """Stream events until the client leaves or the gateway stops."""
+        if self._open >= self._limit:
+            raise GatewayError(
+                "too_many_requests",
+                f"{self._open} event streams are open (max_event_streams)",
+                limit=self._limit,
+            )
+        response = web.StreamResponse(
+            headers={
+                "Content-Type": "text/event-stream",
+                "Cache-Control": "no-cache",
+                "X-Accel-Buffering": "no",  # nginx: do not buffer the stream
+            }
+        )
+        subscription = self._bus.subscribe()
+        self._open += 1
+        self._metrics.event_streams.inc()
+        closing = asyncio.ensure_future(self.closing.wait())
+        try:
+            await response.prepare(request)
+            await response.write(b": modeld events\n\n")
+            while not self.closing.is_set():
+                pending = asyncio.ensure_future(subscription.next())
+                done, _ = await asyncio.wait(
+                    {pending, closing}, timeout=KEEPALIVE_S, return_when=asyncio.FIRST_COMPLETED
+                )
+                if pending in done:
+                    # One `message` per event (its `type` is in the data), so a browser's
+                    # EventSource.onmessage sees them all.
+                    line = f"data: {json.dumps(pending.result())}\n\n"
+                    await asyncio.wait_for(response.write(line.encode()), WRITE_TIMEOUT_S)
+                else:
+                    pending.cancel()
+                    if closing not in done:
+                        await asyncio.wait_for(response.write(b": keepalive\n\n"), WRITE_TIMEOUT_S)
+        except (ConnectionResetError, TimeoutError):
+            pass  # the client left, or stopped reading
+        finally:
+            closing.cancel()
+            self._bus.unsubscribe(subscription)
+            self._open -= 1
+            self._metrics.event_streams.dec()
+        return response
