@@ -143,18 +143,21 @@ class GatewayServer:
 
     def __init__(self, gateway: Gateway, shutdown_timeout_s: float = 30.0) -> None:
         self.gateway = gateway
-        self._shutdown_timeout_s = shutdown_timeout_s
         # Cancel a request's handler when its client hangs up: its wait for a model, or
         # its upstream request, ends at once, and its lease with it.
-        self._runner = web.AppRunner(gateway.app, handler_cancellation=True, access_log=None)
+        self._runner = web.AppRunner(
+            gateway.app,
+            handler_cancellation=True,
+            access_log=None,
+            shutdown_timeout=shutdown_timeout_s,
+        )
         self._relay: asyncio.Task[None] | None = None
 
     async def start(self, host: str, port: int) -> None:
         """Listen; OSError when the address is taken."""
         await self._runner.setup()
         self._relay = asyncio.create_task(self.gateway.link.follow_events())
-        site = web.TCPSite(self._runner, host, port, shutdown_timeout=self._shutdown_timeout_s)
-        await site.start()
+        await web.TCPSite(self._runner, host, port).start()
 
     async def close(self) -> None:
         """Stop listening, let answers in flight end (up to the shutdown timeout), close

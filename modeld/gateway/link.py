@@ -80,6 +80,28 @@ async def _answer(client: Client, method: str, timeout: float, **params: Any) ->
         ) from None
 
 
+class Lease:
+    """A lease the gateway holds for one request."""
+
+    def __init__(self, client: Client, granted: dict[str, Any]) -> None:
+        self._client = client
+        self.granted = granted
+        self._released = False
+
+    async def release(self) -> None:
+        """End it (once; a no-op after). Answered inline by the daemon, so it is quick;
+        awaited, so the lease has ended before the answer does."""
+        if self._released:
+            return
+        self._released = True
+        if self._client.closed:
+            return  # it ended with the connection
+        with contextlib.suppress(GatewayError):
+            await asyncio.shield(
+                _answer(self._client, "release", CALL_TIMEOUT_S, lease=self.granted["lease"])
+            )
+
+
 class DaemonLink:
     """The gateway's side of the socket: calls, leases and events."""
 
@@ -96,9 +118,10 @@ class DaemonLink:
         return await _answer(await self._calls.client(), method, limit, **params)
 
     @contextlib.asynccontextmanager
-    async def lease(self, model: str, timeout_s: float) -> AsyncIterator[dict[str, Any]]:
-        """Hold a lease on `model` for the block: it runs, and is not evicted, until the
-        block ends. A block cancelled while it waits leaks nothing (Client.acquire)."""
+    async def lease(self, model: str, timeout_s: float) -> AsyncIterator[Lease]:
+        """Hold a lease on `model` for the block (or until its `release()`): the model
+        runs, and is not evicted, meanwhile. A block cancelled while it waits leaks
+        nothing (Client.acquire)."""
         client = await self._leases.client()
         try:
             async with asyncio.timeout(timeout_s + ANSWER_MARGIN_S):
@@ -111,16 +134,11 @@ class DaemonLink:
             raise GatewayError(
                 "timeout", f"{model} did not run within {timeout_s:g}s", model=model
             ) from None
+        lease = Lease(client, granted)
         try:
-            yield granted
+            yield lease
         finally:
-            if not client.closed:  # else the lease ended with the connection
-                # Answered inline by the daemon: quick, and awaited so that the lease
-                # has ended when the response does.
-                with contextlib.suppress(GatewayError):
-                    await asyncio.shield(
-                        _answer(client, "release", CALL_TIMEOUT_S, lease=granted["lease"])
-                    )
+            await lease.release()
 
     async def follow_events(self) -> None:
         """Forward the daemon's events to `events` for as long as the gateway runs,

@@ -19,7 +19,7 @@ from aiohttp import web
 
 from modeld.config import GatewayConfig
 from modeld.gateway.errors import GatewayError
-from modeld.gateway.link import DaemonLink
+from modeld.gateway.link import DaemonLink, Lease
 from modeld.gateway.metrics import GatewayMetrics
 
 log = structlog.get_logger("modeld.gateway.proxy")
@@ -139,18 +139,21 @@ class Proxy:
         self, request: web.Request, model: str, payload: dict[str, Any], body: bytes
     ) -> web.StreamResponse:
         started = time.monotonic()
-        async with self._link.lease(model, self._config.acquire_timeout_s) as granted:
+        async with self._link.lease(model, self._config.acquire_timeout_s) as lease:
             self._metrics.load_wait.labels(model).observe(time.monotonic() - started)
-            served = granted.get("served_model_name", model)
+            served = lease.granted.get("served_model_name", model)
             if served != model:
                 body = json.dumps({**payload, "model": served}).encode()
-            return await self._forward(request, str(granted["endpoint"]), model, body)
+            return await self._forward(request, lease, model, body)
 
     async def _forward(
-        self, request: web.Request, endpoint: str, model: str, body: bytes
+        self, request: web.Request, lease: Lease, model: str, body: bytes
     ) -> web.StreamResponse:
-        """Send the request to the backend; stream its answer back as it comes."""
+        """Send the request to the backend; stream its answer back as it comes (the
+        lease ends right after, with the block that holds it: a release before the last
+        byte would cost every answer a round trip to the daemon)."""
         assert self._session is not None, "start() first"
+        endpoint = str(lease.granted["endpoint"])
         headers = {name: request.headers[name] for name in FORWARDED if name in request.headers}
         url = endpoint.rstrip("/") + request.path_qs
         response: web.StreamResponse | None = None

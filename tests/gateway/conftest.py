@@ -1,0 +1,67 @@
+"""A gateway in front of a served daemon on the fake host (in-process, real sockets)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from modeld.config import Config, GatewayConfig
+from modeld.gateway.app import Gateway, GatewayServer
+from modeld.gateway.auth import Keys, read_keys
+from modeld.gateway.link import DaemonLink
+from modeld.supervisor import Supervisor
+from modeld.testing.fakes import FakeRuntime
+from modeld.testing.ports import free_port
+from tests.support import ServeFactory
+
+KEY = "sk-test-0123456789abcdef"
+
+
+@dataclass
+class Fronted:
+    """A daemon and the gateway in front of it."""
+
+    url: str
+    socket: Path
+    supervisor: Supervisor
+    runtime: FakeRuntime
+    server: GatewayServer
+
+    def leases(self, model: str) -> int:
+        """Leases held on `model` now."""
+        return int(self.supervisor.status()["models"][model]["leases"])
+
+
+GatewayFactory = Callable[..., Awaitable[Fronted]]
+
+
+@pytest.fixture
+async def fronted(serve: ServeFactory) -> AsyncIterator[GatewayFactory]:
+    """Start daemons with a gateway each: `await fronted(config, **gateway_settings)`."""
+    servers: list[GatewayServer] = []
+
+    async def start(config: Config, **settings: Any) -> Fronted:
+        socket, supervisor, runtime = await serve(config)
+        gateway_config = GatewayConfig(**settings)
+        keys = Keys(read_keys(gateway_config))
+        server = GatewayServer(Gateway(gateway_config, DaemonLink(socket), keys), 5.0)
+        port = free_port()
+        await server.start("127.0.0.1", port)
+        servers.append(server)
+        return Fronted(f"http://127.0.0.1:{port}", socket, supervisor, runtime, server)
+
+    yield start
+    for server in servers:
+        await server.close()
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    """A plain HTTP client."""
+    async with aiohttp.ClientSession() as session:
+        yield session

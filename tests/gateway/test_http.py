@@ -1,0 +1,266 @@
+"""The gateway over plain HTTP: keys, the allowlist, the seed's endpoints and shapes,
+bad bodies, hang-ups, events, metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from modeld.states import State
+from modeld.testing.fakes import Behaviour
+from tests.gateway.conftest import KEY, GatewayFactory
+from tests.gateway.test_openai import TWO, next_of
+from tests.support import SEED_GPU_FIELDS, SEED_MODEL_FIELDS, eventually, make_config, state_of
+
+AUTH = {"Authorization": f"Bearer {KEY}"}
+CHAT = {"model": "a", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
+
+
+async def test_every_endpoint_needs_a_key_when_keys_are_configured(
+    fronted: GatewayFactory, http: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    """With keys (inline or from a file), inference, status, switch, events, metrics and
+    health refuse a missing, malformed or wrong key with 401 and do nothing."""
+    keys_file = tmp_path / "keys"
+    keys_file.write_text("# one per line\nsk-from-file-0123456789\n")
+    front = await fronted(make_config(TWO, [80]), api_keys=[KEY], api_keys_file=keys_file)
+    calls = [
+        ("POST", "/v1/chat/completions", CHAT),
+        ("GET", "/v1/models", None),
+        ("GET", "/v1/models/status", None),
+        ("POST", "/v1/models/switch?target_model=a", None),
+        ("POST", "/v1/models/a/start", None),
+        ("GET", "/events", None),
+        ("GET", "/metrics", None),
+        ("GET", "/health", None),
+    ]
+    for header in (None, "Bearer", f"Basic {KEY}", "Bearer sk-not-the-key-000", f"Bearer {KEY}x"):
+        headers = {"Authorization": header} if header else {}
+        for method, path, body in calls:
+            async with http.request(method, front.url + path, json=body, headers=headers) as answer:
+                assert answer.status == 401, (header, path)
+                error = (await answer.json())["error"]  # the seed's shape, or OpenAI's
+                assert (error if isinstance(error, str) else error["code"]) == "unauthorized"
+    assert front.runtime.starts("a") == 0
+    for key in (KEY, "sk-from-file-0123456789"):
+        headers = {"Authorization": f"Bearer {key}"}
+        async with http.get(front.url + "/v1/models", headers=headers) as answer:
+            assert answer.status == 200
+
+
+async def test_only_inference_paths_reach_a_backend(
+    fronted: GatewayFactory, http: aiohttp.ClientSession
+) -> None:
+    """vLLM's admin endpoints (served by a dev-mode backend) are never reachable through
+    the gateway, however the path is spelled; the backend stays awake."""
+    config = make_config(
+        {"a": {"gpu_memory_gb": 50, "sleep_mode": True, "env": {"VLLM_SERVER_DEV_MODE": "1"}}},
+        [80],
+        park_ram_gb=100,
+    )
+    front = await fronted(config)
+    await front.supervisor.switch("a")
+    server = front.runtime.server("a")
+    for path in (
+        "/sleep?level=1",
+        "/wake_up",
+        "/is_sleeping",
+        "/collective_rpc",
+        "/reset_prefix_cache",
+        "/start_profile",
+        "/v1/chat/completions/../../sleep",
+        "/v1/%2e%2e/sleep",
+        "//sleep",
+        "/metrics/../sleep",
+    ):
+        async with http.post(front.url + path, json={"model": "a"}) as answer:
+            assert answer.status in (404, 405), path
+    assert not server.sleeping
+    async with http.post(front.url + "/v1/chat/completions", json=CHAT) as answer:
+        assert answer.status == 200
+
+
+async def test_the_seeds_endpoints_answer_with_the_seeds_fields(
+    fronted: GatewayFactory, http: aiohttp.ClientSession
+) -> None:
+    """`GET /v1/models/status` and `POST /v1/models/switch?target_model=` as the seed's
+    curl lines call them: the seed's fields, `already_loaded`, 404 for an unknown model
+    and a non-2xx refusal with the seed's numbers."""
+    config = make_config({**TWO, "huge": {"gpu_memory_gb": 90}}, [80])
+    front = await fronted(config, api_keys=[KEY])
+    async with http.get(front.url + "/v1/models/status", headers=AUTH) as answer:
+        status = await answer.json()
+    assert all(view.keys() >= SEED_MODEL_FIELDS for view in status["models"].values())
+    assert status["gpu"].keys() >= SEED_GPU_FIELDS
+    switch = front.url + "/v1/models/switch?target_model="
+    async with http.post(switch + "a", headers=AUTH) as answer:
+        assert answer.status == 200
+        done = await answer.json()
+    assert done["status"] == "success" and done["unloaded_models"] == []
+    assert done.keys() >= {"memory_info", "estimated_load_time_seconds"}
+    async with http.post(switch + "b", headers=AUTH) as answer:
+        assert (await answer.json())["unloaded_models"] == ["a"]
+    async with http.post(switch + "b", headers=AUTH) as answer:
+        assert (await answer.json())["status"] == "already_loaded"
+    async with http.post(switch + "nope", headers=AUTH) as answer:
+        assert answer.status == 404
+        assert "not found" in (await answer.json())["detail"]
+    async with http.post(switch + "huge", headers=AUTH) as answer:
+        assert answer.status == 503
+        refusal = await answer.json()
+    assert refusal["status"] == "error" and refusal["error"] == "insufficient_memory"
+    assert refusal.keys() >= {"required_gb", "available_gb", "freed_gb", "total_available_gb"}
+    assert state_of(front.supervisor, "b") is State.RUNNING  # the refusal changed nothing
+
+
+async def test_start_stop_restart_over_http(
+    fronted: GatewayFactory, http: aiohttp.ClientSession
+) -> None:
+    """One model's start, restart and stop as HTTP posts."""
+    front = await fronted(make_config(TWO, [80]))
+    for action, state in (("start", State.RUNNING), ("restart", State.RUNNING)):
+        async with http.post(f"{front.url}/v1/models/a/{action}") as answer:
+            assert answer.status == 200, await answer.text()
+        assert state_of(front.supervisor, "a") is state
+    assert front.runtime.starts("a") == 2
+    async with http.post(f"{front.url}/v1/models/a/stop") as answer:
+        assert (await answer.json())["status"] == "stopped"
+    async with http.post(f"{front.url}/v1/models/a/start") as answer:
+        pass
+    async with http.post(f"{front.url}/v1/models/b/start") as answer:
+        assert answer.status == 503  # start never stops anything to make room
+        assert (await answer.json())["would_stop"] == ["a"]
+
+
+async def test_bad_bodies_get_400_and_touch_nothing(
+    fronted: GatewayFactory, http: aiohttp.ClientSession
+) -> None:
+    """Not JSON, not an object, no model, a model of the wrong type, a body over the
+    limit: each a clear error, and no model is started."""
+    front = await fronted(make_config(TWO, [80]), max_body_bytes=4096)
+    url = front.url + "/v1/chat/completions"
+    for body, status in (
+        (b"{not json", 400),
+        (b"[1, 2]", 400),
+        (b'{"messages": []}', 400),
+        (b'{"model": 7}', 400),
+        (b'{"model": ""}', 400),
+        (json.dumps({"model": "a", "pad": "x" * 5000}).encode(), 413),
+    ):
+        headers = {"Content-Type": "application/json"}
+        async with http.post(url, data=body, headers=headers) as answer:
+            assert answer.status == status, body[:40]
+            error = (await answer.json())["error"]
+            assert error["type"] == "invalid_request_error" and error["message"]
+    assert front.runtime.starts("a") == 0
+
+
+async def test_a_client_that_hangs_up_mid_stream_releases_at_once(
+    fronted: GatewayFactory, http: aiohttp.ClientSession
+) -> None:
+    """The client goes away mid-answer: the upstream request is cancelled and the lease
+    ends, so a switch needing the model goes through without a drain."""
+    front = await fronted(make_config(TWO, [80]))
+    await front.supervisor.switch("a")
+    server = front.runtime.server("a")
+    server.token_seconds = 0.05
+    body = {**CHAT, "max_tokens": 10_000, "stream": True}
+    answer = await http.post(front.url + "/v1/chat/completions", json=body)
+    assert (await answer.content.readline()).startswith(b"data: ")
+    assert front.leases("a") == 1
+    answer.close()  # hang up
+
+    async def released() -> bool:
+        return front.leases("a") == 0
+
+    await eventually(released, timeout=10)
+    result = await asyncio.wait_for(front.supervisor.switch("b"), 10)
+    assert result["unloaded_models"] == ["a"]
+
+
+async def test_a_client_that_hangs_up_while_its_model_loads_leaks_no_lease(
+    fronted: GatewayFactory, http: aiohttp.ClientSession
+) -> None:
+    """Gone before its model ran: the lease granted when the load ends is released, and
+    nothing holds the model."""
+    front = await fronted(make_config(TWO, [80]))
+    front.runtime.behaviour["a"] = Behaviour(load_seconds=0.5)
+    events = front.supervisor.subscribe()
+    request = asyncio.create_task(http.post(front.url + "/v1/chat/completions", json=CHAT))
+    await next_of(events, "state", model="a", to_state="loading")
+    request.cancel()
+    await next_of(events, "state", model="a", to_state="running")
+
+    async def released() -> bool:
+        view = front.supervisor.status()["models"]["a"]
+        return bool(view["leases"] == 0 and view["waiting"] == 0)
+
+    await eventually(released, timeout=10)
+
+
+async def test_models_busy_and_load_failures_have_their_own_statuses(
+    fronted: GatewayFactory, http: aiohttp.ClientSession
+) -> None:
+    """A switch that cannot drain in time is 409 `models_busy` naming the busy model; a
+    request whose model fails to load is 503 `load_failed` with the daemon's reason."""
+    front = await fronted(make_config(TWO, [80], drain_timeout_s=0.2))
+    held = await front.supervisor.acquire("a", owner=1)
+    async with http.post(front.url + "/v1/models/switch?target_model=b") as answer:
+        assert answer.status == 409
+        refusal = await answer.json()
+    assert refusal["error"] == "models_busy" and refusal["busy"] == {"a": 1}
+    assert answer.headers["Retry-After"]
+    front.supervisor.release(held["lease"], owner=1)
+    await front.supervisor.stop("a")
+    front.runtime.behaviour["b"] = Behaviour(exit_code=3)
+    async with http.post(front.url + "/v1/chat/completions", json={**CHAT, "model": "b"}) as answer:
+        assert answer.status == 503
+        error = (await answer.json())["error"]
+    assert error["code"] == "load_failed" and error["exit_code"] == 3
+    assert "last_lines" not in error.get("failure", {})
+
+
+async def test_events_stream_the_daemons_events(
+    fronted: GatewayFactory, http: aiohttp.ClientSession
+) -> None:
+    """`GET /events` is a server-sent event stream of modeld's events: a switch made
+    elsewhere shows there as it happens."""
+    front = await fronted(make_config(TWO, [80]))
+    await asyncio.wait_for(front.server.gateway.link.connected.wait(), 10)
+    async with http.get(front.url + "/events") as stream:
+        assert stream.headers["Content-Type"].startswith("text/event-stream")
+        assert await stream.content.readline() == b": modeld events\n"
+        await front.supervisor.switch("a")
+        seen: list[dict[str, Any]] = []
+        async for line in stream.content:
+            if line.startswith(b"data: "):
+                seen.append(json.loads(line[6:]))
+                if seen[-1].get("to_state") == "running":
+                    break
+    assert [(e["type"], e.get("to_state")) for e in seen if e["type"] == "state"] == [
+        ("state", "loading"),
+        ("state", "running"),
+    ]
+
+
+async def test_metrics_count_requests_waits_and_errors(
+    fronted: GatewayFactory, http: aiohttp.ClientSession
+) -> None:
+    """/metrics: requests by model and status, load waits, errors by code."""
+    front = await fronted(make_config(TWO, [80]))
+    async with http.post(front.url + "/v1/chat/completions", json=CHAT) as answer:
+        assert answer.status == 200
+    async with http.post(front.url + "/v1/chat/completions", json={"model": "x"}) as answer:
+        assert answer.status == 404
+    async with http.get(front.url + "/metrics") as answer:
+        text = await answer.text()
+    assert (
+        'modeld_gateway_requests_total{model="a",path="/v1/chat/completions",status="200"} 1.0'
+        in text
+    )
+    assert 'modeld_gateway_load_wait_seconds_count{model="a"} 1.0' in text
+    assert 'modeld_gateway_errors_total{code="unknown_model"} 1.0' in text
