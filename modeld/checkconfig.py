@@ -59,6 +59,17 @@ def explain(config: Config, totals: Mapping[int, float] | None, learned: Learned
             )
     budget = config.daemon.park_ram_gb
     lines.append(f"parking: {'off' if not budget else f'up to {budget:g} GB of host RAM'}")
+    gateway = config.gateway
+    keys = len(gateway.api_keys) + (gateway.api_keys_file is not None)
+    lines.append(
+        f"gateway (modeld-gateway): listens on {gateway.listen}; "
+        + (
+            f"API keys required ({len(gateway.api_keys)} inline"
+            + (f", and those in {gateway.api_keys_file})" if gateway.api_keys_file else ")")
+            if keys
+            else "no API keys"
+        )
+    )
     lines += [f"warning: {w}" for w in config_warnings(config)]
     return lines
 

@@ -324,6 +324,13 @@ def config_warnings(config: Config) -> list[str]:
                     f"models.{name}.ports: {spec!r} publishes the backend on {parts[0]}, "
                     "beyond loopback: anyone who reaches it can use the model without modeld"
                 )
+    gateway = config.gateway
+    host = gateway.listen.rpartition(":")[0].strip("[]")
+    if not _loopback(host) and not gateway.api_keys and gateway.api_keys_file is None:
+        warnings.append(
+            f"gateway.listen: {gateway.listen} is beyond loopback and no api_keys are set: "
+            "anyone who reaches it can load, switch and stop models"
+        )
     return warnings
 
 

@@ -87,7 +87,7 @@ def private_copy(config: Path, directory: Path, fresh_ports: bool = False) -> Pa
         flags=re.MULTILINE,
     )
     if fresh_ports:
-        for port in set(re.findall(r'"http://127\.0\.0\.1:(\d+)"', text)):
+        for port in set(re.findall(r'"(?:http://)?127\.0\.0\.1:(\d+)"', text)):
             new = str(free_port())
             text = text.replace(f'"{port}"', f'"{new}"').replace(f':{port}"', f':{new}"')
     copy = directory / config.name

@@ -204,10 +204,9 @@ def unit_dir(tmp_path: Path) -> Path:
     """The shipped units, with ExecStart pointing at this installation's modeld."""
     executable = Path(sys.executable).parent / "modeld"
     assert executable.exists(), "install modeld (pip install -e .) to check the unit"
-    text = (UNITS / "modeld.service").read_text()
-    (tmp_path / "modeld.service").write_text(
-        text.replace("/opt/modeld/bin/modeld", str(executable))
-    )
+    for unit in ("modeld.service", "modeld-gateway.service"):
+        text = (UNITS / unit).read_text()
+        (tmp_path / unit).write_text(text.replace("/opt/modeld/bin/", f"{executable.parent}/"))
     shutil.copy(UNITS / "modeld.socket", tmp_path / "modeld.socket")
     return tmp_path
 
@@ -223,16 +222,18 @@ def systemd_analyze(unit_dir: Path, *args: str) -> subprocess.CompletedProcess[s
 
 
 def test_units_verify_clean(unit_dir: Path) -> None:
-    """`systemd-analyze verify` finds nothing to say about either unit."""
-    result = systemd_analyze(unit_dir, "verify", "modeld.socket", "modeld.service")
+    """`systemd-analyze verify` finds nothing to say about the units."""
+    units = ("modeld.socket", "modeld.service", "modeld-gateway.service")
+    result = systemd_analyze(unit_dir, "verify", *units)
     assert result.returncode == 0, result.stderr
     assert "modeld" not in result.stderr, result.stderr
 
 
-def test_service_exposure_at_most_2(unit_dir: Path) -> None:
-    """`systemd-analyze security --offline=true` rates the service 2.0 or better."""
-    result = systemd_analyze(unit_dir, "security", "--offline=true", "modeld.service")
-    found = re.search(r"Overall exposure level for modeld.service: (\d+\.\d)", result.stdout)
+@pytest.mark.parametrize("unit", ["modeld.service", "modeld-gateway.service"])
+def test_service_exposure_at_most_2(unit_dir: Path, unit: str) -> None:
+    """`systemd-analyze security --offline=true` rates each service 2.0 or better."""
+    result = systemd_analyze(unit_dir, "security", "--offline=true", unit)
+    found = re.search(rf"Overall exposure level for {unit}: (\d+\.\d)", result.stdout)
     assert found, result.stdout + result.stderr
     assert float(found.group(1)) <= 2.0
 
@@ -240,6 +241,7 @@ def test_service_exposure_at_most_2(unit_dir: Path) -> None:
 def test_service_is_bounded_in_memory_tasks_and_files() -> None:
     """A runaway daemon (or a flood that got past its limits) hits the unit's ceilings
     before it hurts the host's models."""
-    unit = (ROOT / "systemd" / "modeld.service").read_text()
-    for limit in ("MemoryMax=", "TasksMax=", "LimitNOFILE="):
-        assert re.search(rf"^{limit}\S+", unit, re.M), limit
+    for name in ("modeld.service", "modeld-gateway.service"):
+        unit = (ROOT / "systemd" / name).read_text()
+        for limit in ("MemoryMax=", "TasksMax=", "LimitNOFILE="):
+            assert re.search(rf"^{limit}\S+", unit, re.M), (name, limit)

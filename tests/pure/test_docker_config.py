@@ -95,3 +95,17 @@ def test_risky_exposure_is_warned_about() -> None:
     assert all(w.startswith("models.open") for w in warnings)
     assert any("VLLM_SERVER_DEV_MODE" in w for w in warnings)
     assert any("0.0.0.0" in w for w in warnings)
+
+
+def test_a_gateway_open_beyond_loopback_without_keys_is_warned_of() -> None:
+    """`[gateway] listen` beyond loopback with no API keys: a warning (check-config and the
+    daemon's start say it); with keys, or on loopback, none."""
+    models = {"m": {"image": "vllm/vllm-openai:latest", "endpoint": "http://127.0.0.1:8000"}}
+
+    def warned(gateway: dict[str, object]) -> list[str]:
+        return config_warnings(parse_config({"models": models, "gateway": gateway}))
+
+    assert [w.split(":")[0] for w in warned({"listen": "0.0.0.0:8080"})] == ["gateway.listen"]
+    assert warned({"listen": "0.0.0.0:8080", "api_keys": ["sk-0123456789"]}) == []
+    assert warned({"listen": "127.0.0.1:8080"}) == []
+    assert warned({}) == []

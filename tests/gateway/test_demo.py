@@ -1,0 +1,107 @@
+"""The daemon and the gateway as a user runs them: real processes on the demo config,
+called with `curl` (the seed's lines) and the `openai` package."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import openai
+import pytest
+
+from modeld.demo import DEMO_CONFIG, private_copy
+from modeld.testing.ports import wait_until
+
+SEED_KEY = "sk-local-2ac9387d659f7131f38d83e5f7bee469"
+BIN = Path(sys.executable).parent
+
+
+@pytest.fixture
+def demo_gateway(tmp_path: Path) -> Iterator[str]:
+    """`modeld` and `modeld-gateway` on a private copy of the demo config; its URL."""
+    config = private_copy(DEMO_CONFIG, tmp_path, fresh_ports=True)
+    socket = tmp_path / "modeld.sock"
+    listen = re.search(r'^listen = "(.*)"$', config.read_text(), re.M)
+    assert listen is not None
+    logs = [(tmp_path / name).open("w") for name in ("modeld.log", "gateway.log")]
+    daemon = subprocess.Popen(
+        [BIN / "modeld", "--config", config, "--socket", socket], stderr=logs[0]
+    )
+    gateway = subprocess.Popen(
+        [BIN / "modeld-gateway", "--config", config, "--socket", socket], stderr=logs[1]
+    )
+    url = f"http://{listen.group(1)}"
+
+    def answers() -> bool:
+        assert daemon.poll() is None, (tmp_path / "modeld.log").read_text()
+        assert gateway.poll() is None, (tmp_path / "gateway.log").read_text()
+        done = subprocess.run(
+            ["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "-H",
+             f"Authorization: Bearer {SEED_KEY}", f"{url}/health"],
+            capture_output=True, text=True, timeout=30,
+        )  # fmt: skip
+        return done.stdout == "200"
+
+    try:
+        wait_until(answers, "the gateway answering /health")
+        yield url
+    finally:
+        for process in (gateway, daemon):
+            process.terminate()
+            process.wait(timeout=60)
+        for log in logs:
+            log.close()
+
+
+def curl(*args: str) -> Any:
+    """Run curl with the seed's key; its JSON answer."""
+    done = subprocess.run(
+        ["curl", "-s", "-f", "-H", f"Authorization: Bearer {SEED_KEY}", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    return json.loads(done.stdout)
+
+
+@pytest.mark.skipif(shutil.which("curl") is None, reason="needs curl")
+def test_the_seeds_curl_lines_and_the_openai_package_on_the_demo(demo_gateway: str) -> None:
+    """The seed's two curl lines answer with its fields; the openai package gets answers
+    from demo-chat and demo-large (which cannot share the GPU with both others), the
+    gateway switching by the request's model, streamed and not."""
+    status = curl(f"{demo_gateway}/v1/models/status")
+    assert set(status["models"]) == {"demo-chat", "demo-coder", "demo-large"}
+    assert {"used_gb", "total_gb", "available_gb"} <= set(status["gpu"])
+    switched = curl("-X", "POST", f"{demo_gateway}/v1/models/switch?target_model=demo-coder")
+    assert switched["status"] == "success"
+
+    api = openai.OpenAI(base_url=f"{demo_gateway}/v1", api_key=SEED_KEY, max_retries=0)
+    chat = api.chat.completions.create(
+        model="demo-chat", messages=[{"role": "user", "content": "hi"}], max_tokens=3
+    )
+    assert chat.choices[0].message.content == "demo-chat ok ok"
+    pieces = [
+        chunk.choices[0].delta.content or ""
+        for chunk in api.chat.completions.create(
+            model="demo-large",
+            messages=[{"role": "user", "content": "hi"}],
+            max_tokens=5,
+            stream=True,
+        )
+        if chunk.choices
+    ]
+    assert "".join(pieces) == "demo-large ok ok ok ok"
+    states = {m["id"]: m["status"] for m in curl(f"{demo_gateway}/v1/models")["data"]}
+    assert states["demo-large"] == "running"
+    assert states["demo-chat"] == "sleeping"  # parked to make room
+    again = api.chat.completions.create(
+        model="demo-chat", messages=[{"role": "user", "content": "back"}], max_tokens=1
+    )
+    assert again.model == "demo-chat"
