@@ -137,6 +137,7 @@ class RpcServer:
             reserved=min(RESERVED_CONNECTIONS, max_connections // 4),
         )
         self._connections = 0
+        self._open: set[_Connection] = set()
         self._per_uid: Counter[int | None] = Counter()
         self._path = path
         self._mode = mode
@@ -214,6 +215,10 @@ class RpcServer:
                 self._server.close()
                 if self._requests:
                     await asyncio.wait(self._requests, timeout=grace_s)
+                # Then the clients are told, by their connection closing, that this
+                # daemon is gone (a gateway reconnects to the next one).
+                for connection in list(self._open):
+                    connection.writer.close()
         finally:
             if self._made is not None:
                 self._remove_own_socket()
@@ -260,6 +265,7 @@ class RpcServer:
             return
         self._connections += 1
         self._per_uid[caller.uid] += 1
+        self._open.add(connection)
         attach = functools.partial(self.attach, connection)
         follow = functools.partial(self.follow, connection)
         owner = id(connection)
@@ -281,6 +287,7 @@ class RpcServer:
             self._end_subscription(connection)  # in case a subscribe was still on its way
             self._end_follows(connection)
             self._supervisor.release_owner(owner)  # in case an acquire was still on its way
+            self._open.discard(connection)
             self._connections -= 1
             self._per_uid[caller.uid] -= 1
             if not self._per_uid[caller.uid]:

@@ -10,11 +10,24 @@ from typing import Any
 
 import aiohttp
 
+from modeld.config import GatewayConfig
+from modeld.gateway.app import Gateway, GatewayServer
+from modeld.gateway.auth import Keys
+from modeld.gateway.link import DaemonLink
+from modeld.server import RpcServer
 from modeld.states import State
 from modeld.testing.fakes import Behaviour
+from modeld.testing.ports import free_port
 from tests.gateway.conftest import KEY, GatewayFactory
 from tests.gateway.test_openai import TWO, next_of
-from tests.support import SEED_GPU_FIELDS, SEED_MODEL_FIELDS, eventually, make_config, state_of
+from tests.support import (
+    SEED_GPU_FIELDS,
+    SEED_MODEL_FIELDS,
+    SupervisorFactory,
+    eventually,
+    make_config,
+    state_of,
+)
 
 AUTH = {"Authorization": f"Bearer {KEY}"}
 CHAT = {"model": "a", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
@@ -264,3 +277,34 @@ async def test_metrics_count_requests_waits_and_errors(
     )
     assert 'modeld_gateway_load_wait_seconds_count{model="a"} 1.0' in text
     assert 'modeld_gateway_errors_total{code="unknown_model"} 1.0' in text
+
+
+async def test_the_gateway_reconnects_when_the_daemon_restarts(
+    supervised: SupervisorFactory, http: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    """The daemon goes away: requests get 503 `daemon_unreachable` (not a hang); when it
+    is back on its socket, requests and the event relay work again, untouched."""
+    supervisor, _, _ = await supervised(make_config(TWO, [80]))
+    socket = tmp_path / "modeld.sock"
+    daemon = RpcServer(supervisor, socket)
+    await daemon.start()
+    link = DaemonLink(socket)
+    server = GatewayServer(Gateway(GatewayConfig(), link, Keys([])), 5.0)
+    port = free_port()
+    await server.start("127.0.0.1", port)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        async with http.post(url + "/v1/chat/completions", json=CHAT) as answer:
+            assert answer.status == 200
+        await daemon.close()
+        async with http.post(url + "/v1/chat/completions", json=CHAT) as answer:
+            assert answer.status == 503
+            assert (await answer.json())["error"]["code"] == "daemon_unreachable"
+        daemon = RpcServer(supervisor, socket)
+        await daemon.start()
+        async with http.post(url + "/v1/chat/completions", json=CHAT) as answer:
+            assert answer.status == 200
+        await asyncio.wait_for(link.connected.wait(), 30)  # the relay subscribed again
+    finally:
+        await server.close()
+        await daemon.close()
