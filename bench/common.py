@@ -112,6 +112,7 @@ def write_config(
     gb_each: float = 8.0,
     release_delay_s: float = 0.0,
     socket_group: str | None = None,
+    backend_args: tuple[str, ...] = (),
 ) -> list[int]:
     """A process-runtime config of `models` fake vLLM models; their ports."""
 
@@ -134,7 +135,9 @@ def write_config(
             f'[models."m{index}"]',
             'runtime = "process"',
             f'command = ["modeld-fake-vllm", "--model", "m{index}", "--port", "{port}", '
-            f'"--load-seconds", "{load_seconds}"]',
+            f'"--load-seconds", "{load_seconds}"'
+            + "".join(f', "{arg}"' for arg in backend_args)
+            + "]",
             f'endpoint = "http://127.0.0.1:{port}"',
             f"gpu_memory_gb = {gb_each}",
             "load_timeout_s = 60",

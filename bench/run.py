@@ -8,6 +8,7 @@ from pathlib import Path
 
 from bench import (
     footprint,
+    gateway,
     hostile,
     leases,
     memory_wait,
@@ -18,7 +19,17 @@ from bench import (
 )
 from bench.common import Report, machine
 
-BENCHES = [rpc, switch_overhead, memory_wait, parking, leases, footprint, hostile, traces]
+BENCHES = [
+    rpc,
+    switch_overhead,
+    memory_wait,
+    parking,
+    leases,
+    gateway,
+    footprint,
+    hostile,
+    traces,
+]
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 
 

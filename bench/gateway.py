@@ -1,0 +1,197 @@
+"""modeld-gateway against the same fake vLLM backend reached directly (model loaded).
+
+- Non-streamed completion: latency through the gateway and direct, request by request
+  in turn on one keep-alive session each. Target: added p50 <= 1 ms.
+- Streamed chat completion: time to the first data chunk, the same way. Target: added
+  p50 <= 1 ms.
+- 64 concurrent streams from a backend that paces its tokens as an LLM does (10 ms
+  apart): chunks per second through the gateway against direct. Target: >= 90 %.
+  Unpaced (as fast as the fake can send) is reported too: there the gateway's own CPU
+  cost per chunk shows.
+
+Every request through the gateway takes and releases a lease on the daemon.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import aiohttp
+
+from bench.common import Report, cli, figure, write_config
+from modeld.client import call
+from modeld.testing.ports import free_port, wait_listening, wait_until
+
+COMPLETION = {"model": "m0", "prompt": "hi", "max_tokens": 4}
+STREAM = {"model": "m0", "messages": [{"role": "user", "content": "hi"}], "stream": True}
+
+
+@contextmanager
+def stack(token_seconds: float) -> Iterator[tuple[str, str]]:
+    """modeld with one fake model (loaded) and modeld-gateway in front: the backend's
+    URL and the gateway's."""
+    with tempfile.TemporaryDirectory(prefix="modeld-bench-") as tmp:
+        socket, config = Path(tmp) / "modeld.sock", Path(tmp) / "modeld.toml"
+        args = ("--token-seconds", str(token_seconds), "--request-seconds", "0")
+        ports = write_config(config, 1, socket, backend_args=args)
+        env = {**os.environ, "MODELD_LOG_LEVEL": "warning"}
+        bin_dir = Path(sys.executable).parent
+        daemon = subprocess.Popen(
+            [bin_dir / "modeld", "--config", config], stderr=subprocess.DEVNULL, env=env
+        )
+        listen = f"127.0.0.1:{free_port()}"
+        gateway = subprocess.Popen(
+            [
+                str(bin_dir / "modeld-gateway"),
+                "--config",
+                str(config),
+                "--listen",
+                listen,
+                "--socket",
+                str(socket),
+            ],  # fmt: skip
+            stderr=subprocess.DEVNULL,
+            env=env,
+        )
+        try:
+            wait_listening(socket, alive=lambda: daemon.poll() is None)
+            asyncio.run(call("switch", socket, model="m0"))
+            wait_until(lambda: _answers(f"http://{listen}/health"), "the gateway")
+            yield f"http://127.0.0.1:{ports[0]}", f"http://{listen}"
+        finally:
+            for process in (gateway, daemon):
+                process.terminate()
+                process.wait(timeout=60)
+
+
+def _answers(url: str) -> bool:
+    async def probe() -> bool:
+        try:
+            async with aiohttp.ClientSession() as http, http.get(url) as answer:
+                return answer.status == 200
+        except aiohttp.ClientError:
+            return False
+
+    return asyncio.run(probe())
+
+
+async def latencies(urls: list[str], count: int, streamed: bool) -> list[list[float]]:
+    """Per URL, `count` request times in ms (to the whole answer, or to the first
+    streamed chunk), taking turns so both see the same machine."""
+    samples: list[list[float]] = [[] for _ in urls]
+    sessions = [aiohttp.ClientSession() for _ in urls]
+    path = "/v1/chat/completions" if streamed else "/v1/completions"
+    body = {**STREAM, "max_tokens": 4} if streamed else COMPLETION
+    try:
+        for round_ in range(count + 20):
+            for index, (url, http) in enumerate(zip(urls, sessions, strict=True)):
+                started = time.perf_counter()
+                async with http.post(url + path, json=body) as answer:
+                    if streamed:
+                        await answer.content.readline()
+                        elapsed = time.perf_counter() - started
+                        await answer.read()
+                    else:
+                        await answer.read()
+                        elapsed = time.perf_counter() - started
+                    assert answer.status == 200
+                if round_ >= 20:  # warm-up rounds are not counted
+                    samples[index].append(elapsed * 1000)
+    finally:
+        for http in sessions:
+            await http.close()
+    return samples
+
+
+async def stream_throughput(url: str, streams: int, tokens: int) -> float:
+    """Chunks per second received over `streams` concurrent streamed answers."""
+    body = {**STREAM, "max_tokens": tokens}
+    connector = aiohttp.TCPConnector(limit=streams)
+    async with aiohttp.ClientSession(connector=connector) as http:
+
+        async def one() -> int:
+            chunks = 0
+            async with http.post(url + "/v1/chat/completions", json=body) as answer:
+                async for line in answer.content:
+                    if line.startswith(b"data: {"):
+                        json.loads(line[6:])
+                        chunks += 1
+            return chunks
+
+        started = time.perf_counter()
+        received = sum(await asyncio.gather(*(one() for _ in range(streams))))
+        return received / (time.perf_counter() - started)
+
+
+def _added(report: Report, name: str, direct: list[float], gated: list[float]) -> None:
+    """The baseline and the gateway's figure, with the added p50 against its target."""
+    base = report.add(figure(f"{name}, direct (baseline)", "ms", direct))
+    added = statistics.median(gated) - base.median
+    result = figure(
+        f"{name} through the gateway",
+        "ms",
+        gated,
+        baseline=base.median,
+        target="added p50 <= 1 ms",
+        notes=f"added p50 {added:.3f} ms (a lease taken and released per request)",
+    )
+    result.met = added <= 1.0
+    report.add(result)
+
+
+def _throughput(report: Report, name: str, rates: list[float], target: bool) -> None:
+    """Rates taken in turns, direct then through: the baseline and the gateway's."""
+    base = report.add(figure(f"{name}, direct (baseline)", "chunks/s", rates[0::2]))
+    result = figure(
+        f"{name}, through the gateway",
+        "chunks/s",
+        rates[1::2],
+        baseline=base.median,
+        target=">= 0.9x direct" if target else "",
+        notes=""
+        if target
+        else "the fake sends as fast as it can: the gateway's CPU per chunk shows",
+    )
+    result.met = result.median >= 0.9 * base.median if target else None
+    report.add(result)
+
+
+def run(quick: bool) -> Report:
+    """Measure the gateway's added latency and its streaming throughput."""
+    report = Report("gateway")
+    count = 100 if quick else 2000
+    rounds = 1 if quick else 3
+    with stack(token_seconds=0.0) as (direct, through):
+        urls = [direct, through]
+        _added(report, "completion", *asyncio.run(latencies(urls, count, streamed=False)))
+        _added(report, "first streamed chunk", *asyncio.run(latencies(urls, count, True)))
+        rates = [asyncio.run(stream_throughput(u, 64, 100)) for _ in range(rounds) for u in urls]
+        _throughput(report, "64 streams unpaced", rates, target=False)
+    with stack(token_seconds=0.01) as (direct, through):
+        tokens = 50 if quick else 200
+        rates = [
+            asyncio.run(stream_throughput(u, 64, tokens))
+            for _ in range(rounds)
+            for u in (direct, through)
+        ]
+        _throughput(report, "64 streams, 10 ms/token", rates, target=True)
+    return report
+
+
+def main() -> None:
+    """Run alone: `python -m bench.gateway [--quick]`."""
+    cli(run, __doc__)
+
+
+if __name__ == "__main__":
+    main()
