@@ -59,7 +59,7 @@ def stack(token_seconds: float) -> Iterator[tuple[str, str]]:
                 listen,
                 "--socket",
                 str(socket),
-            ],  # fmt: skip
+            ],
             stderr=subprocess.DEVNULL,
             env=env,
         )

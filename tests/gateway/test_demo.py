@@ -41,11 +41,11 @@ def demo_gateway(tmp_path: Path) -> Iterator[str]:
     def answers() -> bool:
         assert daemon.poll() is None, (tmp_path / "modeld.log").read_text()
         assert gateway.poll() is None, (tmp_path / "gateway.log").read_text()
+        probe = ["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}"]
+        auth = ["-H", f"Authorization: Bearer {SEED_KEY}"]
         done = subprocess.run(
-            ["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "-H",
-             f"Authorization: Bearer {SEED_KEY}", f"{url}/health"],
-            capture_output=True, text=True, timeout=30,
-        )  # fmt: skip
+            [*probe, *auth, f"{url}/health"], capture_output=True, text=True, timeout=30
+        )
         return done.stdout == "200"
 
     try:
