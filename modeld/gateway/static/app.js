@@ -1,0 +1,391 @@
+// modeld dashboard: every model, the GPU's memory, one-click switch and stop, live.
+// It reads /v1/models/status, follows /events (server-sent events, read with fetch so
+// the API key can travel in a header), and posts the seed's switch and the stop
+// endpoint. Text from the daemon is only ever set as textContent, never as HTML.
+
+const KEY_STORE = "modeld.apiKey";
+const STEPS = 200; // ms between progress redraws while something loads
+
+let apiKey = localStorage.getItem(KEY_STORE) || "";
+let status = null;
+// Per model: what it is doing now, from events ("stopping demo-chat", "waking", ...),
+// and when its load began by this browser's clock.
+const steps = new Map();
+const loadStarted = new Map();
+const busy = new Set(); // models with an action of ours in flight
+let keyWanted = null; // resolves when the user saves a key
+
+class Unauthorized extends Error {}
+
+const $ = (selector) => document.querySelector(selector);
+
+function el(tag, attributes = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [name, value] of Object.entries(attributes)) {
+    if (name === "text") node.textContent = value;
+    else if (name === "class") node.className = value;
+    else if (value !== undefined && value !== null && value !== false) node.setAttribute(name, value);
+  }
+  for (const child of children) if (child) node.append(child);
+  return node;
+}
+
+const gb = (value) => (value === null || value === undefined ? "–" : `${Number(value).toFixed(1)} GB`);
+const seconds = (value) => (value === null || value === undefined ? "–" : `${Number(value).toFixed(1)} s`);
+
+async function api(path, options = {}) {
+  const headers = { ...(options.headers || {}) };
+  if (apiKey) headers.Authorization = `Bearer ${apiKey}`;
+  const response = await fetch(path, { ...options, headers });
+  if (response.status === 401) {
+    askForKey(apiKey ? "The key was refused: enter another." : "This gateway needs an API key.");
+    throw new Unauthorized();
+  }
+  return response;
+}
+
+function askForKey(message) {
+  const dialog = $("#key-dialog");
+  $("#key-message").textContent = message;
+  if (!dialog.open) {
+    $("#key-input").value = "";
+    dialog.showModal();
+  }
+  if (!keyWanted) {
+    let resolve;
+    keyWanted = new Promise((done) => (resolve = done));
+    keyWanted.resolve = resolve;
+  }
+  return keyWanted;
+}
+
+function setupKeyDialog() {
+  const dialog = $("#key-dialog");
+  $("#key-form").addEventListener("submit", () => {
+    // The browser keeps it for next time (localStorage of this origin only).
+    apiKey = $("#key-input").value.trim();
+    localStorage.setItem(KEY_STORE, apiKey);
+    setConnection("checking the key…");
+    const waiting = keyWanted;
+    keyWanted = null;
+    if (waiting) waiting.resolve();
+    refresh().catch(() => {});
+  });
+  $("#key-cancel").addEventListener("click", () => dialog.close());
+  $("#key-button").addEventListener("click", () => askForKey("Enter the API key to use."));
+}
+
+function setConnection(text) {
+  $("#connection").textContent = text;
+}
+
+function notice(text, isError) {
+  const box = $("#notice");
+  box.textContent = text;
+  box.className = isError ? "error" : "";
+  box.hidden = !text;
+}
+
+// ---- state --------------------------------------------------------------------
+
+let refreshing = null;
+let refreshAgain = false;
+
+async function refresh() {
+  // One status read at a time; events during it ask for one more afterwards.
+  if (refreshing) {
+    refreshAgain = true;
+    return refreshing;
+  }
+  refreshing = (async () => {
+    do {
+      refreshAgain = false;
+      const response = await api("/v1/models/status");
+      if (!response.ok) throw new Error(`status: HTTP ${response.status}`);
+      status = await response.json();
+      render();
+    } while (refreshAgain);
+  })();
+  try {
+    await refreshing;
+  } finally {
+    refreshing = null;
+  }
+}
+
+function describe(event) {
+  switch (event.type) {
+    case "switch.plan": {
+      const parts = [];
+      if (event.stop && event.stop.length) parts.push(`stopping ${event.stop.join(", ")}`);
+      if (event.park && event.park.length) parts.push(`parking ${event.park.join(", ")}`);
+      return parts.length ? parts.join("; ") : "room is free";
+    }
+    case "drain":
+      return `waiting for requests in flight on ${event.model}`;
+    case "switch.stopped":
+      return `stopped ${event.stopped}`;
+    case "switch.parked":
+      return `parked ${event.parked}`;
+    case "switch.room_ready":
+      return "memory free, starting";
+    case "switch.waking":
+      return "waking from sleep";
+    default:
+      return null;
+  }
+}
+
+function onEvent(event) {
+  if (event.type === "state") {
+    if (event.to_state === "loading") {
+      loadStarted.set(event.model, performance.now());
+      steps.set(event.model, event.reason === "wake" ? "waking from sleep" : "loading");
+    } else {
+      loadStarted.delete(event.model);
+      steps.delete(event.model);
+    }
+    if (event.to_state === "failed" && event.failure) {
+      notice(`${event.model} failed: ${event.failure.reason || "see its logs"}`, true);
+    }
+  } else {
+    const step = describe(event);
+    if (step && event.model) steps.set(event.model, step);
+  }
+  refresh().catch(() => {});
+}
+
+async function followEvents() {
+  let delay = 500;
+  for (;;) {
+    try {
+      const response = await api("/events", { headers: { Accept: "text/event-stream" } });
+      if (!response.ok || !response.body) throw new Error(`events: HTTP ${response.status}`);
+      setConnection("live");
+      delay = 500;
+      await refresh();
+      const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
+      let buffer = "";
+      for (;;) {
+        const { value, done } = await reader.read();
+        if (done) break;
+        buffer += value;
+        let end;
+        while ((end = buffer.indexOf("\n\n")) >= 0) {
+          const block = buffer.slice(0, end);
+          buffer = buffer.slice(end + 2);
+          for (const line of block.split("\n")) {
+            if (line.startsWith("data: ")) onEvent(JSON.parse(line.slice(6)));
+          }
+        }
+      }
+      setConnection("reconnecting…");
+    } catch (error) {
+      if (error instanceof Unauthorized) {
+        setConnection("waiting for an API key");
+        await keyWanted;
+        continue;
+      }
+      setConnection("reconnecting…");
+    }
+    await new Promise((resolve) => setTimeout(resolve, delay));
+    delay = Math.min(delay * 2, 10000);
+  }
+}
+
+// ---- actions ------------------------------------------------------------------
+
+function refusal(body) {
+  const error = typeof body.error === "object" && body.error ? body.error : body;
+  const lines = [error.message || error.detail || "refused"];
+  const numbers = [
+    ["required_gb", "required"],
+    ["available_gb", "available"],
+    ["freed_gb", "could be freed"],
+    ["total_available_gb", "available after stopping all"],
+  ]
+    .filter(([key]) => typeof error[key] === "number")
+    .map(([key, label]) => `${label} ${gb(error[key])}`);
+  if (numbers.length) lines.push(numbers.join(" · "));
+  if (error.busy) {
+    lines.push(
+      "busy: " + Object.entries(error.busy).map(([model, n]) => `${model} (${n} requests)`).join(", ")
+    );
+  }
+  return lines.join("\n");
+}
+
+async function act(model, action) {
+  busy.add(model);
+  render();
+  const path =
+    action === "switch"
+      ? `/v1/models/switch?target_model=${encodeURIComponent(model)}`
+      : `/v1/models/${encodeURIComponent(model)}/${action}`;
+  try {
+    const response = await api(path, { method: "POST" });
+    const body = await response.json();
+    if (!response.ok) {
+      notice(`${action} ${model}: ${refusal(body)}`, true);
+    } else if (action === "switch") {
+      const unloaded = body.unloaded_models && body.unloaded_models.length
+        ? ` (stopped ${body.unloaded_models.join(", ")})` : "";
+      notice(body.status === "already_loaded" ? `${model} is already running` : `${model} is running${unloaded}`, false);
+    } else {
+      notice(`${model}: ${body.status}`, false);
+    }
+  } catch (error) {
+    if (!(error instanceof Unauthorized)) notice(`${action} ${model}: ${error.message}`, true);
+  } finally {
+    busy.delete(model);
+    refresh().catch(() => {});
+  }
+}
+
+// ---- rendering ------------------------------------------------------------------
+
+function renderGpus() {
+  const box = $("#gpus");
+  box.replaceChildren();
+  const gpu = status.gpu || {};
+  for (const device of gpu.devices || []) {
+    const total = device.total_gb || 1;
+    const bar = el("div", { class: "bar", role: "img" });
+    const legend = el("div", { class: "legend" });
+    const parts = [];
+    for (const [name, view] of Object.entries(status.models)) {
+      const used = (view.gpu_memory_per_device_gb || {})[String(device.index)];
+      if (!used) continue;
+      bar.append(el("span", {
+        class: `seg ${view.status}`, style: `width:${(100 * used) / total}%`, title: `${name}: ${gb(used)}`,
+      }));
+      const label = `${name} ${gb(used)}${view.status === "running" ? "" : ` (${view.status})`}`;
+      legend.append(el("span", { text: label }));
+      parts.push(label);
+    }
+    if (device.unmanaged_gb) {
+      bar.append(el("span", { class: "unmanaged", style: `width:${(100 * device.unmanaged_gb) / total}%` }));
+      legend.append(el("span", { text: `unmanaged ${gb(device.unmanaged_gb)}` }));
+      parts.push(`unmanaged ${gb(device.unmanaged_gb)}`);
+    }
+    bar.setAttribute("aria-label", `GPU ${device.index}: ${parts.join(", ") || "nothing loaded"}; free ${gb(device.free_gb)}`);
+    const figures = el("div", {
+      class: "figures",
+      text: `used ${gb(device.used_gb)} · free ${gb(device.free_gb)} · total ${gb(device.total_gb)}`,
+    });
+    box.append(el("div", { class: "gpu", "data-device": device.index },
+      el("strong", { text: `GPU ${device.index}` }), el("small", { text: ` ${device.name || ""}` }),
+      bar, figures, legend));
+  }
+  if (gpu.stale || gpu.error) box.append(el("p", { class: "note", text: `GPU reading: ${gpu.error || "stale"}` }));
+  const parking = status.parking || {};
+  const park = $("#parking");
+  park.replaceChildren();
+  if (parking.ram_budget_gb) {
+    const used = parking.ram_used_gb || 0;
+    park.append(el("div", { class: "parking" },
+      el("strong", { text: "Parked in host RAM" }),
+      el("div", { class: "bar", role: "img", "aria-label": `parked ${gb(used)} of ${gb(parking.ram_budget_gb)}` },
+        el("span", { class: "seg sleeping", style: `width:${(100 * used) / parking.ram_budget_gb}%` })),
+      el("div", { class: "figures", text: `parked ${gb(used)} of ${gb(parking.ram_budget_gb)} · free ${gb(parking.ram_free_gb)}` })));
+  }
+}
+
+function loadProgress(name, view) {
+  if (view.status !== "loading") return null;
+  const waking = (steps.get(name) || "").startsWith("waking");
+  const estimate = waking && view.parked ? view.parked.estimated_wake_seconds : view.estimated_load_time_seconds;
+  const started = loadStarted.get(name);
+  const elapsed = started !== undefined
+    ? (performance.now() - started) / 1000
+    : Math.max(0, (Date.now() - Date.parse(view.since)) / 1000);
+  const bar = el("progress", {
+    max: String(estimate || 1), value: String(Math.min(elapsed, estimate || 1)), "data-model": name,
+    "aria-label": `${name} ${waking ? "waking" : "loading"}`,
+  });
+  const text = el("small", {
+    class: "note progress-text",
+    text: `${elapsed.toFixed(estimate < 10 ? 1 : 0)} s of ~${(estimate || 0).toFixed(estimate < 10 ? 1 : 0)} s`,
+  });
+  return [bar, text];
+}
+
+function renderModels() {
+  const body = $("#models tbody");
+  body.replaceChildren();
+  for (const [name, view] of Object.entries(status.models)) {
+    const state = view.status;
+    const stepText = steps.get(name);
+    const stateCell = el("td", { "data-label": "State" },
+      el("span", { class: `state ${state}`, text: state }));
+    if (stepText && (state === "loading" || busy.has(name))) stateCell.append(el("small", { class: "note step", text: stepText }));
+    const progress = loadProgress(name, view);
+    if (progress) stateCell.append(...progress);
+    if (state === "failed" && view.failure) {
+      stateCell.append(el("small", { class: "note", text: view.failure.reason || "" }));
+    }
+    const memory = ["running", "loading", "sleeping", "stopping"].includes(state) && view.gpu_memory_used_gb !== null
+      ? `${gb(view.gpu_memory_used_gb)} (${view.gpu_memory_source})`
+      : `needs ${gb(view.gpu_memory_required_gb)} (${view.gpu_memory_required_source})`;
+    const timing = state === "sleeping" && view.parked
+      ? `wakes in ~${seconds(view.parked.estimated_wake_seconds)}`
+      : `loads in ~${seconds(view.estimated_load_time_seconds)}`;
+    const requests = `${view.leases || 0} in flight` + (view.waiting ? `, ${view.waiting} waiting` : "");
+    const switchButton = el("button", {
+      type: "button", class: "primary", "data-action": "switch", "data-model": name,
+      disabled: state === "running" || busy.has(name), text: "Switch",
+      "aria-label": `Switch to ${name}`,
+    });
+    switchButton.addEventListener("click", () => act(name, "switch"));
+    const stopButton = el("button", {
+      type: "button", "data-action": "stop", "data-model": name,
+      disabled: state === "stopped" || busy.has(name), text: "Stop", "aria-label": `Stop ${name}`,
+    });
+    stopButton.addEventListener("click", () => act(name, "stop"));
+    body.append(el("tr", { "data-model": name },
+      el("td", { class: "name", "data-label": "Model" },
+        el("strong", { text: name }), el("small", { text: view.description || "" })),
+      stateCell,
+      el("td", { "data-label": "Memory", text: memory }),
+      el("td", { "data-label": "Health", text: view.health }),
+      el("td", { "data-label": "Load / wake", text: timing }),
+      el("td", { "data-label": "Requests", text: requests }),
+      el("td", { "data-label": "Actions" }, el("div", { class: "actions" }, switchButton, stopButton))));
+  }
+}
+
+function render() {
+  if (!status) return;
+  // Keep keyboard focus on the same button across redraws.
+  const focused = document.activeElement;
+  const focusKey = focused && focused.dataset && focused.dataset.model
+    ? [focused.dataset.model, focused.dataset.action] : null;
+  renderGpus();
+  renderModels();
+  if (focusKey) {
+    const again = document.querySelector(
+      `button[data-model="${CSS.escape(focusKey[0])}"][data-action="${focusKey[1]}"]`);
+    if (again) again.focus();
+  }
+}
+
+function tickProgress() {
+  // Between events, only the progress bars move.
+  if (!status) return;
+  for (const [name, view] of Object.entries(status.models)) {
+    if (view.status !== "loading") continue;
+    const row = document.querySelector(`tr[data-model="${CSS.escape(name)}"]`);
+    const fresh = loadProgress(name, view);
+    const bar = row && row.querySelector("progress");
+    const text = row && row.querySelector(".progress-text");
+    if (bar && text && fresh) {
+      bar.value = fresh[0].value;
+      text.textContent = fresh[1].textContent;
+    }
+  }
+}
+
+setupKeyDialog();
+setInterval(tickProgress, STEPS);
+refresh().catch(() => {});
+followEvents();

@@ -1,0 +1,174 @@
+"""The dashboard in a real browser: Debian's chromium, driven by Playwright through its
+executable (no browser download)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from playwright.async_api import Browser, Locator, Page, async_playwright, expect
+
+from modeld.client import Client
+from modeld.testing.fakes import Behaviour
+from tests.gateway.conftest import KEY, Fronted, GatewayFactory
+from tests.support import make_config
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+# Like the demo: two that fit together, and a large one that needs one of them gone.
+MODELS = {
+    "chat": {"gpu_memory_gb": 30, "description": "Chat model", "load_time_seconds": 2},
+    "coder": {"gpu_memory_gb": 20, "description": "Coder model", "load_time_seconds": 1.5},
+    "large": {"gpu_memory_gb": 45, "description": "Large model", "load_time_seconds": 1.5},
+    "huge": {"gpu_memory_gb": 90, "description": "Too large for this GPU"},
+}
+# Where the README's screenshot is written (set it to refresh docs/dashboard.png).
+SCREENSHOT = os.environ.get("MODELD_SCREENSHOT")
+
+
+@pytest.fixture
+async def browser() -> AsyncIterator[Browser]:
+    """Debian's chromium, headless."""
+    if CHROMIUM is None:
+        if os.environ.get("MODELD_REQUIRE_BROWSER"):
+            pytest.fail("chromium is required here (apt-get install chromium)")
+        pytest.skip("no chromium (apt-get install chromium)")
+    async with async_playwright() as playwright:
+        launched = await playwright.chromium.launch(
+            executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"]
+        )
+        yield launched
+        await launched.close()
+
+
+async def open_page(browser: Browser, front: Fronted, key: str = KEY) -> Page:
+    """The dashboard, with the key typed in once when it asks."""
+    page = await browser.new_page(viewport={"width": 1200, "height": 760})
+    await page.goto(front.url + "/")
+    await expect(page.locator("#key-dialog")).to_be_visible()
+    await page.fill("#key-input", key)
+    await page.click("#key-save")
+    return page
+
+
+def state(page: Page, model: str) -> Locator:
+    """The state word shown for `model`."""
+    return page.locator(f"tr[data-model='{model}'] .state")
+
+
+async def test_the_page_lists_every_model_with_its_state_and_the_gpu(
+    fronted: GatewayFactory, browser: Browser
+) -> None:
+    """Every model with its state in words, memory and load estimate; the GPU's bar
+    with used, free and total; the key is asked for once and kept."""
+    front = await fronted(make_config(MODELS, [80]), api_keys=[KEY])
+    await front.supervisor.switch("chat")
+    page = await open_page(browser, front)
+    for model, word in (("chat", "running"), ("coder", "stopped"), ("large", "stopped")):
+        await expect(state(page, model)).to_have_text(word)
+    await expect(page.locator("tr[data-model='chat'] td[data-label='Memory']")).to_contain_text(
+        "30.0 GB"
+    )
+    await expect(page.locator(".gpu .figures")).to_have_text(
+        "used 30.0 GB · free 50.0 GB · total 80.0 GB"
+    )
+    await page.reload()  # the key was kept: no dialog this time
+    await expect(state(page, "chat")).to_have_text("running")
+    await expect(page.locator("#key-dialog")).to_be_hidden()
+
+
+async def test_a_wrong_key_is_shown_as_refused(fronted: GatewayFactory, browser: Browser) -> None:
+    """A wrong key is said to be refused, and a right one then works."""
+    front = await fronted(make_config(MODELS, [80]), api_keys=[KEY])
+    page = await open_page(browser, front, key="sk-not-the-key-0000")
+    await expect(page.locator("#key-message")).to_have_text("The key was refused: enter another.")
+    await page.fill("#key-input", KEY)
+    await page.click("#key-save")
+    await expect(state(page, "chat")).to_have_text("stopped")
+
+
+async def test_a_click_switches_with_progress_and_the_evicted_model_stops(
+    fronted: GatewayFactory, browser: Browser
+) -> None:
+    """Switch on a stopped model: its progress shows while it loads, then it runs and
+    the model it needed gone is stopped."""
+    front = await fronted(make_config(MODELS, [80]), api_keys=[KEY])
+    front.runtime.behaviour["large"] = Behaviour(load_seconds=1.5)
+    await front.supervisor.switch("chat")
+    await front.supervisor.switch("coder")
+    page = await open_page(browser, front)
+    await expect(state(page, "chat")).to_have_text("running")
+    await page.click("button[data-action='switch'][data-model='large']")
+    await expect(page.locator("tr[data-model='large'] progress")).to_be_visible()
+    await expect(state(page, "large")).to_have_text("loading")
+    if SCREENSHOT:  # the README's picture: a load well under way
+        await page.wait_for_function(
+            "document.querySelector(\"tr[data-model='large'] progress\")?.value > 0.6"
+        )
+        await page.screenshot(path=SCREENSHOT)
+    await expect(state(page, "large")).to_have_text("running", timeout=15_000)
+    await expect(state(page, "chat")).to_have_text("stopped")
+    await expect(state(page, "coder")).to_have_text("running")
+    await expect(page.locator("#notice")).to_have_text("large is running (stopped chat)")
+
+
+async def test_a_refused_switch_shows_the_daemons_reason_and_numbers(
+    fronted: GatewayFactory, browser: Browser
+) -> None:
+    """A switch that cannot fit is shown with the reason and the seed's figures; nothing
+    changes."""
+    front = await fronted(make_config(MODELS, [80]), api_keys=[KEY])
+    await front.supervisor.switch("chat")
+    page = await open_page(browser, front)
+    await page.click("button[data-action='switch'][data-model='huge']")
+    notice = page.locator("#notice.error")
+    await expect(notice).to_contain_text("Cannot free enough GPU memory to load huge")
+    await expect(notice).to_contain_text("required 90.0 GB")
+    await expect(state(page, "chat")).to_have_text("running")
+
+
+async def test_a_switch_made_elsewhere_appears_without_a_reload(
+    fronted: GatewayFactory, browser: Browser
+) -> None:
+    """A switch through the socket (as modelctl makes it) shows on the open page, live."""
+    front = await fronted(make_config(MODELS, [80]), api_keys=[KEY])
+    page = await open_page(browser, front)
+    await expect(page.locator("#connection")).to_have_text("live")
+    async with Client(front.socket) as modelctl:
+        await modelctl.call("switch", model="large")
+    await expect(state(page, "large")).to_have_text("running")
+    async with Client(front.socket) as modelctl:
+        await modelctl.call("stop", model="large")
+    await expect(state(page, "large")).to_have_text("stopped")
+
+
+async def test_the_page_is_usable_from_the_keyboard_on_a_phone(
+    fronted: GatewayFactory, browser: Browser
+) -> None:
+    """On a phone-sized screen each model is a card with labelled lines, and a switch
+    can be made with Tab and Enter alone."""
+    front = await fronted(make_config(MODELS, [80]), api_keys=[KEY])
+    page = await browser.new_page(viewport={"width": 390, "height": 844})
+    await page.goto(front.url + "/")
+    await page.fill("#key-input", KEY)
+    await page.keyboard.press("Enter")
+    await expect(state(page, "coder")).to_have_text("stopped")
+    button = page.locator("button[data-action='switch'][data-model='coder']")
+    for _ in range(40):
+        if await button.evaluate("b => b === document.activeElement"):
+            break
+        await page.keyboard.press("Tab")
+    await page.keyboard.press("Enter")
+    await expect(state(page, "coder")).to_have_text("running")
+    header = await page.locator("thead").bounding_box()
+    assert header is None or header["x"] < 0  # table headers give way to labels
+
+
+def test_the_page_needs_no_network_beyond_the_gateway() -> None:
+    """No CDN, no web font, no build step: the files reference only /static/."""
+    static = Path(__file__).resolve().parents[2] / "modeld" / "gateway" / "static"
+    text = "".join(path.read_text() for path in static.iterdir())
+    assert "http://" not in text and "https://" not in text
+    assert {path.name for path in static.iterdir()} == {"index.html", "app.js", "style.css"}
