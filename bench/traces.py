@@ -6,20 +6,32 @@ Traces: Zipf popularity whose favourites shift over time; 4- and 8-model sets wi
 memory needs (10-50 GB) and load times (5-60 s); one 80 GB GPU, and two 80 GB GPUs with
 some models spanning both. The optimum is a dynamic program over the sets of loaded
 models (keeping a model loaded costs nothing, so only maximal feasible sets matter).
+
+The issue's figure, on fresh seeds of the calibration kind, is also measured by replaying
+the traces through a real Supervisor (a `switch` per request over the fake runtime and
+the simulated GPU, loads scaled down), which must agree with the planner-only replay.
 """
 
 from __future__ import annotations
 
+import asyncio
 import random
 import statistics
+import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from itertools import combinations
 
 from bench.common import Report, cli, figure
-from modeld.config import EvictionPolicy
+from modeld.build import build_supervisor
+from modeld.config import EvictionPolicy, parse_config
+from modeld.gpu.simulated import SimulatedGpu
+from modeld.logs import configure_logging
 from modeld.planner import Candidate, Device, Infeasible, Target, plan_switch
 from modeld.switching import DEMAND_DECAY
+from modeld.testing.fakes import Behaviour, FakeRuntime
+from modeld.testing.ports import free_port
+from modeld.vllm import VllmClient
 
 POLICIES: tuple[EvictionPolicy, ...] = ("largest_first", "lru", "fewest", "cost_aware")
 DEFAULT: EvictionPolicy = "cost_aware"
@@ -177,6 +189,66 @@ def calibration(quick: bool) -> list[Scenario]:
     return [make_scenario(50_000 + seed, 6, 1, 60 if quick else 160) for seed in range(12)]
 
 
+# Replaying through the daemon: cold loads last load_s x REPLAY_SCALE seconds.
+REPLAY_SCALE = 0.01
+
+
+async def replay(scenario: Scenario, policy: EvictionPolicy) -> float:
+    """Total cold-load seconds (at the trace's scale) serving the trace through a real
+    Supervisor: `switch` per request, on the simulated GPU and the fake runtime, each
+    backend taking its load time (scaled down) to answer /health."""
+    tables = {
+        name: {
+            "runtime": "process",
+            "command": ["unused"],
+            "endpoint": f"http://127.0.0.1:{free_port()}",
+            "gpus": sorted(model.need),
+            "gpu_memory_gb": max(model.need.values()),
+            "load_time_seconds": model.load_s,
+            "load_timeout_s": 60,
+        }
+        for name, model in scenario.models.items()
+    }
+    with tempfile.TemporaryDirectory(prefix="modeld-replay-") as state:
+        config = parse_config(
+            {
+                "daemon": {
+                    "state_dir": state,
+                    "eviction_policy": policy,
+                    "poll_interval_s": 3600,
+                    "health_poll_interval_s": 0.002,
+                    "memory_poll_interval_s": 0.002,
+                },
+                "gpu": {
+                    "backend": "simulated",
+                    "devices_gb": [d.total_gb for d in scenario.devices],
+                    "release_delay_s": 0.0,
+                },
+                "models": tables,
+            }
+        )
+        runtime = FakeRuntime()
+        for name, model in scenario.models.items():
+            runtime.behaviour[name] = Behaviour(load_seconds=model.load_s * REPLAY_SCALE)
+        gpu = SimulatedGpu(config.gpu, alive=runtime.alive)
+        runtime.gpu = gpu
+        supervisor = await build_supervisor(
+            config, gpu=gpu, runtimes={"process": runtime}, vllm=VllmClient(timeout_s=5)
+        )
+        await supervisor.startup()
+        try:
+            for name in scenario.trace:
+                await supervisor.switch(name)
+        finally:
+            await supervisor.shutdown()
+    return sum(runtime.starts(name) * model.load_s for name, model in scenario.models.items())
+
+
+async def replay_all(traces: list[Scenario], policy: EvictionPolicy) -> list[float]:
+    """Each trace through its own daemon, all at once (they only wait on timers)."""
+    return list(await asyncio.gather(*(replay(trace, policy) for trace in traces)))
+
+
 def _compare(traces: list[Scenario]) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
     """Per policy, each trace's load seconds over the optimum's and over largest_first's;
     under "optimum", the optimum's own ratio to largest_first."""
@@ -230,18 +302,36 @@ def run(quick: bool) -> Report:
             f"{statistics.mean(versus_seed['optimum']):.3f}x largest_first",
         )
     )
-    ratios, _ = _compare(fresh(quick))
+    traces = fresh(quick)
+    ratios, _ = _compare(traces)
     mean, worst = statistics.mean(ratios[DEFAULT]), max(ratios[DEFAULT])
     report.add(
         figure(
-            f"{DEFAULT} on fresh seeds of the calibration kind: load seconds / optimum",
+            f"{DEFAULT} on fresh seeds of the calibration kind (planner): load s / optimum",
             "x",
             ratios[DEFAULT],
-            target="mean <= 1.15x optimum, no trace above 1.35x",
-            met=mean <= 1.15 and worst <= 1.35,
             notes=f"mean {mean:.3f}x, worst {worst:.3f}x over {len(ratios[DEFAULT])} traces "
             f"(seeds {EVALUATION_SEEDS.start}+, never used while tuning); largest_first "
             f"{statistics.mean(ratios['largest_first']):.3f}x",
+        )
+    )
+    # The same traces through the real daemon: a switch per request.
+    configure_logging("warning")
+    replayed = asyncio.run(replay_all(traces, DEFAULT))
+    through = [cost / optimum(trace) for trace, cost in zip(traces, replayed, strict=True)]
+    mean, worst = statistics.mean(through), max(through)
+    differ = sum(abs(a - b) > 1e-9 for a, b in zip(through, ratios[DEFAULT], strict=True))
+    report.add(
+        figure(
+            f"{DEFAULT} on fresh seeds, replayed through the daemon: load s / optimum",
+            "x",
+            through,
+            target="mean <= 1.15x optimum, no trace above 1.35x",
+            met=mean <= 1.15 and worst <= 1.35,
+            notes=f"mean {mean:.3f}x, worst {worst:.3f}x over {len(through)} traces: a real "
+            f"Supervisor (fake runtime, simulated GPU, loads at {REPLAY_SCALE:g}x their "
+            f"seconds) switching per request; {differ} traces differ from the planner-only "
+            "replay (learned load times are measured, so near-ties can fall the other way)",
         )
     )
     return report
