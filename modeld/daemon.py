@@ -24,6 +24,7 @@ from modeld.listen import inherited_socket
 from modeld.metrics import Metrics, serve_metrics
 from modeld.sdnotify import Notifier
 from modeld.server import Limits, RpcServer
+from modeld.signals import stop_and_reload
 from modeld.supervisor import Supervisor
 
 log = structlog.get_logger("modeld.daemon")
@@ -63,14 +64,7 @@ async def _serve_reloads(
 
 async def run_daemon(config: Config, socket_path: Path, config_path: Path | None = None) -> None:
     """Start up, serve until SIGTERM or SIGINT, shut down; ModeldError if startup fails."""
-    loop = asyncio.get_running_loop()
-    stop, reload_requested = asyncio.Event(), asyncio.Event()
-    for sig, event in (
-        (signal.SIGTERM, stop),
-        (signal.SIGINT, stop),
-        (signal.SIGHUP, reload_requested),
-    ):
-        loop.add_signal_handler(sig, event.set)
+    stop, reload_requested = stop_and_reload()
     notifier = Notifier()
     inherited = inherited_socket()
     for warning in config_warnings(config):

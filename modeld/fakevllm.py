@@ -162,12 +162,9 @@ class FakeVllm:
 
     async def _complete(self, request: web.Request) -> web.StreamResponse:
         """`/v1/completions` and `/v1/chat/completions`, streamed or not, as vLLM answers."""
-        body = await _json_body(request)
+        body = await self._admit(request)
         if isinstance(body, web.Response):
             return body
-        if (refused := self._wrong_model(body)) is not None:
-            return refused
-        await self._awake_for(request)
         chat = request.path.endswith("/chat/completions")
         tokens = self._tokens(body)
         self._running.inc()
@@ -241,12 +238,9 @@ class FakeVllm:
 
     async def _embed(self, request: web.Request) -> web.Response:
         """`/v1/embeddings`: one small vector per input."""
-        body = await _json_body(request)
+        body = await self._admit(request)
         if isinstance(body, web.Response):
             return body
-        if (refused := self._wrong_model(body)) is not None:
-            return refused
-        await self._awake_for(request)
         given = body.get("input", "")
         inputs = given if isinstance(given, list) else [given]
         data = [
@@ -265,7 +259,14 @@ class FakeVllm:
             }
         )
 
-    async def _awake_for(self, request: web.Request) -> None:
+    async def _admit(self, request: web.Request) -> dict[str, object] | web.Response:
+        """An inference request's body, once the model may answer it (awake); or the
+        error vLLM gives for a bad body or another model's name."""
+        body = await _json_body(request)
+        if isinstance(body, web.Response):
+            return body
+        if (refused := self._wrong_model(body)) is not None:
+            return refused
         # Like vLLM: a request sent while asleep waits (queued) until the wake-up.
         if self.sleeping:
             self._waiting.inc()
@@ -273,6 +274,7 @@ class FakeVllm:
                 await self._awake.wait()
             finally:
                 self._waiting.dec()
+        return body
 
     def _wrong_model(self, body: dict[str, object]) -> web.Response | None:
         """vLLM answers 404 for a model it does not serve (none named: its own)."""

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import structlog
 
@@ -30,6 +30,7 @@ CALL_TIMEOUT_S = 30.0
 # Beyond a waiting call's own timeout: the daemon's answer may take this much longer.
 ANSWER_MARGIN_S = 30.0
 RECONNECT_MAX_S = 10.0
+T = TypeVar("T")
 
 
 class _Connection:
@@ -65,19 +66,23 @@ class _Connection:
             await client.__aexit__(None, None, None)
 
 
-async def _answer(client: Client, method: str, timeout: float, **params: Any) -> Any:
-    """A call with its deadline, errors as GatewayError."""
+async def _mapped(call: Awaitable[T], timeout: float, late: GatewayError) -> T:
+    """`call` within `timeout` (else `late`), the daemon's errors as GatewayError."""
     try:
         async with asyncio.timeout(timeout):
-            return await client.call(method, **params)
+            return await call
     except RpcError as exc:
         raise GatewayError.from_rpc(exc) from None
     except DaemonUnreachable as exc:
         raise GatewayError.from_unreachable(exc) from None
     except TimeoutError:
-        raise GatewayError(
-            "daemon_unreachable", f"modeld did not answer {method} within {timeout:g}s"
-        ) from None
+        raise late from None
+
+
+async def _answer(client: Client, method: str, timeout: float, **params: Any) -> Any:
+    """A call with its deadline, errors as GatewayError."""
+    late = GatewayError("daemon_unreachable", f"modeld did not answer {method} within {timeout:g}s")
+    return await _mapped(client.call(method, **params), timeout, late)
 
 
 class Lease:
@@ -123,17 +128,8 @@ class DaemonLink:
         runs, and is not evicted, meanwhile. A block cancelled while it waits leaks
         nothing (Client.acquire)."""
         client = await self._leases.client()
-        try:
-            async with asyncio.timeout(timeout_s + ANSWER_MARGIN_S):
-                granted = await client.acquire(model, timeout_s)
-        except RpcError as exc:
-            raise GatewayError.from_rpc(exc) from None
-        except DaemonUnreachable as exc:
-            raise GatewayError.from_unreachable(exc) from None
-        except TimeoutError:
-            raise GatewayError(
-                "timeout", f"{model} did not run within {timeout_s:g}s", model=model
-            ) from None
+        late = GatewayError("timeout", f"{model} did not run within {timeout_s:g}s", model=model)
+        granted = await _mapped(client.acquire(model, timeout_s), timeout_s + ANSWER_MARGIN_S, late)
         lease = Lease(client, granted)
         try:
             yield lease

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import signal
 import sys
 from pathlib import Path
 
@@ -20,6 +19,7 @@ from modeld.gateway.auth import Keys, read_keys
 from modeld.gateway.link import DaemonLink
 from modeld.logs import configure_logging
 from modeld.sdnotify import Notifier
+from modeld.signals import stop_and_reload
 
 log = structlog.get_logger("modeld.gateway")
 
@@ -42,14 +42,7 @@ def _loopback(host: str) -> bool:
 
 async def run_gateway(config: Config, config_path: Path, listen: str, socket: Path) -> None:
     """Start up, serve until SIGTERM or SIGINT, shut down."""
-    loop = asyncio.get_running_loop()
-    stop, reload_requested = asyncio.Event(), asyncio.Event()
-    for sig, event in (
-        (signal.SIGTERM, stop),
-        (signal.SIGINT, stop),
-        (signal.SIGHUP, reload_requested),
-    ):
-        loop.add_signal_handler(sig, event.set)
+    stop, reload_requested = stop_and_reload()
     notifier = Notifier()
     accepted = Keys(read_keys(config.gateway, str(config_path)))
     host, port = split_listen(listen)

@@ -3,15 +3,16 @@ executable (no browser download)."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 from playwright.async_api import Browser, Locator, Page, async_playwright, expect
 
-from modeld.client import Client
 from modeld.testing.fakes import Behaviour
 from tests.gateway.conftest import KEY, Fronted, GatewayFactory
 from tests.support import make_config
@@ -132,16 +133,16 @@ async def test_a_refused_switch_shows_the_daemons_reason_and_numbers(
 async def test_a_switch_made_elsewhere_appears_without_a_reload(
     fronted: GatewayFactory, browser: Browser
 ) -> None:
-    """A switch through the socket (as modelctl makes it) shows on the open page, live."""
+    """A switch made with `modelctl` shows on the open page, live."""
     front = await fronted(make_config(MODELS, [80]), api_keys=[KEY])
     page = await open_page(browser, front)
     await expect(page.locator("#connection")).to_have_text("live")
-    async with Client(front.socket) as modelctl:
-        await modelctl.call("switch", model="large")
-    await expect(state(page, "large")).to_have_text("running")
-    async with Client(front.socket) as modelctl:
-        await modelctl.call("stop", model="large")
-    await expect(state(page, "large")).to_have_text("stopped")
+    for action, word in (("switch", "running"), ("stop", "stopped")):
+        modelctl = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "modeld.ctl", "--socket", str(front.socket), action, "large"
+        )
+        assert await modelctl.wait() == 0
+        await expect(state(page, "large")).to_have_text(word)
 
 
 async def test_the_page_is_usable_from_the_keyboard_on_a_phone(
