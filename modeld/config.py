@@ -244,8 +244,10 @@ class GatewayConfig(_Strict):
     # Bearer keys; when any is set, every endpoint but the dashboard's files needs one.
     api_keys: list[Annotated[str, Field(min_length=8)]] = Field(default_factory=list)
     api_keys_file: Path | None = None
-    # A request body larger than this is refused (413) before it is read further.
+    # A request body larger than this is refused (413) before it is read further; one
+    # that does not arrive within body_timeout_s is refused (408).
     max_body_bytes: Annotated[int, Field(ge=1024)] = 32 * 1024 * 1024
+    body_timeout_s: PositiveFloat = 60.0
     # How long a request waits for its model to run (its load, or its turn behind others).
     acquire_timeout_s: PositiveFloat = 600.0
     # The backend must accept the connection within this, and send each next piece of

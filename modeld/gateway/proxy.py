@@ -45,8 +45,6 @@ INFERENCE_PATHS = (
 # Request headers passed to the backend; the answer's headers that come back.
 FORWARDED = ("Content-Type", "Accept", "Accept-Encoding", "X-Request-Id", "User-Agent")
 RETURNED = ("Content-Type", "Content-Encoding", "X-Request-Id")
-# The body must arrive within this (a slow sender cannot hold a request slot forever).
-BODY_TIMEOUT_S = 60.0
 
 
 class ClientGone(Exception):
@@ -110,10 +108,16 @@ class Proxy:
             )
         self._in_flight += 1
         self._metrics.in_flight.inc()
-        model, status = "", 500
+        model, status, started = "", 500, time.monotonic()
         try:
-            async with asyncio.timeout(BODY_TIMEOUT_S):
-                body = await request.read()
+            try:
+                async with asyncio.timeout(self._config.body_timeout_s):
+                    body = await request.read()
+            except TimeoutError:
+                raise GatewayError(
+                    "request_timeout",
+                    f"the request body did not arrive within {self._config.body_timeout_s:g}s",
+                ) from None
             model, payload = requested_model(body)
             response = await self._leased(request, model, payload, body)
             status = response.status
@@ -134,6 +138,15 @@ class Proxy:
             self._metrics.in_flight.dec()
             if model:
                 self._metrics.requests.labels(model, request.path, str(status)).inc()
+            # The access log (never the body, never the key).
+            log.info(
+                "gateway.request",
+                model=model or None,
+                path=request.path,
+                status=status,
+                seconds=round(time.monotonic() - started, 4),
+                peer=request.remote,
+            )
 
     async def _leased(
         self, request: web.Request, model: str, payload: dict[str, Any], body: bytes

@@ -308,3 +308,18 @@ async def test_the_gateway_reconnects_when_the_daemon_restarts(
     finally:
         await server.close()
         await daemon.close()
+
+
+async def test_a_body_that_does_not_arrive_in_time_is_refused(fronted: GatewayFactory) -> None:
+    """A sender that stops mid-body gets 408 at `body_timeout_s`, and nothing starts."""
+    front = await fronted(make_config(TWO, [80]), body_timeout_s=0.3)
+    host, port = front.url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b'Content-Length: 100\r\n\r\n{"model": "a"'
+    )
+    status_line = await asyncio.wait_for(reader.readline(), 10)
+    writer.close()
+    assert status_line.startswith(b"HTTP/1.1 408")
+    assert front.runtime.starts("a") == 0
