@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator, Awaitable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -30,6 +31,8 @@ CALL_TIMEOUT_S = 30.0
 # Beyond a waiting call's own timeout: the daemon's answer may take this much longer.
 ANSWER_MARGIN_S = 30.0
 RECONNECT_MAX_S = 10.0
+# After a failed connection attempt, requests fail at once for this long.
+RETRY_AFTER_S = 0.5
 T = TypeVar("T")
 
 
@@ -40,22 +43,33 @@ class _Connection:
         self._socket = socket
         self._client: Client | None = None
         self._opening = asyncio.Lock()
+        # The last failed attempt: requests meanwhile fail at once instead of each
+        # queueing for an attempt of its own behind the lock.
+        self._failed: tuple[float, GatewayError] | None = None
 
     async def client(self) -> Client:
         """The open connection (opened again if the daemon closed it)."""
         async with self._opening:
             if self._client is not None and not self._client.closed:
                 return self._client
+            if self._failed is not None and time.monotonic() - self._failed[0] < RETRY_AFTER_S:
+                raise self._failed[1]
             await self.close()
             client = Client(self._socket)
             try:
                 await asyncio.wait_for(client.__aenter__(), CONNECT_TIMEOUT_S)
-            except DaemonUnreachable as exc:
-                raise GatewayError.from_unreachable(exc) from None
-            except TimeoutError:
-                raise GatewayError(
-                    "daemon_unreachable", f"modeld did not accept a connection on {self._socket}"
-                ) from None
+            except (DaemonUnreachable, TimeoutError) as exc:
+                error = (
+                    GatewayError.from_unreachable(exc)
+                    if isinstance(exc, DaemonUnreachable)
+                    else GatewayError(
+                        "daemon_unreachable",
+                        f"modeld did not accept a connection on {self._socket}",
+                    )
+                )
+                self._failed = (time.monotonic(), error)
+                raise error from None
+            self._failed = None
             self._client = client
             return client
 

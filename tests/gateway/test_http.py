@@ -302,8 +302,12 @@ async def test_the_gateway_reconnects_when_the_daemon_restarts(
             assert (await answer.json())["error"]["code"] == "daemon_unreachable"
         daemon = RpcServer(supervisor, socket)
         await daemon.start()
-        async with http.post(url + "/v1/chat/completions", json=CHAT) as answer:
-            assert answer.status == 200
+
+        async def answered() -> bool:  # (failed attempts are not retried for 0.5 s)
+            async with http.post(url + "/v1/chat/completions", json=CHAT) as answer:
+                return answer.status == 200
+
+        await eventually(answered, timeout=10)
         await asyncio.wait_for(link.connected.wait(), 30)  # the relay subscribed again
     finally:
         await server.close()
