@@ -164,8 +164,26 @@ def _validated(params_type: type[P], args: tuple[Any, ...], kwargs: dict[str, An
         )
 
 
-def _query(params_type: type[P], call: Callable[[Context, P], Any]) -> Callable[..., Result]:
-    """A handler answered synchronously from memory (queries, and `release`)."""
+def _check_access(context: Context, name: str) -> None:
+    """PermissionDenied (logged) for a caller that may read but not use `name`."""
+    if not context.trusted:
+        log.warning("rpc.refused", method=name, reason="not allowed", **context.caller.as_log())
+        raise PermissionDenied(
+            f"permission denied: this uid may read but not use {name} "
+            "(daemon.allow_uids / allow_groups)",
+            uid=context.caller.uid,
+            method=name,
+        )
+
+
+def _query(
+    params_type: type[P],
+    call: Callable[[Context, P], Any],
+    name: str = "",
+    trusted: bool = False,
+) -> Callable[..., Result]:
+    """A handler answered synchronously from memory (queries, `release`, and an
+    `acquire` that can be granted at once)."""
 
     no_params = params_type.model_construct() if not params_type.model_fields else None
 
@@ -176,6 +194,8 @@ def _query(params_type: type[P], call: Callable[[Context, P], Any]) -> Callable[
         if not isinstance(params, params_type):
             return params
         try:
+            if trusted:
+                _check_access(context, name)
             return Success(call(context, params))
         except ModeldError as exc:
             return Error(exc.code, exc.message, exc.data)
@@ -197,16 +217,8 @@ def _method(
         if not isinstance(params, params_type):
             return params
         try:
-            if trusted and not context.trusted:
-                log.warning(
-                    "rpc.refused", method=name, reason="not allowed", **context.caller.as_log()
-                )
-                raise PermissionDenied(
-                    f"permission denied: this uid may read but not use {name} "
-                    "(daemon.allow_uids / allow_groups)",
-                    uid=context.caller.uid,
-                    method=name,
-                )
+            if trusted:
+                _check_access(context, name)
             result = call(context, params)
             return Success(await result if inspect.isawaitable(result) else result)
         except ModeldError as exc:
@@ -263,6 +275,10 @@ async def _acquire(ctx: Context, p: AcquireParams) -> dict[str, Any]:
     )
 
 
+def _acquire_now(ctx: Context, p: AcquireParams) -> dict[str, Any] | None:
+    return ctx.supervisor.acquire_now(p.model, owner=ctx.owner, caller=ctx.caller.as_log())
+
+
 def _release(ctx: Context, p: ReleaseParams) -> dict[str, Any]:
     return ctx.supervisor.release(p.lease, owner=ctx.owner)
 
@@ -302,6 +318,9 @@ QUERY_METHODS = {
     **{name: _query(NoParams, call) for name, call in _QUERIES.items()},
     "release": _query(ReleaseParams, _release),
 }
+# `acquire` first tries this: a model that runs and is not draining is leased at once,
+# inline; a null result means it must wait, and the call goes on as a task.
+ACQUIRE_NOW = {"acquire": _query(AcquireParams, _acquire_now, "acquire", trusted=True)}
 METHODS: dict[str, Handler] = {
     **{name: _method(name, NoParams, call) for name, call in _QUERIES.items()},
     "switch": _method("switch", SwitchParams, _switch, trusted=True),
@@ -361,6 +380,23 @@ def is_query(request: Any) -> bool:
         return False
     method = request.get("method")
     return isinstance(method, str) and method in QUERY_METHODS
+
+
+def answer_now(text: str, request: Any, context: Context) -> bytes | None:
+    """The answer to a single `acquire` when it can be given at once (a lease, or an
+    error); None when the call must wait for its model (or is a notification, which
+    nobody could release: it takes the waiting path, as before)."""
+    if "id" not in request:
+        return None
+    options: dict[str, Any] = {
+        "context": context,
+        "deserializer": lambda _: request,
+        "validator": validate_envelope,
+    }
+    dispatched = dispatch_to_serializable(text, ACQUIRE_NOW, **options)
+    if isinstance(dispatched, dict) and "result" in dispatched and dispatched["result"] is None:
+        return None
+    return response_line(dispatched)
 
 
 async def answer(text: str | None, request: Any, context: Context) -> bytes | None:

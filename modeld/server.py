@@ -28,6 +28,7 @@ from modeld.rpc import (
     MAX_MESSAGE_BYTES,
     Context,
     answer,
+    answer_now,
     error_line,
     is_acquire,
     may_take_long,
@@ -359,6 +360,10 @@ class RpcServer:
             await connection.send(error_line(INVALID_REQUEST, "Invalid Request", refusal))
             return
         if is_acquire(request):
+            line_now = answer_now(text, request, context)
+            if line_now is not None:  # granted (or refused) at once: no task
+                await connection.send(line_now)
+                return
             if len(connection.acquires) >= self._limits.acquires:
                 refusal = {"error": "limit_reached", "limit": self._limits.acquires}
                 await connection.send(

@@ -302,30 +302,50 @@ class Supervisor:
             raise OperationTimeout(
                 f"{name} was still draining after {timeout}s; no lease", model=name
             ) from None
+        switched = False
         with self._leases.waiting(name):
             while True:
                 record = self._life.record(name, managed=True)
                 if record.state is State.RUNNING:
-                    lease = self._leases.grant(record, owner)
-                    waited = time.monotonic() - started
-                    self._metrics.acquired(name, waited)
-                    log.info("lease.granted", model=name, lease=lease.id, **dict(caller or {}))
-                    return {
-                        "lease": lease.id,
-                        "model": name,
-                        "endpoint": record.config.endpoint,
-                        "served_model_name": record.config.served_model_name or name,
-                        "state": record.state.value,
-                        "leases": record.usage.leases,
-                        "waited_seconds": round(waited, 3),
-                    }
+                    if not switched:  # a switch counted this request already
+                        self._switcher.count_demand(record)
+                    return self._grant(record, owner, started, caller)
                 left = None if deadline is None else deadline - time.monotonic()
                 if left is not None and left <= 0:
                     raise OperationTimeout(f"{name} did not run within {timeout}s", model=name)
                 try:
+                    switched = True
                     await self.switch(name, timeout=left, caller=caller)
                 except ModelsBusy:
                     continue  # its turn comes once the drain allows; our timeout rules
+
+    def acquire_now(
+        self, name: str, *, owner: int, caller: Caller | None = None
+    ) -> dict[str, Any] | None:
+        """A lease at once, when `name` runs and is not draining (the common case for a
+        router: answered without a task); None when it must wait (then `acquire`)."""
+        record = self._life.record(name, managed=True)
+        if record.state is not State.RUNNING or self._leases.draining(name):
+            return None
+        self._switcher.count_demand(record)
+        return self._grant(record, owner, time.monotonic(), caller)
+
+    def _grant(
+        self, record: ModelRecord, owner: int, started: float, caller: Caller | None
+    ) -> dict[str, Any]:
+        lease = self._leases.grant(record, owner)
+        waited = time.monotonic() - started
+        self._metrics.acquired(record.name, waited)
+        log.info("lease.granted", model=record.name, lease=lease.id, **dict(caller or {}))
+        return {
+            "lease": lease.id,
+            "model": record.name,
+            "endpoint": record.config.endpoint,
+            "served_model_name": record.config.served_model_name or record.name,
+            "state": record.state.value,
+            "leases": record.usage.leases,
+            "waited_seconds": round(waited, 3),
+        }
 
     def release(self, lease: str, *, owner: int | None = None) -> dict[str, Any]:
         """End a lease (only the connection's own, given `owner`)."""

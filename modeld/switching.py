@@ -163,7 +163,7 @@ class Switcher:
         """Under the lock: plan, stop or park what must go, start (or begin waking) the
         target. Returns what the caller waits on, outside the lock."""
         if record.state is State.RUNNING:
-            self._count_demand(record)
+            self.count_demand(record)
             record.usage.last_active = time.monotonic()
             return _Begun(
                 record,
@@ -175,7 +175,7 @@ class Switcher:
             )
         if record.state is State.LOADING:
             # Already on its way: wait for that load, never start a second backend.
-            self._count_demand(record)
+            self.count_demand(record)
             return _Begun(record, _success(record, [], None), load=record.load)
         await self._life.check_runtime(record)
         if record.state is State.FAILED:
@@ -202,7 +202,7 @@ class Switcher:
                     if busy:
                         raise _LeasesInTheWay(busy)
             raise self._insufficient(record, plan)
-        self._count_demand(record)
+        self.count_demand(record)
         memory_info = {
             "required_gb": round(plan.required_gb, 1),
             "available_before_gb": round(plan.available_before_gb, 1),
@@ -271,8 +271,9 @@ class Switcher:
         requests, unless an operator forces it."""
         return (lambda _: False) if force else self._leases.protected
 
-    def _count_demand(self, record: ModelRecord) -> None:
-        """cost_aware's demand: each request decays everyone's, and counts for its model."""
+    def count_demand(self, record: ModelRecord) -> None:
+        """A request for `record`'s model (a switch, or a lease granted without one):
+        cost_aware's demand decays everyone's and counts for it; lru's clock moves."""
         record.usage.last_used = time.time()
         for other in self._life.records.values():
             other.usage.demand *= DEMAND_DECAY

@@ -214,6 +214,30 @@ async def test_acquires_past_the_connections_bound_are_refused_not_queued(
             assert isinstance(outcome, RpcError) and outcome.data["error"] == "load_failed"
 
 
+async def test_requests_served_by_leases_count_as_demand(serve: ServeFactory) -> None:
+    """Every lease is a request for cost_aware: a model kept busy through leases (granted
+    at once, without a switch) is the one protected, and the idle one goes."""
+    config = make_config(
+        {
+            "busy": {"gpu_memory_gb": 30, "load_time_seconds": 30},
+            "idle": {"gpu_memory_gb": 30, "load_time_seconds": 30},
+            "new": {"gpu_memory_gb": 30, "load_time_seconds": 30},
+        },
+        [80],
+        eviction_policy="cost_aware",
+    )
+    path, supervisor, _ = await serve(config)
+    await supervisor.switch("busy")
+    await supervisor.switch("idle")  # asked for last: without the leases, busy would go
+    async with Client(path) as router:
+        for _ in range(20):
+            async with router.lease("busy"):
+                pass
+    result = await supervisor.switch("new")
+    assert result["unloaded_models"] == ["idle"]
+    assert state_of(supervisor, "busy") is State.RUNNING
+
+
 async def test_release_of_someone_elses_lease_is_refused(serve: ServeFactory) -> None:
     """A connection may end only its own leases."""
     path, supervisor, _ = await serve(make_config(TWO, [80]))

@@ -117,6 +117,12 @@ async def test_restricted_caller_may_read_but_not_change(serve: ServerFactory) -
     assert refused["error"]["data"]["uid"] == NOBODY
     async with Client(path) as root:
         assert (await root.call("status"))["models"]["alpha"]["status"] == "stopped"
+        await root.call("switch", model="alpha")
+    # A lease on a running model is answered inline, and refused all the same.
+    refused = await as_nobody(path, "acquire", model="alpha")
+    assert refused["error"]["code"] == -32009
+    async with Client(path) as root:
+        assert (await root.call("status"))["models"]["alpha"]["leases"] == 0
 
 
 async def test_allowed_group_may_change(serve: ServerFactory) -> None:
