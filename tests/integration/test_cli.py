@@ -108,7 +108,8 @@ def test_usage_error_exit_2() -> None:
 
 def test_demo_command_switches_between_models() -> None:
     """The README's demo (`modeld-demo`) runs the daemon and switches: it parks one
-    model with sleep mode (real fake-vLLM processes), and wakes it back."""
+    model with sleep mode (real fake-vLLM processes), and wakes it back; then requests
+    through the gateway are answered by the models they name."""
     env = {**os.environ, "COLUMNS": "120"}
     result = subprocess.run(
         [sys.executable, "-m", "modeld.demo"],
@@ -123,6 +124,8 @@ def test_demo_command_switches_between_models() -> None:
     assert "demo-large is running and healthy" in result.stdout
     assert "demo-chat: running -> sleeping (parked for demo-large)" in result.stdout
     assert "woke demo-chat from sleep" in result.stdout
+    assert "demo-large answered: 'demo-large ok ok ok ok ok'" in result.stdout
+    assert "demo-chat answered: 'demo-chat ok ok ok ok ok'" in result.stdout
     assert "demo done" in result.stdout
 
 
