@@ -36,6 +36,8 @@ async def browser() -> AsyncIterator[Browser]:
         if os.environ.get("MODELD_REQUIRE_BROWSER"):
             pytest.fail("chromium is required here (apt-get install chromium)")
         pytest.skip("no chromium (apt-get install chromium)")
+    # Generous on a loaded 2-core CI machine: a check passes as soon as it holds.
+    expect.set_options(timeout=15_000)
     async with async_playwright() as playwright:
         launched = await playwright.chromium.launch(
             executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"]
