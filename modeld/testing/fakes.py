@@ -73,7 +73,7 @@ class FakeRuntime:
         port = urlparse(model.endpoint).port
         assert port is not None
         server = FakeVllm(
-            model.name,
+            model.served_model_name or model.name,
             port,
             load_seconds=behaviour.load_seconds,
             sleep_mode=model.sleep_mode,

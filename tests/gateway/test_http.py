@@ -191,6 +191,13 @@ async def test_a_client_that_hangs_up_mid_stream_releases_at_once(
         return front.leases("a") == 0
 
     await eventually(released, timeout=10)
+    endpoint = front.supervisor.status()["models"]["a"]["endpoint"]
+
+    async def backend_stopped() -> bool:  # the upstream request was closed, as vLLM sees it
+        async with http.get(endpoint + "/metrics") as metrics:
+            return 'vllm:num_requests_running{model_name="a"} 0.0' in await metrics.text()
+
+    await eventually(backend_stopped, timeout=10)
     result = await asyncio.wait_for(front.supervisor.switch("b"), 10)
     assert result["unloaded_models"] == ["a"]
 
@@ -327,3 +334,15 @@ async def test_a_body_that_does_not_arrive_in_time_is_refused(fronted: GatewayFa
     writer.close()
     assert status_line.startswith(b"HTTP/1.1 408")
     assert front.runtime.starts("a") == 0
+
+
+async def test_a_model_served_under_another_name_gets_that_name(
+    fronted: GatewayFactory, http: aiohttp.ClientSession
+) -> None:
+    """`served_model_name`: the request names the model as modeld knows it; the backend
+    gets the name it serves (vLLM would answer 404 to any other)."""
+    config = make_config({"a": {"gpu_memory_gb": 10, "served_model_name": "org/model-a"}}, [80])
+    front = await fronted(config)
+    async with http.post(front.url + "/v1/chat/completions", json=CHAT) as answer:
+        assert answer.status == 200
+        assert (await answer.json())["model"] == "org/model-a"
