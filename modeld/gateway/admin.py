@@ -109,15 +109,29 @@ class Admin:
         """`GET /v1/models`: OpenAI's list, of every configured model (not only the
         loaded ones), each with modeld's state and figures."""
         status = await self._link.call("status")
-        data = []
-        for name, view in status["models"].items():
-            data.append(
-                {
-                    "id": name,
-                    "object": "model",
-                    "created": 0,
-                    "owned_by": "modeld",
-                    **{key: view.get(key) for key in LISTED},
-                }
-            )
+        data = [_listed(name, view) for name, view in status["models"].items()]
         return web.json_response({"object": "list", "data": data})
+
+    async def model(self, request: web.Request) -> web.Response:
+        """`GET /v1/models/{name}`: OpenAI's retrieve, with modeld's state and figures."""
+        name = request.match_info["name"]
+        models = (await self._link.call("status"))["models"]
+        if name not in models:
+            raise GatewayError(
+                "unknown_model",
+                f"Model '{name}' not found. Available: {sorted(models)}",
+                model=name,
+                available=sorted(models),
+            )
+        return web.json_response(_listed(name, models[name]))
+
+
+def _listed(name: str, view: dict[str, Any]) -> dict[str, Any]:
+    """One model as OpenAI lists it, with modeld's figures beside."""
+    return {
+        "id": name,
+        "object": "model",
+        "created": 0,
+        "owned_by": "modeld",
+        **{key: view.get(key) for key in LISTED},
+    }

@@ -97,6 +97,8 @@ class Gateway:
             router.add_post(path, self.proxy.handle, name=f"infer{path.replace('/', '-')}")
         router.add_get("/v1/models", self.admin.models, name="models")
         router.add_get("/v1/models/status", self.admin.status, name="seed-status")
+        # After the seed's path: a model named "status" is reached through the list.
+        router.add_get("/v1/models/{name}", self.admin.model, name="model")
         router.add_post("/v1/models/switch", self.admin.switch, name="seed-switch")
         router.add_post(
             r"/v1/models/{name}/{action:start|stop|restart}",

@@ -117,7 +117,8 @@ async def test_errors_come_in_openais_shape(fronted: GatewayFactory) -> None:
 async def test_models_lists_every_configured_model_with_its_state(
     fronted: GatewayFactory,
 ) -> None:
-    """`models.list()` has every configured model, loaded or not, with modeld's state."""
+    """`models.list()` has every configured model, loaded or not, with modeld's state;
+    `models.retrieve()` one of them."""
     front = await fronted(make_config(TWO, [80]))
     await front.supervisor.switch("a")
     async with client(front.url, key="unused") as api:
@@ -125,3 +126,8 @@ async def test_models_lists_every_configured_model_with_its_state(
     assert set(listed) == {"a", "b"}
     assert listed["a"]["status"] == "running" and listed["b"]["status"] == "stopped"
     assert listed["a"]["gpu_memory_required_gb"] == 50.0
+    async with client(front.url, key="unused") as api:
+        one = await api.models.retrieve("b")
+        assert one.id == "b" and (one.model_extra or {})["status"] == "stopped"
+        with pytest.raises(openai.NotFoundError):
+            await api.models.retrieve("nope")
