@@ -5,13 +5,11 @@ coalesce into one load; a connection's leases end with it. Ordered by events."""
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 
 import pytest
 
 from modeld.client import Client, RpcError
 from modeld.errors import LoadFailed, ModelsBusy
-from modeld.events import Subscription
 from modeld.server import Limits
 from modeld.states import State
 from modeld.testing.fakes import Behaviour
@@ -20,20 +18,12 @@ from tests.support import (
     SupervisorFactory,
     eventually,
     make_config,
+    next_of,
     state_of,
     wait_for_state,
 )
 
 TWO = {"a": {"gpu_memory_gb": 50}, "b": {"gpu_memory_gb": 50}}
-
-
-async def next_of(events: Subscription, kind: str, **match: Any) -> dict[str, Any]:
-    """The next event of `kind` whose fields match."""
-    async with asyncio.timeout(10):
-        while True:
-            event = await events.next()
-            if event["type"] == kind and all(event.get(k) == v for k, v in match.items()):
-                return event
 
 
 async def test_a_leased_model_survives_a_switch_until_its_release(

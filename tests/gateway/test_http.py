@@ -19,13 +19,14 @@ from modeld.states import State
 from modeld.testing.fakes import Behaviour
 from modeld.testing.ports import free_port
 from tests.gateway.conftest import KEY, GatewayFactory
-from tests.gateway.test_openai import TWO, next_of
+from tests.gateway.test_openai import TWO
 from tests.support import (
     SEED_GPU_FIELDS,
     SEED_MODEL_FIELDS,
     SupervisorFactory,
     eventually,
     make_config,
+    next_of,
     state_of,
 )
 

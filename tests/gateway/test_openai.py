@@ -10,10 +10,9 @@ import openai
 import pytest
 from openai.types.chat import ChatCompletionMessageParam
 
-from modeld.events import Subscription
 from modeld.states import State
 from tests.gateway.conftest import KEY, GatewayFactory
-from tests.support import eventually, make_config, state_of
+from tests.support import eventually, make_config, next_of, state_of
 
 # Two models that cannot share the 80 GB GPU.
 TWO = {"a": {"gpu_memory_gb": 50}, "b": {"gpu_memory_gb": 50}}
@@ -22,15 +21,6 @@ TWO = {"a": {"gpu_memory_gb": 50}, "b": {"gpu_memory_gb": 50}}
 def client(url: str, key: str = KEY) -> openai.AsyncOpenAI:
     """The openai package pointed at the gateway."""
     return openai.AsyncOpenAI(base_url=f"{url}/v1", api_key=key, max_retries=0)
-
-
-async def next_of(events: Subscription, kind: str, **match: object) -> dict[str, object]:
-    """The next daemon event of `kind` whose fields match."""
-    async with asyncio.timeout(10):
-        while True:
-            event = await events.next()
-            if event["type"] == kind and all(event.get(k) == v for k, v in match.items()):
-                return event
 
 
 async def test_chat_completions_switch_by_the_requests_model(fronted: GatewayFactory) -> None:

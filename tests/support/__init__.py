@@ -12,6 +12,7 @@ from typing import Any
 
 from modeld.build import build_supervisor
 from modeld.config import Config, ModelConfig, parse_config
+from modeld.events import Subscription
 from modeld.gpu.base import GpuMonitor
 from modeld.runtime.process import ProcessRuntime
 from modeld.states import State
@@ -42,6 +43,15 @@ SEED_GPU_FIELDS = frozenset(
         "available_gb",
     }
 )
+
+
+async def next_of(events: Subscription, kind: str, **match: Any) -> dict[str, Any]:
+    """The next event of `kind` whose fields match (ten seconds at most)."""
+    async with asyncio.timeout(10):
+        while True:
+            event = await events.next()
+            if event["type"] == kind and all(event.get(k) == v for k, v in match.items()):
+                return event
 
 
 async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 20.0) -> None:
