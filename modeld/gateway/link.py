@@ -33,6 +33,8 @@ ANSWER_MARGIN_S = 30.0
 RECONNECT_MAX_S = 10.0
 # After a failed connection attempt, requests fail at once for this long.
 RETRY_AFTER_S = 0.5
+# How long a lease lost with a restarted daemon may take to be renewed.
+RENEW_S = 60.0
 T = TypeVar("T")
 
 
@@ -105,11 +107,27 @@ class Lease:
     def __init__(self, client: Client, granted: dict[str, Any]) -> None:
         self._client = client
         self.granted = granted
+        self.model = str(granted["model"])
         self._released = False
+        self._ending: asyncio.Future[None] | None = None
+
+    @property
+    def lost(self) -> bool:
+        """Its request is still in flight, but the daemon's end of the lease is gone with
+        the connection (the daemon restarted)."""
+        return self._client.closed and not self._released
+
+    def renewed(self, client: Client, granted: dict[str, Any]) -> None:
+        """The daemon granted it again on a new connection; ended at once if its request
+        finished meanwhile."""
+        self._client = client
+        self.granted = {**self.granted, "lease": granted["lease"]}
+        if self._released:
+            self._released = False
+            self._ending = asyncio.ensure_future(self.release())
 
     async def release(self) -> None:
-        """End it (once; a no-op after). Answered inline by the daemon, so it is quick;
-        awaited, so the lease has ended before the answer does."""
+        """End it (once; a no-op after). Answered inline by the daemon, so it is quick."""
         if self._released:
             return
         self._released = True
@@ -130,6 +148,9 @@ class DaemonLink:
         self._leases = _Connection(socket)
         self.events = EventBus()
         self.connected = asyncio.Event()
+        # The leases of requests in flight (renewed after a daemon restart).
+        self._held: set[Lease] = set()
+        self._renewing: asyncio.Task[None] | None = None
 
     async def call(self, method: str, timeout: float | None = None, **params: Any) -> Any:
         """Call `method`; a waiting call (`timeout` given) may take that long and a margin."""
@@ -145,10 +166,39 @@ class DaemonLink:
         late = GatewayError("timeout", f"{model} did not run within {timeout_s:g}s", model=model)
         granted = await _mapped(client.acquire(model, timeout_s), timeout_s + ANSWER_MARGIN_S, late)
         lease = Lease(client, granted)
+        self._held.add(lease)
         try:
             yield lease
         finally:
+            self._held.discard(lease)
             await lease.release()
+
+    async def _renew(self) -> None:
+        """The daemon is back: take again the leases of requests still streaming (theirs
+        ended with the old connection), so that no model is evicted under them. Only for
+        models the daemon has running or adopting: a backend that died with the old
+        daemon is not loaded again for a request whose answer is gone."""
+        lost = [lease for lease in self._held if lease.lost]
+        if not lost:
+            return
+        try:
+            models = (await self.call("status"))["models"]
+            client = await self._leases.client()
+        except GatewayError as exc:
+            log.warning("gateway.leases_not_renewed", reason=exc.message, count=len(lost))
+            return
+        for lease in lost:
+            state = models.get(lease.model, {}).get("status")
+            if state not in ("running", "loading"):
+                continue
+            late = GatewayError("timeout", f"{lease.model}: no lease within {RENEW_S:g}s")
+            try:
+                granted = await _mapped(client.acquire(lease.model, RENEW_S), RENEW_S, late)
+            except GatewayError as exc:
+                log.warning("gateway.lease_not_renewed", model=lease.model, reason=exc.message)
+                continue
+            lease.renewed(client, granted)
+        log.info("gateway.leases_renewed", count=len(lost))
 
     async def follow_events(self) -> None:
         """Forward the daemon's events to `events` for as long as the gateway runs,
@@ -160,6 +210,9 @@ class DaemonLink:
                     subscription = await asyncio.wait_for(client.subscribe(), CALL_TIMEOUT_S)
                     self.connected.set()
                     self.events.publish("gateway.connected", socket=str(self.socket))
+                    # (On its own: a renewal that waits for an adopted model's health
+                    # must not hold up the events.)
+                    self._renewing = asyncio.create_task(self._renew())
                     delay = 0.5
                     async for event in subscription:
                         self.events.forward(event)
@@ -174,5 +227,8 @@ class DaemonLink:
 
     async def close(self) -> None:
         """Close the connections (the leases of requests still in flight end)."""
+        if self._renewing is not None:
+            self._renewing.cancel()
+            await asyncio.gather(self._renewing, return_exceptions=True)
         await self._leases.close()
         await self._calls.close()

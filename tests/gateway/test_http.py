@@ -347,3 +347,48 @@ async def test_a_model_served_under_another_name_gets_that_name(
     async with http.post(front.url + "/v1/chat/completions", json=CHAT) as answer:
         assert answer.status == 200
         assert (await answer.json())["model"] == "org/model-a"
+
+
+async def test_a_stream_keeps_its_model_across_a_daemon_restart(
+    supervised: SupervisorFactory, http: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    """The daemon restarts while an answer streams (a model in a container outlives
+    it): the gateway takes the request's lease again on the new connection, so a switch
+    needing that model drains it instead of cutting the stream."""
+    supervisor, runtime, _ = await supervised(make_config(TWO, [80]))
+    socket = tmp_path / "modeld.sock"
+    daemon = RpcServer(supervisor, socket)
+    await daemon.start()
+    link = DaemonLink(socket)
+    server = GatewayServer(Gateway(GatewayConfig(), link, Keys([])), 5.0)
+    port = free_port()
+    await server.start("127.0.0.1", port)
+    events = supervisor.subscribe()
+    try:
+        await asyncio.wait_for(link.connected.wait(), 10)
+        await supervisor.switch("a")
+        runtime.server("a").token_seconds = 0.02
+        body = {**CHAT, "max_tokens": 400, "stream": True}  # 8 s: it outlasts the restart
+        answer = await http.post(f"http://127.0.0.1:{port}/v1/chat/completions", json=body)
+        assert (await answer.content.readline()).startswith(b"data: ")
+        await daemon.close()
+
+        async def ended() -> bool:  # the old connection's leases end with it
+            return bool(supervisor.status()["models"]["a"]["leases"] == 0)
+
+        await eventually(ended, timeout=10)
+        daemon = RpcServer(supervisor, socket)
+        await daemon.start()
+
+        async def renewed() -> bool:
+            return bool(supervisor.status()["models"]["a"]["leases"] == 1)
+
+        await eventually(renewed, timeout=20)
+        switching = asyncio.create_task(supervisor.switch("b"))
+        await next_of(events, "drain", model="a")  # waits for the stream, does not cut it
+        rest = await answer.read()
+        assert rest.rstrip().endswith(b"data: [DONE]")
+        assert (await asyncio.wait_for(switching, 20))["unloaded_models"] == ["a"]
+    finally:
+        await server.close()
+        await daemon.close()
