@@ -32,6 +32,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 # Like uvicorn's access lines under vLLM: client, request line, status.
 ACCESS_LOG_FORMAT = '%a - "%r" %s'
+POLLED = ("GET /health ", "GET /metrics ", "GET /is_sleeping ")
 
 
 class FakeVllm:
@@ -362,6 +363,8 @@ def _stdout_logger() -> logging.Logger:
     handler = logging.StreamHandler(sys.stdout)
     handler.setFormatter(logging.Formatter("INFO:     %(message)s"))
     access = logging.getLogger("fake-vllm.access")
+    # modeld's own polls (/health, /metrics, /is_sleeping) would drown the requests.
+    access.addFilter(lambda record: not any(p in record.getMessage() for p in POLLED))
     access.addHandler(handler)
     access.setLevel(logging.INFO)
     access.propagate = False
