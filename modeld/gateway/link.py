@@ -49,13 +49,15 @@ class _Connection:
         # queueing for an attempt of its own behind the lock.
         self._failed: tuple[float, GatewayError] | None = None
 
-    async def client(self) -> Client:
-        """The open connection (opened again if the daemon closed it)."""
+    async def client(self, now: bool = False) -> Client:
+        """The open connection (opened again if the daemon closed it); `now`: try even
+        within RETRY_AFTER_S of a failed attempt (the daemon is known to be back)."""
         async with self._opening:
             if self._client is not None and not self._client.closed:
                 return self._client
-            if self._failed is not None and time.monotonic() - self._failed[0] < RETRY_AFTER_S:
-                raise self._failed[1]
+            failed = self._failed
+            if failed is not None and not now and time.monotonic() - failed[0] < RETRY_AFTER_S:
+                raise failed[1]
             await self.close()
             client = Client(self._socket)
             try:
@@ -182,8 +184,10 @@ class DaemonLink:
         if not lost:
             return
         try:
-            models = (await self.call("status"))["models"]
-            client = await self._leases.client()
+            # The relay has just reached the daemon: no fail-fast window applies.
+            status = await _answer(await self._calls.client(now=True), "status", CALL_TIMEOUT_S)
+            models = status["models"]
+            client = await self._leases.client(now=True)
         except GatewayError as exc:
             log.warning("gateway.leases_not_renewed", reason=exc.message, count=len(lost))
             return
