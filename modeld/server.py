@@ -7,13 +7,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import grp
-import json
 import os
 import socket
 from collections import Counter
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,8 +18,8 @@ from typing import Any
 import structlog
 
 from modeld.access import AccessPolicy, Caller, peer_credentials
+from modeld.connection import Connection
 from modeld.errors import LimitReached, SocketInUse, TooManyConnections
-from modeld.events import Subscription
 from modeld.rpc import (
     INVALID_REQUEST,
     MAX_MESSAGE_BYTES,
@@ -46,8 +43,6 @@ MAX_TASKS_PER_CONNECTION = 8
 # the connection is always read and its releases always reach the daemon.
 MAX_ACQUIRES_PER_CONNECTION = 4096
 MAX_BATCH = 100
-# How many models' logs one connection may follow at once.
-MAX_FOLLOWS_PER_CONNECTION = 8
 LINES_PER_TURN = 32
 READ_CHUNK = 64 * 1024
 # A line begun must be finished within this; an answer the client does not read within
@@ -72,52 +67,6 @@ class Limits:
     write_timeout_s: float = WRITE_TIMEOUT_S
 
 
-class _Connection:
-    """One client: its writer, its request tasks, its one subscription."""
-
-    def __init__(self, writer: asyncio.StreamWriter, caller: Caller, limits: Limits) -> None:
-        self.writer = writer
-        self.caller = caller
-        self.limits = limits
-        self.tasks: set[asyncio.Task[None]] = set()
-        self.acquires: set[asyncio.Task[None]] = set()
-        self.subscription: Subscription | None = None
-        self.pump: asyncio.Task[None] | None = None
-        self.follows: dict[str, asyncio.Task[None]] = {}
-        self.closed = False
-        self.gone_logged = False
-
-    async def send(self, data: bytes) -> None:
-        """Write one whole message (one write call: messages from the connection's
-        requests and its event pump never interleave), then wait while the caller's
-        buffer is full, up to the write deadline; a caller that does not read is cut."""
-        if self.writer.is_closing():
-            self._gone(len(data))
-            return
-        try:
-            self.writer.write(data)
-            transport = self.writer.transport
-            if transport.get_write_buffer_size() <= transport.get_write_buffer_limits()[1]:
-                return  # below the high-water mark: nothing to wait for (no timer, no task)
-            await asyncio.wait_for(self.writer.drain(), self.limits.write_timeout_s)
-        except ConnectionError:
-            self._gone(len(data))
-        except TimeoutError:
-            if not self.writer.is_closing():
-                log.warning(
-                    "rpc.client_not_reading",
-                    timeout_s=self.limits.write_timeout_s,
-                    **self.caller.as_log(),
-                )
-            self.writer.transport.abort()
-
-    def _gone(self, size: int) -> None:
-        # Once per connection: a client that left must not make a log line per answer.
-        if not self.gone_logged:
-            self.gone_logged = True
-            log.info("rpc.caller_gone", bytes=size, **self.caller.as_log())
-
-
 class RpcServer:
     """Serves JSON-RPC on a Unix socket; each connection, and each request, on its own."""
 
@@ -138,7 +87,7 @@ class RpcServer:
             reserved=min(RESERVED_CONNECTIONS, max_connections // 4),
         )
         self._connections = 0
-        self._open: set[_Connection] = set()
+        self._open: set[Connection] = set()
         self._per_uid: Counter[int | None] = Counter()
         self._path = path
         self._mode = mode
@@ -256,7 +205,7 @@ class RpcServer:
 
     async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         caller = peer_credentials(writer.get_extra_info("socket"))
-        connection = _Connection(writer, caller, self._limits)
+        connection = Connection(writer, caller, self._limits.write_timeout_s, self._supervisor)
         refusal = self._admit(caller)
         if refusal is not None:
             log.warning("rpc.refused", reason=refusal.data["reason"], **caller.as_log())
@@ -267,10 +216,11 @@ class RpcServer:
         self._connections += 1
         self._per_uid[caller.uid] += 1
         self._open.add(connection)
-        attach = functools.partial(self.attach, connection)
-        follow = functools.partial(self.follow, connection)
         owner = id(connection)
-        context = Context(self._supervisor, caller, self._policy, attach, owner, follow)
+        pushes = connection.pushes
+        context = Context(
+            self._supervisor, caller, self._policy, pushes.subscribe, owner, pushes.follow
+        )
         try:
             await self._serve(reader, connection, context)
         except ConnectionError:
@@ -280,13 +230,11 @@ class RpcServer:
             # does not abort its switch: the request tasks finish, answer if they still can,
             # and log their outcome; only then is the transport closed.
             connection.closed = True
-            self._end_subscription(connection)
-            self._end_follows(connection)
+            pushes.end()
             self._supervisor.release_owner(owner)  # its requests in flight are over
             if connection.tasks or connection.acquires:
                 await asyncio.wait(connection.tasks | connection.acquires)
-            self._end_subscription(connection)  # in case a subscribe was still on its way
-            self._end_follows(connection)
+            pushes.end()  # in case a subscribe or a follow was still on its way
             self._supervisor.release_owner(owner)  # in case an acquire was still on its way
             self._open.discard(connection)
             self._connections -= 1
@@ -296,7 +244,7 @@ class RpcServer:
             writer.close()
 
     async def _serve(
-        self, reader: asyncio.StreamReader, connection: _Connection, context: Context
+        self, reader: asyncio.StreamReader, connection: Connection, context: Context
     ) -> None:
         """Read lines in chunks and answer each; bounded in bytes, time and tasks."""
         buffer = b""
@@ -349,7 +297,7 @@ class RpcServer:
                 return
             buffer += chunk
 
-    async def _line(self, line: bytes, connection: _Connection, context: Context) -> None:
+    async def _line(self, line: bytes, connection: Connection, context: Context) -> None:
         text, request = parse(line)
         if text is None or not may_take_long(request):
             # Answered from memory (or refused) at once: no task, no extra loop turn.
@@ -383,69 +331,9 @@ class RpcServer:
             registry.add(task)
             task.add_done_callback(registry.discard)
 
-    def attach(self, connection: _Connection) -> bool:
-        """Give the connection its one subscription; False if it had one already."""
-        if connection.subscription is not None:
-            return False
-        subscription = self._supervisor.subscribe()
-        connection.subscription = subscription
-        if connection.closed:
-            # The caller hung up before its subscribe was served: nothing to push to.
-            self._end_subscription(connection)
-        else:
-            connection.pump = asyncio.create_task(self._pump(subscription, connection))
-        return True
-
-    def _end_subscription(self, connection: _Connection) -> None:
-        if connection.subscription is not None:
-            self._supervisor.unsubscribe(connection.subscription)
-        if connection.pump is not None:
-            connection.pump.cancel()
-        connection.pump = None
-
-    def follow(self, connection: _Connection, model: str, lines: AsyncIterator[str]) -> bool:
-        """Push `lines` to the connection as `log` notifications; False if it follows
-        `model` already. The follow ends with the backend or the connection."""
-        if model in connection.follows or connection.closed:
-            return False
-        if len(connection.follows) >= MAX_FOLLOWS_PER_CONNECTION:
-            raise LimitReached(
-                f"this connection follows {len(connection.follows)} models' logs already",
-                limit=MAX_FOLLOWS_PER_CONNECTION,
-            )
-        task = asyncio.create_task(self._follow(model, lines, connection))
-        connection.follows[model] = task
-        task.add_done_callback(lambda _: connection.follows.pop(model, None))
-        return True
-
-    @staticmethod
-    def _end_follows(connection: _Connection) -> None:
-        for task in connection.follows.values():
-            task.cancel()
-
-    @staticmethod
-    async def _follow(model: str, lines: AsyncIterator[str], connection: _Connection) -> None:
-        """Send each line as it comes (the write deadline cuts off a caller that does not
-        read; the runtime drops lines for it meanwhile, never holds the backend up)."""
-        async for line in lines:
-            if connection.writer.is_closing():
-                return
-            message = {"jsonrpc": "2.0", "method": "log", "params": {"model": model, "line": line}}
-            await connection.send(json.dumps(message).encode() + b"\n")
-        ended = {"jsonrpc": "2.0", "method": "log", "params": {"model": model, "ended": True}}
-        await connection.send(json.dumps(ended).encode() + b"\n")
-
-    @staticmethod
-    async def _pump(subscription: Subscription, connection: _Connection) -> None:
-        """Push a subscription's events to its connection as `event` notifications."""
-        while not connection.writer.is_closing():
-            event = await subscription.next()
-            message = {"jsonrpc": "2.0", "method": "event", "params": event}
-            await connection.send(json.dumps(message).encode() + b"\n")
-
     @staticmethod
     async def _request(
-        text: str | None, request: Any, context: Context, connection: _Connection
+        text: str | None, request: Any, context: Context, connection: Connection
     ) -> None:
         line = await answer(text, request, context)
         if line is not None:

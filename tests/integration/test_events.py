@@ -15,11 +15,11 @@ from rich.console import Console
 from rich.progress import Progress
 
 from modeld.client import Client, RpcError
+from modeld.connection import MAX_FOLLOWS_PER_CONNECTION
 from modeld.ctl import switch_with_progress
 from modeld.demo import private_copy
 from modeld.events import Subscription
 from modeld.render import describe_step
-from modeld.server import MAX_FOLLOWS_PER_CONNECTION
 from modeld.supervisor import Supervisor
 from modeld.testing.fakes import Behaviour, FakeRuntime
 from tests.support import Served, ServeFactory, eventually, make_config
