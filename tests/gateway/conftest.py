@@ -14,10 +14,11 @@ from modeld.config import Config, GatewayConfig
 from modeld.gateway.app import Gateway, GatewayServer
 from modeld.gateway.auth import Keys, read_keys
 from modeld.gateway.link import DaemonLink
+from modeld.server import RpcServer
 from modeld.supervisor import Supervisor
 from modeld.testing.fakes import FakeRuntime
 from modeld.testing.ports import free_port
-from tests.support import ServeFactory
+from tests.support import ServeFactory, SupervisorFactory
 
 KEY = "sk-test-0123456789abcdef"
 
@@ -58,6 +59,57 @@ async def fronted(serve: ServeFactory) -> AsyncIterator[GatewayFactory]:
     yield start
     for server in servers:
         await server.close()
+
+
+@dataclass
+class Restartable:
+    """A daemon whose socket server can be stopped and started again (as a restarted
+    daemon would be, its models still running), and a gateway in front."""
+
+    url: str
+    socket: Path
+    supervisor: Supervisor
+    runtime: FakeRuntime
+    link: DaemonLink
+    daemon: RpcServer
+
+    async def stop_daemon(self) -> None:
+        """The daemon goes away: its clients' connections close."""
+        await self.daemon.close()
+
+    async def start_daemon(self) -> None:
+        """The daemon is back on the same socket."""
+        self.daemon = RpcServer(self.supervisor, self.socket)
+        await self.daemon.start()
+
+
+RestartableFactory = Callable[[Config], Awaitable[Restartable]]
+
+
+@pytest.fixture
+async def restartable(
+    supervised: SupervisorFactory, tmp_path: Path
+) -> AsyncIterator[RestartableFactory]:
+    """`await restartable(config)`: a Restartable daemon with a gateway in front."""
+    made: list[tuple[GatewayServer, Restartable]] = []
+
+    async def start(config: Config) -> Restartable:
+        supervisor, runtime, _ = await supervised(config)
+        socket = tmp_path / f"modeld-{len(made)}.sock"
+        daemon = RpcServer(supervisor, socket)
+        await daemon.start()
+        link = DaemonLink(socket)
+        server = GatewayServer(Gateway(GatewayConfig(), link, Keys([])), 5.0)
+        port = free_port()
+        await server.start("127.0.0.1", port)
+        front = Restartable(f"http://127.0.0.1:{port}", socket, supervisor, runtime, link, daemon)
+        made.append((server, front))
+        return front
+
+    yield start
+    for server, front in made:
+        await server.close()
+        await front.daemon.close()
 
 
 @pytest.fixture

@@ -5,25 +5,19 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 
-from modeld.config import GatewayConfig
-from modeld.gateway.app import Gateway, GatewayServer
-from modeld.gateway.auth import Keys
-from modeld.gateway.link import DaemonLink
-from modeld.server import RpcServer
 from modeld.states import State
 from modeld.testing.fakes import Behaviour
-from modeld.testing.ports import free_port
-from tests.gateway.conftest import KEY, GatewayFactory
+from tests.gateway.conftest import KEY, GatewayFactory, RestartableFactory
 from tests.gateway.test_openai import TWO
 from tests.support import (
     SEED_GPU_FIELDS,
     SEED_MODEL_FIELDS,
-    SupervisorFactory,
     eventually,
     make_config,
     next_of,
@@ -288,38 +282,26 @@ async def test_metrics_count_requests_waits_and_errors(
 
 
 async def test_the_gateway_reconnects_when_the_daemon_restarts(
-    supervised: SupervisorFactory, http: aiohttp.ClientSession, tmp_path: Path
+    restartable: RestartableFactory, http: aiohttp.ClientSession
 ) -> None:
     """The daemon goes away: requests get 503 `daemon_unreachable` (not a hang); when it
     is back on its socket, requests and the event relay work again, untouched."""
-    supervisor, _, _ = await supervised(make_config(TWO, [80]))
-    socket = tmp_path / "modeld.sock"
-    daemon = RpcServer(supervisor, socket)
-    await daemon.start()
-    link = DaemonLink(socket)
-    server = GatewayServer(Gateway(GatewayConfig(), link, Keys([])), 5.0)
-    port = free_port()
-    await server.start("127.0.0.1", port)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        async with http.post(url + "/v1/chat/completions", json=CHAT) as answer:
-            assert answer.status == 200
-        await daemon.close()
-        async with http.post(url + "/v1/chat/completions", json=CHAT) as answer:
-            assert answer.status == 503
-            assert (await answer.json())["error"]["code"] == "daemon_unreachable"
-        daemon = RpcServer(supervisor, socket)
-        await daemon.start()
+    front = await restartable(make_config(TWO, [80]))
+    url = front.url + "/v1/chat/completions"
+    async with http.post(url, json=CHAT) as answer:
+        assert answer.status == 200
+    await front.stop_daemon()
+    async with http.post(url, json=CHAT) as answer:
+        assert answer.status == 503
+        assert (await answer.json())["error"]["code"] == "daemon_unreachable"
+    await front.start_daemon()
 
-        async def answered() -> bool:  # (failed attempts are not retried for 0.5 s)
-            async with http.post(url + "/v1/chat/completions", json=CHAT) as answer:
-                return answer.status == 200
+    async def answered() -> bool:  # (failed attempts are not retried for 0.5 s)
+        async with http.post(url, json=CHAT) as answer:
+            return answer.status == 200
 
-        await eventually(answered, timeout=10)
-        await asyncio.wait_for(link.connected.wait(), 30)  # the relay subscribed again
-    finally:
-        await server.close()
-        await daemon.close()
+    await eventually(answered, timeout=10)
+    await asyncio.wait_for(front.link.connected.wait(), 30)  # the relay subscribed again
 
 
 async def test_a_body_that_does_not_arrive_in_time_is_refused(fronted: GatewayFactory) -> None:
@@ -350,45 +332,33 @@ async def test_a_model_served_under_another_name_gets_that_name(
 
 
 async def test_a_stream_keeps_its_model_across_a_daemon_restart(
-    supervised: SupervisorFactory, http: aiohttp.ClientSession, tmp_path: Path
+    restartable: RestartableFactory, http: aiohttp.ClientSession
 ) -> None:
     """The daemon restarts while an answer streams (a model in a container outlives
     it): the gateway takes the request's lease again on the new connection, so a switch
     needing that model drains it instead of cutting the stream."""
-    supervisor, runtime, _ = await supervised(make_config(TWO, [80]))
-    socket = tmp_path / "modeld.sock"
-    daemon = RpcServer(supervisor, socket)
-    await daemon.start()
-    link = DaemonLink(socket)
-    server = GatewayServer(Gateway(GatewayConfig(), link, Keys([])), 5.0)
-    port = free_port()
-    await server.start("127.0.0.1", port)
+    front = await restartable(make_config(TWO, [80]))
+    supervisor = front.supervisor
     events = supervisor.subscribe()
-    try:
-        await asyncio.wait_for(link.connected.wait(), 10)
-        await supervisor.switch("a")
-        runtime.server("a").token_seconds = 0.02
-        body = {**CHAT, "max_tokens": 400, "stream": True}  # 8 s: it outlasts the restart
-        answer = await http.post(f"http://127.0.0.1:{port}/v1/chat/completions", json=body)
-        assert (await answer.content.readline()).startswith(b"data: ")
-        await daemon.close()
+    await asyncio.wait_for(front.link.connected.wait(), 10)
+    await supervisor.switch("a")
+    front.runtime.server("a").token_seconds = 0.02
+    body = {**CHAT, "max_tokens": 400, "stream": True}  # 8 s: it outlasts the restart
+    answer = await http.post(front.url + "/v1/chat/completions", json=body)
+    assert (await answer.content.readline()).startswith(b"data: ")
+    await front.stop_daemon()
 
-        async def ended() -> bool:  # the old connection's leases end with it
-            return bool(supervisor.status()["models"]["a"]["leases"] == 0)
+    def leases(count: int) -> Callable[[], Awaitable[bool]]:
+        async def held() -> bool:
+            return bool(supervisor.status()["models"]["a"]["leases"] == count)
 
-        await eventually(ended, timeout=10)
-        daemon = RpcServer(supervisor, socket)
-        await daemon.start()
+        return held
 
-        async def renewed() -> bool:
-            return bool(supervisor.status()["models"]["a"]["leases"] == 1)
-
-        await eventually(renewed, timeout=20)
-        switching = asyncio.create_task(supervisor.switch("b"))
-        await next_of(events, "drain", model="a")  # waits for the stream, does not cut it
-        rest = await answer.read()
-        assert rest.rstrip().endswith(b"data: [DONE]")
-        assert (await asyncio.wait_for(switching, 20))["unloaded_models"] == ["a"]
-    finally:
-        await server.close()
-        await daemon.close()
+    await eventually(leases(0), timeout=10)  # the old connection's lease ended with it
+    await front.start_daemon()
+    await eventually(leases(1), timeout=20)  # renewed by the gateway
+    switching = asyncio.create_task(supervisor.switch("b"))
+    await next_of(events, "drain", model="a")  # waits for the stream, does not cut it
+    rest = await answer.read()
+    assert rest.rstrip().endswith(b"data: [DONE]")
+    assert (await asyncio.wait_for(switching, 20))["unloaded_models"] == ["a"]
