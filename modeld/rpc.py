@@ -382,18 +382,23 @@ def is_query(request: Any) -> bool:
     return isinstance(method, str) and method in QUERY_METHODS
 
 
+def _options(request: Any, context: Context) -> dict[str, Any]:
+    """jsonrpcserver's dispatch options for a line parsed already (or UNPARSED)."""
+    return {
+        "context": context,
+        # Parsed once already; what did not parse is left to jsonrpcserver to report.
+        "deserializer": json.loads if request is UNPARSED else lambda _: request,
+        "validator": validate_envelope,
+    }
+
+
 def answer_now(text: str, request: Any, context: Context) -> bytes | None:
     """The answer to a single `acquire` when it can be given at once (a lease, or an
     error); None when the call must wait for its model (or is a notification, which
     nobody could release: it takes the waiting path, as before)."""
     if "id" not in request:
         return None
-    options: dict[str, Any] = {
-        "context": context,
-        "deserializer": lambda _: request,
-        "validator": validate_envelope,
-    }
-    dispatched = dispatch_to_serializable(text, ACQUIRE_NOW, **options)
+    dispatched = dispatch_to_serializable(text, ACQUIRE_NOW, **_options(request, context))
     if isinstance(dispatched, dict) and "result" in dispatched and dispatched["result"] is None:
         return None
     return response_line(dispatched)
@@ -404,12 +409,7 @@ async def answer(text: str | None, request: Any, context: Context) -> bytes | No
     jsonrpcserver's public dispatch; None for notifications."""
     if text is None:
         return error_line(-32700, "Parse error", {"error": "not_utf8"})
-    options: dict[str, Any] = {
-        "context": context,
-        # Parsed once already; what did not parse is left to jsonrpcserver to report.
-        "deserializer": json.loads if request is UNPARSED else lambda _: request,
-        "validator": validate_envelope,
-    }
+    options = _options(request, context)
     if is_query(request):
         # Read-only, answered from memory: dispatched synchronously.
         dispatched = dispatch_to_serializable(text, QUERY_METHODS, **options)

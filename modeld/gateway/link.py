@@ -49,14 +49,13 @@ class _Connection:
         # queueing for an attempt of its own behind the lock.
         self._failed: tuple[float, GatewayError] | None = None
 
-    async def client(self, now: bool = False) -> Client:
-        """The open connection (opened again if the daemon closed it); `now`: try even
-        within RETRY_AFTER_S of a failed attempt (the daemon is known to be back)."""
+    async def client(self) -> Client:
+        """The open connection (opened again if the daemon closed it)."""
         async with self._opening:
             if self._client is not None and not self._client.closed:
                 return self._client
             failed = self._failed
-            if failed is not None and not now and time.monotonic() - failed[0] < RETRY_AFTER_S:
+            if failed is not None and time.monotonic() - failed[0] < RETRY_AFTER_S:
                 raise failed[1]
             await self.close()
             client = Client(self._socket)
@@ -76,6 +75,10 @@ class _Connection:
             self._failed = None
             self._client = client
             return client
+
+    def daemon_back(self) -> None:
+        """The daemon answers again: the next call connects at once."""
+        self._failed = None
 
     async def close(self) -> None:
         """Close the connection (its leases end with it)."""
@@ -184,10 +187,8 @@ class DaemonLink:
         if not lost:
             return
         try:
-            # The relay has just reached the daemon: no fail-fast window applies.
-            status = await _answer(await self._calls.client(now=True), "status", CALL_TIMEOUT_S)
-            models = status["models"]
-            client = await self._leases.client(now=True)
+            models = (await self.call("status"))["models"]
+            client = await self._leases.client()
         except GatewayError as exc:
             log.warning("gateway.leases_not_renewed", reason=exc.message, count=len(lost))
             return
@@ -213,6 +214,8 @@ class DaemonLink:
                 async with Client(self.socket) as client:
                     subscription = await asyncio.wait_for(client.subscribe(), CALL_TIMEOUT_S)
                     self.connected.set()
+                    for connection in (self._calls, self._leases):
+                        connection.daemon_back()  # no fail-fast window once it answers
                     self.events.publish("gateway.connected", socket=str(self.socket))
                     # (On its own: a renewal that waits for an adopted model's health
                     # must not hold up the events.)

@@ -47,6 +47,14 @@ FORWARDED = ("Content-Type", "Accept", "Accept-Encoding", "X-Request-Id", "User-
 RETURNED = ("Content-Type", "Content-Encoding", "X-Request-Id")
 
 
+# Bodies up to this size are parsed on the event loop (well under a millisecond).
+PARSE_INLINE_BYTES = 256 * 1024
+
+
+def _encoded(payload: dict[str, Any]) -> bytes:
+    return json.dumps(payload).encode()
+
+
 class ClientGone(Exception):
     """The client hung up before its answer ended."""
 
@@ -118,7 +126,12 @@ class Proxy:
                     "request_timeout",
                     f"the request body did not arrive within {self._config.body_timeout_s:g}s",
                 ) from None
-            model, payload = requested_model(body)
+            if len(body) > PARSE_INLINE_BYTES:
+                # A big body (a batch of embeddings) would stall every other request
+                # while it is parsed: off the event loop.
+                model, payload = await asyncio.to_thread(requested_model, body)
+            else:
+                model, payload = requested_model(body)
             response = await self._leased(request, model, payload, body)
             status = response.status
             return response
@@ -156,7 +169,12 @@ class Proxy:
             self._metrics.load_wait.labels(model).observe(time.monotonic() - started)
             served = lease.granted.get("served_model_name", model)
             if served != model:
-                body = json.dumps({**payload, "model": served}).encode()
+                renamed = {**payload, "model": served}
+                body = (
+                    await asyncio.to_thread(_encoded, renamed)
+                    if len(body) > PARSE_INLINE_BYTES
+                    else _encoded(renamed)
+                )
             return await self._forward(request, lease, model, body)
 
     async def _forward(

@@ -329,6 +329,11 @@ async def test_a_model_served_under_another_name_gets_that_name(
     async with http.post(front.url + "/v1/chat/completions", json=CHAT) as answer:
         assert answer.status == 200
         assert (await answer.json())["model"] == "org/model-a"
+    # A body too big to parse on the event loop takes the same way, off it.
+    big = {**CHAT, "messages": [{"role": "user", "content": "x" * 400_000}]}
+    async with http.post(front.url + "/v1/chat/completions", json=big) as answer:
+        assert answer.status == 200
+        assert (await answer.json())["model"] == "org/model-a"
 
 
 async def test_a_stream_keeps_its_model_across_a_daemon_restart(
