@@ -108,6 +108,8 @@ async def test_a_70000_character_line_loads_stops_and_keeps_the_daemon_usable() 
 
 async def test_a_line_without_end_is_bounded(runtime: ProcessRuntime) -> None:
     """Output with no newline at all (10 MB) never grows one kept line past the limit."""
+    # The sleep is the backend's lifetime (it stays up while the test reads its output),
+    # not a wait of the test; the test stops it.
     spew = "import sys, time; print('z' * 10_000_000, end='', flush=True); time.sleep(60)"
     model = process_model([sys.executable, "-c", spew], stop_timeout_s=1)
     await runtime.start(model)

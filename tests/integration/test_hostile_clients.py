@@ -138,6 +138,8 @@ async def test_a_flood_without_reading_stays_small_and_others_are_served(
             async with asyncio.timeout(2):
                 assert (await bystander.call("ping"))["pong"] is True
             peak = max(peak, daemon_rss_kb(process.pid))
+            # A sampling cadence for the daemon's memory while the floods run (the
+            # loop ends on their event, `running.done()`), not a wait for a condition.
             await asyncio.sleep(0.05)
     await running
     grown_mb = (peak - before) / 1024

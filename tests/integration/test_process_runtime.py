@@ -15,6 +15,8 @@ from modeld.testing.ports import free_port
 from modeld.vllm import Health, VllmClient
 from tests.support import eventually, has_output, process_model
 
+# A backend with a child of its own; the sleeps are their lifetimes (the test stops them
+# long before), not waits of the test.
 PARENT_AND_CHILD = (
     "import subprocess, sys, time; "
     "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']); "
