@@ -15,14 +15,14 @@ the simulated GPU, loads scaled down), which must agree with the planner-only re
 from __future__ import annotations
 
 import asyncio
-import random
 import statistics
 import tempfile
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
 from itertools import combinations
 
+from bench.bounds import filtered_odds
 from bench.common import Report, cli, figure
+from bench.workload import Scenario, fits, make_scenario
 from modeld.build import build_supervisor
 from modeld.config import EvictionPolicy, parse_config
 from modeld.gpu.simulated import SimulatedGpu
@@ -37,69 +37,30 @@ POLICIES: tuple[EvictionPolicy, ...] = ("largest_first", "lru", "fewest", "cost_
 DEFAULT: EvictionPolicy = "cost_aware"
 
 
-@dataclass(frozen=True)
-class Model:
-    """A model in a trace: memory per device and cold-load seconds."""
-
-    name: str
-    need: dict[int, float]
-    load_s: float
-
-
-@dataclass(frozen=True)
-class Scenario:
-    """Models, devices and a request sequence."""
-
-    label: str
-    models: dict[str, Model]
-    devices: tuple[Device, ...]
-    trace: tuple[str, ...]
-
-
-def _fits(models: Iterable[Model], devices: Sequence[Device]) -> bool:
-    used: dict[int, float] = {}
-    for model in models:
-        for device, gb in model.need.items():
-            used[device] = used.get(device, 0.0) + gb
-    return all(used.get(d.index, 0.0) <= d.total_gb + 1e-9 for d in devices)
-
-
-def make_scenario(seed: int, count: int, gpus: int, length: int) -> Scenario:
-    """A seeded scenario: models, Zipf requests whose favourites shift every so often."""
-    rng = random.Random(seed)
-    models = {}
-    for index in range(count):
-        placement = [rng.randrange(gpus)] if gpus == 1 or rng.random() < 0.7 else [0, 1]
-        models[f"m{index}"] = Model(
-            f"m{index}",
-            {d: float(rng.randint(10, 50)) for d in placement},
-            float(rng.randint(5, 60)),
-        )
-    names = list(models)
-    order = names[:]
-    rng.shuffle(order)
-    weights = [1 / (rank + 1) ** 1.1 for rank in range(count)]
-    trace = []
-    for position in range(length):
-        if position and position % rng.randint(30, 50) == 0:
-            # Favourites shift: a few ranks trade places.
-            for _ in range(2):
-                a, b = rng.sample(range(count), 2)
-                order[a], order[b] = order[b], order[a]
-        trace.append(rng.choices(order, weights)[0])
-    devices = tuple(Device(d, 80.0, 80.0) for d in range(gpus))
-    return Scenario(f"{count} models, {gpus} GPU, seed {seed}", models, devices, tuple(trace))
-
-
-def simulate(scenario: Scenario, policy: EvictionPolicy) -> float:
-    """Total cold-load seconds serving the trace with `policy` through plan_switch."""
-    loaded: dict[str, int] = {}
+def decayed_demand(scenario: Scenario) -> list[dict[str, float]]:
+    """Each model's demand as the daemon counts it, when each request is planned: every
+    request decays everyone's by DEMAND_DECAY and counts one for its model."""
     demand = dict.fromkeys(scenario.models, 0.0)
-    total = 0.0
-    for time, name in enumerate(scenario.trace):
+    seen = []
+    for name in scenario.trace:
         for other in demand:
             demand[other] *= DEMAND_DECAY
         demand[name] += 1.0
+        seen.append(dict(demand))
+    return seen
+
+
+def simulate(
+    scenario: Scenario,
+    policy: EvictionPolicy,
+    demand: Sequence[Mapping[str, float]] | None = None,
+) -> float:
+    """Total cold-load seconds serving the trace with `policy` through plan_switch; the
+    planner sees `demand` per request (by default, the daemon's decayed counts)."""
+    seen = decayed_demand(scenario) if demand is None else demand
+    loaded: dict[str, int] = {}
+    total = 0.0
+    for time, name in enumerate(scenario.trace):
         if name in loaded:
             loaded[name] = time
             continue
@@ -118,7 +79,7 @@ def simulate(scenario: Scenario, policy: EvictionPolicy) -> float:
                 sum(scenario.models[held].need.values()),
                 float(last),
                 reload_s=scenario.models[held].load_s,
-                demand=demand[held],
+                demand=seen[time][held],
             )
             for held, last in loaded.items()
         ]
@@ -150,7 +111,7 @@ def optimum(scenario: Scenario) -> float:
                         keep = frozenset(subset)
                         if any(keep < bigger for bigger in kept):
                             continue
-                        if _fits([models[n] for n in (*subset, name)], scenario.devices):
+                        if fits([models[n] for n in (*subset, name)], scenario.devices):
                             kept.append(keep)
                 options = [(keep | {name}, cost + models[name].load_s) for keep in kept]
             for state, value in options:
@@ -315,10 +276,40 @@ def run(quick: bool) -> Report:
             f"{statistics.mean(ratios['largest_first']):.3f}x",
         )
     )
+    # What learning popularity costs: the same planner told the true odds, and fed by
+    # the exact Bayes filter of how these traces are drawn (bench/bounds.py).
+    best = [optimum(trace) for trace in traces]
+    for label, demand_of, why in (
+        (
+            "told the odds",
+            lambda trace: list(trace.odds),
+            "the odds each request was drawn with, which no daemon knows",
+        ),
+        (
+            "with the exact filter",
+            filtered_odds,
+            "popularity learned from the same requests by the Bayes filter of how the "
+            "traces are drawn: no learner predicts them better",
+        ),
+    ):
+        bounded = [
+            simulate(trace, DEFAULT, demand_of(trace)) / cost
+            for trace, cost in zip(traces, best, strict=True)
+        ]
+        report.add(
+            figure(
+                f"{DEFAULT} {label}, fresh seeds (a bound): load s / optimum",
+                "x",
+                bounded,
+                notes=f"mean {statistics.mean(bounded):.3f}x, worst {max(bounded):.3f}x, "
+                f"{sum(r > 1.35 for r in bounded)} traces above 1.35x: the same planner "
+                f"given {why}",
+            )
+        )
     # The same traces through the real daemon: a switch per request.
     configure_logging("warning")
     replayed = asyncio.run(replay_all(traces, DEFAULT))
-    through = [cost / optimum(trace) for trace, cost in zip(traces, replayed, strict=True)]
+    through = [cost / least for least, cost in zip(best, replayed, strict=True)]
     mean, worst = statistics.mean(through), max(through)
     differ = sum(abs(a - b) > 1e-9 for a, b in zip(through, ratios[DEFAULT], strict=True))
     report.add(

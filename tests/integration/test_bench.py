@@ -62,13 +62,16 @@ def test_runner_writes_results(tmp_path: Path) -> None:
         "start after release",
         "RSS",
         "cost_aware: load seconds / optimum",
+        "told the odds",
+        "with the exact filter",
     ):
         assert figure in text
 
 
 def test_trace_optimum_bounds_every_policy() -> None:
     """The offline optimum is never beaten, and matches a case worked by hand."""
-    from bench.traces import POLICIES, Model, Scenario, make_scenario, optimum, simulate
+    from bench.traces import POLICIES, optimum, simulate
+    from bench.workload import Model, Scenario, make_scenario
     from modeld.planner import Device
 
     for seed in range(4):
@@ -82,3 +85,24 @@ def test_trace_optimum_bounds_every_policy() -> None:
     # With 40 GB each both fit: only the first two requests load.
     small = {n: Model(n, {0: 40.0}, 10.0) for n in ("a", "b")}
     assert optimum(Scenario("fits", small, (Device(0, 80, 80),), ("a", "b", "a", "b"))) == 20.0
+
+
+def test_bounds_learn_popularity_and_never_beat_the_optimum() -> None:
+    """The bounds' odds are distributions; the exact filter learns a steady favourite;
+    neither bound beats the offline optimum."""
+    from bench.bounds import filtered_odds
+    from bench.traces import optimum, simulate
+    from bench.workload import Scenario, make_scenario
+
+    scenario = make_scenario(7, 5, 1, 60)
+    filtered = filtered_odds(scenario)
+    for odds in (*scenario.odds, *filtered):
+        assert abs(sum(odds.values()) - 1.0) < 1e-9
+    best = optimum(scenario)
+    assert best <= simulate(scenario, "cost_aware", list(scenario.odds)) + 1e-9
+    assert best <= simulate(scenario, "cost_aware", filtered) + 1e-9
+    # Forty requests for m3 alone: the filter ranks it first, near the top rank's share.
+    steady = Scenario("steady", scenario.models, scenario.devices, ("m3",) * 40)
+    last = filtered_odds(steady)[-1]
+    assert max(last, key=last.__getitem__) == "m3"
+    assert last["m3"] > 0.9 * max(scenario.odds[0].values())
