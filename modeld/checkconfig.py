@@ -36,6 +36,8 @@ def explain(config: Config, totals: Mapping[int, float] | None, learned: Learned
             else "fit unknown (device sizes unknown here)"
         )
         flags = [f for f, on in (("pinned", model.pinned), ("sleep mode", model.sleep_mode)) if on]
+        if model.api_key_file is not None:
+            flags.append(f"backend key in {model.api_key_file}")
         lines.append(
             f"model {name}: {model.runtime} ({where}); needs {per_device} "
             f"[{need.source.value}]; {verdict}" + (f"; {', '.join(flags)}" if flags else "")

@@ -136,6 +136,9 @@ class ModelConfig(_Strict):
     # The name vLLM serves it under (its --served-model-name), when not the table's key:
     # the gateway sends requests for this model with that name.
     served_model_name: str | None = None
+    # A file whose first line is the key the backend demands on /v1 (vLLM's --api-key):
+    # modeld starts the backend with VLLM_API_KEY set to it; the gateway sends it upstream.
+    api_key_file: Path | None = None
     description: str = ""
     load_time_seconds: PositiveFloat = 60.0
     gpus: list[Annotated[int, Field(ge=0)]] = Field(default_factory=lambda: [0], min_length=1)
@@ -189,6 +192,14 @@ class ModelConfig(_Strict):
             raise ValueError("a process model needs `command`")
         if self.pinned and self.idle_unload_after_s is not None:
             raise ValueError("a pinned model is never unloaded: drop idle_unload_after_s")
+        if self.api_key_file is not None and (
+            "VLLM_API_KEY" in self.env or "--api-key" in (self.command or [])
+        ):
+            # Two keys would disagree: the gateway would send one, vLLM expect the other.
+            raise ValueError(
+                "api_key_file sets the backend's key: drop VLLM_API_KEY from env "
+                "and --api-key from command"
+            )
         return self
 
     @property

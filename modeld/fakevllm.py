@@ -27,12 +27,15 @@ import time
 import uuid
 
 from aiohttp import web
+from aiohttp.typedefs import Handler
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 # Like uvicorn's access lines under vLLM: client, request line, status.
 ACCESS_LOG_FORMAT = '%a - "%r" %s'
 POLLED = ("GET /health ", "GET /metrics ", "GET /is_sleeping ")
+# The paths vLLM's --api-key guards (its security guide: nothing else is).
+KEYED_PREFIXES = ("/v1", "/v2", "/inference", "/cohere")
 
 
 class FakeVllm:
@@ -52,9 +55,12 @@ class FakeVllm:
         wake_fails: bool = False,
         request_seconds: float = 0.0,
         token_seconds: float = 0.0,
+        api_key: str | None = None,
         access_log: logging.Logger | None = None,
     ) -> None:
         self.model = model
+        # Like vLLM's --api-key (or VLLM_API_KEY): asked for under /v1 only.
+        self.api_key = api_key
         # As a process it prints a line per request, as vLLM's API server does.
         self.access_log = access_log
         self.port = port
@@ -111,8 +117,17 @@ class FakeVllm:
         for state in ("awake", "weights_offloaded", "discard_all"):
             self._sleep_state.labels(state, self.model).set(float(state == current))
 
+    @web.middleware
+    async def _authenticate(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        if (
+            request.path.startswith(KEYED_PREFIXES)
+            and request.headers.get("Authorization") != f"Bearer {self.api_key}"
+        ):
+            return web.json_response({"error": "Unauthorized"}, status=401)
+        return await handler(request)
+
     def _app(self) -> web.Application:
-        app = web.Application()
+        app = web.Application(middlewares=[self._authenticate] if self.api_key else [])
         app.router.add_get("/health", self._health)
         app.router.add_get("/v1/models", self._models)
         app.router.add_get("/version", self._version)
@@ -388,6 +403,7 @@ async def _serve(args: argparse.Namespace) -> int:
         wake_fails=args.wake_fails,
         request_seconds=args.request_seconds,
         token_seconds=args.token_seconds,
+        api_key=args.api_key or os.environ.get("VLLM_API_KEY") or None,
         access_log=_stdout_logger(),
     )
     print(f"fake-vllm: loading {args.model} ({args.load_seconds}s)", flush=True)
@@ -442,6 +458,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--token-seconds", type=float, default=0.0, help="time between two streamed tokens"
     )
+    parser.add_argument("--api-key", help="key asked for under /v1 (default: $VLLM_API_KEY)")
     sys.exit(asyncio.run(_serve(parser.parse_args(argv))))
 
 

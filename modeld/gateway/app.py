@@ -11,7 +11,7 @@ from aiohttp import web
 
 from modeld.config import GatewayConfig
 from modeld.gateway.admin import Admin
-from modeld.gateway.auth import Keys
+from modeld.gateway.auth import BackendKeys, Keys
 from modeld.gateway.errors import GatewayError, openai_response, seed_response
 from modeld.gateway.link import DaemonLink
 from modeld.gateway.metrics import GatewayMetrics
@@ -76,12 +76,19 @@ async def keys(request: web.Request, handler: Handler) -> web.StreamResponse:
 class Gateway:
     """The application and its parts: proxy, admin endpoints, event streams, metrics."""
 
-    def __init__(self, config: GatewayConfig, link: DaemonLink, accepted: Keys) -> None:
+    def __init__(
+        self,
+        config: GatewayConfig,
+        link: DaemonLink,
+        accepted: Keys,
+        backend_keys: BackendKeys | None = None,
+    ) -> None:
         self.config = config
         self.link = link
         self.keys = accepted
+        self.backend_keys = backend_keys or BackendKeys({})
         self.metrics = GatewayMetrics()
-        self.proxy = Proxy(link, config, self.metrics)
+        self.proxy = Proxy(link, config, self.metrics, self.backend_keys)
         self.admin = Admin(link)
         self.streams = EventStreams(link.events, self.metrics, config.max_event_streams)
         self.app = self._build()

@@ -1,4 +1,6 @@
-"""Bearer keys: from `[gateway] api_keys` and `api_keys_file` (one per line, `#` comments).
+"""Bearer keys: from `[gateway] api_keys` and `api_keys_file` (one per line, `#` comments),
+which callers must send; and the backends' own keys (`api_key_file` per model), which
+the gateway sends upstream in their place.
 
 Keys are compared as SHA-256 digests with hmac.compare_digest, against every key
 (no early exit), so neither a key's content nor which key matched shows in the timing.
@@ -9,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+from collections.abc import Mapping
 from pathlib import Path
 
 from modeld.config import GatewayConfig
@@ -77,3 +80,19 @@ class Keys:
         for known in self._digests:
             matched |= hmac.compare_digest(digest, known)
         return matched
+
+
+class BackendKeys:
+    """The key each backend demands (vLLM's --api-key), by model name."""
+
+    def __init__(self, keys: Mapping[str, str]) -> None:
+        self._keys = dict(keys)
+
+    def replace(self, keys: Mapping[str, str]) -> None:
+        """Take a new set of keys (SIGHUP re-reads the files)."""
+        self._keys = dict(keys)
+
+    def header(self, model: str) -> dict[str, str]:
+        """The Authorization header for a request to `model`'s backend, if it has a key."""
+        key = self._keys.get(model)
+        return {"Authorization": f"Bearer {key}"} if key else {}

@@ -41,6 +41,7 @@ STATUS: dict[str, int] = {
     "too_large": 413,
     "too_many_requests": 429,
     "upstream_unreachable": 502,
+    "upstream_unauthorized": 502,
     "daemon_unreachable": 503,
     "upstream_timeout": 504,
 }

@@ -1,5 +1,6 @@
 """`modeld-gateway`: run the HTTP gateway. Lifecycle like the daemon's (and uvicorn's):
-startup, serve until SIGTERM/SIGINT, shutdown; SIGHUP re-reads the API keys. Signal
+startup, serve until SIGTERM/SIGINT, shutdown; SIGHUP re-reads the API keys (callers'
+and backends'). Signal
 handlers only set events; sys.exit only in main()."""
 
 from __future__ import annotations
@@ -12,10 +13,11 @@ from pathlib import Path
 import structlog
 
 from modeld import __version__
+from modeld.backendkeys import backend_keys
 from modeld.config import Config, load_config
 from modeld.errors import ConfigError
 from modeld.gateway.app import Gateway, GatewayServer
-from modeld.gateway.auth import Keys, read_keys
+from modeld.gateway.auth import BackendKeys, Keys, read_keys
 from modeld.gateway.link import DaemonLink
 from modeld.logs import configure_logging
 from modeld.sdnotify import Notifier
@@ -45,6 +47,7 @@ async def run_gateway(config: Config, config_path: Path, listen: str, socket: Pa
     stop, reload_requested = stop_and_reload()
     notifier = Notifier()
     accepted = Keys(read_keys(config.gateway, str(config_path)))
+    upstream = BackendKeys(backend_keys(config, str(config_path)))
     host, port = split_listen(listen)
     if not accepted.required and not _loopback(host):
         log.warning(
@@ -53,9 +56,11 @@ async def run_gateway(config: Config, config_path: Path, listen: str, socket: Pa
             hint="no api_keys: anyone who reaches this address can load and switch models",
         )
     server = GatewayServer(
-        Gateway(config.gateway, DaemonLink(socket), accepted), SHUTDOWN_TIMEOUT_S
+        Gateway(config.gateway, DaemonLink(socket), accepted, upstream), SHUTDOWN_TIMEOUT_S
     )
-    reloads = asyncio.create_task(_reload_keys(reload_requested, config_path, accepted, notifier))
+    reloads = asyncio.create_task(
+        _reload_keys(reload_requested, config_path, accepted, upstream, notifier)
+    )
     try:
         await server.start(host, port)
         notifier.ready(f"listening on {listen}")
@@ -77,15 +82,24 @@ async def run_gateway(config: Config, config_path: Path, listen: str, socket: Pa
 
 
 async def _reload_keys(
-    requested: asyncio.Event, config_path: Path, accepted: Keys, notifier: Notifier
+    requested: asyncio.Event,
+    config_path: Path,
+    accepted: Keys,
+    upstream: BackendKeys,
+    notifier: Notifier,
 ) -> None:
-    """SIGHUP: read the config's keys again (other settings take a restart)."""
+    """SIGHUP: read the config's keys again, callers' and backends' (other settings take
+    a restart); a file that cannot be read keeps every key as it was."""
     while True:
         await requested.wait()
         requested.clear()
         notifier.reloading()
         try:
-            accepted.replace(read_keys(load_config(config_path).gateway, str(config_path)))
+            config = load_config(config_path)
+            callers = read_keys(config.gateway, str(config_path))
+            backends = backend_keys(config, str(config_path))
+            accepted.replace(callers)
+            upstream.replace(backends)
             log.info("gateway.keys_reloaded")
         except ConfigError as exc:
             log.error("gateway.reload_rejected", reason=exc.message)
@@ -110,6 +124,7 @@ def run(argv: list[str] | None = None) -> int:
     try:
         config = load_config(args.config)
         read_keys(config.gateway, str(args.config))
+        backend_keys(config, str(args.config))
         listen = args.listen or config.gateway.listen
         split_listen(listen)
     except ConfigError as exc:

@@ -3,7 +3,8 @@ backend, the answer streamed back chunk by chunk, the lease released at the end.
 
 Only the allowlisted inference paths are forwarded (vLLM's admin endpoints, reachable
 on a dev-mode backend, never are); only a few request headers go upstream (never the
-caller's Authorization: the gateway's key is not the backend's).
+caller's Authorization: the gateway's key is not the backend's, which the gateway sends
+itself when the model has an `api_key_file`).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import structlog
 from aiohttp import web
 
 from modeld.config import GatewayConfig
+from modeld.gateway.auth import BackendKeys
 from modeld.gateway.errors import GatewayError
 from modeld.gateway.link import DaemonLink, Lease
 from modeld.gateway.metrics import GatewayMetrics
@@ -80,10 +82,17 @@ def requested_model(body: bytes) -> tuple[str, dict[str, Any]]:
 class Proxy:
     """Forwards inference requests under leases, over one HTTP client session."""
 
-    def __init__(self, link: DaemonLink, config: GatewayConfig, metrics: GatewayMetrics) -> None:
+    def __init__(
+        self,
+        link: DaemonLink,
+        config: GatewayConfig,
+        metrics: GatewayMetrics,
+        backend_keys: BackendKeys,
+    ) -> None:
         self._link = link
         self._config = config
         self._metrics = metrics
+        self._backend_keys = backend_keys
         self._session: aiohttp.ClientSession | None = None
         self._in_flight = 0
 
@@ -186,10 +195,19 @@ class Proxy:
         assert self._session is not None, "start() first"
         endpoint = str(lease.granted["endpoint"])
         headers = {name: request.headers[name] for name in FORWARDED if name in request.headers}
+        headers.update(self._backend_keys.header(model))
         url = endpoint.rstrip("/") + request.path_qs
         response: web.StreamResponse | None = None
         try:
             async with self._session.post(url, data=body, headers=headers) as upstream:
+                if upstream.status == 401:
+                    # The caller's key was accepted; the backend refused the gateway's.
+                    raise GatewayError(
+                        "upstream_unauthorized",
+                        f"{model}: its backend at {endpoint} refused the gateway's key: "
+                        f"its api_key_file must hold the key the backend was started with",
+                        model=model,
+                    )
                 response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
                 for name in RETURNED:
                     if name in upstream.headers:

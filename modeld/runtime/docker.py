@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 import aiodocker
 import aiohttp
 from aiodocker.containers import DockerContainer
 
+from modeld.backendkeys import launch_environment
 from modeld.config import ModelConfig
 from modeld.errors import (
     LoadFailed,
@@ -53,8 +54,8 @@ def _port_bindings(ports: list[str]) -> tuple[dict[str, Any], dict[str, Any]]:
     return exposed, bindings
 
 
-def container_config(model: ModelConfig) -> dict[str, Any]:
-    """The Engine API create body for a model that names an image."""
+def container_config(model: ModelConfig, env: Mapping[str, str]) -> dict[str, Any]:
+    """The Engine API create body for a model that names an image, its environment `env`."""
     exposed, bindings = _port_bindings(model.ports)
     host: dict[str, Any] = {"Binds": list(model.volumes), "PortBindings": bindings}
     if model.network_mode:
@@ -69,7 +70,7 @@ def container_config(model: ModelConfig) -> dict[str, Any]:
         ]
     config: dict[str, Any] = {
         "Image": model.image,
-        "Env": [f"{key}={value}" for key, value in model.launch_env.items()],
+        "Env": [f"{key}={value}" for key, value in env.items()],
         "Labels": {LABEL: model.name},
         "ExposedPorts": exposed,
         "HostConfig": host,
@@ -195,8 +196,9 @@ class DockerRuntime:
                     if container["State"].get("Running"):
                         return _status(_info(container))
                     await container.delete(force=True)
+                env = await asyncio.to_thread(launch_environment, model)
                 container = await docker.containers.create(
-                    container_config(model), name=model.container_name
+                    container_config(model, env), name=model.container_name
                 )
             elif container is None:
                 raise LoadFailed(

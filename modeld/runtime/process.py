@@ -31,6 +31,7 @@ from pathlib import Path
 
 import structlog
 
+from modeld.backendkeys import launch_environment
 from modeld.config import ModelConfig
 from modeld.errors import LoadFailed, OperationFailed
 from modeld.runtime import reaper
@@ -195,6 +196,7 @@ class ProcessRuntime:
                 model=model.name,
                 reason="command not found",
             )
+        env = await asyncio.to_thread(launch_environment, model)
         try:
             process = await asyncio.create_subprocess_exec(
                 sys.executable,
@@ -210,7 +212,7 @@ class ProcessRuntime:
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.STDOUT,
                 start_new_session=True,
-                env=backend_env(model.launch_env, self._pass_env),
+                env=backend_env(env, self._pass_env),
                 cwd=model.cwd,
             )
         except OSError as exc:

@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from urllib.parse import urlparse
 
+from modeld.backendkeys import KEY_VARIABLE, launch_environment
 from modeld.config import ModelConfig
 from modeld.errors import LoadFailed
 from modeld.fakevllm import FakeVllm
@@ -72,12 +73,14 @@ class FakeRuntime:
         self.events.append(("start", model.name))
         port = urlparse(model.endpoint).port
         assert port is not None
+        env = launch_environment(model)
         server = FakeVllm(
             model.served_model_name or model.name,
             port,
             load_seconds=behaviour.load_seconds,
             sleep_mode=model.sleep_mode,
-            dev_mode=model.launch_env.get("VLLM_SERVER_DEV_MODE") == "1",
+            dev_mode=env.get("VLLM_SERVER_DEV_MODE") == "1",
+            api_key=env.get(KEY_VARIABLE),
             sleep_seconds=behaviour.sleep_seconds,
             wake_seconds=behaviour.wake_seconds,
             wake_fails=behaviour.wake_fails,

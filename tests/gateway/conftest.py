@@ -10,9 +10,10 @@ from typing import Any
 import aiohttp
 import pytest
 
+from modeld.backendkeys import backend_keys
 from modeld.config import Config, GatewayConfig
 from modeld.gateway.app import Gateway, GatewayServer
-from modeld.gateway.auth import Keys, read_keys
+from modeld.gateway.auth import BackendKeys, Keys, read_keys
 from modeld.gateway.link import DaemonLink
 from modeld.server import RpcServer
 from modeld.supervisor import Supervisor
@@ -50,7 +51,8 @@ async def fronted(serve: ServeFactory) -> AsyncIterator[GatewayFactory]:
         socket, supervisor, runtime = await serve(config)
         gateway_config = GatewayConfig(**settings)
         keys = Keys(read_keys(gateway_config))
-        server = GatewayServer(Gateway(gateway_config, DaemonLink(socket), keys), 5.0)
+        upstream = BackendKeys(backend_keys(config))
+        server = GatewayServer(Gateway(gateway_config, DaemonLink(socket), keys, upstream), 5.0)
         port = free_port()
         await server.start("127.0.0.1", port)
         servers.append(server)

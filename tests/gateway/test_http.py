@@ -11,6 +11,7 @@ from typing import Any
 
 import aiohttp
 
+from modeld.backendkeys import backend_keys
 from modeld.states import State
 from modeld.testing.fakes import Behaviour
 from tests.gateway.conftest import KEY, GatewayFactory, RestartableFactory
@@ -367,3 +368,33 @@ async def test_a_stream_keeps_its_model_across_a_daemon_restart(
     rest = await answer.read()
     assert rest.rstrip().endswith(b"data: [DONE]")
     assert (await asyncio.wait_for(switching, 20))["unloaded_models"] == ["a"]
+
+
+async def test_a_backend_with_its_own_key_is_reached_with_that_key(
+    fronted: GatewayFactory, http: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    """`api_key_file`: the backend starts demanding that key on /v1 (as vLLM with
+    --api-key); the gateway sends it in place of the caller's key; a file holding
+    another key gives 502 `upstream_unauthorized`, not a 401 blaming the caller."""
+    backend_key = tmp_path / "backend.key"
+    backend_key.write_text("backend-secret-1\n")
+    config = make_config({"a": {"gpu_memory_gb": 10, "api_key_file": str(backend_key)}}, [80])
+    front = await fronted(config, api_keys=[KEY])
+    async with http.post(front.url + "/v1/chat/completions", json=CHAT, headers=AUTH) as answer:
+        assert answer.status == 200
+    endpoint = config.models["a"].endpoint
+    async with http.post(endpoint + "/v1/chat/completions", json=CHAT, headers=AUTH) as direct:
+        assert direct.status == 401  # the backend asks for its own key, not the gateway's
+    async with http.get(endpoint + "/health") as health:
+        assert health.status == 200  # as vLLM: health needs no key
+    # Rotated: the restarted backend wants the new key, the gateway still sends the old.
+    backend_key.write_text("backend-secret-2\n")
+    async with http.post(front.url + "/v1/models/a/restart", headers=AUTH) as restarted:
+        assert restarted.status == 200
+    async with http.post(front.url + "/v1/chat/completions", json=CHAT, headers=AUTH) as answer:
+        assert answer.status == 502
+        assert (await answer.json())["error"]["code"] == "upstream_unauthorized"
+    # What SIGHUP does: the gateway reads the files again.
+    front.server.gateway.backend_keys.replace(backend_keys(config))
+    async with http.post(front.url + "/v1/chat/completions", json=CHAT, headers=AUTH) as answer:
+        assert answer.status == 200

@@ -6,8 +6,10 @@ import asyncio
 import sys
 from pathlib import Path
 
+import aiohttp
 import pytest
 
+from modeld.errors import LoadFailed
 from modeld.gpu.base import pid_alive
 from modeld.runtime.base import BackendState
 from modeld.runtime.process import Follower, ProcessRuntime
@@ -44,6 +46,41 @@ async def test_fake_vllm_child_serves_health_then_stops() -> None:
         assert (await runtime.inspect(model)).state is BackendState.EXITED
         assert await probe.health(model.endpoint) is Health.UNREACHABLE
         await runtime.stop(model)  # idempotent
+    finally:
+        await runtime.close()
+        await probe.close()
+
+
+async def test_a_backend_key_reaches_the_backend_and_a_missing_file_fails_the_load(
+    tmp_path: Path,
+) -> None:
+    """`api_key_file`: the launched backend gets the key as VLLM_API_KEY and asks for it
+    on /v1; a key file that cannot be read fails the load, saying so, before any start."""
+    port = free_port()
+    key_file = tmp_path / "key"
+    key_file.write_text("backend-secret-1\n")
+    command = ["modeld-fake-vllm", "--model", "m", "--port", str(port), "--load-seconds", "0"]
+    model = process_model(command, port, api_key_file=str(key_file))
+    runtime, probe = ProcessRuntime(), VllmClient(timeout_s=1)
+    try:
+        await runtime.start(model)
+
+        async def healthy() -> bool:
+            return await probe.health(model.endpoint) is Health.HEALTHY
+
+        await eventually(healthy)
+        async with aiohttp.ClientSession() as http:
+            url = model.endpoint + "/v1/models"
+            async with http.get(url) as bare:
+                assert bare.status == 401
+            keyed = {"Authorization": "Bearer backend-secret-1"}
+            async with http.get(url, headers=keyed) as answer:
+                assert answer.status == 200
+        await runtime.stop(model)
+        missing = process_model(command, port, api_key_file=str(tmp_path / "absent"))
+        with pytest.raises(LoadFailed, match="api_key_file: cannot read"):
+            await runtime.start(missing)
+        assert await probe.health(model.endpoint) is Health.UNREACHABLE
     finally:
         await runtime.close()
         await probe.close()

@@ -57,6 +57,11 @@ def test_shipped_configs_load() -> None:
             "gpu_memory_utilization = 0.5\n",
             "models.a",
         ),
+        (
+            '[models.a]\nendpoint = "http://x"\ncontainer = "c"\napi_key_file = "/k"\n'
+            'env = {VLLM_API_KEY = "other"}\n',
+            "models.a",
+        ),
     ],
 )
 def test_invalid_config_names_file_and_field(tmp_path: Path, toml: str, field: str) -> None:

@@ -21,7 +21,7 @@ def test_create_body_carries_labels_ports_volumes_and_gpus() -> None:
             "stop_timeout_s": 20,
         }
     )
-    body = container_config(model)
+    body = container_config(model, model.launch_env)
     assert body["Image"] == "vllm/vllm-openai:v0.32.0"
     assert body["Cmd"][-1] == "0.85"
     assert body["Env"] == ["HF_HUB_OFFLINE=1"]
@@ -52,10 +52,10 @@ def test_no_gpu_request_and_host_network() -> None:
             "network_mode": "host",
         }
     )
-    host = container_config(model)["HostConfig"]
+    host = container_config(model, model.launch_env)["HostConfig"]
     assert "DeviceRequests" not in host
     assert host["NetworkMode"] == "host"
-    assert "Cmd" not in container_config(model)
+    assert "Cmd" not in container_config(model, model.launch_env)
 
 
 def test_sleep_mode_reaches_the_container() -> None:
@@ -68,7 +68,7 @@ def test_sleep_mode_reaches_the_container() -> None:
         endpoint="http://127.0.0.1:8000",
         sleep_mode=True,
     )
-    body = container_config(model)
+    body = container_config(model, model.launch_env)
     assert body["Cmd"] == ["--model", "org/m", "--enable-sleep-mode"]
     assert "VLLM_SERVER_DEV_MODE=1" in body["Env"]
 
