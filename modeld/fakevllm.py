@@ -34,6 +34,8 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 # Like uvicorn's access lines under vLLM: client, request line, status.
 ACCESS_LOG_FORMAT = '%a - "%r" %s'
 POLLED = ("GET /health ", "GET /metrics ", "GET /is_sleeping ")
+# Longest answer it gives (tens of MB streamed: enough to fill any socket buffer).
+MAX_TOKENS = 262_144
 # The paths vLLM's --api-key guards (its security guide: nothing else is).
 KEYED_PREFIXES = ("/v1", "/v2", "/inference", "/cohere")
 
@@ -302,7 +304,7 @@ class FakeVllm:
     def _tokens(self, body: dict[str, object]) -> list[str]:
         """The answer, a token per word: the model's name, then `ok`s up to max_tokens."""
         limit = body.get("max_tokens") or body.get("max_completion_tokens") or 8
-        count = max(1, min(int(limit) if isinstance(limit, int) else 8, 4096))
+        count = max(1, min(int(limit) if isinstance(limit, int) else 8, MAX_TOKENS))
         return [f"{self.model}", *[" ok"] * (count - 1)]
 
     async def _health(self, request: web.Request) -> web.Response:

@@ -186,6 +186,20 @@ class Proxy:
                 )
             return await self._forward(request, lease, model, body)
 
+    async def _deliver(
+        self, request: web.Request, response: web.StreamResponse, chunk: bytes | None
+    ) -> None:
+        """Write a piece of the answer (None: its end) within client_write_timeout_s; a
+        caller that does not take it in time is cut off, as if it had hung up."""
+        try:
+            async with asyncio.timeout(self._config.client_write_timeout_s):
+                await (response.write(chunk) if chunk is not None else response.write_eof())
+        except TimeoutError:
+            log.warning("gateway.client_too_slow", path=request.path, peer=request.remote)
+            if request.transport is not None:
+                request.transport.abort()
+            raise ClientGone(response) from None
+
     async def _forward(
         self, request: web.Request, lease: Lease, model: str, body: bytes
     ) -> web.StreamResponse:
@@ -219,8 +233,8 @@ class Proxy:
                     await response.prepare(request)
                     # Each piece as it arrives: a streamed answer's events flushed one by one.
                     async for chunk in upstream.content.iter_any():
-                        await response.write(chunk)
-                    await response.write_eof()
+                        await self._deliver(request, response, chunk)
+                    await self._deliver(request, response, None)
                 except ConnectionResetError:
                     # Leaving the block closes the upstream request: the backend stops.
                     raise ClientGone(response) from None

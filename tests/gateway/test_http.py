@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -196,6 +197,38 @@ async def test_a_client_that_hangs_up_mid_stream_releases_at_once(
     await eventually(backend_stopped, timeout=10)
     result = await asyncio.wait_for(front.supervisor.switch("b"), 10)
     assert result["unloaded_models"] == ["a"]
+
+
+async def test_a_client_that_stops_reading_is_cut_off_and_its_lease_ends(
+    fronted: GatewayFactory,
+) -> None:
+    """A caller that keeps its connection open but stops reading the answer cannot hold
+    its model's lease: past client_write_timeout_s it is cut off, the lease ends, and
+    the backend stops generating."""
+    front = await fronted(make_config(TWO, [80]), client_write_timeout_s=0.5)
+    await front.supervisor.switch("a")
+    host, port = front.url.removeprefix("http://").split(":")
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # fills after a few KB
+    sock.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(sock, (host, int(port)))
+    reader, writer = await asyncio.open_connection(sock=sock, limit=1024)
+    body = json.dumps({**CHAT, "max_tokens": 1_000_000, "stream": True}).encode()
+    writer.write(
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        + f"Content-Length: {len(body)}\r\n\r\n".encode()
+        + body
+    )
+    assert (await reader.readline()).startswith(b"HTTP/1.1 200")  # then reads no more
+
+    async def released() -> bool:
+        return front.leases("a") == 0
+
+    await eventually(released, timeout=30)
+    assert not writer.is_closing()  # the caller never hung up: the gateway cut it off
+    result = await asyncio.wait_for(front.supervisor.switch("b"), 10)
+    assert result["unloaded_models"] == ["a"]
+    writer.close()
 
 
 async def test_a_client_that_hangs_up_while_its_model_loads_leaks_no_lease(
