@@ -13,6 +13,7 @@ from modeld.config import GatewayConfig
 from modeld.gateway.admin import Admin
 from modeld.gateway.auth import BackendKeys, Keys
 from modeld.gateway.errors import GatewayError, openai_response, seed_response
+from modeld.gateway.guard import ConnectionGuard
 from modeld.gateway.link import DaemonLink
 from modeld.gateway.metrics import GatewayMetrics
 from modeld.gateway.proxy import INFERENCE_PATHS, Proxy
@@ -88,6 +89,7 @@ class Gateway:
         self.keys = accepted
         self.backend_keys = backend_keys or BackendKeys({})
         self.metrics = GatewayMetrics()
+        self.guard = ConnectionGuard(config, self.metrics)
         self.proxy = Proxy(link, config, self.metrics, self.backend_keys)
         self.admin = Admin(link)
         self.streams = EventStreams(link.events, self.metrics, config.max_event_streams)
@@ -95,7 +97,8 @@ class Gateway:
 
     def _build(self) -> web.Application:
         app = web.Application(
-            middlewares=[errors, keys], client_max_size=self.config.max_body_bytes
+            middlewares=[self.guard.middleware, errors, keys],
+            client_max_size=self.config.max_body_bytes,
         )
         app[KEYS] = self.keys
         app[METRICS] = self.metrics
@@ -161,12 +164,17 @@ class GatewayServer:
             shutdown_timeout=shutdown_timeout_s,
         )
         self._relay: asyncio.Task[None] | None = None
+        self._listener: asyncio.Server | None = None
 
     async def start(self, host: str, port: int) -> None:
         """Listen; OSError when the address is taken."""
         await self._runner.setup()
+        assert self._runner.server is not None
         self._relay = asyncio.create_task(self.gateway.link.follow_events())
-        await web.TCPSite(self._runner, host, port).start()
+        # aiohttp's protocol factory, each connection under the guard's deadlines.
+        self._listener = await asyncio.get_running_loop().create_server(
+            self.gateway.guard.factory(self._runner.server), host, port, reuse_address=True
+        )
 
     async def close(self) -> None:
         """Stop listening, let answers in flight end (up to the shutdown timeout), close
@@ -174,5 +182,7 @@ class GatewayServer:
         if self._relay is not None:
             self._relay.cancel()
             await asyncio.gather(self._relay, return_exceptions=True)
+        if self._listener is not None:
+            self._listener.close()  # no new connections; those open finish below
         await self._runner.cleanup()
         await self.gateway.link.close()

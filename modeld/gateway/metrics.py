@@ -41,6 +41,21 @@ class GatewayMetrics:
             "Clients following /events.",
             registry=self.registry,
         )
+        self.connections = Gauge(
+            "modeld_gateway_connections",
+            "Client connections open.",
+            registry=self.registry,
+        )
+        self.connections_refused = Counter(
+            "modeld_gateway_connections_refused",
+            "Connections closed on opening: max_connections were open.",
+            registry=self.registry,
+        )
+        self.header_timeouts = Counter(
+            "modeld_gateway_header_timeouts",
+            "Connections closed because a request's headers did not arrive in time.",
+            registry=self.registry,
+        )
         self.hangups = Counter(
             "modeld_gateway_client_hangups",
             "Requests whose client went away before the answer ended.",

@@ -57,6 +57,47 @@ def _encoded(payload: dict[str, Any]) -> bytes:
     return json.dumps(payload).encode()
 
 
+class SlowReader:
+    """Cuts off a caller that stops taking its answer: the same write still waiting for
+    the client at two checks client_write_timeout_s apart aborts the connection (the
+    write then fails as if the caller had hung up). One timer per answer rather than a
+    deadline per piece, which would cost every streamed token a timer of its own."""
+
+    def __init__(self, request: web.Request, timeout_s: float) -> None:
+        self._writing = 0  # the write in progress (its number), or 0
+        self._writes = 0
+        self._seen = 0
+        self._request = request
+        self._timeout_s = timeout_s
+        self._timer = asyncio.get_running_loop().call_later(timeout_s, self._check)
+
+    @property
+    def writing(self) -> bool:
+        """Whether a write to the caller is in progress."""
+        return bool(self._writing)
+
+    @writing.setter
+    def writing(self, value: bool) -> None:
+        if value:
+            self._writes += 1
+        self._writing = self._writes if value else 0
+
+    def _check(self) -> None:
+        if self._writing and self._writing == self._seen and self._request.transport:
+            log.warning(
+                "gateway.client_too_slow", path=self._request.path, peer=self._request.remote
+            )
+            self._request.transport.abort()
+            return
+        # Stuck if the write in progress now is still in progress at the next check.
+        self._seen = self._writing
+        self._timer = asyncio.get_running_loop().call_later(self._timeout_s, self._check)
+
+    def close(self) -> None:
+        """The answer is over."""
+        self._timer.cancel()
+
+
 class ClientGone(Exception):
     """The client hung up before its answer ended."""
 
@@ -186,20 +227,6 @@ class Proxy:
                 )
             return await self._forward(request, lease, model, body)
 
-    async def _deliver(
-        self, request: web.Request, response: web.StreamResponse, chunk: bytes | None
-    ) -> None:
-        """Write a piece of the answer (None: its end) within client_write_timeout_s; a
-        caller that does not take it in time is cut off, as if it had hung up."""
-        try:
-            async with asyncio.timeout(self._config.client_write_timeout_s):
-                await (response.write(chunk) if chunk is not None else response.write_eof())
-        except TimeoutError:
-            log.warning("gateway.client_too_slow", path=request.path, peer=request.remote)
-            if request.transport is not None:
-                request.transport.abort()
-            raise ClientGone(response) from None
-
     async def _forward(
         self, request: web.Request, lease: Lease, model: str, body: bytes
     ) -> web.StreamResponse:
@@ -229,15 +256,20 @@ class Proxy:
                 streamed = upstream.content_type == "text/event-stream"
                 if upstream.content_length is not None and not streamed:
                     response.content_length = upstream.content_length
+                watch = SlowReader(request, self._config.client_write_timeout_s)
                 try:
                     await response.prepare(request)
                     # Each piece as it arrives: a streamed answer's events flushed one by one.
                     async for chunk in upstream.content.iter_any():
-                        await self._deliver(request, response, chunk)
-                    await self._deliver(request, response, None)
+                        watch.writing = True
+                        await response.write(chunk)
+                        watch.writing = False
+                    await response.write_eof()
                 except ConnectionResetError:
                     # Leaving the block closes the upstream request: the backend stops.
                     raise ClientGone(response) from None
+                finally:
+                    watch.close()
                 return response
         except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, TimeoutError) as exc:
             if response is None or not response.prepared:
