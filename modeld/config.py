@@ -265,8 +265,9 @@ class GatewayConfig(_Strict):
     # its answer within upstream_read_timeout_s (a long answer is fine; a stalled one is not).
     upstream_connect_timeout_s: PositiveFloat = 10.0
     upstream_read_timeout_s: PositiveFloat = 600.0
-    # The caller must take each piece of its answer within this: one that stops reading
-    # would otherwise hold its model's lease, so nothing could ever evict it.
+    # A caller that leaves a piece of its answer untaken this long (checked every that
+    # long: cut off after one to two times it) is cut off: one that stops reading would
+    # otherwise hold its model's lease, so nothing could ever evict it.
     client_write_timeout_s: PositiveFloat = 60.0
     # Requests in flight at once (waiting included); past it, 429.
     max_requests: Annotated[int, Field(ge=1)] = 1024
