@@ -6,9 +6,11 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import signal
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -22,10 +24,14 @@ SEED_KEY = "sk-local-2ac9387d659f7131f38d83e5f7bee469"
 BIN = Path(sys.executable).parent
 
 
-@pytest.fixture
-def demo_gateway(tmp_path: Path) -> Iterator[str]:
-    """`modeld` and `modeld-gateway` on a private copy of the demo config; its URL."""
+@contextmanager
+def running_demo(
+    tmp_path: Path, edit: Callable[[str], str] = lambda text: text
+) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """`modeld` and `modeld-gateway` on a private copy of the demo config (changed by
+    `edit`); the gateway's URL and process."""
     config = private_copy(DEMO_CONFIG, tmp_path, fresh_ports=True)
+    config.write_text(edit(config.read_text()))
     socket = tmp_path / "modeld.sock"
     listen = re.search(r'^listen = "(.*)"$', config.read_text(), re.M)
     assert listen is not None
@@ -50,13 +56,20 @@ def demo_gateway(tmp_path: Path) -> Iterator[str]:
 
     try:
         wait_until(answers, "the gateway answering /health")
-        yield url
+        yield url, gateway
     finally:
         for process in (gateway, daemon):
             process.terminate()
             process.wait(timeout=60)
         for log in logs:
             log.close()
+
+
+@pytest.fixture
+def demo_gateway(tmp_path: Path) -> Iterator[str]:
+    """The demo's daemon and gateway; the gateway's URL."""
+    with running_demo(tmp_path) as (url, _):
+        yield url
 
 
 def curl(*args: str) -> Any:
@@ -105,3 +118,40 @@ def test_the_seeds_curl_lines_and_the_openai_package_on_the_demo(demo_gateway: s
         model="demo-chat", messages=[{"role": "user", "content": "back"}], max_tokens=1
     )
     assert again.model == "demo-chat"
+
+
+@pytest.mark.skipif(shutil.which("curl") is None, reason="needs curl")
+def test_a_backend_key_is_rotated_by_a_restart_and_a_reload(tmp_path: Path) -> None:
+    """demo-large with an `api_key_file`: the daemon starts its backend with the key and
+    the gateway sends it. The file changes and the model restarts: the gateway's old
+    key is refused (502 upstream_unauthorized) until SIGHUP makes it read the file again."""
+    key = tmp_path / "large.key"
+    key.write_text("large-secret-1\n")
+    header = '[models."demo-large"]\n'
+
+    def with_key(text: str) -> str:
+        return text.replace(header, f'{header}api_key_file = "{key}"\n')
+
+    with running_demo(tmp_path, with_key) as (url, gateway):
+        api = openai.OpenAI(base_url=f"{url}/v1", api_key=SEED_KEY, max_retries=0)
+
+        def ask() -> str | None:
+            answer = api.completions.create(model="demo-large", prompt="hi", max_tokens=2)
+            return answer.choices[0].text
+
+        assert ask() == "demo-large ok"
+        key.write_text("large-secret-2\n")
+        assert curl("-X", "POST", f"{url}/v1/models/demo-large/restart")["status"] == "restarted"
+        with pytest.raises(openai.InternalServerError) as refused:
+            ask()
+        assert refused.value.status_code == 502
+        assert refused.value.code == "upstream_unauthorized"
+        gateway.send_signal(signal.SIGHUP)
+
+        def answered() -> bool:
+            try:
+                return ask() == "demo-large ok"
+            except openai.InternalServerError:
+                return False
+
+        wait_until(answered, "the gateway sending the new key after SIGHUP")
