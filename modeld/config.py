@@ -193,7 +193,8 @@ class ModelConfig(_Strict):
         if self.pinned and self.idle_unload_after_s is not None:
             raise ValueError("a pinned model is never unloaded: drop idle_unload_after_s")
         if self.api_key_file is not None and (
-            "VLLM_API_KEY" in self.env or "--api-key" in (self.command or [])
+            "VLLM_API_KEY" in self.env
+            or any(arg.split("=")[0] == "--api-key" for arg in self.command or [])
         ):
             # Two keys would disagree: the gateway would send one, vLLM expect the other.
             raise ValueError(

@@ -62,6 +62,11 @@ def test_shipped_configs_load() -> None:
             'env = {VLLM_API_KEY = "other"}\n',
             "models.a",
         ),
+        (
+            '[models.a]\nendpoint = "http://x"\nruntime = "process"\napi_key_file = "/k"\n'
+            'command = ["vllm", "serve", "--api-key=other"]\n',
+            "models.a",
+        ),
     ],
 )
 def test_invalid_config_names_file_and_field(tmp_path: Path, toml: str, field: str) -> None:
