@@ -274,7 +274,7 @@ class GatewayConfig(_Strict):
     max_requests: Annotated[int, Field(ge=1)] = 1024
     # Server-sent event streams (/events) at once.
     max_event_streams: Annotated[int, Field(ge=1)] = 64
-    # Client connections at once (past it a new one is closed on opening); a request's
+    # Client connections at once (past it a new one is answered 503 and closed); a request's
     # headers must arrive within header_timeout_s of the connection's opening (or of its
     # first byte after an answer); a silent connection closes after keepalive_timeout_s.
     max_connections: Annotated[int, Field(ge=1)] = 4096

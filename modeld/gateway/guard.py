@@ -10,7 +10,8 @@ or under a timer:
   reach its handler within `header_timeout_s`;
 - once an answer is done, a connection that stays silent is closed after
   `keepalive_timeout_s`;
-- past `max_connections` open at once, a new connection is closed as soon as it opens.
+- past `max_connections` open at once, a new connection is answered 503 and closed as
+  soon as it opens.
 
 The guard wraps aiohttp's protocol factory (web.Server, documented as one for
 create_server) with a protocol that passes every call through; a middleware tells it
@@ -32,6 +33,12 @@ log = structlog.get_logger("modeld.gateway.guard")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
+# The whole answer to a connection past max_connections.
+REFUSAL = (
+    b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1\r\nContent-Length: 0\r\n"
+    b"Connection: close\r\n\r\n"
+)
+
 
 class _Guarded(asyncio.Protocol):
     """One connection: aiohttp's protocol inside, a timer around it."""
@@ -48,7 +55,10 @@ class _Guarded(asyncio.Protocol):
         assert isinstance(transport, asyncio.Transport)
         self._transport = transport
         if not self._guard.admit(transport, self):
-            transport.abort()
+            # Said in HTTP before closing, so an OpenAI client backs off and retries
+            # instead of seeing a bare reset; aiohttp is never involved.
+            transport.write(REFUSAL)
+            transport.close()
             return
         self._expect_headers()
         self._inner.connection_made(transport)

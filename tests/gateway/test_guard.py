@@ -98,8 +98,8 @@ async def test_a_long_answer_and_a_kept_alive_connection_are_not_cut(
 async def test_connections_past_the_cap_are_closed_and_counted(
     fronted: GatewayFactory,
 ) -> None:
-    """max_connections: one more connection is closed as it opens; once one of the
-    open ones closes, a new one is served."""
+    """max_connections: one more connection is answered 503 and closed as it opens;
+    once one of the open ones closes, a new one is served."""
     front = await fronted(make_config(TWO, [80]), max_connections=3)
     held = [await _connect(front) for _ in range(3)]
 
@@ -108,7 +108,8 @@ async def test_connections_past_the_cap_are_closed_and_counted(
 
     await eventually(full)
     extra_reader, _ = await _connect(front)
-    assert await _closed(extra_reader)
+    refusal = await asyncio.wait_for(extra_reader.read(), CLOSE_BOUND_S)  # to its end
+    assert refusal.startswith(b"HTTP/1.1 503 Service Unavailable\r\n")
     held[0][1].close()
 
     async def room() -> bool:
