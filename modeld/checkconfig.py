@@ -7,7 +7,9 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 
+from modeld.backendkeys import read_backend_key
 from modeld.config import Config, config_warnings
+from modeld.errors import ConfigError
 from modeld.memory import model_need
 from modeld.store import Learned, learned_peak
 
@@ -73,6 +75,12 @@ def explain(config: Config, totals: Mapping[int, float] | None, learned: Learned
         )
     )
     lines += [f"warning: {w}" for w in config_warnings(config)]
+    for model in config.models.values():
+        try:
+            read_backend_key(model)
+        except ConfigError as exc:
+            # Read as whoever runs check-config: the daemon and the gateway must be able to.
+            lines.append(f"warning: {exc.message.removeprefix('<config>: ')}")
     return lines
 
 

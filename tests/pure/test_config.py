@@ -159,3 +159,30 @@ def test_check_config_on_a_broken_file_names_file_and_field(tmp_path: Path) -> N
 def test_the_committed_schema_matches_the_code() -> None:
     """docs/config.schema.json is what `modeld config-schema` prints today."""
     assert (ROOT / "docs" / "config.schema.json").read_text() == schema()
+
+
+def test_check_config_names_a_backend_key_file_it_cannot_read(tmp_path: Path) -> None:
+    """A model's `api_key_file` shows beside the model; one that cannot be read here is
+    a warning naming the field (the daemon would fail that model's loads)."""
+    key = tmp_path / "present.key"
+    key.write_text("backend-secret-1\n")
+    models = (
+        f'[models.a]\nendpoint = "http://x"\ncontainer = "c"\napi_key_file = "{key}"\n'
+        f'[models.b]\nendpoint = "http://y"\ncontainer = "d"\n'
+        f'api_key_file = "{tmp_path / "absent.key"}"\n'
+    )
+    config = tmp_path / "modeld.toml"
+    config.write_text(models)
+    result = subprocess.run(
+        [sys.executable, "-m", "modeld", "check-config", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert f"backend key in {key}" in result.stdout
+    warnings = [line for line in result.stdout.splitlines() if line.startswith("warning:")]
+    assert warnings == [
+        f"warning: models.b.api_key_file: cannot read {tmp_path / 'absent.key'}: "
+        "No such file or directory"
+    ]
