@@ -14,6 +14,8 @@ costs, on the same traces:
 
 from __future__ import annotations
 
+import statistics
+import sys
 from functools import cache
 from itertools import permutations
 
@@ -84,3 +86,36 @@ def filtered_odds(scenario: Scenario) -> list[dict[str, float]]:
                 predicted[m] += b * share[rank]
         odds.append(dict(zip(names, predicted, strict=True)))
     return odds
+
+
+def compare(seeds: range) -> dict[str, list[float]]:
+    """On traces of the calibration kind drawn from `seeds`: each trace's load seconds
+    over the optimum's for cost_aware as shipped, told the odds, and with the filter."""
+    from bench.traces import optimum, simulate
+    from bench.workload import make_scenario
+
+    ratios: dict[str, list[float]] = {"shipped": [], "told the odds": [], "exact filter": []}
+    for seed in seeds:
+        trace = make_scenario(seed, 6, 1, 160)
+        best = optimum(trace)
+        ratios["shipped"].append(simulate(trace, "cost_aware") / best)
+        ratios["told the odds"].append(simulate(trace, "cost_aware", list(trace.odds)) / best)
+        ratios["exact filter"].append(simulate(trace, "cost_aware", filtered_odds(trace)) / best)
+    return ratios
+
+
+def main() -> None:
+    """`python -m bench.bounds [FIRST [COUNT]]`: the three on seeds FIRST.. (default the
+    80 tuning seeds 61000+ that docs/design.md quotes), mean and worst."""
+    first = int(sys.argv[1]) if len(sys.argv) > 1 else 61_000
+    count = int(sys.argv[2]) if len(sys.argv) > 2 else 80
+    for name, ratios in compare(range(first, first + count)).items():
+        over = sum(r > 1.35 for r in ratios)
+        print(
+            f"{name}: mean {statistics.mean(ratios):.3f}x, worst {max(ratios):.3f}x, "
+            f"{over} of {count} traces above 1.35x"
+        )
+
+
+if __name__ == "__main__":
+    main()
