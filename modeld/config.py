@@ -61,6 +61,10 @@ class DaemonConfig(_Strict):
     # How long a switch (or stop) waits for the leases on the models it must evict to
     # end (requests in flight: LLM answers take minutes) before it fails models_busy.
     drain_timeout_s: PositiveFloat = 600.0
+    # A model found running at startup is held as if it had one lease this long, so the
+    # routers whose requests it was serving (the gateway) take their leases again before
+    # a switch may evict it; 0: no hold.
+    adopt_grace_s: NonNegativeFloat = 10.0
     # On SIGTERM: how long an operation in flight may still take before modeld exits.
     shutdown_timeout_s: PositiveFloat = 30.0
     # When a switch's target fails after others were stopped for it, start them again.

@@ -17,10 +17,14 @@ from dataclasses import dataclass
 from modeld.errors import ModelsBusy, UnknownLease
 from modeld.record import ModelRecord
 
+# The owner of the leases the daemon holds on the models it found running at startup.
+ADOPTION = -1
+
 
 @dataclass(frozen=True)
 class Lease:
-    """One request in flight on a model, held by one connection."""
+    """One request in flight on a model, held by one connection (or by the daemon
+    itself: ADOPTION)."""
 
     id: str
     model: str
@@ -38,6 +42,8 @@ class Leases:
         self._waiting: Counter[str] = Counter()
         self._draining: dict[str, asyncio.Event] = {}
         self._changed = asyncio.Event()
+        # Models found running at startup: the hold's lease and the timer that ends it.
+        self._holds: dict[str, tuple[str, asyncio.TimerHandle]] = {}
 
     def held(self, name: str) -> int:
         """Leases held on `name` now."""
@@ -65,6 +71,34 @@ class Leases:
             record.usage.leases -= 1
         self._tell()
         return lease
+
+    def hold(self, record: ModelRecord, seconds: float) -> None:
+        """Hold a lease on `record` for up to `seconds` (a model found running at
+        startup: the requests it was serving when the last daemon stopped are invisible
+        here until their routers take their leases again)."""
+        lease = self.grant(record, ADOPTION)
+        timer = asyncio.get_running_loop().call_later(seconds, self.end_hold, record.name)
+        self._holds[record.name] = (lease.id, timer)
+        record.usage.adoption_hold = True
+
+    def end_hold(self, name: str) -> None:
+        """End the startup hold on `name`, if it has one (its time is up, or its backend
+        says it serves nothing)."""
+        held = self._holds.pop(name, None)
+        if held is None:
+            return
+        lease_id, timer = held
+        timer.cancel()
+        if (record := self._records.get(name)) is not None:
+            record.usage.adoption_hold = False
+        with contextlib.suppress(UnknownLease):
+            self.release(lease_id)
+
+    def close(self) -> None:
+        """Drop the timers of the holds still running (the daemon stops)."""
+        for _, timer in self._holds.values():
+            timer.cancel()
+        self._holds.clear()
 
     def release_owner(self, owner: int) -> int:
         """End every lease a connection holds (it closed); how many."""

@@ -152,8 +152,9 @@ class Monitor:
         asleep = await self._vllm.says_asleep(record.config)
         if asleep is not None:
             self._observer.seen_asleep(record, generation, asleep)
-        watch_idle = record.config.idle_unload_after_s is not None
-        if watch_idle and record.generation == generation and record.state is State.RUNNING:
+        # Read for idle unload, and to end a startup hold on a backend that serves nothing.
+        watch = record.config.idle_unload_after_s is not None or record.usage.adoption_hold
+        if watch and record.generation == generation and record.state is State.RUNNING:
             activity = await self._vllm.activity(record.config.endpoint)
             self._observer.seen_activity(record, generation, activity)
 

@@ -3,10 +3,13 @@ model state. Each is applied only if the record has not changed since it was mad
 
 from __future__ import annotations
 
+import structlog
+
 from modeld.activity import Activity
 from modeld.gpu.base import GpuReading
 from modeld.hfcache import Download
 from modeld.learning import Learning
+from modeld.leases import Leases
 from modeld.lifecycle import Lifecycle
 from modeld.parking import Parking
 from modeld.record import ModelRecord
@@ -14,14 +17,19 @@ from modeld.runtime.base import BackendStatus, Runtime
 from modeld.states import Failure, State
 from modeld.vllm import Health
 
+log = structlog.get_logger("modeld.observations")
+
 
 class Observations:
     """Applies the monitor's observations (the monitor's Observer)."""
 
-    def __init__(self, lifecycle: Lifecycle, learning: Learning, parking: Parking) -> None:
+    def __init__(
+        self, lifecycle: Lifecycle, learning: Learning, parking: Parking, leases: Leases
+    ) -> None:
         self._life = lifecycle
         self._learning = learning
         self._parking = parking
+        self._leases = leases
 
     def records(self) -> list[ModelRecord]:
         """Every model's record (the monitor reads them and never writes)."""
@@ -65,6 +73,8 @@ class Observations:
         """A model parked or woken behind modeld's back."""
         if record.generation != generation:
             return
+        if asleep:
+            self._leases.end_hold(record.name)  # a parked backend serves nothing
         if asleep and record.state is State.RUNNING:
             self._life.transition(record, State.SLEEPING, "found asleep")
         elif not asleep and record.state is State.SLEEPING:
@@ -80,8 +90,13 @@ class Observations:
     def seen_activity(
         self, record: ModelRecord, generation: int, activity: Activity | None
     ) -> None:
-        """A running model's request metrics: idle unload decides."""
+        """A running model's request metrics: idle unload decides; a backend found running
+        at startup that serves nothing needs no hold (unreadable metrics keep it)."""
         self._parking.seen_activity(record, generation, activity)
+        idle = activity is not None and not activity.in_flight
+        if record.usage.adoption_hold and idle and record.generation == generation:
+            log.info("lease.hold_ended", model=record.name, reason="nothing in flight")
+            self._leases.end_hold(record.name)
 
     def seen_download(self, name: str, download: Download | None) -> None:
         """What the HF cache holds for a model."""

@@ -91,7 +91,7 @@ class Supervisor:
         self._switcher = Switcher(life, self._ops, self._parking, self._leases, self._metrics)
         self._restarts = Restarts(self._switcher.bring_back)
         self._view = StatusView(life, lambda: self._ops.busy, lambda: self._events.count)
-        self._observations = Observations(life, self._learning, self._parking)
+        self._observations = Observations(life, self._learning, self._parking, self._leases)
         life.config_changed = self._learning.config_changed
         life.measured = self._measure_memory
         for listener in (self._learning.on_transition, self._count, self._restarts.on_transition):
@@ -125,6 +125,9 @@ class Supervisor:
             # Found running: watch it to health instead of restarting it.
             record.backend = backend
             self._life.begin_loading(record, "found running at startup")
+            if grace := self._life.config.daemon.adopt_grace_s:
+                # It may be streaming answers whose leases ended with the last daemon.
+                self._leases.hold(record, grace)
 
     async def shutdown(self) -> None:
         """Stop watching; models in containers keep running, process children are stopped."""
@@ -137,6 +140,7 @@ class Supervisor:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        self._leases.close()
         await self._learning.close()
         for runtime in self._life.runtimes.values():
             await runtime.close()

@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import asyncio
 
+import aiohttp
 import pytest
 
 from modeld.client import Client, RpcError
+from modeld.config import Config
 from modeld.errors import LoadFailed, ModelsBusy
 from modeld.server import Limits
 from modeld.states import State
@@ -19,6 +21,7 @@ from tests.support import (
     eventually,
     make_config,
     next_of,
+    start_over,
     state_of,
     wait_for_state,
 )
@@ -264,3 +267,65 @@ async def test_restart_waits_for_requests_in_flight(supervised: SupervisorFactor
     supervisor.release(held["lease"], owner=1)
     assert (await supervisor.restart("a"))["status"] == "restarted"
     assert runtime.starts("a") == 2
+
+
+def _restarted(config: Config, **daemon: object) -> Config:
+    """The same models and ports under a new daemon's settings."""
+    return config.model_copy(update={"daemon": config.daemon.model_copy(update=daemon)})
+
+
+async def test_a_model_found_serving_at_startup_is_held_until_the_grace_ends(
+    supervised: SupervisorFactory,
+) -> None:
+    """A new daemon finds a running and answering a request whose lease ended with the
+    old daemon: it holds a as if leased (adopt_grace_s), so a switch needing its memory
+    drains instead of cutting the answer (here: models_busy), and a keeps running."""
+    config = make_config(TWO, [80])
+    first, runtime, gpu = await supervised(config)
+    await first.switch("a")
+    runtime.server("a").token_seconds = 0.05
+    body = {"model": "a", "prompt": "hi", "max_tokens": 10_000, "stream": True}
+    async with aiohttp.ClientSession() as http:
+        endpoint = config.models["a"].endpoint
+        async with http.post(endpoint + "/v1/completions", json=body) as answer:
+            assert (await answer.content.readline()).startswith(b"data: ")  # streaming
+            second = await start_over(
+                _restarted(config, adopt_grace_s=60, drain_timeout_s=0.3, poll_interval_s=0.02),
+                runtime,
+                gpu,
+            )
+            try:
+                assert await wait_for_state(second, "a", {State.RUNNING}, 5) is State.RUNNING
+                assert second.status()["models"]["a"]["leases"] == 1  # the daemon's hold
+                # The drain outlasts many readings of a's metrics, each showing one running.
+                with pytest.raises(ModelsBusy):
+                    await second.switch("b")
+                assert state_of(second, "a") is State.RUNNING
+                assert runtime.starts("b") == 0
+            finally:
+                answer.close()  # (a backend ends an answer in flight only after a minute)
+                await second.shutdown()
+
+
+async def test_a_model_found_idle_at_startup_is_not_held(supervised: SupervisorFactory) -> None:
+    """The hold ends at the first reading of the backend's metrics that shows nothing in
+    flight: a switch needing its memory after a restart does not wait out the grace."""
+    config = make_config(TWO, [80])
+    first, runtime, gpu = await supervised(config)
+    await first.switch("a")
+    second = await start_over(
+        _restarted(config, adopt_grace_s=60, drain_timeout_s=60, poll_interval_s=0.02),
+        runtime,
+        gpu,
+    )
+    try:
+        assert await wait_for_state(second, "a", {State.RUNNING}, 5) is State.RUNNING
+
+        async def released() -> bool:
+            return int(second.status()["models"]["a"]["leases"]) == 0
+
+        await eventually(released)
+        result = await asyncio.wait_for(second.switch("b"), 10)  # far less than the grace
+        assert result["unloaded_models"] == ["a"]
+    finally:
+        await second.shutdown()
