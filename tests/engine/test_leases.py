@@ -12,9 +12,11 @@ import pytest
 from modeld.client import Client, RpcError
 from modeld.config import Config
 from modeld.errors import LoadFailed, ModelsBusy
+from modeld.gpu.base import GpuMonitor
 from modeld.server import Limits
 from modeld.states import State
-from modeld.testing.fakes import Behaviour
+from modeld.supervisor import Supervisor
+from modeld.testing.fakes import Behaviour, FakeRuntime
 from tests.support import (
     ServeFactory,
     SupervisorFactory,
@@ -269,9 +271,18 @@ async def test_restart_waits_for_requests_in_flight(supervised: SupervisorFactor
     assert runtime.starts("a") == 2
 
 
-def _restarted(config: Config, **daemon: object) -> Config:
-    """The same models and ports under a new daemon's settings."""
-    return config.model_copy(update={"daemon": config.daemon.model_copy(update=daemon)})
+async def _restarted(
+    config: Config, runtime: FakeRuntime, gpu: GpuMonitor, drain_timeout_s: float
+) -> Supervisor:
+    """A new daemon over the same host, once it has adopted `a` (still running): it
+    holds a minute at most and reads metrics often."""
+    daemon = {"adopt_grace_s": 60, "drain_timeout_s": drain_timeout_s, "poll_interval_s": 0.02}
+    settings = config.daemon.model_copy(update=daemon)
+    second = await start_over(config.model_copy(update={"daemon": settings}), runtime, gpu)
+    if await wait_for_state(second, "a", {State.RUNNING}, 5) is not State.RUNNING:
+        await second.shutdown()
+        raise AssertionError("a was not adopted")
+    return second
 
 
 async def test_a_model_found_serving_at_startup_is_held_until_the_grace_ends(
@@ -289,13 +300,8 @@ async def test_a_model_found_serving_at_startup_is_held_until_the_grace_ends(
         endpoint = config.models["a"].endpoint
         async with http.post(endpoint + "/v1/completions", json=body) as answer:
             assert (await answer.content.readline()).startswith(b"data: ")  # streaming
-            second = await start_over(
-                _restarted(config, adopt_grace_s=60, drain_timeout_s=0.3, poll_interval_s=0.02),
-                runtime,
-                gpu,
-            )
+            second = await _restarted(config, runtime, gpu, drain_timeout_s=0.3)
             try:
-                assert await wait_for_state(second, "a", {State.RUNNING}, 5) is State.RUNNING
                 assert second.status()["models"]["a"]["leases"] == 1  # the daemon's hold
                 # The drain outlasts many readings of a's metrics, each showing one running.
                 with pytest.raises(ModelsBusy):
@@ -313,13 +319,8 @@ async def test_a_model_found_idle_at_startup_is_not_held(supervised: SupervisorF
     config = make_config(TWO, [80])
     first, runtime, gpu = await supervised(config)
     await first.switch("a")
-    second = await start_over(
-        _restarted(config, adopt_grace_s=60, drain_timeout_s=60, poll_interval_s=0.02),
-        runtime,
-        gpu,
-    )
+    second = await _restarted(config, runtime, gpu, drain_timeout_s=60)
     try:
-        assert await wait_for_state(second, "a", {State.RUNNING}, 5) is State.RUNNING
 
         async def released() -> bool:
             return int(second.status()["models"]["a"]["leases"]) == 0
