@@ -44,6 +44,9 @@ class _Guarded(asyncio.Protocol):
     """One connection: aiohttp's protocol inside, a timer around it."""
 
     def __init__(self, inner: asyncio.Protocol, guard: ConnectionGuard) -> None:
+        if isinstance(inner, asyncio.BufferedProtocol):
+            # Only data_received is passed through: say so at once, not with lost bytes.
+            raise TypeError("aiohttp's protocol reads by buffers now: the guard must too")
         self._inner = inner
         self._guard = guard
         self._transport: asyncio.Transport | None = None
