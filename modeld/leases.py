@@ -79,7 +79,10 @@ class Leases:
         lease = self.grant(record, ADOPTION)
         timer = asyncio.get_running_loop().call_later(seconds, self.end_hold, record.name)
         self._holds[record.name] = (lease.id, timer)
-        record.usage.adoption_hold = True
+
+    def holding(self, name: str) -> bool:
+        """Whether the daemon still holds `name` from startup."""
+        return name in self._holds
 
     def end_hold(self, name: str) -> None:
         """End the startup hold on `name`, if it has one (its time is up, or its backend
@@ -89,8 +92,6 @@ class Leases:
             return
         lease_id, timer = held
         timer.cancel()
-        if (record := self._records.get(name)) is not None:
-            record.usage.adoption_hold = False
         with contextlib.suppress(UnknownLease):
             self.release(lease_id)
 

@@ -69,6 +69,10 @@ class Observer(Protocol):
         """A stopped or failed model's backend runs (and, if it failed, answers)."""
         ...
 
+    def wants_activity(self, record: ModelRecord) -> bool:
+        """Whether a running model's request metrics are needed."""
+        ...
+
     def seen_activity(
         self, record: ModelRecord, generation: int, activity: Activity | None
     ) -> None:
@@ -152,8 +156,7 @@ class Monitor:
         asleep = await self._vllm.says_asleep(record.config)
         if asleep is not None:
             self._observer.seen_asleep(record, generation, asleep)
-        # Read for idle unload, and to end a startup hold on a backend that serves nothing.
-        watch = record.config.idle_unload_after_s is not None or record.usage.adoption_hold
+        watch = self._observer.wants_activity(record)
         if watch and record.generation == generation and record.state is State.RUNNING:
             activity = await self._vllm.activity(record.config.endpoint)
             self._observer.seen_activity(record, generation, activity)

@@ -87,6 +87,11 @@ class Observations:
         record.backend = backend
         self._life.begin_loading(record, "backend found running")
 
+    def wants_activity(self, record: ModelRecord) -> bool:
+        """Metrics are read for idle unload, and to end a startup hold on a backend that
+        serves nothing."""
+        return record.config.idle_unload_after_s is not None or self._leases.holding(record.name)
+
     def seen_activity(
         self, record: ModelRecord, generation: int, activity: Activity | None
     ) -> None:
@@ -94,7 +99,7 @@ class Observations:
         at startup that serves nothing needs no hold (unreadable metrics keep it)."""
         self._parking.seen_activity(record, generation, activity)
         idle = activity is not None and not activity.in_flight
-        if record.usage.adoption_hold and idle and record.generation == generation:
+        if idle and record.generation == generation and self._leases.holding(record.name):
             log.info("lease.hold_ended", model=record.name, reason="nothing in flight")
             self._leases.end_hold(record.name)
 

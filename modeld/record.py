@@ -96,11 +96,9 @@ class UsageFacts(_Facts):
     activity: Activity | None = None
     last_active: float = 0.0
     unload_task: asyncio.Task[None] | None = field(default=None, repr=False)
-    # Requests in flight on it (leases.py), and acquires waiting for it to run; whether
-    # one of those leases is the daemon's own hold on a backend found running at startup.
+    # Requests in flight on it (leases.py), and acquires waiting for it to run.
     leases: int = 0
     waiting: int = 0
-    adoption_hold: bool = False
 
 
 @dataclass
