@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
 import pytest
 
+from modeld.config import ModelConfig
 from modeld.errors import LoadFailed
 from modeld.gpu.base import pid_alive
 from modeld.runtime.base import BackendState
@@ -131,14 +134,29 @@ async def test_sigterm_ignoring_backend_is_killed() -> None:
         await runtime.close()
 
 
-def _waits_for(flag: Path, before: str, after: str) -> str:
-    """A backend script: print `before`, wait for `flag` to exist, then print `after`."""
+def _waits_for(fifo: Path, before: str, after: str) -> str:
+    """A backend script: print `before`, block until `fifo` is opened for writing and
+    closed (the test's go), then print `after`."""
+    os.mkfifo(fifo)
     return (
-        "import os, time\n"
-        f"print({before!r}, flush=True)\n"
-        f"while not os.path.exists({str(flag)!r}): time.sleep(0.02)\n"
-        f"print({after}, flush=True)\n"
+        f"print({before!r}, flush=True)\nopen({str(fifo)!r}).read()\nprint({after}, flush=True)\n"
     )
+
+
+async def _go(fifo: Path) -> None:
+    """Let a `_waits_for` backend go on (off the loop: the open waits for its reader)."""
+    await asyncio.to_thread(lambda: open(fifo, "w").close())
+
+
+async def _followed(
+    runtime: ProcessRuntime, model: ModelConfig, lines: int, first: str
+) -> AsyncIterator[str]:
+    """Start `model`, follow its output, having checked the first line followed."""
+    await runtime.start(model)
+    await eventually(lambda: has_output(runtime, model))
+    followed = runtime.follow(model, lines=lines)
+    assert await asyncio.wait_for(anext(followed), 10) == first
+    return followed
 
 
 async def test_follow_gives_the_tail_then_new_lines_until_the_backend_ends(
@@ -150,11 +168,8 @@ async def test_follow_gives_the_tail_then_new_lines_until_the_backend_ends(
     model = process_model([sys.executable, "-c", _waits_for(flag, "one", "'two'")])
     runtime = ProcessRuntime()
     try:
-        await runtime.start(model)
-        await eventually(lambda: has_output(runtime, model))
-        lines = runtime.follow(model, lines=10)
-        assert await asyncio.wait_for(anext(lines), 10) == "one"
-        flag.touch()
+        lines = await _followed(runtime, model, 10, "one")
+        await _go(flag)
         assert await asyncio.wait_for(anext(lines), 10) == "two"
         with pytest.raises(StopAsyncIteration):
             await asyncio.wait_for(anext(lines), 10)
@@ -172,11 +187,8 @@ async def test_a_follower_that_falls_behind_loses_the_oldest_lines_and_is_told(
     model = process_model([sys.executable, "-c", _waits_for(flag, "ready", burst)])
     runtime = ProcessRuntime()
     try:
-        await runtime.start(model)
-        await eventually(lambda: has_output(runtime, model))
-        lines = runtime.follow(model, lines=1)
-        assert await asyncio.wait_for(anext(lines), 10) == "ready"
-        flag.touch()
+        lines = await _followed(runtime, model, 1, "ready")
+        await _go(flag)
         assert (await runtime.wait_exit(model)).exit_code == 0  # the whole burst was printed
         rest = [line async for line in lines]
     finally:
