@@ -95,9 +95,8 @@ async def _reload_keys(
         requested.clear()
         notifier.reloading()
         try:
-            config = load_config(config_path)
-            callers = read_keys(config.gateway, str(config_path))
-            backends = backend_keys(config, str(config_path))
+            # Three files read off the loop: requests in flight go on meanwhile.
+            callers, backends = await asyncio.to_thread(_read_all_keys, config_path)
             accepted.replace(callers)
             upstream.replace(backends)
             log.info("gateway.keys_reloaded")
@@ -105,6 +104,12 @@ async def _reload_keys(
             log.error("gateway.reload_rejected", reason=exc.message)
         finally:
             notifier.ready("keys reloaded")
+
+
+def _read_all_keys(config_path: Path) -> tuple[list[str], dict[str, str]]:
+    """The callers' keys and the backends' keys, as the config names them now."""
+    config = load_config(config_path)
+    return read_keys(config.gateway, str(config_path)), backend_keys(config, str(config_path))
 
 
 def run(argv: list[str] | None = None) -> int:
