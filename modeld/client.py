@@ -165,12 +165,17 @@ class Client:
         finally:
             self._logs.pop(model, None)
 
-    async def acquire(self, model: str, timeout_s: float | None = None) -> dict[str, Any]:
-        """`acquire`: a lease on `model` once it runs. A caller cancelled while it waits
-        (a client that hung up) does not leak the lease: it is released once granted."""
+    async def acquire(
+        self, model: str, timeout_s: float | None = None, *, load: bool = True
+    ) -> dict[str, Any]:
+        """`acquire`: a lease on `model` once it runs (with `load` false, only if that
+        needs no load or wake of its own). A caller cancelled while it waits (a client
+        that hung up) does not leak the lease: it is released once granted."""
         params: dict[str, Any] = {"model": model}
         if timeout_s is not None:
             params["timeout_s"] = timeout_s
+        if not load:
+            params["load"] = False
         pending = asyncio.ensure_future(self.call("acquire", **params))
         try:
             return await asyncio.shield(pending)
@@ -185,6 +190,12 @@ class Client:
         self._background.add(release)
         release.add_done_callback(self._background.discard)
         release.add_done_callback(lambda done: done.cancelled() or done.exception())
+
+    async def wait_closed(self) -> None:
+        """Return once the connection is closed (by the daemon, or by us)."""
+        if self._reading is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.shield(self._reading)
 
     @property
     def closed(self) -> bool:

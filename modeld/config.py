@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -22,6 +23,8 @@ from modeld.errors import ConfigError
 EvictionPolicy = Literal["largest_first", "lru", "fewest", "cost_aware"]
 SLEEP_MODE_FLAG = "--enable-sleep-mode"
 PositiveFloat = Annotated[float, Field(gt=0)]
+# What a model may be called: what the gateway accepts in a request's `model`.
+MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/@+-]{0,127}$")
 NonNegativeFloat = Annotated[float, Field(ge=0)]
 
 
@@ -175,9 +178,22 @@ class ModelConfig(_Strict):
     @field_validator("endpoint")
     @classmethod
     def _http_url(cls, value: str) -> str:
+        if value.startswith("unix:"):
+            path = value.removeprefix("unix:")
+            # sun_path holds 107 bytes and a NUL.
+            if not path.startswith("/") or len(path.encode()) > 107 or path.endswith("/"):
+                raise ValueError("unix: needs an absolute socket path of at most 107 bytes")
+            return value
         if not value.startswith(("http://", "https://")):
-            raise ValueError("must be an http:// or https:// URL")
+            raise ValueError("must be an http:// or https:// URL, or unix:/path.sock")
         return value.rstrip("/")
+
+    @property
+    def socket_path(self) -> Path | None:
+        """The backend's Unix socket, when its endpoint is one (vLLM's --uds)."""
+        if self.endpoint.startswith("unix:"):
+            return Path(self.endpoint.removeprefix("unix:"))
+        return None
 
     @field_validator("gpus")
     @classmethod
@@ -258,12 +274,31 @@ class GatewayConfig(_Strict):
     # The daemon's socket; default: daemon.socket.
     socket: Path | None = None
     # Bearer keys; when any is set, every endpoint but the dashboard's files needs one.
+    # Each entry is "KEY" or "NAME KEY" (the name shows in logs and metrics, never the
+    # key). api_keys are admins (everything); inference_keys may run inference and read
+    # models, status and events, and their loads are budgeted (key_loads_per_minute).
     api_keys: list[Annotated[str, Field(min_length=8)]] = Field(default_factory=list)
     api_keys_file: Path | None = None
-    # A request body larger than this is refused (413) before it is read further; one
-    # that does not arrive within body_timeout_s is refused (408).
-    max_body_bytes: Annotated[int, Field(ge=1024)] = 32 * 1024 * 1024
+    inference_keys: list[Annotated[str, Field(min_length=8)]] = Field(default_factory=list)
+    inference_keys_file: Path | None = None
+    # Loads and wakes one non-admin key's requests may cause in a sliding minute (0: no
+    # limit); past it, a request that would cause one more is 429 load_rate_limited.
+    key_loads_per_minute: Annotated[int, Field(ge=0)] = 10
+    # Host names (the Host header) served besides the listen address and loopback's, and
+    # browser origins allowed besides the gateway's own (answered with CORS headers).
+    allowed_hosts: list[Annotated[str, Field(min_length=1, max_length=253)]] = Field(
+        default_factory=list
+    )
+    allowed_origins: list[Annotated[str, Field(pattern=r"^https?://[^/\s]+$")]] = Field(
+        default_factory=list
+    )
+    # A request body larger than this, counted after decompression, is refused (413)
+    # before it is read further; one that does not arrive within body_timeout_s is
+    # refused (408).
+    max_body_bytes: Annotated[int, Field(ge=1024)] = 16 * 1024 * 1024
     body_timeout_s: PositiveFloat = 60.0
+    # An answer still going after this long is cut and its lease released.
+    max_request_s: PositiveFloat = 3600.0
     # How long a request waits for its model to run (its load, or its turn behind others).
     acquire_timeout_s: PositiveFloat = 600.0
     # The backend must accept the connection within this, and send each next piece of
@@ -276,8 +311,10 @@ class GatewayConfig(_Strict):
     client_write_timeout_s: PositiveFloat = 60.0
     # Requests in flight at once (waiting included); past it, 429.
     max_requests: Annotated[int, Field(ge=1)] = 1024
-    # Server-sent event streams (/events) at once.
+    # Server-sent event streams (/events) at once, and per client (its key, or its
+    # address on a gateway without keys).
     max_event_streams: Annotated[int, Field(ge=1)] = 64
+    max_event_streams_per_client: Annotated[int, Field(ge=1)] = 8
     # Client connections at once (past it a new one is answered 503 and closed); a request's
     # headers must arrive within header_timeout_s of the connection's opening (or of its
     # first byte after an answer); a silent connection closes after keepalive_timeout_s.
@@ -316,6 +353,13 @@ class Config(_Strict):
     def _devices_exist(self) -> Self:
         if not self.models:
             raise ValueError("declare at least one model under [models]")
+        for name in self.models:
+            if not MODEL_NAME.match(name):
+                # The gateway refuses any other name before a lookup (gateway/body.py).
+                raise ValueError(
+                    f"models.{name[:64]!r}: a model's name is 1 to 128 letters, digits and "
+                    "._:/@+- (starting with a letter or digit)"
+                )
         unknown = [name for name in self.daemon.preload if name not in self.models]
         if unknown:
             raise ValueError(f"daemon.preload: {unknown[0]!r} is not a configured model")
@@ -339,7 +383,13 @@ def config_warnings(config: Config) -> list[str]:
     warnings = []
     for name, model in config.models.items():
         host = urlsplit(model.endpoint).hostname or ""
-        if model.sleep_mode and not _loopback(host):
+        if model.sleep_mode and model.socket_path is None and _loopback(host):
+            warnings.append(
+                f"models.{name}: sleep_mode serves vLLM's unauthenticated admin endpoints "
+                f"(/sleep, /collective_rpc) on {model.endpoint}, which every local user can "
+                'reach: prefer endpoint = "unix:/run/modeld/backends/NAME.sock" (vLLM --uds)'
+            )
+        if model.sleep_mode and model.socket_path is None and not _loopback(host):
             warnings.append(
                 f"models.{name}: sleep_mode runs vLLM with VLLM_SERVER_DEV_MODE=1, which serves "
                 f"unauthenticated admin endpoints, and its endpoint {model.endpoint} is not on "

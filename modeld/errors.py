@@ -123,6 +123,13 @@ class LimitReached(ModeldError):
     kind = "limit_reached"
 
 
+class WouldLoad(ModeldError):
+    """`acquire` with `load: false` of a model that would need a load or a wake."""
+
+    code = -32016
+    kind = "would_load"
+
+
 class SocketInUse(ModeldError):
     """Another process answers on the daemon's socket path."""
 

@@ -59,8 +59,11 @@ class FakeVllm:
         token_seconds: float = 0.0,
         api_key: str | None = None,
         access_log: logging.Logger | None = None,
+        uds: str | None = None,
     ) -> None:
         self.model = model
+        # Like vLLM's --uds: listen on this Unix socket instead of host:port.
+        self.uds = uds
         # Like vLLM's --api-key (or VLLM_API_KEY): asked for under /v1 only.
         self.api_key = api_key
         # As a process it prints a line per request, as vLLM's API server does.
@@ -336,7 +339,12 @@ class FakeVllm:
             self._app(), access_log=self.access_log, access_log_format=ACCESS_LOG_FORMAT
         )
         await self._runner.setup()
-        await web.TCPSite(self._runner, self.host, self.port, reuse_address=True).start()
+        site: web.BaseSite = (
+            web.UnixSite(self._runner, self.uds)
+            if self.uds is not None
+            else web.TCPSite(self._runner, self.host, self.port, reuse_address=True)
+        )
+        await site.start()
 
     async def close(self) -> None:
         """Close the port."""
@@ -407,6 +415,7 @@ async def _serve(args: argparse.Namespace) -> int:
         token_seconds=args.token_seconds,
         api_key=args.api_key or os.environ.get("VLLM_API_KEY") or None,
         access_log=_stdout_logger(),
+        uds=args.uds,
     )
     print(f"fake-vllm: loading {args.model} ({args.load_seconds}s)", flush=True)
     loading = asyncio.create_task(
@@ -421,7 +430,8 @@ async def _serve(args: argparse.Namespace) -> int:
     if args.fail_after is not None:
         print(f"fake-vllm: CUDA out of memory while loading {args.model}", flush=True)
         return int(args.exit_code)
-    print(f"fake-vllm: serving {args.model} on {args.host}:{args.port}", flush=True)
+    where = f"unix:{args.uds}" if args.uds else f"{args.host}:{args.port}"
+    print(f"fake-vllm: serving {args.model} on {where}", flush=True)
     if args.die_after is not None:
         try:
             await asyncio.wait_for(stop.wait(), args.die_after)
@@ -440,7 +450,8 @@ def main(argv: list[str] | None = None) -> None:
     """Run a fake vLLM server until SIGTERM."""
     parser = argparse.ArgumentParser(prog="modeld-fake-vllm", description=__doc__)
     parser.add_argument("--model", required=True, help="served model name")
-    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--uds", help="listen on this Unix socket instead (as vLLM's --uds)")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--load-seconds", type=float, default=2.0)
     parser.add_argument("--fail-after", type=float, help="exit during load after this long")

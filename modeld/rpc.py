@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import math
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal, TypeVar
@@ -110,6 +111,9 @@ class AcquireParams(ModelParams):
     """`acquire`: a model, and how long to wait for it to run (default: no limit)."""
 
     timeout_s: float | None = Field(default=None, gt=0)
+    # False: lease only a model that runs or is loading; one that would need a load or a
+    # wake is refused at once (`would_load`), so a router can budget the loads it causes.
+    load: bool = True
 
 
 class ReleaseParams(_Params):
@@ -271,7 +275,7 @@ async def _stop(ctx: Context, p: StopParams) -> dict[str, Any]:
 
 async def _acquire(ctx: Context, p: AcquireParams) -> dict[str, Any]:
     return await ctx.supervisor.acquire(
-        p.model, owner=ctx.owner, timeout=p.timeout_s, caller=ctx.caller.as_log()
+        p.model, owner=ctx.owner, timeout=p.timeout_s, caller=ctx.caller.as_log(), load=p.load
     )
 
 
@@ -345,9 +349,23 @@ def parse(line: bytes) -> tuple[str | None, Any]:
     except UnicodeDecodeError:
         return None, UNPARSED
     try:
-        return text, json.loads(text)
+        return text, json.loads(text, parse_float=_finite, parse_constant=_no_constant)
     except (ValueError, RecursionError):
         return text, UNPARSED
+
+
+def _finite(text: str) -> float:
+    """A JSON number as a float, refused when it overflows (`1e400` would be echoed back
+    as `Infinity`, which is not JSON)."""
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"number out of range: {text[:32]}")
+    return value
+
+
+def _no_constant(text: str) -> float:
+    """NaN and Infinity are not JSON."""
+    raise ValueError(f"{text} is not JSON")
 
 
 def error_line(code: int, message: str, data: dict[str, Any], request: Any = None) -> bytes:
@@ -409,6 +427,9 @@ async def answer(text: str | None, request: Any, context: Context) -> bytes | No
     jsonrpcserver's public dispatch; None for notifications."""
     if text is None:
         return error_line(-32700, "Parse error", {"error": "not_utf8"})
+    if request is UNPARSED:
+        # Refused here, not by jsonrpcserver's own parse, which would take 1e400 or NaN.
+        return error_line(-32700, "Parse error", {"error": "not_json"})
     options = _options(request, context)
     if is_query(request):
         # Read-only, answered from memory: dispatched synchronously.

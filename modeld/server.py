@@ -31,6 +31,7 @@ from modeld.rpc import (
     may_take_long,
     parse,
 )
+from modeld.socketdir import check_dir
 from modeld.supervisor import Supervisor
 
 log = structlog.get_logger("modeld.server")
@@ -112,6 +113,7 @@ class RpcServer:
             log.info("socket.listening", path=str(inherited.getsockname()), activated=True)
             return
         self._path.parent.mkdir(parents=True, exist_ok=True)
+        check_dir(self._path.parent, "the daemon's socket")
         if self._path.exists() or self._path.is_socket():
             if await _answers(self._path):
                 raise SocketInUse(
@@ -246,32 +248,39 @@ class RpcServer:
     async def _serve(
         self, reader: asyncio.StreamReader, connection: Connection, context: Context
     ) -> None:
-        """Read lines in chunks and answer each; bounded in bytes, time and tasks."""
+        """Read lines in chunks and answer each; bounded in bytes, time and tasks. A line
+        past MAX_MESSAGE_BYTES is refused and skipped up to its newline, holding none of
+        it: the connection, and the leases it holds, go on (a router's one bad request
+        must not end every other request's lease)."""
         buffer = b""
+        skipping = False  # inside a line that was refused: dropped up to its newline
         while True:
+            if skipping:
+                newline = buffer.find(b"\n")
+                skipping = newline < 0
+                buffer = b"" if skipping else buffer[newline + 1 :]
             start, served = 0, 0
-            while (end := buffer.find(b"\n", start)) >= 0:
+            while not skipping and (end := buffer.find(b"\n", start)) >= 0:
                 line = buffer[start : end + 1]
                 start = end + 1
-                if len(line) > MAX_MESSAGE_BYTES:
-                    break
                 if connection.writer.is_closing():
                     return  # cut off (or gone): the rest of what it sent is not served
-                if line.strip():
+                if len(line) > MAX_MESSAGE_BYTES:
+                    await connection.send(_too_large())
+                elif line.strip():
                     await self._line(line, connection, context)
                     served += 1
                     if served % LINES_PER_TURN == 0:
                         # A chunk may hold thousands of lines: let other clients in.
                         await asyncio.sleep(0)
-            else:
+            if not skipping:
                 buffer = buffer[start:]
-            if len(buffer) > MAX_MESSAGE_BYTES:
-                refusal = {"error": "too_large", "limit_bytes": MAX_MESSAGE_BYTES}
-                await connection.send(error_line(INVALID_REQUEST, "Invalid Request", refusal))
-                return  # the stream cannot be resynchronised: drop this connection only
+                if len(buffer) > MAX_MESSAGE_BYTES:
+                    await connection.send(_too_large())
+                    buffer, skipping = b"", True
             try:
                 # A line begun must be finished in time; between lines a client may idle.
-                if buffer:
+                if buffer or skipping:
                     chunk = await asyncio.wait_for(
                         reader.read(READ_CHUNK), self._limits.line_timeout_s
                     )
@@ -292,7 +301,7 @@ class RpcServer:
                 )
                 return
             if not chunk:
-                if buffer.strip():  # the last message may lack its newline
+                if buffer.strip() and not skipping:  # the last message may lack its newline
                     await self._line(buffer, connection, context)
                 return
             buffer += chunk
@@ -338,6 +347,11 @@ class RpcServer:
         line = await answer(text, request, context)
         if line is not None:
             await connection.send(line)
+
+
+def _too_large() -> bytes:
+    refusal = {"error": "too_large", "limit_bytes": MAX_MESSAGE_BYTES}
+    return error_line(INVALID_REQUEST, "Invalid Request: line too long", refusal)
 
 
 async def _answers(path: Path) -> bool:

@@ -31,6 +31,7 @@ from modeld.errors import (
     ModelsBusy,
     OperationTimeout,
     RuntimeUnavailable,
+    WouldLoad,
 )
 from modeld.events import EventBus, Subscription
 from modeld.gpu.base import GpuMonitor
@@ -287,15 +288,17 @@ class Supervisor:
         owner: int,
         timeout: float | None = None,
         caller: Caller | None = None,
+        load: bool = True,
     ) -> dict[str, Any]:
         """A lease on `name` once it runs and answers: switching, waking or joining a load
         as needed (concurrent acquires share one load). While it drains, new acquires
-        wait their turn; a waiting acquire protects the model once it runs."""
+        wait their turn; a waiting acquire protects the model once it runs. With `load`
+        false, WouldLoad instead of causing a load or a wake (joining one is fine)."""
         with self._leases.queued(self._life.record(name, managed=True)):
-            return await self._acquire(name, owner, timeout, caller)
+            return await self._acquire(name, owner, timeout, caller, load)
 
     async def _acquire(
-        self, name: str, owner: int, timeout: float | None, caller: Caller | None
+        self, name: str, owner: int, timeout: float | None, caller: Caller | None, load: bool
     ) -> dict[str, Any]:
         started = time.monotonic()
         deadline = None if timeout is None else started + timeout
@@ -317,6 +320,12 @@ class Supervisor:
                 left = None if deadline is None else deadline - time.monotonic()
                 if left is not None and left <= 0:
                     raise OperationTimeout(f"{name} did not run within {timeout}s", model=name)
+                if not load and record.state is not State.LOADING:
+                    raise WouldLoad(
+                        f"{name} is {record.state.value}: a lease would need a load or a wake",
+                        model=name,
+                        state=record.state.value,
+                    )
                 try:
                     switched = True
                     await self.switch(name, timeout=left, caller=caller)
@@ -431,6 +440,10 @@ class Supervisor:
                 "requires_restart": list(plan.requires_restart),
             }
             log.info("config.reloaded", path=str(self._config_path), **outcome)
+            # Routers (the gateway) learn the model names from this.
+            life.events.publish(
+                "config.reloaded", added=outcome["added"], removed=outcome["removed"]
+            )
             return outcome
 
     def _check_reloadable(self, plan: ReloadPlan) -> None:

@@ -55,21 +55,34 @@ async def _read(response: aiohttp.ClientResponse, limit: int) -> str:
 
 class VllmClient:
     """Talks to vLLM backends: `/health`, `/sleep`, `/wake_up`, `/is_sleeping`,
-    `/metrics`. One aiohttp session for all of them."""
+    `/metrics`. One aiohttp session for every backend on TCP, and one for each backend
+    on a Unix socket (`unix:/path.sock`: aiohttp binds a Unix connector to one path)."""
 
     def __init__(self, timeout_s: float = 2.0) -> None:
         self._timeout = aiohttp.ClientTimeout(total=timeout_s)
         self._session: aiohttp.ClientSession | None = None
+        self._unix: dict[str, aiohttp.ClientSession] = {}
 
-    def _http(self) -> aiohttp.ClientSession:
+    def _url(self, endpoint: str, path: str) -> tuple[aiohttp.ClientSession, str]:
+        """The session that reaches `endpoint`, and the URL of `path` there."""
+        if endpoint.startswith("unix:"):
+            socket = endpoint.removeprefix("unix:")
+            session = self._unix.get(socket)
+            if session is None:
+                session = aiohttp.ClientSession(
+                    connector=aiohttp.UnixConnector(path=socket), timeout=self._timeout
+                )
+                self._unix[socket] = session
+            return session, f"http://localhost{path}"
         if self._session is None:
             self._session = aiohttp.ClientSession(timeout=self._timeout)
-        return self._session
+        return self._session, f"{endpoint}{path}"
 
     async def health(self, endpoint: str) -> Health:
         """Probe once: 200 healthy, 503 engine dead, refused unreachable, else unhealthy."""
+        session, url = self._url(endpoint, "/health")
         try:
-            async with self._http().get(f"{endpoint}/health") as response:
+            async with session.get(url) as response:
                 if response.status == 200:
                     return Health.HEALTHY
                 if response.status == 503:
@@ -82,8 +95,9 @@ class VllmClient:
 
     async def activity(self, endpoint: str) -> Activity | None:
         """One reading of `/metrics`, or None if it cannot be read or lacks vLLM's."""
+        session, url = self._url(endpoint, "/metrics")
         try:
-            async with self._http().get(f"{endpoint}/metrics") as response:
+            async with session.get(url) as response:
                 if response.status != 200:
                     return None
                 text = await _read(response, MAX_METRICS_BYTES)
@@ -95,18 +109,20 @@ class VllmClient:
             return None
 
     async def _call(self, method: str, endpoint: str, path: str, timeout_s: float) -> str:
-        url = f"{endpoint}{path}"
+        session, url = self._url(endpoint, path)
         try:
-            async with self._http().request(
+            async with session.request(
                 method, url, timeout=aiohttp.ClientTimeout(total=timeout_s)
             ) as response:
                 body = await _read(response, MAX_ANSWER_BYTES)
                 if response.status != 200:
                     hint = " (is VLLM_SERVER_DEV_MODE=1 set?)" if response.status == 404 else ""
+                    # What the backend said goes in `answer` (for admins), not the message.
                     raise SleepModeFailed(
-                        f"{method} {path} answered {response.status}{hint}: {body[:200]}",
+                        f"{method} {path} answered {response.status}{hint}",
                         endpoint=endpoint,
                         status=response.status,
+                        answer=body[:200],
                     )
                 return body
         except (aiohttp.ClientError, ConnectionError, _TooLong) as exc:
@@ -135,8 +151,9 @@ class VllmClient:
             answer = None
         if not isinstance(answer, dict) or not isinstance(answer.get("is_sleeping"), bool):
             raise SleepModeFailed(
-                f"GET /is_sleeping answered {body[:200]!r}, not {{'is_sleeping': bool}}",
+                "GET /is_sleeping did not answer {'is_sleeping': bool}",
                 endpoint=endpoint,
+                answer=body[:200],
             )
         return bool(answer["is_sleeping"])
 
@@ -152,6 +169,7 @@ class VllmClient:
 
     async def close(self) -> None:
         """Close the HTTP session."""
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        sessions = [*self._unix.values(), *([self._session] if self._session else [])]
+        self._session, self._unix = None, {}
+        for session in sessions:
+            await session.close()

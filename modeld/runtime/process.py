@@ -37,6 +37,8 @@ from modeld.errors import LoadFailed, OperationFailed
 from modeld.runtime import reaper
 from modeld.runtime.base import LOG_LINES, MAX_LINE_CHARS, BackendState, BackendStatus
 
+# Backends create files (their Unix socket) for owner and group only.
+BACKEND_UMASK = 0o007
 log = structlog.get_logger(__name__)
 KEPT_LINES = 200
 READ_CHUNK = 64 * 1024
@@ -212,6 +214,9 @@ class ProcessRuntime:
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.STDOUT,
                 start_new_session=True,
+                # What a backend creates (its Unix socket above all) is for its owner and
+                # group (the gateway's) only.
+                umask=BACKEND_UMASK,
                 env=backend_env(env, self._pass_env),
                 cwd=model.cwd,
             )

@@ -71,12 +71,14 @@ class FakeRuntime:
             reading = await self.gpu.read([])
             self.free_at_start[model.name] = reading.devices[model.gpus[0]].free_gb
         self.events.append(("start", model.name))
-        port = urlparse(model.endpoint).port
+        sock = model.socket_path
+        port = urlparse(model.endpoint).port if sock is None else 0
         assert port is not None
         env = launch_environment(model)
         server = FakeVllm(
             model.served_model_name or model.name,
             port,
+            uds=str(sock) if sock is not None else None,
             load_seconds=behaviour.load_seconds,
             sleep_mode=model.sleep_mode,
             dev_mode=env.get("VLLM_SERVER_DEV_MODE") == "1",

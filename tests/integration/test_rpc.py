@@ -78,15 +78,46 @@ async def test_garbage_gets_errors_and_connection_stays_usable(socket_path: Path
     assert answers[6]["result"]["pong"] is True
 
 
-async def test_oversized_message_drops_only_that_connection(socket_path: Path) -> None:
-    """A line over 1 MiB is refused and closes that connection; other clients are served."""
+async def test_non_finite_numbers_are_refused_not_echoed(socket_path: Path) -> None:
+    """An id of 1e400 (or NaN, Infinity) is a parse error, never echoed back as
+    `Infinity`: every answer line is strict JSON."""
+    lines = (
+        b'{"jsonrpc":"2.0","id":1e400,"method":"ping"}\n',
+        b'{"jsonrpc":"2.0","id":NaN,"method":"ping"}\n',
+        b'{"jsonrpc":"2.0","id":1,"method":"switch","params":{"model":"alpha","timeout":-Infinity}}\n',
+    )
+    reader, writer = await asyncio.open_unix_connection(str(socket_path))
+    try:
+        for line in lines:
+            writer.write(line)
+            await writer.drain()
+            raw = await reader.readline()
+            assert b"Infinity" not in raw and b"NaN" not in raw, raw
+            answer = json.loads(raw)
+            assert answer["error"]["code"] == -32700 and answer["id"] is None
+    finally:
+        writer.close()
+
+
+async def test_oversized_message_is_refused_and_the_connection_goes_on(
+    socket_path: Path,
+) -> None:
+    """A line over 1 MiB is refused and skipped to its newline, whether it came in one
+    piece or trickled in: the same connection (and the leases it holds) is then served."""
     async with Client(socket_path) as bystander:
         reader, writer = await asyncio.open_unix_connection(str(socket_path))
         writer.write(b"x" * (MAX_MESSAGE_BYTES + 10) + b"\n")
+        writer.write(b'{"jsonrpc":"2.0","id":1,"method":"ping"}\n')
+        for _ in range(4):  # a line that ends only after several MiB
+            writer.write(b"y" * (MAX_MESSAGE_BYTES // 2))
+            await writer.drain()
+        writer.write(b'tail"}\n{"jsonrpc":"2.0","id":2,"method":"ping"}\n')
         await writer.drain()
-        answer = json.loads(await reader.readline())
-        assert answer["error"]["data"]["error"] == "too_large"
-        assert await reader.read() == b""
+        answers = [json.loads(await reader.readline()) for _ in range(4)]
+        assert answers[0]["error"]["data"]["error"] == "too_large"
+        assert answers[1]["id"] == 1 and answers[1]["result"]["pong"] is True
+        assert answers[2]["error"]["data"]["error"] == "too_large"
+        assert answers[3]["id"] == 2 and answers[3]["result"]["pong"] is True
         writer.close()
         assert (await bystander.call("ping"))["pong"] is True
 

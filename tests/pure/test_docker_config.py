@@ -75,7 +75,9 @@ def test_sleep_mode_reaches_the_container() -> None:
 
 def test_risky_exposure_is_warned_about() -> None:
     """A sleep-mode backend off loopback, or ports published on every interface, are
-    named in the warnings an operator sees at start; loopback ones are not."""
+    named in the warnings an operator sees at start; a sleep-mode backend on loopback TCP
+    is told to move to a Unix socket (every local user reaches loopback); one on a Unix
+    socket is not warned of."""
     models = {
         "open": {
             "image": "vllm/vllm-openai:latest",
@@ -89,12 +91,19 @@ def test_risky_exposure_is_warned_about() -> None:
             "sleep_mode": True,
             "ports": ["8001:8000", "127.0.0.1:8002:8000"],
         },
+        "private": {
+            "image": "vllm/vllm-openai:latest",
+            "endpoint": "unix:/run/modeld/backends/private.sock",
+            "sleep_mode": True,
+        },
     }
     warnings = config_warnings(parse_config({"models": models}))
-    assert len(warnings) == 2
-    assert all(w.startswith("models.open") for w in warnings)
-    assert any("VLLM_SERVER_DEV_MODE" in w for w in warnings)
-    assert any("0.0.0.0" in w for w in warnings)
+    assert len(warnings) == 3
+    opened = [w for w in warnings if w.startswith("models.open")]
+    assert any("VLLM_SERVER_DEV_MODE" in w for w in opened)
+    assert any("0.0.0.0" in w for w in opened)
+    (loopback,) = [w for w in warnings if w.startswith("models.closed")]
+    assert "unix:" in loopback
 
 
 def test_a_gateway_open_beyond_loopback_without_keys_is_warned_of() -> None:
