@@ -8,7 +8,8 @@ from typing import Any
 
 from aiohttp import web
 
-from modeld.gateway.errors import GatewayError
+from modeld.gateway.auth import identity
+from modeld.gateway.errors import GatewayError, without_backend_output
 from modeld.gateway.link import DaemonLink
 
 # What a model's entry in /v1/models carries from modeld's status, besides OpenAI's.
@@ -25,16 +26,6 @@ LISTED = (
     "sleep_mode",
     "since",
 )
-
-
-def without_backend_output(status: dict[str, Any]) -> dict[str, Any]:
-    """The daemon's status without the lines backends printed (they may hold keys and
-    prompts): an HTTP caller with an API key is not necessarily the host's operator."""
-    for view in status.get("models", {}).values():
-        failure = view.get("failure")
-        if isinstance(failure, dict):
-            failure.pop("last_lines", None)
-    return status
 
 
 def _flag(request: web.Request, name: str, default: bool) -> bool:
@@ -69,7 +60,12 @@ class Admin:
 
     async def status(self, request: web.Request) -> web.Response:
         """`GET /v1/models/status`: every model and the GPU, with the seed's fields."""
-        return web.json_response(without_backend_output(await self._link.call("status")))
+        status = await self._link.call("status")
+        caller = identity(request)
+        # Backends' output (command lines, prompts) is for admins only.
+        return web.json_response(
+            status if caller and caller.admin else without_backend_output(status)
+        )
 
     async def switch(self, request: web.Request) -> web.Response:
         """`POST /v1/models/switch?target_model=NAME[&wait=false][&force=true][&timeout=S]`."""

@@ -11,8 +11,15 @@ from aiohttp import web
 
 from modeld.config import GatewayConfig
 from modeld.gateway.admin import Admin
-from modeld.gateway.auth import BackendKeys, Keys
-from modeld.gateway.errors import GatewayError, openai_response, seed_response
+from modeld.gateway.auth import IDENTITY, BackendKeys, Keys, identity
+from modeld.gateway.browsers import BrowserGuard
+from modeld.gateway.errors import (
+    GatewayError,
+    cut,
+    for_caller,
+    openai_response,
+    seed_response,
+)
 from modeld.gateway.guard import ConnectionGuard
 from modeld.gateway.link import DaemonLink
 from modeld.gateway.metrics import GatewayMetrics
@@ -26,6 +33,9 @@ STATIC = Path(__file__).resolve().parent / "static"
 SEED_ROUTES = frozenset({"seed-status", "seed-switch", "seed-action"})
 # What loads without a key: the dashboard's own files (it then asks for a key).
 PUBLIC_ROUTES = frozenset({"page", "static"})
+# What only admin keys may use: everything that starts, stops, switches or forces, and
+# the metrics (they name every key). Inference keys may use the rest.
+ADMIN_ROUTES = frozenset({"seed-switch", "seed-action", "metrics"})
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 KEYS: web.AppKey[Keys] = web.AppKey("keys", Keys)
@@ -48,13 +58,20 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        kinds = {404: "not_found", 405: "method_not_allowed", 413: "too_large"}
+        kinds = {
+            404: "not_found",
+            405: "method_not_allowed",
+            413: "too_large",
+            415: "unsupported_media_type",
+        }
         message = {
             404: f"no such endpoint: {request.method} {request.path}",
             413: "the request body is too large (gateway.max_body_bytes)",
         }.get(exc.status, exc.reason)
         error = GatewayError(kinds.get(exc.status, "bad_request"), message)
     request.app[METRICS].errors.labels(error.kind).inc()
+    caller = identity(request)
+    error = for_caller(error, admin=caller is not None and caller.admin)
     if _route_name(request) in SEED_ROUTES:
         return seed_response(error)
     return openai_response(error)
@@ -62,15 +79,23 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
 
 @web.middleware
 async def keys(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """`Authorization: Bearer <key>` on everything but the dashboard's files."""
-    accepted = request.app[KEYS]
-    if (
-        accepted.required
-        and _route_name(request) not in PUBLIC_ROUTES
-        and not accepted.accepts(request.headers.get("Authorization"))
-    ):
-        log.info("gateway.unauthorized", path=request.path, peer=request.remote)
+    """`Authorization: Bearer <key>` on everything but the dashboard's files; admin-only
+    routes refuse other keys (403, nothing done)."""
+    route = _route_name(request)
+    if route in PUBLIC_ROUTES:
+        return await handler(request)
+    caller = request.app[KEYS].identify(request.headers.get("Authorization"))
+    if caller is None:
+        log.info("gateway.unauthorized", path=cut(request.path), peer=request.remote)
         raise GatewayError("unauthorized", "a valid API key is required (Authorization: Bearer)")
+    request[IDENTITY] = caller
+    if route in ADMIN_ROUTES and not caller.admin:
+        log.info("gateway.denied", path=cut(request.path), key=caller.name, peer=request.remote)
+        raise GatewayError(
+            "permission_denied",
+            f"the key {caller.name} is an inference key: starting, stopping, switching and "
+            "the metrics need an admin key",
+        )
     return await handler(request)
 
 
@@ -90,14 +115,17 @@ class Gateway:
         self.backend_keys = backend_keys or BackendKeys({})
         self.metrics = GatewayMetrics()
         self.guard = ConnectionGuard(config, self.metrics)
+        self.browsers = BrowserGuard(config, lambda: self.keys.required)
         self.proxy = Proxy(link, config, self.metrics, self.backend_keys)
         self.admin = Admin(link)
-        self.streams = EventStreams(link.events, self.metrics, config.max_event_streams)
+        self.streams = EventStreams(
+            link.events, self.metrics, config.max_event_streams, config.max_event_streams_per_client
+        )
         self.app = self._build()
 
     def _build(self) -> web.Application:
         app = web.Application(
-            middlewares=[self.guard.middleware, errors, keys],
+            middlewares=[self.guard.middleware, errors, self.browsers.middleware, keys],
             client_max_size=self.config.max_body_bytes,
         )
         app[KEYS] = self.keys
@@ -121,6 +149,7 @@ class Gateway:
         if STATIC.is_dir():
             router.add_get("/", self._page, name="page")
             router.add_static("/static/", STATIC, name="static")
+        app.on_response_prepare.append(self.browsers.on_prepare)
         app.on_startup.append(self._startup)
         app.on_shutdown.append(self._shutdown)
         app.on_cleanup.append(self._cleanup)
@@ -161,6 +190,8 @@ class GatewayServer:
             gateway.app,
             handler_cancellation=True,
             access_log=None,
+            # Bodies are inflated by the proxy, within max_body_bytes (gateway/body.py).
+            auto_decompress=False,
             shutdown_timeout=shutdown_timeout_s,
         )
         self._relay: asyncio.Task[None] | None = None

@@ -18,6 +18,7 @@ STATUS: dict[str, int] = {
     # The daemon's errors.
     "invalid_params": 400,
     "permission_denied": 403,
+    "load_rate_limited": 429,
     "unknown_model": 404,
     "models_busy": 409,
     "name_collision": 409,
@@ -38,7 +39,10 @@ STATUS: dict[str, int] = {
     "not_found": 404,
     "method_not_allowed": 405,
     "request_timeout": 408,
+    "forbidden_host": 403,
+    "forbidden_origin": 403,
     "too_large": 413,
+    "unsupported_media_type": 415,
     "too_many_requests": 429,
     "upstream_unreachable": 502,
     "upstream_unauthorized": 502,
@@ -55,10 +59,37 @@ TYPES: dict[int, str] = {
     408: "invalid_request_error",
     409: "conflict_error",
     413: "invalid_request_error",
+    415: "invalid_request_error",
     429: "rate_limit_error",
 }
 # Worth retrying after this many seconds (a Retry-After header).
 RETRY_AFTER_S: dict[str, int] = {"models_busy": 10, "too_many_requests": 1, "limit_reached": 1}
+
+
+# How much of a caller-chosen string (a path, a model name) a log line keeps.
+LOG_CHARS = 128
+
+
+def cut(text: str, limit: int = LOG_CHARS) -> str:
+    """A caller-chosen string as a log line may hold it: at most `limit` characters."""
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
+# What backends printed or answered (their command lines, users' prompts): for admins only.
+BACKEND_OUTPUT = frozenset({"last_lines", "answer"})
+
+
+def without_backend_output(value: Any) -> Any:
+    """`value` (an error's data, a status) with backends' output left out at any depth."""
+    if isinstance(value, dict):
+        return {
+            key: without_backend_output(item)
+            for key, item in value.items()
+            if key not in BACKEND_OUTPUT
+        }
+    if isinstance(value, list):
+        return [without_backend_output(item) for item in value]
+    return value
 
 
 class GatewayError(Exception):
@@ -69,6 +100,8 @@ class GatewayError(Exception):
         self.kind = kind
         self.message = message
         self.data = data
+        # Seconds to wait before trying again, when it depends on the case (a budget).
+        self.retry_after: int | None = None
 
     @property
     def status(self) -> int:
@@ -88,8 +121,17 @@ class GatewayError(Exception):
         return cls("daemon_unreachable", f"modeld is not reachable: {exc.reason}")
 
 
+def for_caller(error: GatewayError, *, admin: bool) -> GatewayError:
+    """The error as a caller may see it: backends' output for admins only."""
+    if admin:
+        return error
+    shown = GatewayError(error.kind, error.message, **without_backend_output(error.data))
+    shown.retry_after = error.retry_after
+    return shown
+
+
 def _headers(error: GatewayError) -> dict[str, str]:
-    retry = RETRY_AFTER_S.get(error.kind)
+    retry = error.retry_after if error.retry_after is not None else RETRY_AFTER_S.get(error.kind)
     return {"Retry-After": str(retry)} if retry is not None else {}
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Coroutine
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -147,15 +147,21 @@ class Lease:
 class DaemonLink:
     """The gateway's side of the socket: calls, leases and events."""
 
-    def __init__(self, socket: Path) -> None:
+    def __init__(self, socket: Path, models: frozenset[str] | None = None) -> None:
         self.socket = socket
         self._calls = _Connection(socket)
         self._leases = _Connection(socket)
         self.events = EventBus()
         self.connected = asyncio.Event()
+        # The configured model names, as the daemon last told them (None: not yet known):
+        # a request for another name is refused without asking the daemon.
+        self.models = models
         # The leases of requests in flight (renewed after a daemon restart).
         self._held: set[Lease] = set()
         self._renewing: asyncio.Task[None] | None = None
+        # The lease connection being watched: when it drops, its leases are renewed at once.
+        self._watched: Client | None = None
+        self._background: set[asyncio.Task[None]] = set()
 
     async def call(self, method: str, timeout: float | None = None, **params: Any) -> Any:
         """Call `method`; a waiting call (`timeout` given) may take that long and a margin."""
@@ -163,13 +169,16 @@ class DaemonLink:
         return await _answer(await self._calls.client(), method, limit, **params)
 
     @contextlib.asynccontextmanager
-    async def lease(self, model: str, timeout_s: float) -> AsyncIterator[Lease]:
+    async def lease(self, model: str, timeout_s: float, load: bool = True) -> AsyncIterator[Lease]:
         """Hold a lease on `model` for the block (or until its `release()`): the model
-        runs, and is not evicted, meanwhile. A block cancelled while it waits leaks
-        nothing (Client.acquire)."""
-        client = await self._leases.client()
+        runs, and is not evicted, meanwhile. With `load` false, `would_load` instead of
+        causing a load or a wake. A block cancelled while it waits leaks nothing
+        (Client.acquire)."""
+        client = await self._lease_client()
         late = GatewayError("timeout", f"{model} did not run within {timeout_s:g}s", model=model)
-        granted = await _mapped(client.acquire(model, timeout_s), timeout_s + ANSWER_MARGIN_S, late)
+        granted = await _mapped(
+            client.acquire(model, timeout_s, load=load), timeout_s + ANSWER_MARGIN_S, late
+        )
         lease = Lease(client, granted)
         self._held.add(lease)
         try:
@@ -177,6 +186,34 @@ class DaemonLink:
         finally:
             self._held.discard(lease)
             await lease.release()
+
+    async def _lease_client(self) -> Client:
+        """The lease connection, watched: if it drops while the daemon still runs, the
+        leases of requests still streaming are taken again at once, not only once the
+        events connection notices."""
+        client = await self._leases.client()
+        if client is not self._watched:
+            self._watched = client
+            self._spawn(self._renew_when_closed(client))
+        return client
+
+    async def _renew_when_closed(self, client: Client) -> None:
+        await client.wait_closed()
+        if self._held:
+            await self._renew()
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(work)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _refresh_models(self) -> None:
+        """Learn the configured names from the daemon (at each connection, and after it
+        reloads its config)."""
+        try:
+            self.models = frozenset((await self.call("status"))["models"])
+        except (GatewayError, KeyError, TypeError) as exc:
+            log.warning("gateway.models_unknown", reason=str(exc))
 
     async def _renew(self) -> None:
         """The daemon is back: take again the leases of requests still streaming (theirs
@@ -188,7 +225,7 @@ class DaemonLink:
             return
         try:
             models = (await self.call("status"))["models"]
-            client = await self._leases.client()
+            client = await self._lease_client()
         except GatewayError as exc:
             log.warning("gateway.leases_not_renewed", reason=exc.message, count=len(lost))
             return
@@ -220,9 +257,12 @@ class DaemonLink:
                     # (On its own: a renewal that waits for an adopted model's health
                     # must not hold up the events.)
                     self._renewing = asyncio.create_task(self._renew())
+                    self._spawn(self._refresh_models())
                     delay = 0.5
                     async for event in subscription:
                         self.events.forward(event)
+                        if event.get("type") == "config.reloaded":
+                            self._spawn(self._refresh_models())
             except (DaemonUnreachable, TimeoutError, OSError) as exc:
                 if self.connected.is_set():
                     log.warning("gateway.daemon_lost", reason=str(exc))
@@ -234,8 +274,9 @@ class DaemonLink:
 
     async def close(self) -> None:
         """Close the connections (the leases of requests still in flight end)."""
-        if self._renewing is not None:
-            self._renewing.cancel()
-            await asyncio.gather(self._renewing, return_exceptions=True)
+        waiting = [*self._background, *([self._renewing] if self._renewing else [])]
+        for task in waiting:
+            task.cancel()
+        await asyncio.gather(*waiting, return_exceptions=True)
         await self._leases.close()
         await self._calls.close()

@@ -17,7 +17,7 @@ from modeld.backendkeys import backend_keys
 from modeld.config import Config, load_config
 from modeld.errors import ConfigError
 from modeld.gateway.app import Gateway, GatewayServer
-from modeld.gateway.auth import BackendKeys, Keys, read_keys
+from modeld.gateway.auth import BackendKeys, Key, Keys, read_keys
 from modeld.gateway.link import DaemonLink
 from modeld.logs import configure_logging
 from modeld.sdnotify import Notifier
@@ -55,12 +55,10 @@ async def run_gateway(config: Config, config_path: Path, listen: str, socket: Pa
             listen=listen,
             hint="no api_keys: anyone who reaches this address can load and switch models",
         )
-    server = GatewayServer(
-        Gateway(config.gateway, DaemonLink(socket), accepted, upstream), SHUTDOWN_TIMEOUT_S
-    )
-    reloads = asyncio.create_task(
-        _reload_keys(reload_requested, config_path, accepted, upstream, notifier)
-    )
+    link = DaemonLink(socket, frozenset(config.models))
+    gateway = Gateway(config.gateway, link, accepted, upstream)
+    server = GatewayServer(gateway, SHUTDOWN_TIMEOUT_S)
+    reloads = asyncio.create_task(_reload_keys(reload_requested, config_path, gateway, notifier))
     try:
         await server.start(host, port)
         notifier.ready(f"listening on {listen}")
@@ -82,31 +80,29 @@ async def run_gateway(config: Config, config_path: Path, listen: str, socket: Pa
 
 
 async def _reload_keys(
-    requested: asyncio.Event,
-    config_path: Path,
-    accepted: Keys,
-    upstream: BackendKeys,
-    notifier: Notifier,
+    requested: asyncio.Event, config_path: Path, gateway: Gateway, notifier: Notifier
 ) -> None:
     """SIGHUP: read the config's keys again, callers' and backends' (other settings take
-    a restart); a file that cannot be read keeps every key as it was."""
+    a restart). Fails closed: a key file missing, unreadable or emptied, or a config left
+    with no key where there were some, keeps every key as it was (an error and a metric)."""
     while True:
         await requested.wait()
         requested.clear()
         notifier.reloading()
         try:
-            # Three files read off the loop: requests in flight go on meanwhile.
+            # Files read off the loop: requests in flight go on meanwhile.
             callers, backends = await asyncio.to_thread(_read_all_keys, config_path)
-            accepted.replace(callers)
-            upstream.replace(backends)
-            log.info("gateway.keys_reloaded")
+            gateway.keys.replace(callers)
+            gateway.backend_keys.replace(backends)
+            log.info("gateway.keys_reloaded", keys=len(callers))
         except ConfigError as exc:
-            log.error("gateway.reload_rejected", reason=exc.message)
+            gateway.metrics.key_reload_failures.inc()
+            log.error("gateway.reload_rejected", reason=exc.message, kept="the keys loaded")
         finally:
             notifier.ready("keys reloaded")
 
 
-def _read_all_keys(config_path: Path) -> tuple[list[str], dict[str, str]]:
+def _read_all_keys(config_path: Path) -> tuple[list[Key], dict[str, str]]:
     """The callers' keys and the backends' keys, as the config names them now."""
     config = load_config(config_path)
     return read_keys(config.gateway, str(config_path)), backend_keys(config, str(config_path))

@@ -62,6 +62,25 @@ class GatewayMetrics:
             registry=self.registry,
         )
 
+        self.key_reload_failures = Counter(
+            "modeld_gateway_key_reload_failures",
+            "Key reloads refused (a key file missing, unreadable or empty): the keys "
+            "loaded before stay in force.",
+            registry=self.registry,
+        )
+        self.key_loads = Counter(
+            "modeld_gateway_key_loads",
+            "Loads and wakes caused by a budgeted key's requests, by key name.",
+            ["key"],
+            registry=self.registry,
+        )
+        self.key_loads_refused = Counter(
+            "modeld_gateway_key_loads_refused",
+            "Requests refused because their key's load budget was spent, by key name.",
+            ["key"],
+            registry=self.registry,
+        )
+
     def exposition(self) -> bytes:
         """The text format."""
         return generate_latest(self.registry)

@@ -10,17 +10,18 @@ itself when the model has an `api_key_file`).
 from __future__ import annotations
 
 import asyncio
-import json
 import time
-from typing import Any
+from collections.abc import Awaitable
 
 import aiohttp
 import structlog
 from aiohttp import web
 
 from modeld.config import GatewayConfig
-from modeld.gateway.auth import BackendKeys
-from modeld.gateway.errors import GatewayError
+from modeld.gateway.auth import BackendKeys, Identity, identity
+from modeld.gateway.body import Bodies
+from modeld.gateway.budget import LoadBudget
+from modeld.gateway.errors import GatewayError, cut
 from modeld.gateway.link import DaemonLink, Lease
 from modeld.gateway.metrics import GatewayMetrics
 
@@ -49,12 +50,11 @@ FORWARDED = ("Content-Type", "Accept", "Accept-Encoding", "X-Request-Id", "User-
 RETURNED = ("Content-Type", "Content-Encoding", "X-Request-Id")
 
 
-# Bodies up to this size are parsed on the event loop (well under a millisecond).
-PARSE_INLINE_BYTES = 256 * 1024
-
-
-def _encoded(payload: dict[str, Any]) -> bytes:
-    return json.dumps(payload).encode()
+# Set on a request once its answer was written whole: a hang-up after that (a client
+# that sent `Connection: close` and read everything) is not a hang-up.
+ANSWERED: web.RequestKey[int] = web.RequestKey("answered", int)
+# The metric label of a request for a name that is not configured.
+UNKNOWN = "unknown"
 
 
 class SlowReader:
@@ -106,22 +106,9 @@ class ClientGone(Exception):
         self.response = response
 
 
-def requested_model(body: bytes) -> tuple[str, dict[str, Any]]:
-    """The model a request body names, and the body parsed; `bad_request` otherwise."""
-    try:
-        payload = json.loads(body)
-    except (ValueError, RecursionError):
-        raise GatewayError("bad_request", "the request body is not valid JSON") from None
-    if not isinstance(payload, dict):
-        raise GatewayError("bad_request", "the request body must be a JSON object")
-    model = payload.get("model")
-    if not isinstance(model, str) or not model:
-        raise GatewayError("bad_request", "the request body must name its `model` (a string)")
-    return model, payload
-
-
 class Proxy:
-    """Forwards inference requests under leases, over one HTTP client session."""
+    """Forwards inference requests under leases, over one HTTP client session (and one
+    per backend on a Unix socket)."""
 
     def __init__(
         self,
@@ -134,8 +121,18 @@ class Proxy:
         self._config = config
         self._metrics = metrics
         self._backend_keys = backend_keys
+        self._bodies = Bodies(config.max_body_bytes, config.body_timeout_s)
+        self._budget = LoadBudget(config.key_loads_per_minute)
         self._session: aiohttp.ClientSession | None = None
+        self._unix: dict[str, aiohttp.ClientSession] = {}
         self._in_flight = 0
+
+    def _timeout(self) -> aiohttp.ClientTimeout:
+        return aiohttp.ClientTimeout(
+            total=None,
+            connect=self._config.upstream_connect_timeout_s,
+            sock_read=self._config.upstream_read_timeout_s,
+        )
 
     async def start(self) -> None:
         """Open the session to the backends."""
@@ -143,21 +140,38 @@ class Proxy:
             connector=aiohttp.TCPConnector(limit=self._config.max_requests),
             # Bytes pass through as the backend sent them (compressed or not).
             auto_decompress=False,
-            timeout=aiohttp.ClientTimeout(
-                total=None,
-                connect=self._config.upstream_connect_timeout_s,
-                sock_read=self._config.upstream_read_timeout_s,
-            ),
+            timeout=self._timeout(),
         )
 
     async def close(self) -> None:
-        """Close the session."""
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        """Close the sessions."""
+        sessions = [*self._unix.values(), *([self._session] if self._session else [])]
+        self._session, self._unix = None, {}
+        for session in sessions:
+            await session.close()
+
+    def _upstream(self, endpoint: str) -> tuple[aiohttp.ClientSession, str]:
+        """The session that reaches `endpoint`, and the URL base to put paths on: a
+        `unix:/path.sock` backend gets a session of its own (aiohttp binds a Unix
+        connector to one path); there is one per configured socket."""
+        assert self._session is not None, "start() first"
+        if not endpoint.startswith("unix:"):
+            return self._session, endpoint.rstrip("/")
+        path = endpoint.removeprefix("unix:")
+        session = self._unix.get(path)
+        if session is None:
+            session = aiohttp.ClientSession(
+                connector=aiohttp.UnixConnector(path=path, limit=self._config.max_requests),
+                auto_decompress=False,
+                timeout=self._timeout(),
+            )
+            self._unix[path] = session
+        return session, "http://localhost"
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         """One inference request, from lease to the answer's end."""
+        caller = identity(request)
+        assert caller is not None, "the keys middleware runs first"
         if self._in_flight >= self._config.max_requests:
             raise GatewayError(
                 "too_many_requests",
@@ -166,65 +180,114 @@ class Proxy:
             )
         self._in_flight += 1
         self._metrics.in_flight.inc()
-        model, status, started = "", 500, time.monotonic()
+        label: str | None = None
+        status, started = 500, time.monotonic()
         try:
-            try:
-                async with asyncio.timeout(self._config.body_timeout_s):
-                    body = await request.read()
-            except TimeoutError:
+            body = await self._bodies.read(request)
+            model = await self._bodies.model(body)
+            known = self._link.models
+            # Only configured names become labels: invented ones share one.
+            label = model if known is not None and model in known else UNKNOWN
+            if known is not None and model not in known:
                 raise GatewayError(
-                    "request_timeout",
-                    f"the request body did not arrive within {self._config.body_timeout_s:g}s",
-                ) from None
-            if len(body) > PARSE_INLINE_BYTES:
-                # A big body (a batch of embeddings) would stall every other request
-                # while it is parsed: off the event loop.
-                model, payload = await asyncio.to_thread(requested_model, body)
-            else:
-                model, payload = requested_model(body)
-            response = await self._leased(request, model, payload, body)
+                    "unknown_model",
+                    f"Model '{model}' not found. Available: {sorted(known)}",
+                    model=model,
+                    available=sorted(known),
+                )
+            response = await self._cut_after(request, self._leased(request, caller, model, body))
             status = response.status
             return response
         except GatewayError as exc:
             status = exc.status
             raise
         except ClientGone as gone:
-            status = 499  # the client went away (nginx's name for it)
-            self._metrics.hangups.inc()
+            status = self._hung_up(request)
             return gone.response
         except asyncio.CancelledError:
-            status = 499
-            self._metrics.hangups.inc()
+            status = self._hung_up(request)
             raise
         finally:
             self._in_flight -= 1
             self._metrics.in_flight.dec()
-            if model:
-                self._metrics.requests.labels(model, request.path, str(status)).inc()
-            # The access log (never the body, never the key).
+            if label is not None:
+                self._metrics.requests.labels(label, request.path, str(status)).inc()
+            # The access log (never the body, never the key; a name cut short).
             log.info(
                 "gateway.request",
-                model=model or None,
+                model=cut(model) if label is not None else None,
                 path=request.path,
                 status=status,
                 seconds=round(time.monotonic() - started, 4),
+                key=caller.name,
                 peer=request.remote,
             )
 
+    def _hung_up(self, request: web.Request) -> int:
+        """The status to log for a request whose client left: its answer's own when it
+        was written whole before (`Connection: close`), else 499 (nginx's name for it)."""
+        answered: int | None = request.get(ANSWERED)
+        if answered is not None:
+            return answered
+        self._metrics.hangups.inc()
+        return 499
+
+    async def _cut_after(
+        self, request: web.Request, answering: Awaitable[web.StreamResponse]
+    ) -> web.StreamResponse:
+        """`answering` within max_request_s: past it, an answer under way is cut (the
+        connection dropped, so the client sees it end abruptly) and one not yet begun is
+        504; either way the lease ends."""
+        limit = self._config.max_request_s
+        try:
+            async with asyncio.timeout(limit):
+                return await answering
+        except TimeoutError:
+            log.warning("gateway.request_cut", path=request.path, max_request_s=limit)
+            if request.transport is not None:
+                request.transport.abort()
+            raise GatewayError(
+                "upstream_timeout", f"the request ran past max_request_s ({limit:g}s)"
+            ) from None
+
     async def _leased(
-        self, request: web.Request, model: str, payload: dict[str, Any], body: bytes
+        self, request: web.Request, caller: Identity, model: str, body: bytes
+    ) -> web.StreamResponse:
+        """The answer under a lease; a budgeted key's request that would cause a load or
+        a wake is counted against its budget first (429 once it is spent)."""
+        if caller.admin or not self._budget.limited:
+            return await self._serve(request, model, body, load=True)
+        try:
+            return await self._serve(request, model, body, load=False)
+        except GatewayError as exc:
+            if exc.kind != "would_load":
+                raise
+        retry = self._budget.take(caller.name)
+        if retry is not None:
+            self._metrics.key_loads_refused.labels(caller.name).inc()
+            limit = self._budget.per_minute
+            refusal = GatewayError(
+                "load_rate_limited",
+                f"{model} is not running, and the key {caller.name} has caused {limit} "
+                f"loads in the last minute (key_loads_per_minute); try again in {retry}s "
+                "or use a model that runs",
+                model=model,
+                limit=limit,
+            )
+            refusal.retry_after = retry
+            raise refusal
+        self._metrics.key_loads.labels(caller.name).inc()
+        return await self._serve(request, model, body, load=True)
+
+    async def _serve(
+        self, request: web.Request, model: str, body: bytes, load: bool
     ) -> web.StreamResponse:
         started = time.monotonic()
-        async with self._link.lease(model, self._config.acquire_timeout_s) as lease:
+        async with self._link.lease(model, self._config.acquire_timeout_s, load) as lease:
             self._metrics.load_wait.labels(model).observe(time.monotonic() - started)
             served = lease.granted.get("served_model_name", model)
             if served != model:
-                renamed = {**payload, "model": served}
-                body = (
-                    await asyncio.to_thread(_encoded, renamed)
-                    if len(body) > PARSE_INLINE_BYTES
-                    else _encoded(renamed)
-                )
+                body = await self._bodies.renamed(body, served)
             return await self._forward(request, lease, model, body)
 
     async def _forward(
@@ -233,14 +296,16 @@ class Proxy:
         """Send the request to the backend; stream its answer back as it comes (the
         lease ends right after, with the block that holds it: a release before the last
         byte would cost every answer a round trip to the daemon)."""
-        assert self._session is not None, "start() first"
         endpoint = str(lease.granted["endpoint"])
+        session, base = self._upstream(endpoint)
         headers = {name: request.headers[name] for name in FORWARDED if name in request.headers}
         headers.update(self._backend_keys.header(model))
-        url = endpoint.rstrip("/") + request.path_qs
+        # The allowlisted path, and the query string exactly as the caller sent it.
+        query = request.rel_url.raw_query_string
+        url = base + request.path + (f"?{query}" if query else "")
         response: web.StreamResponse | None = None
         try:
-            async with self._session.post(url, data=body, headers=headers) as upstream:
+            async with session.post(url, data=body, headers=headers) as upstream:
                 if upstream.status == 401:
                     # The caller's key was accepted; the backend refused the gateway's.
                     raise GatewayError(
@@ -265,6 +330,7 @@ class Proxy:
                         await response.write(chunk)
                         watch.writing = False
                     await response.write_eof()
+                    request[ANSWERED] = response.status
                 except ConnectionResetError:
                     # Leaving the block closes the upstream request: the backend stops.
                     raise ClientGone(response) from None

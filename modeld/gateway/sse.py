@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections import Counter
 
 from aiohttp import web
 
 from modeld.events import EventBus
+from modeld.gateway.auth import ANONYMOUS, identity
 from modeld.gateway.errors import GatewayError
 from modeld.gateway.metrics import GatewayMetrics
 
@@ -24,11 +26,14 @@ WRITE_TIMEOUT_S = 30.0
 class EventStreams:
     """Serves /events from the gateway's relay of the daemon's events."""
 
-    def __init__(self, bus: EventBus, metrics: GatewayMetrics, limit: int) -> None:
+    def __init__(self, bus: EventBus, metrics: GatewayMetrics, limit: int, per_client: int) -> None:
         self._bus = bus
         self._metrics = metrics
         self._limit = limit
+        self._per_client = per_client
         self._open = 0
+        # Streams open per client: its key's name, or its address on a keyless gateway.
+        self._clients: Counter[str] = Counter()
         self.closing = asyncio.Event()
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
@@ -39,6 +44,19 @@ class EventStreams:
                 f"{self._open} event streams are open (max_event_streams)",
                 limit=self._limit,
             )
+        caller = identity(request)
+        client = (
+            f"key:{caller.name}"
+            if caller is not None and caller is not ANONYMOUS
+            else f"address:{request.remote}"
+        )
+        if self._clients[client] >= self._per_client:
+            raise GatewayError(
+                "too_many_requests",
+                f"this client has {self._per_client} event streams open "
+                "(max_event_streams_per_client)",
+                limit=self._per_client,
+            )
         response = web.StreamResponse(
             headers={
                 "Content-Type": "text/event-stream",
@@ -48,6 +66,7 @@ class EventStreams:
         )
         subscription = self._bus.subscribe()
         self._open += 1
+        self._clients[client] += 1
         self._metrics.event_streams.inc()
         closing = asyncio.ensure_future(self.closing.wait())
         try:
@@ -73,5 +92,8 @@ class EventStreams:
             closing.cancel()
             self._bus.unsubscribe(subscription)
             self._open -= 1
+            self._clients[client] -= 1
+            if not self._clients[client]:
+                del self._clients[client]
             self._metrics.event_streams.dec()
         return response

@@ -52,7 +52,8 @@ async def fronted(serve: ServeFactory) -> AsyncIterator[GatewayFactory]:
         gateway_config = GatewayConfig(**settings)
         keys = Keys(read_keys(gateway_config))
         upstream = BackendKeys(backend_keys(config))
-        server = GatewayServer(Gateway(gateway_config, DaemonLink(socket), keys, upstream), 5.0)
+        link = DaemonLink(socket, frozenset(config.models))
+        server = GatewayServer(Gateway(gateway_config, link, keys, upstream), 5.0)
         port = free_port()
         await server.start("127.0.0.1", port)
         servers.append(server)
@@ -100,7 +101,7 @@ async def restartable(
         socket = tmp_path / f"modeld-{len(made)}.sock"
         daemon = RpcServer(supervisor, socket)
         await daemon.start()
-        link = DaemonLink(socket)
+        link = DaemonLink(socket, frozenset(config.models))
         server = GatewayServer(Gateway(GatewayConfig(), link, Keys([])), 5.0)
         port = free_port()
         await server.start("127.0.0.1", port)

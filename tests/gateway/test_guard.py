@@ -25,7 +25,7 @@ async def _connect(front: Fronted) -> tuple[asyncio.StreamReader, asyncio.Stream
 def _request(body: dict[str, object]) -> bytes:
     payload = json.dumps(body).encode()
     return (
-        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
         + f"Content-Length: {len(payload)}\r\n\r\n".encode()
         + payload
     )
@@ -56,7 +56,7 @@ async def test_headers_that_never_finish_are_cut_off_while_others_are_served(
     front = await fronted(make_config(TWO, [80]), header_timeout_s=0.5)
     silent_reader, _ = await _connect(front)
     trickle_reader, trickle = await _connect(front)
-    trickle.write(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n")
+    trickle.write(b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n")
 
     async def keep_trickling() -> None:
         # The attacker's pace: a header byte every 50 ms, for ever.
