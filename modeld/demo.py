@@ -158,14 +158,15 @@ def _through_the_gateway(config: Path, socket: Path, workdir: Path, console: Con
 
 
 def private_copy(config: Path, directory: Path, fresh_ports: bool = False) -> Path:
-    """The demo config with its state kept in `directory` (a run of its own); with
+    """The demo config with its state and backends' sockets kept in `directory` (a run of
+    its own); with
     `fresh_ports`, its backends on free ports too (so runs side by side do not clash)."""
     text = re.sub(
         r"^state_dir = .*$",
         f'state_dir = "{directory / "state"}"',
         config.read_text(),
         flags=re.MULTILINE,
-    )
+    ).replace("/tmp/modeld-demo/backends", str(directory / "backends"))
     if fresh_ports:
         for port in set(re.findall(r'"(?:http://)?127\.0\.0\.1:(\d+)"', text)):
             new = str(free_port())

@@ -64,6 +64,8 @@ class FakeVllm:
         self.model = model
         # Like vLLM's --uds: listen on this Unix socket instead of host:port.
         self.uds = uds
+        # The query string of the last inference request, as it arrived.
+        self.last_query = ""
         # Like vLLM's --api-key (or VLLM_API_KEY): asked for under /v1 only.
         self.api_key = api_key
         # As a process it prints a line per request, as vLLM's API server does.
@@ -283,6 +285,7 @@ class FakeVllm:
     async def _admit(self, request: web.Request) -> dict[str, object] | web.Response:
         """An inference request's body, once the model may answer it (awake); or the
         error vLLM gives for a bad body or another model's name."""
+        self.last_query = request.rel_url.raw_query_string
         body = await _json_body(request)
         if isinstance(body, web.Response):
             return body

@@ -16,6 +16,7 @@ from collections.abc import Awaitable
 import aiohttp
 import structlog
 from aiohttp import web
+from yarl import URL
 
 from modeld.config import GatewayConfig
 from modeld.gateway.auth import BackendKeys, Identity, identity
@@ -126,6 +127,11 @@ class Proxy:
         self._session: aiohttp.ClientSession | None = None
         self._unix: dict[str, aiohttp.ClientSession] = {}
         self._in_flight = 0
+
+    @property
+    def in_flight(self) -> int:
+        """Inference requests being handled now (waiting included)."""
+        return self._in_flight
 
     def _timeout(self) -> aiohttp.ClientTimeout:
         return aiohttp.ClientTimeout(
@@ -302,7 +308,8 @@ class Proxy:
         headers.update(self._backend_keys.header(model))
         # The allowlisted path, and the query string exactly as the caller sent it.
         query = request.rel_url.raw_query_string
-        url = base + request.path + (f"?{query}" if query else "")
+        # encoded=True: yarl would otherwise normalise it (%2F becomes /).
+        url = URL(base + request.path + (f"?{query}" if query else ""), encoded=True)
         response: web.StreamResponse | None = None
         try:
             async with session.post(url, data=body, headers=headers) as upstream:

@@ -25,7 +25,8 @@ async def _connect(front: Fronted) -> tuple[asyncio.StreamReader, asyncio.Stream
 def _request(body: dict[str, object]) -> bytes:
     payload = json.dumps(body).encode()
     return (
-        b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        b"Content-Type: application/json\r\n"
         + f"Content-Length: {len(payload)}\r\n\r\n".encode()
         + payload
     )

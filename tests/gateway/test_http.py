@@ -215,7 +215,8 @@ async def test_a_client_that_stops_reading_is_cut_off_and_its_lease_ends(
     reader, writer = await asyncio.open_connection(sock=sock, limit=1024)
     body = json.dumps({**CHAT, "max_tokens": 1_000_000, "stream": True}).encode()
     writer.write(
-        b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        b"Content-Type: application/json\r\n"
         + f"Content-Length: {len(body)}\r\n\r\n".encode()
         + body
     )
@@ -344,7 +345,8 @@ async def test_a_body_that_does_not_arrive_in_time_is_refused(fronted: GatewayFa
     host, port = front.url.removeprefix("http://").split(":")
     reader, writer = await asyncio.open_connection(host, int(port))
     writer.write(
-        b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        b"Content-Type: application/json\r\n"
         b'Content-Length: 100\r\n\r\n{"model": "a"'
     )
     status_line = await asyncio.wait_for(reader.readline(), 10)

@@ -6,7 +6,8 @@
 const KEY_STORE = "modeld.apiKey";
 const STEPS = 200; // ms between progress redraws while something loads
 
-let apiKey = localStorage.getItem(KEY_STORE) || "";
+// Kept for this tab only (sessionStorage) unless the user asks to remember it.
+let apiKey = sessionStorage.getItem(KEY_STORE) || localStorage.getItem(KEY_STORE) || "";
 let status = null;
 // Per model: what it is doing now, from events ("stopping demo-chat", "waking", ...),
 // and when its load began by this browser's clock.
@@ -62,9 +63,12 @@ function askForKey(message) {
 function setupKeyDialog() {
   const dialog = $("#key-dialog");
   $("#key-form").addEventListener("submit", () => {
-    // The browser keeps it for next time (localStorage of this origin only).
-    apiKey = $("#key-input").value.trim();
-    localStorage.setItem(KEY_STORE, apiKey);
+    const entered = $("#key-input").value.trim();
+    forgetKey();
+    apiKey = entered;
+    // This tab only, unless asked to remember it (localStorage of this origin only).
+    (($("#key-remember").checked) ? localStorage : sessionStorage).setItem(KEY_STORE, apiKey);
+    showForget();
     setConnection("checking the key…");
     const waiting = keyWanted;
     keyWanted = null;
@@ -73,6 +77,23 @@ function setupKeyDialog() {
   });
   $("#key-cancel").addEventListener("click", () => dialog.close());
   $("#key-button").addEventListener("click", () => askForKey("Enter the API key to use."));
+  $("#key-forget").addEventListener("click", () => {
+    forgetKey();
+    setConnection("key forgotten");
+    refresh().catch(() => {});
+  });
+  showForget();
+}
+
+function forgetKey() {
+  apiKey = "";
+  sessionStorage.removeItem(KEY_STORE);
+  localStorage.removeItem(KEY_STORE);
+  showForget();
+}
+
+function showForget() {
+  $("#key-forget").hidden = !apiKey;
 }
 
 function setConnection(text) {
