@@ -24,6 +24,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
@@ -36,21 +37,39 @@ COMPLETION = {"model": "m0", "prompt": "hi", "max_tokens": 4}
 STREAM = {"model": "m0", "messages": [{"role": "user", "content": "hi"}], "stream": True}
 
 
+@dataclass
+class Stack:
+    """A daemon and a gateway in front: the first model's backend URL, the gateway's
+    URL, and the gateway's process."""
+
+    direct: str
+    url: str
+    gateway: subprocess.Popen[bytes]
+
+
 @contextmanager
-def stack(token_seconds: float) -> Iterator[tuple[str, str]]:
-    """modeld with one fake model (loaded) and modeld-gateway in front: the backend's
-    URL and the gateway's."""
+def stack(
+    token_seconds: float,
+    models: int = 1,
+    devices_gb: float = 640.0,
+    gateway: str = "",
+    admin_key: str | None = None,
+) -> Iterator[Stack]:
+    """modeld with `models` fake models (m0 loaded) and modeld-gateway in front, its
+    `[gateway]` table's lines in `gateway` (with `admin_key` among its keys, if any)."""
     with tempfile.TemporaryDirectory(prefix="modeld-bench-") as tmp:
         socket, config = Path(tmp) / "modeld.sock", Path(tmp) / "modeld.toml"
         args = ("--token-seconds", str(token_seconds), "--request-seconds", "0")
-        ports = write_config(config, 1, socket, backend_args=args)
+        ports = write_config(config, models, socket, devices_gb=devices_gb, backend_args=args)
+        if gateway:
+            config.write_text(config.read_text() + "[gateway]\n" + gateway + "\n")
         env = {**os.environ, "MODELD_LOG_LEVEL": "warning"}
         bin_dir = Path(sys.executable).parent
         daemon = subprocess.Popen(
             [bin_dir / "modeld", "--config", config], stderr=subprocess.DEVNULL, env=env
         )
         listen = f"127.0.0.1:{free_port()}"
-        gateway = subprocess.Popen(
+        front = subprocess.Popen(
             [
                 str(bin_dir / "modeld-gateway"),
                 "--config",
@@ -66,18 +85,20 @@ def stack(token_seconds: float) -> Iterator[tuple[str, str]]:
         try:
             wait_listening(socket, alive=lambda: daemon.poll() is None)
             asyncio.run(call("switch", socket, model="m0"))
-            wait_until(lambda: _answers(f"http://{listen}/health"), "the gateway")
-            yield f"http://127.0.0.1:{ports[0]}", f"http://{listen}"
+            wait_until(lambda: _answers(f"http://{listen}/health", admin_key), "the gateway")
+            yield Stack(f"http://127.0.0.1:{ports[0]}", f"http://{listen}", front)
         finally:
-            for process in (gateway, daemon):
+            for process in (front, daemon):
                 process.terminate()
                 process.wait(timeout=60)
 
 
-def _answers(url: str) -> bool:
+def _answers(url: str, key: str | None) -> bool:
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+
     async def probe() -> bool:
         try:
-            async with aiohttp.ClientSession() as http, http.get(url) as answer:
+            async with aiohttp.ClientSession() as http, http.get(url, headers=headers) as answer:
                 return answer.status == 200
         except aiohttp.ClientError:
             return False
@@ -171,13 +192,15 @@ def run(quick: bool) -> Report:
     report = Report("gateway")
     count = 100 if quick else 2000
     rounds = 1 if quick else 3
-    with stack(token_seconds=0.0) as (direct, through):
+    with stack(token_seconds=0.0) as running:
+        direct, through = running.direct, running.url
         urls = [direct, through]
         _added(report, "completion", *asyncio.run(latencies(urls, count, streamed=False)))
         _added(report, "first streamed chunk", *asyncio.run(latencies(urls, count, True)))
         rates = [asyncio.run(stream_throughput(u, 64, 100)) for _ in range(rounds) for u in urls]
         _throughput(report, "64 streams unpaced", rates, target=False)
-    with stack(token_seconds=0.01) as (direct, through):
+    with stack(token_seconds=0.01) as running:
+        direct, through = running.direct, running.url
         tokens = 50 if quick else 200
         rates = [
             asyncio.run(stream_throughput(u, 64, tokens))

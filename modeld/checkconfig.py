@@ -8,7 +8,7 @@ import json
 from collections.abc import Mapping
 
 from modeld.backendkeys import read_backend_key
-from modeld.config import Config, config_warnings
+from modeld.config import Config, GatewayConfig, config_warnings
 from modeld.errors import ConfigError
 from modeld.memory import model_need
 from modeld.store import Learned, learned_peak
@@ -64,16 +64,7 @@ def explain(config: Config, totals: Mapping[int, float] | None, learned: Learned
     budget = config.daemon.park_ram_gb
     lines.append(f"parking: {'off' if not budget else f'up to {budget:g} GB of host RAM'}")
     gateway = config.gateway
-    keys = len(gateway.api_keys) + (gateway.api_keys_file is not None)
-    lines.append(
-        f"gateway (modeld-gateway): listens on {gateway.listen}; "
-        + (
-            f"API keys required ({len(gateway.api_keys)} inline"
-            + (f", and those in {gateway.api_keys_file})" if gateway.api_keys_file else ")")
-            if keys
-            else "no API keys"
-        )
-    )
+    lines.append(f"gateway (modeld-gateway): listens on {gateway.listen}; " + _keys(gateway))
     lines += [f"warning: {w}" for w in config_warnings(config)]
     for model in config.models.values():
         try:
@@ -82,6 +73,24 @@ def explain(config: Config, totals: Mapping[int, float] | None, learned: Learned
             # Read as whoever runs check-config: the daemon and the gateway must be able to.
             lines.append(f"warning: {exc.message.removeprefix('<config>: ')}")
     return lines
+
+
+def _keys(gateway: GatewayConfig) -> str:
+    """The gateway's keys in words: how many of each role, and the budget."""
+    parts = []
+    for role, inline, file in (
+        ("admin", gateway.api_keys, gateway.api_keys_file),
+        ("inference", gateway.inference_keys, gateway.inference_keys_file),
+    ):
+        if inline or file:
+            parts.append(
+                f"{role} keys: {len(inline)} inline" + (f" and those in {file}" if file else "")
+            )
+    if not parts:
+        return "no API keys (every caller is an admin: keep it on loopback)"
+    budget = gateway.key_loads_per_minute
+    limit = f"{budget} loads a minute per inference key" if budget else "no load budget"
+    return "; ".join(parts) + f"; {limit}"
 
 
 def _devices(totals: Mapping[int, float]) -> str:

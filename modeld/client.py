@@ -106,7 +106,13 @@ class Client:
                     future.set_result(message)
         except (ConnectionError, ValueError):
             pass
-        self._closed = DaemonUnreachable(self.path, "connection closed by modeld")
+        finally:
+            # Closed by the daemon, or by us (__aexit__ cancels this task): either way,
+            # calls fail at once from now on and whoever waits is told.
+            self._ended()
+
+    def _ended(self) -> None:
+        self._closed = DaemonUnreachable(self.path, "connection closed")
         for future in self._pending.values():
             if not future.done():
                 future.set_exception(self._closed)

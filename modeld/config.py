@@ -309,8 +309,10 @@ class GatewayConfig(_Strict):
     # long: cut off after one to two times it) is cut off: one that stops reading would
     # otherwise hold its model's lease, so nothing could ever evict it.
     client_write_timeout_s: PositiveFloat = 60.0
-    # Requests in flight at once (waiting included); past it, 429.
+    # Requests in flight at once (waiting included); past it, 429. One inference key may
+    # hold at most max_requests_per_key of them.
     max_requests: Annotated[int, Field(ge=1)] = 1024
+    max_requests_per_key: Annotated[int, Field(ge=1)] = 128
     # Server-sent event streams (/events) at once, and per client (its key, or its
     # address on a gateway without keys).
     max_event_streams: Annotated[int, Field(ge=1)] = 64
@@ -404,7 +406,13 @@ def config_warnings(config: Config) -> list[str]:
                 )
     gateway = config.gateway
     host = gateway.listen.rpartition(":")[0].strip("[]")
-    if not _loopback(host) and not gateway.api_keys and gateway.api_keys_file is None:
+    keyed = (
+        gateway.api_keys
+        or gateway.api_keys_file
+        or gateway.inference_keys
+        or gateway.inference_keys_file
+    )
+    if not _loopback(host) and not keyed:
         warnings.append(
             f"gateway.listen: {gateway.listen} is beyond loopback and no api_keys are set: "
             "anyone who reaches it can load, switch and stop models"

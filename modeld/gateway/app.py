@@ -54,7 +54,9 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         return await handler(request)
     except GatewayError as exc:
-        error = exc
+        # Answered here: its traceback (every frame it passed, with their locals: a
+        # request's body) is not kept alive by a cycle through this frame.
+        error = exc.with_traceback(None)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise

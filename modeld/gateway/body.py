@@ -60,6 +60,7 @@ async def _raw(request: web.Request, limit: int) -> bytes:
     async for chunk in request.content.iter_chunked(READ_CHUNK):
         size += len(chunk)
         if size > limit:
+            chunks.clear()  # not kept alive by the error's traceback
             raise _too_large(limit)
         chunks.append(chunk)
     return b"".join(chunks)
@@ -72,20 +73,22 @@ def inflate(data: bytes, wbits: int, limit: int) -> bytes:
     out = bytearray()
     pending = data
     try:
-        while pending:
+        while pending and len(out) <= limit:
             piece = inflater.decompress(pending, READ_CHUNK)
             out += piece
-            if len(out) > limit:
-                raise _too_large(limit)
             pending = inflater.unconsumed_tail
             if not piece and not pending:
                 break
-        out += inflater.flush(READ_CHUNK)
+        if len(out) <= limit:
+            out += inflater.flush(READ_CHUNK)
     except zlib.error:
+        out.clear()
         raise GatewayError(
             "bad_request", "the request body is not what its Content-Encoding says"
         ) from None
     if len(out) > limit:
+        # Freed now: a traceback that outlives this call must not keep it.
+        out.clear()
         raise _too_large(limit)
     return bytes(out)
 

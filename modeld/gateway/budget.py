@@ -31,14 +31,21 @@ class LoadBudget:
         """Whether there is a budget at all (0: no limit)."""
         return self.per_minute > 0
 
-    def take(self, key: str) -> int | None:
-        """Count one more load for `key` and return None; or, its budget spent, count
-        nothing and return the seconds until it may cause one again (at least 1)."""
+    def spent(self, key: str) -> int | None:
+        """None while `key` may cause another load; else the seconds until it may (at
+        least 1)."""
         now = self._clock()
         loads = self._loads.setdefault(key, deque())
         while loads and loads[0] <= now - WINDOW_S:
             loads.popleft()
         if len(loads) >= self.per_minute:
             return max(1, math.ceil(loads[0] + WINDOW_S - now))
-        loads.append(now)
         return None
+
+    def take(self, key: str) -> int | None:
+        """Count one more load for `key` and return None; or, its budget spent, count
+        nothing and return the seconds until it may cause one again (at least 1)."""
+        retry = self.spent(key)
+        if retry is None:
+            self._loads[key].append(self._clock())
+        return retry

@@ -156,11 +156,15 @@ class DaemonLink:
         # The configured model names, as the daemon last told them (None: not yet known):
         # a request for another name is refused without asking the daemon.
         self.models = models
+        # Each model's state as the daemon's events last said (a hint: the daemon decides).
+        self.states: dict[str, str] = {}
         # The leases of requests in flight (renewed after a daemon restart).
         self._held: set[Lease] = set()
         self._renewing: asyncio.Task[None] | None = None
         # The lease connection being watched: when it drops, its leases are renewed at once.
         self._watched: Client | None = None
+        # Leases taken again after their connection was lost (since start).
+        self.renewals = 0
         self._background: set[asyncio.Task[None]] = set()
 
     async def call(self, method: str, timeout: float | None = None, **params: Any) -> Any:
@@ -211,8 +215,10 @@ class DaemonLink:
         """Learn the configured names from the daemon (at each connection, and after it
         reloads its config)."""
         try:
-            self.models = frozenset((await self.call("status"))["models"])
-        except (GatewayError, KeyError, TypeError) as exc:
+            models = (await self.call("status"))["models"]
+            self.models = frozenset(models)
+            self.states = {name: str(view.get("status")) for name, view in models.items()}
+        except (GatewayError, KeyError, TypeError, AttributeError) as exc:
             log.warning("gateway.models_unknown", reason=str(exc))
 
     async def _renew(self) -> None:
@@ -240,6 +246,7 @@ class DaemonLink:
                 log.warning("gateway.lease_not_renewed", model=lease.model, reason=exc.message)
                 continue
             lease.renewed(client, granted)
+            self.renewals += 1
         log.info("gateway.leases_renewed", count=len(lost))
 
     async def follow_events(self) -> None:
@@ -261,7 +268,9 @@ class DaemonLink:
                     delay = 0.5
                     async for event in subscription:
                         self.events.forward(event)
-                        if event.get("type") == "config.reloaded":
+                        if event.get("type") == "state":
+                            self.states[str(event.get("model"))] = str(event.get("to_state"))
+                        elif event.get("type") == "config.reloaded":
                             self._spawn(self._refresh_models())
             except (DaemonUnreachable, TimeoutError, OSError) as exc:
                 if self.connected.is_set():

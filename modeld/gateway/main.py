@@ -53,7 +53,7 @@ async def run_gateway(config: Config, config_path: Path, listen: str, socket: Pa
         log.warning(
             "gateway.open",
             listen=listen,
-            hint="no api_keys: anyone who reaches this address can load and switch models",
+            hint="no keys: anyone who reaches this address can load and switch models",
         )
     link = DaemonLink(socket, frozenset(config.models))
     gateway = Gateway(config.gateway, link, accepted, upstream)

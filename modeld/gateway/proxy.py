@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import Counter
 from collections.abc import Awaitable
 
 import aiohttp
@@ -56,6 +57,10 @@ RETURNED = ("Content-Type", "Content-Encoding", "X-Request-Id")
 ANSWERED: web.RequestKey[int] = web.RequestKey("answered", int)
 # The metric label of a request for a name that is not configured.
 UNKNOWN = "unknown"
+# A refusal for a spent load budget is answered after this long (at most its
+# Retry-After): a client that retries at once in a loop then costs the gateway, and the
+# other keys, next to nothing.
+REFUSAL_DELAY_S = 1.0
 
 
 class SlowReader:
@@ -127,6 +132,8 @@ class Proxy:
         self._session: aiohttp.ClientSession | None = None
         self._unix: dict[str, aiohttp.ClientSession] = {}
         self._in_flight = 0
+        # Requests in flight per inference key (admins are not counted).
+        self._per_key: Counter[str] = Counter()
 
     @property
     def in_flight(self) -> int:
@@ -184,6 +191,16 @@ class Proxy:
                 f"the gateway has {self._in_flight} requests in flight (max_requests)",
                 limit=self._config.max_requests,
             )
+        counted = not caller.admin
+        if counted and self._per_key[caller.name] >= self._config.max_requests_per_key:
+            raise GatewayError(
+                "too_many_requests",
+                f"the key {caller.name} has {self._per_key[caller.name]} requests in flight "
+                "(max_requests_per_key)",
+                limit=self._config.max_requests_per_key,
+            )
+        if counted:
+            self._per_key[caller.name] += 1
         self._in_flight += 1
         self._metrics.in_flight.inc()
         label: str | None = None
@@ -215,6 +232,10 @@ class Proxy:
             raise
         finally:
             self._in_flight -= 1
+            if counted:
+                self._per_key[caller.name] -= 1
+                if not self._per_key[caller.name]:
+                    del self._per_key[caller.name]
             self._metrics.in_flight.dec()
             if label is not None:
                 self._metrics.requests.labels(label, request.path, str(status)).inc()
@@ -263,12 +284,18 @@ class Proxy:
         a wake is counted against its budget first (429 once it is spent)."""
         if caller.admin or not self._budget.limited:
             return await self._serve(request, model, body, load=True)
-        try:
-            return await self._serve(request, model, body, load=False)
-        except GatewayError as exc:
-            if exc.kind != "would_load":
-                raise
-        retry = self._budget.take(caller.name)
+        retry = self._budget.spent(caller.name)
+        if retry is None or self._link.states.get(model) in ("running", "loading"):
+            # The daemon says whether it would load (the gateway's view is only a hint).
+            try:
+                return await self._serve(request, model, body, load=False)
+            except GatewayError as exc:
+                if exc.kind != "would_load":
+                    raise
+            retry = self._budget.take(caller.name)
+        # else: spent, and the model is stopped, asleep or failed as the daemon's events
+        # last said: refused without a round trip to the daemon (a thrashing key costs
+        # others as little as possible).
         if retry is not None:
             self._metrics.key_loads_refused.labels(caller.name).inc()
             limit = self._budget.per_minute
@@ -281,6 +308,7 @@ class Proxy:
                 limit=limit,
             )
             refusal.retry_after = retry
+            await asyncio.sleep(min(REFUSAL_DELAY_S, retry))
             raise refusal
         self._metrics.key_loads.labels(caller.name).inc()
         return await self._serve(request, model, body, load=True)

@@ -175,3 +175,53 @@ def test_the_page_needs_no_network_beyond_the_gateway() -> None:
     text = "".join(path.read_text() for path in static.iterdir())
     assert "http://" not in text and "https://" not in text
     assert {path.name for path in static.iterdir()} == {"index.html", "app.js", "style.css"}
+
+
+async def test_the_key_stays_with_the_tab_unless_remembered_and_can_be_forgotten(
+    fronted: GatewayFactory, browser: Browser
+) -> None:
+    """The key typed in is kept for the tab (a new tab asks again; nothing in
+    localStorage); "Remember" keeps it for the next tab; "Forget key" drops it and the
+    page asks again. The page runs under its Content-Security-Policy with no violation."""
+    front = await fronted(make_config(MODELS, [80]), api_keys=[KEY])
+    context = await browser.new_context()
+    violations: list[str] = []
+
+    async def tab() -> Page:
+        page = await context.new_page()
+        page.on(
+            "console",
+            lambda message: (
+                violations.append(message.text)
+                if "Content Security Policy" in message.text
+                else None
+            ),
+        )
+        await page.goto(front.url + "/")
+        return page
+
+    first = await tab()
+    await expect(first.locator("#key-dialog")).to_be_visible()
+    await first.fill("#key-input", KEY)
+    await first.click("#key-save")
+    await expect(state(first, "chat")).to_have_text("stopped")
+    assert await first.evaluate("localStorage.getItem('modeld.apiKey')") is None
+    assert await first.evaluate("sessionStorage.getItem('modeld.apiKey')") == KEY
+
+    second = await tab()  # another tab: the key was not kept beyond the first
+    await expect(second.locator("#key-dialog")).to_be_visible()
+    await second.fill("#key-input", KEY)
+    await second.check("#key-remember")
+    await second.click("#key-save")
+    await expect(state(second, "chat")).to_have_text("stopped")
+
+    third = await tab()  # remembered: no question
+    await expect(state(third, "chat")).to_have_text("stopped")
+    await expect(third.locator("#key-dialog")).to_be_hidden()
+    await third.click("#key-forget")
+    assert await third.evaluate("localStorage.getItem('modeld.apiKey')") is None
+    await third.reload()
+    await expect(third.locator("#key-dialog")).to_be_visible()
+    await expect(third.locator("#key-forget")).to_be_hidden()
+    assert violations == []
+    await context.close()

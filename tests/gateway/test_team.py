@@ -96,7 +96,10 @@ async def test_a_key_past_its_load_budget_gets_429_and_running_models_are_still_
     url = f"{front.url}/v1/chat/completions"
     assert (await post(http, url, chat("a"), ALICE))[0] == 200  # load 1
     assert (await post(http, url, chat("b"), ALICE))[0] == 200  # load 2
+    refused_at = asyncio.get_running_loop().time()
     status, headers, answer = await post(http, url, chat("a"), ALICE)
+    # Answered after a second: a client retrying in a loop costs others next to nothing.
+    assert asyncio.get_running_loop().time() - refused_at >= 0.9
     assert status == 429 and answer["error"]["code"] == "load_rate_limited"
     assert 1 <= int(headers["Retry-After"]) <= 60
     assert answer["error"]["limit"] == 2
@@ -365,3 +368,61 @@ def test_key_files_fail_closed(tmp_path: Path) -> None:
     assert KEY not in admin.name
     with pytest.raises(ConfigError):  # one key, two roles
         read_keys(GatewayConfig(api_keys=[KEY], inference_keys=[KEY]))
+
+
+async def test_leases_are_taken_again_at_once_when_the_lease_connection_drops(
+    fronted: GatewayFactory, http: aiohttp.ClientSession
+) -> None:
+    """The gateway's lease connection drops while the daemon runs on (its events
+    connection untouched): the lease of a request still streaming is taken again at
+    once, so a plain switch that needs its model's memory drains it instead of cutting
+    the stream."""
+    front = await fronted(make_config(TWO, [80]), api_keys=[KEY])
+    events = front.supervisor.subscribe()
+    url = f"{front.url}/v1/chat/completions"
+    assert (await post(http, url, chat("a")))[0] == 200
+    front.runtime.server("a").token_seconds = 0.01
+    long = chat("a", max_tokens=80, stream=True)
+    async with http.post(url, json=long, headers=bearer(KEY)) as stream:
+        assert (await stream.content.readline()).startswith(b"data: ")
+        assert front.leases("a") == 1
+        # The connection goes (as when a daemon drops a misbehaving client's).
+        await front.server.gateway.link._leases.close()
+
+        async def renewed() -> bool:
+            return front.leases("a") == 1 and front.server.gateway.link.renewals > 0
+
+        await eventually(renewed, timeout=10)
+        switch = asyncio.create_task(front.supervisor.switch("b"))
+        await next_of(events, "drain", model="a")
+        rest = await stream.read()
+    assert rest.rstrip().endswith(b"data: [DONE]") and rest.count(b" ok") == 79
+    assert (await switch)["status"] == "success"
+
+
+async def test_one_inference_key_holds_at_most_its_share_of_requests(
+    fronted: GatewayFactory, http: aiohttp.ClientSession
+) -> None:
+    """Past max_requests_per_key in flight, an inference key's next request is 429 at
+    once, while another key and the admin are served."""
+    front = await fronted(
+        make_config(TWO, [80]), api_keys=[KEY], inference_keys=INFERENCE, max_requests_per_key=1
+    )
+    url = f"{front.url}/v1/chat/completions"
+    assert (await post(http, url, chat("a"), ALICE))[0] == 200
+    front.runtime.server("a").token_seconds = 0.01
+    long = chat("a", max_tokens=40, stream=True)
+    async with http.post(url, json=long, headers=bearer(ALICE)) as held:
+        assert (await held.content.readline()).startswith(b"data: ")
+        status, headers, answer = await post(http, url, chat("a"), ALICE)
+        assert status == 429 and "max_requests_per_key" in answer["error"]["message"]
+        assert "Retry-After" in headers
+        assert (await post(http, url, chat("a"), BOB))[0] == 200
+        assert (await post(http, url, chat("a"), KEY))[0] == 200
+        await held.read()
+
+    async def ended() -> bool:  # its handler ends just after the last byte
+        return front.server.gateway.proxy.in_flight == 0
+
+    await eventually(ended, timeout=10)
+    assert (await post(http, url, chat("a"), ALICE))[0] == 200

@@ -140,13 +140,14 @@ def port_answers(port: int) -> bool:
 def test_process_backends_end_with_the_daemon(
     demo_daemon: tuple[subprocess.Popen[str], Path], how: signal.Signals
 ) -> None:
-    """Process backends cannot be adopted, so they end with the daemon, even on kill -9."""
+    """Process backends cannot be adopted, so they end with the daemon, even on kill -9.
+    (demo-large: the one on TCP, whose port the test can probe.)"""
     daemon, socket_path = demo_daemon
-    switched = modelctl(socket_path, "--json", "switch", "demo-coder")
+    switched = modelctl(socket_path, "--json", "switch", "demo-large")
     assert switched.returncode == 0, switched.stderr
     status = json.loads(modelctl(socket_path, "--json", "status").stdout)
-    backend = status["models"]["demo-coder"]["backend_pid"]
-    port = urlparse(status["models"]["demo-coder"]["endpoint"]).port
+    backend = status["models"]["demo-large"]["backend_pid"]
+    port = urlparse(status["models"]["demo-large"]["endpoint"]).port
     assert port is not None and port_answers(port)
     daemon.send_signal(how)
     daemon.wait(timeout=30)
@@ -174,11 +175,11 @@ def test_modelctl_logs_follow_prints_new_lines_until_the_backend_ends(
     """`modelctl logs MODEL -f` prints the last lines, then each request's line as the
     backend prints it (pushed, not polled), and exits 0 when the model is stopped."""
     _, socket_path = demo_daemon
-    assert modelctl(socket_path, "switch", "demo-coder").returncode == 0
+    assert modelctl(socket_path, "switch", "demo-large").returncode == 0
     status = json.loads(modelctl(socket_path, "--json", "status").stdout)
-    endpoint = status["models"]["demo-coder"]["endpoint"]
+    endpoint = status["models"]["demo-large"]["endpoint"]
     follower = subprocess.Popen(
-        [*MODELCTL, "--socket", str(socket_path), "logs", "demo-coder", "-f"],
+        [*MODELCTL, "--socket", str(socket_path), "logs", "demo-large", "-f"],
         stdout=subprocess.PIPE,
         text=True,
     )
@@ -187,9 +188,9 @@ def test_modelctl_logs_follow_prints_new_lines_until_the_backend_ends(
         seen = []
         for line in follower.stdout:  # the tail comes first
             seen.append(line)
-            if "serving demo-coder" in line:
+            if "serving demo-large" in line:
                 break
-        body = json.dumps({"model": "demo-coder", "prompt": "hi"}).encode()
+        body = json.dumps({"model": "demo-large", "prompt": "hi"}).encode()
         request = urllib.request.Request(
             f"{endpoint}/v1/completions", body, {"Content-Type": "application/json"}
         )
@@ -199,13 +200,13 @@ def test_modelctl_logs_follow_prints_new_lines_until_the_backend_ends(
             seen.append(line)
             if '"POST /v1/completions HTTP/1.1" 200' in line:
                 break
-        assert modelctl(socket_path, "stop", "demo-coder").returncode == 0
+        assert modelctl(socket_path, "stop", "demo-large").returncode == 0
         assert follower.wait(timeout=60) == 0
     finally:
         if follower.poll() is None:
             follower.kill()
             follower.wait()
-    assert any("loading demo-coder" in line for line in seen)
+    assert any("loading demo-large" in line for line in seen)
 
 
 COMPLETE = """

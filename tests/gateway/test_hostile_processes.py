@@ -1,0 +1,229 @@
+"""Attacks on the gateway that are about processes, memory and sockets, against the real
+`modeld` and `modeld-gateway` processes on the demo config: a gzip bomb, invented model
+names, an emptied key file and SIGHUP, a local user reaching for a backend's socket."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import grp
+import gzip
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from modeld.testing.ports import wait_until
+from tests.support.processes import BIN, SEED_KEY, curl, running_demo
+
+pytestmark = pytest.mark.skipif(shutil.which("curl") is None, reason="needs curl")
+INFERENCE_KEY = "sk-inference-team-0123456789"
+AUTH = {"Authorization": f"Bearer {SEED_KEY}"}
+
+
+def peak_rss_mb(pid: int) -> float:
+    """The process's peak resident memory so far (VmHWM), in MB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmHWM")
+
+
+async def _bombs(url: str, count: int) -> list[tuple[int, str]]:
+    """`count` gzip bombs (30 KB each, 30 MiB inflated) at once: statuses and codes."""
+    bomb = gzip.compress(b'{"model": "demo-chat", "pad": "' + b"0" * 30 * 2**20 + b'"}')
+    assert len(bomb) < 40 * 1024
+    headers = {**AUTH, "Content-Type": "application/json", "Content-Encoding": "gzip"}
+
+    async def one(http: aiohttp.ClientSession) -> tuple[int, str]:
+        async with http.post(f"{url}/v1/chat/completions", data=bomb, headers=headers) as answer:
+            return answer.status, (await answer.json())["error"]["code"]
+
+    async with aiohttp.ClientSession() as http:
+        return list(await asyncio.gather(*(one(http) for _ in range(count))))
+
+
+def test_gzip_bombs_are_refused_and_the_gateways_memory_barely_grows(tmp_path: Path) -> None:
+    """A 30 KB gzip body that inflates to 30 MiB is 413, alone and three at once, and
+    the gateway's peak memory grows by less than 50 MB (it once grew 850 MB a bomb)."""
+    with running_demo(tmp_path) as (url, gateway):
+        curl(f"{url}/v1/models/status")  # everything the gateway needs is loaded
+        before = peak_rss_mb(gateway.pid)
+        assert asyncio.run(_bombs(url, 1)) == [(413, "too_large")]
+        assert asyncio.run(_bombs(url, 3)) == [(413, "too_large")] * 3
+        grown = peak_rss_mb(gateway.pid) - before
+        assert grown < 50, f"peak RSS grew {grown:.1f} MB"
+
+
+def test_invented_names_barely_grow_the_log_and_the_metrics(tmp_path: Path) -> None:
+    """60 requests naming invented 100 KB models grow the gateway's log by under 1 MB and
+    leave /metrics under 64 KB (no name becomes a label or a whole log line)."""
+    with running_demo(tmp_path) as (url, _):
+        log = tmp_path / "gateway.log"
+        before = log.stat().st_size
+
+        async def invent() -> list[int]:
+            async with aiohttp.ClientSession() as http:
+                statuses = []
+                for number in range(60):
+                    body = {"model": f"m{number}" + "x" * 100_000, "prompt": "hi"}
+                    async with http.post(
+                        f"{url}/v1/completions", json=body, headers=AUTH
+                    ) as answer:
+                        statuses.append(answer.status)
+                    # A path of the same size, on the way to a 404.
+                    async with http.get(f"{url}/v1/{'p' * 8000}", headers=AUTH) as answer:
+                        statuses.append(answer.status)
+                return statuses
+
+        assert set(asyncio.run(invent())) == {400, 404}
+        metrics = subprocess.run(
+            ["curl", "-s", "-H", f"Authorization: Bearer {SEED_KEY}", f"{url}/metrics"],
+            capture_output=True,
+            timeout=30,
+            check=True,
+        ).stdout
+        assert len(metrics) < 64 * 1024
+        grown = log.stat().st_size - before
+        assert grown < 1024 * 1024, f"the log grew {grown} bytes"
+
+
+def test_an_emptied_key_file_keeps_the_keys_in_force_after_sighup(tmp_path: Path) -> None:
+    """The inference key file is emptied and the gateway told to reload: the keys loaded
+    stay in force (the inference key still works, no key is still 401), an error is
+    logged and counted. A gateway started with an empty key file does not start (78)."""
+    keys = tmp_path / "inference-keys"
+    keys.write_text(f"team {INFERENCE_KEY}\n")
+
+    def with_keys(text: str) -> str:
+        return text.replace("[gateway]\n", f'[gateway]\ninference_keys_file = "{keys}"\n')
+
+    with running_demo(tmp_path, with_keys) as (url, gateway):
+        status = ["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", f"{url}/v1/models"]
+        as_team = [*status, "-H", f"Authorization: Bearer {INFERENCE_KEY}"]
+
+        def code(command: list[str]) -> str:
+            return subprocess.run(command, capture_output=True, text=True, timeout=30).stdout
+
+        assert code(as_team) == "200"
+        keys.write_text("# emptied by mistake\n")
+        gateway.send_signal(signal.SIGHUP)
+        log = tmp_path / "gateway.log"
+        wait_until(lambda: "gateway.reload_rejected" in log.read_text(), "the reload refused")
+        assert code(as_team) == "200"
+        assert code(status) == "401"
+        text = subprocess.run(
+            ["curl", "-s", "-H", f"Authorization: Bearer {SEED_KEY}", f"{url}/metrics"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=True,
+        ).stdout
+        assert "modeld_gateway_key_reload_failures_total 1.0" in text
+        config = next(tmp_path.glob("*.toml"))
+    started = subprocess.run(
+        [BIN / "modeld-gateway", "--config", config, "--socket", tmp_path / "none.sock"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert started.returncode == 78
+    assert "holds no key" in started.stderr
+
+
+def _connects_as(path: Path, uid: int, groups: list[int]) -> bool:
+    """Whether a process of `uid` with `groups` can connect to the Unix socket `path`
+    (a forked child that drops to them)."""
+    child = os.fork()
+    if child == 0:  # pragma: no cover - the child's outcome is its exit code
+        try:
+            os.setgroups(groups)
+            os.setgid(groups[0])
+            os.setuid(uid)
+            with socket.socket(socket.AF_UNIX) as probe:
+                probe.connect(str(path))
+            os._exit(0)
+        except PermissionError:
+            os._exit(13)
+        except BaseException:
+            os._exit(2)
+    _, status = os.waitpid(child, 0)
+    code = os.waitstatus_to_exitcode(status)
+    assert code in (0, 13), f"the probe failed otherwise ({code})"
+    return code == 0
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to act as other users")
+def test_a_backends_socket_is_out_of_reach_of_users_outside_the_gateways_group(
+    tmp_path: Path,
+) -> None:
+    """A sleep-mode backend on a Unix socket: the daemon makes its directory 2750 in the
+    socket group and starts it with umask 007, so a user in that group (the gateway's)
+    can connect and any other local user cannot reach /sleep or anything else."""
+    try:
+        group = grp.getgrnam("users")
+    except KeyError:
+        pytest.skip("no 'users' group to stand for the gateway's")
+    # Where any user may walk up to the backends' directory's door (pytest's own
+    # directories are 0700): the directory itself must then keep them out.
+    walkable = Path(tempfile.mkdtemp(prefix="modeld-backends-"))
+    walkable.chmod(0o755)
+    backends = walkable / "backends"
+
+    def in_group(text: str) -> str:
+        text = text.replace(str(tmp_path / "backends"), str(backends))
+        return text.replace("[daemon]\n", '[daemon]\nsocket_group = "users"\n')
+
+    with contextlib.ExitStack() as cleanup:
+        cleanup.callback(shutil.rmtree, walkable, ignore_errors=True)
+        url, _ = cleanup.enter_context(running_demo(tmp_path, in_group))
+        answer = curl(
+            "-X",
+            "POST",
+            "-H",
+            "Content-Type: application/json",
+            f"{url}/v1/completions",
+            "-d",
+            json.dumps({"model": "demo-chat", "prompt": "hi", "max_tokens": 1}),
+        )
+        assert answer["model"] == "demo-chat"
+        sock = backends / "demo-chat.sock"
+        info = backends.stat()
+        assert (info.st_mode & 0o7777, info.st_gid) == (0o2750, group.gr_gid)
+        assert _connects_as(sock, 65534, [group.gr_gid])
+        assert not _connects_as(sock, 65534, [65534])
+        # And the daemon still reaches it (it reads its health through it).
+        status = curl(f"{url}/v1/models/status")
+        assert status["models"]["demo-chat"]["health"] == "healthy"
+
+
+def test_the_daemon_refuses_a_socket_directory_another_user_owns(tmp_path: Path) -> None:
+    """modeld does not bind its socket in a directory owned by someone else (they could
+    swap the socket for theirs): it exits 78 naming the directory."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to give the directory to another user")
+    theirs = tmp_path / "theirs"
+    theirs.mkdir()
+    os.chown(theirs, 65534, 65534)
+    config = tmp_path / "modeld.toml"
+    config.write_text(
+        '[gpu]\nbackend = "simulated"\n[models.m]\nruntime = "process"\n'
+        'command = ["true"]\nendpoint = "http://127.0.0.1:9"\n'
+        f'[daemon]\nstate_dir = "{tmp_path / "state"}"\n'
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "modeld", "--config", config, "--socket", theirs / "m.sock"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 78, done.stderr
+    assert "owned by uid 65534" in done.stderr + done.stdout
