@@ -34,7 +34,7 @@ from typing import Any
 
 import aiohttp
 
-from bench.common import Report, cli, daemon, figure
+from bench.common import Figure, Report, cli, daemon, figure
 from bench.gateway import stack
 
 STATUS = b'{"jsonrpc":"2.0","id":1,"method":"status"}\n'
@@ -234,6 +234,21 @@ def key_loads(url: str) -> float:
     return 0.0
 
 
+def within_twice(
+    name: str, unit: str, samples: list[float], quiet: float, notes: str = ""
+) -> Figure:
+    """A figure whose median must stay within twice the quiet one's."""
+    return figure(
+        name,
+        unit,
+        samples,
+        baseline=quiet,
+        target="<= 2x quiet",
+        met=figure("x", unit, samples).median <= 2 * quiet,
+        notes=notes,
+    )
+
+
 def gateway_figures(report: Report, quick: bool) -> None:
     """The gateway under a gzip bomb and a thrashing key."""
     count = 30 if quick else 300
@@ -259,14 +274,12 @@ def gateway_figures(report: Report, quick: bool) -> None:
         lasted = time.monotonic() - started
         quiet_p50 = figure("quiet", "ms", quiet).median
         report.add(
-            figure(
+            within_twice(
                 "another key's request while one key thrashes two models",
                 "ms",
                 during,
-                baseline=quiet_p50,
-                target="<= 2x quiet",
-                met=figure("x", "ms", during).median <= 2 * quiet_p50,
-                notes=f"the thrashing key got {thrashed}; quiet p50 {quiet_p50:.2f} ms",
+                quiet_p50,
+                f"the thrashing key got {thrashed}; quiet p50 {quiet_p50:.2f} ms",
             )
         )
         loads = key_loads(url)
@@ -294,15 +307,12 @@ def run(quick: bool) -> Report:
             sock.close()
         quiet_median = figure("quiet", "us", quiet).median
         report.add(
-            figure(
+            within_twice(
                 "status on a fresh connection, 500 idle connections from one uid",
                 "us",
                 loaded,
-                baseline=quiet_median,
-                target="<= 2x quiet",
-                met=figure("x", "us", loaded).median <= 2 * quiet_median,
-                notes=f"{held} of the 500 admitted (the uid's share); quiet median "
-                f"{quiet_median:.0f} us",
+                quiet_median,
+                f"{held} of the 500 admitted (the uid's share); quiet median {quiet_median:.0f} us",
             )
         )
         quiet_ping = figure("quiet", "us", asyncio.run(calls(path, PING, count))).median
@@ -316,13 +326,11 @@ def run(quick: bool) -> Report:
         stop.set()
         flooder.join()
         report.add(
-            figure(
+            within_twice(
                 "ping while another client floods 40,000 status calls unread",
                 "us",
                 during,
-                baseline=quiet_ping,
-                target="<= 2x quiet",
-                met=figure("x", "us", during).median <= 2 * quiet_ping,
+                quiet_ping,
             )
         )
         grown = (peak - before) / 1024

@@ -22,6 +22,7 @@ import json
 import logging
 import os
 import signal
+import socket
 import sys
 import time
 import uuid
@@ -342,11 +343,15 @@ class FakeVllm:
             self._app(), access_log=self.access_log, access_log_format=ACCESS_LOG_FORMAT
         )
         await self._runner.setup()
-        site: web.BaseSite = (
-            web.UnixSite(self._runner, self.uds)
-            if self.uds is not None
-            else web.TCPSite(self._runner, self.host, self.port, reuse_address=True)
-        )
+        site: web.BaseSite
+        if self.uds is not None:
+            # As vLLM does (create_server_unix_socket): bound as is, an old socket file
+            # at the path not removed first, so a stale one fails the start.
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.bind(self.uds)
+            site = web.SockSite(self._runner, sock)
+        else:
+            site = web.TCPSite(self._runner, self.host, self.port, reuse_address=True)
         await site.start()
 
     async def close(self) -> None:

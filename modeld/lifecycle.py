@@ -34,7 +34,7 @@ from modeld.ledger import GpuLedger
 from modeld.readiness import await_ready
 from modeld.record import ModelRecord, Revision
 from modeld.runtime.base import Runtime
-from modeld.socketdir import backend_dir
+from modeld.socketdir import prepare_backend_socket
 from modeld.states import Failure, ModelStatus, State, check_transition
 from modeld.views import held_memory
 from modeld.vllm import Health, VllmClient
@@ -195,7 +195,9 @@ class Lifecycle:
             if (sock := record.config.socket_path) is not None:
                 # Made (or checked) before the backend binds there: only the gateway's
                 # group may reach it.
-                await asyncio.to_thread(backend_dir, sock.parent, self.config.daemon.socket_group)
+                await asyncio.to_thread(
+                    prepare_backend_socket, sock, self.config.daemon.socket_group
+                )
             record.backend = await runtime.start(record.config)
         except ModeldError as exc:
             self.transition(record, State.FAILED, "start failed", Failure(exc.message))

@@ -51,6 +51,29 @@ def group_id(group: str | None) -> int | None:
         raise ConfigError(f"group {group!r} does not exist", group=group) from None
 
 
+def clear_stale(path: Path) -> None:
+    """Remove a socket file a backend left at `path` (vLLM binds --uds without removing
+    one, so its next start would fail with "address in use"); ConfigError when `path`
+    is something other than a socket."""
+    try:
+        info = path.lstat()
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(info.st_mode):
+        raise ConfigError(
+            f"{path} exists and is not a socket: refusing to start a backend there",
+            path=str(path),
+        )
+    path.unlink(missing_ok=True)
+
+
+def prepare_backend_socket(path: Path, group: str | None) -> None:
+    """The backend's socket directory made or checked, and any old socket at `path`
+    removed: what the daemon does before each start of a `unix:` backend."""
+    backend_dir(path.parent, group)
+    clear_stale(path)
+
+
 def backend_dir(directory: Path, group: str | None) -> None:
     """Make `directory` for backends' sockets (owned by us, `group`, mode 2750), or check
     that an existing one is ours with no access for other users; ConfigError otherwise."""

@@ -167,7 +167,8 @@ def test_a_backends_socket_is_out_of_reach_of_users_outside_the_gateways_group(
 ) -> None:
     """A sleep-mode backend on a Unix socket: the daemon makes its directory 2750 in the
     socket group and starts it with umask 007, so a user in that group (the gateway's)
-    can connect and any other local user cannot reach /sleep or anything else."""
+    can connect and any other local user cannot reach /sleep or anything else; the
+    socket file a stopped backend leaves does not stop it from starting again."""
     try:
         group = grp.getgrnam("users")
     except KeyError:
@@ -203,6 +204,20 @@ def test_a_backends_socket_is_out_of_reach_of_users_outside_the_gateways_group(
         # And the daemon still reaches it (it reads its health through it).
         status = curl(f"{url}/v1/models/status")
         assert status["models"]["demo-chat"]["health"] == "healthy"
+        # Stopped, a backend leaves its socket file (vLLM does not remove it, nor one it
+        # finds at start): the daemon clears it, so the model starts again.
+        assert curl("-X", "POST", f"{url}/v1/models/demo-chat/stop")["status"] == "stopped"
+        assert sock.is_socket()
+        answer = curl(
+            "-X",
+            "POST",
+            "-H",
+            "Content-Type: application/json",
+            f"{url}/v1/completions",
+            "-d",
+            json.dumps({"model": "demo-chat", "prompt": "again", "max_tokens": 1}),
+        )
+        assert answer["model"] == "demo-chat"
 
 
 def test_the_daemon_refuses_a_socket_directory_another_user_owns(tmp_path: Path) -> None:
