@@ -349,7 +349,7 @@ def parse(line: bytes) -> tuple[str | None, Any]:
     except UnicodeDecodeError:
         return None, UNPARSED
     try:
-        return text, json.loads(text, parse_float=_finite, parse_constant=_no_constant)
+        return text, _DECODER.decode(text)
     except (ValueError, RecursionError):
         return text, UNPARSED
 
@@ -366,6 +366,10 @@ def _finite(text: str) -> float:
 def _no_constant(text: str) -> float:
     """NaN and Infinity are not JSON."""
     raise ValueError(f"{text} is not JSON")
+
+
+# One decoder for every line (json.loads with options would build one per call).
+_DECODER = json.JSONDecoder(parse_float=_finite, parse_constant=_no_constant)
 
 
 def error_line(code: int, message: str, data: dict[str, Any], request: Any = None) -> bytes:
