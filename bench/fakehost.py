@@ -8,10 +8,10 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from modeld.build import build_supervisor
-from modeld.config import parse_config
-from modeld.gpu.simulated import SimulatedGpu
-from modeld.supervisor import Supervisor
+from modeld.adapters.gpu.simulated import SimulatedGpu
+from modeld.core.config import parse_config
+from modeld.engine.build import build_supervisor
+from modeld.engine.supervisor import Supervisor
 from modeld.testing.fakes import Behaviour, FakeRuntime
 from modeld.testing.ports import free_port
 

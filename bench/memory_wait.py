@@ -12,9 +12,9 @@ import time
 
 from bench.common import Report, cli, figure
 from bench.fakehost import two_models
-from modeld.config import ModelConfig
-from modeld.logs import configure_logging
-from modeld.runtime.base import BackendStatus
+from modeld.adapters.runtime.base import BackendStatus
+from modeld.core.config import ModelConfig
+from modeld.daemon.logs import configure_logging
 from modeld.testing.fakes import Behaviour, FakeRuntime
 
 # Not a multiple of the poll interval, so the figure shows the real polling lag.

@@ -16,16 +16,16 @@ import aiodocker
 import aiohttp
 
 from bench.common import Report, cli, figure
-from modeld.build import build_supervisor
-from modeld.client import Client
-from modeld.config import parse_config
-from modeld.gpu.simulated import SimulatedGpu
-from modeld.logs import configure_logging
-from modeld.runtime.docker import DockerRuntime
-from modeld.server import RpcServer
+from modeld.adapters.gpu.simulated import SimulatedGpu
+from modeld.adapters.runtime.docker import DockerRuntime
+from modeld.adapters.vllm import VllmClient
+from modeld.cli.client import Client
+from modeld.core.config import parse_config
+from modeld.daemon.logs import configure_logging
+from modeld.daemon.server import RpcServer
+from modeld.engine.build import build_supervisor
 from modeld.testing.docker import build_image, docker_cli, engine_problem
 from modeld.testing.ports import free_port
-from modeld.vllm import VllmClient
 
 # Not a multiple of any poll interval, so the figure shows the real polling lag.
 LOAD_SECONDS = 1.23

@@ -23,15 +23,15 @@ from itertools import combinations
 from bench.bounds import filtered_odds
 from bench.common import Report, cli, figure
 from bench.workload import Scenario, fits, make_scenario
-from modeld.build import build_supervisor
-from modeld.config import EvictionPolicy, parse_config
-from modeld.gpu.simulated import SimulatedGpu
-from modeld.logs import configure_logging
-from modeld.planner import Candidate, Device, Infeasible, Target, plan_switch
-from modeld.switching import DEMAND_DECAY
+from modeld.adapters.gpu.simulated import SimulatedGpu
+from modeld.adapters.vllm import VllmClient
+from modeld.core.config import EvictionPolicy, parse_config
+from modeld.core.planner import Candidate, Device, Infeasible, Target, plan_switch
+from modeld.daemon.logs import configure_logging
+from modeld.engine.build import build_supervisor
+from modeld.engine.switching import DEMAND_DECAY
 from modeld.testing.fakes import Behaviour, FakeRuntime
 from modeld.testing.ports import free_port
-from modeld.vllm import VllmClient
 
 POLICIES: tuple[EvictionPolicy, ...] = ("largest_first", "lru", "fewest", "cost_aware")
 DEFAULT: EvictionPolicy = "cost_aware"

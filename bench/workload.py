@@ -7,7 +7,7 @@ import random
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-from modeld.planner import Device
+from modeld.core.planner import Device
 
 
 @dataclass(frozen=True)

@@ -10,12 +10,12 @@ from pathlib import Path
 import structlog
 
 from modeld import __version__
-from modeld.checkconfig import explain, schema
-from modeld.config import Config, load_config
-from modeld.errors import ConfigError, ModeldError
-from modeld.gpu import open_gpu_monitor
-from modeld.logs import configure_logging
-from modeld.store import Learned, Store
+from modeld.adapters.gpu import open_gpu_monitor
+from modeld.adapters.store import Learned, Store
+from modeld.core.config import Config, load_config
+from modeld.core.errors import ConfigError, ModeldError
+from modeld.daemon.checkconfig import explain, schema
+from modeld.daemon.logs import configure_logging
 
 # sysexits.h: systemd and operators can tell a bad config from a missing GPU or a crash.
 EXIT_UNAVAILABLE = 69
@@ -59,7 +59,7 @@ def run(argv: list[str] | None = None) -> int:
             print(line)
         return 0
     configure_logging(args.log_level or config.daemon.log_level)
-    from modeld.daemon import run_daemon
+    from modeld.daemon.run import run_daemon
 
     try:
         asyncio.run(run_daemon(config, args.socket or config.daemon.socket, args.config))

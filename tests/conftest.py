@@ -12,14 +12,14 @@ from typing import Any
 
 import pytest
 
-from modeld.build import build_supervisor
-from modeld.config import Config
-from modeld.gpu.simulated import SimulatedGpu
-from modeld.server import Limits, RpcServer
-from modeld.supervisor import Supervisor
+from modeld.adapters.gpu.simulated import SimulatedGpu
+from modeld.adapters.vllm import VllmClient
+from modeld.core.config import Config
+from modeld.daemon.server import Limits, RpcServer
+from modeld.engine.build import build_supervisor
+from modeld.engine.supervisor import Supervisor
 from modeld.testing.docker import build_image, docker_cli, docker_required, engine_problem
 from modeld.testing.fakes import FakeRuntime
-from modeld.vllm import VllmClient
 from tests.support import Served, ServeFactory, SupervisorFactory
 
 

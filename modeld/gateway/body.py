@@ -24,7 +24,7 @@ from typing import Any
 
 from aiohttp import web
 
-from modeld.config import MODEL_NAME
+from modeld.core.config import MODEL_NAME
 from modeld.gateway.errors import GatewayError
 
 READ_CHUNK = 64 * 1024

@@ -24,7 +24,7 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from modeld.config import GatewayConfig
+from modeld.core.config import GatewayConfig
 from modeld.gateway.errors import GatewayError
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]

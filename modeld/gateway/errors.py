@@ -12,7 +12,7 @@ from typing import Any
 
 from aiohttp import web
 
-from modeld.client import DaemonUnreachable, RpcError
+from modeld.cli.client import DaemonUnreachable, RpcError
 
 STATUS: dict[str, int] = {
     # The daemon's errors.

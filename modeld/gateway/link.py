@@ -19,8 +19,8 @@ from typing import Any, TypeVar
 
 import structlog
 
-from modeld.client import Client, DaemonUnreachable, RpcError
-from modeld.events import EventBus
+from modeld.cli.client import Client, DaemonUnreachable, RpcError
+from modeld.engine.events import EventBus
 from modeld.gateway.errors import GatewayError
 
 log = structlog.get_logger("modeld.gateway.link")

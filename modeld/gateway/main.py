@@ -13,15 +13,15 @@ from pathlib import Path
 import structlog
 
 from modeld import __version__
-from modeld.backendkeys import backend_keys
-from modeld.config import Config, load_config
-from modeld.errors import ConfigError
+from modeld.adapters.backendkeys import backend_keys
+from modeld.core.config import Config, load_config
+from modeld.core.errors import ConfigError
+from modeld.daemon.logs import configure_logging
+from modeld.daemon.sdnotify import Notifier
+from modeld.daemon.signals import stop_and_reload
 from modeld.gateway.app import Gateway, GatewayServer
 from modeld.gateway.auth import BackendKeys, Key, Keys, read_keys
 from modeld.gateway.link import DaemonLink
-from modeld.logs import configure_logging
-from modeld.sdnotify import Notifier
-from modeld.signals import stop_and_reload
 
 log = structlog.get_logger("modeld.gateway")
 

@@ -1,5 +1,5 @@
 """A fake runtime for tests and benchmarks: fake PIDs, but real in-process fake vLLM HTTP
-servers (modeld.fakevllm), so everything above the runtime speaks the real protocol."""
+servers (modeld.testing.fakevllm), so everything above the runtime speaks the real protocol."""
 
 from __future__ import annotations
 
@@ -9,12 +9,12 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from urllib.parse import urlparse
 
-from modeld.backendkeys import KEY_VARIABLE, launch_environment
-from modeld.config import ModelConfig
-from modeld.errors import LoadFailed
-from modeld.fakevllm import FakeVllm
-from modeld.gpu.simulated import SimulatedGpu
-from modeld.runtime.base import BackendState, BackendStatus
+from modeld.adapters.backendkeys import KEY_VARIABLE, launch_environment
+from modeld.adapters.gpu.simulated import SimulatedGpu
+from modeld.adapters.runtime.base import BackendState, BackendStatus
+from modeld.core.config import ModelConfig
+from modeld.core.errors import LoadFailed
+from modeld.testing.fakevllm import FakeVllm
 
 
 @dataclass

@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from modeld.config import GpuConfig
-from modeld.errors import GpuUnavailable
-from modeld.gpu.base import BackendRef, container_of, owner_of, pid_alive
-from modeld.gpu.nvml import NvmlMonitor
-from modeld.gpu.simulated import SimulatedGpu
+from modeld.adapters.gpu.base import BackendRef, container_of, owner_of, pid_alive
+from modeld.adapters.gpu.nvml import NvmlMonitor
+from modeld.adapters.gpu.simulated import SimulatedGpu
+from modeld.core.config import GpuConfig
+from modeld.core.errors import GpuUnavailable
 from tests.support import SupervisorFactory, make_config
 
 

@@ -6,7 +6,7 @@ import json
 import os
 from pathlib import Path
 
-from modeld.hfcache import download_state, human_size
+from modeld.adapters.hfcache import download_state, human_size
 from tests.support import SupervisorFactory, make_config
 
 

@@ -9,13 +9,13 @@ import asyncio
 import aiohttp
 import pytest
 
-from modeld.client import Client, RpcError
-from modeld.config import Config
-from modeld.errors import LoadFailed, ModelsBusy
-from modeld.gpu.base import GpuMonitor
-from modeld.server import Limits
-from modeld.states import State
-from modeld.supervisor import Supervisor
+from modeld.adapters.gpu.base import GpuMonitor
+from modeld.cli.client import Client, RpcError
+from modeld.core.config import Config
+from modeld.core.errors import LoadFailed, ModelsBusy
+from modeld.core.states import State
+from modeld.daemon.server import Limits
+from modeld.engine.supervisor import Supervisor
 from modeld.testing.fakes import Behaviour, FakeRuntime
 from tests.support import (
     ServeFactory,

@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from modeld.errors import LoadFailed
-from modeld.states import State
+from modeld.core.errors import LoadFailed
+from modeld.core.states import State
 from modeld.testing.fakes import Behaviour
 from tests.support import SupervisorFactory, eventually, make_config, state_of, wait_for_state
 

@@ -8,11 +8,11 @@ from dataclasses import replace
 
 from structlog.testing import capture_logs
 
-from modeld.config import Config
-from modeld.gpu.base import BackendRef, GpuReading
-from modeld.gpu.simulated import SimulatedGpu
-from modeld.states import State
-from modeld.supervisor import Supervisor
+from modeld.adapters.gpu.base import BackendRef, GpuReading
+from modeld.adapters.gpu.simulated import SimulatedGpu
+from modeld.core.config import Config
+from modeld.core.states import State
+from modeld.engine.supervisor import Supervisor
 from modeld.testing.fakes import FakeRuntime
 from tests.support import SupervisorFactory, make_config, start_over, state_of
 

@@ -9,11 +9,11 @@ import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from modeld.config import parse_config
-from modeld.errors import LoadFailed
-from modeld.gpu.simulated import SimulatedGpu
-from modeld.metrics import Metrics, serve_metrics
-from modeld.supervisor import Supervisor
+from modeld.adapters.gpu.simulated import SimulatedGpu
+from modeld.core.config import parse_config
+from modeld.core.errors import LoadFailed
+from modeld.engine.metrics import Metrics, serve_metrics
+from modeld.engine.supervisor import Supervisor
 from modeld.testing.fakes import Behaviour, FakeRuntime
 from modeld.testing.ports import free_port
 from tests.support import make_config, start_over
@@ -106,7 +106,7 @@ async def test_metrics_match_status(host: tuple[Supervisor, FakeRuntime, str]) -
 
 def test_metrics_listen_is_validated() -> None:
     """A listen address without a port is a config error naming the field."""
-    from modeld.errors import ConfigError
+    from modeld.core.errors import ConfigError
 
     with pytest.raises(ConfigError, match=r"metrics\.listen"):
         parse_config(

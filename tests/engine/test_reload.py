@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from modeld.errors import ConfigError, UnknownModel
-from modeld.states import State
+from modeld.core.errors import ConfigError, UnknownModel
+from modeld.core.states import State
 from tests.support import SupervisorFactory, eventually, make_config, state_of
 
 MODELS: dict[str, dict[str, Any]] = {

@@ -11,13 +11,13 @@ import aiohttp
 import pytest
 from structlog.testing import capture_logs
 
-from modeld.activity import Activity, last_active, parse_activity
-from modeld.errors import ConfigError, LoadFailed
-from modeld.gpu.base import BackendRef
-from modeld.gpu.simulated import SimulatedGpu
-from modeld.hostmem import parkable_ram_gb, parse_meminfo
-from modeld.states import State
-from modeld.supervisor import Supervisor
+from modeld.adapters.gpu.base import BackendRef
+from modeld.adapters.gpu.simulated import SimulatedGpu
+from modeld.adapters.hostmem import parkable_ram_gb, parse_meminfo
+from modeld.core.activity import Activity, last_active, parse_activity
+from modeld.core.errors import ConfigError, LoadFailed
+from modeld.core.states import State
+from modeld.engine.supervisor import Supervisor
 from modeld.testing.fakes import Behaviour
 from tests.support import SupervisorFactory, make_config, start_over, state_of, wait_for_state
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 from structlog.testing import capture_logs
 
-from modeld.states import State
-from modeld.store import Learned, Store, remember_load
+from modeld.adapters.store import Learned, Store, remember_load
+from modeld.core.states import State
 from modeld.testing.fakes import Behaviour
 from tests.support import SupervisorFactory, eventually, make_config, start_over, wait_for_state
 

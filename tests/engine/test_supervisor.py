@@ -8,8 +8,10 @@ from collections.abc import Sequence
 import pytest
 from structlog.testing import capture_logs
 
-from modeld.config import ModelConfig
-from modeld.errors import (
+from modeld.adapters.gpu.base import BackendRef, GpuReading
+from modeld.adapters.gpu.simulated import SimulatedGpu
+from modeld.core.config import ModelConfig
+from modeld.core.errors import (
     ConfigError,
     GpuUnavailable,
     InsufficientMemory,
@@ -17,10 +19,8 @@ from modeld.errors import (
     OperationTimeout,
     UnknownModel,
 )
-from modeld.gpu.base import BackendRef, GpuReading
-from modeld.gpu.simulated import SimulatedGpu
-from modeld.restart import GiveUp, Retry, decide_restart, restart_delay
-from modeld.states import State
+from modeld.core.restart_policy import GiveUp, Retry, decide_restart, restart_delay
+from modeld.core.states import State
 from modeld.testing.fakes import Behaviour, FakeRuntime
 from tests.support import (
     SEED_GPU_FIELDS,

@@ -8,9 +8,9 @@ from collections.abc import AsyncIterator
 import pytest
 from aiohttp import web
 
-from modeld.errors import SleepModeFailed
+from modeld.adapters.vllm import MAX_METRICS_BYTES, Health, VllmClient
+from modeld.core.errors import SleepModeFailed
 from modeld.testing.ports import free_port
-from modeld.vllm import MAX_METRICS_BYTES, Health, VllmClient
 
 
 @pytest.fixture

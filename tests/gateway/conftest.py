@@ -10,13 +10,13 @@ from typing import Any
 import aiohttp
 import pytest
 
-from modeld.backendkeys import backend_keys
-from modeld.config import Config, GatewayConfig
+from modeld.adapters.backendkeys import backend_keys
+from modeld.core.config import Config, GatewayConfig
+from modeld.daemon.server import RpcServer
+from modeld.engine.supervisor import Supervisor
 from modeld.gateway.app import Gateway, GatewayServer
 from modeld.gateway.auth import BackendKeys, Keys, read_keys
 from modeld.gateway.link import DaemonLink
-from modeld.server import RpcServer
-from modeld.supervisor import Supervisor
 from modeld.testing.fakes import FakeRuntime
 from modeld.testing.ports import free_port
 from tests.support import ServeFactory, SupervisorFactory

@@ -141,7 +141,7 @@ async def test_a_switch_made_elsewhere_appears_without_a_reload(
     await expect(page.locator("#connection")).to_have_text("live")
     for action, word in (("switch", "running"), ("stop", "stopped")):
         modelctl = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "modeld.ctl", "--socket", str(front.socket), action, "large"
+            sys.executable, "-m", "modeld.cli.ctl", "--socket", str(front.socket), action, "large"
         )
         assert await modelctl.wait() == 0
         await expect(state(page, "large")).to_have_text(word)

@@ -12,8 +12,8 @@ from typing import Any
 
 import aiohttp
 
-from modeld.backendkeys import backend_keys
-from modeld.states import State
+from modeld.adapters.backendkeys import backend_keys
+from modeld.core.states import State
 from modeld.testing.fakes import Behaviour
 from tests.gateway.conftest import KEY, GatewayFactory, RestartableFactory
 from tests.gateway.test_openai import TWO

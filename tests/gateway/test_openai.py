@@ -10,7 +10,7 @@ import openai
 import pytest
 from openai.types.chat import ChatCompletionMessageParam
 
-from modeld.states import State
+from modeld.core.states import State
 from tests.gateway.conftest import KEY, GatewayFactory
 from tests.support import eventually, make_config, next_of, state_of
 

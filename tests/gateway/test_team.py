@@ -12,10 +12,10 @@ import aiohttp
 import pytest
 from yarl import URL
 
-from modeld.config import GatewayConfig
-from modeld.errors import ConfigError
+from modeld.core.config import GatewayConfig
+from modeld.core.errors import ConfigError
+from modeld.core.states import State
 from modeld.gateway.auth import Keys, Role, read_keys
-from modeld.states import State
 from modeld.testing.fakes import Behaviour
 from tests.gateway.conftest import KEY, GatewayFactory
 from tests.gateway.test_openai import TWO

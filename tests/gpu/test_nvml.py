@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from modeld.gpu.base import GpuReading
-from modeld.gpu.nvml import NvmlMonitor
+from modeld.adapters.gpu.base import GpuReading
+from modeld.adapters.gpu.nvml import NvmlMonitor
 
 
 def _nvml_or_skip() -> None:

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from modeld.config import ModelConfig
-from modeld.gpu.base import GIB, BackendRef, GpuReading
-from modeld.gpu.nvml import NvmlMonitor
-from modeld.runtime.process import ProcessRuntime
+from modeld.adapters.gpu.base import GIB, BackendRef, GpuReading
+from modeld.adapters.gpu.nvml import NvmlMonitor
+from modeld.adapters.runtime.process import ProcessRuntime
+from modeld.core.config import ModelConfig
 from tests.support import eventually
 
 pytestmark = pytest.mark.skipif(

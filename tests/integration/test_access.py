@@ -13,11 +13,11 @@ from typing import Any
 
 import pytest
 
-from modeld.access import AccessPolicy, Caller
-from modeld.client import Client, DaemonUnreachable
-from modeld.config import parse_config
-from modeld.errors import ConfigError
-from modeld.server import RpcServer
+from modeld.cli.client import Client, DaemonUnreachable
+from modeld.core.config import parse_config
+from modeld.core.errors import ConfigError
+from modeld.daemon.access import AccessPolicy, Caller
+from modeld.daemon.server import RpcServer
 from tests.support import SupervisorFactory, eventually, make_config
 
 NOBODY, NOGROUP = 65534, 65534

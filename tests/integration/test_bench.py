@@ -72,7 +72,7 @@ def test_trace_optimum_bounds_every_policy() -> None:
     """The offline optimum is never beaten, and matches a case worked by hand."""
     from bench.traces import POLICIES, optimum, simulate
     from bench.workload import Model, Scenario, make_scenario
-    from modeld.planner import Device
+    from modeld.core.planner import Device
 
     for seed in range(4):
         scenario = make_scenario(seed, 5, 1 + seed % 2, 40)

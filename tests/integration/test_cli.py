@@ -15,21 +15,21 @@ from urllib.parse import urlparse
 
 import pytest
 
-from modeld.demo import private_copy
-from modeld.gpu.base import pid_alive
+from modeld.adapters.gpu.base import pid_alive
+from modeld.demo.main import private_copy
 from modeld.testing.ports import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 DEMO = ROOT / "etc/modeld/demo.toml"
 
 
-MODELCTL = [sys.executable, "-m", "modeld.ctl"]
+MODELCTL = [sys.executable, "-m", "modeld.cli.ctl"]
 
 
 def modelctl(socket: Path, *args: str) -> subprocess.CompletedProcess[str]:
     """Run modelctl against `socket`."""
     return subprocess.run(
-        [sys.executable, "-m", "modeld.ctl", "--socket", str(socket), *args],
+        [sys.executable, "-m", "modeld.cli.ctl", "--socket", str(socket), *args],
         capture_output=True,
         text=True,
         timeout=120,
@@ -101,7 +101,10 @@ def test_unreachable_daemon_exit_3_names_socket(tmp_path: Path) -> None:
 def test_usage_error_exit_2() -> None:
     """A malformed command line exits 2."""
     result = subprocess.run(
-        [sys.executable, "-m", "modeld.ctl", "switch"], capture_output=True, text=True, timeout=60
+        [sys.executable, "-m", "modeld.cli.ctl", "switch"],
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert result.returncode == 2
 
@@ -112,7 +115,7 @@ def test_demo_command_switches_between_models() -> None:
     through the gateway are answered by the models they name."""
     env = {**os.environ, "COLUMNS": "120"}
     result = subprocess.run(
-        [sys.executable, "-m", "modeld.demo"],
+        [sys.executable, "-m", "modeld.demo.main"],
         cwd=ROOT,
         capture_output=True,
         text=True,

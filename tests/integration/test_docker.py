@@ -14,18 +14,18 @@ from typing import Any
 import aiohttp
 import pytest
 
-from modeld.build import build_supervisor
-from modeld.client import Client, DaemonUnreachable, RpcError
-from modeld.config import Config
-from modeld.errors import NameCollision
-from modeld.gpu.simulated import SimulatedGpu
-from modeld.runtime.docker import DockerRuntime
-from modeld.server import RpcServer
-from modeld.states import State
-from modeld.supervisor import Supervisor
+from modeld.adapters.gpu.simulated import SimulatedGpu
+from modeld.adapters.runtime.docker import DockerRuntime
+from modeld.adapters.vllm import VllmClient
+from modeld.cli.client import Client, DaemonUnreachable, RpcError
+from modeld.core.config import Config
+from modeld.core.errors import NameCollision
+from modeld.core.states import State
+from modeld.daemon.server import RpcServer
+from modeld.engine.build import build_supervisor
+from modeld.engine.supervisor import Supervisor
 from modeld.testing.docker import docker_cli, docker_model
 from modeld.testing.ports import free_port
-from modeld.vllm import VllmClient
 from tests.support import (
     SEED_GPU_FIELDS,
     SEED_MODEL_FIELDS,

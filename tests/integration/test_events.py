@@ -14,13 +14,13 @@ import pytest
 from rich.console import Console
 from rich.progress import Progress
 
-from modeld.client import Client, RpcError
-from modeld.connection import MAX_FOLLOWS_PER_CONNECTION
-from modeld.ctl import switch_with_progress
-from modeld.demo import private_copy
-from modeld.events import Subscription
-from modeld.render import describe_step
-from modeld.supervisor import Supervisor
+from modeld.cli.client import Client, RpcError
+from modeld.cli.ctl import switch_with_progress
+from modeld.cli.render import describe_step
+from modeld.daemon.connection import MAX_FOLLOWS_PER_CONNECTION
+from modeld.demo.main import private_copy
+from modeld.engine.events import Subscription
+from modeld.engine.supervisor import Supervisor
 from modeld.testing.fakes import Behaviour, FakeRuntime
 from tests.support import Served, ServeFactory, eventually, make_config
 
@@ -129,7 +129,7 @@ def test_modelctl_watch_prints_events(tmp_path: Path) -> None:
 
         wait_listening(socket, alive=lambda: daemon.poll() is None)
         watcher = subprocess.Popen(
-            [sys.executable, "-m", "modeld.ctl", "--socket", str(socket), "--json", "watch"],
+            [sys.executable, "-m", "modeld.cli.ctl", "--socket", str(socket), "--json", "watch"],
             stdout=subprocess.PIPE,
             text=True,
         )
@@ -137,7 +137,15 @@ def test_modelctl_watch_prints_events(tmp_path: Path) -> None:
 
         def subscribed() -> bool:
             status = subprocess.run(
-                [sys.executable, "-m", "modeld.ctl", "--socket", str(socket), "--json", "status"],
+                [
+                    sys.executable,
+                    "-m",
+                    "modeld.cli.ctl",
+                    "--socket",
+                    str(socket),
+                    "--json",
+                    "status",
+                ],
                 capture_output=True,
                 text=True,
                 check=True,
@@ -147,13 +155,21 @@ def test_modelctl_watch_prints_events(tmp_path: Path) -> None:
 
         wait_until(subscribed, "modelctl watch to subscribe")  # act only once it listens
         subprocess.run(
-            [sys.executable, "-m", "modeld.ctl", "--socket", str(socket), "switch", "demo-coder"],
+            [
+                sys.executable,
+                "-m",
+                "modeld.cli.ctl",
+                "--socket",
+                str(socket),
+                "switch",
+                "demo-coder",
+            ],
             check=True,
             capture_output=True,
             timeout=60,
         )
         subprocess.run(
-            [sys.executable, "-m", "modeld.ctl", "--socket", str(socket), "stop", "demo-coder"],
+            [sys.executable, "-m", "modeld.cli.ctl", "--socket", str(socket), "stop", "demo-coder"],
             check=True,
             capture_output=True,
             timeout=60,

@@ -13,9 +13,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from modeld.client import Client
-from modeld.rpc import MAX_MESSAGE_BYTES
-from modeld.server import RpcServer
+from modeld.cli.client import Client
+from modeld.daemon.rpc import MAX_MESSAGE_BYTES
+from modeld.daemon.server import RpcServer
 from tests.support import SupervisorFactory, make_config
 
 METHODS = ["ping", "status", "gpu", "models", "switch", "start", "stop", "restart"]

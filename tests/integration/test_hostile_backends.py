@@ -14,16 +14,16 @@ from pathlib import Path
 
 import pytest
 
-from modeld.build import build_supervisor
-from modeld.config import ModelConfig
-from modeld.errors import LoadFailed, OperationFailed
-from modeld.gpu.base import pid_alive
-from modeld.gpu.simulated import SimulatedGpu
-from modeld.runtime.base import MAX_LINE_CHARS
-from modeld.runtime.process import ProcessRuntime, resolve_command
-from modeld.states import State
+from modeld.adapters.gpu.base import pid_alive
+from modeld.adapters.gpu.simulated import SimulatedGpu
+from modeld.adapters.runtime.base import MAX_LINE_CHARS
+from modeld.adapters.runtime.process import ProcessRuntime, resolve_command
+from modeld.adapters.vllm import VllmClient
+from modeld.core.config import ModelConfig
+from modeld.core.errors import LoadFailed, OperationFailed
+from modeld.core.states import State
+from modeld.engine.build import build_supervisor
 from modeld.testing.ports import free_port
-from modeld.vllm import VllmClient
 from tests.support import (
     SupervisorFactory,
     eventually,
@@ -199,8 +199,8 @@ async def test_backends_do_not_inherit_supplementary_groups(runtime: ProcessRunt
 # unrelated process (ns_last_pid), stop the backend again, report whether it survived.
 PID_REUSE = """
 import asyncio, os, subprocess, sys
-from modeld.config import ModelConfig
-from modeld.runtime.process import ProcessRuntime
+from modeld.core.config import ModelConfig
+from modeld.adapters.runtime.process import ProcessRuntime
 
 async def main():
     model = ModelConfig.model_validate({"name": "m", "runtime": "process",

@@ -18,11 +18,11 @@ from typing import Any
 import pytest
 from rich.console import Console
 
-from modeld.access import AccessPolicy
-from modeld.client import Client
-from modeld.render import render_status
-from modeld.server import MAX_BATCH, Limits, RpcServer
-from modeld.supervisor import Supervisor
+from modeld.cli.client import Client
+from modeld.cli.render import render_status
+from modeld.daemon.access import AccessPolicy
+from modeld.daemon.server import MAX_BATCH, Limits, RpcServer
+from modeld.engine.supervisor import Supervisor
 from modeld.testing.fakes import Behaviour, FakeRuntime
 from modeld.testing.ports import wait_until
 from tests.support import SupervisorFactory, eventually, make_config
@@ -378,7 +378,7 @@ async def test_the_socket_appears_with_its_mode_already_set(
         public_when_chmod.append(path.exists())
         chmod(target, mode, *args, **kwargs)
 
-    monkeypatch.setattr("modeld.server.os.chmod", watching_chmod)
+    monkeypatch.setattr("modeld.daemon.server.os.chmod", watching_chmod)
     rpc = RpcServer(supervisor, path, 0o600)
     await rpc.start()
     try:

@@ -11,13 +11,13 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from modeld.config import ModelConfig
-from modeld.errors import LoadFailed
-from modeld.gpu.base import pid_alive
-from modeld.runtime.base import BackendState
-from modeld.runtime.process import Follower, ProcessRuntime
+from modeld.adapters.gpu.base import pid_alive
+from modeld.adapters.runtime.base import BackendState
+from modeld.adapters.runtime.process import Follower, ProcessRuntime
+from modeld.adapters.vllm import Health, VllmClient
+from modeld.core.config import ModelConfig
+from modeld.core.errors import LoadFailed
 from modeld.testing.ports import free_port
-from modeld.vllm import Health, VllmClient
 from tests.support import eventually, has_output, process_model
 
 # A backend with a child of its own; the sleeps are their lifetimes (the test stops them

@@ -9,11 +9,11 @@ from typing import Any
 
 import pytest
 
-from modeld.client import Client, RpcError
-from modeld.rpc import MAX_MESSAGE_BYTES
-from modeld.server import RpcServer
-from modeld.states import State
-from modeld.supervisor import Supervisor
+from modeld.cli.client import Client, RpcError
+from modeld.core.states import State
+from modeld.daemon.rpc import MAX_MESSAGE_BYTES
+from modeld.daemon.server import RpcServer
+from modeld.engine.supervisor import Supervisor
 from modeld.testing.fakes import Behaviour, FakeRuntime
 from tests.support import Served, ServeFactory, SupervisorFactory, make_config, wait_for_state
 
@@ -186,7 +186,7 @@ async def test_second_daemon_refuses_live_socket(
 ) -> None:
     """Starting on a socket another server answers fails, and leaves that socket alone."""
     supervisor, _, _ = await supervised(make_config(MODELS, [60]))
-    from modeld.errors import SocketInUse
+    from modeld.core.errors import SocketInUse
 
     with pytest.raises(SocketInUse):
         await RpcServer(supervisor, socket_path).start()

@@ -11,16 +11,16 @@ from typing import Any
 
 import pytest
 
-from modeld.build import build_supervisor
-from modeld.client import Client, RpcError
-from modeld.config import GpuConfig
-from modeld.gpu.base import BackendRef, GpuReading
-from modeld.gpu.simulated import SimulatedGpu
-from modeld.runtime.docker import DockerRuntime
-from modeld.server import RpcServer
+from modeld.adapters.gpu.base import BackendRef, GpuReading
+from modeld.adapters.gpu.simulated import SimulatedGpu
+from modeld.adapters.runtime.docker import DockerRuntime
+from modeld.adapters.vllm import VllmClient
+from modeld.cli.client import Client, RpcError
+from modeld.core.config import GpuConfig
+from modeld.daemon.server import RpcServer
+from modeld.engine.build import build_supervisor
 from modeld.testing.docker import docker_cli
 from modeld.testing.ports import free_port
-from modeld.vllm import VllmClient
 from tests.support import docker_config
 
 pytestmark = pytest.mark.docker

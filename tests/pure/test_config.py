@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from modeld.checkconfig import schema
-from modeld.config import load_config
-from modeld.errors import ConfigError
+from modeld.core.config import load_config
+from modeld.core.errors import ConfigError
+from modeld.daemon.checkconfig import schema
 
 ROOT = Path(__file__).resolve().parents[2]
 SEED = "etc/modeld/modeld.toml"

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from modeld.config import ModelConfig, config_warnings, parse_config
-from modeld.runtime.docker import container_config
+from modeld.adapters.runtime.docker import container_config
+from modeld.core.config import ModelConfig, config_warnings, parse_config
 
 
 def test_create_body_carries_labels_ports_volumes_and_gpus() -> None:

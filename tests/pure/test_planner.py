@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from modeld.config import EvictionPolicy
-from modeld.planner import Candidate, Device, Infeasible, Plan, Target, plan_switch
+from modeld.core.config import EvictionPolicy
+from modeld.core.planner import Candidate, Device, Infeasible, Plan, Target, plan_switch
 
 # The seed's model table: name -> size_gb.
 SEED = {

@@ -10,16 +10,16 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from modeld.build import build_supervisor
-from modeld.config import Config, ModelConfig, parse_config
-from modeld.events import Subscription
-from modeld.gpu.base import GpuMonitor
-from modeld.runtime.process import ProcessRuntime
-from modeld.states import State
-from modeld.supervisor import Supervisor
+from modeld.adapters.gpu.base import GpuMonitor
+from modeld.adapters.runtime.process import ProcessRuntime
+from modeld.adapters.vllm import VllmClient
+from modeld.core.config import Config, ModelConfig, parse_config
+from modeld.core.states import State
+from modeld.engine.build import build_supervisor
+from modeld.engine.events import Subscription
+from modeld.engine.supervisor import Supervisor
 from modeld.testing.fakes import FakeRuntime
 from modeld.testing.ports import free_port
-from modeld.vllm import VllmClient
 
 # The router seed's field names: clients written for it must keep working.
 SEED_MODEL_FIELDS = frozenset(

@@ -11,7 +11,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from modeld.demo import DEMO_CONFIG, private_copy
+from modeld.demo.main import DEMO_CONFIG, private_copy
 from modeld.testing.ports import wait_until
 
 SEED_KEY = "sk-local-2ac9387d659f7131f38d83e5f7bee469"

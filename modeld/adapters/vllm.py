@@ -1,0 +1,175 @@
+"""The one vLLM HTTP client: health, sleep mode and request metrics, over one session.
+
+Every read is bounded (a backend is not trusted to send a sane body) and every call has
+a deadline. Health is a verdict, never an exception; the sleep calls raise
+SleepModeFailed naming the endpoint and what it said, which the Supervisor turns into a
+fallback (stop instead of park, cold start instead of wake); metrics that cannot be
+read are None.
+
+vLLM serves the sleep endpoints only with VLLM_SERVER_DEV_MODE=1 and
+`--enable-sleep-mode` (docs/threat-model.md says why that must stay on loopback).
+"""
+
+from __future__ import annotations
+
+import json
+from enum import StrEnum
+
+import aiohttp
+
+from modeld.core.activity import Activity, parse_activity
+from modeld.core.config import ModelConfig
+from modeld.core.errors import SleepModeFailed
+
+# Level 1 moves the weights to host RAM and drops the KV cache: a wake restores them.
+PARK_LEVEL = 1
+# The most modeld reads of an answer: sleep-mode answers are a few bytes, /metrics a few
+# tens of kilobytes even with many label sets.
+MAX_ANSWER_BYTES = 64 * 1024
+MAX_METRICS_BYTES = 4 * 1024 * 1024
+
+
+class Health(StrEnum):
+    """What `/health` said. The names are the seed's (`healthy`) plus why not."""
+
+    UNKNOWN = "unknown"
+    HEALTHY = "healthy"
+    # Connection refused or reset: vLLM keeps its port closed while it loads.
+    UNREACHABLE = "unreachable"
+    # 503: vLLM's engine died; the API server will exit soon.
+    DEAD = "engine_dead"
+    # Any other answer, or no answer in time.
+    UNHEALTHY = "unhealthy"
+
+
+class _TooLong(Exception):
+    """An answer longer than modeld will read."""
+
+
+async def _read(response: aiohttp.ClientResponse, limit: int) -> str:
+    body = await response.content.read(limit + 1)
+    if len(body) > limit:
+        raise _TooLong(f"answer longer than {limit} bytes")
+    return body.decode(errors="replace")
+
+
+class VllmClient:
+    """Talks to vLLM backends: `/health`, `/sleep`, `/wake_up`, `/is_sleeping`,
+    `/metrics`. One aiohttp session for every backend on TCP, and one for each backend
+    on a Unix socket (`unix:/path.sock`: aiohttp binds a Unix connector to one path)."""
+
+    def __init__(self, timeout_s: float = 2.0) -> None:
+        self._timeout = aiohttp.ClientTimeout(total=timeout_s)
+        self._session: aiohttp.ClientSession | None = None
+        self._unix: dict[str, aiohttp.ClientSession] = {}
+
+    def _url(self, endpoint: str, path: str) -> tuple[aiohttp.ClientSession, str]:
+        """The session that reaches `endpoint`, and the URL of `path` there."""
+        if endpoint.startswith("unix:"):
+            socket = endpoint.removeprefix("unix:")
+            session = self._unix.get(socket)
+            if session is None:
+                session = aiohttp.ClientSession(
+                    connector=aiohttp.UnixConnector(path=socket), timeout=self._timeout
+                )
+                self._unix[socket] = session
+            return session, f"http://localhost{path}"
+        if self._session is None:
+            self._session = aiohttp.ClientSession(timeout=self._timeout)
+        return self._session, f"{endpoint}{path}"
+
+    async def health(self, endpoint: str) -> Health:
+        """Probe once: 200 healthy, 503 engine dead, refused unreachable, else unhealthy."""
+        session, url = self._url(endpoint, "/health")
+        try:
+            async with session.get(url) as response:
+                if response.status == 200:
+                    return Health.HEALTHY
+                if response.status == 503:
+                    return Health.DEAD
+                return Health.UNHEALTHY
+        except (aiohttp.ClientConnectionError, ConnectionError):
+            return Health.UNREACHABLE
+        except TimeoutError:
+            return Health.UNHEALTHY
+
+    async def activity(self, endpoint: str) -> Activity | None:
+        """One reading of `/metrics`, or None if it cannot be read or lacks vLLM's."""
+        session, url = self._url(endpoint, "/metrics")
+        try:
+            async with session.get(url) as response:
+                if response.status != 200:
+                    return None
+                text = await _read(response, MAX_METRICS_BYTES)
+        except (aiohttp.ClientError, ConnectionError, TimeoutError, _TooLong):
+            return None
+        try:
+            return parse_activity(text)
+        except ValueError:
+            return None
+
+    async def _call(self, method: str, endpoint: str, path: str, timeout_s: float) -> str:
+        session, url = self._url(endpoint, path)
+        try:
+            async with session.request(
+                method, url, timeout=aiohttp.ClientTimeout(total=timeout_s)
+            ) as response:
+                body = await _read(response, MAX_ANSWER_BYTES)
+                if response.status != 200:
+                    hint = " (is VLLM_SERVER_DEV_MODE=1 set?)" if response.status == 404 else ""
+                    # What the backend said goes in `answer` (for admins), not the message.
+                    raise SleepModeFailed(
+                        f"{method} {path} answered {response.status}{hint}",
+                        endpoint=endpoint,
+                        status=response.status,
+                        answer=body[:200],
+                    )
+                return body
+        except (aiohttp.ClientError, ConnectionError, _TooLong) as exc:
+            raise SleepModeFailed(
+                f"{method} {path} failed: {exc or type(exc).__name__}", endpoint=endpoint
+            ) from None
+        except TimeoutError:
+            raise SleepModeFailed(
+                f"{method} {path} did not answer within {timeout_s}s", endpoint=endpoint
+            ) from None
+
+    async def sleep(self, endpoint: str, timeout_s: float) -> None:
+        """Park: weights to host RAM, KV cache dropped; returns once vLLM has done it."""
+        await self._call("POST", endpoint, f"/sleep?level={PARK_LEVEL}", timeout_s)
+
+    async def wake_up(self, endpoint: str, timeout_s: float) -> None:
+        """Wake: weights back to the GPU; returns once vLLM has done it."""
+        await self._call("POST", endpoint, "/wake_up", timeout_s)
+
+    async def is_sleeping(self, endpoint: str, timeout_s: float = 5.0) -> bool:
+        """Whether the backend says it sleeps (vLLM's `/health` answers 200 either way)."""
+        body = await self._call("GET", endpoint, "/is_sleeping", timeout_s)
+        try:
+            answer = json.loads(body)
+        except ValueError:
+            answer = None
+        if not isinstance(answer, dict) or not isinstance(answer.get("is_sleeping"), bool):
+            raise SleepModeFailed(
+                "GET /is_sleeping did not answer {'is_sleeping': bool}",
+                endpoint=endpoint,
+                answer=body[:200],
+            )
+        return bool(answer["is_sleeping"])
+
+    async def says_asleep(self, model: ModelConfig) -> bool | None:
+        """Whether a sleep-mode backend says it sleeps; None if it cannot say, or the
+        model has no sleep mode."""
+        if not model.sleep_mode:
+            return None
+        try:
+            return await self.is_sleeping(model.endpoint)
+        except SleepModeFailed:
+            return None
+
+    async def close(self) -> None:
+        """Close the HTTP session."""
+        sessions = [*self._unix.values(), *([self._session] if self._session else [])]
+        self._session, self._unix = None, {}
+        for session in sessions:
+            await session.close()

@@ -1,0 +1,359 @@
+# PYTHON_ARGCOMPLETE_OK
+"""`modelctl`: the thin command-line client of modeld.
+
+Exit codes: 0 ok, 1 the daemon said no, 2 usage, 3 cannot reach the daemon.
+Shell completion through argcomplete: `eval "$(modelctl completion bash)"`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import itertools
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import argcomplete
+from argcomplete.shell_integration import shellcode
+from rich.console import Console
+from rich.live import Live
+from rich.markup import escape
+from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+from modeld.cli.client import Client, DaemonUnreachable, RpcError, call, default_socket
+from modeld.cli.render import (
+    LOADED,
+    dashboard,
+    describe_step,
+    ps_table,
+    render_event,
+    render_gpu,
+    render_models,
+    render_result,
+    render_status,
+)
+
+EXIT_OK = 0
+EXIT_REFUSED = 1
+EXIT_USAGE = 2
+EXIT_UNREACHABLE = 3
+
+
+async def _top(path: Path, console: Console, once: bool) -> int:
+    """A live dashboard, redrawn on every event and once a second."""
+    async with Client(path) as query:
+        status = await query.call("status")
+        if once:
+            console.print(dashboard(status))
+            return EXIT_OK
+        queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+
+        async def listen() -> None:
+            async with Client(path) as subscriber:
+                async for event in subscriber.events():
+                    queue.put_nowait(event)
+
+        listener = asyncio.create_task(listen())
+        last: str | None = None
+        try:
+            with Live(dashboard(status), console=console, refresh_per_second=4) as live:
+                while not listener.done():
+                    try:
+                        event = await asyncio.wait_for(queue.get(), 1.0)
+                        last = f"{event['type']} {event.get('model', '')} " + str(
+                            event.get("to_state") or event.get("stopped") or ""
+                        )
+                    except TimeoutError:
+                        pass
+                    live.update(dashboard(await query.call("status"), last))
+            listener.result()  # the daemon went away: say so like any other command
+        finally:
+            listener.cancel()
+    return EXIT_OK
+
+
+def _modeld_pids() -> list[int]:
+    """PIDs of running modeld daemons, to tell 'not running' from 'other socket'."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        names = [os.path.basename(arg.decode(errors="replace")) for arg in argv if arg]
+        as_module = any(a == "-m" and b == "modeld" for a, b in itertools.pairwise(names))
+        if "modeld" in names[:2] or as_module:
+            pids.append(int(entry.name))
+    return pids
+
+
+def _unreachable_message(exc: DaemonUnreachable) -> str:
+    pids = _modeld_pids()
+    if pids:
+        hint = (
+            f"modeld is running (pid {', '.join(map(str, pids))}) but not answering here: "
+            "check --socket / MODELD_SOCKET against its [daemon] socket"
+        )
+    else:
+        hint = "modeld does not seem to be running (start it: systemctl start modeld)"
+    return f"modelctl: {exc}. {hint}"
+
+
+async def switch_with_progress(
+    console: Console, path: Path, op: str, model: str, params: dict[str, Any]
+) -> Any:
+    """Run a waiting call while its steps, pushed as events on a second connection, drive
+    a progress bar: the current step, and loading time against the estimate."""
+    async with Client(path) as watcher:
+        view = (await watcher.call("status"))["models"].get(model) or {}
+        load_estimate = view.get("estimated_load_time_seconds")
+        wake_estimate = (view.get("parked") or {}).get("estimated_wake_seconds")
+        events = await watcher.subscribe()
+        request = asyncio.create_task(call(op, path, model=model, **params))
+        with Progress(
+            SpinnerColumn(),
+            TextColumn("{task.description}"),
+            BarColumn(),
+            TimeElapsedColumn(),
+            console=console,
+            transient=True,
+        ) as progress:
+            bar = progress.add_task(f"{op} {model}", total=None)
+            estimate: float | None = None
+            loading_since: float | None = None
+            pushed: asyncio.Future[dict[str, Any]] = asyncio.ensure_future(anext(events))
+            try:
+                while not request.done():
+                    await asyncio.wait(
+                        {request, pushed}, timeout=0.2, return_when="FIRST_COMPLETED"
+                    )
+                    if pushed.done():
+                        if pushed.exception() is not None:
+                            await asyncio.wait({request})  # the stream ended: wait quietly
+                            break
+                        event = pushed.result()
+                        pushed = asyncio.ensure_future(anext(events))
+                        step = describe_step(event, model)
+                        if step is not None:
+                            progress.update(bar, description=step)
+                        if event["type"] == "state" and event["model"] == model:
+                            loading = event["to_state"] == "loading"
+                            loading_since = time.monotonic() if loading else None
+                            waking = event["reason"] == "wake"
+                            estimate = (wake_estimate if waking else load_estimate) or None
+                    if loading_since is not None and estimate:
+                        # Elapsed against the estimate; a slow load stretches the bar.
+                        elapsed = time.monotonic() - loading_since
+                        progress.update(bar, total=max(estimate, elapsed), completed=elapsed)
+            finally:
+                pushed.cancel()
+    return await request
+
+
+async def _watch(path: Path, console: Console, as_json: bool) -> int:
+    async with Client(path) as client:
+        async for event in client.events():
+            render_event(console, event, as_json)
+    return EXIT_OK
+
+
+async def _follow(path: Path, model: str, lines: int, console: Console, as_json: bool) -> int:
+    """Print the last lines, then each new one as the daemon pushes it (no polling),
+    until the backend ends or Ctrl-C."""
+    async with Client(path) as client:
+        async for line in client.follow(model, lines):
+            if as_json:
+                print(json.dumps({"model": model, "line": line}), flush=True)
+            else:
+                console.print(line, markup=False, highlight=False)
+    return EXIT_OK
+
+
+async def _run(args: argparse.Namespace, console: Console) -> int:
+    path: Path = args.socket
+    op: str = args.command
+    if op == "watch":
+        return await _watch(path, console, args.json)
+    if op == "top":
+        return await _top(path, console, args.once)
+    if op == "logs" and args.follow:
+        return await _follow(path, args.model, args.lines, console, args.json)
+    if op == "logs":
+        result = await call("logs", path, model=args.model, lines=args.lines)
+        if args.json:
+            print(json.dumps(result, indent=2))
+        else:
+            for line in result["lines"]:
+                console.print(line, markup=False, highlight=False)
+        return EXIT_OK
+    if op == "ps":
+        result = await call("status", path)
+        if args.json:
+            loaded = {n: m for n, m in result["models"].items() if m["status"] in LOADED}
+            print(json.dumps(loaded, indent=2))
+        else:
+            console.print(ps_table(result))
+        return EXIT_OK
+    if op in ("status", "gpu", "models", "ping"):
+        result = await call(op, path)
+    elif op == "stop":
+        result = await call(op, path, model=args.model, **({"force": True} if args.force else {}))
+    else:
+        params: dict[str, Any] = {"wait": not args.no_wait}
+        if getattr(args, "force", False):
+            params["force"] = True
+        if args.timeout is not None:
+            params["timeout"] = args.timeout
+        if params["wait"] and not args.json and console.is_terminal:
+            result = await switch_with_progress(console, path, op, args.model, params)
+        else:
+            result = await call(op, path, model=args.model, **params)
+    if args.json:
+        print(json.dumps(result, indent=2))
+    elif op == "status":
+        render_status(console, result)
+    elif op == "gpu":
+        render_gpu(console, result)
+    elif op == "models":
+        render_models(console, result)
+    elif op == "ping":
+        console.print(f"modeld {result['version']} answers on {path}")
+    else:
+        render_result(console, op, result)
+    return EXIT_OK
+
+
+# A completion must come at once: a daemon that is slow to answer just completes nothing.
+COMPLETION_TIMEOUT_S = 1.0
+
+
+def _model_names(prefix: str, parsed_args: argparse.Namespace, **_: Any) -> list[str]:
+    """Complete MODEL from the daemon's configured models (nothing if it does not answer)."""
+
+    async def names() -> list[str]:
+        models = await asyncio.wait_for(call("models", parsed_args.socket), COMPLETION_TIMEOUT_S)
+        return [str(model["name"]) for model in models]
+
+    try:
+        return [name for name in asyncio.run(names()) if name.startswith(prefix)]
+    except (DaemonUnreachable, RpcError, TimeoutError, OSError):
+        return []
+
+
+def _model_argument(command: argparse.ArgumentParser) -> None:
+    model = command.add_argument("model")
+    model.completer = _model_names  # type: ignore[attr-defined]  # argcomplete reads it
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """modelctl's command line."""
+    parser = argparse.ArgumentParser(
+        prog="modelctl",
+        description="Control the modeld daemon.",
+        epilog="exit codes: 0 done; 1 the daemon said no (unknown model, insufficient memory, "
+        "models busy, load failed, ...); 2 usage error; 3 cannot reach the daemon (the "
+        "message names the socket and whether a modeld process runs)",
+    )
+    parser.add_argument(
+        "--socket",
+        type=Path,
+        default=default_socket(),
+        help="daemon socket (default: $MODELD_SOCKET or /run/modeld/modeld.sock)",
+    )
+    parser.add_argument("--json", action="store_true", help="print the raw JSON result")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, text in (
+        ("status", "models and GPU"),
+        ("gpu", "GPU memory"),
+        ("models", "configured models"),
+        ("ps", "only what is loaded (running, loading, sleeping)"),
+        ("ping", "is the daemon up"),
+    ):
+        sub.add_parser(name, help=text)
+    for name, text in (
+        ("switch", "make MODEL the one that answers, stopping others if needed"),
+        ("start", "start MODEL if it fits without stopping anything"),
+        ("restart", "stop and start MODEL"),
+    ):
+        command = sub.add_parser(name, help=text)
+        _model_argument(command)
+        command.add_argument("--no-wait", action="store_true", help="return once started")
+        command.add_argument("--timeout", type=float, help="seconds to wait for health")
+        if name == "switch":
+            command.add_argument(
+                "--force", action="store_true", help="evict models even while they serve requests"
+            )
+    stop = sub.add_parser("stop", help="stop MODEL (once its requests in flight have ended)")
+    _model_argument(stop)
+    stop.add_argument("--force", action="store_true", help="stop it under its requests")
+    sub.add_parser("watch", help="print events (state changes, switch progress) as they come")
+    top = sub.add_parser("top", help="a live dashboard: models, GPU memory, loads in progress")
+    top.add_argument("--once", action="store_true", help="draw once and exit")
+    logs = sub.add_parser("logs", help="the last lines MODEL's backend printed")
+    _model_argument(logs)
+    logs.add_argument("-n", "--lines", type=int, default=50)
+    logs.add_argument(
+        "-f", "--follow", action="store_true", help="then print new lines until the backend ends"
+    )
+    completion = sub.add_parser(
+        "completion",
+        help='print the shell completion script: eval "$(modelctl completion bash)"',
+    )
+    completion.add_argument("shell", choices=["bash", "zsh", "fish"], nargs="?", default="bash")
+    for command in sub.choices.values():
+        command.add_argument(
+            "--json",
+            action="store_true",
+            default=argparse.SUPPRESS,
+            help="print the raw JSON result",
+        )
+    return parser
+
+
+def run(argv: list[str] | None = None) -> int:
+    """Parse, call the daemon, print; return the exit code."""
+    parser = build_parser()
+    argcomplete.autocomplete(parser)  # answers a shell's completion request, then exits
+    args = parser.parse_args(argv)
+    if args.command == "completion":
+        print(shellcode(["modelctl"], shell=args.shell), end="")
+        return EXIT_OK
+    console = Console()
+    try:
+        return asyncio.run(_run(args, console))
+    except DaemonUnreachable as exc:
+        print(_unreachable_message(exc), file=sys.stderr)
+        return EXIT_UNREACHABLE
+    except RpcError as exc:
+        if args.json:
+            print(
+                json.dumps(
+                    {"error": {"code": exc.code, "message": exc.message, "data": exc.data}},
+                    indent=2,
+                )
+            )
+        else:
+            err = Console(stderr=True)
+            err.print(f"[red]modelctl: {escape(exc.message)}[/]", highlight=False)
+            data = exc.data if isinstance(exc.data, dict) else {}
+            for line in data.get("last_lines") or []:
+                err.print(f"  {line}", markup=False, highlight=False)
+        return EXIT_REFUSED
+    except KeyboardInterrupt:
+        following = args.command == "logs" and args.follow
+        return EXIT_OK if args.command in ("watch", "top") or following else 130
+
+
+def main() -> None:
+    """Console entry point."""
+    sys.exit(run())
+
+
+if __name__ == "__main__":
+    main()

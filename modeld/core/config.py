@@ -1,0 +1,467 @@
+"""The TOML configuration, validated with pydantic; errors name the file and the field."""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Literal, Self
+from urllib.parse import urlsplit
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from modeld.core.errors import ConfigError
+
+EvictionPolicy = Literal["largest_first", "lru", "fewest", "cost_aware"]
+SLEEP_MODE_FLAG = "--enable-sleep-mode"
+PositiveFloat = Annotated[float, Field(gt=0)]
+# What a model may be called: what the gateway accepts in a request's `model`.
+MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/@+-]{0,127}$")
+NonNegativeFloat = Annotated[float, Field(ge=0)]
+
+
+class _Strict(BaseModel):
+    """Unknown keys are errors: a typo in a config must not be silently ignored."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DaemonConfig(_Strict):
+    """The `[daemon]` table."""
+
+    socket: Path = Path("/run/modeld/modeld.sock")
+    socket_mode: int = 0o660
+    socket_group: str | None = None
+    state_dir: Path = Path("/var/lib/modeld")
+    # cost_aware stops what is least likely to be wanted back soon, weighted by how long it
+    # takes to load; it beat the seed's largest_first on every bench trace (bench/traces.py).
+    eviction_policy: EvictionPolicy = "cost_aware"
+    poll_interval_s: PositiveFloat = 2.0
+    memory_release_timeout_s: PositiveFloat = 60.0
+    memory_poll_interval_s: PositiveFloat = 0.05
+    # A refused connection costs next to nothing: probe often, answer soon after health.
+    health_poll_interval_s: PositiveFloat = 0.02
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    max_connections: Annotated[int, Field(ge=1)] = 256
+    # One uid other than root and the allowed callers may hold at most this many; the
+    # last reserved_connections are kept for root and the allowed callers.
+    max_connections_per_uid: Annotated[int, Field(ge=1)] = 32
+    reserved_connections: Annotated[int, Field(ge=0)] = 16
+    # A request line begun must end within this; a client that does not read its answers
+    # for this long is disconnected.
+    client_line_timeout_s: PositiveFloat = 10.0
+    client_write_timeout_s: PositiveFloat = 30.0
+    # Started at daemon start, in this order, each only if it fits beside the ones before.
+    preload: list[str] = Field(default_factory=list)
+    # How long a switch (or stop) waits for the leases on the models it must evict to
+    # end (requests in flight: LLM answers take minutes) before it fails models_busy.
+    drain_timeout_s: PositiveFloat = 600.0
+    # A model found running at startup is held as if it had one lease this long, so the
+    # routers whose requests it was serving (the gateway) take their leases again before
+    # a switch may evict it; 0: no hold.
+    adopt_grace_s: NonNegativeFloat = 10.0
+    # On SIGTERM: how long an operation in flight may still take before modeld exits.
+    shutdown_timeout_s: PositiveFloat = 30.0
+    # When a switch's target fails after others were stopped for it, start them again.
+    rollback_on_failure: bool = True
+    # Who may call mutating methods (switch, start, stop, restart). Both empty: anyone
+    # who can open the socket. Root may always.
+    allow_uids: list[Annotated[int, Field(ge=0)]] = Field(default_factory=list)
+    allow_groups: list[str] = Field(default_factory=list)
+    hf_cache_dir: Path | None = None
+    # Host RAM that parked (sleeping) models' weights may take in total; 0 disables
+    # parking, so models with sleep_mode are stopped like any other.
+    park_ram_gb: NonNegativeFloat = 0.0
+    # Process backends get a clean environment: PATH, HOME, LANG, LC_ALL, TZ, the names
+    # listed here (e.g. "HF_HOME", "HF_TOKEN") from the daemon's own, and their `env`.
+    pass_env: list[Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]] = Field(
+        default_factory=list
+    )
+
+    @field_validator("socket_mode")
+    @classmethod
+    def _not_world_writable(cls, value: int) -> int:
+        if value & 0o002:
+            raise ValueError(f"{oct(value)} is world-writable: anyone could switch models")
+        return value
+
+
+class GpuConfig(_Strict):
+    """The `[gpu]` table: the real NVML backend, or a simulated GPU for demos and tests."""
+
+    backend: Literal["nvml", "simulated"] = "nvml"
+    devices_gb: list[PositiveFloat] = Field(default_factory=lambda: [80.0])
+    release_delay_s: NonNegativeFloat = 1.0
+    external_used_gb: list[NonNegativeFloat] = Field(default_factory=list)
+    stale_after_s: PositiveFloat = 10.0
+    # Per device, what a sleeping backend still holds (vLLM keeps its CUDA context and
+    # some buffers: not zero, sometimes gigabytes).
+    sleep_residual_gb: NonNegativeFloat = 1.2
+
+    @model_validator(mode="after")
+    def _external_fits(self) -> Self:
+        if len(self.external_used_gb) > len(self.devices_gb):
+            raise ValueError("external_used_gb has more entries than devices_gb")
+        for index, (ext, total) in enumerate(
+            zip(self.external_used_gb, self.devices_gb, strict=False)
+        ):
+            if ext > total:
+                raise ValueError(f"external_used_gb[{index}] = {ext} exceeds device total {total}")
+        return self
+
+    def external_for(self, device: int) -> float:
+        """Memory held on `device` by processes modeld does not manage (simulated only)."""
+        return self.external_used_gb[device] if device < len(self.external_used_gb) else 0.0
+
+
+class ModelConfig(_Strict):
+    """One `[models."name"]` table."""
+
+    name: str = ""
+    runtime: Literal["docker", "process"] = "docker"
+    # docker: an existing container by name, or one modeld creates from `image`.
+    container: str | None = None
+    image: str | None = None
+    command: list[str] | None = None
+    env: dict[str, str] = Field(default_factory=dict)
+    volumes: list[str] = Field(default_factory=list)
+    ports: list[str] = Field(default_factory=list)
+    network_mode: str | None = None
+    request_gpus: bool = True
+    cwd: Path | None = None
+    endpoint: str
+    size_gb: NonNegativeFloat = 0.0
+    hf_path: str | None = None
+    # The name vLLM serves it under (its --served-model-name), when not the table's key:
+    # the gateway sends requests for this model with that name.
+    served_model_name: str | None = None
+    # A file whose first line is the key the backend demands on /v1 (vLLM's --api-key):
+    # modeld starts the backend with VLLM_API_KEY set to it; the gateway sends it upstream.
+    api_key_file: Path | None = None
+    description: str = ""
+    load_time_seconds: PositiveFloat = 60.0
+    gpus: list[Annotated[int, Field(ge=0)]] = Field(default_factory=lambda: [0], min_length=1)
+    gpu_memory_utilization: Annotated[float, Field(gt=0, le=1)] | None = None
+    gpu_memory_gb: PositiveFloat | None = None
+    load_timeout_s: PositiveFloat = 300.0
+    stop_timeout_s: PositiveFloat = 30.0
+    pinned: bool = False
+    # on-failure: a model that dies after having run is started again, with exponential
+    # backoff, at most restart_max_retries times in a row.
+    restart: Literal["no", "on-failure"] = "no"
+    restart_max_retries: Annotated[int, Field(ge=0)] = 5
+    restart_backoff_s: PositiveFloat = 1.0
+    restart_backoff_max_s: PositiveFloat = 60.0
+    # Running this long counts as recovered: the retry count starts again from zero.
+    restart_reset_after_s: PositiveFloat = 300.0
+    # vLLM sleep mode: when memory is needed, park the model (POST /sleep?level=1: weights
+    # to host RAM) instead of stopping it, and wake it in seconds instead of a cold load.
+    # modeld adds `--enable-sleep-mode` to `command` and VLLM_SERVER_DEV_MODE=1 to `env`.
+    sleep_mode: bool = False
+    # Seconds a wake takes, until measured here (default: a tenth of the load estimate,
+    # vLLM's published ratio); host RAM the parked weights take (default: size_gb); how
+    # long a wake may take before modeld falls back to a cold restart.
+    wake_time_seconds: PositiveFloat | None = None
+    park_ram_gb: PositiveFloat | None = None
+    wake_timeout_s: PositiveFloat = 60.0
+    # Park (sleep_mode) or stop the model once it has served no request for this long.
+    idle_unload_after_s: PositiveFloat | None = None
+
+    @field_validator("endpoint")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        if value.startswith("unix:"):
+            path = value.removeprefix("unix:")
+            # sun_path holds 107 bytes and a NUL.
+            if not path.startswith("/") or len(path.encode()) > 107 or path.endswith("/"):
+                raise ValueError("unix: needs an absolute socket path of at most 107 bytes")
+            return value
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must be an http:// or https:// URL, or unix:/path.sock")
+        return value.rstrip("/")
+
+    @property
+    def socket_path(self) -> Path | None:
+        """The backend's Unix socket, when its endpoint is one (vLLM's --uds)."""
+        if self.endpoint.startswith("unix:"):
+            return Path(self.endpoint.removeprefix("unix:"))
+        return None
+
+    @field_validator("gpus")
+    @classmethod
+    def _unique_gpus(cls, value: list[int]) -> list[int]:
+        if len(set(value)) != len(value):
+            raise ValueError("lists a device twice")
+        return value
+
+    @model_validator(mode="after")
+    def _runtime_fields(self) -> Self:
+        if self.gpu_memory_gb is not None and self.gpu_memory_utilization is not None:
+            raise ValueError("set gpu_memory_gb or gpu_memory_utilization, not both")
+        if self.runtime == "docker" and not (self.container or self.image):
+            raise ValueError("a docker model needs `container` (existing) or `image` (to create)")
+        if self.runtime == "process" and not self.command:
+            raise ValueError("a process model needs `command`")
+        if self.pinned and self.idle_unload_after_s is not None:
+            raise ValueError("a pinned model is never unloaded: drop idle_unload_after_s")
+        if self.api_key_file is not None and (
+            "VLLM_API_KEY" in self.env
+            or any(arg.split("=")[0] == "--api-key" for arg in self.command or [])
+        ):
+            # Two keys would disagree: the gateway would send one, vLLM expect the other.
+            raise ValueError(
+                "api_key_file sets the backend's key: drop VLLM_API_KEY from env "
+                "and --api-key from command"
+            )
+        return self
+
+    @property
+    def launch_command(self) -> list[str] | None:
+        """The command to run: `command`, with `--enable-sleep-mode` when sleep_mode is on."""
+        if self.command is None:
+            return None
+        if self.sleep_mode and SLEEP_MODE_FLAG not in self.command:
+            return [*self.command, SLEEP_MODE_FLAG]
+        return list(self.command)
+
+    @property
+    def launch_env(self) -> dict[str, str]:
+        """The environment to add: `env`, with vLLM's dev mode (which serves /sleep) when
+        sleep_mode is on."""
+        return {**({"VLLM_SERVER_DEV_MODE": "1"} if self.sleep_mode else {}), **self.env}
+
+    @property
+    def parked_ram_gb(self) -> float:
+        """Host RAM its weights take while parked."""
+        return self.park_ram_gb if self.park_ram_gb is not None else self.size_gb
+
+    @property
+    def container_name(self) -> str:
+        """The Docker container's name: the configured one, or `modeld-<model>`."""
+        return self.container or f"modeld-{self.name}"
+
+
+class MetricsConfig(_Strict):
+    """The optional `[metrics]` table: Prometheus metrics over HTTP."""
+
+    listen: str | None = None
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, value: str | None) -> str | None:
+        return value if value is None else _host_port(value)
+
+
+def _host_port(value: str) -> str:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError('must be "host:port", e.g. "127.0.0.1:8080"')
+    return value
+
+
+class GatewayConfig(_Strict):
+    """The `[gateway]` table, read by `modeld-gateway` (the daemon only checks it)."""
+
+    listen: str = "127.0.0.1:8080"
+    # The daemon's socket; default: daemon.socket.
+    socket: Path | None = None
+    # Bearer keys; when any is set, every endpoint but the dashboard's files needs one.
+    # Each entry is "KEY" or "NAME KEY" (the name shows in logs and metrics, never the
+    # key). api_keys are admins (everything); inference_keys may run inference and read
+    # models, status and events, and their loads are budgeted (key_loads_per_minute).
+    api_keys: list[Annotated[str, Field(min_length=8)]] = Field(default_factory=list)
+    api_keys_file: Path | None = None
+    inference_keys: list[Annotated[str, Field(min_length=8)]] = Field(default_factory=list)
+    inference_keys_file: Path | None = None
+    # Loads and wakes one non-admin key's requests may cause in a sliding minute (0: no
+    # limit); past it, a request that would cause one more is 429 load_rate_limited.
+    key_loads_per_minute: Annotated[int, Field(ge=0)] = 10
+    # Host names (the Host header) served besides the listen address and loopback's, and
+    # browser origins allowed besides the gateway's own (answered with CORS headers).
+    allowed_hosts: list[Annotated[str, Field(min_length=1, max_length=253)]] = Field(
+        default_factory=list
+    )
+    allowed_origins: list[Annotated[str, Field(pattern=r"^https?://[^/\s]+$")]] = Field(
+        default_factory=list
+    )
+    # A request body larger than this, counted after decompression, is refused (413)
+    # before it is read further; one that does not arrive within body_timeout_s is
+    # refused (408).
+    max_body_bytes: Annotated[int, Field(ge=1024)] = 16 * 1024 * 1024
+    body_timeout_s: PositiveFloat = 60.0
+    # An answer still going after this long is cut and its lease released.
+    max_request_s: PositiveFloat = 3600.0
+    # How long a request waits for its model to run (its load, or its turn behind others).
+    acquire_timeout_s: PositiveFloat = 600.0
+    # The backend must accept the connection within this, and send each next piece of
+    # its answer within upstream_read_timeout_s (a long answer is fine; a stalled one is not).
+    upstream_connect_timeout_s: PositiveFloat = 10.0
+    upstream_read_timeout_s: PositiveFloat = 600.0
+    # A caller that leaves a piece of its answer untaken this long (checked every that
+    # long: cut off after one to two times it) is cut off: one that stops reading would
+    # otherwise hold its model's lease, so nothing could ever evict it.
+    client_write_timeout_s: PositiveFloat = 60.0
+    # Requests in flight at once (waiting included); past it, 429. One inference key may
+    # hold at most max_requests_per_key of them.
+    max_requests: Annotated[int, Field(ge=1)] = 1024
+    max_requests_per_key: Annotated[int, Field(ge=1)] = 128
+    # Server-sent event streams (/events) at once, and per client (its key, or its
+    # address on a gateway without keys).
+    max_event_streams: Annotated[int, Field(ge=1)] = 64
+    max_event_streams_per_client: Annotated[int, Field(ge=1)] = 8
+    # Client connections at once (past it a new one is answered 503 and closed); a request's
+    # headers must arrive within header_timeout_s of the connection's opening (or of its
+    # first byte after an answer); a silent connection closes after keepalive_timeout_s.
+    max_connections: Annotated[int, Field(ge=1)] = 4096
+    header_timeout_s: PositiveFloat = 30.0
+    keepalive_timeout_s: PositiveFloat = 75.0
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, value: str) -> str:
+        return _host_port(value)
+
+
+class Config(_Strict):
+    """The whole configuration file."""
+
+    daemon: DaemonConfig = Field(default_factory=DaemonConfig)
+    gpu: GpuConfig = Field(default_factory=GpuConfig)
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig)
+    gateway: GatewayConfig = Field(default_factory=GatewayConfig)
+    models: dict[str, ModelConfig]
+
+    @model_validator(mode="before")
+    @classmethod
+    def _name_models(cls, data: object) -> object:
+        # Each model learns its own name from its table key, so it can be passed around alone.
+        if isinstance(data, dict) and isinstance(data.get("models"), dict):
+            data = dict(data)
+            data["models"] = {
+                name: ({**table, "name": name} if isinstance(table, dict) else table)
+                for name, table in data["models"].items()
+            }
+        return data
+
+    @model_validator(mode="after")
+    def _devices_exist(self) -> Self:
+        if not self.models:
+            raise ValueError("declare at least one model under [models]")
+        for name in self.models:
+            if not MODEL_NAME.match(name):
+                # The gateway refuses any other name before a lookup (gateway/body.py).
+                raise ValueError(
+                    f"models.{name[:64]!r}: a model's name is 1 to 128 letters, digits and "
+                    "._:/@+- (starting with a letter or digit)"
+                )
+        unknown = [name for name in self.daemon.preload if name not in self.models]
+        if unknown:
+            raise ValueError(f"daemon.preload: {unknown[0]!r} is not a configured model")
+        if self.gpu.backend == "simulated":
+            # The simulated GPU's devices are known now; NVML's at start (check_devices).
+            missing = missing_device(self.models, set(range(len(self.gpu.devices_gb))))
+            if missing:
+                raise ValueError(f"{missing} (the simulated GPU has {len(self.gpu.devices_gb)})")
+        return self
+
+
+LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1", "[::1]"})
+
+
+def _loopback(host: str) -> bool:
+    return host in LOOPBACK_HOSTS or host.startswith("127.")
+
+
+def config_warnings(config: Config) -> list[str]:
+    """What is valid but risky in a config: an operator should hear of it at start."""
+    warnings = []
+    for name, model in config.models.items():
+        host = urlsplit(model.endpoint).hostname or ""
+        if model.sleep_mode and model.socket_path is None and _loopback(host):
+            warnings.append(
+                f"models.{name}: sleep_mode serves vLLM's unauthenticated admin endpoints "
+                f"(/sleep, /collective_rpc) on {model.endpoint}, which every local user can "
+                'reach: prefer endpoint = "unix:/run/modeld/backends/NAME.sock" (vLLM --uds)'
+            )
+        if model.sleep_mode and model.socket_path is None and not _loopback(host):
+            warnings.append(
+                f"models.{name}: sleep_mode runs vLLM with VLLM_SERVER_DEV_MODE=1, which serves "
+                f"unauthenticated admin endpoints, and its endpoint {model.endpoint} is not on "
+                "loopback: keep the backend reachable only from this host"
+            )
+        for spec in model.ports:
+            parts = spec.split(":")
+            if len(parts) == 3 and not _loopback(parts[0].strip("[]")):
+                warnings.append(
+                    f"models.{name}.ports: {spec!r} publishes the backend on {parts[0]}, "
+                    "beyond loopback: anyone who reaches it can use the model without modeld"
+                )
+    gateway = config.gateway
+    host = gateway.listen.rpartition(":")[0].strip("[]")
+    keyed = (
+        gateway.api_keys
+        or gateway.api_keys_file
+        or gateway.inference_keys
+        or gateway.inference_keys_file
+    )
+    if not _loopback(host) and not keyed:
+        warnings.append(
+            f"gateway.listen: {gateway.listen} is beyond loopback and no api_keys are set: "
+            "anyone who reaches it can load, switch and stop models"
+        )
+    return warnings
+
+
+def missing_device(models: Mapping[str, ModelConfig], present: set[int]) -> str | None:
+    """The one rule for GPU indexes: the first model naming a device this host lacks, as
+    "models.NAME.gpus: device N does not exist", or None."""
+    for name, model in models.items():
+        missing = [gpu for gpu in model.gpus if gpu not in present]
+        if missing:
+            return f"models.{name}.gpus: device {missing[0]} does not exist"
+    return None
+
+
+def check_devices(models: Mapping[str, ModelConfig], present: set[int]) -> None:
+    """ConfigError (naming the field) when a model names a device this host lacks."""
+    if missing := missing_device(models, present):
+        raise ConfigError(
+            f"{missing} (this host has {len(present)})", fields=[missing.split(":")[0]]
+        )
+
+
+def _field_path(loc: tuple[int | str, ...]) -> str:
+    return ".".join(str(part) for part in loc) or "(top level)"
+
+
+def parse_config(data: dict[str, object], source: str = "<config>") -> Config:
+    """Validate a parsed TOML document; raise ConfigError naming the source and fields."""
+    try:
+        return Config.model_validate(data)
+    except ValidationError as exc:
+        problems = [f"{_field_path(err['loc'])}: {err['msg']}" for err in exc.errors()]
+        raise ConfigError(
+            f"{source}: invalid configuration: " + "; ".join(problems),
+            file=source,
+            fields=[_field_path(err["loc"]) for err in exc.errors()],
+        ) from None
+
+
+def load_config(path: Path) -> Config:
+    """Read and validate a TOML configuration file."""
+    try:
+        with path.open("rb") as handle:
+            data = tomllib.load(handle)
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}", file=str(path)) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}", file=str(path)) from None
+    return parse_config(data, str(path))

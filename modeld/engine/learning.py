@@ -1,0 +1,119 @@
+"""Learning: what modeld measures on this host and keeps across restarts (load and wake
+times, peak and parked memory), kept current by transitions and GPU readings and saved
+in the background."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Iterable
+
+import structlog
+
+from modeld.adapters.gpu.base import GpuReading
+from modeld.adapters.store import (
+    Learned,
+    Store,
+    learned_peak,
+    learned_residual,
+    remember_load,
+    remember_peak,
+    remember_residual,
+    remember_wake,
+)
+from modeld.core.memory import model_need
+from modeld.core.states import State
+from modeld.engine.lifecycle import Transition
+from modeld.engine.record import ModelRecord
+
+log = structlog.get_logger("modeld.engine.learning")
+
+# Measured use beyond the configured need by more than this is reported.
+OVER_PLAN_TOLERANCE_GB = 0.5
+
+
+class Learning:
+    """Owns the learned figures: loads them at start, updates records, saves changes."""
+
+    def __init__(self, store: Store, records: Callable[[], Iterable[ModelRecord]]) -> None:
+        self._store = store
+        self._records = records
+        self.learned = Learned()
+        self._saving: asyncio.Task[None] | None = None
+
+    async def load(self) -> None:
+        """Read the state file (off the loop) and give each record its figures."""
+        self.learned = await asyncio.to_thread(self._store.load)
+        for record in self._records():
+            if learned := self.learned.models.get(record.name):
+                record.loading.learned_s = learned.typical_load_s()
+                record.sleep.learned_wake_s = learned.typical_wake_s()
+                record.memory.learned_gb = learned_peak(learned, record.config)
+                record.memory.residual_gb = learned_residual(learned, record.config)
+
+    def on_transition(self, event: Transition) -> None:
+        """A load or wake modeld timed has ended: remember how long it took."""
+        record = event.record
+        if event.load_s is not None:
+            remember_load(self.learned, record.name, event.load_s)
+            record.loading.learned_s = self.learned.models[record.name].typical_load_s()
+            self.save()
+        if event.wake_s is not None:
+            remember_wake(self.learned, record.name, event.wake_s)
+            record.sleep.learned_wake_s = self.learned.models[record.name].typical_wake_s()
+            self.save()
+
+    def config_changed(self, record: ModelRecord) -> None:
+        """Its settings changed: only a peak learned under the new ones counts."""
+        record.memory.learned_gb = learned_peak(self.learned.models.get(record.name), record.config)
+
+    def parked(self, record: ModelRecord, measured: dict[int, float]) -> None:
+        """What a model kept on the GPU once parked, as measured."""
+        record.memory.residual_gb = dict(measured)
+        remember_residual(self.learned, record.config, dict(measured))
+        self.save()
+
+    def memory(self, reading: GpuReading) -> None:
+        """Remember each running model's peak measured memory; report one that has grown
+        past what its configuration promised (the plan was built on that figure)."""
+        totals = {d.index: d.total_gb for d in reading.devices}
+        grew = False
+        for record in self._records():
+            measured = reading.per_model.get(record.name)
+            if record.state is not State.RUNNING or not measured:
+                continue
+            if not all(gpu in measured for gpu in record.config.gpus):
+                continue
+            if remember_peak(self.learned, record.config, dict(measured)):
+                grew = True
+                self.config_changed(record)
+            planned = model_need(record.config, totals)
+            over = sum(measured.values()) - planned.total_gb
+            if over > OVER_PLAN_TOLERANCE_GB and record.memory.over_plan_gb is None:
+                record.memory.over_plan_gb = round(over, 2)
+                log.warning(
+                    "memory.over_plan",
+                    model=record.name,
+                    planned_gb=planned.total_gb,
+                    planned_source=planned.source.value,
+                    measured_gb=round(sum(measured.values()), 2),
+                )
+        if grew:
+            self.save()
+
+    def save(self) -> None:
+        """Write the learned figures in the background: a waiting caller need not wait for
+        an fsync. Saves run one after another, each a snapshot, so the last one wins."""
+        snapshot = self.learned.model_copy(deep=True)
+        previous = self._saving
+
+        async def save() -> None:
+            if previous is not None:
+                await asyncio.wait({previous})
+            await asyncio.to_thread(self._store.save, snapshot)
+
+        self._saving = asyncio.create_task(save(), name="save-learned")
+
+    async def close(self) -> None:
+        """Let the last save finish: learned figures are not lost at exit."""
+        if self._saving is not None:
+            await asyncio.wait({self._saving})

@@ -1,0 +1,173 @@
+"""Leases: requests in flight on a model. A model with leases (or with acquires waiting
+to be granted on it) is never stopped, parked or idle-unloaded to make room; a switch
+that needs its memory drains it instead: new acquires for it wait at the gate, the
+leases held end, then the switch goes on (or, past drain_timeout_s, fails with
+models_busy having stopped nothing). Leases belong to the connection that took them."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import secrets
+import time
+from collections import Counter
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+
+from modeld.core.errors import ModelsBusy, UnknownLease
+from modeld.engine.record import ModelRecord
+
+# The owner of the leases the daemon holds on the models it found running at startup.
+ADOPTION = -1
+
+
+@dataclass(frozen=True)
+class Lease:
+    """One request in flight on a model, held by one connection (or by the daemon
+    itself: ADOPTION)."""
+
+    id: str
+    model: str
+    owner: int
+    since: float
+
+
+class Leases:
+    """Who holds which model, who is waiting to, and which models are draining."""
+
+    def __init__(self, records: Mapping[str, ModelRecord]) -> None:
+        # The live records: a model's lease count is kept on its record (status shows it).
+        self._records = records
+        self._by_id: dict[str, Lease] = {}
+        self._waiting: Counter[str] = Counter()
+        self._draining: dict[str, asyncio.Event] = {}
+        self._changed = asyncio.Event()
+        # Models found running at startup: the hold's lease and the timer that ends it.
+        self._holds: dict[str, tuple[str, asyncio.TimerHandle]] = {}
+
+    def held(self, name: str) -> int:
+        """Leases held on `name` now."""
+        record = self._records.get(name)
+        return record.usage.leases if record is not None else 0
+
+    def protected(self, name: str) -> bool:
+        """Not to be evicted: leases held, or acquires waiting to be granted on it."""
+        return self.held(name) > 0 or self._waiting[name] > 0
+
+    def grant(self, record: ModelRecord, owner: int) -> Lease:
+        """A new lease on `record` for connection `owner`."""
+        lease = Lease(secrets.token_hex(12), record.name, owner, time.time())
+        self._by_id[lease.id] = lease
+        record.usage.leases += 1
+        return lease
+
+    def release(self, lease_id: str, owner: int | None = None) -> Lease:
+        """End a lease (only its own connection's, when `owner` is given)."""
+        lease = self._by_id.get(lease_id)
+        if lease is None or (owner is not None and lease.owner != owner):
+            raise UnknownLease(f"no lease {lease_id!r} held on this connection", lease=lease_id)
+        del self._by_id[lease_id]
+        if (record := self._records.get(lease.model)) is not None:  # a reload may remove it
+            record.usage.leases -= 1
+        self._tell()
+        return lease
+
+    def hold(self, record: ModelRecord, seconds: float) -> None:
+        """Hold a lease on `record` for up to `seconds` (a model found running at
+        startup: the requests it was serving when the last daemon stopped are invisible
+        here until their routers take their leases again)."""
+        lease = self.grant(record, ADOPTION)
+        timer = asyncio.get_running_loop().call_later(seconds, self.end_hold, record.name)
+        self._holds[record.name] = (lease.id, timer)
+
+    def holding(self, name: str) -> bool:
+        """Whether the daemon still holds `name` from startup."""
+        return name in self._holds
+
+    def end_hold(self, name: str) -> None:
+        """End the startup hold on `name`, if it has one (its time is up, or its backend
+        says it serves nothing)."""
+        held = self._holds.pop(name, None)
+        if held is None:
+            return
+        lease_id, timer = held
+        timer.cancel()
+        with contextlib.suppress(UnknownLease):
+            self.release(lease_id)
+
+    def close(self) -> None:
+        """Drop the timers of the holds still running (the daemon stops)."""
+        for _, timer in self._holds.values():
+            timer.cancel()
+        self._holds.clear()
+
+    def release_owner(self, owner: int) -> int:
+        """End every lease a connection holds (it closed); how many."""
+        mine = [lease.id for lease in self._by_id.values() if lease.owner == owner]
+        for lease_id in mine:
+            self.release(lease_id)
+        return len(mine)
+
+    @contextlib.contextmanager
+    def queued(self, record: ModelRecord) -> Iterator[None]:
+        """An acquire for `record`'s model from its start to its lease or error (status
+        shows how many wait); unlike `waiting`, it does not protect the model."""
+        record.usage.waiting += 1
+        try:
+            yield
+        finally:
+            record.usage.waiting -= 1
+
+    @contextlib.contextmanager
+    def waiting(self, name: str) -> Iterator[None]:
+        """An acquire in flight for `name`: protects the model once it runs."""
+        self._waiting[name] += 1
+        try:
+            yield
+        finally:
+            self._waiting[name] -= 1
+            self._tell()
+
+    async def gate(self, name: str) -> None:
+        """Return once `name` is not draining: new acquires wait while it drains."""
+        while (drain := self._draining.get(name)) is not None:
+            await drain.wait()
+
+    def begin_drain(self, names: Iterable[str]) -> list[str]:
+        """Close the gate on `names`; the ones this call closed (to reopen later)."""
+        closed = [name for name in names if name not in self._draining]
+        for name in closed:
+            self._draining[name] = asyncio.Event()
+        return closed
+
+    def end_drain(self, names: Iterable[str]) -> None:
+        """Open the gate on `names` again: waiting acquires go on."""
+        for name in names:
+            if (drain := self._draining.pop(name, None)) is not None:
+                drain.set()
+
+    def draining(self, name: str) -> bool:
+        """Whether new acquires for `name` wait."""
+        return name in self._draining
+
+    async def drained(self, names: list[str], timeout: float) -> None:
+        """Return once no lease is held and no acquire waits on any of `names`;
+        ModelsBusy naming them and their leases after `timeout`."""
+        try:
+            async with asyncio.timeout(timeout):
+                while any(self.protected(name) for name in names):
+                    changed = self._changed
+                    await changed.wait()
+        except TimeoutError:
+            busy = {name: self.held(name) for name in names if self.protected(name)}
+            raise ModelsBusy(
+                f"models still serving requests after {timeout:g}s: "
+                + ", ".join(f"{name} ({count} leases)" for name, count in busy.items())
+                + "; nothing was stopped (force evicts anyway)",
+                busy=busy,
+                drain_timeout_s=timeout,
+            ) from None
+
+    def _tell(self) -> None:
+        changed, self._changed = self._changed, asyncio.Event()
+        changed.set()

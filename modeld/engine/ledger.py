@@ -1,0 +1,234 @@
+"""The GPU as the Supervisor sees it: the last reading, its freshness, and the memory
+arithmetic its decisions need. The ledger reads; it never changes a model's state."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import structlog
+
+from modeld.adapters.gpu.base import BackendRef, GpuMonitor, GpuReading
+from modeld.core.config import Config
+from modeld.core.errors import GpuUnavailable, OperationTimeout
+from modeld.core.memory import Need, model_need
+from modeld.core.planner import Candidate, Device, Infeasible, Plan, Target, plan_switch
+from modeld.core.states import State
+from modeld.engine.record import ModelRecord
+from modeld.engine.views import device_totals, gpu_view, held_memory, record_need, residual_memory
+
+log = structlog.get_logger("modeld.engine.ledger")
+
+# Models whose backends hold GPU memory a plan may take back.
+HOLDERS = frozenset({State.RUNNING, State.LOADING, State.SLEEPING})
+
+
+class GpuLedger:
+    """Reads the GPU monitor, keeps the last good reading, and plans memory."""
+
+    def __init__(
+        self,
+        monitor: GpuMonitor,
+        config: Config,
+        host_ram: Callable[[], float | None] | None = None,
+    ) -> None:
+        self._monitor = monitor
+        self.config = config
+        # Host RAM a park may still take (None: unknown, or simulated as with the
+        # simulated GPU, whose fake backends move no weights).
+        self._host_ram = host_ram
+        self.reading: GpuReading | None = None
+        self._read_at = 0.0
+        self.error: str | None = None
+
+    async def read(self, records: Iterable[ModelRecord]) -> GpuReading:
+        """A fresh reading; a recent one (marked stale) if the driver fails; else GpuUnavailable."""
+        try:
+            reading = await self._monitor.read(self._backend_refs(records))
+        except GpuUnavailable as exc:
+            self.error = exc.message
+            age = time.monotonic() - self._read_at
+            if self.reading is not None and age <= self.config.gpu.stale_after_s:
+                log.warning("gpu.stale_reading", error=exc.message, age_s=round(age, 2))
+                return self.reading
+            raise
+        self.reading = reading
+        self._read_at = time.monotonic()
+        self.error = None
+        return reading
+
+    def view(self) -> dict[str, Any]:
+        """The last reading in the seed's `gpu` shape, with devices and freshness."""
+        return gpu_view(self.reading, self._monitor.backend, self.error, self.error is not None)
+
+    def free_gb(self) -> dict[str, float]:
+        """Free GB per device in the last reading (for logs)."""
+        devices = self.reading.devices if self.reading else ()
+        return {str(d.index): round(d.free_gb, 2) for d in devices}
+
+    def need(self, record: ModelRecord) -> Need:
+        """What `record` needs per device on this host's devices."""
+        return record_need(record, device_totals(self.reading))
+
+    def _backend_refs(self, records: Iterable[ModelRecord]) -> list[BackendRef]:
+        totals = device_totals(self.reading) or dict(enumerate(self.config.gpu.devices_gb))
+        return [
+            BackendRef(
+                model=r.name,
+                pid=r.backend.pid,
+                container_id=r.backend.id,
+                expected_gb=model_need(r.config, totals).per_device,
+                parked=r.state is State.SLEEPING,
+            )
+            for r in records
+            if r.backend is not None and r.backend.pid
+        ]
+
+    def plan_inputs(
+        self,
+        target: ModelRecord,
+        records: Iterable[ModelRecord],
+        reading: GpuReading,
+        protected: Callable[[str], bool] = lambda _: False,
+    ) -> tuple[Target, list[Device], list[Candidate]]:
+        """Plain data for the planner: free memory net of loads still growing; who holds what,
+        and who may be parked."""
+        totals = device_totals(reading)
+        pending: dict[int, float] = defaultdict(float)
+        candidates = []
+        parking = self.config.daemon.park_ram_gb > 0
+        for record in records:
+            if record is target or record.state not in HOLDERS:
+                continue
+            held, _ = held_memory(record, reading)
+            if record.state is State.LOADING:
+                # A loading vLLM has not yet reserved all it will: count the rest as taken.
+                for device, gb in record_need(record, totals).per_device.items():
+                    pending[device] += max(0.0, gb - held.get(device, 0.0))
+                    held[device] = max(gb, held.get(device, 0.0))
+            candidates.append(
+                Candidate(
+                    record.name,
+                    held,
+                    record.config.size_gb,
+                    record.usage.last_used,
+                    # A loading model has callers waiting on it, a leased one requests in
+                    # flight: neither is evicted under them.
+                    record.config.pinned or record.state is State.LOADING or protected(record.name),
+                    reload_s=record.load_estimate_s(),
+                    demand=record.usage.demand,
+                    can_park=(
+                        parking and record.config.sleep_mode and record.state is State.RUNNING
+                    ),
+                    parked=record.state is State.SLEEPING,
+                    residual_gb=residual_memory(record, reading),
+                    park_ram_gb=record.config.parked_ram_gb,
+                    wake_s=record.wake_estimate()[0],
+                )
+            )
+        devices = [
+            Device(d.index, d.total_gb, d.free_gb - pending[d.index]) for d in reading.devices
+        ]
+        target_need = dict(record_need(target, totals).per_device)
+        if target.state is State.SLEEPING:
+            # Waking needs only what its residual does not already hold.
+            held, _ = held_memory(target, reading)
+            target_need = {d: max(0.0, gb - held.get(d, 0.0)) for d, gb in target_need.items()}
+        return Target(target.name, target_need), devices, candidates
+
+    def ram_free_gb(self, records: Iterable[ModelRecord]) -> float:
+        """Host RAM a park may take: what is left of park_ram_gb after the parked models,
+        and never more than the host has to spare."""
+        budget = self.config.daemon.park_ram_gb - self.ram_parked_gb(records)
+        spare = self._host_ram() if self._host_ram is not None else None
+        return budget if spare is None else min(budget, spare)
+
+    @staticmethod
+    def ram_parked_gb(records: Iterable[ModelRecord]) -> float:
+        """Host RAM the weights of parked models take."""
+        return sum(r.config.parked_ram_gb for r in records if r.state is State.SLEEPING)
+
+    def plan(
+        self,
+        target: ModelRecord,
+        records: Iterable[ModelRecord],
+        reading: GpuReading,
+        protected: Callable[[str], bool] = lambda _: False,
+    ) -> Plan | Infeasible:
+        """Who to stop so `target` fits, under the configured eviction policy.
+
+        Memory that backends stopped a moment ago still hold, but that the driver is about
+        to release, counts as free here (so the plan stops no one for it); the start
+        itself still waits until the driver shows it free (wait_for_room).
+        """
+        everyone = list(records)
+        need, devices, candidates = self.plan_inputs(target, everyone, reading, protected)
+        releasing = self.releasing(everyone, reading)
+        devices = [
+            Device(d.index, d.total_gb, d.free_gb + releasing.get(d.index, 0.0)) for d in devices
+        ]
+        return plan_switch(
+            need,
+            devices,
+            candidates,
+            self.config.daemon.eviction_policy,
+            max(0.0, self.ram_free_gb(everyone)),
+        )
+
+    def releasing(self, records: Iterable[ModelRecord], reading: GpuReading) -> dict[int, float]:
+        """Per device, memory that stopped backends held and the driver has not yet freed:
+        what no model holds now beyond what no model held before they stopped, at most
+        what they held. Known only where the driver reports per-process use."""
+        if not reading.per_process:
+            return {}
+        now = time.monotonic()
+        unattributed = self.unattributed(reading)
+        credit: dict[int, float] = defaultdict(float)
+        for record in records:
+            if record.memory.releasing_gb is None or now > record.memory.releasing_until:
+                continue
+            for device, gb in record.memory.releasing_gb.items():
+                lingering = unattributed.get(device, 0.0) - record.memory.releasing_base.get(
+                    device, 0.0
+                )
+                credit[device] += max(0.0, min(gb, lingering))
+        return dict(credit)
+
+    @staticmethod
+    def unattributed(reading: GpuReading) -> dict[int, float]:
+        """Per device, memory held by no model's live processes."""
+        return {
+            d.index: d.used_gb - sum(m.get(d.index, 0.0) for m in reading.per_model.values())
+            for d in reading.devices
+        }
+
+    async def wait_for_room(self, target: ModelRecord, records: Iterable[ModelRecord]) -> None:
+        """Poll the GPU until `target` fits without stopping anything, or time out."""
+        daemon = self.config.daemon
+        everyone = list(records)
+        deadline = time.monotonic() + daemon.memory_release_timeout_s
+        while True:
+            need, devices, _ = self.plan_inputs(target, everyone, await self.read(everyone))
+            free = {d.index: d.free_gb for d in devices}
+            short = {
+                str(dev): round(gb - free.get(dev, 0.0), 2)
+                for dev, gb in need.need_gb.items()
+                if free.get(dev, 0.0) + 1e-6 < gb
+            }
+            if not short:
+                return
+            if time.monotonic() >= deadline:
+                raise OperationTimeout(
+                    f"GPU memory for {target.name} was not released within "
+                    f"{daemon.memory_release_timeout_s}s",
+                    model=target.name,
+                    short_gb=short,
+                )
+            await asyncio.sleep(daemon.memory_poll_interval_s)
+
+    async def close(self) -> None:
+        """Release the driver."""
+        await self._monitor.close()

@@ -1,0 +1,181 @@
+"""The monitor: every poll_interval_s, look at what changed behind modeld's back.
+
+It only reads (the GPU, each backend's runtime state, `/health`, `/is_sleeping`,
+`/metrics`, the HF cache) and reports what it saw to the Supervisor, which alone
+changes records. Each report carries the record's generation from before the look:
+an observation made before another change is dropped rather than applied.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable
+from typing import Protocol
+
+import structlog
+
+from modeld.adapters.gpu.base import GpuReading
+from modeld.adapters.hfcache import Download, download_state, hf_cache_dir, signature
+from modeld.adapters.runtime.base import BackendState, BackendStatus, Runtime
+from modeld.adapters.vllm import Health, VllmClient
+from modeld.core.activity import Activity
+from modeld.core.config import DaemonConfig
+from modeld.core.errors import GpuUnavailable, ModeldError, RuntimeUnavailable
+from modeld.core.states import State
+from modeld.engine.ledger import GpuLedger
+from modeld.engine.record import ModelRecord
+
+log = structlog.get_logger("modeld.engine.monitor")
+
+# Loading and stopping models are watched by the operation that moves them.
+WATCHED = frozenset({State.RUNNING, State.SLEEPING, State.STOPPED, State.FAILED})
+
+
+class Observer(Protocol):
+    """What the monitor reports to: the Supervisor."""
+
+    def records(self) -> list[ModelRecord]:
+        """Every model's record."""
+        ...
+
+    def runtime_for(self, record: ModelRecord) -> Runtime:
+        """The runtime a model's backend runs in."""
+        ...
+
+    def seen_runtime(self, kind: str, error: str | None) -> None:
+        """A runtime answered (error None) or did not."""
+        ...
+
+    def seen_memory(self, reading: GpuReading) -> None:
+        """A fresh GPU reading."""
+        ...
+
+    def seen_exit(
+        self, record: ModelRecord, generation: int, exit_code: int | None, lines: list[str]
+    ) -> None:
+        """A running or parked model's backend is gone."""
+        ...
+
+    def seen_health(self, record: ModelRecord, generation: int, health: Health) -> None:
+        """What a running or parked model's /health said."""
+        ...
+
+    def seen_asleep(self, record: ModelRecord, generation: int, asleep: bool) -> None:
+        """What a sleep-mode model's /is_sleeping said."""
+        ...
+
+    def seen_running(self, record: ModelRecord, generation: int, backend: BackendStatus) -> None:
+        """A stopped or failed model's backend runs (and, if it failed, answers)."""
+        ...
+
+    def wants_activity(self, record: ModelRecord) -> bool:
+        """Whether a running model's request metrics are needed."""
+        ...
+
+    def seen_activity(
+        self, record: ModelRecord, generation: int, activity: Activity | None
+    ) -> None:
+        """A running model's request metrics (None: unreadable)."""
+        ...
+
+    def seen_download(self, name: str, download: Download | None) -> None:
+        """What the HF cache holds for a model, after its entry changed."""
+        ...
+
+
+class Monitor:
+    """Polls the world and reports to the Supervisor; never changes a record itself."""
+
+    def __init__(
+        self,
+        observer: Observer,
+        ledger: GpuLedger,
+        vllm: VllmClient,
+        settings: Callable[[], DaemonConfig],
+    ) -> None:
+        self._observer = observer
+        self._ledger = ledger
+        self._vllm = vllm
+        self._settings = settings
+        self._download_marks: dict[str, tuple[float, ...] | None] = {}
+
+    async def run(self) -> None:
+        """Poll every poll_interval_s until cancelled; no single bad pass ends it."""
+        while True:
+            await asyncio.sleep(self._settings().poll_interval_s)
+            try:
+                await self.poll_once()
+            except Exception:
+                log.exception("monitor.poll_failed")
+
+    async def poll_once(self) -> None:
+        """One pass: the GPU, then each model's backend, then the HF cache."""
+        records = self._observer.records()
+        with contextlib.suppress(GpuUnavailable):
+            self._observer.seen_memory(await self._ledger.read(records))
+        await asyncio.gather(*(self._observe(r) for r in records if r.state in WATCHED))
+        await self._scan_downloads(records)
+
+    async def _observe(self, record: ModelRecord) -> None:
+        generation = record.generation
+        runtime = self._observer.runtime_for(record)
+        try:
+            backend = await runtime.inspect(record.config)
+        except RuntimeUnavailable as exc:
+            self._observer.seen_runtime(record.config.runtime, exc.message)
+            return
+        except ModeldError as exc:
+            # E.g. a stranger's container under the model's name: nothing to adopt.
+            log.debug("monitor.inspect_refused", model=record.name, error=exc.message)
+            return
+        self._observer.seen_runtime(record.config.runtime, None)
+        if record.generation != generation:
+            return
+        if record.state in (State.RUNNING, State.SLEEPING):
+            await self._observe_live(record, backend, generation)
+        elif backend.state is BackendState.RUNNING:
+            # Re-adopt a failed model only once it truly answers again.
+            failed = record.state is State.FAILED
+            if failed and await self._vllm.health(record.config.endpoint) is not Health.HEALTHY:
+                return
+            self._observer.seen_running(record, generation, backend)
+
+    async def _observe_live(
+        self, record: ModelRecord, backend: BackendStatus, generation: int
+    ) -> None:
+        """A running or parked model: has it died, been parked or woken behind modeld's
+        back, or gone idle?"""
+        if backend.state is not BackendState.RUNNING:
+            lines = await self._observer.runtime_for(record).logs(record.config)
+            self._observer.seen_exit(record, generation, backend.exit_code, lines)
+            return
+        self._observer.seen_health(
+            record, generation, await self._vllm.health(record.config.endpoint)
+        )
+        asleep = await self._vllm.says_asleep(record.config)
+        if asleep is not None:
+            self._observer.seen_asleep(record, generation, asleep)
+        watch = self._observer.wants_activity(record)
+        if watch and record.generation == generation and record.state is State.RUNNING:
+            activity = await self._vllm.activity(record.config.endpoint)
+            self._observer.seen_activity(record, generation, activity)
+
+    async def _scan_downloads(self, records: list[ModelRecord]) -> None:
+        """Refresh what the HF cache holds for each model, off the loop, only for models
+        whose cache entry changed since the last look."""
+        cache = hf_cache_dir(self._settings().hf_cache_dir)
+        paths = {r.name: r.config.hf_path for r in records if r.config.hf_path}
+        marks = dict(self._download_marks)
+
+        def scan() -> dict[str, tuple[tuple[float, ...] | None, Download | None]]:
+            found = {}
+            for name, hf_path in paths.items():
+                mark = signature(cache, hf_path)
+                if mark is None or mark != marks.get(name):
+                    found[name] = (mark, download_state(cache, hf_path))
+            return found
+
+        for name, (mark, state) in (await asyncio.to_thread(scan)).items():
+            self._download_marks[name] = mark
+            self._observer.seen_download(name, state)

@@ -1,0 +1,109 @@
+"""Observations: the one door through which what the monitor saw (monitor.py) reaches
+model state. Each is applied only if the record has not changed since it was made."""
+
+from __future__ import annotations
+
+import structlog
+
+from modeld.adapters.gpu.base import GpuReading
+from modeld.adapters.hfcache import Download
+from modeld.adapters.runtime.base import BackendStatus, Runtime
+from modeld.adapters.vllm import Health
+from modeld.core.activity import Activity
+from modeld.core.states import Failure, State
+from modeld.engine.learning import Learning
+from modeld.engine.leases import Leases
+from modeld.engine.lifecycle import Lifecycle
+from modeld.engine.parking import Parking
+from modeld.engine.record import ModelRecord
+
+log = structlog.get_logger("modeld.engine.observations")
+
+
+class Observations:
+    """Applies the monitor's observations (the monitor's Observer)."""
+
+    def __init__(
+        self, lifecycle: Lifecycle, learning: Learning, parking: Parking, leases: Leases
+    ) -> None:
+        self._life = lifecycle
+        self._learning = learning
+        self._parking = parking
+        self._leases = leases
+
+    def records(self) -> list[ModelRecord]:
+        """Every model's record (the monitor reads them and never writes)."""
+        return list(self._life.records.values())
+
+    def runtime_for(self, record: ModelRecord) -> Runtime:
+        """The runtime a model's backend runs in."""
+        return self._life.runtime(record)
+
+    def seen_runtime(self, kind: str, error: str | None) -> None:
+        """A runtime answered (error None) or did not: shown in `status`."""
+        self._life.seen_runtime(kind, error)
+
+    def seen_memory(self, reading: GpuReading) -> None:
+        """A fresh GPU reading: learn running models' peaks."""
+        self._learning.memory(reading)
+
+    def seen_exit(
+        self, record: ModelRecord, generation: int, exit_code: int | None, lines: list[str]
+    ) -> None:
+        """A running or parked model's backend is gone: any exit modeld did not ask for is
+        a failure."""
+        if record.generation != generation:
+            return
+        record.backend = None
+        record.health = Health.UNKNOWN
+        why = f"backend exited with code {exit_code} without modeld asking"
+        failure = Failure(why, exit_code, tuple(lines))
+        self._life.transition(record, State.FAILED, "backend exited", failure)
+
+    def seen_health(self, record: ModelRecord, generation: int, health: Health) -> None:
+        """What /health said; 503 means vLLM's engine died."""
+        if record.generation != generation:
+            return
+        record.health = health
+        if health is Health.DEAD:
+            failure = Failure("/health answered 503: the engine died")
+            self._life.transition(record, State.FAILED, "engine died", failure)
+
+    def seen_asleep(self, record: ModelRecord, generation: int, asleep: bool) -> None:
+        """A model parked or woken behind modeld's back."""
+        if record.generation != generation:
+            return
+        if asleep:
+            self._leases.end_hold(record.name)  # a parked backend serves nothing
+        if asleep and record.state is State.RUNNING:
+            self._life.transition(record, State.SLEEPING, "found asleep")
+        elif not asleep and record.state is State.SLEEPING:
+            self._life.begin_loading(record, "found awake")
+
+    def seen_running(self, record: ModelRecord, generation: int, backend: BackendStatus) -> None:
+        """A stopped or failed model's backend runs: watch it to health."""
+        if record.generation != generation or record.state not in (State.STOPPED, State.FAILED):
+            return
+        record.backend = backend
+        self._life.begin_loading(record, "backend found running")
+
+    def wants_activity(self, record: ModelRecord) -> bool:
+        """Metrics are read for idle unload, and to end a startup hold on a backend that
+        serves nothing."""
+        return record.config.idle_unload_after_s is not None or self._leases.holding(record.name)
+
+    def seen_activity(
+        self, record: ModelRecord, generation: int, activity: Activity | None
+    ) -> None:
+        """A running model's request metrics: idle unload decides; a backend found running
+        at startup that serves nothing needs no hold (unreadable metrics keep it)."""
+        self._parking.seen_activity(record, generation, activity)
+        idle = activity is not None and not activity.in_flight
+        if idle and record.generation == generation and self._leases.holding(record.name):
+            log.info("lease.hold_ended", model=record.name, reason="nothing in flight")
+            self._leases.end_hold(record.name)
+
+    def seen_download(self, name: str, download: Download | None) -> None:
+        """What the HF cache holds for a model."""
+        if record := self._life.records.get(name):
+            record.download = download

@@ -1,0 +1,114 @@
+"""The status view: every model in the seed's fields and the GPU block, built from
+memory and rebuilt only when something it shows has changed (callers may ask thousands
+of times a second). The one signal is the Revision every record write and every other
+shown change bumps; elapsed times in the view are refreshed every STATUS_MAX_AGE_S."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+from modeld.core.jsonraw import RawJSON
+from modeld.core.states import State
+from modeld.engine.lifecycle import Lifecycle
+from modeld.engine.views import model_view, models_view, runtime_view
+
+# The view shows times (how long a model has been loading): at most this stale.
+STATUS_MAX_AGE_S = 0.5
+
+
+class StatusView:
+    """`status`, `gpu`, `models` and the systemd status line, from memory."""
+
+    def __init__(
+        self, lifecycle: Lifecycle, busy: Callable[[], int], subscribers: Callable[[], int]
+    ) -> None:
+        self._life = lifecycle
+        self._busy = busy
+        self._subscribers = subscribers
+        self._key: tuple[Any, ...] | None = None
+        self._view: dict[str, Any] = {}
+        self._json = RawJSON(b"{}")
+        self._redacted: RawJSON | None = None
+
+    def status(self) -> dict[str, Any]:
+        """The whole view (do not modify it)."""
+        self._refresh()
+        return self._view
+
+    def status_json(self, redacted: bool = False) -> RawJSON:
+        """The view serialized once per change; `redacted`: without the lines backends
+        printed (for callers who may not read logs)."""
+        self._refresh()
+        if not redacted:
+            return self._json
+        if self._redacted is None:
+            view = {**self._view, "models": _without_lines(self._view["models"])}
+            self._redacted = RawJSON(json.dumps(view, separators=(",", ":")).encode())
+        return self._redacted
+
+    def _refresh(self) -> None:
+        ledger = self._life.ledger
+        key = (
+            self._life.revision.value,
+            id(ledger.reading),
+            ledger.error,
+            int(time.monotonic() / STATUS_MAX_AGE_S),
+        )
+        if key == self._key:
+            return
+        self._view = self._build()
+        self._json = RawJSON(json.dumps(self._view, separators=(",", ":")).encode())
+        self._redacted = None
+        self._key = key
+
+    def _build(self) -> dict[str, Any]:
+        life, now = self._life, time.monotonic()
+        records = life.records.values()
+        busy = self._busy()
+        return {
+            "models": {
+                name: model_view(r, life.ledger.reading, now) for name, r in life.records.items()
+            },
+            "gpu": self.gpu(),
+            "parking": {
+                "ram_budget_gb": life.config.daemon.park_ram_gb,
+                "ram_used_gb": round(life.ledger.ram_parked_gb(records), 1),
+                # What the next park may take: the budget's rest, within the host's spare.
+                "ram_free_gb": round(max(0.0, life.ledger.ram_free_gb(records)), 1),
+            },
+            "runtimes": runtime_view(life.runtime_errors),
+            "eviction_policy": life.config.daemon.eviction_policy,
+            "busy": busy > 0,
+            "in_flight": busy,
+            "subscribers": self._subscribers(),
+        }
+
+    def gpu(self) -> dict[str, Any]:
+        """The last GPU reading in the seed's shape, with devices and freshness."""
+        return self._life.ledger.view()
+
+    def models(self) -> list[dict[str, Any]]:
+        """The configured models."""
+        return models_view(self._life.records.values(), self._life.ledger.reading)
+
+    def summary(self) -> str:
+        """One line for `systemctl status`: e.g. "2 running, 1 loading · 41.3 GB free"."""
+        counts = Counter(r.state for r in self._life.records.values())
+        shown_states = (State.RUNNING, State.LOADING, State.SLEEPING, State.FAILED)
+        parts = [f"{counts[s]} {s.value}" for s in shown_states]
+        shown = ", ".join(p for p in parts if not p.startswith("0 ")) or "none running"
+        return f"{shown} · {self._life.ledger.view()['available_gb']:.1f} GB free"
+
+
+def _without_lines(models: dict[str, Any]) -> dict[str, Any]:
+    """Model views with their failures' backend output left out."""
+    return {
+        name: {**view, "failure": {**view["failure"], "last_lines": []}}
+        if view.get("failure")
+        else view
+        for name, view in models.items()
+    }

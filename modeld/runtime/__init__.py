@@ -1,5 +1,0 @@
-"""Runtimes start, stop and inspect model backends: Docker containers or child processes."""
-
-from modeld.runtime.base import BackendState, BackendStatus, Runtime
-
-__all__ = ["BackendState", "BackendStatus", "Runtime"]
