@@ -61,6 +61,8 @@ UNKNOWN = "unknown"
 # Retry-After): a client that retries at once in a loop then costs the gateway, and the
 # other keys, next to nothing.
 REFUSAL_DELAY_S = 1.0
+# States in which a lease would need a load or a wake.
+IDLE_STATES = frozenset({"stopped", "sleeping", "failed"})
 
 
 class SlowReader:
@@ -285,7 +287,7 @@ class Proxy:
         if caller.admin or not self._budget.limited:
             return await self._serve(request, model, body, load=True)
         retry = self._budget.spent(caller.name)
-        if retry is None or self._link.states.get(model) in ("running", "loading"):
+        if retry is None or self._link.states.get(model) not in IDLE_STATES:
             # The daemon says whether it would load (the gateway's view is only a hint).
             try:
                 return await self._serve(request, model, body, load=False)
@@ -293,9 +295,9 @@ class Proxy:
                 if exc.kind != "would_load":
                     raise
             retry = self._budget.take(caller.name)
-        # else: spent, and the model is stopped, asleep or failed as the daemon's events
-        # last said: refused without a round trip to the daemon (a thrashing key costs
-        # others as little as possible).
+        # else: spent, and the model is stopped, asleep or failed as the daemon last said
+        # (an unknown state is asked about): refused without a round trip to the daemon,
+        # so a thrashing key costs the others as little as possible.
         if retry is not None:
             self._metrics.key_loads_refused.labels(caller.name).inc()
             limit = self._budget.per_minute
