@@ -18,6 +18,7 @@ from pydantic import (
     model_validator,
 )
 
+from modeld.core.addresses import is_loopback, split_host_port
 from modeld.core.errors import ConfigError
 
 EvictionPolicy = Literal["largest_first", "lru", "fewest", "cost_aware"]
@@ -261,9 +262,7 @@ class MetricsConfig(_Strict):
 
 
 def _host_port(value: str) -> str:
-    host, sep, port = value.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError('must be "host:port", e.g. "127.0.0.1:8080"')
+    split_host_port(value)  # ValueError saying what is expected
     return value
 
 
@@ -373,25 +372,18 @@ class Config(_Strict):
         return self
 
 
-LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1", "[::1]"})
-
-
-def _loopback(host: str) -> bool:
-    return host in LOOPBACK_HOSTS or host.startswith("127.")
-
-
 def config_warnings(config: Config) -> list[str]:
     """What is valid but risky in a config: an operator should hear of it at start."""
     warnings = []
     for name, model in config.models.items():
         host = urlsplit(model.endpoint).hostname or ""
-        if model.sleep_mode and model.socket_path is None and _loopback(host):
+        if model.sleep_mode and model.socket_path is None and is_loopback(host):
             warnings.append(
                 f"models.{name}: sleep_mode serves vLLM's unauthenticated admin endpoints "
                 f"(/sleep, /collective_rpc) on {model.endpoint}, which every local user can "
                 'reach: prefer endpoint = "unix:/run/modeld/backends/NAME.sock" (vLLM --uds)'
             )
-        if model.sleep_mode and model.socket_path is None and not _loopback(host):
+        if model.sleep_mode and model.socket_path is None and not is_loopback(host):
             warnings.append(
                 f"models.{name}: sleep_mode runs vLLM with VLLM_SERVER_DEV_MODE=1, which serves "
                 f"unauthenticated admin endpoints, and its endpoint {model.endpoint} is not on "
@@ -399,20 +391,20 @@ def config_warnings(config: Config) -> list[str]:
             )
         for spec in model.ports:
             parts = spec.split(":")
-            if len(parts) == 3 and not _loopback(parts[0].strip("[]")):
+            if len(parts) == 3 and not is_loopback(parts[0].strip("[]")):
                 warnings.append(
                     f"models.{name}.ports: {spec!r} publishes the backend on {parts[0]}, "
                     "beyond loopback: anyone who reaches it can use the model without modeld"
                 )
     gateway = config.gateway
-    host = gateway.listen.rpartition(":")[0].strip("[]")
+    host = split_host_port(gateway.listen)[0]
     keyed = (
         gateway.api_keys
         or gateway.api_keys_file
         or gateway.inference_keys
         or gateway.inference_keys_file
     )
-    if not _loopback(host) and not keyed:
+    if not is_loopback(host) and not keyed:
         warnings.append(
             f"gateway.listen: {gateway.listen} is beyond loopback and no api_keys are set: "
             "anyone who reaches it can load, switch and stop models"

@@ -16,6 +16,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import Collector
 
+from modeld.core.addresses import split_host_port
 from modeld.core.states import State
 
 GIB = 1024**3
@@ -221,6 +222,6 @@ async def serve_metrics(metrics: Metrics, listen: str) -> web.AppRunner:
     app.router.add_get("/metrics", scrape)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
-    host, _, port = listen.rpartition(":")
-    await web.TCPSite(runner, host.strip("[]") or "127.0.0.1", int(port)).start()
+    host, port = split_host_port(listen)
+    await web.TCPSite(runner, host, port).start()
     return runner

@@ -24,12 +24,12 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
+from modeld.core.addresses import LOOPBACK_NAMES
 from modeld.core.config import GatewayConfig
 from modeld.gateway.errors import GatewayError
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
-LOOPBACK_NAMES = frozenset({"localhost", "localhost.", "ip6-localhost"})
 SECURITY_HEADERS = {
     "Content-Security-Policy": (
         "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "

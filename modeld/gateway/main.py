@@ -14,6 +14,7 @@ import structlog
 
 from modeld import __version__
 from modeld.adapters.backendkeys import backend_keys
+from modeld.core.addresses import is_loopback, split_host_port
 from modeld.core.config import Config, load_config
 from modeld.core.errors import ConfigError
 from modeld.daemon.logs import configure_logging
@@ -32,24 +33,14 @@ DEFAULT_CONFIG = Path("/etc/modeld/modeld.toml")
 SHUTDOWN_TIMEOUT_S = 30.0
 
 
-def split_listen(listen: str) -> tuple[str, int]:
-    """`host:port` (IPv6 in brackets) as host and port."""
-    host, _, port = listen.rpartition(":")
-    return host.strip("[]"), int(port)
-
-
-def _loopback(host: str) -> bool:
-    return host in ("localhost", "::1") or host.startswith("127.")
-
-
 async def run_gateway(config: Config, config_path: Path, listen: str, socket: Path) -> None:
     """Start up, serve until SIGTERM or SIGINT, shut down."""
     stop, reload_requested = stop_and_reload()
     notifier = Notifier()
     accepted = Keys(read_keys(config.gateway, str(config_path)))
     upstream = BackendKeys(backend_keys(config, str(config_path)))
-    host, port = split_listen(listen)
-    if not accepted.required and not _loopback(host):
+    host, port = split_host_port(listen)
+    if not accepted.required and not is_loopback(host):
         log.warning(
             "gateway.open",
             listen=listen,
@@ -127,7 +118,7 @@ def run(argv: list[str] | None = None) -> int:
         read_keys(config.gateway, str(args.config))
         backend_keys(config, str(args.config))
         listen = args.listen or config.gateway.listen
-        split_listen(listen)
+        split_host_port(listen)
     except ConfigError as exc:
         print(f"modeld-gateway: {exc.message}", file=sys.stderr)
         return EXIT_CONFIG

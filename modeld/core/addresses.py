@@ -1,0 +1,39 @@
+"""`host:port` strings and loopback: one parser and one check, for the config, the
+daemon's metrics listener and the gateway (which disagreed: `127.example.com` passed
+as loopback in one, `[::1]` in only the other)."""
+
+from __future__ import annotations
+
+import ipaddress
+
+# Names that mean this machine (besides addresses in 127.0.0.0/8 and ::1).
+LOOPBACK_NAMES = frozenset({"localhost", "localhost.", "ip6-localhost"})
+
+
+def split_host_port(value: str) -> tuple[str, int]:
+    """`host:port` (IPv6 in brackets) as the host (without brackets) and the port;
+    ValueError saying what is expected otherwise."""
+    host, sep, port = value.rpartition(":")
+    bracketed = host.startswith("[") and host.endswith("]")
+    if (
+        not sep
+        or not host
+        or not port.isdigit()
+        or not 0 < int(port) < 65536
+        or ("[" in host or "]" in host) != bracketed
+        or (":" in host and not bracketed)
+    ):
+        raise ValueError('must be "host:port", e.g. "127.0.0.1:8080" or "[::1]:8080"')
+    return host.strip("[]"), int(port)
+
+
+def is_loopback(host: str) -> bool:
+    """Whether `host` (a name, or an address with or without IPv6 brackets) is this
+    machine's loopback: only what cannot be reached from elsewhere."""
+    name = host.strip("[]").lower()
+    if name in LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
