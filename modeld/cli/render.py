@@ -46,7 +46,7 @@ def render_status(console: Console, status: dict[str, Any]) -> None:
             failure = model["failure"]
             # What a backend printed is text, never markup ("[/opt/vllm]" is not a tag).
             console.print(f"[red]{escape(name)} failed:[/] {escape(failure['reason'])}")
-            for line in failure["last_lines"][-5:]:
+            for line in (failure.get("last_lines") or [])[-5:]:
                 console.print(f"  [dim]{escape(line)}[/]")
     render_gpu(console, status["gpu"])
     if line := parking_line(status):

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 from modeld.core.jsonraw import RawJSON
+from modeld.core.redaction import without_backend_output
 from modeld.core.states import State
 from modeld.engine.lifecycle import Lifecycle
 from modeld.engine.views import model_view, models_view, runtime_view
@@ -46,7 +47,7 @@ class StatusView:
         if not redacted:
             return self._json
         if self._redacted is None:
-            view = {**self._view, "models": _without_lines(self._view["models"])}
+            view = without_backend_output(self._view)
             self._redacted = RawJSON(json.dumps(view, separators=(",", ":")).encode())
         return self._redacted
 
@@ -102,13 +103,3 @@ class StatusView:
         parts = [f"{counts[s]} {s.value}" for s in shown_states]
         shown = ", ".join(p for p in parts if not p.startswith("0 ")) or "none running"
         return f"{shown} · {self._life.ledger.view()['available_gb']:.1f} GB free"
-
-
-def _without_lines(models: dict[str, Any]) -> dict[str, Any]:
-    """Model views with their failures' backend output left out."""
-    return {
-        name: {**view, "failure": {**view["failure"], "last_lines": []}}
-        if view.get("failure")
-        else view
-        for name, view in models.items()
-    }

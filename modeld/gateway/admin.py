@@ -8,8 +8,9 @@ from typing import Any
 
 from aiohttp import web
 
+from modeld.core.redaction import without_backend_output
 from modeld.gateway.auth import identity
-from modeld.gateway.errors import GatewayError, without_backend_output
+from modeld.gateway.errors import GatewayError
 from modeld.gateway.link import DaemonLink
 
 # What a model's entry in /v1/models carries from modeld's status, besides OpenAI's.

@@ -13,6 +13,7 @@ from typing import Any
 from aiohttp import web
 
 from modeld.cli.client import DaemonUnreachable, RpcError
+from modeld.core.redaction import without_backend_output
 
 STATUS: dict[str, int] = {
     # The daemon's errors.
@@ -73,23 +74,6 @@ LOG_CHARS = 128
 def cut(text: str, limit: int = LOG_CHARS) -> str:
     """A caller-chosen string as a log line may hold it: at most `limit` characters."""
     return text if len(text) <= limit else text[:limit] + "…"
-
-
-# What backends printed or answered (their command lines, users' prompts): for admins only.
-BACKEND_OUTPUT = frozenset({"last_lines", "answer"})
-
-
-def without_backend_output(value: Any) -> Any:
-    """`value` (an error's data, a status) with backends' output left out at any depth."""
-    if isinstance(value, dict):
-        return {
-            key: without_backend_output(item)
-            for key, item in value.items()
-            if key not in BACKEND_OUTPUT
-        }
-    if isinstance(value, list):
-        return [without_backend_output(item) for item in value]
-    return value
 
 
 class GatewayError(Exception):

@@ -271,7 +271,9 @@ async def test_models_busy_and_load_failures_have_their_own_statuses(
         assert answer.status == 503
         error = (await answer.json())["error"]
     assert error["code"] == "load_failed" and error["exit_code"] == 3
-    assert "last_lines" not in error.get("failure", {})
+    # A gateway without keys serves everyone as an admin: the backend's lines come too
+    # (test_team.py shows an inference key never gets them).
+    assert any("CUDA error" in line for line in error["last_lines"])
 
 
 async def test_events_stream_the_daemons_events(
