@@ -12,6 +12,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from modeld.core.queues import DropOldest
+
 DEFAULT_SOCKET = Path("/run/modeld/modeld.sock")
 
 
@@ -52,9 +54,9 @@ class Client:
         self._writer: asyncio.StreamWriter | None = None
         self._reading: asyncio.Task[None] | None = None
         self._pending: dict[int, asyncio.Future[dict[str, Any]]] = {}
-        self._events: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue(self.EVENTS_KEPT)
+        self._events: DropOldest[dict[str, Any] | None] = DropOldest(self.EVENTS_KEPT)
         # Followed logs, per model: each line, then None at the end.
-        self._logs: dict[str, asyncio.Queue[str | None]] = {}
+        self._logs: dict[str, DropOldest[str | None]] = {}
         self._closed: DaemonUnreachable | None = None
         self._background: set[asyncio.Future[Any]] = set()
 
@@ -93,13 +95,16 @@ class Client:
             while line := await reader.readline():
                 message = json.loads(line)
                 if message.get("method") == "event":
-                    _offer(self._events, message["params"])
+                    self._events.offer(message["params"])
                     continue
                 if message.get("method") == "log":
                     params = message["params"]
                     queue = self._logs.get(params["model"])
                     if queue is not None:
-                        _offer(queue, None if params.get("ended") else params["line"])
+                        if params.get("ended"):
+                            queue.finish(None)
+                        else:
+                            queue.offer(params["line"])
                     continue
                 future = self._pending.pop(message.get("id"), None)
                 if future is not None and not future.done():
@@ -117,10 +122,9 @@ class Client:
             if not future.done():
                 future.set_exception(self._closed)
         self._pending.clear()
-        with contextlib.suppress(asyncio.QueueFull):
-            self._events.put_nowait(None)
+        self._events.finish(None)  # the end, kept even when the queue is full
         for queue in self._logs.values():
-            _offer(queue, None)
+            queue.finish(None)
 
     async def call(self, method: str, **params: Any) -> Any:
         """Call `method` with named params; the result, or RpcError."""
@@ -163,7 +167,7 @@ class Client:
     async def follow(self, model: str, lines: int = 50) -> AsyncIterator[str]:
         """`model`'s backend's last `lines` lines, then each new one as it is printed,
         until the backend ends (or the connection does)."""
-        queue = self._logs.setdefault(model, asyncio.Queue(self.EVENTS_KEPT))
+        queue = self._logs.setdefault(model, DropOldest(self.EVENTS_KEPT))
         try:
             await self.call("logs", model=model, lines=lines, follow=True)
             while (line := await queue.get()) is not None:
@@ -218,13 +222,6 @@ class Client:
         finally:
             with contextlib.suppress(DaemonUnreachable):  # then it ended with the connection
                 await self.call("release", lease=granted["lease"])
-
-
-def _offer(queue: asyncio.Queue[Any], item: Any) -> None:
-    """Queue without blocking the reader: the oldest item goes when full."""
-    if queue.full():
-        queue.get_nowait()
-    queue.put_nowait(item)
 
 
 async def call(method: str, path: Path | None = None, **params: Any) -> Any:

@@ -6,10 +6,11 @@ oldest event is dropped and counted, and the next event it receives says how man
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import time
 from typing import Any
+
+from modeld.core.queues import DropOldest
 
 QUEUE_LIMIT = 1000
 
@@ -18,22 +19,17 @@ class Subscription:
     """One subscriber's queue of events."""
 
     def __init__(self, limit: int = QUEUE_LIMIT) -> None:
-        self._queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue(limit)
-        self.dropped = 0
+        self._queue: DropOldest[dict[str, Any]] = DropOldest(limit)
 
     def offer(self, event: dict[str, Any]) -> None:
         """Queue an event, dropping the oldest when full (never blocks)."""
-        if self._queue.full():
-            self._queue.get_nowait()
-            self.dropped += 1
-        self._queue.put_nowait(event)
+        self._queue.offer(event)
 
     async def next(self) -> dict[str, Any]:
         """The next event, with how many were dropped before it, if any."""
         event = await self._queue.get()
-        if self.dropped:
-            event = {**event, "dropped_before": self.dropped}
-            self.dropped = 0
+        if dropped := self._queue.take_dropped():
+            event = {**event, "dropped_before": dropped}
         return event
 
 

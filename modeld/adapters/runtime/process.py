@@ -36,6 +36,7 @@ from modeld.adapters.runtime import reaper
 from modeld.adapters.runtime.base import LOG_LINES, MAX_LINE_CHARS, BackendState, BackendStatus
 from modeld.core.config import ModelConfig
 from modeld.core.errors import LoadFailed, OperationFailed
+from modeld.core.queues import DropOldest
 
 # Backends create files (their Unix socket) for owner and group only.
 BACKEND_UMASK = 0o007
@@ -113,36 +114,26 @@ class Follower:
     LIMIT = 1000
 
     def __init__(self) -> None:
-        self._lines: deque[str] = deque()
-        self._ready = asyncio.Event()
-        self._ended = False
-        self.dropped = 0
+        # None marks the end (queued beyond the bound: the last LIMIT lines stay).
+        self._lines: DropOldest[str | None] = DropOldest(self.LIMIT)
 
     def offer(self, line: str) -> None:
         """Queue a line (never blocks: the oldest goes when full)."""
-        if len(self._lines) >= self.LIMIT:
-            self._lines.popleft()
-            self.dropped += 1
-        self._lines.append(line)
-        self._ready.set()
+        self._lines.offer(line)
 
     def end(self) -> None:
         """The backend ended: what is queued is the last of it."""
-        self._ended = True
-        self._ready.set()
+        self._lines.finish(None)
 
     async def lines(self) -> AsyncIterator[str]:
         """Each queued line as it comes, until the end."""
         while True:
-            await self._ready.wait()
-            self._ready.clear()
-            if self.dropped:
-                yield f"… [{self.dropped} lines dropped: the reader fell behind]"
-                self.dropped = 0
-            while self._lines:
-                yield self._lines.popleft()
-            if self._ended:
+            line = await self._lines.get()
+            if dropped := self._lines.take_dropped():
+                yield f"… [{dropped} lines dropped: the reader fell behind]"
+            if line is None:
                 return
+            yield line
 
 
 def _cut(line: str, overflow: int) -> str:
