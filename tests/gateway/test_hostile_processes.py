@@ -139,6 +139,14 @@ def test_an_emptied_key_file_keeps_the_keys_in_force_after_sighup(tmp_path: Path
     assert "holds no key" in started.stderr
 
 
+def completed(url: str, model: str) -> bool:
+    """Whether a completion request for `model` through the gateway is answered by it."""
+    body = json.dumps({"model": model, "prompt": "hi", "max_tokens": 1})
+    headers = ["-H", "Content-Type: application/json"]
+    answer = curl("-X", "POST", *headers, f"{url}/v1/completions", "-d", body)
+    return bool(answer["model"] == model)
+
+
 def _connects_as(path: Path, uid: int, groups: list[int]) -> bool:
     """Whether a process of `uid` with `groups` can connect to the Unix socket `path`
     (a forked child that drops to them)."""
@@ -186,16 +194,7 @@ def test_a_backends_socket_is_out_of_reach_of_users_outside_the_gateways_group(
     with contextlib.ExitStack() as cleanup:
         cleanup.callback(shutil.rmtree, walkable, ignore_errors=True)
         url, _ = cleanup.enter_context(running_demo(tmp_path, in_group))
-        answer = curl(
-            "-X",
-            "POST",
-            "-H",
-            "Content-Type: application/json",
-            f"{url}/v1/completions",
-            "-d",
-            json.dumps({"model": "demo-chat", "prompt": "hi", "max_tokens": 1}),
-        )
-        assert answer["model"] == "demo-chat"
+        assert completed(url, "demo-chat")
         sock = backends / "demo-chat.sock"
         info = backends.stat()
         assert (info.st_mode & 0o7777, info.st_gid) == (0o2750, group.gr_gid)
@@ -208,16 +207,7 @@ def test_a_backends_socket_is_out_of_reach_of_users_outside_the_gateways_group(
         # finds at start): the daemon clears it, so the model starts again.
         assert curl("-X", "POST", f"{url}/v1/models/demo-chat/stop")["status"] == "stopped"
         assert sock.is_socket()
-        answer = curl(
-            "-X",
-            "POST",
-            "-H",
-            "Content-Type: application/json",
-            f"{url}/v1/completions",
-            "-d",
-            json.dumps({"model": "demo-chat", "prompt": "again", "max_tokens": 1}),
-        )
-        assert answer["model"] == "demo-chat"
+        assert completed(url, "demo-chat")
 
 
 def test_the_daemon_refuses_a_socket_directory_another_user_owns(tmp_path: Path) -> None:
