@@ -1,9 +1,10 @@
 """The monitor: every poll_interval_s, look at what changed behind modeld's back.
 
 It only reads (the GPU, each backend's runtime state, `/health`, `/is_sleeping`,
-`/metrics`, the HF cache) and reports what it saw to the Supervisor, which alone
-changes records. Each report carries the record's generation from before the look:
-an observation made before another change is dropped rather than applied.
+`/metrics`, the HF cache) and reports what it saw to the Observations
+(observations.py), the one door through which those readings change records. Each
+report carries the record's generation from before the look: an observation made
+before another change is dropped rather than applied.
 """
 
 from __future__ import annotations

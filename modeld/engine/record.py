@@ -1,4 +1,6 @@
-"""What the Supervisor keeps about each model (it alone writes these records)."""
+"""What the engine keeps about each model. The engine's parts write these records
+(lifecycle, switching, parking, restarts, learning, observations, the Supervisor);
+one owner per model, changing them only through intents, is issue 22's next step."""
 
 from __future__ import annotations
 

@@ -1,4 +1,6 @@
-"""The Supervisor: a small facade over the parts that each own one concern.
+"""The Supervisor: the engine's facade, the one thing the daemon calls. It builds and
+wires the parts below, each owning one concern, and passes each call to its part (it is
+not yet small: 23 public methods; issue 22 splits it into a few sub-facades).
 
 - lifecycle.py    records, the one transition function, start / stop / load watch
 - operations.py   the lock (decisions, not waits), callers and audit, in-flight count
