@@ -115,11 +115,11 @@ def check_model_name(model: object) -> str:
 
 
 def _payload(body: bytes) -> dict[str, Any]:
-    if parse_cost(body) > PARSE_BUDGET_BYTES:
+    if (cost := parse_cost(body)) > PARSE_BUDGET_BYTES:
         raise GatewayError(
             "too_large",
             "the request body holds too many values to parse (about "
-            f"{parse_cost(body) // 2**20} MiB of objects; at most "
+            f"{cost // 2**20} MiB of objects; at most "
             f"{PARSE_BUDGET_BYTES // 2**20} MiB)",
         )
     try:

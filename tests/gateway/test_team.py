@@ -347,7 +347,8 @@ async def test_compressed_bodies_are_bounded_after_decompression(
         nested = b'{"model": "a", "messages": [], "x": [' + b"[]," * count + b"[]]}"
         async with http.post(url, data=nested, headers=plain) as answer:
             assert answer.status == expected, count
-    assert front.runtime.starts("b") == 0
+            if expected == 413:
+                assert "too many values" in (await answer.json())["error"]["message"]
 
 
 def test_key_files_fail_closed(tmp_path: Path) -> None:
