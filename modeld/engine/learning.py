@@ -22,8 +22,7 @@ from modeld.adapters.store import (
 )
 from modeld.core.memory import model_need
 from modeld.core.states import State
-from modeld.engine.lifecycle import Transition
-from modeld.engine.record import ModelRecord
+from modeld.engine.model import Model, Transition
 
 log = structlog.get_logger("modeld.engine.learning")
 
@@ -34,7 +33,7 @@ OVER_PLAN_TOLERANCE_GB = 0.5
 class Learning:
     """Owns the learned figures: loads them at start, updates records, saves changes."""
 
-    def __init__(self, store: Store, records: Callable[[], Iterable[ModelRecord]]) -> None:
+    def __init__(self, store: Store, records: Callable[[], Iterable[Model]]) -> None:
         self._store = store
         self._records = records
         self.learned = Learned()
@@ -45,30 +44,31 @@ class Learning:
         self.learned = await asyncio.to_thread(self._store.load)
         for record in self._records():
             if learned := self.learned.models.get(record.name):
-                record.loading.learned_s = learned.typical_load_s()
-                record.sleep.learned_wake_s = learned.typical_wake_s()
-                record.memory.learned_gb = learned_peak(learned, record.config)
-                record.memory.residual_gb = learned_residual(learned, record.config)
+                record.learned_times(
+                    load_s=learned.typical_load_s(), wake_s=learned.typical_wake_s()
+                )
+                record.learned_peak(learned_peak(learned, record.config))
+                record.measured_residual(learned_residual(learned, record.config))
 
     def on_transition(self, event: Transition) -> None:
         """A load or wake modeld timed has ended: remember how long it took."""
-        record = event.record
+        record = event.model
         if event.load_s is not None:
             remember_load(self.learned, record.name, event.load_s)
-            record.loading.learned_s = self.learned.models[record.name].typical_load_s()
+            record.learned_times(load_s=self.learned.models[record.name].typical_load_s())
             self.save()
         if event.wake_s is not None:
             remember_wake(self.learned, record.name, event.wake_s)
-            record.sleep.learned_wake_s = self.learned.models[record.name].typical_wake_s()
+            record.learned_times(wake_s=self.learned.models[record.name].typical_wake_s())
             self.save()
 
-    def config_changed(self, record: ModelRecord) -> None:
+    def config_changed(self, record: Model) -> None:
         """Its settings changed: only a peak learned under the new ones counts."""
-        record.memory.learned_gb = learned_peak(self.learned.models.get(record.name), record.config)
+        record.learned_peak(learned_peak(self.learned.models.get(record.name), record.config))
 
-    def parked(self, record: ModelRecord, measured: dict[int, float]) -> None:
+    def parked(self, record: Model, measured: dict[int, float]) -> None:
         """What a model kept on the GPU once parked, as measured."""
-        record.memory.residual_gb = dict(measured)
+        record.measured_residual(dict(measured))
         remember_residual(self.learned, record.config, dict(measured))
         self.save()
 
@@ -89,7 +89,7 @@ class Learning:
             planned = model_need(record.config, totals)
             over = sum(measured.values()) - planned.total_gb
             if over > OVER_PLAN_TOLERANCE_GB and record.memory.over_plan_gb is None:
-                record.memory.over_plan_gb = round(over, 2)
+                record.went_over_plan(round(over, 2))
                 log.warning(
                     "memory.over_plan",
                     model=record.name,

@@ -15,7 +15,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 
 from modeld.core.errors import ModelsBusy, UnknownLease
-from modeld.engine.record import ModelRecord
+from modeld.engine.model import Model
 
 # The owner of the leases the daemon holds on the models it found running at startup.
 ADOPTION = -1
@@ -35,7 +35,7 @@ class Lease:
 class Leases:
     """Who holds which model, who is waiting to, and which models are draining."""
 
-    def __init__(self, records: Mapping[str, ModelRecord]) -> None:
+    def __init__(self, records: Mapping[str, Model]) -> None:
         # The live records: a model's lease count is kept on its record (status shows it).
         self._records = records
         self._by_id: dict[str, Lease] = {}
@@ -54,11 +54,11 @@ class Leases:
         """Not to be evicted: leases held, or acquires waiting to be granted on it."""
         return self.held(name) > 0 or self._waiting[name] > 0
 
-    def grant(self, record: ModelRecord, owner: int) -> Lease:
+    def grant(self, record: Model, owner: int) -> Lease:
         """A new lease on `record` for connection `owner`."""
         lease = Lease(secrets.token_hex(12), record.name, owner, time.time())
         self._by_id[lease.id] = lease
-        record.usage.leases += 1
+        record.leased(+1)
         return lease
 
     def release(self, lease_id: str, owner: int | None = None) -> Lease:
@@ -68,11 +68,11 @@ class Leases:
             raise UnknownLease(f"no lease {lease_id!r} held on this connection", lease=lease_id)
         del self._by_id[lease_id]
         if (record := self._records.get(lease.model)) is not None:  # a reload may remove it
-            record.usage.leases -= 1
+            record.leased(-1)
         self._tell()
         return lease
 
-    def hold(self, record: ModelRecord, seconds: float) -> None:
+    def hold(self, record: Model, seconds: float) -> None:
         """Hold a lease on `record` for up to `seconds` (a model found running at
         startup: the requests it was serving when the last daemon stopped are invisible
         here until their routers take their leases again)."""
@@ -109,14 +109,14 @@ class Leases:
         return len(mine)
 
     @contextlib.contextmanager
-    def queued(self, record: ModelRecord) -> Iterator[None]:
+    def queued(self, record: Model) -> Iterator[None]:
         """An acquire for `record`'s model from its start to its lease or error (status
         shows how many wait); unlike `waiting`, it does not protect the model."""
-        record.usage.waiting += 1
+        record.queued(+1)
         try:
             yield
         finally:
-            record.usage.waiting -= 1
+            record.queued(-1)
 
     @contextlib.contextmanager
     def waiting(self, name: str) -> Iterator[None]:

@@ -7,7 +7,6 @@ import asyncio
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable
-from typing import Any
 
 import structlog
 
@@ -17,8 +16,7 @@ from modeld.core.errors import GpuUnavailable, OperationTimeout
 from modeld.core.memory import Need, model_need
 from modeld.core.planner import Candidate, Device, Infeasible, Plan, Target, plan_switch
 from modeld.core.states import State
-from modeld.engine.record import ModelRecord
-from modeld.engine.views import device_totals, gpu_view, held_memory, record_need, residual_memory
+from modeld.engine.model import Model, device_totals
 
 log = structlog.get_logger("modeld.engine.ledger")
 
@@ -44,7 +42,7 @@ class GpuLedger:
         self._read_at = 0.0
         self.error: str | None = None
 
-    async def read(self, records: Iterable[ModelRecord]) -> GpuReading:
+    async def read(self, records: Iterable[Model]) -> GpuReading:
         """A fresh reading; a recent one (marked stale) if the driver fails; else GpuUnavailable."""
         try:
             reading = await self._monitor.read(self._backend_refs(records))
@@ -60,20 +58,21 @@ class GpuLedger:
         self.error = None
         return reading
 
-    def view(self) -> dict[str, Any]:
-        """The last reading in the seed's `gpu` shape, with devices and freshness."""
-        return gpu_view(self.reading, self._monitor.backend, self.error, self.error is not None)
+    @property
+    def backend(self) -> str:
+        """The GPU monitor's kind (nvml, simulated)."""
+        return self._monitor.backend
 
     def free_gb(self) -> dict[str, float]:
         """Free GB per device in the last reading (for logs)."""
         devices = self.reading.devices if self.reading else ()
         return {str(d.index): round(d.free_gb, 2) for d in devices}
 
-    def need(self, record: ModelRecord) -> Need:
+    def need(self, record: Model) -> Need:
         """What `record` needs per device on this host's devices."""
-        return record_need(record, device_totals(self.reading))
+        return record.need(device_totals(self.reading))
 
-    def _backend_refs(self, records: Iterable[ModelRecord]) -> list[BackendRef]:
+    def _backend_refs(self, records: Iterable[Model]) -> list[BackendRef]:
         totals = device_totals(self.reading) or dict(enumerate(self.config.gpu.devices_gb))
         return [
             BackendRef(
@@ -89,8 +88,8 @@ class GpuLedger:
 
     def plan_inputs(
         self,
-        target: ModelRecord,
-        records: Iterable[ModelRecord],
+        target: Model,
+        records: Iterable[Model],
         reading: GpuReading,
         protected: Callable[[str], bool] = lambda _: False,
     ) -> tuple[Target, list[Device], list[Candidate]]:
@@ -103,10 +102,10 @@ class GpuLedger:
         for record in records:
             if record is target or record.state not in HOLDERS:
                 continue
-            held, _ = held_memory(record, reading)
+            held, _ = record.held(reading)
             if record.state is State.LOADING:
                 # A loading vLLM has not yet reserved all it will: count the rest as taken.
-                for device, gb in record_need(record, totals).per_device.items():
+                for device, gb in record.need(totals).per_device.items():
                     pending[device] += max(0.0, gb - held.get(device, 0.0))
                     held[device] = max(gb, held.get(device, 0.0))
             candidates.append(
@@ -124,7 +123,7 @@ class GpuLedger:
                         parking and record.config.sleep_mode and record.state is State.RUNNING
                     ),
                     parked=record.state is State.SLEEPING,
-                    residual_gb=residual_memory(record, reading),
+                    residual_gb=record.residual(reading),
                     park_ram_gb=record.config.parked_ram_gb,
                     wake_s=record.wake_estimate()[0],
                 )
@@ -132,14 +131,14 @@ class GpuLedger:
         devices = [
             Device(d.index, d.total_gb, d.free_gb - pending[d.index]) for d in reading.devices
         ]
-        target_need = dict(record_need(target, totals).per_device)
+        target_need = dict(target.need(totals).per_device)
         if target.state is State.SLEEPING:
             # Waking needs only what its residual does not already hold.
-            held, _ = held_memory(target, reading)
+            held, _ = target.held(reading)
             target_need = {d: max(0.0, gb - held.get(d, 0.0)) for d, gb in target_need.items()}
         return Target(target.name, target_need), devices, candidates
 
-    def ram_free_gb(self, records: Iterable[ModelRecord]) -> float:
+    def ram_free_gb(self, records: Iterable[Model]) -> float:
         """Host RAM a park may take: what is left of park_ram_gb after the parked models,
         and never more than the host has to spare."""
         budget = self.config.daemon.park_ram_gb - self.ram_parked_gb(records)
@@ -147,14 +146,14 @@ class GpuLedger:
         return budget if spare is None else min(budget, spare)
 
     @staticmethod
-    def ram_parked_gb(records: Iterable[ModelRecord]) -> float:
+    def ram_parked_gb(records: Iterable[Model]) -> float:
         """Host RAM the weights of parked models take."""
         return sum(r.config.parked_ram_gb for r in records if r.state is State.SLEEPING)
 
     def plan(
         self,
-        target: ModelRecord,
-        records: Iterable[ModelRecord],
+        target: Model,
+        records: Iterable[Model],
         reading: GpuReading,
         protected: Callable[[str], bool] = lambda _: False,
     ) -> Plan | Infeasible:
@@ -178,7 +177,7 @@ class GpuLedger:
             max(0.0, self.ram_free_gb(everyone)),
         )
 
-    def releasing(self, records: Iterable[ModelRecord], reading: GpuReading) -> dict[int, float]:
+    def releasing(self, records: Iterable[Model], reading: GpuReading) -> dict[int, float]:
         """Per device, memory that stopped backends held and the driver has not yet freed:
         what no model holds now beyond what no model held before they stopped, at most
         what they held. Known only where the driver reports per-process use."""
@@ -205,7 +204,7 @@ class GpuLedger:
             for d in reading.devices
         }
 
-    async def wait_for_room(self, target: ModelRecord, records: Iterable[ModelRecord]) -> None:
+    async def wait_for_room(self, target: Model, records: Iterable[Model]) -> None:
         """Poll the GPU until `target` fits without stopping anything, or time out."""
         daemon = self.config.daemon
         everyone = list(records)

@@ -25,7 +25,7 @@ from modeld.core.config import DaemonConfig
 from modeld.core.errors import GpuUnavailable, ModeldError, RuntimeUnavailable
 from modeld.core.states import State
 from modeld.engine.ledger import GpuLedger
-from modeld.engine.record import ModelRecord
+from modeld.engine.model import Model
 
 log = structlog.get_logger("modeld.engine.monitor")
 
@@ -36,11 +36,11 @@ WATCHED = frozenset({State.RUNNING, State.SLEEPING, State.STOPPED, State.FAILED}
 class Observer(Protocol):
     """What the monitor reports to: the Supervisor."""
 
-    def records(self) -> list[ModelRecord]:
+    def records(self) -> list[Model]:
         """Every model's record."""
         ...
 
-    def runtime_for(self, record: ModelRecord) -> Runtime:
+    def runtime_for(self, record: Model) -> Runtime:
         """The runtime a model's backend runs in."""
         ...
 
@@ -53,30 +53,28 @@ class Observer(Protocol):
         ...
 
     def seen_exit(
-        self, record: ModelRecord, generation: int, exit_code: int | None, lines: list[str]
+        self, record: Model, generation: int, exit_code: int | None, lines: list[str]
     ) -> None:
         """A running or parked model's backend is gone."""
         ...
 
-    def seen_health(self, record: ModelRecord, generation: int, health: Health) -> None:
+    def seen_health(self, record: Model, generation: int, health: Health) -> None:
         """What a running or parked model's /health said."""
         ...
 
-    def seen_asleep(self, record: ModelRecord, generation: int, asleep: bool) -> None:
+    def seen_asleep(self, record: Model, generation: int, asleep: bool) -> None:
         """What a sleep-mode model's /is_sleeping said."""
         ...
 
-    def seen_running(self, record: ModelRecord, generation: int, backend: BackendStatus) -> None:
+    def seen_running(self, record: Model, generation: int, backend: BackendStatus) -> None:
         """A stopped or failed model's backend runs (and, if it failed, answers)."""
         ...
 
-    def wants_activity(self, record: ModelRecord) -> bool:
+    def wants_activity(self, record: Model) -> bool:
         """Whether a running model's request metrics are needed."""
         ...
 
-    def seen_activity(
-        self, record: ModelRecord, generation: int, activity: Activity | None
-    ) -> None:
+    def seen_activity(self, record: Model, generation: int, activity: Activity | None) -> None:
         """A running model's request metrics (None: unreadable)."""
         ...
 
@@ -118,7 +116,7 @@ class Monitor:
         await asyncio.gather(*(self._observe(r) for r in records if r.state in WATCHED))
         await self._scan_downloads(records)
 
-    async def _observe(self, record: ModelRecord) -> None:
+    async def _observe(self, record: Model) -> None:
         generation = record.generation
         runtime = self._observer.runtime_for(record)
         try:
@@ -142,9 +140,7 @@ class Monitor:
                 return
             self._observer.seen_running(record, generation, backend)
 
-    async def _observe_live(
-        self, record: ModelRecord, backend: BackendStatus, generation: int
-    ) -> None:
+    async def _observe_live(self, record: Model, backend: BackendStatus, generation: int) -> None:
         """A running or parked model: has it died, been parked or woken behind modeld's
         back, or gone idle?"""
         if backend.state is not BackendState.RUNNING:
@@ -162,7 +158,7 @@ class Monitor:
             activity = await self._vllm.activity(record.config.endpoint)
             self._observer.seen_activity(record, generation, activity)
 
-    async def _scan_downloads(self, records: list[ModelRecord]) -> None:
+    async def _scan_downloads(self, records: list[Model]) -> None:
         """Refresh what the HF cache holds for each model, off the loop, only for models
         whose cache entry changed since the last look."""
         cache = hf_cache_dir(self._settings().hf_cache_dir)

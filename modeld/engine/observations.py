@@ -10,12 +10,12 @@ from modeld.adapters.hfcache import Download
 from modeld.adapters.runtime.base import BackendStatus, Runtime
 from modeld.adapters.vllm import Health
 from modeld.core.activity import Activity
-from modeld.core.states import Failure, State
+from modeld.core.states import State
 from modeld.engine.learning import Learning
 from modeld.engine.leases import Leases
 from modeld.engine.lifecycle import Lifecycle
+from modeld.engine.model import Model
 from modeld.engine.parking import Parking
-from modeld.engine.record import ModelRecord
 
 log = structlog.get_logger("modeld.engine.observations")
 
@@ -31,11 +31,11 @@ class Observations:
         self._parking = parking
         self._leases = leases
 
-    def records(self) -> list[ModelRecord]:
+    def records(self) -> list[Model]:
         """Every model's record (the monitor reads them and never writes)."""
         return list(self._life.records.values())
 
-    def runtime_for(self, record: ModelRecord) -> Runtime:
+    def runtime_for(self, record: Model) -> Runtime:
         """The runtime a model's backend runs in."""
         return self._life.runtime(record)
 
@@ -48,62 +48,46 @@ class Observations:
         self._learning.memory(reading)
 
     def seen_exit(
-        self, record: ModelRecord, generation: int, exit_code: int | None, lines: list[str]
+        self, record: Model, generation: int, exit_code: int | None, lines: list[str]
     ) -> None:
         """A running or parked model's backend is gone: any exit modeld did not ask for is
         a failure."""
-        if record.generation != generation:
-            return
-        record.backend = None
-        record.health = Health.UNKNOWN
-        why = f"backend exited with code {exit_code} without modeld asking"
-        failure = Failure(why, exit_code, tuple(lines))
-        self._life.transition(record, State.FAILED, "backend exited", failure)
+        record.observed_exit(generation, exit_code, lines)
 
-    def seen_health(self, record: ModelRecord, generation: int, health: Health) -> None:
+    def seen_health(self, record: Model, generation: int, health: Health) -> None:
         """What /health said; 503 means vLLM's engine died."""
-        if record.generation != generation:
-            return
-        record.health = health
-        if health is Health.DEAD:
-            failure = Failure("/health answered 503: the engine died")
-            self._life.transition(record, State.FAILED, "engine died", failure)
+        record.observed_health(generation, health)
 
-    def seen_asleep(self, record: ModelRecord, generation: int, asleep: bool) -> None:
+    def seen_asleep(self, record: Model, generation: int, asleep: bool) -> None:
         """A model parked or woken behind modeld's back."""
-        if record.generation != generation:
+        if not record.is_current(generation):
             return
         if asleep:
             self._leases.end_hold(record.name)  # a parked backend serves nothing
-        if asleep and record.state is State.RUNNING:
-            self._life.transition(record, State.SLEEPING, "found asleep")
-        elif not asleep and record.state is State.SLEEPING:
+            record.parked("found asleep")
+        elif record.state is State.SLEEPING:
             self._life.begin_loading(record, "found awake")
 
-    def seen_running(self, record: ModelRecord, generation: int, backend: BackendStatus) -> None:
+    def seen_running(self, record: Model, generation: int, backend: BackendStatus) -> None:
         """A stopped or failed model's backend runs: watch it to health."""
-        if record.generation != generation or record.state not in (State.STOPPED, State.FAILED):
-            return
-        record.backend = backend
-        self._life.begin_loading(record, "backend found running")
+        if record.is_current(generation) and record.state in (State.STOPPED, State.FAILED):
+            self._life.begin_loading(record, "backend found running", backend)
 
-    def wants_activity(self, record: ModelRecord) -> bool:
+    def wants_activity(self, record: Model) -> bool:
         """Metrics are read for idle unload, and to end a startup hold on a backend that
         serves nothing."""
         return record.config.idle_unload_after_s is not None or self._leases.holding(record.name)
 
-    def seen_activity(
-        self, record: ModelRecord, generation: int, activity: Activity | None
-    ) -> None:
+    def seen_activity(self, record: Model, generation: int, activity: Activity | None) -> None:
         """A running model's request metrics: idle unload decides; a backend found running
         at startup that serves nothing needs no hold (unreadable metrics keep it)."""
         self._parking.seen_activity(record, generation, activity)
         idle = activity is not None and not activity.in_flight
-        if idle and record.generation == generation and self._leases.holding(record.name):
+        if idle and record.is_current(generation) and self._leases.holding(record.name):
             log.info("lease.hold_ended", model=record.name, reason="nothing in flight")
             self._leases.end_hold(record.name)
 
     def seen_download(self, name: str, download: Download | None) -> None:
         """What the HF cache holds for a model."""
         if record := self._life.records.get(name):
-            record.download = download
+            record.observed_download(download)

@@ -12,8 +12,7 @@ import structlog
 
 from modeld.core.errors import ModeldError, UnknownModel
 from modeld.engine.lifecycle import Lifecycle
-from modeld.engine.record import ModelRecord
-from modeld.engine.restarts import Restarts
+from modeld.engine.model import Model
 
 log = structlog.get_logger("modeld.engine.operations")
 
@@ -34,13 +33,13 @@ class Operations:
 
     @contextlib.asynccontextmanager
     async def operation(
-        self, op: str, record: ModelRecord | None, caller: Caller | None
+        self, op: str, record: Model | None, caller: Caller | None
     ) -> AsyncIterator[None]:
         """Hold the lock for one decision and its effects; log it, with its caller."""
         model = record.name if record else None
         log.info("operation.requested", op=op, model=model, caller=dict(caller or {}))
         if record is not None and op != AUTO_RESTART:
-            Restarts.cancel(record)  # an operator acting on the model takes over
+            record.restarts_taken_over()  # an operator acting on the model takes over
         with self.counted():  # waiting for its turn is being in flight too
             async with self.lock:
                 started = time.monotonic()
@@ -77,7 +76,7 @@ class Operations:
             self.busy -= 1
             self._lifecycle.revision.bump()
 
-    def _still_configured(self, record: ModelRecord, op: str) -> None:
+    def _still_configured(self, record: Model, op: str) -> None:
         """Under the lock: the record a call looked up before its turn is still the one
         configured (a reload meanwhile may have removed it)."""
         managed = op in MANAGED_ONLY

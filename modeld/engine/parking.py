@@ -18,8 +18,8 @@ from modeld.core.states import State
 from modeld.engine.learning import Learning
 from modeld.engine.lifecycle import Lifecycle
 from modeld.engine.metrics import MetricsSink
+from modeld.engine.model import Model
 from modeld.engine.operations import IDLE_UNLOAD, Operations
-from modeld.engine.record import ModelRecord
 
 log = structlog.get_logger("modeld.engine.parking")
 
@@ -42,7 +42,7 @@ class Parking:
         # Whether a model serves requests (leases): then it is never idle.
         self._serving = serving
 
-    def may_park(self, record: ModelRecord) -> bool:
+    def may_park(self, record: Model) -> bool:
         """Sleep mode is on for it and its weights fit in what is left of the RAM budget."""
         life = self._life
         return (
@@ -51,7 +51,7 @@ class Parking:
             and record.config.parked_ram_gb <= life.ledger.ram_free_gb(life.records.values())
         )
 
-    async def park(self, record: ModelRecord, reason: str) -> bool:
+    async def park(self, record: Model, reason: str) -> bool:
         """Park a running model with vLLM's sleep mode (weights to host RAM); stop it if the
         backend will not sleep. True if it was parked."""
         life = self._life
@@ -65,8 +65,7 @@ class Parking:
             life.events.publish("park.failed", model=record.name, error=exc.message)
             await life.stop_model(record, f"{reason}; parking failed: {exc.message}")
             return False
-        if record.state is State.RUNNING:  # the monitor may have seen it asleep already
-            life.transition(record, State.SLEEPING, reason)
+        record.parked(reason)
         self._metrics.parked(record.name)
         # What it keeps is measured, never assumed: plans count on it from now on.
         with contextlib.suppress(GpuUnavailable):
@@ -75,14 +74,13 @@ class Parking:
                 self._learning.parked(record, dict(measured))
         return True
 
-    def begin_wake(self, record: ModelRecord) -> None:
+    def begin_wake(self, record: Model) -> None:
         """Begin waking a parked model: it is `loading` until the wake task ends."""
-        self._life.transition(record, State.LOADING, "wake")
-        record.loading.started = time.monotonic()
+        record.begin_wake()
         self._life.events.publish("switch.waking", model=record.name)
-        record.load = asyncio.create_task(self._wake(record), name=f"wake-{record.name}")
+        record.watching(asyncio.create_task(self._wake(record), name=f"wake-{record.name}"))
 
-    async def _wake(self, record: ModelRecord) -> ModeldError | None:
+    async def _wake(self, record: Model) -> ModeldError | None:
         """Wake (POST /wake_up, then /is_sleeping false and /health 200), outside the
         lock; if it will not wake, stop it and cold-start it instead (under the lock), and
         say why. The outcome, like a load's: None, or the error."""
@@ -94,37 +92,33 @@ class Parking:
             if await life.vllm.is_sleeping(config.endpoint):
                 raise SleepModeFailed("/wake_up answered 200 but /is_sleeping says it sleeps")
             health = await life.vllm.health(config.endpoint)
-            record.health = health
+            record.saw_health(health)
             if health is not Health.HEALTHY:
                 raise SleepModeFailed(f"/health says {health.value} after waking")
         except SleepModeFailed as exc:
             return await self._cold_start_instead(record, generation, exc)
-        if record.generation != generation:
+        if not record.is_current(generation):
             return LoadFailed(f"{record.name}: changed while waking", model=record.name)
-        record.load = None
-        record.sleep.fallback = None
-        record.sleep.last_wake_s = time.monotonic() - started
-        record.running_since = time.monotonic()
-        life.transition(record, State.RUNNING, "woke", wake_s=record.sleep.last_wake_s)
+        record.woke(time.monotonic() - started)
         # Its weights are back on the GPU: refresh what `status` shows.
         with contextlib.suppress(GpuUnavailable):
             await life.measured()
         return None
 
     async def _cold_start_instead(
-        self, record: ModelRecord, generation: int, exc: SleepModeFailed
+        self, record: Model, generation: int, exc: SleepModeFailed
     ) -> ModeldError | None:
         life = self._life
-        record.sleep.fallback = exc.message
+        record.wake_fell_back(exc.message)
         log.warning("wake.failed", model=record.name, error=exc.message, fallback="cold start")
         life.events.publish(
             "wake.failed", model=record.name, error=exc.message, fallback="cold start"
         )
         self._metrics.woke(record.name, None)
         async with self._ops.lock:
-            if record.generation != generation:
+            if not record.is_current(generation):
                 return LoadFailed(f"{record.name}: changed while waking", model=record.name)
-            record.load = None  # this task is no longer the load a stop would cancel
+            record.watching(None)  # this task is no longer the load a stop would cancel
             try:
                 await life.stop_model(record, f"wake failed: {exc.message}; cold start instead")
                 await life.ledger.wait_for_room(record, life.records.values())
@@ -134,25 +128,23 @@ class Parking:
         load = record.load
         return await asyncio.shield(load) if load is not None else None
 
-    def seen_activity(
-        self, record: ModelRecord, generation: int, activity: Activity | None
-    ) -> None:
+    def seen_activity(self, record: Model, generation: int, activity: Activity | None) -> None:
         """A running model's request metrics: unload it once idle_unload_after_s passed
         with no request finished, none in flight and none queued."""
         idle_after = record.config.idle_unload_after_s
-        if record.generation != generation or idle_after is None:
+        if not record.is_current(generation) or idle_after is None:
             return
         now = time.monotonic()
-        record.usage.last_active = last_active(
-            record.usage.activity, activity, record.usage.last_active, now
+        usage = record.usage
+        record.seen_activity(
+            activity, last_active(usage.activity, activity, usage.last_active, now)
         )
-        record.usage.activity = activity
         if now - record.usage.last_active >= idle_after and record.usage.unload_task is None:
-            record.usage.unload_task = asyncio.create_task(
-                self._idle_unload(record), name=f"idle-unload-{record.name}"
+            record.unloading(
+                asyncio.create_task(self._idle_unload(record), name=f"idle-unload-{record.name}")
             )
 
-    async def _idle_unload(self, record: ModelRecord) -> None:
+    async def _idle_unload(self, record: Model) -> None:
         idle_after = record.config.idle_unload_after_s or 0.0
         try:
             idle_s = round(time.monotonic() - record.usage.last_active)
@@ -173,4 +165,4 @@ class Parking:
         except ModeldError:
             pass  # logged by the operation; the monitor tries again at its next pass
         finally:
-            record.usage.unload_task = None
+            record.unloading(None)

@@ -15,7 +15,7 @@ from modeld.core.jsonraw import RawJSON
 from modeld.core.redaction import without_backend_output
 from modeld.core.states import State
 from modeld.engine.lifecycle import Lifecycle
-from modeld.engine.views import model_view, models_view, runtime_view
+from modeld.engine.views import gpu_view, model_view, models_view, runtime_view
 
 # The view shows times (how long a model has been loading): at most this stale.
 STATUS_MAX_AGE_S = 0.5
@@ -90,7 +90,8 @@ class StatusView:
 
     def gpu(self) -> dict[str, Any]:
         """The last GPU reading in the seed's shape, with devices and freshness."""
-        return self._life.ledger.view()
+        ledger = self._life.ledger
+        return gpu_view(ledger.reading, ledger.backend, ledger.error, ledger.error is not None)
 
     def models(self) -> list[dict[str, Any]]:
         """The configured models."""
@@ -102,4 +103,4 @@ class StatusView:
         shown_states = (State.RUNNING, State.LOADING, State.SLEEPING, State.FAILED)
         parts = [f"{counts[s]} {s.value}" for s in shown_states]
         shown = ", ".join(p for p in parts if not p.startswith("0 ")) or "none running"
-        return f"{shown} · {self._life.ledger.view()['available_gb']:.1f} GB free"
+        return f"{shown} · {self.gpu()['available_gb']:.1f} GB free"

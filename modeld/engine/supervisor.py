@@ -30,9 +30,8 @@ from modeld.adapters.gpu.base import GpuMonitor
 from modeld.adapters.runtime.base import BackendState, Runtime
 from modeld.adapters.store import Store
 from modeld.adapters.vllm import VllmClient
-from modeld.core.config import Config, DaemonConfig, check_devices, load_config
+from modeld.core.config import Config, DaemonConfig, check_devices
 from modeld.core.errors import (
-    ConfigError,
     ModeldError,
     ModelsBusy,
     OperationTimeout,
@@ -40,19 +39,19 @@ from modeld.core.errors import (
     WouldLoad,
 )
 from modeld.core.jsonraw import RawJSON
-from modeld.core.reload import ReloadPlan, plan_reload
 from modeld.core.states import State
 from modeld.engine.events import EventBus, Subscription
 from modeld.engine.learning import Learning
 from modeld.engine.leases import Leases
 from modeld.engine.ledger import GpuLedger
-from modeld.engine.lifecycle import Lifecycle, Transition
+from modeld.engine.lifecycle import Lifecycle
 from modeld.engine.metrics import MetricsSink, NoMetrics
+from modeld.engine.model import Model, Revision, Transition
 from modeld.engine.monitor import Monitor
 from modeld.engine.observations import Observations
 from modeld.engine.operations import Caller, Operations
 from modeld.engine.parking import Parking
-from modeld.engine.record import ModelRecord, Revision
+from modeld.engine.reloading import Reloader
 from modeld.engine.restarts import Restarts
 from modeld.engine.statusview import StatusView
 from modeld.engine.switching import Switcher
@@ -101,6 +100,7 @@ class Supervisor:
             life.on_transition(listener)
         self._monitor = Monitor(self._observations, ledger, life.vllm, self._daemon_settings)
         self._monitoring: asyncio.Task[None] | None = None
+        self._reloader = Reloader(config_path, life, self._ops, self._learning)
 
     # ---- lifecycle of the daemon ----------------------------------------------------------
 
@@ -115,7 +115,7 @@ class Supervisor:
         await self.poll_once()
         self._monitoring = asyncio.create_task(self._monitor.run(), name="modeld-monitor")
 
-    async def _find_running(self, record: ModelRecord) -> None:
+    async def _find_running(self, record: Model) -> None:
         try:
             backend = await self._life.runtime(record).inspect(record.config)
         except RuntimeUnavailable as exc:
@@ -126,8 +126,7 @@ class Supervisor:
             return
         if backend.state is BackendState.RUNNING:
             # Found running: watch it to health instead of restarting it.
-            record.backend = backend
-            self._life.begin_loading(record, "found running at startup")
+            self._life.begin_loading(record, "found running at startup", backend)
             if grace := self._life.config.daemon.adopt_grace_s:
                 # It may be streaming answers whose leases ended with the last daemon.
                 self._leases.hold(record, grace)
@@ -158,7 +157,7 @@ class Supervisor:
 
     def _count(self, event: Transition) -> None:
         """Metrics follow transitions."""
-        name = event.record.name
+        name = event.model.name
         if event.new is State.FAILED:
             self._metrics.failed(name)
         if event.load_s is not None:
@@ -346,7 +345,7 @@ class Supervisor:
         return self._grant(record, owner, time.monotonic(), caller)
 
     def _grant(
-        self, record: ModelRecord, owner: int, started: float, caller: Caller | None
+        self, record: Model, owner: int, started: float, caller: Caller | None
     ) -> dict[str, Any]:
         lease = self._leases.grant(record, owner)
         waited = time.monotonic() - started
@@ -407,58 +406,7 @@ class Supervisor:
 
     async def reload(self, *, caller: Caller | None = None) -> dict[str, Any]:
         """Re-read the config file and apply it; an invalid one changes nothing."""
-        if self._config_path is None:
-            raise ConfigError("modeld was started without a config file: nothing to reload")
-        new = await asyncio.to_thread(load_config, self._config_path)
-        life = self._life
-        async with self._ops.operation("reload", None, caller):
-            idle = {n for n, r in life.records.items() if r.state is State.STOPPED}
-            plan = plan_reload(life.config, new, idle)
-            self._check_reloadable(plan)
-            for name in plan.added:
-                life.records[name] = life.new_record(name, plan.config)
-            for name in plan.removed:
-                del life.records[name]
-            for name in plan.unmanaged:
-                life.records[name].unmanaged = True
-            for name, model in plan.config.models.items():
-                record = life.records[name]
-                record.unmanaged = False
-                if name in plan.changed_now:
-                    record.config = model
-                    self._learning.config_changed(record)
-                elif name in plan.changed_at_next_start:
-                    record.pending_config = model
-            life.config = plan.config
-            life.ledger.config = plan.config
-            self._revision.bump()
-            outcome = {
-                "status": "reloaded",
-                "added": list(plan.added),
-                "removed": list(plan.removed),
-                "unmanaged": list(plan.unmanaged),
-                "changed": list(plan.changed_now),
-                "changed_at_next_start": list(plan.changed_at_next_start),
-                "requires_restart": list(plan.requires_restart),
-            }
-            log.info("config.reloaded", path=str(self._config_path), **outcome)
-            # Routers (the gateway) learn the model names from this.
-            life.events.publish(
-                "config.reloaded", added=outcome["added"], removed=outcome["removed"]
-            )
-            return outcome
-
-    def _check_reloadable(self, plan: ReloadPlan) -> None:
-        """Refuse a config whose models need a runtime or a GPU this daemon does not have."""
-        for name, model in plan.config.models.items():
-            if model.runtime not in self._life.runtimes:
-                raise ConfigError(
-                    f"models.{name}.runtime: the {model.runtime} runtime is not running in "
-                    "this daemon; restart modeld to add it",
-                    fields=[f"models.{name}.runtime"],
-                )
-        if reading := self._life.ledger.reading:
-            check_devices(plan.config.models, {d.index for d in reading.devices})
+        return await self._reloader.reload(caller)
 
     def _daemon_settings(self) -> DaemonConfig:
         return self._life.config.daemon

@@ -27,9 +27,9 @@ from modeld.core.states import State
 from modeld.engine.leases import Leases
 from modeld.engine.lifecycle import Lifecycle
 from modeld.engine.metrics import MetricsSink
+from modeld.engine.model import Model
 from modeld.engine.operations import AUTO_RESTART, Caller, Operations
 from modeld.engine.parking import Parking
-from modeld.engine.record import ModelRecord
 
 log = structlog.get_logger("modeld.engine.switching")
 
@@ -57,7 +57,7 @@ class Switcher:
         self._leases = leases
         self._metrics = metrics
 
-    async def bring_back(self, record: ModelRecord) -> bool:
+    async def bring_back(self, record: Model) -> bool:
         """The restart policy's retry: start it again if it is still down; False if that
         failed (a model removed by a reload meanwhile counts as done)."""
         try:
@@ -78,7 +78,7 @@ class Switcher:
     async def load(
         self,
         op: str,
-        record: ModelRecord,
+        record: Model,
         caller: Caller | None,
         *,
         evict: bool,
@@ -142,7 +142,7 @@ class Switcher:
         return closed
 
     async def _settle(
-        self, record: ModelRecord, loads: list[asyncio.Task[Any]], deadline: float | None
+        self, record: Model, loads: list[asyncio.Task[Any]], deadline: float | None
     ) -> None:
         """Wait for one of the loads in the way to end (the caller's deadline applies)."""
         with self._ops.counted():
@@ -159,12 +159,12 @@ class Switcher:
                 state=record.state.value,
             )
 
-    async def _bring_up(self, record: ModelRecord, *, evict: bool, force: bool = False) -> _Begun:
+    async def _bring_up(self, record: Model, *, evict: bool, force: bool = False) -> _Begun:
         """Under the lock: plan, stop or park what must go, start (or begin waking) the
         target. Returns what the caller waits on, outside the lock."""
         if record.state is State.RUNNING:
             self.count_demand(record)
-            record.usage.last_active = time.monotonic()
+            record.touched()
             return _Begun(
                 record,
                 {
@@ -271,13 +271,12 @@ class Switcher:
         requests, unless an operator forces it."""
         return (lambda _: False) if force else self._leases.protected
 
-    def count_demand(self, record: ModelRecord) -> None:
+    def count_demand(self, record: Model) -> None:
         """A request for `record`'s model (a switch, or a lease granted without one):
         cost_aware's demand decays everyone's and counts for it; lru's clock moves."""
-        record.usage.last_used = time.time()
         for other in self._life.records.values():
-            other.usage.demand *= DEMAND_DECAY
-        record.usage.demand += 1.0
+            other.demand_decayed(DEMAND_DECAY)
+        record.asked_for()
 
     async def _finish(self, begun: _Begun, wait: bool, timeout: float | None) -> dict[str, Any]:
         """Outside the lock: wait for the load begun (or joined), roll back on failure."""
@@ -309,7 +308,7 @@ class Switcher:
         result["load_seconds"] = round(loaded, 2) if loaded else None
         return result
 
-    async def _make_room(self, record: ModelRecord, plan: Plan) -> tuple[list[str], list[str]]:
+    async def _make_room(self, record: Model, plan: Plan) -> tuple[list[str], list[str]]:
         """Carry out a plan: stops first (they may give back host RAM the parks need), then
         parks. A parked model may keep more than planned: plan again, a few times at most."""
         stopped: list[str] = []
@@ -370,7 +369,7 @@ class Switcher:
         log.info("switch.rolled_back", model=failed, restored=restored, not_restored=not_restored)
         return {"restored": restored, "not_restored": not_restored}
 
-    def _insufficient(self, record: ModelRecord, plan: Infeasible) -> InsufficientMemory:
+    def _insufficient(self, record: Model, plan: Infeasible) -> InsufficientMemory:
         return InsufficientMemory(
             f"Cannot free enough GPU memory to load {record.name} on GPU {plan.device}. "
             f"Required: {plan.required_gb:.1f}GB, Available after unloading all models: "
@@ -389,7 +388,7 @@ class Switcher:
 class _Begun:
     """What an operation started under the lock, for its caller to wait on outside it."""
 
-    record: ModelRecord
+    record: Model
     result: dict[str, Any]
     load: asyncio.Task[ModeldError | None] | None = None
     moved: list[str] = field(default_factory=list)
@@ -415,7 +414,7 @@ class _LoadsInTheWay(Exception):
 
 
 def _success(
-    record: ModelRecord, unloaded: list[str], memory_info: dict[str, Any] | None
+    record: Model, unloaded: list[str], memory_info: dict[str, Any] | None
 ) -> dict[str, Any]:
     """The seed's `success` answer, before the outcome of the load is known."""
     return {
@@ -429,7 +428,7 @@ def _success(
 
 
 async def _wait_load(
-    record: ModelRecord, load: asyncio.Task[ModeldError | None], timeout: float | None
+    record: Model, load: asyncio.Task[ModeldError | None], timeout: float | None
 ) -> ModeldError | None:
     """A load's outcome; a caller's own deadline (OperationTimeout: the load goes on), or
     the load ended by a stop (LoadFailed saying so)."""

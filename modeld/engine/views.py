@@ -1,4 +1,4 @@
-"""JSON views of the Supervisor's memory: the seed's `status` and `gpu` shapes, and more.
+"""The JSON fields of `status`, `gpu` and `models`: the seed's `status` and `gpu` shapes, and more.
 
 Pure functions of the records and the last GPU reading: `status` never does I/O.
 """
@@ -11,9 +11,9 @@ from typing import Any
 
 from modeld.adapters.gpu.base import GpuReading
 from modeld.adapters.hfcache import human_size
-from modeld.core.memory import Need, Source, model_need, parked_residual
+from modeld.core.memory import model_need
 from modeld.core.states import ACTIVE, State
-from modeld.engine.record import ModelRecord
+from modeld.engine.model import Model, device_totals
 
 
 def iso(timestamp: float) -> str:
@@ -21,44 +21,16 @@ def iso(timestamp: float) -> str:
     return datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="seconds")
 
 
-def device_totals(reading: GpuReading | None) -> dict[int, float]:
-    """Total GB per device index from a reading (empty before the first one)."""
-    return {d.index: d.total_gb for d in reading.devices} if reading else {}
-
-
-def record_need(record: ModelRecord, totals: Mapping[int, float]) -> Need:
-    """What a model needs per device: its learned peak first, then its configuration."""
-    return model_need(record.config, totals, record.memory.learned_gb)
-
-
-def held_memory(record: ModelRecord, reading: GpuReading | None) -> tuple[dict[int, float], Source]:
-    """What a model holds now: measured from its processes where the driver says, else its need."""
-    measured = reading.per_model.get(record.name, {}) if reading else {}
-    if measured:
-        return dict(measured), Source.MEASURED
-    need = record_need(record, device_totals(reading))
-    if record.state is State.SLEEPING:
-        residual = parked_residual(record.config, need, record.memory.residual_gb)
-        return residual, Source.LEARNED if record.memory.residual_gb else Source.ESTIMATED
-    return dict(need.per_device), need.source
-
-
-def residual_memory(record: ModelRecord, reading: GpuReading | None) -> dict[int, float]:
-    """What `record` would keep per device once parked."""
-    need = record_need(record, device_totals(reading))
-    return parked_residual(record.config, need, record.memory.residual_gb)
-
-
-def model_view(record: ModelRecord, reading: GpuReading | None, now: float) -> dict[str, Any]:
+def model_view(record: Model, reading: GpuReading | None, now: float) -> dict[str, Any]:
     """One model in the seed's `status` fields, plus state time, failure and sources
     (`now`: the monotonic clock, for idle time)."""
     config = record.config
-    need = record_need(record, device_totals(reading))
+    need = record.need(device_totals(reading))
     used_gb: float | None = None
     used_source: str | None = None
     per_device: dict[int, float] = {}
     if record.state in ACTIVE:
-        per_device, source = held_memory(record, reading)
+        per_device, source = record.held(reading)
         used_gb = round(sum(per_device.values()), 1)
         used_source = source.value
     failure = record.status.failure
@@ -192,7 +164,7 @@ def gpu_view(
     }
 
 
-def models_view(records: Iterable[ModelRecord], reading: GpuReading | None) -> list[dict[str, Any]]:
+def models_view(records: Iterable[Model], reading: GpuReading | None) -> list[dict[str, Any]]:
     """The configured models and the memory each will need, with the figure's source."""
     totals = device_totals(reading)
     views = []
