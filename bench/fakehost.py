@@ -1,5 +1,5 @@
 """Two 50 GB fake vLLM models ("a", "b") on a simulated 80 GB GPU, under a real
-Supervisor: only one fits at a time, so every switch between them makes room."""
+Engine: only one fits at a time, so every switch between them makes room."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from typing import Any
 
 from modeld.adapters.gpu.simulated import SimulatedGpu
 from modeld.core.config import parse_config
-from modeld.engine.build import build_supervisor
-from modeld.engine.supervisor import Supervisor
+from modeld.engine.build import build_engine
+from modeld.engine.engine import Engine
 from modeld.testing.fakes import Behaviour, FakeRuntime
 from modeld.testing.ports import free_port
 
@@ -24,8 +24,8 @@ async def two_models(
     release_delay_s: float = 0.0,
     daemon: dict[str, Any] | None = None,
     **model: Any,
-) -> AsyncIterator[Supervisor]:
-    """A started Supervisor over `runtime` (every backend behaving as `behaviour`); the
+) -> AsyncIterator[Engine]:
+    """A started Engine over `runtime` (every backend behaving as `behaviour`); the
     models take `model`'s extra settings. Shut down on exit."""
     models = {
         name: {
@@ -46,7 +46,7 @@ async def two_models(
     )
     for name in models:
         runtime.behaviour[name] = behaviour
-    supervisor = await build_supervisor(
+    supervisor = await build_engine(
         config, gpu=SimulatedGpu(config.gpu, alive=runtime.alive), runtimes={"process": runtime}
     )
     await supervisor.startup()

@@ -22,7 +22,7 @@ import time
 from bench.common import Report, cli, figure
 from bench.fakehost import two_models
 from modeld.daemon.logs import configure_logging
-from modeld.engine.supervisor import Supervisor
+from modeld.engine.engine import Engine
 from modeld.testing.fakes import Behaviour, FakeRuntime
 
 LOAD_S = 0.3
@@ -42,29 +42,27 @@ def arrivals(count: int, seed: int, gap_s: float) -> list[tuple[float, str]]:
     return schedule
 
 
-async def swap_every_request(
-    supervisor: Supervisor, schedule: list[tuple[float, str]]
-) -> list[float]:
+async def swap_every_request(supervisor: Engine, schedule: list[tuple[float, str]]) -> list[float]:
     """The baseline: in arrival order, switch to the request's model, then serve it."""
     start, waits = time.monotonic(), []
     for at, model in schedule:
         await asyncio.sleep(max(0.0, start + at - time.monotonic()))
-        await supervisor.switch(model)
+        await supervisor.models.switch(model)
         waits.append(time.monotonic() - (start + at))
         await asyncio.sleep(SERVE_S)
     return waits
 
 
-async def with_leases(supervisor: Supervisor, schedule: list[tuple[float, str]]) -> list[float]:
+async def with_leases(supervisor: Engine, schedule: list[tuple[float, str]]) -> list[float]:
     """Every request acquires its model, is served, releases it."""
     start = time.monotonic()
 
     async def request(index: int, at: float, model: str) -> float:
         await asyncio.sleep(max(0.0, start + at - time.monotonic()))
-        granted = await supervisor.acquire(model, owner=index)
+        granted = await supervisor.leases.acquire(model, owner=index)
         waited = time.monotonic() - (start + at)
         await asyncio.sleep(SERVE_S)
-        supervisor.release(granted["lease"], owner=index)
+        supervisor.leases.release(granted.lease, owner=index)
         return waited
 
     return list(await asyncio.gather(*(request(i, at, m) for i, (at, m) in enumerate(schedule))))

@@ -31,11 +31,11 @@ async def switch_times(rounds: int, park: bool) -> list[float]:
         size_gb=40,
         sleep_mode=park,
     ) as supervisor:
-        await supervisor.switch("a")
-        await supervisor.switch("b")  # both have loaded once: every later switch is a return
+        await supervisor.models.switch("a")
+        await supervisor.models.switch("b")  # both have loaded once: every later switch is a return
         for index in range(rounds):
             started = time.monotonic()
-            await supervisor.switch("a" if index % 2 == 0 else "b")
+            await supervisor.models.switch("a" if index % 2 == 0 else "b")
             samples.append((time.monotonic() - started) * 1000)
     return samples
 

@@ -23,7 +23,7 @@ from modeld.cli.client import Client
 from modeld.core.config import parse_config
 from modeld.daemon.logs import configure_logging
 from modeld.daemon.server import RpcServer
-from modeld.engine.build import build_supervisor
+from modeld.engine.build import build_engine
 from modeld.testing.docker import build_image, docker_cli, engine_problem
 from modeld.testing.ports import free_port
 
@@ -86,7 +86,7 @@ async def measure(rounds: int) -> tuple[list[float], list[float]]:
             },
         }
     )
-    supervisor = await build_supervisor(
+    supervisor = await build_engine(
         config,
         gpu=SimulatedGpu(config.gpu),
         runtimes={"docker": DockerRuntime()},

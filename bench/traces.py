@@ -8,7 +8,7 @@ some models spanning both. The optimum is a dynamic program over the sets of loa
 models (keeping a model loaded costs nothing, so only maximal feasible sets matter).
 
 The issue's figure, on fresh seeds of the calibration kind, is also measured by replaying
-the traces through a real Supervisor (a `switch` per request over the fake runtime and
+the traces through a real Engine (a `switch` per request over the fake runtime and
 the simulated GPU, loads scaled down), which must agree with the planner-only replay.
 """
 
@@ -28,7 +28,7 @@ from modeld.adapters.vllm import VllmClient
 from modeld.core.config import EvictionPolicy, parse_config
 from modeld.core.planner import Candidate, Device, Infeasible, Target, plan_switch
 from modeld.daemon.logs import configure_logging
-from modeld.engine.build import build_supervisor
+from modeld.engine.build import build_engine
 from modeld.engine.switching import DEMAND_DECAY
 from modeld.testing.fakes import Behaviour, FakeRuntime
 from modeld.testing.ports import free_port
@@ -161,7 +161,7 @@ QUICK_REPLAY_SCALE = 0.01
 
 async def replay(scenario: Scenario, policy: EvictionPolicy, scale: float = REPLAY_SCALE) -> float:
     """Total cold-load seconds (at the trace's scale) serving the trace through a real
-    Supervisor: `switch` per request, on the simulated GPU and the fake runtime, each
+    Engine: `switch` per request, on the simulated GPU and the fake runtime, each
     backend taking its load time (scaled down) to answer /health."""
     tables = {
         name: {
@@ -198,13 +198,13 @@ async def replay(scenario: Scenario, policy: EvictionPolicy, scale: float = REPL
             runtime.behaviour[name] = Behaviour(load_seconds=model.load_s * scale)
         gpu = SimulatedGpu(config.gpu, alive=runtime.alive)
         runtime.gpu = gpu
-        supervisor = await build_supervisor(
+        supervisor = await build_engine(
             config, gpu=gpu, runtimes={"process": runtime}, vllm=VllmClient(timeout_s=5)
         )
         await supervisor.startup()
         try:
             for name in scenario.trace:
-                await supervisor.switch(name)
+                await supervisor.models.switch(name)
         finally:
             await supervisor.shutdown()
     return sum(runtime.starts(name) * model.load_s for name, model in scenario.models.items())
@@ -328,7 +328,7 @@ def run(quick: bool) -> Report:
             target="mean <= 1.15x optimum, no trace above 1.35x",
             met=mean <= 1.15 and worst <= 1.35,
             notes=f"mean {mean:.3f}x, worst {worst:.3f}x over {len(through)} traces: a real "
-            f"Supervisor (fake runtime, simulated GPU, loads at {scale:g}x their "
+            f"Engine (fake runtime, simulated GPU, loads at {scale:g}x their "
             f"seconds) switching per request; {differ} traces differ from the planner-only "
             "replay (learned load times are measured, so near-ties can fall the other way)",
         )

@@ -16,8 +16,8 @@ from modeld.adapters.gpu.simulated import SimulatedGpu
 from modeld.adapters.vllm import VllmClient
 from modeld.core.config import Config
 from modeld.daemon.server import Limits, RpcServer
-from modeld.engine.build import build_supervisor
-from modeld.engine.supervisor import Supervisor
+from modeld.engine.build import build_engine
+from modeld.engine.engine import Engine
 from modeld.testing.docker import build_image, docker_cli, docker_required, engine_problem
 from modeld.testing.fakes import FakeRuntime
 from tests.support import Served, ServeFactory, SupervisorFactory
@@ -26,15 +26,15 @@ from tests.support import Served, ServeFactory, SupervisorFactory
 @pytest.fixture
 async def supervised() -> AsyncIterator[SupervisorFactory]:
     """Build started Supervisors over FakeRuntime + SimulatedGpu; shut them down after."""
-    made: list[Supervisor] = []
+    made: list[Engine] = []
 
     async def build(
         config: Config, config_path: Path | None = None, **options: Any
-    ) -> tuple[Supervisor, FakeRuntime, SimulatedGpu]:
+    ) -> tuple[Engine, FakeRuntime, SimulatedGpu]:
         runtime = FakeRuntime()
         gpu = SimulatedGpu(config.gpu, alive=runtime.alive)
         runtime.gpu = gpu
-        supervisor = await build_supervisor(
+        supervisor = await build_engine(
             config,
             gpu=gpu,
             runtimes={"process": runtime},
@@ -83,7 +83,7 @@ def prefix() -> Iterator[str]:
 
 @pytest.fixture
 async def serve(supervised: SupervisorFactory, tmp_path: Path) -> AsyncIterator[ServeFactory]:
-    """Start RpcServers over supervised fake hosts: each gives socket, Supervisor, runtime."""
+    """Start RpcServers over supervised fake hosts: each gives socket, Engine, runtime."""
     servers: list[RpcServer] = []
 
     async def start(config: Config, limits: Limits | None = None) -> Served:

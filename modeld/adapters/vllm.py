@@ -2,7 +2,7 @@
 
 Every read is bounded (a backend is not trusted to send a sane body) and every call has
 a deadline. Health is a verdict, never an exception; the sleep calls raise
-SleepModeFailed naming the endpoint and what it said, which the Supervisor turns into a
+SleepModeFailed naming the endpoint and what it said, which the Engine turns into a
 fallback (stop instead of park, cold start instead of wake); metrics that cannot be
 read are None.
 

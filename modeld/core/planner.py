@@ -1,6 +1,6 @@
 """The switch planner: a pure function deciding which models to stop so a target fits.
 
-No I/O and no logging here: the Supervisor gathers plain data, the planner decides.
+No I/O and no logging here: the Engine gathers plain data, the planner decides.
 """
 
 from __future__ import annotations

@@ -17,8 +17,8 @@ import structlog
 
 from modeld.core.errors import LimitReached
 from modeld.daemon.access import Caller
+from modeld.engine.engine import Engine
 from modeld.engine.events import Subscription
-from modeld.engine.supervisor import Supervisor
 
 log = structlog.get_logger("modeld.daemon.server")
 
@@ -39,7 +39,7 @@ class Connection:
         writer: asyncio.StreamWriter,
         caller: Caller,
         write_timeout_s: float,
-        supervisor: Supervisor,
+        supervisor: Engine,
     ) -> None:
         self.writer = writer
         self.caller = caller
@@ -85,7 +85,7 @@ class Pushes:
     """What a connection is sent without asking: `event` notifications from its one
     subscription, `log` notifications for each model it follows. All end with it."""
 
-    def __init__(self, connection: Connection, supervisor: Supervisor) -> None:
+    def __init__(self, connection: Connection, supervisor: Engine) -> None:
         self._connection = connection
         self._supervisor = supervisor
         self._subscription: Subscription | None = None
@@ -96,7 +96,7 @@ class Pushes:
         """Give the connection its one subscription; False if it had one already."""
         if self._subscription is not None:
             return False
-        self._subscription = self._supervisor.subscribe()
+        self._subscription = self._supervisor.events.subscribe()
         if self._connection.closed:
             # The caller hung up before its subscribe was served: nothing to push to.
             self.end()
@@ -122,7 +122,7 @@ class Pushes:
     def end(self) -> None:
         """The connection is closing: stop every push (a no-op when there is none)."""
         if self._subscription is not None:
-            self._supervisor.unsubscribe(self._subscription)
+            self._supervisor.events.unsubscribe(self._subscription)
         if self._pump is not None:
             self._pump.cancel()
             self._pump = None

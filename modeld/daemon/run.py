@@ -23,9 +23,9 @@ from modeld.daemon.listen import inherited_socket
 from modeld.daemon.sdnotify import Notifier
 from modeld.daemon.server import Limits, RpcServer
 from modeld.daemon.signals import stop_and_reload
-from modeld.engine.build import build_supervisor
+from modeld.engine.build import build_engine
+from modeld.engine.engine import Engine
 from modeld.engine.metrics import Metrics, serve_metrics
-from modeld.engine.supervisor import Supervisor
 
 log = structlog.get_logger("modeld.daemon.run")
 
@@ -36,17 +36,15 @@ async def _every(interval_s: float, action: Callable[[], None]) -> None:
         await asyncio.sleep(interval_s)
 
 
-async def _report_status(supervisor: Supervisor, notifier: Notifier, interval_s: float) -> None:
+async def _report_status(supervisor: Engine, notifier: Notifier, interval_s: float) -> None:
     """Keep `systemctl status` current: on every transition, and as memory moves."""
     while True:
-        notifier.status(supervisor.summary())
+        notifier.status(supervisor.view.summary())
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(supervisor.changed(), interval_s)
+            await asyncio.wait_for(supervisor.events.changed(), interval_s)
 
 
-async def _serve_reloads(
-    requested: asyncio.Event, supervisor: Supervisor, notifier: Notifier
-) -> None:
+async def _serve_reloads(requested: asyncio.Event, supervisor: Engine, notifier: Notifier) -> None:
     """SIGHUP: re-read the config; an invalid one is logged and the old one stays."""
     while True:
         await requested.wait()
@@ -59,7 +57,7 @@ async def _serve_reloads(
         except Exception:  # a bug in one reload must not end the reloads that follow
             log.exception("config.reload_crashed")
         finally:
-            notifier.ready(supervisor.summary())
+            notifier.ready(supervisor.view.summary())
 
 
 async def run_daemon(config: Config, socket_path: Path, config_path: Path | None = None) -> None:
@@ -71,7 +69,7 @@ async def run_daemon(config: Config, socket_path: Path, config_path: Path | None
         log.warning("config.risk", warning=warning)
     daemon = config.daemon
     metrics = Metrics() if config.metrics.listen else None
-    supervisor = await build_supervisor(config, metrics=metrics, config_path=config_path)
+    supervisor = await build_engine(config, metrics=metrics, config_path=config_path)
     server = RpcServer(
         supervisor,
         socket_path,
@@ -91,7 +89,7 @@ async def run_daemon(config: Config, socket_path: Path, config_path: Path | None
     try:
         await supervisor.startup()
         if metrics is not None and config.metrics.listen:
-            metrics.watch(supervisor.status)
+            metrics.watch(supervisor.view.status)
             try:
                 metrics_runner = await serve_metrics(metrics, config.metrics.listen)
             except OSError as exc:
@@ -100,7 +98,7 @@ async def run_daemon(config: Config, socket_path: Path, config_path: Path | None
                     listen=config.metrics.listen,
                 ) from None
         await server.start(inherited)
-        notifier.ready(supervisor.summary())
+        notifier.ready(supervisor.view.summary())
         log.info(
             "daemon.ready",
             version=__version__,
@@ -113,7 +111,7 @@ async def run_daemon(config: Config, socket_path: Path, config_path: Path | None
             _report_status(supervisor, notifier, daemon.poll_interval_s),
             _serve_reloads(reload_requested, supervisor, notifier),
             # In the background: the socket answers while preloaded models load.
-            supervisor.preload(),
+            supervisor.models.preload(),
         ]
         if notifier.watchdog_interval_s:
             # From the event loop itself: a stuck loop stops the pings and systemd restarts us.

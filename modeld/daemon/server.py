@@ -21,10 +21,10 @@ from modeld.adapters.socketdir import check_dir
 from modeld.core.errors import LimitReached, SocketInUse, TooManyConnections
 from modeld.daemon.access import AccessPolicy, Caller, peer_credentials
 from modeld.daemon.connection import Connection
+from modeld.daemon.methods import Context
 from modeld.daemon.rpc import (
     INVALID_REQUEST,
     MAX_MESSAGE_BYTES,
-    Context,
     answer,
     answer_now,
     error_line,
@@ -32,7 +32,7 @@ from modeld.daemon.rpc import (
     may_take_long,
     parse,
 )
-from modeld.engine.supervisor import Supervisor
+from modeld.engine.engine import Engine
 
 log = structlog.get_logger("modeld.daemon.server")
 
@@ -73,7 +73,7 @@ class RpcServer:
 
     def __init__(
         self,
-        supervisor: Supervisor,
+        supervisor: Engine,
         path: Path,
         mode: int = 0o660,
         group: str | None = None,
@@ -233,11 +233,11 @@ class RpcServer:
             # and log their outcome; only then is the transport closed.
             connection.closed = True
             pushes.end()
-            self._supervisor.release_owner(owner)  # its requests in flight are over
+            self._supervisor.leases.release_owner(owner)  # its requests in flight are over
             if connection.tasks or connection.acquires:
                 await asyncio.wait(connection.tasks | connection.acquires)
             pushes.end()  # in case a subscribe or a follow was still on its way
-            self._supervisor.release_owner(owner)  # in case an acquire was still on its way
+            self._supervisor.leases.release_owner(owner)  # in case an acquire was still on its way
             self._open.discard(connection)
             self._connections -= 1
             self._per_uid[caller.uid] -= 1

@@ -1,4 +1,4 @@
-"""One way to make a Supervisor from a config: used by the daemon, the tests and the
+"""One way to make an Engine from a config: used by the daemon, the tests and the
 benchmarks, so what they run is put together the same way."""
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ from modeld.adapters.hostmem import parkable_ram_gb
 from modeld.adapters.runtime.base import Runtime
 from modeld.adapters.vllm import VllmClient
 from modeld.core.config import Config
+from modeld.engine.engine import Engine
 from modeld.engine.metrics import MetricsSink
-from modeld.engine.supervisor import Supervisor
 
 
 def build_runtimes(config: Config) -> dict[str, Runtime]:
@@ -31,7 +31,7 @@ def build_runtimes(config: Config) -> dict[str, Runtime]:
     return runtimes
 
 
-async def build_supervisor(
+async def build_engine(
     config: Config,
     *,
     gpu: GpuMonitor | None = None,
@@ -40,15 +40,15 @@ async def build_supervisor(
     metrics: MetricsSink | None = None,
     config_path: Path | None = None,
     host_ram: Callable[[], float | None] | None = None,
-) -> Supervisor:
-    """A Supervisor (not yet started) over the config's GPU backend and runtimes, or over
+) -> Engine:
+    """An Engine (not yet started) over the config's GPU backend and runtimes, or over
     the ones given (fakes, a proxied engine)."""
     monitor = gpu if gpu is not None else await open_gpu_monitor(config.gpu)
-    return Supervisor(
+    return Engine(
         config,
-        monitor,
-        runtimes if runtimes is not None else build_runtimes(config),
-        vllm or VllmClient(),
+        gpu=monitor,
+        runtimes=runtimes if runtimes is not None else build_runtimes(config),
+        vllm=vllm or VllmClient(),
         config_path=config_path,
         metrics=metrics,
         # Fake backends on the simulated GPU park nothing in host RAM.

@@ -1,4 +1,4 @@
-"""The GPU as the Supervisor sees it: the last reading, its freshness, and the memory
+"""The GPU as the Engine sees it: the last reading, its freshness, and the memory
 arithmetic its decisions need. The ledger reads; it never changes a model's state."""
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
 
 import structlog
@@ -29,6 +29,7 @@ from modeld.core.errors import (
 )
 from modeld.core.states import Failure, State
 from modeld.engine.events import EventBus
+from modeld.engine.learning import Learning
 from modeld.engine.ledger import GpuLedger
 from modeld.engine.model import Model, Revision, Transition
 from modeld.engine.readiness import await_ready
@@ -50,6 +51,7 @@ class Lifecycle:
         ledger: GpuLedger,
         events: EventBus,
         revision: Revision,
+        learning: Learning,
     ) -> None:
         self.config = config
         self.runtimes = runtimes
@@ -61,10 +63,9 @@ class Lifecycle:
         self.runtime_errors: dict[str, str | None] = {name: None for name in runtimes}
         self._listeners: list[Listener] = []
         self._changed = asyncio.Event()
-        # Set by the learning part: what a record's config change means for its figures,
-        # and a refresh of measured memory once a backend answers.
-        self.config_changed: Callable[[Model], None] = lambda _: None
-        self.measured: Callable[[], Awaitable[None]] = _nothing
+        # What a model's new settings mean for its learned figures, and what a backend
+        # that now answers holds.
+        self.learning = learning
 
     def new_model(self, name: str, config: Config | None = None) -> Model:
         """A stopped Model for a configured model."""
@@ -144,7 +145,7 @@ class Lifecycle:
     async def start_model(self, record: Model) -> None:
         """Start the backend and begin watching its load (the caller waits on record.load)."""
         if record.begin_start():
-            self.config_changed(record)
+            self.learning.config_changed(record)
         try:
             if (sock := record.config.socket_path) is not None:
                 # Made (or checked) before the backend binds there: only the gateway's
@@ -194,11 +195,16 @@ class Lifecycle:
             record.failed("stop failed", Failure(f"stop failed: {exc.message}"))
             raise exc from None
         if record.stopped(reason):
-            self.config_changed(record)
+            self.learning.config_changed(record)
         if record.unmanaged:
             # Removed from the config by a reload: once stopped, it is forgotten.
             del self.records[record.name]
             log.info("model.forgotten", model=record.name)
+
+    async def measured(self) -> None:
+        """A backend now answers: what the models hold is what the driver measures now."""
+        with contextlib.suppress(GpuUnavailable):
+            self.learning.memory(await self.ledger.read(self.records.values()))
 
     async def _watch_load(self, record: Model, timed: bool) -> ModeldError | None:
         """Race health against the backend's exit and the load deadline; record the outcome,
@@ -230,13 +236,8 @@ class Lifecycle:
             return None
         record.became_running("healthy", load_s if timed else None)
         # Its memory is now what the driver measures: refresh what `status` shows.
-        with contextlib.suppress(GpuUnavailable):
-            await self.measured()
+        await self.measured()
         return None
-
-
-async def _nothing() -> None:
-    return None
 
 
 def _crashed(record: Model, exc: Exception) -> LoadFailed:

@@ -1,7 +1,7 @@
-"""Prometheus metrics: events the Supervisor reports, and its state read at scrape time.
+"""Prometheus metrics: events the Engine reports, and its state read at scrape time.
 
 State (model states, GPU memory) is not copied into gauges: a collector reads the
-Supervisor's `status` when Prometheus scrapes, on the event loop, so the two never
+Engine's `status` when Prometheus scrapes, on the event loop, so the two never
 disagree. Durations and counts are recorded as they happen.
 """
 
@@ -26,7 +26,7 @@ WAKE_BUCKETS = (0.1, 0.25, 0.5, 1, 2, 3, 5, 7.5, 10, 20, 60)
 
 
 class MetricsSink(Protocol):
-    """What the Supervisor reports as it works. Each report does nothing unless a sink
+    """What the Engine reports as it works. Each report does nothing unless a sink
     records it (NoMetrics keeps these defaults)."""
 
     def switch_done(self, outcome: str, seconds: float) -> None:
@@ -68,7 +68,7 @@ class NoMetrics(MetricsSink):
 
 
 class _StatusCollector(Collector):
-    """Gauges read from the Supervisor's status at scrape time."""
+    """Gauges read from the Engine's status at scrape time."""
 
     def __init__(self, status: Callable[[], dict[str, Any]]) -> None:
         self._status = status
@@ -114,7 +114,7 @@ class _StatusCollector(Collector):
 
 
 class Metrics:
-    """The registry modeld serves, and the sink the Supervisor reports to."""
+    """The registry modeld serves, and the sink the Engine reports to."""
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
@@ -171,7 +171,7 @@ class Metrics:
         )
 
     def watch(self, status: Callable[[], dict[str, Any]]) -> None:
-        """Export the Supervisor's state, read at each scrape."""
+        """Export the Engine's state, read at each scrape."""
         self.registry.register(_StatusCollector(status))
 
     def switch_done(self, outcome: str, seconds: float) -> None:

@@ -34,7 +34,7 @@ WATCHED = frozenset({State.RUNNING, State.SLEEPING, State.STOPPED, State.FAILED}
 
 
 class Observer(Protocol):
-    """What the monitor reports to: the Supervisor."""
+    """What the monitor reports to: the Engine."""
 
     def records(self) -> list[Model]:
         """Every model's record."""
@@ -84,7 +84,7 @@ class Observer(Protocol):
 
 
 class Monitor:
-    """Polls the world and reports to the Supervisor; never changes a record itself."""
+    """Polls the world and reports to the Engine; never changes a record itself."""
 
     def __init__(
         self,

@@ -101,8 +101,7 @@ class Parking:
             return LoadFailed(f"{record.name}: changed while waking", model=record.name)
         record.woke(time.monotonic() - started)
         # Its weights are back on the GPU: refresh what `status` shows.
-        with contextlib.suppress(GpuUnavailable):
-            await life.measured()
+        await life.measured()
         return None
 
     async def _cold_start_instead(

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
-from typing import Any
 
 import structlog
 
 from modeld.core.config import check_devices, load_config
 from modeld.core.errors import ConfigError
 from modeld.core.reload import ReloadPlan, plan_reload
+from modeld.core.results import ReloadResult
 from modeld.core.states import State
 from modeld.engine.learning import Learning
 from modeld.engine.lifecycle import Lifecycle
@@ -31,7 +31,7 @@ class Reloader:
         self._ops = operations
         self._learning = learning
 
-    async def reload(self, caller: Caller | None = None) -> dict[str, Any]:
+    async def reload(self, caller: Caller | None = None) -> ReloadResult:
         """Re-read the config file and apply it; what changed."""
         if self._path is None:
             raise ConfigError("modeld was started without a config file: nothing to reload")
@@ -42,20 +42,18 @@ class Reloader:
             plan = plan_reload(life.config, new, idle)
             self._check_runnable(plan)
             self._apply(plan)
-            outcome = {
-                "status": "reloaded",
-                "added": list(plan.added),
-                "removed": list(plan.removed),
-                "unmanaged": list(plan.unmanaged),
-                "changed": list(plan.changed_now),
-                "changed_at_next_start": list(plan.changed_at_next_start),
-                "requires_restart": list(plan.requires_restart),
-            }
-            log.info("config.reloaded", path=str(self._path), **outcome)
-            # Routers (the gateway) learn the model names from this.
-            life.events.publish(
-                "config.reloaded", added=list(plan.added), removed=list(plan.removed)
+            outcome = ReloadResult(
+                status="reloaded",
+                added=list(plan.added),
+                removed=list(plan.removed),
+                unmanaged=list(plan.unmanaged),
+                changed=list(plan.changed_now),
+                changed_at_next_start=list(plan.changed_at_next_start),
+                requires_restart=list(plan.requires_restart),
             )
+            log.info("config.reloaded", path=str(self._path), **outcome.answer())
+            # Routers (the gateway) learn the model names from this.
+            life.events.publish("config.reloaded", added=outcome.added, removed=outcome.removed)
             return outcome
 
     def _apply(self, plan: ReloadPlan) -> None:

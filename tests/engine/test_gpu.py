@@ -128,8 +128,8 @@ async def test_unmanaged_memory_is_shown_per_device(supervised: SupervisorFactor
     """Memory no model's processes hold is shown as unmanaged on its device."""
     config = make_config({"a": {"gpu_memory_gb": 10}}, [24], gpu={"external_used_gb": [3]})
     supervisor, _, _ = await supervised(config)
-    await supervisor.switch("a")
-    gpu = supervisor.gpu()
+    await supervisor.models.switch("a")
+    gpu = supervisor.view.gpu()
     [device] = gpu["devices"]
     assert (device["used_gb"], device["unmanaged_gb"]) == (13.0, 3.0)
     [process] = gpu["processes"]

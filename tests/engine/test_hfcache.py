@@ -74,12 +74,12 @@ async def test_status_follows_the_cache(supervised: SupervisorFactory, tmp_path:
     )
     repo = cached_model(tmp_path, "org/alpha", {"w.safetensors": b"1" * 2048}, incomplete=True)
     supervisor, _, _ = await supervised(config)
-    view = supervisor.status()["models"]["alpha"]
+    view = supervisor.view.status()["models"]["alpha"]
     assert view["downloaded_size"] == "2.0KB"
     assert view["download"]["complete"] is False
     (repo / "blobs" / "shaX.incomplete").rename(repo / "blobs" / "shaY")
     os.utime(repo / "blobs", (1, 1))  # a distinct mtime, however fast the test runs
     await supervisor.poll_once()
-    view = supervisor.status()["models"]["alpha"]
+    view = supervisor.view.status()["models"]["alpha"]
     assert view["download"]["complete"] is True
     assert view["download"]["bytes"] == 2048 + 10

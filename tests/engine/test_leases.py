@@ -15,7 +15,7 @@ from modeld.core.config import Config
 from modeld.core.errors import LoadFailed, ModelsBusy
 from modeld.core.states import State
 from modeld.daemon.server import Limits
-from modeld.engine.supervisor import Supervisor
+from modeld.engine.engine import Engine
 from modeld.testing.fakes import Behaviour, FakeRuntime
 from tests.support import (
     ServeFactory,
@@ -38,21 +38,21 @@ async def test_a_leased_model_survives_a_switch_until_its_release(
     new acquires for it wait, and only after the release is it stopped for the switch;
     the acquire that waited is served after, with its own turn."""
     supervisor, _, _ = await supervised(make_config(TWO, [80]))
-    events = supervisor.subscribe()
-    held = await supervisor.acquire("a", owner=1)
-    switching = asyncio.create_task(supervisor.switch("b"))
+    events = supervisor.events.subscribe()
+    held = await supervisor.leases.acquire("a", owner=1)
+    switching = asyncio.create_task(supervisor.models.switch("b"))
     await next_of(events, "drain", model="a")
     assert state_of(supervisor, "a") is State.RUNNING
-    latecomer = asyncio.create_task(supervisor.acquire("a", owner=2))
-    assert supervisor.status()["models"]["a"]["leases"] == 1
-    supervisor.release(held["lease"], owner=1)
+    latecomer = asyncio.create_task(supervisor.leases.acquire("a", owner=2))
+    assert supervisor.view.status()["models"]["a"]["leases"] == 1
+    supervisor.leases.release(held.lease, owner=1)
     result = await switching
-    assert result["unloaded_models"] == ["a"]
-    assert result["state"] == "running"
+    assert result.unloaded_models == ["a"]
+    assert result.state == "running"
     granted = await latecomer  # its turn: a comes back once b is up
-    assert granted["model"] == "a"
+    assert granted.model == "a"
     assert state_of(supervisor, "a") is State.RUNNING
-    assert supervisor.status()["models"]["a"]["leases"] == 1
+    assert supervisor.view.status()["models"]["a"]["leases"] == 1
 
 
 async def test_a_drain_past_its_timeout_is_refused_and_loses_nothing(
@@ -61,22 +61,22 @@ async def test_a_drain_past_its_timeout_is_refused_and_loses_nothing(
     """Leases that outlast drain_timeout_s: models_busy naming the model and its lease
     count; nothing was stopped, and the lease still holds."""
     supervisor, runtime, _ = await supervised(make_config(TWO, [80], drain_timeout_s=0.2))
-    held = await supervisor.acquire("a", owner=1)
+    held = await supervisor.leases.acquire("a", owner=1)
     with pytest.raises(ModelsBusy) as refused:
-        await supervisor.switch("b")
+        await supervisor.models.switch("b")
     assert refused.value.data["busy"] == {"a": 1}
     assert state_of(supervisor, "a") is State.RUNNING
     assert state_of(supervisor, "b") is State.STOPPED
     assert runtime.starts("b") == 0
-    assert supervisor.release(held["lease"], owner=1)["leases"] == 0
+    assert supervisor.leases.release(held.lease, owner=1).leases == 0
 
 
 async def test_force_evicts_a_leased_model(supervised: SupervisorFactory) -> None:
     """An operator's `force` evicts without draining."""
     supervisor, _, _ = await supervised(make_config(TWO, [80]))
-    await supervisor.acquire("a", owner=1)
-    result = await supervisor.switch("b", force=True)
-    assert result["unloaded_models"] == ["a"]
+    await supervisor.leases.acquire("a", owner=1)
+    result = await supervisor.models.switch("b", force=True)
+    assert result.unloaded_models == ["a"]
     assert state_of(supervisor, "a") is State.STOPPED
 
 
@@ -87,10 +87,10 @@ async def test_twenty_concurrent_acquires_make_one_backend(
     healthy."""
     supervisor, runtime, _ = await supervised(make_config(TWO, [80]))
     runtime.behaviour["a"] = Behaviour(load_seconds=0.3)
-    granted = await asyncio.gather(*(supervisor.acquire("a", owner=n) for n in range(20)))
+    granted = await asyncio.gather(*(supervisor.leases.acquire("a", owner=n) for n in range(20)))
     assert runtime.starts("a") == 1
-    assert len({g["lease"] for g in granted}) == 20
-    assert supervisor.status()["models"]["a"]["leases"] == 20
+    assert len({g.lease for g in granted}) == 20
+    assert supervisor.view.status()["models"]["a"]["leases"] == 20
 
 
 async def test_an_acquire_whose_model_fails_gets_the_error_and_no_lease(
@@ -100,8 +100,8 @@ async def test_an_acquire_whose_model_fails_gets_the_error_and_no_lease(
     supervisor, runtime, _ = await supervised(make_config(TWO, [80]))
     runtime.behaviour["a"] = Behaviour(exit_code=1)
     with pytest.raises(LoadFailed):
-        await supervisor.acquire("a", owner=1)
-    assert supervisor.status()["models"]["a"]["leases"] == 0
+        await supervisor.leases.acquire("a", owner=1)
+    assert supervisor.view.status()["models"]["a"]["leases"] == 0
 
 
 async def test_stop_waits_for_requests_in_flight_unless_forced(
@@ -110,11 +110,11 @@ async def test_stop_waits_for_requests_in_flight_unless_forced(
     """`stop` of a leased model drains it first (refused past the drain timeout);
     `force` stops it at once."""
     supervisor, _, _ = await supervised(make_config(TWO, [80], drain_timeout_s=0.2))
-    await supervisor.acquire("a", owner=1)
+    await supervisor.leases.acquire("a", owner=1)
     with pytest.raises(ModelsBusy):
-        await supervisor.stop("a")
+        await supervisor.models.stop("a")
     assert state_of(supervisor, "a") is State.RUNNING
-    assert (await supervisor.stop("a", force=True))["status"] == "stopped"
+    assert (await supervisor.models.stop("a", force=True)).status == "stopped"
 
 
 async def test_a_closed_connections_leases_end_and_the_client_lease_block(
@@ -127,17 +127,17 @@ async def test_a_closed_connections_leases_end_and_the_client_lease_block(
     async with Client(path) as client:
         async with client.lease("a") as endpoint:
             assert endpoint.startswith("http://127.0.0.1:")
-            assert supervisor.status()["models"]["a"]["leases"] == 1
-        assert supervisor.status()["models"]["a"]["leases"] == 0
+            assert supervisor.view.status()["models"]["a"]["leases"] == 1
+        assert supervisor.view.status()["models"]["a"]["leases"] == 0
         await client.call("acquire", model="a")
         await client.call("acquire", model="a")
-        assert supervisor.status()["models"]["a"]["leases"] == 2
+        assert supervisor.view.status()["models"]["a"]["leases"] == 2
 
     async def released() -> bool:
-        return bool(supervisor.status()["models"]["a"]["leases"] == 0)
+        return bool(supervisor.view.status()["models"]["a"]["leases"] == 0)
 
     await eventually(released, timeout=10)
-    assert (await supervisor.switch("b"))["unloaded_models"] == ["a"]
+    assert (await supervisor.models.switch("b")).unloaded_models == ["a"]
 
 
 async def test_a_lease_waiter_that_gives_up_leaks_no_lease(serve: ServeFactory) -> None:
@@ -145,7 +145,7 @@ async def test_a_lease_waiter_that_gives_up_leaks_no_lease(serve: ServeFactory) 
     granted when the load ends is released at once, so nothing holds the model."""
     path, supervisor, runtime = await serve(make_config(TWO, [80]))
     runtime.behaviour["a"] = Behaviour(load_seconds=0.5)
-    events = supervisor.subscribe()
+    events = supervisor.events.subscribe()
     async with Client(path) as client:
         waiting = asyncio.create_task(client.acquire("a"))
         await next_of(events, "state", model="a", to_state="loading")
@@ -155,7 +155,7 @@ async def test_a_lease_waiter_that_gives_up_leaks_no_lease(serve: ServeFactory) 
         await next_of(events, "state", model="a", to_state="running")
 
         async def released() -> bool:
-            view = supervisor.status()["models"]["a"]
+            view = supervisor.view.status()["models"]["a"]
             return bool(view["leases"] == 0 and view["status"] == "running")
 
         await eventually(released, timeout=10)  # while the connection stays open
@@ -169,19 +169,19 @@ async def test_a_router_connection_with_many_waiting_acquires_still_releases(
     behind a switch that drains a: its release is still read and answered, so the switch
     goes on, and the waiters get their turn after it (no deadlock, no drain timeout)."""
     path, supervisor, _ = await serve(make_config(TWO, [80]))
-    events = supervisor.subscribe()
+    events = supervisor.events.subscribe()
     async with Client(path) as router:
         held = await router.acquire("a")
-        switching = asyncio.create_task(supervisor.switch("b"))
+        switching = asyncio.create_task(supervisor.models.switch("b"))
         await next_of(events, "drain", model="a")
         waiters = [asyncio.create_task(router.acquire("a")) for _ in range(20)]
 
         async def all_waiting() -> bool:
-            return bool(supervisor.status()["models"]["a"]["waiting"] == 20)
+            return bool(supervisor.view.status()["models"]["a"]["waiting"] == 20)
 
         await eventually(all_waiting, timeout=10)
         await router.call("release", lease=held["lease"])
-        assert (await switching)["unloaded_models"] == ["a"]
+        assert (await switching).unloaded_models == ["a"]
         granted = await asyncio.wait_for(asyncio.gather(*waiters), 30)
     assert {lease["model"] for lease in granted} == {"a"}
 
@@ -197,14 +197,14 @@ async def test_acquires_past_the_connections_bound_are_refused_not_queued(
         waiting = [asyncio.create_task(client.acquire("a")) for _ in range(2)]
 
         async def both_waiting() -> bool:
-            return bool(supervisor.status()["models"]["a"]["waiting"] == 2)
+            return bool(supervisor.view.status()["models"]["a"]["waiting"] == 2)
 
         await eventually(both_waiting, timeout=10)
         with pytest.raises(RpcError) as refused:
             await client.acquire("a")
         assert refused.value.data == {"error": "limit_reached", "limit": 2}
         assert (await client.call("ping"))["pong"] is True
-        await supervisor.stop("a", force=True)  # the load ends: its waiters are told
+        await supervisor.models.stop("a", force=True)  # the load ends: its waiters are told
         for outcome in await asyncio.gather(*waiting, return_exceptions=True):
             assert isinstance(outcome, RpcError) and outcome.data["error"] == "load_failed"
 
@@ -222,14 +222,14 @@ async def test_requests_served_by_leases_count_as_demand(serve: ServeFactory) ->
         eviction_policy="cost_aware",
     )
     path, supervisor, _ = await serve(config)
-    await supervisor.switch("busy")
-    await supervisor.switch("idle")  # asked for last: without the leases, busy would go
+    await supervisor.models.switch("busy")
+    await supervisor.models.switch("idle")  # asked for last: without the leases, busy would go
     async with Client(path) as router:
         for _ in range(20):
             async with router.lease("busy"):
                 pass
-    result = await supervisor.switch("new")
-    assert result["unloaded_models"] == ["idle"]
+    result = await supervisor.models.switch("new")
+    assert result.unloaded_models == ["idle"]
     assert state_of(supervisor, "busy") is State.RUNNING
 
 
@@ -241,7 +241,7 @@ async def test_release_of_someone_elses_lease_is_refused(serve: ServeFactory) ->
         with pytest.raises(Exception, match="no lease") as refused:
             await other.call("release", lease=granted["lease"])
         assert getattr(refused.value, "code", None) == -32014
-        assert supervisor.status()["models"]["a"]["leases"] == 1
+        assert supervisor.view.status()["models"]["a"]["leases"] == 1
 
 
 async def test_a_leased_model_is_never_idle_unloaded(supervised: SupervisorFactory) -> None:
@@ -249,12 +249,12 @@ async def test_a_leased_model_is_never_idle_unloaded(supervised: SupervisorFacto
     its metrics say idle; once released, it is unloaded."""
     models = {"a": {"gpu_memory_gb": 20, "idle_unload_after_s": 0.2}}
     supervisor, _, _ = await supervised(make_config(models, [80], poll_interval_s=0.05))
-    held = await supervisor.acquire("a", owner=1)
+    held = await supervisor.leases.acquire("a", owner=1)
     # A window of several idle periods (the only way to see that something does not
     # happen): the lease keeps it running throughout.
     with pytest.raises(TimeoutError):
         await wait_for_state(supervisor, "a", {State.STOPPING, State.STOPPED}, 1.0)
-    supervisor.release(held["lease"], owner=1)
+    supervisor.leases.release(held.lease, owner=1)
     assert await wait_for_state(supervisor, "a", {State.STOPPED}, 10) is State.STOPPED
 
 
@@ -262,18 +262,18 @@ async def test_restart_waits_for_requests_in_flight(supervised: SupervisorFactor
     """`restart` of a leased model drains it first: refused past the drain timeout with
     the model untouched."""
     supervisor, runtime, _ = await supervised(make_config(TWO, [80], drain_timeout_s=0.2))
-    held = await supervisor.acquire("a", owner=1)
+    held = await supervisor.leases.acquire("a", owner=1)
     with pytest.raises(ModelsBusy):
-        await supervisor.restart("a")
+        await supervisor.models.restart("a")
     assert runtime.starts("a") == 1
-    supervisor.release(held["lease"], owner=1)
-    assert (await supervisor.restart("a"))["status"] == "restarted"
+    supervisor.leases.release(held.lease, owner=1)
+    assert (await supervisor.models.restart("a")).status == "restarted"
     assert runtime.starts("a") == 2
 
 
 async def _restarted(
     config: Config, runtime: FakeRuntime, gpu: GpuMonitor, drain_timeout_s: float
-) -> Supervisor:
+) -> Engine:
     """A new daemon over the same host, once it has adopted `a` (still running): it
     holds a minute at most and reads metrics often."""
     daemon = {"adopt_grace_s": 60, "drain_timeout_s": drain_timeout_s, "poll_interval_s": 0.02}
@@ -293,7 +293,7 @@ async def test_a_model_found_serving_at_startup_is_held_until_the_grace_ends(
     drains instead of cutting the answer (here: models_busy), and a keeps running."""
     config = make_config(TWO, [80])
     first, runtime, gpu = await supervised(config)
-    await first.switch("a")
+    await first.models.switch("a")
     runtime.server("a").token_seconds = 0.05
     body = {"model": "a", "prompt": "hi", "max_tokens": 10_000, "stream": True}
     async with aiohttp.ClientSession() as http:
@@ -302,10 +302,10 @@ async def test_a_model_found_serving_at_startup_is_held_until_the_grace_ends(
             assert (await answer.content.readline()).startswith(b"data: ")  # streaming
             second = await _restarted(config, runtime, gpu, drain_timeout_s=0.3)
             try:
-                assert second.status()["models"]["a"]["leases"] == 1  # the daemon's hold
+                assert second.view.status()["models"]["a"]["leases"] == 1  # the daemon's hold
                 # The drain outlasts many readings of a's metrics, each showing one running.
                 with pytest.raises(ModelsBusy):
-                    await second.switch("b")
+                    await second.models.switch("b")
                 assert state_of(second, "a") is State.RUNNING
                 assert runtime.starts("b") == 0
             finally:
@@ -318,15 +318,15 @@ async def test_a_model_found_idle_at_startup_is_not_held(supervised: SupervisorF
     flight: a switch needing its memory after a restart does not wait out the grace."""
     config = make_config(TWO, [80])
     first, runtime, gpu = await supervised(config)
-    await first.switch("a")
+    await first.models.switch("a")
     second = await _restarted(config, runtime, gpu, drain_timeout_s=60)
     try:
 
         async def released() -> bool:
-            return int(second.status()["models"]["a"]["leases"]) == 0
+            return int(second.view.status()["models"]["a"]["leases"]) == 0
 
         await eventually(released)
-        result = await asyncio.wait_for(second.switch("b"), 10)  # far less than the grace
-        assert result["unloaded_models"] == ["a"]
+        result = await asyncio.wait_for(second.models.switch("b"), 10)  # far less than the grace
+        assert result.unloaded_models == ["a"]
     finally:
         await second.shutdown()

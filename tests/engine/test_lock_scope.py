@@ -25,27 +25,27 @@ async def test_other_operations_proceed_while_a_model_loads(
     switch joins the load (one backend); a stop of `slow` ends it and both waiting callers
     hear that it was stopped."""
     supervisor, runtime, _ = await supervised(make_config(MODELS, [80]))
-    await supervisor.switch("other")
+    await supervisor.models.switch("other")
     runtime.behaviour["slow"] = Behaviour(load_seconds=60)
-    first = asyncio.create_task(supervisor.switch("slow"))
+    first = asyncio.create_task(supervisor.models.switch("slow"))
     await wait_for_state(supervisor, "slow", {State.LOADING}, 5)
 
-    assert (await supervisor.stop("other"))["status"] == "stopped"
+    assert (await supervisor.models.stop("other")).status == "stopped"
     assert state_of(supervisor, "slow") is State.LOADING
-    assert (await supervisor.switch("third"))["state"] == "running"
+    assert (await supervisor.models.switch("third")).state == "running"
     assert state_of(supervisor, "slow") is State.LOADING
-    assert supervisor.status()["models"]["slow"]["status"] == "loading"
-    assert supervisor.status()["in_flight"] == 1  # the caller waiting on `slow`
+    assert supervisor.view.status()["models"]["slow"]["status"] == "loading"
+    assert supervisor.view.status()["in_flight"] == 1  # the caller waiting on `slow`
 
-    second = asyncio.create_task(supervisor.switch("slow"))
+    second = asyncio.create_task(supervisor.models.switch("slow"))
     # Joining takes the lock for a moment only; then both wait on the same load.
 
     async def both_waiting() -> bool:
-        return bool(supervisor.status()["in_flight"] == 2)
+        return bool(supervisor.view.status()["in_flight"] == 2)
 
     await eventually(both_waiting, timeout=5)
     assert runtime.starts("slow") == 1
-    assert (await supervisor.stop("slow"))["status"] == "stopped"
+    assert (await supervisor.models.stop("slow")).status == "stopped"
     for waiting in (first, second):
         with pytest.raises(LoadFailed, match="stopped while loading") as caught:
             await waiting
@@ -61,13 +61,13 @@ async def test_a_switch_needing_a_loading_models_memory_waits_for_that_load(
     models = {"first": {"gpu_memory_gb": 50}, "second": {"gpu_memory_gb": 50}}
     supervisor, runtime, _ = await supervised(make_config(models, [80]))
     runtime.behaviour["first"] = Behaviour(load_seconds=0.3)
-    events = supervisor.subscribe()
-    loading = asyncio.create_task(supervisor.switch("first"))
+    events = supervisor.events.subscribe()
+    loading = asyncio.create_task(supervisor.models.switch("first"))
     await wait_for_state(supervisor, "first", {State.LOADING}, 5)
-    result = await supervisor.switch("second")
-    assert result["state"] == "running"
-    assert result["unloaded_models"] == ["first"]
-    assert (await loading)["state"] == "running"  # it did answer before being evicted
+    result = await supervisor.models.switch("second")
+    assert result.state == "running"
+    assert result.unloaded_models == ["first"]
+    assert (await loading).state == "running"  # it did answer before being evicted
     seen: list[dict[str, Any]] = []
     while len(seen) < 50 and not (seen and seen[-1].get("type") == "switch.room_ready"):
         seen.append(await asyncio.wait_for(events.next(), 5))

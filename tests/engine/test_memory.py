@@ -12,7 +12,7 @@ from modeld.adapters.gpu.base import BackendRef, GpuReading
 from modeld.adapters.gpu.simulated import SimulatedGpu
 from modeld.core.config import Config
 from modeld.core.states import State
-from modeld.engine.supervisor import Supervisor
+from modeld.engine.engine import Engine
 from modeld.testing.fakes import FakeRuntime
 from tests.support import SupervisorFactory, make_config, start_over, state_of
 
@@ -31,7 +31,7 @@ class HungryGpu(SimulatedGpu):
         return await super().read(grown)
 
 
-async def started(config: Config) -> tuple[Supervisor, FakeRuntime]:
+async def started(config: Config) -> tuple[Engine, FakeRuntime]:
     """A supervisor on the hungry GPU."""
     runtime = FakeRuntime()
     gpu = HungryGpu(config.gpu, alive=runtime.alive)
@@ -44,10 +44,10 @@ async def test_measured_peak_is_reported_learned_and_preferred() -> None:
     config = make_config({"alpha": {"gpu_memory_gb": 30}, "beta": {"gpu_memory_gb": 25}}, [60])
     first, _ = await started(config)
     try:
-        await first.switch("beta")
+        await first.models.switch("beta")
         with capture_logs() as logs:
-            await first.switch("alpha")
-        view = first.status()["models"]["alpha"]
+            await first.models.switch("alpha")
+        view = first.view.status()["models"]["alpha"]
         assert view["gpu_memory_used_gb"] == 40.0
         assert view["gpu_memory_source"] == "measured"
         assert view["gpu_memory_over_plan_gb"] == 10.0
@@ -59,16 +59,16 @@ async def test_measured_peak_is_reported_learned_and_preferred() -> None:
 
     second, _ = await started(config)
     try:
-        view = second.status()["models"]["alpha"]
+        view = second.view.status()["models"]["alpha"]
         assert (view["gpu_memory_required_gb"], view["gpu_memory_required_source"]) == (
             40.0,
             "learned",
         )
-        await second.switch("beta")
+        await second.models.switch("beta")
         # At 30 GB alpha would fit beside beta (55 of 60); at its measured 40 it does not.
-        result = await second.switch("alpha")
-        assert result["unloaded_models"] == ["beta"]
-        assert result["memory_info"]["source"] == "learned"
+        result = await second.models.switch("alpha")
+        assert result.unloaded_models == ["beta"]
+        assert result.memory_info is not None and result.memory_info.source == "learned"
     finally:
         await second.shutdown()
 
@@ -77,7 +77,7 @@ async def test_new_settings_forget_the_old_peak() -> None:
     """A peak learned under other settings is not applied to the new ones."""
     config = make_config({"alpha": {"gpu_memory_gb": 30}}, [70])
     first, _ = await started(config)
-    await first.switch("alpha")
+    await first.models.switch("alpha")
     await first.shutdown()
     changed = config.model_copy(
         update={
@@ -86,7 +86,7 @@ async def test_new_settings_forget_the_old_peak() -> None:
     )
     second, _ = await started(changed)
     try:
-        view = second.status()["models"]["alpha"]
+        view = second.view.status()["models"]["alpha"]
         assert (view["gpu_memory_required_gb"], view["gpu_memory_required_source"]) == (
             35.0,
             "configured",
@@ -105,13 +105,14 @@ async def test_two_gpu_plan_stops_only_what_frees_the_needed_device(
         "tp": {"gpus": [0, 1], "gpu_memory_gb": 40},
     }
     supervisor, _, _ = await supervised(make_config(models, [80, 80]))
-    await supervisor.switch("on0")
-    await supervisor.switch("on1")
-    result = await supervisor.switch("tp")
-    assert result["unloaded_models"] == ["on1"]
-    assert set(result["memory_info"]["per_device"]) == {"0", "1"}
+    await supervisor.models.switch("on0")
+    await supervisor.models.switch("on1")
+    result = await supervisor.models.switch("tp")
+    assert result.unloaded_models == ["on1"]
+    assert result.memory_info is not None and result.memory_info.per_device is not None
+    assert set(result.memory_info.per_device) == {"0", "1"}
     assert state_of(supervisor, "on0") is State.RUNNING
-    gpu = supervisor.gpu()["devices"]
+    gpu = supervisor.view.gpu()["devices"]
     assert [d["used_gb"] for d in gpu] == [70.0, 40.0]
 
 
@@ -125,8 +126,8 @@ async def test_four_gpu_host_leaves_other_devices_alone(supervised: SupervisorFa
     }
     supervisor, _, _ = await supervised(make_config(models, [80, 80, 80, 80]))
     for name in ("big0", "big1", "on23"):
-        await supervisor.switch(name)
-    result = await supervisor.switch("also23")
-    assert result["unloaded_models"] == ["on23"]
+        await supervisor.models.switch(name)
+    result = await supervisor.models.switch("also23")
+    assert result.unloaded_models == ["on23"]
     assert state_of(supervisor, "big0") is State.RUNNING
     assert state_of(supervisor, "big1") is State.RUNNING

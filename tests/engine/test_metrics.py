@@ -12,8 +12,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from modeld.adapters.gpu.simulated import SimulatedGpu
 from modeld.core.config import parse_config
 from modeld.core.errors import LoadFailed
+from modeld.engine.engine import Engine
 from modeld.engine.metrics import Metrics, serve_metrics
-from modeld.engine.supervisor import Supervisor
 from modeld.testing.fakes import Behaviour, FakeRuntime
 from modeld.testing.ports import free_port
 from tests.support import make_config, start_over
@@ -22,7 +22,7 @@ GIB = 1024**3
 
 
 @pytest.fixture
-async def host() -> AsyncIterator[tuple[Supervisor, FakeRuntime, str]]:
+async def host() -> AsyncIterator[tuple[Engine, FakeRuntime, str]]:
     """A supervised fake host with metrics served on a free port."""
     config = make_config(
         {
@@ -36,7 +36,7 @@ async def host() -> AsyncIterator[tuple[Supervisor, FakeRuntime, str]]:
     gpu = SimulatedGpu(config.gpu, alive=runtime.alive)
     metrics = Metrics()
     supervisor = await start_over(config, runtime, gpu, metrics=metrics)
-    metrics.watch(supervisor.status)
+    metrics.watch(supervisor.view.status)
     listen = f"127.0.0.1:{free_port()}"
     runner = await serve_metrics(metrics, listen)
     yield supervisor, runtime, f"http://{listen}/metrics"
@@ -62,21 +62,21 @@ def value(samples: dict[Any, float], name: str, **labels: str) -> float:
     return samples[(name, tuple(sorted(labels.items())))]
 
 
-async def test_metrics_match_status(host: tuple[Supervisor, FakeRuntime, str]) -> None:
+async def test_metrics_match_status(host: tuple[Engine, FakeRuntime, str]) -> None:
     """States, GPU memory, per-model memory, switch and load histograms, evictions and
     failures all agree with what modeld says in `status`."""
     supervisor, runtime, url = host
-    await supervisor.switch("alpha")
-    await supervisor.switch("beta")
-    await supervisor.switch("gamma")  # evicts alpha
-    await supervisor.switch("gamma")  # already loaded
+    await supervisor.models.switch("alpha")
+    await supervisor.models.switch("beta")
+    await supervisor.models.switch("gamma")  # evicts alpha
+    await supervisor.models.switch("gamma")  # already loaded
     runtime.behaviour["alpha"] = Behaviour(exit_code=1)
     with pytest.raises(LoadFailed) as caught:
-        await supervisor.switch("alpha")  # evicts gamma, fails, brings gamma back
+        await supervisor.models.switch("alpha")  # evicts gamma, fails, brings gamma back
     assert caught.value.data["restored"] == ["gamma"]
 
     samples = await scrape(url)
-    status = supervisor.status()
+    status = supervisor.view.status()
     for name, model in status["models"].items():
         assert value(samples, "modeld_model_state", model=name, state=model["status"]) == 1
         for device, gb in model["gpu_memory_per_device_gb"].items():
@@ -127,20 +127,20 @@ async def test_parks_and_wakes_are_counted() -> None:
     supervisor = await start_over(
         config, runtime, SimulatedGpu(config.gpu, alive=runtime.alive), metrics=metrics
     )
-    metrics.watch(supervisor.status)
+    metrics.watch(supervisor.view.status)
     listen = f"127.0.0.1:{free_port()}"
     runner = await serve_metrics(metrics, listen)
     try:
         runtime.behaviour["b"] = Behaviour(wake_fails=True)
-        await supervisor.switch("a")
-        await supervisor.switch("b")  # parks a
-        await supervisor.switch("a")  # wakes a, parks b
+        await supervisor.models.switch("a")
+        await supervisor.models.switch("b")  # parks a
+        await supervisor.models.switch("a")  # wakes a, parks b
         samples = await scrape(f"http://{listen}/metrics")
         assert value(samples, "modeld_parks_total", model="a") == 1
         assert value(samples, "modeld_parks_total", model="b") == 1
         assert value(samples, "modeld_wake_duration_seconds_count", model="a") == 1
         assert value(samples, "modeld_parked_ram_bytes", kind="used") == 40 * GIB
-        await supervisor.switch("b")  # b will not wake: cold start; a parked again
+        await supervisor.models.switch("b")  # b will not wake: cold start; a parked again
         samples = await scrape(f"http://{listen}/metrics")
         assert value(samples, "modeld_wake_failures_total", model="b") == 1
         assert value(samples, "modeld_parks_total", model="a") == 2

@@ -54,29 +54,29 @@ async def test_reload_adds_changes_and_removes(
     """Added models appear; a running model keeps its config until its next start; a
     running model removed from the config runs on, unmanaged, until stopped."""
     supervisor, _, path, tables = await started(supervised, tmp_path)
-    await supervisor.switch("alpha")
-    await supervisor.switch("beta")
+    await supervisor.models.switch("alpha")
+    await supervisor.models.switch("beta")
     tables["alpha"]["description"] = "second"
     gamma = dict(tables["beta"], endpoint="http://127.0.0.1:9")
     toml({"alpha": tables["alpha"], "gamma": gamma}, path)
 
     outcome = await supervisor.reload()
-    assert outcome["added"] == ["gamma"]
-    assert outcome["unmanaged"] == ["beta"]
-    assert outcome["changed_at_next_start"] == ["alpha"]
-    status = supervisor.status()["models"]
+    assert outcome.added == ["gamma"]
+    assert outcome.unmanaged == ["beta"]
+    assert outcome.changed_at_next_start == ["alpha"]
+    status = supervisor.view.status()["models"]
     assert status["alpha"]["description"] == "first"
     assert status["alpha"]["config_pending"] is True
     assert status["beta"]["unmanaged"] is True
     assert status["gamma"]["status"] == "stopped"
     with pytest.raises(UnknownModel, match="unmanaged"):
-        await supervisor.switch("beta")
-    assert [m["name"] for m in supervisor.models()] == ["alpha", "gamma"]
+        await supervisor.models.switch("beta")
+    assert [m["name"] for m in supervisor.view.models()] == ["alpha", "gamma"]
 
-    await supervisor.stop("beta")
-    assert "beta" not in supervisor.status()["models"]
-    await supervisor.restart("alpha")
-    assert supervisor.status()["models"]["alpha"]["description"] == "second"
+    await supervisor.models.stop("beta")
+    assert "beta" not in supervisor.view.status()["models"]
+    await supervisor.models.restart("alpha")
+    assert supervisor.view.status()["models"]["alpha"]["description"] == "second"
     assert state_of(supervisor, "alpha") is State.RUNNING
 
 
@@ -89,7 +89,7 @@ async def test_invalid_config_is_rejected_and_old_stays(
     toml(tables, path)
     with pytest.raises(ConfigError, match=r"models\.alpha\.gpu_memory_gb"):
         await supervisor.reload()
-    assert supervisor.status()["models"]["alpha"]["gpu_memory_required_gb"] == 10.0
+    assert supervisor.view.status()["models"]["alpha"]["gpu_memory_required_gb"] == 10.0
 
 
 async def test_settings_bound_at_start_wait_for_a_restart(
@@ -99,8 +99,8 @@ async def test_settings_bound_at_start_wait_for_a_restart(
     supervisor, _, path, tables = await started(supervised, tmp_path)
     toml(tables, path, '[daemon]\nsocket = "/tmp/elsewhere.sock"\neviction_policy = "lru"')
     outcome = await supervisor.reload()
-    assert outcome["requires_restart"] == ["daemon.socket", "daemon.state_dir"]
-    assert supervisor.status()["eviction_policy"] == "lru"
+    assert outcome.requires_restart == ["daemon.socket", "daemon.state_dir"]
+    assert supervisor.view.status()["eviction_policy"] == "lru"
 
 
 async def test_new_model_on_missing_device_is_refused(
@@ -111,7 +111,7 @@ async def test_new_model_on_missing_device_is_refused(
     toml({**tables, "far": dict(tables["alpha"], gpus=[3])}, path)
     with pytest.raises(ConfigError, match=r"models\.far\.gpus"):
         await supervisor.reload()
-    assert "far" not in supervisor.status()["models"]
+    assert "far" not in supervisor.view.status()["models"]
 
 
 async def test_a_switch_queued_behind_a_reload_that_removes_its_model_starts_nothing(
@@ -124,10 +124,10 @@ async def test_a_switch_queued_behind_a_reload_that_removes_its_model_starts_not
     config = make_config(models, [60], gpu={"release_delay_s": 0.5})
     path = tmp_path / "modeld.toml"
     supervisor, runtime, _ = await supervised(config, path)
-    await supervisor.switch("alpha")
-    await supervisor.switch("beta")
-    events = supervisor.subscribe()
-    holding = asyncio.create_task(supervisor.switch("gamma"))
+    await supervisor.models.switch("alpha")
+    await supervisor.models.switch("beta")
+    events = supervisor.events.subscribe()
+    holding = asyncio.create_task(supervisor.models.switch("gamma"))
     async with asyncio.timeout(5):
         while (await events.next())["type"] != "switch.stopped":
             pass  # now it waits, under the lock, for the stopped model's memory
@@ -140,13 +140,13 @@ async def test_a_switch_queued_behind_a_reload_that_removes_its_model_starts_not
     reloading = asyncio.create_task(supervisor.reload())
 
     async def reload_waits_its_turn() -> bool:
-        return bool(supervisor.status()["in_flight"] >= 2)
+        return bool(supervisor.view.status()["in_flight"] >= 2)
 
     await eventually(reload_waits_its_turn, timeout=5)
-    switching = asyncio.create_task(supervisor.switch("delta"))
-    assert (await reloading)["removed"] == ["delta"]
+    switching = asyncio.create_task(supervisor.models.switch("delta"))
+    assert (await reloading).removed == ["delta"]
     with pytest.raises(UnknownModel, match="delta"):
         await switching
     await holding
     assert runtime.starts("delta") == 0
-    assert "delta" not in supervisor.status()["models"]
+    assert "delta" not in supervisor.view.status()["models"]

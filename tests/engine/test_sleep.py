@@ -17,7 +17,7 @@ from modeld.adapters.hostmem import parkable_ram_gb, parse_meminfo
 from modeld.core.activity import Activity, last_active, parse_activity
 from modeld.core.errors import ConfigError, LoadFailed
 from modeld.core.states import State
-from modeld.engine.supervisor import Supervisor
+from modeld.engine.engine import Engine
 from modeld.testing.fakes import Behaviour
 from tests.support import SupervisorFactory, make_config, start_over, state_of, wait_for_state
 
@@ -28,9 +28,9 @@ PARKABLE = {
 }
 
 
-def model_status(supervisor: Supervisor, name: str) -> dict[str, Any]:
+def model_status(supervisor: Engine, name: str) -> dict[str, Any]:
     """One model's entry in `status`."""
-    return dict(supervisor.status()["models"][name])
+    return dict(supervisor.view.status()["models"][name])
 
 
 async def test_switch_parks_the_other_model_and_wakes_it_back(
@@ -40,10 +40,10 @@ async def test_switch_parks_the_other_model_and_wakes_it_back(
     wakes a without restarting its backend and parks b."""
     config = make_config(PARKABLE, [80], park_ram_gb=100, gpu={"sleep_residual_gb": 1.5})
     supervisor, runtime, _ = await supervised(config)
-    await supervisor.switch("a")
-    result = await supervisor.switch("b")
-    assert result["parked_models"] == ["a"]
-    assert result["unloaded_models"] == ["a"]
+    await supervisor.models.switch("a")
+    result = await supervisor.models.switch("b")
+    assert result.parked_models == ["a"]
+    assert result.unloaded_models == ["a"]
     assert state_of(supervisor, "a") is State.SLEEPING
     assert runtime.server("a").sleeping
     parked = model_status(supervisor, "a")
@@ -51,21 +51,21 @@ async def test_switch_parks_the_other_model_and_wakes_it_back(
     assert parked["gpu_memory_used_gb"] == 1.5
     assert parked["gpu_memory_source"] == "measured"
     assert parked["parked"]["ram_gb"] == 40
-    assert supervisor.status()["parking"] == {
+    assert supervisor.view.status()["parking"] == {
         "ram_budget_gb": 100,
         "ram_used_gb": 40.0,
         "ram_free_gb": 60.0,
     }
 
-    back = await supervisor.switch("a")
-    assert back["woke"] is True and back["wake_fallback"] is None
-    assert back["wake_seconds"] is not None
-    assert back["parked_models"] == ["b"]
+    back = await supervisor.models.switch("a")
+    assert back.woke is True and back.wake_fallback is None
+    assert back.wake_seconds is not None
+    assert back.parked_models == ["b"]
     assert state_of(supervisor, "a") is State.RUNNING
     assert not runtime.server("a").sleeping
     assert runtime.starts("a") == 1  # woken, not cold-started
     woke = model_status(supervisor, "a")
-    assert woke["last_wake_seconds"] == back["wake_seconds"]
+    assert woke["last_wake_seconds"] == back.wake_seconds
     assert woke["gpu_memory_used_gb"] == 50
 
 
@@ -73,16 +73,16 @@ async def test_wake_failure_falls_back_to_a_cold_start(supervised: SupervisorFac
     """A backend whose /wake_up fails is stopped and started afresh, and the answer says so."""
     supervisor, runtime, _ = await supervised(make_config(PARKABLE, [80], park_ram_gb=100))
     runtime.behaviour["a"] = Behaviour(wake_fails=True)
-    await supervisor.switch("a")
-    await supervisor.switch("b")
+    await supervisor.models.switch("a")
+    await supervisor.models.switch("b")
     assert state_of(supervisor, "a") is State.SLEEPING
     with capture_logs() as logs:
-        result = await supervisor.switch("a")
-    assert result["woke"] is False
-    assert "500" in result["wake_fallback"]
+        result = await supervisor.models.switch("a")
+    assert result.woke is False
+    assert result.wake_fallback is not None and "500" in result.wake_fallback
     assert state_of(supervisor, "a") is State.RUNNING
     assert runtime.starts("a") == 2
-    assert model_status(supervisor, "a")["wake_fallback"] == result["wake_fallback"]
+    assert model_status(supervisor, "a")["wake_fallback"] == result.wake_fallback
     assert any(e["event"] == "wake.failed" and e["fallback"] == "cold start" for e in logs)
 
 
@@ -90,14 +90,14 @@ async def test_ram_budget_exhausted_means_stop(supervised: SupervisorFactory) ->
     """Host RAM for one parked model only: the second eviction stops instead of parking."""
     models = {**PARKABLE, "c": {**PARKABLE["a"]}}
     supervisor, _, _ = await supervised(make_config(models, [80], park_ram_gb=60))
-    await supervisor.switch("a")
-    await supervisor.switch("b")
-    result = await supervisor.switch("c")
+    await supervisor.models.switch("a")
+    await supervisor.models.switch("b")
+    result = await supervisor.models.switch("c")
     assert state_of(supervisor, "a") is State.SLEEPING
-    assert result["parked_models"] == []
-    assert result["unloaded_models"] == ["b"]
+    assert result.parked_models == []
+    assert result.unloaded_models == ["b"]
     assert state_of(supervisor, "b") is State.STOPPED
-    assert supervisor.status()["parking"]["ram_used_gb"] <= 60
+    assert supervisor.view.status()["parking"]["ram_used_gb"] <= 60
 
 
 async def test_without_a_budget_sleep_mode_models_are_stopped(
@@ -105,9 +105,9 @@ async def test_without_a_budget_sleep_mode_models_are_stopped(
 ) -> None:
     """park_ram_gb = 0 (the default) disables parking: evictions stop as before."""
     supervisor, _, _ = await supervised(make_config(PARKABLE, [80]))
-    await supervisor.switch("a")
-    result = await supervisor.switch("b")
-    assert result["parked_models"] == []
+    await supervisor.models.switch("a")
+    result = await supervisor.models.switch("b")
+    assert result.parked_models == []
     assert state_of(supervisor, "a") is State.STOPPED
 
 
@@ -116,9 +116,9 @@ async def test_pinned_sleep_mode_model_is_never_parked(supervised: SupervisorFac
     models = {"a": {**PARKABLE["a"], "pinned": True}, "b": {**PARKABLE["b"], "gpu_memory_gb": 20}}
     models["c"] = {"gpu_memory_gb": 20}
     supervisor, _, _ = await supervised(make_config(models, [80], park_ram_gb=100))
-    await supervisor.switch("a")
-    await supervisor.switch("b")
-    await supervisor.switch("c")
+    await supervisor.models.switch("a")
+    await supervisor.models.switch("b")
+    await supervisor.models.switch("c")
     assert state_of(supervisor, "a") is State.RUNNING
 
 
@@ -134,13 +134,13 @@ async def test_parked_model_keeping_more_than_planned_leads_to_a_new_plan(
     }
     config = make_config(models, [80], park_ram_gb=100, gpu={"sleep_residual_gb": 6.0})
     supervisor, runtime, _ = await supervised(config)
-    await supervisor.switch("a")
-    await supervisor.switch("b")
+    await supervisor.models.switch("a")
+    await supervisor.models.switch("b")
     with capture_logs() as logs:
-        result = await supervisor.switch("c")
+        result = await supervisor.models.switch("c")
     assert state_of(supervisor, "c") is State.RUNNING
     assert any(e["event"] == "switch.replan" for e in logs)
-    assert "a" in result["unloaded_models"]
+    assert result.unloaded_models is not None and "a" in result.unloaded_models
     assert runtime.free_at_start["c"] >= 47
 
 
@@ -149,8 +149,8 @@ async def test_monitor_notices_sleep_and_wake_behind_its_back(
 ) -> None:
     """Someone POSTs /sleep to a running model, then /wake_up: the monitor follows."""
     supervisor, _, _ = await supervised(make_config(PARKABLE, [80], park_ram_gb=100))
-    await supervisor.switch("a")
-    endpoint = supervisor.status()["models"]["a"]["endpoint"]
+    await supervisor.models.switch("a")
+    endpoint = supervisor.view.status()["models"]["a"]["endpoint"]
     async with aiohttp.ClientSession() as http:
         await (await http.post(f"{endpoint}/sleep?level=1")).release()
         await supervisor.poll_once()
@@ -166,13 +166,13 @@ async def test_a_parked_backend_found_at_startup_is_adopted_asleep(
     """A new daemon over a backend that sleeps adopts it as sleeping, not running."""
     config = make_config(PARKABLE, [80], park_ram_gb=100)
     first, runtime, gpu = await supervised(config)
-    await first.switch("a")
-    await first.switch("b")
+    await first.models.switch("a")
+    await first.models.switch("b")
     second = await start_over(config, runtime, gpu)
     try:
         assert await wait_for_state(second, "a", {State.SLEEPING}, 5) is State.SLEEPING
         assert await wait_for_state(second, "b", {State.RUNNING}, 5) is State.RUNNING
-        assert second.status()["parking"]["ram_used_gb"] == 40
+        assert second.view.status()["parking"]["ram_used_gb"] == 40
     finally:
         await second.shutdown()
 
@@ -180,10 +180,10 @@ async def test_a_parked_backend_found_at_startup_is_adopted_asleep(
 async def test_events_show_the_park_and_the_wake(supervised: SupervisorFactory) -> None:
     """Subscribers see a's park as a switch step and a state change to sleeping."""
     supervisor, _, _ = await supervised(make_config(PARKABLE, [80], park_ram_gb=100))
-    await supervisor.switch("a")
-    subscription = supervisor.subscribe()
-    await supervisor.switch("b")
-    await supervisor.switch("a")
+    await supervisor.models.switch("a")
+    subscription = supervisor.events.subscribe()
+    await supervisor.models.switch("b")
+    await supervisor.models.switch("a")
     seen: list[dict[str, Any]] = []
     async with asyncio.timeout(5):
         while not seen or (seen[-1].get("model"), seen[-1].get("to_state")) != ("a", "running"):
@@ -202,10 +202,10 @@ async def test_idle_model_is_unloaded_but_never_with_requests_in_flight(
     models = {"a": {**PARKABLE["a"], "idle_unload_after_s": 0.3}}
     config = make_config(models, [80], park_ram_gb=100, poll_interval_s=0.05)
     supervisor, runtime, _ = await supervised(config)
-    await supervisor.switch("a")
+    await supervisor.models.switch("a")
     server = runtime.server("a")
     server.request_seconds = 1.0
-    endpoint = supervisor.status()["models"]["a"]["endpoint"]
+    endpoint = supervisor.view.status()["models"]["a"]["endpoint"]
     async with aiohttp.ClientSession() as http:
         async with http.post(f"{endpoint}/v1/completions", json={"prompt": "hi"}) as response:
             assert response.status == 200
@@ -223,9 +223,9 @@ async def test_idle_unload_stops_a_model_without_sleep_mode(
         "busy": {"gpu_memory_gb": 20, "idle_unload_after_s": 0.3},
     }
     supervisor, _, _ = await supervised(make_config(models, [80], poll_interval_s=0.05))
-    await supervisor.switch("idle")
-    await supervisor.switch("busy")
-    endpoint = supervisor.status()["models"]["busy"]["endpoint"]
+    await supervisor.models.switch("idle")
+    await supervisor.models.switch("busy")
+    endpoint = supervisor.view.status()["models"]["busy"]["endpoint"]
 
     async def keep_busy() -> None:
         async with aiohttp.ClientSession() as http:
@@ -280,9 +280,9 @@ async def test_failed_switch_wakes_the_model_it_parked(supervised: SupervisorFac
     models = {**PARKABLE, "bad": {"gpu_memory_gb": 50}}
     supervisor, runtime, _ = await supervised(make_config(models, [80], park_ram_gb=100))
     runtime.behaviour["bad"] = Behaviour(exit_code=1)
-    await supervisor.switch("a")
+    await supervisor.models.switch("a")
     with pytest.raises(LoadFailed) as failed:
-        await supervisor.switch("bad")
+        await supervisor.models.switch("bad")
     assert failed.value.data["restored"] == ["a"]
     assert state_of(supervisor, "a") is State.RUNNING
     assert runtime.starts("a") == 1
@@ -344,8 +344,8 @@ async def test_a_host_short_of_ram_stops_instead_of_parking(
     is stopped, not parked into swap."""
     config = make_config(PARKABLE, [80], park_ram_gb=100)
     supervisor, _, _ = await supervised(config, host_ram=lambda: 30.0)
-    await supervisor.switch("a")
-    result = await supervisor.switch("b")
-    assert result["parked_models"] == []
+    await supervisor.models.switch("a")
+    result = await supervisor.models.switch("b")
+    assert result.parked_models == []
     assert state_of(supervisor, "a") is State.STOPPED
-    assert supervisor.status()["parking"]["ram_free_gb"] == 30.0
+    assert supervisor.view.status()["parking"]["ram_free_gb"] == 30.0

@@ -1,4 +1,4 @@
-"""The Supervisor against the fake runtime (real HTTP health) and the simulated GPU."""
+"""The Engine against the fake runtime (real HTTP health) and the simulated GPU."""
 
 from __future__ import annotations
 
@@ -42,11 +42,11 @@ THREE = {
 async def test_already_loaded(supervised: SupervisorFactory) -> None:
     """A second switch to a running, healthy model answers `already_loaded` and starts nothing."""
     supervisor, runtime, _ = await supervised(make_config(THREE, [60]))
-    first = await supervisor.switch("alpha")
-    assert first["status"] == "success"
-    assert first["state"] == "running"
-    second = await supervisor.switch("alpha")
-    assert second["status"] == "already_loaded"
+    first = await supervisor.models.switch("alpha")
+    assert first.status == "success"
+    assert first.state == "running"
+    second = await supervisor.models.switch("alpha")
+    assert second.status == "already_loaded"
     assert runtime.starts("alpha") == 1
 
 
@@ -54,12 +54,13 @@ async def test_switch_stops_largest_and_waits_for_memory(supervised: SupervisorF
     """Only two fit: switching to the third stops the largest, after its memory is free."""
     config = make_config(THREE, [60], gpu={"release_delay_s": 0.3})
     supervisor, runtime, _ = await supervised(config)
-    await supervisor.switch("alpha")
-    await supervisor.switch("beta")
-    result = await supervisor.switch("gamma")
-    assert result["status"] == "success"
-    assert result["unloaded_models"] == ["alpha"]
-    assert result["memory_info"] == {
+    await supervisor.models.switch("alpha")
+    await supervisor.models.switch("beta")
+    result = await supervisor.models.switch("gamma")
+    assert result.status == "success"
+    assert result.unloaded_models == ["alpha"]
+    assert result.memory_info is not None
+    assert result.memory_info.answer() == {
         "required_gb": 30.0,
         "available_before_gb": 5.0,
         "freed_gb": 30.0,
@@ -78,9 +79,9 @@ async def test_insufficient_memory_changes_nothing(supervised: SupervisorFactory
     """A target that cannot fit even alone is refused with the seed's numbers; nothing stops."""
     models = {**THREE, "huge": {"gpu_memory_gb": 70, "size_gb": 80}}
     supervisor, runtime, _ = await supervised(make_config(models, [60]))
-    await supervisor.switch("alpha")
+    await supervisor.models.switch("alpha")
     with pytest.raises(InsufficientMemory) as caught:
-        await supervisor.switch("huge")
+        await supervisor.models.switch("huge")
     assert caught.value.data == {
         "error": "insufficient_memory",
         "model": "huge",
@@ -100,17 +101,17 @@ async def test_unmanaged_memory_is_never_promised(supervised: SupervisorFactory)
     config = make_config(THREE, [60], gpu={"external_used_gb": [35]})
     supervisor, _, _ = await supervised(config)
     with pytest.raises(InsufficientMemory) as caught:
-        await supervisor.switch("alpha")
+        await supervisor.models.switch("alpha")
     assert caught.value.data["total_available_gb"] == 25.0
 
 
 async def test_start_refuses_to_evict(supervised: SupervisorFactory) -> None:
     """`start` never stops another model; it says which ones a switch would stop."""
     supervisor, _, _ = await supervised(make_config(THREE, [60]))
-    await supervisor.switch("alpha")
-    await supervisor.switch("beta")
+    await supervisor.models.switch("alpha")
+    await supervisor.models.switch("beta")
     with pytest.raises(InsufficientMemory) as caught:
-        await supervisor.start("gamma")
+        await supervisor.models.start("gamma")
     assert caught.value.data["would_stop"] == ["alpha"]
     assert state_of(supervisor, "alpha") is State.RUNNING
 
@@ -121,11 +122,11 @@ async def test_loading_target_is_waited_for_not_started_twice(
     """A switch to a model still loading joins that load instead of starting another backend."""
     supervisor, runtime, _ = await supervised(make_config(THREE, [60]))
     runtime.behaviour["alpha"] = Behaviour(load_seconds=0.5)
-    first = await supervisor.switch("alpha", wait=False)
-    assert first["state"] == "loading"
-    second = await supervisor.switch("alpha")
-    assert second["status"] == "success"
-    assert second["state"] == "running"
+    first = await supervisor.models.switch("alpha", wait=False)
+    assert first.state == "loading"
+    second = await supervisor.models.switch("alpha")
+    assert second.status == "success"
+    assert second.state == "running"
     assert runtime.starts("alpha") == 1
 
 
@@ -138,13 +139,13 @@ async def test_concurrent_switches_are_served_one_at_a_time(
     supervisor, runtime, _ = await supervised(config)
     for name in models:
         runtime.behaviour[name] = Behaviour(load_seconds=0.2)
-    results = await asyncio.gather(*(supervisor.switch(name) for name in models))
-    assert all(r["status"] == "success" for r in results)
+    results = await asyncio.gather(*(supervisor.models.switch(name) for name in models))
+    assert all(r.status == "success" for r in results)
     # Each start is followed by the previous model's stop only after it was running.
     assert [kind for kind, _ in runtime.events] == ["start", "stop", "start", "stop", "start"]
     assert all(free >= 50 for free in runtime.free_at_start.values())
     running = [n for n in models if state_of(supervisor, n) is State.RUNNING]
-    assert running == [results[-1]["model"]]
+    assert running == [results[-1].model]
 
 
 async def test_exit_during_load_fails_at_once(supervised: SupervisorFactory) -> None:
@@ -152,10 +153,10 @@ async def test_exit_during_load_fails_at_once(supervised: SupervisorFactory) -> 
     supervisor, runtime, _ = await supervised(make_config(THREE, [60]))
     runtime.behaviour["alpha"] = Behaviour(load_seconds=0.1, exit_code=3)
     with pytest.raises(LoadFailed) as caught:
-        await supervisor.switch("alpha")
+        await supervisor.models.switch("alpha")
     assert caught.value.data["exit_code"] == 3
     assert caught.value.data["last_lines"] == ["alpha: CUDA error: out of memory"]
-    view = supervisor.status()["models"]["alpha"]
+    view = supervisor.view.status()["models"]["alpha"]
     assert view["status"] == "failed"
     assert view["failure"]["exit_code"] == 3
 
@@ -166,7 +167,7 @@ async def test_load_timeout_fails_and_stops_backend(supervised: SupervisorFactor
     supervisor, runtime, _ = await supervised(config)
     runtime.behaviour["slow"] = Behaviour(load_seconds=60)
     with pytest.raises(OperationTimeout):
-        await supervisor.switch("slow")
+        await supervisor.models.switch("slow")
     assert state_of(supervisor, "slow") is State.FAILED
     assert runtime.events[-1] == ("stop", "slow")
 
@@ -176,7 +177,7 @@ async def test_caller_timeout_leaves_load_running(supervised: SupervisorFactory)
     supervisor, runtime, _ = await supervised(make_config(THREE, [60]))
     runtime.behaviour["alpha"] = Behaviour(load_seconds=0.4)
     with pytest.raises(OperationTimeout) as caught:
-        await supervisor.switch("alpha", timeout=0.05)
+        await supervisor.models.switch("alpha", timeout=0.05)
     assert caught.value.data["state"] == "loading"
     assert await wait_for_state(supervisor, "alpha", {State.RUNNING}, 5) is State.RUNNING
 
@@ -186,19 +187,21 @@ async def test_failed_start_is_reported(supervised: SupervisorFactory) -> None:
     supervisor, runtime, _ = await supervised(make_config(THREE, [60]))
     runtime.behaviour["alpha"] = Behaviour(start_error="image not found")
     with pytest.raises(LoadFailed, match="image not found"):
-        await supervisor.switch("alpha")
-    assert supervisor.status()["models"]["alpha"]["failure"]["reason"] == "alpha: image not found"
+        await supervisor.models.switch("alpha")
+    assert (
+        supervisor.view.status()["models"]["alpha"]["failure"]["reason"] == "alpha: image not found"
+    )
 
 
 async def test_exit_behind_back_is_noticed(supervised: SupervisorFactory) -> None:
     """A running backend stopped outside modeld turns `failed` with its exit code."""
     supervisor, runtime, _ = await supervised(make_config(THREE, [60]))
-    await supervisor.switch("alpha")
+    await supervisor.models.switch("alpha")
     await runtime.kill_behind_back("alpha", exit_code=137)
     with capture_logs() as logs:
         await supervisor.poll_once()
     assert state_of(supervisor, "alpha") is State.FAILED
-    failure = supervisor.status()["models"]["alpha"]["failure"]
+    failure = supervisor.view.status()["models"]["alpha"]["failure"]
     assert failure["exit_code"] == 137
     assert {
         "event": "model.transition",
@@ -211,7 +214,7 @@ async def test_exit_behind_back_is_noticed(supervised: SupervisorFactory) -> Non
 async def test_engine_death_is_noticed(supervised: SupervisorFactory) -> None:
     """`/health` 503 on a running model (vLLM's engine died) turns it `failed`."""
     supervisor, runtime, _ = await supervised(make_config(THREE, [60]))
-    await supervisor.switch("alpha")
+    await supervisor.models.switch("alpha")
     runtime.engine_dies("alpha")
     await supervisor.poll_once()
     assert state_of(supervisor, "alpha") is State.FAILED
@@ -222,19 +225,19 @@ async def test_failed_model_can_be_switched_to_again(supervised: SupervisorFacto
     supervisor, runtime, _ = await supervised(make_config(THREE, [60]))
     runtime.behaviour["alpha"] = Behaviour(exit_code=1)
     with pytest.raises(LoadFailed):
-        await supervisor.switch("alpha")
+        await supervisor.models.switch("alpha")
     runtime.behaviour["alpha"] = Behaviour()
-    assert (await supervisor.switch("alpha"))["state"] == "running"
+    assert (await supervisor.models.switch("alpha")).state == "running"
 
 
 async def test_stop_is_idempotent_and_restart_reloads(supervised: SupervisorFactory) -> None:
     """stop twice is fine; restart stops then starts the backend again."""
     supervisor, runtime, _ = await supervised(make_config(THREE, [60]))
-    await supervisor.switch("alpha")
-    assert (await supervisor.restart("alpha"))["status"] == "restarted"
+    await supervisor.models.switch("alpha")
+    assert (await supervisor.models.restart("alpha")).status == "restarted"
     assert runtime.starts("alpha") == 2
-    assert (await supervisor.stop("alpha"))["status"] == "stopped"
-    assert (await supervisor.stop("alpha"))["status"] == "already_stopped"
+    assert (await supervisor.models.stop("alpha")).status == "stopped"
+    assert (await supervisor.models.stop("alpha")).status == "already_stopped"
     assert state_of(supervisor, "alpha") is State.STOPPED
 
 
@@ -242,8 +245,8 @@ async def test_stop_during_load_aborts_it(supervised: SupervisorFactory) -> None
     """Stopping a model that is still loading ends the load and stops the backend."""
     supervisor, runtime, _ = await supervised(make_config(THREE, [60]))
     runtime.behaviour["alpha"] = Behaviour(load_seconds=30)
-    await supervisor.switch("alpha", wait=False)
-    await supervisor.stop("alpha")
+    await supervisor.models.switch("alpha", wait=False)
+    await supervisor.models.stop("alpha")
     assert state_of(supervisor, "alpha") is State.STOPPED
     assert runtime.events == [("start", "alpha"), ("stop", "alpha")]
 
@@ -252,15 +255,15 @@ async def test_unknown_model_lists_available(supervised: SupervisorFactory) -> N
     """An unknown name is refused with the available names."""
     supervisor, _, _ = await supervised(make_config(THREE, [60]))
     with pytest.raises(UnknownModel) as caught:
-        await supervisor.switch("nope")
+        await supervisor.models.switch("nope")
     assert caught.value.data["available"] == ["alpha", "beta", "gamma"]
 
 
 async def test_status_has_seed_fields(supervised: SupervisorFactory) -> None:
     """`status` carries the seed's per-model and GPU fields, with sources."""
     supervisor, _, _ = await supervised(make_config(THREE, [60]))
-    await supervisor.switch("alpha")
-    status = supervisor.status()
+    await supervisor.models.switch("alpha")
+    status = supervisor.view.status()
     alpha = status["models"]["alpha"]
     assert alpha.keys() >= SEED_MODEL_FIELDS
     assert status["gpu"].keys() >= SEED_GPU_FIELDS
@@ -293,18 +296,18 @@ async def test_gpu_read_errors_use_recent_reading_then_refuse() -> None:
     supervisor = await start_over(config, runtime, gpu)
     try:
         gpu.failing = True
-        assert (await supervisor.switch("alpha"))["state"] == "running"
-        assert supervisor.gpu()["stale"] is True
-        assert supervisor.gpu()["error"] == "NVML read failed: GPU is lost"
+        assert (await supervisor.models.switch("alpha")).state == "running"
+        assert supervisor.view.gpu()["stale"] is True
+        assert supervisor.view.gpu()["error"] == "NVML read failed: GPU is lost"
         await wait_for_state(supervisor, "alpha", {State.RUNNING}, 1)
         await asyncio.sleep(0.3)  # let the last good reading age past stale_after_s
         with pytest.raises(GpuUnavailable):
-            await supervisor.switch("beta")
+            await supervisor.models.switch("beta")
         assert state_of(supervisor, "beta") is State.STOPPED
-        assert supervisor.status()["models"]["alpha"]["status"] == "running"
+        assert supervisor.view.status()["models"]["alpha"]["status"] == "running"
         gpu.failing = False
-        assert (await supervisor.switch("beta"))["state"] == "running"
-        assert supervisor.gpu()["stale"] is False
+        assert (await supervisor.models.switch("beta")).state == "running"
+        assert supervisor.view.gpu()["stale"] is False
     finally:
         await supervisor.shutdown()
 
@@ -314,12 +317,12 @@ async def test_lingering_failed_backend_is_cleared_before_restart(
 ) -> None:
     """A failed model whose server still holds memory is stopped, then started afresh."""
     supervisor, runtime, _ = await supervised(make_config({"alpha": {"gpu_memory_gb": 50}}, [60]))
-    await supervisor.switch("alpha")
+    await supervisor.models.switch("alpha")
     runtime.engine_dies("alpha")  # /health 503, but the server process lives on
     await supervisor.poll_once()
     assert state_of(supervisor, "alpha") is State.FAILED
-    result = await supervisor.switch("alpha")
-    assert result["state"] == "running"
+    result = await supervisor.models.switch("alpha")
+    assert result.state == "running"
     assert runtime.events == [("start", "alpha"), ("stop", "alpha"), ("start", "alpha")]
     assert runtime.free_at_start["alpha"] >= 50
 
@@ -331,11 +334,11 @@ async def test_failed_switch_restores_what_it_stopped(
     """The target fails after alpha was stopped for it: alpha comes back (unless disabled)."""
     config = make_config(THREE, [60], rollback_on_failure=rollback)
     supervisor, runtime, _ = await supervised(config)
-    await supervisor.switch("alpha")
-    await supervisor.switch("beta")
+    await supervisor.models.switch("alpha")
+    await supervisor.models.switch("beta")
     runtime.behaviour["gamma"] = Behaviour(exit_code=2)
     with pytest.raises(LoadFailed) as caught:
-        await supervisor.switch("gamma")
+        await supervisor.models.switch("gamma")
     assert state_of(supervisor, "gamma") is State.FAILED
     assert state_of(supervisor, "beta") is State.RUNNING
     if rollback:
@@ -357,17 +360,17 @@ async def test_restart_on_failure_backs_off_and_gives_up(supervised: SupervisorF
         "restart_backoff_s": 0.05,
     }
     supervisor, runtime, _ = await supervised(make_config({"alpha": table}, [60]))
-    await supervisor.switch("alpha")
+    await supervisor.models.switch("alpha")
     for attempt in (1, 2):
         await runtime.kill_behind_back("alpha", exit_code=1)
         await supervisor.poll_once()
-        restart = supervisor.status()["models"]["alpha"]["restart"]
+        restart = supervisor.view.status()["models"]["alpha"]["restart"]
         assert restart["attempts"] == attempt
         assert restart["next_attempt_at"] is not None
         await wait_for_state(supervisor, "alpha", {State.RUNNING}, 10)
     await runtime.kill_behind_back("alpha", exit_code=1)
     await supervisor.poll_once()
-    view = supervisor.status()["models"]["alpha"]
+    view = supervisor.view.status()["models"]["alpha"]
     assert view["status"] == "failed"
     assert view["restart"] == {
         "policy": "on-failure",
@@ -383,12 +386,12 @@ async def test_operator_action_cancels_pending_restart(supervised: SupervisorFac
     """Stopping a model while its restart waits cancels the restart."""
     table = {"gpu_memory_gb": 10, "restart": "on-failure", "restart_backoff_s": 30}
     supervisor, runtime, _ = await supervised(make_config({"alpha": table}, [60]))
-    await supervisor.switch("alpha")
+    await supervisor.models.switch("alpha")
     await runtime.kill_behind_back("alpha")
     await supervisor.poll_once()
-    assert supervisor.status()["models"]["alpha"]["restart"]["attempts"] == 1
-    await supervisor.stop("alpha")
-    view = supervisor.status()["models"]["alpha"]
+    assert supervisor.view.status()["models"]["alpha"]["restart"]["attempts"] == 1
+    await supervisor.models.stop("alpha")
+    view = supervisor.view.status()["models"]["alpha"]
     assert view["status"] == "stopped"
     assert view["restart"]["attempts"] == 0
     assert view["restart"]["next_attempt_at"] is None
@@ -427,11 +430,11 @@ async def test_cost_aware_stops_the_model_least_wanted_back(
     config = make_config(THREE, [60], eviction_policy="cost_aware")
     supervisor, runtime, _ = await supervised(config)
     runtime.behaviour["alpha"] = Behaviour(load_seconds=0.3)
-    await supervisor.switch("beta")
+    await supervisor.models.switch("beta")
     for _ in range(5):
-        await supervisor.switch("alpha")  # people keep asking for alpha
-    result = await supervisor.switch("gamma")
-    assert result["unloaded_models"] == ["beta"]
+        await supervisor.models.switch("alpha")  # people keep asking for alpha
+    result = await supervisor.models.switch("gamma")
+    assert result.unloaded_models == ["beta"]
     assert state_of(supervisor, "alpha") is State.RUNNING
 
 
@@ -439,7 +442,7 @@ async def test_preload_starts_in_order_within_memory(supervised: SupervisorFacto
     """Preloaded models start in order; one that would need an eviction is skipped."""
     config = make_config(THREE, [60], preload=["beta", "alpha", "gamma"])
     supervisor, runtime, _ = await supervised(config)
-    outcome = await supervisor.preload()
+    outcome = await supervisor.models.preload()
     assert outcome == {"beta": "running", "alpha": "running", "gamma": "insufficient_memory"}
     assert [model for kind, model in runtime.events if kind == "start"] == ["beta", "alpha"]
     assert state_of(supervisor, "gamma") is State.STOPPED
@@ -458,10 +461,10 @@ async def test_switch_right_after_a_stop_counts_memory_being_released(
     counted as coming back, so beta is not stopped for it; gamma starts once it is free."""
     config = make_config(THREE, [60], gpu={"release_delay_s": 0.5})
     supervisor, runtime, _ = await supervised(config)
-    await supervisor.switch("alpha")
-    await supervisor.switch("beta")
-    await supervisor.stop("alpha")
-    result = await supervisor.switch("gamma")
-    assert result["unloaded_models"] == []
+    await supervisor.models.switch("alpha")
+    await supervisor.models.switch("beta")
+    await supervisor.models.stop("alpha")
+    result = await supervisor.models.switch("gamma")
+    assert result.unloaded_models == []
     assert state_of(supervisor, "beta") is State.RUNNING
     assert runtime.free_at_start["gamma"] >= 30

@@ -13,7 +13,7 @@ import pytest
 from modeld.adapters.backendkeys import backend_keys
 from modeld.core.config import Config, GatewayConfig
 from modeld.daemon.server import RpcServer
-from modeld.engine.supervisor import Supervisor
+from modeld.engine.engine import Engine
 from modeld.gateway.app import Gateway, GatewayServer
 from modeld.gateway.auth import BackendKeys, Keys, read_keys
 from modeld.gateway.link import DaemonLink
@@ -30,13 +30,13 @@ class Fronted:
 
     url: str
     socket: Path
-    supervisor: Supervisor
+    supervisor: Engine
     runtime: FakeRuntime
     server: GatewayServer
 
     def leases(self, model: str) -> int:
         """Leases held on `model` now."""
-        return int(self.supervisor.status()["models"][model]["leases"])
+        return int(self.supervisor.view.status()["models"][model]["leases"])
 
 
 GatewayFactory = Callable[..., Awaitable[Fronted]]
@@ -71,7 +71,7 @@ class Restartable:
 
     url: str
     socket: Path
-    supervisor: Supervisor
+    supervisor: Engine
     runtime: FakeRuntime
     link: DaemonLink
     daemon: RpcServer

@@ -60,7 +60,7 @@ async def test_a_stream_is_never_cut_by_a_request_for_another_model(
     """While a's answer streams, a request for b waits (a is drained, not stopped); a's
     stream ends whole, then b loads and answers."""
     front = await fronted(make_config(TWO, [80]), api_keys=[KEY])
-    events = front.supervisor.subscribe()
+    events = front.supervisor.events.subscribe()
     async with client(front.url) as api:
         await api.completions.create(model="a", prompt="warm", max_tokens=1)
         front.runtime.server("a").token_seconds = 0.01
@@ -110,7 +110,7 @@ async def test_models_lists_every_configured_model_with_its_state(
     """`models.list()` has every configured model, loaded or not, with modeld's state;
     `models.retrieve()` one of them."""
     front = await fronted(make_config(TWO, [80]))
-    await front.supervisor.switch("a")
+    await front.supervisor.models.switch("a")
     async with client(front.url, key="unused") as api:
         listed = {model.id: model.model_extra or {} for model in (await api.models.list()).data}
     assert set(listed) == {"a", "b"}

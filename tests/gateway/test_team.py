@@ -125,7 +125,7 @@ async def test_a_huge_model_name_leaves_another_callers_stream_whole_through_a_s
     daemon; the lease of another caller's stream survives it, so a plain switch that
     needs that model's memory waits for the stream (drains) instead of cutting it."""
     front = await fronted(make_config(TWO, [80]), api_keys=[KEY])
-    events = front.supervisor.subscribe()
+    events = front.supervisor.events.subscribe()
     url = f"{front.url}/v1/chat/completions"
     assert (await post(http, url, chat("a")))[0] == 200
     front.runtime.server("a").token_seconds = 0.01
@@ -135,12 +135,12 @@ async def test_a_huge_model_name_leaves_another_callers_stream_whole_through_a_s
         status, _, answer = await post(http, url, chat("x" * 1_100_000))
         assert status == 400 and answer["error"]["code"] == "bad_request"
         assert front.leases("a") == 1
-        switch = asyncio.create_task(front.supervisor.switch("b"))
+        switch = asyncio.create_task(front.supervisor.models.switch("b"))
         await next_of(events, "drain", model="a")  # waits for the stream, cuts nothing
         rest = await s.read()
     assert rest.rstrip().endswith(b"data: [DONE]")
     assert rest.count(b" ok") == 59
-    assert (await switch)["status"] == "success"
+    assert (await switch).status == "success"
     assert state_of(front.supervisor, "a") is State.STOPPED
 
 
@@ -379,7 +379,7 @@ async def test_leases_are_taken_again_at_once_when_the_lease_connection_drops(
     once, so a plain switch that needs its model's memory drains it instead of cutting
     the stream."""
     front = await fronted(make_config(TWO, [80]), api_keys=[KEY])
-    events = front.supervisor.subscribe()
+    events = front.supervisor.events.subscribe()
     url = f"{front.url}/v1/chat/completions"
     assert (await post(http, url, chat("a")))[0] == 200
     front.runtime.server("a").token_seconds = 0.01
@@ -394,11 +394,11 @@ async def test_leases_are_taken_again_at_once_when_the_lease_connection_drops(
             return front.leases("a") == 1 and front.server.gateway.link.renewals > 0
 
         await eventually(renewed, timeout=10)
-        switch = asyncio.create_task(front.supervisor.switch("b"))
+        switch = asyncio.create_task(front.supervisor.models.switch("b"))
         await next_of(events, "drain", model="a")
         rest = await stream.read()
     assert rest.rstrip().endswith(b"data: [DONE]") and rest.count(b" ok") == 79
-    assert (await switch)["status"] == "success"
+    assert (await switch).status == "success"
 
 
 async def test_one_inference_key_holds_at_most_its_share_of_requests(

@@ -22,8 +22,8 @@ from modeld.core.config import Config
 from modeld.core.errors import NameCollision
 from modeld.core.states import State
 from modeld.daemon.server import RpcServer
-from modeld.engine.build import build_supervisor
-from modeld.engine.supervisor import Supervisor
+from modeld.engine.build import build_engine
+from modeld.engine.engine import Engine
 from modeld.testing.docker import docker_cli, docker_model
 from modeld.testing.ports import free_port
 from tests.support import (
@@ -41,14 +41,12 @@ pytestmark = pytest.mark.docker
 
 @pytest.fixture
 async def daemon(tmp_path: Path) -> AsyncIterator[Any]:
-    """Start a Supervisor + RpcServer over the real engine; yield a starter."""
-    running: list[tuple[Supervisor, RpcServer]] = []
+    """Start a Engine + RpcServer over the real engine; yield a starter."""
+    running: list[tuple[Engine, RpcServer]] = []
 
-    async def start(
-        config: Config, runtime: DockerRuntime | None = None
-    ) -> tuple[Supervisor, Path]:
+    async def start(config: Config, runtime: DockerRuntime | None = None) -> tuple[Engine, Path]:
         gpu = SimulatedGpu(config.gpu)
-        supervisor = await build_supervisor(
+        supervisor = await build_engine(
             config,
             gpu=gpu,
             runtimes={"docker": runtime or DockerRuntime()},
@@ -129,10 +127,10 @@ async def test_docker_stop_behind_back_is_noticed(image: str, prefix: str, daemo
     """`docker stop` by hand turns a running model `failed`, noticed by the monitor."""
     tables = {"a": docker_model(image, prefix, "a", 10)}
     supervisor, _ = await daemon(docker_config(tables, [60]))
-    await supervisor.switch("a")
+    await supervisor.models.switch("a")
     await asyncio.to_thread(docker_cli, "stop", f"{prefix}-a")
     assert await wait_for_state(supervisor, "a", {State.FAILED}, 15) is State.FAILED
-    failure = supervisor.status()["models"]["a"]["failure"]
+    failure = supervisor.view.status()["models"]["a"]["failure"]
     assert "without modeld asking" in failure["reason"]
     assert failure["exit_code"] == 0
     assert failure["last_lines"][-1] == "fake-vllm: SIGTERM, shutting down"
@@ -157,10 +155,10 @@ async def test_existing_container_is_started_and_stopped(
         }
     }
     supervisor, _ = await daemon(docker_config(tables, [60]))
-    await supervisor.switch("existing")
+    await supervisor.models.switch("existing")
     assert container_state(name) == "running"
     assert docker_cli("inspect", "--format", "{{.Id}}", name).stdout.strip() == created
-    await supervisor.stop("existing")
+    await supervisor.models.stop("existing")
     assert container_state(name) == "exited"
 
 
@@ -212,13 +210,13 @@ async def test_a_strangers_container_with_the_name_is_never_touched(
     supervisor, _ = await daemon(docker_config(tables, [60]))
     assert state_of(supervisor, "a") is State.STOPPED
     with pytest.raises(NameCollision, match="did not make") as caught:
-        await supervisor.switch("a")
+        await supervisor.models.switch("a")
     assert caught.value.data["container"] == name
     assert container_state(name) == "running"
     assert docker_cli("inspect", "--format", "{{.State.StartedAt}}", name).stdout == started
     docker_cli("stop", "-t", "1", name)
     with pytest.raises(NameCollision):
-        await supervisor.switch("a")
+        await supervisor.models.switch("a")
     assert container_state(name) == "exited"  # a stopped stranger is not force-removed
 
 
@@ -378,7 +376,7 @@ async def test_engine_down_and_back(image: str, prefix: str, daemon: Any, tmp_pa
             "c": docker_model(image, prefix, "c", 10, load_seconds=2),
         }
         supervisor, path = await daemon(docker_config(tables, [60]), DockerRuntime(proxy.url))
-        await supervisor.switch("a")
+        await supervisor.models.switch("a")
         async with Client(path) as client:
             switching = asyncio.create_task(client.call("switch", model="c"))
 
@@ -507,14 +505,14 @@ async def test_follow_a_containers_log_until_it_stops(image: str, prefix: str, d
     """`logs -f` with Docker: the container's last lines, then its end when it stops."""
     tables = {"a": docker_model(image, prefix, "a", 10)}
     supervisor, _ = await daemon(docker_config(tables, [60]))
-    await supervisor.switch("a")
-    lines = supervisor.follow_logs("a", 10)
+    await supervisor.models.switch("a")
+    lines = supervisor.models.follow_logs("a", 10)
     seen = []
     async for line in lines:  # (the test's timeout bounds it, should the line not come)
         seen.append(line)
         if "fake-vllm: serving" in line:
             break
-    await supervisor.stop("a")
+    await supervisor.models.stop("a")
     seen += await asyncio.wait_for(_rest(lines), 30)  # the engine ends the stream
     assert any("fake-vllm: loading" in line for line in seen)
     assert "fake-vllm: SIGTERM, shutting down" in seen

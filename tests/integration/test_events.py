@@ -19,8 +19,8 @@ from modeld.cli.ctl import switch_with_progress
 from modeld.cli.render import describe_step
 from modeld.daemon.connection import MAX_FOLLOWS_PER_CONNECTION
 from modeld.demo.main import private_copy
+from modeld.engine.engine import Engine
 from modeld.engine.events import Subscription
-from modeld.engine.supervisor import Supervisor
 from modeld.testing.fakes import Behaviour, FakeRuntime
 from tests.support import Served, ServeFactory, eventually, make_config
 
@@ -29,7 +29,7 @@ THREE = {"a": {"gpu_memory_gb": 30}, "b": {"gpu_memory_gb": 25}, "c": {"gpu_memo
 
 @pytest.fixture
 async def served(serve: ServeFactory) -> Served:
-    """A daemon over the fake host, on a socket: path, Supervisor, runtime."""
+    """A daemon over the fake host, on a socket: path, Engine, runtime."""
     return await serve(make_config(THREE, [60]))
 
 
@@ -45,23 +45,23 @@ async def collect(client: Client, until: int) -> list[dict[str, Any]]:
 
 
 async def test_two_subscribers_see_the_same_ordered_story(
-    served: tuple[Path, Supervisor, FakeRuntime],
+    served: tuple[Path, Engine, FakeRuntime],
 ) -> None:
     """Both subscribers receive the switch's steps in order, while a third subscriber that
     never reads holds up neither them nor the switch."""
     path, supervisor, _ = served
-    await supervisor.switch("a")
-    await supervisor.switch("b")
+    await supervisor.models.switch("a")
+    await supervisor.models.switch("b")
     stalled = await asyncio.open_unix_connection(str(path))
     stalled[1].write(b'{"jsonrpc":"2.0","id":1,"method":"subscribe"}\n')  # and never reads
     async with Client(path) as first, Client(path) as second:
         readers = [asyncio.create_task(collect(c, until=4)) for c in (first, second)]
 
         async def all_subscribed() -> bool:
-            return bool(supervisor.status()["subscribers"] == 3)
+            return bool(supervisor.view.status()["subscribers"] == 3)
 
         await eventually(all_subscribed, timeout=10)
-        await supervisor.switch("c")
+        await supervisor.models.switch("c")
         one, two = await asyncio.wait_for(asyncio.gather(*readers), 10)
     stalled[1].close()
     assert [e["seq"] for e in one] == [e["seq"] for e in two]
@@ -93,7 +93,7 @@ def test_full_queue_drops_the_oldest_and_says_so() -> None:
     assert "dropped_before" not in events[1]
 
 
-async def test_logs_after_a_failed_load(served: tuple[Path, Supervisor, FakeRuntime]) -> None:
+async def test_logs_after_a_failed_load(served: tuple[Path, Engine, FakeRuntime]) -> None:
     """`logs` returns the backend's last lines, e.g. after it failed to load."""
     path, _, runtime = served
     runtime.behaviour["a"] = Behaviour(exit_code=3)
@@ -222,7 +222,7 @@ async def test_switch_progress_follows_the_switch_through_events(
     }
     path, supervisor, runtime = await serve(make_config(models, [80], park_ram_gb=100))
     runtime.behaviour["b"] = Behaviour(load_seconds=0.5)
-    await supervisor.switch("a")
+    await supervisor.models.switch("a")
     shown: list[str] = []
     console = Console(file=io.StringIO(), force_terminal=True, width=100)
     update = Progress.update
@@ -247,7 +247,7 @@ async def test_logs_follow_over_the_socket(serve: ServeFactory) -> None:
     names = {f"m{i}": {"gpu_memory_gb": 1} for i in range(MAX_FOLLOWS_PER_CONNECTION + 1)}
     path, supervisor, _ = await serve(make_config(names, [60]))
     for name in names:
-        await supervisor.start(name)
+        await supervisor.models.start(name)
     async with Client(path) as client:
         with pytest.raises(RpcError) as caught:
             await anext(client.follow("nope"))
@@ -258,7 +258,7 @@ async def test_logs_follow_over_the_socket(serve: ServeFactory) -> None:
         with pytest.raises(RpcError) as caught:
             await anext(client.follow(list(names)[-1]))
         assert caught.value.data == {"error": "limit_reached", "limit": 8}
-        await supervisor.stop("m0")
+        await supervisor.models.stop("m0")
         assert [line async for line in followed[0]] == []  # ended with its backend
     async with Client(path) as other:  # the limit is per connection
         assert await anext(other.follow(list(names)[-1])) == "m8: CUDA error: out of memory"

@@ -22,7 +22,7 @@ from modeld.adapters.vllm import VllmClient
 from modeld.core.config import ModelConfig
 from modeld.core.errors import LoadFailed, OperationFailed
 from modeld.core.states import State
-from modeld.engine.build import build_supervisor
+from modeld.engine.build import build_engine
 from modeld.testing.ports import free_port
 from tests.support import (
     SupervisorFactory,
@@ -84,7 +84,7 @@ async def test_a_70000_character_line_loads_stops_and_keeps_the_daemon_usable() 
         {"talker": {"command": command, "endpoint": f"http://127.0.0.1:{port}"}}, [80]
     )
     runtime = ProcessRuntime()
-    supervisor = await build_supervisor(
+    supervisor = await build_engine(
         config,
         gpu=SimulatedGpu(config.gpu),
         runtimes={"process": runtime},
@@ -92,16 +92,16 @@ async def test_a_70000_character_line_loads_stops_and_keeps_the_daemon_usable() 
     )
     await supervisor.startup()
     try:
-        result = await supervisor.switch("talker", timeout=30)
-        assert result["state"] == "running"
-        lines = (await supervisor.logs("talker", 2000))["lines"]
+        result = await supervisor.models.switch("talker", timeout=30)
+        assert result.state == "running"
+        lines = (await supervisor.models.logs("talker", 2000)).lines
         long_lines = [line for line in lines if line.startswith("x")]
         assert long_lines, "the long line was lost"
         assert len(long_lines[0]) < MAX_LINE_CHARS + 100
         assert long_lines[0].endswith(f"[{70000 - MAX_LINE_CHARS} more characters]")
-        assert (await supervisor.stop("talker"))["status"] == "stopped"
+        assert (await supervisor.models.stop("talker")).status == "stopped"
         assert state_of(supervisor, "talker") is State.STOPPED
-        assert supervisor.status()["models"]["talker"]["status"] == "stopped"
+        assert supervisor.view.status()["models"]["talker"]["status"] == "stopped"
     finally:
         await supervisor.shutdown()
 
@@ -250,7 +250,7 @@ async def test_a_runtime_crash_never_leaves_a_model_loading_or_stopping(
     model ends `failed` with the reason, the caller gets a clear error, and the daemon
     serves on."""
     supervisor, runtime, _ = await supervised(make_config({"m": {"gpu_memory_gb": 10}}, [80]))
-    await supervisor.switch("m")
+    await supervisor.models.switch("m")
 
     async def crash(model: ModelConfig) -> None:
         raise ValueError("Separator is found, but chunk is longer than limit")
@@ -258,12 +258,12 @@ async def test_a_runtime_crash_never_leaves_a_model_loading_or_stopping(
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(runtime, "stop", crash)
         with pytest.raises(OperationFailed, match="chunk is longer"):
-            await supervisor.stop("m")
+            await supervisor.models.stop("m")
     assert state_of(supervisor, "m") is State.FAILED
-    await supervisor.stop("m")
+    await supervisor.models.stop("m")
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(runtime, "start", crash)
         with pytest.raises(LoadFailed, match="chunk is longer"):
-            await supervisor.switch("m")
+            await supervisor.models.switch("m")
     assert state_of(supervisor, "m") is State.FAILED
-    assert (await supervisor.switch("m"))["state"] == "running"
+    assert (await supervisor.models.switch("m")).state == "running"

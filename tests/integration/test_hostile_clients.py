@@ -22,7 +22,7 @@ from modeld.cli.client import Client
 from modeld.cli.render import render_status
 from modeld.daemon.access import AccessPolicy
 from modeld.daemon.server import MAX_BATCH, Limits, RpcServer
-from modeld.engine.supervisor import Supervisor
+from modeld.engine.engine import Engine
 from modeld.testing.fakes import Behaviour, FakeRuntime
 from modeld.testing.ports import wait_until
 from tests.support import SupervisorFactory, eventually, make_config
@@ -33,7 +33,7 @@ STATUS = b'{"jsonrpc":"2.0","id":1,"method":"status"}\n'
 PING = b'{"jsonrpc":"2.0","id":1,"method":"ping"}\n'
 
 
-Server = tuple[Path, Supervisor, FakeRuntime, RpcServer]
+Server = tuple[Path, Engine, FakeRuntime, RpcServer]
 
 
 @pytest.fixture
@@ -168,14 +168,14 @@ async def test_subscribers_that_hang_up_leave_no_subscription(server: Any) -> No
     await asyncio.gather(*(asyncio.to_thread(hang_up) for _ in range(300)))
 
     async def none_left() -> bool:
-        return bool(supervisor.status()["subscribers"] == 0 and rpc.connections == 0)
+        return bool(supervisor.view.status()["subscribers"] == 0 and rpc.connections == 0)
 
     await eventually(none_left, timeout=20)
     reader, writer = await asyncio.open_unix_connection(str(path))
     writer.write(subscribe * 5)
     answers = [json.loads(await reader.readline()) for _ in range(5)]
     assert [a["result"]["already"] for a in answers] == [False, True, True, True, True]
-    assert supervisor.status()["subscribers"] == 1
+    assert supervisor.view.status()["subscribers"] == 1
     writer.close()
     await eventually(none_left, timeout=20)
 
@@ -337,7 +337,7 @@ async def test_read_only_peers_see_no_backend_output(
     path, supervisor, runtime, _ = await server(policy=AccessPolicy(allow_uids=[12345]))
     runtime.behaviour["alpha"] = Behaviour(exit_code=1)
     with pytest.raises(Exception, match="exited"):
-        await supervisor.switch("alpha")
+        await supervisor.models.switch("alpha")
     async with Client(path) as root:
         lines = (await root.call("status"))["models"]["alpha"]["failure"]["last_lines"]
         assert lines
@@ -394,8 +394,8 @@ async def test_status_shows_backend_text_as_text(supervised: SupervisorFactory) 
     supervisor, runtime, _ = await supervised(make_config(MODELS, [60]))
     runtime.behaviour["alpha"] = Behaviour(exit_code=1)
     with pytest.raises(Exception, match="exited"):
-        await supervisor.switch("alpha")
-    status = json.loads(json.dumps(supervisor.status()))
+        await supervisor.models.switch("alpha")
+    status = json.loads(json.dumps(supervisor.view.status()))
     status["models"]["alpha"]["failure"].update(
         reason="exited [/bold]", last_lines=["ERROR [/opt/vllm] boom"]
     )

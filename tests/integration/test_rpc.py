@@ -13,7 +13,7 @@ from modeld.cli.client import Client, RpcError
 from modeld.core.states import State
 from modeld.daemon.rpc import MAX_MESSAGE_BYTES
 from modeld.daemon.server import RpcServer
-from modeld.engine.supervisor import Supervisor
+from modeld.engine.engine import Engine
 from modeld.testing.fakes import Behaviour, FakeRuntime
 from tests.support import Served, ServeFactory, SupervisorFactory, make_config, wait_for_state
 
@@ -22,12 +22,12 @@ MODELS = {"alpha": {"gpu_memory_gb": 30}, "beta": {"gpu_memory_gb": 40}}
 
 @pytest.fixture
 async def served(serve: ServeFactory) -> Served:
-    """A daemon over the fake host, on a socket: path, Supervisor, runtime."""
+    """A daemon over the fake host, on a socket: path, Engine, runtime."""
     return await serve(make_config(MODELS, [60]))
 
 
 @pytest.fixture
-def socket_path(served: tuple[Path, Supervisor, FakeRuntime]) -> Path:
+def socket_path(served: tuple[Path, Engine, FakeRuntime]) -> Path:
     """The served socket's path."""
     return served[0]
 
@@ -169,7 +169,7 @@ async def test_batch_and_notification(socket_path: Path) -> None:
 
 
 async def test_caller_hanging_up_does_not_abort_switch(
-    served: tuple[Path, Supervisor, FakeRuntime],
+    served: tuple[Path, Engine, FakeRuntime],
 ) -> None:
     """A client that disconnects mid-switch leaves the switch to finish."""
     path, supervisor, _ = served
@@ -195,7 +195,7 @@ async def test_second_daemon_refuses_live_socket(
 
 
 async def test_others_are_served_while_a_switch_loads(
-    served: tuple[Path, Supervisor, FakeRuntime],
+    served: tuple[Path, Engine, FakeRuntime],
 ) -> None:
     """During a long switch, status answers from memory and shows the model loading."""
     path, supervisor, runtime = served

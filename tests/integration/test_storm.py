@@ -18,7 +18,7 @@ from modeld.adapters.vllm import VllmClient
 from modeld.cli.client import Client, RpcError
 from modeld.core.config import GpuConfig
 from modeld.daemon.server import RpcServer
-from modeld.engine.build import build_supervisor
+from modeld.engine.build import build_engine
 from modeld.testing.docker import docker_cli
 from modeld.testing.ports import free_port
 from tests.support import docker_config
@@ -95,7 +95,7 @@ async def test_storm_of_switches(image: str, prefix: str, tmp_path: Path) -> Non
     tables = {name: existing_container(image, prefix, name) for name in MODELS}
     config = docker_config(tables, [CAPACITY_GB], release_delay_s=0.05)
     gpu = RecordingGpu(config.gpu)
-    supervisor = await build_supervisor(
+    supervisor = await build_engine(
         config,
         gpu=gpu,
         runtimes={"docker": DockerRuntime()},
@@ -109,7 +109,7 @@ async def test_storm_of_switches(image: str, prefix: str, tmp_path: Path) -> Non
             *(client_storm(tmp_path / "storm.sock", seed) for seed in range(CLIENTS))
         )
         await supervisor.poll_once()
-        status = supervisor.status()
+        status = supervisor.view.status()
     finally:
         await server.close()
         await supervisor.shutdown()

@@ -11,13 +11,14 @@ from pathlib import Path
 from typing import Any
 
 from modeld.adapters.gpu.base import GpuMonitor
+from modeld.adapters.gpu.simulated import SimulatedGpu
 from modeld.adapters.runtime.process import ProcessRuntime
 from modeld.adapters.vllm import VllmClient
 from modeld.core.config import Config, ModelConfig, parse_config
 from modeld.core.states import State
-from modeld.engine.build import build_supervisor
+from modeld.engine.build import build_engine
+from modeld.engine.engine import Engine
 from modeld.engine.events import Subscription
-from modeld.engine.supervisor import Supervisor
 from modeld.testing.fakes import FakeRuntime
 from modeld.testing.ports import free_port
 
@@ -93,9 +94,9 @@ def make_config(
     return parse_config({"daemon": settings, "gpu": gpu, "models": tables})
 
 
-SupervisorFactory = Callable[..., Any]
+SupervisorFactory = Callable[..., Awaitable[tuple[Engine, FakeRuntime, SimulatedGpu]]]
 
-Served = tuple[Path, Supervisor, FakeRuntime]
+Served = tuple[Path, Engine, FakeRuntime]
 ServeFactory = Callable[..., Awaitable[Served]]
 
 
@@ -144,28 +145,28 @@ def docker_config(
     )
 
 
-def state_of(supervisor: Supervisor, name: str) -> State:
+def state_of(supervisor: Engine, name: str) -> State:
     """A model's state, as `status` shows it."""
-    return State(supervisor.status()["models"][name]["status"])
+    return State(supervisor.view.status()["models"][name]["status"])
 
 
 async def wait_for_state(
-    supervisor: Supervisor, name: str, states: set[State], timeout: float
+    supervisor: Engine, name: str, states: set[State], timeout: float
 ) -> State:
     """Return once `name` is in one of `states` (woken by each transition); TimeoutError
     after `timeout`."""
     async with asyncio.timeout(timeout):
         while (current := state_of(supervisor, name)) not in states:
-            await supervisor.changed()
+            await supervisor.events.changed()
     return current
 
 
 async def start_over(
     config: Config, runtime: FakeRuntime, gpu: GpuMonitor, **options: Any
-) -> Supervisor:
-    """A started Supervisor over the fake runtime and the given GPU: for tests with their
+) -> Engine:
+    """A started Engine over the fake runtime and the given GPU: for tests with their
     own GPU fake, or a second daemon over the same host."""
-    supervisor = await build_supervisor(
+    supervisor = await build_engine(
         config, gpu=gpu, runtimes={"process": runtime}, vllm=VllmClient(timeout_s=1), **options
     )
     await supervisor.startup()

@@ -1,0 +1,94 @@
+"""What operations answer, typed: the engine returns these, and the API layer alone
+turns them into JSON (`answer`), leaving out the fields an outcome never set, so each
+answer keeps the seed's shape (an `already_loaded` switch has no memory figures)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict
+
+
+class Result(BaseModel):
+    """An operation's answer."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    def answer(self) -> dict[str, Any]:
+        """The JSON-ready answer: only the fields this outcome set."""
+        return self.model_dump(mode="json", exclude_unset=True)
+
+
+class MemoryInfo(Result):
+    """The memory figures a switch planned with (GB; per device as strings of indexes)."""
+
+    required_gb: float | None
+    available_before_gb: float | None
+    freed_gb: float
+    device: int | None = None
+    source: str | None = None
+    per_device: dict[str, dict[str, float]] | None = None
+
+
+class SwitchResult(Result):
+    """`switch`, `start`, `restart`: the seed's fields, then how the load or wake went."""
+
+    status: Literal["already_loaded", "success", "restarted"]
+    model: str
+    message: str | None = None
+    unloaded_models: list[str] | None = None
+    estimated_load_time_seconds: float | None = None
+    memory_info: MemoryInfo | None = None
+    parked_models: list[str] | None = None
+    woke: bool | None = None
+    wake_seconds: float | None = None
+    wake_fallback: str | None = None
+    state: str | None = None
+    health: str | None = None
+    load_seconds: float | None = None
+
+
+class StopResult(Result):
+    """`stop`."""
+
+    status: Literal["stopped", "already_stopped"]
+    model: str
+
+
+class LeaseResult(Result):
+    """`acquire`: a lease on a model that runs and answers, and where to send requests."""
+
+    lease: str
+    model: str
+    endpoint: str
+    served_model_name: str
+    state: str
+    leases: int
+    waited_seconds: float
+
+
+class ReleaseResult(Result):
+    """`release`."""
+
+    released: bool
+    model: str
+    leases: int
+
+
+class ReloadResult(Result):
+    """`reload`: what the new config changed."""
+
+    status: Literal["reloaded"]
+    added: list[str]
+    removed: list[str]
+    unmanaged: list[str]
+    changed: list[str]
+    changed_at_next_start: list[str]
+    requires_restart: list[str]
+
+
+class LogsResult(Result):
+    """`logs`: a backend's last lines."""
+
+    model: str
+    lines: list[str]

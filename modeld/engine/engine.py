@@ -1,0 +1,158 @@
+"""The Engine: the one thing the daemon calls. Built from a config and what it talks to
+(`Engine(config, gpu=, runtimes=)`), with startup and shutdown; callers use its
+sub-facades:
+
+- engine.models   switch, start, stop, restart, preload, logs   (facades.py)
+- engine.leases   acquire, release                              (facades.py)
+- engine.view     status, gpu, models, the systemd line         (statusview.py)
+- engine.events   subscribe, and the next transition            (events.py)
+- engine.reload   the config file again                         (reloading.py)
+
+Below them, each part owns one concern: lifecycle.py (the registry of Models and their
+backends), operations.py (the lock), switching.py and room.py (a switch), parking.py
+(sleep mode), restarts.py, learning.py, observations.py (the monitor's one door).
+Reactions to transitions (events, metrics, learning, restarts) are listeners of the
+registry; nothing calls them from elsewhere.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from modeld.adapters.gpu.base import GpuMonitor
+from modeld.adapters.runtime.base import BackendState, Runtime
+from modeld.adapters.store import Store
+from modeld.adapters.vllm import VllmClient
+from modeld.core.config import Config, check_devices
+from modeld.core.errors import ModeldError, RuntimeUnavailable
+from modeld.core.results import ReloadResult
+from modeld.core.states import State
+from modeld.engine.events import EventBus
+from modeld.engine.facades import Events, LeaseOps, ModelOps
+from modeld.engine.learning import Learning
+from modeld.engine.leases import Leases
+from modeld.engine.ledger import GpuLedger
+from modeld.engine.lifecycle import Lifecycle
+from modeld.engine.metrics import MetricsSink, NoMetrics
+from modeld.engine.model import Model, Revision, Transition
+from modeld.engine.monitor import Monitor
+from modeld.engine.observations import Observations
+from modeld.engine.operations import Caller, Operations
+from modeld.engine.parking import Parking
+from modeld.engine.reloading import Reloader
+from modeld.engine.restarts import Restarts
+from modeld.engine.statusview import StatusView
+from modeld.engine.switching import Switcher
+
+log = structlog.get_logger("modeld.engine.engine")
+
+
+class Engine:
+    """Every model's state (through its parts), and the operations on it."""
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        gpu: GpuMonitor,
+        runtimes: Mapping[str, Runtime],
+        vllm: VllmClient | None = None,
+        store: Store | None = None,
+        config_path: Path | None = None,
+        metrics: MetricsSink | None = None,
+        host_ram: Callable[[], float | None] | None = None,
+    ) -> None:
+        self._metrics = metrics or NoMetrics()
+        revision = Revision()
+        bus = EventBus()
+        ledger = GpuLedger(gpu, config, host_ram)
+        learning = Learning(
+            store or Store(config.daemon.state_dir), lambda: list(life.records.values())
+        )
+        life = Lifecycle(
+            config, dict(runtimes), vllm or VllmClient(), ledger, bus, revision, learning
+        )
+        ops = Operations(life)
+        leases = Leases(life.records)
+        parking = Parking(life, ops, learning, self._metrics, leases.protected)
+        switcher = Switcher(life, ops, parking, leases, self._metrics)
+        restarts = Restarts(switcher.bring_back)
+        for listener in (learning.on_transition, self._count, restarts.on_transition):
+            life.on_transition(listener)
+        self._life, self._learning, self._leases = life, learning, leases
+        self.models = ModelOps(life, ops, switcher, leases, self._metrics)
+        self.leases = LeaseOps(life, self.models, switcher, leases, self._metrics)
+        self.view = StatusView(life, lambda: ops.busy, lambda: bus.count)
+        self.events = Events(bus, revision, life)
+        self._reloader = Reloader(config_path, life, ops, learning)
+        observations = Observations(life, learning, parking, leases)
+        self._monitor = Monitor(observations, ledger, life.vllm, lambda: life.config.daemon)
+        self._monitoring: asyncio.Task[None] | None = None
+
+    async def startup(self) -> None:
+        """Read the GPU, check every model's devices exist, find what already runs."""
+        life = self._life
+        reading = await life.ledger.read(life.records.values())
+        check_devices(life.config.models, {d.index for d in reading.devices})
+        await self._learning.load()
+        for record in life.records.values():
+            await self._find_running(record)
+        await self.poll_once()
+        self._monitoring = asyncio.create_task(self._monitor.run(), name="modeld-monitor")
+
+    async def _find_running(self, record: Model) -> None:
+        try:
+            backend = await self._life.runtime(record).inspect(record.config)
+        except RuntimeUnavailable as exc:
+            self._life.seen_runtime(record.config.runtime, exc.message)
+            return
+        except ModeldError as exc:
+            log.warning("startup.not_adopted", model=record.name, reason=exc.message)
+            return
+        if backend.state is BackendState.RUNNING:
+            # Found running: watch it to health instead of restarting it.
+            self._life.begin_loading(record, "found running at startup", backend)
+            if grace := self._life.config.daemon.adopt_grace_s:
+                # It may be streaming answers whose leases ended with the last daemon.
+                self._leases.hold(record, grace)
+
+    async def shutdown(self) -> None:
+        """Stop watching; models in containers keep running, process children are stopped."""
+        records = list(self._life.records.values())
+        pending: list[asyncio.Task[Any] | None] = [self._monitoring]
+        pending += [
+            task for r in records for task in (r.load, r.restarts.task, r.usage.unload_task)
+        ]
+        tasks = [t for t in pending if t]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._leases.close()
+        await self._learning.close()
+        for runtime in self._life.runtimes.values():
+            await runtime.close()
+        await self._life.ledger.close()
+        await self._life.vllm.close()
+
+    async def poll_once(self) -> None:
+        """One monitor pass now: GPU, each model's backend and health, downloads."""
+        await self._monitor.poll_once()
+
+    async def reload(self, *, caller: Caller | None = None) -> ReloadResult:
+        """Re-read the config file and apply it; an invalid one changes nothing."""
+        return await self._reloader.reload(caller)
+
+    def _count(self, event: Transition) -> None:
+        """Metrics follow transitions."""
+        name = event.model.name
+        if event.new is State.FAILED:
+            self._metrics.failed(name)
+        if event.load_s is not None:
+            self._metrics.load_done(name, event.load_s)
+        if event.wake_s is not None:
+            self._metrics.woke(name, event.wake_s)

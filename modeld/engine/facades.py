@@ -1,0 +1,286 @@
+"""The engine's sub-facades, each over the parts it needs: `ModelOps` (switch, start,
+stop, restart, preload, logs), `LeaseOps` (acquire, release) and `Events`. What they return is
+typed (core/results.py); the API layer turns it into JSON."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator
+
+import structlog
+
+from modeld.core.errors import ModeldError, ModelsBusy, OperationTimeout, WouldLoad
+from modeld.core.results import LeaseResult, LogsResult, ReleaseResult, StopResult, SwitchResult
+from modeld.core.states import State
+from modeld.engine.events import EventBus, Subscription
+from modeld.engine.leases import Leases
+from modeld.engine.lifecycle import Lifecycle
+from modeld.engine.metrics import MetricsSink
+from modeld.engine.model import Model, Revision
+from modeld.engine.operations import Caller, Operations
+from modeld.engine.switching import Switcher
+
+log = structlog.get_logger("modeld.engine.facades")
+
+
+class ModelOps:
+    """What callers do to models: switch, start, stop, restart, preload; their logs."""
+
+    def __init__(
+        self,
+        lifecycle: Lifecycle,
+        operations: Operations,
+        switcher: Switcher,
+        leases: Leases,
+        metrics: MetricsSink,
+    ) -> None:
+        self._life = lifecycle
+        self._ops = operations
+        self._switcher = switcher
+        self._leases = leases
+        self._metrics = metrics
+
+    async def switch(
+        self,
+        name: str,
+        *,
+        wait: bool = True,
+        timeout: float | None = None,
+        caller: Caller | None = None,
+        force: bool = False,
+    ) -> SwitchResult:
+        """Make `name` the model that answers: stop what must go (draining models that
+        serve requests, unless `force`), start it, wait for health."""
+        record = self._life.record(name, managed=True)
+        started, outcome = time.monotonic(), "error"
+        try:
+            result = await self._switcher.load(
+                "switch", record, caller, evict=True, wait=wait, timeout=timeout, force=force
+            )
+            outcome = result.status
+            return result
+        except ModeldError as exc:
+            outcome = exc.data["error"]
+            raise
+        finally:
+            self._metrics.switch_done(outcome, time.monotonic() - started)
+
+    async def start(
+        self,
+        name: str,
+        *,
+        wait: bool = True,
+        timeout: float | None = None,
+        caller: Caller | None = None,
+    ) -> SwitchResult:
+        """Start `name` only if it fits without stopping anything."""
+        record = self._life.record(name, managed=True)
+        return await self._switcher.load(
+            "start", record, caller, evict=False, wait=wait, timeout=timeout
+        )
+
+    async def stop(
+        self, name: str, *, caller: Caller | None = None, force: bool = False
+    ) -> StopResult:
+        """Stop `name`'s backend once its requests in flight have ended (ModelsBusy past
+        drain_timeout_s), or at once with `force`; stopping a stopped model is fine."""
+        record = self._life.record(name)
+        async with self._no_requests(name, force), self._ops.operation("stop", record, caller):
+            if record.state is State.STOPPED:
+                return StopResult(status="already_stopped", model=name)
+            await self._life.check_runtime(record)
+            await self._life.stop_model(record, "requested")
+            return StopResult(status="stopped", model=name)
+
+    @contextlib.asynccontextmanager
+    async def _no_requests(self, name: str, force: bool) -> AsyncIterator[None]:
+        """Drain `name` first if it serves requests (ModelsBusy past drain_timeout_s),
+        keeping new acquires waiting until the block is done; `force` skips it."""
+        drained = []
+        if not force and self._leases.protected(name):
+            drained = await self._switcher.room.drain([name], None)
+        try:
+            yield
+        finally:
+            self._leases.end_drain(drained)
+
+    async def restart(
+        self,
+        name: str,
+        *,
+        wait: bool = True,
+        timeout: float | None = None,
+        caller: Caller | None = None,
+    ) -> SwitchResult:
+        """Stop `name` if it runs (once its requests in flight have ended), wait for its
+        memory, and start it again."""
+        record = self._life.record(name, managed=True)
+        async with self._no_requests(name, force=False):
+            result = await self._switcher.load(
+                "restart", record, caller, evict=False, wait=wait, timeout=timeout, restart=True
+            )
+        result.status = "restarted"
+        return result
+
+    async def preload(self) -> dict[str, str]:
+        """Start the configured `preload` models in order, each only if it fits without
+        stopping anything; what became of each (never raises: the daemon serves on)."""
+        outcome: dict[str, str] = {}
+        for name in self._life.config.daemon.preload:
+            try:
+                result = await self.start(name, caller={"preload": 1})
+                outcome[name] = result.state or result.status
+            except ModeldError as exc:
+                outcome[name] = exc.data["error"]
+                log.warning("preload.skipped", model=name, error=exc.message)
+        log.info("preload.done", outcome=outcome)
+        return outcome
+
+    async def logs(self, name: str, lines: int) -> LogsResult:
+        """A model's backend's last output lines (Docker logs or captured output)."""
+        record = self._life.record(name)
+        lines_kept = await self._life.runtime(record).logs(record.config, lines)
+        return LogsResult(model=name, lines=lines_kept)
+
+    def follow_logs(self, name: str, lines: int) -> AsyncIterator[str]:
+        """A model's backend's last lines, then each new one until the backend ends."""
+        record = self._life.record(name)
+        return self._life.runtime(record).follow(record.config, lines)
+
+    # ---- operations -----------------------------------------------------------------------
+
+
+class LeaseOps:
+    """Requests in flight: a lease on a model once it runs and answers, and its end."""
+
+    def __init__(
+        self,
+        lifecycle: Lifecycle,
+        models: ModelOps,
+        switcher: Switcher,
+        leases: Leases,
+        metrics: MetricsSink,
+    ) -> None:
+        self._life = lifecycle
+        self._models = models
+        self._switcher = switcher
+        self._leases = leases
+        self._metrics = metrics
+
+    async def acquire(
+        self,
+        name: str,
+        *,
+        owner: int,
+        timeout: float | None = None,
+        caller: Caller | None = None,
+        load: bool = True,
+    ) -> LeaseResult:
+        """A lease on `name` once it runs and answers: switching, waking or joining a load
+        as needed (concurrent acquires share one load). While it drains, new acquires
+        wait their turn; a waiting acquire protects the model once it runs. With `load`
+        false, WouldLoad instead of causing a load or a wake (joining one is fine)."""
+        with self._leases.queued(self._life.record(name, managed=True)):
+            return await self._acquire(name, owner, timeout, caller, load)
+
+    async def _acquire(
+        self, name: str, owner: int, timeout: float | None, caller: Caller | None, load: bool
+    ) -> LeaseResult:
+        started = time.monotonic()
+        deadline = None if timeout is None else started + timeout
+        try:
+            async with asyncio.timeout(timeout):
+                await self._leases.gate(name)
+        except TimeoutError:
+            raise OperationTimeout(
+                f"{name} was still draining after {timeout}s; no lease", model=name
+            ) from None
+        switched = False
+        with self._leases.waiting(name):
+            while True:
+                record = self._life.record(name, managed=True)
+                if record.state is State.RUNNING:
+                    if not switched:  # a switch counted this request already
+                        self._switcher.count_demand(record)
+                    return self._grant(record, owner, started, caller)
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    raise OperationTimeout(f"{name} did not run within {timeout}s", model=name)
+                if not load and record.state is not State.LOADING:
+                    raise WouldLoad(
+                        f"{name} is {record.state.value}: a lease would need a load or a wake",
+                        model=name,
+                        state=record.state.value,
+                    )
+                try:
+                    switched = True
+                    await self._models.switch(name, timeout=left, caller=caller)
+                except ModelsBusy:
+                    continue  # its turn comes once the drain allows; our timeout rules
+
+    def acquire_now(
+        self, name: str, *, owner: int, caller: Caller | None = None
+    ) -> LeaseResult | None:
+        """A lease at once, when `name` runs and is not draining (the common case for a
+        router: answered without a task); None when it must wait (then `acquire`)."""
+        record = self._life.record(name, managed=True)
+        if record.state is not State.RUNNING or self._leases.draining(name):
+            return None
+        self._switcher.count_demand(record)
+        return self._grant(record, owner, time.monotonic(), caller)
+
+    def _grant(
+        self, record: Model, owner: int, started: float, caller: Caller | None
+    ) -> LeaseResult:
+        lease = self._leases.grant(record, owner)
+        waited = time.monotonic() - started
+        self._metrics.acquired(record.name, waited)
+        log.info("lease.granted", model=record.name, lease=lease.id, **dict(caller or {}))
+        return LeaseResult(
+            lease=lease.id,
+            model=record.name,
+            endpoint=record.config.endpoint,
+            served_model_name=record.config.served_model_name or record.name,
+            state=record.state.value,
+            leases=record.usage.leases,
+            waited_seconds=round(waited, 3),
+        )
+
+    def release(self, lease: str, *, owner: int | None = None) -> ReleaseResult:
+        """End a lease (only the connection's own, given `owner`)."""
+        ended = self._leases.release(lease, owner)
+        return ReleaseResult(
+            released=True, model=ended.model, leases=self._leases.held(ended.model)
+        )
+
+    def release_owner(self, owner: int) -> int:
+        """A connection closed: its leases end at once; how many."""
+        ended = self._leases.release_owner(owner)
+        if ended:
+            log.info("lease.connection_closed", owner=owner, released=ended)
+        return ended
+
+
+class Events:
+    """Live events (state changes, switch progress), and the next transition."""
+
+    def __init__(self, bus: EventBus, revision: Revision, lifecycle: Lifecycle) -> None:
+        self._bus = bus
+        self._revision = revision
+        self._life = lifecycle
+
+    def subscribe(self) -> Subscription:
+        """Events from now on: state changes and switch progress."""
+        self._revision.bump()  # `status` counts the subscribers
+        return self._bus.subscribe()
+
+    def unsubscribe(self, subscription: Subscription) -> None:
+        """Stop a subscription."""
+        self._revision.bump()
+        self._bus.unsubscribe(subscription)
+
+    async def changed(self) -> None:
+        """Return at the next state transition."""
+        await self._life.changed()

@@ -1,0 +1,171 @@
+"""Making room for a switch, and undoing it: carry out a plan's stops and parks (plan
+again when a parked model kept more than planned), drain models serving requests, wait
+for loads in the way, bring back what a failed switch stopped, and the refusals that
+name the numbers."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import structlog
+
+from modeld.core.errors import InsufficientMemory, ModeldError, OperationTimeout
+from modeld.core.planner import Infeasible, Plan
+from modeld.core.states import State
+from modeld.engine.leases import Leases
+from modeld.engine.lifecycle import Lifecycle
+from modeld.engine.metrics import MetricsSink
+from modeld.engine.model import Model
+from modeld.engine.operations import Operations
+from modeld.engine.parking import Parking
+
+log = structlog.get_logger("modeld.engine.room")
+
+# A parked model may keep more than planned: plan again after parking, at most this often.
+PLAN_ROUNDS = 3
+
+
+class Room:
+    """Stops, parks, drains and restores for the Switcher."""
+
+    def __init__(
+        self,
+        lifecycle: Lifecycle,
+        operations: Operations,
+        parking: Parking,
+        leases: Leases,
+        metrics: MetricsSink,
+    ) -> None:
+        self._life = lifecycle
+        self._ops = operations
+        self._parking = parking
+        self._leases = leases
+        self._metrics = metrics
+
+    async def drain(self, names: list[str], deadline: float | None) -> list[str]:
+        """Outside the lock: close the gate on `names` (new acquires wait), then wait for
+        their leases to end, up to drain_timeout_s (ModelsBusy: nothing was stopped). The
+        names this call closed, for the caller to open again once they are evicted."""
+        closed = self._leases.begin_drain(names)
+        for name in names:
+            log.info("drain.begun", model=name, leases=self._leases.held(name))
+            self._life.events.publish("drain", model=name, leases=self._leases.held(name))
+        limit = self._life.config.daemon.drain_timeout_s
+        remaining = left(deadline)
+        try:
+            with self._ops.counted():
+                await self._leases.drained(
+                    names, limit if remaining is None else min(limit, remaining)
+                )
+        except ModeldError as refusal:
+            self._leases.end_drain(closed)
+            self._metrics.models_busy()
+            raise refusal from None
+        return closed
+
+    async def settle(self, record: Model, deadline: float | None) -> None:
+        """Wait for one of the loads in the way to end (the caller's deadline applies)."""
+        loads: list[asyncio.Task[Any]] = [
+            r.load
+            for r in self._life.records.values()
+            if r is not record and r.state is State.LOADING and r.load is not None
+        ]
+        if not loads:
+            return  # they ended while this waited for its turn
+        with self._ops.counted():
+            done, _ = await asyncio.wait(
+                [asyncio.shield(load) for load in loads],
+                timeout=left(deadline),
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+        if not done:
+            raise OperationTimeout(
+                f"{record.name}: still waiting for other models' loads to end after the "
+                "timeout; nothing was changed for it",
+                model=record.name,
+                state=record.state.value,
+            )
+
+    async def make_room(self, record: Model, plan: Plan) -> tuple[list[str], list[str]]:
+        """Carry out a plan: stops first (they may give back host RAM the parks need), then
+        parks. A parked model may keep more than planned: plan again, a few times at most."""
+        stopped: list[str] = []
+        parked: list[str] = []
+        for _ in range(PLAN_ROUNDS):
+            for name in plan.stop:
+                await self._life.stop_model(self._life.records[name], f"evicted for {record.name}")
+                self._metrics.evicted(name)
+                stopped.append(name)
+                self._life.events.publish("switch.stopped", model=record.name, stopped=name)
+            for name in plan.park:
+                self._metrics.evicted(name)
+                if await self._parking.park(self._life.records[name], f"parked for {record.name}"):
+                    parked.append(name)
+                    self._life.events.publish("switch.parked", model=record.name, parked=name)
+                else:
+                    stopped.append(name)
+                    self._life.events.publish("switch.stopped", model=record.name, stopped=name)
+            if not plan.park:
+                break
+            reading = await self._life.ledger.read(self._life.records.values())
+            replanned = self._life.ledger.plan(
+                record, self._life.records.values(), reading, self._leases.protected
+            )
+            if isinstance(replanned, Infeasible):
+                raise self.no_room(record, replanned)
+            if not (replanned.stop or replanned.park):
+                break
+            log.info(
+                "switch.replan",
+                model=record.name,
+                stop=list(replanned.stop),
+                park=list(replanned.park),
+                why="a parked model kept more memory than planned",
+            )
+            plan = replanned
+        return stopped, parked
+
+    async def restore(self, names: tuple[str, ...], failed: str) -> dict[str, Any]:
+        """Start again the models a failed switch stopped; say which came back."""
+        restored: list[str] = []
+        not_restored: dict[str, str] = {}
+        for name in names:
+            victim = self._life.records[name]
+            try:
+                async with self._ops.operation("rollback", victim, None):
+                    await self._life.ledger.wait_for_room(victim, self._life.records.values())
+                    if victim.state is State.SLEEPING:
+                        self._parking.begin_wake(victim)
+                    elif victim.state in (State.STOPPED, State.FAILED):
+                        await self._life.start_model(victim)
+                if victim.load is not None and (failure := await asyncio.shield(victim.load)):
+                    raise failure
+            except ModeldError as exc:
+                not_restored[name] = exc.message
+            else:
+                restored.append(name)
+        log.info("switch.rolled_back", model=failed, restored=restored, not_restored=not_restored)
+        return {"restored": restored, "not_restored": not_restored}
+
+    @staticmethod
+    def no_room(record: Model, plan: Infeasible) -> InsufficientMemory:
+        """No plan makes room: the refusal, with the planner's numbers."""
+        return InsufficientMemory(
+            f"Cannot free enough GPU memory to load {record.name} on GPU {plan.device}. "
+            f"Required: {plan.required_gb:.1f}GB, Available after unloading all models: "
+            f"{plan.total_available_gb:.1f}GB",
+            model=record.name,
+            device=plan.device,
+            required_gb=round(plan.required_gb, 1),
+            available_gb=round(plan.available_gb, 1),
+            freed_gb=round(plan.freed_gb, 1),
+            total_available_gb=round(plan.total_available_gb, 1),
+            pinned_blocking=list(plan.blocked_by),
+        )
+
+
+def left(deadline: float | None) -> float | None:
+    """Seconds to a deadline (at least a moment), or None for none."""
+    return None if deadline is None else max(0.001, deadline - time.monotonic())
