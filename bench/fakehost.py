@@ -8,11 +8,10 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from modeld.adapters.gpu.simulated import SimulatedGpu
 from modeld.core.config import parse_config
-from modeld.engine.build import build_engine
 from modeld.engine.engine import Engine
 from modeld.testing.fakes import Behaviour, FakeRuntime
+from modeld.testing.host import running_host
 from modeld.testing.ports import free_port
 
 
@@ -46,11 +45,5 @@ async def two_models(
     )
     for name in models:
         runtime.behaviour[name] = behaviour
-    supervisor = await build_engine(
-        config, gpu=SimulatedGpu(config.gpu, alive=runtime.alive), runtimes={"process": runtime}
-    )
-    await supervisor.startup()
-    try:
-        yield supervisor
-    finally:
-        await supervisor.shutdown()
+    async with running_host(config, runtime=runtime) as host:
+        yield host.engine

@@ -1,5 +1,5 @@
-"""The fixtures every tier may use: supervisors over the fake runtime, served on a
-socket; the Docker test image and container names. Helpers live in tests/support."""
+"""The fixtures every tier may use: fake hosts (modeld.testing.host), served by a
+Daemon on a socket; the Docker test image and container names. Helpers live in tests/support."""
 
 from __future__ import annotations
 
@@ -13,42 +13,32 @@ from typing import Any
 import pytest
 
 from modeld.adapters.gpu.simulated import SimulatedGpu
-from modeld.adapters.vllm import VllmClient
 from modeld.core.config import Config
-from modeld.daemon.server import Limits, RpcServer
-from modeld.engine.build import build_engine
+from modeld.daemon.run import Daemon
+from modeld.daemon.server import Limits
 from modeld.engine.engine import Engine
 from modeld.testing.docker import build_image, docker_cli, docker_required, engine_problem
 from modeld.testing.fakes import FakeRuntime
+from modeld.testing.host import build_fake_host
 from tests.support import Served, ServeFactory, SupervisorFactory
 
 
 @pytest.fixture
 async def supervised() -> AsyncIterator[SupervisorFactory]:
-    """Build started Supervisors over FakeRuntime + SimulatedGpu; shut them down after."""
+    """Build started fake hosts (modeld.testing.host); shut their Engines down after."""
     made: list[Engine] = []
 
     async def build(
         config: Config, config_path: Path | None = None, **options: Any
     ) -> tuple[Engine, FakeRuntime, SimulatedGpu]:
-        runtime = FakeRuntime()
-        gpu = SimulatedGpu(config.gpu, alive=runtime.alive)
-        runtime.gpu = gpu
-        supervisor = await build_engine(
-            config,
-            gpu=gpu,
-            runtimes={"process": runtime},
-            vllm=VllmClient(timeout_s=1),
-            config_path=config_path,
-            **options,
-        )
-        await supervisor.startup()
-        made.append(supervisor)
-        return supervisor, runtime, gpu
+        host = await build_fake_host(config, config_path=config_path, **options)
+        await host.engine.startup()
+        made.append(host.engine)
+        return host.engine, host.runtime, host.gpu
 
     yield build
-    for supervisor in made:
-        await supervisor.shutdown()
+    for engine in made:
+        await engine.shutdown()
 
 
 @pytest.fixture
@@ -82,18 +72,21 @@ def prefix() -> Iterator[str]:
 
 
 @pytest.fixture
-async def serve(supervised: SupervisorFactory, tmp_path: Path) -> AsyncIterator[ServeFactory]:
-    """Start RpcServers over supervised fake hosts: each gives socket, Engine, runtime."""
-    servers: list[RpcServer] = []
+async def serve(tmp_path: Path) -> AsyncIterator[ServeFactory]:
+    """Start Daemons over fake hosts, as the daemon starts: each gives socket, Engine,
+    runtime."""
+    daemons: list[Daemon] = []
 
     async def start(config: Config, limits: Limits | None = None) -> Served:
-        supervisor, runtime, _ = await supervised(config)
-        path = tmp_path / f"modeld-{len(servers)}.sock"
-        server = RpcServer(supervisor, path, limits=limits)
-        await server.start()
-        servers.append(server)
-        return path, supervisor, runtime
+        host = await build_fake_host(config)
+        path = tmp_path / f"modeld-{len(daemons)}.sock"
+        daemon = host.daemon(path, limits)
+        try:
+            await daemon.startup()
+        finally:
+            daemons.append(daemon)
+        return path, host.engine, host.runtime
 
     yield start
-    for server in servers:
-        await server.close()
+    for daemon in daemons:
+        await daemon.shutdown()

@@ -39,14 +39,14 @@ class Connection:
         writer: asyncio.StreamWriter,
         caller: Caller,
         write_timeout_s: float,
-        supervisor: Engine,
+        engine: Engine,
     ) -> None:
         self.writer = writer
         self.caller = caller
         self.write_timeout_s = write_timeout_s
         self.tasks: set[asyncio.Task[None]] = set()
         self.acquires: set[asyncio.Task[None]] = set()
-        self.pushes = Pushes(self, supervisor)
+        self.pushes = Pushes(self, engine)
         self.closed = False
         self.gone_logged = False
 
@@ -85,9 +85,9 @@ class Pushes:
     """What a connection is sent without asking: `event` notifications from its one
     subscription, `log` notifications for each model it follows. All end with it."""
 
-    def __init__(self, connection: Connection, supervisor: Engine) -> None:
+    def __init__(self, connection: Connection, engine: Engine) -> None:
         self._connection = connection
-        self._supervisor = supervisor
+        self._engine = engine
         self._subscription: Subscription | None = None
         self._pump: asyncio.Task[None] | None = None
         self._follows: dict[str, asyncio.Task[None]] = {}
@@ -96,7 +96,7 @@ class Pushes:
         """Give the connection its one subscription; False if it had one already."""
         if self._subscription is not None:
             return False
-        self._subscription = self._supervisor.events.subscribe()
+        self._subscription = self._engine.events.subscribe()
         if self._connection.closed:
             # The caller hung up before its subscribe was served: nothing to push to.
             self.end()
@@ -122,7 +122,7 @@ class Pushes:
     def end(self) -> None:
         """The connection is closing: stop every push (a no-op when there is none)."""
         if self._subscription is not None:
-            self._supervisor.events.unsubscribe(self._subscription)
+            self._engine.events.unsubscribe(self._subscription)
         if self._pump is not None:
             self._pump.cancel()
             self._pump = None

@@ -1,6 +1,9 @@
-"""The daemon's lifecycle: startup, serve until a signal, shutdown (like uvicorn).
+"""The Daemon: an Engine behind the socket server, with the metrics endpoint, systemd's
+notifications and SIGHUP reloads; startup / serve / shutdown, like uvicorn's Server.
 
-Signal handlers only set events; everything they ask for happens here, in order.
+Signal handlers only set events; everything they ask for happens here, in order. The
+entry point, the tests and the benchmarks build it the same way:
+`Daemon(config, engine=build_engine(...), socket_path=...)`.
 """
 
 from __future__ import annotations
@@ -8,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
+import socket
 from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
@@ -21,7 +25,7 @@ from modeld.core.errors import ModeldError, SocketInUse
 from modeld.daemon.access import AccessPolicy
 from modeld.daemon.listen import inherited_socket
 from modeld.daemon.sdnotify import Notifier
-from modeld.daemon.server import Limits, RpcServer
+from modeld.daemon.server import Limits, RpcServer, limits_for
 from modeld.daemon.signals import stop_and_reload
 from modeld.engine.build import build_engine
 from modeld.engine.engine import Engine
@@ -30,102 +34,134 @@ from modeld.engine.metrics import Metrics, serve_metrics
 log = structlog.get_logger("modeld.daemon.run")
 
 
+class Daemon:
+    """One daemon: its Engine, its socket, its metrics endpoint, systemd's view of it."""
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        engine: Engine,
+        socket_path: Path,
+        metrics: Metrics | None = None,
+        limits: Limits | None = None,
+        notifier: Notifier | None = None,
+    ) -> None:
+        daemon = config.daemon
+        self.config = config
+        self.engine = engine
+        self.metrics = metrics
+        self.notifier = notifier or Notifier()
+        self.server = RpcServer(
+            engine,
+            socket_path,
+            daemon.socket_mode,
+            daemon.socket_group,
+            AccessPolicy(daemon.allow_uids, daemon.allow_groups),
+            limits=limits or limits_for(daemon),
+        )
+        self.reload_requested = asyncio.Event()
+        self._metrics_runner: web.AppRunner | None = None
+        self._background: list[asyncio.Task[Any]] = []
+
+    async def startup(self, inherited: socket.socket | None = None) -> None:
+        """Start the engine (read the GPU, adopt what runs), the metrics endpoint and the
+        socket (systemd's, when it passed one); tell systemd we are ready; begin the
+        background jobs (status line, reloads, preload, watchdog)."""
+        config, engine, notifier = self.config, self.engine, self.notifier
+        await engine.startup()
+        if self.metrics is not None and config.metrics.listen:
+            self.metrics.watch(engine.view.status)
+            try:
+                self._metrics_runner = await serve_metrics(self.metrics, config.metrics.listen)
+            except OSError as exc:
+                raise SocketInUse(
+                    f"metrics.listen {config.metrics.listen}: {exc.strerror}",
+                    listen=config.metrics.listen,
+                ) from None
+        await self.server.start(inherited)
+        notifier.ready(engine.view.summary())
+        log.info(
+            "daemon.ready",
+            version=__version__,
+            socket=self.server.address,
+            activated=inherited is not None,
+            models=sorted(config.models),
+            gpu=config.gpu.backend,
+        )
+        jobs: list[Coroutine[Any, Any, Any]] = [
+            self._report_status(),
+            self._serve_reloads(),
+            # In the background: the socket answers while preloaded models load.
+            engine.models.preload(),
+        ]
+        if notifier.watchdog_interval_s:
+            # From the event loop itself: a stuck loop stops the pings and systemd restarts us.
+            jobs.append(_every(notifier.watchdog_interval_s, notifier.watchdog))
+        self._background = [asyncio.create_task(job) for job in jobs]
+
+    async def serve(self, stop: asyncio.Event) -> None:
+        """Serve until `stop` is set."""
+        await stop.wait()
+        log.info("daemon.stopping")
+
+    async def shutdown(self) -> None:
+        """Stop the background jobs, close the socket (letting calls in flight finish, up
+        to shutdown_timeout_s), the metrics endpoint, then the engine."""
+        self.notifier.stopping()
+        for task in self._background:
+            task.cancel()
+        await asyncio.gather(*self._background, return_exceptions=True)
+        await self.server.close(self.config.daemon.shutdown_timeout_s)
+        if self._metrics_runner is not None:
+            await self._metrics_runner.cleanup()
+        await self.engine.shutdown()
+        log.info("daemon.stopped")
+
+    async def _report_status(self) -> None:
+        """Keep `systemctl status` current: on every transition, and as memory moves."""
+        while True:
+            self.notifier.status(self.engine.view.summary())
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(
+                    self.engine.events.changed(), self.config.daemon.poll_interval_s
+                )
+
+    async def _serve_reloads(self) -> None:
+        """SIGHUP: re-read the config; an invalid one is logged and the old one stays."""
+        while True:
+            await self.reload_requested.wait()
+            self.reload_requested.clear()
+            self.notifier.reloading()
+            try:
+                await self.engine.reload(caller={"signal": signal.SIGHUP.value})
+            except ModeldError as exc:
+                log.error(
+                    "config.reload_rejected", reason=exc.message, fields=exc.data.get("fields")
+                )
+            except Exception:  # a bug in one reload must not end the reloads that follow
+                log.exception("config.reload_crashed")
+            finally:
+                self.notifier.ready(self.engine.view.summary())
+
+
 async def _every(interval_s: float, action: Callable[[], None]) -> None:
     while True:
         action()
         await asyncio.sleep(interval_s)
 
 
-async def _report_status(supervisor: Engine, notifier: Notifier, interval_s: float) -> None:
-    """Keep `systemctl status` current: on every transition, and as memory moves."""
-    while True:
-        notifier.status(supervisor.view.summary())
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(supervisor.events.changed(), interval_s)
-
-
-async def _serve_reloads(requested: asyncio.Event, supervisor: Engine, notifier: Notifier) -> None:
-    """SIGHUP: re-read the config; an invalid one is logged and the old one stays."""
-    while True:
-        await requested.wait()
-        requested.clear()
-        notifier.reloading()
-        try:
-            await supervisor.reload(caller={"signal": signal.SIGHUP.value})
-        except ModeldError as exc:
-            log.error("config.reload_rejected", reason=exc.message, fields=exc.data.get("fields"))
-        except Exception:  # a bug in one reload must not end the reloads that follow
-            log.exception("config.reload_crashed")
-        finally:
-            notifier.ready(supervisor.view.summary())
-
-
 async def run_daemon(config: Config, socket_path: Path, config_path: Path | None = None) -> None:
     """Start up, serve until SIGTERM or SIGINT, shut down; ModeldError if startup fails."""
     stop, reload_requested = stop_and_reload()
-    notifier = Notifier()
-    inherited = inherited_socket()
     for warning in config_warnings(config):
         log.warning("config.risk", warning=warning)
-    daemon = config.daemon
     metrics = Metrics() if config.metrics.listen else None
-    supervisor = await build_engine(config, metrics=metrics, config_path=config_path)
-    server = RpcServer(
-        supervisor,
-        socket_path,
-        daemon.socket_mode,
-        daemon.socket_group,
-        AccessPolicy(daemon.allow_uids, daemon.allow_groups),
-        limits=Limits(
-            max_connections=daemon.max_connections,
-            per_uid=daemon.max_connections_per_uid,
-            reserved=min(daemon.reserved_connections, daemon.max_connections),
-            line_timeout_s=daemon.client_line_timeout_s,
-            write_timeout_s=daemon.client_write_timeout_s,
-        ),
-    )
-    background: list[asyncio.Task[Any]] = []
-    metrics_runner: web.AppRunner | None = None
+    engine = await build_engine(config, metrics=metrics, config_path=config_path)
+    daemon = Daemon(config, engine=engine, socket_path=socket_path, metrics=metrics)
+    daemon.reload_requested = reload_requested
     try:
-        await supervisor.startup()
-        if metrics is not None and config.metrics.listen:
-            metrics.watch(supervisor.view.status)
-            try:
-                metrics_runner = await serve_metrics(metrics, config.metrics.listen)
-            except OSError as exc:
-                raise SocketInUse(
-                    f"metrics.listen {config.metrics.listen}: {exc.strerror}",
-                    listen=config.metrics.listen,
-                ) from None
-        await server.start(inherited)
-        notifier.ready(supervisor.view.summary())
-        log.info(
-            "daemon.ready",
-            version=__version__,
-            socket=server.address,
-            activated=inherited is not None,
-            models=sorted(config.models),
-            gpu=config.gpu.backend,
-        )
-        jobs: list[Coroutine[Any, Any, Any]] = [
-            _report_status(supervisor, notifier, daemon.poll_interval_s),
-            _serve_reloads(reload_requested, supervisor, notifier),
-            # In the background: the socket answers while preloaded models load.
-            supervisor.models.preload(),
-        ]
-        if notifier.watchdog_interval_s:
-            # From the event loop itself: a stuck loop stops the pings and systemd restarts us.
-            jobs.append(_every(notifier.watchdog_interval_s, notifier.watchdog))
-        background = [asyncio.create_task(job) for job in jobs]
-        await stop.wait()
-        log.info("daemon.stopping")
+        await daemon.startup(inherited_socket())
+        await daemon.serve(stop)
     finally:
-        notifier.stopping()
-        for task in background:
-            task.cancel()
-        await asyncio.gather(*background, return_exceptions=True)
-        await server.close(daemon.shutdown_timeout_s)
-        if metrics_runner is not None:
-            await metrics_runner.cleanup()
-        await supervisor.shutdown()
-        log.info("daemon.stopped")
+        await daemon.shutdown()

@@ -18,6 +18,7 @@ from typing import Any
 import structlog
 
 from modeld.adapters.socketdir import check_dir
+from modeld.core.config import DaemonConfig
 from modeld.core.errors import LimitReached, SocketInUse, TooManyConnections
 from modeld.daemon.access import AccessPolicy, Caller, peer_credentials
 from modeld.daemon.connection import Connection
@@ -68,12 +69,23 @@ class Limits:
     write_timeout_s: float = WRITE_TIMEOUT_S
 
 
+def limits_for(daemon: DaemonConfig) -> Limits:
+    """The limits a daemon's settings give its socket."""
+    return Limits(
+        max_connections=daemon.max_connections,
+        per_uid=daemon.max_connections_per_uid,
+        reserved=min(daemon.reserved_connections, daemon.max_connections),
+        line_timeout_s=daemon.client_line_timeout_s,
+        write_timeout_s=daemon.client_write_timeout_s,
+    )
+
+
 class RpcServer:
     """Serves JSON-RPC on a Unix socket; each connection, and each request, on its own."""
 
     def __init__(
         self,
-        supervisor: Engine,
+        engine: Engine,
         path: Path,
         mode: int = 0o660,
         group: str | None = None,
@@ -81,7 +93,7 @@ class RpcServer:
         max_connections: int = 256,
         limits: Limits | None = None,
     ) -> None:
-        self._supervisor = supervisor
+        self._engine = engine
         self._policy = policy or AccessPolicy()
         self._limits = limits or Limits(
             max_connections=max_connections,
@@ -207,7 +219,7 @@ class RpcServer:
 
     async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         caller = peer_credentials(writer.get_extra_info("socket"))
-        connection = Connection(writer, caller, self._limits.write_timeout_s, self._supervisor)
+        connection = Connection(writer, caller, self._limits.write_timeout_s, self._engine)
         refusal = self._admit(caller)
         if refusal is not None:
             log.warning("rpc.refused", reason=refusal.data["reason"], **caller.as_log())
@@ -221,7 +233,7 @@ class RpcServer:
         owner = id(connection)
         pushes = connection.pushes
         context = Context(
-            self._supervisor, caller, self._policy, pushes.subscribe, owner, pushes.follow
+            self._engine, caller, self._policy, pushes.subscribe, owner, pushes.follow
         )
         try:
             await self._serve(reader, connection, context)
@@ -233,11 +245,11 @@ class RpcServer:
             # and log their outcome; only then is the transport closed.
             connection.closed = True
             pushes.end()
-            self._supervisor.leases.release_owner(owner)  # its requests in flight are over
+            self._engine.leases.release_owner(owner)  # its requests in flight are over
             if connection.tasks or connection.acquires:
                 await asyncio.wait(connection.tasks | connection.acquires)
             pushes.end()  # in case a subscribe or a follow was still on its way
-            self._supervisor.leases.release_owner(owner)  # in case an acquire was still on its way
+            self._engine.leases.release_owner(owner)  # in case an acquire was still on its way
             self._open.discard(connection)
             self._connections -= 1
             self._per_uid[caller.uid] -= 1

@@ -4,7 +4,7 @@ sub-facades:
 
 - engine.models   switch, start, stop, restart, preload, logs   (facades.py)
 - engine.leases   acquire, release                              (facades.py)
-- engine.view     status, gpu, models, the systemd line         (statusview.py)
+- engine.view     status, gpu, models, the systemd line         (view.py)
 - engine.events   subscribe, and the next transition            (events.py)
 - engine.reload   the config file again                         (reloading.py)
 
@@ -34,20 +34,21 @@ from modeld.core.results import ReloadResult
 from modeld.core.states import State
 from modeld.engine.events import EventBus
 from modeld.engine.facades import Events, LeaseOps, ModelOps
+from modeld.engine.facts import Revision
 from modeld.engine.learning import Learning
 from modeld.engine.leases import Leases
 from modeld.engine.ledger import GpuLedger
 from modeld.engine.lifecycle import Lifecycle
 from modeld.engine.metrics import MetricsSink, NoMetrics
-from modeld.engine.model import Model, Revision, Transition
+from modeld.engine.model import Model, Transition
 from modeld.engine.monitor import Monitor
 from modeld.engine.observations import Observations
-from modeld.engine.operations import Caller, Operations
+from modeld.engine.operations import Asker, Operations
 from modeld.engine.parking import Parking
 from modeld.engine.reloading import Reloader
 from modeld.engine.restarts import Restarts
-from modeld.engine.statusview import StatusView
 from modeld.engine.switching import Switcher
+from modeld.engine.view import StatusView
 
 log = structlog.get_logger("modeld.engine.engine")
 
@@ -126,7 +127,7 @@ class Engine:
         records = list(self._life.records.values())
         pending: list[asyncio.Task[Any] | None] = [self._monitoring]
         pending += [
-            task for r in records for task in (r.load, r.restarts.task, r.usage.unload_task)
+            task for r in records for task in (r.load_task, r.restarts.task, r.usage.unload_task)
         ]
         tasks = [t for t in pending if t]
         for task in tasks:
@@ -143,7 +144,7 @@ class Engine:
         """One monitor pass now: GPU, each model's backend and health, downloads."""
         await self._monitor.poll_once()
 
-    async def reload(self, *, caller: Caller | None = None) -> ReloadResult:
+    async def reload(self, *, caller: Asker | None = None) -> ReloadResult:
         """Re-read the config file and apply it; an invalid one changes nothing."""
         return await self._reloader.reload(caller)
 

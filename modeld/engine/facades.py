@@ -15,11 +15,12 @@ from modeld.core.errors import ModeldError, ModelsBusy, OperationTimeout, WouldL
 from modeld.core.results import LeaseResult, LogsResult, ReleaseResult, StopResult, SwitchResult
 from modeld.core.states import State
 from modeld.engine.events import EventBus, Subscription
+from modeld.engine.facts import Revision
 from modeld.engine.leases import Leases
 from modeld.engine.lifecycle import Lifecycle
 from modeld.engine.metrics import MetricsSink
-from modeld.engine.model import Model, Revision
-from modeld.engine.operations import Caller, Operations
+from modeld.engine.model import Model
+from modeld.engine.operations import Asker, Operations
 from modeld.engine.switching import Switcher
 
 log = structlog.get_logger("modeld.engine.facades")
@@ -48,7 +49,7 @@ class ModelOps:
         *,
         wait: bool = True,
         timeout: float | None = None,
-        caller: Caller | None = None,
+        caller: Asker | None = None,
         force: bool = False,
     ) -> SwitchResult:
         """Make `name` the model that answers: stop what must go (draining models that
@@ -56,7 +57,7 @@ class ModelOps:
         record = self._life.record(name, managed=True)
         started, outcome = time.monotonic(), "error"
         try:
-            result = await self._switcher.load(
+            result = await self._switcher.bring_up(
                 "switch", record, caller, evict=True, wait=wait, timeout=timeout, force=force
             )
             outcome = result.status
@@ -73,16 +74,16 @@ class ModelOps:
         *,
         wait: bool = True,
         timeout: float | None = None,
-        caller: Caller | None = None,
+        caller: Asker | None = None,
     ) -> SwitchResult:
         """Start `name` only if it fits without stopping anything."""
         record = self._life.record(name, managed=True)
-        return await self._switcher.load(
+        return await self._switcher.bring_up(
             "start", record, caller, evict=False, wait=wait, timeout=timeout
         )
 
     async def stop(
-        self, name: str, *, caller: Caller | None = None, force: bool = False
+        self, name: str, *, caller: Asker | None = None, force: bool = False
     ) -> StopResult:
         """Stop `name`'s backend once its requests in flight have ended (ModelsBusy past
         drain_timeout_s), or at once with `force`; stopping a stopped model is fine."""
@@ -112,13 +113,13 @@ class ModelOps:
         *,
         wait: bool = True,
         timeout: float | None = None,
-        caller: Caller | None = None,
+        caller: Asker | None = None,
     ) -> SwitchResult:
         """Stop `name` if it runs (once its requests in flight have ended), wait for its
         memory, and start it again."""
         record = self._life.record(name, managed=True)
         async with self._no_requests(name, force=False):
-            result = await self._switcher.load(
+            result = await self._switcher.bring_up(
                 "restart", record, caller, evict=False, wait=wait, timeout=timeout, restart=True
             )
         result.status = "restarted"
@@ -175,7 +176,7 @@ class LeaseOps:
         *,
         owner: int,
         timeout: float | None = None,
-        caller: Caller | None = None,
+        caller: Asker | None = None,
         load: bool = True,
     ) -> LeaseResult:
         """A lease on `name` once it runs and answers: switching, waking or joining a load
@@ -186,7 +187,7 @@ class LeaseOps:
             return await self._acquire(name, owner, timeout, caller, load)
 
     async def _acquire(
-        self, name: str, owner: int, timeout: float | None, caller: Caller | None, load: bool
+        self, name: str, owner: int, timeout: float | None, caller: Asker | None, load: bool
     ) -> LeaseResult:
         started = time.monotonic()
         deadline = None if timeout is None else started + timeout
@@ -221,7 +222,7 @@ class LeaseOps:
                     continue  # its turn comes once the drain allows; our timeout rules
 
     def acquire_now(
-        self, name: str, *, owner: int, caller: Caller | None = None
+        self, name: str, *, owner: int, caller: Asker | None = None
     ) -> LeaseResult | None:
         """A lease at once, when `name` runs and is not draining (the common case for a
         router: answered without a task); None when it must wait (then `acquire`)."""
@@ -232,7 +233,7 @@ class LeaseOps:
         return self._grant(record, owner, time.monotonic(), caller)
 
     def _grant(
-        self, record: Model, owner: int, started: float, caller: Caller | None
+        self, record: Model, owner: int, started: float, caller: Asker | None
     ) -> LeaseResult:
         lease = self._leases.grant(record, owner)
         waited = time.monotonic() - started

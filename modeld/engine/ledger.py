@@ -16,7 +16,8 @@ from modeld.core.errors import GpuUnavailable, OperationTimeout
 from modeld.core.memory import Need, model_need
 from modeld.core.planner import Candidate, Device, Infeasible, Plan, Target, plan_switch
 from modeld.core.states import State
-from modeld.engine.model import Model, device_totals
+from modeld.engine.facts import device_totals
+from modeld.engine.model import Model
 
 log = structlog.get_logger("modeld.engine.ledger")
 

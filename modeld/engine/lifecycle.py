@@ -29,9 +29,10 @@ from modeld.core.errors import (
 )
 from modeld.core.states import Failure, State
 from modeld.engine.events import EventBus
+from modeld.engine.facts import Revision
 from modeld.engine.learning import Learning
 from modeld.engine.ledger import GpuLedger
-from modeld.engine.model import Model, Revision, Transition
+from modeld.engine.model import Model, Transition
 from modeld.engine.readiness import await_ready
 
 log = structlog.get_logger("modeld.engine.lifecycle")
@@ -143,7 +144,7 @@ class Lifecycle:
         )
 
     async def start_model(self, record: Model) -> None:
-        """Start the backend and begin watching its load (the caller waits on record.load)."""
+        """Start the backend and begin watching its load (the caller waits on record.load_task)."""
         if record.begin_start():
             self.learning.config_changed(record)
         try:
@@ -170,9 +171,9 @@ class Lifecycle:
 
     async def stop_model(self, record: Model, reason: str) -> None:
         """End its load if any, stop its backend, note the memory it is releasing."""
-        if record.load is not None and not record.load.done():
-            record.load.cancel()
-            await asyncio.wait({record.load})
+        if record.load_task is not None and not record.load_task.done():
+            record.load_task.cancel()
+            await asyncio.wait({record.load_task})
         record.watching(None)
         if record.state is State.STOPPED:
             return

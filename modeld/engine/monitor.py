@@ -12,20 +12,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Callable
-from typing import Protocol
 
 import structlog
 
-from modeld.adapters.gpu.base import GpuReading
 from modeld.adapters.hfcache import Download, download_state, hf_cache_dir, signature
-from modeld.adapters.runtime.base import BackendState, BackendStatus, Runtime
+from modeld.adapters.runtime.base import BackendState, BackendStatus
 from modeld.adapters.vllm import Health, VllmClient
-from modeld.core.activity import Activity
 from modeld.core.config import DaemonConfig
 from modeld.core.errors import GpuUnavailable, ModeldError, RuntimeUnavailable
 from modeld.core.states import State
 from modeld.engine.ledger import GpuLedger
 from modeld.engine.model import Model
+from modeld.engine.observations import Observations
 
 log = structlog.get_logger("modeld.engine.monitor")
 
@@ -33,67 +31,17 @@ log = structlog.get_logger("modeld.engine.monitor")
 WATCHED = frozenset({State.RUNNING, State.SLEEPING, State.STOPPED, State.FAILED})
 
 
-class Observer(Protocol):
-    """What the monitor reports to: the Engine."""
-
-    def records(self) -> list[Model]:
-        """Every model's record."""
-        ...
-
-    def runtime_for(self, record: Model) -> Runtime:
-        """The runtime a model's backend runs in."""
-        ...
-
-    def seen_runtime(self, kind: str, error: str | None) -> None:
-        """A runtime answered (error None) or did not."""
-        ...
-
-    def seen_memory(self, reading: GpuReading) -> None:
-        """A fresh GPU reading."""
-        ...
-
-    def seen_exit(
-        self, record: Model, generation: int, exit_code: int | None, lines: list[str]
-    ) -> None:
-        """A running or parked model's backend is gone."""
-        ...
-
-    def seen_health(self, record: Model, generation: int, health: Health) -> None:
-        """What a running or parked model's /health said."""
-        ...
-
-    def seen_asleep(self, record: Model, generation: int, asleep: bool) -> None:
-        """What a sleep-mode model's /is_sleeping said."""
-        ...
-
-    def seen_running(self, record: Model, generation: int, backend: BackendStatus) -> None:
-        """A stopped or failed model's backend runs (and, if it failed, answers)."""
-        ...
-
-    def wants_activity(self, record: Model) -> bool:
-        """Whether a running model's request metrics are needed."""
-        ...
-
-    def seen_activity(self, record: Model, generation: int, activity: Activity | None) -> None:
-        """A running model's request metrics (None: unreadable)."""
-        ...
-
-    def seen_download(self, name: str, download: Download | None) -> None:
-        """What the HF cache holds for a model, after its entry changed."""
-        ...
-
-
 class Monitor:
     """Polls the world and reports to the Engine; never changes a record itself."""
 
     def __init__(
         self,
-        observer: Observer,
+        observations: Observations,
         ledger: GpuLedger,
         vllm: VllmClient,
         settings: Callable[[], DaemonConfig],
     ) -> None:
-        self._observer = observer
+        self._observations = observations
         self._ledger = ledger
         self._vllm = vllm
         self._settings = settings
@@ -110,25 +58,25 @@ class Monitor:
 
     async def poll_once(self) -> None:
         """One pass: the GPU, then each model's backend, then the HF cache."""
-        records = self._observer.records()
+        records = self._observations.records()
         with contextlib.suppress(GpuUnavailable):
-            self._observer.seen_memory(await self._ledger.read(records))
+            self._observations.seen_memory(await self._ledger.read(records))
         await asyncio.gather(*(self._observe(r) for r in records if r.state in WATCHED))
         await self._scan_downloads(records)
 
     async def _observe(self, record: Model) -> None:
         generation = record.generation
-        runtime = self._observer.runtime_for(record)
+        runtime = self._observations.runtime_for(record)
         try:
             backend = await runtime.inspect(record.config)
         except RuntimeUnavailable as exc:
-            self._observer.seen_runtime(record.config.runtime, exc.message)
+            self._observations.seen_runtime(record.config.runtime, exc.message)
             return
         except ModeldError as exc:
             # E.g. a stranger's container under the model's name: nothing to adopt.
             log.debug("monitor.inspect_refused", model=record.name, error=exc.message)
             return
-        self._observer.seen_runtime(record.config.runtime, None)
+        self._observations.seen_runtime(record.config.runtime, None)
         if record.generation != generation:
             return
         if record.state in (State.RUNNING, State.SLEEPING):
@@ -138,25 +86,25 @@ class Monitor:
             failed = record.state is State.FAILED
             if failed and await self._vllm.health(record.config.endpoint) is not Health.HEALTHY:
                 return
-            self._observer.seen_running(record, generation, backend)
+            self._observations.seen_running(record, generation, backend)
 
     async def _observe_live(self, record: Model, backend: BackendStatus, generation: int) -> None:
         """A running or parked model: has it died, been parked or woken behind modeld's
         back, or gone idle?"""
         if backend.state is not BackendState.RUNNING:
-            lines = await self._observer.runtime_for(record).logs(record.config)
-            self._observer.seen_exit(record, generation, backend.exit_code, lines)
+            lines = await self._observations.runtime_for(record).logs(record.config)
+            self._observations.seen_exit(record, generation, backend.exit_code, lines)
             return
-        self._observer.seen_health(
+        self._observations.seen_health(
             record, generation, await self._vllm.health(record.config.endpoint)
         )
         asleep = await self._vllm.says_asleep(record.config)
         if asleep is not None:
-            self._observer.seen_asleep(record, generation, asleep)
-        watch = self._observer.wants_activity(record)
+            self._observations.seen_asleep(record, generation, asleep)
+        watch = self._observations.wants_activity(record)
         if watch and record.generation == generation and record.state is State.RUNNING:
             activity = await self._vllm.activity(record.config.endpoint)
-            self._observer.seen_activity(record, generation, activity)
+            self._observations.seen_activity(record, generation, activity)
 
     async def _scan_downloads(self, records: list[Model]) -> None:
         """Refresh what the HF cache holds for each model, off the loop, only for models
@@ -175,4 +123,4 @@ class Monitor:
 
         for name, (mark, state) in (await asyncio.to_thread(scan)).items():
             self._download_marks[name] = mark
-            self._observer.seen_download(name, state)
+            self._observations.seen_download(name, state)

@@ -21,7 +21,7 @@ log = structlog.get_logger("modeld.engine.observations")
 
 
 class Observations:
-    """Applies the monitor's observations (the monitor's Observer)."""
+    """Applies what the monitor saw to the Models."""
 
     def __init__(
         self, lifecycle: Lifecycle, learning: Learning, parking: Parking, leases: Leases

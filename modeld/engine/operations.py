@@ -16,7 +16,8 @@ from modeld.engine.model import Model
 
 log = structlog.get_logger("modeld.engine.operations")
 
-Caller = Mapping[str, int]
+# Who asked for an operation, as its log lines name them: uid and pid, a signal, preload.
+Asker = Mapping[str, int]
 AUTO_RESTART = "auto_restart"
 IDLE_UNLOAD = "idle_unload"
 # Operations that only a model still in the config may take (stop works on any).
@@ -33,7 +34,7 @@ class Operations:
 
     @contextlib.asynccontextmanager
     async def operation(
-        self, op: str, record: Model | None, caller: Caller | None
+        self, op: str, record: Model | None, caller: Asker | None
     ) -> AsyncIterator[None]:
         """Hold the lock for one decision and its effects; log it, with its caller."""
         model = record.name if record else None

@@ -124,7 +124,7 @@ class Parking:
                 await life.start_model(record)
             except ModeldError as failure:
                 return failure
-        load = record.load
+        load = record.load_task
         return await asyncio.shield(load) if load is not None else None
 
     def seen_activity(self, record: Model, generation: int, activity: Activity | None) -> None:

@@ -15,7 +15,7 @@ from modeld.core.results import ReloadResult
 from modeld.core.states import State
 from modeld.engine.learning import Learning
 from modeld.engine.lifecycle import Lifecycle
-from modeld.engine.operations import Caller, Operations
+from modeld.engine.operations import Asker, Operations
 
 log = structlog.get_logger("modeld.engine.reloading")
 
@@ -31,7 +31,7 @@ class Reloader:
         self._ops = operations
         self._learning = learning
 
-    async def reload(self, caller: Caller | None = None) -> ReloadResult:
+    async def reload(self, caller: Asker | None = None) -> ReloadResult:
         """Re-read the config file and apply it; what changed."""
         if self._path is None:
             raise ConfigError("modeld was started without a config file: nothing to reload")

@@ -12,7 +12,8 @@ import structlog
 
 from modeld.core.restart_policy import GiveUp, decide_restart
 from modeld.core.states import State
-from modeld.engine.model import Died, Model, Transition
+from modeld.engine.facts import Died
+from modeld.engine.model import Model, Transition
 
 log = structlog.get_logger("modeld.engine.restarts")
 

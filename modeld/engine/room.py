@@ -68,9 +68,9 @@ class Room:
     async def settle(self, record: Model, deadline: float | None) -> None:
         """Wait for one of the loads in the way to end (the caller's deadline applies)."""
         loads: list[asyncio.Task[Any]] = [
-            r.load
+            r.load_task
             for r in self._life.records.values()
-            if r is not record and r.state is State.LOADING and r.load is not None
+            if r is not record and r.state is State.LOADING and r.load_task is not None
         ]
         if not loads:
             return  # they ended while this waited for its turn
@@ -140,7 +140,9 @@ class Room:
                         self._parking.begin_wake(victim)
                     elif victim.state in (State.STOPPED, State.FAILED):
                         await self._life.start_model(victim)
-                if victim.load is not None and (failure := await asyncio.shield(victim.load)):
+                if victim.load_task is not None and (
+                    failure := await asyncio.shield(victim.load_task)
+                ):
                     raise failure
             except ModeldError as exc:
                 not_restored[name] = exc.message

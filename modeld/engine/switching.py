@@ -1,7 +1,7 @@
 """Switching: bring a model up as the pure decision (core/decision.py) says, under the
 lock; wait for it outside the lock; bring back what a failed switch stopped.
 
-A reader can follow a switch top-down here: `load` (the lock's scope) -> `_bring_up`
+A reader can follow a switch top-down here: `bring_up` (the lock's scope) -> `_begin`
 (gather facts, decide, carry the decision out) -> `_finish` (wait for health, roll back
 on failure). Making room and undoing it is room.py's."""
 
@@ -37,11 +37,12 @@ from modeld.core.errors import (
 from modeld.core.planner import Infeasible, Plan
 from modeld.core.results import MemoryInfo, SwitchResult
 from modeld.core.states import State
+from modeld.engine.facts import LoadTask
 from modeld.engine.leases import Leases
 from modeld.engine.lifecycle import Lifecycle
 from modeld.engine.metrics import MetricsSink
-from modeld.engine.model import LoadTask, Model
-from modeld.engine.operations import AUTO_RESTART, Caller, Operations
+from modeld.engine.model import Model
+from modeld.engine.operations import AUTO_RESTART, Asker, Operations
 from modeld.engine.parking import Parking
 from modeld.engine.room import Room, left
 
@@ -58,7 +59,7 @@ class _Begun:
 
     record: Model
     result: SwitchResult
-    load: LoadTask | None = None
+    load_task: LoadTask | None = None
     moved: list[str] = field(default_factory=list)
     waking: bool = False
     failure: ModeldError | None = None
@@ -99,7 +100,7 @@ class Switcher:
                 # here; a model found running again (re-adopted) needs none.
                 if record.state not in (State.FAILED, State.STOPPED):
                     return True
-                begun = await self._bring_up(record, evict=False)
+                begun = await self._begin(record, evict=False)
             if isinstance(begun, _Blocked):
                 return False
             with self._ops.counted():
@@ -110,11 +111,11 @@ class Switcher:
             return False
         return True
 
-    async def load(
+    async def bring_up(
         self,
         op: str,
         record: Model,
-        caller: Caller | None,
+        caller: Asker | None,
         *,
         evict: bool,
         wait: bool,
@@ -139,7 +140,7 @@ class Switcher:
                             records = self._life.records.values()
                             await self._life.ledger.wait_for_room(record, records)
                         restart = False
-                    begun = await self._bring_up(record, evict=evict, force=force)
+                    begun = await self._begin(record, evict=evict, force=force)
                 if not isinstance(begun, _Blocked):
                     break
                 if isinstance(begun.decision, Drain):
@@ -172,7 +173,8 @@ class Switcher:
         if isinstance(plan, Infeasible) and not force:
             drained = self._life.ledger.plan(record, records, reading)
         others_loading = any(
-            r is not record and r.state is State.LOADING and r.load is not None for r in records
+            r is not record and r.state is State.LOADING and r.load_task is not None
+            for r in records
         )
         facts = SwitchFacts(
             record.state,
@@ -184,9 +186,7 @@ class Switcher:
         )
         return decide_switch(facts)
 
-    async def _bring_up(
-        self, record: Model, *, evict: bool, force: bool = False
-    ) -> _Begun | _Blocked:
+    async def _begin(self, record: Model, *, evict: bool, force: bool = False) -> _Begun | _Blocked:
         """Under the lock: decide, then stop or park what must go and start (or begin
         waking) the target. Returns what the caller waits on, outside the lock."""
         decision = await self._decide(record, evict, force)
@@ -201,7 +201,7 @@ class Switcher:
                 )
             case JoinLoad():
                 self.count_demand(record)
-                return _Begun(record, _success(record, [], None), load=record.load)
+                return _Begun(record, _success(record, [], None), load_task=record.load_task)
             case WaitForLoads() | Drain():
                 return _Blocked(decision)
             case Refuse(reason=Refusal.NO_ROOM, plan=Infeasible() as infeasible):
@@ -256,7 +256,7 @@ class Switcher:
                 await self._life.start_model(record)
         except ModeldError as failure:
             begun.failure = failure  # the caller rolls back, outside the lock
-        begun.load = record.load
+        begun.load_task = record.load_task
         return begun
 
     def _memory_info(self, record: Model, plan: Plan) -> MemoryInfo:
@@ -285,8 +285,8 @@ class Switcher:
         if result.status == "already_loaded":
             return result
         failure = begun.failure
-        if failure is None and wait and begun.load is not None:
-            failure = await _wait_load(record, begun.load, timeout)
+        if failure is None and wait and begun.load_task is not None:
+            failure = await _wait_load(record, begun.load_task, timeout)
         if failure is not None:
             # A failed switch should not leave users with nothing: bring back what it
             # stopped. A caller's own timeout is not a failure: the load goes on.

@@ -11,8 +11,8 @@ import aiohttp
 import pytest
 
 from modeld.adapters.backendkeys import backend_keys
-from modeld.core.config import Config, GatewayConfig
-from modeld.daemon.server import RpcServer
+from modeld.core.config import Config, DaemonConfig, GatewayConfig
+from modeld.daemon.server import RpcServer, limits_for
 from modeld.engine.engine import Engine
 from modeld.gateway.app import Gateway, GatewayServer
 from modeld.gateway.auth import BackendKeys, Keys, read_keys
@@ -82,7 +82,7 @@ class Restartable:
 
     async def start_daemon(self) -> None:
         """The daemon is back on the same socket."""
-        self.daemon = RpcServer(self.supervisor, self.socket)
+        self.daemon = RpcServer(self.supervisor, self.socket, limits=limits_for(DaemonConfig()))
         await self.daemon.start()
 
 
@@ -99,7 +99,7 @@ async def restartable(
     async def start(config: Config) -> Restartable:
         supervisor, runtime, _ = await supervised(config)
         socket = tmp_path / f"modeld-{len(made)}.sock"
-        daemon = RpcServer(supervisor, socket)
+        daemon = RpcServer(supervisor, socket, limits=limits_for(config.daemon))
         await daemon.start()
         link = DaemonLink(socket, frozenset(config.models))
         server = GatewayServer(Gateway(GatewayConfig(), link, Keys([])), 5.0)

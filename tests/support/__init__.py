@@ -166,8 +166,8 @@ async def start_over(
 ) -> Engine:
     """A started Engine over the fake runtime and the given GPU: for tests with their
     own GPU fake, or a second daemon over the same host."""
-    supervisor = await build_engine(
+    engine = await build_engine(
         config, gpu=gpu, runtimes={"process": runtime}, vllm=VllmClient(timeout_s=1), **options
     )
-    await supervisor.startup()
-    return supervisor
+    await engine.startup()
+    return engine

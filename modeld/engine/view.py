@@ -15,7 +15,7 @@ from modeld.core.jsonraw import RawJSON
 from modeld.core.redaction import without_backend_output
 from modeld.core.states import State
 from modeld.engine.lifecycle import Lifecycle
-from modeld.engine.views import gpu_view, model_view, models_view, runtime_view
+from modeld.engine.status_fields import gpu_view, model_view, models_view, runtime_view
 
 # The view shows times (how long a model has been loading): at most this stale.
 STATUS_MAX_AGE_S = 0.5

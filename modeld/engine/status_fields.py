@@ -13,7 +13,8 @@ from modeld.adapters.gpu.base import GpuReading
 from modeld.adapters.hfcache import human_size
 from modeld.core.memory import model_need
 from modeld.core.states import ACTIVE, State
-from modeld.engine.model import Model, device_totals
+from modeld.engine.facts import device_totals
+from modeld.engine.model import Model
 
 
 def iso(timestamp: float) -> str:
