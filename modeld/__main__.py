@@ -36,9 +36,10 @@ def run(argv: list[str] | None = None) -> int:
         "command",
         nargs="?",
         default="run",
-        choices=("run", "check-config", "config-schema"),
+        choices=("run", "check-config", "config-schema", "api-schema"),
         help="run the daemon (default); check-config: validate and explain the config "
-        "without starting anything; config-schema: print the config's JSON Schema",
+        "without starting anything; config-schema: print the config's JSON Schema; "
+        "api-schema: print the JSON-RPC API's methods, params and results as JSON Schema",
     )
     parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="TOML config file")
     parser.add_argument("--socket", type=Path, help="override [daemon] socket")
@@ -47,6 +48,11 @@ def run(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "config-schema":
         print(schema(), end="")
+        return 0
+    if args.command == "api-schema":
+        from modeld.daemon.methods import api_schema_text
+
+        print(api_schema_text(), end="")
         return 0
     try:
         config = load_config(args.config)

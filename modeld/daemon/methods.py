@@ -7,6 +7,7 @@ docs/api.schema.json. Results become JSON here, and nowhere else in the daemon."
 from __future__ import annotations
 
 import inspect
+import json
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
@@ -386,3 +387,8 @@ def api_schema() -> dict[str, Any]:
         "description": "NDJSON JSON-RPC 2.0 over the daemon's Unix socket; see docs/api.md.",
         "methods": methods,
     }
+
+
+def api_schema_text() -> str:
+    """docs/api.schema.json's text."""
+    return json.dumps(api_schema(), indent=2, sort_keys=True) + "\n"
