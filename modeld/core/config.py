@@ -7,35 +7,25 @@ import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Literal, Self
-from urllib.parse import urlsplit
 
 from pydantic import (
-    BaseModel,
-    ConfigDict,
     Field,
     ValidationError,
     field_validator,
     model_validator,
 )
 
-from modeld.core.addresses import is_loopback, split_host_port
+from modeld.core.config_base import NonNegativeFloat, PositiveFloat, Strict
 from modeld.core.errors import ConfigError
+from modeld.core.gateway_config import GatewayConfig, MetricsConfig
 
 EvictionPolicy = Literal["largest_first", "lru", "fewest", "cost_aware"]
 SLEEP_MODE_FLAG = "--enable-sleep-mode"
-PositiveFloat = Annotated[float, Field(gt=0)]
 # What a model may be called: what the gateway accepts in a request's `model`.
 MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/@+-]{0,127}$")
-NonNegativeFloat = Annotated[float, Field(ge=0)]
 
 
-class _Strict(BaseModel):
-    """Unknown keys are errors: a typo in a config must not be silently ignored."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class DaemonConfig(_Strict):
+class DaemonConfig(Strict):
     """The `[daemon]` table."""
 
     socket: Path = Path("/run/modeld/modeld.sock")
@@ -95,7 +85,7 @@ class DaemonConfig(_Strict):
         return value
 
 
-class GpuConfig(_Strict):
+class GpuConfig(Strict):
     """The `[gpu]` table: the real NVML backend, or a simulated GPU for demos and tests."""
 
     backend: Literal["nvml", "simulated"] = "nvml"
@@ -123,7 +113,7 @@ class GpuConfig(_Strict):
         return self.external_used_gb[device] if device < len(self.external_used_gb) else 0.0
 
 
-class ModelConfig(_Strict):
+class ModelConfig(Strict):
     """One `[models."name"]` table."""
 
     name: str = ""
@@ -250,86 +240,7 @@ class ModelConfig(_Strict):
         return self.container or f"modeld-{self.name}"
 
 
-class MetricsConfig(_Strict):
-    """The optional `[metrics]` table: Prometheus metrics over HTTP."""
-
-    listen: str | None = None
-
-    @field_validator("listen")
-    @classmethod
-    def _listen(cls, value: str | None) -> str | None:
-        return value if value is None else _host_port(value)
-
-
-def _host_port(value: str) -> str:
-    split_host_port(value)  # ValueError saying what is expected
-    return value
-
-
-class GatewayConfig(_Strict):
-    """The `[gateway]` table, read by `modeld-gateway` (the daemon only checks it)."""
-
-    listen: str = "127.0.0.1:8080"
-    # The daemon's socket; default: daemon.socket.
-    socket: Path | None = None
-    # Bearer keys; when any is set, every endpoint but the dashboard's files needs one.
-    # Each entry is "KEY" or "NAME KEY" (the name shows in logs and metrics, never the
-    # key). api_keys are admins (everything); inference_keys may run inference and read
-    # models, status and events, and their loads are budgeted (key_loads_per_minute).
-    api_keys: list[Annotated[str, Field(min_length=8)]] = Field(default_factory=list)
-    api_keys_file: Path | None = None
-    inference_keys: list[Annotated[str, Field(min_length=8)]] = Field(default_factory=list)
-    inference_keys_file: Path | None = None
-    # Loads and wakes one non-admin key's requests may cause in a sliding minute (0: no
-    # limit); past it, a request that would cause one more is 429 load_rate_limited.
-    key_loads_per_minute: Annotated[int, Field(ge=0)] = 10
-    # Host names (the Host header) served besides the listen address and loopback's, and
-    # browser origins allowed besides the gateway's own (answered with CORS headers).
-    allowed_hosts: list[Annotated[str, Field(min_length=1, max_length=253)]] = Field(
-        default_factory=list
-    )
-    allowed_origins: list[Annotated[str, Field(pattern=r"^https?://[^/\s]+$")]] = Field(
-        default_factory=list
-    )
-    # A request body larger than this, counted after decompression, is refused (413)
-    # before it is read further; one that does not arrive within body_timeout_s is
-    # refused (408).
-    max_body_bytes: Annotated[int, Field(ge=1024)] = 16 * 1024 * 1024
-    body_timeout_s: PositiveFloat = 60.0
-    # An answer still going after this long is cut and its lease released.
-    max_request_s: PositiveFloat = 3600.0
-    # How long a request waits for its model to run (its load, or its turn behind others).
-    acquire_timeout_s: PositiveFloat = 600.0
-    # The backend must accept the connection within this, and send each next piece of
-    # its answer within upstream_read_timeout_s (a long answer is fine; a stalled one is not).
-    upstream_connect_timeout_s: PositiveFloat = 10.0
-    upstream_read_timeout_s: PositiveFloat = 600.0
-    # A caller that leaves a piece of its answer untaken this long (checked every that
-    # long: cut off after one to two times it) is cut off: one that stops reading would
-    # otherwise hold its model's lease, so nothing could ever evict it.
-    client_write_timeout_s: PositiveFloat = 60.0
-    # Requests in flight at once (waiting included); past it, 429. One inference key may
-    # hold at most max_requests_per_key of them.
-    max_requests: Annotated[int, Field(ge=1)] = 1024
-    max_requests_per_key: Annotated[int, Field(ge=1)] = 128
-    # Server-sent event streams (/events) at once, and per client (its key, or its
-    # address on a gateway without keys).
-    max_event_streams: Annotated[int, Field(ge=1)] = 64
-    max_event_streams_per_client: Annotated[int, Field(ge=1)] = 8
-    # Client connections at once (past it a new one is answered 503 and closed); a request's
-    # headers must arrive within header_timeout_s of the connection's opening (or of its
-    # first byte after an answer); a silent connection closes after keepalive_timeout_s.
-    max_connections: Annotated[int, Field(ge=1)] = 4096
-    header_timeout_s: PositiveFloat = 30.0
-    keepalive_timeout_s: PositiveFloat = 75.0
-
-    @field_validator("listen")
-    @classmethod
-    def _listen(cls, value: str) -> str:
-        return _host_port(value)
-
-
-class Config(_Strict):
+class Config(Strict):
     """The whole configuration file."""
 
     daemon: DaemonConfig = Field(default_factory=DaemonConfig)
@@ -372,46 +283,6 @@ class Config(_Strict):
         return self
 
 
-def config_warnings(config: Config) -> list[str]:
-    """What is valid but risky in a config: an operator should hear of it at start."""
-    warnings = []
-    for name, model in config.models.items():
-        host = urlsplit(model.endpoint).hostname or ""
-        if model.sleep_mode and model.socket_path is None and is_loopback(host):
-            warnings.append(
-                f"models.{name}: sleep_mode serves vLLM's unauthenticated admin endpoints "
-                f"(/sleep, /collective_rpc) on {model.endpoint}, which every local user can "
-                'reach: prefer endpoint = "unix:/run/modeld/backends/NAME.sock" (vLLM --uds)'
-            )
-        if model.sleep_mode and model.socket_path is None and not is_loopback(host):
-            warnings.append(
-                f"models.{name}: sleep_mode runs vLLM with VLLM_SERVER_DEV_MODE=1, which serves "
-                f"unauthenticated admin endpoints, and its endpoint {model.endpoint} is not on "
-                "loopback: keep the backend reachable only from this host"
-            )
-        for spec in model.ports:
-            parts = spec.split(":")
-            if len(parts) == 3 and not is_loopback(parts[0].strip("[]")):
-                warnings.append(
-                    f"models.{name}.ports: {spec!r} publishes the backend on {parts[0]}, "
-                    "beyond loopback: anyone who reaches it can use the model without modeld"
-                )
-    gateway = config.gateway
-    host = split_host_port(gateway.listen)[0]
-    keyed = (
-        gateway.api_keys
-        or gateway.api_keys_file
-        or gateway.inference_keys
-        or gateway.inference_keys_file
-    )
-    if not is_loopback(host) and not keyed:
-        warnings.append(
-            f"gateway.listen: {gateway.listen} is beyond loopback and no api_keys are set: "
-            "anyone who reaches it can load, switch and stop models"
-        )
-    return warnings
-
-
 def missing_device(models: Mapping[str, ModelConfig], present: set[int]) -> str | None:
     """The one rule for GPU indexes: the first model naming a device this host lacks, as
     "models.NAME.gpus: device N does not exist", or None."""
@@ -420,14 +291,6 @@ def missing_device(models: Mapping[str, ModelConfig], present: set[int]) -> str 
         if missing:
             return f"models.{name}.gpus: device {missing[0]} does not exist"
     return None
-
-
-def check_devices(models: Mapping[str, ModelConfig], present: set[int]) -> None:
-    """ConfigError (naming the field) when a model names a device this host lacks."""
-    if missing := missing_device(models, present):
-        raise ConfigError(
-            f"{missing} (this host has {len(present)})", fields=[missing.split(":")[0]]
-        )
 
 
 def _field_path(loc: tuple[int | str, ...]) -> str:

@@ -9,8 +9,10 @@ from collections.abc import Mapping
 
 from modeld.adapters.backendkeys import read_backend_key
 from modeld.adapters.store import Learned, learned_peak
-from modeld.core.config import Config, GatewayConfig, config_warnings
+from modeld.core.config import Config
+from modeld.core.config_checks import config_warnings
 from modeld.core.errors import ConfigError
+from modeld.core.gateway_config import GatewayConfig
 from modeld.core.memory import model_need
 
 

@@ -20,7 +20,8 @@ import structlog
 from aiohttp import web
 
 from modeld import __version__
-from modeld.core.config import Config, config_warnings
+from modeld.core.config import Config
+from modeld.core.config_checks import config_warnings
 from modeld.core.errors import ModeldError, SocketInUse
 from modeld.daemon.access import AccessPolicy
 from modeld.daemon.listen import inherited_socket

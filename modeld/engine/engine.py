@@ -28,7 +28,8 @@ from modeld.adapters.gpu.base import GpuMonitor
 from modeld.adapters.runtime.base import BackendState, Runtime
 from modeld.adapters.store import Store
 from modeld.adapters.vllm import VllmClient
-from modeld.core.config import Config, check_devices
+from modeld.core.config import Config
+from modeld.core.config_checks import check_devices
 from modeld.core.errors import ModeldError, RuntimeUnavailable
 from modeld.core.results import ReloadResult
 from modeld.core.states import State
@@ -108,9 +109,8 @@ class Engine:
 
     async def _find_running(self, record: Model) -> None:
         try:
-            backend = await self._life.runtime(record).inspect(record.config)
-        except RuntimeUnavailable as exc:
-            self._life.seen_runtime(record.config.runtime, exc.message)
+            backend = await self._life.inspect(record)
+        except RuntimeUnavailable:
             return
         except ModeldError as exc:
             log.warning("startup.not_adopted", model=record.name, reason=exc.message)

@@ -8,6 +8,7 @@ import asyncio
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from enum import StrEnum
 
 from modeld.adapters.gpu.base import GpuReading
 from modeld.adapters.hfcache import Download
@@ -36,12 +37,12 @@ class Revision:
         self.value += 1
 
 
-class Died:
-    """Why a model that was serving failed: the reasons worth an automatic restart."""
+class Died(StrEnum):
+    """How a model that was serving died (the failures worth an automatic restart); the
+    value is the transition's reason."""
 
     EXITED = "backend exited"
     ENGINE_DIED = "engine died"
-    ALL = frozenset({EXITED, ENGINE_DIED})
 
 
 @dataclass(frozen=True)

@@ -123,15 +123,21 @@ class Lifecycle:
             self.runtime_errors[kind] = error
             self.revision.bump()
 
-    async def check_runtime(self, record: Model) -> None:
-        """Fail with RuntimeUnavailable before changing anything if the engine is down."""
+    async def inspect(self, record: Model) -> BackendStatus:
+        """What its runtime says of its backend; whether the runtime answered is noted for
+        `status` (RuntimeUnavailable is raised after noting it)."""
         kind = record.config.runtime
         try:
-            await self.runtime(record).inspect(record.config)
+            backend = await self.runtime(record).inspect(record.config)
         except RuntimeUnavailable as exc:
             self.seen_runtime(kind, exc.message)
             raise
         self.seen_runtime(kind, None)
+        return backend
+
+    async def check_runtime(self, record: Model) -> None:
+        """Fail with RuntimeUnavailable before changing anything if the engine is down."""
+        await self.inspect(record)
 
     def begin_loading(
         self, record: Model, reason: str, backend: BackendStatus | None = None

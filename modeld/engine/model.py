@@ -43,6 +43,8 @@ class Transition:
     failure: Failure | None = None
     load_s: float | None = None
     wake_s: float | None = None
+    # Set when a serving model died (the restart policy's cue).
+    died: Died | None = None
 
 
 Announce = Callable[[Transition], None]
@@ -161,7 +163,9 @@ class Model(Known):
         self._backend = None
         self._health = Health.UNKNOWN
         why = f"backend exited with code {exit_code} without modeld asking"
-        self._move(State.FAILED, Died.EXITED, Failure(why, exit_code, tuple(lines)))
+        self._move(
+            State.FAILED, Died.EXITED, Failure(why, exit_code, tuple(lines)), died=Died.EXITED
+        )
 
     def observed_health(self, generation: int, health: Health) -> None:
         """What /health said; 503 means vLLM's engine died: `failed`."""
@@ -170,7 +174,10 @@ class Model(Known):
         self.saw_health(health)
         if health is Health.DEAD:
             self._move(
-                State.FAILED, Died.ENGINE_DIED, Failure("/health answered 503: the engine died")
+                State.FAILED,
+                Died.ENGINE_DIED.value,
+                Failure("/health answered 503: the engine died"),
+                died=Died.ENGINE_DIED,
             )
 
     def observed_download(self, download: Download | None) -> None:
@@ -298,6 +305,7 @@ class Model(Known):
         *,
         load_s: float | None = None,
         wake_s: float | None = None,
+        died: Died | None = None,
     ) -> None:
         """The one place its state changes: check the table, stamp, announce."""
         old = self.state
@@ -308,7 +316,7 @@ class Model(Known):
             # The idle clock starts when it answers; activity is read afresh from here.
             self._usage = replace(self._usage, last_active=time.monotonic(), activity=None)
         self._changed()
-        self._announce(Transition(self, old, new, reason, failure, load_s, wake_s))
+        self._announce(Transition(self, old, new, reason, failure, load_s, wake_s, died))
 
     def _apply_pending(self) -> bool:
         if self._pending_config is None:

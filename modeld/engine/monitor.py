@@ -66,17 +66,14 @@ class Monitor:
 
     async def _observe(self, record: Model) -> None:
         generation = record.generation
-        runtime = self._observations.runtime_for(record)
         try:
-            backend = await runtime.inspect(record.config)
-        except RuntimeUnavailable as exc:
-            self._observations.seen_runtime(record.config.runtime, exc.message)
+            backend = await self._observations.inspect(record)
+        except RuntimeUnavailable:
             return
         except ModeldError as exc:
             # E.g. a stranger's container under the model's name: nothing to adopt.
             log.debug("monitor.inspect_refused", model=record.name, error=exc.message)
             return
-        self._observations.seen_runtime(record.config.runtime, None)
         if record.generation != generation:
             return
         if record.state in (State.RUNNING, State.SLEEPING):

@@ -39,9 +39,9 @@ class Observations:
         """The runtime a model's backend runs in."""
         return self._life.runtime(record)
 
-    def seen_runtime(self, kind: str, error: str | None) -> None:
-        """A runtime answered (error None) or did not: shown in `status`."""
-        self._life.seen_runtime(kind, error)
+    async def inspect(self, record: Model) -> BackendStatus:
+        """What its runtime says of its backend (whether the runtime answered is noted)."""
+        return await self._life.inspect(record)
 
     def seen_memory(self, reading: GpuReading) -> None:
         """A fresh GPU reading: learn running models' peaks."""

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import structlog
 
-from modeld.core.config import check_devices, load_config
+from modeld.core.config import load_config
+from modeld.core.config_checks import check_devices
 from modeld.core.errors import ConfigError
 from modeld.core.reload import ReloadPlan, plan_reload
 from modeld.core.results import ReloadResult

@@ -11,8 +11,6 @@ from collections.abc import Awaitable, Callable
 import structlog
 
 from modeld.core.restart_policy import GiveUp, decide_restart
-from modeld.core.states import State
-from modeld.engine.facts import Died
 from modeld.engine.model import Model, Transition
 
 log = structlog.get_logger("modeld.engine.restarts")
@@ -28,7 +26,7 @@ class Restarts:
 
     def on_transition(self, event: Transition) -> None:
         """A model that ran has died: schedule its restart, if its policy says so."""
-        if event.new is State.FAILED and event.reason in Died.ALL:
+        if event.died is not None:
             self.schedule(event.model)
 
     def schedule(self, record: Model) -> None:

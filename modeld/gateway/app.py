@@ -9,7 +9,7 @@ from pathlib import Path
 import structlog
 from aiohttp import web
 
-from modeld.core.config import GatewayConfig
+from modeld.core.gateway_config import GatewayConfig
 from modeld.gateway.admin import Admin
 from modeld.gateway.auth import IDENTITY, BackendKeys, Keys, identity
 from modeld.gateway.browsers import BrowserGuard

@@ -27,8 +27,8 @@ from pathlib import Path
 
 from aiohttp import web
 
-from modeld.core.config import GatewayConfig
 from modeld.core.errors import ConfigError
+from modeld.core.gateway_config import GatewayConfig
 
 MIN_KEY_CHARS = 8
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,31}$")

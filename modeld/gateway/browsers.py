@@ -25,7 +25,7 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 
 from modeld.core.addresses import LOOPBACK_NAMES
-from modeld.core.config import GatewayConfig
+from modeld.core.gateway_config import GatewayConfig
 from modeld.gateway.errors import GatewayError
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]

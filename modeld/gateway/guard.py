@@ -26,7 +26,7 @@ from collections.abc import Awaitable, Callable
 import structlog
 from aiohttp import web
 
-from modeld.core.config import GatewayConfig
+from modeld.core.gateway_config import GatewayConfig
 from modeld.gateway.metrics import GatewayMetrics
 
 log = structlog.get_logger("modeld.gateway.guard")

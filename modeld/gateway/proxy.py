@@ -19,7 +19,7 @@ import structlog
 from aiohttp import web
 from yarl import URL
 
-from modeld.core.config import GatewayConfig
+from modeld.core.gateway_config import GatewayConfig
 from modeld.gateway.auth import BackendKeys, Identity, identity
 from modeld.gateway.body import Bodies
 from modeld.gateway.budget import LoadBudget

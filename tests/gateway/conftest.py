@@ -11,7 +11,8 @@ import aiohttp
 import pytest
 
 from modeld.adapters.backendkeys import backend_keys
-from modeld.core.config import Config, DaemonConfig, GatewayConfig
+from modeld.core.config import Config, DaemonConfig
+from modeld.core.gateway_config import GatewayConfig
 from modeld.daemon.server import RpcServer, limits_for
 from modeld.engine.engine import Engine
 from modeld.gateway.app import Gateway, GatewayServer

@@ -12,8 +12,8 @@ import aiohttp
 import pytest
 from yarl import URL
 
-from modeld.core.config import GatewayConfig
 from modeld.core.errors import ConfigError
+from modeld.core.gateway_config import GatewayConfig
 from modeld.core.states import State
 from modeld.gateway.auth import Keys, Role, read_keys
 from modeld.testing.fakes import Behaviour

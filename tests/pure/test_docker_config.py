@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from modeld.adapters.runtime.docker import container_config
-from modeld.core.config import ModelConfig, config_warnings, parse_config
+from modeld.core.config import ModelConfig, parse_config
+from modeld.core.config_checks import config_warnings
 
 
 def test_create_body_carries_labels_ports_volumes_and_gpus() -> None:

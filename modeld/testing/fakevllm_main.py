@@ -1,0 +1,112 @@
+"""`modeld-fake-vllm`: the fake vLLM server (fakevllm.py) as a process, with vLLM's
+command line where it matters (--model, --port or --uds, --enable-sleep-mode,
+--api-key or VLLM_API_KEY) and switches for the ways vLLM fails."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+
+from modeld.testing.fakevllm import POLLED, FakeVllm
+
+
+def _stdout_logger() -> logging.Logger:
+    """Access lines on stdout, where the runtime collects a backend's output."""
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(logging.Formatter("INFO:     %(message)s"))
+    access = logging.getLogger("fake-vllm.access")
+    # modeld's own polls (/health, /metrics, /is_sleeping) would drown the requests.
+    access.addFilter(lambda record: not any(p in record.getMessage() for p in POLLED))
+    access.addHandler(handler)
+    access.setLevel(logging.INFO)
+    access.propagate = False
+    return access
+
+
+async def _serve(args: argparse.Namespace) -> int:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    server = FakeVllm(
+        args.model,
+        args.port,
+        args.host,
+        args.load_seconds,
+        sleep_mode=args.enable_sleep_mode,
+        dev_mode=os.environ.get("VLLM_SERVER_DEV_MODE") == "1",
+        sleep_seconds=args.sleep_seconds,
+        wake_seconds=args.wake_seconds,
+        wake_fails=args.wake_fails,
+        request_seconds=args.request_seconds,
+        token_seconds=args.token_seconds,
+        api_key=args.api_key or os.environ.get("VLLM_API_KEY") or None,
+        access_log=_stdout_logger(),
+        uds=args.uds,
+    )
+    print(f"fake-vllm: loading {args.model} ({args.load_seconds}s)", flush=True)
+    loading = asyncio.create_task(
+        asyncio.sleep(args.fail_after) if args.fail_after is not None else server.load()
+    )
+    stopped = asyncio.create_task(stop.wait())
+    await asyncio.wait({loading, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    if stop.is_set():
+        loading.cancel()
+        await server.close()
+        return 0
+    if args.fail_after is not None:
+        print(f"fake-vllm: CUDA out of memory while loading {args.model}", flush=True)
+        return int(args.exit_code)
+    where = f"unix:{args.uds}" if args.uds else f"{args.host}:{args.port}"
+    print(f"fake-vllm: serving {args.model} on {where}", flush=True)
+    if args.die_after is not None:
+        try:
+            await asyncio.wait_for(stop.wait(), args.die_after)
+        except TimeoutError:
+            print("fake-vllm: engine core died", flush=True)
+            server.engine_dead = True
+            await asyncio.sleep(1.0)
+            await server.close()
+            return 0
+    await stop.wait()
+    await server.close()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run a fake vLLM server until SIGTERM."""
+    parser = argparse.ArgumentParser(
+        prog="modeld-fake-vllm", description="A fake vLLM server, for the demo and the tests."
+    )
+    parser.add_argument("--model", required=True, help="served model name")
+    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--uds", help="listen on this Unix socket instead (as vLLM's --uds)")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--load-seconds", type=float, default=2.0)
+    parser.add_argument("--fail-after", type=float, help="exit during load after this long")
+    parser.add_argument("--exit-code", type=int, default=1, help="exit code for --fail-after")
+    parser.add_argument("--die-after", type=float, help="engine dies this long after ready")
+    parser.add_argument(
+        "--enable-sleep-mode",
+        action="store_true",
+        help="serve /sleep and /wake_up (with VLLM_SERVER_DEV_MODE=1, as vLLM)",
+    )
+    parser.add_argument("--sleep-seconds", type=float, default=0.3, help="time /sleep takes")
+    parser.add_argument("--wake-seconds", type=float, default=0.5, help="time /wake_up takes")
+    parser.add_argument("--wake-fails", action="store_true", help="/wake_up answers 500")
+    parser.add_argument(
+        "--request-seconds", type=float, default=0.05, help="time one completion takes"
+    )
+    parser.add_argument(
+        "--token-seconds", type=float, default=0.0, help="time between two streamed tokens"
+    )
+    parser.add_argument("--api-key", help="key asked for under /v1 (default: $VLLM_API_KEY)")
+    sys.exit(asyncio.run(_serve(parser.parse_args(argv))))
+
+
+if __name__ == "__main__":
+    main()
