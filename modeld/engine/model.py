@@ -163,9 +163,8 @@ class Model(Known):
         self._backend = None
         self._health = Health.UNKNOWN
         why = f"backend exited with code {exit_code} without modeld asking"
-        self._move(
-            State.FAILED, Died.EXITED, Failure(why, exit_code, tuple(lines)), died=Died.EXITED
-        )
+        failure = Failure(why, exit_code, tuple(lines))
+        self._move(State.FAILED, Died.EXITED.value, failure, died=Died.EXITED)
 
     def observed_health(self, generation: int, health: Health) -> None:
         """What /health said; 503 means vLLM's engine died: `failed`."""
