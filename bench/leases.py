@@ -42,27 +42,27 @@ def arrivals(count: int, seed: int, gap_s: float) -> list[tuple[float, str]]:
     return schedule
 
 
-async def swap_every_request(supervisor: Engine, schedule: list[tuple[float, str]]) -> list[float]:
+async def swap_every_request(engine: Engine, schedule: list[tuple[float, str]]) -> list[float]:
     """The baseline: in arrival order, switch to the request's model, then serve it."""
     start, waits = time.monotonic(), []
     for at, model in schedule:
         await asyncio.sleep(max(0.0, start + at - time.monotonic()))
-        await supervisor.models.switch(model)
+        await engine.models.switch(model)
         waits.append(time.monotonic() - (start + at))
         await asyncio.sleep(SERVE_S)
     return waits
 
 
-async def with_leases(supervisor: Engine, schedule: list[tuple[float, str]]) -> list[float]:
+async def with_leases(engine: Engine, schedule: list[tuple[float, str]]) -> list[float]:
     """Every request acquires its model, is served, releases it."""
     start = time.monotonic()
 
     async def request(index: int, at: float, model: str) -> float:
         await asyncio.sleep(max(0.0, start + at - time.monotonic()))
-        granted = await supervisor.leases.acquire(model, owner=index)
+        granted = await engine.leases.acquire(model, owner=index)
         waited = time.monotonic() - (start + at)
         await asyncio.sleep(SERVE_S)
-        supervisor.leases.release(granted.lease, owner=index)
+        engine.leases.release(granted.lease, owner=index)
         return waited
 
     return list(await asyncio.gather(*(request(i, at, m) for i, (at, m) in enumerate(schedule))))
@@ -71,10 +71,10 @@ async def with_leases(supervisor: Engine, schedule: list[tuple[float, str]]) -> 
 async def measure(count: int, seed: int, gap_s: float, leased: bool) -> tuple[int, list[float]]:
     """Loads and waits for one policy over one arrival schedule."""
     runtime = FakeRuntime()
-    async with two_models(runtime, Behaviour(load_seconds=LOAD_S)) as supervisor:
+    async with two_models(runtime, Behaviour(load_seconds=LOAD_S)) as engine:
         schedule = arrivals(count, seed, gap_s)
         run = with_leases if leased else swap_every_request
-        waits = await run(supervisor, schedule)
+        waits = await run(engine, schedule)
     return runtime.starts("a") + runtime.starts("b"), waits
 
 

@@ -46,11 +46,11 @@ async def lags(rounds: int) -> list[float]:
     samples = []
     async with two_models(
         runtime, Behaviour(load_seconds=0.0), release_delay_s=RELEASE_DELAY_S
-    ) as supervisor:
-        await supervisor.models.switch("a")
+    ) as engine:
+        await engine.models.switch("a")
         for index in range(rounds):
             target, victim = ("b", "a") if index % 2 == 0 else ("a", "b")
-            await supervisor.models.switch(target)
+            await engine.models.switch(target)
             released = runtime.stopped_at[victim] + RELEASE_DELAY_S
             samples.append((runtime.started_at[target] - released) * 1000)
     return samples

@@ -30,12 +30,12 @@ async def switch_times(rounds: int, park: bool) -> list[float]:
         daemon={"park_ram_gb": 100 if park else 0},
         size_gb=40,
         sleep_mode=park,
-    ) as supervisor:
-        await supervisor.models.switch("a")
-        await supervisor.models.switch("b")  # both have loaded once: every later switch is a return
+    ) as engine:
+        await engine.models.switch("a")
+        await engine.models.switch("b")  # both have loaded once: every later switch is a return
         for index in range(rounds):
             started = time.monotonic()
-            await supervisor.models.switch("a" if index % 2 == 0 else "b")
+            await engine.models.switch("a" if index % 2 == 0 else "b")
             samples.append((time.monotonic() - started) * 1000)
     return samples
 

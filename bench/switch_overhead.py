@@ -86,15 +86,15 @@ async def measure(rounds: int) -> tuple[list[float], list[float]]:
             },
         }
     )
-    supervisor = await build_engine(
+    engine = await build_engine(
         config,
         gpu=SimulatedGpu(config.gpu),
         runtimes={"docker": DockerRuntime()},
         vllm=VllmClient(),
     )
-    await supervisor.startup()
+    await engine.startup()
     path = Path(tempfile.mkdtemp()) / "modeld.sock"
-    server = RpcServer(supervisor, path)
+    server = RpcServer(engine, path)
     await server.start()
     baseline, modeld = [], []
     try:
@@ -107,7 +107,7 @@ async def measure(rounds: int) -> tuple[list[float], list[float]]:
                 await client.call("stop", model="m")
     finally:
         await server.close()
-        await supervisor.shutdown()
+        await engine.shutdown()
         docker_cli("rm", "-f", name, check=False)
     return baseline, modeld
 

@@ -198,15 +198,15 @@ async def replay(scenario: Scenario, policy: EvictionPolicy, scale: float = REPL
             runtime.behaviour[name] = Behaviour(load_seconds=model.load_s * scale)
         gpu = SimulatedGpu(config.gpu, alive=runtime.alive)
         runtime.gpu = gpu
-        supervisor = await build_engine(
+        engine = await build_engine(
             config, gpu=gpu, runtimes={"process": runtime}, vllm=VllmClient(timeout_s=5)
         )
-        await supervisor.startup()
+        await engine.startup()
         try:
             for name in scenario.trace:
-                await supervisor.models.switch(name)
+                await engine.models.switch(name)
         finally:
-            await supervisor.shutdown()
+            await engine.shutdown()
     return sum(runtime.starts(name) * model.load_s for name, model in scenario.models.items())
 
 

@@ -20,11 +20,11 @@ from modeld.engine.engine import Engine
 from modeld.testing.docker import build_image, docker_cli, docker_required, engine_problem
 from modeld.testing.fakes import FakeRuntime
 from modeld.testing.host import build_fake_host
-from tests.support import Served, ServeFactory, SupervisorFactory
+from tests.support import EngineFactory, Served, ServeFactory
 
 
 @pytest.fixture
-async def supervised() -> AsyncIterator[SupervisorFactory]:
+async def engines() -> AsyncIterator[EngineFactory]:
     """Build started fake hosts (modeld.testing.host); shut their Engines down after."""
     made: list[Engine] = []
 

@@ -40,7 +40,7 @@ class _Backend:
 
 
 class FakeRuntime:
-    """A Runtime for supervisor tests: fake PIDs, real HTTP health endpoints."""
+    """A Runtime for engine tests: fake PIDs, real HTTP health endpoints."""
 
     name = "process"
 

@@ -15,7 +15,7 @@ from modeld.adapters.gpu.nvml import NvmlMonitor
 from modeld.adapters.gpu.simulated import SimulatedGpu
 from modeld.core.config import GpuConfig
 from modeld.core.errors import GpuUnavailable
-from tests.support import SupervisorFactory, make_config
+from tests.support import EngineFactory, make_config
 
 
 class Clock:
@@ -124,12 +124,12 @@ def test_container_of_ignores_processes_outside_containers() -> None:
     assert container_of("0::/user.slice/user-0.slice/session-1.scope\n") is None
 
 
-async def test_unmanaged_memory_is_shown_per_device(supervised: SupervisorFactory) -> None:
+async def test_unmanaged_memory_is_shown_per_device(engines: EngineFactory) -> None:
     """Memory no model's processes hold is shown as unmanaged on its device."""
     config = make_config({"a": {"gpu_memory_gb": 10}}, [24], gpu={"external_used_gb": [3]})
-    supervisor, _, _ = await supervised(config)
-    await supervisor.models.switch("a")
-    gpu = supervisor.view.gpu()
+    engine, _, _ = await engines(config)
+    await engine.models.switch("a")
+    gpu = engine.view.gpu()
     [device] = gpu["devices"]
     assert (device["used_gb"], device["unmanaged_gb"]) == (13.0, 3.0)
     [process] = gpu["processes"]

@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 
 from modeld.adapters.hfcache import download_state, human_size
-from tests.support import SupervisorFactory, make_config
+from tests.support import EngineFactory, make_config
 
 
 def cached_model(
@@ -67,19 +67,19 @@ def test_missing_shard_or_partial_blob_is_incomplete(tmp_path: Path) -> None:
     assert download_state(tmp_path, "org/absent") is None
 
 
-async def test_status_follows_the_cache(supervised: SupervisorFactory, tmp_path: Path) -> None:
+async def test_status_follows_the_cache(engines: EngineFactory, tmp_path: Path) -> None:
     """status reports the download off the request path, and notices when it completes."""
     config = make_config(
         {"alpha": {"gpu_memory_gb": 10, "hf_path": "org/alpha"}}, [60], hf_cache_dir=str(tmp_path)
     )
     repo = cached_model(tmp_path, "org/alpha", {"w.safetensors": b"1" * 2048}, incomplete=True)
-    supervisor, _, _ = await supervised(config)
-    view = supervisor.view.status()["models"]["alpha"]
+    engine, _, _ = await engines(config)
+    view = engine.view.status()["models"]["alpha"]
     assert view["downloaded_size"] == "2.0KB"
     assert view["download"]["complete"] is False
     (repo / "blobs" / "shaX.incomplete").rename(repo / "blobs" / "shaY")
     os.utime(repo / "blobs", (1, 1))  # a distinct mtime, however fast the test runs
-    await supervisor.poll_once()
-    view = supervisor.view.status()["models"]["alpha"]
+    await engine.poll_once()
+    view = engine.view.status()["models"]["alpha"]
     assert view["download"]["complete"] is True
     assert view["download"]["bytes"] == 2048 + 10

@@ -18,8 +18,8 @@ from modeld.daemon.server import Limits
 from modeld.engine.engine import Engine
 from modeld.testing.fakes import Behaviour, FakeRuntime
 from tests.support import (
+    EngineFactory,
     ServeFactory,
-    SupervisorFactory,
     eventually,
     make_config,
     next_of,
@@ -32,89 +32,89 @@ TWO = {"a": {"gpu_memory_gb": 50}, "b": {"gpu_memory_gb": 50}}
 
 
 async def test_a_leased_model_survives_a_switch_until_its_release(
-    supervised: SupervisorFactory,
+    engines: EngineFactory,
 ) -> None:
     """A switch that needs a leased model's memory drains it: the model keeps running,
     new acquires for it wait, and only after the release is it stopped for the switch;
     the acquire that waited is served after, with its own turn."""
-    supervisor, _, _ = await supervised(make_config(TWO, [80]))
-    events = supervisor.events.subscribe()
-    held = await supervisor.leases.acquire("a", owner=1)
-    switching = asyncio.create_task(supervisor.models.switch("b"))
+    engine, _, _ = await engines(make_config(TWO, [80]))
+    events = engine.events.subscribe()
+    held = await engine.leases.acquire("a", owner=1)
+    switching = asyncio.create_task(engine.models.switch("b"))
     await next_of(events, "drain", model="a")
-    assert state_of(supervisor, "a") is State.RUNNING
-    latecomer = asyncio.create_task(supervisor.leases.acquire("a", owner=2))
-    assert supervisor.view.status()["models"]["a"]["leases"] == 1
-    supervisor.leases.release(held.lease, owner=1)
+    assert state_of(engine, "a") is State.RUNNING
+    latecomer = asyncio.create_task(engine.leases.acquire("a", owner=2))
+    assert engine.view.status()["models"]["a"]["leases"] == 1
+    engine.leases.release(held.lease, owner=1)
     result = await switching
     assert result.unloaded_models == ["a"]
     assert result.state == "running"
     granted = await latecomer  # its turn: a comes back once b is up
     assert granted.model == "a"
-    assert state_of(supervisor, "a") is State.RUNNING
-    assert supervisor.view.status()["models"]["a"]["leases"] == 1
+    assert state_of(engine, "a") is State.RUNNING
+    assert engine.view.status()["models"]["a"]["leases"] == 1
 
 
 async def test_a_drain_past_its_timeout_is_refused_and_loses_nothing(
-    supervised: SupervisorFactory,
+    engines: EngineFactory,
 ) -> None:
     """Leases that outlast drain_timeout_s: models_busy naming the model and its lease
     count; nothing was stopped, and the lease still holds."""
-    supervisor, runtime, _ = await supervised(make_config(TWO, [80], drain_timeout_s=0.2))
-    held = await supervisor.leases.acquire("a", owner=1)
+    engine, runtime, _ = await engines(make_config(TWO, [80], drain_timeout_s=0.2))
+    held = await engine.leases.acquire("a", owner=1)
     with pytest.raises(ModelsBusy) as refused:
-        await supervisor.models.switch("b")
+        await engine.models.switch("b")
     assert refused.value.data["busy"] == {"a": 1}
-    assert state_of(supervisor, "a") is State.RUNNING
-    assert state_of(supervisor, "b") is State.STOPPED
+    assert state_of(engine, "a") is State.RUNNING
+    assert state_of(engine, "b") is State.STOPPED
     assert runtime.starts("b") == 0
-    assert supervisor.leases.release(held.lease, owner=1).leases == 0
+    assert engine.leases.release(held.lease, owner=1).leases == 0
 
 
-async def test_force_evicts_a_leased_model(supervised: SupervisorFactory) -> None:
+async def test_force_evicts_a_leased_model(engines: EngineFactory) -> None:
     """An operator's `force` evicts without draining."""
-    supervisor, _, _ = await supervised(make_config(TWO, [80]))
-    await supervisor.leases.acquire("a", owner=1)
-    result = await supervisor.models.switch("b", force=True)
+    engine, _, _ = await engines(make_config(TWO, [80]))
+    await engine.leases.acquire("a", owner=1)
+    result = await engine.models.switch("b", force=True)
     assert result.unloaded_models == ["a"]
-    assert state_of(supervisor, "a") is State.STOPPED
+    assert state_of(engine, "a") is State.STOPPED
 
 
 async def test_twenty_concurrent_acquires_make_one_backend(
-    supervised: SupervisorFactory,
+    engines: EngineFactory,
 ) -> None:
     """Twenty acquires of a stopped model start it once; all get their lease when it is
     healthy."""
-    supervisor, runtime, _ = await supervised(make_config(TWO, [80]))
+    engine, runtime, _ = await engines(make_config(TWO, [80]))
     runtime.behaviour["a"] = Behaviour(load_seconds=0.3)
-    granted = await asyncio.gather(*(supervisor.leases.acquire("a", owner=n) for n in range(20)))
+    granted = await asyncio.gather(*(engine.leases.acquire("a", owner=n) for n in range(20)))
     assert runtime.starts("a") == 1
     assert len({g.lease for g in granted}) == 20
-    assert supervisor.view.status()["models"]["a"]["leases"] == 20
+    assert engine.view.status()["models"]["a"]["leases"] == 20
 
 
 async def test_an_acquire_whose_model_fails_gets_the_error_and_no_lease(
-    supervised: SupervisorFactory,
+    engines: EngineFactory,
 ) -> None:
     """The load's error reaches the acquirer; no lease is left behind."""
-    supervisor, runtime, _ = await supervised(make_config(TWO, [80]))
+    engine, runtime, _ = await engines(make_config(TWO, [80]))
     runtime.behaviour["a"] = Behaviour(exit_code=1)
     with pytest.raises(LoadFailed):
-        await supervisor.leases.acquire("a", owner=1)
-    assert supervisor.view.status()["models"]["a"]["leases"] == 0
+        await engine.leases.acquire("a", owner=1)
+    assert engine.view.status()["models"]["a"]["leases"] == 0
 
 
 async def test_stop_waits_for_requests_in_flight_unless_forced(
-    supervised: SupervisorFactory,
+    engines: EngineFactory,
 ) -> None:
     """`stop` of a leased model drains it first (refused past the drain timeout);
     `force` stops it at once."""
-    supervisor, _, _ = await supervised(make_config(TWO, [80], drain_timeout_s=0.2))
-    await supervisor.leases.acquire("a", owner=1)
+    engine, _, _ = await engines(make_config(TWO, [80], drain_timeout_s=0.2))
+    await engine.leases.acquire("a", owner=1)
     with pytest.raises(ModelsBusy):
-        await supervisor.models.stop("a")
-    assert state_of(supervisor, "a") is State.RUNNING
-    assert (await supervisor.models.stop("a", force=True)).status == "stopped"
+        await engine.models.stop("a")
+    assert state_of(engine, "a") is State.RUNNING
+    assert (await engine.models.stop("a", force=True)).status == "stopped"
 
 
 async def test_a_closed_connections_leases_end_and_the_client_lease_block(
@@ -123,29 +123,29 @@ async def test_a_closed_connections_leases_end_and_the_client_lease_block(
     """Over the socket: `async with client.lease(model)` holds a lease for the block; a
     connection that closes holding leases loses them at once, so a switch needing that
     model goes through."""
-    path, supervisor, _ = await serve(make_config(TWO, [80]))
+    path, engine, _ = await serve(make_config(TWO, [80]))
     async with Client(path) as client:
         async with client.lease("a") as endpoint:
             assert endpoint.startswith("http://127.0.0.1:")
-            assert supervisor.view.status()["models"]["a"]["leases"] == 1
-        assert supervisor.view.status()["models"]["a"]["leases"] == 0
+            assert engine.view.status()["models"]["a"]["leases"] == 1
+        assert engine.view.status()["models"]["a"]["leases"] == 0
         await client.call("acquire", model="a")
         await client.call("acquire", model="a")
-        assert supervisor.view.status()["models"]["a"]["leases"] == 2
+        assert engine.view.status()["models"]["a"]["leases"] == 2
 
     async def released() -> bool:
-        return bool(supervisor.view.status()["models"]["a"]["leases"] == 0)
+        return bool(engine.view.status()["models"]["a"]["leases"] == 0)
 
     await eventually(released, timeout=10)
-    assert (await supervisor.models.switch("b")).unloaded_models == ["a"]
+    assert (await engine.models.switch("b")).unloaded_models == ["a"]
 
 
 async def test_a_lease_waiter_that_gives_up_leaks_no_lease(serve: ServeFactory) -> None:
     """A router's request cancelled while its model loads (its client hung up): the lease
     granted when the load ends is released at once, so nothing holds the model."""
-    path, supervisor, runtime = await serve(make_config(TWO, [80]))
+    path, engine, runtime = await serve(make_config(TWO, [80]))
     runtime.behaviour["a"] = Behaviour(load_seconds=0.5)
-    events = supervisor.events.subscribe()
+    events = engine.events.subscribe()
     async with Client(path) as client:
         waiting = asyncio.create_task(client.acquire("a"))
         await next_of(events, "state", model="a", to_state="loading")
@@ -155,7 +155,7 @@ async def test_a_lease_waiter_that_gives_up_leaks_no_lease(serve: ServeFactory) 
         await next_of(events, "state", model="a", to_state="running")
 
         async def released() -> bool:
-            view = supervisor.view.status()["models"]["a"]
+            view = engine.view.status()["models"]["a"]
             return bool(view["leases"] == 0 and view["status"] == "running")
 
         await eventually(released, timeout=10)  # while the connection stays open
@@ -168,16 +168,16 @@ async def test_a_router_connection_with_many_waiting_acquires_still_releases(
     """One connection (a gateway's) holds a lease on a, then 20 more acquires of a wait
     behind a switch that drains a: its release is still read and answered, so the switch
     goes on, and the waiters get their turn after it (no deadlock, no drain timeout)."""
-    path, supervisor, _ = await serve(make_config(TWO, [80]))
-    events = supervisor.events.subscribe()
+    path, engine, _ = await serve(make_config(TWO, [80]))
+    events = engine.events.subscribe()
     async with Client(path) as router:
         held = await router.acquire("a")
-        switching = asyncio.create_task(supervisor.models.switch("b"))
+        switching = asyncio.create_task(engine.models.switch("b"))
         await next_of(events, "drain", model="a")
         waiters = [asyncio.create_task(router.acquire("a")) for _ in range(20)]
 
         async def all_waiting() -> bool:
-            return bool(supervisor.view.status()["models"]["a"]["waiting"] == 20)
+            return bool(engine.view.status()["models"]["a"]["waiting"] == 20)
 
         await eventually(all_waiting, timeout=10)
         await router.call("release", lease=held["lease"])
@@ -191,20 +191,20 @@ async def test_acquires_past_the_connections_bound_are_refused_not_queued(
 ) -> None:
     """A connection may have `Limits.acquires` acquires waiting; the next is refused with
     `limit_reached` at once (its own id), and the connection goes on being served."""
-    path, supervisor, runtime = await serve(make_config(TWO, [80]), Limits(acquires=2))
+    path, engine, runtime = await serve(make_config(TWO, [80]), Limits(acquires=2))
     runtime.behaviour["a"] = Behaviour(load_seconds=60)
     async with Client(path) as client:
         waiting = [asyncio.create_task(client.acquire("a")) for _ in range(2)]
 
         async def both_waiting() -> bool:
-            return bool(supervisor.view.status()["models"]["a"]["waiting"] == 2)
+            return bool(engine.view.status()["models"]["a"]["waiting"] == 2)
 
         await eventually(both_waiting, timeout=10)
         with pytest.raises(RpcError) as refused:
             await client.acquire("a")
         assert refused.value.data == {"error": "limit_reached", "limit": 2}
         assert (await client.call("ping"))["pong"] is True
-        await supervisor.models.stop("a", force=True)  # the load ends: its waiters are told
+        await engine.models.stop("a", force=True)  # the load ends: its waiters are told
         for outcome in await asyncio.gather(*waiting, return_exceptions=True):
             assert isinstance(outcome, RpcError) and outcome.data["error"] == "load_failed"
 
@@ -221,53 +221,53 @@ async def test_requests_served_by_leases_count_as_demand(serve: ServeFactory) ->
         [80],
         eviction_policy="cost_aware",
     )
-    path, supervisor, _ = await serve(config)
-    await supervisor.models.switch("busy")
-    await supervisor.models.switch("idle")  # asked for last: without the leases, busy would go
+    path, engine, _ = await serve(config)
+    await engine.models.switch("busy")
+    await engine.models.switch("idle")  # asked for last: without the leases, busy would go
     async with Client(path) as router:
         for _ in range(20):
             async with router.lease("busy"):
                 pass
-    result = await supervisor.models.switch("new")
+    result = await engine.models.switch("new")
     assert result.unloaded_models == ["idle"]
-    assert state_of(supervisor, "busy") is State.RUNNING
+    assert state_of(engine, "busy") is State.RUNNING
 
 
 async def test_release_of_someone_elses_lease_is_refused(serve: ServeFactory) -> None:
     """A connection may end only its own leases."""
-    path, supervisor, _ = await serve(make_config(TWO, [80]))
+    path, engine, _ = await serve(make_config(TWO, [80]))
     async with Client(path) as mine, Client(path) as other:
         granted = await mine.call("acquire", model="a")
         with pytest.raises(Exception, match="no lease") as refused:
             await other.call("release", lease=granted["lease"])
         assert getattr(refused.value, "code", None) == -32014
-        assert supervisor.view.status()["models"]["a"]["leases"] == 1
+        assert engine.view.status()["models"]["a"]["leases"] == 1
 
 
-async def test_a_leased_model_is_never_idle_unloaded(supervised: SupervisorFactory) -> None:
+async def test_a_leased_model_is_never_idle_unloaded(engines: EngineFactory) -> None:
     """Leases count as use: a model with one is kept past idle_unload_after_s even when
     its metrics say idle; once released, it is unloaded."""
     models = {"a": {"gpu_memory_gb": 20, "idle_unload_after_s": 0.2}}
-    supervisor, _, _ = await supervised(make_config(models, [80], poll_interval_s=0.05))
-    held = await supervisor.leases.acquire("a", owner=1)
+    engine, _, _ = await engines(make_config(models, [80], poll_interval_s=0.05))
+    held = await engine.leases.acquire("a", owner=1)
     # A window of several idle periods (the only way to see that something does not
     # happen): the lease keeps it running throughout.
     with pytest.raises(TimeoutError):
-        await wait_for_state(supervisor, "a", {State.STOPPING, State.STOPPED}, 1.0)
-    supervisor.leases.release(held.lease, owner=1)
-    assert await wait_for_state(supervisor, "a", {State.STOPPED}, 10) is State.STOPPED
+        await wait_for_state(engine, "a", {State.STOPPING, State.STOPPED}, 1.0)
+    engine.leases.release(held.lease, owner=1)
+    assert await wait_for_state(engine, "a", {State.STOPPED}, 10) is State.STOPPED
 
 
-async def test_restart_waits_for_requests_in_flight(supervised: SupervisorFactory) -> None:
+async def test_restart_waits_for_requests_in_flight(engines: EngineFactory) -> None:
     """`restart` of a leased model drains it first: refused past the drain timeout with
     the model untouched."""
-    supervisor, runtime, _ = await supervised(make_config(TWO, [80], drain_timeout_s=0.2))
-    held = await supervisor.leases.acquire("a", owner=1)
+    engine, runtime, _ = await engines(make_config(TWO, [80], drain_timeout_s=0.2))
+    held = await engine.leases.acquire("a", owner=1)
     with pytest.raises(ModelsBusy):
-        await supervisor.models.restart("a")
+        await engine.models.restart("a")
     assert runtime.starts("a") == 1
-    supervisor.leases.release(held.lease, owner=1)
-    assert (await supervisor.models.restart("a")).status == "restarted"
+    engine.leases.release(held.lease, owner=1)
+    assert (await engine.models.restart("a")).status == "restarted"
     assert runtime.starts("a") == 2
 
 
@@ -286,13 +286,13 @@ async def _restarted(
 
 
 async def test_a_model_found_serving_at_startup_is_held_until_the_grace_ends(
-    supervised: SupervisorFactory,
+    engines: EngineFactory,
 ) -> None:
     """A new daemon finds a running and answering a request whose lease ended with the
     old daemon: it holds a as if leased (adopt_grace_s), so a switch needing its memory
     drains instead of cutting the answer (here: models_busy), and a keeps running."""
     config = make_config(TWO, [80])
-    first, runtime, gpu = await supervised(config)
+    first, runtime, gpu = await engines(config)
     await first.models.switch("a")
     runtime.server("a").token_seconds = 0.05
     body = {"model": "a", "prompt": "hi", "max_tokens": 10_000, "stream": True}
@@ -313,11 +313,11 @@ async def test_a_model_found_serving_at_startup_is_held_until_the_grace_ends(
                 await second.shutdown()
 
 
-async def test_a_model_found_idle_at_startup_is_not_held(supervised: SupervisorFactory) -> None:
+async def test_a_model_found_idle_at_startup_is_not_held(engines: EngineFactory) -> None:
     """The hold ends at the first reading of the backend's metrics that shows nothing in
     flight: a switch needing its memory after a restart does not wait out the grace."""
     config = make_config(TWO, [80])
-    first, runtime, gpu = await supervised(config)
+    first, runtime, gpu = await engines(config)
     await first.models.switch("a")
     second = await _restarted(config, runtime, gpu, drain_timeout_s=60)
     try:

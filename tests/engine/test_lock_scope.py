@@ -12,40 +12,40 @@ import pytest
 from modeld.core.errors import LoadFailed
 from modeld.core.states import State
 from modeld.testing.fakes import Behaviour
-from tests.support import SupervisorFactory, eventually, make_config, state_of, wait_for_state
+from tests.support import EngineFactory, eventually, make_config, state_of, wait_for_state
 
 MODELS = {name: {"gpu_memory_gb": 20} for name in ("slow", "other", "third")}
 
 
 async def test_other_operations_proceed_while_a_model_loads(
-    supervised: SupervisorFactory,
+    engines: EngineFactory,
 ) -> None:
     """With `slow` loading: stopping another model, switching to a third that fits,
     status and a second switch to `slow` all answer before the load ends; the second
     switch joins the load (one backend); a stop of `slow` ends it and both waiting callers
     hear that it was stopped."""
-    supervisor, runtime, _ = await supervised(make_config(MODELS, [80]))
-    await supervisor.models.switch("other")
+    engine, runtime, _ = await engines(make_config(MODELS, [80]))
+    await engine.models.switch("other")
     runtime.behaviour["slow"] = Behaviour(load_seconds=60)
-    first = asyncio.create_task(supervisor.models.switch("slow"))
-    await wait_for_state(supervisor, "slow", {State.LOADING}, 5)
+    first = asyncio.create_task(engine.models.switch("slow"))
+    await wait_for_state(engine, "slow", {State.LOADING}, 5)
 
-    assert (await supervisor.models.stop("other")).status == "stopped"
-    assert state_of(supervisor, "slow") is State.LOADING
-    assert (await supervisor.models.switch("third")).state == "running"
-    assert state_of(supervisor, "slow") is State.LOADING
-    assert supervisor.view.status()["models"]["slow"]["status"] == "loading"
-    assert supervisor.view.status()["in_flight"] == 1  # the caller waiting on `slow`
+    assert (await engine.models.stop("other")).status == "stopped"
+    assert state_of(engine, "slow") is State.LOADING
+    assert (await engine.models.switch("third")).state == "running"
+    assert state_of(engine, "slow") is State.LOADING
+    assert engine.view.status()["models"]["slow"]["status"] == "loading"
+    assert engine.view.status()["in_flight"] == 1  # the caller waiting on `slow`
 
-    second = asyncio.create_task(supervisor.models.switch("slow"))
+    second = asyncio.create_task(engine.models.switch("slow"))
     # Joining takes the lock for a moment only; then both wait on the same load.
 
     async def both_waiting() -> bool:
-        return bool(supervisor.view.status()["in_flight"] == 2)
+        return bool(engine.view.status()["in_flight"] == 2)
 
     await eventually(both_waiting, timeout=5)
     assert runtime.starts("slow") == 1
-    assert (await supervisor.models.stop("slow")).status == "stopped"
+    assert (await engine.models.stop("slow")).status == "stopped"
     for waiting in (first, second):
         with pytest.raises(LoadFailed, match="stopped while loading") as caught:
             await waiting
@@ -54,17 +54,17 @@ async def test_other_operations_proceed_while_a_model_loads(
 
 
 async def test_a_switch_needing_a_loading_models_memory_waits_for_that_load(
-    supervised: SupervisorFactory,
+    engines: EngineFactory,
 ) -> None:
     """A loading model is never evicted under its waiting caller: a switch that needs
     its memory waits for the load to end (its caller gets its answer), then plans."""
     models = {"first": {"gpu_memory_gb": 50}, "second": {"gpu_memory_gb": 50}}
-    supervisor, runtime, _ = await supervised(make_config(models, [80]))
+    engine, runtime, _ = await engines(make_config(models, [80]))
     runtime.behaviour["first"] = Behaviour(load_seconds=0.3)
-    events = supervisor.events.subscribe()
-    loading = asyncio.create_task(supervisor.models.switch("first"))
-    await wait_for_state(supervisor, "first", {State.LOADING}, 5)
-    result = await supervisor.models.switch("second")
+    events = engine.events.subscribe()
+    loading = asyncio.create_task(engine.models.switch("first"))
+    await wait_for_state(engine, "first", {State.LOADING}, 5)
+    result = await engine.models.switch("second")
     assert result.state == "running"
     assert result.unloaded_models == ["first"]
     assert (await loading).state == "running"  # it did answer before being evicted

@@ -14,7 +14,7 @@ from modeld.core.config import Config
 from modeld.core.states import State
 from modeld.engine.engine import Engine
 from modeld.testing.fakes import FakeRuntime
-from tests.support import SupervisorFactory, make_config, start_over, state_of
+from tests.support import EngineFactory, make_config, start_over, state_of
 
 
 class HungryGpu(SimulatedGpu):
@@ -32,11 +32,11 @@ class HungryGpu(SimulatedGpu):
 
 
 async def started(config: Config) -> tuple[Engine, FakeRuntime]:
-    """A supervisor on the hungry GPU."""
+    """A engine on the hungry GPU."""
     runtime = FakeRuntime()
     gpu = HungryGpu(config.gpu, alive=runtime.alive)
-    supervisor = await start_over(config, runtime, gpu)
-    return supervisor, runtime
+    engine = await start_over(config, runtime, gpu)
+    return engine, runtime
 
 
 async def test_measured_peak_is_reported_learned_and_preferred() -> None:
@@ -96,7 +96,7 @@ async def test_new_settings_forget_the_old_peak() -> None:
 
 
 async def test_two_gpu_plan_stops_only_what_frees_the_needed_device(
-    supervised: SupervisorFactory,
+    engines: EngineFactory,
 ) -> None:
     """A tensor-parallel model on GPUs 0 and 1 stops the model crowding GPU 1 only."""
     models = {
@@ -104,19 +104,19 @@ async def test_two_gpu_plan_stops_only_what_frees_the_needed_device(
         "on1": {"gpus": [1], "gpu_memory_gb": 50},
         "tp": {"gpus": [0, 1], "gpu_memory_gb": 40},
     }
-    supervisor, _, _ = await supervised(make_config(models, [80, 80]))
-    await supervisor.models.switch("on0")
-    await supervisor.models.switch("on1")
-    result = await supervisor.models.switch("tp")
+    engine, _, _ = await engines(make_config(models, [80, 80]))
+    await engine.models.switch("on0")
+    await engine.models.switch("on1")
+    result = await engine.models.switch("tp")
     assert result.unloaded_models == ["on1"]
     assert result.memory_info is not None and result.memory_info.per_device is not None
     assert set(result.memory_info.per_device) == {"0", "1"}
-    assert state_of(supervisor, "on0") is State.RUNNING
-    gpu = supervisor.view.gpu()["devices"]
+    assert state_of(engine, "on0") is State.RUNNING
+    gpu = engine.view.gpu()["devices"]
     assert [d["used_gb"] for d in gpu] == [70.0, 40.0]
 
 
-async def test_four_gpu_host_leaves_other_devices_alone(supervised: SupervisorFactory) -> None:
+async def test_four_gpu_host_leaves_other_devices_alone(engines: EngineFactory) -> None:
     """On four GPUs, a model on GPUs 2 and 3 never stops models living on 0 and 1."""
     models = {
         "big0": {"gpus": [0], "gpu_memory_gb": 70},
@@ -124,10 +124,10 @@ async def test_four_gpu_host_leaves_other_devices_alone(supervised: SupervisorFa
         "on23": {"gpus": [2, 3], "gpu_memory_gb": 60},
         "also23": {"gpus": [2, 3], "gpu_memory_gb": 60},
     }
-    supervisor, _, _ = await supervised(make_config(models, [80, 80, 80, 80]))
+    engine, _, _ = await engines(make_config(models, [80, 80, 80, 80]))
     for name in ("big0", "big1", "on23"):
-        await supervisor.models.switch(name)
-    result = await supervisor.models.switch("also23")
+        await engine.models.switch(name)
+    result = await engine.models.switch("also23")
     assert result.unloaded_models == ["on23"]
-    assert state_of(supervisor, "big0") is State.RUNNING
-    assert state_of(supervisor, "big1") is State.RUNNING
+    assert state_of(engine, "big0") is State.RUNNING
+    assert state_of(engine, "big1") is State.RUNNING

@@ -23,7 +23,7 @@ GIB = 1024**3
 
 @pytest.fixture
 async def host() -> AsyncIterator[tuple[Engine, FakeRuntime, str]]:
-    """A supervised fake host with metrics served on a free port."""
+    """A engines fake host with metrics served on a free port."""
     config = make_config(
         {
             "alpha": {"gpu_memory_gb": 30},
@@ -35,13 +35,13 @@ async def host() -> AsyncIterator[tuple[Engine, FakeRuntime, str]]:
     runtime = FakeRuntime()
     gpu = SimulatedGpu(config.gpu, alive=runtime.alive)
     metrics = Metrics()
-    supervisor = await start_over(config, runtime, gpu, metrics=metrics)
-    metrics.watch(supervisor.view.status)
+    engine = await start_over(config, runtime, gpu, metrics=metrics)
+    metrics.watch(engine.view.status)
     listen = f"127.0.0.1:{free_port()}"
     runner = await serve_metrics(metrics, listen)
-    yield supervisor, runtime, f"http://{listen}/metrics"
+    yield engine, runtime, f"http://{listen}/metrics"
     await runner.cleanup()
-    await supervisor.shutdown()
+    await engine.shutdown()
 
 
 async def scrape(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -65,18 +65,18 @@ def value(samples: dict[Any, float], name: str, **labels: str) -> float:
 async def test_metrics_match_status(host: tuple[Engine, FakeRuntime, str]) -> None:
     """States, GPU memory, per-model memory, switch and load histograms, evictions and
     failures all agree with what modeld says in `status`."""
-    supervisor, runtime, url = host
-    await supervisor.models.switch("alpha")
-    await supervisor.models.switch("beta")
-    await supervisor.models.switch("gamma")  # evicts alpha
-    await supervisor.models.switch("gamma")  # already loaded
+    engine, runtime, url = host
+    await engine.models.switch("alpha")
+    await engine.models.switch("beta")
+    await engine.models.switch("gamma")  # evicts alpha
+    await engine.models.switch("gamma")  # already loaded
     runtime.behaviour["alpha"] = Behaviour(exit_code=1)
     with pytest.raises(LoadFailed) as caught:
-        await supervisor.models.switch("alpha")  # evicts gamma, fails, brings gamma back
+        await engine.models.switch("alpha")  # evicts gamma, fails, brings gamma back
     assert caught.value.data["restored"] == ["gamma"]
 
     samples = await scrape(url)
-    status = supervisor.view.status()
+    status = engine.view.status()
     for name, model in status["models"].items():
         assert value(samples, "modeld_model_state", model=name, state=model["status"]) == 1
         for device, gb in model["gpu_memory_per_device_gb"].items():
@@ -124,27 +124,27 @@ async def test_parks_and_wakes_are_counted() -> None:
     config = make_config({"a": sleepy, "b": dict(sleepy)}, [80], park_ram_gb=100)
     runtime = FakeRuntime()
     metrics = Metrics()
-    supervisor = await start_over(
+    engine = await start_over(
         config, runtime, SimulatedGpu(config.gpu, alive=runtime.alive), metrics=metrics
     )
-    metrics.watch(supervisor.view.status)
+    metrics.watch(engine.view.status)
     listen = f"127.0.0.1:{free_port()}"
     runner = await serve_metrics(metrics, listen)
     try:
         runtime.behaviour["b"] = Behaviour(wake_fails=True)
-        await supervisor.models.switch("a")
-        await supervisor.models.switch("b")  # parks a
-        await supervisor.models.switch("a")  # wakes a, parks b
+        await engine.models.switch("a")
+        await engine.models.switch("b")  # parks a
+        await engine.models.switch("a")  # wakes a, parks b
         samples = await scrape(f"http://{listen}/metrics")
         assert value(samples, "modeld_parks_total", model="a") == 1
         assert value(samples, "modeld_parks_total", model="b") == 1
         assert value(samples, "modeld_wake_duration_seconds_count", model="a") == 1
         assert value(samples, "modeld_parked_ram_bytes", kind="used") == 40 * GIB
-        await supervisor.models.switch("b")  # b will not wake: cold start; a parked again
+        await engine.models.switch("b")  # b will not wake: cold start; a parked again
         samples = await scrape(f"http://{listen}/metrics")
         assert value(samples, "modeld_wake_failures_total", model="b") == 1
         assert value(samples, "modeld_parks_total", model="a") == 2
         assert value(samples, "modeld_parked_ram_bytes", kind="budget") == 100 * GIB
     finally:
         await runner.cleanup()
-        await supervisor.shutdown()
+        await engine.shutdown()

@@ -19,7 +19,7 @@ from modeld.core.errors import ConfigError, LoadFailed
 from modeld.core.states import State
 from modeld.engine.engine import Engine
 from modeld.testing.fakes import Behaviour
-from tests.support import SupervisorFactory, make_config, start_over, state_of, wait_for_state
+from tests.support import EngineFactory, make_config, start_over, state_of, wait_for_state
 
 # Two 50 GB models that sleep, on one 80 GB GPU: only one runs at a time.
 PARKABLE = {
@@ -28,102 +28,102 @@ PARKABLE = {
 }
 
 
-def model_status(supervisor: Engine, name: str) -> dict[str, Any]:
+def model_status(engine: Engine, name: str) -> dict[str, Any]:
     """One model's entry in `status`."""
-    return dict(supervisor.view.status()["models"][name])
+    return dict(engine.view.status()["models"][name])
 
 
 async def test_switch_parks_the_other_model_and_wakes_it_back(
-    supervised: SupervisorFactory,
+    engines: EngineFactory,
 ) -> None:
     """a -> b parks a (weights to host RAM, a residual stays on the GPU, measured); b -> a
     wakes a without restarting its backend and parks b."""
     config = make_config(PARKABLE, [80], park_ram_gb=100, gpu={"sleep_residual_gb": 1.5})
-    supervisor, runtime, _ = await supervised(config)
-    await supervisor.models.switch("a")
-    result = await supervisor.models.switch("b")
+    engine, runtime, _ = await engines(config)
+    await engine.models.switch("a")
+    result = await engine.models.switch("b")
     assert result.parked_models == ["a"]
     assert result.unloaded_models == ["a"]
-    assert state_of(supervisor, "a") is State.SLEEPING
+    assert state_of(engine, "a") is State.SLEEPING
     assert runtime.server("a").sleeping
-    parked = model_status(supervisor, "a")
+    parked = model_status(engine, "a")
     # What it keeps is what the GPU says (1.5 GB), not the 2 GB estimate, nor zero.
     assert parked["gpu_memory_used_gb"] == 1.5
     assert parked["gpu_memory_source"] == "measured"
     assert parked["parked"]["ram_gb"] == 40
-    assert supervisor.view.status()["parking"] == {
+    assert engine.view.status()["parking"] == {
         "ram_budget_gb": 100,
         "ram_used_gb": 40.0,
         "ram_free_gb": 60.0,
     }
 
-    back = await supervisor.models.switch("a")
+    back = await engine.models.switch("a")
     assert back.woke is True and back.wake_fallback is None
     assert back.wake_seconds is not None
     assert back.parked_models == ["b"]
-    assert state_of(supervisor, "a") is State.RUNNING
+    assert state_of(engine, "a") is State.RUNNING
     assert not runtime.server("a").sleeping
     assert runtime.starts("a") == 1  # woken, not cold-started
-    woke = model_status(supervisor, "a")
+    woke = model_status(engine, "a")
     assert woke["last_wake_seconds"] == back.wake_seconds
     assert woke["gpu_memory_used_gb"] == 50
 
 
-async def test_wake_failure_falls_back_to_a_cold_start(supervised: SupervisorFactory) -> None:
+async def test_wake_failure_falls_back_to_a_cold_start(engines: EngineFactory) -> None:
     """A backend whose /wake_up fails is stopped and started afresh, and the answer says so."""
-    supervisor, runtime, _ = await supervised(make_config(PARKABLE, [80], park_ram_gb=100))
+    engine, runtime, _ = await engines(make_config(PARKABLE, [80], park_ram_gb=100))
     runtime.behaviour["a"] = Behaviour(wake_fails=True)
-    await supervisor.models.switch("a")
-    await supervisor.models.switch("b")
-    assert state_of(supervisor, "a") is State.SLEEPING
+    await engine.models.switch("a")
+    await engine.models.switch("b")
+    assert state_of(engine, "a") is State.SLEEPING
     with capture_logs() as logs:
-        result = await supervisor.models.switch("a")
+        result = await engine.models.switch("a")
     assert result.woke is False
     assert result.wake_fallback is not None and "500" in result.wake_fallback
-    assert state_of(supervisor, "a") is State.RUNNING
+    assert state_of(engine, "a") is State.RUNNING
     assert runtime.starts("a") == 2
-    assert model_status(supervisor, "a")["wake_fallback"] == result.wake_fallback
+    assert model_status(engine, "a")["wake_fallback"] == result.wake_fallback
     assert any(e["event"] == "wake.failed" and e["fallback"] == "cold start" for e in logs)
 
 
-async def test_ram_budget_exhausted_means_stop(supervised: SupervisorFactory) -> None:
+async def test_ram_budget_exhausted_means_stop(engines: EngineFactory) -> None:
     """Host RAM for one parked model only: the second eviction stops instead of parking."""
     models = {**PARKABLE, "c": {**PARKABLE["a"]}}
-    supervisor, _, _ = await supervised(make_config(models, [80], park_ram_gb=60))
-    await supervisor.models.switch("a")
-    await supervisor.models.switch("b")
-    result = await supervisor.models.switch("c")
-    assert state_of(supervisor, "a") is State.SLEEPING
+    engine, _, _ = await engines(make_config(models, [80], park_ram_gb=60))
+    await engine.models.switch("a")
+    await engine.models.switch("b")
+    result = await engine.models.switch("c")
+    assert state_of(engine, "a") is State.SLEEPING
     assert result.parked_models == []
     assert result.unloaded_models == ["b"]
-    assert state_of(supervisor, "b") is State.STOPPED
-    assert supervisor.view.status()["parking"]["ram_used_gb"] <= 60
+    assert state_of(engine, "b") is State.STOPPED
+    assert engine.view.status()["parking"]["ram_used_gb"] <= 60
 
 
 async def test_without_a_budget_sleep_mode_models_are_stopped(
-    supervised: SupervisorFactory,
+    engines: EngineFactory,
 ) -> None:
     """park_ram_gb = 0 (the default) disables parking: evictions stop as before."""
-    supervisor, _, _ = await supervised(make_config(PARKABLE, [80]))
-    await supervisor.models.switch("a")
-    result = await supervisor.models.switch("b")
+    engine, _, _ = await engines(make_config(PARKABLE, [80]))
+    await engine.models.switch("a")
+    result = await engine.models.switch("b")
     assert result.parked_models == []
-    assert state_of(supervisor, "a") is State.STOPPED
+    assert state_of(engine, "a") is State.STOPPED
 
 
-async def test_pinned_sleep_mode_model_is_never_parked(supervised: SupervisorFactory) -> None:
+async def test_pinned_sleep_mode_model_is_never_parked(engines: EngineFactory) -> None:
     """A pinned model stays running even though it could be parked."""
     models = {"a": {**PARKABLE["a"], "pinned": True}, "b": {**PARKABLE["b"], "gpu_memory_gb": 20}}
     models["c"] = {"gpu_memory_gb": 20}
-    supervisor, _, _ = await supervised(make_config(models, [80], park_ram_gb=100))
-    await supervisor.models.switch("a")
-    await supervisor.models.switch("b")
-    await supervisor.models.switch("c")
-    assert state_of(supervisor, "a") is State.RUNNING
+    engine, _, _ = await engines(make_config(models, [80], park_ram_gb=100))
+    await engine.models.switch("a")
+    await engine.models.switch("b")
+    await engine.models.switch("c")
+    assert state_of(engine, "a") is State.RUNNING
 
 
 async def test_parked_model_keeping_more_than_planned_leads_to_a_new_plan(
-    supervised: SupervisorFactory,
+    engines: EngineFactory,
 ) -> None:
     """The planner counts on a 2 GB residual; the GPU shows 6 GB kept. modeld plans again
     with the measured figure and stops what it must, instead of starting into no room."""
@@ -133,39 +133,39 @@ async def test_parked_model_keeping_more_than_planned_leads_to_a_new_plan(
         "c": {"gpu_memory_gb": 47},
     }
     config = make_config(models, [80], park_ram_gb=100, gpu={"sleep_residual_gb": 6.0})
-    supervisor, runtime, _ = await supervised(config)
-    await supervisor.models.switch("a")
-    await supervisor.models.switch("b")
+    engine, runtime, _ = await engines(config)
+    await engine.models.switch("a")
+    await engine.models.switch("b")
     with capture_logs() as logs:
-        result = await supervisor.models.switch("c")
-    assert state_of(supervisor, "c") is State.RUNNING
+        result = await engine.models.switch("c")
+    assert state_of(engine, "c") is State.RUNNING
     assert any(e["event"] == "switch.replan" for e in logs)
     assert result.unloaded_models is not None and "a" in result.unloaded_models
     assert runtime.free_at_start["c"] >= 47
 
 
 async def test_monitor_notices_sleep_and_wake_behind_its_back(
-    supervised: SupervisorFactory,
+    engines: EngineFactory,
 ) -> None:
     """Someone POSTs /sleep to a running model, then /wake_up: the monitor follows."""
-    supervisor, _, _ = await supervised(make_config(PARKABLE, [80], park_ram_gb=100))
-    await supervisor.models.switch("a")
-    endpoint = supervisor.view.status()["models"]["a"]["endpoint"]
+    engine, _, _ = await engines(make_config(PARKABLE, [80], park_ram_gb=100))
+    await engine.models.switch("a")
+    endpoint = engine.view.status()["models"]["a"]["endpoint"]
     async with aiohttp.ClientSession() as http:
         await (await http.post(f"{endpoint}/sleep?level=1")).release()
-        await supervisor.poll_once()
-        assert state_of(supervisor, "a") is State.SLEEPING
+        await engine.poll_once()
+        assert state_of(engine, "a") is State.SLEEPING
         await (await http.post(f"{endpoint}/wake_up")).release()
-        await supervisor.poll_once()
-    assert await wait_for_state(supervisor, "a", {State.RUNNING}, 5) is State.RUNNING
+        await engine.poll_once()
+    assert await wait_for_state(engine, "a", {State.RUNNING}, 5) is State.RUNNING
 
 
 async def test_a_parked_backend_found_at_startup_is_adopted_asleep(
-    supervised: SupervisorFactory,
+    engines: EngineFactory,
 ) -> None:
     """A new daemon over a backend that sleeps adopts it as sleeping, not running."""
     config = make_config(PARKABLE, [80], park_ram_gb=100)
-    first, runtime, gpu = await supervised(config)
+    first, runtime, gpu = await engines(config)
     await first.models.switch("a")
     await first.models.switch("b")
     second = await start_over(config, runtime, gpu)
@@ -177,13 +177,13 @@ async def test_a_parked_backend_found_at_startup_is_adopted_asleep(
         await second.shutdown()
 
 
-async def test_events_show_the_park_and_the_wake(supervised: SupervisorFactory) -> None:
+async def test_events_show_the_park_and_the_wake(engines: EngineFactory) -> None:
     """Subscribers see a's park as a switch step and a state change to sleeping."""
-    supervisor, _, _ = await supervised(make_config(PARKABLE, [80], park_ram_gb=100))
-    await supervisor.models.switch("a")
-    subscription = supervisor.events.subscribe()
-    await supervisor.models.switch("b")
-    await supervisor.models.switch("a")
+    engine, _, _ = await engines(make_config(PARKABLE, [80], park_ram_gb=100))
+    await engine.models.switch("a")
+    subscription = engine.events.subscribe()
+    await engine.models.switch("b")
+    await engine.models.switch("a")
     seen: list[dict[str, Any]] = []
     async with asyncio.timeout(5):
         while not seen or (seen[-1].get("model"), seen[-1].get("to_state")) != ("a", "running"):
@@ -195,37 +195,37 @@ async def test_events_show_the_park_and_the_wake(supervised: SupervisorFactory) 
 
 
 async def test_idle_model_is_unloaded_but_never_with_requests_in_flight(
-    supervised: SupervisorFactory,
+    engines: EngineFactory,
 ) -> None:
     """A model with idle_unload_after_s is kept while a long request runs (metrics say
     one is in flight), and parked once it has served nothing for that long."""
     models = {"a": {**PARKABLE["a"], "idle_unload_after_s": 0.3}}
     config = make_config(models, [80], park_ram_gb=100, poll_interval_s=0.05)
-    supervisor, runtime, _ = await supervised(config)
-    await supervisor.models.switch("a")
+    engine, runtime, _ = await engines(config)
+    await engine.models.switch("a")
     server = runtime.server("a")
     server.request_seconds = 1.0
-    endpoint = supervisor.view.status()["models"]["a"]["endpoint"]
+    endpoint = engine.view.status()["models"]["a"]["endpoint"]
     async with aiohttp.ClientSession() as http:
         async with http.post(f"{endpoint}/v1/completions", json={"prompt": "hi"}) as response:
             assert response.status == 200
         # The request took three idle periods; the model answered it, so it still runs.
-        assert state_of(supervisor, "a") is State.RUNNING
-    assert await wait_for_state(supervisor, "a", {State.SLEEPING}, 10) is State.SLEEPING
+        assert state_of(engine, "a") is State.RUNNING
+    assert await wait_for_state(engine, "a", {State.SLEEPING}, 10) is State.SLEEPING
 
 
 async def test_idle_unload_stops_a_model_without_sleep_mode(
-    supervised: SupervisorFactory,
+    engines: EngineFactory,
 ) -> None:
     """Without sleep mode, an idle model is stopped; steady requests keep another running."""
     models = {
         "idle": {"gpu_memory_gb": 20, "idle_unload_after_s": 0.3},
         "busy": {"gpu_memory_gb": 20, "idle_unload_after_s": 0.3},
     }
-    supervisor, _, _ = await supervised(make_config(models, [80], poll_interval_s=0.05))
-    await supervisor.models.switch("idle")
-    await supervisor.models.switch("busy")
-    endpoint = supervisor.view.status()["models"]["busy"]["endpoint"]
+    engine, _, _ = await engines(make_config(models, [80], poll_interval_s=0.05))
+    await engine.models.switch("idle")
+    await engine.models.switch("busy")
+    endpoint = engine.view.status()["models"]["busy"]["endpoint"]
 
     async def keep_busy() -> None:
         async with aiohttp.ClientSession() as http:
@@ -235,14 +235,14 @@ async def test_idle_unload_stops_a_model_without_sleep_mode(
 
     client = asyncio.create_task(keep_busy())
     try:
-        assert await wait_for_state(supervisor, "idle", {State.STOPPED}, 10) is State.STOPPED
+        assert await wait_for_state(engine, "idle", {State.STOPPED}, 10) is State.STOPPED
         # A window of three idle periods (the only way to see that something does not
         # happen): steady requests keep it running throughout.
         with pytest.raises(TimeoutError):
-            await wait_for_state(supervisor, "busy", {State.STOPPED, State.STOPPING}, 1.0)
+            await wait_for_state(engine, "busy", {State.STOPPED, State.STOPPING}, 1.0)
     finally:
         client.cancel()
-    assert await wait_for_state(supervisor, "busy", {State.STOPPED}, 10) is State.STOPPED
+    assert await wait_for_state(engine, "busy", {State.STOPPED}, 10) is State.STOPPED
 
 
 def test_pinned_models_cannot_be_idle_unloaded() -> None:
@@ -274,17 +274,17 @@ async def test_simulated_gpu_keeps_a_residual_while_parked() -> None:
     assert (await gpu.read([awake])).devices[0].used_gb == 30
 
 
-async def test_failed_switch_wakes_the_model_it_parked(supervised: SupervisorFactory) -> None:
+async def test_failed_switch_wakes_the_model_it_parked(engines: EngineFactory) -> None:
     """The target exits while loading after a was parked for it: a is woken back (not
     cold-started), and the error says it was restored."""
     models = {**PARKABLE, "bad": {"gpu_memory_gb": 50}}
-    supervisor, runtime, _ = await supervised(make_config(models, [80], park_ram_gb=100))
+    engine, runtime, _ = await engines(make_config(models, [80], park_ram_gb=100))
     runtime.behaviour["bad"] = Behaviour(exit_code=1)
-    await supervisor.models.switch("a")
+    await engine.models.switch("a")
     with pytest.raises(LoadFailed) as failed:
-        await supervisor.models.switch("bad")
+        await engine.models.switch("bad")
     assert failed.value.data["restored"] == ["a"]
-    assert state_of(supervisor, "a") is State.RUNNING
+    assert state_of(engine, "a") is State.RUNNING
     assert runtime.starts("a") == 1
 
 
@@ -338,14 +338,14 @@ def test_host_ram_to_spare_is_available_less_a_tenth(tmp_path: Path) -> None:
 
 
 async def test_a_host_short_of_ram_stops_instead_of_parking(
-    supervised: SupervisorFactory,
+    engines: EngineFactory,
 ) -> None:
     """The budget allows 100 GB but the host can spare 30: a model whose weights take 40
     is stopped, not parked into swap."""
     config = make_config(PARKABLE, [80], park_ram_gb=100)
-    supervisor, _, _ = await supervised(config, host_ram=lambda: 30.0)
-    await supervisor.models.switch("a")
-    result = await supervisor.models.switch("b")
+    engine, _, _ = await engines(config, host_ram=lambda: 30.0)
+    await engine.models.switch("a")
+    result = await engine.models.switch("b")
     assert result.parked_models == []
-    assert state_of(supervisor, "a") is State.STOPPED
-    assert supervisor.view.status()["parking"]["ram_free_gb"] == 30.0
+    assert state_of(engine, "a") is State.STOPPED
+    assert engine.view.status()["parking"]["ram_free_gb"] == 30.0

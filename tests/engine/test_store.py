@@ -10,7 +10,7 @@ from structlog.testing import capture_logs
 from modeld.adapters.store import Learned, Store, remember_load
 from modeld.core.states import State
 from modeld.testing.fakes import Behaviour
-from tests.support import SupervisorFactory, eventually, make_config, start_over, wait_for_state
+from tests.support import EngineFactory, eventually, make_config, start_over, wait_for_state
 
 
 def test_save_is_atomic_and_round_trips(tmp_path: Path) -> None:
@@ -63,10 +63,10 @@ def test_unwritable_state_dir_is_not_fatal(tmp_path: Path) -> None:
     assert logs[0]["event"] == "store.save_failed"
 
 
-async def test_learned_load_time_survives_restart(supervised: SupervisorFactory) -> None:
+async def test_learned_load_time_survives_restart(engines: EngineFactory) -> None:
     """A measured load replaces the configured estimate, also for the next daemon."""
     config = make_config({"alpha": {"gpu_memory_gb": 10, "load_time_seconds": 99}}, [60])
-    first, _, _ = await supervised(config)
+    first, _, _ = await engines(config)
     assert first.view.status()["models"]["alpha"]["estimated_load_time_seconds"] == 99
     assert first.view.status()["models"]["alpha"]["estimated_load_time_source"] == "configured"
     await first.models.switch("alpha")
@@ -74,18 +74,18 @@ async def test_learned_load_time_survives_restart(supervised: SupervisorFactory)
     assert learned < 99
     await first.shutdown()
     assert (config.daemon.state_dir / "state.json").exists()
-    second, _, _ = await supervised(config)
+    second, _, _ = await engines(config)
     assert second.view.status()["models"]["alpha"]["estimated_load_time_seconds"] == learned
     assert second.view.status()["models"]["alpha"]["estimated_load_time_source"] == "learned"
 
 
 async def test_adopting_a_running_backend_learns_no_load_time(
-    supervised: SupervisorFactory,
+    engines: EngineFactory,
 ) -> None:
     """A backend found running took no load time of modeld's: the next daemon adopts it
     without adding a near-zero 'load' to what it learned."""
     config = make_config({"alpha": {"gpu_memory_gb": 10}}, [60])
-    first, runtime, gpu = await supervised(config)
+    first, runtime, gpu = await engines(config)
     runtime.behaviour["alpha"] = Behaviour(load_seconds=0.3)
     await first.models.switch("alpha")
     learned = first.view.status()["models"]["alpha"]["estimated_load_time_seconds"]

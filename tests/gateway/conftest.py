@@ -20,7 +20,7 @@ from modeld.gateway.auth import BackendKeys, Keys, read_keys
 from modeld.gateway.link import DaemonLink
 from modeld.testing.fakes import FakeRuntime
 from modeld.testing.ports import free_port
-from tests.support import ServeFactory, SupervisorFactory
+from tests.support import EngineFactory, ServeFactory
 
 KEY = "sk-test-0123456789abcdef"
 
@@ -31,13 +31,13 @@ class Fronted:
 
     url: str
     socket: Path
-    supervisor: Engine
+    engine: Engine
     runtime: FakeRuntime
     server: GatewayServer
 
     def leases(self, model: str) -> int:
         """Leases held on `model` now."""
-        return int(self.supervisor.view.status()["models"][model]["leases"])
+        return int(self.engine.view.status()["models"][model]["leases"])
 
 
 GatewayFactory = Callable[..., Awaitable[Fronted]]
@@ -49,7 +49,7 @@ async def fronted(serve: ServeFactory) -> AsyncIterator[GatewayFactory]:
     servers: list[GatewayServer] = []
 
     async def start(config: Config, **settings: Any) -> Fronted:
-        socket, supervisor, runtime = await serve(config)
+        socket, engine, runtime = await serve(config)
         gateway_config = GatewayConfig(**settings)
         keys = Keys(read_keys(gateway_config))
         upstream = BackendKeys(backend_keys(config))
@@ -58,7 +58,7 @@ async def fronted(serve: ServeFactory) -> AsyncIterator[GatewayFactory]:
         port = free_port()
         await server.start("127.0.0.1", port)
         servers.append(server)
-        return Fronted(f"http://127.0.0.1:{port}", socket, supervisor, runtime, server)
+        return Fronted(f"http://127.0.0.1:{port}", socket, engine, runtime, server)
 
     yield start
     for server in servers:
@@ -72,7 +72,7 @@ class Restartable:
 
     url: str
     socket: Path
-    supervisor: Engine
+    engine: Engine
     runtime: FakeRuntime
     link: DaemonLink
     daemon: RpcServer
@@ -83,7 +83,7 @@ class Restartable:
 
     async def start_daemon(self) -> None:
         """The daemon is back on the same socket."""
-        self.daemon = RpcServer(self.supervisor, self.socket, limits=limits_for(DaemonConfig()))
+        self.daemon = RpcServer(self.engine, self.socket, limits=limits_for(DaemonConfig()))
         await self.daemon.start()
 
 
@@ -91,22 +91,20 @@ RestartableFactory = Callable[[Config], Awaitable[Restartable]]
 
 
 @pytest.fixture
-async def restartable(
-    supervised: SupervisorFactory, tmp_path: Path
-) -> AsyncIterator[RestartableFactory]:
+async def restartable(engines: EngineFactory, tmp_path: Path) -> AsyncIterator[RestartableFactory]:
     """`await restartable(config)`: a Restartable daemon with a gateway in front."""
     made: list[tuple[GatewayServer, Restartable]] = []
 
     async def start(config: Config) -> Restartable:
-        supervisor, runtime, _ = await supervised(config)
+        engine, runtime, _ = await engines(config)
         socket = tmp_path / f"modeld-{len(made)}.sock"
-        daemon = RpcServer(supervisor, socket, limits=limits_for(config.daemon))
+        daemon = RpcServer(engine, socket, limits=limits_for(config.daemon))
         await daemon.start()
         link = DaemonLink(socket, frozenset(config.models))
         server = GatewayServer(Gateway(GatewayConfig(), link, Keys([])), 5.0)
         port = free_port()
         await server.start("127.0.0.1", port)
-        front = Restartable(f"http://127.0.0.1:{port}", socket, supervisor, runtime, link, daemon)
+        front = Restartable(f"http://127.0.0.1:{port}", socket, engine, runtime, link, daemon)
         made.append((server, front))
         return front
 

@@ -67,7 +67,7 @@ async def test_the_page_lists_every_model_with_its_state_and_the_gpu(
     """Every model with its state in words, memory and load estimate; the GPU's bar
     with used, free and total; the key is asked for once and kept."""
     front = await fronted(make_config(MODELS, [80]), api_keys=[KEY])
-    await front.supervisor.models.switch("chat")
+    await front.engine.models.switch("chat")
     page = await open_page(browser, front)
     for model, word in (("chat", "running"), ("coder", "stopped"), ("large", "stopped")):
         await expect(state(page, model)).to_have_text(word)
@@ -99,8 +99,8 @@ async def test_a_click_switches_with_progress_and_the_evicted_model_stops(
     the model it needed gone is stopped."""
     front = await fronted(make_config(MODELS, [80]), api_keys=[KEY])
     front.runtime.behaviour["large"] = Behaviour(load_seconds=1.5)
-    await front.supervisor.models.switch("chat")
-    await front.supervisor.models.switch("coder")
+    await front.engine.models.switch("chat")
+    await front.engine.models.switch("coder")
     page = await open_page(browser, front)
     await expect(state(page, "chat")).to_have_text("running")
     await page.click("button[data-action='switch'][data-model='large']")
@@ -123,7 +123,7 @@ async def test_a_refused_switch_shows_the_daemons_reason_and_numbers(
     """A switch that cannot fit is shown with the reason and the seed's figures; nothing
     changes."""
     front = await fronted(make_config(MODELS, [80]), api_keys=[KEY])
-    await front.supervisor.models.switch("chat")
+    await front.engine.models.switch("chat")
     page = await open_page(browser, front)
     await page.click("button[data-action='switch'][data-model='huge']")
     notice = page.locator("#notice.error")

@@ -81,7 +81,7 @@ async def test_a_long_answer_and_a_kept_alive_connection_are_not_cut(
     longer than it ends whole; the connection then takes a next request, and is
     closed once silent for keepalive_timeout_s."""
     front = await fronted(make_config(TWO, [80]), header_timeout_s=0.3, keepalive_timeout_s=0.5)
-    await front.supervisor.models.switch("a")
+    await front.engine.models.switch("a")
     front.runtime.server("a").token_seconds = 0.1  # eight tokens: 0.8 s of answer
     reader, writer = await _connect(front)
     writer.write(_request({**CHAT, "max_tokens": 8, "stream": True}))

@@ -73,7 +73,7 @@ async def test_only_inference_paths_reach_a_backend(
         park_ram_gb=100,
     )
     front = await fronted(config)
-    await front.supervisor.models.switch("a")
+    await front.engine.models.switch("a")
     server = front.runtime.server("a")
     for path in (
         "/sleep?level=1",
@@ -124,7 +124,7 @@ async def test_the_seeds_endpoints_answer_with_the_seeds_fields(
         refusal = await answer.json()
     assert refusal["status"] == "error" and refusal["error"] == "insufficient_memory"
     assert refusal.keys() >= {"required_gb", "available_gb", "freed_gb", "total_available_gb"}
-    assert state_of(front.supervisor, "b") is State.RUNNING  # the refusal changed nothing
+    assert state_of(front.engine, "b") is State.RUNNING  # the refusal changed nothing
 
 
 async def test_start_stop_restart_over_http(
@@ -135,7 +135,7 @@ async def test_start_stop_restart_over_http(
     for action, state in (("start", State.RUNNING), ("restart", State.RUNNING)):
         async with http.post(f"{front.url}/v1/models/a/{action}") as answer:
             assert answer.status == 200, await answer.text()
-        assert state_of(front.supervisor, "a") is state
+        assert state_of(front.engine, "a") is state
     assert front.runtime.starts("a") == 2
     async with http.post(f"{front.url}/v1/models/a/stop") as answer:
         assert (await answer.json())["status"] == "stopped"
@@ -175,7 +175,7 @@ async def test_a_client_that_hangs_up_mid_stream_releases_at_once(
     """The client goes away mid-answer: the upstream request is cancelled and the lease
     ends, so a switch needing the model goes through without a drain."""
     front = await fronted(make_config(TWO, [80]))
-    await front.supervisor.models.switch("a")
+    await front.engine.models.switch("a")
     server = front.runtime.server("a")
     server.token_seconds = 0.05
     body = {**CHAT, "max_tokens": 10_000, "stream": True}
@@ -188,14 +188,14 @@ async def test_a_client_that_hangs_up_mid_stream_releases_at_once(
         return front.leases("a") == 0
 
     await eventually(released, timeout=10)
-    endpoint = front.supervisor.view.status()["models"]["a"]["endpoint"]
+    endpoint = front.engine.view.status()["models"]["a"]["endpoint"]
 
     async def backend_stopped() -> bool:  # the upstream request was closed, as vLLM sees it
         async with http.get(endpoint + "/metrics") as metrics:
             return 'vllm:num_requests_running{model_name="a"} 0.0' in await metrics.text()
 
     await eventually(backend_stopped, timeout=10)
-    result = await asyncio.wait_for(front.supervisor.models.switch("b"), 10)
+    result = await asyncio.wait_for(front.engine.models.switch("b"), 10)
     assert result.unloaded_models == ["a"]
 
 
@@ -206,7 +206,7 @@ async def test_a_client_that_stops_reading_is_cut_off_and_its_lease_ends(
     its model's lease: past client_write_timeout_s it is cut off, the lease ends, and
     the backend stops generating."""
     front = await fronted(make_config(TWO, [80]), client_write_timeout_s=0.5)
-    await front.supervisor.models.switch("a")
+    await front.engine.models.switch("a")
     host, port = front.url.removeprefix("http://").split(":")
     sock = socket.socket()
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # fills after a few KB
@@ -227,7 +227,7 @@ async def test_a_client_that_stops_reading_is_cut_off_and_its_lease_ends(
 
     await eventually(released, timeout=30)
     assert not writer.is_closing()  # the caller never hung up: the gateway cut it off
-    result = await asyncio.wait_for(front.supervisor.models.switch("b"), 10)
+    result = await asyncio.wait_for(front.engine.models.switch("b"), 10)
     assert result.unloaded_models == ["a"]
     writer.close()
 
@@ -239,14 +239,14 @@ async def test_a_client_that_hangs_up_while_its_model_loads_leaks_no_lease(
     nothing holds the model."""
     front = await fronted(make_config(TWO, [80]))
     front.runtime.behaviour["a"] = Behaviour(load_seconds=0.5)
-    events = front.supervisor.events.subscribe()
+    events = front.engine.events.subscribe()
     request = asyncio.create_task(http.post(front.url + "/v1/chat/completions", json=CHAT))
     await next_of(events, "state", model="a", to_state="loading")
     request.cancel()
     await next_of(events, "state", model="a", to_state="running")
 
     async def released() -> bool:
-        view = front.supervisor.view.status()["models"]["a"]
+        view = front.engine.view.status()["models"]["a"]
         return bool(view["leases"] == 0 and view["waiting"] == 0)
 
     await eventually(released, timeout=10)
@@ -258,14 +258,14 @@ async def test_models_busy_and_load_failures_have_their_own_statuses(
     """A switch that cannot drain in time is 409 `models_busy` naming the busy model; a
     request whose model fails to load is 503 `load_failed` with the daemon's reason."""
     front = await fronted(make_config(TWO, [80], drain_timeout_s=0.2))
-    held = await front.supervisor.leases.acquire("a", owner=1)
+    held = await front.engine.leases.acquire("a", owner=1)
     async with http.post(front.url + "/v1/models/switch?target_model=b") as answer:
         assert answer.status == 409
         refusal = await answer.json()
     assert refusal["error"] == "models_busy" and refusal["busy"] == {"a": 1}
     assert answer.headers["Retry-After"]
-    front.supervisor.leases.release(held.lease, owner=1)
-    await front.supervisor.models.stop("a")
+    front.engine.leases.release(held.lease, owner=1)
+    await front.engine.models.stop("a")
     front.runtime.behaviour["b"] = Behaviour(exit_code=3)
     async with http.post(front.url + "/v1/chat/completions", json={**CHAT, "model": "b"}) as answer:
         assert answer.status == 503
@@ -286,7 +286,7 @@ async def test_events_stream_the_daemons_events(
     async with http.get(front.url + "/events") as stream:
         assert stream.headers["Content-Type"].startswith("text/event-stream")
         assert await stream.content.readline() == b": modeld events\n"
-        await front.supervisor.models.switch("a")
+        await front.engine.models.switch("a")
         seen: list[dict[str, Any]] = []
         async for line in stream.content:
             if line.startswith(b"data: "):
@@ -381,10 +381,10 @@ async def test_a_stream_keeps_its_model_across_a_daemon_restart(
     it): the gateway takes the request's lease again on the new connection, so a switch
     needing that model drains it instead of cutting the stream."""
     front = await restartable(make_config(TWO, [80]))
-    supervisor = front.supervisor
-    events = supervisor.events.subscribe()
+    engine = front.engine
+    events = engine.events.subscribe()
     await asyncio.wait_for(front.link.connected.wait(), 10)
-    await supervisor.models.switch("a")
+    await engine.models.switch("a")
     front.runtime.server("a").token_seconds = 0.02
     body = {**CHAT, "max_tokens": 400, "stream": True}  # 8 s: it outlasts the restart
     answer = await http.post(front.url + "/v1/chat/completions", json=body)
@@ -393,14 +393,14 @@ async def test_a_stream_keeps_its_model_across_a_daemon_restart(
 
     def leases(count: int) -> Callable[[], Awaitable[bool]]:
         async def held() -> bool:
-            return bool(supervisor.view.status()["models"]["a"]["leases"] == count)
+            return bool(engine.view.status()["models"]["a"]["leases"] == count)
 
         return held
 
     await eventually(leases(0), timeout=10)  # the old connection's lease ended with it
     await front.start_daemon()
     await eventually(leases(1), timeout=20)  # renewed by the gateway
-    switching = asyncio.create_task(supervisor.models.switch("b"))
+    switching = asyncio.create_task(engine.models.switch("b"))
     await next_of(events, "drain", model="a")  # waits for the stream, does not cut it
     rest = await answer.read()
     assert rest.rstrip().endswith(b"data: [DONE]")

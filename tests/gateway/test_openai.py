@@ -33,15 +33,15 @@ async def test_chat_completions_switch_by_the_requests_model(fronted: GatewayFac
         )
         assert first.model == "a"
         assert first.choices[0].message.content == "a ok ok"
-        assert state_of(front.supervisor, "a") is State.RUNNING
+        assert state_of(front.engine, "a") is State.RUNNING
 
         stream = await api.chat.completions.create(
             model="b", messages=[{"role": "user", "content": "hi"}], max_tokens=4, stream=True
         )
         pieces = [chunk.choices[0].delta.content async for chunk in stream if chunk.choices]
         assert "".join(p for p in pieces if p) == "b ok ok ok"
-        assert state_of(front.supervisor, "a") is State.STOPPED
-        assert state_of(front.supervisor, "b") is State.RUNNING
+        assert state_of(front.engine, "a") is State.STOPPED
+        assert state_of(front.engine, "b") is State.RUNNING
 
         completion = await api.completions.create(model="a", prompt="x", max_tokens=2)
         assert completion.choices[0].text == "a ok"
@@ -60,7 +60,7 @@ async def test_a_stream_is_never_cut_by_a_request_for_another_model(
     """While a's answer streams, a request for b waits (a is drained, not stopped); a's
     stream ends whole, then b loads and answers."""
     front = await fronted(make_config(TWO, [80]), api_keys=[KEY])
-    events = front.supervisor.events.subscribe()
+    events = front.engine.events.subscribe()
     async with client(front.url) as api:
         await api.completions.create(model="a", prompt="warm", max_tokens=1)
         front.runtime.server("a").token_seconds = 0.01
@@ -75,14 +75,14 @@ async def test_a_stream_is_never_cut_by_a_request_for_another_model(
             )
         )
         await next_of(events, "drain", model="a")  # b's request waits for a's stream
-        assert state_of(front.supervisor, "a") is State.RUNNING
+        assert state_of(front.engine, "a") is State.RUNNING
         rest = [chunk async for chunk in chunks]
         assert rest[-1].choices[0].finish_reason == "stop"
         text = "".join(c.choices[0].delta.content or "" for c in rest)
         assert text == "a" + " ok" * 49
         answer = await asyncio.wait_for(other, 30)
     assert answer.model == "b"
-    assert state_of(front.supervisor, "a") is State.STOPPED
+    assert state_of(front.engine, "a") is State.STOPPED
 
 
 async def test_errors_come_in_openais_shape(fronted: GatewayFactory) -> None:
@@ -110,7 +110,7 @@ async def test_models_lists_every_configured_model_with_its_state(
     """`models.list()` has every configured model, loaded or not, with modeld's state;
     `models.retrieve()` one of them."""
     front = await fronted(make_config(TWO, [80]))
-    await front.supervisor.models.switch("a")
+    await front.engine.models.switch("a")
     async with client(front.url, key="unused") as api:
         listed = {model.id: model.model_extra or {} for model in (await api.models.list()).data}
     assert set(listed) == {"a", "b"}

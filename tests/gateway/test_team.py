@@ -77,7 +77,7 @@ async def test_inference_keys_infer_and_read_but_never_start_stop_switch_or_forc
         assert answer["error"] == "permission_denied" and "alice" in answer["message"]
     async with http.get(front.url + "/metrics", headers=bearer(ALICE)) as metrics:
         assert metrics.status == 403
-    assert state_of(front.supervisor, "a") is State.RUNNING
+    assert state_of(front.engine, "a") is State.RUNNING
     assert front.runtime.starts("b") == 0 and front.runtime.starts("a") == 1
     status, _, _ = await post(http, front.url + "/v1/models/a/stop", key=KEY)
     assert status == 200  # the admin key may
@@ -103,7 +103,7 @@ async def test_a_key_past_its_load_budget_gets_429_and_running_models_are_still_
     assert status == 429 and answer["error"]["code"] == "load_rate_limited"
     assert 1 <= int(headers["Retry-After"]) <= 60
     assert answer["error"]["limit"] == 2
-    assert front.runtime.starts("a") == 1 and state_of(front.supervisor, "b") is State.RUNNING
+    assert front.runtime.starts("a") == 1 and state_of(front.engine, "b") is State.RUNNING
     for _ in range(3):  # b runs: always served
         assert (await post(http, url, chat("b"), ALICE))[0] == 200
     assert (await post(http, url, chat("a"), BOB))[0] == 200  # bob's own budget
@@ -125,7 +125,7 @@ async def test_a_huge_model_name_leaves_another_callers_stream_whole_through_a_s
     daemon; the lease of another caller's stream survives it, so a plain switch that
     needs that model's memory waits for the stream (drains) instead of cutting it."""
     front = await fronted(make_config(TWO, [80]), api_keys=[KEY])
-    events = front.supervisor.events.subscribe()
+    events = front.engine.events.subscribe()
     url = f"{front.url}/v1/chat/completions"
     assert (await post(http, url, chat("a")))[0] == 200
     front.runtime.server("a").token_seconds = 0.01
@@ -135,13 +135,13 @@ async def test_a_huge_model_name_leaves_another_callers_stream_whole_through_a_s
         status, _, answer = await post(http, url, chat("x" * 1_100_000))
         assert status == 400 and answer["error"]["code"] == "bad_request"
         assert front.leases("a") == 1
-        switch = asyncio.create_task(front.supervisor.models.switch("b"))
+        switch = asyncio.create_task(front.engine.models.switch("b"))
         await next_of(events, "drain", model="a")  # waits for the stream, cuts nothing
         rest = await s.read()
     assert rest.rstrip().endswith(b"data: [DONE]")
     assert rest.count(b" ok") == 59
     assert (await switch).status == "success"
-    assert state_of(front.supervisor, "a") is State.STOPPED
+    assert state_of(front.engine, "a") is State.STOPPED
 
 
 async def test_invented_names_are_404_without_asking_the_daemon_and_share_one_label(
@@ -379,7 +379,7 @@ async def test_leases_are_taken_again_at_once_when_the_lease_connection_drops(
     once, so a plain switch that needs its model's memory drains it instead of cutting
     the stream."""
     front = await fronted(make_config(TWO, [80]), api_keys=[KEY])
-    events = front.supervisor.events.subscribe()
+    events = front.engine.events.subscribe()
     url = f"{front.url}/v1/chat/completions"
     assert (await post(http, url, chat("a")))[0] == 200
     front.runtime.server("a").token_seconds = 0.01
@@ -394,7 +394,7 @@ async def test_leases_are_taken_again_at_once_when_the_lease_connection_drops(
             return front.leases("a") == 1 and front.server.gateway.link.renewals > 0
 
         await eventually(renewed, timeout=10)
-        switch = asyncio.create_task(front.supervisor.models.switch("b"))
+        switch = asyncio.create_task(front.engine.models.switch("b"))
         await next_of(events, "drain", model="a")
         rest = await stream.read()
     assert rest.rstrip().endswith(b"data: [DONE]") and rest.count(b" ok") == 79

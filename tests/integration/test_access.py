@@ -18,7 +18,7 @@ from modeld.core.config import parse_config
 from modeld.core.errors import ConfigError
 from modeld.daemon.access import AccessPolicy, Caller
 from modeld.daemon.server import RpcServer
-from tests.support import SupervisorFactory, eventually, make_config
+from tests.support import EngineFactory, eventually, make_config
 
 NOBODY, NOGROUP = 65534, 65534
 MODELS = {"alpha": {"gpu_memory_gb": 10}}
@@ -51,14 +51,14 @@ ServerFactory = Callable[..., Any]
 
 
 @pytest.fixture
-async def serve(supervised: SupervisorFactory, shared_dir: Path) -> AsyncIterator[ServerFactory]:
+async def serve(engines: EngineFactory, shared_dir: Path) -> AsyncIterator[ServerFactory]:
     """Start RpcServers on a socket the `nogroup` group may use."""
     servers: list[RpcServer] = []
 
     async def start(policy: AccessPolicy | None = None, max_connections: int = 256) -> Path:
-        supervisor, _, _ = await supervised(make_config(MODELS, [60]))
+        engine, _, _ = await engines(make_config(MODELS, [60]))
         path = shared_dir / f"modeld-{len(servers)}.sock"
-        server = RpcServer(supervisor, path, 0o660, "nogroup", policy, max_connections)
+        server = RpcServer(engine, path, 0o660, "nogroup", policy, max_connections)
         await server.start()
         servers.append(server)
         return path

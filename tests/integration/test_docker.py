@@ -46,23 +46,23 @@ async def daemon(tmp_path: Path) -> AsyncIterator[Any]:
 
     async def start(config: Config, runtime: DockerRuntime | None = None) -> tuple[Engine, Path]:
         gpu = SimulatedGpu(config.gpu)
-        supervisor = await build_engine(
+        engine = await build_engine(
             config,
             gpu=gpu,
             runtimes={"docker": runtime or DockerRuntime()},
             vllm=VllmClient(timeout_s=1),
         )
-        await supervisor.startup()
+        await engine.startup()
         path = tmp_path / f"modeld-{len(running)}.sock"
-        server = RpcServer(supervisor, path)
+        server = RpcServer(engine, path)
         await server.start()
-        running.append((supervisor, server))
-        return supervisor, path
+        running.append((engine, server))
+        return engine, path
 
     yield start
-    for supervisor, server in running:
+    for engine, server in running:
         await server.close()
-        await supervisor.shutdown()
+        await engine.shutdown()
 
 
 def container_state(name: str) -> str:
@@ -126,11 +126,11 @@ async def test_container_exiting_during_load_fails(image: str, prefix: str, daem
 async def test_docker_stop_behind_back_is_noticed(image: str, prefix: str, daemon: Any) -> None:
     """`docker stop` by hand turns a running model `failed`, noticed by the monitor."""
     tables = {"a": docker_model(image, prefix, "a", 10)}
-    supervisor, _ = await daemon(docker_config(tables, [60]))
-    await supervisor.models.switch("a")
+    engine, _ = await daemon(docker_config(tables, [60]))
+    await engine.models.switch("a")
     await asyncio.to_thread(docker_cli, "stop", f"{prefix}-a")
-    assert await wait_for_state(supervisor, "a", {State.FAILED}, 15) is State.FAILED
-    failure = supervisor.view.status()["models"]["a"]["failure"]
+    assert await wait_for_state(engine, "a", {State.FAILED}, 15) is State.FAILED
+    failure = engine.view.status()["models"]["a"]["failure"]
     assert "without modeld asking" in failure["reason"]
     assert failure["exit_code"] == 0
     assert failure["last_lines"][-1] == "fake-vllm: SIGTERM, shutting down"
@@ -154,11 +154,11 @@ async def test_existing_container_is_started_and_stopped(
             "stop_timeout_s": 5,
         }
     }
-    supervisor, _ = await daemon(docker_config(tables, [60]))
-    await supervisor.models.switch("existing")
+    engine, _ = await daemon(docker_config(tables, [60]))
+    await engine.models.switch("existing")
     assert container_state(name) == "running"
     assert docker_cli("inspect", "--format", "{{.Id}}", name).stdout.strip() == created
-    await supervisor.models.stop("existing")
+    await engine.models.stop("existing")
     assert container_state(name) == "exited"
 
 
@@ -207,16 +207,16 @@ async def test_a_strangers_container_with_the_name_is_never_touched(
     name = f"{prefix}-a"
     docker_cli("run", "-d", "--network", "host", "--name", name, image, "/fake-vllm", port, "0")
     started = docker_cli("inspect", "--format", "{{.State.StartedAt}}", name).stdout
-    supervisor, _ = await daemon(docker_config(tables, [60]))
-    assert state_of(supervisor, "a") is State.STOPPED
+    engine, _ = await daemon(docker_config(tables, [60]))
+    assert state_of(engine, "a") is State.STOPPED
     with pytest.raises(NameCollision, match="did not make") as caught:
-        await supervisor.models.switch("a")
+        await engine.models.switch("a")
     assert caught.value.data["container"] == name
     assert container_state(name) == "running"
     assert docker_cli("inspect", "--format", "{{.State.StartedAt}}", name).stdout == started
     docker_cli("stop", "-t", "1", name)
     with pytest.raises(NameCollision):
-        await supervisor.models.switch("a")
+        await engine.models.switch("a")
     assert container_state(name) == "exited"  # a stopped stranger is not force-removed
 
 
@@ -375,8 +375,8 @@ async def test_engine_down_and_back(image: str, prefix: str, daemon: Any, tmp_pa
             "b": docker_model(image, prefix, "b", 10),
             "c": docker_model(image, prefix, "c", 10, load_seconds=2),
         }
-        supervisor, path = await daemon(docker_config(tables, [60]), DockerRuntime(proxy.url))
-        await supervisor.models.switch("a")
+        engine, path = await daemon(docker_config(tables, [60]), DockerRuntime(proxy.url))
+        await engine.models.switch("a")
         async with Client(path) as client:
             switching = asyncio.create_task(client.call("switch", model="c"))
 
@@ -408,8 +408,8 @@ async def test_engine_down_and_back(image: str, prefix: str, daemon: Any, tmp_pa
             # Meanwhile, behind modeld's back, a is stopped.
             await asyncio.to_thread(docker_cli, "stop", f"{prefix}-a")
             proxy.restore()
-            assert await wait_for_state(supervisor, "a", {State.FAILED}, 15) is State.FAILED
-            assert await wait_for_state(supervisor, "c", {State.RUNNING}, 15) is State.RUNNING
+            assert await wait_for_state(engine, "a", {State.FAILED}, 15) is State.FAILED
+            assert await wait_for_state(engine, "c", {State.RUNNING}, 15) is State.RUNNING
             assert (await client.call("status"))["runtimes"]["docker"]["available"] is True
             assert (await client.call("switch", model="b"))["state"] == "running"
     finally:
@@ -504,15 +504,15 @@ async def test_parked_container_outlives_the_daemon_and_wakes_in_place(
 async def test_follow_a_containers_log_until_it_stops(image: str, prefix: str, daemon: Any) -> None:
     """`logs -f` with Docker: the container's last lines, then its end when it stops."""
     tables = {"a": docker_model(image, prefix, "a", 10)}
-    supervisor, _ = await daemon(docker_config(tables, [60]))
-    await supervisor.models.switch("a")
-    lines = supervisor.models.follow_logs("a", 10)
+    engine, _ = await daemon(docker_config(tables, [60]))
+    await engine.models.switch("a")
+    lines = engine.models.follow_logs("a", 10)
     seen = []
     async for line in lines:  # (the test's timeout bounds it, should the line not come)
         seen.append(line)
         if "fake-vllm: serving" in line:
             break
-    await supervisor.models.stop("a")
+    await engine.models.stop("a")
     seen += await asyncio.wait_for(_rest(lines), 30)  # the engine ends the stream
     assert any("fake-vllm: loading" in line for line in seen)
     assert "fake-vllm: SIGTERM, shutting down" in seen

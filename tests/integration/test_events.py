@@ -49,19 +49,19 @@ async def test_two_subscribers_see_the_same_ordered_story(
 ) -> None:
     """Both subscribers receive the switch's steps in order, while a third subscriber that
     never reads holds up neither them nor the switch."""
-    path, supervisor, _ = served
-    await supervisor.models.switch("a")
-    await supervisor.models.switch("b")
+    path, engine, _ = served
+    await engine.models.switch("a")
+    await engine.models.switch("b")
     stalled = await asyncio.open_unix_connection(str(path))
     stalled[1].write(b'{"jsonrpc":"2.0","id":1,"method":"subscribe"}\n')  # and never reads
     async with Client(path) as first, Client(path) as second:
         readers = [asyncio.create_task(collect(c, until=4)) for c in (first, second)]
 
         async def all_subscribed() -> bool:
-            return bool(supervisor.view.status()["subscribers"] == 3)
+            return bool(engine.view.status()["subscribers"] == 3)
 
         await eventually(all_subscribed, timeout=10)
-        await supervisor.models.switch("c")
+        await engine.models.switch("c")
         one, two = await asyncio.wait_for(asyncio.gather(*readers), 10)
     stalled[1].close()
     assert [e["seq"] for e in one] == [e["seq"] for e in two]
@@ -220,9 +220,9 @@ async def test_switch_progress_follows_the_switch_through_events(
         "a": {"gpu_memory_gb": 50, "size_gb": 40, "sleep_mode": True},
         "b": {"gpu_memory_gb": 50, "load_time_seconds": 1},
     }
-    path, supervisor, runtime = await serve(make_config(models, [80], park_ram_gb=100))
+    path, engine, runtime = await serve(make_config(models, [80], park_ram_gb=100))
     runtime.behaviour["b"] = Behaviour(load_seconds=0.5)
-    await supervisor.models.switch("a")
+    await engine.models.switch("a")
     shown: list[str] = []
     console = Console(file=io.StringIO(), force_terminal=True, width=100)
     update = Progress.update
@@ -245,9 +245,9 @@ async def test_logs_follow_over_the_socket(serve: ServeFactory) -> None:
     """`logs` with `follow` pushes the backend's lines until it ends; unknown models are
     refused; one connection follows at most MAX_FOLLOWS_PER_CONNECTION models."""
     names = {f"m{i}": {"gpu_memory_gb": 1} for i in range(MAX_FOLLOWS_PER_CONNECTION + 1)}
-    path, supervisor, _ = await serve(make_config(names, [60]))
+    path, engine, _ = await serve(make_config(names, [60]))
     for name in names:
-        await supervisor.models.start(name)
+        await engine.models.start(name)
     async with Client(path) as client:
         with pytest.raises(RpcError) as caught:
             await anext(client.follow("nope"))
@@ -258,7 +258,7 @@ async def test_logs_follow_over_the_socket(serve: ServeFactory) -> None:
         with pytest.raises(RpcError) as caught:
             await anext(client.follow(list(names)[-1]))
         assert caught.value.data == {"error": "limit_reached", "limit": 8}
-        await supervisor.models.stop("m0")
+        await engine.models.stop("m0")
         assert [line async for line in followed[0]] == []  # ended with its backend
     async with Client(path) as other:  # the limit is per connection
         assert await anext(other.follow(list(names)[-1])) == "m8: CUDA error: out of memory"

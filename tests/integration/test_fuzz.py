@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from modeld.cli.client import Client
 from modeld.daemon.rpc import MAX_MESSAGE_BYTES
 from modeld.daemon.server import RpcServer
-from tests.support import SupervisorFactory, make_config
+from tests.support import EngineFactory, make_config
 
 METHODS = ["ping", "status", "gpu", "models", "switch", "start", "stop", "restart"]
 json_values = st.recursive(
@@ -27,11 +27,11 @@ json_values = st.recursive(
 
 
 @pytest.fixture
-async def socket_path(supervised: SupervisorFactory, tmp_path: Path) -> AsyncIterator[Path]:
+async def socket_path(engines: EngineFactory, tmp_path: Path) -> AsyncIterator[Path]:
     """A daemon over a fake host whose models do not exist under random names."""
-    supervisor, _, _ = await supervised(make_config({"alpha": {"gpu_memory_gb": 10}}, [60]))
+    engine, _, _ = await engines(make_config({"alpha": {"gpu_memory_gb": 10}}, [60]))
     path = tmp_path / "fuzz.sock"
-    server = RpcServer(supervisor, path)
+    server = RpcServer(engine, path)
     await server.start()
     yield path
     await server.close()

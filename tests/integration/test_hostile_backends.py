@@ -25,7 +25,7 @@ from modeld.core.states import State
 from modeld.engine.build import build_engine
 from modeld.testing.ports import free_port
 from tests.support import (
-    SupervisorFactory,
+    EngineFactory,
     eventually,
     has_output,
     make_config,
@@ -84,26 +84,26 @@ async def test_a_70000_character_line_loads_stops_and_keeps_the_daemon_usable() 
         {"talker": {"command": command, "endpoint": f"http://127.0.0.1:{port}"}}, [80]
     )
     runtime = ProcessRuntime()
-    supervisor = await build_engine(
+    engine = await build_engine(
         config,
         gpu=SimulatedGpu(config.gpu),
         runtimes={"process": runtime},
         vllm=VllmClient(),
     )
-    await supervisor.startup()
+    await engine.startup()
     try:
-        result = await supervisor.models.switch("talker", timeout=30)
+        result = await engine.models.switch("talker", timeout=30)
         assert result.state == "running"
-        lines = (await supervisor.models.logs("talker", 2000)).lines
+        lines = (await engine.models.logs("talker", 2000)).lines
         long_lines = [line for line in lines if line.startswith("x")]
         assert long_lines, "the long line was lost"
         assert len(long_lines[0]) < MAX_LINE_CHARS + 100
         assert long_lines[0].endswith(f"[{70000 - MAX_LINE_CHARS} more characters]")
-        assert (await supervisor.models.stop("talker")).status == "stopped"
-        assert state_of(supervisor, "talker") is State.STOPPED
-        assert supervisor.view.status()["models"]["talker"]["status"] == "stopped"
+        assert (await engine.models.stop("talker")).status == "stopped"
+        assert state_of(engine, "talker") is State.STOPPED
+        assert engine.view.status()["models"]["talker"]["status"] == "stopped"
     finally:
-        await supervisor.shutdown()
+        await engine.shutdown()
 
 
 async def test_a_line_without_end_is_bounded(runtime: ProcessRuntime) -> None:
@@ -244,13 +244,13 @@ def test_a_reused_pid_is_never_signalled(tmp_path: Path) -> None:
 
 
 async def test_a_runtime_crash_never_leaves_a_model_loading_or_stopping(
-    supervised: SupervisorFactory,
+    engines: EngineFactory,
 ) -> None:
     """Whatever a runtime raises on start or stop (not only modeld's own errors), the
     model ends `failed` with the reason, the caller gets a clear error, and the daemon
     serves on."""
-    supervisor, runtime, _ = await supervised(make_config({"m": {"gpu_memory_gb": 10}}, [80]))
-    await supervisor.models.switch("m")
+    engine, runtime, _ = await engines(make_config({"m": {"gpu_memory_gb": 10}}, [80]))
+    await engine.models.switch("m")
 
     async def crash(model: ModelConfig) -> None:
         raise ValueError("Separator is found, but chunk is longer than limit")
@@ -258,12 +258,12 @@ async def test_a_runtime_crash_never_leaves_a_model_loading_or_stopping(
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(runtime, "stop", crash)
         with pytest.raises(OperationFailed, match="chunk is longer"):
-            await supervisor.models.stop("m")
-    assert state_of(supervisor, "m") is State.FAILED
-    await supervisor.models.stop("m")
+            await engine.models.stop("m")
+    assert state_of(engine, "m") is State.FAILED
+    await engine.models.stop("m")
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(runtime, "start", crash)
         with pytest.raises(LoadFailed, match="chunk is longer"):
-            await supervisor.models.switch("m")
-    assert state_of(supervisor, "m") is State.FAILED
-    assert (await supervisor.models.switch("m")).state == "running"
+            await engine.models.switch("m")
+    assert state_of(engine, "m") is State.FAILED
+    assert (await engine.models.switch("m")).state == "running"

@@ -25,7 +25,7 @@ from modeld.daemon.server import MAX_BATCH, Limits, RpcServer
 from modeld.engine.engine import Engine
 from modeld.testing.fakes import Behaviour, FakeRuntime
 from modeld.testing.ports import wait_until
-from tests.support import SupervisorFactory, eventually, make_config
+from tests.support import EngineFactory, eventually, make_config
 
 NOBODY = 65534
 MODELS = {"alpha": {"gpu_memory_gb": 10}, "beta": {"gpu_memory_gb": 10}}
@@ -37,18 +37,18 @@ Server = tuple[Path, Engine, FakeRuntime, RpcServer]
 
 
 @pytest.fixture
-async def server(supervised: SupervisorFactory, shared_dir: Path) -> AsyncIterator[Any]:
+async def server(engines: EngineFactory, shared_dir: Path) -> AsyncIterator[Any]:
     """Start an RpcServer with given limits and policy on a socket anyone may open."""
     made: list[RpcServer] = []
 
     async def start(limits: Limits | None = None, policy: AccessPolicy | None = None) -> Server:
-        supervisor, runtime, _ = await supervised(make_config(MODELS, [60]))
+        engine, runtime, _ = await engines(make_config(MODELS, [60]))
         path = shared_dir / f"modeld-{len(made)}.sock"
-        rpc = RpcServer(supervisor, path, 0o660, None, policy, limits=limits)
+        rpc = RpcServer(engine, path, 0o660, None, policy, limits=limits)
         await rpc.start()
         path.chmod(0o666)  # for the other uids in these tests only
         made.append(rpc)
-        return path, supervisor, runtime, rpc
+        return path, engine, runtime, rpc
 
     yield start
     for rpc in made:
@@ -156,7 +156,7 @@ async def test_a_flood_without_reading_stays_small_and_others_are_served(
 async def test_subscribers_that_hang_up_leave_no_subscription(server: Any) -> None:
     """300 clients that subscribe and half-close at once (what socat does) leave zero
     subscriptions behind; a connection holds at most one."""
-    path, supervisor, _, rpc = await server(Limits(max_connections=512))
+    path, engine, _, rpc = await server(Limits(max_connections=512))
     subscribe = b'{"jsonrpc":"2.0","id":1,"method":"subscribe"}\n'
 
     def hang_up() -> None:
@@ -168,14 +168,14 @@ async def test_subscribers_that_hang_up_leave_no_subscription(server: Any) -> No
     await asyncio.gather(*(asyncio.to_thread(hang_up) for _ in range(300)))
 
     async def none_left() -> bool:
-        return bool(supervisor.view.status()["subscribers"] == 0 and rpc.connections == 0)
+        return bool(engine.view.status()["subscribers"] == 0 and rpc.connections == 0)
 
     await eventually(none_left, timeout=20)
     reader, writer = await asyncio.open_unix_connection(str(path))
     writer.write(subscribe * 5)
     answers = [json.loads(await reader.readline()) for _ in range(5)]
     assert [a["result"]["already"] for a in answers] == [False, True, True, True, True]
-    assert supervisor.view.status()["subscribers"] == 1
+    assert engine.view.status()["subscribers"] == 1
     writer.close()
     await eventually(none_left, timeout=20)
 
@@ -334,10 +334,10 @@ async def test_read_only_peers_see_no_backend_output(
     """With access control on, a caller who may not change models gets neither `logs`
     nor failure lines in `status` (vLLM logs its --api-key, and prompts); each refusal
     is logged with the caller."""
-    path, supervisor, runtime, _ = await server(policy=AccessPolicy(allow_uids=[12345]))
+    path, engine, runtime, _ = await server(policy=AccessPolicy(allow_uids=[12345]))
     runtime.behaviour["alpha"] = Behaviour(exit_code=1)
     with pytest.raises(Exception, match="exited"):
-        await supervisor.models.switch("alpha")
+        await engine.models.switch("alpha")
     async with Client(path) as root:
         lines = (await root.call("status"))["models"]["alpha"]["failure"]["last_lines"]
         assert lines
@@ -366,10 +366,10 @@ async def test_shutdown_leaves_another_daemons_socket_alone(server: Any) -> None
 
 
 async def test_the_socket_appears_with_its_mode_already_set(
-    supervised: SupervisorFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    engines: EngineFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The socket is never reachable under its name before its mode is set."""
-    supervisor, _, _ = await supervised(make_config(MODELS, [60]))
+    engine, _, _ = await engines(make_config(MODELS, [60]))
     path = tmp_path / "modeld.sock"
     public_when_chmod: list[bool] = []
     chmod = os.chmod
@@ -379,7 +379,7 @@ async def test_the_socket_appears_with_its_mode_already_set(
         chmod(target, mode, *args, **kwargs)
 
     monkeypatch.setattr("modeld.daemon.server.os.chmod", watching_chmod)
-    rpc = RpcServer(supervisor, path, 0o600)
+    rpc = RpcServer(engine, path, 0o600)
     await rpc.start()
     try:
         assert public_when_chmod == [False]
@@ -389,13 +389,13 @@ async def test_the_socket_appears_with_its_mode_already_set(
     assert not path.exists()
 
 
-async def test_status_shows_backend_text_as_text(supervised: SupervisorFactory) -> None:
+async def test_status_shows_backend_text_as_text(engines: EngineFactory) -> None:
     """A backend line like `ERROR [/opt/vllm] boom` is printed, not parsed as markup."""
-    supervisor, runtime, _ = await supervised(make_config(MODELS, [60]))
+    engine, runtime, _ = await engines(make_config(MODELS, [60]))
     runtime.behaviour["alpha"] = Behaviour(exit_code=1)
     with pytest.raises(Exception, match="exited"):
-        await supervisor.models.switch("alpha")
-    status = json.loads(json.dumps(supervisor.view.status()))
+        await engine.models.switch("alpha")
+    status = json.loads(json.dumps(engine.view.status()))
     status["models"]["alpha"]["failure"].update(
         reason="exited [/bold]", last_lines=["ERROR [/opt/vllm] boom"]
     )

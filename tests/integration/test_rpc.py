@@ -15,7 +15,7 @@ from modeld.daemon.rpc import MAX_MESSAGE_BYTES
 from modeld.daemon.server import RpcServer
 from modeld.engine.engine import Engine
 from modeld.testing.fakes import Behaviour, FakeRuntime
-from tests.support import Served, ServeFactory, SupervisorFactory, make_config, wait_for_state
+from tests.support import EngineFactory, Served, ServeFactory, make_config, wait_for_state
 
 MODELS = {"alpha": {"gpu_memory_gb": 30}, "beta": {"gpu_memory_gb": 40}}
 
@@ -172,24 +172,22 @@ async def test_caller_hanging_up_does_not_abort_switch(
     served: tuple[Path, Engine, FakeRuntime],
 ) -> None:
     """A client that disconnects mid-switch leaves the switch to finish."""
-    path, supervisor, _ = served
+    path, engine, _ = served
     _, writer = await asyncio.open_unix_connection(str(path))
     writer.write(request("switch", {"model": "alpha"}))
     await writer.drain()
     writer.close()
-    await wait_for_state(supervisor, "alpha", {State.LOADING}, 10)
-    assert await wait_for_state(supervisor, "alpha", {State.RUNNING}, 10) is State.RUNNING
+    await wait_for_state(engine, "alpha", {State.LOADING}, 10)
+    assert await wait_for_state(engine, "alpha", {State.RUNNING}, 10) is State.RUNNING
 
 
-async def test_second_daemon_refuses_live_socket(
-    socket_path: Path, supervised: SupervisorFactory
-) -> None:
+async def test_second_daemon_refuses_live_socket(socket_path: Path, engines: EngineFactory) -> None:
     """Starting on a socket another server answers fails, and leaves that socket alone."""
-    supervisor, _, _ = await supervised(make_config(MODELS, [60]))
+    engine, _, _ = await engines(make_config(MODELS, [60]))
     from modeld.core.errors import SocketInUse
 
     with pytest.raises(SocketInUse):
-        await RpcServer(supervisor, socket_path).start()
+        await RpcServer(engine, socket_path).start()
     async with Client(socket_path) as client:
         assert (await client.call("ping"))["pong"] is True
 
@@ -198,11 +196,11 @@ async def test_others_are_served_while_a_switch_loads(
     served: tuple[Path, Engine, FakeRuntime],
 ) -> None:
     """During a long switch, status answers from memory and shows the model loading."""
-    path, supervisor, runtime = served
+    path, engine, runtime = served
     runtime.behaviour["alpha"] = Behaviour(load_seconds=1.0)
     async with Client(path) as switcher, Client(path) as watcher:
         switch = asyncio.create_task(switcher.call("switch", model="alpha"))
-        await wait_for_state(supervisor, "alpha", {State.LOADING}, 10)
+        await wait_for_state(engine, "alpha", {State.LOADING}, 10)
         status = await watcher.call("status")
         assert status["models"]["alpha"]["status"] == "loading"
         assert status["busy"] is True

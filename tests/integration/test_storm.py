@@ -95,24 +95,24 @@ async def test_storm_of_switches(image: str, prefix: str, tmp_path: Path) -> Non
     tables = {name: existing_container(image, prefix, name) for name in MODELS}
     config = docker_config(tables, [CAPACITY_GB], release_delay_s=0.05)
     gpu = RecordingGpu(config.gpu)
-    supervisor = await build_engine(
+    engine = await build_engine(
         config,
         gpu=gpu,
         runtimes={"docker": DockerRuntime()},
         vllm=VllmClient(timeout_s=2),
     )
-    await supervisor.startup()
-    server = RpcServer(supervisor, tmp_path / "storm.sock", max_connections=64)
+    await engine.startup()
+    server = RpcServer(engine, tmp_path / "storm.sock", max_connections=64)
     await server.start()
     try:
         results = await asyncio.gather(
             *(client_storm(tmp_path / "storm.sock", seed) for seed in range(CLIENTS))
         )
-        await supervisor.poll_once()
-        status = supervisor.view.status()
+        await engine.poll_once()
+        status = engine.view.status()
     finally:
         await server.close()
-        await supervisor.shutdown()
+        await engine.shutdown()
     answers = [answer for client in results for answer in client]
     starts = sum(a.get("result", {}).get("status") == "success" for a in answers)
     assert starts > CLIENTS  # the storm really evicted and started, not just answered

@@ -94,7 +94,7 @@ def make_config(
     return parse_config({"daemon": settings, "gpu": gpu, "models": tables})
 
 
-SupervisorFactory = Callable[..., Awaitable[tuple[Engine, FakeRuntime, SimulatedGpu]]]
+EngineFactory = Callable[..., Awaitable[tuple[Engine, FakeRuntime, SimulatedGpu]]]
 
 Served = tuple[Path, Engine, FakeRuntime]
 ServeFactory = Callable[..., Awaitable[Served]]
@@ -145,19 +145,17 @@ def docker_config(
     )
 
 
-def state_of(supervisor: Engine, name: str) -> State:
+def state_of(engine: Engine, name: str) -> State:
     """A model's state, as `status` shows it."""
-    return State(supervisor.view.status()["models"][name]["status"])
+    return State(engine.view.status()["models"][name]["status"])
 
 
-async def wait_for_state(
-    supervisor: Engine, name: str, states: set[State], timeout: float
-) -> State:
+async def wait_for_state(engine: Engine, name: str, states: set[State], timeout: float) -> State:
     """Return once `name` is in one of `states` (woken by each transition); TimeoutError
     after `timeout`."""
     async with asyncio.timeout(timeout):
-        while (current := state_of(supervisor, name)) not in states:
-            await supervisor.events.changed()
+        while (current := state_of(engine, name)) not in states:
+            await engine.events.changed()
     return current
 
 

@@ -25,7 +25,7 @@ from modeld.testing.fakes import Behaviour, FakeRuntime
 from tests.support import (
     SEED_GPU_FIELDS,
     SEED_MODEL_FIELDS,
-    SupervisorFactory,
+    EngineFactory,
     make_config,
     start_over,
     state_of,
@@ -39,24 +39,24 @@ THREE = {
 }
 
 
-async def test_already_loaded(supervised: SupervisorFactory) -> None:
+async def test_already_loaded(engines: EngineFactory) -> None:
     """A second switch to a running, healthy model answers `already_loaded` and starts nothing."""
-    supervisor, runtime, _ = await supervised(make_config(THREE, [60]))
-    first = await supervisor.models.switch("alpha")
+    engine, runtime, _ = await engines(make_config(THREE, [60]))
+    first = await engine.models.switch("alpha")
     assert first.status == "success"
     assert first.state == "running"
-    second = await supervisor.models.switch("alpha")
+    second = await engine.models.switch("alpha")
     assert second.status == "already_loaded"
     assert runtime.starts("alpha") == 1
 
 
-async def test_switch_stops_largest_and_waits_for_memory(supervised: SupervisorFactory) -> None:
+async def test_switch_stops_largest_and_waits_for_memory(engines: EngineFactory) -> None:
     """Only two fit: switching to the third stops the largest, after its memory is free."""
     config = make_config(THREE, [60], gpu={"release_delay_s": 0.3})
-    supervisor, runtime, _ = await supervised(config)
-    await supervisor.models.switch("alpha")
-    await supervisor.models.switch("beta")
-    result = await supervisor.models.switch("gamma")
+    engine, runtime, _ = await engines(config)
+    await engine.models.switch("alpha")
+    await engine.models.switch("beta")
+    result = await engine.models.switch("gamma")
     assert result.status == "success"
     assert result.unloaded_models == ["alpha"]
     assert result.memory_info is not None
@@ -70,18 +70,18 @@ async def test_switch_stops_largest_and_waits_for_memory(supervised: SupervisorF
     }
     # The start came only once the simulated driver had released alpha's memory.
     assert runtime.free_at_start["gamma"] >= 30
-    assert state_of(supervisor, "alpha") is State.STOPPED
-    assert state_of(supervisor, "beta") is State.RUNNING
-    assert state_of(supervisor, "gamma") is State.RUNNING
+    assert state_of(engine, "alpha") is State.STOPPED
+    assert state_of(engine, "beta") is State.RUNNING
+    assert state_of(engine, "gamma") is State.RUNNING
 
 
-async def test_insufficient_memory_changes_nothing(supervised: SupervisorFactory) -> None:
+async def test_insufficient_memory_changes_nothing(engines: EngineFactory) -> None:
     """A target that cannot fit even alone is refused with the seed's numbers; nothing stops."""
     models = {**THREE, "huge": {"gpu_memory_gb": 70, "size_gb": 80}}
-    supervisor, runtime, _ = await supervised(make_config(models, [60]))
-    await supervisor.models.switch("alpha")
+    engine, runtime, _ = await engines(make_config(models, [60]))
+    await engine.models.switch("alpha")
     with pytest.raises(InsufficientMemory) as caught:
-        await supervisor.models.switch("huge")
+        await engine.models.switch("huge")
     assert caught.value.data == {
         "error": "insufficient_memory",
         "model": "huge",
@@ -92,116 +92,114 @@ async def test_insufficient_memory_changes_nothing(supervised: SupervisorFactory
         "total_available_gb": 60.0,
         "pinned_blocking": [],
     }
-    assert state_of(supervisor, "alpha") is State.RUNNING
+    assert state_of(engine, "alpha") is State.RUNNING
     assert runtime.events == [("start", "alpha")]
 
 
-async def test_unmanaged_memory_is_never_promised(supervised: SupervisorFactory) -> None:
+async def test_unmanaged_memory_is_never_promised(engines: EngineFactory) -> None:
     """Memory held by processes modeld does not manage counts as used."""
     config = make_config(THREE, [60], gpu={"external_used_gb": [35]})
-    supervisor, _, _ = await supervised(config)
+    engine, _, _ = await engines(config)
     with pytest.raises(InsufficientMemory) as caught:
-        await supervisor.models.switch("alpha")
+        await engine.models.switch("alpha")
     assert caught.value.data["total_available_gb"] == 25.0
 
 
-async def test_start_refuses_to_evict(supervised: SupervisorFactory) -> None:
+async def test_start_refuses_to_evict(engines: EngineFactory) -> None:
     """`start` never stops another model; it says which ones a switch would stop."""
-    supervisor, _, _ = await supervised(make_config(THREE, [60]))
-    await supervisor.models.switch("alpha")
-    await supervisor.models.switch("beta")
+    engine, _, _ = await engines(make_config(THREE, [60]))
+    await engine.models.switch("alpha")
+    await engine.models.switch("beta")
     with pytest.raises(InsufficientMemory) as caught:
-        await supervisor.models.start("gamma")
+        await engine.models.start("gamma")
     assert caught.value.data["would_stop"] == ["alpha"]
-    assert state_of(supervisor, "alpha") is State.RUNNING
+    assert state_of(engine, "alpha") is State.RUNNING
 
 
 async def test_loading_target_is_waited_for_not_started_twice(
-    supervised: SupervisorFactory,
+    engines: EngineFactory,
 ) -> None:
     """A switch to a model still loading joins that load instead of starting another backend."""
-    supervisor, runtime, _ = await supervised(make_config(THREE, [60]))
+    engine, runtime, _ = await engines(make_config(THREE, [60]))
     runtime.behaviour["alpha"] = Behaviour(load_seconds=0.5)
-    first = await supervisor.models.switch("alpha", wait=False)
+    first = await engine.models.switch("alpha", wait=False)
     assert first.state == "loading"
-    second = await supervisor.models.switch("alpha")
+    second = await engine.models.switch("alpha")
     assert second.status == "success"
     assert second.state == "running"
     assert runtime.starts("alpha") == 1
 
 
 async def test_concurrent_switches_are_served_one_at_a_time(
-    supervised: SupervisorFactory,
+    engines: EngineFactory,
 ) -> None:
     """Three switches at once, each needing the others gone: never overcommitted, no overlap."""
     models = {name: {"gpu_memory_gb": 50} for name in ("a", "b", "c")}
     config = make_config(models, [80], gpu={"release_delay_s": 0.1})
-    supervisor, runtime, _ = await supervised(config)
+    engine, runtime, _ = await engines(config)
     for name in models:
         runtime.behaviour[name] = Behaviour(load_seconds=0.2)
-    results = await asyncio.gather(*(supervisor.models.switch(name) for name in models))
+    results = await asyncio.gather(*(engine.models.switch(name) for name in models))
     assert all(r.status == "success" for r in results)
     # Each start is followed by the previous model's stop only after it was running.
     assert [kind for kind, _ in runtime.events] == ["start", "stop", "start", "stop", "start"]
     assert all(free >= 50 for free in runtime.free_at_start.values())
-    running = [n for n in models if state_of(supervisor, n) is State.RUNNING]
+    running = [n for n in models if state_of(engine, n) is State.RUNNING]
     assert running == [results[-1].model]
 
 
-async def test_exit_during_load_fails_at_once(supervised: SupervisorFactory) -> None:
+async def test_exit_during_load_fails_at_once(engines: EngineFactory) -> None:
     """A backend that exits while loading is `failed` with its exit code and last lines."""
-    supervisor, runtime, _ = await supervised(make_config(THREE, [60]))
+    engine, runtime, _ = await engines(make_config(THREE, [60]))
     runtime.behaviour["alpha"] = Behaviour(load_seconds=0.1, exit_code=3)
     with pytest.raises(LoadFailed) as caught:
-        await supervisor.models.switch("alpha")
+        await engine.models.switch("alpha")
     assert caught.value.data["exit_code"] == 3
     assert caught.value.data["last_lines"] == ["alpha: CUDA error: out of memory"]
-    view = supervisor.view.status()["models"]["alpha"]
+    view = engine.view.status()["models"]["alpha"]
     assert view["status"] == "failed"
     assert view["failure"]["exit_code"] == 3
 
 
-async def test_load_timeout_fails_and_stops_backend(supervised: SupervisorFactory) -> None:
+async def test_load_timeout_fails_and_stops_backend(engines: EngineFactory) -> None:
     """A backend that never answers is `failed` after load_timeout_s and is stopped."""
     config = make_config({"slow": {"gpu_memory_gb": 10, "load_timeout_s": 0.3}}, [60])
-    supervisor, runtime, _ = await supervised(config)
+    engine, runtime, _ = await engines(config)
     runtime.behaviour["slow"] = Behaviour(load_seconds=60)
     with pytest.raises(OperationTimeout):
-        await supervisor.models.switch("slow")
-    assert state_of(supervisor, "slow") is State.FAILED
+        await engine.models.switch("slow")
+    assert state_of(engine, "slow") is State.FAILED
     assert runtime.events[-1] == ("stop", "slow")
 
 
-async def test_caller_timeout_leaves_load_running(supervised: SupervisorFactory) -> None:
+async def test_caller_timeout_leaves_load_running(engines: EngineFactory) -> None:
     """A caller's own timeout answers `timeout`; the model goes on loading and then runs."""
-    supervisor, runtime, _ = await supervised(make_config(THREE, [60]))
+    engine, runtime, _ = await engines(make_config(THREE, [60]))
     runtime.behaviour["alpha"] = Behaviour(load_seconds=0.4)
     with pytest.raises(OperationTimeout) as caught:
-        await supervisor.models.switch("alpha", timeout=0.05)
+        await engine.models.switch("alpha", timeout=0.05)
     assert caught.value.data["state"] == "loading"
-    assert await wait_for_state(supervisor, "alpha", {State.RUNNING}, 5) is State.RUNNING
+    assert await wait_for_state(engine, "alpha", {State.RUNNING}, 5) is State.RUNNING
 
 
-async def test_failed_start_is_reported(supervised: SupervisorFactory) -> None:
+async def test_failed_start_is_reported(engines: EngineFactory) -> None:
     """A backend that cannot be started is `failed` with the runtime's message."""
-    supervisor, runtime, _ = await supervised(make_config(THREE, [60]))
+    engine, runtime, _ = await engines(make_config(THREE, [60]))
     runtime.behaviour["alpha"] = Behaviour(start_error="image not found")
     with pytest.raises(LoadFailed, match="image not found"):
-        await supervisor.models.switch("alpha")
-    assert (
-        supervisor.view.status()["models"]["alpha"]["failure"]["reason"] == "alpha: image not found"
-    )
+        await engine.models.switch("alpha")
+    assert engine.view.status()["models"]["alpha"]["failure"]["reason"] == "alpha: image not found"
 
 
-async def test_exit_behind_back_is_noticed(supervised: SupervisorFactory) -> None:
+async def test_exit_behind_back_is_noticed(engines: EngineFactory) -> None:
     """A running backend stopped outside modeld turns `failed` with its exit code."""
-    supervisor, runtime, _ = await supervised(make_config(THREE, [60]))
-    await supervisor.models.switch("alpha")
+    engine, runtime, _ = await engines(make_config(THREE, [60]))
+    await engine.models.switch("alpha")
     await runtime.kill_behind_back("alpha", exit_code=137)
     with capture_logs() as logs:
-        await supervisor.poll_once()
-    assert state_of(supervisor, "alpha") is State.FAILED
-    failure = supervisor.view.status()["models"]["alpha"]["failure"]
+        await engine.poll_once()
+    assert state_of(engine, "alpha") is State.FAILED
+    failure = engine.view.status()["models"]["alpha"]["failure"]
     assert failure["exit_code"] == 137
     assert {
         "event": "model.transition",
@@ -211,59 +209,59 @@ async def test_exit_behind_back_is_noticed(supervised: SupervisorFactory) -> Non
     }.items() <= logs[0].items()
 
 
-async def test_engine_death_is_noticed(supervised: SupervisorFactory) -> None:
+async def test_engine_death_is_noticed(engines: EngineFactory) -> None:
     """`/health` 503 on a running model (vLLM's engine died) turns it `failed`."""
-    supervisor, runtime, _ = await supervised(make_config(THREE, [60]))
-    await supervisor.models.switch("alpha")
+    engine, runtime, _ = await engines(make_config(THREE, [60]))
+    await engine.models.switch("alpha")
     runtime.engine_dies("alpha")
-    await supervisor.poll_once()
-    assert state_of(supervisor, "alpha") is State.FAILED
+    await engine.poll_once()
+    assert state_of(engine, "alpha") is State.FAILED
 
 
-async def test_failed_model_can_be_switched_to_again(supervised: SupervisorFactory) -> None:
+async def test_failed_model_can_be_switched_to_again(engines: EngineFactory) -> None:
     """After a failed load, a new switch starts the model afresh."""
-    supervisor, runtime, _ = await supervised(make_config(THREE, [60]))
+    engine, runtime, _ = await engines(make_config(THREE, [60]))
     runtime.behaviour["alpha"] = Behaviour(exit_code=1)
     with pytest.raises(LoadFailed):
-        await supervisor.models.switch("alpha")
+        await engine.models.switch("alpha")
     runtime.behaviour["alpha"] = Behaviour()
-    assert (await supervisor.models.switch("alpha")).state == "running"
+    assert (await engine.models.switch("alpha")).state == "running"
 
 
-async def test_stop_is_idempotent_and_restart_reloads(supervised: SupervisorFactory) -> None:
+async def test_stop_is_idempotent_and_restart_reloads(engines: EngineFactory) -> None:
     """stop twice is fine; restart stops then starts the backend again."""
-    supervisor, runtime, _ = await supervised(make_config(THREE, [60]))
-    await supervisor.models.switch("alpha")
-    assert (await supervisor.models.restart("alpha")).status == "restarted"
+    engine, runtime, _ = await engines(make_config(THREE, [60]))
+    await engine.models.switch("alpha")
+    assert (await engine.models.restart("alpha")).status == "restarted"
     assert runtime.starts("alpha") == 2
-    assert (await supervisor.models.stop("alpha")).status == "stopped"
-    assert (await supervisor.models.stop("alpha")).status == "already_stopped"
-    assert state_of(supervisor, "alpha") is State.STOPPED
+    assert (await engine.models.stop("alpha")).status == "stopped"
+    assert (await engine.models.stop("alpha")).status == "already_stopped"
+    assert state_of(engine, "alpha") is State.STOPPED
 
 
-async def test_stop_during_load_aborts_it(supervised: SupervisorFactory) -> None:
+async def test_stop_during_load_aborts_it(engines: EngineFactory) -> None:
     """Stopping a model that is still loading ends the load and stops the backend."""
-    supervisor, runtime, _ = await supervised(make_config(THREE, [60]))
+    engine, runtime, _ = await engines(make_config(THREE, [60]))
     runtime.behaviour["alpha"] = Behaviour(load_seconds=30)
-    await supervisor.models.switch("alpha", wait=False)
-    await supervisor.models.stop("alpha")
-    assert state_of(supervisor, "alpha") is State.STOPPED
+    await engine.models.switch("alpha", wait=False)
+    await engine.models.stop("alpha")
+    assert state_of(engine, "alpha") is State.STOPPED
     assert runtime.events == [("start", "alpha"), ("stop", "alpha")]
 
 
-async def test_unknown_model_lists_available(supervised: SupervisorFactory) -> None:
+async def test_unknown_model_lists_available(engines: EngineFactory) -> None:
     """An unknown name is refused with the available names."""
-    supervisor, _, _ = await supervised(make_config(THREE, [60]))
+    engine, _, _ = await engines(make_config(THREE, [60]))
     with pytest.raises(UnknownModel) as caught:
-        await supervisor.models.switch("nope")
+        await engine.models.switch("nope")
     assert caught.value.data["available"] == ["alpha", "beta", "gamma"]
 
 
-async def test_status_has_seed_fields(supervised: SupervisorFactory) -> None:
+async def test_status_has_seed_fields(engines: EngineFactory) -> None:
     """`status` carries the seed's per-model and GPU fields, with sources."""
-    supervisor, _, _ = await supervised(make_config(THREE, [60]))
-    await supervisor.models.switch("alpha")
-    status = supervisor.view.status()
+    engine, _, _ = await engines(make_config(THREE, [60]))
+    await engine.models.switch("alpha")
+    status = engine.view.status()
     alpha = status["models"]["alpha"]
     assert alpha.keys() >= SEED_MODEL_FIELDS
     assert status["gpu"].keys() >= SEED_GPU_FIELDS
@@ -293,35 +291,35 @@ async def test_gpu_read_errors_use_recent_reading_then_refuse() -> None:
     config = make_config(THREE, [60], gpu={"stale_after_s": 0.2})
     runtime = FakeRuntime()
     gpu = FlakyGpu(config.gpu, alive=runtime.alive)
-    supervisor = await start_over(config, runtime, gpu)
+    engine = await start_over(config, runtime, gpu)
     try:
         gpu.failing = True
-        assert (await supervisor.models.switch("alpha")).state == "running"
-        assert supervisor.view.gpu()["stale"] is True
-        assert supervisor.view.gpu()["error"] == "NVML read failed: GPU is lost"
-        await wait_for_state(supervisor, "alpha", {State.RUNNING}, 1)
+        assert (await engine.models.switch("alpha")).state == "running"
+        assert engine.view.gpu()["stale"] is True
+        assert engine.view.gpu()["error"] == "NVML read failed: GPU is lost"
+        await wait_for_state(engine, "alpha", {State.RUNNING}, 1)
         await asyncio.sleep(0.3)  # let the last good reading age past stale_after_s
         with pytest.raises(GpuUnavailable):
-            await supervisor.models.switch("beta")
-        assert state_of(supervisor, "beta") is State.STOPPED
-        assert supervisor.view.status()["models"]["alpha"]["status"] == "running"
+            await engine.models.switch("beta")
+        assert state_of(engine, "beta") is State.STOPPED
+        assert engine.view.status()["models"]["alpha"]["status"] == "running"
         gpu.failing = False
-        assert (await supervisor.models.switch("beta")).state == "running"
-        assert supervisor.view.gpu()["stale"] is False
+        assert (await engine.models.switch("beta")).state == "running"
+        assert engine.view.gpu()["stale"] is False
     finally:
-        await supervisor.shutdown()
+        await engine.shutdown()
 
 
 async def test_lingering_failed_backend_is_cleared_before_restart(
-    supervised: SupervisorFactory,
+    engines: EngineFactory,
 ) -> None:
     """A failed model whose server still holds memory is stopped, then started afresh."""
-    supervisor, runtime, _ = await supervised(make_config({"alpha": {"gpu_memory_gb": 50}}, [60]))
-    await supervisor.models.switch("alpha")
+    engine, runtime, _ = await engines(make_config({"alpha": {"gpu_memory_gb": 50}}, [60]))
+    await engine.models.switch("alpha")
     runtime.engine_dies("alpha")  # /health 503, but the server process lives on
-    await supervisor.poll_once()
-    assert state_of(supervisor, "alpha") is State.FAILED
-    result = await supervisor.models.switch("alpha")
+    await engine.poll_once()
+    assert state_of(engine, "alpha") is State.FAILED
+    result = await engine.models.switch("alpha")
     assert result.state == "running"
     assert runtime.events == [("start", "alpha"), ("stop", "alpha"), ("start", "alpha")]
     assert runtime.free_at_start["alpha"] >= 50
@@ -329,29 +327,29 @@ async def test_lingering_failed_backend_is_cleared_before_restart(
 
 @pytest.mark.parametrize("rollback", [True, False])
 async def test_failed_switch_restores_what_it_stopped(
-    supervised: SupervisorFactory, rollback: bool
+    engines: EngineFactory, rollback: bool
 ) -> None:
     """The target fails after alpha was stopped for it: alpha comes back (unless disabled)."""
     config = make_config(THREE, [60], rollback_on_failure=rollback)
-    supervisor, runtime, _ = await supervised(config)
-    await supervisor.models.switch("alpha")
-    await supervisor.models.switch("beta")
+    engine, runtime, _ = await engines(config)
+    await engine.models.switch("alpha")
+    await engine.models.switch("beta")
     runtime.behaviour["gamma"] = Behaviour(exit_code=2)
     with pytest.raises(LoadFailed) as caught:
-        await supervisor.models.switch("gamma")
-    assert state_of(supervisor, "gamma") is State.FAILED
-    assert state_of(supervisor, "beta") is State.RUNNING
+        await engine.models.switch("gamma")
+    assert state_of(engine, "gamma") is State.FAILED
+    assert state_of(engine, "beta") is State.RUNNING
     if rollback:
         assert caught.value.data["restored"] == ["alpha"]
         assert caught.value.data["not_restored"] == {}
-        assert state_of(supervisor, "alpha") is State.RUNNING
+        assert state_of(engine, "alpha") is State.RUNNING
         assert runtime.starts("alpha") == 2
     else:
         assert "restored" not in caught.value.data
-        assert state_of(supervisor, "alpha") is State.STOPPED
+        assert state_of(engine, "alpha") is State.STOPPED
 
 
-async def test_restart_on_failure_backs_off_and_gives_up(supervised: SupervisorFactory) -> None:
+async def test_restart_on_failure_backs_off_and_gives_up(engines: EngineFactory) -> None:
     """A model that keeps dying is restarted max_retries times, then left failed."""
     table = {
         "gpu_memory_gb": 10,
@@ -359,18 +357,18 @@ async def test_restart_on_failure_backs_off_and_gives_up(supervised: SupervisorF
         "restart_max_retries": 2,
         "restart_backoff_s": 0.05,
     }
-    supervisor, runtime, _ = await supervised(make_config({"alpha": table}, [60]))
-    await supervisor.models.switch("alpha")
+    engine, runtime, _ = await engines(make_config({"alpha": table}, [60]))
+    await engine.models.switch("alpha")
     for attempt in (1, 2):
         await runtime.kill_behind_back("alpha", exit_code=1)
-        await supervisor.poll_once()
-        restart = supervisor.view.status()["models"]["alpha"]["restart"]
+        await engine.poll_once()
+        restart = engine.view.status()["models"]["alpha"]["restart"]
         assert restart["attempts"] == attempt
         assert restart["next_attempt_at"] is not None
-        await wait_for_state(supervisor, "alpha", {State.RUNNING}, 10)
+        await wait_for_state(engine, "alpha", {State.RUNNING}, 10)
     await runtime.kill_behind_back("alpha", exit_code=1)
-    await supervisor.poll_once()
-    view = supervisor.view.status()["models"]["alpha"]
+    await engine.poll_once()
+    view = engine.view.status()["models"]["alpha"]
     assert view["status"] == "failed"
     assert view["restart"] == {
         "policy": "on-failure",
@@ -382,16 +380,16 @@ async def test_restart_on_failure_backs_off_and_gives_up(supervised: SupervisorF
     assert runtime.starts("alpha") == 3
 
 
-async def test_operator_action_cancels_pending_restart(supervised: SupervisorFactory) -> None:
+async def test_operator_action_cancels_pending_restart(engines: EngineFactory) -> None:
     """Stopping a model while its restart waits cancels the restart."""
     table = {"gpu_memory_gb": 10, "restart": "on-failure", "restart_backoff_s": 30}
-    supervisor, runtime, _ = await supervised(make_config({"alpha": table}, [60]))
-    await supervisor.models.switch("alpha")
+    engine, runtime, _ = await engines(make_config({"alpha": table}, [60]))
+    await engine.models.switch("alpha")
     await runtime.kill_behind_back("alpha")
-    await supervisor.poll_once()
-    assert supervisor.view.status()["models"]["alpha"]["restart"]["attempts"] == 1
-    await supervisor.models.stop("alpha")
-    view = supervisor.view.status()["models"]["alpha"]
+    await engine.poll_once()
+    assert engine.view.status()["models"]["alpha"]["restart"]["attempts"] == 1
+    await engine.models.stop("alpha")
+    view = engine.view.status()["models"]["alpha"]
     assert view["status"] == "stopped"
     assert view["restart"]["attempts"] == 0
     assert view["restart"]["next_attempt_at"] is None
@@ -423,29 +421,29 @@ def test_restart_decision_resets_after_a_stable_run() -> None:
 
 
 async def test_cost_aware_stops_the_model_least_wanted_back(
-    supervised: SupervisorFactory,
+    engines: EngineFactory,
 ) -> None:
     """With cost_aware the daemon feeds demand and learned load times to the planner: the
     popular, slow-to-load model stays although it is the largest."""
     config = make_config(THREE, [60], eviction_policy="cost_aware")
-    supervisor, runtime, _ = await supervised(config)
+    engine, runtime, _ = await engines(config)
     runtime.behaviour["alpha"] = Behaviour(load_seconds=0.3)
-    await supervisor.models.switch("beta")
+    await engine.models.switch("beta")
     for _ in range(5):
-        await supervisor.models.switch("alpha")  # people keep asking for alpha
-    result = await supervisor.models.switch("gamma")
+        await engine.models.switch("alpha")  # people keep asking for alpha
+    result = await engine.models.switch("gamma")
     assert result.unloaded_models == ["beta"]
-    assert state_of(supervisor, "alpha") is State.RUNNING
+    assert state_of(engine, "alpha") is State.RUNNING
 
 
-async def test_preload_starts_in_order_within_memory(supervised: SupervisorFactory) -> None:
+async def test_preload_starts_in_order_within_memory(engines: EngineFactory) -> None:
     """Preloaded models start in order; one that would need an eviction is skipped."""
     config = make_config(THREE, [60], preload=["beta", "alpha", "gamma"])
-    supervisor, runtime, _ = await supervised(config)
-    outcome = await supervisor.models.preload()
+    engine, runtime, _ = await engines(config)
+    outcome = await engine.models.preload()
     assert outcome == {"beta": "running", "alpha": "running", "gamma": "insufficient_memory"}
     assert [model for kind, model in runtime.events if kind == "start"] == ["beta", "alpha"]
-    assert state_of(supervisor, "gamma") is State.STOPPED
+    assert state_of(engine, "gamma") is State.STOPPED
 
 
 def test_preload_names_must_be_models() -> None:
@@ -455,16 +453,16 @@ def test_preload_names_must_be_models() -> None:
 
 
 async def test_switch_right_after_a_stop_counts_memory_being_released(
-    supervised: SupervisorFactory,
+    engines: EngineFactory,
 ) -> None:
     """`stop alpha` then at once `switch gamma`: the memory alpha is still releasing is
     counted as coming back, so beta is not stopped for it; gamma starts once it is free."""
     config = make_config(THREE, [60], gpu={"release_delay_s": 0.5})
-    supervisor, runtime, _ = await supervised(config)
-    await supervisor.models.switch("alpha")
-    await supervisor.models.switch("beta")
-    await supervisor.models.stop("alpha")
-    result = await supervisor.models.switch("gamma")
+    engine, runtime, _ = await engines(config)
+    await engine.models.switch("alpha")
+    await engine.models.switch("beta")
+    await engine.models.stop("alpha")
+    result = await engine.models.switch("gamma")
     assert result.unloaded_models == []
-    assert state_of(supervisor, "beta") is State.RUNNING
+    assert state_of(engine, "beta") is State.RUNNING
     assert runtime.free_at_start["gamma"] >= 30
