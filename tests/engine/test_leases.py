@@ -9,7 +9,7 @@ import asyncio
 import aiohttp
 import pytest
 
-from modeld.adapters.gpu.base import GpuMonitor
+from modeld.adapters.gpu.simulated import SimulatedGpu
 from modeld.cli.client import Client, RpcError
 from modeld.core.config import Config
 from modeld.core.errors import LoadFailed, ModelsBusy
@@ -272,7 +272,7 @@ async def test_restart_waits_for_requests_in_flight(engines: EngineFactory) -> N
 
 
 async def _restarted(
-    config: Config, runtime: FakeRuntime, gpu: GpuMonitor, drain_timeout_s: float
+    config: Config, runtime: FakeRuntime, gpu: SimulatedGpu, drain_timeout_s: float
 ) -> Engine:
     """A new daemon over the same host, once it has adopted `a` (still running): it
     holds a minute at most and reads metrics often."""

@@ -32,7 +32,7 @@ class HungryGpu(SimulatedGpu):
 
 
 async def started(config: Config) -> tuple[Engine, FakeRuntime]:
-    """A engine on the hungry GPU."""
+    """An Engine on the hungry GPU."""
     runtime = FakeRuntime()
     gpu = HungryGpu(config.gpu, alive=runtime.alive)
     engine = await start_over(config, runtime, gpu)

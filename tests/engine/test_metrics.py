@@ -23,7 +23,7 @@ GIB = 1024**3
 
 @pytest.fixture
 async def host() -> AsyncIterator[tuple[Engine, FakeRuntime, str]]:
-    """A engines fake host with metrics served on a free port."""
+    """An Engine over a fake host with metrics served on a free port."""
     config = make_config(
         {
             "alpha": {"gpu_memory_gb": 30},

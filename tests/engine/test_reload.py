@@ -28,7 +28,7 @@ def toml(config_models: dict[str, Any], path: Path, extra: str = "") -> None:
 
 
 async def started(engines: EngineFactory, tmp_path: Path) -> Any:
-    """A engine whose config file the test can rewrite."""
+    """An Engine whose config file the test can rewrite."""
     config = make_config(MODELS, [60])
     path = tmp_path / "modeld.toml"
     engine, runtime, _ = await engines(config, path)

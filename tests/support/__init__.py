@@ -10,16 +10,14 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from modeld.adapters.gpu.base import GpuMonitor
 from modeld.adapters.gpu.simulated import SimulatedGpu
 from modeld.adapters.runtime.process import ProcessRuntime
-from modeld.adapters.vllm import VllmClient
 from modeld.core.config import Config, ModelConfig, parse_config
 from modeld.core.states import State
-from modeld.engine.build import build_engine
 from modeld.engine.engine import Engine
 from modeld.engine.events import Subscription
 from modeld.testing.fakes import FakeRuntime
+from modeld.testing.host import build_fake_host
 from modeld.testing.ports import free_port
 
 # The router seed's field names: clients written for it must keep working.
@@ -160,12 +158,11 @@ async def wait_for_state(engine: Engine, name: str, states: set[State], timeout:
 
 
 async def start_over(
-    config: Config, runtime: FakeRuntime, gpu: GpuMonitor, **options: Any
+    config: Config, runtime: FakeRuntime, gpu: SimulatedGpu, **options: Any
 ) -> Engine:
     """A started Engine over the fake runtime and the given GPU: for tests with their
     own GPU fake, or a second daemon over the same host."""
-    engine = await build_engine(
-        config, gpu=gpu, runtimes={"process": runtime}, vllm=VllmClient(timeout_s=1), **options
-    )
+    host = await build_fake_host(config, runtime=runtime, gpu=gpu, **options)
+    engine = host.engine
     await engine.startup()
     return engine
