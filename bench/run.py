@@ -66,8 +66,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="few samples: proves it runs")
     parser.add_argument("--output", type=Path, default=RESULTS)
+    parser.add_argument(
+        "--only", help="comma-separated benches to run (e.g. rpc,switch_overhead,gateway)"
+    )
     args = parser.parse_args()
-    reports = [bench.run(args.quick) for bench in BENCHES]
+    chosen = set(args.only.split(",")) if args.only else None
+    known = {bench.__name__.removeprefix("bench.") for bench in BENCHES}
+    if chosen is not None and not chosen <= known:
+        parser.error(f"unknown benches: {sorted(chosen - known)}; known: {sorted(known)}")
+    benches = [b for b in BENCHES if chosen is None or b.__name__.removeprefix("bench.") in chosen]
+    reports = [bench.run(args.quick) for bench in benches]
     args.output.write_text(render(reports, args.quick))
     print(f"wrote {args.output}")
 

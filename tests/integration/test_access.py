@@ -7,7 +7,7 @@ import json
 import os
 import socket
 import stat
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +47,7 @@ def test_unknown_group_and_world_writable_socket_are_config_errors() -> None:
         )
 
 
-ServerFactory = Callable[..., Any]
+ServerFactory = Callable[..., Awaitable[Path]]
 
 
 @pytest.fixture

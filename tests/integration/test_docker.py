@@ -7,7 +7,7 @@ import json
 import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +21,7 @@ from modeld.cli.client import Client, DaemonUnreachable, RpcError
 from modeld.core.config import Config
 from modeld.core.errors import NameCollision
 from modeld.core.states import State
-from modeld.daemon.server import RpcServer
+from modeld.daemon.run import Daemon
 from modeld.engine.build import build_engine
 from modeld.engine.engine import Engine
 from modeld.testing.docker import docker_cli, docker_model
@@ -39,30 +39,30 @@ from tests.support.engine_proxy import EngineProxy
 pytestmark = pytest.mark.docker
 
 
+DaemonFactory = Callable[..., Awaitable[tuple[Engine, Path]]]
+
+
 @pytest.fixture
-async def daemon(tmp_path: Path) -> AsyncIterator[Any]:
-    """Start a Engine + RpcServer over the real engine; yield a starter."""
-    running: list[tuple[Engine, RpcServer]] = []
+async def daemon(tmp_path: Path) -> AsyncIterator[DaemonFactory]:
+    """Start Daemons over the real Docker engine (a simulated GPU); yield a starter."""
+    running: list[Daemon] = []
 
     async def start(config: Config, runtime: DockerRuntime | None = None) -> tuple[Engine, Path]:
-        gpu = SimulatedGpu(config.gpu)
         engine = await build_engine(
             config,
-            gpu=gpu,
+            gpu=SimulatedGpu(config.gpu),
             runtimes={"docker": runtime or DockerRuntime()},
             vllm=VllmClient(timeout_s=1),
         )
-        await engine.startup()
         path = tmp_path / f"modeld-{len(running)}.sock"
-        server = RpcServer(engine, path)
-        await server.start()
-        running.append((engine, server))
+        started = Daemon(config, engine=engine, socket_path=path)
+        running.append(started)
+        await started.startup()
         return engine, path
 
     yield start
-    for engine, server in running:
-        await server.close()
-        await engine.shutdown()
+    for started in running:
+        await started.shutdown()
 
 
 def container_state(name: str) -> str:
@@ -76,7 +76,9 @@ async def health(endpoint: str) -> int:
         return r.status
 
 
-async def test_switch_three_models_where_two_fit(image: str, prefix: str, daemon: Any) -> None:
+async def test_switch_three_models_where_two_fit(
+    image: str, prefix: str, daemon: DaemonFactory
+) -> None:
     """Switch A, B, C on a GPU holding two: A's container is stopped, C runs and answers."""
     tables = {
         "a": docker_model(image, prefix, "a", 30),
@@ -108,7 +110,9 @@ async def test_switch_three_models_where_two_fit(image: str, prefix: str, daemon
         assert status["gpu"]["used_gb"] == 55.0
 
 
-async def test_container_exiting_during_load_fails(image: str, prefix: str, daemon: Any) -> None:
+async def test_container_exiting_during_load_fails(
+    image: str, prefix: str, daemon: DaemonFactory
+) -> None:
     """A container that exits while loading is `failed` with its exit code and log lines."""
     tables = {"bad": docker_model(image, prefix, "bad", 10, "3")}
     _, path = await daemon(docker_config(tables, [60]))
@@ -123,7 +127,9 @@ async def test_container_exiting_during_load_fails(image: str, prefix: str, daem
         assert view["failure"]["exit_code"] == 3
 
 
-async def test_docker_stop_behind_back_is_noticed(image: str, prefix: str, daemon: Any) -> None:
+async def test_docker_stop_behind_back_is_noticed(
+    image: str, prefix: str, daemon: DaemonFactory
+) -> None:
     """`docker stop` by hand turns a running model `failed`, noticed by the monitor."""
     tables = {"a": docker_model(image, prefix, "a", 10)}
     engine, _ = await daemon(docker_config(tables, [60]))
@@ -137,7 +143,7 @@ async def test_docker_stop_behind_back_is_noticed(image: str, prefix: str, daemo
 
 
 async def test_existing_container_is_started_and_stopped(
-    image: str, prefix: str, daemon: Any
+    image: str, prefix: str, daemon: DaemonFactory
 ) -> None:
     """A compose-style container that exists by name is started and stopped, not recreated."""
     port = free_port()
@@ -163,7 +169,7 @@ async def test_existing_container_is_started_and_stopped(
 
 
 async def test_missing_container_fails_with_docker_message(
-    image: str, prefix: str, daemon: Any
+    image: str, prefix: str, daemon: DaemonFactory
 ) -> None:
     """A model naming a container that does not exist fails its load with a clear reason."""
     tables = {
@@ -183,13 +189,13 @@ async def test_missing_container_fails_with_docker_message(
 
 
 async def test_running_container_is_adopted_not_restarted(
-    image: str, prefix: str, daemon: Any
+    image: str, prefix: str, daemon: DaemonFactory
 ) -> None:
     """A healthy container found at startup becomes `running` with the same start time."""
     tables = {"a": docker_model(image, prefix, "a", 10)}
     config = docker_config(tables, [60])
     first, _ = await daemon(config)
-    await first.switch("a")
+    await first.models.switch("a")
     started = docker_cli("inspect", "--format", "{{.State.StartedAt}}", f"{prefix}-a").stdout
     second, _ = await daemon(config)
     assert await wait_for_state(second, "a", {State.RUNNING}, 15) is State.RUNNING
@@ -198,7 +204,7 @@ async def test_running_container_is_adopted_not_restarted(
 
 
 async def test_a_strangers_container_with_the_name_is_never_touched(
-    image: str, prefix: str, daemon: Any
+    image: str, prefix: str, daemon: DaemonFactory
 ) -> None:
     """A container with the model's name that modeld did not make (no modeld.model label)
     is not adopted at startup, not removed, not stopped: switch says name_collision."""
@@ -220,7 +226,7 @@ async def test_a_strangers_container_with_the_name_is_never_touched(
     assert container_state(name) == "exited"  # a stopped stranger is not force-removed
 
 
-async def test_engine_unreachable_is_a_clear_error(tmp_path: Path, daemon: Any) -> None:
+async def test_engine_unreachable_is_a_clear_error(tmp_path: Path, daemon: DaemonFactory) -> None:
     """With no engine on the socket, status answers and switch gets runtime_unavailable."""
     tables = {
         "a": {
@@ -242,13 +248,13 @@ async def test_engine_unreachable_is_a_clear_error(tmp_path: Path, daemon: Any) 
 
 
 async def test_loading_container_is_adopted_and_watched(
-    image: str, prefix: str, daemon: Any
+    image: str, prefix: str, daemon: DaemonFactory
 ) -> None:
     """A container still loading when modeld starts is `loading`, then `running`, unrestarted."""
     tables = {"slow": docker_model(image, prefix, "slow", 10, load_seconds=2)}
     config = docker_config(tables, [60])
     first, _ = await daemon(config)
-    await first.switch("slow", wait=False)
+    await first.models.switch("slow", wait=False)
     await first.shutdown()  # the daemon goes away; the container keeps loading
     started = docker_cli("inspect", "--format", "{{.State.StartedAt}}", f"{prefix}-slow").stdout
     second, _ = await daemon(config)
@@ -348,7 +354,7 @@ async def test_kill_9_mid_switch_then_restart(image: str, prefix: str, tmp_path:
 
 
 async def test_missing_image_fails_with_dockers_message(
-    image: str, prefix: str, daemon: Any
+    image: str, prefix: str, daemon: DaemonFactory
 ) -> None:
     """An image that is not there (nothing can be pulled): `failed` with Docker's words."""
     table = docker_model(image, prefix, "ghost", 10)
@@ -364,7 +370,9 @@ async def test_missing_image_fails_with_dockers_message(
         assert "No such image" in view["failure"]["reason"]
 
 
-async def test_engine_down_and_back(image: str, prefix: str, daemon: Any, tmp_path: Path) -> None:
+async def test_engine_down_and_back(
+    image: str, prefix: str, daemon: DaemonFactory, tmp_path: Path
+) -> None:
     """Engine gone mid-switch: status answers, changes are refused without busy-looping;
     back: modeld reconnects and re-reads what happened meanwhile."""
     proxy = EngineProxy(tmp_path / "engine.sock")
@@ -417,7 +425,7 @@ async def test_engine_down_and_back(image: str, prefix: str, daemon: Any, tmp_pa
 
 
 async def test_never_healthy_container_is_stopped_at_timeout(
-    image: str, prefix: str, daemon: Any
+    image: str, prefix: str, daemon: DaemonFactory
 ) -> None:
     """A container that never answers is `failed` after load_timeout_s and stopped."""
     table = docker_model(image, prefix, "stuck", 10, load_seconds=600)
@@ -432,7 +440,7 @@ async def test_never_healthy_container_is_stopped_at_timeout(
 
 
 async def test_failed_switch_restores_stopped_containers(
-    image: str, prefix: str, daemon: Any
+    image: str, prefix: str, daemon: DaemonFactory
 ) -> None:
     """c exits while loading after a was stopped for it: a's container runs again."""
     tables = {
@@ -474,7 +482,7 @@ async def test_sigterm_leaves_containers_running(image: str, prefix: str, tmp_pa
 
 
 async def test_parked_container_outlives_the_daemon_and_wakes_in_place(
-    image: str, prefix: str, daemon: Any
+    image: str, prefix: str, daemon: DaemonFactory
 ) -> None:
     """Sleep mode with real containers: a is parked (its container runs on, asleep), a
     new daemon adopts it as sleeping, and switching back wakes the same container."""
@@ -483,10 +491,10 @@ async def test_parked_container_outlives_the_daemon_and_wakes_in_place(
     }
     config = docker_config(tables, [80], park_ram_gb=100)
     first, _ = await daemon(config)
-    await first.switch("a")
+    await first.models.switch("a")
     started = docker_cli("inspect", "--format", "{{.State.StartedAt}}", f"{prefix}-a").stdout
-    result = await first.switch("b")
-    assert result["parked_models"] == ["a"]
+    result = await first.models.switch("b")
+    assert result.parked_models == ["a"]
     assert state_of(first, "a") is State.SLEEPING
     assert "fake-vllm: asleep" in docker_cli("logs", f"{prefix}-a").stderr
     await first.shutdown()
@@ -494,14 +502,16 @@ async def test_parked_container_outlives_the_daemon_and_wakes_in_place(
     second, _ = await daemon(config)
     assert await wait_for_state(second, "a", {State.SLEEPING}, 15) is State.SLEEPING
     assert await wait_for_state(second, "b", {State.RUNNING}, 15) is State.RUNNING
-    back = await second.switch("a")
-    assert back["woke"] is True
-    assert back["parked_models"] == ["b"]
+    back = await second.models.switch("a")
+    assert back.woke is True
+    assert back.parked_models == ["b"]
     after = docker_cli("inspect", "--format", "{{.State.StartedAt}}", f"{prefix}-a").stdout
     assert after == started  # woken in place, never restarted
 
 
-async def test_follow_a_containers_log_until_it_stops(image: str, prefix: str, daemon: Any) -> None:
+async def test_follow_a_containers_log_until_it_stops(
+    image: str, prefix: str, daemon: DaemonFactory
+) -> None:
     """`logs -f` with Docker: the container's last lines, then its end when it stops."""
     tables = {"a": docker_model(image, prefix, "a", 10)}
     engine, _ = await daemon(docker_config(tables, [60]))

@@ -10,7 +10,7 @@ import os
 import socket
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from io import StringIO
 from pathlib import Path
 from typing import Any
@@ -34,10 +34,11 @@ PING = b'{"jsonrpc":"2.0","id":1,"method":"ping"}\n'
 
 
 Server = tuple[Path, Engine, FakeRuntime, RpcServer]
+ServerFactory = Callable[..., Awaitable[Server]]
 
 
 @pytest.fixture
-async def server(engines: EngineFactory, shared_dir: Path) -> AsyncIterator[Any]:
+async def server(engines: EngineFactory, shared_dir: Path) -> AsyncIterator[ServerFactory]:
     """Start an RpcServer with given limits and policy on a socket anyone may open."""
     made: list[RpcServer] = []
 
@@ -153,7 +154,7 @@ async def test_a_flood_without_reading_stays_small_and_others_are_served(
     assert _pings(path)
 
 
-async def test_subscribers_that_hang_up_leave_no_subscription(server: Any) -> None:
+async def test_subscribers_that_hang_up_leave_no_subscription(server: ServerFactory) -> None:
     """300 clients that subscribe and half-close at once (what socat does) leave zero
     subscriptions behind; a connection holds at most one."""
     path, engine, _, rpc = await server(Limits(max_connections=512))
@@ -255,7 +256,7 @@ class AsUser:
 STATUS_REQUEST = {"jsonrpc": "2.0", "id": 1, "method": "status"}
 
 
-async def test_one_uid_cannot_hoard_the_connections(server: Any) -> None:
+async def test_one_uid_cannot_hoard_the_connections(server: ServerFactory) -> None:
     """500 idle connections from one uid get only its share; another uid and root are
     still served, and root's reserved slots stay free for it."""
     limits = Limits(max_connections=64, per_uid=32, reserved=8)
@@ -276,7 +277,7 @@ async def test_one_uid_cannot_hoard_the_connections(server: Any) -> None:
         hoarder.release()
 
 
-async def test_reserved_slots_stay_for_root(server: Any) -> None:
+async def test_reserved_slots_stay_for_root(server: ServerFactory) -> None:
     """When other uids fill every unreserved slot, root still gets in."""
     limits = Limits(max_connections=20, per_uid=100, reserved=4)
     path, _, _, _ = await server(limits)
@@ -293,7 +294,7 @@ async def test_reserved_slots_stay_for_root(server: Any) -> None:
         hoarder.release()
 
 
-async def test_an_unfinished_line_times_out(server: Any) -> None:
+async def test_an_unfinished_line_times_out(server: ServerFactory) -> None:
     """A client that starts a line and stalls is told so and disconnected; a client that
     idles between whole lines is not."""
     path, _, _, _ = await server(Limits(line_timeout_s=0.2))
@@ -309,7 +310,7 @@ async def test_an_unfinished_line_times_out(server: Any) -> None:
     idle_writer.close()
 
 
-async def test_odd_methods_and_big_batches_get_answers(server: Any) -> None:
+async def test_odd_methods_and_big_batches_get_answers(server: ServerFactory) -> None:
     """A non-string method is an Invalid Request, a batch over the limit is refused, and
     the connection stays usable."""
     path, _, _, _ = await server()
@@ -354,7 +355,7 @@ async def test_read_only_peers_see_no_backend_output(
     assert any("method=logs" in line and f"uid={NOBODY}" in line for line in audit)
 
 
-async def test_shutdown_leaves_another_daemons_socket_alone(server: Any) -> None:
+async def test_shutdown_leaves_another_daemons_socket_alone(server: ServerFactory) -> None:
     """If another daemon bound the path meanwhile, closing does not remove its socket."""
     path, _, _, rpc = await server()
     path.unlink()
