@@ -63,7 +63,8 @@ async def _top(path: Path, console: Console, once: bool) -> int:
             with Live(dashboard(status), console=console, refresh_per_second=4) as live:
                 while not listener.done():
                     try:
-                        event = await asyncio.wait_for(queue.get(), 1.0)
+                        async with asyncio.timeout(1.0):
+                            event = await queue.get()
                         last = f"{event['type']} {event.get('model', '')} " + str(
                             event.get("to_state") or event.get("stopped") or ""
                         )

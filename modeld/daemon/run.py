@@ -123,10 +123,11 @@ class Daemon:
         """Keep `systemctl status` current: on every transition, and as memory moves."""
         while True:
             self.notifier.status(self.engine.view.summary())
+            # asyncio.timeout, not wait_for: Python 3.11's wait_for swallows a
+            # cancellation that arrives as the event does, and this loop would never end.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(
-                    self.engine.events.changed(), self.config.daemon.poll_interval_s
-                )
+                async with asyncio.timeout(self.config.daemon.poll_interval_s):
+                    await self.engine.events.changed()
 
     async def _serve_reloads(self) -> None:
         """SIGHUP: re-read the config; an invalid one is logged and the old one stays."""

@@ -81,11 +81,13 @@ class EventStreams:
                     # One `message` per event (its `type` is in the data), so a browser's
                     # EventSource.onmessage sees them all.
                     line = f"data: {json.dumps(pending.result())}\n\n"
-                    await asyncio.wait_for(response.write(line.encode()), WRITE_TIMEOUT_S)
+                    async with asyncio.timeout(WRITE_TIMEOUT_S):
+                        await response.write(line.encode())
                 else:
                     pending.cancel()
                     if closing not in done:
-                        await asyncio.wait_for(response.write(b": keepalive\n\n"), WRITE_TIMEOUT_S)
+                        async with asyncio.timeout(WRITE_TIMEOUT_S):
+                            await response.write(b": keepalive\n\n")
         except (ConnectionResetError, TimeoutError):
             pass  # the client left, or stopped reading
         finally:
