@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import inspect
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 import structlog
 from jsonrpcserver import Error, Result, Success
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from modeld import __version__
 from modeld.core.errors import ModeldError, PermissionDenied
@@ -28,6 +28,16 @@ from modeld.core.results import (
     SwitchResult,
 )
 from modeld.daemon.access import AccessPolicy, Caller
+from modeld.daemon.params import (
+    AcquireParams,
+    LoadParams,
+    LogsParams,
+    NoParams,
+    Params,
+    ReleaseParams,
+    StopParams,
+    SwitchParams,
+)
 from modeld.daemon.shapes import Following, GpuShape, ModelInfoShape, Pong, StatusShape, Subscribed
 from modeld.engine.engine import Engine
 
@@ -56,63 +66,6 @@ class Context:
         """May see what backends printed (logs, failure lines): with access control on,
         only the callers that may change models (vLLM logs its --api-key, and prompts)."""
         return self.policy.may_mutate(self.caller)
-
-
-class Params(BaseModel):
-    """A method's params: exactly these fields, of exactly these types."""
-
-    model_config = ConfigDict(extra="forbid", strict=True)
-
-
-class NoParams(Params):
-    """Methods that take no parameters."""
-
-
-class ModelParams(Params):
-    """`stop`: a model name."""
-
-    model: str = Field(min_length=1)
-
-
-class LogsParams(ModelParams):
-    """`logs`: a model, how many of its last lines, and whether to follow new ones."""
-
-    lines: int = Field(default=50, ge=1, le=10_000)
-    follow: bool = False
-
-
-class LoadParams(ModelParams):
-    """`switch`, `start`, `restart`: a model, whether to wait for health, and for how long."""
-
-    wait: bool = True
-    timeout: float | None = Field(default=None, gt=0)
-
-
-class SwitchParams(LoadParams):
-    """`switch`: also `force`, to evict models serving requests without draining them."""
-
-    force: bool = False
-
-
-class StopParams(ModelParams):
-    """`stop`: a model, and `force` to stop it under its requests in flight."""
-
-    force: bool = False
-
-
-class AcquireParams(ModelParams):
-    """`acquire`: a model, and how long to wait for it to run (default: no limit)."""
-
-    timeout_s: float | None = Field(default=None, gt=0)
-    # False: lease only a model that runs or is loading; one that would need a load or a
-    # wake is refused at once (`would_load`), so a router can budget the loads it causes.
-    load: bool = True
-
-
-class ReleaseParams(Params):
-    """`release`: a lease this connection holds."""
-
-    lease: str = Field(min_length=1, max_length=100)
 
 
 P = TypeVar("P", bound=Params)
@@ -178,37 +131,56 @@ def _check_access(method: Method[Any], context: Context) -> None:
         )
 
 
-def sync_handler(method: Method[Any], call: Callable[[Context, Any], Any]) -> Callable[..., Result]:
-    """A handler answered synchronously (inline methods, and `now` answers)."""
+class _Handler:
+    """A method of the table as jsonrpcserver calls it: `handler(context, **params)`.
 
-    def handler(context: Context, *args: Any, **kwargs: Any) -> Result:
+    jsonrpcserver binds each call's params against `inspect.signature(handler)` before
+    calling it; the handler declares that signature (PEP 362's `__signature__`), as
+    inspect would otherwise rebuild it on every call, a third of a `status` call's time.
+    The params themselves are checked by the method's pydantic model."""
+
+    __signature__ = inspect.Signature(
+        [
+            inspect.Parameter("context", inspect.Parameter.POSITIONAL_ONLY),
+            inspect.Parameter("args", inspect.Parameter.VAR_POSITIONAL),
+            inspect.Parameter("kwargs", inspect.Parameter.VAR_KEYWORD),
+        ]
+    )
+
+    def __init__(self, method: Method[Any], call: Callable[[Context, Any], Any]) -> None:
+        self.method = method
+        self.call = call
+
+
+class SyncHandler(_Handler):
+    """Answered synchronously, inline (read-only methods, and `now` answers)."""
+
+    def __call__(self, context: Context, *args: Any, **kwargs: Any) -> Result:
+        method = self.method
         params = _validated(method, args, kwargs)
         if not isinstance(params, method.params):
             return params
         try:
             _check_access(method, context)
-            return Success(_json(call(context, params)))
+            return Success(_json(self.call(context, params)))
         except ModeldError as exc:
             return Error(exc.code, exc.message, exc.data)
 
-    return handler
 
+class AsyncHandler(_Handler):
+    """May wait (on the engine), as a task of its connection."""
 
-def async_handler(method: Method[Any]) -> Callable[..., Awaitable[Result]]:
-    """A handler that may wait (on the engine, outside the connection's reading)."""
-
-    async def handler(context: Context, *args: Any, **kwargs: Any) -> Result:
+    async def __call__(self, context: Context, *args: Any, **kwargs: Any) -> Result:
+        method = self.method
         params = _validated(method, args, kwargs)
         if not isinstance(params, method.params):
             return params
         try:
             _check_access(method, context)
-            result = method.call(context, params)
+            result = self.call(context, params)
             return Success(_json(await result if inspect.isawaitable(result) else result))
         except ModeldError as exc:
             return Error(exc.code, exc.message, exc.data)
-
-    return handler
 
 
 def _ping(ctx: Context, _: NoParams) -> Pong:

@@ -28,7 +28,7 @@ from pydantic import (
 )
 
 from modeld.core.jsonraw import response_line
-from modeld.daemon.methods import API, Context, async_handler, sync_handler
+from modeld.daemon.methods import API, AsyncHandler, Context, SyncHandler
 
 log = structlog.get_logger("modeld.daemon.rpc")
 
@@ -64,10 +64,10 @@ def validate_envelope(request: Any) -> Any:
 # a lease always ends promptly however busy its connection is), and the answers tried
 # first, inline (`acquire` on a model that runs and is not draining; a null result
 # means it must wait, and the call goes on as a task).
-METHODS: dict[str, Callable[..., Any]] = {m.name: async_handler(m) for m in API}
-INLINE: dict[str, Callable[..., Any]] = {m.name: sync_handler(m, m.call) for m in API if m.inline}
+METHODS: dict[str, Callable[..., Any]] = {m.name: AsyncHandler(m, m.call) for m in API}
+INLINE: dict[str, Callable[..., Any]] = {m.name: SyncHandler(m, m.call) for m in API if m.inline}
 NOW: dict[str, Callable[..., Any]] = {
-    m.name: sync_handler(m, m.now) for m in API if m.now is not None
+    m.name: SyncHandler(m, m.now) for m in API if m.now is not None
 }
 
 

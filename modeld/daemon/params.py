@@ -1,0 +1,63 @@
+"""The params of each API method (methods.py's table): exactly these fields, of exactly
+these types; anything else is `invalid_params`, naming the field."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class Params(BaseModel):
+    """A method's params: exactly these fields, of exactly these types."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class NoParams(Params):
+    """Methods that take no parameters."""
+
+
+class ModelParams(Params):
+    """`stop`: a model name."""
+
+    model: str = Field(min_length=1)
+
+
+class LogsParams(ModelParams):
+    """`logs`: a model, how many of its last lines, and whether to follow new ones."""
+
+    lines: int = Field(default=50, ge=1, le=10_000)
+    follow: bool = False
+
+
+class LoadParams(ModelParams):
+    """`switch`, `start`, `restart`: a model, whether to wait for health, and for how long."""
+
+    wait: bool = True
+    timeout: float | None = Field(default=None, gt=0)
+
+
+class SwitchParams(LoadParams):
+    """`switch`: also `force`, to evict models serving requests without draining them."""
+
+    force: bool = False
+
+
+class StopParams(ModelParams):
+    """`stop`: a model, and `force` to stop it under its requests in flight."""
+
+    force: bool = False
+
+
+class AcquireParams(ModelParams):
+    """`acquire`: a model, and how long to wait for it to run (default: no limit)."""
+
+    timeout_s: float | None = Field(default=None, gt=0)
+    # False: lease only a model that runs or is loading; one that would need a load or a
+    # wake is refused at once (`would_load`), so a router can budget the loads it causes.
+    load: bool = True
+
+
+class ReleaseParams(Params):
+    """`release`: a lease this connection holds."""
+
+    lease: str = Field(min_length=1, max_length=100)
