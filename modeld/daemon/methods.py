@@ -103,8 +103,6 @@ def _validated(method: Method[P], args: tuple[Any, ...], kwargs: dict[str, Any])
             "Invalid params",
             {"error": "invalid_params", "reason": "params must be an object"},
         )
-    if not kwargs and not method.params.model_fields:
-        return method.params.model_construct()  # nothing to check (status, ping)
     try:
         return method.params.model_validate(kwargs)
     except ValidationError as exc:
@@ -150,6 +148,14 @@ class _Handler:
     def __init__(self, method: Method[Any], call: Callable[[Context, Any], Any]) -> None:
         self.method = method
         self.call = call
+        # Methods without params (status, ping): nothing to check on each call.
+        self.no_params = None if method.params.model_fields else method.params.model_construct()
+
+    def params(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        """The call's params as the method's model, or the error to answer with."""
+        if self.no_params is not None and not args and not kwargs:
+            return self.no_params
+        return _validated(self.method, args, kwargs)
 
 
 class SyncHandler(_Handler):
@@ -157,7 +163,7 @@ class SyncHandler(_Handler):
 
     def __call__(self, context: Context, *args: Any, **kwargs: Any) -> Result:
         method = self.method
-        params = _validated(method, args, kwargs)
+        params = self.params(args, kwargs)
         if not isinstance(params, method.params):
             return params
         try:
@@ -172,7 +178,7 @@ class AsyncHandler(_Handler):
 
     async def __call__(self, context: Context, *args: Any, **kwargs: Any) -> Result:
         method = self.method
-        params = _validated(method, args, kwargs)
+        params = self.params(args, kwargs)
         if not isinstance(params, method.params):
             return params
         try:
