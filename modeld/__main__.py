@@ -13,6 +13,7 @@ from modeld import __version__
 from modeld.adapters.gpu import open_gpu_monitor
 from modeld.adapters.store import Learned, Store
 from modeld.core.config import Config, load_config
+from modeld.core.config_checks import never_fits
 from modeld.core.errors import ConfigError, ModeldError
 from modeld.daemon.checkconfig import explain, schema
 from modeld.daemon.logs import configure_logging
@@ -60,9 +61,15 @@ def run(argv: list[str] | None = None) -> int:
         print(f"modeld: {exc.message}", file=sys.stderr)
         return EXIT_CONFIG
     if args.command == "check-config":
+        totals = asyncio.run(_device_totals(config))
         print(f"{args.config}: valid")
-        for line in explain(config, asyncio.run(_device_totals(config)), _learned(config)):
+        for line in explain(config, totals, _learned(config)):
             print(line)
+        if problems := never_fits(config.models, totals or {}):
+            # Valid TOML, but the daemon would refuse it at start: say so, and fail.
+            for problem in problems:
+                print(f"modeld: {args.config}: {problem}", file=sys.stderr)
+            return EXIT_CONFIG
         return 0
     configure_logging(args.log_level or config.daemon.log_level)
     from modeld.daemon.run import run_daemon

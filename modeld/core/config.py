@@ -134,6 +134,11 @@ class ModelConfig(Strict):
     # The name vLLM serves it under (its --served-model-name), when not the table's key:
     # the gateway sends requests for this model with that name.
     served_model_name: str | None = None
+    # Other names clients may ask for it by (`gpt-4o`, `chat:latest`): the gateway and the
+    # daemon's methods accept them; no two models may share a name or an alias.
+    aliases: list[Annotated[str, Field(pattern=MODEL_NAME.pattern)]] = Field(
+        default_factory=list, max_length=32
+    )
     # A file whose first line is the key the backend demands on /v1 (vLLM's --api-key):
     # modeld starts the backend with VLLM_API_KEY set to it; the gateway sends it upstream.
     api_key_file: Path | None = None
@@ -249,6 +254,19 @@ class Config(Strict):
     gateway: GatewayConfig = Field(default_factory=GatewayConfig)
     models: dict[str, ModelConfig]
 
+    def aliases(self) -> dict[str, str]:
+        """Each alias, and the model it names."""
+        return {alias: model.name for model in self.models.values() for alias in model.aliases}
+
+    def canonical(self, name: str) -> str:
+        """The model a name or an alias names (a name it does not know, unchanged)."""
+        if name in self.models:
+            return name
+        for model in self.models.values():
+            if name in model.aliases:
+                return model.name
+        return name
+
     @model_validator(mode="before")
     @classmethod
     def _name_models(cls, data: object) -> object:
@@ -272,6 +290,16 @@ class Config(Strict):
                     f"models.{name[:64]!r}: a model's name is 1 to 128 letters, digits and "
                     "._:/@+- (starting with a letter or digit)"
                 )
+        taken: dict[str, str] = {name: name for name in self.models}
+        for name, model in self.models.items():
+            for alias in model.aliases:
+                if alias in taken:
+                    other = taken[alias]
+                    raise ValueError(
+                        f"models.{name}.aliases: {alias!r} is already "
+                        + ("a model's name" if other == alias else f"an alias of {other}")
+                    )
+                taken[alias] = name
         unknown = [name for name in self.daemon.preload if name not in self.models]
         if unknown:
             raise ValueError(f"daemon.preload: {unknown[0]!r} is not a configured model")

@@ -9,6 +9,8 @@ from urllib.parse import urlsplit
 from modeld.core.addresses import is_loopback, split_host_port
 from modeld.core.config import Config, ModelConfig, missing_device
 from modeld.core.errors import ConfigError
+from modeld.core.memory import model_need
+from modeld.core.planner import EPSILON_GB
 
 
 def config_warnings(config: Config) -> list[str]:
@@ -56,4 +58,29 @@ def check_devices(models: Mapping[str, ModelConfig], present: set[int]) -> None:
     if missing := missing_device(models, present):
         raise ConfigError(
             f"{missing} (this host has {len(present)})", fields=[missing.split(":")[0]]
+        )
+
+
+def never_fits(models: Mapping[str, ModelConfig], totals: Mapping[int, float]) -> list[str]:
+    """Each model whose configured need exceeds one of its GPUs' whole memory: it could
+    never run here, even alone. One line per model, naming the numbers."""
+    problems = []
+    for name, model in models.items():
+        need = model_need(model, totals)
+        for device, gb in need.per_device.items():
+            total = totals.get(device)
+            if total is not None and gb > total + EPSILON_GB:
+                problems.append(
+                    f"models.{name}: needs {gb:.1f} GB on GPU {device}, which has "
+                    f"{total:.1f} GB: it can never fit, even alone ({need.source.value} need)"
+                )
+                break
+    return problems
+
+
+def check_fits(models: Mapping[str, ModelConfig], totals: Mapping[int, float]) -> None:
+    """ConfigError (naming each model and its numbers) when a model can never fit."""
+    if problems := never_fits(models, totals):
+        raise ConfigError(
+            "; ".join(problems), fields=[problem.split(":")[0] for problem in problems]
         )

@@ -77,6 +77,7 @@ class ModelStatusShape(_Shape):
     since: str
     size_gb: float | None
     description: str
+    aliases: list[str]
     estimated_load_time_seconds: float
     estimated_load_time_source: Literal["learned", "configured"]
     gpu_memory_used_gb: float | None
@@ -190,6 +191,7 @@ class ModelInfoShape(_Shape):
     size_gb: float | None
     hf_path: str | None
     description: str
+    aliases: list[str]
     load_time_seconds: float
     gpus: list[int]
     pinned: bool

@@ -29,7 +29,7 @@ from modeld.adapters.runtime.base import BackendState, Runtime
 from modeld.adapters.store import Store
 from modeld.adapters.vllm import VllmClient
 from modeld.core.config import Config
-from modeld.core.config_checks import check_devices
+from modeld.core.config_checks import check_devices, check_fits
 from modeld.core.errors import ModeldError, RuntimeUnavailable
 from modeld.core.results import ReloadResult
 from modeld.core.states import State
@@ -97,10 +97,12 @@ class Engine:
         self._monitoring: asyncio.Task[None] | None = None
 
     async def startup(self) -> None:
-        """Read the GPU, check every model's devices exist, find what already runs."""
+        """Read the GPU, check every model's devices exist and that each could fit alone
+        (ConfigError naming the model and its numbers), find what already runs."""
         life = self._life
         reading = await life.ledger.read(life.records.values())
         check_devices(life.config.models, {d.index for d in reading.devices})
+        check_fits(life.config.models, {d.index: d.total_gb for d in reading.devices})
         await self._learning.load()
         for record in life.records.values():
             await self._find_running(record)

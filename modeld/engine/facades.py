@@ -54,6 +54,7 @@ class ModelOps:
     ) -> SwitchResult:
         """Make `name` the model that answers: stop what must go (draining models that
         serve requests, unless `force`), start it, wait for health."""
+        name = self._life.canonical(name)  # an alias names its model
         record = self._life.record(name, managed=True)
         started, outcome = time.monotonic(), "error"
         try:
@@ -77,6 +78,7 @@ class ModelOps:
         caller: Asker | None = None,
     ) -> SwitchResult:
         """Start `name` only if it fits without stopping anything."""
+        name = self._life.canonical(name)  # an alias names its model
         record = self._life.record(name, managed=True)
         return await self._switcher.bring_up(
             "start", record, caller, evict=False, wait=wait, timeout=timeout
@@ -87,6 +89,7 @@ class ModelOps:
     ) -> StopResult:
         """Stop `name`'s backend once its requests in flight have ended (ModelsBusy past
         drain_timeout_s), or at once with `force`; stopping a stopped model is fine."""
+        name = self._life.canonical(name)  # an alias names its model
         record = self._life.record(name)
         async with self._no_requests(name, force), self._ops.operation("stop", record, caller):
             if record.state is State.STOPPED:
@@ -117,6 +120,7 @@ class ModelOps:
     ) -> SwitchResult:
         """Stop `name` if it runs (once its requests in flight have ended), wait for its
         memory, and start it again."""
+        name = self._life.canonical(name)  # an alias names its model
         record = self._life.record(name, managed=True)
         async with self._no_requests(name, force=False):
             result = await self._switcher.bring_up(
@@ -141,12 +145,14 @@ class ModelOps:
 
     async def logs(self, name: str, lines: int) -> LogsResult:
         """A model's backend's last output lines (Docker logs or captured output)."""
+        name = self._life.canonical(name)  # an alias names its model
         record = self._life.record(name)
         lines_kept = await self._life.runtime(record).logs(record.config, lines)
         return LogsResult(model=name, lines=lines_kept)
 
     def follow_logs(self, name: str, lines: int) -> AsyncIterator[str]:
         """A model's backend's last lines, then each new one until the backend ends."""
+        name = self._life.canonical(name)  # an alias names its model
         record = self._life.record(name)
         return self._life.runtime(record).follow(record.config, lines)
 
@@ -183,6 +189,7 @@ class LeaseOps:
         as needed (concurrent acquires share one load). While it drains, new acquires
         wait their turn; a waiting acquire protects the model once it runs. With `load`
         false, WouldLoad instead of causing a load or a wake (joining one is fine)."""
+        name = self._life.canonical(name)  # an alias names its model
         with self._leases.queued(self._life.record(name, managed=True)):
             return await self._acquire(name, owner, timeout, caller, load)
 
@@ -226,6 +233,7 @@ class LeaseOps:
     ) -> LeaseResult | None:
         """A lease at once, when `name` runs and is not draining (the common case for a
         router: answered without a task); None when it must wait (then `acquire`)."""
+        name = self._life.canonical(name)  # an alias names its model
         record = self._life.record(name, managed=True)
         if record.state is not State.RUNNING or self._leases.draining(name):
             return None

@@ -79,7 +79,7 @@ class Lifecycle:
     def record(self, name: str, managed: bool = False) -> Model:
         """A model's record; UnknownModel (with the names available) if there is none, or
         (`managed`) if a reload removed it from the config."""
-        record = self.records.get(name)
+        record = self.records.get(self.canonical(name))
         if record is None or (managed and record.unmanaged):
             available = sorted(n for n, r in self.records.items() if not r.unmanaged)
             why = " (removed from the config; it runs unmanaged until stopped)" if record else ""
@@ -89,6 +89,10 @@ class Lifecycle:
                 available=available,
             )
         return record
+
+    def canonical(self, name: str) -> str:
+        """The model a name or one of its aliases names (an unknown name, unchanged)."""
+        return self.config.canonical(name)
 
     async def changed(self) -> None:
         """Return at the next transition."""

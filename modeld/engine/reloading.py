@@ -9,7 +9,7 @@ from pathlib import Path
 import structlog
 
 from modeld.core.config import load_config
-from modeld.core.config_checks import check_devices
+from modeld.core.config_checks import check_devices, check_fits
 from modeld.core.errors import ConfigError
 from modeld.core.reload import ReloadPlan, plan_reload
 from modeld.core.results import ReloadResult
@@ -89,3 +89,4 @@ class Reloader:
                 )
         if reading := self._life.ledger.reading:
             check_devices(plan.config.models, {d.index for d in reading.devices})
+            check_fits(plan.config.models, {d.index: d.total_gb for d in reading.devices})

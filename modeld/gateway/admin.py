@@ -106,13 +106,18 @@ class Admin:
         """`GET /v1/models`: OpenAI's list, of every configured model (not only the
         loaded ones), each with modeld's state and figures."""
         status = await self._link.call("status")
-        data = [_listed(name, view) for name, view in status["models"].items()]
+        data = []
+        for name, view in status["models"].items():
+            data.append(_listed(name, view))
+            # Each alias is listed too, as OpenAI clients look names up in this list.
+            data += [_listed(alias, view, alias_of=name) for alias in view.get("aliases", [])]
         return web.json_response({"object": "list", "data": data})
 
     async def model(self, request: web.Request) -> web.Response:
         """`GET /v1/models/{name}`: OpenAI's retrieve, with modeld's state and figures."""
-        name = request.match_info["name"]
+        asked = request.match_info["name"]
         models = (await self._link.call("status"))["models"]
+        name = next((n for n, v in models.items() if asked in v.get("aliases", [])), asked)
         if name not in models:
             raise GatewayError(
                 "unknown_model",
@@ -120,15 +125,17 @@ class Admin:
                 model=name,
                 available=sorted(models),
             )
-        return web.json_response(_listed(name, models[name]))
+        alias_of = name if asked != name else None
+        return web.json_response(_listed(asked, models[name], alias_of=alias_of))
 
 
-def _listed(name: str, view: dict[str, Any]) -> dict[str, Any]:
-    """One model as OpenAI lists it, with modeld's figures beside."""
+def _listed(name: str, view: dict[str, Any], alias_of: str | None = None) -> dict[str, Any]:
+    """One model as OpenAI lists it, with modeld's figures beside (an alias says whose)."""
     return {
         "id": name,
         "object": "model",
         "created": 0,
         "owned_by": "modeld",
+        **({"alias_of": alias_of} if alias_of else {}),
         **{key: view.get(key) for key in LISTED},
     }

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Awaitable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Coroutine, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -147,7 +147,12 @@ class Lease:
 class DaemonLink:
     """The gateway's side of the socket: calls, leases and events."""
 
-    def __init__(self, socket: Path, models: frozenset[str] | None = None) -> None:
+    def __init__(
+        self,
+        socket: Path,
+        models: frozenset[str] | None = None,
+        aliases: Mapping[str, str] | None = None,
+    ) -> None:
         self.socket = socket
         self._calls = _Connection(socket)
         self._leases = _Connection(socket)
@@ -155,7 +160,9 @@ class DaemonLink:
         self.connected = asyncio.Event()
         # The configured model names, as the daemon last told them (None: not yet known):
         # a request for another name is refused without asking the daemon.
-        self.models = models
+        # Alias -> model, as the daemon last said (the config file's, until it does).
+        self.aliases: dict[str, str] = dict(aliases or {})
+        self.models = None if models is None else models | frozenset(self.aliases)
         # Each model's state as the daemon's events last said (a hint: the daemon decides).
         self.states: dict[str, str] = {}
         # The leases of requests in flight (renewed after a daemon restart).
@@ -206,6 +213,10 @@ class DaemonLink:
         if self._held:
             await self._renew()
 
+    def canonical(self, name: str) -> str:
+        """The model a name or an alias names (as the daemon last said)."""
+        return self.aliases.get(name, name)
+
     def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(work)
         self._background.add(task)
@@ -216,7 +227,10 @@ class DaemonLink:
         reloads its config)."""
         try:
             models = (await self.call("status"))["models"]
-            self.models = frozenset(models)
+            self.aliases = {
+                str(alias): name for name, view in models.items() for alias in view["aliases"]
+            }
+            self.models = frozenset(models) | frozenset(self.aliases)
             self.states = {name: str(view.get("status")) for name, view in models.items()}
         except (GatewayError, KeyError, TypeError, AttributeError) as exc:
             log.warning("gateway.models_unknown", reason=str(exc))

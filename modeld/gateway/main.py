@@ -46,7 +46,7 @@ async def run_gateway(config: Config, config_path: Path, listen: str, socket: Pa
             listen=listen,
             hint="no keys: anyone who reaches this address can load and switch models",
         )
-    link = DaemonLink(socket, frozenset(config.models))
+    link = DaemonLink(socket, frozenset(config.models), config.aliases())
     gateway = Gateway(config.gateway, link, accepted, upstream)
     server = GatewayServer(gateway, SHUTDOWN_TIMEOUT_S)
     reloads = asyncio.create_task(_reload_keys(reload_requested, config_path, gateway, notifier))

@@ -209,18 +209,20 @@ class Proxy:
         status, started = 500, time.monotonic()
         try:
             body = await self._bodies.read(request)
-            model = await self._bodies.model(body)
+            asked = await self._bodies.model(body)
+            model = self._link.canonical(asked)  # an alias names its model
             known = self._link.models
             # Only configured names become labels: invented ones share one.
-            label = model if known is not None and model in known else UNKNOWN
-            if known is not None and model not in known:
+            label = model if known is not None and asked in known else UNKNOWN
+            if known is not None and asked not in known:
                 raise GatewayError(
                     "unknown_model",
-                    f"Model '{model}' not found. Available: {sorted(known)}",
-                    model=model,
+                    f"Model '{asked}' not found. Available: {sorted(known)}",
+                    model=asked,
                     available=sorted(known),
                 )
-            response = await self._cut_after(request, self._leased(request, caller, model, body))
+            leased = self._leased(request, caller, model, body, asked)
+            response = await self._cut_after(request, leased)
             status = response.status
             return response
         except GatewayError as exc:
@@ -244,7 +246,7 @@ class Proxy:
             # The access log (never the body, never the key; a name cut short).
             log.info(
                 "gateway.request",
-                model=cut(model) if label is not None else None,
+                model=cut(asked) if label is not None else None,
                 path=request.path,
                 status=status,
                 seconds=round(time.monotonic() - started, 4),
@@ -280,17 +282,17 @@ class Proxy:
             ) from None
 
     async def _leased(
-        self, request: web.Request, caller: Identity, model: str, body: bytes
+        self, request: web.Request, caller: Identity, model: str, body: bytes, asked: str
     ) -> web.StreamResponse:
         """The answer under a lease; a budgeted key's request that would cause a load or
         a wake is counted against its budget first (429 once it is spent)."""
         if caller.admin or not self._budget.limited:
-            return await self._serve(request, model, body, load=True)
+            return await self._serve(request, model, body, load=True, asked=asked)
         retry = self._budget.spent(caller.name)
         if retry is None or self._link.states.get(model) not in IDLE_STATES:
             # The daemon says whether it would load (the gateway's view is only a hint).
             try:
-                return await self._serve(request, model, body, load=False)
+                return await self._serve(request, model, body, load=False, asked=asked)
             except GatewayError as exc:
                 if exc.kind != "would_load":
                     raise
@@ -313,16 +315,18 @@ class Proxy:
             await asyncio.sleep(min(REFUSAL_DELAY_S, retry))
             raise refusal
         self._metrics.key_loads.labels(caller.name).inc()
-        return await self._serve(request, model, body, load=True)
+        return await self._serve(request, model, body, load=True, asked=asked)
 
     async def _serve(
-        self, request: web.Request, model: str, body: bytes, load: bool
+        self, request: web.Request, model: str, body: bytes, load: bool, asked: str
     ) -> web.StreamResponse:
+        """Lease `model` (asked for as `asked`: its name or an alias) and forward the
+        request, under the name its backend serves it by."""
         started = time.monotonic()
         async with self._link.lease(model, self._config.acquire_timeout_s, load) as lease:
             self._metrics.load_wait.labels(model).observe(time.monotonic() - started)
             served = lease.granted.get("served_model_name", model)
-            if served != model:
+            if served != asked:
                 body = await self._bodies.renamed(body, served)
             return await self._forward(request, lease, model, body)
 

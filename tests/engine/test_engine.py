@@ -76,9 +76,11 @@ async def test_switch_stops_largest_and_waits_for_memory(engines: EngineFactory)
 
 
 async def test_insufficient_memory_changes_nothing(engines: EngineFactory) -> None:
-    """A target that cannot fit even alone is refused with the seed's numbers; nothing stops."""
+    """A target that cannot fit beside the memory others hold, even with every model of
+    modeld's stopped, is refused with the seed's numbers; nothing stops."""
     models = {**THREE, "huge": {"gpu_memory_gb": 70, "size_gb": 80}}
-    engine, runtime, _ = await engines(make_config(models, [60]))
+    # 70 GB fits the 80 GB GPU alone, never beside the 20 GB held outside modeld.
+    engine, runtime, _ = await engines(make_config(models, [80], gpu={"external_used_gb": [20]}))
     await engine.models.switch("alpha")
     with pytest.raises(InsufficientMemory) as caught:
         await engine.models.switch("huge")
@@ -94,6 +96,18 @@ async def test_insufficient_memory_changes_nothing(engines: EngineFactory) -> No
     }
     assert state_of(engine, "alpha") is State.RUNNING
     assert runtime.events == [("start", "alpha")]
+
+
+async def test_a_model_that_can_never_fit_stops_the_daemon_at_start(
+    engines: EngineFactory,
+) -> None:
+    """A model that needs more than its GPU has, even alone, is a config error at start,
+    naming the model and the numbers (the daemon exits 78), not a refusal at each request."""
+    models = {**THREE, "huge": {"gpu_memory_gb": 70}}
+    with pytest.raises(ConfigError) as caught:
+        await engines(make_config(models, [60]))
+    assert "models.huge: needs 70.0 GB on GPU 0, which has 60.0 GB" in caught.value.message
+    assert caught.value.data["fields"] == ["models.huge"]
 
 
 async def test_unmanaged_memory_is_never_promised(engines: EngineFactory) -> None:

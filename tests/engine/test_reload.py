@@ -112,6 +112,20 @@ async def test_new_model_on_missing_device_is_refused(
     assert "far" not in engine.view.status()["models"]
 
 
+async def test_new_model_that_can_never_fit_is_refused(
+    engines: EngineFactory, tmp_path: Path
+) -> None:
+    """A model needing more than its GPU has, even alone, is refused at reload, naming
+    the model and the numbers; nothing changes."""
+    engine, _, path, tables = await started(engines, tmp_path)
+    toml({**tables, "vast": dict(tables["alpha"], gpu_memory_gb=61)}, path)
+    with pytest.raises(
+        ConfigError, match=r"models\.vast: needs 61\.0 GB on GPU 0, which has 60\.0"
+    ):
+        await engine.reload()
+    assert "vast" not in engine.view.status()["models"]
+
+
 async def test_a_switch_queued_behind_a_reload_that_removes_its_model_starts_nothing(
     engines: EngineFactory, tmp_path: Path
 ) -> None:

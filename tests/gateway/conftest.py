@@ -53,7 +53,7 @@ async def fronted(serve: ServeFactory) -> AsyncIterator[GatewayFactory]:
         gateway_config = GatewayConfig(**settings)
         keys = Keys(read_keys(gateway_config))
         upstream = BackendKeys(backend_keys(config))
-        link = DaemonLink(socket, frozenset(config.models))
+        link = DaemonLink(socket, frozenset(config.models), config.aliases())
         server = GatewayServer(Gateway(gateway_config, link, keys, upstream), 5.0)
         port = free_port()
         await server.start("127.0.0.1", port)
@@ -100,7 +100,7 @@ async def restartable(engines: EngineFactory, tmp_path: Path) -> AsyncIterator[R
         socket = tmp_path / f"modeld-{len(made)}.sock"
         daemon = RpcServer(engine, socket, limits=limits_for(config.daemon))
         await daemon.start()
-        link = DaemonLink(socket, frozenset(config.models))
+        link = DaemonLink(socket, frozenset(config.models), config.aliases())
         server = GatewayServer(Gateway(GatewayConfig(), link, Keys([])), 5.0)
         port = free_port()
         await server.start("127.0.0.1", port)

@@ -100,7 +100,10 @@ async def test_the_seeds_endpoints_answer_with_the_seeds_fields(
     """`GET /v1/models/status` and `POST /v1/models/switch?target_model=` as the seed's
     curl lines call them: the seed's fields, `already_loaded`, 404 for an unknown model
     and a non-2xx refusal with the seed's numbers."""
-    config = make_config({**TWO, "huge": {"gpu_memory_gb": 90}}, [80])
+    # 75 GB fits the 80 GB GPU alone, not beside the 10 GB a process outside modeld holds.
+    config = make_config(
+        {**TWO, "huge": {"gpu_memory_gb": 75}}, [80], gpu={"external_used_gb": [10]}
+    )
     front = await fronted(config, api_keys=[KEY])
     async with http.get(front.url + "/v1/models/status", headers=AUTH) as answer:
         status = await answer.json()

@@ -88,7 +88,11 @@ async def test_a_stream_is_never_cut_by_a_request_for_another_model(
 async def test_errors_come_in_openais_shape(fronted: GatewayFactory) -> None:
     """Unknown model: 404 NotFoundError; no key or a wrong one: 401; a model that cannot
     be loaded: 503 with the daemon's reason."""
-    front = await fronted(make_config({**TWO, "huge": {"gpu_memory_gb": 90}}, [80]), api_keys=[KEY])
+    # 75 GB fits the 80 GB GPU alone, not beside the 10 GB a process outside modeld holds.
+    config = make_config(
+        {**TWO, "huge": {"gpu_memory_gb": 75}}, [80], gpu={"external_used_gb": [10]}
+    )
+    front = await fronted(config, api_keys=[KEY])
     messages: list[ChatCompletionMessageParam] = [{"role": "user", "content": "hi"}]
     async with client(front.url) as api:
         with pytest.raises(openai.NotFoundError) as unknown:

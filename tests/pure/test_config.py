@@ -142,6 +142,30 @@ def test_check_config_explains_the_seed_models() -> None:
     assert any("90% of its total [utilization]" in m for m in models)
 
 
+def test_check_config_fails_a_model_that_can_never_fit(tmp_path: Path) -> None:
+    """A valid file whose model needs more than its GPU has, even alone: check-config
+    explains it, names the model and the numbers, and exits 78 (the daemon would refuse
+    it at start)."""
+    path = tmp_path / "big.toml"
+    path.write_text(
+        '[gpu]\nbackend = "simulated"\ndevices_gb = [80]\n'
+        '[models.small]\nruntime = "process"\ncommand = ["x"]\nendpoint = "http://x:1"\n'
+        "gpu_memory_gb = 20\n"
+        '[models.big]\nruntime = "process"\ncommand = ["x"]\nendpoint = "http://x:2"\n'
+        "gpu_memory_gb = 90\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "modeld", "check-config", "--config", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 78
+    assert "model big:" in result.stdout and "does NOT fit even alone" in result.stdout
+    assert "models.big: needs 90.0 GB on GPU 0, which has 80.0 GB" in result.stderr
+    assert "models.small" not in result.stderr
+
+
 def test_check_config_on_a_broken_file_names_file_and_field(tmp_path: Path) -> None:
     """A broken config: exit 78 with the file and the field."""
     path = tmp_path / "bad.toml"
