@@ -147,7 +147,12 @@ class ModelConfig(Strict):
     gpus: list[Annotated[int, Field(ge=0)]] = Field(default_factory=lambda: [0], min_length=1)
     gpu_memory_utilization: Annotated[float, Field(gt=0, le=1)] | None = None
     gpu_memory_gb: PositiveFloat | None = None
-    load_timeout_s: PositiveFloat = 300.0
+    load_timeout_s: PositiveFloat = 900.0
+    # A load that shows no progress (no new output line, no change of /health) for this
+    # long fails `stalled` at once instead of waiting out load_timeout_s (the overall
+    # cap). Generous: torch.compile and CUDA graph capture can be quiet for minutes on a
+    # large model. Unset: no stall deadline.
+    load_stall_timeout_s: PositiveFloat | None = 300.0
     stop_timeout_s: PositiveFloat = 30.0
     pinned: bool = False
     # on-failure: a model that dies after having run is started again, with exponential

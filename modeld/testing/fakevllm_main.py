@@ -53,7 +53,9 @@ async def _serve(args: argparse.Namespace) -> int:
         asyncio.sleep(args.fail_after) if args.fail_after is not None else server.load()
     )
     stopped = asyncio.create_task(stop.wait())
+    reporting = asyncio.create_task(_report_progress(args.progress_seconds, args.load_seconds))
     await asyncio.wait({loading, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    reporting.cancel()
     if stop.is_set():
         loading.cancel()
         await server.close()
@@ -77,6 +79,17 @@ async def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+async def _report_progress(every_s: float | None, load_s: float) -> None:
+    """While loading, a line every `every_s`, as vLLM logs its startup steps."""
+    if not every_s:
+        return
+    started = asyncio.get_running_loop().time()
+    while True:
+        await asyncio.sleep(every_s)
+        done = (asyncio.get_running_loop().time() - started) / load_s if load_s else 1.0
+        print(f"fake-vllm: loading weights {min(done, 1.0):.0%}", flush=True)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Run a fake vLLM server until SIGTERM."""
     parser = argparse.ArgumentParser(
@@ -88,6 +101,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--load-seconds", type=float, default=2.0)
     parser.add_argument("--fail-after", type=float, help="exit during load after this long")
+    parser.add_argument(
+        "--progress-seconds", type=float, help="while loading, print a line this often"
+    )
     parser.add_argument("--exit-code", type=int, default=1, help="exit code for --fail-after")
     parser.add_argument("--die-after", type=float, help="engine dies this long after ready")
     parser.add_argument(

@@ -17,6 +17,7 @@ from modeld.adapters.runtime.process import Follower, ProcessRuntime
 from modeld.adapters.vllm import Health, VllmClient
 from modeld.core.config import ModelConfig
 from modeld.core.errors import LoadFailed
+from modeld.engine.readiness import await_ready
 from modeld.testing.ports import free_port
 from tests.support import eventually, has_output, process_model
 
@@ -201,3 +202,42 @@ async def test_follow_of_a_model_never_started_ends_at_once() -> None:
     """Following a model without a backend gives nothing and ends (no hang)."""
     runtime = ProcessRuntime()
     assert [line async for line in runtime.follow(process_model(["true"]))] == []
+
+
+async def test_a_load_that_stops_moving_fails_stalled_long_before_its_cap() -> None:
+    """A backend that prints nothing more and never answers fails `stalled` once
+    load_stall_timeout_s passes (its last lines attached), not at load_timeout_s; one
+    that keeps printing progress loads, however long past the stall deadline it takes."""
+    runtime, probe = ProcessRuntime(), VllmClient(timeout_s=1)
+    try:
+        port = free_port()
+        stuck = process_model(
+            ["modeld-fake-vllm", "--model", "m", "--port", str(port), "--load-seconds", "60"],
+            port,
+            load_stall_timeout_s=1.0,
+            load_timeout_s=60,
+        )
+        await runtime.start(stuck)
+        started = asyncio.get_running_loop().time()
+        with pytest.raises(LoadFailed) as caught:
+            await await_ready(stuck, runtime, probe, 0.05, lambda _: None)
+        assert asyncio.get_running_loop().time() - started < 10
+        assert caught.value.data["reason"] == "stalled"
+        assert any("loading m" in line for line in caught.value.data["last_lines"])
+        await runtime.stop(stuck)
+
+        port = free_port()
+        progressing = ["--load-seconds", "2.5", "--progress-seconds", "0.3"]
+        moving = process_model(
+            ["modeld-fake-vllm", "--model", "m", "--port", str(port), *progressing],
+            port,
+            load_stall_timeout_s=1.0,
+            load_timeout_s=60,
+        )
+        await runtime.start(moving)
+        await await_ready(moving, runtime, probe, 0.05, lambda _: None)
+        assert await probe.health(moving.endpoint) is Health.HEALTHY
+        await runtime.stop(moving)
+    finally:
+        await runtime.close()
+        await probe.close()
