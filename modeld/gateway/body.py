@@ -131,8 +131,9 @@ def _payload(body: bytes) -> dict[str, Any]:
     return payload
 
 
-def _model_of(body: bytes) -> str:
-    return check_model_name(_payload(body).get("model"))
+def _model_of(body: bytes) -> tuple[str, bool]:
+    payload = _payload(body)
+    return check_model_name(payload.get("model")), payload.get("stream") is True
 
 
 def _renamed(body: bytes, served: str) -> bytes:
@@ -177,10 +178,11 @@ class Bodies:
         async with self._parsing:
             return await asyncio.to_thread(function, body, *args)
 
-    async def model(self, body: bytes) -> str:
-        """The model a request body names (checked as a name); the parse is dropped."""
-        model: str = await self._bounded(_model_of, body)
-        return model
+    async def model(self, body: bytes) -> tuple[str, bool]:
+        """The model a request body names (checked as a name), and whether it asks for a
+        streamed answer; the parse is dropped."""
+        named: tuple[str, bool] = await self._bounded(_model_of, body)
+        return named
 
     async def renamed(self, body: bytes, served: str) -> bytes:
         """`body` with its `model` replaced by the name the backend serves it under."""

@@ -47,6 +47,7 @@ STATUS: dict[str, int] = {
     "too_many_requests": 429,
     "upstream_unreachable": 502,
     "upstream_unauthorized": 502,
+    "upstream_error": 502,
     "daemon_unreachable": 503,
     "upstream_timeout": 504,
 }
@@ -119,19 +120,22 @@ def _headers(error: GatewayError) -> dict[str, str]:
     return {"Retry-After": str(retry)} if retry is not None else {}
 
 
-def openai_response(error: GatewayError) -> web.Response:
+def openai_body(error: GatewayError) -> dict[str, Any]:
     """OpenAI's error shape; the daemon's details ride along in the error object."""
-    kind = TYPES.get(error.status, "server_error")
-    body = {
+    return {
         "error": {
             **error.data,
             "message": error.message,
-            "type": kind,
+            "type": TYPES.get(error.status, "server_error"),
             "code": error.kind,
             "param": None,
         }
     }
-    return web.json_response(body, status=error.status, headers=_headers(error))
+
+
+def openai_response(error: GatewayError) -> web.Response:
+    """The error as OpenAI answers one."""
+    return web.json_response(openai_body(error), status=error.status, headers=_headers(error))
 
 
 def seed_response(error: GatewayError) -> web.Response:

@@ -25,7 +25,9 @@ from modeld.gateway.body import Bodies
 from modeld.gateway.budget import LoadBudget
 from modeld.gateway.errors import GatewayError, cut
 from modeld.gateway.link import DaemonLink, Lease
+from modeld.gateway.loading import Feedback
 from modeld.gateway.metrics import GatewayMetrics
+from modeld.gateway.streaming import ClientGone, SlowReader
 
 log = structlog.get_logger("modeld.gateway.proxy")
 
@@ -55,6 +57,8 @@ RETURNED = ("Content-Type", "Content-Encoding", "X-Request-Id")
 # Set on a request once its answer was written whole: a hang-up after that (a client
 # that sent `Connection: close` and read everything) is not a hang-up.
 ANSWERED: web.RequestKey[int] = web.RequestKey("answered", int)
+# Set on a request that asks for a streamed answer (`"stream": true`).
+STREAMED: web.RequestKey[bool] = web.RequestKey("streamed", bool)
 # The metric label of a request for a name that is not configured.
 UNKNOWN = "unknown"
 # A refusal for a spent load budget is answered after this long (at most its
@@ -63,55 +67,6 @@ UNKNOWN = "unknown"
 REFUSAL_DELAY_S = 1.0
 # States in which a lease would need a load or a wake.
 IDLE_STATES = frozenset({"stopped", "sleeping", "failed"})
-
-
-class SlowReader:
-    """Cuts off a caller that stops taking its answer: the same write still waiting for
-    the client at two checks client_write_timeout_s apart aborts the connection (the
-    write then fails as if the caller had hung up). One timer per answer rather than a
-    deadline per piece, which would cost every streamed token a timer of its own."""
-
-    def __init__(self, request: web.Request, timeout_s: float) -> None:
-        self._writing = 0  # the write in progress (its number), or 0
-        self._writes = 0
-        self._seen = 0
-        self._request = request
-        self._timeout_s = timeout_s
-        self._timer = asyncio.get_running_loop().call_later(timeout_s, self._check)
-
-    @property
-    def writing(self) -> bool:
-        """Whether a write to the caller is in progress."""
-        return bool(self._writing)
-
-    @writing.setter
-    def writing(self, value: bool) -> None:
-        if value:
-            self._writes += 1
-        self._writing = self._writes if value else 0
-
-    def _check(self) -> None:
-        if self._writing and self._writing == self._seen and self._request.transport:
-            log.warning(
-                "gateway.client_too_slow", path=self._request.path, peer=self._request.remote
-            )
-            self._request.transport.abort()
-            return
-        # Stuck if the write in progress now is still in progress at the next check.
-        self._seen = self._writing
-        self._timer = asyncio.get_running_loop().call_later(self._timeout_s, self._check)
-
-    def close(self) -> None:
-        """The answer is over."""
-        self._timer.cancel()
-
-
-class ClientGone(Exception):
-    """The client hung up before its answer ended."""
-
-    def __init__(self, response: web.StreamResponse) -> None:
-        super().__init__("client gone")
-        self.response = response
 
 
 class Proxy:
@@ -209,7 +164,7 @@ class Proxy:
         status, started = 500, time.monotonic()
         try:
             body = await self._bodies.read(request)
-            asked = await self._bodies.model(body)
+            asked, request[STREAMED] = await self._bodies.model(body)
             model = self._link.canonical(asked)  # an alias names its model
             known = self._link.models
             # Only configured names become labels: invented ones share one.
@@ -321,17 +276,40 @@ class Proxy:
         self, request: web.Request, model: str, body: bytes, load: bool, asked: str
     ) -> web.StreamResponse:
         """Lease `model` (asked for as `asked`: its name or an alias) and forward the
-        request, under the name its backend serves it by."""
+        request, under the name its backend serves it by. A streamed request that may
+        wait for a load gets its headers and loading comments meanwhile (loading.py)."""
         started = time.monotonic()
-        async with self._link.lease(model, self._config.acquire_timeout_s, load) as lease:
-            self._metrics.load_wait.labels(model).observe(time.monotonic() - started)
-            served = lease.granted.get("served_model_name", model)
-            if served != asked:
-                body = await self._bodies.renamed(body, served)
-            return await self._forward(request, lease, model, body)
+        feedback = None
+        state = self._link.states.get(model)
+        if request.get(STREAMED) and state != "running" and (load or state == "loading"):
+            feedback = Feedback(request, model, self._link)
+            await feedback.start()
+        try:
+            async with self._link.lease(model, self._config.acquire_timeout_s, load) as lease:
+                self._metrics.load_wait.labels(model).observe(time.monotonic() - started)
+                if feedback is not None:
+                    await feedback.stop()
+                served = lease.granted.get("served_model_name", model)
+                if served != asked:
+                    body = await self._bodies.renamed(body, served)
+                early = feedback.response if feedback is not None else None
+                return await self._forward(request, lease, model, body, early)
+        except GatewayError as exc:
+            if feedback is None or feedback.response is None:
+                raise
+            await feedback.stop()
+            return await feedback.fail(exc)
+        finally:
+            if feedback is not None:
+                await feedback.stop()
 
     async def _forward(
-        self, request: web.Request, lease: Lease, model: str, body: bytes
+        self,
+        request: web.Request,
+        lease: Lease,
+        model: str,
+        body: bytes,
+        early: web.StreamResponse | None = None,
     ) -> web.StreamResponse:
         """Send the request to the backend; stream its answer back as it comes (the
         lease ends right after, with the block that holds it: a release before the last
@@ -355,16 +333,29 @@ class Proxy:
                         f"its api_key_file must hold the key the backend was started with",
                         model=model,
                     )
-                response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
-                for name in RETURNED:
-                    if name in upstream.headers:
-                        response.headers[name] = upstream.headers[name]
-                streamed = upstream.content_type == "text/event-stream"
-                if upstream.content_length is not None and not streamed:
-                    response.content_length = upstream.content_length
+                if early is not None and upstream.status != 200:
+                    # The headers went out already: the backend's refusal as an event.
+                    raise GatewayError(
+                        "upstream_error",
+                        f"{model}: its backend answered {upstream.status}: "
+                        + cut((await upstream.content.read(64 * 1024)).decode(errors="replace")),
+                        model=model,
+                        upstream_status=upstream.status,
+                    )
+                response = early or web.StreamResponse(
+                    status=upstream.status, reason=upstream.reason
+                )
+                if early is None:
+                    for name in RETURNED:
+                        if name in upstream.headers:
+                            response.headers[name] = upstream.headers[name]
+                    streamed = upstream.content_type == "text/event-stream"
+                    if upstream.content_length is not None and not streamed:
+                        response.content_length = upstream.content_length
                 watch = SlowReader(request, self._config.client_write_timeout_s)
                 try:
-                    await response.prepare(request)
+                    if not response.prepared:
+                        await response.prepare(request)
                     # Each piece as it arrives: a streamed answer's events flushed one by one.
                     async for chunk in upstream.content.iter_any():
                         watch.writing = True

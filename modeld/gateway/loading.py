@@ -1,0 +1,102 @@
+"""Honest loading in streams. A streamed request whose model must first load (or wake,
+or wait its turn) gets its headers at once and an SSE comment at least every
+COMMENT_EVERY_S (`: modeld loading chat 40% ~12 s left`, from the daemon's learned
+estimate), then the answer; comments are invisible to SSE clients, but proxies and
+clients that give up on silence see bytes. A load that fails after the headers went out
+is sent as an OpenAI-style error event, which the `openai` package raises."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from datetime import datetime
+from typing import Any
+
+import structlog
+from aiohttp import web
+
+from modeld.gateway.auth import identity
+from modeld.gateway.errors import GatewayError, for_caller, openai_body
+from modeld.gateway.link import DaemonLink
+
+log = structlog.get_logger("modeld.gateway.loading")
+
+# Well under the 30-60 s idle timeouts of common proxies and clients.
+COMMENT_EVERY_S = 2.0
+
+
+class Feedback:
+    """The early response of one streamed request that waits for its model."""
+
+    def __init__(self, request: web.Request, model: str, link: DaemonLink) -> None:
+        self._request = request
+        self._model = model
+        self._link = link
+        self.response: web.StreamResponse | None = None
+        self._ticker: asyncio.Task[None] | None = None
+        self.gone = False
+
+    async def start(self) -> None:
+        """Send the headers now, then a comment at once and every COMMENT_EVERY_S."""
+        response = web.StreamResponse(
+            status=200, headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+        )
+        await response.prepare(self._request)
+        self.response = response
+        self._ticker = asyncio.create_task(self._tick(response))
+
+    async def stop(self) -> None:
+        """No more comments (the lease came, or the wait failed)."""
+        if self._ticker is not None:
+            self._ticker.cancel()
+            await asyncio.gather(self._ticker, return_exceptions=True)
+            self._ticker = None
+
+    async def fail(self, error: GatewayError) -> web.StreamResponse:
+        """The wait failed after the headers went out: an error event, then the end."""
+        assert self.response is not None
+        caller = identity(self._request)
+        shown = for_caller(error, admin=caller is not None and caller.admin)
+        event = f"data: {json.dumps(openai_body(shown))}\n\n".encode()
+        try:
+            await self.response.write(event)
+            await self.response.write_eof()
+        except ConnectionResetError:
+            self.gone = True
+        return self.response
+
+    async def _tick(self, response: web.StreamResponse) -> None:
+        try:
+            estimate = await self._estimate()
+            started = time.monotonic()
+            while True:
+                await response.write(self._comment(estimate, started))
+                await asyncio.sleep(COMMENT_EVERY_S)
+        except ConnectionResetError:
+            self.gone = True
+
+    async def _estimate(self) -> tuple[float | None, float]:
+        """The expected load (or wake) seconds, and how far along it already is."""
+        try:
+            view: dict[str, Any] = (await self._link.call("status"))["models"][self._model]
+        except (GatewayError, KeyError, TypeError):
+            return None, 0.0
+        seconds = view.get("estimated_load_time_seconds")
+        if view.get("status") == "sleeping" and view.get("parked"):
+            seconds = view["parked"].get("estimated_wake_seconds")
+        elapsed = 0.0
+        if view.get("status") == "loading" and isinstance(view.get("since"), str):
+            since = datetime.fromisoformat(view["since"]).timestamp()
+            elapsed = max(0.0, time.time() - since)
+        return (float(seconds) if isinstance(seconds, int | float) else None), elapsed
+
+    def _comment(self, estimate: tuple[float | None, float], started: float) -> bytes:
+        expected, before = estimate
+        elapsed = before + time.monotonic() - started
+        text = f": modeld loading {self._model}"
+        if expected:
+            done = min(0.99, elapsed / expected)
+            left = max(0.0, expected - elapsed)
+            text += f" {done:.0%} ~{left:.0f} s left"
+        return (text + "\n\n").encode()
