@@ -52,16 +52,40 @@ def backend_keys(config: Config, source: str = "<config>") -> dict[str, str]:
     return keys
 
 
-def launch_environment(model: ModelConfig) -> dict[str, str]:
-    """The environment a launched backend gets: the model's `launch_env`, with its key
-    from `api_key_file`; LoadFailed when there is none to read (the load fails saying
-    why, rather than a backend starting open)."""
+# Where a container's vLLM keeps its cache (the model's vllm_cache_dir is mounted there).
+CONTAINER_VLLM_CACHE = "/root/.cache/vllm"
+
+
+def prepare_cache(model: ModelConfig) -> None:
+    """Make the model's vLLM cache directory (kept across starts); LoadFailed saying why
+    when it cannot be made."""
+    if model.vllm_cache_dir is None:
+        return
+    try:
+        model.vllm_cache_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise LoadFailed(
+            f"{model.name}: vllm_cache_dir {model.vllm_cache_dir}: {exc.strerror}",
+            model=model.name,
+            reason="cache directory",
+        ) from None
+
+
+def launch_environment(model: ModelConfig, container: bool = False) -> dict[str, str]:
+    """The environment a launched backend gets: the model's `launch_env` and its kept
+    vLLM cache (VLLM_CACHE_ROOT, unless `env` sets it; the mount point in a container),
+    with its key from `api_key_file`; LoadFailed when there is none to read (the load
+    fails saying why, rather than a backend starting open)."""
+    env = model.launch_env
+    if model.vllm_cache_dir is not None and "VLLM_CACHE_ROOT" not in env:
+        cache = CONTAINER_VLLM_CACHE if container else str(model.vllm_cache_dir)
+        env = {"VLLM_CACHE_ROOT": cache, **env}
     if model.api_key_file is None:
-        return model.launch_env
+        return env
     try:
         key = _key_in(model.api_key_file)
     except ValueError as exc:
         raise LoadFailed(
             f"{model.name}: api_key_file: {exc}", model=model.name, reason="no backend key"
         ) from None
-    return {**model.launch_env, KEY_VARIABLE: key}
+    return {**env, KEY_VARIABLE: key}

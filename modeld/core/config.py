@@ -32,6 +32,11 @@ class DaemonConfig(Strict):
     socket_mode: int = 0o660
     socket_group: str | None = None
     state_dir: Path = Path("/var/lib/modeld")
+    # Caches that outlive a backend: each model's vLLM compile cache (torch.compile and
+    # CUDA graph artifacts: VLLM_CACHE_ROOT) is kept in cache_dir/vllm/NAME, so a second
+    # cold start reuses them. Default: state_dir/cache; the shipped config uses
+    # /var/cache/modeld (systemd's CacheDirectory=modeld).
+    cache_dir: Path | None = None
     # cost_aware stops what is least likely to be wanted back soon, weighted by how long it
     # takes to load; it beat the seed's largest_first on every bench trace (bench/traces.py).
     eviction_policy: EvictionPolicy = "cost_aware"
@@ -123,6 +128,9 @@ class ModelConfig(Strict):
     image: str | None = None
     command: list[str] | None = None
     env: dict[str, str] = Field(default_factory=dict)
+    # Its own vLLM cache (VLLM_CACHE_ROOT; bind-mounted into a container); default
+    # daemon.cache_dir/vllm/NAME. Kept across starts, so compile artifacts are reused.
+    vllm_cache_dir: Path | None = None
     volumes: list[str] = Field(default_factory=list)
     ports: list[str] = Field(default_factory=list)
     network_mode: str | None = None
@@ -278,8 +286,22 @@ class Config(Strict):
         # Each model learns its own name from its table key, so it can be passed around alone.
         if isinstance(data, dict) and isinstance(data.get("models"), dict):
             data = dict(data)
+            daemon = data.get("daemon")
+            table = daemon if isinstance(daemon, dict) else {}
+            # A value of the wrong type is reported by the [daemon] table's own check.
+            chosen, state = table.get("cache_dir"), table.get("state_dir")
+            cache = (
+                Path(chosen)
+                if isinstance(chosen, str | Path)
+                else Path(state if isinstance(state, str | Path) else DaemonConfig().state_dir)
+                / "cache"
+            )
             data["models"] = {
-                name: ({**table, "name": name} if isinstance(table, dict) else table)
+                name: (
+                    {"vllm_cache_dir": cache / "vllm" / name, **table, "name": name}
+                    if isinstance(table, dict)
+                    else table
+                )
                 for name, table in data["models"].items()
             }
         return data

@@ -10,6 +10,7 @@ import logging
 import os
 import signal
 import sys
+from pathlib import Path
 
 from modeld.testing.fakevllm import POLLED, FakeVllm
 
@@ -50,7 +51,9 @@ async def _serve(args: argparse.Namespace) -> int:
     )
     print(f"fake-vllm: loading {args.model} ({args.load_seconds}s)", flush=True)
     loading = asyncio.create_task(
-        asyncio.sleep(args.fail_after) if args.fail_after is not None else server.load()
+        asyncio.sleep(args.fail_after)
+        if args.fail_after is not None
+        else _compile_then_load(server, args.compile_seconds)
     )
     stopped = asyncio.create_task(stop.wait())
     reporting = asyncio.create_task(_report_progress(args.progress_seconds, args.load_seconds))
@@ -79,6 +82,22 @@ async def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+async def _compile_then_load(server: FakeVllm, compile_s: float) -> None:
+    """As vLLM: torch.compile first, unless $VLLM_CACHE_ROOT holds this model's compiled
+    artifacts from an earlier start; then the load."""
+    root = os.environ.get("VLLM_CACHE_ROOT")
+    marker = Path(root) / "torch_compile_cache" / "fake-vllm" if root else None
+    if compile_s and marker is not None and marker.exists():
+        print(f"fake-vllm: compile cache hit in {marker.parent}", flush=True)
+    elif compile_s:
+        print(f"fake-vllm: compiling ({compile_s}s)", flush=True)
+        await asyncio.sleep(compile_s)
+        if marker is not None:
+            marker.parent.mkdir(parents=True, exist_ok=True)
+            marker.write_text("compiled\n")
+    await server.load()
+
+
 async def _report_progress(every_s: float | None, load_s: float) -> None:
     """While loading, a line every `every_s`, as vLLM logs its startup steps."""
     if not every_s:
@@ -103,6 +122,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--fail-after", type=float, help="exit during load after this long")
     parser.add_argument(
         "--progress-seconds", type=float, help="while loading, print a line this often"
+    )
+    parser.add_argument(
+        "--compile-seconds",
+        type=float,
+        default=0.0,
+        help="first compile this long, unless $VLLM_CACHE_ROOT holds it from a start before",
     )
     parser.add_argument("--exit-code", type=int, default=1, help="exit code for --fail-after")
     parser.add_argument("--die-after", type=float, help="engine dies this long after ready")

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+from modeld.adapters.backendkeys import launch_environment
 from modeld.adapters.runtime.docker import container_config
 from modeld.core.config import ModelConfig, parse_config
 from modeld.core.config_checks import config_warnings
@@ -40,6 +43,23 @@ def test_create_body_carries_labels_ports_volumes_and_gpus() -> None:
         {"Driver": "nvidia", "DeviceIDs": ["0", "1"], "Capabilities": [["gpu"]]}
     ]
     assert "NetworkMode" not in host
+
+
+def test_a_container_keeps_its_vllm_cache_across_starts() -> None:
+    """The model's kept cache directory is mounted where the container's vLLM looks, and
+    VLLM_CACHE_ROOT says so; the config gives each model its own under cache_dir."""
+    config = parse_config(
+        {
+            "daemon": {"cache_dir": "/var/cache/modeld"},
+            "gpu": {"backend": "simulated", "devices_gb": [80]},
+            "models": {"chat": {"image": "vllm/vllm-openai", "endpoint": "http://h:1"}},
+        }
+    )
+    model = config.models["chat"]
+    assert model.vllm_cache_dir == Path("/var/cache/modeld/vllm/chat")
+    body = container_config(model, launch_environment(model, container=True))
+    assert body["HostConfig"]["Binds"] == ["/var/cache/modeld/vllm/chat:/root/.cache/vllm"]
+    assert "VLLM_CACHE_ROOT=/root/.cache/vllm" in body["Env"]
 
 
 def test_no_gpu_request_and_host_network() -> None:

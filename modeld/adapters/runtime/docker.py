@@ -16,7 +16,11 @@ import aiodocker
 import aiohttp
 from aiodocker.containers import DockerContainer
 
-from modeld.adapters.backendkeys import launch_environment
+from modeld.adapters.backendkeys import (
+    CONTAINER_VLLM_CACHE,
+    launch_environment,
+    prepare_cache,
+)
 from modeld.adapters.runtime.base import LOG_LINES, MAX_LINE_CHARS, BackendState, BackendStatus
 from modeld.core.config import ModelConfig
 from modeld.core.errors import (
@@ -57,7 +61,10 @@ def _port_bindings(ports: list[str]) -> tuple[dict[str, Any], dict[str, Any]]:
 def container_config(model: ModelConfig, env: Mapping[str, str]) -> dict[str, Any]:
     """The Engine API create body for a model that names an image, its environment `env`."""
     exposed, bindings = _port_bindings(model.ports)
-    host: dict[str, Any] = {"Binds": list(model.volumes), "PortBindings": bindings}
+    binds = list(model.volumes)
+    if model.vllm_cache_dir is not None:
+        binds.append(f"{model.vllm_cache_dir}:{CONTAINER_VLLM_CACHE}")
+    host: dict[str, Any] = {"Binds": binds, "PortBindings": bindings}
     if model.network_mode:
         host["NetworkMode"] = model.network_mode
     if model.request_gpus:
@@ -196,7 +203,8 @@ class DockerRuntime:
                     if container["State"].get("Running"):
                         return _status(_info(container))
                     await container.delete(force=True)
-                env = await asyncio.to_thread(launch_environment, model)
+                await asyncio.to_thread(prepare_cache, model)
+                env = await asyncio.to_thread(launch_environment, model, True)
                 container = await docker.containers.create(
                     container_config(model, env), name=model.container_name
                 )

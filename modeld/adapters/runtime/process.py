@@ -31,7 +31,7 @@ from pathlib import Path
 
 import structlog
 
-from modeld.adapters.backendkeys import launch_environment
+from modeld.adapters.backendkeys import launch_environment, prepare_cache
 from modeld.adapters.runtime import reaper
 from modeld.adapters.runtime.base import LOG_LINES, MAX_LINE_CHARS, BackendState, BackendStatus
 from modeld.core.config import ModelConfig
@@ -189,6 +189,7 @@ class ProcessRuntime:
                 model=model.name,
                 reason="command not found",
             )
+        await asyncio.to_thread(prepare_cache, model)
         env = await asyncio.to_thread(launch_environment, model)
         try:
             process = await asyncio.create_subprocess_exec(
