@@ -5,6 +5,7 @@ as loopback in one, `[::1]` in only the other)."""
 from __future__ import annotations
 
 import ipaddress
+from urllib.parse import urlsplit
 
 # Names that mean this machine (besides addresses in 127.0.0.0/8 and ::1).
 LOOPBACK_NAMES = frozenset({"localhost", "localhost.", "ip6-localhost"})
@@ -37,3 +38,35 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(name).is_loopback
     except ValueError:
         return False
+
+
+def endpoint_parts(endpoint: str) -> dict[str, str | None]:
+    """What `{socket}`, `{host}` and `{port}` stand for with this endpoint."""
+    if endpoint.startswith("unix:"):
+        return {"socket": endpoint.removeprefix("unix:"), "host": None, "port": None}
+    parts = urlsplit(endpoint)
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    default = 443 if parts.scheme == "https" else 80
+    return {"socket": None, "host": parts.hostname, "port": str(port or default)}
+
+
+def fill_placeholders(command: list[object], endpoint: str) -> list[object]:
+    """`command` with `{socket}`, `{host}` and `{port}` filled from `endpoint`; ValueError
+    naming one it uses that the endpoint lacks (a port of a Unix socket)."""
+    values = endpoint_parts(endpoint)
+    filled: list[object] = []
+    for arg in command:
+        if isinstance(arg, str):
+            for key, value in values.items():
+                token = "{" + key + "}"
+                if token in arg:
+                    if value is None:
+                        raise ValueError(
+                            f"command uses {token}, which the endpoint {endpoint} lacks"
+                        )
+                    arg = arg.replace(token, value)
+        filled.append(arg)
+    return filled

@@ -15,9 +15,11 @@ from pydantic import (
     model_validator,
 )
 
+from modeld.core.addresses import fill_placeholders
 from modeld.core.config_base import NonNegativeFloat, PositiveFloat, Strict
 from modeld.core.errors import ConfigError
 from modeld.core.gateway_config import GatewayConfig, MetricsConfig
+from modeld.core.gpu_config import GpuConfig
 
 EvictionPolicy = Literal["largest_first", "lru", "fewest", "cost_aware"]
 SLEEP_MODE_FLAG = "--enable-sleep-mode"
@@ -29,6 +31,9 @@ class DaemonConfig(Strict):
     """The `[daemon]` table."""
 
     socket: Path = Path("/run/modeld/modeld.sock")
+    # Where the backends of models without an `endpoint` listen: NAME.sock in here.
+    # Default: `backends` beside the daemon's socket.
+    backend_socket_dir: Path | None = None
     socket_mode: int = 0o660
     socket_group: str | None = None
     state_dir: Path = Path("/var/lib/modeld")
@@ -90,34 +95,6 @@ class DaemonConfig(Strict):
         return value
 
 
-class GpuConfig(Strict):
-    """The `[gpu]` table: the real NVML backend, or a simulated GPU for demos and tests."""
-
-    backend: Literal["nvml", "simulated"] = "nvml"
-    devices_gb: list[PositiveFloat] = Field(default_factory=lambda: [80.0])
-    release_delay_s: NonNegativeFloat = 1.0
-    external_used_gb: list[NonNegativeFloat] = Field(default_factory=list)
-    stale_after_s: PositiveFloat = 10.0
-    # Per device, what a sleeping backend still holds (vLLM keeps its CUDA context and
-    # some buffers: not zero, sometimes gigabytes).
-    sleep_residual_gb: NonNegativeFloat = 1.2
-
-    @model_validator(mode="after")
-    def _external_fits(self) -> Self:
-        if len(self.external_used_gb) > len(self.devices_gb):
-            raise ValueError("external_used_gb has more entries than devices_gb")
-        for index, (ext, total) in enumerate(
-            zip(self.external_used_gb, self.devices_gb, strict=False)
-        ):
-            if ext > total:
-                raise ValueError(f"external_used_gb[{index}] = {ext} exceeds device total {total}")
-        return self
-
-    def external_for(self, device: int) -> float:
-        """Memory held on `device` by processes modeld does not manage (simulated only)."""
-        return self.external_used_gb[device] if device < len(self.external_used_gb) else 0.0
-
-
 class ModelConfig(Strict):
     """One `[models."name"]` table."""
 
@@ -136,7 +113,10 @@ class ModelConfig(Strict):
     network_mode: str | None = None
     request_gpus: bool = True
     cwd: Path | None = None
-    endpoint: str
+    # Where the backend answers. Omitted: a Unix socket modeld chooses,
+    # unix:<daemon.backend_socket_dir>/NAME.sock. `{socket}`, `{host}` and `{port}` in
+    # `command` are filled from it (e.g. `--uds {socket}`, or `--port {port}`).
+    endpoint: str = Field(default="", validate_default=True)
     size_gb: NonNegativeFloat = 0.0
     hf_path: str | None = None
     # The name vLLM serves it under (its --served-model-name), when not the table's key:
@@ -183,6 +163,17 @@ class ModelConfig(Strict):
     wake_timeout_s: PositiveFloat = 60.0
     # Park (sleep_mode) or stop the model once it has served no request for this long.
     idle_unload_after_s: PositiveFloat | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _fill_placeholders(cls, data: object) -> object:
+        # `{socket}`, `{host}`, `{port}` in the command, from the endpoint: written once.
+        if not isinstance(data, dict):
+            return data
+        command, endpoint = data.get("command"), data.get("endpoint")
+        if not isinstance(command, list) or not isinstance(endpoint, str):
+            return data
+        return {**data, "command": fill_placeholders(command, endpoint)}
 
     @field_validator("endpoint")
     @classmethod
@@ -287,18 +278,33 @@ class Config(Strict):
         if isinstance(data, dict) and isinstance(data.get("models"), dict):
             data = dict(data)
             daemon = data.get("daemon")
-            table = daemon if isinstance(daemon, dict) else {}
+            settings = daemon if isinstance(daemon, dict) else {}
             # A value of the wrong type is reported by the [daemon] table's own check.
-            chosen, state = table.get("cache_dir"), table.get("state_dir")
+            chosen, state = settings.get("cache_dir"), settings.get("state_dir")
             cache = (
                 Path(chosen)
                 if isinstance(chosen, str | Path)
                 else Path(state if isinstance(state, str | Path) else DaemonConfig().state_dir)
                 / "cache"
             )
+            chosen = settings.get("backend_socket_dir")
+            socket = settings.get("socket")
+            sockets = (
+                Path(chosen)
+                if isinstance(chosen, str | Path)
+                else Path(
+                    socket if isinstance(socket, str | Path) else DaemonConfig().socket
+                ).parent
+                / "backends"
+            )
             data["models"] = {
                 name: (
-                    {"vllm_cache_dir": cache / "vllm" / name, **table, "name": name}
+                    {
+                        "vllm_cache_dir": cache / "vllm" / name,
+                        "endpoint": f"unix:{sockets / (name.replace('/', '_') + '.sock')}",
+                        **table,
+                        "name": name,
+                    }
                     if isinstance(table, dict)
                     else table
                 )

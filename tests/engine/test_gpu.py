@@ -13,8 +13,8 @@ import pytest
 from modeld.adapters.gpu.base import BackendRef, container_of, owner_of, pid_alive
 from modeld.adapters.gpu.nvml import NvmlMonitor
 from modeld.adapters.gpu.simulated import SimulatedGpu
-from modeld.core.config import GpuConfig
 from modeld.core.errors import GpuUnavailable
+from modeld.core.gpu_config import GpuConfig
 from tests.support import EngineFactory, make_config
 
 

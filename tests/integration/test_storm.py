@@ -16,7 +16,7 @@ from modeld.adapters.gpu.simulated import SimulatedGpu
 from modeld.adapters.runtime.docker import DockerRuntime
 from modeld.adapters.vllm import VllmClient
 from modeld.cli.client import Client, RpcError
-from modeld.core.config import GpuConfig
+from modeld.core.gpu_config import GpuConfig
 from modeld.daemon.server import RpcServer
 from modeld.engine.build import build_engine
 from modeld.testing.docker import docker_cli

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from modeld.core.config import load_config
+from modeld.core.config import load_config, parse_config
 from modeld.core.errors import ConfigError
 from modeld.daemon.checkconfig import schema
 
@@ -210,3 +210,57 @@ def test_check_config_names_a_backend_key_file_it_cannot_read(tmp_path: Path) ->
         f"warning: models.b.api_key_file: cannot read {tmp_path / 'absent.key'}: "
         "No such file or directory"
     ]
+
+
+def test_a_model_without_an_endpoint_gets_a_unix_socket_modeld_chooses() -> None:
+    """No `endpoint`: the backend listens on NAME.sock in the backends' directory beside
+    the daemon's socket (or backend_socket_dir), and `{socket}` in its command says where;
+    a name with a slash makes a flat file name."""
+    config = parse_config(
+        {
+            "daemon": {"socket": "/run/x/modeld.sock"},
+            "gpu": {"backend": "simulated", "devices_gb": [80]},
+            "models": {
+                "org/chat": {
+                    "runtime": "process",
+                    "command": ["vllm", "serve", "--uds", "{socket}"],
+                }
+            },
+        }
+    )
+    model = config.models["org/chat"]
+    assert model.endpoint == "unix:/run/x/backends/org_chat.sock"
+    assert model.command == ["vllm", "serve", "--uds", "/run/x/backends/org_chat.sock"]
+    moved = parse_config(
+        {
+            "daemon": {"backend_socket_dir": "/srv/sockets"},
+            "gpu": {"backend": "simulated", "devices_gb": [80]},
+            "models": {"m": {"runtime": "process", "command": ["x"]}},
+        }
+    )
+    assert moved.models["m"].endpoint == "unix:/srv/sockets/m.sock"
+
+
+def test_port_and_host_come_from_the_endpoint_given() -> None:
+    """`{port}` and `{host}` are written once, in the endpoint; a `{port}` with a socket
+    endpoint is a config error naming the model."""
+    config = parse_config(
+        {
+            "gpu": {"backend": "simulated", "devices_gb": [80]},
+            "models": {
+                "m": {
+                    "runtime": "process",
+                    "command": ["vllm", "serve", "--host", "{host}", "--port", "{port}"],
+                    "endpoint": "http://127.0.0.1:8011",
+                }
+            },
+        }
+    )
+    assert config.models["m"].command == ["vllm", "serve", "--host", "127.0.0.1", "--port", "8011"]
+    with pytest.raises(ConfigError, match=r"models\.m: .*command uses \{port\}"):
+        parse_config(
+            {
+                "gpu": {"backend": "simulated", "devices_gb": [80]},
+                "models": {"m": {"runtime": "process", "command": ["vllm", "--port", "{port}"]}},
+            }
+        )

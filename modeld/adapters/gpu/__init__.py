@@ -1,7 +1,7 @@
 """The GPU layer: one GpuMonitor protocol, with an NVML and a simulated implementation."""
 
 from modeld.adapters.gpu.base import BackendRef, DeviceReading, GpuMonitor, GpuReading
-from modeld.core.config import GpuConfig
+from modeld.core.gpu_config import GpuConfig
 
 
 async def open_gpu_monitor(config: GpuConfig) -> GpuMonitor:

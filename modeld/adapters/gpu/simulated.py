@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from modeld.adapters.gpu.base import BackendRef, DeviceReading, GpuReading, ProcessUse, pid_alive
-from modeld.core.config import GpuConfig
+from modeld.core.gpu_config import GpuConfig
 
 
 @dataclass

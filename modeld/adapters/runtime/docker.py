@@ -64,6 +64,10 @@ def container_config(model: ModelConfig, env: Mapping[str, str]) -> dict[str, An
     binds = list(model.volumes)
     if model.vllm_cache_dir is not None:
         binds.append(f"{model.vllm_cache_dir}:{CONTAINER_VLLM_CACHE}")
+    if model.socket_path is not None:
+        # vLLM binds its --uds socket where the daemon and the gateway look for it.
+        folder = model.socket_path.parent
+        binds.append(f"{folder}:{folder}")
     host: dict[str, Any] = {"Binds": binds, "PortBindings": bindings}
     if model.network_mode:
         host["NetworkMode"] = model.network_mode
