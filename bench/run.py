@@ -31,6 +31,7 @@ BENCHES = [
     traces,
 ]
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
+KEPT = "## Before and after"
 
 
 def render(reports: list[Report], quick: bool) -> str:
@@ -76,7 +77,11 @@ def main() -> None:
         parser.error(f"unknown benches: {sorted(chosen - known)}; known: {sorted(known)}")
     benches = [b for b in BENCHES if chosen is None or b.__name__.removeprefix("bench.") in chosen]
     reports = [bench.run(args.quick) for bench in benches]
-    args.output.write_text(render(reports, args.quick))
+    # Comparisons written by hand below the generated table (KEPT) survive a new run.
+    kept = ""
+    if args.output.exists() and KEPT in (previous := args.output.read_text()):
+        kept = "\n" + previous[previous.index(KEPT) :]
+    args.output.write_text(render(reports, args.quick) + kept)
     print(f"wrote {args.output}")
 
 
