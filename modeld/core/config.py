@@ -264,12 +264,7 @@ class Config(Strict):
 
     def canonical(self, name: str) -> str:
         """The model a name or an alias names (a name it does not know, unchanged)."""
-        if name in self.models:
-            return name
-        for model in self.models.values():
-            if name in model.aliases:
-                return model.name
-        return name
+        return name if name in self.models else self.aliases().get(name, name)
 
     @model_validator(mode="before")
     @classmethod

@@ -151,42 +151,51 @@ class _Handler:
         # Methods without params (status, ping): nothing to check on each call.
         self.no_params = None if method.params.model_fields else method.params.model_construct()
 
-    def params(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        """The call's params as the method's model, or the error to answer with."""
+    def enter(self, context: Context, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        """The call's params as the method's model, or the error to answer with (invalid
+        params, or a caller who may only read calling a method that mutates)."""
         if self.no_params is not None and not args and not kwargs:
-            return self.no_params
-        return _validated(self.method, args, kwargs)
+            params: Any = self.no_params
+        else:
+            params = _validated(self.method, args, kwargs)
+        if isinstance(params, self.method.params):
+            try:
+                _check_access(self.method, context)
+            except ModeldError as exc:
+                return _error(exc)
+        return params
 
 
 class SyncHandler(_Handler):
     """Answered synchronously, inline (read-only methods, and `now` answers)."""
 
     def __call__(self, context: Context, *args: Any, **kwargs: Any) -> Result:
-        method = self.method
-        params = self.params(args, kwargs)
-        if not isinstance(params, method.params):
+        params = self.enter(context, args, kwargs)
+        if not isinstance(params, self.method.params):
             return params
         try:
-            _check_access(method, context)
             return Success(_json(self.call(context, params)))
         except ModeldError as exc:
-            return Error(exc.code, exc.message, exc.data)
+            return _error(exc)
 
 
 class AsyncHandler(_Handler):
     """May wait (on the engine), as a task of its connection."""
 
     async def __call__(self, context: Context, *args: Any, **kwargs: Any) -> Result:
-        method = self.method
-        params = self.params(args, kwargs)
-        if not isinstance(params, method.params):
+        params = self.enter(context, args, kwargs)
+        if not isinstance(params, self.method.params):
             return params
         try:
-            _check_access(method, context)
             result = self.call(context, params)
             return Success(_json(await result if inspect.isawaitable(result) else result))
         except ModeldError as exc:
-            return Error(exc.code, exc.message, exc.data)
+            return _error(exc)
+
+
+def _error(exc: ModeldError) -> Result:
+    """The one mapping of the exception family to a JSON-RPC error."""
+    return Error(exc.code, exc.message, exc.data)
 
 
 def _ping(ctx: Context, _: NoParams) -> Pong:

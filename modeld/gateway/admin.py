@@ -117,7 +117,7 @@ class Admin:
         """`GET /v1/models/{name}`: OpenAI's retrieve, with modeld's state and figures."""
         asked = request.match_info["name"]
         models = (await self._link.call("status"))["models"]
-        name = next((n for n, v in models.items() if asked in v.get("aliases", [])), asked)
+        name = self._link.canonical(asked)
         if name not in models:
             raise GatewayError(
                 "unknown_model",

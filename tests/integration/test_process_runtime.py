@@ -245,8 +245,8 @@ async def test_a_load_that_stops_moving_fails_stalled_long_before_its_cap() -> N
 
 async def test_the_second_cold_start_reuses_the_kept_vllm_cache(tmp_path: Path) -> None:
     """Each start gets VLLM_CACHE_ROOT in the model's own kept directory (made if
-    missing): the fake compiles on the first start and finds its artifacts on the next,
-    so the second cold start is faster by the compile time."""
+    missing): the fake compiles on the first start and finds its artifacts on the next
+    (how much faster that start is, with real vLLM, is a bench figure)."""
     runtime, probe = ProcessRuntime(), VllmClient(timeout_s=1)
     cache = tmp_path / "cache" / "vllm" / "m"
     port = free_port()
@@ -256,18 +256,17 @@ async def test_the_second_cold_start_reuses_the_kept_vllm_cache(tmp_path: Path) 
         port,
         vllm_cache_dir=str(cache),
     )
-    took = []
+    said = []
     try:
         for _ in range(2):
-            started = asyncio.get_running_loop().time()
             await runtime.start(model)
             await await_ready(model, runtime, probe, 0.05, lambda _: None)
-            took.append(asyncio.get_running_loop().time() - started)
             await runtime.stop(model)
-        lines = await runtime.logs(model)
+            said.append(await runtime.logs(model))
     finally:
         await runtime.close()
         await probe.close()
     assert (cache / "torch_compile_cache" / "fake-vllm").exists()
-    assert took[0] >= 2.0 and took[1] < took[0] - 1.5, took
-    assert any("compile cache hit" in line for line in lines)
+    assert any("compiling" in line for line in said[0])
+    assert not any("compiling" in line for line in said[1])
+    assert any("compile cache hit" in line for line in said[1])
