@@ -173,6 +173,8 @@ class ModelConfig(Strict):
         command, endpoint = data.get("command"), data.get("endpoint")
         if not isinstance(command, list) or not isinstance(endpoint, str):
             return data
+        if not endpoint.startswith(("unix:", "http://", "https://")):
+            return data  # the endpoint's own check says what is wrong with it
         return {**data, "command": fill_placeholders(command, endpoint)}
 
     @field_validator("endpoint")

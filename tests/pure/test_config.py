@@ -264,3 +264,17 @@ def test_port_and_host_come_from_the_endpoint_given() -> None:
                 "models": {"m": {"runtime": "process", "command": ["vllm", "--port", "{port}"]}},
             }
         )
+    # An endpoint without its scheme is refused for what it is, not for `{host}`.
+    with pytest.raises(ConfigError, match=r"models\.m\.endpoint: .*must be an http:// or https://"):
+        parse_config(
+            {
+                "gpu": {"backend": "simulated", "devices_gb": [80]},
+                "models": {
+                    "m": {
+                        "runtime": "process",
+                        "command": ["vllm", "--host", "{host}", "--port", "{port}"],
+                        "endpoint": "127.0.0.1:8011",
+                    }
+                },
+            }
+        )
