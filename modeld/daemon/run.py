@@ -108,8 +108,10 @@ class Daemon:
 
     async def shutdown(self) -> None:
         """Stop the background jobs, close the socket (letting calls in flight finish, up
-        to shutdown_timeout_s), the metrics endpoint, then the engine."""
+        to shutdown_timeout_s; a call waiting on a load is answered at once), the metrics
+        endpoint, then the engine."""
         self.notifier.stopping()
+        self.engine.closing()
         for task in self._background:
             task.cancel()
         await asyncio.gather(*self._background, return_exceptions=True)

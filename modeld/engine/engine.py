@@ -124,8 +124,14 @@ class Engine:
                 # It may be streaming answers whose leases ended with the last daemon.
                 self._leases.hold(record, grace)
 
+    def closing(self) -> None:
+        """The daemon is stopping: callers waiting on a load are answered now (the load
+        itself goes on until shutdown), so none holds the daemon's exit."""
+        self._life.closing.set()
+
     async def shutdown(self) -> None:
         """Stop watching; models in containers keep running, process children are stopped."""
+        self.closing()
         records = list(self._life.records.values())
         pending: list[asyncio.Task[Any] | None] = [self._monitoring]
         pending += [

@@ -64,6 +64,8 @@ class Lifecycle:
         self.runtime_errors: dict[str, str | None] = {name: None for name in runtimes}
         self._listeners: list[Listener] = []
         self._changed = asyncio.Event()
+        # Set once the daemon stops: callers waiting on a load are answered at once.
+        self.closing = asyncio.Event()
         # What a model's new settings mean for its learned figures, and what a backend
         # that now answers holds.
         self.learning = learning

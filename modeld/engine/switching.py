@@ -31,6 +31,7 @@ from modeld.core.errors import (
     InsufficientMemory,
     LoadFailed,
     ModeldError,
+    OperationFailed,
     OperationTimeout,
     UnknownModel,
 )
@@ -286,7 +287,7 @@ class Switcher:
             return result
         failure = begun.failure
         if failure is None and wait and begun.load_task is not None:
-            failure = await _wait_load(record, begun.load_task, timeout)
+            failure = await _wait_load(record, begun.load_task, timeout, self._life.closing)
         if failure is not None:
             # A failed switch should not leave users with nothing: bring back what it
             # stopped. A caller's own timeout is not a failure: the load goes on.
@@ -332,27 +333,35 @@ def _would_evict(record: Model, plan: Plan, memory_info: MemoryInfo) -> Insuffic
     )
 
 
-async def _wait_load(record: Model, load: LoadTask, timeout: float | None) -> ModeldError | None:
-    """A load's outcome; a caller's own deadline (OperationTimeout: the load goes on), or
-    the load ended by a stop (LoadFailed saying so)."""
+async def _wait_load(
+    record: Model, load: LoadTask, timeout: float | None, closing: asyncio.Event
+) -> ModeldError | None:
+    """A load's outcome; a caller's own deadline (OperationTimeout: the load goes on), the
+    daemon stopping (OperationFailed: nobody is kept waiting through its shutdown), or
+    the load ended by a stop (LoadFailed saying so). The load is never cancelled here."""
+    closed = asyncio.ensure_future(closing.wait())
     try:
-        return await asyncio.wait_for(asyncio.shield(load), timeout)
+        async with asyncio.timeout(timeout):
+            await asyncio.wait({load, closed}, return_when=asyncio.FIRST_COMPLETED)
     except TimeoutError:
         raise OperationTimeout(
             f"{record.name} is still loading after {timeout}s; the load goes on",
             model=record.name,
             state=record.state.value,
         ) from None
-    except asyncio.CancelledError:
-        if load.cancelled() and not _current_task_cancelling():
-            return LoadFailed(
-                f"{record.name}: stopped while loading (the load was ended by a stop)",
-                model=record.name,
-                reason="stopped",
-            )
-        raise
-
-
-def _current_task_cancelling() -> bool:
-    task = asyncio.current_task()
-    return task is not None and task.cancelling() > 0
+    finally:
+        closed.cancel()
+    if load.cancelled():
+        return LoadFailed(
+            f"{record.name}: stopped while loading (the load was ended by a stop)",
+            model=record.name,
+            reason="stopped",
+        )
+    if load.done():
+        return load.result()
+    raise OperationFailed(
+        f"modeld is stopping: no longer waiting for {record.name} to load",
+        model=record.name,
+        state=record.state.value,
+        reason="shutting_down",
+    )

@@ -15,6 +15,7 @@ from modeld.daemon.rpc import MAX_MESSAGE_BYTES
 from modeld.daemon.server import RpcServer
 from modeld.engine.engine import Engine
 from modeld.testing.fakes import Behaviour, FakeRuntime
+from modeld.testing.host import build_fake_host
 from tests.support import EngineFactory, Served, ServeFactory, make_config, wait_for_state
 
 MODELS = {"alpha": {"gpu_memory_gb": 30}, "beta": {"gpu_memory_gb": 40}}
@@ -207,3 +208,30 @@ async def test_others_are_served_while_a_switch_loads(
         assert (await watcher.call("ping"))["pong"] is True
         assert not switch.done()
         assert (await switch)["state"] == "running"
+
+
+async def test_stopping_the_daemon_answers_a_caller_waiting_on_a_load_at_once(
+    tmp_path: Path,
+) -> None:
+    """A switch waiting for a slow load does not hold the daemon's exit for its
+    shutdown_timeout_s: the caller is told modeld is stopping, and the daemon is gone."""
+    host = await build_fake_host(make_config(MODELS, [60]))
+    host.runtime.behaviour["alpha"] = Behaviour(load_seconds=120)
+    daemon = host.daemon(tmp_path / "modeld.sock")
+    await daemon.startup()
+    stopped = False
+    try:
+        async with Client(tmp_path / "modeld.sock") as client:
+            waiting = asyncio.create_task(client.call("switch", model="alpha"))
+            await wait_for_state(host.engine, "alpha", {State.LOADING}, timeout=10)
+            # Far below the 30 s the socket would wait for calls in flight.
+            async with asyncio.timeout(10):
+                await daemon.shutdown()
+            stopped = True
+            with pytest.raises(RpcError) as caught:
+                await waiting
+        assert caught.value.data["reason"] == "shutting_down"
+        assert "stopping" in caught.value.message
+    finally:
+        if not stopped:
+            await daemon.shutdown()
