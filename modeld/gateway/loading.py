@@ -3,7 +3,12 @@ or wait its turn) gets its headers at once and an SSE comment at least every
 COMMENT_EVERY_S (`: modeld loading chat 40% ~12 s left`, from the daemon's learned
 estimate), then the answer; comments are invisible to SSE clients, but proxies and
 clients that give up on silence see bytes. A load that fails after the headers went out
-is sent as an OpenAI-style error event, which the `openai` package raises."""
+is sent as an OpenAI-style error event, which the `openai` package raises.
+
+Chat clients that show nothing of comments may ask for the progress as text instead
+(header `X-Modeld-Progress: reasoning`, chat completions only, off by default): each
+tick is then a chat.completion.chunk whose delta carries it in `reasoning_content`, as
+llama-swap's loading state does, which chat UIs show as the model's thinking."""
 
 from __future__ import annotations
 
@@ -24,15 +29,27 @@ log = structlog.get_logger("modeld.gateway.loading")
 
 # Well under the 30-60 s idle timeouts of common proxies and clients.
 COMMENT_EVERY_S = 2.0
+# The request header, and its one value, that asks for the progress as reasoning text.
+PROGRESS_HEADER = "X-Modeld-Progress"
+AS_REASONING = "reasoning"
 
 
 class Feedback:
     """The early response of one streamed request that waits for its model."""
 
-    def __init__(self, request: web.Request, model: str, link: DaemonLink) -> None:
+    def __init__(
+        self, request: web.Request, model: str, link: DaemonLink, asked: str | None = None
+    ) -> None:
         self._request = request
         self._model = model
         self._link = link
+        # The name the caller used, for the progress chunks' `model` field.
+        self._asked = asked or model
+        self._as_reasoning = (
+            request.path == "/v1/chat/completions"
+            and request.headers.get(PROGRESS_HEADER, "").strip().lower() == AS_REASONING
+        )
+        self._started_at = int(time.time())
         self.response: web.StreamResponse | None = None
         self._ticker: asyncio.Task[None] | None = None
         self.gone = False
@@ -71,7 +88,10 @@ class Feedback:
             estimate = await self._estimate()
             started = time.monotonic()
             while True:
-                await response.write(self._comment(estimate, started))
+                text = self._progress(estimate, started)
+                await response.write(
+                    self._chunk(text) if self._as_reasoning else self._comment(text)
+                )
                 await asyncio.sleep(COMMENT_EVERY_S)
         except ConnectionResetError:
             self.gone = True
@@ -91,12 +111,35 @@ class Feedback:
             elapsed = max(0.0, time.time() - since)
         return (float(seconds) if isinstance(seconds, int | float) else None), elapsed
 
-    def _comment(self, estimate: tuple[float | None, float], started: float) -> bytes:
+    def _progress(self, estimate: tuple[float | None, float], started: float) -> str:
+        """`loading MODEL 40% ~12 s left`, from the estimate and the time gone by."""
         expected, before = estimate
         elapsed = before + time.monotonic() - started
-        text = f": modeld loading {self._model}"
+        text = f"loading {self._model}"
         if expected:
             done = min(0.99, elapsed / expected)
             left = max(0.0, expected - elapsed)
             text += f" {done:.0%} ~{left:.0f} s left"
-        return (text + "\n\n").encode()
+        return text
+
+    @staticmethod
+    def _comment(text: str) -> bytes:
+        """An SSE comment: bytes on the wire that no SSE client shows."""
+        return f": modeld {text}\n\n".encode()
+
+    def _chunk(self, text: str) -> bytes:
+        """A chat.completion.chunk whose delta carries the progress as reasoning text."""
+        chunk = {
+            "id": f"modeld-loading-{self._started_at}",
+            "object": "chat.completion.chunk",
+            "created": self._started_at,
+            "model": self._asked,
+            "choices": [
+                {
+                    "index": 0,
+                    "delta": {"role": "assistant", "reasoning_content": f"modeld: {text}\n"},
+                    "finish_reason": None,
+                }
+            ],
+        }
+        return f"data: {json.dumps(chunk)}\n\n".encode()

@@ -282,7 +282,7 @@ class Proxy:
         feedback = None
         state = self._link.states.get(model)
         if request.get(STREAMED) and state != "running" and (load or state == "loading"):
-            feedback = Feedback(request, model, self._link)
+            feedback = Feedback(request, model, self._link, asked)
             await feedback.start()
         try:
             async with self._link.lease(model, self._config.acquire_timeout_s, load) as lease:

@@ -95,3 +95,44 @@ async def test_a_model_that_runs_streams_as_before(
     ) as answer:
         body = await answer.read()
     assert b": modeld loading" not in body and body.rstrip().endswith(b"data: [DONE]")
+
+
+async def test_asked_for_the_progress_comes_as_reasoning_text_the_openai_package_reads(
+    fronted: GatewayFactory,
+) -> None:
+    """With `X-Modeld-Progress: reasoning`, the wait is told in chunks whose delta carries
+    `reasoning_content` (named by the alias asked for), before the answer's content; the
+    openai package reads both. Without the header no such chunk is sent (the default)."""
+    config = make_config(MODELS, [80])
+    config.models["slow"].aliases.append("gpt-4o")
+    front = await fronted(config, api_keys=[KEY])
+    front.runtime.behaviour["slow"] = Behaviour(load_seconds=2.5)
+    async with client(front.url) as api:
+        stream = await api.chat.completions.create(
+            model="gpt-4o",
+            messages=[{"role": "user", "content": "hi"}],
+            max_tokens=2,
+            stream=True,
+            extra_headers={"X-Modeld-Progress": "reasoning"},
+        )
+        chunks = [c async for c in stream if c.choices]
+    thinking = [
+        c for c in chunks if (c.choices[0].delta.model_extra or {}).get("reasoning_content")
+    ]
+    assert thinking, "no progress chunk"
+    first = thinking[0]
+    assert first.model == "gpt-4o"
+    assert (first.choices[0].delta.model_extra or {})["reasoning_content"].startswith(
+        "modeld: loading slow"
+    )
+    answer_at = next(i for i, c in enumerate(chunks) if c.choices[0].delta.content)
+    assert chunks.index(first) < answer_at
+    assert "".join(c.choices[0].delta.content or "" for c in chunks) == "slow ok"
+
+    await front.engine.models.stop("slow")
+    async with client(front.url) as api:
+        stream = await api.chat.completions.create(
+            model="slow", messages=[{"role": "user", "content": "hi"}], max_tokens=2, stream=True
+        )
+        plain = [c async for c in stream if c.choices]
+    assert not [c for c in plain if (c.choices[0].delta.model_extra or {}).get("reasoning_content")]
