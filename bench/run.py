@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
 from bench import (
+    cold_start,
     footprint,
     gateway,
     hostile,
@@ -29,14 +31,45 @@ BENCHES = [
     footprint,
     hostile,
     traces,
+    cold_start,
 ]
+
+
+def order() -> list[str]:
+    """The benches' names, in the table's order."""
+    return [bench.__name__.removeprefix("bench.") for bench in BENCHES]
+
+
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 KEPT = "## Before and after"
 
 
-def render(reports: list[Report], quick: bool) -> str:
-    """RESULTS.md: the machine, then every figure with its spread, ratio and target."""
+@dataclass
+class Earlier:
+    """A previous RESULTS.md's table rows and notes, by bench."""
+
+    rows: dict[str, list[str]] = field(default_factory=dict)
+    notes: dict[str, list[str]] = field(default_factory=dict)
+
+
+def earlier_results(previous: str) -> Earlier:
+    """Read the rows and notes of each bench from a previous RESULTS.md."""
+    earlier = Earlier()
+    for line in previous.split(KEPT)[0].splitlines():
+        cells = line.split("|")
+        if line.startswith("| ") and len(cells) > 2 and cells[1].strip() != "bench":
+            earlier.rows.setdefault(cells[1].strip(), []).append(line)
+        elif line.startswith("- ") and " / " in line:
+            earlier.notes.setdefault(line[2:].split(" / ")[0], []).append(line)
+    return earlier
+
+
+def render(reports: list[Report], quick: bool, earlier: Earlier) -> str:
+    """RESULTS.md: the machine, then every figure with its spread, ratio and target; the
+    rows of benches not run this time are `earlier`'s."""
     facts = machine()
+    ran = {report.bench for report in reports if report.figures}
+    kept = [name for name in order() if name not in ran and name in earlier.rows]
     lines = [
         "# modeld benchmark results",
         "",
@@ -46,19 +79,28 @@ def render(reports: list[Report], quick: bool) -> str:
         f"- mode: {'quick (smoke run, few samples)' if quick else 'full'}",
         "",
         "Every ratio is against a baseline measured in the same run on the same machine.",
+        *([f"Rows of {', '.join(kept)}: from an earlier run (not run this time)."] if kept else []),
         "",
         "| bench | figure | median | p99 | spread (p90-p10) | ratio | target | met |",
         "|---|---|---|---|---|---|---|---|",
     ]
-    for report in reports:
-        for f in report.figures:
+    # A bench that measured nothing (cold_start without real vLLM) keeps its earlier rows.
+    by_name = {report.bench: report for report in reports if report.figures}
+    notes: list[str] = []
+    for name in order():
+        if name not in by_name:
+            lines.extend(earlier.rows.get(name, []))
+            notes.extend(earlier.notes.get(name, []))
+            continue
+        for f in by_name[name].figures:
             ratio = f"{f.ratio:.2f}x" if f.ratio is not None else ""
             met = {True: "yes", False: "**no**", None: ""}[f.met]
             lines.append(
-                f"| {report.bench} | {f.name} | {f.median:.4g} {f.unit} | {f.p99:.4g} | "
+                f"| {name} | {f.name} | {f.median:.4g} {f.unit} | {f.p99:.4g} | "
                 f"{f.spread:.3g} | {ratio} | {f.target} | {met} |"
             )
-    notes = [f"- {r.bench} / {f.name}: {f.notes}" for r in reports for f in r.figures if f.notes]
+            if f.notes:
+                notes.append(f"- {name} / {f.name}: {f.notes}")
     return "\n".join([*lines, "", *(["Notes:", "", *notes, ""] if notes else [])])
 
 
@@ -72,16 +114,16 @@ def main() -> None:
     )
     args = parser.parse_args()
     chosen = set(args.only.split(",")) if args.only else None
-    known = {bench.__name__.removeprefix("bench.") for bench in BENCHES}
+    known = set(order())
     if chosen is not None and not chosen <= known:
         parser.error(f"unknown benches: {sorted(chosen - known)}; known: {sorted(known)}")
     benches = [b for b in BENCHES if chosen is None or b.__name__.removeprefix("bench.") in chosen]
     reports = [bench.run(args.quick) for bench in benches]
-    # Comparisons written by hand below the generated table (KEPT) survive a new run.
-    kept = ""
-    if args.output.exists() and KEPT in (previous := args.output.read_text()):
-        kept = "\n" + previous[previous.index(KEPT) :]
-    args.output.write_text(render(reports, args.quick) + kept)
+    # Comparisons written by hand below the generated table (KEPT) survive a new run, and
+    # so do the rows of benches not run this time (`--only`).
+    previous = args.output.read_text() if args.output.exists() else ""
+    kept = "\n" + previous[previous.index(KEPT) :] if KEPT in previous else ""
+    args.output.write_text(render(reports, args.quick, earlier_results(previous)) + kept)
     print(f"wrote {args.output}")
 
 

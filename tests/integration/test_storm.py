@@ -25,8 +25,8 @@ from tests.support import docker_config
 
 pytestmark = pytest.mark.docker
 
-CLIENTS = 32
-SWITCHES_EACH = 25
+CLIENTS = 16
+SWITCHES_EACH = 12
 MODELS = ("m0", "m1", "m2", "m3")
 CAPACITY_GB = 70.0
 
@@ -91,7 +91,7 @@ async def client_storm(path: Path, seed: int) -> list[dict[str, Any]]:
 
 
 async def test_storm_of_switches(image: str, prefix: str, tmp_path: Path) -> None:
-    """32 clients x 25 random switches over 4 models of which 2 fit."""
+    """16 clients x 12 random switches over 4 models of which 2 fit."""
     tables = {name: existing_container(image, prefix, name) for name in MODELS}
     config = docker_config(tables, [CAPACITY_GB], release_delay_s=0.05)
     gpu = RecordingGpu(config.gpu)
