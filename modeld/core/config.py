@@ -119,7 +119,7 @@ class ModelConfig(Strict):
     endpoint: str = Field(default="", validate_default=True)
     size_gb: NonNegativeFloat = 0.0
     hf_path: str | None = None
-    # The name vLLM serves it under (its --served-model-name), when not the table's key:
+    # The name vLLM serves it under, when the command does not say (see `served_name`):
     # the gateway sends requests for this model with that name.
     served_model_name: str | None = None
     # Other names clients may ask for it by (`gpt-4o`, `chat:latest`): the gateway and the
@@ -233,6 +233,25 @@ class ModelConfig(Strict):
         if self.sleep_mode and SLEEP_MODE_FLAG not in self.command:
             return [*self.command, SLEEP_MODE_FLAG]
         return list(self.command)
+
+    @property
+    def served_name(self) -> str:
+        """The name vLLM serves this model by: `served_model_name`, else what the command
+        tells vLLM (`--served-model-name`, else `--model` or `vllm serve MODEL`, which
+        vLLM then serves it as), else the table's key."""
+        if self.served_model_name:
+            return self.served_model_name
+        args = [str(arg) for arg in self.command or []]
+        for flag in ("--served-model-name", "--model"):
+            for index, arg in enumerate(args):
+                if arg.startswith(flag + "="):
+                    return arg.split("=", 1)[1]
+                if arg == flag and index + 1 < len(args):
+                    return args[index + 1]
+        for index, arg in enumerate(args[:-1]):
+            if arg == "serve" and not args[index + 1].startswith("-"):
+                return args[index + 1]
+        return self.name
 
     @property
     def launch_env(self) -> dict[str, str]:

@@ -251,7 +251,7 @@ class LeaseOps:
             lease=lease.id,
             model=record.name,
             endpoint=record.config.endpoint,
-            served_model_name=record.config.served_model_name or record.name,
+            served_model_name=record.config.served_name,
             state=record.state.value,
             leases=record.usage.leases,
             waited_seconds=round(waited, 3),

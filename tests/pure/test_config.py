@@ -13,12 +13,13 @@ from modeld.core.errors import ConfigError
 from modeld.daemon.checkconfig import schema
 
 ROOT = Path(__file__).resolve().parents[2]
-SEED = "etc/modeld/modeld.toml"
+SEED = "etc/modeld/seed.toml"
 
 
 def test_shipped_configs_load() -> None:
-    """etc/modeld/modeld.toml declares the seed's four models; demo.toml is simulated."""
-    seed = load_config(ROOT / "etc/modeld/modeld.toml")
+    """etc/modeld/seed.toml declares the seed's four models; demo.toml is simulated (the
+    shipped modeld.toml is docs/recipes.md's: tests/pure/test_recipes.py)."""
+    seed = load_config(ROOT / SEED)
     assert {name: m.size_gb for name, m in seed.models.items()} == {
         "gpt-oss-120b": 183,
         "gpt-oss-20b": 40,
@@ -278,3 +279,44 @@ def test_port_and_host_come_from_the_endpoint_given() -> None:
                 },
             }
         )
+
+
+@pytest.mark.parametrize(
+    ("command", "configured", "served"),
+    [
+        (
+            ["vllm", "serve", "Qwen/Qwen2.5-7B-Instruct", "--served-model-name", "qwen"],
+            None,
+            "qwen",
+        ),
+        (
+            ["vllm", "serve", "Qwen/Qwen2.5-7B-Instruct", "--port", "{port}"],
+            None,
+            "Qwen/Qwen2.5-7B-Instruct",
+        ),
+        (["--model", "openai/gpt-oss-20b", "--port", "{port}"], None, "openai/gpt-oss-20b"),
+        (["--model=org/m", "--served-model-name=short"], None, "short"),
+        (["python", "-m", "server", "--port", "{port}"], None, "m"),
+        (["vllm", "serve", "org/m"], "chosen", "chosen"),
+    ],
+)
+def test_the_served_name_is_what_the_command_tells_vllm(
+    command: list[str], configured: str | None, served: str
+) -> None:
+    """The gateway renames requests to the name vLLM serves: `served_model_name` when
+    set, else the command's --served-model-name, else its model (vLLM's default), else
+    the table's key."""
+    config = parse_config(
+        {
+            "gpu": {"backend": "simulated", "devices_gb": [80]},
+            "models": {
+                "m": {
+                    "runtime": "process",
+                    "command": command,
+                    "endpoint": "http://127.0.0.1:8011",
+                    **({"served_model_name": configured} if configured else {}),
+                }
+            },
+        }
+    )
+    assert config.models["m"].served_name == served
