@@ -41,3 +41,20 @@ def test_the_process_recipe_is_valid() -> None:
     model = config.models["qwen-7b"]
     assert model.runtime == "process"
     assert "/run/modeld/backends/qwen-7b.sock" in (model.command or [])
+
+
+def test_the_shipped_config_is_the_docker_recipe() -> None:
+    """etc/modeld/modeld.toml, what install.md installs, runs the recipe's three models in
+    containers modeld makes (one config to keep right, not two)."""
+    shipped = parse_config(tomllib.loads((ROOT / "etc/modeld/modeld.toml").read_text()))
+    recipe = parse_config(tomllib.loads(toml_blocks()[0]), "docs/recipes.md")
+    assert set(shipped.models) == set(recipe.models)
+    for name, model in shipped.models.items():
+        theirs = recipe.models[name]
+        assert model.image == theirs.image and model.container is None
+        assert model.command == theirs.command
+        assert model.volumes == theirs.volumes
+        assert model.gpu_memory_utilization == theirs.gpu_memory_utilization
+        assert model.aliases == theirs.aliases
+        assert model.served_name == name
+    assert shipped.daemon.cache_dir == recipe.daemon.cache_dir
