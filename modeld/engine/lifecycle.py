@@ -24,12 +24,13 @@ from modeld.core.errors import (
     LoadFailed,
     ModeldError,
     OperationFailed,
+    OperationTimeout,
     RuntimeUnavailable,
     UnknownModel,
 )
 from modeld.core.states import Failure, State
 from modeld.engine.events import EventBus
-from modeld.engine.facts import Revision
+from modeld.engine.facts import LoadTask, Revision
 from modeld.engine.learning import Learning
 from modeld.engine.ledger import GpuLedger
 from modeld.engine.model import Model, Transition
@@ -69,6 +70,39 @@ class Lifecycle:
         # What a model's new settings mean for its learned figures, and what a backend
         # that now answers holds.
         self.learning = learning
+
+    async def wait_load(
+        self, record: Model, load: LoadTask, timeout: float | None
+    ) -> ModeldError | None:
+        """A load's outcome; a caller's own deadline (OperationTimeout: the load goes on), the
+        daemon stopping (OperationFailed: nobody is kept waiting through its shutdown), or
+        the load ended by a stop (LoadFailed saying so). The load is never cancelled here."""
+        closed = asyncio.ensure_future(self.closing.wait())
+        try:
+            async with asyncio.timeout(timeout):
+                await asyncio.wait({load, closed}, return_when=asyncio.FIRST_COMPLETED)
+        except TimeoutError:
+            raise OperationTimeout(
+                f"{record.name} is still loading after {timeout}s; the load goes on",
+                model=record.name,
+                state=record.state.value,
+            ) from None
+        finally:
+            closed.cancel()
+        if load.cancelled():
+            return LoadFailed(
+                f"{record.name}: stopped while loading (the load was ended by a stop)",
+                model=record.name,
+                reason="stopped",
+            )
+        if load.done():
+            return load.result()
+        raise OperationFailed(
+            f"modeld is stopping: no longer waiting for {record.name} to load",
+            model=record.name,
+            state=record.state.value,
+            reason="shutting_down",
+        )
 
     def new_model(self, name: str, config: Config | None = None) -> Model:
         """A stopped Model for a configured model."""

@@ -140,8 +140,9 @@ class Room:
                         self._parking.begin_wake(victim)
                     elif victim.state in (State.STOPPED, State.FAILED):
                         await self._life.start_model(victim)
+                # Not through a shutdown: a daemon that stops says so, and exits.
                 if victim.load_task is not None and (
-                    failure := await asyncio.shield(victim.load_task)
+                    failure := await self._life.wait_load(victim, victim.load_task, None)
                 ):
                     raise failure
             except ModeldError as exc:

@@ -7,7 +7,6 @@ on failure). Making room and undoing it is room.py's."""
 
 from __future__ import annotations
 
-import asyncio
 import time
 from dataclasses import dataclass, field
 
@@ -29,10 +28,7 @@ from modeld.core.decision import (
 )
 from modeld.core.errors import (
     InsufficientMemory,
-    LoadFailed,
     ModeldError,
-    OperationFailed,
-    OperationTimeout,
     UnknownModel,
 )
 from modeld.core.planner import Infeasible, Plan
@@ -287,7 +283,7 @@ class Switcher:
             return result
         failure = begun.failure
         if failure is None and wait and begun.load_task is not None:
-            failure = await _wait_load(record, begun.load_task, timeout, self._life.closing)
+            failure = await self._life.wait_load(record, begun.load_task, timeout)
         if failure is not None:
             # A failed switch should not leave users with nothing: bring back what it
             # stopped. A caller's own timeout is not a failure: the load goes on.
@@ -330,38 +326,4 @@ def _would_evict(record: Model, plan: Plan, memory_info: MemoryInfo) -> Insuffic
         would_stop=list(plan.stop),
         would_park=list(plan.park),
         **memory_info.answer(),
-    )
-
-
-async def _wait_load(
-    record: Model, load: LoadTask, timeout: float | None, closing: asyncio.Event
-) -> ModeldError | None:
-    """A load's outcome; a caller's own deadline (OperationTimeout: the load goes on), the
-    daemon stopping (OperationFailed: nobody is kept waiting through its shutdown), or
-    the load ended by a stop (LoadFailed saying so). The load is never cancelled here."""
-    closed = asyncio.ensure_future(closing.wait())
-    try:
-        async with asyncio.timeout(timeout):
-            await asyncio.wait({load, closed}, return_when=asyncio.FIRST_COMPLETED)
-    except TimeoutError:
-        raise OperationTimeout(
-            f"{record.name} is still loading after {timeout}s; the load goes on",
-            model=record.name,
-            state=record.state.value,
-        ) from None
-    finally:
-        closed.cancel()
-    if load.cancelled():
-        return LoadFailed(
-            f"{record.name}: stopped while loading (the load was ended by a stop)",
-            model=record.name,
-            reason="stopped",
-        )
-    if load.done():
-        return load.result()
-    raise OperationFailed(
-        f"modeld is stopping: no longer waiting for {record.name} to load",
-        model=record.name,
-        state=record.state.value,
-        reason="shutting_down",
     )
