@@ -4,6 +4,7 @@ OpenAI model list. The daemon decides; these only translate."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from aiohttp import web
@@ -29,28 +30,60 @@ LISTED = (
 )
 
 
-def _flag(request: web.Request, name: str, default: bool) -> bool:
-    value = request.query.get(name)
+Fields = Mapping[str, object]
+# What the switch endpoint reads, from its query string or a JSON object body.
+SWITCH_FIELDS = frozenset({"target_model", "wait", "force", "timeout"})
+
+
+def _flag(fields: Fields, name: str, default: bool) -> bool:
+    value = fields.get(name)
     if value is None:
         return default
-    if value.lower() in ("1", "true", "yes"):
+    if isinstance(value, bool):
+        return value
+    if str(value).lower() in ("1", "true", "yes"):
         return True
-    if value.lower() in ("0", "false", "no"):
+    if str(value).lower() in ("0", "false", "no"):
         return False
-    raise GatewayError("bad_request", f"query parameter {name} must be true or false")
+    raise GatewayError("bad_request", f"{name} must be true or false")
 
 
-def _timeout(request: web.Request) -> float | None:
-    value = request.query.get("timeout")
+def _timeout(fields: Fields) -> float | None:
+    value = fields.get("timeout")
     if value is None:
         return None
     try:
-        seconds = float(value)
+        seconds = float(value) if isinstance(value, str | int | float) else -1.0
     except ValueError:
         seconds = -1.0
     if not 0 < seconds < float("inf"):
-        raise GatewayError("bad_request", "query parameter timeout must be seconds > 0")
+        raise GatewayError("bad_request", "timeout must be seconds > 0")
     return seconds
+
+
+async def _switch_fields(request: web.Request) -> Fields:
+    """The query string's fields, and a JSON object body's (`{"target_model": ...}`, as
+    the seed's clients may send); the query string wins where both say."""
+    fields: dict[str, object] = {}
+    if request.body_exists:
+        try:
+            body = await request.json()
+        except ValueError:
+            body = None
+        if not isinstance(body, dict):
+            raise GatewayError(
+                "bad_request", 'the body must be a JSON object, e.g. {"target_model": "NAME"}'
+            )
+        unknown = sorted(set(body) - SWITCH_FIELDS)
+        if unknown:
+            raise GatewayError(
+                "bad_request",
+                f"unknown field {unknown[0][:64]!r}; the switch takes "
+                + ", ".join(sorted(SWITCH_FIELDS)),
+            )
+        fields.update(body)
+    fields.update(request.query)
+    return fields
 
 
 class Admin:
@@ -69,25 +102,27 @@ class Admin:
         )
 
     async def switch(self, request: web.Request) -> web.Response:
-        """`POST /v1/models/switch?target_model=NAME[&wait=false][&force=true][&timeout=S]`."""
-        target = request.query.get("target_model", "")
-        if not target:
-            raise GatewayError("bad_request", "query parameter target_model is required")
-        return await self._load(request, "switch", target)
+        """`POST /v1/models/switch?target_model=NAME[&wait=false][&force=true][&timeout=S]`,
+        or the same fields in a JSON object body."""
+        fields = await _switch_fields(request)
+        target = fields.get("target_model")
+        if not isinstance(target, str) or not target:
+            raise GatewayError("bad_request", "target_model is required (a model's name)")
+        return await self._load(fields, "switch", target)
 
     async def action(self, request: web.Request) -> web.Response:
         """`POST /v1/models/{name}/{start|stop|restart}`."""
         name, action = request.match_info["name"], request.match_info["action"]
         if action == "stop":
-            params = {"force": True} if _flag(request, "force", False) else {}
+            params = {"force": True} if _flag(request.query, "force", False) else {}
             return web.json_response(await self._link.call("stop", model=name, **params))
-        return await self._load(request, action, name)
+        return await self._load(request.query, action, name)
 
-    async def _load(self, request: web.Request, method: str, model: str) -> web.Response:
-        params: dict[str, Any] = {"model": model, "wait": _flag(request, "wait", True)}
-        if method == "switch" and _flag(request, "force", False):
+    async def _load(self, fields: Fields, method: str, model: str) -> web.Response:
+        params: dict[str, Any] = {"model": model, "wait": _flag(fields, "wait", True)}
+        if method == "switch" and _flag(fields, "force", False):
             params["force"] = True
-        timeout = _timeout(request)
+        timeout = _timeout(fields)
         if timeout is not None:
             params["timeout"] = timeout
         # A switch may wait for a drain, a stop and a load: the daemon's own deadlines

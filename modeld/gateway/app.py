@@ -66,11 +66,14 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
             413: "too_large",
             415: "unsupported_media_type",
         }
+        allow = exc.headers.get("Allow") if exc.status == 405 else None
         message = {
             404: f"no such endpoint: {request.method} {request.path}",
+            405: f"{request.method} is not allowed here; use {allow}",
             413: "the request body is too large (gateway.max_body_bytes)",
         }.get(exc.status, exc.reason)
         error = GatewayError(kinds.get(exc.status, "bad_request"), message)
+        error.allow = allow
     request.app[METRICS].errors.labels(error.kind).inc()
     caller = identity(request)
     error = for_caller(error, admin=caller is not None and caller.admin)
@@ -137,8 +140,9 @@ class Gateway:
             router.add_post(path, self.proxy.handle, name=f"infer{path.replace('/', '-')}")
         router.add_get("/v1/models", self.admin.models, name="models")
         router.add_get("/v1/models/status", self.admin.status, name="seed-status")
-        # After the seed's path: a model named "status" is reached through the list.
-        router.add_get("/v1/models/{name}", self.admin.model, name="model")
+        # After the seed's path: a model named "status" is reached through the list; none
+        # named "switch" (GET /v1/models/switch is the switch asked with the wrong method).
+        router.add_get(r"/v1/models/{name:(?!switch$)[^/]+}", self.admin.model, name="model")
         router.add_post("/v1/models/switch", self.admin.switch, name="seed-switch")
         router.add_post(
             r"/v1/models/{name}/{action:start|stop|restart}",

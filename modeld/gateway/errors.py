@@ -87,6 +87,8 @@ class GatewayError(Exception):
         self.data = data
         # Seconds to wait before trying again, when it depends on the case (a budget).
         self.retry_after: int | None = None
+        # The methods a route takes (405's Allow header).
+        self.allow: str | None = None
 
     @property
     def status(self) -> int:
@@ -111,13 +113,16 @@ def for_caller(error: GatewayError, *, admin: bool) -> GatewayError:
     if admin:
         return error
     shown = GatewayError(error.kind, error.message, **without_backend_output(error.data))
-    shown.retry_after = error.retry_after
+    shown.retry_after, shown.allow = error.retry_after, error.allow
     return shown
 
 
 def _headers(error: GatewayError) -> dict[str, str]:
     retry = error.retry_after if error.retry_after is not None else RETRY_AFTER_S.get(error.kind)
-    return {"Retry-After": str(retry)} if retry is not None else {}
+    headers = {"Retry-After": str(retry)} if retry is not None else {}
+    if error.allow is not None:
+        headers["Allow"] = error.allow
+    return headers
 
 
 def openai_body(error: GatewayError) -> dict[str, Any]:

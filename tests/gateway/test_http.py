@@ -149,6 +149,53 @@ async def test_start_stop_restart_over_http(
         assert (await answer.json())["would_stop"] == ["a"]
 
 
+async def test_the_switch_takes_its_fields_as_a_json_body_too(
+    fronted: GatewayFactory, http: aiohttp.ClientSession
+) -> None:
+    """`{"target_model": "b", "wait": true}` switches as the query string does; a body
+    that is not an object, or names a field the switch does not take, is a 400 that
+    changes nothing."""
+    front = await fronted(make_config(TWO, [80]))
+    url = front.url + "/v1/models/switch"
+    async with http.post(url, json={"target_model": "b", "wait": True}) as answer:
+        assert answer.status == 200, await answer.text()
+        assert (await answer.json())["status"] == "success"
+    assert state_of(front.engine, "b") is State.RUNNING
+    for body in (b"[1]", b"{oops", json.dumps({"target_model": "a", "targte": 1}).encode()):
+        headers = {"Content-Type": "application/json"}
+        async with http.post(url, data=body, headers=headers) as answer:
+            assert answer.status == 400, body
+            refusal = await answer.json()
+        assert refusal["status"] == "error" and refusal["message"]
+    async with http.post(url, json={"wait": False}) as answer:
+        assert answer.status == 400
+        assert "target_model is required" in (await answer.json())["message"]
+    assert state_of(front.engine, "a") is State.STOPPED
+
+
+async def test_a_wrong_method_is_405_with_the_methods_allowed(
+    fronted: GatewayFactory, http: aiohttp.ClientSession
+) -> None:
+    """Every route answers a method it does not take with 405 and `Allow`, in the
+    route's error shape, and does nothing: GET on the switch (not a model named
+    "switch"), GET on inference, POST on the list, DELETE on an action."""
+    front = await fronted(make_config(TWO, [80]))
+    for method, path, allowed in (
+        ("GET", "/v1/models/switch", "POST"),
+        ("GET", "/v1/chat/completions", "POST"),
+        ("POST", "/v1/models", "GET"),
+        ("DELETE", "/v1/models/a/stop", "POST"),
+        ("PUT", "/health", "GET"),
+    ):
+        async with http.request(method, front.url + path) as answer:
+            assert answer.status == 405, (method, path)
+            assert allowed in answer.headers["Allow"].split(","), answer.headers
+            body = await answer.json()
+        message = body["message"] if "status" in body else body["error"]["message"]
+        assert method in message and allowed in message
+    assert front.runtime.starts("a") == 0 and front.runtime.starts("b") == 0
+
+
 async def test_bad_bodies_get_400_and_touch_nothing(
     fronted: GatewayFactory, http: aiohttp.ClientSession
 ) -> None:
