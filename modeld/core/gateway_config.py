@@ -36,6 +36,10 @@ class GatewayConfig(Strict):
     api_keys_file: Path | None = None
     inference_keys: list[Annotated[str, Field(min_length=8)]] = Field(default_factory=list)
     inference_keys_file: Path | None = None
+    # /health and /metrics without a key, for load balancers and Prometheus (which send
+    # none). Off by default: the metrics name every key, and both say the daemon runs.
+    health_without_key: bool = False
+    metrics_without_key: bool = False
     # Loads and wakes one non-admin key's requests may cause in a sliding minute (0: no
     # limit); past it, a request that would cause one more is 429 load_rate_limited.
     key_loads_per_minute: Annotated[int, Field(ge=0)] = 10

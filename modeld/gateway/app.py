@@ -40,6 +40,9 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 KEYS: web.AppKey[Keys] = web.AppKey("keys", Keys)
 METRICS: web.AppKey[GatewayMetrics] = web.AppKey("metrics", GatewayMetrics)
+# The routes served without a key: the page's files, and /health and /metrics where the
+# config says (load balancers and Prometheus send no key).
+OPEN: web.AppKey[frozenset[str]] = web.AppKey("open", frozenset)
 
 
 def _route_name(request: web.Request) -> str | None:
@@ -87,7 +90,7 @@ async def keys(request: web.Request, handler: Handler) -> web.StreamResponse:
     """`Authorization: Bearer <key>` on everything but the dashboard's files; admin-only
     routes refuse other keys (403, nothing done)."""
     route = _route_name(request)
-    if route in PUBLIC_ROUTES:
+    if route in request.app[OPEN]:
         return await handler(request)
     caller = request.app[KEYS].identify(request.headers.get("Authorization"))
     if caller is None:
@@ -135,6 +138,14 @@ class Gateway:
         )
         app[KEYS] = self.keys
         app[METRICS] = self.metrics
+        app[OPEN] = PUBLIC_ROUTES | {
+            route
+            for route, open_ in (
+                ("health", self.config.health_without_key),
+                ("metrics", self.config.metrics_without_key),
+            )
+            if open_
+        }
         router = app.router
         for path in INFERENCE_PATHS:
             router.add_post(path, self.proxy.handle, name=f"infer{path.replace('/', '-')}")

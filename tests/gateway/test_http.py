@@ -62,6 +62,29 @@ async def test_every_endpoint_needs_a_key_when_keys_are_configured(
             assert answer.status == 200
 
 
+async def test_health_and_metrics_may_be_served_without_a_key_when_configured(
+    fronted: GatewayFactory, http: aiohttp.ClientSession
+) -> None:
+    """Load balancers and Prometheus send no key: `health_without_key` and
+    `metrics_without_key` open those two routes, and nothing else; by default they
+    need a key like everything."""
+    closed = await fronted(make_config(TWO, [80]), api_keys=[KEY])
+    for path in ("/health", "/metrics"):
+        async with http.get(closed.url + path) as answer:
+            assert answer.status == 401, path
+    front = await fronted(
+        make_config(TWO, [80]), api_keys=[KEY], health_without_key=True, metrics_without_key=True
+    )
+    async with http.get(front.url + "/health") as answer:
+        assert answer.status == 200
+    async with http.get(front.url + "/metrics") as answer:
+        assert answer.status == 200
+        assert "modeld_gateway_requests_total" in await answer.text()
+    for path in ("/v1/models", "/v1/models/status", "/events"):
+        async with http.get(front.url + path) as answer:
+            assert answer.status == 401, path
+
+
 async def test_only_inference_paths_reach_a_backend(
     fronted: GatewayFactory, http: aiohttp.ClientSession
 ) -> None:
