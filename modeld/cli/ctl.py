@@ -33,9 +33,12 @@ from modeld.cli.render import (
     render_event,
     render_gpu,
     render_models,
+    render_reload,
     render_result,
     render_status,
 )
+from modeld.core.config import load_config
+from modeld.core.errors import ConfigError
 
 EXIT_OK = 0
 EXIT_REFUSED = 1
@@ -176,8 +179,18 @@ async def _follow(path: Path, model: str, lines: int, console: Console, as_json:
     return EXIT_OK
 
 
+def socket_of(args: argparse.Namespace) -> Path:
+    """--socket, else the --config file's daemon.socket, else $MODELD_SOCKET or the
+    packaged default; ConfigError when the config cannot be read."""
+    if args.socket is not None:
+        return Path(args.socket)
+    if args.config is not None:
+        return load_config(args.config).daemon.socket
+    return default_socket()
+
+
 async def _run(args: argparse.Namespace, console: Console) -> int:
-    path: Path = args.socket
+    path = socket_of(args)
     op: str = args.command
     if op == "watch":
         return await _watch(path, console, args.json)
@@ -201,7 +214,7 @@ async def _run(args: argparse.Namespace, console: Console) -> int:
         else:
             console.print(ps_table(result))
         return EXIT_OK
-    if op in ("status", "gpu", "models", "ping"):
+    if op in ("status", "gpu", "models", "ping", "reload"):
         result = await call(op, path)
     elif op == "stop":
         result = await call(op, path, model=args.model, **({"force": True} if args.force else {}))
@@ -225,6 +238,8 @@ async def _run(args: argparse.Namespace, console: Console) -> int:
         render_models(console, result)
     elif op == "ping":
         console.print(f"modeld {result['version']} answers on {path}")
+    elif op == "reload":
+        render_reload(console, result)
     else:
         render_result(console, op, result)
     return EXIT_OK
@@ -238,12 +253,13 @@ def _model_names(prefix: str, parsed_args: argparse.Namespace, **_: Any) -> list
     """Complete MODEL from the daemon's configured models (nothing if it does not answer)."""
 
     async def names() -> list[str]:
-        models = await asyncio.wait_for(call("models", parsed_args.socket), COMPLETION_TIMEOUT_S)
+        socket = socket_of(parsed_args)
+        models = await asyncio.wait_for(call("models", socket), COMPLETION_TIMEOUT_S)
         return [str(model["name"]) for model in models]
 
     try:
         return [name for name in asyncio.run(names()) if name.startswith(prefix)]
-    except (DaemonUnreachable, RpcError, TimeoutError, OSError):
+    except (DaemonUnreachable, RpcError, ConfigError, TimeoutError, OSError):
         return []
 
 
@@ -264,8 +280,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--socket",
         type=Path,
-        default=default_socket(),
-        help="daemon socket (default: $MODELD_SOCKET or /run/modeld/modeld.sock)",
+        help="daemon socket (default: the --config file's daemon.socket, else $MODELD_SOCKET, "
+        "else /run/modeld/modeld.sock)",
+    )
+    parser.add_argument(
+        "--config", type=Path, help="find the daemon's socket in this config file (daemon.socket)"
     )
     parser.add_argument("--json", action="store_true", help="print the raw JSON result")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -275,6 +294,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("models", "configured models"),
         ("ps", "only what is loaded (running, loading, sleeping)"),
         ("ping", "is the daemon up"),
+        ("reload", "re-read the daemon's config file and apply it (as SIGHUP does)"),
     ):
         sub.add_parser(name, help=text)
     for name, text in (
@@ -331,6 +351,9 @@ def run(argv: list[str] | None = None) -> int:
     except DaemonUnreachable as exc:
         print(_unreachable_message(exc), file=sys.stderr)
         return EXIT_UNREACHABLE
+    except ConfigError as exc:
+        print(f"modelctl: --config: {exc.message}", file=sys.stderr)
+        return EXIT_USAGE
     except RpcError as exc:
         if args.json:
             print(

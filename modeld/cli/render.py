@@ -170,6 +170,28 @@ def render_models(console: Console, models: list[dict[str, Any]]) -> None:
     console.print(table)
 
 
+RELOAD_SENTENCES = (
+    ("added", "added"),
+    ("removed", "removed"),
+    ("unmanaged", "removed from the config while running: kept, unmanaged, until stopped"),
+    ("changed", "changed, in effect now"),
+    ("changed_at_next_start", "changed while running: in effect at its next start"),
+    ("requires_restart", "changed: needs a restart of modeld to take effect"),
+)
+
+
+def render_reload(console: Console, result: dict[str, Any]) -> None:
+    """What a reload changed, a line per kind of change (or that nothing did)."""
+    said = False
+    for key, sentence in RELOAD_SENTENCES:
+        names = result.get(key) or []
+        if names:
+            console.print(f"{escape(', '.join(names))}: {sentence}", highlight=False)
+            said = True
+    if not said:
+        console.print("config reloaded: nothing changed")
+
+
 def render_result(console: Console, op: str, result: dict[str, Any]) -> None:
     """A one-paragraph account of a switch/start/stop/restart."""
     status = result.get("status")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -87,6 +88,43 @@ def test_modelctl_against_the_daemon(demo_daemon: tuple[subprocess.Popen[str], P
     daemon.send_signal(signal.SIGTERM)
     assert daemon.wait(timeout=30) == 0
     assert not socket.exists()
+
+
+def test_modelctl_finds_the_socket_in_a_config_and_reloads_it(
+    demo_daemon: tuple[subprocess.Popen[str], Path], tmp_path: Path
+) -> None:
+    """`modelctl --config FILE` reaches the daemon at that file's daemon.socket (a bad
+    file is a usage error naming it); `modelctl reload` applies the edited config and
+    says what changed, in sentences."""
+    _, socket = demo_daemon
+    # The daemon's own config, naming the socket it listens on.
+    config = tmp_path / "client.toml"
+    demo = (tmp_path / "demo.toml").read_text()
+    config.write_text(re.sub(r"^socket = .*$", f'socket = "{socket}"', demo, flags=re.M))
+    found = subprocess.run(
+        [*MODELCTL, "--config", str(config), "ping"], capture_output=True, text=True, timeout=60
+    )
+    assert found.returncode == 0, found.stderr
+    assert str(socket) in found.stdout
+    broken = tmp_path / "broken.toml"
+    broken.write_text("[daemon\n")
+    refused = subprocess.run(
+        [*MODELCTL, "--config", str(broken), "ping"], capture_output=True, text=True, timeout=60
+    )
+    assert refused.returncode == 2
+    assert "broken.toml" in refused.stderr
+
+    same = modelctl(socket, "reload")
+    assert same.returncode == 0, same.stderr
+    assert "nothing changed" in same.stdout
+    daemon_config = tmp_path / "demo.toml"
+    text = daemon_config.read_text()
+    chat = text[text.index('[models."demo-chat"]') : text.index('[models."demo-coder"]')]
+    extra = chat.replace('"demo-chat"', '"demo-extra"').replace("demo-chat", "demo-extra")
+    daemon_config.write_text(text + "\n" + extra)
+    added = modelctl(socket, "reload")
+    assert added.returncode == 0, added.stderr
+    assert "demo-extra: added" in added.stdout
 
 
 def test_unreachable_daemon_exit_3_names_socket(tmp_path: Path) -> None:
