@@ -44,6 +44,8 @@ EXIT_OK = 0
 EXIT_REFUSED = 1
 EXIT_USAGE = 2
 EXIT_UNREACHABLE = 3
+# How often `watch` tries the daemon again once it went away.
+RECONNECT_EVERY_S = 1.0
 
 
 async def _top(path: Path, console: Console, once: bool) -> int:
@@ -161,10 +163,45 @@ async def switch_with_progress(
 
 
 async def _watch(path: Path, console: Console, as_json: bool) -> int:
-    async with Client(path) as client:
-        async for event in client.events():
-            render_event(console, event, as_json)
-    return EXIT_OK
+    """Print events as they come. When the daemon goes away after answering (a restart),
+    say so on stderr, reconnect once it answers again, say that, and go on; a daemon that
+    never answered is exit 3 at once."""
+    err = Console(stderr=True)
+    connected = False
+    while True:
+        try:
+            async with Client(path) as client:
+                stream = await client.subscribe()
+                if connected:
+                    err.print(
+                        f"[green]modelctl: modeld answers again on {path}; watching[/]",
+                        soft_wrap=True,
+                    )
+                connected = True
+                async for event in stream:
+                    render_event(console, event, as_json)
+        except DaemonUnreachable as exc:
+            if not connected:
+                raise
+            err.print(
+                f"[yellow]modelctl: lost modeld ({escape(exc.reason)}); events until it "
+                f"answers again are missed; reconnecting every {RECONNECT_EVERY_S:g} s[/]",
+                soft_wrap=True,
+            )
+            while True:
+                await asyncio.sleep(RECONNECT_EVERY_S)
+                if await _answers(path):
+                    break
+
+
+async def _answers(path: Path) -> bool:
+    """Whether the daemon answers a ping on `path` now."""
+    try:
+        async with asyncio.timeout(RECONNECT_EVERY_S * 5):
+            await call("ping", path)
+    except (DaemonUnreachable, RpcError, TimeoutError, OSError):
+        return False
+    return True
 
 
 async def _follow(path: Path, model: str, lines: int, console: Console, as_json: bool) -> int:

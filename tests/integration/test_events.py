@@ -262,3 +262,52 @@ async def test_logs_follow_over_the_socket(serve: ServeFactory) -> None:
         assert [line async for line in followed[0]] == []  # ended with its backend
     async with Client(path) as other:  # the limit is per connection
         assert await anext(other.follow(list(names)[-1])) == "m8: CUDA error: out of memory"
+
+
+def test_modelctl_watch_says_so_and_reconnects_when_the_daemon_restarts(tmp_path: Path) -> None:
+    """The daemon restarts under `modelctl watch`: it says it lost modeld, says when it
+    answers again, and goes on printing events (in sentences) from the new daemon."""
+    from modeld.testing.ports import wait_listening, wait_until
+
+    root = Path(__file__).resolve().parents[2]
+    socket = tmp_path / "modeld.sock"
+    config = private_copy(root / "etc/modeld/demo.toml", tmp_path)
+    ctl = [sys.executable, "-m", "modeld.cli.ctl", "--socket", str(socket)]
+
+    def start_daemon() -> subprocess.Popen[bytes]:
+        daemon = subprocess.Popen(
+            [sys.executable, "-m", "modeld", "--config", str(config), "--socket", str(socket)],
+            stderr=subprocess.DEVNULL,
+        )
+        wait_listening(socket, alive=lambda: daemon.poll() is None)
+        return daemon
+
+    def subscribed() -> bool:
+        status = subprocess.run(
+            [*ctl, "--json", "status"], capture_output=True, text=True, check=True, timeout=60
+        )
+        return bool(json.loads(status.stdout)["subscribers"] == 1)
+
+    daemon = start_daemon()
+    watcher = subprocess.Popen(
+        [*ctl, "watch"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    assert watcher.stdout is not None and watcher.stderr is not None
+    try:
+        wait_until(subscribed, "modelctl watch to subscribe")
+        daemon.terminate()
+        daemon.wait(timeout=60)
+        assert "lost modeld" in watcher.stderr.readline()
+        daemon = start_daemon()
+        assert "answers again" in watcher.stderr.readline()
+        wait_until(subscribed, "modelctl watch to subscribe again")
+        subprocess.run([*ctl, "switch", "demo-coder"], check=True, capture_output=True, timeout=60)
+        for line in watcher.stdout:
+            assert "{" not in line, line  # sentences, not JSON
+            if "demo-coder" in line and "running" in line:
+                break
+    finally:
+        watcher.terminate()
+        watcher.wait()
+        daemon.terminate()
+        daemon.wait()

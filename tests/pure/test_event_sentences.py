@@ -1,0 +1,86 @@
+"""`modelctl watch` says every event in a sentence: no raw JSON, no Python dicts."""
+
+from __future__ import annotations
+
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from modeld.cli.render import EVENT_SENTENCES, render_event
+
+ROOT = Path(__file__).resolve().parents[2]
+# One event of each kind, with the fields its publisher sends.
+SAMPLES: dict[str, dict[str, Any]] = {
+    "state": {
+        "model": "chat",
+        "from_state": "loading",
+        "to_state": "failed",
+        "reason": "load failed",
+        "failure": "chat: exited with code 3",
+    },
+    "switch.plan": {
+        "model": "chat",
+        "stop": ["coder"],
+        "park": ["big"],
+        "memory_info": {"required_gb": 14.0, "available_before_gb": 4.0, "freed_gb": 0},
+    },
+    "switch.stopped": {"model": "chat", "stopped": "coder"},
+    "switch.parked": {"model": "chat", "parked": "big"},
+    "switch.room_ready": {"model": "chat", "free_gb": {"0": 14.0}},
+    "switch.waking": {"model": "chat"},
+    "park.failed": {"model": "big", "error": "sleep refused"},
+    "wake.failed": {"model": "big", "error": "wake refused", "fallback": "cold start"},
+    "idle.unloaded": {"model": "chat", "action": "parked"},
+    "drain": {"model": "coder", "leases": 2},
+    "config.reloaded": {"added": ["new"], "removed": []},
+    "gateway.connected": {"socket": "/run/modeld/modeld.sock"},
+    "gateway.disconnected": {"reason": "connection closed"},
+}
+
+
+def published_kinds() -> set[str]:
+    """Every event kind the code publishes (`publish("KIND", ...)`)."""
+    kinds: set[str] = set()
+    for path in (ROOT / "modeld").rglob("*.py"):
+        kinds.update(re.findall(r'publish\(\s*"([a-z_.]+)"', path.read_text()))
+    return kinds
+
+
+def said(event: dict[str, Any]) -> str:
+    """What `modelctl watch` prints for the event."""
+    console = Console(width=200, record=True, force_terminal=False)
+    render_event(console, {"seq": 1, "time": time.time(), **event}, as_json=False)
+    return console.export_text()
+
+
+def test_every_published_event_has_a_sentence() -> None:
+    """A new kind of event cannot ship without its sentence (and a sample here)."""
+    kinds = published_kinds()
+    assert "state" in kinds and "switch.plan" in kinds  # the walk finds them
+    assert kinds <= set(EVENT_SENTENCES), kinds - set(EVENT_SENTENCES)
+    assert kinds <= set(SAMPLES), kinds - set(SAMPLES)
+
+
+def test_each_event_reads_as_a_sentence_naming_its_model() -> None:
+    """No braces, no quotes of a Python dict; the model and the figures in words."""
+    for kind, fields in SAMPLES.items():
+        text = said({"type": kind, **fields})
+        assert "{" not in text and "'" not in text, (kind, text)
+        if "model" in fields:
+            assert fields["model"] in text, (kind, text)
+    assert "GPU 0 has 14.0 GB free" in said(
+        {"type": "switch.room_ready", **SAMPLES["switch.room_ready"]}
+    )
+    plan = said({"type": "switch.plan", **SAMPLES["switch.plan"]})
+    assert "will stop coder and park big (needs 14.0 GB, 4.0 GB free before)" in plan
+
+
+def test_an_unknown_or_malformed_event_is_still_words() -> None:
+    """An event from a newer daemon, or one missing a field, prints its fields plainly."""
+    text = said({"type": "future.thing", "model": "chat", "count": 3})
+    assert text.strip().endswith("future.thing: model chat, count 3")
+    broken = said({"type": "switch.plan"})
+    assert "switch.plan" in broken and "{" not in broken
