@@ -12,6 +12,7 @@ import argparse
 import json
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -80,29 +81,51 @@ def _wait_ready(daemon: subprocess.Popen[bytes], socket: Path, deadline_s: float
     return False
 
 
-def _gateway_request(url: str, key: str, model: str, console: Console) -> bool:
-    """One chat completion through modeld-gateway, as any OpenAI client sends it."""
-    console.rule(f"[bold]$ curl {url}/v1/chat/completions  (model {model}, streamed)")
+def curl_command(url: str, key: str, model: str) -> list[str]:
+    """The curl command line of one streamed chat completion through the gateway."""
     body = {
         "model": model,
         "messages": [{"role": "user", "content": "hello"}],
         "max_tokens": 6,
         "stream": True,
     }
-    request = urllib.request.Request(
+    return [
+        "curl",
+        "-sN",
         f"{url}/v1/chat/completions",
-        json.dumps(body).encode(),
-        {"Content-Type": "application/json", "Authorization": f"Bearer {key}"},
-    )
-    pieces = []
+        "-H",
+        f"Authorization: Bearer {key}",
+        "-H",
+        "Content-Type: application/json",
+        "-d",
+        json.dumps(body, separators=(",", ":")),
+    ]
+
+
+def _gateway_request(url: str, key: str, model: str, console: Console) -> bool:
+    """One chat completion through modeld-gateway, sent as printed: curl runs the line
+    shown (Python sends the same request where curl is not installed)."""
+    command = curl_command(url, key, model)
+    console.rule(f"[bold]a streamed chat completion for {model}, through the gateway")
+    console.print(f"$ {shlex.join(command)}", markup=False, highlight=False, soft_wrap=True)
     try:
-        with urllib.request.urlopen(request, timeout=120) as answer:
-            for raw in answer:
-                line = raw.decode().strip()
-                if line.startswith("data: {"):
-                    choice = json.loads(line[6:])["choices"][0]
-                    pieces.append(choice["delta"].get("content") or "")
-    except (OSError, ValueError) as exc:
+        if shutil.which("curl"):
+            done = subprocess.run(command, capture_output=True, text=True, timeout=120)
+            if done.returncode != 0:
+                raise OSError(f"curl exited with {done.returncode}: {done.stderr.strip()}")
+            lines = done.stdout.splitlines()
+        else:
+            console.print("(curl is not installed: the same request, sent by Python)")
+            headers = {"Content-Type": "application/json", "Authorization": f"Bearer {key}"}
+            request = urllib.request.Request(command[2], command[-1].encode(), headers)
+            with urllib.request.urlopen(request, timeout=120) as answer:
+                lines = [raw.decode() for raw in answer]
+        pieces = [
+            json.loads(line[6:])["choices"][0]["delta"].get("content") or ""
+            for line in (raw.strip() for raw in lines)
+            if line.startswith("data: {")
+        ]
+    except (OSError, ValueError, KeyError, subprocess.TimeoutExpired) as exc:
         console.print(f"[red]the gateway did not answer: {exc}")
         return False
     console.print(f"{model} answered: {''.join(pieces)!r}", markup=False, highlight=False)
@@ -192,6 +215,13 @@ def run(argv: list[str] | None = None) -> int:
     socket = workdir / "modeld.sock"
     log_path = workdir / "modeld.log"
     console.print(f"starting modeld on {socket} (daemon log: {log_path})")
+    console.print(
+        f"to follow along from another shell while it runs: export MODELD_SOCKET={socket}; "
+        "modelctl watch",
+        markup=False,
+        highlight=False,
+        soft_wrap=True,
+    )
     with log_path.open("wb") as log:
         daemon = subprocess.Popen(
             [sys.executable, "-m", "modeld", "--config", str(args.config), "--socket", str(socket)],

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
+import shutil
 import signal
 import socket
 import subprocess
@@ -168,6 +170,14 @@ def test_demo_command_switches_between_models() -> None:
     assert "demo-large answered: 'demo-large ok ok ok ok ok'" in result.stdout
     assert "demo-chat answered: 'demo-chat ok ok ok ok ok'" in result.stdout
     assert "demo done" in result.stdout
+    # What it prints works as printed: the socket to export, and the curl line it ran.
+    assert re.search(r"export MODELD_SOCKET=/\S+/modeld\.sock; modelctl watch", result.stdout)
+    curls = [line[2:] for line in result.stdout.splitlines() if line.startswith("$ curl ")]
+    assert len(curls) == 2
+    argv = shlex.split(curls[0])
+    assert argv[:2] == ["curl", "-sN"] and json.loads(argv[-1])["model"] == "demo-large"
+    if shutil.which("curl"):
+        assert "curl is not installed" not in result.stdout
 
 
 def port_answers(port: int) -> bool:
