@@ -33,6 +33,7 @@ from modeld.cli.render import (
     render_event,
     render_gpu,
     render_models,
+    render_plan,
     render_reload,
     render_result,
     render_status,
@@ -253,7 +254,7 @@ async def _run(args: argparse.Namespace, console: Console) -> int:
         return EXIT_OK
     if op in ("status", "gpu", "models", "ping", "reload"):
         result = await call(op, path)
-    elif op == "stop":
+    elif op in ("stop", "plan"):
         result = await call(op, path, model=args.model, **({"force": True} if args.force else {}))
     else:
         params: dict[str, Any] = {"wait": not args.no_wait}
@@ -277,6 +278,8 @@ async def _run(args: argparse.Namespace, console: Console) -> int:
         console.print(f"modeld {result['version']} answers on {path}")
     elif op == "reload":
         render_reload(console, result)
+    elif op == "plan":
+        render_plan(console, result)
     else:
         render_result(console, op, result)
     return EXIT_OK
@@ -347,6 +350,9 @@ def build_parser() -> argparse.ArgumentParser:
             command.add_argument(
                 "--force", action="store_true", help="evict models even while they serve requests"
             )
+    plan = sub.add_parser("plan", help="what switching to MODEL would do now, and why (dry run)")
+    _model_argument(plan)
+    plan.add_argument("--force", action="store_true", help="plan a forced switch (no drain)")
     stop = sub.add_parser("stop", help="stop MODEL (once its requests in flight have ended)")
     _model_argument(stop)
     stop.add_argument("--force", action="store_true", help="stop it under its requests")

@@ -170,6 +170,29 @@ def render_models(console: Console, models: list[dict[str, Any]]) -> None:
     console.print(table)
 
 
+def render_plan(console: Console, result: dict[str, Any]) -> None:
+    """A dry run in sentences: what a switch would do, the memory, what was weighed."""
+    console.print(f"switch to {result['model']}: {escape(result['message'])}", highlight=False)
+    memory = result.get("memory_info") or {}
+    if memory.get("required_gb") is not None:
+        console.print(
+            f"  GPU {memory.get('device')}: needs {memory['required_gb']:.1f} GB, "
+            f"{memory.get('available_before_gb') or 0:.1f} GB free now, "
+            f"{memory.get('freed_gb') or 0:.1f} GB freed by the plan",
+            highlight=False,
+        )
+    for candidate in result.get("candidates") or []:
+        what = "may be parked" if candidate["can_park"] else "may be stopped"
+        if not candidate["movable"]:
+            what = "stays (pinned, loading or serving requests)"
+        console.print(
+            f"  {candidate['name']}: holds {candidate['held_gb']:.1f} GB, reload "
+            f"~{candidate['reload_seconds']:.0f} s, demand {candidate['demand']:.2f}; {what}",
+            highlight=False,
+        )
+    console.print(f"  (eviction policy: {result['policy']}; nothing was changed)", highlight=False)
+
+
 RELOAD_SENTENCES = (
     ("added", "added"),
     ("removed", "removed"),

@@ -92,3 +92,32 @@ class LogsResult(Result):
 
     model: str
     lines: list[str]
+
+
+class PlanCandidate(Result):
+    """A model the planner could stop or park, with the figures it weighed."""
+
+    name: str
+    held_gb: float
+    reload_seconds: float
+    demand: float
+    movable: bool
+    can_park: bool
+
+
+PlanAction = Literal["none", "join_load", "start", "wake", "wait_for_loads", "drain", "refuse"]
+
+
+class PlanResult(Result):
+    """`plan`: what a switch to `model` would do now, and why; nothing is changed."""
+
+    model: str
+    action: PlanAction
+    message: str
+    stop: list[str] = []
+    park: list[str] = []
+    busy: list[str] = []
+    memory_info: MemoryInfo | None = None
+    estimated_seconds: float | None = None
+    policy: str
+    candidates: list[PlanCandidate] = []

@@ -22,6 +22,7 @@ from modeld.core.jsonraw import RawJSON
 from modeld.core.results import (
     LeaseResult,
     LogsResult,
+    PlanResult,
     ReleaseResult,
     ReloadResult,
     StopResult,
@@ -34,6 +35,7 @@ from modeld.daemon.params import (
     LogsParams,
     NoParams,
     Params,
+    PlanParams,
     ReleaseParams,
     StopParams,
     SwitchParams,
@@ -220,6 +222,10 @@ async def _switch(ctx: Context, p: SwitchParams) -> SwitchResult:
     )
 
 
+async def _plan(ctx: Context, p: PlanParams) -> PlanResult:
+    return await ctx.engine.models.plan(p.model, force=p.force)
+
+
 async def _start(ctx: Context, p: LoadParams) -> SwitchResult:
     return await ctx.engine.models.start(
         p.model, wait=p.wait, timeout=p.timeout, caller=ctx.caller.as_log()
@@ -288,6 +294,13 @@ API: tuple[Method[Any], ...] = (
         _switch,
         "Make a model the one that answers, stopping or parking no more than it must.",
         mutates=True,
+    ),
+    Method(
+        "plan",
+        PlanParams,
+        PlanResult,
+        _plan,
+        "What a switch to a model would stop, park and start now, and why; changes nothing.",
     ),
     Method(
         "start",

@@ -42,6 +42,12 @@ class SwitchParams(LoadParams):
     force: bool = False
 
 
+class PlanParams(ModelParams):
+    """`plan`: a model, and `force` (plan as a forced switch would: no drain)."""
+
+    force: bool = False
+
+
 class StopParams(ModelParams):
     """`stop`: a model, and `force` to stop it under its requests in flight."""
 

@@ -12,7 +12,14 @@ from collections.abc import AsyncIterator
 import structlog
 
 from modeld.core.errors import ModeldError, ModelsBusy, OperationTimeout, WouldLoad
-from modeld.core.results import LeaseResult, LogsResult, ReleaseResult, StopResult, SwitchResult
+from modeld.core.results import (
+    LeaseResult,
+    LogsResult,
+    PlanResult,
+    ReleaseResult,
+    StopResult,
+    SwitchResult,
+)
 from modeld.core.states import State
 from modeld.engine.events import EventBus, Subscription
 from modeld.engine.facts import Revision
@@ -21,6 +28,7 @@ from modeld.engine.lifecycle import Lifecycle
 from modeld.engine.metrics import MetricsSink
 from modeld.engine.model import Model
 from modeld.engine.operations import Asker, Operations
+from modeld.engine.preview import preview_switch
 from modeld.engine.switching import Switcher
 
 log = structlog.get_logger("modeld.engine.facades")
@@ -42,6 +50,12 @@ class ModelOps:
         self._switcher = switcher
         self._leases = leases
         self._metrics = metrics
+
+    async def plan(self, name: str, *, force: bool = False) -> PlanResult:
+        """What `switch` would do to bring `name` up now, and why; changes nothing."""
+        name = self._life.canonical(name)
+        record = self._life.record(name, managed=True)
+        return await preview_switch(self._life, self._leases, record, force)
 
     async def switch(
         self,

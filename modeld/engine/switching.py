@@ -41,6 +41,7 @@ from modeld.engine.metrics import MetricsSink
 from modeld.engine.model import Model
 from modeld.engine.operations import AUTO_RESTART, Asker, Operations
 from modeld.engine.parking import Parking
+from modeld.engine.preview import memory_info
 from modeld.engine.room import Room, left
 
 log = structlog.get_logger("modeld.engine.switching")
@@ -257,17 +258,7 @@ class Switcher:
         return begun
 
     def _memory_info(self, record: Model, plan: Plan) -> MemoryInfo:
-        return MemoryInfo(
-            required_gb=round(plan.required_gb, 1),
-            available_before_gb=round(plan.available_before_gb, 1),
-            freed_gb=round(plan.freed_gb, 1),
-            device=plan.device,
-            source=self._life.ledger.need(record).source.value,
-            per_device={
-                str(d): {k: round(v, 1) for k, v in figures.items()}
-                for d, figures in plan.per_device.items()
-            },
-        )
+        return memory_info(self._life, record, plan)
 
     def count_demand(self, record: Model) -> None:
         """A request for `record`'s model (a switch, or a lease granted without one):

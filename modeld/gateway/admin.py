@@ -110,6 +110,13 @@ class Admin:
             raise GatewayError("bad_request", "target_model is required (a model's name)")
         return await self._load(fields, "switch", target)
 
+    async def plan(self, request: web.Request) -> web.Response:
+        """`GET /v1/models/{name}/plan[?force=true]`: what a switch would do now, and why
+        (the daemon's dry run; any key that may read)."""
+        name = request.match_info["name"]
+        params = {"force": True} if _flag(request.query, "force", False) else {}
+        return web.json_response(await self._link.call("plan", model=name, **params))
+
     async def action(self, request: web.Request) -> web.Response:
         """`POST /v1/models/{name}/{start|stop|restart}`."""
         name, action = request.match_info["name"], request.match_info["action"]

@@ -154,6 +154,7 @@ class Gateway:
         # After the seed's path: a model named "status" is reached through the list; none
         # named "switch" (GET /v1/models/switch is the switch asked with the wrong method).
         router.add_get(r"/v1/models/{name:(?!switch$)[^/]+}", self.admin.model, name="model")
+        router.add_get("/v1/models/{name}/plan", self.admin.plan, name="model-plan")
         router.add_post("/v1/models/switch", self.admin.switch, name="seed-switch")
         router.add_post(
             r"/v1/models/{name}/{action:start|stop|restart}",

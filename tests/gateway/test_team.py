@@ -427,3 +427,24 @@ async def test_one_inference_key_holds_at_most_its_share_of_requests(
 
     await eventually(ended, timeout=10)
     assert (await post(http, url, chat("a"), ALICE))[0] == 200
+
+
+async def test_any_key_that_may_read_sees_a_switchs_plan_and_nothing_changes(
+    fronted: GatewayFactory, http: aiohttp.ClientSession
+) -> None:
+    """`GET /v1/models/NAME/plan` (an alias too) answers the daemon's dry run to an
+    inference key: what would stop, the memory, the estimate; no model starts or stops."""
+    config = make_config(TWO, [80])
+    config.models["b"].aliases.append("gpt-4o")
+    front = await fronted(config, api_keys=[KEY], inference_keys=INFERENCE)
+    await front.engine.models.switch("a")
+    async with http.get(front.url + "/v1/models/gpt-4o/plan", headers=bearer(ALICE)) as answer:
+        assert answer.status == 200, await answer.text()
+        plan = await answer.json()
+    assert plan["model"] == "b" and plan["action"] == "start" and plan["stop"] == ["a"]
+    assert plan["memory_info"]["required_gb"] > plan["memory_info"]["available_before_gb"]
+    assert plan["estimated_seconds"] is not None and plan["candidates"][0]["name"] == "a"
+    async with http.get(front.url + "/v1/models/nope/plan", headers=bearer(ALICE)) as answer:
+        assert answer.status == 404
+    assert state_of(front.engine, "a") is State.RUNNING
+    assert state_of(front.engine, "b") is State.STOPPED

@@ -28,17 +28,22 @@ def check(method: str, answer: Any) -> None:
 
 
 async def test_each_methods_answer_matches_its_schema(serve: ServeFactory) -> None:
-    """ping, status (stopped, running, sleeping, failed models), gpu, models, switch
-    (a cold start, a park, already running), start, acquire, release, stop, logs and
+    """ping, status (stopped, running, sleeping, failed models), gpu, models, plan (a
+    start, nothing to do, a park, a wake), switch (a cold start, a park, already
+    running), start, acquire, release, stop, logs and
     subscribe: each answer matches its result model."""
     config = make_config(MODELS, [80], park_ram_gb=100)
     path, engine, runtime = await serve(config)
     async with Client(path) as client:
         for method in ("ping", "status", "gpu", "models", "subscribe"):
             check(method, await client.call(method))
+        check("plan", await client.call("plan", model="alpha"))
         check("switch", await client.call("switch", model="alpha"))
         check("switch", await client.call("switch", model="alpha"))
+        check("plan", await client.call("plan", model="alpha"))
+        check("plan", await client.call("plan", model="beta"))
         check("switch", await client.call("switch", model="beta"))  # parks alpha
+        check("plan", await client.call("plan", model="alpha"))  # a wake
         check("status", await client.call("status"))
         lease = await client.call("acquire", model="beta")
         check("acquire", lease)

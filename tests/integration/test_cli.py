@@ -83,6 +83,15 @@ def test_modelctl_against_the_daemon(demo_daemon: tuple[subprocess.Popen[str], P
     assert loaded.returncode == 0
     assert "demo-coder" in loaded.stdout and "demo-large" not in loaded.stdout
 
+    # A dry run: in sentences, and nothing moves.
+    planned = modelctl(socket, "plan", "demo-large")
+    assert planned.returncode == 0, planned.stderr
+    assert "switch to demo-large:" in planned.stdout and "nothing was changed" in planned.stdout
+    assert "demo-coder: holds" in planned.stdout
+    still = json.loads(modelctl(socket, "--json", "status").stdout)["models"]
+    assert still["demo-coder"]["status"] == "running"
+    assert still["demo-large"]["status"] == "stopped"
+
     unknown = modelctl(socket, "switch", "nope")
     assert unknown.returncode == 1
     assert "Available" in unknown.stderr
