@@ -5,10 +5,13 @@ in between."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
+from modeld.adapters.gpu.base import GpuReading
 from modeld.core.decision import (
     AlreadyRunning,
+    Decision,
     Drain,
     Execute,
     JoinLoad,
@@ -42,6 +45,26 @@ def memory_info(life: Lifecycle, record: Model, plan: Plan) -> MemoryInfo:
     )
 
 
+async def decide_with_plans(
+    life: Lifecycle, leases: Leases, record: Model, evict: bool, force: bool
+) -> tuple[Decision, list[Model], GpuReading, Callable[[str], bool]]:
+    """The switch's decision once it needs a plan: read the GPU, plan (and plan as if the
+    busy models were drained), and decide; with what it was decided from."""
+    records = list(life.records.values())
+    reading = await life.ledger.read(records)
+    protected: Callable[[str], bool] = (lambda _: False) if force else leases.protected
+    plan = life.ledger.plan(record, records, reading, protected)
+    drained = None
+    if isinstance(plan, Infeasible) and not force:
+        drained = life.ledger.plan(record, records, reading)
+    others_loading = any(
+        r is not record and r.state is State.LOADING and r.load_task is not None for r in records
+    )
+    busy = {r.name for r in records if protected(r.name)}
+    facts = SwitchFacts(record.state, evict, force, Plans(plan, drained), others_loading, busy)
+    return decide_switch(facts), records, reading, protected
+
+
 async def preview_switch(
     life: Lifecycle, leases: Leases, record: Model, force: bool = False
 ) -> PlanResult:
@@ -62,18 +85,8 @@ async def preview_switch(
             policy=policy,
         )
     assert isinstance(decision, NeedPlan), decision
-    records = list(life.records.values())
-    reading = await life.ledger.read(records)
-    protected = (lambda _: False) if force else leases.protected
-    plan = life.ledger.plan(record, records, reading, protected)
-    drained = life.ledger.plan(record, records, reading) if isinstance(plan, Infeasible) else None
-    others_loading = any(
-        r is not record and r.state is State.LOADING and r.load_task is not None for r in records
-    )
-    busy = {r.name for r in records if protected(r.name)}
-    decision = decide_switch(
-        SwitchFacts(record.state, True, force, Plans(plan, drained), others_loading, busy)
-    )
+    gathered = await decide_with_plans(life, leases, record, True, force)
+    decision, records, reading, protected = gathered
     _, _, candidates = life.ledger.plan_inputs(record, records, reading, protected)
     weighed = [
         PlanCandidate(

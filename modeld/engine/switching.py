@@ -19,7 +19,6 @@ from modeld.core.decision import (
     Execute,
     JoinLoad,
     NeedPlan,
-    Plans,
     Refusal,
     Refuse,
     SwitchFacts,
@@ -41,7 +40,7 @@ from modeld.engine.metrics import MetricsSink
 from modeld.engine.model import Model
 from modeld.engine.operations import AUTO_RESTART, Asker, Operations
 from modeld.engine.parking import Parking
-from modeld.engine.preview import memory_info
+from modeld.engine.preview import decide_with_plans, memory_info
 from modeld.engine.room import Room, left
 
 log = structlog.get_logger("modeld.engine.switching")
@@ -163,26 +162,8 @@ class Switcher:
             # A failed backend may linger (vLLM's API server outlives its dead engine):
             # stop it first, so its memory is not counted twice.
             await self._life.stop_model(record, "clearing failed backend before start")
-        records = list(self._life.records.values())
-        reading = await self._life.ledger.read(records)
-        protected = (lambda _: False) if force else self._leases.protected
-        plan = self._life.ledger.plan(record, records, reading, protected)
-        drained = None
-        if isinstance(plan, Infeasible) and not force:
-            drained = self._life.ledger.plan(record, records, reading)
-        others_loading = any(
-            r is not record and r.state is State.LOADING and r.load_task is not None
-            for r in records
-        )
-        facts = SwitchFacts(
-            record.state,
-            evict,
-            force,
-            Plans(plan, drained),
-            others_loading,
-            {r.name for r in records if protected(r.name)},
-        )
-        return decide_switch(facts)
+        decided, *_ = await decide_with_plans(self._life, self._leases, record, evict, force)
+        return decided
 
     async def _begin(self, record: Model, *, evict: bool, force: bool = False) -> _Begun | _Blocked:
         """Under the lock: decide, then stop or park what must go and start (or begin
