@@ -69,7 +69,7 @@ def render(reports: list[Report], quick: bool, earlier: Earlier) -> str:
     rows of benches not run this time are `earlier`'s."""
     facts = machine()
     ran = {report.bench for report in reports if report.figures}
-    kept = [name for name in order() if name not in ran and name in earlier.rows]
+    kept = [name for name in earlier.rows if name not in ran]
     lines = [
         "# modeld benchmark results",
         "",
@@ -84,10 +84,12 @@ def render(reports: list[Report], quick: bool, earlier: Earlier) -> str:
         "| bench | figure | median | p99 | spread (p90-p10) | ratio | target | met |",
         "|---|---|---|---|---|---|---|---|",
     ]
-    # A bench that measured nothing (cold_start without real vLLM) keeps its earlier rows.
+    # A bench that measured nothing (cold_start without real vLLM) keeps its earlier rows;
+    # the table keeps its earlier order (by the reports' names), new benches at the end.
     by_name = {report.bench: report for report in reports if report.figures}
+    names = [*earlier.rows, *(name for name in by_name if name not in earlier.rows)]
     notes: list[str] = []
-    for name in order():
+    for name in names:
         if name not in by_name:
             lines.extend(earlier.rows.get(name, []))
             notes.extend(earlier.notes.get(name, []))

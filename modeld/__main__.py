@@ -51,7 +51,7 @@ def run(argv: list[str] | None = None) -> int:
         print(schema(), end="")
         return 0
     if args.command == "api-schema":
-        from modeld.daemon.methods import api_schema_text
+        from modeld.daemon.apischema import api_schema_text
 
         print(api_schema_text(), end="")
         return 0

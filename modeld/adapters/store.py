@@ -11,7 +11,7 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import structlog
 from pydantic import BaseModel, Field, ValidationError
@@ -64,11 +64,37 @@ def _median(values: list[float]) -> float | None:
     return ordered[len(ordered) // 2]
 
 
+# Decisions kept: enough for a day of switching on a busy host, small enough to save.
+HISTORY_KEPT = 500
+
+
+class HistoryEntry(BaseModel):
+    """One thing modeld did to a model, and why: a state change, or a switch's plan."""
+
+    at: float
+    model: str
+    kind: Literal["state", "plan"] = "state"
+    from_state: str | None = None
+    to_state: str | None = None
+    reason: str
+    failure: str | None = None
+    # How long the load or wake that ended here took.
+    seconds: float | None = None
+    # A plan's figures: who it stopped or parked, the memory it counted, the policy.
+    stop: list[str] | None = None
+    park: list[str] | None = None
+    required_gb: float | None = None
+    available_before_gb: float | None = None
+    policy: str | None = None
+
+
 class Learned(BaseModel):
     """The whole state file."""
 
     version: int = 1
     models: dict[str, LearnedModel] = Field(default_factory=dict)
+    # The latest decisions, oldest first (at most HISTORY_KEPT).
+    history: list[HistoryEntry] = Field(default_factory=list)
 
 
 class Store:

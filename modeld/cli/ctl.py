@@ -32,6 +32,7 @@ from modeld.cli.render import (
     ps_table,
     render_event,
     render_gpu,
+    render_history,
     render_models,
     render_plan,
     render_reload,
@@ -254,6 +255,9 @@ async def _run(args: argparse.Namespace, console: Console) -> int:
         return EXIT_OK
     if op in ("status", "gpu", "models", "ping", "reload"):
         result = await call(op, path)
+    elif op == "history":
+        named = {"model": args.model} if args.model else {}
+        result = await call(op, path, limit=args.limit, **named)
     elif op in ("stop", "plan"):
         result = await call(op, path, model=args.model, **({"force": True} if args.force else {}))
     else:
@@ -280,6 +284,8 @@ async def _run(args: argparse.Namespace, console: Console) -> int:
         render_reload(console, result)
     elif op == "plan":
         render_plan(console, result)
+    elif op == "history":
+        render_history(console, result)
     else:
         render_result(console, op, result)
     return EXIT_OK
@@ -350,6 +356,9 @@ def build_parser() -> argparse.ArgumentParser:
             command.add_argument(
                 "--force", action="store_true", help="evict models even while they serve requests"
             )
+    history = sub.add_parser("history", help="what was done to models (or MODEL) and why")
+    history.add_argument("model", nargs="?")
+    history.add_argument("-n", "--limit", type=int, default=50, help="the latest N (max 500)")
     plan = sub.add_parser("plan", help="what switching to MODEL would do now, and why (dry run)")
     _model_argument(plan)
     plan.add_argument("--force", action="store_true", help="plan a forced switch (no drain)")

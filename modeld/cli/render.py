@@ -170,6 +170,28 @@ def render_models(console: Console, models: list[dict[str, Any]]) -> None:
     console.print(table)
 
 
+def render_history(console: Console, result: dict[str, Any]) -> None:
+    """What was done and why, a line per entry, oldest first."""
+    entries = result.get("entries") or []
+    if not entries:
+        console.print("no history yet")
+    for entry in entries:
+        stamp = datetime.fromtimestamp(entry["at"]).strftime("%Y-%m-%d %H:%M:%S")
+        if entry.get("kind") == "plan":
+            text = f"{entry['model']}: switch planned: {escape(entry['reason'])}"
+        else:
+            state = entry.get("to_state") or ""
+            text = (
+                f"{entry['model']}: {entry.get('from_state')} -> "
+                f"[{STATE_STYLE.get(state, '')}]{state}[/] ({escape(entry['reason'])})"
+            )
+            if entry.get("seconds"):
+                text += f" after {entry['seconds']:.1f} s"
+            if entry.get("failure"):
+                text += f": {escape(entry['failure'])}"
+        console.print(f"[dim]{stamp}[/] {text}", highlight=False, soft_wrap=True)
+
+
 def render_plan(console: Console, result: dict[str, Any]) -> None:
     """A dry run in sentences: what a switch would do, the memory, what was weighed."""
     console.print(f"switch to {result['model']}: {escape(result['message'])}", highlight=False)

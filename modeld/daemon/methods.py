@@ -7,14 +7,13 @@ docs/api.schema.json. Results become JSON here, and nowhere else in the daemon."
 from __future__ import annotations
 
 import inspect
-import json
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 import structlog
 from jsonrpcserver import Error, Result, Success
-from pydantic import BaseModel, TypeAdapter, ValidationError
+from pydantic import BaseModel, ValidationError
 
 from modeld import __version__
 from modeld.core.errors import ModeldError, PermissionDenied
@@ -31,6 +30,7 @@ from modeld.core.results import (
 from modeld.daemon.access import AccessPolicy, Caller
 from modeld.daemon.params import (
     AcquireParams,
+    HistoryParams,
     LoadParams,
     LogsParams,
     NoParams,
@@ -40,7 +40,15 @@ from modeld.daemon.params import (
     StopParams,
     SwitchParams,
 )
-from modeld.daemon.shapes import Following, GpuShape, ModelInfoShape, Pong, StatusShape, Subscribed
+from modeld.daemon.shapes import (
+    Following,
+    GpuShape,
+    HistoryShape,
+    ModelInfoShape,
+    Pong,
+    StatusShape,
+    Subscribed,
+)
 from modeld.engine.engine import Engine
 
 log = structlog.get_logger("modeld.daemon.methods")
@@ -222,6 +230,10 @@ async def _switch(ctx: Context, p: SwitchParams) -> SwitchResult:
     )
 
 
+def _history(ctx: Context, p: HistoryParams) -> HistoryShape:
+    return HistoryShape(entries=ctx.engine.models.history(p.model, p.limit))
+
+
 async def _plan(ctx: Context, p: PlanParams) -> PlanResult:
     return await ctx.engine.models.plan(p.model, force=p.force)
 
@@ -296,6 +308,14 @@ API: tuple[Method[Any], ...] = (
         mutates=True,
     ),
     Method(
+        "history",
+        HistoryParams,
+        HistoryShape,
+        _history,
+        "What was done to models and why: state changes with reasons, switches' plans.",
+        inline=True,
+    ),
+    Method(
         "plan",
         PlanParams,
         PlanResult,
@@ -368,27 +388,3 @@ API: tuple[Method[Any], ...] = (
     ),
 )
 BY_NAME: Mapping[str, Method[Any]] = {method.name: method for method in API}
-
-
-def api_schema() -> dict[str, Any]:
-    """docs/api.schema.json: each method's params and result as JSON Schema."""
-    methods: dict[str, Any] = {}
-    for method in API:
-        methods[method.name] = {
-            "description": method.doc,
-            "mutates": method.mutates,
-            "inline": method.inline,
-            "params": method.params.model_json_schema(),
-            "result": TypeAdapter(method.result).json_schema(),
-        }
-    return {
-        "$schema": "https://json-schema.org/draft/2020-12/schema",
-        "title": "modeld JSON-RPC API",
-        "description": "NDJSON JSON-RPC 2.0 over the daemon's Unix socket; see docs/api.md.",
-        "methods": methods,
-    }
-
-
-def api_schema_text() -> str:
-    """docs/api.schema.json's text."""
-    return json.dumps(api_schema(), indent=2, sort_keys=True) + "\n"

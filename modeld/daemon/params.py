@@ -42,6 +42,13 @@ class SwitchParams(LoadParams):
     force: bool = False
 
 
+class HistoryParams(Params):
+    """`history`: of one model (default: all), the latest `limit` entries."""
+
+    model: str | None = Field(default=None, min_length=1)
+    limit: int = Field(default=50, ge=1, le=500)
+
+
 class PlanParams(ModelParams):
     """`plan`: a model, and `force` (plan as a forced switch would: no drain)."""
 

@@ -9,6 +9,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
+from modeld.adapters.store import HistoryEntry
+
 
 class _Shape(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -34,6 +36,12 @@ class Following(_Shape):
     model: str
     following: Literal[True]
     already: bool
+
+
+class HistoryShape(_Shape):
+    """`history`: what was done to models and why, oldest first."""
+
+    entries: list[HistoryEntry]
 
 
 class FailureShape(_Shape):

@@ -84,7 +84,13 @@ class Engine:
         parking = Parking(life, ops, learning, self._metrics, leases.protected)
         switcher = Switcher(life, ops, parking, leases, self._metrics)
         restarts = Restarts(switcher.bring_back)
-        for listener in (learning.on_transition, self._count, restarts.on_transition):
+        listeners = (
+            learning.on_transition,
+            life.history.on_transition,
+            self._count,
+            restarts.on_transition,
+        )
+        for listener in listeners:
             life.on_transition(listener)
         self._life, self._learning, self._leases = life, learning, leases
         self.models = ModelOps(life, ops, switcher, leases, self._metrics)

@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 
 import structlog
 
+from modeld.adapters.store import HistoryEntry
 from modeld.core.errors import ModeldError, ModelsBusy, OperationTimeout, WouldLoad
 from modeld.core.results import (
     LeaseResult,
@@ -50,6 +51,13 @@ class ModelOps:
         self._switcher = switcher
         self._leases = leases
         self._metrics = metrics
+
+    def history(self, name: str | None = None, limit: int = 50) -> list[HistoryEntry]:
+        """What was done to `name` (or to every model) and why, the latest `limit`."""
+        if name is not None:
+            name = self._life.canonical(name)
+            self._life.record(name)  # UnknownModel for a name never configured
+        return self._life.history.entries(name, limit)
 
     async def plan(self, name: str, *, force: bool = False) -> PlanResult:
         """What `switch` would do to bring `name` up now, and why; changes nothing."""

@@ -38,6 +38,7 @@ class Learning:
         self._records = records
         self.learned = Learned()
         self._saving: asyncio.Task[None] | None = None
+        self._dirty = False
 
     async def load(self) -> None:
         """Read the state file (off the loop) and give each record its figures."""
@@ -101,17 +102,18 @@ class Learning:
             self.save()
 
     def save(self) -> None:
-        """Write the learned figures in the background: a waiting caller need not wait for
-        an fsync. Saves run one after another, each a snapshot, so the last one wins."""
-        snapshot = self.learned.model_copy(deep=True)
-        previous = self._saving
+        """Write the learned figures (and the history) in the background: a waiting caller
+        need not wait for an fsync. A burst of changes is one or two writes: the writer
+        takes a fresh snapshot as long as something changed since its last one."""
+        self._dirty = True
+        if self._saving is None or self._saving.done():
+            self._saving = asyncio.create_task(self._write_while_dirty(), name="save-learned")
 
-        async def save() -> None:
-            if previous is not None:
-                await asyncio.wait({previous})
+    async def _write_while_dirty(self) -> None:
+        while self._dirty:
+            self._dirty = False
+            snapshot = self.learned.model_copy(deep=True)
             await asyncio.to_thread(self._store.save, snapshot)
-
-        self._saving = asyncio.create_task(save(), name="save-learned")
 
     async def close(self) -> None:
         """Let the last save finish: learned figures are not lost at exit."""

@@ -31,6 +31,7 @@ from modeld.core.errors import (
 from modeld.core.states import Failure, State
 from modeld.engine.events import EventBus
 from modeld.engine.facts import LoadTask, Revision
+from modeld.engine.history import History
 from modeld.engine.learning import Learning
 from modeld.engine.ledger import GpuLedger
 from modeld.engine.model import Model, Transition
@@ -70,6 +71,8 @@ class Lifecycle:
         # What a model's new settings mean for its learned figures, and what a backend
         # that now answers holds.
         self.learning = learning
+        # What was done to each model and why (kept with the learned figures).
+        self.history = History(learning)
 
     async def wait_load(
         self, record: Model, load: LoadTask, timeout: float | None

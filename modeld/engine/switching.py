@@ -203,6 +203,7 @@ class Switcher:
             park=list(plan.park),
             **memory_info.answer(),
         )
+        self._life.history.planned(record.name, plan, self._life.config.daemon.eviction_policy)
         self._life.events.publish(
             "switch.plan",
             model=record.name,

@@ -110,6 +110,17 @@ class Admin:
             raise GatewayError("bad_request", "target_model is required (a model's name)")
         return await self._load(fields, "switch", target)
 
+    async def history(self, request: web.Request) -> web.Response:
+        """`GET /v1/history[?model=NAME][&limit=N]`: what was done to models and why."""
+        params: dict[str, Any] = {}
+        if model := request.query.get("model"):
+            params["model"] = model
+        if limit := request.query.get("limit"):
+            if not limit.isdigit():
+                raise GatewayError("bad_request", "limit must be a whole number of entries")
+            params["limit"] = int(limit)
+        return web.json_response(await self._link.call("history", **params))
+
     async def plan(self, request: web.Request) -> web.Response:
         """`GET /v1/models/{name}/plan[?force=true]`: what a switch would do now, and why
         (the daemon's dry run; any key that may read)."""

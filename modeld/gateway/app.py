@@ -155,6 +155,7 @@ class Gateway:
         # named "switch" (GET /v1/models/switch is the switch asked with the wrong method).
         router.add_get(r"/v1/models/{name:(?!switch$)[^/]+}", self.admin.model, name="model")
         router.add_get("/v1/models/{name}/plan", self.admin.plan, name="model-plan")
+        router.add_get("/v1/history", self.admin.history, name="history")
         router.add_post("/v1/models/switch", self.admin.switch, name="seed-switch")
         router.add_post(
             r"/v1/models/{name}/{action:start|stop|restart}",

@@ -429,11 +429,12 @@ async def test_one_inference_key_holds_at_most_its_share_of_requests(
     assert (await post(http, url, chat("a"), ALICE))[0] == 200
 
 
-async def test_any_key_that_may_read_sees_a_switchs_plan_and_nothing_changes(
+async def test_any_key_that_may_read_sees_a_switchs_plan_and_the_history(
     fronted: GatewayFactory, http: aiohttp.ClientSession
 ) -> None:
     """`GET /v1/models/NAME/plan` (an alias too) answers the daemon's dry run to an
-    inference key: what would stop, the memory, the estimate; no model starts or stops."""
+    inference key: what would stop, the memory, the estimate; no model starts or stops.
+    `GET /v1/history` tells what was done."""
     config = make_config(TWO, [80])
     config.models["b"].aliases.append("gpt-4o")
     front = await fronted(config, api_keys=[KEY], inference_keys=INFERENCE)
@@ -446,5 +447,11 @@ async def test_any_key_that_may_read_sees_a_switchs_plan_and_nothing_changes(
     assert plan["estimated_seconds"] is not None and plan["candidates"][0]["name"] == "a"
     async with http.get(front.url + "/v1/models/nope/plan", headers=bearer(ALICE)) as answer:
         assert answer.status == 404
+    history = front.url + "/v1/history?model=a&limit=5"
+    async with http.get(history, headers=bearer(ALICE)) as answer:
+        assert answer.status == 200
+        entries = (await answer.json())["entries"]
+    assert entries[-1]["model"] == "a" and entries[-1]["to_state"] == "running"
+    assert len(entries) <= 5
     assert state_of(front.engine, "a") is State.RUNNING
     assert state_of(front.engine, "b") is State.STOPPED

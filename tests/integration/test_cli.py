@@ -83,6 +83,11 @@ def test_modelctl_against_the_daemon(demo_daemon: tuple[subprocess.Popen[str], P
     assert loaded.returncode == 0
     assert "demo-coder" in loaded.stdout and "demo-large" not in loaded.stdout
 
+    told = modelctl(socket, "history", "demo-coder")
+    assert told.returncode == 0, told.stderr
+    assert "demo-coder: switch planned:" in told.stdout
+    assert "demo-coder: loading -> running (healthy) after" in told.stdout
+
     # A dry run: in sentences, and nothing moves.
     planned = modelctl(socket, "plan", "demo-large")
     assert planned.returncode == 0, planned.stderr

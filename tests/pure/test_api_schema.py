@@ -6,7 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from modeld.daemon.methods import API, api_schema_text
+from modeld.daemon.apischema import api_schema_text
+from modeld.daemon.methods import API
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -1,0 +1,34 @@
+"""docs/api.schema.json, generated from the method table (`modeld api-schema`)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from pydantic import TypeAdapter
+
+from modeld.daemon.methods import API
+
+
+def api_schema() -> dict[str, Any]:
+    """docs/api.schema.json: each method's params and result as JSON Schema."""
+    methods: dict[str, Any] = {}
+    for method in API:
+        methods[method.name] = {
+            "description": method.doc,
+            "mutates": method.mutates,
+            "inline": method.inline,
+            "params": method.params.model_json_schema(),
+            "result": TypeAdapter(method.result).json_schema(),
+        }
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "title": "modeld JSON-RPC API",
+        "description": "NDJSON JSON-RPC 2.0 over the daemon's Unix socket; see docs/api.md.",
+        "methods": methods,
+    }
+
+
+def api_schema_text() -> str:
+    """docs/api.schema.json's text."""
+    return json.dumps(api_schema(), indent=2, sort_keys=True) + "\n"
