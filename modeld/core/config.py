@@ -17,6 +17,7 @@ from pydantic import (
 
 from modeld.core.addresses import fill_placeholders
 from modeld.core.config_base import NonNegativeFloat, PositiveFloat, Strict
+from modeld.core.config_errors import describe
 from modeld.core.errors import ConfigError
 from modeld.core.gateway_config import GatewayConfig, MetricsConfig
 from modeld.core.gpu_config import GpuConfig
@@ -370,30 +371,31 @@ def missing_device(models: Mapping[str, ModelConfig], present: set[int]) -> str 
     return None
 
 
-def _field_path(loc: tuple[int | str, ...]) -> str:
-    return ".".join(str(part) for part in loc) or "(top level)"
-
-
-def parse_config(data: dict[str, object], source: str = "<config>") -> Config:
-    """Validate a parsed TOML document; raise ConfigError naming the source and fields."""
+def parse_config(
+    data: dict[str, object], source: str = "<config>", text: str | None = None
+) -> Config:
+    """Validate a parsed TOML document; raise ConfigError naming the source and fields
+    (with their line and column when the document's `text` is given)."""
     try:
         return Config.model_validate(data)
     except ValidationError as exc:
-        problems = [f"{_field_path(err['loc'])}: {err['msg']}" for err in exc.errors()]
+        described = describe(Config, exc.errors(), text)
         raise ConfigError(
-            f"{source}: invalid configuration: " + "; ".join(problems),
+            f"{source}: invalid configuration: " + "; ".join(said for _, said in described),
             file=source,
-            fields=[_field_path(err["loc"]) for err in exc.errors()],
+            fields=[path for path, _ in described],
         ) from None
 
 
 def load_config(path: Path) -> Config:
     """Read and validate a TOML configuration file."""
     try:
-        with path.open("rb") as handle:
-            data = tomllib.load(handle)
+        text = path.read_bytes().decode()
+        data = tomllib.loads(text)
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read: {exc.strerror}", file=str(path)) from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text: {exc.reason}", file=str(path)) from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}", file=str(path)) from None
-    return parse_config(data, str(path))
+    return parse_config(data, str(path), text)

@@ -320,3 +320,42 @@ def test_the_served_name_is_what_the_command_tells_vllm(
         }
     )
     assert config.models["m"].served_name == served
+
+
+def test_config_errors_say_where_and_what_was_meant(tmp_path: Path) -> None:
+    """An error names the line and column of the key in the file; a misspelt key gets
+    the nearest key its table takes; an error about a missing key points at its table."""
+    config = tmp_path / "modeld.toml"
+    config.write_text(
+        "[daemon]\n"
+        'socket = "/tmp/x.sock"\n'
+        "\n"
+        "[gateway]\n"
+        'api_key_file = "/etc/modeld/api-keys"\n'
+        "\n"
+        '[models."chat"]\n'
+        'runtime = "process"\n'
+        'command = ["vllm"]\n'
+        'endpoint = "http://127.0.0.1:8001"\n'
+        "  sizegb = 7\n"
+        "\n"
+        "[models.coder]\n"
+        'runtime = "process"\n'
+        "\n"
+        "[models.big]\n"
+        'runtime = "process"\n'
+        'command = ["vllm"]\n'
+        'endpoint = "http://127.0.0.1:8002"\n'
+        "size_gb = -1\n"
+    )
+    with pytest.raises(ConfigError) as caught:
+        load_config(config)
+    message = caught.value.message
+    assert "gateway.api_key_file (line 5, column 1): " in message
+    assert "did you mean api_keys_file?" in message
+    assert "models.chat.sizegb (line 11, column 3): " in message
+    assert "did you mean size_gb?" in message
+    assert "models.big.size_gb (line 20, column 1): " in message
+    # coder has no command: said at its table's header.
+    assert "models.coder (line 13, column 1): " in message
+    assert caught.value.data["fields"][:2] == ["gateway.api_key_file", "models.chat.sizegb"]
