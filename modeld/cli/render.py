@@ -366,6 +366,13 @@ EVENT_SENTENCES: dict[str, Any] = {
         f"{e['model']}: waiting for its {e.get('leases', 0)} requests in flight before it goes"
     ),
     "config.reloaded": _reloaded,
+    "gpu.memory": lambda e: (
+        "GPU memory now: "
+        + ", ".join(
+            f"GPU {d['index']} {d['used_gb']:.1f} GB used, {d['free_gb']:.1f} GB free"
+            for d in e["devices"]
+        )
+    ),
     "gateway.connected": lambda e: f"gateway: connected to modeld at {escape(str(e['socket']))}",
     "gateway.disconnected": lambda e: (
         f"[yellow]gateway: lost modeld ({escape(str(e.get('reason', '')))})[/]"

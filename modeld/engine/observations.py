@@ -20,6 +20,10 @@ from modeld.engine.parking import Parking
 log = structlog.get_logger("modeld.engine.observations")
 
 
+# A device's use must move this much to be published again (one poll apart at most).
+MEMORY_STEP_GB = 0.1
+
+
 class Observations:
     """Applies what the monitor saw to the Models."""
 
@@ -30,6 +34,8 @@ class Observations:
         self._learning = learning
         self._parking = parking
         self._leases = leases
+        # Each device's use when it was last published (gpu.memory).
+        self._published: dict[int, float] = {}
 
     def records(self) -> list[Model]:
         """Every model's record (the monitor reads them and never writes)."""
@@ -44,8 +50,22 @@ class Observations:
         return await self._life.inspect(record)
 
     def seen_memory(self, reading: GpuReading) -> None:
-        """A fresh GPU reading: learn running models' peaks."""
+        """A fresh GPU reading: learn running models' peaks; say when a device's use has
+        moved (`gpu.memory`: memory freed by a driver some time after a stop changes no
+        state, and the page and `watch` would show the old figure)."""
         self._learning.memory(reading)
+        used = {d.index: round(d.used_gb, 1) for d in reading.devices}
+        moved = any(
+            abs(gb - self._published.get(index, -MEMORY_STEP_GB)) >= MEMORY_STEP_GB
+            for index, gb in used.items()
+        )
+        if moved:
+            self._published = used
+            devices = [
+                {"index": d.index, "used_gb": round(d.used_gb, 1), "free_gb": round(d.free_gb, 1)}
+                for d in reading.devices
+            ]
+            self._life.events.publish("gpu.memory", devices=devices)
 
     def seen_exit(
         self, record: Model, generation: int, exit_code: int | None, lines: list[str]

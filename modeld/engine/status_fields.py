@@ -59,7 +59,8 @@ def model_view(record: Model, reading: GpuReading | None, now: float) -> dict[st
             if record.download
             else None
         ),
-        "health": record.health.value,
+        # While it loads, /health is refused by design: "loading", not "unreachable".
+        "health": "loading" if record.state is State.LOADING else record.health.value,
         "failure": failure.as_dict() if failure else None,
         "gpus": list(config.gpus),
         "pinned": config.pinned,

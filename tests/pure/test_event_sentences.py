@@ -36,6 +36,7 @@ SAMPLES: dict[str, dict[str, Any]] = {
     "idle.unloaded": {"model": "chat", "action": "parked"},
     "drain": {"model": "coder", "leases": 2},
     "config.reloaded": {"added": ["new"], "removed": []},
+    "gpu.memory": {"devices": [{"index": 0, "used_gb": 9.2, "free_gb": 70.8}]},
     "gateway.connected": {"socket": "/run/modeld/modeld.sock"},
     "gateway.disconnected": {"reason": "connection closed"},
 }
@@ -74,6 +75,8 @@ def test_each_event_reads_as_a_sentence_naming_its_model() -> None:
     assert "GPU 0 has 14.0 GB free" in said(
         {"type": "switch.room_ready", **SAMPLES["switch.room_ready"]}
     )
+    memory = said({"type": "gpu.memory", **SAMPLES["gpu.memory"]})
+    assert "GPU memory now: GPU 0 9.2 GB used, 70.8 GB free" in memory
     plan = said({"type": "switch.plan", **SAMPLES["switch.plan"]})
     assert "will stop coder and park big (needs 14.0 GB, 4.0 GB free before)" in plan
 
