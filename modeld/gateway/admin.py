@@ -9,10 +9,16 @@ from typing import Any
 
 from aiohttp import web
 
+from modeld.cli.client import Client, DaemonUnreachable, RpcError
 from modeld.core.redaction import without_backend_output
 from modeld.gateway.auth import identity
 from modeld.gateway.errors import GatewayError
 from modeld.gateway.link import DaemonLink
+from modeld.gateway.sse import EventStreams
+
+# A backend's lines sent at once (`?lines=`), by default and at most.
+LOG_LINES = 100
+MAX_LOG_LINES = 10_000
 
 # What a model's entry in /v1/models carries from modeld's status, besides OpenAI's.
 LISTED = (
@@ -86,10 +92,18 @@ async def _switch_fields(request: web.Request) -> Fields:
     return fields
 
 
+def _lines(fields: Fields) -> int:
+    value = str(fields.get("lines", LOG_LINES))
+    if not value.isdigit() or not 1 <= int(value) <= MAX_LOG_LINES:
+        raise GatewayError("bad_request", f"lines must be 1 to {MAX_LOG_LINES}")
+    return int(value)
+
+
 class Admin:
     """The seed's endpoints and the model list."""
 
-    def __init__(self, link: DaemonLink) -> None:
+    def __init__(self, link: DaemonLink, streams: EventStreams) -> None:
+        self._streams = streams
         self._link = link
 
     async def status(self, request: web.Request) -> web.Response:
@@ -109,6 +123,31 @@ class Admin:
         if not isinstance(target, str) or not target:
             raise GatewayError("bad_request", "target_model is required (a model's name)")
         return await self._load(fields, "switch", target)
+
+    async def logs(self, request: web.Request) -> web.StreamResponse:
+        """`GET /v1/models/{name}/logs[?lines=N][&follow=true]` (admin keys): a backend's
+        last lines as JSON, or (follow) those and each new one as server-sent events,
+        `data: {"model", "line"}`, until the backend ends (`event: end`). A follower
+        takes an event-stream place (max_event_streams) and a daemon connection."""
+        name, lines = request.match_info["name"], _lines(request.query)
+        # An unknown model (or an unreachable daemon) is refused before any stream.
+        last = await self._link.call("logs", model=name, lines=lines)
+        if not _flag(request.query, "follow", False):
+            return web.json_response(last)
+        with self._streams.slot(request):
+            try:
+                async with Client(self._link.socket) as client:
+                    following = client.follow(name, lines).__aiter__()
+
+                    async def next_line() -> dict[str, Any] | None:
+                        try:
+                            return {"model": name, "line": await anext(following)}
+                        except (StopAsyncIteration, RpcError, DaemonUnreachable):
+                            return None
+
+                    return await self._streams.relay(request, next_line, b": modeld logs\n\n")
+            except DaemonUnreachable as exc:
+                raise GatewayError.from_unreachable(exc) from None
 
     async def history(self, request: web.Request) -> web.Response:
         """`GET /v1/history[?model=NAME][&limit=N]`: what was done to models and why."""

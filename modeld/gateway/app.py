@@ -33,9 +33,10 @@ STATIC = Path(__file__).resolve().parent / "static"
 SEED_ROUTES = frozenset({"seed-status", "seed-switch", "seed-action"})
 # What loads without a key: the dashboard's own files (it then asks for a key).
 PUBLIC_ROUTES = frozenset({"page", "static"})
-# What only admin keys may use: everything that starts, stops, switches or forces, and
-# the metrics (they name every key). Inference keys may use the rest.
-ADMIN_ROUTES = frozenset({"seed-switch", "seed-action", "metrics"})
+# What only admin keys may use: everything that starts, stops, switches or forces, the
+# metrics (they name every key) and backends' logs (their output may quote prompts).
+# Inference keys may use the rest.
+ADMIN_ROUTES = frozenset({"seed-switch", "seed-action", "metrics", "model-logs"})
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 KEYS: web.AppKey[Keys] = web.AppKey("keys", Keys)
@@ -101,8 +102,8 @@ async def keys(request: web.Request, handler: Handler) -> web.StreamResponse:
         log.info("gateway.denied", path=cut(request.path), key=caller.name, peer=request.remote)
         raise GatewayError(
             "permission_denied",
-            f"the key {caller.name} is an inference key: starting, stopping, switching and "
-            "the metrics need an admin key",
+            f"the key {caller.name} is an inference key: starting, stopping, switching, "
+            "backends' logs and the metrics need an admin key",
         )
     return await handler(request)
 
@@ -125,10 +126,10 @@ class Gateway:
         self.guard = ConnectionGuard(config, self.metrics)
         self.browsers = BrowserGuard(config, lambda: self.keys.required)
         self.proxy = Proxy(link, config, self.metrics, self.backend_keys)
-        self.admin = Admin(link)
         self.streams = EventStreams(
             link.events, self.metrics, config.max_event_streams, config.max_event_streams_per_client
         )
+        self.admin = Admin(link, self.streams)
         self.app = self._build()
 
     def _build(self) -> web.Application:
@@ -156,6 +157,7 @@ class Gateway:
         router.add_get(r"/v1/models/{name:(?!switch$)[^/]+}", self.admin.model, name="model")
         router.add_get("/v1/models/{name}/plan", self.admin.plan, name="model-plan")
         router.add_get("/v1/history", self.admin.history, name="history")
+        router.add_get("/v1/models/{name}/logs", self.admin.logs, name="model-logs")
         router.add_post("/v1/models/switch", self.admin.switch, name="seed-switch")
         router.add_post(
             r"/v1/models/{name}/{action:start|stop|restart}",

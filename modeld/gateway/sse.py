@@ -9,8 +9,11 @@ closing an idle stream and finds clients that left.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from collections import Counter
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any
 
 from aiohttp import web
 
@@ -21,6 +24,8 @@ from modeld.gateway.metrics import GatewayMetrics
 
 KEEPALIVE_S = 15.0
 WRITE_TIMEOUT_S = 30.0
+# What ends a stream whose source ended (a followed backend that stopped).
+END = "event: end\ndata: {}\n\n"
 
 
 class EventStreams:
@@ -36,8 +41,10 @@ class EventStreams:
         self._clients: Counter[str] = Counter()
         self.closing = asyncio.Event()
 
-    async def handle(self, request: web.Request) -> web.StreamResponse:
-        """Stream events until the client leaves or the gateway stops."""
+    @contextlib.contextmanager
+    def slot(self, request: web.Request) -> Iterator[None]:
+        """One stream's place (an events stream or a followed log): refused with 429 past
+        max_event_streams, or past max_event_streams_per_client for this client."""
         if self._open >= self._limit:
             raise GatewayError(
                 "too_many_requests",
@@ -57,6 +64,36 @@ class EventStreams:
                 "(max_event_streams_per_client)",
                 limit=self._per_client,
             )
+        self._open += 1
+        self._clients[client] += 1
+        self._metrics.event_streams.inc()
+        try:
+            yield
+        finally:
+            self._open -= 1
+            self._clients[client] -= 1
+            if not self._clients[client]:
+                del self._clients[client]
+            self._metrics.event_streams.dec()
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        """Stream events until the client leaves or the gateway stops."""
+        with self.slot(request):
+            subscription = self._bus.subscribe()
+            try:
+                return await self.relay(request, subscription.next, b": modeld events\n\n")
+            finally:
+                self._bus.unsubscribe(subscription)
+
+    async def relay(
+        self,
+        request: web.Request,
+        source: Callable[[], Awaitable[dict[str, Any] | None]],
+        greeting: bytes,
+    ) -> web.StreamResponse:
+        """Send what `source` gives, one `data:` message each, with a comment every
+        KEEPALIVE_S while it gives nothing, until it gives None (then an `end` event),
+        the client leaves or stops reading, or the gateway stops."""
         response = web.StreamResponse(
             headers={
                 "Content-Type": "text/event-stream",
@@ -64,38 +101,34 @@ class EventStreams:
                 "X-Accel-Buffering": "no",  # nginx: do not buffer the stream
             }
         )
-        subscription = self._bus.subscribe()
-        self._open += 1
-        self._clients[client] += 1
-        self._metrics.event_streams.inc()
         closing = asyncio.ensure_future(self.closing.wait())
+        pending: asyncio.Future[dict[str, Any] | None] | None = None
         try:
             await response.prepare(request)
-            await response.write(b": modeld events\n\n")
+            await response.write(greeting)
             while not self.closing.is_set():
-                pending = asyncio.ensure_future(subscription.next())
+                if pending is None:
+                    pending = asyncio.ensure_future(source())
+                waits: set[asyncio.Future[Any]] = {pending, closing}
                 done, _ = await asyncio.wait(
-                    {pending, closing}, timeout=KEEPALIVE_S, return_when=asyncio.FIRST_COMPLETED
+                    waits, timeout=KEEPALIVE_S, return_when=asyncio.FIRST_COMPLETED
                 )
                 if pending in done:
-                    # One `message` per event (its `type` is in the data), so a browser's
-                    # EventSource.onmessage sees them all.
-                    line = f"data: {json.dumps(pending.result())}\n\n"
+                    item, pending = pending.result(), None
+                    # One `message` per item (an event's `type` is in its data), so a
+                    # browser's EventSource.onmessage sees them all.
+                    line = f"data: {json.dumps(item)}\n\n" if item is not None else END
                     async with asyncio.timeout(WRITE_TIMEOUT_S):
                         await response.write(line.encode())
-                else:
-                    pending.cancel()
-                    if closing not in done:
-                        async with asyncio.timeout(WRITE_TIMEOUT_S):
-                            await response.write(b": keepalive\n\n")
+                    if item is None:
+                        break
+                elif closing not in done:
+                    async with asyncio.timeout(WRITE_TIMEOUT_S):
+                        await response.write(b": keepalive\n\n")
         except (ConnectionResetError, TimeoutError):
             pass  # the client left, or stopped reading
         finally:
             closing.cancel()
-            self._bus.unsubscribe(subscription)
-            self._open -= 1
-            self._clients[client] -= 1
-            if not self._clients[client]:
-                del self._clients[client]
-            self._metrics.event_streams.dec()
+            if pending is not None:
+                pending.cancel()
         return response

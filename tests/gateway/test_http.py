@@ -85,6 +85,37 @@ async def test_health_and_metrics_may_be_served_without_a_key_when_configured(
             assert answer.status == 401, path
 
 
+async def test_an_admin_reads_and_follows_a_backends_log_over_http(
+    fronted: GatewayFactory, http: aiohttp.ClientSession
+) -> None:
+    """`GET /v1/models/a/logs` gives the last lines as JSON; with `follow=true` they come
+    as server-sent events until the backend ends (`event: end`). Inference keys are
+    refused (a log may quote prompts); an unknown model is 404 before any stream."""
+    inference = "sk-inference-0123456789"
+    front = await fronted(make_config(TWO, [80]), api_keys=[KEY], inference_keys=[inference])
+    await front.engine.models.switch("a")
+    async with http.get(front.url + "/v1/models/a/logs?lines=5", headers=AUTH) as answer:
+        assert answer.status == 200
+        assert (await answer.json())["lines"] == ["a: CUDA error: out of memory"]
+    reader = {"Authorization": f"Bearer {inference}"}
+    async with http.get(front.url + "/v1/models/a/logs", headers=reader) as answer:
+        assert answer.status == 403
+    async with http.get(front.url + "/v1/models/nope/logs?follow=true", headers=AUTH) as answer:
+        assert answer.status == 404
+    url = front.url + "/v1/models/a/logs?follow=true"
+    async with http.get(url, headers=AUTH) as answer:
+        assert answer.status == 200
+        assert answer.headers["Content-Type"].startswith("text/event-stream")
+        seen: list[bytes] = []
+        async for line in answer.content:
+            seen.append(line.strip())
+            if line.startswith(b"data: {") and b"event: end" not in seen:
+                said = json.loads(line[6:])
+                assert said == {"model": "a", "line": "a: CUDA error: out of memory"}
+                await front.engine.models.stop("a")  # the backend ends: so does the stream
+    assert seen[-3:] == [b"event: end", b"data: {}", b""]
+
+
 async def test_only_inference_paths_reach_a_backend(
     fronted: GatewayFactory, http: aiohttp.ClientSession
 ) -> None:
