@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import shutil
 import sys
 from collections.abc import AsyncIterator
@@ -13,6 +14,7 @@ from pathlib import Path
 import pytest
 from playwright.async_api import Browser, Locator, Page, async_playwright, expect
 
+from modeld.core.errors import LoadFailed
 from modeld.testing.fakes import Behaviour
 from tests.gateway.conftest import KEY, Fronted, GatewayFactory
 from tests.support import make_config
@@ -68,7 +70,8 @@ async def test_the_page_lists_every_model_with_its_state_and_the_gpu(
     fronted: GatewayFactory, browser: Browser
 ) -> None:
     """Every model with its state in words, memory and load estimate; the GPU's bar
-    with used, free and total; the key is asked for once and kept."""
+    (as wide as the text says) with used, free and total; the key is asked for once and
+    kept."""
     front = await fronted(make_config(MODELS, [80]), api_keys=[KEY])
     await front.engine.models.switch("chat")
     page = await open_page(browser, front)
@@ -80,6 +83,11 @@ async def test_the_page_lists_every_model_with_its_state_and_the_gpu(
     await expect(page.locator(".gpu .figures")).to_have_text(
         "used 30.0 GB · free 50.0 GB · total 80.0 GB"
     )
+    # The bar agrees with the text: chat's segment is 30/80 of it.
+    bar = await page.locator(".gpu .bar").bounding_box()
+    segment = await page.locator(".gpu .bar .seg").first.bounding_box()
+    assert bar is not None and segment is not None
+    assert abs(segment["width"] / bar["width"] - 30 / 80) < 0.02, (segment, bar)
     await page.reload()  # the key was kept: no dialog this time
     await expect(state(page, "chat")).to_have_text("running")
     await expect(page.locator("#key-dialog")).to_be_hidden()
@@ -109,11 +117,6 @@ async def test_a_click_switches_with_progress_and_the_evicted_model_stops(
     await page.click("button[data-action='switch'][data-model='large']")
     await expect(page.locator("tr[data-model='large'] progress")).to_be_visible()
     await expect(state(page, "large")).to_have_text("loading")
-    if SCREENSHOT:  # the README's picture: a load well under way
-        await page.wait_for_function(
-            "document.querySelector(\"tr[data-model='large'] progress\")?.value > 0.6"
-        )
-        await page.screenshot(path=SCREENSHOT)
     await expect(state(page, "large")).to_have_text("running", timeout=15_000)
     await expect(state(page, "chat")).to_have_text("stopped")
     await expect(state(page, "coder")).to_have_text("running")
@@ -229,3 +232,81 @@ async def test_the_key_stays_with_the_tab_unless_remembered_and_can_be_forgotten
     await expect(third.locator("#key-forget")).to_be_hidden()
     assert violations == []
     await context.close()
+
+
+async def test_the_plan_shows_before_a_click_and_the_click_does_what_it_said(
+    fronted: GatewayFactory, browser: Browser
+) -> None:
+    """Before anything is clicked, each model that does not run says what switching to
+    it would do (the daemon's dry run); clicking does exactly that, and the decisions
+    appear in the history with their reasons."""
+    front = await fronted(make_config(MODELS, [80]), api_keys=[KEY])
+    await front.engine.models.switch("chat")
+    await front.engine.models.switch("coder")
+    page = await open_page(browser, front)
+    plan = page.locator("[data-plan-for='large']")
+    await expect(plan).to_have_text("Switch: stop chat; then start large (~2 s)")
+    await expect(page.locator("[data-plan-for='chat']")).to_have_count(0)  # it runs
+    await page.click("button[data-action='switch'][data-model='large']")
+    await expect(state(page, "large")).to_have_text("running")
+    await expect(state(page, "chat")).to_have_text("stopped")
+    history = page.locator("#history li")
+    await expect(
+        history.filter(has_text="chat stopping → stopped (evicted for large)")
+    ).to_have_count(1)
+    await expect(history.filter(has_text="large switch planned: stop chat")).to_have_count(1)
+    await expect(page.locator("[data-plan-for='chat']")).to_have_text(
+        re.compile(r"^Switch: stop large; then start chat \(~\d+ s\)$")
+    )
+    if SCREENSHOT:  # the README's picture: plans for what is stopped, and the history
+        await page.screenshot(path=SCREENSHOT, full_page=True)
+
+
+async def test_memory_text_follows_a_stop_within_a_poll(
+    fronted: GatewayFactory, browser: Browser
+) -> None:
+    """After Stop, the GPU text shows the freed memory as soon as a reading shows it
+    (gpu.memory), equal to what `gpu` says, with no reload of the page."""
+    config = make_config(MODELS, [80], gpu={"release_delay_s": 0.3})
+    front = await fronted(config, api_keys=[KEY])
+    await front.engine.models.switch("chat")
+    page = await open_page(browser, front)
+    await expect(page.locator(".gpu .figures")).to_have_text(
+        "used 30.0 GB · free 50.0 GB · total 80.0 GB"
+    )
+    await page.click("button[data-action='stop'][data-model='chat']")
+    await expect(state(page, "chat")).to_have_text("stopped")
+    # The driver lets go 0.3 s later; the next reading announces it.
+    for _ in range(50):
+        await front.engine.poll_once()
+        if front.engine.view.gpu()["devices"][0]["used_gb"] == 0:
+            break
+        await asyncio.sleep(0.05)
+    used = front.engine.view.gpu()["devices"][0]["used_gb"]
+    await expect(page.locator(".gpu .figures")).to_have_text(
+        f"used {used:.1f} GB · free {80 - used:.1f} GB · total 80.0 GB"
+    )
+
+
+async def test_the_log_panel_follows_a_backend_and_shows_a_failure(
+    fronted: GatewayFactory, browser: Browser
+) -> None:
+    """Logs opens a panel with the backend's lines, following it until it ends; a failed
+    model's panel starts with its reason."""
+    front = await fronted(make_config(MODELS, [80]), api_keys=[KEY])
+    await front.engine.models.switch("chat")
+    page = await open_page(browser, front)
+    await page.click("button[data-action='logs'][data-model='chat']")
+    await expect(page.locator("#logs-title")).to_have_text("Logs of chat")
+    await expect(page.locator("#logs-lines")).to_contain_text("chat: CUDA error: out of memory")
+    await front.engine.models.stop("chat")
+    await expect(page.locator("#logs-state")).to_have_text("the backend ended")
+    await page.click("#logs-close")
+    await expect(page.locator("#logs-dialog")).to_be_hidden()
+
+    front.runtime.behaviour["coder"] = Behaviour(load_seconds=0.5, exit_code=3)
+    with pytest.raises(LoadFailed):
+        await front.engine.models.switch("coder")
+    await expect(state(page, "coder")).to_have_text("failed")
+    await page.click("button[data-action='logs'][data-model='coder']")
+    await expect(page.locator("#logs-state")).to_contain_text("failed: coder")

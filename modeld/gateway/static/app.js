@@ -14,6 +14,12 @@ let status = null;
 const steps = new Map();
 const loadStarted = new Map();
 const busy = new Set(); // models with an action of ours in flight
+// What a switch to each model would do now (the daemon's dry run), fetched after each
+// status read, at most every PLAN_EVERY_MS; and the latest decisions.
+const plans = new Map();
+const PLAN_EVERY_MS = 2000;
+let plansAt = -Infinity;
+let history = [];
 let keyWanted = null; // resolves when the user saves a key
 
 class Unauthorized extends Error {}
@@ -24,6 +30,8 @@ function el(tag, attributes = {}, ...children) {
   const node = document.createElement(tag);
   for (const [name, value] of Object.entries(attributes)) {
     if (name === "text") node.textContent = value;
+    // The CSP (style-src 'self') drops style attributes; CSSOM properties are allowed.
+    else if (name === "widthPercent") node.style.width = `${value}%`;
     else if (name === "class") node.className = value;
     else if (value !== undefined && value !== null && value !== false) node.setAttribute(name, value);
   }
@@ -125,6 +133,7 @@ async function refresh() {
       if (!response.ok) throw new Error(`status: HTTP ${response.status}`);
       status = await response.json();
       render();
+      await refreshPlans().catch(() => {});
     } while (refreshAgain);
   })();
   try {
@@ -132,6 +141,37 @@ async function refresh() {
   } finally {
     refreshing = null;
   }
+}
+
+let planTimer = null;
+
+async function refreshPlans() {
+  // Debounced (memory events come every poll while something loads), with one trailing
+  // read so the last change is always shown.
+  const wait = PLAN_EVERY_MS - (performance.now() - plansAt);
+  if (wait > 0) {
+    if (!planTimer) {
+      planTimer = setTimeout(() => {
+        planTimer = null;
+        refreshPlans().catch(() => {});
+      }, wait);
+    }
+    return;
+  }
+  plansAt = performance.now();
+  const names = Object.entries(status.models)
+    .filter(([, view]) => view.status !== "running")
+    .map(([name]) => name)
+    .slice(0, 16);
+  const answers = await Promise.all(names.map(async (name) => {
+    const response = await api(`/v1/models/${encodeURIComponent(name)}/plan`);
+    return [name, response.ok ? await response.json() : null];
+  }));
+  plans.clear();
+  for (const [name, plan] of answers) if (plan) plans.set(name, plan);
+  const told = await api("/v1/history?limit=10");
+  if (told.ok) history = (await told.json()).entries || [];
+  render();
 }
 
 function describe(event) {
@@ -278,14 +318,14 @@ function renderGpus() {
       const used = (view.gpu_memory_per_device_gb || {})[String(device.index)];
       if (!used) continue;
       bar.append(el("span", {
-        class: `seg ${view.status}`, style: `width:${(100 * used) / total}%`, title: `${name}: ${gb(used)}`,
+        class: `seg ${view.status}`, widthPercent: (100 * used) / total, title: `${name}: ${gb(used)}`,
       }));
       const label = `${name} ${gb(used)}${view.status === "running" ? "" : ` (${view.status})`}`;
       legend.append(el("span", { text: label }));
       parts.push(label);
     }
     if (device.unmanaged_gb) {
-      bar.append(el("span", { class: "unmanaged", style: `width:${(100 * device.unmanaged_gb) / total}%` }));
+      bar.append(el("span", { class: "unmanaged", widthPercent: (100 * device.unmanaged_gb) / total }));
       legend.append(el("span", { text: `unmanaged ${gb(device.unmanaged_gb)}` }));
       parts.push(`unmanaged ${gb(device.unmanaged_gb)}`);
     }
@@ -307,7 +347,7 @@ function renderGpus() {
     park.append(el("div", { class: "parking" },
       el("strong", { text: "Parked in host RAM" }),
       el("div", { class: "bar", role: "img", "aria-label": `parked ${gb(used)} of ${gb(parking.ram_budget_gb)}` },
-        el("span", { class: "seg sleeping", style: `width:${(100 * used) / parking.ram_budget_gb}%` })),
+        el("span", { class: "seg sleeping", widthPercent: (100 * used) / parking.ram_budget_gb })),
       el("div", { class: "figures", text: `parked ${gb(used)} of ${gb(parking.ram_budget_gb)} · free ${gb(parking.ram_free_gb)}` })));
   }
 }
@@ -363,6 +403,15 @@ function renderModels() {
       disabled: state === "stopped" || busy.has(name), text: "Stop", "aria-label": `Stop ${name}`,
     });
     stopButton.addEventListener("click", () => act(name, "stop"));
+    const logsButton = el("button", {
+      type: "button", "data-action": "logs", "data-model": name, text: "Logs",
+      "aria-label": `Logs of ${name}`, class: state === "failed" ? "primary" : "",
+    });
+    logsButton.addEventListener("click", () => showLogs(name));
+    const plan = plans.get(name);
+    const planText = plan && state !== "running" && !busy.has(name)
+      ? el("small", { class: "note plan", "data-plan-for": name, text: `Switch: ${plan.message}` })
+      : null;
     body.append(el("tr", { "data-model": name },
       el("td", { class: "name", "data-label": "Model" },
         el("strong", { text: name }), el("small", { text: view.description || "" })),
@@ -371,8 +420,89 @@ function renderModels() {
       el("td", { "data-label": "Health", text: view.health }),
       el("td", { "data-label": "Load / wake", text: timing }),
       el("td", { "data-label": "Requests", text: requests }),
-      el("td", { "data-label": "Actions" }, el("div", { class: "actions" }, switchButton, stopButton))));
+      el("td", { "data-label": "Actions" },
+        el("div", { class: "actions" }, switchButton, stopButton, logsButton), planText)));
   }
+}
+
+function renderHistory() {
+  const list = $("#history");
+  list.replaceChildren();
+  for (const entry of history.slice().reverse()) {
+    const when = new Date(entry.at * 1000).toLocaleTimeString();
+    const what = entry.kind === "plan"
+      ? `switch planned: ${entry.reason}`
+      : `${entry.from_state} → ${entry.to_state} (${entry.reason})` +
+        (entry.seconds ? ` after ${entry.seconds.toFixed(1)} s` : "") +
+        (entry.failure ? `: ${entry.failure}` : "");
+    list.append(el("li", { "data-model": entry.model },
+      el("time", { text: when }), " ", el("strong", { text: entry.model }), ` ${what}`));
+  }
+  if (!history.length) list.append(el("li", { class: "note", text: "nothing yet" }));
+}
+
+// ---- logs ---------------------------------------------------------------------
+
+let following = null; // the AbortController of the log being followed
+
+async function showLogs(name) {
+  const dialog = $("#logs-dialog");
+  const lines = $("#logs-lines");
+  const state = $("#logs-state");
+  if (following) following.abort();
+  following = new AbortController();
+  const mine = following;
+  $("#logs-title").textContent = `Logs of ${name}`;
+  lines.textContent = "";
+  const view = status && status.models[name];
+  const failed = view && view.status === "failed" && view.failure
+    ? `failed: ${view.failure.reason || "see below"}` : "";
+  state.textContent = failed || "following…";
+  if (!dialog.open) dialog.showModal();
+  try {
+    const response = await api(`/v1/models/${encodeURIComponent(name)}/logs?follow=true&lines=200`, {
+      headers: { Accept: "text/event-stream" }, signal: mine.signal,
+    });
+    if (!response.ok || !response.body) {
+      const body = await response.json().catch(() => ({}));
+      state.textContent = `logs: ${refusal(body)}`;
+      return;
+    }
+    const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
+    let buffer = "";
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) break;
+      buffer += value;
+      let end;
+      while ((end = buffer.indexOf("\n\n")) >= 0) {
+        const block = buffer.slice(0, end);
+        buffer = buffer.slice(end + 2);
+        if (block.startsWith("event: end")) {
+          state.textContent = failed ? `${failed} · the backend ended` : "the backend ended";
+          continue;
+        }
+        for (const line of block.split("\n")) {
+          if (!line.startsWith("data: ")) continue;
+          const item = JSON.parse(line.slice(6));
+          if (item.line === undefined) continue;
+          const stick = lines.scrollTop + lines.clientHeight >= lines.scrollHeight - 4;
+          lines.append(document.createTextNode(`${item.line}\n`));
+          if (stick) lines.scrollTop = lines.scrollHeight;
+        }
+      }
+    }
+  } catch (error) {
+    if (error.name !== "AbortError" && !(error instanceof Unauthorized)) {
+      state.textContent = `logs: ${error.message}`;
+    }
+  }
+}
+
+function closeLogs() {
+  if (following) following.abort();
+  following = null;
+  $("#logs-dialog").close();
 }
 
 function render() {
@@ -383,6 +513,7 @@ function render() {
     ? [focused.dataset.model, focused.dataset.action] : null;
   renderGpus();
   renderModels();
+  renderHistory();
   if (focusKey) {
     const again = document.querySelector(
       `button[data-model="${CSS.escape(focusKey[0])}"][data-action="${focusKey[1]}"]`);
@@ -407,6 +538,8 @@ function tickProgress() {
 }
 
 setupKeyDialog();
+$("#logs-close").addEventListener("click", closeLogs);
+$("#logs-dialog").addEventListener("close", () => { if (following) following.abort(); });
 setInterval(tickProgress, STEPS);
 refresh().catch(() => {});
 followEvents();
