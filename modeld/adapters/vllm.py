@@ -13,6 +13,8 @@ vLLM serves the sleep endpoints only with VLLM_SERVER_DEV_MODE=1 and
 from __future__ import annotations
 
 import json
+import time
+from dataclasses import replace
 from enum import StrEnum
 
 import aiohttp
@@ -104,9 +106,10 @@ class VllmClient:
         except (aiohttp.ClientError, ConnectionError, TimeoutError, _TooLong):
             return None
         try:
-            return parse_activity(text)
+            parsed = parse_activity(text)
         except ValueError:
             return None
+        return None if parsed is None else replace(parsed, at=time.monotonic())
 
     async def _call(self, method: str, endpoint: str, path: str, timeout_s: float) -> str:
         session, url = self._url(endpoint, path)

@@ -64,11 +64,23 @@ def parking_line(status: dict[str, Any]) -> str | None:
     )
 
 
+def activity_text(model: dict[str, Any]) -> str:
+    """What a running model is doing, from its backend: "2 running · 1.3 req/s · 45 tok/s"."""
+    activity = model.get("activity")
+    if not activity:
+        return ""
+    text = f"{activity['in_flight']:.0f} in backend"
+    if activity["requests_per_s"] is not None:
+        text += f" · {activity['requests_per_s']:.1f} req/s · {activity['tokens_per_s']:.0f} tok/s"
+    return text
+
+
 def models_table(status: dict[str, Any]) -> Table:
-    """Every model: state, since, memory, health, leases (requests in flight), estimated
-    load."""
+    """Every model: state, since, memory, health, leases (requests in flight), activity
+    (from its backend), estimated load."""
     table = Table(title="modeld models")
-    for column in ("model", "state", "since", "memory", "health", "leases", "est. load"):
+    columns = ("model", "state", "since", "memory", "health", "leases", "activity", "est. load")
+    for column in columns:
         table.add_column(column)
     for name, model in status["models"].items():
         state = model["status"]
@@ -85,6 +97,7 @@ def models_table(status: dict[str, Any]) -> Table:
             memory,
             model["health"],
             str(model.get("leases", 0)),
+            activity_text(model),
             estimate,
         )
     return table
@@ -94,9 +107,9 @@ LOADED = ("running", "loading", "sleeping")
 
 
 def ps_table(status: dict[str, Any]) -> Table:
-    """Only what is loaded (running, loading, sleeping): memory, leases, since."""
+    """Only what is loaded (running, loading, sleeping): memory, leases, activity, since."""
     table = Table(title="loaded models")
-    for column in ("model", "state", "memory", "leases", "since"):
+    for column in ("model", "state", "memory", "leases", "activity", "since"):
         table.add_column(column)
     for name, model in status["models"].items():
         if model["status"] not in LOADED:
@@ -107,6 +120,7 @@ def ps_table(status: dict[str, Any]) -> Table:
             f"[{STATE_STYLE.get(state, '')}]{state}[/]",
             _gb(model["gpu_memory_used_gb"]),
             str(model.get("leases", 0)),
+            activity_text(model),
             _ago(model["since"]),
         )
     return table

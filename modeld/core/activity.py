@@ -1,6 +1,7 @@
-"""Is a model being used? vLLM's `/metrics` says: its finished-request counter and its
-running and waiting gauges (read by modeld.adapters.vllm). The idle decision is a pure function
-of two readings."""
+"""Is a model being used, and how much? vLLM's `/metrics` says: its finished-request and
+generated-token counters and its running and waiting gauges (read by
+modeld.adapters.vllm). The idle decision and the rates are pure functions of two
+readings."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ from prometheus_client.parser import text_string_to_metric_families
 # Requests vLLM finished (any reason), and requests in its batches or queue now.
 FINISHED = frozenset({"vllm:request_success_total"})
 IN_FLIGHT = frozenset({"vllm:num_requests_running", "vllm:num_requests_waiting"})
+# Tokens it generated (a counter).
+TOKENS = frozenset({"vllm:generation_tokens_total"})
 
 
 @dataclass(frozen=True)
@@ -19,11 +22,43 @@ class Activity:
 
     finished: float
     in_flight: float
+    tokens: float = 0.0
+    # When it was read (monotonic seconds; 0 when unknown).
+    at: float = 0.0
+
+
+@dataclass(frozen=True)
+class Rates:
+    """What a model is doing: requests in flight, and requests finished and tokens
+    generated per second between two readings (None until there are two)."""
+
+    in_flight: float
+    requests_per_s: float | None = None
+    tokens_per_s: float | None = None
+
+
+def rates(previous: Activity | None, current: Activity | None) -> Rates | None:
+    """The rates between two readings of the same backend; a counter that went back (a
+    restarted backend) counts from zero."""
+    if current is None:
+        return None
+    if previous is None or current.at <= previous.at:
+        return Rates(current.in_flight)
+    seconds = current.at - previous.at
+
+    def per_second(now: float, before: float) -> float:
+        return round(max(0.0, now - before if now >= before else now) / seconds, 2)
+
+    return Rates(
+        current.in_flight,
+        per_second(current.finished, previous.finished),
+        per_second(current.tokens, previous.tokens),
+    )
 
 
 def parse_activity(text: str) -> Activity | None:
     """The request counters in a Prometheus exposition; None if vLLM's are not there."""
-    finished = in_flight = 0.0
+    finished = in_flight = tokens = 0.0
     seen = False
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
@@ -33,7 +68,9 @@ def parse_activity(text: str) -> Activity | None:
             elif sample.name in IN_FLIGHT:
                 in_flight += sample.value
                 seen = True
-    return Activity(finished, in_flight) if seen else None
+            elif sample.name in TOKENS:
+                tokens += sample.value
+    return Activity(finished, in_flight, tokens) if seen else None
 
 
 def last_active(

@@ -78,6 +78,15 @@ class RestartShape(_Shape):
     gave_up: bool
 
 
+class ActivityShape(_Shape):
+    """A running model's work, from its backend's /metrics (per second: None until two
+    readings)."""
+
+    in_flight: float
+    requests_per_s: float | None
+    tokens_per_s: float | None
+
+
 class ModelStatusShape(_Shape):
     """One model in `status`: the seed's fields, then state time, failure and sources."""
 
@@ -113,6 +122,7 @@ class ModelStatusShape(_Shape):
     unmanaged: bool
     leases: int
     waiting: int
+    activity: ActivityShape | None
     config_pending: bool
     backend_pid: int | None
     container_id: str | None

@@ -14,7 +14,7 @@ from modeld.adapters.gpu.base import GpuReading
 from modeld.adapters.hfcache import Download
 from modeld.adapters.runtime.base import BackendStatus
 from modeld.adapters.vllm import Health
-from modeld.core.activity import Activity
+from modeld.core.activity import Activity, Rates
 from modeld.core.config import ModelConfig
 from modeld.core.errors import ModeldError
 from modeld.core.memory import Need, Source, model_need, parked_residual
@@ -92,13 +92,14 @@ class SleepFacts:
 
 @dataclass(frozen=True)
 class UsageFacts:
-    """Who wants it: when it was last asked for and its decaying demand (cost_aware);
-    idle_unload_after_s: the last /metrics reading, when it was last seen busy
-    (monotonic), and the unload in progress; leases held on it, acquires queued for it."""
+    """Who wants it: when it was last asked for and its decaying demand (cost_aware); the
+    last /metrics reading and the rates since the one before, when it was last seen busy
+    (monotonic), and an idle unload in progress; leases held on it, acquires queued."""
 
     last_used: float = 0.0
     demand: float = 0.0
     activity: Activity | None = None
+    rates: Rates | None = None
     last_active: float = 0.0
     unload_task: asyncio.Task[None] | None = field(default=None, repr=False)
     leases: int = 0

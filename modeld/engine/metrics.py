@@ -110,7 +110,31 @@ class _StatusCollector(Collector):
         )
         for name, model in status["models"].items():
             leases.add_metric([name], model["leases"])
-        yield from (state, memory, gpu, in_flight, parked, leases)
+        # What the backends' own /metrics said at the last poll (running models only).
+        working = GaugeMetricFamily(
+            "modeld_model_requests_in_backend",
+            "Requests running or queued in a model's backend",
+            labels=["model"],
+        )
+        requests = GaugeMetricFamily(
+            "modeld_model_requests_per_second",
+            "Requests a model finished per second",
+            labels=["model"],
+        )
+        tokens = GaugeMetricFamily(
+            "modeld_model_generation_tokens_per_second",
+            "Tokens a model generated per second",
+            labels=["model"],
+        )
+        for name, model in status["models"].items():
+            activity = model.get("activity")
+            if activity is None:
+                continue
+            working.add_metric([name], activity["in_flight"])
+            if activity["requests_per_s"] is not None:
+                requests.add_metric([name], activity["requests_per_s"])
+                tokens.add_metric([name], activity["tokens_per_s"])
+        yield from (state, memory, gpu, in_flight, parked, leases, working, requests, tokens)
 
 
 class Metrics:

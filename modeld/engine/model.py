@@ -19,7 +19,7 @@ from dataclasses import dataclass, replace
 from modeld.adapters.hfcache import Download
 from modeld.adapters.runtime.base import BackendStatus
 from modeld.adapters.vllm import Health
-from modeld.core.activity import Activity
+from modeld.core.activity import Activity, last_active, rates
 from modeld.core.config import ModelConfig
 from modeld.core.states import Failure, ModelStatus, State, check_transition
 from modeld.engine.facts import (
@@ -256,9 +256,16 @@ class Model(Known):
         self._usage = replace(self._usage, last_active=time.monotonic())
         self._changed()
 
-    def seen_activity(self, activity: Activity | None, last_active: float) -> None:
-        """Its request metrics, and when it was last seen busy."""
-        self._usage = replace(self._usage, activity=activity, last_active=last_active)
+    def seen_activity(self, activity: Activity | None, now: float) -> None:
+        """Its request metrics read at `now`: the rates since the last reading, and when
+        it was last seen busy."""
+        usage = self._usage
+        self._usage = replace(
+            usage,
+            activity=activity,
+            rates=rates(usage.activity, activity),
+            last_active=last_active(usage.activity, activity, usage.last_active, now),
+        )
         self._changed()
 
     def unloading(self, task: asyncio.Task[None] | None) -> None:

@@ -98,8 +98,7 @@ class Monitor:
         asleep = await self._vllm.says_asleep(record.config)
         if asleep is not None:
             self._observations.seen_asleep(record, generation, asleep)
-        watch = self._observations.wants_activity(record)
-        if watch and record.generation == generation and record.state is State.RUNNING:
+        if record.generation == generation and record.state is State.RUNNING:
             activity = await self._vllm.activity(record.config.endpoint)
             self._observations.seen_activity(record, generation, activity)
 

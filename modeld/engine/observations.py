@@ -3,6 +3,8 @@ model state. Each is applied only if the record has not changed since it was mad
 
 from __future__ import annotations
 
+import time
+
 import structlog
 
 from modeld.adapters.gpu.base import GpuReading
@@ -93,15 +95,13 @@ class Observations:
         if record.is_current(generation) and record.state in (State.STOPPED, State.FAILED):
             self._life.begin_loading(record, "backend found running", backend)
 
-    def wants_activity(self, record: Model) -> bool:
-        """Metrics are read for idle unload, and to end a startup hold on a backend that
-        serves nothing."""
-        return record.config.idle_unload_after_s is not None or self._leases.holding(record.name)
-
     def seen_activity(self, record: Model, generation: int, activity: Activity | None) -> None:
-        """A running model's request metrics: idle unload decides; a backend found running
-        at startup that serves nothing needs no hold (unreadable metrics keep it)."""
-        self._parking.seen_activity(record, generation, activity)
+        """A running model's request metrics: its rates; idle unload decides; a backend
+        found running at startup that serves nothing needs no hold (unreadable metrics
+        keep it)."""
+        if record.is_current(generation):
+            record.seen_activity(activity, time.monotonic())
+        self._parking.seen_activity(record, generation)
         idle = activity is not None and not activity.in_flight
         if idle and record.is_current(generation) and self._leases.holding(record.name):
             log.info("lease.hold_ended", model=record.name, reason="nothing in flight")

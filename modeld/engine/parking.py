@@ -12,7 +12,6 @@ from collections.abc import Callable
 import structlog
 
 from modeld.adapters.vllm import Health
-from modeld.core.activity import Activity, last_active
 from modeld.core.errors import GpuUnavailable, LoadFailed, ModeldError, SleepModeFailed
 from modeld.core.states import State
 from modeld.engine.learning import Learning
@@ -127,17 +126,14 @@ class Parking:
         load = record.load_task
         return await asyncio.shield(load) if load is not None else None
 
-    def seen_activity(self, record: Model, generation: int, activity: Activity | None) -> None:
-        """A running model's request metrics: unload it once idle_unload_after_s passed
-        with no request finished, none in flight and none queued."""
+    def seen_activity(self, record: Model, generation: int) -> None:
+        """After a reading of a running model's request metrics: unload it once
+        idle_unload_after_s passed with no request finished, none in flight and none
+        queued."""
         idle_after = record.config.idle_unload_after_s
         if not record.is_current(generation) or idle_after is None:
             return
         now = time.monotonic()
-        usage = record.usage
-        record.seen_activity(
-            activity, last_active(usage.activity, activity, usage.last_active, now)
-        )
         if now - record.usage.last_active >= idle_after and record.usage.unload_task is None:
             record.unloading(
                 asyncio.create_task(self._idle_unload(record), name=f"idle-unload-{record.name}")

@@ -86,6 +86,7 @@ def model_view(record: Model, reading: GpuReading | None, now: float) -> dict[st
         ),
         "runtime": config.runtime,
         "endpoint": config.endpoint,
+        "activity": _activity(record),
         "last_load_seconds": round(record.loading.last_s, 2) if record.loading.last_s else None,
         "restart": {
             "policy": config.restart,
@@ -204,3 +205,15 @@ def models_view(records: Iterable[Model], reading: GpuReading | None) -> list[di
 def runtime_view(errors: Mapping[str, str | None]) -> dict[str, Any]:
     """Each runtime in use and whether it answers."""
     return {name: {"available": err is None, "error": err} for name, err in errors.items()}
+
+
+def _activity(record: Model) -> dict[str, float | None] | None:
+    """What a running model is doing, as its backend's /metrics last said."""
+    rates = record.usage.rates
+    if record.state is not State.RUNNING or rates is None:
+        return None
+    return {
+        "in_flight": rates.in_flight,
+        "requests_per_s": rates.requests_per_s,
+        "tokens_per_s": rates.tokens_per_s,
+    }

@@ -110,6 +110,12 @@ class FakeVllm:
             ["finished_reason", "model_name"],
             registry=self._registry,
         ).labels(finished_reason="stop", **labels)
+        self._generated = Counter(
+            "vllm:generation_tokens",
+            "Number of generation tokens processed.",
+            ["model_name"],
+            registry=self._registry,
+        ).labels(**labels)
 
     @property
     def sleeping(self) -> bool:
@@ -195,6 +201,7 @@ class FakeVllm:
         finally:
             self._running.dec()
         self._finished.inc()
+        self._generated.inc(len(tokens))
         text = "".join(tokens)
         choice: dict[str, object] = (
             {"index": 0, "message": {"role": "assistant", "content": text}}
@@ -243,6 +250,7 @@ class FakeVllm:
             await send(None, None, first=True)
         for token in tokens:
             await send(token, None)
+            self._generated.inc()
             if self.token_seconds:
                 await asyncio.sleep(self.token_seconds)
         await send("" if not chat else None, "stop")

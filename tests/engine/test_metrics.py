@@ -102,6 +102,16 @@ async def test_metrics_match_status(host: tuple[Engine, FakeRuntime, str]) -> No
     assert value(samples, "modeld_evictions_total", model="gamma") == 1
     assert value(samples, "modeld_failures_total", model="alpha") == 1
     assert value(samples, "modeld_operations_in_flight") == 0
+    # What the running backends' /metrics said at the last poll, two polls apart.
+    await engine.poll_once()
+    await engine.poll_once()
+    samples = await scrape(url)
+    running = [n for n, m in engine.view.status()["models"].items() if m["status"] == "running"]
+    for name in running:
+        assert value(samples, "modeld_model_requests_in_backend", model=name) == 0
+        assert value(samples, "modeld_model_requests_per_second", model=name) == 0
+        assert value(samples, "modeld_model_generation_tokens_per_second", model=name) == 0
+    assert ("modeld_model_requests_in_backend", (("model", "alpha"),)) not in samples
 
 
 def test_metrics_listen_is_validated() -> None:

@@ -3,6 +3,8 @@ frees after a stop is announced, and a loading model's health reads `loading`.""
 
 from __future__ import annotations
 
+import aiohttp
+
 from modeld.core.states import State
 from modeld.testing.fakes import Behaviour
 from tests.support import EngineFactory, make_config, next_of, wait_for_state
@@ -39,3 +41,24 @@ async def test_a_loading_models_health_reads_loading(engines: EngineFactory) -> 
     assert engine.view.status()["models"]["a"]["health"] == "loading"
     await wait_for_state(engine, "a", {State.RUNNING}, timeout=10)
     assert engine.view.status()["models"]["a"]["health"] == "healthy"
+
+
+async def test_status_says_what_a_running_model_is_doing(engines: EngineFactory) -> None:
+    """Requests answered between two polls show as requests and tokens per second (from
+    the backend's /metrics); a stopped model has no activity."""
+    engine, _, _ = await engines(make_config(MODELS, [80]))
+    await engine.models.switch("a")
+    await engine.poll_once()
+    first = engine.view.status()["models"]["a"]["activity"]
+    assert first == {"in_flight": 0.0, "requests_per_s": None, "tokens_per_s": None}
+    endpoint = engine.view.status()["models"]["a"]["endpoint"]
+    async with aiohttp.ClientSession() as http:
+        for _ in range(3):
+            body = {"model": "a", "prompt": "hi", "max_tokens": 4}
+            async with http.post(f"{endpoint}/v1/completions", json=body) as answer:
+                assert answer.status == 200
+    await engine.poll_once()
+    busy = engine.view.status()["models"]["a"]["activity"]
+    assert busy["requests_per_s"] > 0 and busy["tokens_per_s"] > 0
+    assert busy["tokens_per_s"] >= busy["requests_per_s"] * 4
+    assert engine.view.status()["models"]["b"]["activity"] is None

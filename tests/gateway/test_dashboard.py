@@ -11,6 +11,7 @@ import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import aiohttp
 import pytest
 from playwright.async_api import Browser, Locator, Page, async_playwright, expect
 
@@ -91,6 +92,18 @@ async def test_the_page_lists_every_model_with_its_state_and_the_gpu(
     await page.reload()  # the key was kept: no dialog this time
     await expect(state(page, "chat")).to_have_text("running")
     await expect(page.locator("#key-dialog")).to_be_hidden()
+    # Its activity, from its backend's /metrics between two polls.
+    await front.engine.poll_once()
+    async with aiohttp.ClientSession() as http:
+        body = {"model": "chat", "prompt": "hi", "max_tokens": 4}
+        headers = {"Authorization": f"Bearer {KEY}"}
+        async with http.post(front.url + "/v1/completions", json=body, headers=headers) as done:
+            assert done.status == 200
+    await front.engine.poll_once()
+    await page.reload()
+    await expect(page.locator("tr[data-model='chat'] td[data-label='Requests']")).to_contain_text(
+        re.compile(r"0 in flight · \d+\.\d req/s · \d+ tok/s")
+    )
 
 
 async def test_a_wrong_key_is_shown_as_refused(fronted: GatewayFactory, browser: Browser) -> None:

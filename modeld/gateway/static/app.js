@@ -391,7 +391,11 @@ function renderModels() {
     const timing = state === "sleeping" && view.parked
       ? `wakes in ~${seconds(view.parked.estimated_wake_seconds)}`
       : `loads in ~${seconds(view.estimated_load_time_seconds)}`;
-    const requests = `${view.leases || 0} in flight` + (view.waiting ? `, ${view.waiting} waiting` : "");
+    const activity = view.activity;
+    const requests = `${view.leases || 0} in flight` + (view.waiting ? `, ${view.waiting} waiting` : "") +
+      (activity && activity.requests_per_s !== null
+        ? ` · ${activity.requests_per_s.toFixed(1)} req/s · ${activity.tokens_per_s.toFixed(0)} tok/s`
+        : "");
     const switchButton = el("button", {
       type: "button", class: "primary", "data-action": "switch", "data-model": name,
       disabled: state === "running" || busy.has(name), text: "Switch",
