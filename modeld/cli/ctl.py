@@ -14,6 +14,7 @@ import json
 import os
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -164,36 +165,53 @@ async def switch_with_progress(
     return await request
 
 
-async def _watch(path: Path, console: Console, as_json: bool) -> int:
-    """Print events as they come. When the daemon goes away after answering (a restart),
-    say so on stderr, reconnect once it answers again, say that, and go on; a daemon that
-    never answered is exit 3 at once."""
+Session = Callable[[Client, bool], Awaitable[bool]]
+
+
+async def _stay_connected(path: Path, what: str, session: Session) -> int:
+    """Run `session` on a connection until it says it is done. When the daemon goes away
+    after answering (a restart), say so on stderr, reconnect once it answers again, say
+    that, and run it again (told it is a reconnection); a daemon that never answered is
+    exit 3 at once."""
     err = Console(stderr=True)
     connected = False
     while True:
         try:
             async with Client(path) as client:
-                stream = await client.subscribe()
                 if connected:
                     err.print(
-                        f"[green]modelctl: modeld answers again on {path}; watching[/]",
+                        f"[green]modelctl: modeld answers again on {path}; {what}[/]",
                         soft_wrap=True,
                     )
-                connected = True
-                async for event in stream:
-                    render_event(console, event, as_json)
+                again, connected = connected, True
+                if await session(client, again):
+                    return EXIT_OK
+                reason = "connection closed by modeld"
         except DaemonUnreachable as exc:
             if not connected:
                 raise
-            err.print(
-                f"[yellow]modelctl: lost modeld ({escape(exc.reason)}); events until it "
-                f"answers again are missed; reconnecting every {RECONNECT_EVERY_S:g} s[/]",
-                soft_wrap=True,
-            )
-            while True:
-                await asyncio.sleep(RECONNECT_EVERY_S)
-                if await _answers(path):
-                    break
+            reason = exc.reason
+        err.print(
+            f"[yellow]modelctl: lost modeld ({escape(reason)}); what happens until it "
+            f"answers again is missed; reconnecting every {RECONNECT_EVERY_S:g} s[/]",
+            soft_wrap=True,
+        )
+        # Polled: another process's socket coming back sends this one no event.
+        while True:
+            await asyncio.sleep(RECONNECT_EVERY_S)
+            if await _answers(path):
+                break
+
+
+async def _watch(path: Path, console: Console, as_json: bool) -> int:
+    """Print events as they come, across restarts of the daemon."""
+
+    async def session(client: Client, again: bool) -> bool:
+        async for event in await client.subscribe():
+            render_event(console, event, as_json)
+        return False  # the events end only with the connection
+
+    return await _stay_connected(path, "watching", session)
 
 
 async def _answers(path: Path) -> bool:
@@ -208,14 +226,18 @@ async def _answers(path: Path) -> bool:
 
 async def _follow(path: Path, model: str, lines: int, console: Console, as_json: bool) -> int:
     """Print the last lines, then each new one as the daemon pushes it (no polling),
-    until the backend ends or Ctrl-C."""
-    async with Client(path) as client:
-        async for line in client.follow(model, lines):
+    until the backend ends or Ctrl-C; across a restart of the daemon, from its last
+    line again (which may repeat one)."""
+
+    async def session(client: Client, again: bool) -> bool:
+        async for line in client.follow(model, 1 if again else lines):
             if as_json:
                 print(json.dumps({"model": model, "line": line}), flush=True)
             else:
                 console.print(line, markup=False, highlight=False)
-    return EXIT_OK
+        return not client.closed  # the backend ended, not the connection
+
+    return await _stay_connected(path, f"following {model}", session)
 
 
 def socket_of(args: argparse.Namespace) -> Path:
