@@ -155,7 +155,8 @@ async def test_a_refused_switch_shows_the_daemons_reason_and_numbers(
 async def test_a_switch_made_elsewhere_appears_without_a_reload(
     fronted: GatewayFactory, browser: Browser
 ) -> None:
-    """A switch made with `modelctl` shows on the open page, live."""
+    """A switch made with `modelctl` shows on the open page, live, and its banner ends
+    saying how it went."""
     front = await fronted(make_config(MODELS, [80]), api_keys=[KEY])
     page = await open_page(browser, front)
     await expect(page.locator("#connection")).to_have_text("live")
@@ -165,6 +166,8 @@ async def test_a_switch_made_elsewhere_appears_without_a_reload(
         )
         assert await modelctl.wait() == 0
         await expect(state(page, "large")).to_have_text(word)
+        if action == "switch":  # the banner ends with the outcome
+            await expect(page.locator("#notice")).to_have_text("large is running")
 
 
 async def test_the_page_is_usable_from_the_keyboard_on_a_phone(
@@ -260,7 +263,12 @@ async def test_the_plan_shows_before_a_click_and_the_click_does_what_it_said(
     plan = page.locator("[data-plan-for='large']")
     await expect(plan).to_have_text("Switch: stop chat; then start large (~2 s)")
     await expect(page.locator("[data-plan-for='chat']")).to_have_count(0)  # it runs
+    front.runtime.behaviour["large"] = Behaviour(load_seconds=1.5)
     await page.click("button[data-action='switch'][data-model='large']")
+    # While it runs, a banner says what the switch is doing, from its plan.
+    await expect(page.locator("#notice")).to_have_text(
+        re.compile(r"^Switching to large: stopping chat \(needs 45\.0 GB, 30\.0 GB free\)$")
+    )
     await expect(state(page, "large")).to_have_text("running")
     await expect(state(page, "chat")).to_have_text("stopped")
     history = page.locator("#history li")

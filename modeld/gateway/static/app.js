@@ -197,7 +197,29 @@ function describe(event) {
   }
 }
 
+let switching = null; // the model a switch (from anyone) is bringing up, for the banner
+
+function banner(event) {
+  // A switch announces its plan: say it at the top until the model runs or fails.
+  if (event.type === "switch.plan") {
+    const moves = [];
+    if (event.stop && event.stop.length) moves.push(`stopping ${event.stop.join(", ")}`);
+    if (event.park && event.park.length) moves.push(`parking ${event.park.join(", ")}`);
+    const memory = event.memory_info || {};
+    const needs = typeof memory.required_gb === "number"
+      ? ` (needs ${gb(memory.required_gb)}, ${gb(memory.available_before_gb)} free)` : "";
+    switching = event.model;
+    notice(`Switching to ${event.model}: ${moves.length ? moves.join("; ") : "it fits as is"}${needs}`, false);
+  } else if (event.type === "state" && event.model === switching &&
+             ["running", "failed", "stopped"].includes(event.to_state)) {
+    switching = null;
+    // A switch clicked here is told by its own answer (act), with what it stopped.
+    if (!busy.has(event.model)) notice(`${event.model} is ${event.to_state}`, event.to_state !== "running");
+  }
+}
+
 function onEvent(event) {
+  banner(event);
   if (event.type === "state") {
     if (event.to_state === "loading") {
       loadStarted.set(event.model, performance.now());
