@@ -34,9 +34,10 @@ SEED_ROUTES = frozenset({"seed-status", "seed-switch", "seed-action"})
 # What loads without a key: the dashboard's own files (it then asks for a key).
 PUBLIC_ROUTES = frozenset({"page", "static"})
 # What only admin keys may use: everything that starts, stops, switches or forces, the
-# metrics (they name every key) and backends' logs (their output may quote prompts).
+# metrics and the recent requests (they name every key) and backends' logs (their output
+# may quote prompts).
 # Inference keys may use the rest.
-ADMIN_ROUTES = frozenset({"seed-switch", "seed-action", "metrics", "model-logs"})
+ADMIN_ROUTES = frozenset({"seed-switch", "seed-action", "metrics", "model-logs", "requests"})
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 KEYS: web.AppKey[Keys] = web.AppKey("keys", Keys)
@@ -157,6 +158,7 @@ class Gateway:
         router.add_get(r"/v1/models/{name:(?!switch$)[^/]+}", self.admin.model, name="model")
         router.add_get("/v1/models/{name}/plan", self.admin.plan, name="model-plan")
         router.add_get("/v1/history", self.admin.history, name="history")
+        router.add_get("/v1/requests", self._requests, name="requests")
         router.add_get("/v1/models/{name}/logs", self.admin.logs, name="model-logs")
         router.add_post("/v1/models/switch", self.admin.switch, name="seed-switch")
         router.add_post(
@@ -190,6 +192,11 @@ class Gateway:
             body=self.metrics.exposition(),
             headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"},
         )
+
+    async def _requests(self, request: web.Request) -> web.Response:
+        """`GET /v1/requests` (admin keys): the latest requests answered, newest last:
+        model (a configured name, or `unknown`), path, status, seconds, key name."""
+        return web.json_response({"requests": list(self.proxy.recent)})
 
     async def _health(self, request: web.Request) -> web.Response:
         """200 when the daemon answers `ping`, else 503."""

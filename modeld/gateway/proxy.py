@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Awaitable
 
 import aiohttp
@@ -29,6 +29,8 @@ from modeld.gateway.loading import Feedback
 from modeld.gateway.metrics import GatewayMetrics
 from modeld.gateway.streaming import ClientGone, SlowReader
 
+# How many of the latest requests the gateway keeps to show (GET /v1/requests).
+RECENT_KEPT = 100
 log = structlog.get_logger("modeld.gateway.proxy")
 
 # The inference paths vLLM's OpenAI-compatible server answers with a JSON body naming
@@ -88,6 +90,8 @@ class Proxy:
         self._budget = LoadBudget(config.key_loads_per_minute)
         self._session: aiohttp.ClientSession | None = None
         self._unix: dict[str, aiohttp.ClientSession] = {}
+        # The latest requests answered (model, path, status, seconds, key; never bodies).
+        self.recent: deque[dict[str, object]] = deque(maxlen=RECENT_KEPT)
         self._in_flight = 0
         # Requests in flight per inference key (admins are not counted).
         self._per_key: Counter[str] = Counter()
@@ -198,6 +202,11 @@ class Proxy:
             self._metrics.in_flight.dec()
             if label is not None:
                 self._metrics.requests.labels(label, request.path, str(status)).inc()
+                seconds = round(time.monotonic() - started, 3)
+                self.recent.append(
+                    {"at": time.time(), "model": label, "path": request.path}
+                    | {"status": status, "seconds": seconds, "key": caller.name}
+                )
             # The access log (never the body, never the key; a name cut short).
             log.info(
                 "gateway.request",

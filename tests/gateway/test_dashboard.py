@@ -104,6 +104,10 @@ async def test_the_page_lists_every_model_with_its_state_and_the_gpu(
     await expect(page.locator("tr[data-model='chat'] td[data-label='Requests']")).to_contain_text(
         re.compile(r"0 in flight · \d+\.\d req/s · \d+ tok/s")
     )
+    # The gateway's own latest requests (an admin key sees them).
+    await expect(page.locator("#requests li").first).to_contain_text(
+        re.compile(r"chat /v1/completions → 200 in \d+\.\d\d s \(key key-")
+    )
 
 
 async def test_a_wrong_key_is_shown_as_refused(fronted: GatewayFactory, browser: Browser) -> None:

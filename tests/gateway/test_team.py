@@ -455,3 +455,27 @@ async def test_any_key_that_may_read_sees_a_switchs_plan_and_the_history(
     assert len(entries) <= 5
     assert state_of(front.engine, "a") is State.RUNNING
     assert state_of(front.engine, "b") is State.STOPPED
+
+
+async def test_admins_see_the_latest_requests_without_their_bodies(
+    fronted: GatewayFactory, http: aiohttp.ClientSession
+) -> None:
+    """`GET /v1/requests` lists what was answered (model, path, status, seconds, key),
+    never a body; an invented model name shows as `unknown`; inference keys may not
+    read it (it names every key)."""
+    front = await fronted(make_config(TWO, [80]), api_keys=[KEY], inference_keys=INFERENCE)
+    status, _, _ = await post(http, front.url + "/v1/chat/completions", chat("a"), key=ALICE)
+    assert status == 200
+    status, _, _ = await post(http, front.url + "/v1/chat/completions", chat("secret"), key=BOB)
+    assert status == 404
+    async with http.get(front.url + "/v1/requests", headers=bearer(ALICE)) as answer:
+        assert answer.status == 403
+    async with http.get(front.url + "/v1/requests", headers=bearer(KEY)) as answer:
+        assert answer.status == 200
+        listed = (await answer.json())["requests"]
+    assert [(r["model"], r["status"], r["key"]) for r in listed] == [
+        ("a", 200, "alice"),
+        ("unknown", 404, "bob"),
+    ]
+    assert set(listed[0]) == {"at", "model", "path", "status", "seconds", "key"}
+    assert "secret" not in json.dumps(listed) and "hi" not in json.dumps(listed)

@@ -20,6 +20,7 @@ const plans = new Map();
 const PLAN_EVERY_MS = 2000;
 let plansAt = -Infinity;
 let history = [];
+let requests = null; // the gateway's latest requests (null: this key may not see them)
 let keyWanted = null; // resolves when the user saves a key
 
 class Unauthorized extends Error {}
@@ -171,6 +172,8 @@ async function refreshPlans() {
   for (const [name, plan] of answers) if (plan) plans.set(name, plan);
   const told = await api("/v1/history?limit=10");
   if (told.ok) history = (await told.json()).entries || [];
+  const answered = await api("/v1/requests");
+  requests = answered.ok ? ((await answered.json()).requests || []).slice(-10) : null;
   render();
 }
 
@@ -451,6 +454,21 @@ function renderModels() {
   }
 }
 
+function renderRequests() {
+  const section = $("#requests-section");
+  section.hidden = requests === null;
+  if (requests === null) return;
+  const list = $("#requests");
+  list.replaceChildren();
+  for (const r of requests.slice().reverse()) {
+    list.append(el("li", { "data-model": r.model },
+      el("time", { text: new Date(r.at * 1000).toLocaleTimeString() }), " ",
+      el("strong", { text: r.model }),
+      ` ${r.path} → ${r.status} in ${Number(r.seconds).toFixed(2)} s (key ${r.key})`));
+  }
+  if (!requests.length) list.append(el("li", { class: "note", text: "none yet" }));
+}
+
 function renderHistory() {
   const list = $("#history");
   list.replaceChildren();
@@ -539,6 +557,7 @@ function render() {
     ? [focused.dataset.model, focused.dataset.action] : null;
   renderGpus();
   renderModels();
+  renderRequests();
   renderHistory();
   if (focusKey) {
     const again = document.querySelector(
