@@ -283,7 +283,18 @@ async def test_the_plan_shows_before_a_click_and_the_click_does_what_it_said(
     await expect(page.locator("[data-plan-for='chat']")).to_have_text(
         re.compile(r"^Switch: stop large; then start chat \(~\d+ s\)$")
     )
-    if SCREENSHOT:  # the README's picture: plans for what is stopped, and the history
+    if SCREENSHOT:  # the README's picture: plans, activity, requests and the history
+        await front.engine.poll_once()
+        async with aiohttp.ClientSession() as http:
+            body = {"model": "large", "prompt": "hi", "max_tokens": 8}
+            headers = {"Authorization": f"Bearer {KEY}"}
+            for _ in range(3):
+                async with http.post(front.url + "/v1/completions", json=body, headers=headers):
+                    pass
+        await front.engine.poll_once()
+        await expect(
+            page.locator("tr[data-model='large'] td[data-label='Requests']")
+        ).to_contain_text("req/s", timeout=20_000)
         await page.screenshot(path=SCREENSHOT, full_page=True)
 
 

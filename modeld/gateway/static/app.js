@@ -586,5 +586,7 @@ setupKeyDialog();
 $("#logs-close").addEventListener("click", closeLogs);
 $("#logs-dialog").addEventListener("close", () => { if (following) following.abort(); });
 setInterval(tickProgress, STEPS);
+// Activity (requests and tokens per second) changes without an event: read it again.
+setInterval(() => { if (!document.hidden && status) refresh().catch(() => {}); }, 5000);
 refresh().catch(() => {});
 followEvents();
