@@ -240,6 +240,17 @@ async def _follow(path: Path, model: str, lines: int, console: Console, as_json:
     return await _stay_connected(path, f"following {model}", session)
 
 
+# How each reading command's answer is shown (the others: render_result).
+RENDERERS: dict[str, Callable[[Console, Any], None]] = {
+    "status": render_status,
+    "gpu": render_gpu,
+    "models": render_models,
+    "reload": render_reload,
+    "plan": render_plan,
+    "history": render_history,
+}
+
+
 def socket_of(args: argparse.Namespace) -> Path:
     """--socket, else the --config file's daemon.socket, else $MODELD_SOCKET or the
     packaged default; ConfigError when the config cannot be read."""
@@ -294,20 +305,10 @@ async def _run(args: argparse.Namespace, console: Console) -> int:
             result = await call(op, path, model=args.model, **params)
     if args.json:
         print(json.dumps(result, indent=2))
-    elif op == "status":
-        render_status(console, result)
-    elif op == "gpu":
-        render_gpu(console, result)
-    elif op == "models":
-        render_models(console, result)
     elif op == "ping":
         console.print(f"modeld {result['version']} answers on {path}")
-    elif op == "reload":
-        render_reload(console, result)
-    elif op == "plan":
-        render_plan(console, result)
-    elif op == "history":
-        render_history(console, result)
+    elif op in RENDERERS:
+        RENDERERS[op](console, result)
     else:
         render_result(console, op, result)
     return EXIT_OK

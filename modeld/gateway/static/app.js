@@ -241,6 +241,23 @@ function onEvent(event) {
   refresh().catch(() => {});
 }
 
+// Each message block of a server-sent event stream, as it arrives (read with fetch, so
+// the API key can travel in a header).
+async function eachMessage(response, onBlock) {
+  const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
+  let buffer = "";
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (done) return;
+    buffer += value;
+    let end;
+    while ((end = buffer.indexOf("\n\n")) >= 0) {
+      onBlock(buffer.slice(0, end));
+      buffer = buffer.slice(end + 2);
+    }
+  }
+}
+
 async function followEvents() {
   let delay = 500;
   for (;;) {
@@ -250,21 +267,11 @@ async function followEvents() {
       setConnection("live");
       delay = 500;
       await refresh();
-      const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
-      let buffer = "";
-      for (;;) {
-        const { value, done } = await reader.read();
-        if (done) break;
-        buffer += value;
-        let end;
-        while ((end = buffer.indexOf("\n\n")) >= 0) {
-          const block = buffer.slice(0, end);
-          buffer = buffer.slice(end + 2);
-          for (const line of block.split("\n")) {
-            if (line.startsWith("data: ")) onEvent(JSON.parse(line.slice(6)));
-          }
+      await eachMessage(response, (block) => {
+        for (const line of block.split("\n")) {
+          if (line.startsWith("data: ")) onEvent(JSON.parse(line.slice(6)));
         }
-      }
+      });
       setConnection("reconnecting…");
     } catch (error) {
       if (error instanceof Unauthorized) {
@@ -512,30 +519,20 @@ async function showLogs(name) {
       state.textContent = `logs: ${refusal(body)}`;
       return;
     }
-    const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
-    let buffer = "";
-    for (;;) {
-      const { value, done } = await reader.read();
-      if (done) break;
-      buffer += value;
-      let end;
-      while ((end = buffer.indexOf("\n\n")) >= 0) {
-        const block = buffer.slice(0, end);
-        buffer = buffer.slice(end + 2);
-        if (block.startsWith("event: end")) {
-          state.textContent = failed ? `${failed} · the backend ended` : "the backend ended";
-          continue;
-        }
-        for (const line of block.split("\n")) {
-          if (!line.startsWith("data: ")) continue;
-          const item = JSON.parse(line.slice(6));
-          if (item.line === undefined) continue;
-          const stick = lines.scrollTop + lines.clientHeight >= lines.scrollHeight - 4;
-          lines.append(document.createTextNode(`${item.line}\n`));
-          if (stick) lines.scrollTop = lines.scrollHeight;
-        }
+    await eachMessage(response, (block) => {
+      if (block.startsWith("event: end")) {
+        state.textContent = failed ? `${failed} · the backend ended` : "the backend ended";
+        return;
       }
-    }
+      for (const line of block.split("\n")) {
+        if (!line.startsWith("data: ")) continue;
+        const item = JSON.parse(line.slice(6));
+        if (item.line === undefined) continue;
+        const stick = lines.scrollTop + lines.clientHeight >= lines.scrollHeight - 4;
+        lines.append(document.createTextNode(`${item.line}\n`));
+        if (stick) lines.scrollTop = lines.scrollHeight;
+      }
+    });
   } catch (error) {
     if (error.name !== "AbortError" && !(error instanceof Unauthorized)) {
       state.textContent = `logs: ${error.message}`;
