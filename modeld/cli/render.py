@@ -39,9 +39,11 @@ def _gb(value: float | None) -> str:
 
 
 def render_status(console: Console, status: dict[str, Any]) -> None:
-    """The models table, then one line per GPU."""
+    """The models table, what the running ones are doing, failures, one line per GPU."""
     console.print(models_table(status))
     for name, model in status["models"].items():
+        if doing := activity_text(model):
+            console.print(f"[green]{escape(name)}[/] {doing}", highlight=False)
         if model["failure"]:
             failure = model["failure"]
             # What a backend printed is text, never markup ("[/opt/vllm]" is not a tag).
@@ -65,22 +67,23 @@ def parking_line(status: dict[str, Any]) -> str | None:
 
 
 def activity_text(model: dict[str, Any]) -> str:
-    """What a running model is doing, from its backend: "2 running · 1.3 req/s · 45 tok/s"."""
+    """What a running model is doing, from its backend: "2 busy, 1.3 req/s, 45 tok/s"."""
     activity = model.get("activity")
     if not activity:
         return ""
-    text = f"{activity['in_flight']:.0f} in backend"
+    text = f"{activity['in_flight']:.0f} busy"
     if activity["requests_per_s"] is not None:
-        text += f" · {activity['requests_per_s']:.1f} req/s · {activity['tokens_per_s']:.0f} tok/s"
+        text += f", {activity['requests_per_s']:.1f} req/s, {activity['tokens_per_s']:.0f} tok/s"
     return text
 
 
 def models_table(status: dict[str, Any]) -> Table:
-    """Every model: state, since, memory, health, leases (requests in flight), activity
-    (from its backend), estimated load."""
+    """Every model: state, since, memory, health, leases (requests in flight), estimated
+    load."""
     table = Table(title="modeld models")
-    columns = ("model", "state", "since", "memory", "health", "leases", "activity", "est. load")
-    for column in columns:
+    # Names stay whole in a narrow terminal: the other cells wrap.
+    table.add_column("model", no_wrap=True)
+    for column in ("state", "since", "memory", "health", "leases", "est. load"):
         table.add_column(column)
     for name, model in status["models"].items():
         state = model["status"]
@@ -97,7 +100,6 @@ def models_table(status: dict[str, Any]) -> Table:
             memory,
             model["health"],
             str(model.get("leases", 0)),
-            activity_text(model),
             estimate,
         )
     return table
@@ -109,7 +111,8 @@ LOADED = ("running", "loading", "sleeping")
 def ps_table(status: dict[str, Any]) -> Table:
     """Only what is loaded (running, loading, sleeping): memory, leases, activity, since."""
     table = Table(title="loaded models")
-    for column in ("model", "state", "memory", "leases", "activity", "since"):
+    table.add_column("model", no_wrap=True)
+    for column in ("state", "memory", "leases", "activity", "since"):
         table.add_column(column)
     for name, model in status["models"].items():
         if model["status"] not in LOADED:
@@ -147,6 +150,8 @@ def dashboard(status: dict[str, Any], last_event: str | None = None) -> Group:
                 f"[yellow]{name}[/] loading {elapsed:.0f}s of ~{estimate:.0f}s "
                 f"(~{max(0.0, estimate - elapsed):.0f}s left)"
             )
+        if doing := activity_text(model):
+            parts.append(f"[green]{name}[/] {doing}")
     if last_event:
         parts.append(f"[dim]last event:[/] {last_event}")
     return Group(*parts)

@@ -86,10 +86,15 @@ async def test_the_page_lists_every_model_with_its_state_and_the_gpu(
     )
     # The bar agrees with the text: chat's segment is 30/80 of it.
     # Measured in one step: the page redraws the bar on every status read.
-    share = await page.locator(".gpu .bar").evaluate(
-        "bar => bar.querySelector('.seg').getBoundingClientRect().width"
-        " / bar.getBoundingClientRect().width"
-    )
+    share = 0.0
+    for _ in range(20):  # a bar caught mid-redraw has no width yet
+        share = await page.locator(".gpu .bar").evaluate(
+            "bar => bar.querySelector('.seg').getBoundingClientRect().width"
+            " / bar.getBoundingClientRect().width"
+        )
+        if share == share and share > 0:  # not NaN
+            break
+        await page.wait_for_timeout(50)
     assert abs(share - 30 / 80) < 0.02, share
     await page.reload()  # the key was kept: no dialog this time
     await expect(state(page, "chat")).to_have_text("running")
