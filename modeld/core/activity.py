@@ -11,7 +11,11 @@ from prometheus_client.parser import text_string_to_metric_families
 
 # Requests vLLM finished (any reason), and requests in its batches or queue now.
 FINISHED = frozenset({"vllm:request_success_total"})
-IN_FLIGHT = frozenset({"vllm:num_requests_running", "vllm:num_requests_waiting"})
+RUNNING = "vllm:num_requests_running"
+WAITING = "vllm:num_requests_waiting"
+IN_FLIGHT = frozenset({RUNNING, WAITING})
+# How full its KV cache is, 0 to 1 (older vLLMs called it gpu_cache_usage_perc).
+KV_CACHE = frozenset({"vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc"})
 # Tokens it generated (a counter).
 TOKENS = frozenset({"vllm:generation_tokens_total"})
 
@@ -25,6 +29,9 @@ class Activity:
     tokens: float = 0.0
     # When it was read (monotonic seconds; 0 when unknown).
     at: float = 0.0
+    # Of in_flight, those queued; and the KV cache's use (the highest of its label sets).
+    waiting: float = 0.0
+    kv_cache: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -35,6 +42,8 @@ class Rates:
     in_flight: float
     requests_per_s: float | None = None
     tokens_per_s: float | None = None
+    waiting: float = 0.0
+    kv_cache: float = 0.0
 
 
 def rates(previous: Activity | None, current: Activity | None) -> Rates | None:
@@ -43,7 +52,7 @@ def rates(previous: Activity | None, current: Activity | None) -> Rates | None:
     if current is None:
         return None
     if previous is None or current.at <= previous.at:
-        return Rates(current.in_flight)
+        return Rates(current.in_flight, waiting=current.waiting, kv_cache=current.kv_cache)
     seconds = current.at - previous.at
 
     def per_second(now: float, before: float) -> float:
@@ -53,12 +62,14 @@ def rates(previous: Activity | None, current: Activity | None) -> Rates | None:
         current.in_flight,
         per_second(current.finished, previous.finished),
         per_second(current.tokens, previous.tokens),
+        current.waiting,
+        current.kv_cache,
     )
 
 
 def parse_activity(text: str) -> Activity | None:
     """The request counters in a Prometheus exposition; None if vLLM's are not there."""
-    finished = in_flight = tokens = 0.0
+    finished = in_flight = tokens = waiting = kv_cache = 0.0
     seen = False
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
@@ -67,10 +78,15 @@ def parse_activity(text: str) -> Activity | None:
                 seen = True
             elif sample.name in IN_FLIGHT:
                 in_flight += sample.value
+                waiting += sample.value if sample.name == WAITING else 0.0
                 seen = True
             elif sample.name in TOKENS:
                 tokens += sample.value
-    return Activity(finished, in_flight, tokens) if seen else None
+            elif sample.name in KV_CACHE:
+                kv_cache = max(kv_cache, sample.value)
+    if not seen:
+        return None
+    return Activity(finished, in_flight, tokens, waiting=waiting, kv_cache=kv_cache)
 
 
 def last_active(

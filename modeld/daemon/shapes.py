@@ -83,6 +83,8 @@ class ActivityShape(_Shape):
     readings)."""
 
     in_flight: float
+    waiting: float
+    kv_cache_usage: float
     requests_per_s: float | None
     tokens_per_s: float | None
 

@@ -214,6 +214,8 @@ def _activity(record: Model) -> dict[str, float | None] | None:
         return None
     return {
         "in_flight": rates.in_flight,
+        "waiting": rates.waiting,
+        "kv_cache_usage": rates.kv_cache,
         "requests_per_s": rates.requests_per_s,
         "tokens_per_s": rates.tokens_per_s,
     }

@@ -23,6 +23,7 @@ from modeld.gateway.errors import (
 from modeld.gateway.guard import ConnectionGuard
 from modeld.gateway.link import DaemonLink
 from modeld.gateway.metrics import GatewayMetrics
+from modeld.gateway.protocol import ModelServerMetrics
 from modeld.gateway.proxy import INFERENCE_PATHS, Proxy
 from modeld.gateway.sse import EventStreams
 
@@ -131,6 +132,7 @@ class Gateway:
             link.events, self.metrics, config.max_event_streams, config.max_event_streams_per_client
         )
         self.admin = Admin(link, self.streams)
+        self.model_server = ModelServerMetrics()
         self.app = self._build()
 
     def _build(self) -> web.Application:
@@ -188,9 +190,15 @@ class Gateway:
         await self.proxy.close()
 
     async def _metrics(self, request: web.Request) -> web.Response:
+        """The gateway's own metrics, then this host as a GIE model server (from the
+        daemon's status; left out while the daemon does not answer)."""
+        body = self.metrics.exposition()
+        try:
+            body += self.model_server.exposition(await self.link.call("status"))
+        except GatewayError as exc:
+            log.warning("gateway.metrics_without_models", reason=exc.message)
         return web.Response(
-            body=self.metrics.exposition(),
-            headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"},
+            body=body, headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"}
         )
 
     async def _requests(self, request: web.Request) -> web.Response:

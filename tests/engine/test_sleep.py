@@ -305,7 +305,7 @@ vllm:request_success_total{engine="0",finished_reason="length",model_name="m"} 2
 def test_vllm_metrics_are_read_as_activity() -> None:
     """Finished requests are summed over finish reasons; queued ones count as in flight;
     an exposition without vLLM's metrics gives None."""
-    assert parse_activity(VLLM_METRICS) == Activity(finished=42.0, in_flight=2.0)
+    assert parse_activity(VLLM_METRICS) == Activity(finished=42.0, in_flight=2.0, waiting=2.0)
     assert parse_activity("# TYPE other gauge\nother 1\n") is None
 
 

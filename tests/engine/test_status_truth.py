@@ -50,7 +50,13 @@ async def test_status_says_what_a_running_model_is_doing(engines: EngineFactory)
     await engine.models.switch("a")
     await engine.poll_once()
     first = engine.view.status()["models"]["a"]["activity"]
-    assert first == {"in_flight": 0.0, "requests_per_s": None, "tokens_per_s": None}
+    assert first == {
+        "in_flight": 0.0,
+        "waiting": 0.0,
+        "kv_cache_usage": 0.0,
+        "requests_per_s": None,
+        "tokens_per_s": None,
+    }
     endpoint = engine.view.status()["models"]["a"]["endpoint"]
     async with aiohttp.ClientSession() as http:
         for _ in range(3):
@@ -60,5 +66,5 @@ async def test_status_says_what_a_running_model_is_doing(engines: EngineFactory)
     await engine.poll_once()
     busy = engine.view.status()["models"]["a"]["activity"]
     assert busy["requests_per_s"] > 0 and busy["tokens_per_s"] > 0
-    assert busy["tokens_per_s"] >= busy["requests_per_s"] * 4
+    assert busy["tokens_per_s"] >= busy["requests_per_s"] * 3.9  # four tokens each, rounded
     assert engine.view.status()["models"]["b"]["activity"] is None

@@ -6,6 +6,8 @@ from __future__ import annotations
 from modeld.core.activity import Activity, Rates, parse_activity, rates
 
 METRICS = """\
+# TYPE vllm:kv_cache_usage_perc gauge
+vllm:kv_cache_usage_perc{model_name="m"} 0.25
 # TYPE vllm:num_requests_running gauge
 vllm:num_requests_running{model_name="m"} 2.0
 # TYPE vllm:num_requests_waiting gauge
@@ -19,8 +21,11 @@ vllm:generation_tokens_total{model_name="m"} 1234.0
 
 
 def test_the_counters_and_gauges_are_read() -> None:
-    """Finished requests and generated tokens summed over labels; running and waiting."""
-    assert parse_activity(METRICS) == Activity(finished=42.0, in_flight=3.0, tokens=1234.0)
+    """Finished requests and generated tokens summed over labels; running and waiting;
+    the KV cache's use."""
+    assert parse_activity(METRICS) == Activity(
+        finished=42.0, in_flight=3.0, tokens=1234.0, waiting=1.0, kv_cache=0.25
+    )
 
 
 def test_rates_between_two_readings() -> None:

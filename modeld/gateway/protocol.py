@@ -1,0 +1,112 @@
+"""The model-server metrics protocol of the Gateway API Inference Extension (GIE,
+docs/proposals/003-model-server-protocol), on modeld-gateway's /metrics: a modeld host
+is one endpoint of an InferencePool, with models in place of LoRA adapters, so that the
+endpoint picker's scorers (queue, KV cache, LoRA affinity) can choose among hosts.
+
+- `vllm:num_requests_waiting`: requests queued at this host: those waiting at the
+  daemon for a load or their turn (acquires), and those queued in the backends.
+- `vllm:num_requests_running`: requests the backends are running.
+- `vllm:kv_cache_usage_perc`: the fullest running backend's KV cache (0 to 1).
+- `vllm:lora_requests_info{running_lora_adapters, waiting_lora_adapters, max_lora}`,
+  whose value is the time of the latest change, as vLLM reports it: the models resident
+  and serving (and their aliases: the names requests use), the models loading or with
+  requests queued, and how many models this host can hold at once.
+
+`max_lora` is an approximation: the most configured models whose memory needs, smallest
+first, fit in the host's total GPU memory together; the planner decides per device, so
+a host may hold fewer (needs spread badly over devices) or the same models in other
+combinations.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+RESIDENT = frozenset({"running"})
+ON_THE_WAY = frozenset({"loading"})
+
+
+def max_models(status: dict[str, Any]) -> int:
+    """How many configured models fit at once, smallest needs first, in all the GPU
+    memory (see the module's note)."""
+    total = sum(float(d["total_gb"]) for d in status["gpu"]["devices"])
+    held = 0.0
+    count = 0
+    needs = sorted(float(m["gpu_memory_required_gb"]) for m in status["models"].values())
+    for need in needs:
+        if held + need > total:
+            break
+        held, count = held + need, count + 1
+    return count
+
+
+class _Scrape(Collector):
+    """The families of one scrape, for the exposition writer."""
+
+    def __init__(self, families: list[Metric]) -> None:
+        self._families = families
+
+    def collect(self) -> Iterator[Metric]:
+        return iter(self._families)
+
+
+class ModelServerMetrics:
+    """The protocol's families from the daemon's status, and the time the adapter sets
+    last changed (kept across scrapes)."""
+
+    def __init__(self) -> None:
+        self._adapters: tuple[str, str, str] | None = None
+        self._changed_at = time.time()
+
+    def families(self, status: dict[str, Any]) -> list[Metric]:
+        """The four families, as one scrape reports them."""
+        waiting = running = kv_cache = 0.0
+        resident: list[str] = []
+        coming: list[str] = []
+        for name, model in status["models"].items():
+            waiting += float(model.get("waiting") or 0)
+            activity = model.get("activity") or {}
+            queued = float(activity.get("waiting") or 0)
+            waiting += queued
+            running += float(activity.get("in_flight") or 0) - queued
+            kv_cache = max(kv_cache, float(activity.get("kv_cache_usage") or 0))
+            names = [name, *model.get("aliases", [])]
+            if model["status"] in RESIDENT:
+                resident += names
+            if model["status"] in ON_THE_WAY or (model.get("waiting") or 0) > 0:
+                coming += names
+        adapters = (",".join(resident), ",".join(coming), str(max_models(status)))
+        if adapters != self._adapters:
+            self._adapters, self._changed_at = adapters, time.time()
+        queue = GaugeMetricFamily(
+            "vllm:num_requests_waiting", "Requests queued at this modeld host (GIE protocol)"
+        )
+        queue.add_metric([], waiting)
+        busy = GaugeMetricFamily(
+            "vllm:num_requests_running", "Requests the host's backends are running"
+        )
+        busy.add_metric([], running)
+        cache = GaugeMetricFamily(
+            "vllm:kv_cache_usage_perc", "The fullest running backend's KV cache use, 0 to 1"
+        )
+        cache.add_metric([], kv_cache)
+        info = GaugeMetricFamily(
+            "vllm:lora_requests_info",
+            "Models resident (running_lora_adapters) and on their way (waiting_lora_adapters), "
+            "and how many fit at once (max_lora); the value is the time of the last change",
+            labels=["running_lora_adapters", "waiting_lora_adapters", "max_lora"],
+        )
+        info.add_metric(list(adapters), self._changed_at)
+        return [queue, busy, cache, info]
+
+    def exposition(self, status: dict[str, Any]) -> bytes:
+        """The families in Prometheus' text format."""
+        registry = CollectorRegistry(auto_describe=False)
+        registry.register(_Scrape(self.families(status)))
+        return generate_latest(registry)

@@ -1,0 +1,80 @@
+"""modeld-gateway's /metrics speaks the GIE model-server protocol: what an endpoint
+picker reads to choose this host (queue, KV cache, models resident and on their way),
+following every load, queue and eviction."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import aiohttp
+from prometheus_client.parser import text_string_to_metric_families
+
+from modeld.core.states import State
+from modeld.testing.fakes import Behaviour
+from tests.gateway.conftest import Fronted, GatewayFactory
+from tests.support import make_config, wait_for_state
+
+# 30 + 30 fit on 80 GB, a third (40) does not: two models at once.
+MODELS: dict[str, dict[str, Any]] = {
+    "a": {"gpu_memory_gb": 30, "aliases": ["gpt-4o-mini"]},
+    "b": {"gpu_memory_gb": 40},
+    "c": {"gpu_memory_gb": 30},
+}
+
+
+async def protocol(http: aiohttp.ClientSession, front: Fronted) -> dict[str, Any]:
+    """The protocol's values from one scrape (no key: metrics_without_key)."""
+    async with http.get(front.url + "/metrics") as answer:
+        assert answer.status == 200
+        text = await answer.text()
+    found: dict[str, Any] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "vllm:lora_requests_info":
+                found["info"] = (sample.labels, sample.value)
+            elif sample.name.startswith("vllm:"):
+                found[sample.name] = sample.value
+    return found
+
+
+def adapters(found: dict[str, Any], which: str) -> set[str]:
+    """running_lora_adapters or waiting_lora_adapters, as a set of names."""
+    value = found["info"][0][f"{which}_lora_adapters"]
+    return set(value.split(",")) if value else set()
+
+
+async def test_the_protocol_follows_loads_queues_and_evictions(
+    fronted: GatewayFactory, http: aiohttp.ClientSession
+) -> None:
+    """Nothing resident, then a (and its alias) resident; b loading and a request queued
+    for it show as waiting; once b runs both are resident; c evicts the largest, b.
+    max_lora is 2; the info gauge's value moves only when the sets change."""
+    front = await fronted(make_config(MODELS, [80]), metrics_without_key=True)
+    idle = await protocol(http, front)
+    assert idle["vllm:num_requests_waiting"] == 0 and idle["vllm:num_requests_running"] == 0
+    assert idle["vllm:kv_cache_usage_perc"] == 0
+    assert adapters(idle, "running") == set() and adapters(idle, "waiting") == set()
+    assert idle["info"][0]["max_lora"] == "2"
+
+    await front.engine.models.switch("a")
+    resident = await protocol(http, front)
+    assert adapters(resident, "running") == {"a", "gpt-4o-mini"}
+    assert resident["info"][1] > idle["info"][1]
+    assert (await protocol(http, front))["info"][1] == resident["info"][1]  # no change
+
+    front.runtime.behaviour["b"] = Behaviour(load_seconds=1.5)
+    queued = asyncio.create_task(front.engine.leases.acquire("b", owner=7))
+    await wait_for_state(front.engine, "b", {State.LOADING}, timeout=10)
+    loading = await protocol(http, front)
+    assert adapters(loading, "waiting") == {"b"}
+    assert loading["vllm:num_requests_waiting"] >= 1  # the request queued for b's load
+    lease = await queued
+    both = await protocol(http, front)
+    assert adapters(both, "running") == {"a", "gpt-4o-mini", "b"}
+    assert adapters(both, "waiting") == set() and both["vllm:num_requests_waiting"] == 0
+    front.engine.leases.release(lease.lease, owner=7)
+
+    await front.engine.models.switch("c")  # largest_first: b goes
+    evicted = await protocol(http, front)
+    assert adapters(evicted, "running") == {"a", "gpt-4o-mini", "c"}
