@@ -72,6 +72,10 @@ class GatewayConfig(Strict):
     # hold at most max_requests_per_key of them.
     max_requests: Annotated[int, Field(ge=1)] = 1024
     max_requests_per_key: Annotated[int, Field(ge=1)] = 128
+    # Requests that may wait here for a load or their turn at once (none: no bound); past
+    # it the next is refused at once (503 queue_full, Retry-After) so a router tries
+    # another host.
+    max_queue: Annotated[int, Field(ge=1)] | None = None
     # Server-sent event streams (/events) at once, and per client (its key, or its
     # address on a gateway without keys).
     max_event_streams: Annotated[int, Field(ge=1)] = 64

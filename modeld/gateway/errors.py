@@ -49,6 +49,7 @@ STATUS: dict[str, int] = {
     "upstream_unauthorized": 502,
     "upstream_error": 502,
     "daemon_unreachable": 503,
+    "queue_full": 503,
     "upstream_timeout": 504,
 }
 # OpenAI's error `type` for a status.

@@ -22,7 +22,7 @@ from yarl import URL
 from modeld.core.gateway_config import GatewayConfig
 from modeld.gateway.auth import BackendKeys, Identity, identity
 from modeld.gateway.body import Bodies
-from modeld.gateway.budget import LoadBudget
+from modeld.gateway.budget import LoadBudget, WaitQueue
 from modeld.gateway.errors import GatewayError, cut
 from modeld.gateway.link import DaemonLink, Lease
 from modeld.gateway.loading import Feedback
@@ -88,6 +88,7 @@ class Proxy:
         self._backend_keys = backend_keys
         self._bodies = Bodies(config.max_body_bytes, config.body_timeout_s)
         self._budget = LoadBudget(config.key_loads_per_minute)
+        self._queue = WaitQueue(config.max_queue)
         self._session: aiohttp.ClientSession | None = None
         self._unix: dict[str, aiohttp.ClientSession] = {}
         # The latest requests answered (model, path, status, seconds, key; never bodies).
@@ -287,14 +288,16 @@ class Proxy:
         """Lease `model` (asked for as `asked`: its name or an alias) and forward the
         request, under the name its backend serves it by. A streamed request that may
         wait for a load gets its headers and loading comments meanwhile (loading.py)."""
-        started = time.monotonic()
-        feedback = None
+        started, feedback = time.monotonic(), None
         state = self._link.states.get(model)
+        # A request that will wait (for a load, or its turn) takes a place in the queue.
+        leave = self._queue.join() if state != "running" else (lambda: None)
         if request.get(STREAMED) and state != "running" and (load or state == "loading"):
             feedback = Feedback(request, model, self._link, asked)
             await feedback.start()
         try:
             async with self._link.lease(model, self._config.acquire_timeout_s, load) as lease:
+                leave()
                 self._metrics.load_wait.labels(model).observe(time.monotonic() - started)
                 if feedback is not None:
                     await feedback.stop()
@@ -309,6 +312,7 @@ class Proxy:
             await feedback.stop()
             return await feedback.fail(exc)
         finally:
+            leave()
             if feedback is not None:
                 await feedback.stop()
 

@@ -78,3 +78,28 @@ async def test_the_protocol_follows_loads_queues_and_evictions(
     await front.engine.models.switch("c")  # largest_first: b goes
     evicted = await protocol(http, front)
     assert adapters(evicted, "running") == {"a", "gpt-4o-mini", "c"}
+
+
+async def test_a_full_queue_is_refused_at_once_so_a_router_tries_another_host(
+    fronted: GatewayFactory, http: aiohttp.ClientSession
+) -> None:
+    """With max_queue = 1, a second request that would wait for b's load is answered
+    503 `queue_full` with Retry-After at once (no wait), and changes nothing; the first
+    is served; a model that runs is never refused for the queue."""
+    front = await fronted(make_config(MODELS, [80]), max_queue=1)
+    await front.engine.models.switch("a")
+    front.runtime.behaviour["b"] = Behaviour(load_seconds=1.5)
+    body = {"model": "b", "prompt": "hi", "max_tokens": 2}
+    first = asyncio.create_task(http.post(front.url + "/v1/completions", json=body))
+    await wait_for_state(front.engine, "b", {State.LOADING}, timeout=10)
+    async with asyncio.timeout(1):  # at once, not after the load
+        async with http.post(front.url + "/v1/completions", json=body) as refused:
+            assert refused.status == 503
+            assert refused.headers["Retry-After"] == "5"
+            assert (await refused.json())["error"]["code"] == "queue_full"
+    ran = {"model": "a", "prompt": "hi", "max_tokens": 2}
+    async with http.post(front.url + "/v1/completions", json=ran) as served:
+        assert served.status == 200  # a running model's request waits for nothing
+    async with await first as answered:
+        assert answered.status == 200
+    assert front.runtime.starts("b") == 1
