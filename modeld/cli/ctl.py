@@ -14,7 +14,7 @@ import json
 import os
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -29,9 +29,7 @@ from modeld.cli.client import Client, DaemonUnreachable, RpcError, call, default
 from modeld.cli.render import (
     LOADED,
     dashboard,
-    describe_step,
     ps_table,
-    render_event,
     render_gpu,
     render_history,
     render_models,
@@ -40,6 +38,8 @@ from modeld.cli.render import (
     render_result,
     render_status,
 )
+from modeld.cli.sentences import describe_step
+from modeld.cli.streams import follow, watch
 from modeld.core.config import load_config
 from modeld.core.errors import ConfigError
 
@@ -47,8 +47,6 @@ EXIT_OK = 0
 EXIT_REFUSED = 1
 EXIT_USAGE = 2
 EXIT_UNREACHABLE = 3
-# How often `watch` tries the daemon again once it went away.
-RECONNECT_EVERY_S = 1.0
 
 
 async def _top(path: Path, console: Console, once: bool) -> int:
@@ -165,81 +163,6 @@ async def switch_with_progress(
     return await request
 
 
-Session = Callable[[Client, bool], Awaitable[bool]]
-
-
-async def _stay_connected(path: Path, what: str, session: Session) -> int:
-    """Run `session` on a connection until it says it is done. When the daemon goes away
-    after answering (a restart), say so on stderr, reconnect once it answers again, say
-    that, and run it again (told it is a reconnection); a daemon that never answered is
-    exit 3 at once."""
-    err = Console(stderr=True)
-    connected = False
-    while True:
-        try:
-            async with Client(path) as client:
-                if connected:
-                    err.print(
-                        f"[green]modelctl: modeld answers again on {path}; {what}[/]",
-                        soft_wrap=True,
-                    )
-                again, connected = connected, True
-                if await session(client, again):
-                    return EXIT_OK
-                reason = "connection closed by modeld"
-        except DaemonUnreachable as exc:
-            if not connected:
-                raise
-            reason = exc.reason
-        err.print(
-            f"[yellow]modelctl: lost modeld ({escape(reason)}); what happens until it "
-            f"answers again is missed; reconnecting every {RECONNECT_EVERY_S:g} s[/]",
-            soft_wrap=True,
-        )
-        # Polled: another process's socket coming back sends this one no event.
-        while True:
-            await asyncio.sleep(RECONNECT_EVERY_S)
-            if await _answers(path):
-                break
-
-
-async def _watch(path: Path, console: Console, as_json: bool) -> int:
-    """Print events as they come, across restarts of the daemon."""
-
-    async def session(client: Client, again: bool) -> bool:
-        async for event in await client.subscribe():
-            render_event(console, event, as_json)
-        return False  # the events end only with the connection
-
-    return await _stay_connected(path, "watching", session)
-
-
-async def _answers(path: Path) -> bool:
-    """Whether the daemon answers a ping on `path` now."""
-    try:
-        async with asyncio.timeout(RECONNECT_EVERY_S * 5):
-            await call("ping", path)
-    except (DaemonUnreachable, RpcError, TimeoutError, OSError):
-        return False
-    return True
-
-
-async def _follow(path: Path, model: str, lines: int, console: Console, as_json: bool) -> int:
-    """Print the last lines, then each new one as the daemon pushes it (no polling),
-    until the backend ends or Ctrl-C; across a restart of the daemon, from its last
-    line again (which may repeat one)."""
-
-    async def session(client: Client, again: bool) -> bool:
-        async for line in client.follow(model, 1 if again else lines):
-            if as_json:
-                print(json.dumps({"model": model, "line": line}), flush=True)
-            else:
-                console.print(line, markup=False, highlight=False)
-        return not client.closed  # the backend ended, not the connection
-
-    return await _stay_connected(path, f"following {model}", session)
-
-
 # How each reading command's answer is shown (the others: render_result).
 RENDERERS: dict[str, Callable[[Console, Any], None]] = {
     "status": render_status,
@@ -265,11 +188,13 @@ async def _run(args: argparse.Namespace, console: Console) -> int:
     path = socket_of(args)
     op: str = args.command
     if op == "watch":
-        return await _watch(path, console, args.json)
+        await watch(path, console, args.json)
+        return EXIT_OK
     if op == "top":
         return await _top(path, console, args.once)
     if op == "logs" and args.follow:
-        return await _follow(path, args.model, args.lines, console, args.json)
+        await follow(path, args.model, args.lines, console, args.json)
+        return EXIT_OK
     if op == "logs":
         result = await call("logs", path, model=args.model, lines=args.lines)
         if args.json:

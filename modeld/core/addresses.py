@@ -5,6 +5,7 @@ as loopback in one, `[::1]` in only the other)."""
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Sequence
 from urllib.parse import urlsplit
 
 # Names that mean this machine (besides addresses in 127.0.0.0/8 and ::1).
@@ -70,3 +71,20 @@ def fill_placeholders(command: list[object], endpoint: str) -> list[object]:
                     arg = arg.replace(token, value)
         filled.append(arg)
     return filled
+
+
+def served_in(command: Sequence[object]) -> str | None:
+    """The name a vLLM command serves its model by: `--served-model-name`, else
+    `--model` or `vllm serve MODEL` (which vLLM then serves it as); None if it says
+    neither."""
+    args = [str(arg) for arg in command]
+    for flag in ("--served-model-name", "--model"):
+        for index, arg in enumerate(args):
+            if arg.startswith(flag + "="):
+                return arg.split("=", 1)[1]
+            if arg == flag and index + 1 < len(args):
+                return args[index + 1]
+    for index, arg in enumerate(args[:-1]):
+        if arg == "serve" and not args[index + 1].startswith("-"):
+            return args[index + 1]
+    return None

@@ -15,7 +15,7 @@ from pydantic import (
     model_validator,
 )
 
-from modeld.core.addresses import fill_placeholders
+from modeld.core.addresses import fill_placeholders, served_in
 from modeld.core.config_base import NonNegativeFloat, PositiveFloat, Strict
 from modeld.core.config_errors import describe
 from modeld.core.errors import ConfigError
@@ -240,19 +240,7 @@ class ModelConfig(Strict):
         """The name vLLM serves this model by: `served_model_name`, else what the command
         tells vLLM (`--served-model-name`, else `--model` or `vllm serve MODEL`, which
         vLLM then serves it as), else the table's key."""
-        if self.served_model_name:
-            return self.served_model_name
-        args = [str(arg) for arg in self.command or []]
-        for flag in ("--served-model-name", "--model"):
-            for index, arg in enumerate(args):
-                if arg.startswith(flag + "="):
-                    return arg.split("=", 1)[1]
-                if arg == flag and index + 1 < len(args):
-                    return args[index + 1]
-        for index, arg in enumerate(args[:-1]):
-            if arg == "serve" and not args[index + 1].startswith("-"):
-                return args[index + 1]
-        return self.name
+        return self.served_model_name or served_in(self.command or []) or self.name
 
     @property
     def launch_env(self) -> dict[str, str]:

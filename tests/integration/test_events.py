@@ -16,7 +16,7 @@ from rich.progress import Progress
 
 from modeld.cli.client import Client, RpcError
 from modeld.cli.ctl import switch_with_progress
-from modeld.cli.render import describe_step
+from modeld.cli.sentences import describe_step
 from modeld.daemon.connection import MAX_FOLLOWS_PER_CONNECTION
 from modeld.demo.main import private_copy
 from modeld.engine.engine import Engine

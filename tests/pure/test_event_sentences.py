@@ -9,7 +9,7 @@ from typing import Any
 
 from rich.console import Console
 
-from modeld.cli.render import EVENT_SENTENCES, render_event
+from modeld.cli.sentences import EVENT_SENTENCES, render_event
 
 ROOT = Path(__file__).resolve().parents[2]
 # One event of each kind, with the fields its publisher sends.
