@@ -266,7 +266,10 @@ class Model(Known):
             rates=rates(usage.activity, activity),
             last_active=last_active(usage.activity, activity, usage.last_active, now),
         )
-        self._changed()
+        # Polled every few seconds for every running model: status is rebuilt only when
+        # what it shows (the rates) moved.
+        if self._usage.rates != usage.rates:
+            self._changed()
 
     def unloading(self, task: asyncio.Task[None] | None) -> None:
         """The idle unload in flight (None: it ended)."""
