@@ -65,8 +65,17 @@ TYPES: dict[int, str] = {
     415: "invalid_request_error",
     429: "rate_limit_error",
 }
-# Worth retrying after this many seconds (a Retry-After header).
-RETRY_AFTER_S: dict[str, int] = {"models_busy": 10, "too_many_requests": 1, "limit_reached": 1}
+# Worth retrying after this many seconds (a Retry-After header). A model that cannot
+# fit here (beside pinned or busy models, or memory others hold) says so at once, so a
+# router tries another host; here it may fit once that memory is released. A daemon
+# that does not answer is being restarted, or this host is down: elsewhere meanwhile.
+RETRY_AFTER_S: dict[str, int] = {
+    "models_busy": 10,
+    "too_many_requests": 1,
+    "limit_reached": 1,
+    "insufficient_memory": 30,
+    "daemon_unreachable": 5,
+}
 
 
 # How much of a caller-chosen string (a path, a model name) a log line keeps.

@@ -10,7 +10,8 @@ endpoints: `POST /sleep?level=1`, `POST /wake_up` (each taking its time, as movi
 weights between GPU and host RAM does), `GET /is_sleeping`; while asleep `/health`
 still answers 200 and completions wait (queued) until it is woken, as in vLLM 0.32.
 `/metrics` serves the request counters and gauges vLLM exports (running, waiting,
-finished, and `vllm:engine_sleep_state`), counting the completions it answered.
+finished, `vllm:kv_cache_usage_perc` and `vllm:engine_sleep_state`), counting the
+completions it answered; each request running holds a share of the KV cache.
 """
 
 from __future__ import annotations
@@ -35,6 +36,9 @@ POLLED = ("GET /health ", "GET /metrics ", "GET /is_sleeping ")
 MAX_TOKENS = 262_144
 # The paths vLLM's --api-key guards (its security guide: nothing else is).
 KEYED_PREFIXES = ("/v1", "/v2", "/inference", "/cohere")
+# The share of the KV cache one running request holds: vLLM's gauge rises with the
+# tokens in flight; the fake's with the requests, full at four.
+KV_CACHE_PER_REQUEST = 0.25
 
 
 class FakeVllm:
@@ -97,6 +101,14 @@ class FakeVllm:
             ["model_name"],
             registry=self._registry,
         ).labels(**labels)
+        # Requests being answered now: what the KV-cache gauge follows.
+        self._in_flight = 0
+        Gauge(
+            "vllm:kv_cache_usage_perc",
+            "KV-cache usage. 1 means 100 percent usage.",
+            ["model_name"],
+            registry=self._registry,
+        ).labels(**labels).set_function(lambda: min(1.0, self._in_flight * KV_CACHE_PER_REQUEST))
         self._sleep_state = Gauge(
             "vllm:engine_sleep_state",
             "Engine sleep state: 1 for the current one.",
@@ -194,12 +206,14 @@ class FakeVllm:
         chat = request.path.endswith("/chat/completions")
         tokens = self._tokens(body)
         self._running.inc()
+        self._in_flight += 1
         try:
             if body.get("stream"):
                 return await self._stream(request, body, chat, tokens)
             await asyncio.sleep(self.request_seconds + self.token_seconds * len(tokens))
         finally:
             self._running.dec()
+            self._in_flight -= 1
         self._finished.inc()
         self._generated.inc(len(tokens))
         text = "".join(tokens)
@@ -343,8 +357,13 @@ class FakeVllm:
     async def load(self) -> None:
         """Spend the "load" time with the port closed, then open it."""
         await asyncio.sleep(self.load_seconds)
+        # vLLM aborts a request whose client went away (its KV blocks freed at once);
+        # aiohttp cancels the handler only when asked.
         self._runner = web.AppRunner(
-            self._app(), access_log=self.access_log, access_log_format=ACCESS_LOG_FORMAT
+            self._app(),
+            access_log=self.access_log,
+            access_log_format=ACCESS_LOG_FORMAT,
+            handler_cancellation=True,
         )
         await self._runner.setup()
         site: web.BaseSite

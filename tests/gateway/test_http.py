@@ -425,8 +425,9 @@ async def test_metrics_count_requests_waits_and_errors(
 async def test_the_gateway_reconnects_when_the_daemon_restarts(
     restartable: RestartableFactory, http: aiohttp.ClientSession
 ) -> None:
-    """The daemon goes away: requests get 503 `daemon_unreachable` (not a hang); when it
-    is back on its socket, requests and the event relay work again, untouched."""
+    """The daemon goes away: requests get 503 `daemon_unreachable` with Retry-After (not
+    a hang: a router tries another host); when it is back on its socket, requests and
+    the event relay work again, untouched."""
     front = await restartable(make_config(TWO, [80]))
     url = front.url + "/v1/chat/completions"
     async with http.post(url, json=CHAT) as answer:
@@ -435,6 +436,7 @@ async def test_the_gateway_reconnects_when_the_daemon_restarts(
     async with http.post(url, json=CHAT) as answer:
         assert answer.status == 503
         assert (await answer.json())["error"]["code"] == "daemon_unreachable"
+        assert answer.headers["Retry-After"] == "5"
     await front.start_daemon()
 
     async def answered() -> bool:  # (failed attempts are not retried for 0.5 s)

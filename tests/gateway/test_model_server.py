@@ -13,7 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from modeld.core.states import State
 from modeld.testing.fakes import Behaviour
 from tests.gateway.conftest import Fronted, GatewayFactory
-from tests.support import make_config, wait_for_state
+from tests.support import eventually, make_config, state_of, wait_for_state
 
 # 30 + 30 fit on 80 GB, a third (40) does not: two models at once.
 MODELS: dict[str, dict[str, Any]] = {
@@ -78,6 +78,62 @@ async def test_the_protocol_follows_loads_queues_and_evictions(
     await front.engine.models.switch("c")  # largest_first: b goes
     evicted = await protocol(http, front)
     assert adapters(evicted, "running") == {"a", "gpt-4o-mini", "c"}
+
+
+async def test_running_requests_and_kv_cache_come_from_the_backends(
+    fronted: GatewayFactory, http: aiohttp.ClientSession
+) -> None:
+    """Requests in flight on two backends show as running, and the KV cache reported is
+    the fullest backend's (two requests on a: 0.5; one on c: 0.25); both fall back to 0
+    when the requests end (the monitor reads the backends' /metrics each poll)."""
+    config = make_config(MODELS, [80], poll_interval_s=0.1)
+    front = await fronted(config, metrics_without_key=True)
+    for name in ("a", "c"):
+        await front.engine.models.switch(name)
+        front.runtime.server(name).request_seconds = 30  # held until the client goes
+    body = {"prompt": "hi", "max_tokens": 2}
+    calls = [
+        asyncio.create_task(http.post(front.url + "/v1/completions", json={**body, "model": m}))
+        for m in ("a", "a", "c")
+    ]
+
+    async def busy() -> bool:
+        found = await protocol(http, front)
+        return bool(
+            found["vllm:num_requests_running"] == 3 and found["vllm:kv_cache_usage_perc"] == 0.5
+        )
+
+    await eventually(busy)
+    for call in calls:
+        call.cancel()
+    await asyncio.gather(*calls, return_exceptions=True)
+
+    async def quiet() -> bool:
+        found = await protocol(http, front)
+        return bool(
+            found["vllm:num_requests_running"] == 0 and found["vllm:kv_cache_usage_perc"] == 0
+        )
+
+    await eventually(quiet)
+
+
+async def test_a_model_that_cannot_fit_here_is_refused_at_once(
+    fronted: GatewayFactory, http: aiohttp.ClientSession
+) -> None:
+    """With 50 GB of the GPU held by a process modeld does not manage, b (40 GB) cannot
+    fit even with everything stopped: its request is answered 503 `insufficient_memory`
+    with Retry-After at once, so a router tries a host where it fits; a keeps running."""
+    config = make_config(MODELS, [80], gpu={"external_used_gb": [50]})
+    front = await fronted(config, metrics_without_key=True)
+    await front.engine.models.switch("a")
+    body = {"model": "b", "prompt": "hi", "max_tokens": 2}
+    async with asyncio.timeout(2):
+        async with http.post(front.url + "/v1/completions", json=body) as refused:
+            assert refused.status == 503
+            assert int(refused.headers["Retry-After"]) > 0
+            assert (await refused.json())["error"]["code"] == "insufficient_memory"
+    assert state_of(front.engine, "a") is State.RUNNING
+    assert front.runtime.starts("b") == 0
 
 
 async def test_a_full_queue_is_refused_at_once_so_a_router_tries_another_host(
