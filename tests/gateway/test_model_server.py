@@ -80,6 +80,41 @@ async def test_the_protocol_follows_loads_queues_and_evictions(
     assert adapters(evicted, "running") == {"a", "gpt-4o-mini", "c"}
 
 
+async def test_a_parked_model_is_not_resident_and_waking_it_is_on_its_way(
+    fronted: GatewayFactory, http: aiohttp.ClientSession
+) -> None:
+    """A model parked to make room (vLLM sleep mode) leaves running_lora_adapters, since
+    it serves nothing until woken; while it wakes for a request it is waiting; once
+    awake it is resident again and the model parked for it has left."""
+    parkable = {"sleep_mode": True, "env": {"VLLM_SERVER_DEV_MODE": "1"}}
+    models = {
+        "a": {**MODELS["a"], **parkable},
+        "b": {**MODELS["b"], **parkable},
+        "c": {**MODELS["c"], **parkable},
+    }
+    front = await fronted(make_config(models, [80], park_ram_gb=100), metrics_without_key=True)
+    await front.engine.models.switch("a")
+    await front.engine.models.switch("b")
+    await front.engine.models.switch("c")  # largest_first: b is parked
+    assert state_of(front.engine, "b") is State.SLEEPING
+    parked = await protocol(http, front)
+    assert adapters(parked, "running") == {"a", "gpt-4o-mini", "c"}
+    assert adapters(parked, "waiting") == set()
+
+    front.runtime.server("b").wake_seconds = 1.5  # the parked backend's own /wake_up
+    queued = asyncio.create_task(front.engine.leases.acquire("b", owner=7))
+
+    async def waking() -> bool:
+        return adapters(await protocol(http, front), "waiting") == {"b"}
+
+    await eventually(waking, timeout=5)
+    lease = await queued
+    awake = await protocol(http, front)
+    assert "b" in adapters(awake, "running") and adapters(awake, "waiting") == set()
+    assert len(adapters(awake, "running") - {"gpt-4o-mini"}) == 2  # one parked for b
+    front.engine.leases.release(lease.lease, owner=7)
+
+
 async def test_running_requests_and_kv_cache_come_from_the_backends(
     fronted: GatewayFactory, http: aiohttp.ClientSession
 ) -> None:
