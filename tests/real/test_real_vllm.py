@@ -1,7 +1,8 @@
 """Real vLLM (for CPU) behind the real `modeld` and `modeld-gateway`, driven with the
 `openai` package as a client would: loads on request, a stream that hears from modeld
 while the model loads, aliases, a switch between two servers (one on the Unix socket
-modeld chose, one on `{host}:{port}`), the kept compile cache, and a load that stalls.
+modeld chose, one on `{host}:{port}`), the model-server metrics from real vLLM's own, the
+kept compile cache, and a load that stalls.
 
 The tests share one daemon and run in file order, each from the state the one before
 left (a real cold start costs a minute on two cores: the tier takes four).
@@ -28,8 +29,10 @@ from typing import Any
 
 import openai
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from modeld.cli.client import Client
+from modeld.core.activity import FINISHED, IN_FLIGHT, KV_CACHE
 from modeld.testing.ports import free_port, wait_until
 from modeld.testing.realvllm import CPU_ENV, vllm_command
 
@@ -256,6 +259,35 @@ def test_asking_for_the_other_real_model_switches_to_it_on_its_port(host: RealHo
     assert status["tiny-a"]["status"] == "stopped"
     # vLLM got the host and port from `{host}` and `{port}`, and listens there.
     assert answers_health(f"http://127.0.0.1:{host.port_b}/health")
+
+
+def test_the_host_speaks_the_model_server_protocol_from_real_vllm(host: RealHost) -> None:
+    """Real vLLM's /metrics has the names modeld reads (running, waiting, KV cache), and
+    the gateway's /metrics reports the model-server protocol from them: tiny-b resident,
+    tiny-a not, a KV cache share between 0 and 1."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{host.port_b}/metrics", timeout=10) as raw:
+        names = {
+            sample.name
+            for family in text_string_to_metric_families(raw.read().decode())
+            for sample in family.samples
+        }
+    assert names >= IN_FLIGHT and KV_CACHE & names and FINISHED & names
+    asked = urllib.request.Request(
+        f"{host.url}/metrics", headers={"Authorization": f"Bearer {KEY}"}
+    )
+    with urllib.request.urlopen(asked, timeout=10) as answer:
+        found = {
+            sample.name: sample
+            for family in text_string_to_metric_families(answer.read().decode())
+            for sample in family.samples
+            if sample.name.startswith("vllm:")
+        }
+    info = found["vllm:lora_requests_info"].labels
+    assert info["running_lora_adapters"].split(",") == ["tiny-b"]
+    # 4 GB (tiny-stall) and 6 GB fit the 10 GB together: two models at once.
+    assert info["waiting_lora_adapters"] == "" and info["max_lora"] == "2"
+    assert 0 <= found["vllm:kv_cache_usage_perc"].value <= 1
+    assert found["vllm:num_requests_waiting"].value == 0
 
 
 def test_the_second_cold_start_compiles_nothing_new(host: RealHost) -> None:
