@@ -12,9 +12,13 @@ endpoint picker's scorers (queue, KV cache, LoRA affinity) can choose among host
   and serving (and their aliases: the names requests use), the models loading or with
   requests queued, and how many models this host can hold at once.
 
-`max_lora` is an approximation: the most configured models whose memory needs, smallest
-first, fit in the host's total GPU memory together; the planner decides per device, so
-a host may hold fewer (needs spread badly over devices) or the same models in other
+`max_lora` is in the units the LoRA-affinity scorer counts, names: it sees room for
+one more when the names listed in both lists are fewer than `max_lora`. A model is
+listed with its aliases (the names requests use), so `max_lora` is the names listed plus
+one for each model that still fits: room exactly when one more model fits. Which models
+fit is an approximation: the most configured models whose memory needs, smallest first,
+fit in the host's total GPU memory together; the planner decides per device, so a host
+may hold fewer (needs spread badly over devices) or the same models in other
 combinations.
 """
 
@@ -69,6 +73,7 @@ class ModelServerMetrics:
         waiting = running = kv_cache = 0.0
         resident: list[str] = []
         coming: list[str] = []
+        held = 0
         for name, model in status["models"].items():
             waiting += float(model.get("waiting") or 0)
             activity = model.get("activity") or {}
@@ -77,11 +82,18 @@ class ModelServerMetrics:
             running += float(activity.get("in_flight") or 0) - queued
             kv_cache = max(kv_cache, float(activity.get("kv_cache_usage") or 0))
             names = [name, *model.get("aliases", [])]
+            # Each model in one list only: the scorer counts both lists against max_lora,
+            # and a resident model's queued requests take no more memory.
             if model["status"] in RESIDENT:
                 resident += names
-            if model["status"] in ON_THE_WAY or (model.get("waiting") or 0) > 0:
+            elif model["status"] in ON_THE_WAY or (model.get("waiting") or 0) > 0:
                 coming += names
-        adapters = (",".join(resident), ",".join(coming), str(max_models(status)))
+            else:
+                continue
+            held += 1
+        # In the scorer's units, names: those listed, and one per model that still fits.
+        capacity = len(resident) + len(coming) + max(0, max_models(status) - held)
+        adapters = (",".join(resident), ",".join(coming), str(capacity))
         if adapters != self._adapters:
             self._adapters, self._changed_at = adapters, time.time()
         queue = GaugeMetricFamily(

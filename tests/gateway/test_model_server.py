@@ -44,22 +44,31 @@ def adapters(found: dict[str, Any], which: str) -> set[str]:
     return set(value.split(",")) if value else set()
 
 
+def room(found: dict[str, Any]) -> bool:
+    """Whether GIE's LoRA-affinity scorer sees room for one more model: fewer names in
+    both lists than max_lora (its rule, in its units)."""
+    listed = len(adapters(found, "running")) + len(adapters(found, "waiting"))
+    return listed < int(found["info"][0]["max_lora"])
+
+
 async def test_the_protocol_follows_loads_queues_and_evictions(
     fronted: GatewayFactory, http: aiohttp.ClientSession
 ) -> None:
     """Nothing resident, then a (and its alias) resident; b loading and a request queued
     for it show as waiting; once b runs both are resident; c evicts the largest, b.
-    max_lora is 2; the info gauge's value moves only when the sets change."""
+    Two models fit: the scorer sees room until two are resident or on their way,
+    whatever their aliases; the info gauge's value moves only when the sets change."""
     front = await fronted(make_config(MODELS, [80]), metrics_without_key=True)
     idle = await protocol(http, front)
     assert idle["vllm:num_requests_waiting"] == 0 and idle["vllm:num_requests_running"] == 0
     assert idle["vllm:kv_cache_usage_perc"] == 0
     assert adapters(idle, "running") == set() and adapters(idle, "waiting") == set()
-    assert idle["info"][0]["max_lora"] == "2"
+    assert idle["info"][0]["max_lora"] == "2" and room(idle)
 
     await front.engine.models.switch("a")
     resident = await protocol(http, front)
     assert adapters(resident, "running") == {"a", "gpt-4o-mini"}
+    assert room(resident)  # one model (two names) of two
     assert resident["info"][1] > idle["info"][1]
     assert (await protocol(http, front))["info"][1] == resident["info"][1]  # no change
 
@@ -67,12 +76,13 @@ async def test_the_protocol_follows_loads_queues_and_evictions(
     queued = asyncio.create_task(front.engine.leases.acquire("b", owner=7))
     await wait_for_state(front.engine, "b", {State.LOADING}, timeout=10)
     loading = await protocol(http, front)
-    assert adapters(loading, "waiting") == {"b"}
+    assert adapters(loading, "waiting") == {"b"} and not room(loading)
     assert loading["vllm:num_requests_waiting"] >= 1  # the request queued for b's load
     lease = await queued
     both = await protocol(http, front)
     assert adapters(both, "running") == {"a", "gpt-4o-mini", "b"}
     assert adapters(both, "waiting") == set() and both["vllm:num_requests_waiting"] == 0
+    assert not room(both)
     front.engine.leases.release(lease.lease, owner=7)
 
     await front.engine.models.switch("c")  # largest_first: b goes

@@ -15,7 +15,8 @@ from tests.support import make_config
 
 # Each host holds two of these at once (30 + 30 of 80 GB; 40 does not fit beside both).
 MODELS: dict[str, dict[str, Any]] = {
-    "a": {"gpu_memory_gb": 30},
+    # An alias is one more name in the adapter lists, never one more model.
+    "a": {"gpu_memory_gb": 30, "aliases": ["gpt-4o-mini"]},
     "b": {"gpu_memory_gb": 30},
     "c": {"gpu_memory_gb": 30},
     "d": {"gpu_memory_gb": 30},
@@ -73,9 +74,10 @@ async def send(http: aiohttp.ClientSession, host: Fronted, model: str) -> None:
 async def test_requests_go_where_the_model_is_then_where_there_is_room(
     fronted: GatewayFactory, http: aiohttp.ClientSession
 ) -> None:
-    """a runs on one host, b on the other: requests for each go to its host; c goes to
-    a host with room; once the first host is full (a, c), d goes to the other, never to
-    the full one; a host made to take a third model evicts one, and its metrics say so."""
+    """a runs on one host, b on the other: requests for each (a also by its alias) go to
+    its host; c goes to a host with room; once the first host is full (a, c), d goes to
+    the other, never to the full one; a host made to take a third model evicts one, and
+    its metrics say so."""
     hosts = {
         "one": await fronted(make_config(MODELS, [80]), metrics_without_key=True),
         "two": await fronted(make_config(MODELS, [80]), metrics_without_key=True),
@@ -83,11 +85,12 @@ async def test_requests_go_where_the_model_is_then_where_there_is_room(
     await send(http, hosts["one"], "a")
     await send(http, hosts["two"], "b")
     assert await pick(http, hosts, "a") == "one"
+    assert await pick(http, hosts, "gpt-4o-mini") == "one"  # requests by alias too
     assert await pick(http, hosts, "b") == "two"
     chosen = await pick(http, hosts, "c")
-    assert chosen == "one"  # both have room: the first, by the tie rule
+    assert chosen == "one"  # both have room (a's alias takes none): the first, by the tie rule
     await send(http, hosts[chosen], "c")
-    assert (await lora_info(http, hosts["one"]))[0] == {"a", "c"}
+    assert (await lora_info(http, hosts["one"]))[0] == {"a", "gpt-4o-mini", "c"}
     # Host one is full (2 of 2) and lacks d: d goes to two, which has room.
     assert await pick(http, hosts, "d") == "two"
     await send(http, hosts["two"], "d")
@@ -99,5 +102,5 @@ async def test_requests_go_where_the_model_is_then_where_there_is_room(
     # Sent there anyway, the host evicts one of its two for it, and says so.
     await send(http, hosts["two"], "a")
     running, waiting, _ = await lora_info(http, hosts["two"])
-    assert "a" in running and len(running) == 2 and len(running & {"b", "d"}) == 1
+    assert {"a", "gpt-4o-mini"} <= running and len(running & {"b", "d"}) == 1
     assert waiting == set()

@@ -1,0 +1,55 @@
+"""The GIE model-server families from a status, as the LoRA-affinity scorer counts
+them: each model in one list, capacity in names."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from modeld.gateway.protocol import ModelServerMetrics
+
+
+def status(**models: dict[str, Any]) -> dict[str, Any]:
+    """A status with one 80 GB GPU and 30 GB models (two fit at once)."""
+    full = {
+        name: {"status": "stopped", "aliases": [], "waiting": 0, "gpu_memory_required_gb": 30}
+        | model
+        for name, model in models.items()
+    }
+    return {"models": full, "gpu": {"devices": [{"total_gb": 80}]}}
+
+
+def scrape(metrics: ModelServerMetrics, seen: dict[str, Any]) -> dict[str, Any]:
+    """The samples of one exposition, by name (the info gauge's labels under `info`)."""
+    found: dict[str, Any] = {}
+    for family in text_string_to_metric_families(metrics.exposition(seen).decode()):
+        for sample in family.samples:
+            found[sample.name] = sample.value
+            if sample.name == "vllm:lora_requests_info":
+                found["info"] = sample.labels
+    return found
+
+
+def test_a_resident_model_with_requests_queued_is_listed_once() -> None:
+    """Requests waiting their turn on a running model count as waiting requests, but the
+    model stays only in running_lora_adapters: the scorer would count it twice."""
+    found = scrape(
+        ModelServerMetrics(),
+        status(a={"status": "running", "waiting": 3, "aliases": ["chat"]}, b={}),
+    )
+    assert found["info"]["running_lora_adapters"] == "a,chat"
+    assert found["info"]["waiting_lora_adapters"] == ""
+    assert found["vllm:num_requests_waiting"] == 3
+    assert found["info"]["max_lora"] == "3"  # two names listed, room for one more model
+
+
+def test_capacity_is_names_listed_plus_models_that_still_fit() -> None:
+    """Nothing held: two models fit. One resident with two aliases and one loading:
+    no room left, whatever the number of names (max_lora equals the names listed)."""
+    metrics = ModelServerMetrics()
+    assert scrape(metrics, status(a={}, b={}, c={}))["info"]["max_lora"] == "2"
+    held = status(a={"status": "running", "aliases": ["x", "y"]}, b={"status": "loading"}, c={})
+    info = scrape(metrics, held)["info"]
+    assert info["waiting_lora_adapters"] == "b"
+    assert info["max_lora"] == "4"  # a, x, y, b: full
