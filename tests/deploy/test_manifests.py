@@ -156,7 +156,8 @@ def test_the_pool_selects_the_hosts_on_the_gateways_port() -> None:
 def test_the_hosts_run_modeld_with_its_gpus_state_and_cache() -> None:
     """modeld gets the node's GPUs and starts vLLM as its own processes on Unix
     sockets; its socket is shared with the gateway; its state and cache directories,
-    and the keys the gateway reads, are on volumes; the models fit a node's GPUs."""
+    and the keys the gateway reads, are on volumes; the models fit a node's GPUs; a
+    daemon that stops answering on its socket is restarted."""
     pod = one("DaemonSet", "modeld")["spec"]["template"]
     daemon, gateway = container(pod, "modeld"), container(pod, "gateway")
     config = host_config()
@@ -178,6 +179,8 @@ def test_the_hosts_run_modeld_with_its_gpus_state_and_cache() -> None:
         config_file = command[command.index("--config") + 1]
         assert "configMap" in mounted(pod, box, config_file)
     assert pod["spec"]["terminationGracePeriodSeconds"] > config.daemon.shutdown_timeout_s
+    ping = daemon["livenessProbe"]["exec"]["command"]
+    assert ping[-1] == "ping" and ping[ping.index("--socket") + 1] == str(config.daemon.socket)
 
 
 def test_the_picker_serves_the_pool_with_its_config() -> None:
