@@ -177,7 +177,27 @@ async def test_backends_get_a_clean_declared_environment(
     assert seen["HF_HOME"] == "/srv/hf"
     assert "MODELD_TEST_SECRET" not in seen
     assert "NOTIFY_SOCKET" not in seen
-    assert set(seen) <= {"PATH", "HOME", "LANG", "LC_ALL", "TZ", "HF_HOME", "DECLARED"}
+    basics = {"PATH", "HOME", "LANG", "LC_ALL", "TZ", "HF_HOME", "DECLARED"}
+    assert set(seen) <= basics | {"CUDA_DEVICE_ORDER", "CUDA_VISIBLE_DEVICES"}
+
+
+async def test_a_backend_sees_only_its_own_gpus(runtime: ProcessRuntime) -> None:
+    """A process backend is given the model's `gpus` as CUDA_VISIBLE_DEVICES, in NVML's
+    numbering (PCI bus order), so two models on one host do not both start on device 0;
+    a model's own `env` still decides where it says so."""
+    show = "import json, os; print(json.dumps(dict(os.environ)), flush=True)"
+    placed = process_model([sys.executable, "-c", show], gpus=[1, 2])
+    chosen = process_model(
+        [sys.executable, "-c", show], gpus=[3], env={"CUDA_VISIBLE_DEVICES": "GPU-1234"}
+    )
+    seen = []
+    for model in (placed, chosen):
+        await runtime.start(model)
+        await runtime.wait_exit(model)
+        seen.append(json.loads((await runtime.logs(model))[0]))
+    assert seen[0]["CUDA_VISIBLE_DEVICES"] == "1,2"
+    assert seen[0]["CUDA_DEVICE_ORDER"] == "PCI_BUS_ID"
+    assert seen[1]["CUDA_VISIBLE_DEVICES"] == "GPU-1234"
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="only root may set and drop groups")

@@ -149,6 +149,16 @@ def resolve_command(argv0: str) -> str | None:
     return shutil.which(argv0, path=search)
 
 
+def device_env(gpus: Sequence[int]) -> dict[str, str]:
+    """The devices a backend may use: the model's `gpus`, numbered as NVML numbers them
+    (and the docker runtime's device request), not in CUDA's default fastest-first
+    order; without it every backend would start on device 0."""
+    return {
+        "CUDA_DEVICE_ORDER": "PCI_BUS_ID",
+        "CUDA_VISIBLE_DEVICES": ",".join(str(gpu) for gpu in gpus),
+    }
+
+
 def backend_env(
     declared: Mapping[str, str], passed: Sequence[str], source: Mapping[str, str] | None = None
 ) -> dict[str, str]:
@@ -209,7 +219,7 @@ class ProcessRuntime:
                 # What a backend creates (its Unix socket above all) is for its owner and
                 # group (the gateway's) only.
                 umask=BACKEND_UMASK,
-                env=backend_env(env, self._pass_env),
+                env=backend_env({**device_env(model.gpus), **env}, self._pass_env),
                 cwd=model.cwd,
             )
         except OSError as exc:
