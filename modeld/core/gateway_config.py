@@ -40,6 +40,9 @@ class GatewayConfig(Strict):
     # none). Off by default: the metrics name every key, and both say the daemon runs.
     health_without_key: bool = False
     metrics_without_key: bool = False
+    # /metrics without a key answers only the model-server families an endpoint picker
+    # scores with (vllm:*: no key names, no paths); with an admin key, everything.
+    model_server_metrics_without_key: bool = False
     # Loads and wakes one non-admin key's requests may cause in a sliding minute (0: no
     # limit); past it, a request that would cause one more is 429 load_rate_limited.
     key_loads_per_minute: Annotated[int, Field(ge=0)] = 10

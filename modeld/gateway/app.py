@@ -46,6 +46,10 @@ METRICS: web.AppKey[GatewayMetrics] = web.AppKey("metrics", GatewayMetrics)
 # The routes served without a key: the page's files, and /health and /metrics where the
 # config says (load balancers and Prometheus send no key).
 OPEN: web.AppKey[frozenset[str]] = web.AppKey("open", frozenset)
+# Whether a scrape of /metrics with no Authorization header gets the model-server
+# families only (an endpoint picker sends no key), and the request's mark that it does.
+PROTOCOL_OPEN: web.AppKey[bool] = web.AppKey("protocol_open", bool)
+PROTOCOL_ONLY: web.RequestKey[bool] = web.RequestKey("protocol_only", bool)
 
 
 def _route_name(request: web.Request) -> str | None:
@@ -96,6 +100,11 @@ async def keys(request: web.Request, handler: Handler) -> web.StreamResponse:
     if route in request.app[OPEN]:
         return await handler(request)
     caller = request.app[KEYS].identify(request.headers.get("Authorization"))
+    # No key at all (a wrong one is refused, not served less): the picker's scrape.
+    unkeyed = "Authorization" not in request.headers
+    if caller is None and route == "metrics" and unkeyed and request.app[PROTOCOL_OPEN]:
+        request[PROTOCOL_ONLY] = True
+        return await handler(request)
     if caller is None:
         log.info("gateway.unauthorized", path=cut(request.path), peer=request.remote)
         raise GatewayError("unauthorized", "a valid API key is required (Authorization: Bearer)")
@@ -150,6 +159,7 @@ class Gateway:
             )
             if open_
         }
+        app[PROTOCOL_OPEN] = self.config.model_server_metrics_without_key
         router = app.router
         for path in INFERENCE_PATHS:
             router.add_post(path, self.proxy.handle, name=f"infer{path.replace('/', '-')}")
@@ -191,8 +201,9 @@ class Gateway:
 
     async def _metrics(self, request: web.Request) -> web.Response:
         """The gateway's own metrics, then this host as a GIE model server (from the
-        daemon's status; left out while the daemon does not answer)."""
-        body = self.metrics.exposition()
+        daemon's status; left out while the daemon does not answer). A scrape let in by
+        model_server_metrics_without_key gets the model server's families alone."""
+        body = b"" if request.get(PROTOCOL_ONLY) else self.metrics.exposition()
         try:
             body += self.model_server.exposition(await self.link.call("status"))
         except GatewayError as exc:

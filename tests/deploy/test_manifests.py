@@ -138,7 +138,8 @@ def test_gie_kinds_follow_the_release_crds() -> None:
 
 def test_the_pool_selects_the_hosts_on_the_gateways_port() -> None:
     """The InferencePool's selector matches the DaemonSet's pods, its target port is
-    the port modeld-gateway listens on, and the probes and scrapes need no key."""
+    the port modeld-gateway listens on, and the probes and the picker's scrapes need no
+    key (the model-server families alone: the gateway's own name every key)."""
     pool = one("InferencePool", "modeld")["spec"]
     pod = one("DaemonSet", "modeld")["spec"]["template"]
     assert pool["selector"]["matchLabels"].items() <= pod["metadata"]["labels"].items()
@@ -149,7 +150,8 @@ def test_the_pool_selects_the_hosts_on_the_gateways_port() -> None:
     assert [p["containerPort"] for p in gateway["ports"]] == [port]
     probe = gateway["readinessProbe"]["httpGet"]
     assert probe["path"] == "/health" and probe["port"] == gateway["ports"][0]["name"]
-    assert config.gateway.health_without_key and config.gateway.metrics_without_key
+    assert config.gateway.health_without_key and config.gateway.model_server_metrics_without_key
+    assert not config.gateway.metrics_without_key  # the gateway's own name every key
     assert config.gateway.max_queue is not None  # refuse at once: the picker goes on
 
 

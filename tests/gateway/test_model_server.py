@@ -12,7 +12,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from modeld.core.states import State
 from modeld.testing.fakes import Behaviour
-from tests.gateway.conftest import Fronted, GatewayFactory
+from tests.gateway.conftest import KEY, Fronted, GatewayFactory
 from tests.support import eventually, make_config, state_of, wait_for_state
 
 # 30 + 30 fit on 80 GB, a third (40) does not: two models at once.
@@ -179,6 +179,40 @@ async def test_a_model_that_cannot_fit_here_is_refused_at_once(
             assert (await refused.json())["error"]["code"] == "insufficient_memory"
     assert state_of(front.engine, "a") is State.RUNNING
     assert front.runtime.starts("b") == 0
+
+
+async def test_the_model_server_families_alone_need_no_key(
+    fronted: GatewayFactory, http: aiohttp.ClientSession
+) -> None:
+    """With model_server_metrics_without_key, a scrape with no key (an endpoint picker's)
+    gets the vllm:* families alone, never the gateway's own (they name every key); an
+    admin key gets both; a wrong key or an inference key is refused, not served less."""
+    front = await fronted(
+        make_config(MODELS, [80]),
+        api_keys=[f"ops {KEY}"],
+        inference_keys=["team sk-team-0123456789"],
+        model_server_metrics_without_key=True,
+    )
+    await front.engine.models.switch("a")
+    async with http.get(front.url + "/metrics") as open_:
+        assert open_.status == 200
+        names = {f.name for f in text_string_to_metric_families(await open_.text())}
+    assert names == {
+        "vllm:num_requests_waiting",
+        "vllm:num_requests_running",
+        "vllm:kv_cache_usage_perc",
+        "vllm:lora_requests_info",
+    }
+    admin = {"Authorization": f"Bearer {KEY}"}
+    async with http.get(front.url + "/metrics", headers=admin) as full:
+        text = await full.text()
+    assert "vllm:lora_requests_info" in text and "modeld_gateway_requests_total" in text
+    for key, status in (("sk-wrong-0123456789", 401), ("sk-team-0123456789", 403)):
+        refused = {"Authorization": f"Bearer {key}"}
+        async with http.get(front.url + "/metrics", headers=refused) as answer:
+            assert answer.status == status
+    async with http.get(front.url + "/v1/models") as models:
+        assert models.status == 401  # nothing else opens
 
 
 async def test_a_full_queue_is_refused_at_once_so_a_router_tries_another_host(

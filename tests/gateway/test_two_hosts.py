@@ -79,8 +79,8 @@ async def test_requests_go_where_the_model_is_then_where_there_is_room(
     the other, never to the full one; a host made to take a third model evicts one, and
     its metrics say so."""
     hosts = {
-        "one": await fronted(make_config(MODELS, [80]), metrics_without_key=True),
-        "two": await fronted(make_config(MODELS, [80]), metrics_without_key=True),
+        "one": await fronted(make_config(MODELS, [80]), model_server_metrics_without_key=True),
+        "two": await fronted(make_config(MODELS, [80]), model_server_metrics_without_key=True),
     }
     await send(http, hosts["one"], "a")
     await send(http, hosts["two"], "b")
