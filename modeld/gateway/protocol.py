@@ -9,8 +9,8 @@ endpoint picker's scorers (queue, KV cache, LoRA affinity) can choose among host
 - `vllm:kv_cache_usage_perc`: the fullest running backend's KV cache (0 to 1).
 - `vllm:lora_requests_info{running_lora_adapters, waiting_lora_adapters, max_lora}`,
   whose value is the time of the latest change, as vLLM reports it: the models resident
-  and serving (and their aliases: the names requests use), the models loading or with
-  requests queued, and how many models this host can hold at once.
+  and serving (and their aliases: the names requests use), the models not resident that
+  are loading or have requests queued, and the room for more (`max_lora`, below).
 
 `max_lora` is in the units the LoRA-affinity scorer counts, names: it sees room for
 one more when the names listed in both lists are fewer than `max_lora`. A model is
