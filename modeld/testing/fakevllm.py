@@ -26,8 +26,9 @@ import uuid
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
-from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from modeld.testing.fakevllm_metrics import FakeVllmMetrics
 
 # Like uvicorn's access lines under vLLM: client, request line, status.
 ACCESS_LOG_FORMAT = '%a - "%r" %s'
@@ -36,9 +37,6 @@ POLLED = ("GET /health ", "GET /metrics ", "GET /is_sleeping ")
 MAX_TOKENS = 262_144
 # The paths vLLM's --api-key guards (its security guide: nothing else is).
 KEYED_PREFIXES = ("/v1", "/v2", "/inference", "/cohere")
-# The share of the KV cache one running request holds: vLLM's gauge rises with the
-# tokens in flight; the fake's with the requests, full at four.
-KV_CACHE_PER_REQUEST = 0.25
 
 
 class FakeVllm:
@@ -87,47 +85,7 @@ class FakeVllm:
         self._awake.set()
         self._runner: web.AppRunner | None = None
         self._created = int(time.time())
-        self._registry = CollectorRegistry()
-        labels = {"model_name": model}
-        self._running = Gauge(
-            "vllm:num_requests_running",
-            "Number of requests in model execution batches.",
-            ["model_name"],
-            registry=self._registry,
-        ).labels(**labels)
-        self._waiting = Gauge(
-            "vllm:num_requests_waiting",
-            "Number of requests waiting to be processed.",
-            ["model_name"],
-            registry=self._registry,
-        ).labels(**labels)
-        # Requests being answered now: what the KV-cache gauge follows.
-        self._in_flight = 0
-        Gauge(
-            "vllm:kv_cache_usage_perc",
-            "KV-cache usage. 1 means 100 percent usage.",
-            ["model_name"],
-            registry=self._registry,
-        ).labels(**labels).set_function(lambda: min(1.0, self._in_flight * KV_CACHE_PER_REQUEST))
-        self._sleep_state = Gauge(
-            "vllm:engine_sleep_state",
-            "Engine sleep state: 1 for the current one.",
-            ["sleep_state", "model_name"],
-            registry=self._registry,
-        )
-        self._show_sleep_state()
-        self._finished = Counter(
-            "vllm:request_success",
-            "Count of successfully processed requests.",
-            ["finished_reason", "model_name"],
-            registry=self._registry,
-        ).labels(finished_reason="stop", **labels)
-        self._generated = Counter(
-            "vllm:generation_tokens",
-            "Number of generation tokens processed.",
-            ["model_name"],
-            registry=self._registry,
-        ).labels(**labels)
+        self._exported = FakeVllmMetrics(model)
 
     @property
     def sleeping(self) -> bool:
@@ -135,9 +93,7 @@ class FakeVllm:
         return not self._awake.is_set()
 
     def _show_sleep_state(self) -> None:
-        current = "weights_offloaded" if self.sleeping else "awake"
-        for state in ("awake", "weights_offloaded", "discard_all"):
-            self._sleep_state.labels(state, self.model).set(float(state == current))
+        self._exported.show_sleep_state(self.sleeping)
 
     @web.middleware
     async def _authenticate(self, request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -195,7 +151,7 @@ class FakeVllm:
 
     async def _metrics(self, request: web.Request) -> web.Response:
         return web.Response(
-            body=generate_latest(self._registry), headers={"Content-Type": CONTENT_TYPE_LATEST}
+            body=self._exported.exposition(), headers={"Content-Type": CONTENT_TYPE_LATEST}
         )
 
     async def _complete(self, request: web.Request) -> web.StreamResponse:
@@ -205,17 +161,12 @@ class FakeVllm:
             return body
         chat = request.path.endswith("/chat/completions")
         tokens = self._tokens(body)
-        self._running.inc()
-        self._in_flight += 1
-        try:
+        with self._exported.running():
             if body.get("stream"):
                 return await self._stream(request, body, chat, tokens)
             await asyncio.sleep(self.request_seconds + self.token_seconds * len(tokens))
-        finally:
-            self._running.dec()
-            self._in_flight -= 1
-        self._finished.inc()
-        self._generated.inc(len(tokens))
+        self._exported.finished.inc()
+        self._exported.generated.inc(len(tokens))
         text = "".join(tokens)
         choice: dict[str, object] = (
             {"index": 0, "message": {"role": "assistant", "content": text}}
@@ -264,7 +215,7 @@ class FakeVllm:
             await send(None, None, first=True)
         for token in tokens:
             await send(token, None)
-            self._generated.inc()
+            self._exported.generated.inc()
             if self.token_seconds:
                 await asyncio.sleep(self.token_seconds)
         await send("" if not chat else None, "stop")
@@ -275,7 +226,7 @@ class FakeVllm:
             await response.write(b"data: " + json.dumps(usage_chunk).encode() + b"\n\n")
         await response.write(b"data: [DONE]\n\n")
         await response.write_eof()
-        self._finished.inc()
+        self._exported.finished.inc()
         return response
 
     async def _embed(self, request: web.Request) -> web.Response:
@@ -312,11 +263,11 @@ class FakeVllm:
             return refused
         # Like vLLM: a request sent while asleep waits (queued) until the wake-up.
         if self.sleeping:
-            self._waiting.inc()
+            self._exported.waiting.inc()
             try:
                 await self._awake.wait()
             finally:
-                self._waiting.dec()
+                self._exported.waiting.dec()
         return body
 
     def _wrong_model(self, body: dict[str, object]) -> web.Response | None:
