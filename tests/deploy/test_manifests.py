@@ -65,8 +65,11 @@ def container(pod: dict[str, Any], name: str) -> dict[str, Any]:
 
 def mounted(pod: dict[str, Any], box: dict[str, Any], path: str) -> dict[str, Any]:
     """The volume a container has mounted at `path` (or above it)."""
-    mounts = [m for m in box["volumeMounts"] if path.startswith(m["mountPath"].rstrip("/") + "/")]
-    mounts += [m for m in box["volumeMounts"] if m["mountPath"] == path]
+    mounts = [
+        m
+        for m in box["volumeMounts"]
+        if path == m["mountPath"] or path.startswith(m["mountPath"].rstrip("/") + "/")
+    ]
     assert mounts, f"{box['name']}: nothing mounted at {path}"
     wanted = max(mounts, key=lambda m: len(m["mountPath"]))["name"]
     return next(v for v in pod["spec"]["volumes"] if v["name"] == wanted)
