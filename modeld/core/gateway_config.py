@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from modeld.core.config_base import PositiveFloat, Strict, host_port
 
@@ -77,8 +77,15 @@ class GatewayConfig(Strict):
     max_requests_per_key: Annotated[int, Field(ge=1)] = 128
     # Requests that may wait here for a load or their turn at once (none: no bound); past
     # it the next is refused at once (503 queue_full, Retry-After) so a router tries
-    # another host.
+    # another host. Each inference key may hold its share (max_queue divided among the
+    # inference keys, at least 1; past it 429 key_queue_full); admin keys have max_queue
+    # places of their own, so inference keys never lock them out.
     max_queue: Annotated[int, Field(ge=1)] | None = None
+    # The bytes of request bodies (as sent: compressed bodies count compressed) held by
+    # requests not yet granted their model: past it 503 bodies_full; each inference key's
+    # share is max_waiting_bytes divided among the inference keys, at least one
+    # max_body_bytes (past it 429 key_bodies_full); admins have an account of their own.
+    max_waiting_bytes: Annotated[int, Field(ge=1024)] = 256 * 1024 * 1024
     # Server-sent event streams (/events) at once, and per client (its key, or its
     # address on a gateway without keys).
     max_event_streams: Annotated[int, Field(ge=1)] = 64
@@ -94,3 +101,12 @@ class GatewayConfig(Strict):
     @classmethod
     def _listen(cls, value: str) -> str:
         return host_port(value)
+
+    @model_validator(mode="after")
+    def _room_for_a_body(self) -> GatewayConfig:
+        if self.max_waiting_bytes < self.max_body_bytes:
+            raise ValueError(
+                f"max_waiting_bytes ({self.max_waiting_bytes}) must be at least max_body_bytes "
+                f"({self.max_body_bytes}): a body of the largest size could never wait"
+            )
+        return self

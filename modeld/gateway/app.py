@@ -136,7 +136,9 @@ class Gateway:
         self.metrics = GatewayMetrics()
         self.guard = ConnectionGuard(config, self.metrics)
         self.browsers = BrowserGuard(config, lambda: self.keys.required)
-        self.proxy = Proxy(link, config, self.metrics, self.backend_keys)
+        self.proxy = Proxy(link, config, self.metrics, (self.keys, self.backend_keys))
+        self.metrics.waiting.set_function(lambda: self.proxy.queue.held)
+        self.metrics.waiting_bytes.set_function(lambda: self.proxy.waiting_bytes.held)
         self.streams = EventStreams(
             link.events, self.metrics, config.max_event_streams, config.max_event_streams_per_client
         )

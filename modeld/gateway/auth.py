@@ -158,6 +158,11 @@ class Keys:
         """Whether requests must carry a key."""
         return bool(self._keys)
 
+    def inference_count(self) -> int:
+        """How many inference keys there are (what waiting requests hold is shared among
+        them)."""
+        return sum(1 for key in self._keys if key.role is Role.INFERENCE)
+
     def replace(self, keys: list[Key]) -> None:
         """Take a new set of keys (SIGHUP); ConfigError, keeping the old ones, when the
         new set is empty and the old one was not: a reload never turns keys off."""

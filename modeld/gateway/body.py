@@ -4,15 +4,20 @@ aiohttp inflates a compressed body whole before anything can look at it, and a p
 of JSON builds Python objects many times the size of their text: a 30 KB gzip body
 once cost the gateway 850 MB. Here (the server runs with aiohttp's decompression off):
 
-- the body is read as sent, at most `max_body_bytes` of it, within `body_timeout_s`;
+- the body is read as sent, at most `max_body_bytes` of it, within `body_timeout_s`,
+  each piece counted as it arrives by the caller (what waiting requests hold is
+  bounded: gateway/shares.py);
 - gzip and deflate are inflated piece by piece, and inflating stops as soon as the
   result passes `max_body_bytes` (413): a bomb costs at most the bound, never its
-  inflated size; any other Content-Encoding is 415;
+  inflated size; any other Content-Encoding is 415. The first PARSE_INLINE_BYTES of the
+  result are inflated on the event loop, the rest off it, one body at a time: the
+  choice goes by the inflated size, not the size sent;
 - before the JSON is parsed, what its parse would build is estimated from the count
   of arrays, objects and separators (C-speed byte counts): a body whose objects would
   take more than PARSE_BUDGET_BYTES is refused (413) without being parsed;
-- only the `model` is kept from the parse: a request waiting for its model holds its
-  bounded bytes, not a tree of objects.
+- only the `model` is kept from the parse, and only the body as sent is kept while the
+  request waits: a compressed body is inflated again on its way to the backend, piece
+  by piece, so a waiting request never holds its inflated size.
 """
 
 from __future__ import annotations
@@ -20,6 +25,8 @@ from __future__ import annotations
 import asyncio
 import json
 import zlib
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
@@ -51,8 +58,9 @@ def _too_large(limit: int, what: str = "the request body") -> GatewayError:
     )
 
 
-async def _raw(request: web.Request, limit: int) -> bytes:
-    """The body as sent, at most `limit` bytes (413 past it)."""
+async def _raw(request: web.Request, limit: int, hold: Callable[[int], None]) -> bytes:
+    """The body as sent, at most `limit` bytes (413 past it), each piece passed to
+    `hold` before it is kept (which refuses what the caller may not hold)."""
     if request.content_length is not None and request.content_length > limit:
         raise _too_large(limit)
     chunks: list[bytes] = []
@@ -62,35 +70,70 @@ async def _raw(request: web.Request, limit: int) -> bytes:
         if size > limit:
             chunks.clear()  # not kept alive by the error's traceback
             raise _too_large(limit)
+        hold(len(chunk))
         chunks.append(chunk)
     return b"".join(chunks)
 
 
-def inflate(data: bytes, wbits: int, limit: int) -> bytes:
-    """`data` decompressed, never holding more than `limit` + one piece of it (413 past
-    `limit`; 400 when it is not what its Content-Encoding says)."""
-    inflater = zlib.decompressobj(wbits)
-    out = bytearray()
-    pending = data
-    try:
-        while pending and len(out) <= limit:
-            piece = inflater.decompress(pending, READ_CHUNK)
-            out += piece
-            pending = inflater.unconsumed_tail
-            if not piece and not pending:
-                break
-        if len(out) <= limit:
-            out += inflater.flush(READ_CHUNK)
-    except zlib.error:
-        out.clear()
-        raise GatewayError(
-            "bad_request", "the request body is not what its Content-Encoding says"
-        ) from None
-    if len(out) > limit:
-        # Freed now: a traceback that outlives this call must not keep it.
-        out.clear()
-        raise _too_large(limit)
-    return bytes(out)
+class Inflation:
+    """One body's inflation, resumable: never holding more than `limit` + one piece of
+    its result (413 past `limit`; 400 when it is not what its Content-Encoding says)."""
+
+    def __init__(self, data: bytes, wbits: int, limit: int) -> None:
+        self._inflater = zlib.decompressobj(wbits)
+        self._pending = data
+        self._limit = limit
+        self._out = bytearray()
+        self.done = False
+
+    def run(self, until: int | None = None) -> bool:
+        """Inflate until the result passes `until` bytes (None: to the end); whether the
+        end was reached."""
+        try:
+            while not self.done and (until is None or len(self._out) <= until):
+                piece = self.piece()
+                if piece is None:
+                    self.done = True
+                else:
+                    self._out += piece
+                if len(self._out) > self._limit:
+                    self._out.clear()  # not kept alive by the error's traceback
+                    raise _too_large(self._limit)
+        except zlib.error:
+            self._out.clear()
+            raise GatewayError(
+                "bad_request", "the request body is not what its Content-Encoding says"
+            ) from None
+        return self.done
+
+    def piece(self) -> bytes | None:
+        """The next piece of the result, not kept; None at the end."""
+        if self._pending:
+            piece = self._inflater.decompress(self._pending, READ_CHUNK)
+            self._pending = self._inflater.unconsumed_tail
+            if piece or self._pending:
+                return piece
+        tail = self._inflater.flush(READ_CHUNK)
+        return tail or None
+
+    def result(self) -> bytes:
+        """The whole inflated body (run to the end first)."""
+        assert self.done, "run() to the end first"
+        return bytes(self._out)
+
+
+def _to_the_end(inflation: Inflation, then: Callable[[bytes], Any]) -> Any:
+    """`then(the body inflated to its end)` (run off the loop)."""
+    inflation.run()
+    return then(inflation.result())
+
+
+async def inflated_pieces(data: bytes, wbits: int, limit: int) -> AsyncIterator[bytes]:
+    """`data` decompressed, piece by piece as it is sent on (one piece in memory at a
+    time, on the event loop between writes: each piece is 64 KiB of work)."""
+    inflation = Inflation(data, wbits, limit)
+    while (piece := inflation.piece()) is not None:
+        yield piece
 
 
 def parse_cost(body: bytes) -> int:
@@ -140,6 +183,14 @@ def _renamed(body: bytes, served: str) -> bytes:
     return json.dumps({**_payload(body), "model": served}).encode()
 
 
+@dataclass(frozen=True)
+class Body:
+    """A request body as it was sent, and how to inflate it (None: it is not compressed)."""
+
+    sent: bytes
+    wbits: int | None
+
+
 class Bodies:
     """Reads and parses request bodies within their bounds; big ones one at a time."""
 
@@ -148,9 +199,9 @@ class Bodies:
         self.timeout_s = timeout_s
         self._parsing = asyncio.Semaphore(1)
 
-    async def read(self, request: web.Request) -> bytes:
-        """The request's body, decompressed, at most `limit` bytes after decompression;
-        408 when it does not arrive within `timeout_s`, 413 past the limit, 415 for an
+    async def read(self, request: web.Request, hold: Callable[[int], None]) -> Body:
+        """The request's body as sent, each piece passed to `hold` as it arrives; 408
+        when it does not arrive within `timeout_s`, 413 past the limit, 415 for an
         encoding the gateway does not take."""
         encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
         if encoding not in ENCODINGS and encoding != "identity":
@@ -159,32 +210,41 @@ class Bodies:
             )
         try:
             async with asyncio.timeout(self.timeout_s):
-                raw = await _raw(request, self.limit)
+                sent = await _raw(request, self.limit, hold)
         except TimeoutError:
             raise GatewayError(
                 "request_timeout",
                 f"the request body did not arrive within {self.timeout_s:g}s",
             ) from None
-        if encoding == "identity":
-            return raw
-        inflated: bytes = await self._bounded(inflate, raw, ENCODINGS[encoding], self.limit)
-        return inflated
+        return Body(sent, ENCODINGS.get(encoding))
 
-    async def _bounded(self, function: Any, body: bytes, *args: Any) -> Any:
-        """`function(body, *args)`: on the loop for small bodies, else off it, one at a
-        time (so concurrent big bodies never hold several parses at once)."""
-        if len(body) <= PARSE_INLINE_BYTES:
-            return function(body, *args)
+    async def _plain(self, body: Body, then: Callable[[bytes], Any]) -> Any:
+        """`then(the body inflated)`: on the loop while the inflated body is small, else
+        off it, one body at a time (so concurrent big bodies never hold several results
+        or parses at once). The choice goes by the inflated size."""
+        if body.wbits is None:
+            if len(body.sent) <= PARSE_INLINE_BYTES:
+                return then(body.sent)
+            async with self._parsing:
+                return await asyncio.to_thread(then, body.sent)
+        inflation = Inflation(body.sent, body.wbits, self.limit)
+        if inflation.run(PARSE_INLINE_BYTES):
+            return then(inflation.result())
         async with self._parsing:
-            return await asyncio.to_thread(function, body, *args)
+            return await asyncio.to_thread(_to_the_end, inflation, then)
 
-    async def model(self, body: bytes) -> tuple[str, bool]:
+    async def model(self, body: Body) -> tuple[str, bool]:
         """The model a request body names (checked as a name), and whether it asks for a
-        streamed answer; the parse is dropped."""
-        named: tuple[str, bool] = await self._bounded(_model_of, body)
+        streamed answer; the parse, and the inflated body, are dropped."""
+        named: tuple[str, bool] = await self._plain(body, _model_of)
         return named
 
-    async def renamed(self, body: bytes, served: str) -> bytes:
-        """`body` with its `model` replaced by the name the backend serves it under."""
-        result: bytes = await self._bounded(_renamed, body, served)
-        return result
+    async def upstream(self, body: Body, served: str | None) -> bytes | AsyncIterator[bytes]:
+        """What to send the backend: the body with its `model` replaced by `served`, or
+        (None) as it is: a compressed one inflated piece by piece as it is sent."""
+        if served is not None:
+            renamed: bytes = await self._plain(body, lambda plain: _renamed(plain, served))
+            return renamed
+        if body.wbits is None:
+            return body.sent
+        return inflated_pieces(body.sent, body.wbits, self.limit)

@@ -15,11 +15,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 
-from modeld.gateway.errors import GatewayError
-
 WINDOW_S = 60.0
-# When a host whose queue is full is worth asking again.
-QUEUE_RETRY_S = 5
 
 
 class LoadBudget:
@@ -53,36 +49,3 @@ class LoadBudget:
         if retry is None:
             self._loads[key].append(self._clock())
         return retry
-
-
-class WaitQueue:
-    """Requests waiting at this host for a load or their turn, bounded (`max_queue`):
-    past it a request is refused at once, so a router (a GIE endpoint picker) tries
-    another host instead of queueing here."""
-
-    def __init__(self, limit: int | None) -> None:
-        self.limit = limit
-        self.waiting = 0
-
-    def join(self) -> Callable[[], None]:
-        """Take a place; the function given back leaves it (once, however often called).
-        GatewayError `queue_full` (503, Retry-After) when there is none."""
-        if self.limit is not None and self.waiting >= self.limit:
-            refusal = GatewayError(
-                "queue_full",
-                f"{self.waiting} requests already wait at this host for a load or their "
-                "turn (max_queue): try another",
-                limit=self.limit,
-            )
-            refusal.retry_after = QUEUE_RETRY_S
-            raise refusal
-        self.waiting += 1
-        left = False
-
-        def leave() -> None:
-            nonlocal left
-            if not left:
-                left = True
-                self.waiting -= 1
-
-        return leave

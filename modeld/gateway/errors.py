@@ -45,11 +45,14 @@ STATUS: dict[str, int] = {
     "too_large": 413,
     "unsupported_media_type": 415,
     "too_many_requests": 429,
+    "key_queue_full": 429,
+    "key_bodies_full": 429,
     "upstream_unreachable": 502,
     "upstream_unauthorized": 502,
     "upstream_error": 502,
     "daemon_unreachable": 503,
     "queue_full": 503,
+    "bodies_full": 503,
     "upstream_timeout": 504,
 }
 # OpenAI's error `type` for a status.

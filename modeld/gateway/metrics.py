@@ -36,6 +36,16 @@ class GatewayMetrics:
             "Inference requests in flight (waiting for their model or being answered).",
             registry=self.registry,
         )
+        self.waiting = Gauge(
+            "modeld_gateway_requests_waiting",
+            "Inference requests waiting here for their model (a load, a wake, their turn).",
+            registry=self.registry,
+        )
+        self.waiting_bytes = Gauge(
+            "modeld_gateway_waiting_body_bytes",
+            "Bytes of request bodies, as sent, held by requests not yet granted their model.",
+            registry=self.registry,
+        )
         self.event_streams = Gauge(
             "modeld_gateway_event_streams",
             "Clients following /events.",

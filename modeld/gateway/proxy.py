@@ -12,7 +12,8 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter, deque
-from collections.abc import Awaitable
+from collections.abc import AsyncIterator, Awaitable
+from dataclasses import dataclass
 
 import aiohttp
 import structlog
@@ -20,13 +21,14 @@ from aiohttp import web
 from yarl import URL
 
 from modeld.core.gateway_config import GatewayConfig
-from modeld.gateway.auth import BackendKeys, Identity, identity
-from modeld.gateway.body import Bodies
-from modeld.gateway.budget import LoadBudget, WaitQueue
+from modeld.gateway.auth import BackendKeys, Identity, Keys, identity
+from modeld.gateway.body import Bodies, Body
+from modeld.gateway.budget import LoadBudget
 from modeld.gateway.errors import GatewayError, cut
 from modeld.gateway.link import DaemonLink, Lease
 from modeld.gateway.loading import Feedback
 from modeld.gateway.metrics import GatewayMetrics
+from modeld.gateway.shares import BODIES, QUEUE, FairShares, Hold
 from modeld.gateway.streaming import ClientGone, SlowReader
 
 # How many of the latest requests the gateway keeps to show (GET /v1/requests).
@@ -71,6 +73,16 @@ REFUSAL_DELAY_S = 1.0
 IDLE_STATES = frozenset({"stopped", "sleeping", "failed"})
 
 
+@dataclass(frozen=True)
+class Waiting:
+    """A request on its way to a lease: who sent it, its body as sent, and the hold on
+    the bytes it keeps meanwhile (given back once the lease is granted)."""
+
+    caller: Identity
+    body: Body
+    holding: Hold
+
+
 class Proxy:
     """Forwards inference requests under leases, over one HTTP client session (and one
     per backend on a Unix socket)."""
@@ -80,15 +92,19 @@ class Proxy:
         link: DaemonLink,
         config: GatewayConfig,
         metrics: GatewayMetrics,
-        backend_keys: BackendKeys,
+        keys: tuple[Keys, BackendKeys],
     ) -> None:
         self._link = link
         self._config = config
         self._metrics = metrics
-        self._backend_keys = backend_keys
+        accepted, self._backend_keys = keys
         self._bodies = Bodies(config.max_body_bytes, config.body_timeout_s)
         self._budget = LoadBudget(config.key_loads_per_minute)
-        self._queue = WaitQueue(config.max_queue)
+        # What waiting requests hold (a place, their bodies), each key its fair share.
+        self.queue = FairShares(QUEUE, config.max_queue, 1, accepted.inference_count)
+        self.waiting_bytes = FairShares(
+            BODIES, config.max_waiting_bytes, config.max_body_bytes, accepted.inference_count
+        )
         self._session: aiohttp.ClientSession | None = None
         self._unix: dict[str, aiohttp.ClientSession] = {}
         # The latest requests answered (model, path, status, seconds, key; never bodies).
@@ -167,8 +183,10 @@ class Proxy:
         self._metrics.in_flight.inc()
         label: str | None = None
         status, started = 500, time.monotonic()
+        # The body's bytes, counted from the first one read until the lease is granted.
+        holding = Hold(self.waiting_bytes, caller)
         try:
-            body = await self._bodies.read(request)
+            body = await self._bodies.read(request, holding.grow)
             asked, request[STREAMED] = await self._bodies.model(body)
             model = self._link.canonical(asked)  # an alias names its model
             known = self._link.models
@@ -181,7 +199,7 @@ class Proxy:
                     model=asked,
                     available=sorted(known),
                 )
-            leased = self._leased(request, caller, model, body, asked)
+            leased = self._leased(request, Waiting(caller, body, holding), model, asked)
             response = await self._cut_after(request, leased)
             status = response.status
             return response
@@ -195,6 +213,7 @@ class Proxy:
             status = self._hung_up(request)
             raise
         finally:
+            holding.release()
             self._in_flight -= 1
             if counted:
                 self._per_key[caller.name] -= 1
@@ -247,17 +266,18 @@ class Proxy:
             ) from None
 
     async def _leased(
-        self, request: web.Request, caller: Identity, model: str, body: bytes, asked: str
+        self, request: web.Request, waiting: Waiting, model: str, asked: str
     ) -> web.StreamResponse:
         """The answer under a lease; a budgeted key's request that would cause a load or
         a wake is counted against its budget first (429 once it is spent)."""
+        caller = waiting.caller
         if caller.admin or not self._budget.limited:
-            return await self._serve(request, model, body, load=True, asked=asked)
+            return await self._serve(request, model, waiting, load=True, asked=asked)
         retry = self._budget.spent(caller.name)
         if retry is None or self._link.states.get(model) not in IDLE_STATES:
             # The daemon says whether it would load (the gateway's view is only a hint).
             try:
-                return await self._serve(request, model, body, load=False, asked=asked)
+                return await self._serve(request, model, waiting, load=False, asked=asked)
             except GatewayError as exc:
                 if exc.kind != "would_load":
                     raise
@@ -280,10 +300,10 @@ class Proxy:
             await asyncio.sleep(min(REFUSAL_DELAY_S, retry))
             raise refusal
         self._metrics.key_loads.labels(caller.name).inc()
-        return await self._serve(request, model, body, load=True, asked=asked)
+        return await self._serve(request, model, waiting, load=True, asked=asked)
 
     async def _serve(
-        self, request: web.Request, model: str, body: bytes, load: bool, asked: str
+        self, request: web.Request, model: str, waiting: Waiting, load: bool, asked: str
     ) -> web.StreamResponse:
         """Lease `model` (asked for as `asked`: its name or an alias) and forward the
         request, under the name its backend serves it by. A streamed request that may
@@ -291,28 +311,32 @@ class Proxy:
         started, feedback = time.monotonic(), None
         state = self._link.states.get(model)
         # A request that will wait (for a load, or its turn) takes a place in the queue.
-        leave = self._queue.join() if state != "running" else (lambda: None)
+        place = Hold(self.queue, waiting.caller)
+        if state != "running":
+            place.grow(1)
         if request.get(STREAMED) and state != "running" and (load or state == "loading"):
             feedback = Feedback(request, model, self._link, asked)
             await feedback.start()
         try:
             async with self._link.lease(model, self._config.acquire_timeout_s, load) as lease:
-                leave()
+                place.release()
+                waiting.holding.release()
                 self._metrics.load_wait.labels(model).observe(time.monotonic() - started)
                 if feedback is not None:
                     await feedback.stop()
                 served = lease.granted.get("served_model_name", model)
-                if served != asked:
-                    body = await self._bodies.renamed(body, served)
+                data = await self._bodies.upstream(
+                    waiting.body, str(served) if served != asked else None
+                )
                 early = feedback.response if feedback is not None else None
-                return await self._forward(request, lease, model, body, early)
+                return await self._forward(request, lease, model, data, early)
         except GatewayError as exc:
             if feedback is None or feedback.response is None:
                 raise
             await feedback.stop()
             return await feedback.fail(exc)
         finally:
-            leave()
+            place.release()
             if feedback is not None:
                 await feedback.stop()
 
@@ -321,7 +345,7 @@ class Proxy:
         request: web.Request,
         lease: Lease,
         model: str,
-        body: bytes,
+        body: bytes | AsyncIterator[bytes],
         early: web.StreamResponse | None = None,
     ) -> web.StreamResponse:
         """Send the request to the backend; stream its answer back as it comes (the

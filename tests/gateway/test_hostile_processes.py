@@ -10,6 +10,7 @@ import grp
 import gzip
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -61,6 +62,66 @@ def test_gzip_bombs_are_refused_and_the_gateways_memory_barely_grows(tmp_path: P
         assert asyncio.run(_bombs(url, 3)) == [(413, "too_large")] * 3
         grown = peak_rss_mb(gateway.pid) - before
         assert grown < 50, f"peak RSS grew {grown:.1f} MB"
+
+
+def rss_mb(pid: int) -> float:
+    """The process's resident memory now (VmRSS), in MB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmRSS")
+
+
+def test_requests_waiting_for_a_load_hold_their_bodies_as_sent(tmp_path: Path) -> None:
+    """40 gzip bodies of 15 KB, each 15 MiB inflated, wait for demo-large's load: the
+    gateway holds what was sent, not what it inflates to (600 MB held before), so its
+    memory grows by less than 100 MB, at the peak too."""
+    bomb = gzip.compress(b'{"model": "demo-large", "pad": "' + b"0" * 15 * 2**20 + b'"}')
+    assert len(bomb) < 20 * 1024
+
+    def slow_load(text: str) -> str:
+        slow, count = re.subn(
+            r'("demo-large", "--port", "\d+", "--load-seconds", )"3"', r'\1"40"', text
+        )
+        assert count == 1
+        return slow.replace("load_timeout_s = 30", "load_timeout_s = 90")
+
+    def waiting(url: str) -> float:
+        text = subprocess.run(
+            ["curl", "-s", "-H", f"Authorization: Bearer {SEED_KEY}", f"{url}/metrics"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=True,
+        ).stdout
+        # Leases the daemon has waiting: a request asks for one once its body was read.
+        found = re.search(r"^vllm:num_requests_waiting (\S+)$", text, re.M)
+        return float(found.group(1)) if found else -1.0
+
+    async def attack(url: str, pid: int) -> tuple[float, float]:
+        headers = {**AUTH, "Content-Type": "application/json", "Content-Encoding": "gzip"}
+        async with aiohttp.ClientSession() as http:
+
+            async def one() -> None:
+                async with http.post(f"{url}/v1/completions", data=bomb, headers=headers):
+                    pass
+
+            tasks = [asyncio.create_task(one()) for _ in range(40)]
+            while waiting(url) < 40:
+                assert not any(task.done() for task in tasks)
+                await asyncio.sleep(0.1)
+            grown = rss_mb(pid), peak_rss_mb(pid)
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            return grown
+
+    with running_demo(tmp_path, slow_load) as (url, gateway):
+        curl(f"{url}/v1/models/status")  # everything the gateway needs is loaded
+        before = rss_mb(gateway.pid), peak_rss_mb(gateway.pid)
+        now, peak = asyncio.run(attack(url, gateway.pid))
+        assert now - before[0] < 100, f"RSS grew {now - before[0]:.1f} MB"
+        assert peak - before[1] < 100, f"peak RSS grew {peak - before[1]:.1f} MB"
 
 
 def test_invented_names_barely_grow_the_log_and_the_metrics(tmp_path: Path) -> None:
