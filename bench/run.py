@@ -15,6 +15,7 @@ from bench import (
     leases,
     memory_wait,
     parking,
+    pressure,
     rpc,
     switch_overhead,
     traces,
@@ -30,6 +31,7 @@ BENCHES = [
     gateway,
     footprint,
     hostile,
+    pressure,
     traces,
     cold_start,
 ]

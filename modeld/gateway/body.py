@@ -38,6 +38,9 @@ READ_CHUNK = 64 * 1024
 # Bodies up to this size are parsed on the event loop (well under a millisecond); larger
 # ones off it, one at a time, so concurrent big bodies never hold several trees at once.
 PARSE_INLINE_BYTES = 256 * 1024
+# A compressed body is inflated on the loop while its result stays within this (one
+# piece: most requests); a larger one off it, one body at a time.
+INFLATE_INLINE_BYTES = 64 * 1024
 # What one parse may build: about 64 bytes per array, object or element (a list slot,
 # a small object), checked before parsing.
 PARSE_BUDGET_BYTES = 256 * 1024 * 1024
@@ -83,20 +86,23 @@ class Inflation:
         self._inflater = zlib.decompressobj(wbits)
         self._pending = data
         self._limit = limit
-        self._out = bytearray()
+        # Pieces, joined once at the end: a growing buffer would be copied as it grows.
+        self._out: list[bytes] = []
+        self.size = 0
         self.done = False
 
     def run(self, until: int | None = None) -> bool:
         """Inflate until the result passes `until` bytes (None: to the end); whether the
         end was reached."""
         try:
-            while not self.done and (until is None or len(self._out) <= until):
+            while not self.done and (until is None or self.size <= until):
                 piece = self.piece()
                 if piece is None:
                     self.done = True
                 else:
-                    self._out += piece
-                if len(self._out) > self._limit:
+                    self._out.append(piece)
+                    self.size += len(piece)
+                if self.size > self._limit:
                     self._out.clear()  # not kept alive by the error's traceback
                     raise _too_large(self._limit)
         except zlib.error:
@@ -117,23 +123,21 @@ class Inflation:
         return tail or None
 
     def result(self) -> bytes:
-        """The whole inflated body (run to the end first)."""
+        """The whole inflated body, once (run to the end first)."""
         assert self.done, "run() to the end first"
-        return bytes(self._out)
-
-
-def _to_the_end(inflation: Inflation, then: Callable[[bytes], Any]) -> Any:
-    """`then(the body inflated to its end)` (run off the loop)."""
-    inflation.run()
-    return then(inflation.result())
+        whole = b"".join(self._out)
+        self._out.clear()
+        return whole
 
 
 async def inflated_pieces(data: bytes, wbits: int, limit: int) -> AsyncIterator[bytes]:
     """`data` decompressed, piece by piece as it is sent on (one piece in memory at a
-    time, on the event loop between writes: each piece is 64 KiB of work)."""
+    time, on the event loop: each piece is 64 KiB of work, and the loop takes a turn
+    after each, since a write the socket takes at once does not)."""
     inflation = Inflation(data, wbits, limit)
     while (piece := inflation.piece()) is not None:
         yield piece
+        await asyncio.sleep(0)
 
 
 def parse_cost(body: bytes) -> int:
@@ -191,6 +195,12 @@ class Body:
     wbits: int | None
 
 
+def _to_the_end(inflation: Inflation, then: Callable[[bytes], Any]) -> Any:
+    """`then(the body inflated to its end)`, off the loop."""
+    inflation.run()
+    return then(inflation.result())
+
+
 class Bodies:
     """Reads and parses request bodies within their bounds; big ones one at a time."""
 
@@ -228,7 +238,7 @@ class Bodies:
             async with self._parsing:
                 return await asyncio.to_thread(then, body.sent)
         inflation = Inflation(body.sent, body.wbits, self.limit)
-        if inflation.run(PARSE_INLINE_BYTES):
+        if inflation.run(INFLATE_INLINE_BYTES):
             return then(inflation.result())
         async with self._parsing:
             return await asyncio.to_thread(_to_the_end, inflation, then)

@@ -14,7 +14,17 @@ ROOT = Path(__file__).resolve().parents[2]
 
 @pytest.mark.parametrize(
     "bench",
-    ["rpc", "memory_wait", "parking", "leases", "gateway", "footprint", "hostile", "traces"],
+    [
+        "rpc",
+        "memory_wait",
+        "parking",
+        "leases",
+        "gateway",
+        "footprint",
+        "hostile",
+        "pressure",
+        "traces",
+    ],
 )
 def test_bench_runs_quick(bench: str) -> None:
     """`python -m bench.NAME --quick` exits 0 and reports its figures with targets."""
