@@ -17,7 +17,7 @@ from typing import Any
 
 import structlog
 
-from modeld.adapters.socketdir import check_dir
+from modeld.adapters.socketdir import in_dir, open_dir
 from modeld.core.config import DaemonConfig
 from modeld.core.errors import LimitReached, SocketInUse, TooManyConnections
 from modeld.daemon.access import AccessPolicy, Caller, peer_credentials
@@ -110,6 +110,9 @@ class RpcServer:
         # The socket file this server made (device, inode): removed at exit only if the
         # path still names it, never another daemon's socket bound there meanwhile.
         self._made: tuple[int, int] | None = None
+        # The directory the socket is in, as checked (socketdir.open_dir): everything is
+        # made, renamed and removed relative to it.
+        self._dir: int | None = None
 
     @property
     def connections(self) -> int:
@@ -124,42 +127,45 @@ class RpcServer:
             self._server = await asyncio.start_unix_server(self._connection, sock=inherited)
             log.info("socket.listening", path=str(inherited.getsockname()), activated=True)
             return
-        self._path.parent.mkdir(parents=True, exist_ok=True)
-        check_dir(self._path.parent, "the daemon's socket")
-        if self._path.exists() or self._path.is_socket():
-            if await _answers(self._path):
+        self._dir = open_dir(self._path.parent, "the daemon's socket", make=True)
+        name = self._path.name
+        with contextlib.suppress(FileNotFoundError):
+            os.stat(name, dir_fd=self._dir, follow_symlinks=False)
+            if await _answers(in_dir(self._dir, name)):
                 raise SocketInUse(
                     f"{self._path} is in use by another process (is modeld running?)",
                     socket=str(self._path),
                 )
-            self._path.unlink()
-        sock = self._bind_private()
+            os.unlink(name, dir_fd=self._dir)
+        sock = self._bind_private(self._dir)
         self._server = await asyncio.start_unix_server(self._connection, sock=sock)
         log.info("socket.listening", path=str(self._path))
 
-    def _bind_private(self) -> socket.socket:
+    def _bind_private(self, directory: int) -> socket.socket:
         """Bind beside the path, set mode and group, listen, then rename into place: the
         socket is never reachable under its name with the wrong permissions."""
-        temporary = self._path.with_name(f".{self._path.name}.{os.getpid()}")
+        name = self._path.name
+        temporary = f".{name}.{os.getpid()}"
         with contextlib.suppress(FileNotFoundError):
-            temporary.unlink()
+            os.unlink(temporary, dir_fd=directory)
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
-            sock.bind(str(temporary))
-            os.chmod(temporary, self._mode)
+            sock.bind(in_dir(directory, temporary))
+            os.chmod(temporary, self._mode, dir_fd=directory)
             if self._group:
                 try:
-                    os.chown(temporary, -1, grp.getgrnam(self._group).gr_gid)
+                    gid = grp.getgrnam(self._group).gr_gid
+                    os.chown(temporary, -1, gid, dir_fd=directory, follow_symlinks=False)
                 except (KeyError, PermissionError) as exc:
                     log.warning("socket.group_not_set", group=self._group, error=str(exc))
             sock.listen(socket.SOMAXCONN)
-            os.rename(temporary, self._path)
+            os.rename(temporary, name, src_dir_fd=directory, dst_dir_fd=directory)
         except BaseException:
             sock.close()
             with contextlib.suppress(FileNotFoundError):
-                temporary.unlink()
+                os.unlink(temporary, dir_fd=directory)
             raise
-        made = self._path.stat()
+        made = os.stat(name, dir_fd=directory, follow_symlinks=False)
         self._made = (made.st_dev, made.st_ino)
         sock.setblocking(False)
         return sock
@@ -184,16 +190,20 @@ class RpcServer:
                 for connection in list(self._open):
                     connection.writer.close()
         finally:
-            if self._made is not None:
-                self._remove_own_socket()
+            if self._dir is not None:
+                if self._made is not None:
+                    self._remove_own_socket(self._dir)
+                os.close(self._dir)
+                self._dir = None
 
-    def _remove_own_socket(self) -> None:
+    def _remove_own_socket(self, directory: int) -> None:
+        name = self._path.name
         try:
-            now = self._path.stat()
+            now = os.stat(name, dir_fd=directory, follow_symlinks=False)
         except FileNotFoundError:
             return
         if (now.st_dev, now.st_ino) == self._made:
-            self._path.unlink()
+            os.unlink(name, dir_fd=directory)
         else:
             log.warning("socket.replaced", path=str(self._path), action="left in place")
 
@@ -366,9 +376,9 @@ def _too_large() -> bytes:
     return error_line(INVALID_REQUEST, "Invalid Request: line too long", refusal)
 
 
-async def _answers(path: Path) -> bool:
+async def _answers(path: str) -> bool:
     try:
-        _, writer = await asyncio.wait_for(asyncio.open_unix_connection(str(path)), 2)
+        _, writer = await asyncio.wait_for(asyncio.open_unix_connection(path), 2)
     except (OSError, TimeoutError):
         return False
     writer.close()

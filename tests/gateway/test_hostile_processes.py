@@ -22,6 +22,8 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from modeld.adapters.socketdir import prepare_backend_socket
+from modeld.core.errors import ConfigError
 from modeld.testing.ports import wait_until
 from tests.support.processes import BIN, SEED_KEY, curl, running_demo
 
@@ -269,6 +271,59 @@ def test_a_backends_socket_is_out_of_reach_of_users_outside_the_gateways_group(
         assert curl("-X", "POST", f"{url}/v1/models/demo-chat/stop")["status"] == "stopped"
         assert sock.is_socket()
         assert completed(url, "demo-chat")
+
+
+def _a_link_another_user_owns(tmp_path: Path) -> tuple[Path, Path]:
+    """A sticky, world-writable directory (as /tmp is) holding a link owned by nobody
+    that points, for now, at a directory of root's: the link, and that directory."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to give a link to another user")
+    sticky, roots = tmp_path / "tmp", tmp_path / "roots"
+    sticky.mkdir()
+    sticky.chmod(0o1777)
+    roots.mkdir()
+    link = sticky / "modeld-demo"
+    link.symlink_to(roots)
+    os.lchown(link, 65534, 65534)  # nobody may now point it anywhere
+    return link, roots
+
+
+def test_the_daemon_refuses_a_socket_path_through_a_link_another_user_owns(
+    tmp_path: Path,
+) -> None:
+    """The daemon's socket through a link that nobody owns in a sticky directory: it
+    leads to root's directory now, but nobody could repoint it and answer the daemon's
+    clients (and receive its backends' sockets). modeld exits 78 naming the link and its
+    owner, and makes nothing at the far end."""
+    link, roots = _a_link_another_user_owns(tmp_path)
+    config = tmp_path / "modeld.toml"
+    config.write_text(
+        '[gpu]\nbackend = "simulated"\n[models.m]\nruntime = "process"\n'
+        'command = ["true"]\nendpoint = "http://127.0.0.1:9"\n'
+        f'[daemon]\nstate_dir = "{tmp_path / "state"}"\n'
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "modeld", "--config", config, "--socket", link / "modeld.sock"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 78, done.stderr
+    said = done.stderr + done.stdout
+    assert f"{link} is a symbolic link owned by uid 65534" in said, said
+    assert list(roots.iterdir()) == []
+
+
+def test_backend_sockets_are_not_made_through_a_link_another_user_owns(tmp_path: Path) -> None:
+    """A backend's socket directory through nobody's link is refused, naming the link,
+    and nothing is made; through a link root owns (as /var/run is), it is made."""
+    link, roots = _a_link_another_user_owns(tmp_path)
+    with pytest.raises(ConfigError, match=f"{link} is a symbolic link owned by uid 65534"):
+        prepare_backend_socket(link / "backends" / "m.sock", None)
+    assert list(roots.iterdir()) == []
+    os.lchown(link, 0, 0)
+    prepare_backend_socket(link / "backends" / "m.sock", None)
+    assert oct((roots / "backends").stat().st_mode & 0o7777) == oct(0o2750)
 
 
 def test_the_daemon_refuses_a_socket_directory_another_user_owns(tmp_path: Path) -> None:
