@@ -25,6 +25,7 @@ from modeld.gateway.link import DaemonLink
 from modeld.gateway.metrics import GatewayMetrics
 from modeld.gateway.protocol import ModelServerMetrics
 from modeld.gateway.proxy import INFERENCE_PATHS, Proxy
+from modeld.gateway.serverlog import RequestErrors
 from modeld.gateway.sse import EventStreams
 
 log = structlog.get_logger("modeld.gateway")
@@ -242,6 +243,8 @@ class GatewayServer:
             # Bodies are inflated by the proxy, within max_body_bytes (gateway/body.py).
             auto_decompress=False,
             shutdown_timeout=shutdown_timeout_s,
+            # Malformed requests in one short line each, never a header value (serverlog.py).
+            logger=RequestErrors(),
         )
         self._relay: asyncio.Task[None] | None = None
         self._listener: asyncio.Server | None = None

@@ -159,6 +159,41 @@ def test_invented_names_barely_grow_the_log_and_the_metrics(tmp_path: Path) -> N
         assert grown < 1024 * 1024, f"the log grew {grown} bytes"
 
 
+def _raw_request(url: str, request: bytes) -> bytes:
+    """Send `request` as it is on a new connection; what comes back before it closes."""
+    host, port = url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as conn:
+        conn.sendall(request)
+        answer = b""
+        with contextlib.suppress(TimeoutError, ConnectionResetError):
+            while chunk := conn.recv(65536):
+                answer += chunk
+    return answer
+
+
+def test_malformed_requests_log_one_short_line_never_a_header(tmp_path: Path) -> None:
+    """Folded header lines, bare LF line endings and 200 requests with one bad 8 KB
+    header, each carrying the admin key: each is answered 400, the log never holds the
+    key or a traceback, and it grows by under 32 KB (one short line each, at most 30 a
+    minute; before, 3.3 MB and every key)."""
+    key = f"Authorization: Bearer {SEED_KEY}".encode()
+    folded = b"GET /v1/models HTTP/1.1\r\nHost: x\r\n" + key + b"\r\n  folded\r\n\r\n"
+    bare = b"GET /v1/models HTTP/1.1\nHost: x\n" + key + b"\n\n"
+    bad = b"GET /v1/models HTTP/1.1\r\nHost: x\r\n" + key + b"\r\nX-Bad\x01: " + b"v" * 8000
+    with running_demo(tmp_path) as (url, _):
+        log = tmp_path / "gateway.log"
+        before = log.stat().st_size
+        for request in (folded, bare, *[bad + b"\r\n\r\n"] * 200):
+            status_line = _raw_request(url, request).split(b"\r\n")[0]
+            assert status_line.endswith(b" 400 Bad Request"), request[:40]
+        curl(f"{url}/v1/models")  # still serving
+        written = log.read_text()[before:]
+    assert SEED_KEY not in written
+    assert "Traceback" not in written
+    assert len(written) < 32 * 1024, f"the log grew {len(written)} bytes"
+    assert "gateway.bad_request" in written
+
+
 def test_an_emptied_key_file_keeps_the_keys_in_force_after_sighup(tmp_path: Path) -> None:
     """The inference key file is emptied and the gateway told to reload: the keys loaded
     stay in force (the inference key still works, no key is still 401), an error is
