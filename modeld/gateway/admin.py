@@ -12,6 +12,7 @@ from aiohttp import web
 from modeld.cli.client import Client, DaemonUnreachable, RpcError
 from modeld.core.redaction import without_backend_output
 from modeld.gateway.auth import identity
+from modeld.gateway.body import Bodies
 from modeld.gateway.errors import GatewayError
 from modeld.gateway.link import DaemonLink
 from modeld.gateway.sse import EventStreams
@@ -19,6 +20,8 @@ from modeld.gateway.sse import EventStreams
 # A backend's lines sent at once (`?lines=`), by default and at most.
 LOG_LINES = 100
 MAX_LOG_LINES = 10_000
+# History entries asked for at once, at most (what the daemon's `history` takes).
+MAX_HISTORY = 500
 
 # What a model's entry in /v1/models carries from modeld's status, besides OpenAI's.
 LISTED = (
@@ -67,19 +70,13 @@ def _timeout(fields: Fields) -> float | None:
     return seconds
 
 
-async def _switch_fields(request: web.Request) -> Fields:
+async def _switch_fields(request: web.Request, bodies: Bodies) -> Fields:
     """The query string's fields, and a JSON object body's (`{"target_model": ...}`, as
-    the seed's clients may send); the query string wins where both say."""
+    the seed's clients may send; read as inference bodies are, within their bounds); the
+    query string wins where both say."""
     fields: dict[str, object] = {}
     if request.body_exists:
-        try:
-            body = await request.json()
-        except ValueError:
-            body = None
-        if not isinstance(body, dict):
-            raise GatewayError(
-                "bad_request", 'the body must be a JSON object, e.g. {"target_model": "NAME"}'
-            )
+        body = await bodies.parsed(await bodies.read(request, lambda _: None))
         unknown = sorted(set(body) - SWITCH_FIELDS)
         if unknown:
             raise GatewayError(
@@ -92,19 +89,25 @@ async def _switch_fields(request: web.Request) -> Fields:
     return fields
 
 
-def _lines(fields: Fields) -> int:
-    value = str(fields.get("lines", LOG_LINES))
-    if not value.isdigit() or not 1 <= int(value) <= MAX_LOG_LINES:
-        raise GatewayError("bad_request", f"lines must be 1 to {MAX_LOG_LINES}")
+def _whole(value: str, name: str, most: int) -> int:
+    """`value` as a whole number from 1 to `most` (ASCII digits only: `²` is a digit to
+    str.isdigit, not to int); 400 otherwise."""
+    if not (value.isascii() and value.isdigit()) or not 1 <= int(value) <= most:
+        raise GatewayError("bad_request", f"{name} must be a whole number from 1 to {most}")
     return int(value)
+
+
+def _lines(fields: Fields) -> int:
+    return _whole(str(fields.get("lines", LOG_LINES)), "lines", MAX_LOG_LINES)
 
 
 class Admin:
     """The seed's endpoints and the model list."""
 
-    def __init__(self, link: DaemonLink, streams: EventStreams) -> None:
+    def __init__(self, link: DaemonLink, streams: EventStreams, bodies: Bodies) -> None:
         self._streams = streams
         self._link = link
+        self._bodies = bodies
 
     async def status(self, request: web.Request) -> web.Response:
         """`GET /v1/models/status`: every model and the GPU, with the seed's fields."""
@@ -118,7 +121,7 @@ class Admin:
     async def switch(self, request: web.Request) -> web.Response:
         """`POST /v1/models/switch?target_model=NAME[&wait=false][&force=true][&timeout=S]`,
         or the same fields in a JSON object body."""
-        fields = await _switch_fields(request)
+        fields = await _switch_fields(request, self._bodies)
         target = fields.get("target_model")
         if not isinstance(target, str) or not target:
             raise GatewayError("bad_request", "target_model is required (a model's name)")
@@ -155,9 +158,7 @@ class Admin:
         if model := request.query.get("model"):
             params["model"] = model
         if limit := request.query.get("limit"):
-            if not limit.isdigit():
-                raise GatewayError("bad_request", "limit must be a whole number of entries")
-            params["limit"] = int(limit)
+            params["limit"] = _whole(limit, "limit", MAX_HISTORY)
         return web.json_response(await self._link.call("history", **params))
 
     async def plan(self, request: web.Request) -> web.Response:

@@ -143,7 +143,7 @@ class Gateway:
         self.streams = EventStreams(
             link.events, self.metrics, config.max_event_streams, config.max_event_streams_per_client
         )
-        self.admin = Admin(link, self.streams)
+        self.admin = Admin(link, self.streams, self.proxy.bodies)
         self.model_server = ModelServerMetrics()
         self.app = self._build()
 

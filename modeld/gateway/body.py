@@ -249,6 +249,11 @@ class Bodies:
         named: tuple[str, bool] = await self._plain(body, _model_of)
         return named
 
+    async def parsed(self, body: Body) -> dict[str, Any]:
+        """The body as a JSON object (400 when it is not one)."""
+        payload: dict[str, Any] = await self._plain(body, _payload)
+        return payload
+
     async def upstream(self, body: Body, served: str | None) -> bytes | AsyncIterator[bytes]:
         """What to send the backend: the body with its `model` replaced by `served`, or
         (None) as it is: a compressed one inflated piece by piece as it is sent."""

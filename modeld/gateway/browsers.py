@@ -6,8 +6,10 @@ and a domain the attacker points at 127.0.0.1 would be served as if it were ours
 rebinding). So, before any route runs:
 
 - `Host` must name the listen address, loopback, an IP address, or one of
-  `[gateway] allowed_hosts` (on a gateway with keys, checked only when allowed_hosts is
-  set: a page cannot send the key, and a load balancer's host names are many);
+  `[gateway] allowed_hosts`, for every request that carries no key: the page's files,
+  and `/health` and `/metrics` where `*_without_key` opens them (a rebound page could
+  read them). A request with a key is checked only when allowed_hosts is set: a page
+  cannot send the key, and a load balancer's host names are many;
 - a request carrying an `Origin` other than the gateway's own, or one of
   `allowed_origins`, is 403 (browsers send Origin on every cross-site POST and fetch);
   CORS is answered, preflights included, for the allowed origins only;
@@ -75,7 +77,8 @@ class BrowserGuard:
         self._keyed = keyed
 
     def _host_allowed(self, request: web.Request) -> bool:
-        if self._keyed() and not self._check_hosts_with_keys:
+        with_key = self._keyed() and "Authorization" in request.headers
+        if with_key and not self._check_hosts_with_keys:
             return True
         name = host_name(request.host)
         # An IP address cannot be rebound: a page at another address never sends it.

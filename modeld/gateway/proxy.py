@@ -98,7 +98,7 @@ class Proxy:
         self._config = config
         self._metrics = metrics
         accepted, self._backend_keys = keys
-        self._bodies = Bodies(config.max_body_bytes, config.body_timeout_s)
+        self.bodies = Bodies(config.max_body_bytes, config.body_timeout_s)
         self._budget = LoadBudget(config.key_loads_per_minute)
         # What waiting requests hold (a place, their bodies), each key its fair share.
         self.queue = FairShares(QUEUE, config.max_queue, 1, accepted.inference_count)
@@ -186,8 +186,8 @@ class Proxy:
         # The body's bytes, counted from the first one read until the lease is granted.
         holding = Hold(self.waiting_bytes, caller)
         try:
-            body = await self._bodies.read(request, holding.grow)
-            asked, request[STREAMED] = await self._bodies.model(body)
+            body = await self.bodies.read(request, holding.grow)
+            asked, request[STREAMED] = await self.bodies.model(body)
             model = self._link.canonical(asked)  # an alias names its model
             known = self._link.models
             # Only configured names become labels: invented ones share one.
@@ -325,7 +325,7 @@ class Proxy:
                 if feedback is not None:
                     await feedback.stop()
                 served = lease.granted.get("served_model_name", model)
-                data = await self._bodies.upstream(
+                data = await self.bodies.upstream(
                     waiting.body, str(served) if served != asked else None
                 )
                 early = feedback.response if feedback is not None else None

@@ -1,0 +1,83 @@
+"""The gateway's smaller edges under a hostile caller: numbers that are digits only to
+Unicode, a switch body with no bounds, and a rebound page reading what is served
+without a key."""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import json
+
+import aiohttp
+
+from tests.gateway.conftest import KEY, GatewayFactory
+from tests.gateway.test_openai import TWO
+from tests.gateway.test_team import bearer
+from tests.support import make_config
+
+
+async def test_digits_that_are_not_ascii_are_400_not_a_crash(
+    fronted: GatewayFactory, http: aiohttp.ClientSession
+) -> None:
+    """`?limit=²` on the history and `?lines=²` on a backend's logs are 400 bad_request
+    (str.isdigit says yes to them, int() does not); in range they are served."""
+    front = await fronted(make_config(TWO, [80]), api_keys=[KEY])
+    for path in ("/v1/history?limit=²", "/v1/models/a/logs?lines=²", "/v1/history?limit=0"):
+        async with http.get(front.url + path, headers=bearer(KEY)) as answer:
+            assert answer.status == 400, path
+            assert (await answer.json())["error"]["code"] == "bad_request"
+    async with http.get(front.url + "/v1/history?limit=5", headers=bearer(KEY)) as answer:
+        assert answer.status == 200
+
+
+async def test_a_switch_body_is_read_as_inference_bodies_are(
+    fronted: GatewayFactory, http: aiohttp.ClientSession
+) -> None:
+    """The switch's JSON body is bounded like an inference body: past max_body_bytes
+    413, a gzip body inflated within it and served, one that does not arrive within
+    body_timeout_s 408; none of them switches anything it should not."""
+    front = await fronted(
+        make_config(TWO, [80]), api_keys=[KEY], max_body_bytes=64 * 1024, body_timeout_s=1.0
+    )
+    url = front.url + "/v1/models/switch"
+    headers = {**bearer(KEY), "Content-Type": "application/json"}
+    huge = json.dumps({"target_model": "a", "pad": "x" * 100_000}).encode()
+    async with http.post(url, data=huge, headers=headers) as answer:
+        assert answer.status == 413
+    squeezed = gzip.compress(json.dumps({"target_model": "a"}).encode())
+    async with http.post(url, data=squeezed, headers={**headers, "Content-Encoding": "gzip"}) as ok:
+        assert ok.status == 200 and (await ok.json())["model"] == "a"
+    assert front.runtime.starts("a") == 1
+
+    host, port = front.url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(
+        f"POST /v1/models/switch HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {KEY}\r\n"
+        "Content-Type: application/json\r\nContent-Length: 100\r\n\r\n"
+        '{"target_model": "b"'.encode()
+    )
+    async with asyncio.timeout(10):  # the body's deadline is 1 s
+        status_line = await reader.readline()
+    writer.close()
+    assert b" 408 " in status_line
+    assert front.runtime.starts("b") == 0
+
+
+async def test_what_is_served_without_a_key_checks_the_host_on_a_keyed_gateway(
+    fronted: GatewayFactory, http: aiohttp.ClientSession
+) -> None:
+    """A keyed gateway opening /metrics and /health without a key: a request for them
+    naming a foreign host (a rebound page's) is 403 forbidden_host; the gateway's own
+    address is served, and a request with a key is served under any host, as before."""
+    front = await fronted(
+        make_config(TWO, [80]), api_keys=[KEY], metrics_without_key=True, health_without_key=True
+    )
+    foreign = {"Host": "rebound.example:8080"}
+    for path in ("/metrics", "/health", "/"):
+        async with http.get(front.url + path, headers=foreign) as answer:
+            assert answer.status == 403, path
+            assert (await answer.json())["error"]["code"] == "forbidden_host"
+        async with http.get(front.url + path) as answer:
+            assert answer.status == 200, path
+    async with http.get(front.url + "/v1/models", headers={**foreign, **bearer(KEY)}) as keyed:
+        assert keyed.status == 200
