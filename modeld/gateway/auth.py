@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import re
+import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
@@ -30,7 +31,9 @@ from aiohttp import web
 from modeld.core.errors import ConfigError
 from modeld.core.gateway_config import GatewayConfig
 
-MIN_KEY_CHARS = 8
+# A key shorter than this is refused (a line cut short in a key file, a guessable key):
+# `modeld-gateway --new-key` prints a good one.
+MIN_KEY_CHARS = 24
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,31}$")
 
 
@@ -73,6 +76,11 @@ class Key:
     name: str
 
 
+def new_key() -> str:
+    """A random key: `sk-` and 43 URL-safe characters (256 bits)."""
+    return "sk-" + secrets.token_urlsafe(32)
+
+
 def _digest(key: str) -> bytes:
     return hashlib.sha256(key.encode()).digest()
 
@@ -90,7 +98,8 @@ def _entry(text: str, role: Role, where: str, field: str, source: str) -> Key:
         )
     if len(secret) < MIN_KEY_CHARS:
         raise ConfigError(
-            f"{source}: gateway.{field}: {where} is shorter than {MIN_KEY_CHARS} characters",
+            f"{source}: gateway.{field}: {where} is shorter than {MIN_KEY_CHARS} characters "
+            "(a line cut short?); `modeld-gateway --new-key` prints a good key",
             file=source,
             fields=[f"gateway.{field}"],
         )

@@ -21,7 +21,7 @@ from modeld.daemon.logs import configure_logging
 from modeld.daemon.sdnotify import Notifier
 from modeld.daemon.signals import stop_and_reload
 from modeld.gateway.app import Gateway, GatewayServer
-from modeld.gateway.auth import BackendKeys, Key, Keys, read_keys
+from modeld.gateway.auth import BackendKeys, Key, Keys, new_key, read_keys
 from modeld.gateway.link import DaemonLink
 
 log = structlog.get_logger("modeld.gateway")
@@ -112,7 +112,13 @@ def run(argv: list[str] | None = None) -> int:
     parser.add_argument("--socket", type=Path, help="modeld's socket, overrides the config")
     parser.add_argument("--log-level", help="debug, info, warning or error")
     parser.add_argument("--version", action="version", version=f"modeld-gateway {__version__}")
+    parser.add_argument(
+        "--new-key", action="store_true", help="print a new random key for a key file and exit"
+    )
     args = parser.parse_args(argv)
+    if args.new_key:
+        print(new_key())
+        return 0
     try:
         config = load_config(args.config)
         read_keys(config.gateway, str(args.config))

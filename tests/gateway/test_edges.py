@@ -1,19 +1,26 @@
 """The gateway's smaller edges under a hostile caller: numbers that are digits only to
-Unicode, a switch body with no bounds, and a rebound page reading what is served
-without a key."""
+Unicode, a switch body with no bounds, a rebound page reading what is served without a
+key, and a key cut short."""
 
 from __future__ import annotations
 
 import asyncio
 import gzip
 import json
+import subprocess
+from pathlib import Path
 
 import aiohttp
+import pytest
 
+from modeld.core.errors import ConfigError
+from modeld.core.gateway_config import GatewayConfig
+from modeld.gateway.auth import Identity, Keys, Role, read_keys
 from tests.gateway.conftest import KEY, GatewayFactory
 from tests.gateway.test_openai import TWO
 from tests.gateway.test_team import bearer
 from tests.support import make_config
+from tests.support.processes import BIN
 
 
 async def test_digits_that_are_not_ascii_are_400_not_a_crash(
@@ -81,3 +88,20 @@ async def test_what_is_served_without_a_key_checks_the_host_on_a_keyed_gateway(
             assert answer.status == 200, path
     async with http.get(front.url + "/v1/models", headers={**foreign, **bearer(KEY)}) as keyed:
         assert keyed.status == 200
+
+
+def test_a_key_cut_short_is_refused_and_the_gateway_prints_a_good_one(tmp_path: Path) -> None:
+    """A key file line cut short (`alice sk-alice-b`) fails the file, naming the line (at
+    start a config error, on SIGHUP the keys in force stay: read_keys raises either
+    way); `modeld-gateway --new-key` prints a key that such a file takes."""
+    keys = tmp_path / "keys"
+    keys.write_text("alice sk-alice-b\n")
+    with pytest.raises(ConfigError, match=r"line 1 of .* is shorter than 24 characters"):
+        read_keys(GatewayConfig(inference_keys_file=keys))
+    printed = subprocess.run(
+        [BIN / "modeld-gateway", "--new-key"], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    assert printed.startswith("sk-") and len(printed) >= 40
+    keys.write_text(f"alice {printed}\n")
+    (alice,) = read_keys(GatewayConfig(inference_keys_file=keys))
+    assert Keys([alice]).identify(f"Bearer {printed}") == Identity(Role.INFERENCE, "alice")

@@ -36,7 +36,7 @@ async def test_every_endpoint_needs_a_key_when_keys_are_configured(
     """With keys (inline or from a file), inference, status, switch, events, metrics and
     health refuse a missing, malformed or wrong key with 401 and do nothing."""
     keys_file = tmp_path / "keys"
-    keys_file.write_text("# one per line\nsk-from-file-0123456789\n")
+    keys_file.write_text("# one per line\nsk-from-file-0123456789abcd\n")
     front = await fronted(make_config(TWO, [80]), api_keys=[KEY], api_keys_file=keys_file)
     calls = [
         ("POST", "/v1/chat/completions", CHAT),
@@ -56,7 +56,7 @@ async def test_every_endpoint_needs_a_key_when_keys_are_configured(
                 error = (await answer.json())["error"]  # the seed's shape, or OpenAI's
                 assert (error if isinstance(error, str) else error["code"]) == "unauthorized"
     assert front.runtime.starts("a") == 0
-    for key in (KEY, "sk-from-file-0123456789"):
+    for key in (KEY, "sk-from-file-0123456789abcd"):
         headers = {"Authorization": f"Bearer {key}"}
         async with http.get(front.url + "/v1/models", headers=headers) as answer:
             assert answer.status == 200
@@ -91,7 +91,7 @@ async def test_an_admin_reads_and_follows_a_backends_log_over_http(
     """`GET /v1/models/a/logs` gives the last lines as JSON; with `follow=true` they come
     as server-sent events until the backend ends (`event: end`). Inference keys are
     refused (a log may quote prompts); an unknown model is 404 before any stream."""
-    inference = "sk-inference-0123456789"
+    inference = "sk-inference-0123456789abcd"
     front = await fronted(make_config(TWO, [80]), api_keys=[KEY], inference_keys=[inference])
     await front.engine.models.switch("a")
     async with http.get(front.url + "/v1/models/a/logs?lines=5", headers=AUTH) as answer:

@@ -190,7 +190,7 @@ async def test_the_model_server_families_alone_need_no_key(
     front = await fronted(
         make_config(MODELS, [80]),
         api_keys=[f"ops {KEY}"],
-        inference_keys=["team sk-team-0123456789"],
+        inference_keys=["team sk-team-0123456789abcdefgh"],
         model_server_metrics_without_key=True,
     )
     await front.engine.models.switch("a")
@@ -207,7 +207,7 @@ async def test_the_model_server_families_alone_need_no_key(
     async with http.get(front.url + "/metrics", headers=admin) as full:
         text = await full.text()
     assert "vllm:lora_requests_info" in text and "modeld_gateway_requests_total" in text
-    for key, status in (("sk-wrong-0123456789", 401), ("sk-team-0123456789", 403)):
+    for key, status in (("sk-wrong-0123456789", 401), ("sk-team-0123456789abcdefgh", 403)):
         refused = {"Authorization": f"Bearer {key}"}
         async with http.get(front.url + "/metrics", headers=refused) as answer:
             assert answer.status == status

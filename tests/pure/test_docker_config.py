@@ -136,6 +136,6 @@ def test_a_gateway_open_beyond_loopback_without_keys_is_warned_of() -> None:
         return config_warnings(parse_config({"models": models, "gateway": gateway}))
 
     assert [w.split(":")[0] for w in warned({"listen": "0.0.0.0:8080"})] == ["gateway.listen"]
-    assert warned({"listen": "0.0.0.0:8080", "api_keys": ["sk-0123456789"]}) == []
+    assert warned({"listen": "0.0.0.0:8080", "api_keys": ["sk-0123456789abcdefghijklm"]}) == []
     assert warned({"listen": "127.0.0.1:8080"}) == []
     assert warned({}) == []
