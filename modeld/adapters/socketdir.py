@@ -24,6 +24,7 @@ import stat
 from collections import deque
 from pathlib import Path
 
+from modeld.core.config import ModelConfig
 from modeld.core.errors import ConfigError
 
 BACKEND_DIR_MODE = 0o2750
@@ -162,43 +163,85 @@ def clear_stale(fd: int, name: str, shown: Path) -> None:
     os.unlink(name, dir_fd=fd)
 
 
-def prepare_backend_socket(path: Path, group: str | None) -> None:
+def private_dir(path: Path) -> Path:
+    """Where a container binds its socket `path`: a directory of its own beside it,
+    mounted at `path`'s folder inside the container (so it sees no other backend's
+    socket); `path` itself is then a link into it."""
+    return path.parent / f".{path.name}.d"
+
+
+def prepare_backend_socket(model: ModelConfig, group: str | None) -> None:
     """The backend's socket directory made or checked (and the path to it), and any old
-    socket at `path` removed: what the daemon does before each start of a `unix:`
-    backend. The backend binds by path, which no other user can change once checked."""
+    socket at its path removed: what the daemon does before each start of a `unix:`
+    backend. The backend binds by path, which no other user can change once checked. A
+    container modeld makes gets a directory of its own (private_dir), with the socket's
+    path a link into it."""
+    path = model.socket_path
+    assert path is not None, "a unix: backend"
+    gid = group_id(group)
     fd = backend_dir(path.parent, group)
     try:
-        clear_stale(fd, path.name, path)
+        if not (model.runtime == "docker" and model.image is not None):
+            clear_stale(fd, path.name, path)
+            return
+        inner = private_dir(path)
+        own = _backend_subdir(fd, inner.name, inner, group, gid)
+        try:
+            clear_stale(own, path.name, path)
+        finally:
+            os.close(own)
+        _replace_link(fd, path.name, f"{inner.name}/{path.name}", path)
     finally:
         os.close(fd)
+
+
+def _replace_link(fd: int, name: str, target: str, shown: Path) -> None:
+    """`name` in the directory `fd` made a link to `target`, replacing a link or a socket
+    left there (anything else is refused)."""
+    with contextlib.suppress(FileNotFoundError):
+        info = os.stat(name, dir_fd=fd, follow_symlinks=False)
+        if not (stat.S_ISLNK(info.st_mode) or stat.S_ISSOCK(info.st_mode)):
+            raise ConfigError(
+                f"{shown} exists and is not a socket: refusing to start a backend there",
+                path=str(shown),
+            )
+        os.unlink(name, dir_fd=fd)
+    os.symlink(target, name, dir_fd=fd)
 
 
 def backend_dir(directory: Path, group: str | None) -> int:
     """Make `directory` for backends' sockets (owned by us, `group`, mode 2750), or check
     that an existing one is ours with no access for other users, the path to it checked
     as open_dir does; its descriptor (the caller closes it). ConfigError otherwise."""
-    gid = group_id(group)
-    purpose = "backend sockets"
-    parent = open_dir(directory.parent, purpose, make=True)
+    parent = open_dir(directory.parent, "backend sockets", make=True)
     try:
-        try:
-            os.mkdir(directory.name, 0o700, dir_fd=parent)
-        except FileExistsError:
-            made = False
-        else:
-            made = True
-        info = os.stat(directory.name, dir_fd=parent, follow_symlinks=False)
-        if not stat.S_ISDIR(info.st_mode):
-            raise _refuse(directory, purpose, directory, "is not a directory")
-        fd = os.open(directory.name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=parent)
+        return _backend_subdir(parent, directory.name, directory, group, group_id(group))
     finally:
         os.close(parent)
+
+
+def _backend_subdir(parent: int, name: str, shown: Path, group: str | None, gid: int | None) -> int:
+    """`name` in the directory `parent`, made for backends' sockets or checked as
+    backend_dir says; its descriptor."""
+    try:
+        os.mkdir(name, 0o700, dir_fd=parent)
+    except FileExistsError:
+        made = False
+    else:
+        made = True
+    info = os.stat(name, dir_fd=parent, follow_symlinks=False)
+    if not stat.S_ISDIR(info.st_mode):
+        raise ConfigError(
+            f"{shown} (backend sockets) is not a directory: refusing to use it",
+            directory=str(shown),
+        )
+    fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=parent)
     try:
         if made:
             if gid is not None:
                 os.fchown(fd, -1, gid)
             os.fchmod(fd, BACKEND_DIR_MODE)
-        _check_backend_dir(os.fstat(fd), directory, group, gid)
+        _check_backend_dir(os.fstat(fd), shown, group, gid)
         return fd
     except BaseException:
         os.close(fd)

@@ -197,11 +197,11 @@ class Lifecycle:
         if record.begin_start():
             self.learning.config_changed(record)
         try:
-            if (sock := record.config.socket_path) is not None:
+            if record.config.socket_path is not None:
                 # Made (or checked) before the backend binds there: only the gateway's
                 # group may reach it.
                 await asyncio.to_thread(
-                    prepare_backend_socket, sock, self.config.daemon.socket_group
+                    prepare_backend_socket, record.config, self.config.daemon.socket_group
                 )
             record.started(await self.runtime(record).start(record.config))
         except ModeldError as exc:

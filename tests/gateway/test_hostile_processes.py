@@ -23,6 +23,7 @@ import aiohttp
 import pytest
 
 from modeld.adapters.socketdir import prepare_backend_socket
+from modeld.core.config import ModelConfig
 from modeld.core.errors import ConfigError
 from modeld.testing.ports import wait_until
 from tests.support.processes import BIN, SEED_KEY, curl, running_demo
@@ -353,11 +354,13 @@ def test_backend_sockets_are_not_made_through_a_link_another_user_owns(tmp_path:
     """A backend's socket directory through nobody's link is refused, naming the link,
     and nothing is made; through a link root owns (as /var/run is), it is made."""
     link, roots = _a_link_another_user_owns(tmp_path)
+    endpoint = f"unix:{link / 'backends' / 'm.sock'}"
+    model = ModelConfig(runtime="process", command=["true"], endpoint=endpoint)
     with pytest.raises(ConfigError, match=f"{link} is a symbolic link owned by uid 65534"):
-        prepare_backend_socket(link / "backends" / "m.sock", None)
+        prepare_backend_socket(model, None)
     assert list(roots.iterdir()) == []
     os.lchown(link, 0, 0)
-    prepare_backend_socket(link / "backends" / "m.sock", None)
+    prepare_backend_socket(model, None)
     assert oct((roots / "backends").stat().st_mode & 0o7777) == oct(0o2750)
 
 

@@ -530,3 +530,37 @@ async def test_follow_a_containers_log_until_it_stops(
 
 async def _rest(lines: AsyncIterator[str]) -> list[str]:
     return [line async for line in lines]
+
+
+async def test_a_container_sees_only_its_own_socket(
+    image: str, prefix: str, daemon: DaemonFactory, tmp_path: Path
+) -> None:
+    """Two containers whose backends bind Unix sockets in one folder: each sees, in that
+    folder, only a directory of its own (never the other's socket), and what it binds at
+    its socket's path is what the host reaches at that path."""
+    folder = tmp_path / "backends"
+    tables = {}
+    for name in ("a", "b"):
+        table = docker_model(image, prefix, name, 10)
+        table["endpoint"] = f"unix:{folder / name}.sock"
+        # Stands in for vLLM's --uds: makes its socket's file, then lists what it sees.
+        table["command"] = [
+            "/bin/sh",
+            "-c",
+            f"touch {folder}/{name}.sock; ls -A {folder} > {folder}/seen; sleep 60",
+        ]
+        tables[name] = table
+    engine, _ = await daemon(docker_config(tables, [40]))
+    for name in tables:
+        await engine.models.start(name, wait=False)
+
+    async def listed() -> bool:
+        return all((folder / f".{name}.sock.d" / "seen").exists() for name in tables)
+
+    await eventually(listed)
+    for name, other in (("a", "b"), ("b", "a")):
+        seen = (folder / f".{name}.sock.d" / "seen").read_text().split()
+        assert seen == [f"{name}.sock", "seen"], seen
+        assert not any(other in entry for entry in seen)
+        assert (folder / f"{name}.sock").resolve() == folder / f".{name}.sock.d" / f"{name}.sock"
+        assert (folder / f"{name}.sock").exists()

@@ -139,3 +139,16 @@ def test_a_gateway_open_beyond_loopback_without_keys_is_warned_of() -> None:
     assert warned({"listen": "0.0.0.0:8080", "api_keys": ["sk-0123456789abcdefghijklm"]}) == []
     assert warned({"listen": "127.0.0.1:8080"}) == []
     assert warned({}) == []
+
+
+def test_a_container_on_a_unix_socket_mounts_only_a_directory_of_its_own() -> None:
+    """A backend on a Unix socket gets a directory of its own beside its socket, mounted
+    where the socket's folder is inside the container: never the shared folder."""
+    model = ModelConfig(
+        name="chat",
+        image="vllm/vllm-openai:latest",
+        command=["--uds", "/run/modeld/backends/chat.sock"],
+        endpoint="unix:/run/modeld/backends/chat.sock",
+    )
+    binds = container_config(model, model.launch_env)["HostConfig"]["Binds"]
+    assert binds == ["/run/modeld/backends/.chat.sock.d:/run/modeld/backends"]

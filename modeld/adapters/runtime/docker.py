@@ -22,6 +22,7 @@ from modeld.adapters.backendkeys import (
     prepare_cache,
 )
 from modeld.adapters.runtime.base import LOG_LINES, MAX_LINE_CHARS, BackendState, BackendStatus
+from modeld.adapters.socketdir import private_dir
 from modeld.core.config import ModelConfig
 from modeld.core.errors import (
     LoadFailed,
@@ -65,9 +66,10 @@ def container_config(model: ModelConfig, env: Mapping[str, str]) -> dict[str, An
     if model.vllm_cache_dir is not None:
         binds.append(f"{model.vllm_cache_dir}:{CONTAINER_VLLM_CACHE}")
     if model.socket_path is not None:
-        # vLLM binds its --uds socket where the daemon and the gateway look for it.
-        folder = model.socket_path.parent
-        binds.append(f"{folder}:{folder}")
+        # vLLM binds its --uds socket in a directory of its own, seen inside the container
+        # where the socket's folder is: it sees no other backend's socket. The socket's
+        # path on the host is a link into that directory (socketdir.prepare_backend_socket).
+        binds.append(f"{private_dir(model.socket_path)}:{model.socket_path.parent}")
     host: dict[str, Any] = {"Binds": binds, "PortBindings": bindings}
     if model.network_mode:
         host["NetworkMode"] = model.network_mode
