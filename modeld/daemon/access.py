@@ -1,7 +1,9 @@
-"""Who is calling (SO_PEERCRED) and whether they may change anything."""
+"""Who is calling (SO_PEERCRED, SO_PEERGROUPS) and whether they may change anything."""
 
 from __future__ import annotations
 
+import array
+import errno
 import grp
 import socket
 import struct
@@ -30,8 +32,33 @@ class Caller:
         }
 
 
+# Linux's SO_PEERGROUPS (4.13 and later; not named by Python 3.11's socket module): the
+# peer's supplementary groups as they were when it connected.
+SO_PEERGROUPS = getattr(socket, "SO_PEERGROUPS", 59)
+# The most groups a process may have (NGROUPS_MAX), as gid_t.
+MAX_GROUP_BYTES = 65536 * 4
+
+
+def _peer_groups(sock: socket.socket) -> frozenset[int] | None:
+    """The peer's supplementary groups as the kernel recorded them at connect(); None
+    where the kernel does not say (before Linux 4.13)."""
+    size = 64 * 4
+    while True:
+        try:
+            raw = sock.getsockopt(socket.SOL_SOCKET, SO_PEERGROUPS, size)
+        except OSError as exc:
+            if exc.errno == errno.ERANGE and size < MAX_GROUP_BYTES:
+                size = MAX_GROUP_BYTES  # more groups than asked room for
+                continue
+            return None
+        groups = array.array("I")
+        groups.frombytes(raw[: len(raw) - len(raw) % groups.itemsize])
+        return frozenset(groups)
+
+
 def _supplementary_groups(pid: int) -> frozenset[int]:
-    """The caller's supplementary groups from /proc (SO_PEERCRED gives only the primary)."""
+    """The caller's supplementary groups from /proc, where SO_PEERGROUPS is not there
+    (read now: a PID that was reused names another process)."""
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
             if line.startswith("Groups:"):
@@ -50,7 +77,10 @@ def peer_credentials(sock: socket.socket | None) -> Caller:
     except OSError:
         return Caller()
     pid, uid, gid = struct.unpack("3i", raw)
-    return Caller(pid, uid, gid, _supplementary_groups(pid) | {gid})
+    groups = _peer_groups(sock)
+    if groups is None:
+        groups = _supplementary_groups(pid)
+    return Caller(pid, uid, gid, groups | {gid})
 
 
 class AccessPolicy:

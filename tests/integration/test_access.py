@@ -16,7 +16,7 @@ import pytest
 from modeld.cli.client import Client, DaemonUnreachable
 from modeld.core.config import parse_config
 from modeld.core.errors import ConfigError
-from modeld.daemon.access import AccessPolicy, Caller
+from modeld.daemon.access import AccessPolicy, Caller, peer_credentials
 from modeld.daemon.server import RpcServer
 from tests.support import EngineFactory, eventually, make_config
 
@@ -130,6 +130,33 @@ async def test_allowed_group_may_change(serve: ServerFactory) -> None:
     path = await serve(AccessPolicy(allow_groups=["nogroup"]))
     switched = await as_nobody(path, "switch", model="alpha")
     assert switched["result"]["state"] == "running"
+
+
+def test_a_callers_groups_are_those_it_connected_with() -> None:
+    """The groups that count are the kernel's record of the peer at connect time
+    (SO_PEERGROUPS), not what /proc says of its PID later (a PID can be reused, and a
+    process can change its groups): a peer that connected in nogroup and then left it
+    is still in nogroup for this connection; one that joined it after connecting is
+    not."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to change a process's groups")
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.setgroups([NOGROUP])
+            left, _ = socket.socketpair()
+            os.setgroups([1234])
+            joined, _ = socket.socketpair()
+            os.setgroups([NOGROUP])
+            seen = [sorted(peer_credentials(sock).groups) for sock in (left, joined)]
+            os.write(write_end, json.dumps(seen).encode())
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    answer = b"".join(iter(lambda: os.read(read_end, 65536), b""))
+    os.waitpid(pid, 0)
+    assert json.loads(answer) == [[0, NOGROUP], [0, 1234]]
 
 
 PING = b'{"jsonrpc":"2.0","id":1,"method":"ping"}\n'
