@@ -28,6 +28,7 @@ from modeld.core.states import State
 from modeld.engine.leases import Leases
 from modeld.engine.lifecycle import Lifecycle
 from modeld.engine.model import Model
+from modeld.engine.room import staying, why_no_room
 
 
 def memory_info(life: Lifecycle, record: Model, plan: Plan) -> MemoryInfo:
@@ -138,6 +139,7 @@ async def preview_switch(
             return answer(
                 "refuse",
                 f"no room on GPU {no_room.device}: it needs {no_room.required_gb:.1f} GB, "
-                f"{no_room.total_available_gb:.1f} GB at most once every movable model is gone",
+                f"{no_room.total_available_gb:.1f} GB at most once every movable model is "
+                f"gone. {why_no_room(staying(life.records, no_room.blocked_by))}",
             )
     raise AssertionError(f"undecided: {decision!r}")

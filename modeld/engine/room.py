@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import structlog
@@ -152,14 +153,16 @@ class Room:
         log.info("switch.rolled_back", model=failed, restored=restored, not_restored=not_restored)
         return {"restored": restored, "not_restored": not_restored}
 
-    @staticmethod
-    def no_room(record: Model, plan: Infeasible) -> InsufficientMemory:
-        """No plan makes room: the refusal, with the planner's numbers."""
+    def no_room(self, record: Model, plan: Infeasible) -> InsufficientMemory:
+        """No plan makes room: the refusal, with the planner's numbers, which models stay
+        and why, and what the operator can do."""
+        kept = staying(self._life.records, plan.blocked_by)
         return InsufficientMemory(
             f"Cannot free enough GPU memory to load {record.name} on GPU {plan.device}. "
             f"Required: {plan.required_gb:.1f}GB, Available after unloading all models: "
-            f"{plan.total_available_gb:.1f}GB",
+            f"{plan.total_available_gb:.1f}GB. {why_no_room(kept)}",
             model=record.name,
+            staying=kept,
             device=plan.device,
             required_gb=round(plan.required_gb, 1),
             available_gb=round(plan.available_gb, 1),
@@ -167,6 +170,42 @@ class Room:
             total_available_gb=round(plan.total_available_gb, 1),
             pinned_blocking=list(plan.blocked_by),
         )
+
+
+# Why a model the planner may not move stays, and what would let it go.
+STAYS = {
+    "pinned": "set pinned = false in its table and run modelctl reload",
+    "loading": "wait for its load to end",
+    "serving requests": "wait for its requests to end, or switch with force",
+}
+
+
+def staying(records: Mapping[str, Model], names: Iterable[str]) -> dict[str, str]:
+    """Why each of `names` (the models a plan may not move) stays: pinned, loading, or
+    serving requests."""
+    reasons = {}
+    for name in names:
+        record = records[name]
+        if record.config.pinned:
+            reasons[name] = "pinned"
+        elif record.state is State.LOADING:
+            reasons[name] = "loading"
+        else:
+            reasons[name] = "serving requests"
+    return reasons
+
+
+def why_no_room(kept: Mapping[str, str]) -> str:
+    """A sentence: who stays and why, and what the operator can do; or, when no model
+    is in the way, that the rest is held outside modeld or the GPU is too small."""
+    if not kept:
+        return (
+            "No model is in the way: the rest is held by processes outside modeld, or the "
+            "GPU is too small for it."
+        )
+    named = ", ".join(f"{name} ({why})" for name, why in kept.items())
+    todo = "; ".join(f"for {name}, {STAYS[why]}" for name, why in kept.items())
+    return f"Staying: {named}. To make room: {todo}."
 
 
 def left(deadline: float | None) -> float | None:

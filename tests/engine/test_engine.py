@@ -93,9 +93,35 @@ async def test_insufficient_memory_changes_nothing(engines: EngineFactory) -> No
         "freed_gb": 30.0,
         "total_available_gb": 60.0,
         "pinned_blocking": [],
+        "staying": {},
     }
+    assert "No model is in the way: the rest is held by processes outside modeld" in str(
+        caught.value
+    )
     assert state_of(engine, "alpha") is State.RUNNING
     assert runtime.events == [("start", "alpha")]
+
+
+async def test_a_refusal_names_who_stays_and_why_and_what_to_do(engines: EngineFactory) -> None:
+    """A switch refused because the models in the way may not move says which stay and
+    why (pinned) and what the operator can do about each; the dry run says the same. (A
+    loading or busy model in the way is waited for, not a refusal.)"""
+    models = {
+        "chat": {"gpu_memory_gb": 40, "pinned": True},
+        "coder": {"gpu_memory_gb": 30, "pinned": True},
+        "big": {"gpu_memory_gb": 50},
+    }
+    engine, _, _ = await engines(make_config(models, [80]))
+    await engine.models.switch("chat")
+    await engine.models.switch("coder")
+    with pytest.raises(InsufficientMemory) as caught:
+        await engine.models.switch("big")
+    assert caught.value.data["staying"] == {"chat": "pinned", "coder": "pinned"}
+    said = str(caught.value)
+    assert "Staying: chat (pinned), coder (pinned)." in said
+    assert "for chat, set pinned = false in its table and run modelctl reload" in said
+    plan = await engine.models.plan("big")
+    assert plan.action == "refuse" and "Staying: chat (pinned), coder (pinned)." in plan.message
 
 
 async def test_a_model_that_can_never_fit_stops_the_daemon_at_start(
