@@ -50,6 +50,7 @@ STATUS: dict[str, int] = {
     "upstream_unreachable": 502,
     "upstream_unauthorized": 502,
     "upstream_error": 502,
+    "upstream_cut": 502,
     "daemon_unreachable": 503,
     "queue_full": 503,
     "bodies_full": 503,

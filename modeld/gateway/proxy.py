@@ -63,6 +63,10 @@ RETURNED = ("Content-Type", "Content-Encoding", "X-Request-Id")
 ANSWERED: web.RequestKey[int] = web.RequestKey("answered", int)
 # Set on a request that asks for a streamed answer (`"stream": true`).
 STREAMED: web.RequestKey[bool] = web.RequestKey("streamed", bool)
+# Set on a request whose answer began as a 200 but failed on the way (an error event
+# after the headers, or an upstream that broke off): what it really came to, for the
+# log, the metrics and /v1/requests.
+FAILED: web.RequestKey[GatewayError] = web.RequestKey("failed", GatewayError)
 # The metric label of a request for a name that is not configured.
 UNKNOWN = "unknown"
 # A refusal for a spent load budget is answered after this long (at most its
@@ -182,6 +186,7 @@ class Proxy:
         self._in_flight += 1
         self._metrics.in_flight.inc()
         label: str | None = None
+        failed: GatewayError | None = None
         status, started = 500, time.monotonic()
         # The body's bytes, counted from the first one read until the lease is granted.
         holding = Hold(self.waiting_bytes, caller)
@@ -204,7 +209,7 @@ class Proxy:
             status = response.status
             return response
         except GatewayError as exc:
-            status = exc.status
+            status, failed = exc.status, exc
             raise
         except ClientGone as gone:
             status = self._hung_up(request)
@@ -214,6 +219,10 @@ class Proxy:
             raise
         finally:
             holding.release()
+            if (broke := request.get(FAILED)) is not None:
+                # Its headers said 200 (and the gateway dropped the connection on a cut):
+                # what it came to is the failure's, not a 200 or a hang-up.
+                status, failed = broke.status, broke
             self._in_flight -= 1
             if counted:
                 self._per_key[caller.name] -= 1
@@ -226,6 +235,8 @@ class Proxy:
                 self.recent.append(
                     {"at": time.time(), "model": label, "path": request.path}
                     | {"status": status, "seconds": seconds, "key": caller.name}
+                    | {"error": failed.kind if failed is not None else None}
+                    | {"streamed": bool(request.get(STREAMED))}
                 )
             # The access log (never the body, never the key; a name cut short).
             log.info(
@@ -233,6 +244,7 @@ class Proxy:
                 model=cut(asked) if label is not None else None,
                 path=request.path,
                 status=status,
+                error=failed.kind if failed is not None else None,
                 seconds=round(time.monotonic() - started, 4),
                 key=caller.name,
                 peer=request.remote,
@@ -244,6 +256,9 @@ class Proxy:
         answered: int | None = request.get(ANSWERED)
         if answered is not None:
             return answered
+        broke: GatewayError | None = request.get(FAILED)
+        if broke is not None:
+            return broke.status  # the gateway dropped the connection, not the client
         self._metrics.hangups.inc()
         return 499
 
@@ -334,6 +349,7 @@ class Proxy:
             if feedback is None or feedback.response is None:
                 raise
             await feedback.stop()
+            request[FAILED] = exc  # its headers said 200: the error event says otherwise
             return await feedback.fail(exc)
         finally:
             place.release()
@@ -418,6 +434,9 @@ class Proxy:
             # Cut off mid-answer: the client must see the answer end abruptly, not as if
             # it were complete, so the connection is dropped rather than finished.
             log.warning("gateway.upstream_cut", model=model, reason=str(exc) or type(exc).__name__)
+            request[FAILED] = GatewayError(
+                "upstream_cut", f"{model}: its backend broke off the answer", model=model
+            )
             if request.transport is not None:
                 request.transport.abort()
             return response

@@ -80,6 +80,9 @@ class FakeVllm:
         self.wake_fails = wake_fails
         self.request_seconds = request_seconds
         self.token_seconds = token_seconds
+        # Set: a streamed answer breaks off after this many tokens, its connection
+        # dropped, as when vLLM's engine dies mid-answer.
+        self.cut_after_tokens: int | None = None
         # Set while awake: completions sent while asleep wait for it.
         self._awake = asyncio.Event()
         self._awake.set()
@@ -213,7 +216,10 @@ class FakeVllm:
         await asyncio.sleep(self.request_seconds)
         if chat:
             await send(None, None, first=True)
-        for token in tokens:
+        for sent, token in enumerate(tokens):
+            if sent == self.cut_after_tokens and request.transport is not None:
+                request.transport.abort()
+                return response
             await send(token, None)
             self._exported.generated.inc()
             if self.token_seconds:

@@ -16,10 +16,11 @@ import pytest
 from modeld.core.errors import ConfigError
 from modeld.core.gateway_config import GatewayConfig
 from modeld.gateway.auth import Identity, Keys, Role, read_keys
+from modeld.testing.fakes import Behaviour
 from tests.gateway.conftest import KEY, GatewayFactory
 from tests.gateway.test_openai import TWO
 from tests.gateway.test_team import bearer
-from tests.support import make_config
+from tests.support import eventually, make_config
 from tests.support.processes import BIN
 
 
@@ -105,3 +106,42 @@ def test_a_key_cut_short_is_refused_and_the_gateway_prints_a_good_one(tmp_path: 
     keys.write_text(f"alice {printed}\n")
     (alice,) = read_keys(GatewayConfig(inference_keys_file=keys))
     assert Keys([alice]).identify(f"Bearer {printed}") == Identity(Role.INFERENCE, "alice")
+
+
+async def _latest(http: aiohttp.ClientSession, url: str) -> dict[str, object]:
+    async with http.get(url + "/v1/requests", headers=bearer(KEY)) as answer:
+        entries: list[dict[str, object]] = (await answer.json())["requests"]
+    return entries[-1]
+
+
+async def test_a_stream_that_failed_is_recorded_as_failed_not_200(
+    fronted: GatewayFactory, http: aiohttp.ClientSession
+) -> None:
+    """Two streams whose headers said 200: one whose model's load failed (an error event
+    after the headers) and one whose backend died mid-answer. Each is recorded with its
+    real outcome in /v1/requests (and the log and metrics): its error's status and code,
+    never 200."""
+    front = await fronted(make_config(TWO, [80]), api_keys=[KEY])
+    front.runtime.behaviour["b"] = Behaviour(load_seconds=0.5, exit_code=1)
+    body = {"model": "b", "prompt": "hi", "max_tokens": 2, "stream": True}
+    url = front.url + "/v1/completions"
+    async with http.post(url, json=body, headers=bearer(KEY)) as answer:
+        assert answer.status == 200
+        assert b'"code": "load_failed"' in await answer.read()
+    latest = await _latest(http, front.url)
+    assert (latest["status"], latest["error"], latest["streamed"]) == (503, "load_failed", True)
+
+    await front.engine.models.switch("a")
+    front.runtime.server("a").cut_after_tokens = 3
+    body = {"model": "a", "prompt": "hi", "max_tokens": 50, "stream": True}
+    async with http.post(url, json=body, headers=bearer(KEY)) as answer:
+        assert answer.status == 200
+        with pytest.raises(aiohttp.ClientPayloadError):
+            await answer.read()  # it ends abruptly, not as if complete
+
+    async def recorded() -> bool:
+        return (await _latest(http, front.url))["model"] == "a"
+
+    await eventually(recorded)
+    latest = await _latest(http, front.url)
+    assert (latest["status"], latest["error"]) == (502, "upstream_cut")

@@ -477,5 +477,14 @@ async def test_admins_see_the_latest_requests_without_their_bodies(
         ("a", 200, "alice"),
         ("unknown", 404, "bob"),
     ]
-    assert set(listed[0]) == {"at", "model", "path", "status", "seconds", "key"}
+    assert set(listed[0]) == {
+        "at",
+        "model",
+        "path",
+        "status",
+        "seconds",
+        "key",
+        "error",
+        "streamed",
+    }
     assert "secret" not in json.dumps(listed) and "hi" not in json.dumps(listed)
