@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -9,6 +11,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+from playwright.async_api import Browser, async_playwright, expect
 
 from modeld.adapters.backendkeys import backend_keys
 from modeld.core.config import Config, DaemonConfig
@@ -23,6 +26,7 @@ from modeld.testing.ports import free_port
 from tests.support import EngineFactory, ServeFactory
 
 KEY = "sk-test-0123456789abcdef"
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
 @dataclass
@@ -119,3 +123,20 @@ async def http() -> AsyncIterator[aiohttp.ClientSession]:
     """A plain HTTP client."""
     async with aiohttp.ClientSession() as session:
         yield session
+
+
+@pytest.fixture
+async def browser() -> AsyncIterator[Browser]:
+    """Debian's chromium, headless."""
+    if CHROMIUM is None:
+        if os.environ.get("MODELD_REQUIRE_BROWSER"):
+            pytest.fail("chromium is required here (apt-get install chromium)")
+        pytest.skip("no chromium (apt-get install chromium)")
+    # Generous on a loaded 2-core CI machine: a check passes as soon as it holds.
+    expect.set_options(timeout=15_000)
+    async with async_playwright() as playwright:
+        launched = await playwright.chromium.launch(
+            executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"]
+        )
+        yield launched
+        await launched.close()

@@ -6,21 +6,18 @@ from __future__ import annotations
 import asyncio
 import os
 import re
-import shutil
 import sys
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
 import pytest
-from playwright.async_api import Browser, Locator, Page, async_playwright, expect
+from playwright.async_api import Browser, Locator, Page, expect
 
 from modeld.core.errors import LoadFailed
 from modeld.testing.fakes import Behaviour
 from tests.gateway.conftest import KEY, Fronted, GatewayFactory
 from tests.support import eventually, make_config
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 # Like the demo: two that fit together, and a large one that needs one of them gone.
 MODELS = {
     "chat": {"gpu_memory_gb": 30, "description": "Chat model", "load_time_seconds": 2},
@@ -33,23 +30,6 @@ MODELS = {
 EXTERNAL_GB = 5
 # Where the README's screenshot is written (set it to refresh docs/dashboard.png).
 SCREENSHOT = os.environ.get("MODELD_SCREENSHOT")
-
-
-@pytest.fixture
-async def browser() -> AsyncIterator[Browser]:
-    """Debian's chromium, headless."""
-    if CHROMIUM is None:
-        if os.environ.get("MODELD_REQUIRE_BROWSER"):
-            pytest.fail("chromium is required here (apt-get install chromium)")
-        pytest.skip("no chromium (apt-get install chromium)")
-    # Generous on a loaded 2-core CI machine: a check passes as soon as it holds.
-    expect.set_options(timeout=15_000)
-    async with async_playwright() as playwright:
-        launched = await playwright.chromium.launch(
-            executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"]
-        )
-        yield launched
-        await launched.close()
 
 
 async def open_page(browser: Browser, front: Fronted, key: str = KEY) -> Page:

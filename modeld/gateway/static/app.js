@@ -22,6 +22,10 @@ let plansAt = -Infinity;
 let history = [];
 let requests = null; // the gateway's latest requests (null: this key may not see them)
 let keyWanted = null; // resolves when the user saves a key
+// Set while the gateway says modeld does not answer it: {since, reason}. The tables
+// then show the last state known, marked as such, and every action is off.
+let daemonDown = null;
+let streaming = false; // whether the events stream is open now
 
 class Unauthorized extends Error {}
 
@@ -109,6 +113,26 @@ function setConnection(text) {
   $("#connection").textContent = text;
 }
 
+const clock = (date) => date.toLocaleTimeString();
+
+function modeldGone(reason) {
+  if (!daemonDown) daemonDown = { since: new Date(), reason };
+  else daemonDown.reason = reason || daemonDown.reason;
+  const where = `the gateway at ${location.host}`;
+  setConnection(`modeld unreachable since ${clock(daemonDown.since)}`);
+  notice(`modeld is not answering ${where} since ${clock(daemonDown.since)}: ${daemonDown.reason}\n` +
+    "The tables show the last state known; switching and stopping are off until it answers. " +
+    "This page fills in again by itself.", true);
+  render();
+}
+
+function modeldBack() {
+  if (!daemonDown) return;
+  daemonDown = null;
+  notice("", false);
+  setConnection(streaming ? "live" : "reconnecting…");
+}
+
 function notice(text, isError) {
   const box = $("#notice");
   box.textContent = text;
@@ -131,8 +155,13 @@ async function refresh() {
     do {
       refreshAgain = false;
       const response = await api("/v1/models/status");
-      if (!response.ok) throw new Error(`status: HTTP ${response.status}`);
+      if (!response.ok) {
+        const body = await response.json().catch(() => ({}));
+        if (body.error === "daemon_unreachable") modeldGone(body.message);
+        throw new Error(`status: HTTP ${response.status}`);
+      }
       status = await response.json();
+      modeldBack();
       render();
       await refreshPlans().catch(() => {});
     } while (refreshAgain);
@@ -222,6 +251,10 @@ function banner(event) {
 }
 
 function onEvent(event) {
+  if (event.type === "gateway.disconnected") {
+    modeldGone(event.reason || "its connection closed");
+    return;
+  }
   banner(event);
   if (event.type === "state") {
     if (event.to_state === "loading") {
@@ -261,28 +294,37 @@ async function eachMessage(response, onBlock) {
 async function followEvents() {
   let delay = 500;
   for (;;) {
+    // Each attempt's stream is closed on every way out: a browser keeps six connections
+    // to a host, and streams left open would take them all.
+    const attempt = new AbortController();
     try {
-      const response = await api("/events", { headers: { Accept: "text/event-stream" } });
+      const response = await api("/events", {
+        headers: { Accept: "text/event-stream" }, signal: attempt.signal,
+      });
       if (!response.ok || !response.body) throw new Error(`events: HTTP ${response.status}`);
-      setConnection("live");
-      delay = 500;
       await refresh();
+      setConnection("live");
+      streaming = true;
+      delay = 500;
       await eachMessage(response, (block) => {
         for (const line of block.split("\n")) {
           if (line.startsWith("data: ")) onEvent(JSON.parse(line.slice(6)));
         }
       });
-      setConnection("reconnecting…");
+      if (!daemonDown) setConnection("reconnecting…");
     } catch (error) {
       if (error instanceof Unauthorized) {
         setConnection("waiting for an API key");
         await keyWanted;
         continue;
       }
-      setConnection("reconnecting…");
+      if (!daemonDown) setConnection("reconnecting…");
+    } finally {
+      streaming = false;
+      attempt.abort();
     }
     await new Promise((resolve) => setTimeout(resolve, delay));
-    delay = Math.min(delay * 2, 10000);
+    delay = Math.min(delay * 2, 5000);
   }
 }
 
@@ -321,9 +363,14 @@ async function act(model, action) {
     if (!response.ok) {
       notice(`${action} ${model}: ${refusal(body)}`, true);
     } else if (action === "switch") {
-      const unloaded = body.unloaded_models && body.unloaded_models.length
-        ? ` (stopped ${body.unloaded_models.join(", ")})` : "";
-      notice(body.status === "already_loaded" ? `${model} is already running` : `${model} is running${unloaded}`, false);
+      // unloaded_models holds both; the words must match the table's.
+      const parked = body.parked_models || [];
+      const stopped = (body.unloaded_models || []).filter((name) => !parked.includes(name));
+      const moved = [
+        stopped.length ? `stopped ${stopped.join(", ")}` : "",
+        parked.length ? `parked ${parked.join(", ")}` : "",
+      ].filter(Boolean).join("; ");
+      notice(body.status === "already_loaded" ? `${model} is already running` : `${model} is running${moved ? ` (${moved})` : ""}`, false);
     } else {
       notice(`${model}: ${body.status}`, false);
     }
@@ -428,15 +475,18 @@ function renderModels() {
       (activity && activity.requests_per_s !== null
         ? ` · ${activity.requests_per_s.toFixed(1)} req/s · ${activity.tokens_per_s.toFixed(0)} tok/s`
         : "");
+    const plan = plans.get(name);
+    const doomed = plan && plan.action === "refuse" && state !== "running";
     const switchButton = el("button", {
-      type: "button", class: "primary", "data-action": "switch", "data-model": name,
-      disabled: state === "running" || busy.has(name), text: "Switch",
-      "aria-label": `Switch to ${name}`,
+      type: "button", class: doomed ? "doomed" : "primary", "data-action": "switch", "data-model": name,
+      disabled: state === "running" || busy.has(name) || Boolean(daemonDown), text: "Switch",
+      "aria-label": doomed ? `Switch to ${name} (would be refused now)` : `Switch to ${name}`,
     });
     switchButton.addEventListener("click", () => act(name, "switch"));
     const stopButton = el("button", {
       type: "button", "data-action": "stop", "data-model": name,
-      disabled: state === "stopped" || busy.has(name), text: "Stop", "aria-label": `Stop ${name}`,
+      disabled: state === "stopped" || busy.has(name) || Boolean(daemonDown), text: "Stop",
+      "aria-label": `Stop ${name}`,
     });
     stopButton.addEventListener("click", () => act(name, "stop"));
     const logsButton = el("button", {
@@ -444,13 +494,17 @@ function renderModels() {
       "aria-label": `Logs of ${name}`, class: state === "failed" ? "primary" : "",
     });
     logsButton.addEventListener("click", () => showLogs(name));
-    const plan = plans.get(name);
-    const planText = plan && state !== "running" && !busy.has(name)
-      ? el("small", { class: "note plan", "data-plan-for": name, text: `Switch: ${plan.message}` })
+    const planText = plan && state !== "running" && !busy.has(name) && !daemonDown
+      ? el("small", {
+        class: doomed ? "note plan refused" : "note plan", "data-plan-for": name,
+        text: doomed ? `Switch would be refused now: ${plan.message}` : `Switch: ${plan.message}`,
+      })
       : null;
     body.append(el("tr", { "data-model": name },
       el("td", { class: "name", "data-label": "Model" },
-        el("strong", { text: name }), el("small", { text: view.description || "" })),
+        el("strong", { text: name }),
+        view.pinned ? el("span", { class: "tag pinned", text: "pinned", title: "pinned in its config: never stopped or parked to make room" }) : null,
+        el("small", { text: view.description || "" })),
       stateCell,
       el("td", { "data-label": "Memory", text: memory }),
       el("td", { "data-label": "Health", text: view.health }),
@@ -471,7 +525,8 @@ function renderRequests() {
     list.append(el("li", { "data-model": r.model },
       el("time", { text: new Date(r.at * 1000).toLocaleTimeString() }), " ",
       el("strong", { text: r.model }),
-      ` ${r.path} → ${r.status} in ${Number(r.seconds).toFixed(2)} s (key ${r.key})`));
+      ` ${r.path} → ${r.status}${r.error ? ` ${r.error}` : ""}${r.streamed ? " (streamed)" : ""}` +
+      ` in ${Number(r.seconds).toFixed(2)} s (key ${r.key})`));
   }
   if (!requests.length) list.append(el("li", { class: "note", text: "none yet" }));
 }
@@ -552,6 +607,7 @@ function render() {
   const focused = document.activeElement;
   const focusKey = focused && focused.dataset && focused.dataset.model
     ? [focused.dataset.model, focused.dataset.action] : null;
+  $("main").classList.toggle("stale", Boolean(daemonDown));
   renderGpus();
   renderModels();
   renderRequests();
@@ -584,6 +640,7 @@ $("#logs-close").addEventListener("click", closeLogs);
 $("#logs-dialog").addEventListener("close", () => { if (following) following.abort(); });
 setInterval(tickProgress, STEPS);
 // Activity (requests and tokens per second) changes without an event: read it again.
-setInterval(() => { if (!document.hidden && status) refresh().catch(() => {}); }, 5000);
+// Also before the first answer: a page opened while modeld was down fills in by itself.
+setInterval(() => { if (!document.hidden) refresh().catch(() => {}); }, 5000);
 refresh().catch(() => {});
 followEvents();
