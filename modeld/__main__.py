@@ -15,7 +15,7 @@ from modeld.adapters.store import Learned, Store
 from modeld.core.config import Config, load_config
 from modeld.core.config_checks import never_fits
 from modeld.core.errors import ConfigError, ModeldError
-from modeld.daemon.checkconfig import explain, schema
+from modeld.daemon.checkconfig import explain, problems, schema
 from modeld.daemon.logs import configure_logging
 
 # sysexits.h: systemd and operators can tell a bad config from a missing GPU or a crash.
@@ -65,10 +65,12 @@ def run(argv: list[str] | None = None) -> int:
         print(f"{args.config}: valid")
         for line in explain(config, totals, _learned(config)):
             print(line)
-        if problems := never_fits(config.models, totals or {}):
-            # Valid TOML, but the daemon would refuse it at start: say so, and fail.
-            for problem in problems:
-                print(f"modeld: {args.config}: {problem}", file=sys.stderr)
+        found = [f"{args.config}: {p}" for p in never_fits(config.models, totals or {})]
+        found += problems(config, str(args.config))
+        if found:
+            # Valid TOML, but it would fail once run: say so, and fail.
+            for problem in found:
+                print(f"modeld: {problem}", file=sys.stderr)
             return EXIT_CONFIG
         return 0
     configure_logging(args.log_level or config.daemon.log_level)

@@ -5,9 +5,12 @@ editors that validate TOML with one."""
 from __future__ import annotations
 
 import json
+import os
+import shutil
 from collections.abc import Mapping
 
 from modeld.adapters.backendkeys import read_backend_key
+from modeld.adapters.gatewaykeys import read_keys
 from modeld.adapters.store import Learned, learned_peak
 from modeld.core.config import Config
 from modeld.core.config_checks import config_warnings
@@ -68,6 +71,15 @@ def explain(config: Config, totals: Mapping[int, float] | None, learned: Learned
     gateway = config.gateway
     lines.append(f"gateway (modeld-gateway): listens on {gateway.listen}; " + _keys(gateway))
     lines += [f"warning: {w}" for w in config_warnings(config)]
+    for name, model in config.models.items():
+        unsized = model.gpu_memory_gb is None and model.gpu_memory_utilization is None
+        if unsized and model.size_gb == 0:
+            lines.append(
+                f"warning: models.{name}: no memory figure (gpu_memory_gb, "
+                "gpu_memory_utilization or size_gb): modeld assumes it needs 0.0 GB, so it "
+                "may start it beside models it cannot fit with until a first load measures "
+                "it (vLLM itself takes 90% of each device by default)"
+            )
     for model in config.models.values():
         try:
             read_backend_key(model)
@@ -75,6 +87,34 @@ def explain(config: Config, totals: Mapping[int, float] | None, learned: Learned
             # Read as whoever runs check-config: the daemon and the gateway must be able to.
             lines.append(f"warning: {exc.message.removeprefix('<config>: ')}")
     return lines
+
+
+def problems(config: Config, source: str = "<config>") -> list[str]:
+    """What is valid TOML but would fail once run, one sentence each: a gateway key file
+    missing, empty or holding a key cut short (the gateway would not start), a process
+    backend's program that is not there (its start would fail)."""
+    found = []
+    try:
+        read_keys(config.gateway, source)
+    except ConfigError as exc:
+        # Unreadable for whoever runs check-config is not unreadable for the gateway.
+        if "Permission denied" not in exc.message:
+            found.append(exc.message)
+    for name, model in config.models.items():
+        if model.runtime != "process" or not model.command:
+            continue
+        program = model.command[0]
+        if "/" in program:
+            there = os.access(program, os.X_OK) and not os.path.isdir(program)
+        else:
+            there = shutil.which(program) is not None
+        if not there:
+            found.append(
+                f"{source}: models.{name}.command: {program!r} is not "
+                + ("an executable file" if "/" in program else "found on PATH")
+                + ": its start would fail (give the program's full path)"
+            )
+    return found
 
 
 def _keys(gateway: GatewayConfig) -> str:

@@ -14,6 +14,7 @@ import structlog
 
 from modeld import __version__
 from modeld.adapters.backendkeys import backend_keys
+from modeld.adapters.gatewaykeys import Key, new_key, read_keys
 from modeld.core.addresses import is_loopback, split_host_port
 from modeld.core.config import Config, load_config
 from modeld.core.errors import ConfigError
@@ -21,7 +22,7 @@ from modeld.daemon.logs import configure_logging
 from modeld.daemon.sdnotify import Notifier
 from modeld.daemon.signals import stop_and_reload
 from modeld.gateway.app import Gateway, GatewayServer
-from modeld.gateway.auth import BackendKeys, Key, Keys, new_key, read_keys
+from modeld.gateway.auth import BackendKeys, Keys
 from modeld.gateway.link import DaemonLink
 
 log = structlog.get_logger("modeld.gateway")

@@ -12,10 +12,11 @@ import aiohttp
 import pytest
 from yarl import URL
 
+from modeld.adapters.gatewaykeys import Role, read_keys
 from modeld.core.errors import ConfigError
 from modeld.core.gateway_config import GatewayConfig
 from modeld.core.states import State
-from modeld.gateway.auth import Keys, Role, read_keys
+from modeld.gateway.auth import Keys
 from modeld.testing.fakes import Behaviour
 from tests.gateway.conftest import KEY, GatewayFactory
 from tests.gateway.test_openai import TWO

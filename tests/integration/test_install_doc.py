@@ -54,7 +54,7 @@ def test_the_install_steps_build_a_config_modeld_accepts(tmp_path: Path) -> None
     are where systemctl is told to enable them."""
     scratch = tmp_path / "root"
     (scratch / "opt/modeld/bin").mkdir(parents=True)
-    for tool in ("modeld", "modelctl"):
+    for tool in ("modeld", "modelctl", "modeld-gateway"):
         (scratch / "opt/modeld/bin" / tool).symlink_to(BIN / tool)
     (scratch / "opt/modeld/bin/pip").write_text("#!/bin/sh\nexit 0\n")
     (scratch / "opt/modeld/bin/pip").chmod(0o755)
@@ -66,7 +66,11 @@ def test_the_install_steps_build_a_config_modeld_accepts(tmp_path: Path) -> None
         f'#!/bin/sh\necho modelctl "$@" >> "{scratch}/calls"\n'
     )
     (scratch / "opt/modeld/bin/modelctl").chmod(0o755)
-    env = {**os.environ, "SCRATCH": str(scratch), "EDITOR": "true", "SUDO_USER": "operator"}
+    # The operator's edit: the config's own paths (the key file it names) into the scratch root.
+    editor = tmp_path / "editor"
+    editor.write_text(f'#!/bin/sh\nsed -i "s#/etc/modeld/#{scratch}/etc/modeld/#g" "$1"\n')
+    editor.chmod(0o755)
+    env = {**os.environ, "SCRATCH": str(scratch), "EDITOR": str(editor), "SUDO_USER": "operator"}
     result = subprocess.run(
         ["bash", "-c", STAND_INS + install_block()],
         cwd=ROOT,

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from modeld.adapters.gatewaykeys import new_key
 from modeld.core.config import load_config, parse_config
 from modeld.core.errors import ConfigError
 from modeld.daemon.checkconfig import schema
@@ -125,11 +126,16 @@ def test_daemon_says_clearly_when_nvml_cannot_load(tmp_path: Path) -> None:
     assert not (tmp_path / "s.sock").exists()
 
 
-def test_check_config_explains_the_seed_models() -> None:
-    """`modeld check-config` on the seed's config: valid, each of the four models with
-    its runtime, need per device and source; exit 0; nothing started."""
+def test_check_config_explains_the_seed_models(tmp_path: Path) -> None:
+    """`modeld check-config` on the seed's config (its admin key file where a host would
+    have it, here in a folder of the test's): valid, each of the four models with its
+    runtime, need per device and source; exit 0; nothing started."""
+    keys = tmp_path / "api-keys"
+    keys.write_text(f"ops {new_key()}\n")
+    config = tmp_path / "seed.toml"
+    config.write_text((ROOT / SEED).read_text().replace("/etc/modeld/api-keys", str(keys)))
     result = subprocess.run(
-        [sys.executable, "-m", "modeld", "check-config", "--config", str(ROOT / SEED)],
+        [sys.executable, "-m", "modeld", "check-config", "--config", str(config)],
         capture_output=True,
         text=True,
         timeout=60,
@@ -150,9 +156,9 @@ def test_check_config_fails_a_model_that_can_never_fit(tmp_path: Path) -> None:
     path = tmp_path / "big.toml"
     path.write_text(
         '[gpu]\nbackend = "simulated"\ndevices_gb = [80]\n'
-        '[models.small]\nruntime = "process"\ncommand = ["x"]\nendpoint = "http://x:1"\n'
+        '[models.small]\nruntime = "process"\ncommand = ["true"]\nendpoint = "http://x:1"\n'
         "gpu_memory_gb = 20\n"
-        '[models.big]\nruntime = "process"\ncommand = ["x"]\nendpoint = "http://x:2"\n'
+        '[models.big]\nruntime = "process"\ncommand = ["true"]\nendpoint = "http://x:2"\n'
         "gpu_memory_gb = 90\n"
     )
     result = subprocess.run(
@@ -193,7 +199,8 @@ def test_check_config_names_a_backend_key_file_it_cannot_read(tmp_path: Path) ->
     key.write_text("backend-secret-1\n")
     models = (
         f'[models.a]\nendpoint = "http://x"\ncontainer = "c"\napi_key_file = "{key}"\n'
-        f'[models.b]\nendpoint = "http://y"\ncontainer = "d"\n'
+        "gpu_memory_gb = 10\n"
+        f'[models.b]\nendpoint = "http://y"\ncontainer = "d"\ngpu_memory_gb = 10\n'
         f'api_key_file = "{tmp_path / "absent.key"}"\n'
     )
     config = tmp_path / "modeld.toml"
@@ -359,3 +366,43 @@ def test_config_errors_say_where_and_what_was_meant(tmp_path: Path) -> None:
     # coder has no command: said at its table's header.
     assert "models.coder (line 13, column 1): " in message
     assert caught.value.data["fields"][:2] == ["gateway.api_key_file", "models.chat.sizegb"]
+
+
+def test_check_config_fails_what_would_fail_once_run(tmp_path: Path) -> None:
+    """check-config passes nothing that then fails: a gateway key file that is missing,
+    empty or holds a key cut short (the gateway would not start), a process command
+    whose program is not there (its start would fail): each named, exit 78. A model
+    with no memory figure at all is a warning saying what modeld will assume."""
+    empty = tmp_path / "keys"
+    empty.write_text("# none yet\n")
+    short = tmp_path / "short-keys"
+    short.write_text("alice sk-alice-b\n")
+    cases = {
+        f'api_keys_file = "{tmp_path / "absent"}"': f"cannot read {tmp_path / 'absent'}",
+        f'api_keys_file = "{empty}"': f"{empty} holds no key",
+        f'inference_keys_file = "{short}"': "is shorter than 24 characters",
+    }
+    for gateway, said in cases.items():
+        config = tmp_path / "modeld.toml"
+        config.write_text(
+            f"[gateway]\n{gateway}\n"
+            '[models.a]\nruntime = "process"\ncommand = ["no-such-program-here", "serve"]\n'
+            'endpoint = "http://127.0.0.1:9"\n'
+            '[models.b]\nruntime = "process"\ncommand = ["true"]\n'
+            'endpoint = "http://127.0.0.1:8"\ngpu_memory_gb = 10\n'
+        )
+        result = subprocess.run(
+            [sys.executable, "-m", "modeld", "check-config", "--config", str(config)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert result.returncode == 78, gateway
+        assert said in result.stderr, result.stderr
+        assert "models.a.command: 'no-such-program-here' is not found on PATH" in result.stderr
+        assert "models.b" not in result.stderr
+        assert (
+            "warning: models.a: no memory figure (gpu_memory_gb, gpu_memory_utilization or "
+            "size_gb): modeld assumes it needs 0.0 GB" in result.stdout
+        )
+        assert "warning: models.b" not in result.stdout
