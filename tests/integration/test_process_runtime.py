@@ -270,3 +270,42 @@ async def test_the_second_cold_start_reuses_the_kept_vllm_cache(tmp_path: Path) 
     assert any("compiling" in line for line in said[0])
     assert not any("compiling" in line for line in said[1])
     assert any("compile cache hit" in line for line in said[1])
+
+
+def test_a_reinstall_under_a_running_daemon_does_not_fail_the_next_start(tmp_path: Path) -> None:
+    """The package as installed (a copy of it), its runtime imported as a running daemon
+    has it; then its files go (pip removes them while it reinstalls): the next backend
+    start still runs under its reaper (before, "can't open file .../reaper.py")."""
+    import shutil
+    import subprocess
+
+    installed = tmp_path / "site-packages"
+    shutil.copytree(Path(__file__).resolve().parents[2] / "modeld", installed / "modeld")
+    script = f"""
+import asyncio, shutil, sys
+sys.path.insert(0, {str(installed)!r})
+from modeld.adapters.runtime.process import ProcessRuntime
+from tests.support import process_model
+shutil.rmtree({str(installed / "modeld")!r})  # a reinstall under way
+
+async def main():
+    model = process_model([sys.executable, "-c", "print('started'); exit(7)"])
+    runtime = ProcessRuntime()
+    try:
+        await runtime.start(model)
+        exited = await runtime.wait_exit(model)
+        print(exited.exit_code, await runtime.logs(model))
+    finally:
+        await runtime.close()
+
+asyncio.run(main())
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=Path(__file__).resolve().parents[2],
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[0] == "7 ['started']", done.stdout + done.stderr

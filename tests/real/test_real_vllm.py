@@ -316,7 +316,8 @@ def frozen_backend(cache_root: Path) -> list[int]:
             cmdline = (entry / "cmdline").read_bytes()
         except OSError:
             continue
-        if marker in environ and b"reaper.py" not in cmdline:
+        # The reaper runs its source with `python -c`: that source is in its command line.
+        if marker in environ and b"PR_SET_CHILD_SUBREAPER" not in cmdline:
             found.append(int(entry.name))
     for pid in found:
         os.kill(pid, signal.SIGSTOP)

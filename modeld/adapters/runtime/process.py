@@ -49,7 +49,10 @@ REAP_MARGIN_S = 5.0
 DRAIN_S = 2.0
 # The environment a backend gets from the daemon's own, besides its declared `env`.
 BASE_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "TZ")
-REAPER = str(Path(reaper.__file__).resolve())
+# The reaper's source, read once: a backend's start runs it with `python -c`, so a
+# reinstall of the package under a running daemon (its files gone for a moment, or
+# moved) never fails the next start.
+REAPER_SOURCE = Path(reaper.__file__).read_text()
 
 
 @dataclass
@@ -206,7 +209,8 @@ class ProcessRuntime:
                 sys.executable,
                 "-I",
                 "-S",
-                REAPER,
+                "-c",
+                REAPER_SOURCE,
                 str(os.getpid()),
                 str(model.stop_timeout_s),
                 "--",
