@@ -327,6 +327,8 @@ def build_parser() -> argparse.ArgumentParser:
         help='print the shell completion script: eval "$(modelctl completion bash)"',
     )
     completion.add_argument("shell", choices=["bash", "zsh", "fish"], nargs="?", default="bash")
+    # The global options after the command too (`modelctl ping --config FILE`); given
+    # there, they win; not given, the ones before the command stand.
     for command in sub.choices.values():
         command.add_argument(
             "--json",
@@ -334,6 +336,8 @@ def build_parser() -> argparse.ArgumentParser:
             default=argparse.SUPPRESS,
             help="print the raw JSON result",
         )
+        command.add_argument("--socket", type=Path, default=argparse.SUPPRESS, help="as above")
+        command.add_argument("--config", type=Path, default=argparse.SUPPRESS, help="as above")
     return parser
 
 
@@ -345,7 +349,8 @@ def run(argv: list[str] | None = None) -> int:
     if args.command == "completion":
         print(shellcode(["modelctl"], shell=args.shell), end="")
         return EXIT_OK
-    console = Console()
+    # Off a terminal (a pipe, a file) lines are never wrapped: a grep must find them whole.
+    console = Console(soft_wrap=not sys.stdout.isatty())
     try:
         return asyncio.run(_run(args, console))
     except DaemonUnreachable as exc:
@@ -363,7 +368,7 @@ def run(argv: list[str] | None = None) -> int:
                 )
             )
         else:
-            err = Console(stderr=True)
+            err = Console(stderr=True, soft_wrap=not sys.stderr.isatty())
             err.print(f"[red]modelctl: {escape(exc.message)}[/]", highlight=False)
             data = exc.data if isinstance(exc.data, dict) else {}
             for line in data.get("last_lines") or []:

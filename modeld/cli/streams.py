@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -25,7 +26,7 @@ async def _stay_connected(path: Path, what: str, session: Session) -> None:
     after answering (a restart), say so on stderr, reconnect once it answers again, say
     that, and run it again (told it is a reconnection); a daemon that never answered is
     exit 3 at once."""
-    err = Console(stderr=True)
+    err = Console(stderr=True, soft_wrap=not sys.stderr.isatty())
     connected = False
     while True:
         try:

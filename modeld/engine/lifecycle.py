@@ -28,6 +28,7 @@ from modeld.core.errors import (
     RuntimeUnavailable,
     UnknownModel,
 )
+from modeld.core.naming import not_found
 from modeld.core.states import Failure, State
 from modeld.engine.events import EventBus
 from modeld.engine.facts import LoadTask, Revision
@@ -121,9 +122,15 @@ class Lifecycle:
         record = self.records.get(self.canonical(name))
         if record is None or (managed and record.unmanaged):
             available = sorted(n for n, r in self.records.items() if not r.unmanaged)
-            why = " (removed from the config; it runs unmanaged until stopped)" if record else ""
+            if record is not None:
+                message = (
+                    f"Model '{name}' not found: it was removed from the config (it runs "
+                    "unmanaged until stopped)."
+                )
+            else:
+                message = not_found(name, available, self.config.aliases())
             raise UnknownModel(
-                f"Model '{name}' not found{why}. Available: {available}",
+                message,
                 model=name,
                 available=available,
             )

@@ -10,6 +10,7 @@ from typing import Any
 from aiohttp import web
 
 from modeld.cli.client import Client, DaemonUnreachable, RpcError
+from modeld.core.naming import not_found
 from modeld.core.redaction import without_backend_output
 from modeld.gateway.auth import identity
 from modeld.gateway.body import Bodies
@@ -214,7 +215,7 @@ class Admin:
         if name not in models:
             raise GatewayError(
                 "unknown_model",
-                f"Model '{name}' not found. Available: {sorted(models)}",
+                not_found(asked, models, self._link.aliases),
                 model=name,
                 available=sorted(models),
             )

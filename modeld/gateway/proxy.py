@@ -21,6 +21,7 @@ from aiohttp import web
 from yarl import URL
 
 from modeld.core.gateway_config import GatewayConfig
+from modeld.core.naming import not_found
 from modeld.gateway.auth import BackendKeys, Identity, Keys, identity
 from modeld.gateway.body import Bodies, Body
 from modeld.gateway.budget import LoadBudget
@@ -200,7 +201,7 @@ class Proxy:
             if known is not None and asked not in known:
                 raise GatewayError(
                     "unknown_model",
-                    f"Model '{asked}' not found. Available: {sorted(known)}",
+                    not_found(asked, known, self._link.aliases),
                     model=asked,
                     available=sorted(known),
                 )

@@ -97,9 +97,12 @@ def test_modelctl_against_the_daemon(demo_daemon: tuple[subprocess.Popen[str], P
     assert still["demo-coder"]["status"] == "running"
     assert still["demo-large"]["status"] == "stopped"
 
-    unknown = modelctl(socket, "switch", "nope")
+    unknown = modelctl(socket, "switch", "demo-chta")
     assert unknown.returncode == 1
-    assert "Available" in unknown.stderr
+    # One sentence, never wrapped off a terminal (a grep finds it whole).
+    assert "Did you mean demo-chat? The models: demo-chat, demo-coder and demo-large." in (
+        unknown.stderr
+    )
 
     daemon.send_signal(signal.SIGTERM)
     assert daemon.wait(timeout=30) == 0
@@ -304,3 +307,41 @@ def test_bash_completes_commands_options_and_the_daemons_models(
     )
     answers = [block.split() for block in done.stdout.split("--\n")[:-1]]
     assert answers == [["switch"], ["--follow"], ["demo-chat", "demo-coder"], ["demo-large"]]
+
+
+def test_piped_output_is_never_wrapped_and_options_go_after_the_command(tmp_path: Path) -> None:
+    """`modelctl logs` into a pipe prints a backend's 200-character line whole (a grep
+    finds it), and the global options work after the command as before it
+    (`modelctl ping --config FILE`, `modelctl logs M --socket S`)."""
+    socket = tmp_path / "modeld.sock"
+    config = tmp_path / "modeld.toml"
+    line = "x" * 100 + " the middle " + "y" * 100
+    program = f"print({line!r}, flush=True); import time; time.sleep(60)"
+    config.write_text(
+        f'[daemon]\nsocket = "{socket}"\nstate_dir = "{tmp_path / "state"}"\n'
+        '[gpu]\nbackend = "simulated"\n'
+        f'[models.m]\nruntime = "process"\ncommand = ["{sys.executable}", "-c", "{program}"]\n'
+        'endpoint = "http://127.0.0.1:9"\ngpu_memory_gb = 10\n'
+    )
+    log = (tmp_path / "modeld.log").open("w")
+    daemon = subprocess.Popen([sys.executable, "-m", "modeld", "--config", str(config)], stderr=log)
+    try:
+        after = [*MODELCTL, "ping", "--config", str(config)]
+        wait_until(lambda: subprocess.run(after, capture_output=True).returncode == 0, "ping")
+        assert (
+            subprocess.run(
+                [*MODELCTL, "switch", "m", "--no-wait", "--config", str(config)],
+                capture_output=True,
+            ).returncode
+            == 0
+        )
+
+        def printed() -> bool:
+            logs = [*MODELCTL, "logs", "m", "--socket", str(socket)]
+            return line in subprocess.run(logs, capture_output=True, text=True).stdout
+
+        wait_until(printed, "the backend's line, whole, through a pipe")
+    finally:
+        daemon.terminate()
+        daemon.wait(timeout=30)
+        log.close()

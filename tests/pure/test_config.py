@@ -11,6 +11,7 @@ import pytest
 from modeld.adapters.gatewaykeys import new_key
 from modeld.core.config import load_config, parse_config
 from modeld.core.errors import ConfigError
+from modeld.core.naming import not_found
 from modeld.daemon.checkconfig import schema
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -406,3 +407,16 @@ def test_check_config_fails_what_would_fail_once_run(tmp_path: Path) -> None:
             "size_gb): modeld assumes it needs 0.0 GB" in result.stdout
         )
         assert "warning: models.b" not in result.stdout
+
+
+def test_an_unknown_name_is_answered_in_a_sentence_with_a_guess() -> None:
+    """An unknown name: the closest configured name or alias, then the models with their
+    aliases, as a sentence (not a Python list); a caller's long name is cut."""
+    aliases = {"c": "chat", "sql": "chat-sql"}
+    names = ["chat", "chat-sql", "coder", "c", "sql"]
+    assert not_found("chta", names, aliases) == (
+        "Model 'chta' not found. Did you mean chat? The models: chat (also c), "
+        "chat-sql (also sql) and coder."
+    )
+    assert not_found("zzz", ["only"], {}) == "Model 'zzz' not found. The models: only."
+    assert not_found("x" * 1000, [], {}).startswith("Model '" + "x" * 64 + "…' not found.")
