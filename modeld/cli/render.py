@@ -12,6 +12,8 @@ from rich.markup import escape
 from rich.progress_bar import ProgressBar
 from rich.table import Table
 
+from modeld.core.units import about, gigabytes, seconds
+
 STATE_STYLE = {
     "running": "green",
     "loading": "yellow",
@@ -25,16 +27,16 @@ STATE_STYLE = {
 def _ago(iso_time: str | None) -> str:
     if not iso_time:
         return "-"
-    seconds = max(0.0, time.time() - datetime.fromisoformat(iso_time).timestamp())
-    if seconds < 90:
-        return f"{seconds:.0f}s ago"
-    if seconds < 5400:
-        return f"{seconds / 60:.0f}m ago"
-    return f"{seconds / 3600:.1f}h ago"
+    gone = max(0.0, time.time() - datetime.fromisoformat(iso_time).timestamp())
+    if gone < 90:
+        return f"{gone:.0f}s ago"
+    if gone < 5400:
+        return f"{gone / 60:.0f}m ago"
+    return f"{gone / 3600:.1f}h ago"
 
 
 def _gb(value: float | None) -> str:
-    return "-" if value is None else f"{value:.1f} GB"
+    return "-" if value is None else gigabytes(value)
 
 
 def render_status(console: Console, status: dict[str, Any]) -> None:
@@ -89,9 +91,9 @@ def models_table(status: dict[str, Any]) -> Table:
         memory = _gb(model["gpu_memory_used_gb"])
         if model["gpu_memory_source"]:
             memory += f" ({model['gpu_memory_source']})"
-        estimate = f"~{model['estimated_load_time_seconds']:.0f}s"
+        estimate = about(model["estimated_load_time_seconds"])
         if parked := model.get("parked"):
-            estimate = f"~{parked['estimated_wake_seconds']:.1f}s (wake)"
+            estimate = f"{about(parked['estimated_wake_seconds'])} (wake)"
         table.add_row(
             name + (" [pinned]" if model["pinned"] else ""),
             f"[{STATE_STYLE.get(state, '')}]{state}[/]",
@@ -146,8 +148,8 @@ def dashboard(status: dict[str, Any], last_event: str | None = None) -> Group:
             elapsed = time.time() - datetime.fromisoformat(model["since"]).timestamp()
             estimate = model["estimated_load_time_seconds"]
             parts.append(
-                f"[yellow]{name}[/] loading {elapsed:.0f}s of ~{estimate:.0f}s "
-                f"(~{max(0.0, estimate - elapsed):.0f}s left)"
+                f"[yellow]{name}[/] loading {seconds(elapsed)} of {about(estimate)} "
+                f"({about(max(0.0, estimate - elapsed))} left)"
             )
         if doing := activity_text(model):
             parts.append(f"[green]{name}[/] {doing}")
@@ -204,7 +206,7 @@ def render_history(console: Console, result: dict[str, Any]) -> None:
                 f"[{STATE_STYLE.get(state, '')}]{state}[/] ({escape(entry['reason'])})"
             )
             if entry.get("seconds"):
-                text += f" after {entry['seconds']:.1f} s"
+                text += f" after {seconds(entry['seconds'])}"
             if entry.get("failure"):
                 text += f": {escape(entry['failure'])}"
         console.print(f"[dim]{stamp}[/] {text}", highlight=False, soft_wrap=True)
@@ -227,7 +229,7 @@ def render_plan(console: Console, result: dict[str, Any]) -> None:
             what = "stays (pinned, loading or serving requests)"
         console.print(
             f"  {candidate['name']}: holds {candidate['held_gb']:.1f} GB, reload "
-            f"~{candidate['reload_seconds']:.0f} s, demand {candidate['demand']:.2f}; {what}",
+            f"{about(candidate['reload_seconds'])}, demand {candidate['demand']:.2f}; {what}",
             highlight=False,
         )
     console.print(f"  (eviction policy: {result['policy']}; nothing was changed)", highlight=False)
@@ -270,7 +272,7 @@ def render_result(console: Console, op: str, result: dict[str, Any]) -> None:
         verb = "parked (sleep mode)" if victim in parked else "stopped"
         console.print(f"{verb} {victim} to free memory")
     if result.get("woke"):
-        console.print(f"woke {model} from sleep in {result['wake_seconds']:.1f}s")
+        console.print(f"woke {model} from sleep in {seconds(result['wake_seconds'])}")
     elif result.get("wake_fallback"):
         fallback = escape(str(result["wake_fallback"]))
         console.print(f"[yellow]{model} would not wake ({fallback}): cold start[/]")
@@ -279,9 +281,9 @@ def render_result(console: Console, op: str, result: dict[str, Any]) -> None:
         took = None if result.get("woke") else result.get("load_seconds")
         console.print(
             f"[green]{model} is running and healthy[/]"
-            + (f" (loaded in {took:.1f}s)" if took else "")
+            + (f" (loaded in {seconds(took)})" if took else "")
         )
     else:
         console.print(
-            f"{model}: {state} (estimated load ~{result['estimated_load_time_seconds']:.0f}s)"
+            f"{model}: {state} (estimated load {about(result['estimated_load_time_seconds'])})"
         )

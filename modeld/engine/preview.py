@@ -25,6 +25,7 @@ from modeld.core.decision import (
 from modeld.core.planner import Infeasible, Plan
 from modeld.core.results import MemoryInfo, PlanAction, PlanCandidate, PlanResult
 from modeld.core.states import State
+from modeld.core.units import about
 from modeld.engine.leases import Leases
 from modeld.engine.lifecycle import Lifecycle
 from modeld.engine.model import Model
@@ -116,7 +117,7 @@ async def preview_switch(
             steps = "; ".join(moves) if moves else "it fits as is"
             return answer(
                 "wake" if waking else "start",
-                f"{steps}; then {verb} {name} (~{seconds:.0f} s)",
+                f"{steps}; then {verb} {name} ({about(seconds)})",
                 stop=list(chosen.stop),
                 park=list(chosen.park),
                 memory_info=memory_info(life, record, chosen),

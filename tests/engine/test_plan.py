@@ -15,7 +15,7 @@ TWO = {
 async def test_the_plan_is_what_the_switch_then_does_and_changes_nothing(
     engines: EngineFactory,
 ) -> None:
-    """With a running, the plan for b stops a, needs 50 GB of 30 free, takes ~7 s and
+    """With a running, the plan for b stops a, needs 50 GB of 30 free, takes ~7.0 s and
     names the policy and the candidates weighed; nothing starts or stops until the
     switch, which stops exactly what the plan said."""
     engine, runtime, _ = await engines(make_config(TWO, [80]))
@@ -28,7 +28,7 @@ async def test_the_plan_is_what_the_switch_then_does_and_changes_nothing(
     assert plan.estimated_seconds == 7
     assert plan.policy == "largest_first"
     assert [(c.name, c.held_gb, c.movable) for c in plan.candidates] == [("a", 50, True)]
-    assert plan.message == "stop a; then start b (~7 s)"
+    assert plan.message == "stop a; then start b (~7.0 s)"
     assert state_of(engine, "a") is State.RUNNING and state_of(engine, "b") is State.STOPPED
     assert runtime.starts("b") == 0
     switched = await engine.models.switch("b")

@@ -45,7 +45,11 @@ function el(tag, attributes = {}, ...children) {
 }
 
 const gb = (value) => (value === null || value === undefined ? "–" : `${Number(value).toFixed(1)} GB`);
-const seconds = (value) => (value === null || value === undefined ? "–" : `${Number(value).toFixed(1)} s`);
+// As modeld writes them everywhere (core/units.py): one decimal below ten seconds, whole
+// above; `~` before an estimate.
+const seconds = (value) => (value === null || value === undefined ? "–"
+  : `${Number(value).toFixed(Math.abs(value) < 10 ? 1 : 0)} s`);
+const about = (value) => (value === null || value === undefined ? "–" : `~${seconds(value)}`);
 
 async function api(path, options = {}) {
   const headers = { ...(options.headers || {}) };
@@ -445,7 +449,7 @@ function loadProgress(name, view) {
   });
   const text = el("small", {
     class: "note progress-text",
-    text: `${elapsed.toFixed(estimate < 10 ? 1 : 0)} s of ~${(estimate || 0).toFixed(estimate < 10 ? 1 : 0)} s`,
+    text: `${seconds(elapsed)} of ${about(estimate || 0)}`,
   });
   return [bar, text];
 }
@@ -468,8 +472,8 @@ function renderModels() {
       ? `${gb(view.gpu_memory_used_gb)} (${view.gpu_memory_source})`
       : `needs ${gb(view.gpu_memory_required_gb)} (${view.gpu_memory_required_source})`;
     const timing = state === "sleeping" && view.parked
-      ? `wakes in ~${seconds(view.parked.estimated_wake_seconds)}`
-      : `loads in ~${seconds(view.estimated_load_time_seconds)}`;
+      ? `wakes in ${about(view.parked.estimated_wake_seconds)}`
+      : `loads in ${about(view.estimated_load_time_seconds)}`;
     const activity = view.activity;
     const requests = `${view.leases || 0} in flight` + (view.waiting ? `, ${view.waiting} waiting` : "") +
       (activity && activity.requests_per_s !== null
