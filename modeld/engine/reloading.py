@@ -21,6 +21,9 @@ from modeld.engine.operations import Asker, Operations
 log = structlog.get_logger("modeld.engine.reloading")
 
 
+NO_BACKEND = frozenset({State.STOPPED, State.FAILED})
+
+
 class Reloader:
     """Applies a new config file to a running engine; an invalid one changes nothing."""
 
@@ -39,7 +42,9 @@ class Reloader:
         new = await asyncio.to_thread(load_config, self._path)
         life = self._life
         async with self._ops.operation("reload", None, caller):
-            idle = {n for n, r in life.records.items() if r.state is State.STOPPED}
+            # No backend runs for a stopped or a failed model: its changes apply now (a
+            # failed one was once told "changed while running").
+            idle = {n for n, r in life.records.items() if r.state in NO_BACKEND}
             plan = plan_reload(life.config, new, idle)
             self._check_runnable(plan)
             self._apply(plan)

@@ -8,8 +8,9 @@ from typing import Any
 
 import pytest
 
-from modeld.core.errors import ConfigError, UnknownModel
+from modeld.core.errors import ConfigError, LoadFailed, UnknownModel
 from modeld.core.states import State
+from modeld.testing.fakes import Behaviour
 from tests.support import EngineFactory, eventually, make_config, state_of
 
 MODELS: dict[str, dict[str, Any]] = {
@@ -76,6 +77,24 @@ async def test_reload_adds_changes_and_removes(engines: EngineFactory, tmp_path:
     await engine.models.restart("alpha")
     assert engine.view.status()["models"]["alpha"]["description"] == "second"
     assert state_of(engine, "alpha") is State.RUNNING
+
+
+async def test_a_failed_model_changed_by_a_reload_takes_it_now(
+    engines: EngineFactory, tmp_path: Path
+) -> None:
+    """A model whose load failed runs nothing: a reload that changes it applies the change
+    now (not "changed while running", at a next start), and its next start uses it."""
+    engine, runtime, path, tables = await started(engines, tmp_path)
+    runtime.behaviour["alpha"] = Behaviour(exit_code=1)
+    with pytest.raises(LoadFailed):
+        await engine.models.switch("alpha")
+    assert state_of(engine, "alpha") is State.FAILED
+    tables["alpha"]["description"] = "second"
+    toml(tables, path)
+    outcome = await engine.reload()
+    assert "alpha" in outcome.changed and "alpha" not in outcome.changed_at_next_start
+    status = engine.view.status()["models"]["alpha"]
+    assert status["description"] == "second" and status["config_pending"] is False
 
 
 async def test_invalid_config_is_rejected_and_old_stays(
