@@ -166,3 +166,11 @@ def daemon(
         finally:
             process.terminate()
             process.wait(timeout=30)
+
+
+def rss_kb(pid: int, field: str = "VmRSS") -> int:
+    """A process's resident memory now (VmRSS) or at its peak (VmHWM), in KiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(f"{field}:"):
+            return int(line.split()[1])
+    return 0

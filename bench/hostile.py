@@ -34,7 +34,7 @@ from typing import Any
 
 import aiohttp
 
-from bench.common import Figure, Report, cli, daemon, figure
+from bench.common import Figure, Report, cli, daemon, figure, rss_kb
 from bench.gateway import stack
 
 STATUS = b'{"jsonrpc":"2.0","id":1,"method":"status"}\n'
@@ -91,14 +91,6 @@ def hoard(path: Path, count: int) -> tuple[int, list[socket.socket]]:
     return len(held), held
 
 
-def rss_kb(pid: int) -> int:
-    """A process's resident memory in KiB."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    return 0
-
-
 def flood(path: Path, stop: threading.Event) -> None:
     """40,000 `status` calls, never reading an answer, until cut off or told to stop."""
     payload = STATUS * 40_000
@@ -123,14 +115,6 @@ inference_keys = ["thrash {THRASHER}", "calm {CALM}"]
 key_loads_per_minute = 10
 """
 COMPLETION = {"model": "m0", "prompt": "hi", "max_tokens": 2}
-
-
-def peak_kb(pid: int) -> int:
-    """A process's peak resident memory (VmHWM) in KiB."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1])
-    return 0
 
 
 async def bombs(url: str, count: int) -> list[int]:
@@ -256,9 +240,9 @@ def gateway_figures(report: Report, quick: bool) -> None:
     with stack(0.0, models=2, devices_gb=10.0, gateway=GATEWAY, admin_key=ADMIN) as running:
         url = running.url
         quiet = asyncio.run(calm_requests(url, count))
-        before = peak_kb(running.gateway.pid)
+        before = rss_kb(running.gateway.pid, "VmHWM")
         statuses = asyncio.run(bombs(url, 3))
-        grown = (peak_kb(running.gateway.pid) - before) / 1024
+        grown = (rss_kb(running.gateway.pid, "VmHWM") - before) / 1024
         report.add(
             figure(
                 "gateway peak RSS growth, three 30 KB gzip bombs (30 MiB inflated) at once",

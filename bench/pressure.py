@@ -19,11 +19,10 @@ from __future__ import annotations
 import asyncio
 import gzip
 import time
-from pathlib import Path
 
 import aiohttp
 
-from bench.common import Report, cli, figure
+from bench.common import Report, cli, figure, rss_kb
 from bench.gateway import stack
 
 ADMIN = "sk-bench-admin-0123456789abc"
@@ -36,14 +35,6 @@ max_queue = 50
 LOAD_S = 12.0
 # How long anything waited for here may take.
 DEADLINE_S = 60.0
-
-
-def rss_kb(pid: int, field: str = "VmRSS") -> int:
-    """A process's resident memory now (VmRSS) or at its peak (VmHWM), in KiB."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(f"{field}:"):
-            return int(line.split()[1])
-    return 0
 
 
 async def _metric(http: aiohttp.ClientSession, url: str, name: str) -> float:

@@ -324,6 +324,24 @@ def _a_link_another_user_owns(tmp_path: Path) -> tuple[Path, Path]:
     return link, roots
 
 
+def _refused_at_start(tmp_path: Path, socket: Path) -> str:
+    """modeld started with its socket at `socket`: it must exit 78; what it said."""
+    config = tmp_path / "modeld.toml"
+    config.write_text(
+        '[gpu]\nbackend = "simulated"\n[models.m]\nruntime = "process"\n'
+        'command = ["true"]\nendpoint = "http://127.0.0.1:9"\n'
+        f'[daemon]\nstate_dir = "{tmp_path / "state"}"\n'
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "modeld", "--config", config, "--socket", socket],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 78, done.stderr
+    return done.stderr + done.stdout
+
+
 def test_the_daemon_refuses_a_socket_path_through_a_link_another_user_owns(
     tmp_path: Path,
 ) -> None:
@@ -332,20 +350,7 @@ def test_the_daemon_refuses_a_socket_path_through_a_link_another_user_owns(
     clients (and receive its backends' sockets). modeld exits 78 naming the link and its
     owner, and makes nothing at the far end."""
     link, roots = _a_link_another_user_owns(tmp_path)
-    config = tmp_path / "modeld.toml"
-    config.write_text(
-        '[gpu]\nbackend = "simulated"\n[models.m]\nruntime = "process"\n'
-        'command = ["true"]\nendpoint = "http://127.0.0.1:9"\n'
-        f'[daemon]\nstate_dir = "{tmp_path / "state"}"\n'
-    )
-    done = subprocess.run(
-        [sys.executable, "-m", "modeld", "--config", config, "--socket", link / "modeld.sock"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert done.returncode == 78, done.stderr
-    said = done.stderr + done.stdout
+    said = _refused_at_start(tmp_path, link / "modeld.sock")
     assert f"{link} is a symbolic link owned by uid 65534" in said, said
     assert list(roots.iterdir()) == []
 
@@ -372,17 +377,4 @@ def test_the_daemon_refuses_a_socket_directory_another_user_owns(tmp_path: Path)
     theirs = tmp_path / "theirs"
     theirs.mkdir()
     os.chown(theirs, 65534, 65534)
-    config = tmp_path / "modeld.toml"
-    config.write_text(
-        '[gpu]\nbackend = "simulated"\n[models.m]\nruntime = "process"\n'
-        'command = ["true"]\nendpoint = "http://127.0.0.1:9"\n'
-        f'[daemon]\nstate_dir = "{tmp_path / "state"}"\n'
-    )
-    done = subprocess.run(
-        [sys.executable, "-m", "modeld", "--config", config, "--socket", theirs / "m.sock"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert done.returncode == 78, done.stderr
-    assert "owned by uid 65534" in done.stderr + done.stdout
+    assert "owned by uid 65534" in _refused_at_start(tmp_path, theirs / "m.sock")

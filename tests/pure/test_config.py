@@ -127,6 +127,16 @@ def test_daemon_says_clearly_when_nvml_cannot_load(tmp_path: Path) -> None:
     assert not (tmp_path / "s.sock").exists()
 
 
+def check_config(path: Path) -> subprocess.CompletedProcess[str]:
+    """`modeld check-config --config PATH`, as an operator runs it."""
+    return subprocess.run(
+        [sys.executable, "-m", "modeld", "check-config", "--config", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
 def test_check_config_explains_the_seed_models(tmp_path: Path) -> None:
     """`modeld check-config` on the seed's config (its admin key file where a host would
     have it, here in a folder of the test's): valid, each of the four models with its
@@ -135,12 +145,7 @@ def test_check_config_explains_the_seed_models(tmp_path: Path) -> None:
     keys.write_text(f"ops {new_key()}\n")
     config = tmp_path / "seed.toml"
     config.write_text((ROOT / SEED).read_text().replace("/etc/modeld/api-keys", str(keys)))
-    result = subprocess.run(
-        [sys.executable, "-m", "modeld", "check-config", "--config", str(config)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    result = check_config(config)
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert lines[0].endswith("valid")
@@ -162,12 +167,7 @@ def test_check_config_fails_a_model_that_can_never_fit(tmp_path: Path) -> None:
         '[models.big]\nruntime = "process"\ncommand = ["true"]\nendpoint = "http://x:2"\n'
         "gpu_memory_gb = 90\n"
     )
-    result = subprocess.run(
-        [sys.executable, "-m", "modeld", "check-config", "--config", str(path)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    result = check_config(path)
     assert result.returncode == 78
     assert "model big:" in result.stdout and "does NOT fit even alone" in result.stdout
     assert "models.big: needs 90.0 GB on GPU 0, which has 80.0 GB" in result.stderr
@@ -178,12 +178,7 @@ def test_check_config_on_a_broken_file_names_file_and_field(tmp_path: Path) -> N
     """A broken config: exit 78 with the file and the field."""
     path = tmp_path / "bad.toml"
     path.write_text('[models.a]\nendpoint = "http://x"\ncontainer = "c"\nsize_gb = -1\n')
-    result = subprocess.run(
-        [sys.executable, "-m", "modeld", "check-config", "--config", str(path)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    result = check_config(path)
     assert result.returncode == 78
     assert str(path) in result.stderr and "models.a.size_gb" in result.stderr
 
@@ -206,12 +201,7 @@ def test_check_config_names_a_backend_key_file_it_cannot_read(tmp_path: Path) ->
     )
     config = tmp_path / "modeld.toml"
     config.write_text(models)
-    result = subprocess.run(
-        [sys.executable, "-m", "modeld", "check-config", "--config", str(config)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    result = check_config(config)
     assert result.returncode == 0, result.stderr
     assert f"backend key in {key}" in result.stdout
     warnings = [line for line in result.stdout.splitlines() if line.startswith("warning:")]
@@ -392,12 +382,7 @@ def test_check_config_fails_what_would_fail_once_run(tmp_path: Path) -> None:
             '[models.b]\nruntime = "process"\ncommand = ["true"]\n'
             'endpoint = "http://127.0.0.1:8"\ngpu_memory_gb = 10\n'
         )
-        result = subprocess.run(
-            [sys.executable, "-m", "modeld", "check-config", "--config", str(config)],
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        result = check_config(config)
         assert result.returncode == 78, gateway
         assert said in result.stderr, result.stderr
         assert "models.a.command: 'no-such-program-here' is not found on PATH" in result.stderr
