@@ -10,12 +10,12 @@ import shutil
 from collections.abc import Mapping
 
 from modeld.adapters.backendkeys import read_backend_key
-from modeld.adapters.gatewaykeys import read_keys
 from modeld.adapters.store import Learned, learned_peak
 from modeld.core.config import Config
 from modeld.core.config_checks import config_warnings
 from modeld.core.errors import ConfigError
 from modeld.core.gateway_config import GatewayConfig
+from modeld.core.gateway_keys import read_keys
 from modeld.core.memory import model_need
 
 

@@ -23,8 +23,8 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-from modeld.adapters.gatewaykeys import Key, Role, digest
 from modeld.core.errors import ConfigError
+from modeld.core.gateway_keys import Key, Role, digest
 
 
 @dataclass(frozen=True)

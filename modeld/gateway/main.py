@@ -14,10 +14,10 @@ import structlog
 
 from modeld import __version__
 from modeld.adapters.backendkeys import backend_keys
-from modeld.adapters.gatewaykeys import Key, new_key, read_keys
 from modeld.core.addresses import is_loopback, split_host_port
 from modeld.core.config import Config, load_config
 from modeld.core.errors import ConfigError
+from modeld.core.gateway_keys import Key, new_key, read_keys
 from modeld.daemon.logs import configure_logging
 from modeld.daemon.sdnotify import Notifier
 from modeld.daemon.signals import stop_and_reload

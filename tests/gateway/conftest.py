@@ -14,9 +14,9 @@ import pytest
 from playwright.async_api import Browser, async_playwright, expect
 
 from modeld.adapters.backendkeys import backend_keys
-from modeld.adapters.gatewaykeys import read_keys
 from modeld.core.config import Config, DaemonConfig
 from modeld.core.gateway_config import GatewayConfig
+from modeld.core.gateway_keys import read_keys
 from modeld.daemon.server import RpcServer, limits_for
 from modeld.engine.engine import Engine
 from modeld.gateway.app import Gateway, GatewayServer

@@ -13,9 +13,9 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from modeld.adapters.gatewaykeys import Role, read_keys
 from modeld.core.errors import ConfigError
 from modeld.core.gateway_config import GatewayConfig
+from modeld.core.gateway_keys import Role, read_keys
 from modeld.gateway.auth import Identity, Keys
 from modeld.testing.fakes import Behaviour
 from tests.gateway.conftest import KEY, GatewayFactory

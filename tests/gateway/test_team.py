@@ -12,9 +12,9 @@ import aiohttp
 import pytest
 from yarl import URL
 
-from modeld.adapters.gatewaykeys import Role, read_keys
 from modeld.core.errors import ConfigError
 from modeld.core.gateway_config import GatewayConfig
+from modeld.core.gateway_keys import Role, read_keys
 from modeld.core.states import State
 from modeld.gateway.auth import Keys
 from modeld.testing.fakes import Behaviour

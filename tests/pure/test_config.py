@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from modeld.adapters.gatewaykeys import new_key
 from modeld.core.config import load_config, parse_config
 from modeld.core.errors import ConfigError
+from modeld.core.gateway_keys import new_key
 from modeld.core.naming import not_found
 from modeld.daemon.checkconfig import schema
 
