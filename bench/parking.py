@@ -14,7 +14,7 @@ import time
 
 from bench.common import Report, cli, figure
 from bench.fakehost import two_models
-from modeld.daemon.logs import configure_logging
+from modeld.service.logs import configure_logging
 from modeld.testing.fakes import Behaviour, FakeRuntime
 
 LOAD_S, WAKE_S, SLEEP_S = 1.5, 0.15, 0.1

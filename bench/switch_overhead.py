@@ -21,9 +21,9 @@ from modeld.adapters.runtime.docker import DockerRuntime
 from modeld.adapters.vllm import VllmClient
 from modeld.cli.client import Client
 from modeld.core.config import parse_config
-from modeld.daemon.logs import configure_logging
 from modeld.daemon.server import RpcServer
 from modeld.engine.build import build_engine
+from modeld.service.logs import configure_logging
 from modeld.testing.docker import build_image, docker_cli, engine_problem
 from modeld.testing.ports import free_port
 

@@ -16,7 +16,7 @@ from modeld.core.config import Config, load_config
 from modeld.core.config_checks import never_fits
 from modeld.core.errors import ConfigError, ModeldError
 from modeld.daemon.checkconfig import explain, problems, schema
-from modeld.daemon.logs import configure_logging
+from modeld.service.logs import configure_logging
 
 # sysexits.h: systemd and operators can tell a bad config from a missing GPU or a crash.
 EXIT_UNAVAILABLE = 69

@@ -1,6 +1,7 @@
-"""The key a backend demands on its OpenAI routes (vLLM's `--api-key`), from a model's
-`api_key_file`: modeld starts the backends it launches with VLLM_API_KEY set to it, and
-the gateway sends it upstream as the bearer token. The key is never logged.
+"""What a launched backend gets besides its command: its kept vLLM cache, and the key it
+demands on its OpenAI routes (vLLM's `--api-key`) from the model's `api_key_file`
+(read by core/backend_keys.py): modeld starts it with VLLM_API_KEY set to it. The key
+is never logged.
 
 vLLM checks the key only under /v1, /v2, /inference and /cohere: /health and /metrics
 (all modeld itself asks a backend for, with /sleep and /wake_up) need none.
@@ -8,50 +9,12 @@ vLLM checks the key only under /v1, /v2, /inference and /cohere: /health and /me
 
 from __future__ import annotations
 
-from pathlib import Path
-
-from modeld.core.config import Config, ModelConfig
-from modeld.core.errors import ConfigError, LoadFailed
+from modeld.core.backend_keys import key_in
+from modeld.core.config import ModelConfig
+from modeld.core.errors import LoadFailed
 
 # vLLM reads its key from this variable when `--api-key` is not given.
 KEY_VARIABLE = "VLLM_API_KEY"
-MIN_KEY_CHARS = 8
-
-
-def _key_in(path: Path) -> str:
-    """The key in a key file (its first line); ValueError saying why there is none."""
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise ValueError(f"cannot read {path}: {exc.strerror}") from None
-    lines = text.strip().splitlines()
-    key = lines[0].strip() if lines else ""
-    if len(key) < MIN_KEY_CHARS:
-        raise ValueError(f"{path} holds no key of {MIN_KEY_CHARS} characters or more")
-    return key
-
-
-def read_backend_key(model: ModelConfig, source: str = "<config>") -> str | None:
-    """The key in the model's `api_key_file`, or None when it has none; ConfigError
-    naming the field when the file cannot be read or holds no key."""
-    if model.api_key_file is None:
-        return None
-    field = f"models.{model.name}.api_key_file"
-    try:
-        return _key_in(model.api_key_file)
-    except ValueError as exc:
-        raise ConfigError(f"{source}: {field}: {exc}", file=source, fields=[field]) from None
-
-
-def backend_keys(config: Config, source: str = "<config>") -> dict[str, str]:
-    """Every model's backend key, by model name (the gateway's upstream credentials)."""
-    keys = {}
-    for name, model in config.models.items():
-        if (key := read_backend_key(model, source)) is not None:
-            keys[name] = key
-    return keys
-
-
 # Where a container's vLLM keeps its cache (the model's vllm_cache_dir is mounted there).
 CONTAINER_VLLM_CACHE = "/root/.cache/vllm"
 
@@ -83,7 +46,7 @@ def launch_environment(model: ModelConfig, container: bool = False) -> dict[str,
     if model.api_key_file is None:
         return env
     try:
-        key = _key_in(model.api_key_file)
+        key = key_in(model.api_key_file)
     except ValueError as exc:
         raise LoadFailed(
             f"{model.name}: api_key_file: {exc}", model=model.name, reason="no backend key"

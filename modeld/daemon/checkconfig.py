@@ -9,8 +9,8 @@ import os
 import shutil
 from collections.abc import Mapping
 
-from modeld.adapters.backendkeys import read_backend_key
 from modeld.adapters.store import Learned, learned_peak
+from modeld.core.backend_keys import read_backend_key
 from modeld.core.config import Config
 from modeld.core.config_checks import config_warnings
 from modeld.core.errors import ConfigError

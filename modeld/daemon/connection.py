@@ -16,9 +16,9 @@ from typing import Any
 import structlog
 
 from modeld.core.errors import LimitReached
+from modeld.core.events import Subscription
 from modeld.daemon.access import Caller
 from modeld.engine.engine import Engine
-from modeld.engine.events import Subscription
 
 log = structlog.get_logger("modeld.daemon.server")
 

@@ -25,12 +25,12 @@ from modeld.core.config_checks import config_warnings
 from modeld.core.errors import ModeldError, SocketInUse
 from modeld.daemon.access import AccessPolicy
 from modeld.daemon.listen import inherited_socket
-from modeld.daemon.sdnotify import Notifier
 from modeld.daemon.server import Limits, RpcServer, limits_for
-from modeld.daemon.signals import stop_and_reload
 from modeld.engine.build import build_engine
 from modeld.engine.engine import Engine
 from modeld.engine.metrics import Metrics, serve_metrics
+from modeld.service.sdnotify import Notifier
+from modeld.service.signals import stop_and_reload
 
 log = structlog.get_logger("modeld.daemon.run")
 

@@ -5,7 +5,7 @@ sub-facades:
 - engine.models   switch, start, stop, restart, preload, logs   (facades.py)
 - engine.leases   acquire, release                              (facades.py)
 - engine.view     status, gpu, models, the systemd line         (view.py)
-- engine.events   subscribe, and the next transition            (events.py)
+- engine.events   subscribe, and the next transition  (facades.py; core/events.py)
 - engine.reload   the config file again                         (reloading.py)
 
 Below them, each part owns one concern: lifecycle.py (the registry of Models and their
@@ -31,9 +31,9 @@ from modeld.adapters.vllm import VllmClient
 from modeld.core.config import Config
 from modeld.core.config_checks import check_devices, check_fits
 from modeld.core.errors import ModeldError, RuntimeUnavailable
+from modeld.core.events import EventBus
 from modeld.core.results import ReloadResult
 from modeld.core.states import State
-from modeld.engine.events import EventBus
 from modeld.engine.facades import Events, LeaseOps, ModelOps
 from modeld.engine.facts import Revision
 from modeld.engine.learning import Learning

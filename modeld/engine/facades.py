@@ -13,6 +13,7 @@ import structlog
 
 from modeld.adapters.store import HistoryEntry
 from modeld.core.errors import ModeldError, ModelsBusy, OperationTimeout, WouldLoad
+from modeld.core.events import EventBus, Subscription
 from modeld.core.results import (
     LeaseResult,
     LogsResult,
@@ -22,7 +23,6 @@ from modeld.core.results import (
     SwitchResult,
 )
 from modeld.core.states import State
-from modeld.engine.events import EventBus, Subscription
 from modeld.engine.facts import Revision
 from modeld.engine.leases import Leases
 from modeld.engine.lifecycle import Lifecycle

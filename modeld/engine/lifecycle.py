@@ -28,9 +28,9 @@ from modeld.core.errors import (
     RuntimeUnavailable,
     UnknownModel,
 )
+from modeld.core.events import EventBus
 from modeld.core.naming import not_found
 from modeld.core.states import Failure, State
-from modeld.engine.events import EventBus
 from modeld.engine.facts import LoadTask, Revision
 from modeld.engine.history import History
 from modeld.engine.learning import Learning

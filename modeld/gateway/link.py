@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 import structlog
 
 from modeld.cli.client import Client, DaemonUnreachable, RpcError
-from modeld.engine.events import EventBus
+from modeld.core.events import EventBus
 from modeld.gateway.errors import GatewayError
 
 log = structlog.get_logger("modeld.gateway.link")

@@ -13,17 +13,17 @@ from pathlib import Path
 import structlog
 
 from modeld import __version__
-from modeld.adapters.backendkeys import backend_keys
 from modeld.core.addresses import is_loopback, split_host_port
+from modeld.core.backend_keys import backend_keys
 from modeld.core.config import Config, load_config
 from modeld.core.errors import ConfigError
 from modeld.core.gateway_keys import Key, new_key, read_keys
-from modeld.daemon.logs import configure_logging
-from modeld.daemon.sdnotify import Notifier
-from modeld.daemon.signals import stop_and_reload
 from modeld.gateway.app import Gateway, GatewayServer
 from modeld.gateway.auth import BackendKeys, Keys
 from modeld.gateway.link import DaemonLink
+from modeld.service.logs import configure_logging
+from modeld.service.sdnotify import Notifier
+from modeld.service.signals import stop_and_reload
 
 log = structlog.get_logger("modeld.gateway")
 

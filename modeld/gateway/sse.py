@@ -1,6 +1,6 @@
 """`GET /events`: modeld's events as server-sent events.
 
-Each stream has its own bounded queue (modeld.engine.events): a slow reader loses its oldest
+Each stream has its own bounded queue (modeld.core.events): a slow reader loses its oldest
 events (the next says `dropped_before`), never holds anyone up, and is cut off when it
 does not read for WRITE_TIMEOUT_S. A comment line every KEEPALIVE_S keeps proxies from
 closing an idle stream and finds clients that left.
@@ -17,7 +17,7 @@ from typing import Any
 
 from aiohttp import web
 
-from modeld.engine.events import EventBus
+from modeld.core.events import EventBus
 from modeld.gateway.auth import ANONYMOUS, identity
 from modeld.gateway.errors import GatewayError
 from modeld.gateway.metrics import GatewayMetrics

@@ -13,7 +13,7 @@ import aiohttp
 import pytest
 from playwright.async_api import Browser, async_playwright, expect
 
-from modeld.adapters.backendkeys import backend_keys
+from modeld.core.backend_keys import backend_keys
 from modeld.core.config import Config, DaemonConfig
 from modeld.core.gateway_config import GatewayConfig
 from modeld.core.gateway_keys import read_keys

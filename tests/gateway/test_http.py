@@ -12,7 +12,7 @@ from typing import Any
 
 import aiohttp
 
-from modeld.adapters.backendkeys import backend_keys
+from modeld.core.backend_keys import backend_keys
 from modeld.core.states import State
 from modeld.testing.fakes import Behaviour
 from tests.gateway.conftest import KEY, GatewayFactory, RestartableFactory

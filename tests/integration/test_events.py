@@ -17,10 +17,10 @@ from rich.progress import Progress
 from modeld.cli.client import Client, RpcError
 from modeld.cli.ctl import switch_with_progress
 from modeld.cli.sentences import describe_step
+from modeld.core.events import Subscription
 from modeld.daemon.connection import MAX_FOLLOWS_PER_CONNECTION
 from modeld.demo.main import private_copy
 from modeld.engine.engine import Engine
-from modeld.engine.events import Subscription
 from modeld.testing.fakes import Behaviour, FakeRuntime
 from tests.support import Served, ServeFactory, eventually, make_config
 

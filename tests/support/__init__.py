@@ -13,9 +13,9 @@ from typing import Any
 from modeld.adapters.gpu.simulated import SimulatedGpu
 from modeld.adapters.runtime.process import ProcessRuntime
 from modeld.core.config import Config, ModelConfig, parse_config
+from modeld.core.events import Subscription
 from modeld.core.states import State
 from modeld.engine.engine import Engine
-from modeld.engine.events import Subscription
 from modeld.testing.fakes import FakeRuntime
 from modeld.testing.host import build_fake_host
 from modeld.testing.ports import free_port

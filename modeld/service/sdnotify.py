@@ -12,7 +12,7 @@ from collections.abc import Mapping
 
 import structlog
 
-log = structlog.get_logger("modeld.daemon.sdnotify")
+log = structlog.get_logger("modeld.service.sdnotify")
 
 
 class Notifier:
