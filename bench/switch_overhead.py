@@ -24,8 +24,8 @@ from modeld.core.config import parse_config
 from modeld.daemon.server import RpcServer
 from modeld.engine.build import build_engine
 from modeld.service.logs import configure_logging
-from modeld.testing.docker import build_image, docker_cli, engine_problem
 from modeld.testing.ports import free_port
+from tests.support.docker_image import build_image, docker_cli, engine_problem
 
 # Not a multiple of any poll interval, so the figure shows the real polling lag.
 LOAD_SECONDS = 1.23

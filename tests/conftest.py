@@ -17,10 +17,10 @@ from modeld.core.config import Config
 from modeld.daemon.run import Daemon
 from modeld.daemon.server import Limits
 from modeld.engine.engine import Engine
-from modeld.testing.docker import build_image, docker_cli, docker_required, engine_problem
 from modeld.testing.fakes import FakeRuntime
 from modeld.testing.host import build_fake_host
 from tests.support import EngineFactory, Served, ServeFactory
+from tests.support.docker_image import build_image, docker_cli, docker_required, engine_problem
 
 
 @pytest.fixture

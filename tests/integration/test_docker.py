@@ -24,7 +24,6 @@ from modeld.core.states import State
 from modeld.daemon.run import Daemon
 from modeld.engine.build import build_engine
 from modeld.engine.engine import Engine
-from modeld.testing.docker import docker_cli, docker_model
 from modeld.testing.ports import free_port
 from tests.support import (
     SEED_GPU_FIELDS,
@@ -34,6 +33,7 @@ from tests.support import (
     state_of,
     wait_for_state,
 )
+from tests.support.docker_image import docker_cli, docker_model
 from tests.support.engine_proxy import EngineProxy
 
 pytestmark = pytest.mark.docker

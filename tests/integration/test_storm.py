@@ -19,9 +19,9 @@ from modeld.cli.client import Client, RpcError
 from modeld.core.gpu_config import GpuConfig
 from modeld.daemon.server import RpcServer
 from modeld.engine.build import build_engine
-from modeld.testing.docker import docker_cli
 from modeld.testing.ports import free_port
 from tests.support import docker_config
+from tests.support.docker_image import docker_cli
 
 pytestmark = pytest.mark.docker
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from modeld.testing.realvllm import venv_path, write_tiny_llama
-from modeld.testing.realvllm import vllm_python as find_vllm_python
+from tests.support.realvllm import venv_path, write_tiny_llama
+from tests.support.realvllm import vllm_python as find_vllm_python
 
 
 @pytest.fixture(scope="session")

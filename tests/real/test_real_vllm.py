@@ -34,7 +34,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from modeld.cli.client import Client
 from modeld.core.activity import FINISHED, IN_FLIGHT, KV_CACHE
 from modeld.testing.ports import free_port, wait_until
-from modeld.testing.realvllm import CPU_ENV, vllm_command
+from tests.support.realvllm import CPU_ENV, vllm_command
 
 # A real cold start takes minutes on a busy two-core machine, not the suite's 180 s.
 pytestmark = pytest.mark.timeout(900)
