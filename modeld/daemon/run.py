@@ -30,7 +30,7 @@ from modeld.engine.build import build_engine
 from modeld.engine.engine import Engine
 from modeld.engine.metrics import Metrics, serve_metrics
 from modeld.service.sdnotify import Notifier
-from modeld.service.signals import stop_and_reload
+from modeld.service.signals import handle_signals, unless_forced
 
 log = structlog.get_logger("modeld.daemon.run")
 
@@ -156,16 +156,18 @@ async def _every(interval_s: float, action: Callable[[], None]) -> None:
 
 
 async def run_daemon(config: Config, socket_path: Path, config_path: Path | None = None) -> None:
-    """Start up, serve until SIGTERM or SIGINT, shut down; ModeldError if startup fails."""
-    stop, reload_requested = stop_and_reload()
+    """Start up, serve until SIGTERM or SIGINT, shut down (cut short by a second one);
+    ModeldError if startup fails."""
+    asked = handle_signals()
     for warning in config_warnings(config):
         log.warning("config.risk", warning=warning)
     metrics = Metrics() if config.metrics.listen else None
     engine = await build_engine(config, metrics=metrics, config_path=config_path)
     daemon = Daemon(config, engine=engine, socket_path=socket_path, metrics=metrics)
-    daemon.reload_requested = reload_requested
+    daemon.reload_requested = asked.reload
     try:
         await daemon.startup(inherited_socket())
-        await daemon.serve(stop)
+        await daemon.serve(asked.stop)
     finally:
-        await daemon.shutdown()
+        # A second SIGTERM cuts the wait for calls in flight and backends' stops short.
+        await unless_forced(daemon.shutdown(), asked.force)

@@ -23,7 +23,7 @@ from modeld.gateway.auth import BackendKeys, Keys
 from modeld.gateway.link import DaemonLink
 from modeld.service.logs import configure_logging
 from modeld.service.sdnotify import Notifier
-from modeld.service.signals import stop_and_reload
+from modeld.service.signals import handle_signals, unless_forced
 
 log = structlog.get_logger("modeld.gateway")
 
@@ -35,8 +35,9 @@ SHUTDOWN_TIMEOUT_S = 30.0
 
 
 async def run_gateway(config: Config, config_path: Path, listen: str, socket: Path) -> None:
-    """Start up, serve until SIGTERM or SIGINT, shut down."""
-    stop, reload_requested = stop_and_reload()
+    """Start up, serve until SIGTERM or SIGINT, shut down (answers in flight may finish,
+    up to SHUTDOWN_TIMEOUT_S; a second SIGTERM or SIGINT cuts that short)."""
+    asked = handle_signals()
     notifier = Notifier()
     accepted = Keys(read_keys(config.gateway, str(config_path)))
     upstream = BackendKeys(backend_keys(config, str(config_path)))
@@ -50,7 +51,7 @@ async def run_gateway(config: Config, config_path: Path, listen: str, socket: Pa
     link = DaemonLink(socket, frozenset(config.models), config.aliases())
     gateway = Gateway(config.gateway, link, accepted, upstream)
     server = GatewayServer(gateway, SHUTDOWN_TIMEOUT_S)
-    reloads = asyncio.create_task(_reload_keys(reload_requested, config_path, gateway, notifier))
+    reloads = asyncio.create_task(_reload_keys(asked.reload, config_path, gateway, notifier))
     try:
         await server.start(host, port)
         notifier.ready(f"listening on {listen}")
@@ -61,13 +62,13 @@ async def run_gateway(config: Config, config_path: Path, listen: str, socket: Pa
             socket=str(socket),
             keys=accepted.required,
         )
-        await stop.wait()
+        await asked.stop.wait()
         log.info("gateway.stopping")
     finally:
         notifier.stopping()
         reloads.cancel()
         await asyncio.gather(reloads, return_exceptions=True)
-        await server.close()
+        await unless_forced(server.close(), asked.force)
         log.info("gateway.stopped")
 
 

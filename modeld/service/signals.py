@@ -1,19 +1,54 @@
-"""The signals a long-running modeld process answers: handlers only set events."""
+"""The signals a long-running modeld process answers, the same for the daemon and the
+gateway (as uvicorn does): handlers only set events. SIGTERM or SIGINT asks for a
+graceful stop (answers in flight may finish, up to the process's shutdown timeout); a
+second one forces the exit, cutting that wait short; SIGHUP asks for a reload."""
 
 from __future__ import annotations
 
 import asyncio
 import signal
+from collections.abc import Awaitable
+from dataclasses import dataclass
+
+import structlog
+
+log = structlog.get_logger("modeld.service.signals")
 
 
-def stop_and_reload() -> tuple[asyncio.Event, asyncio.Event]:
-    """Events set by SIGTERM or SIGINT (stop) and by SIGHUP (reload), on the running loop."""
+@dataclass(frozen=True)
+class Signals:
+    """What the signals have asked for so far."""
+
+    stop: asyncio.Event
+    # A second SIGTERM or SIGINT: stop waiting for what is in flight.
+    force: asyncio.Event
+    reload: asyncio.Event
+
+
+def handle_signals() -> Signals:
+    """Install the handlers on the running loop; the events they set."""
     loop = asyncio.get_running_loop()
-    stop, reload_requested = asyncio.Event(), asyncio.Event()
-    for sig, event in (
-        (signal.SIGTERM, stop),
-        (signal.SIGINT, stop),
-        (signal.SIGHUP, reload_requested),
-    ):
-        loop.add_signal_handler(sig, event.set)
-    return stop, reload_requested
+    asked = Signals(asyncio.Event(), asyncio.Event(), asyncio.Event())
+
+    def stopping() -> None:
+        (asked.force if asked.stop.is_set() else asked.stop).set()
+
+    loop.add_signal_handler(signal.SIGTERM, stopping)
+    loop.add_signal_handler(signal.SIGINT, stopping)
+    loop.add_signal_handler(signal.SIGHUP, asked.reload.set)
+    return asked
+
+
+async def unless_forced(shutdown: Awaitable[None], force: asyncio.Event) -> None:
+    """Run `shutdown` to its end, or until `force` is set (then it is cancelled, and what
+    it was waiting for ends with the process)."""
+    closing = asyncio.ensure_future(shutdown)
+    forced = asyncio.ensure_future(force.wait())
+    try:
+        await asyncio.wait({closing, forced}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        forced.cancel()
+    if not closing.done():
+        log.warning("shutdown.forced", reason="a second SIGTERM or SIGINT")
+        closing.cancel()
+    await asyncio.gather(closing, return_exceptions=True)
