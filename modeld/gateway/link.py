@@ -18,9 +18,11 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import structlog
+from pydantic import ValidationError
 
 from modeld.cli.client import Client, DaemonUnreachable, RpcError
 from modeld.core.events import EventBus
+from modeld.core.results import LeaseResult
 from modeld.gateway.errors import GatewayError
 
 log = structlog.get_logger("modeld.gateway.link")
@@ -109,10 +111,10 @@ async def _answer(client: Client, method: str, timeout: float, **params: Any) ->
 class Lease:
     """A lease the gateway holds for one request."""
 
-    def __init__(self, client: Client, granted: dict[str, Any]) -> None:
+    def __init__(self, client: Client, granted: LeaseResult) -> None:
         self._client = client
         self.granted = granted
-        self.model = str(granted["model"])
+        self.model = granted.model
         self._released = False
         self._ending: asyncio.Future[None] | None = None
 
@@ -126,7 +128,7 @@ class Lease:
         """The daemon granted it again on a new connection; ended at once if its request
         finished meanwhile."""
         self._client = client
-        self.granted = {**self.granted, "lease": granted["lease"]}
+        self.granted = self.granted.model_copy(update={"lease": str(granted["lease"])})
         if self._released:
             self._released = False
             self._ending = asyncio.ensure_future(self.release())
@@ -140,7 +142,7 @@ class Lease:
             return  # it ended with the connection
         with contextlib.suppress(GatewayError):
             await asyncio.shield(
-                _answer(self._client, "release", CALL_TIMEOUT_S, lease=self.granted["lease"])
+                _answer(self._client, "release", CALL_TIMEOUT_S, lease=self.granted.lease)
             )
 
 
@@ -190,7 +192,16 @@ class DaemonLink:
         granted = await _mapped(
             client.acquire(model, timeout_s, load=load), timeout_s + ANSWER_MARGIN_S, late
         )
-        lease = Lease(client, granted)
+        try:
+            typed = LeaseResult.model_validate(granted)
+        except ValidationError as exc:
+            # Not what this gateway's daemon answers (another version?): give it back.
+            with contextlib.suppress(GatewayError):
+                await _answer(client, "release", CALL_TIMEOUT_S, lease=granted.get("lease"))
+            raise GatewayError(
+                "upstream_error", f"modeld's lease on {model} is not one this gateway reads: {exc}"
+            ) from None
+        lease = Lease(client, typed)
         self._held.add(lease)
         try:
             yield lease

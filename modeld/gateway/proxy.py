@@ -340,10 +340,8 @@ class Proxy:
                 self._metrics.load_wait.labels(model).observe(time.monotonic() - started)
                 if feedback is not None:
                     await feedback.stop()
-                served = lease.granted.get("served_model_name", model)
-                data = await self.bodies.upstream(
-                    waiting.body, str(served) if served != asked else None
-                )
+                served = lease.granted.served_model_name
+                data = await self.bodies.upstream(waiting.body, served if served != asked else None)
                 early = feedback.response if feedback is not None else None
                 return await self._forward(request, lease, model, data, early)
         except GatewayError as exc:
@@ -368,7 +366,7 @@ class Proxy:
         """Send the request to the backend; stream its answer back as it comes (the
         lease ends right after, with the block that holds it: a release before the last
         byte would cost every answer a round trip to the daemon)."""
-        endpoint = str(lease.granted["endpoint"])
+        endpoint = lease.granted.endpoint
         session, base = self._upstream(endpoint)
         headers = {name: request.headers[name] for name in FORWARDED if name in request.headers}
         headers.update(self._backend_keys.header(model))
