@@ -30,7 +30,7 @@ from modeld.engine.build import build_engine
 from modeld.engine.engine import Engine
 from modeld.engine.metrics import Metrics, serve_metrics
 from modeld.service.sdnotify import Notifier
-from modeld.service.signals import handle_signals, unless_forced
+from modeld.service.signals import handle_signals, reload_on_sighup, unless_forced
 
 log = structlog.get_logger("modeld.daemon.run")
 
@@ -133,20 +133,15 @@ class Daemon:
 
     async def _serve_reloads(self) -> None:
         """SIGHUP: re-read the config; an invalid one is logged and the old one stays."""
-        while True:
-            await self.reload_requested.wait()
-            self.reload_requested.clear()
-            self.notifier.reloading()
-            try:
-                await self.engine.reload(caller={"signal": signal.SIGHUP.value})
-            except ModeldError as exc:
-                log.error(
-                    "config.reload_rejected", reason=exc.message, fields=exc.data.get("fields")
-                )
-            except Exception:  # a bug in one reload must not end the reloads that follow
-                log.exception("config.reload_crashed")
-            finally:
-                self.notifier.ready(self.engine.view.summary())
+        await reload_on_sighup(
+            self.reload_requested, self._reload, self.notifier, self.engine.view.summary
+        )
+
+    async def _reload(self) -> None:
+        try:
+            await self.engine.reload(caller={"signal": signal.SIGHUP.value})
+        except ModeldError as exc:
+            log.error("config.reload_rejected", reason=exc.message, fields=exc.data.get("fields"))
 
 
 async def _every(interval_s: float, action: Callable[[], None]) -> None:

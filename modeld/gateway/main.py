@@ -23,7 +23,7 @@ from modeld.gateway.auth import BackendKeys, Keys
 from modeld.gateway.link import DaemonLink
 from modeld.service.logs import configure_logging
 from modeld.service.sdnotify import Notifier
-from modeld.service.signals import handle_signals, unless_forced
+from modeld.service.signals import handle_signals, reload_on_sighup, unless_forced
 
 log = structlog.get_logger("modeld.gateway")
 
@@ -51,7 +51,14 @@ async def run_gateway(config: Config, config_path: Path, listen: str, socket: Pa
     link = DaemonLink(socket, frozenset(config.models), config.aliases())
     gateway = Gateway(config.gateway, link, accepted, upstream)
     server = GatewayServer(gateway, SHUTDOWN_TIMEOUT_S)
-    reloads = asyncio.create_task(_reload_keys(asked.reload, config_path, gateway, notifier))
+    reloads = asyncio.create_task(
+        reload_on_sighup(
+            asked.reload,
+            lambda: _reload_keys(config_path, gateway),
+            notifier,
+            lambda: "keys reloaded",
+        )
+    )
     try:
         await server.start(host, port)
         notifier.ready(f"listening on {listen}")
@@ -72,27 +79,19 @@ async def run_gateway(config: Config, config_path: Path, listen: str, socket: Pa
         log.info("gateway.stopped")
 
 
-async def _reload_keys(
-    requested: asyncio.Event, config_path: Path, gateway: Gateway, notifier: Notifier
-) -> None:
+async def _reload_keys(config_path: Path, gateway: Gateway) -> None:
     """SIGHUP: read the config's keys again, callers' and backends' (other settings take
     a restart). Fails closed: a key file missing, unreadable or emptied, or a config left
     with no key where there were some, keeps every key as it was (an error and a metric)."""
-    while True:
-        await requested.wait()
-        requested.clear()
-        notifier.reloading()
-        try:
-            # Files read off the loop: requests in flight go on meanwhile.
-            callers, backends = await asyncio.to_thread(_read_all_keys, config_path)
-            gateway.keys.replace(callers)
-            gateway.backend_keys.replace(backends)
-            log.info("gateway.keys_reloaded", keys=len(callers))
-        except ConfigError as exc:
-            gateway.metrics.key_reload_failures.inc()
-            log.error("gateway.reload_rejected", reason=exc.message, kept="the keys loaded")
-        finally:
-            notifier.ready("keys reloaded")
+    try:
+        # Files read off the loop: requests in flight go on meanwhile.
+        callers, backends = await asyncio.to_thread(_read_all_keys, config_path)
+        gateway.keys.replace(callers)
+        gateway.backend_keys.replace(backends)
+        log.info("gateway.keys_reloaded", keys=len(callers))
+    except ConfigError as exc:
+        gateway.metrics.key_reload_failures.inc()
+        log.error("gateway.reload_rejected", reason=exc.message, kept="the keys loaded")
 
 
 def _read_all_keys(config_path: Path) -> tuple[list[Key], dict[str, str]]:

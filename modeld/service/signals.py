@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import asyncio
 import signal
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import structlog
+
+from modeld.service.sdnotify import Notifier
 
 log = structlog.get_logger("modeld.service.signals")
 
@@ -52,3 +54,25 @@ async def unless_forced(shutdown: Awaitable[None], force: asyncio.Event) -> None
         log.warning("shutdown.forced", reason="a second SIGTERM or SIGINT")
         closing.cancel()
     await asyncio.gather(closing, return_exceptions=True)
+
+
+async def reload_on_sighup(
+    requested: asyncio.Event,
+    reload: Callable[[], Awaitable[None]],
+    notifier: Notifier,
+    status: Callable[[], str],
+) -> None:
+    """The one SIGHUP loop of both processes: each time `requested` is set, `reload()`
+    once (SIGHUPs that come meanwhile ask for one more after it), telling systemd it
+    reloads and then `status()`; a reload that crashes is logged and the next one
+    still runs."""
+    while True:
+        await requested.wait()
+        requested.clear()
+        notifier.reloading()
+        try:
+            await reload()
+        except Exception:  # a bug in one reload must not end the reloads that follow
+            log.exception("reload.crashed")
+        finally:
+            notifier.ready(status())
