@@ -1,6 +1,8 @@
-"""What operations answer, typed: the engine returns these, and the API layer alone
-turns them into JSON (`answer`), leaving out the fields an outcome never set, so each
-answer keeps the seed's shape (an `already_loaded` switch has no memory figures)."""
+"""What operations answer, typed: the engine returns these, and `answer()` turns them
+into JSON, leaving out the fields an outcome never set, so each answer keeps the seed's
+shape (an `already_loaded` switch has no memory figures). The daemon's method table
+answers with it; the engine also uses it for the figures its events and log lines
+carry."""
 
 from __future__ import annotations
 

@@ -11,8 +11,12 @@ sub-facades:
 Below them, each part owns one concern: lifecycle.py (the registry of Models and their
 backends), operations.py (the lock), switching.py and room.py (a switch), parking.py
 (sleep mode), restarts.py, learning.py, observations.py (the monitor's one door).
-Reactions to transitions (events, metrics, learning, restarts) are listeners of the
-registry; nothing calls them from elsewhere.
+A transition reaches learning, the history, the transition metrics and the restart
+policy as listeners of the registry, which also logs and publishes it (lifecycle.py).
+Learning and the metrics also take facts that are not transitions from the part that
+has them: a switch's outcome and a lease's wait (facades.py), a busy refusal
+(room.py), a parked model's residual and a wake (parking.py), a memory reading
+(observations.py, lifecycle.py), a changed config (lifecycle.py, reloading.py).
 """
 
 from __future__ import annotations

@@ -1,8 +1,10 @@
 """Lifecycle: the registry of Models, and their backends' start, stop and load watch.
 
 Each Model changes its own state through its intents (model.py); the registry hears
-every transition they announce and tells the listeners (events, metrics, learning, the
-restart policy), which react to it: nothing calls them from elsewhere.
+every transition they announce, logs and publishes it as an event, and tells the
+listeners (learning, the history, the transition metrics, the restart policy). Learning
+and the metrics also take facts that are not transitions from the parts that have them
+(engine.py says which).
 """
 
 from __future__ import annotations
