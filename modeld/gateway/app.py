@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import structlog
@@ -188,19 +188,19 @@ class Gateway:
             router.add_get("/", self._page, name="page")
             router.add_static("/static/", STATIC, name="static")
         app.on_response_prepare.append(self.browsers.on_prepare)
-        app.on_startup.append(self._startup)
+        # The backends' client sessions live as long as the app: aiohttp's runner opens
+        # and closes them.
+        app.cleanup_ctx.append(self._sessions)
         app.on_shutdown.append(self._shutdown)
-        app.on_cleanup.append(self._cleanup)
         return app
 
-    async def _startup(self, app: web.Application) -> None:
+    async def _sessions(self, app: web.Application) -> AsyncIterator[None]:
         await self.proxy.start()
+        yield
+        await self.proxy.close()
 
     async def _shutdown(self, app: web.Application) -> None:
         self.streams.closing.set()  # event streams end, so the shutdown does not wait on them
-
-    async def _cleanup(self, app: web.Application) -> None:
-        await self.proxy.close()
 
     async def _metrics(self, request: web.Request) -> web.Response:
         """The gateway's own metrics, then this host as a GIE model server (from the
