@@ -195,9 +195,9 @@ class Gateway:
         return app
 
     async def _sessions(self, app: web.Application) -> AsyncIterator[None]:
-        await self.proxy.start()
+        await self.proxy.upstream.start()
         yield
-        await self.proxy.close()
+        await self.proxy.upstream.close()
 
     async def _shutdown(self, app: web.Application) -> None:
         self.streams.closing.set()  # event streams end, so the shutdown does not wait on them

@@ -1,10 +1,10 @@
-"""Inference requests: a lease on the body's model, the request forwarded to its
-backend, the answer streamed back chunk by chunk, the lease released at the end.
+"""Inference requests: a lease on the body's model (within the caller's budget and its
+share of what waits here), the request forwarded to its backend (upstream.py), the
+answer streamed back, the lease released at the end; each request's real outcome kept
+for the log, the metrics and `/v1/requests`.
 
 Only the allowlisted inference paths are forwarded (vLLM's admin endpoints, reachable
-on a dev-mode backend, never are); only a few request headers go upstream (never the
-caller's Authorization: the gateway's key is not the backend's, which the gateway sends
-itself when the model has an `api_key_file`).
+on a dev-mode backend, never are).
 """
 
 from __future__ import annotations
@@ -12,13 +12,11 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter, deque
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import Awaitable
 from dataclasses import dataclass
 
-import aiohttp
 import structlog
 from aiohttp import web
-from yarl import URL
 
 from modeld.core.gateway_config import GatewayConfig
 from modeld.core.naming import not_found
@@ -26,11 +24,12 @@ from modeld.gateway.auth import BackendKeys, Identity, Keys, identity
 from modeld.gateway.body import Bodies, Body
 from modeld.gateway.budget import LoadBudget
 from modeld.gateway.errors import GatewayError, cut
-from modeld.gateway.link import DaemonLink, Lease
+from modeld.gateway.link import DaemonLink
 from modeld.gateway.loading import Feedback
 from modeld.gateway.metrics import GatewayMetrics
 from modeld.gateway.shares import BODIES, QUEUE, FairShares, Hold
-from modeld.gateway.streaming import ClientGone, SlowReader
+from modeld.gateway.streaming import ClientGone
+from modeld.gateway.upstream import ANSWERED, FAILED, Upstream
 
 # How many of the latest requests the gateway keeps to show (GET /v1/requests).
 RECENT_KEPT = 100
@@ -54,20 +53,10 @@ INFERENCE_PATHS = (
     "/tokenize",
     "/detokenize",
 )
-# Request headers passed to the backend; the answer's headers that come back.
-FORWARDED = ("Content-Type", "Accept", "Accept-Encoding", "X-Request-Id", "User-Agent")
-RETURNED = ("Content-Type", "Content-Encoding", "X-Request-Id")
 
 
-# Set on a request once its answer was written whole: a hang-up after that (a client
-# that sent `Connection: close` and read everything) is not a hang-up.
-ANSWERED: web.RequestKey[int] = web.RequestKey("answered", int)
 # Set on a request that asks for a streamed answer (`"stream": true`).
 STREAMED: web.RequestKey[bool] = web.RequestKey("streamed", bool)
-# Set on a request whose answer began as a 200 but failed on the way (an error event
-# after the headers, or an upstream that broke off): what it really came to, for the
-# log, the metrics and /v1/requests.
-FAILED: web.RequestKey[GatewayError] = web.RequestKey("failed", GatewayError)
 # The metric label of a request for a name that is not configured.
 UNKNOWN = "unknown"
 # A refusal for a spent load budget is answered after this long (at most its
@@ -102,7 +91,8 @@ class Proxy:
         self._link = link
         self._config = config
         self._metrics = metrics
-        accepted, self._backend_keys = keys
+        accepted, backend_keys = keys
+        self.upstream = Upstream(config, backend_keys)
         self.bodies = Bodies(config.max_body_bytes, config.body_timeout_s)
         self._budget = LoadBudget(config.key_loads_per_minute)
         # What waiting requests hold (a place, their bodies), each key its fair share.
@@ -110,8 +100,6 @@ class Proxy:
         self.waiting_bytes = FairShares(
             BODIES, config.max_waiting_bytes, config.max_body_bytes, accepted.inference_count
         )
-        self._session: aiohttp.ClientSession | None = None
-        self._unix: dict[str, aiohttp.ClientSession] = {}
         # The latest requests answered (model, path, status, seconds, key; never bodies).
         self.recent: deque[dict[str, object]] = deque(maxlen=RECENT_KEPT)
         self._in_flight = 0
@@ -122,47 +110,6 @@ class Proxy:
     def in_flight(self) -> int:
         """Inference requests being handled now (waiting included)."""
         return self._in_flight
-
-    def _timeout(self) -> aiohttp.ClientTimeout:
-        return aiohttp.ClientTimeout(
-            total=None,
-            connect=self._config.upstream_connect_timeout_s,
-            sock_read=self._config.upstream_read_timeout_s,
-        )
-
-    async def start(self) -> None:
-        """Open the session to the backends."""
-        self._session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=self._config.max_requests),
-            # Bytes pass through as the backend sent them (compressed or not).
-            auto_decompress=False,
-            timeout=self._timeout(),
-        )
-
-    async def close(self) -> None:
-        """Close the sessions."""
-        sessions = [*self._unix.values(), *([self._session] if self._session else [])]
-        self._session, self._unix = None, {}
-        for session in sessions:
-            await session.close()
-
-    def _upstream(self, endpoint: str) -> tuple[aiohttp.ClientSession, str]:
-        """The session that reaches `endpoint`, and the URL base to put paths on: a
-        `unix:/path.sock` backend gets a session of its own (aiohttp binds a Unix
-        connector to one path); there is one per configured socket."""
-        assert self._session is not None, "start() first"
-        if not endpoint.startswith("unix:"):
-            return self._session, endpoint.rstrip("/")
-        path = endpoint.removeprefix("unix:")
-        session = self._unix.get(path)
-        if session is None:
-            session = aiohttp.ClientSession(
-                connector=aiohttp.UnixConnector(path=path, limit=self._config.max_requests),
-                auto_decompress=False,
-                timeout=self._timeout(),
-            )
-            self._unix[path] = session
-        return session, "http://localhost"
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         """One inference request, from lease to the answer's end."""
@@ -343,7 +290,11 @@ class Proxy:
                 served = lease.granted.served_model_name
                 data = await self.bodies.upstream(waiting.body, served if served != asked else None)
                 early = feedback.response if feedback is not None else None
-                return await self._forward(request, lease, model, data, early)
+                # The lease ends right after, with the block that holds it: a release
+                # before the last byte would cost every answer a round trip to the daemon.
+                return await self.upstream.forward(
+                    request, lease.granted.endpoint, model, data, early
+                )
         except GatewayError as exc:
             if feedback is None or feedback.response is None:
                 raise
@@ -354,88 +305,3 @@ class Proxy:
             place.release()
             if feedback is not None:
                 await feedback.stop()
-
-    async def _forward(
-        self,
-        request: web.Request,
-        lease: Lease,
-        model: str,
-        body: bytes | AsyncIterator[bytes],
-        early: web.StreamResponse | None = None,
-    ) -> web.StreamResponse:
-        """Send the request to the backend; stream its answer back as it comes (the
-        lease ends right after, with the block that holds it: a release before the last
-        byte would cost every answer a round trip to the daemon)."""
-        endpoint = lease.granted.endpoint
-        session, base = self._upstream(endpoint)
-        headers = {name: request.headers[name] for name in FORWARDED if name in request.headers}
-        headers.update(self._backend_keys.header(model))
-        # The allowlisted path, and the query string exactly as the caller sent it.
-        query = request.rel_url.raw_query_string
-        # encoded=True: yarl would otherwise normalise it (%2F becomes /).
-        url = URL(base + request.path + (f"?{query}" if query else ""), encoded=True)
-        response: web.StreamResponse | None = None
-        try:
-            async with session.post(url, data=body, headers=headers) as upstream:
-                if upstream.status == 401:
-                    # The caller's key was accepted; the backend refused the gateway's.
-                    raise GatewayError(
-                        "upstream_unauthorized",
-                        f"{model}: its backend at {endpoint} refused the gateway's key: "
-                        f"its api_key_file must hold the key the backend was started with",
-                        model=model,
-                    )
-                if early is not None and upstream.status != 200:
-                    # The headers went out already: the backend's refusal as an event.
-                    raise GatewayError(
-                        "upstream_error",
-                        f"{model}: its backend answered {upstream.status}: "
-                        + cut((await upstream.content.read(64 * 1024)).decode(errors="replace")),
-                        model=model,
-                        upstream_status=upstream.status,
-                    )
-                response = early or web.StreamResponse(
-                    status=upstream.status, reason=upstream.reason
-                )
-                if early is None:
-                    for name in RETURNED:
-                        if name in upstream.headers:
-                            response.headers[name] = upstream.headers[name]
-                    streamed = upstream.content_type == "text/event-stream"
-                    if upstream.content_length is not None and not streamed:
-                        response.content_length = upstream.content_length
-                watch = SlowReader(request, self._config.client_write_timeout_s)
-                try:
-                    if not response.prepared:
-                        await response.prepare(request)
-                    # Each piece as it arrives: a streamed answer's events flushed one by one.
-                    async for chunk in upstream.content.iter_any():
-                        watch.writing = True
-                        await response.write(chunk)
-                        watch.writing = False
-                    await response.write_eof()
-                    request[ANSWERED] = response.status
-                except ConnectionResetError:
-                    # Leaving the block closes the upstream request: the backend stops.
-                    raise ClientGone(response) from None
-                finally:
-                    watch.close()
-                return response
-        except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, TimeoutError) as exc:
-            if response is None or not response.prepared:
-                timed_out = isinstance(exc, TimeoutError)
-                raise GatewayError(
-                    "upstream_timeout" if timed_out else "upstream_unreachable",
-                    f"{model}: its backend at {endpoint} "
-                    + ("did not answer in time" if timed_out else f"failed: {exc}"),
-                    model=model,
-                ) from None
-            # Cut off mid-answer: the client must see the answer end abruptly, not as if
-            # it were complete, so the connection is dropped rather than finished.
-            log.warning("gateway.upstream_cut", model=model, reason=str(exc) or type(exc).__name__)
-            request[FAILED] = GatewayError(
-                "upstream_cut", f"{model}: its backend broke off the answer", model=model
-            )
-            if request.transport is not None:
-                request.transport.abort()
-            return response
