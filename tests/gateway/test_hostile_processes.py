@@ -26,11 +26,23 @@ from modeld.adapters.socketdir import prepare_backend_socket
 from modeld.core.config import ModelConfig
 from modeld.core.errors import ConfigError
 from modeld.testing.ports import wait_until
+from tests.support import eventually
 from tests.support.processes import BIN, SEED_KEY, curl, running_demo
 
 pytestmark = pytest.mark.skipif(shutil.which("curl") is None, reason="needs curl")
 INFERENCE_KEY = "sk-inference-team-0123456789"
 AUTH = {"Authorization": f"Bearer {SEED_KEY}"}
+
+
+def metrics_text(url: str) -> str:
+    """The gateway's /metrics, read with the admin key."""
+    return subprocess.run(
+        ["curl", "-s", "-H", f"Authorization: Bearer {SEED_KEY}", f"{url}/metrics"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    ).stdout
 
 
 def peak_rss_mb(pid: int) -> float:
@@ -90,15 +102,8 @@ def test_requests_waiting_for_a_load_hold_their_bodies_as_sent(tmp_path: Path) -
         return slow.replace("load_timeout_s = 30", "load_timeout_s = 90")
 
     def waiting(url: str) -> float:
-        text = subprocess.run(
-            ["curl", "-s", "-H", f"Authorization: Bearer {SEED_KEY}", f"{url}/metrics"],
-            capture_output=True,
-            text=True,
-            timeout=30,
-            check=True,
-        ).stdout
         # Leases the daemon has waiting: a request asks for one once its body was read.
-        found = re.search(r"^vllm:num_requests_waiting (\S+)$", text, re.M)
+        found = re.search(r"^vllm:num_requests_waiting (\S+)$", metrics_text(url), re.M)
         return float(found.group(1)) if found else -1.0
 
     async def attack(url: str, pid: int) -> tuple[float, float]:
@@ -110,9 +115,12 @@ def test_requests_waiting_for_a_load_hold_their_bodies_as_sent(tmp_path: Path) -
                     pass
 
             tasks = [asyncio.create_task(one()) for _ in range(40)]
-            while waiting(url) < 40:
+
+            async def all_waiting() -> bool:
                 assert not any(task.done() for task in tasks)
-                await asyncio.sleep(0.1)
+                return waiting(url) >= 40
+
+            await eventually(all_waiting, timeout=60)
             grown = rss_mb(pid), peak_rss_mb(pid)
             for task in tasks:
                 task.cancel()
@@ -219,13 +227,7 @@ def test_an_emptied_key_file_keeps_the_keys_in_force_after_sighup(tmp_path: Path
         wait_until(lambda: "gateway.reload_rejected" in log.read_text(), "the reload refused")
         assert code(as_team) == "200"
         assert code(status) == "401"
-        text = subprocess.run(
-            ["curl", "-s", "-H", f"Authorization: Bearer {SEED_KEY}", f"{url}/metrics"],
-            capture_output=True,
-            text=True,
-            timeout=30,
-            check=True,
-        ).stdout
+        text = metrics_text(url)
         assert "modeld_gateway_key_reload_failures_total 1.0" in text
         config = next(tmp_path.glob("*.toml"))
     started = subprocess.run(

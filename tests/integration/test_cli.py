@@ -316,6 +316,7 @@ def test_piped_output_is_never_wrapped_and_options_go_after_the_command(tmp_path
     socket = tmp_path / "modeld.sock"
     config = tmp_path / "modeld.toml"
     line = "x" * 100 + " the middle " + "y" * 100
+    # The sleep is the backend's lifetime (it is stopped long before), not a wait of the test.
     program = f"print({line!r}, flush=True); import time; time.sleep(60)"
     config.write_text(
         f'[daemon]\nsocket = "{socket}"\nstate_dir = "{tmp_path / "state"}"\n'
