@@ -238,6 +238,10 @@ class LeaseOps:
                 left = None if deadline is None else deadline - time.monotonic()
                 if left is not None and left <= 0:
                     raise OperationTimeout(f"{name} did not run within {timeout}s", model=name)
+                if not load and self._switcher.underway(name):
+                    # A load is on its way (room is being made for it): join it.
+                    await self._settled(name, left, timeout)
+                    continue
                 if not load and record.state is not State.LOADING:
                     raise WouldLoad(
                         f"{name} is {record.state.value}: a lease would need a load or a wake",
@@ -249,6 +253,13 @@ class LeaseOps:
                     await self._models.switch(name, timeout=left, caller=caller)
                 except ModelsBusy:
                     continue  # its turn comes once the drain allows; our timeout rules
+
+    async def _settled(self, name: str, left: float | None, timeout: float | None) -> None:
+        try:
+            async with asyncio.timeout(left):
+                await self._switcher.settled(name)
+        except TimeoutError:
+            raise OperationTimeout(f"{name} did not run within {timeout}s", model=name) from None
 
     def acquire_now(
         self, name: str, *, owner: int, caller: Asker | None = None

@@ -7,7 +7,10 @@ on failure). Making room and undoing it is room.py's."""
 
 from __future__ import annotations
 
+import asyncio
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import structlog
@@ -62,6 +65,14 @@ class _Begun:
     failure: ModeldError | None = None
 
 
+@dataclass
+class _Underway:
+    """Bring-ups of one model in progress, and when the last of them ends."""
+
+    count: int = 0
+    ended: asyncio.Event = field(default_factory=asyncio.Event)
+
+
 @dataclass(frozen=True)
 class _Blocked:
     """The decision says to wait outside the lock (for loads, or for a drain), then
@@ -87,6 +98,30 @@ class Switcher:
         self._leases = leases
         self._metrics = metrics
         self.room = Room(lifecycle, operations, parking, leases, metrics)
+        # Models being brought up now: a lease that may not cause a load joins one of
+        # these even before the model is loading (while room is made for it).
+        self._underway: dict[str, _Underway] = {}
+
+    def underway(self, name: str) -> bool:
+        """Whether a switch, start or restart of `name` is in progress."""
+        return name in self._underway
+
+    async def settled(self, name: str) -> None:
+        """Return once no switch, start or restart of `name` is in progress."""
+        while (under := self._underway.get(name)) is not None:
+            await under.ended.wait()
+
+    @contextmanager
+    def _bringing(self, name: str) -> Iterator[None]:
+        under = self._underway.setdefault(name, _Underway())
+        under.count += 1
+        try:
+            yield
+        finally:
+            under.count -= 1
+            if not under.count:
+                del self._underway[name]
+                under.ended.set()
 
     async def bring_back(self, record: Model) -> bool:
         """The restart policy's retry: start it again if it is still down; False if that
@@ -125,6 +160,20 @@ class Switcher:
         the memory the target needs, wait (outside the lock) for them to settle and decide
         again: a loading model is never evicted from under its waiting callers. Models
         serving requests (leases) are drained first, unless `force`."""
+        with self._bringing(record.name):
+            return await self._bring_up(op, record, caller, evict, wait, timeout, restart, force)
+
+    async def _bring_up(
+        self,
+        op: str,
+        record: Model,
+        caller: Asker | None,
+        evict: bool,
+        wait: bool,
+        timeout: float | None,
+        restart: bool,
+        force: bool,
+    ) -> SwitchResult:
         deadline = None if timeout is None else time.monotonic() + timeout
         drained: list[str] = []
         try:

@@ -105,6 +105,9 @@ class Proxy:
         self._in_flight = 0
         # Requests in flight per inference key (admins are not counted).
         self._per_key: Counter[str] = Counter()
+        # Leases asked for that may cause a load, per model, until granted or refused:
+        # others' requests for that model join the load (the daemon says) at no budget.
+        self._loads_asked: Counter[str] = Counter()
 
     @property
     def in_flight(self) -> int:
@@ -237,7 +240,8 @@ class Proxy:
         if caller.admin or not self._budget.limited:
             return await self._serve(request, model, waiting, load=True, asked=asked)
         retry = self._budget.spent(caller.name)
-        if retry is None or self._link.states.get(model) not in IDLE_STATES:
+        idle = self._link.states.get(model) in IDLE_STATES and not self._loads_asked[model]
+        if retry is None or not idle:
             # The daemon says whether it would load (the gateway's view is only a hint).
             try:
                 return await self._serve(request, model, waiting, load=False, asked=asked)
@@ -245,9 +249,9 @@ class Proxy:
                 if exc.kind != "would_load":
                     raise
             retry = self._budget.take(caller.name)
-        # else: spent, and the model is stopped, asleep or failed as the daemon last said
-        # (an unknown state is asked about): refused without a round trip to the daemon,
-        # so a thrashing key costs the others as little as possible.
+        # else: spent, the model stopped, asleep or failed as the daemon last said (an
+        # unknown state is asked about) and no load of it asked for here: refused without
+        # a round trip to the daemon, so a thrashing key costs the others next to nothing.
         if retry is not None:
             self._metrics.key_loads_refused.labels(caller.name).inc()
             limit = self._budget.per_minute
@@ -280,8 +284,10 @@ class Proxy:
         if request.get(STREAMED) and state != "running" and (load or state == "loading"):
             feedback = Feedback(request, model, self._link, asked)
             await feedback.start()
+        asking = _Asking(self._loads_asked, model if load else None)
         try:
             async with self._link.lease(model, self._config.acquire_timeout_s, load) as lease:
+                asking.done()
                 place.release()
                 waiting.holding.release()
                 self._metrics.load_wait.labels(model).observe(time.monotonic() - started)
@@ -302,6 +308,24 @@ class Proxy:
             request[FAILED] = exc  # its headers said 200: the error event says otherwise
             return await feedback.fail(exc)
         finally:
+            asking.done()
             place.release()
             if feedback is not None:
                 await feedback.stop()
+
+
+class _Asking:
+    """A lease asked for with leave to load `model` (None: without), counted until done."""
+
+    def __init__(self, counts: Counter[str], model: str | None) -> None:
+        self._counts, self._model = counts, model
+        if model is not None:
+            counts[model] += 1
+
+    def done(self) -> None:
+        """The lease was granted or refused (again: nothing)."""
+        if self._model is not None:
+            self._counts[self._model] -= 1
+            if not self._counts[self._model]:
+                del self._counts[self._model]
+            self._model = None

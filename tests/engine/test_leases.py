@@ -12,7 +12,7 @@ import pytest
 from modeld.adapters.gpu.simulated import SimulatedGpu
 from modeld.cli.client import Client, RpcError
 from modeld.core.config import Config
-from modeld.core.errors import LoadFailed, ModelsBusy
+from modeld.core.errors import LoadFailed, ModelsBusy, WouldLoad
 from modeld.core.states import State
 from modeld.daemon.server import Limits
 from modeld.engine.engine import Engine
@@ -69,6 +69,35 @@ async def test_a_drain_past_its_timeout_is_refused_and_loses_nothing(
     assert state_of(engine, "b") is State.STOPPED
     assert runtime.starts("b") == 0
     assert engine.leases.release(held.lease, owner=1).leases == 0
+
+
+async def test_an_acquire_that_may_not_load_joins_a_switch_still_making_room(
+    engines: EngineFactory,
+) -> None:
+    """While a switch to b drains a (b still stopped), an acquire of b that may not
+    cause a load waits for that switch and is granted once b runs, with b started
+    once; after a switch gave up (a drain past its timeout), the same acquire is
+    would_load at once and loads nothing."""
+    engine, runtime, _ = await engines(make_config(TWO, [80], drain_timeout_s=0.3))
+    events = engine.events.subscribe()
+    held = await engine.leases.acquire("a", owner=1)
+    switching = asyncio.create_task(engine.models.switch("b", timeout=30))
+    await next_of(events, "drain", model="a")
+    assert state_of(engine, "b") is State.STOPPED
+    joined = asyncio.create_task(engine.leases.acquire("b", owner=2, load=False, timeout=30))
+    with pytest.raises(ModelsBusy):
+        await switching  # a is still leased after drain_timeout_s
+    with pytest.raises(WouldLoad):
+        await joined  # the switch it joined gave up: it causes no load of its own
+    switching = asyncio.create_task(engine.models.switch("b", timeout=30))
+    await next_of(events, "drain", model="a")
+    joined = asyncio.create_task(engine.leases.acquire("b", owner=2, load=False, timeout=30))
+    engine.leases.release(held.lease, owner=1)
+    assert (await joined).model == "b"
+    assert (await switching).status == "success"
+    assert runtime.starts("b") == 1
+    with pytest.raises(WouldLoad):
+        await engine.leases.acquire("a", owner=3, load=False)
 
 
 async def test_force_evicts_a_leased_model(engines: EngineFactory) -> None:

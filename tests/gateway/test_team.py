@@ -119,6 +119,37 @@ async def test_a_key_past_its_load_budget_gets_429_and_running_models_are_still_
     assert ALICE not in text and BOB not in text
 
 
+async def test_requests_that_join_a_load_under_way_spend_no_more_of_the_budget(
+    fronted: GatewayFactory, http: aiohttp.ClientSession
+) -> None:
+    """A key with a budget of one load asks for b, whose load must first wait for a's
+    lease to drain; its further requests for b meanwhile (b still stopped) join that
+    load instead of each spending the budget: all are served by one start of b."""
+    front = await fronted(
+        make_config(TWO, [80]), api_keys=[KEY], inference_keys=INFERENCE, key_loads_per_minute=1
+    )
+    events = front.engine.events.subscribe()
+    held = await front.engine.leases.acquire("a", owner=1)
+    url = f"{front.url}/v1/chat/completions"
+    first = asyncio.create_task(post(http, url, chat("b"), ALICE))
+    await next_of(events, "drain", model="a")  # b's load waits for a's lease
+    assert state_of(front.engine, "b") is State.STOPPED
+    more = [asyncio.create_task(post(http, url, chat("b"), ALICE)) for _ in range(5)]
+
+    async def all_waiting() -> bool:
+        return bool(front.engine.view.status()["models"]["b"]["waiting"] == 6)
+
+    await eventually(all_waiting, timeout=10)
+    front.engine.leases.release(held.lease, owner=1)
+    answers = await asyncio.gather(first, *more)
+    assert [status for status, _, _ in answers] == [200] * 6
+    assert front.runtime.starts("b") == 1
+    async with http.get(front.url + "/metrics", headers=bearer(KEY)) as metrics:
+        text = await metrics.text()
+    assert 'modeld_gateway_key_loads_total{key="alice"} 1.0' in text
+    assert 'modeld_gateway_key_loads_refused_total{key="alice"}' not in text
+
+
 async def test_a_huge_model_name_leaves_another_callers_stream_whole_through_a_switch(
     fronted: GatewayFactory, http: aiohttp.ClientSession
 ) -> None:
