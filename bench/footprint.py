@@ -44,7 +44,7 @@ def run(quick: bool) -> Report:
         with daemon(8, gb_each=8.0) as (process, socket):
             import asyncio
 
-            from modeld.cli.client import call
+            from modeld.client import call
 
             async def start_all() -> None:
                 for index in range(8):

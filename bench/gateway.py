@@ -34,7 +34,7 @@ from pathlib import Path
 import aiohttp
 
 from bench.common import Report, cli, figure, write_config
-from modeld.cli.client import call
+from modeld.client import call
 from modeld.testing.ports import free_port, wait_listening, wait_until
 
 COMPLETION = {"model": "m0", "prompt": "hi", "max_tokens": 4}

@@ -19,7 +19,7 @@ from bench.common import Report, cli, figure
 from modeld.adapters.gpu.simulated import SimulatedGpu
 from modeld.adapters.runtime.docker import DockerRuntime
 from modeld.adapters.vllm import VllmClient
-from modeld.cli.client import Client
+from modeld.client import Client
 from modeld.core.config import parse_config
 from modeld.daemon.server import RpcServer
 from modeld.engine.build import build_engine

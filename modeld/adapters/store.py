@@ -11,12 +11,13 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated
 
 import structlog
 from pydantic import BaseModel, Field, ValidationError
 
 from modeld.core.config import ModelConfig
+from modeld.wire.history import HistoryEntry
 
 log = structlog.get_logger("modeld.adapters.store")
 
@@ -66,26 +67,6 @@ def _median(values: list[float]) -> float | None:
 
 # Decisions kept: enough for a day of switching on a busy host, small enough to save.
 HISTORY_KEPT = 500
-
-
-class HistoryEntry(BaseModel):
-    """One thing modeld did to a model, and why: a state change, or a switch's plan."""
-
-    at: float
-    model: str
-    kind: Literal["state", "plan"] = "state"
-    from_state: str | None = None
-    to_state: str | None = None
-    reason: str
-    failure: str | None = None
-    # How long the load or wake that ended here took.
-    seconds: float | None = None
-    # A plan's figures: who it stopped or parked, the memory it counted, the policy.
-    stop: list[str] | None = None
-    park: list[str] | None = None
-    required_gb: float | None = None
-    available_before_gb: float | None = None
-    policy: str | None = None
 
 
 class Learned(BaseModel):

@@ -13,7 +13,6 @@ import itertools
 import json
 import os
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -21,14 +20,11 @@ from typing import Any
 import argcomplete
 from argcomplete.shell_integration import shellcode
 from rich.console import Console
-from rich.live import Live
 from rich.markup import escape
-from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-from modeld.cli.client import Client, DaemonUnreachable, RpcError, call, default_socket
+from modeld.cli.live import switch_with_progress, top
 from modeld.cli.render import (
     LOADED,
-    dashboard,
     ps_table,
     render_gpu,
     render_history,
@@ -38,49 +34,24 @@ from modeld.cli.render import (
     render_result,
     render_status,
 )
-from modeld.cli.sentences import describe_step
 from modeld.cli.streams import follow, watch
+from modeld.client import (
+    Client,
+    DaemonUnreachable,
+    RpcError,
+    UnreadableAnswer,
+    call,
+    default_socket,
+    read_answer,
+)
 from modeld.core.config import load_config
 from modeld.core.errors import ConfigError
+from modeld.wire.status import GpuStatus, Status
 
 EXIT_OK = 0
 EXIT_REFUSED = 1
 EXIT_USAGE = 2
 EXIT_UNREACHABLE = 3
-
-
-async def _top(path: Path, console: Console, once: bool) -> int:
-    """A live dashboard, redrawn on every event and once a second."""
-    async with Client(path) as query:
-        status = await query.call("status")
-        if once:
-            console.print(dashboard(status))
-            return EXIT_OK
-        queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
-
-        async def listen() -> None:
-            async with Client(path) as subscriber:
-                async for event in subscriber.events():
-                    queue.put_nowait(event)
-
-        listener = asyncio.create_task(listen())
-        last: str | None = None
-        try:
-            with Live(dashboard(status), console=console, refresh_per_second=4) as live:
-                while not listener.done():
-                    try:
-                        async with asyncio.timeout(1.0):
-                            event = await queue.get()
-                        last = f"{event['type']} {event.get('model', '')} " + str(
-                            event.get("to_state") or event.get("stopped") or ""
-                        )
-                    except TimeoutError:
-                        pass
-                    live.update(dashboard(await query.call("status"), last))
-            listener.result()  # the daemon went away: say so like any other command
-        finally:
-            listener.cancel()
-    return EXIT_OK
 
 
 def _modeld_pids() -> list[int]:
@@ -112,61 +83,10 @@ def _unreachable_message(exc: DaemonUnreachable) -> str:
     return f"modelctl: {exc}. {hint}"
 
 
-async def switch_with_progress(
-    console: Console, path: Path, op: str, model: str, params: dict[str, Any]
-) -> Any:
-    """Run a waiting call while its steps, pushed as events on a second connection, drive
-    a progress bar: the current step, and loading time against the estimate."""
-    async with Client(path) as watcher:
-        view = (await watcher.call("status"))["models"].get(model) or {}
-        load_estimate = view.get("estimated_load_time_seconds")
-        wake_estimate = (view.get("parked") or {}).get("estimated_wake_seconds")
-        events = await watcher.subscribe()
-        request = asyncio.create_task(call(op, path, model=model, **params))
-        with Progress(
-            SpinnerColumn(),
-            TextColumn("{task.description}"),
-            BarColumn(),
-            TimeElapsedColumn(),
-            console=console,
-            transient=True,
-        ) as progress:
-            bar = progress.add_task(f"{op} {model}", total=None)
-            estimate: float | None = None
-            loading_since: float | None = None
-            pushed: asyncio.Future[dict[str, Any]] = asyncio.ensure_future(anext(events))
-            try:
-                while not request.done():
-                    await asyncio.wait(
-                        {request, pushed}, timeout=0.2, return_when="FIRST_COMPLETED"
-                    )
-                    if pushed.done():
-                        if pushed.exception() is not None:
-                            await asyncio.wait({request})  # the stream ended: wait quietly
-                            break
-                        event = pushed.result()
-                        pushed = asyncio.ensure_future(anext(events))
-                        step = describe_step(event, model)
-                        if step is not None:
-                            progress.update(bar, description=step)
-                        if event["type"] == "state" and event["model"] == model:
-                            loading = event["to_state"] == "loading"
-                            loading_since = time.monotonic() if loading else None
-                            waking = event["reason"] == "wake"
-                            estimate = (wake_estimate if waking else load_estimate) or None
-                    if loading_since is not None and estimate:
-                        # Elapsed against the estimate; a slow load stretches the bar.
-                        elapsed = time.monotonic() - loading_since
-                        progress.update(bar, total=max(estimate, elapsed), completed=elapsed)
-            finally:
-                pushed.cancel()
-    return await request
-
-
 # How each reading command's answer is shown (the others: render_result).
 RENDERERS: dict[str, Callable[[Console, Any], None]] = {
-    "status": render_status,
-    "gpu": render_gpu,
+    "status": lambda console, answer: render_status(console, read_answer(Status, "status", answer)),
+    "gpu": lambda console, answer: render_gpu(console, read_answer(GpuStatus, "gpu", answer)),
     "models": render_models,
     "reload": render_reload,
     "plan": render_plan,
@@ -191,7 +111,8 @@ async def _run(args: argparse.Namespace, console: Console) -> int:
         await watch(path, console, args.json)
         return EXIT_OK
     if op == "top":
-        return await _top(path, console, args.once)
+        await top(path, console, args.once)
+        return EXIT_OK
     if op == "logs" and args.follow:
         await follow(path, args.model, args.lines, console, args.json)
         return EXIT_OK
@@ -204,12 +125,17 @@ async def _run(args: argparse.Namespace, console: Console) -> int:
                 console.print(line, markup=False, highlight=False)
         return EXIT_OK
     if op == "ps":
-        result = await call("status", path)
+        async with Client(path) as client:
+            status = await client.status()
         if args.json:
-            loaded = {n: m for n, m in result["models"].items() if m["status"] in LOADED}
+            loaded = {
+                name: model.model_dump(mode="json")
+                for name, model in status.models.items()
+                if model.status in LOADED
+            }
             print(json.dumps(loaded, indent=2))
         else:
-            console.print(ps_table(result))
+            console.print(ps_table(status))
         return EXIT_OK
     if op in ("status", "gpu", "models", "ping", "reload"):
         result = await call(op, path)
@@ -359,6 +285,9 @@ def run(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"modelctl: --config: {exc.message}", file=sys.stderr)
         return EXIT_USAGE
+    except UnreadableAnswer as exc:
+        print(f"modelctl: {exc} (is modeld the same version as modelctl?)", file=sys.stderr)
+        return EXIT_REFUSED
     except RpcError as exc:
         if args.json:
             print(

@@ -13,6 +13,7 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 
 from modeld.core.units import about, gigabytes, seconds
+from modeld.wire.status import GpuStatus, ModelStatus, Status
 
 STATE_STYLE = {
     "running": "green",
@@ -39,46 +40,45 @@ def _gb(value: float | None) -> str:
     return "-" if value is None else gigabytes(value)
 
 
-def render_status(console: Console, status: dict[str, Any]) -> None:
+def render_status(console: Console, status: Status) -> None:
     """The models table, what the running ones are doing, failures, one line per GPU."""
     console.print(models_table(status))
-    for name, model in status["models"].items():
+    for name, model in status.models.items():
         if doing := activity_text(model):
             console.print(f"[green]{escape(name)}[/] {doing}", highlight=False)
-        if model["failure"]:
-            failure = model["failure"]
+        if (failure := model.failure) is not None:
             # What a backend printed is text, never markup ("[/opt/vllm]" is not a tag).
-            console.print(f"[red]{escape(name)} failed:[/] {escape(failure['reason'])}")
-            for line in (failure.get("last_lines") or [])[-5:]:
-                console.print(f"  [dim]{escape(line)}[/]")
-    render_gpu(console, status["gpu"])
+            console.print(f"[red]{escape(name)} failed:[/] {escape(failure.reason)}")
+            for printed in failure.last_lines[-5:]:
+                console.print(f"  [dim]{escape(printed)}[/]")
+    render_gpu(console, status.gpu)
     if line := parking_line(status):
         console.print(line)
 
 
-def parking_line(status: dict[str, Any]) -> str | None:
+def parking_line(status: Status) -> str | None:
     """Host RAM taken by parked models against the budget, when parking is on."""
-    parking = status.get("parking") or {}
-    if not parking.get("ram_budget_gb"):
+    parking = status.parking
+    if not parking.ram_budget_gb:
         return None
-    parked = [name for name, m in status["models"].items() if m["status"] == "sleeping"]
-    return f"parked: {parking['ram_used_gb']:.1f} / {parking['ram_budget_gb']:.1f} GB host RAM" + (
+    parked = [name for name, m in status.models.items() if m.status == "sleeping"]
+    return f"parked: {parking.ram_used_gb:.1f} / {parking.ram_budget_gb:.1f} GB host RAM" + (
         f" ({', '.join(parked)})" if parked else ""
     )
 
 
-def activity_text(model: dict[str, Any]) -> str:
+def activity_text(model: ModelStatus) -> str:
     """What a running model is doing, from its backend: "2 busy, 1.3 req/s, 45 tok/s"."""
-    activity = model.get("activity")
-    if not activity:
+    activity = model.activity
+    if activity is None:
         return ""
-    text = f"{activity['in_flight']:.0f} busy"
-    if activity["requests_per_s"] is not None:
-        text += f", {activity['requests_per_s']:.1f} req/s, {activity['tokens_per_s']:.0f} tok/s"
+    text = f"{activity.in_flight:.0f} busy"
+    if activity.requests_per_s is not None and activity.tokens_per_s is not None:
+        text += f", {activity.requests_per_s:.1f} req/s, {activity.tokens_per_s:.0f} tok/s"
     return text
 
 
-def models_table(status: dict[str, Any]) -> Table:
+def models_table(status: Status) -> Table:
     """Every model: state, since, memory, health, leases (requests in flight), estimated
     load."""
     table = Table(title="modeld models")
@@ -86,21 +86,21 @@ def models_table(status: dict[str, Any]) -> Table:
     table.add_column("model", no_wrap=True)
     for column in ("state", "since", "memory", "health", "leases", "est. load"):
         table.add_column(column)
-    for name, model in status["models"].items():
-        state = model["status"]
-        memory = _gb(model["gpu_memory_used_gb"])
-        if model["gpu_memory_source"]:
-            memory += f" ({model['gpu_memory_source']})"
-        estimate = about(model["estimated_load_time_seconds"])
-        if parked := model.get("parked"):
-            estimate = f"{about(parked['estimated_wake_seconds'])} (wake)"
+    for name, model in status.models.items():
+        state = model.status
+        memory = _gb(model.gpu_memory_used_gb)
+        if model.gpu_memory_source:
+            memory += f" ({model.gpu_memory_source})"
+        estimate = about(model.estimated_load_time_seconds)
+        if (parked := model.parked) is not None:
+            estimate = f"{about(parked.estimated_wake_seconds)} (wake)"
         table.add_row(
-            name + (" [pinned]" if model["pinned"] else ""),
+            name + (" [pinned]" if model.pinned else ""),
             f"[{STATE_STYLE.get(state, '')}]{state}[/]",
-            _ago(model["since"]),
+            _ago(model.since),
             memory,
-            model["health"],
-            str(model.get("leases", 0)),
+            model.health,
+            str(model.leases),
             estimate,
         )
     return table
@@ -109,44 +109,44 @@ def models_table(status: dict[str, Any]) -> Table:
 LOADED = ("running", "loading", "sleeping")
 
 
-def ps_table(status: dict[str, Any]) -> Table:
+def ps_table(status: Status) -> Table:
     """Only what is loaded (running, loading, sleeping): memory, leases, activity, since."""
     table = Table(title="loaded models")
     table.add_column("model", no_wrap=True)
     for column in ("state", "memory", "leases", "activity", "since"):
         table.add_column(column)
-    for name, model in status["models"].items():
-        if model["status"] not in LOADED:
+    for name, model in status.models.items():
+        if model.status not in LOADED:
             continue
-        state = model["status"]
+        state = model.status
         table.add_row(
             name,
             f"[{STATE_STYLE.get(state, '')}]{state}[/]",
-            _gb(model["gpu_memory_used_gb"]),
-            str(model.get("leases", 0)),
+            _gb(model.gpu_memory_used_gb),
+            str(model.leases),
             activity_text(model),
-            _ago(model["since"]),
+            _ago(model.since),
         )
     return table
 
 
-def dashboard(status: dict[str, Any], last_event: str | None = None) -> Group:
+def dashboard(status: Status, last_event: str | None = None) -> Group:
     """`modelctl top`: the models, a memory bar per GPU, loads in progress, last event."""
     parts: list[Any] = [models_table(status)]
-    for device in status["gpu"]["devices"]:
+    for device in status.gpu.devices:
         bar = Table.grid(padding=(0, 1))
         bar.add_row(
-            f"GPU {device['index']}",
-            ProgressBar(total=device["total_gb"], completed=device["used_gb"], width=40),
-            f"{device['used_gb']:.1f} / {device['total_gb']:.1f} GB",
+            f"GPU {device.index}",
+            ProgressBar(total=device.total_gb, completed=device.used_gb, width=40),
+            f"{device.used_gb:.1f} / {device.total_gb:.1f} GB",
         )
         parts.append(bar)
     if line := parking_line(status):
         parts.append(line)
-    for name, model in status["models"].items():
-        if model["status"] == "loading":
-            elapsed = time.time() - datetime.fromisoformat(model["since"]).timestamp()
-            estimate = model["estimated_load_time_seconds"]
+    for name, model in status.models.items():
+        if model.status == "loading":
+            elapsed = time.time() - datetime.fromisoformat(model.since).timestamp()
+            estimate = model.estimated_load_time_seconds
             parts.append(
                 f"[yellow]{name}[/] loading {seconds(elapsed)} of {about(estimate)} "
                 f"({about(max(0.0, estimate - elapsed))} left)"
@@ -158,17 +158,17 @@ def dashboard(status: dict[str, Any], last_event: str | None = None) -> Group:
     return Group(*parts)
 
 
-def render_gpu(console: Console, gpu: dict[str, Any]) -> None:
+def render_gpu(console: Console, gpu: GpuStatus) -> None:
     """One line per device, and the total."""
-    for device in gpu["devices"]:
+    for device in gpu.devices:
         console.print(
-            f"GPU {device['index']} {device['name']}: {device['used_gb']:.1f} / "
-            f"{device['total_gb']:.1f} GB used, {device['free_gb']:.1f} GB free"
+            f"GPU {device.index} {device.name}: {device.used_gb:.1f} / "
+            f"{device.total_gb:.1f} GB used, {device.free_gb:.1f} GB free"
         )
-    note = " [yellow](stale reading)[/]" if gpu["stale"] else ""
+    note = " [yellow](stale reading)[/]" if gpu.stale else ""
     console.print(
-        f"total: {gpu['used_gb']:.1f} / {gpu['total_gb']:.1f} GB used, "
-        f"{gpu['available_gb']:.1f} GB available ({gpu['backend']}){note}"
+        f"total: {gpu.used_gb:.1f} / {gpu.total_gb:.1f} GB used, "
+        f"{gpu.available_gb:.1f} GB available ({gpu.backend}){note}"
     )
 
 

@@ -12,8 +12,8 @@ from pathlib import Path
 from rich.console import Console
 from rich.markup import escape
 
-from modeld.cli.client import Client, DaemonUnreachable, RpcError, call
 from modeld.cli.sentences import render_event
+from modeld.client import Client, DaemonUnreachable, RpcError, call
 
 # How often a lost daemon is tried again.
 RECONNECT_EVERY_S = 1.0

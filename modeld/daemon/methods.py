@@ -18,15 +18,6 @@ from pydantic import BaseModel, ValidationError
 from modeld import __version__
 from modeld.core.errors import ModeldError, PermissionDenied
 from modeld.core.jsonraw import RawJSON
-from modeld.core.results import (
-    LeaseResult,
-    LogsResult,
-    PlanResult,
-    ReleaseResult,
-    ReloadResult,
-    StopResult,
-    SwitchResult,
-)
 from modeld.daemon.access import AccessPolicy, Caller
 from modeld.daemon.params import (
     AcquireParams,
@@ -40,16 +31,21 @@ from modeld.daemon.params import (
     StopParams,
     SwitchParams,
 )
-from modeld.daemon.shapes import (
-    Following,
-    GpuShape,
-    HistoryShape,
-    ModelInfoShape,
-    Pong,
-    StatusShape,
-    Subscribed,
-)
 from modeld.engine.engine import Engine
+from modeld.wire.results import (
+    Following,
+    HistoryResult,
+    LeaseResult,
+    LogsResult,
+    PlanResult,
+    Pong,
+    ReleaseResult,
+    ReloadResult,
+    StopResult,
+    Subscribed,
+    SwitchResult,
+)
+from modeld.wire.status import GpuStatus, ModelInfo, Status
 
 log = structlog.get_logger("modeld.daemon.methods")
 
@@ -102,6 +98,8 @@ def _json(value: Any) -> Any:
     """A typed result as JSON, keeping only the fields its outcome set."""
     if isinstance(value, BaseModel):
         return value.model_dump(mode="json", exclude_unset=True)
+    if isinstance(value, list):
+        return [_json(item) for item in value]
     return value
 
 
@@ -216,11 +214,11 @@ def _status(ctx: Context, _: NoParams) -> RawJSON:
     return ctx.engine.view.status_json(redacted=not ctx.trusted)
 
 
-def _gpu(ctx: Context, _: NoParams) -> dict[str, Any]:
+def _gpu(ctx: Context, _: NoParams) -> GpuStatus:
     return ctx.engine.view.gpu()
 
 
-def _models(ctx: Context, _: NoParams) -> list[dict[str, Any]]:
+def _models(ctx: Context, _: NoParams) -> list[ModelInfo]:
     return ctx.engine.view.models()
 
 
@@ -230,8 +228,8 @@ async def _switch(ctx: Context, p: SwitchParams) -> SwitchResult:
     )
 
 
-def _history(ctx: Context, p: HistoryParams) -> HistoryShape:
-    return HistoryShape(entries=ctx.engine.models.history(p.model, p.limit))
+def _history(ctx: Context, p: HistoryParams) -> HistoryResult:
+    return HistoryResult(entries=ctx.engine.models.history(p.model, p.limit))
 
 
 async def _plan(ctx: Context, p: PlanParams) -> PlanResult:
@@ -290,15 +288,13 @@ API: tuple[Method[Any], ...] = (
     Method(
         "status",
         NoParams,
-        StatusShape,
+        Status,
         _status,
         "Every model, the GPU, parking, runtimes.",
         inline=True,
     ),
-    Method("gpu", NoParams, GpuShape, _gpu, "The last GPU reading.", inline=True),
-    Method(
-        "models", NoParams, list[ModelInfoShape], _models, "The configured models.", inline=True
-    ),
+    Method("gpu", NoParams, GpuStatus, _gpu, "The last GPU reading.", inline=True),
+    Method("models", NoParams, list[ModelInfo], _models, "The configured models.", inline=True),
     Method(
         "switch",
         SwitchParams,
@@ -310,7 +306,7 @@ API: tuple[Method[Any], ...] = (
     Method(
         "history",
         HistoryParams,
-        HistoryShape,
+        HistoryResult,
         _history,
         "What was done to models and why: state changes with reasons, switches' plans.",
         inline=True,

@@ -11,17 +11,8 @@ from collections.abc import AsyncIterator
 
 import structlog
 
-from modeld.adapters.store import HistoryEntry
 from modeld.core.errors import ModeldError, ModelsBusy, OperationTimeout, WouldLoad
 from modeld.core.events import EventBus, Subscription
-from modeld.core.results import (
-    LeaseResult,
-    LogsResult,
-    PlanResult,
-    ReleaseResult,
-    StopResult,
-    SwitchResult,
-)
 from modeld.core.states import State
 from modeld.engine.facts import Revision
 from modeld.engine.leases import Leases
@@ -31,6 +22,15 @@ from modeld.engine.model import Model
 from modeld.engine.operations import Asker, Operations
 from modeld.engine.preview import preview_switch
 from modeld.engine.switching import Switcher
+from modeld.wire.history import HistoryEntry
+from modeld.wire.results import (
+    LeaseResult,
+    LogsResult,
+    PlanResult,
+    ReleaseResult,
+    StopResult,
+    SwitchResult,
+)
 
 log = structlog.get_logger("modeld.engine.facades")
 

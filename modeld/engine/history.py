@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import time
 
-from modeld.adapters.store import HISTORY_KEPT, HistoryEntry
+from modeld.adapters.store import HISTORY_KEPT
 from modeld.core.planner import Plan
 from modeld.core.states import State
 from modeld.engine.learning import Learning
 from modeld.engine.model import Transition
+from modeld.wire.history import HistoryEntry
 
 
 class History:

@@ -8,7 +8,7 @@ disagree. Durations and counts are recorded as they happen.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from typing import Any, Protocol
+from typing import Protocol
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram
@@ -18,6 +18,7 @@ from prometheus_client.registry import Collector
 
 from modeld.core.addresses import split_host_port
 from modeld.core.states import State
+from modeld.wire.status import Status
 
 GIB = 1024**3
 LOAD_BUCKETS = (1, 2.5, 5, 10, 15, 20, 30, 45, 60, 90, 120, 180, 300, 600)
@@ -70,7 +71,7 @@ class NoMetrics(MetricsSink):
 class _StatusCollector(Collector):
     """Gauges read from the Engine's status at scrape time."""
 
-    def __init__(self, status: Callable[[], dict[str, Any]]) -> None:
+    def __init__(self, status: Callable[[], Status]) -> None:
         self._status = status
 
     def collect(self) -> Iterator[Metric]:
@@ -83,33 +84,34 @@ class _StatusCollector(Collector):
             "GPU memory a model holds, per device",
             labels=["model", "device", "source"],
         )
-        for name, model in status["models"].items():
+        for name, model in status.models.items():
             for candidate in State:
-                state.add_metric([name, candidate.value], float(model["status"] == candidate))
-            for device, gb in model["gpu_memory_per_device_gb"].items():
-                memory.add_metric([name, device, model["gpu_memory_source"]], gb * GIB)
+                state.add_metric([name, candidate.value], float(model.status == candidate))
+            for device, gb in model.gpu_memory_per_device_gb.items():
+                memory.add_metric([name, device, model.gpu_memory_source or ""], gb * GIB)
         gpu = GaugeMetricFamily(
             "modeld_gpu_memory_bytes", "GPU memory per device", labels=["device", "kind"]
         )
-        for device in status["gpu"]["devices"]:
-            for kind in ("total", "used", "free"):
-                gpu.add_metric([str(device["index"]), kind], device[f"{kind}_gb"] * GIB)
+        for card in status.gpu.devices:
+            held = (("total", card.total_gb), ("used", card.used_gb), ("free", card.free_gb))
+            for kind, gb in held:
+                gpu.add_metric([str(card.index), kind], gb * GIB)
         in_flight = GaugeMetricFamily(
             "modeld_operations_in_flight", "Operations running or waiting for their turn"
         )
-        in_flight.add_metric([], status["in_flight"])
+        in_flight.add_metric([], status.in_flight)
         parked = GaugeMetricFamily(
             "modeld_parked_ram_bytes",
             "Host RAM taken by parked models' weights, and the budget",
             labels=["kind"],
         )
-        parked.add_metric(["used"], status["parking"]["ram_used_gb"] * GIB)
-        parked.add_metric(["budget"], status["parking"]["ram_budget_gb"] * GIB)
+        parked.add_metric(["used"], status.parking.ram_used_gb * GIB)
+        parked.add_metric(["budget"], status.parking.ram_budget_gb * GIB)
         leases = GaugeMetricFamily(
             "modeld_leases", "Requests in flight (leases held) per model", labels=["model"]
         )
-        for name, model in status["models"].items():
-            leases.add_metric([name], model["leases"])
+        for name, model in status.models.items():
+            leases.add_metric([name], model.leases)
         # What the backends' own /metrics said at the last poll (running models only).
         working = GaugeMetricFamily(
             "modeld_model_requests_in_backend",
@@ -126,14 +128,15 @@ class _StatusCollector(Collector):
             "Tokens a model generated per second",
             labels=["model"],
         )
-        for name, model in status["models"].items():
-            activity = model.get("activity")
+        for name, model in status.models.items():
+            activity = model.activity
             if activity is None:
                 continue
-            working.add_metric([name], activity["in_flight"])
-            if activity["requests_per_s"] is not None:
-                requests.add_metric([name], activity["requests_per_s"])
-                tokens.add_metric([name], activity["tokens_per_s"])
+            working.add_metric([name], activity.in_flight)
+            if activity.requests_per_s is not None:
+                requests.add_metric([name], activity.requests_per_s)
+            if activity.tokens_per_s is not None:
+                tokens.add_metric([name], activity.tokens_per_s)
         yield from (state, memory, gpu, in_flight, parked, leases, working, requests, tokens)
 
 
@@ -194,7 +197,7 @@ class Metrics:
             registry=self.registry,
         )
 
-    def watch(self, status: Callable[[], dict[str, Any]]) -> None:
+    def watch(self, status: Callable[[], Status]) -> None:
         """Export the Engine's state, read at each scrape."""
         self.registry.register(_StatusCollector(status))
 

@@ -23,13 +23,13 @@ from modeld.core.decision import (
     decide_switch,
 )
 from modeld.core.planner import Infeasible, Plan
-from modeld.core.results import MemoryInfo, PlanAction, PlanCandidate, PlanResult
 from modeld.core.states import State
 from modeld.core.units import about
 from modeld.engine.leases import Leases
 from modeld.engine.lifecycle import Lifecycle
 from modeld.engine.model import Model
 from modeld.engine.room import staying, why_no_room
+from modeld.wire.results import MemoryInfo, PlanAction, PlanCandidate, PlanResult
 
 
 def memory_info(life: Lifecycle, record: Model, plan: Plan) -> MemoryInfo:

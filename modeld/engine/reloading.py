@@ -12,11 +12,11 @@ from modeld.core.config import load_config
 from modeld.core.config_checks import check_devices, check_fits
 from modeld.core.errors import ConfigError
 from modeld.core.reload import ReloadPlan, plan_reload
-from modeld.core.results import ReloadResult
 from modeld.core.states import State
 from modeld.engine.learning import Learning
 from modeld.engine.lifecycle import Lifecycle
 from modeld.engine.operations import Asker, Operations
+from modeld.wire.results import ReloadResult
 
 log = structlog.get_logger("modeld.engine.reloading")
 

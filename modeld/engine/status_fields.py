@@ -1,13 +1,13 @@
-"""The JSON fields of `status`, `gpu` and `models`: the seed's `status` and `gpu` shapes, and more.
+"""`status`, `gpu` and `models` (wire/status.py) from the records and the last GPU
+reading: the seed's `status` and `gpu` shapes, and more.
 
-Pure functions of the records and the last GPU reading: `status` never does I/O.
+Pure functions of memory: `status` never does I/O.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
-from typing import Any
 
 from modeld.adapters.gpu.base import GpuReading
 from modeld.adapters.hfcache import human_size
@@ -15,6 +15,19 @@ from modeld.core.memory import model_need
 from modeld.core.states import ACTIVE, State
 from modeld.engine.facts import device_totals
 from modeld.engine.model import Model
+from modeld.wire.status import (
+    Activity,
+    Device,
+    Download,
+    Failure,
+    GpuProcess,
+    GpuStatus,
+    ModelInfo,
+    ModelStatus,
+    Parked,
+    RestartStatus,
+    RuntimeStatus,
+)
 
 
 def iso(timestamp: float) -> str:
@@ -22,7 +35,7 @@ def iso(timestamp: float) -> str:
     return datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="seconds")
 
 
-def model_view(record: Model, reading: GpuReading | None, now: float) -> dict[str, Any]:
+def model_view(record: Model, reading: GpuReading | None, now: float) -> ModelStatus:
     """One model in the seed's `status` fields, plus state time, failure and sources
     (`now`: the monotonic clock, for idle time)."""
     config = record.config
@@ -35,106 +48,110 @@ def model_view(record: Model, reading: GpuReading | None, now: float) -> dict[st
         used_gb = round(sum(per_device.values()), 1)
         used_source = source.value
     failure = record.status.failure
-    return {
-        "status": record.state.value,
-        "since": iso(record.status.since),
-        "size_gb": config.size_gb,
-        "description": config.description,
-        "aliases": list(config.aliases),
-        "estimated_load_time_seconds": round(record.load_estimate_s(), 1),
-        "estimated_load_time_source": "learned" if record.loading.learned_s else "configured",
-        "gpu_memory_used_gb": used_gb,
-        "gpu_memory_source": used_source,
-        "gpu_memory_per_device_gb": {str(d): round(gb, 2) for d, gb in per_device.items()},
-        "gpu_memory_required_gb": round(need.total_gb, 1),
-        "gpu_memory_required_source": need.source.value,
-        "gpu_memory_over_plan_gb": record.memory.over_plan_gb,
-        "downloaded_size": human_size(record.download.bytes) if record.download else None,
-        "download": (
-            {
-                "bytes": record.download.bytes,
-                "complete": record.download.complete,
-                "reason": record.download.reason,
-            }
+    return ModelStatus(
+        status=record.state.value,
+        since=iso(record.status.since),
+        size_gb=config.size_gb,
+        description=config.description,
+        aliases=list(config.aliases),
+        estimated_load_time_seconds=round(record.load_estimate_s(), 1),
+        estimated_load_time_source="learned" if record.loading.learned_s else "configured",
+        gpu_memory_used_gb=used_gb,
+        gpu_memory_source=used_source,
+        gpu_memory_per_device_gb={str(d): round(gb, 2) for d, gb in per_device.items()},
+        gpu_memory_required_gb=round(need.total_gb, 1),
+        gpu_memory_required_source=need.source.value,
+        gpu_memory_over_plan_gb=record.memory.over_plan_gb,
+        downloaded_size=human_size(record.download.bytes) if record.download else None,
+        download=(
+            Download(
+                bytes=record.download.bytes,
+                complete=record.download.complete,
+                reason=record.download.reason,
+            )
             if record.download
             else None
         ),
         # While it loads, /health is refused by design: "loading", not "unreachable".
-        "health": "loading" if record.state is State.LOADING else record.health.value,
-        "failure": failure.as_dict() if failure else None,
-        "gpus": list(config.gpus),
-        "pinned": config.pinned,
-        "sleep_mode": config.sleep_mode,
-        "parked": (
-            {
-                "ram_gb": round(config.parked_ram_gb, 1),
-                "estimated_wake_seconds": round(record.wake_estimate()[0], 2),
-                "wake_source": record.wake_estimate()[1],
-            }
+        health="loading" if record.state is State.LOADING else record.health.value,
+        failure=(
+            Failure(
+                reason=failure.reason,
+                exit_code=failure.exit_code,
+                last_lines=list(failure.last_lines),
+            )
+            if failure
+            else None
+        ),
+        gpus=list(config.gpus),
+        pinned=config.pinned,
+        sleep_mode=config.sleep_mode,
+        parked=(
+            Parked(
+                ram_gb=round(config.parked_ram_gb, 1),
+                estimated_wake_seconds=round(record.wake_estimate()[0], 2),
+                wake_source=record.wake_estimate()[1],
+            )
             if record.state is State.SLEEPING
             else None
         ),
-        "last_wake_seconds": round(record.sleep.last_wake_s, 2)
-        if record.sleep.last_wake_s
-        else None,
-        "wake_fallback": record.sleep.fallback,
-        "idle_unload_after_s": config.idle_unload_after_s,
-        "idle_seconds": (
+        last_wake_seconds=round(record.sleep.last_wake_s, 2) if record.sleep.last_wake_s else None,
+        wake_fallback=record.sleep.fallback,
+        idle_unload_after_s=config.idle_unload_after_s,
+        idle_seconds=(
             round(max(0.0, now - record.usage.last_active), 1)
             if record.state is State.RUNNING and config.idle_unload_after_s
             else None
         ),
-        "runtime": config.runtime,
-        "endpoint": config.endpoint,
-        "activity": _activity(record),
-        "last_load_seconds": round(record.loading.last_s, 2) if record.loading.last_s else None,
-        "restart": {
-            "policy": config.restart,
-            "attempts": record.restarts.attempts,
-            "max_retries": config.restart_max_retries,
-            "next_attempt_at": iso(record.restarts.at) if record.restarts.at else None,
-            "gave_up": record.restarts.gave_up,
-        },
-        "unmanaged": record.unmanaged,
-        "leases": record.usage.leases,
-        "waiting": record.usage.waiting,
-        "config_pending": record.pending_config is not None,
-        "backend_pid": record.backend.pid if record.backend else None,
-        "container_id": record.backend.id if record.backend else None,
-    }
+        runtime=config.runtime,
+        endpoint=config.endpoint,
+        activity=_activity(record),
+        last_load_seconds=round(record.loading.last_s, 2) if record.loading.last_s else None,
+        restart=RestartStatus(
+            policy=config.restart,
+            attempts=record.restarts.attempts,
+            max_retries=config.restart_max_retries,
+            next_attempt_at=iso(record.restarts.at) if record.restarts.at else None,
+            gave_up=record.restarts.gave_up,
+        ),
+        unmanaged=record.unmanaged,
+        leases=record.usage.leases,
+        waiting=record.usage.waiting,
+        config_pending=record.pending_config is not None,
+        backend_pid=record.backend.pid if record.backend else None,
+        container_id=record.backend.id if record.backend else None,
+    )
 
 
 def _mb(gb: float) -> int:
     return round(gb * 1024)
 
 
-def gpu_view(
-    reading: GpuReading | None, backend: str, error: str | None, stale: bool
-) -> dict[str, Any]:
+def gpu_view(reading: GpuReading | None, backend: str, error: str | None, stale: bool) -> GpuStatus:
     """The seed's `gpu` block summed over devices, with a `devices` list and freshness."""
     devices = reading.devices if reading else ()
     total = sum(d.total_gb for d in devices)
     used = sum(d.used_gb for d in devices)
     free = sum(d.free_gb for d in devices)
-    return {
-        "used_mb": _mb(used),
-        "total_mb": _mb(total),
-        "available_mb": _mb(free),
-        "used_gb": round(used, 2),
-        "total_gb": round(total, 2),
-        "available_gb": round(free, 2),
-        "devices": [
-            {
-                "index": d.index,
-                "name": d.name,
-                "total_gb": round(d.total_gb, 2),
-                "used_gb": round(d.used_gb, 2),
-                "free_gb": round(d.free_gb, 2),
-                "total_mb": _mb(d.total_gb),
-                "used_mb": _mb(d.used_gb),
-                "free_mb": _mb(d.free_gb),
+    return GpuStatus(
+        used_mb=_mb(used),
+        total_mb=_mb(total),
+        available_mb=_mb(free),
+        used_gb=round(used, 2),
+        total_gb=round(total, 2),
+        available_gb=round(free, 2),
+        devices=[
+            Device(
+                index=d.index,
+                name=d.name,
+                total_gb=round(d.total_gb, 2),
+                used_gb=round(d.used_gb, 2),
+                free_gb=round(d.free_gb, 2),
+                total_mb=_mb(d.total_gb),
+                used_mb=_mb(d.used_gb),
+                free_mb=_mb(d.free_gb),
                 # Held by processes that belong to no model (only known with per-process data).
-                "unmanaged_gb": (
+                unmanaged_gb=(
                     round(
                         max(
                             0.0,
@@ -146,29 +163,29 @@ def gpu_view(
                     if reading and reading.per_process
                     else None
                 ),
-            }
+            )
             for d in devices
         ],
-        "processes": [
-            {
-                "pid": p.pid,
-                "device": p.device,
-                "used_gb": round(p.used_gb, 2),
-                "model": p.model,
-                "unmanaged": p.model is None,
-            }
+        processes=[
+            GpuProcess(
+                pid=p.pid,
+                device=p.device,
+                used_gb=round(p.used_gb, 2),
+                model=p.model,
+                unmanaged=p.model is None,
+            )
             for p in (reading.processes if reading else ())
         ],
-        "backend": backend,
-        "read_at": iso(reading.taken_at) if reading else None,
-        "per_process": reading.per_process if reading else False,
-        "stale": stale,
-        "error": error,
-        "source": "measured",
-    }
+        backend=backend,
+        read_at=iso(reading.taken_at) if reading else None,
+        per_process=reading.per_process if reading else False,
+        stale=stale,
+        error=error,
+        source="measured",
+    )
 
 
-def models_view(records: Iterable[Model], reading: GpuReading | None) -> list[dict[str, Any]]:
+def models_view(records: Iterable[Model], reading: GpuReading | None) -> list[ModelInfo]:
     """The configured models and the memory each will need, with the figure's source."""
     totals = device_totals(reading)
     views = []
@@ -180,42 +197,40 @@ def models_view(records: Iterable[Model], reading: GpuReading | None) -> list[di
             config, totals, None if record.pending_config else record.memory.learned_gb
         )
         views.append(
-            {
-                "name": config.name,
-                "runtime": config.runtime,
-                "container": config.container_name if config.runtime == "docker" else None,
-                "endpoint": config.endpoint,
-                "size_gb": config.size_gb,
-                "hf_path": config.hf_path,
-                "description": config.description,
-                "aliases": list(config.aliases),
-                "load_time_seconds": config.load_time_seconds,
-                "gpus": list(config.gpus),
-                "pinned": config.pinned,
-                "gpu_memory_required_gb": {
-                    str(d): round(gb, 2) for d, gb in need.per_device.items()
-                },
-                "gpu_memory_required_source": need.source.value,
-                "load_timeout_s": config.load_timeout_s,
-            }
+            ModelInfo(
+                name=config.name,
+                runtime=config.runtime,
+                container=config.container_name if config.runtime == "docker" else None,
+                endpoint=config.endpoint,
+                size_gb=config.size_gb,
+                hf_path=config.hf_path,
+                description=config.description,
+                aliases=list(config.aliases),
+                load_time_seconds=config.load_time_seconds,
+                gpus=list(config.gpus),
+                pinned=config.pinned,
+                gpu_memory_required_gb={str(d): round(gb, 2) for d, gb in need.per_device.items()},
+                gpu_memory_required_source=need.source.value,
+                load_timeout_s=config.load_timeout_s,
+            )
         )
     return views
 
 
-def runtime_view(errors: Mapping[str, str | None]) -> dict[str, Any]:
+def runtime_view(errors: Mapping[str, str | None]) -> dict[str, RuntimeStatus]:
     """Each runtime in use and whether it answers."""
-    return {name: {"available": err is None, "error": err} for name, err in errors.items()}
+    return {name: RuntimeStatus(available=err is None, error=err) for name, err in errors.items()}
 
 
-def _activity(record: Model) -> dict[str, float | None] | None:
+def _activity(record: Model) -> Activity | None:
     """What a running model is doing, as its backend's /metrics last said."""
     rates = record.usage.rates
     if record.state is not State.RUNNING or rates is None:
         return None
-    return {
-        "in_flight": rates.in_flight,
-        "waiting": rates.waiting,
-        "kv_cache_usage": rates.kv_cache,
-        "requests_per_s": rates.requests_per_s,
-        "tokens_per_s": rates.tokens_per_s,
-    }
+    return Activity(
+        in_flight=rates.in_flight,
+        waiting=rates.waiting,
+        kv_cache_usage=rates.kv_cache,
+        requests_per_s=rates.requests_per_s,
+        tokens_per_s=rates.tokens_per_s,
+    )

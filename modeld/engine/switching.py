@@ -34,7 +34,6 @@ from modeld.core.errors import (
     UnknownModel,
 )
 from modeld.core.planner import Infeasible, Plan
-from modeld.core.results import MemoryInfo, SwitchResult
 from modeld.core.states import State
 from modeld.engine.facts import LoadTask
 from modeld.engine.leases import Leases
@@ -45,6 +44,7 @@ from modeld.engine.operations import AUTO_RESTART, Asker, Operations
 from modeld.engine.parking import Parking
 from modeld.engine.preview import decide_with_plans, memory_info
 from modeld.engine.room import Room, left
+from modeld.wire.results import MemoryInfo, SwitchResult
 
 log = structlog.get_logger("modeld.engine.switching")
 

@@ -5,17 +5,16 @@ shown change bumps; elapsed times in the view are refreshed every STATUS_MAX_AGE
 
 from __future__ import annotations
 
-import json
 import time
 from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
 from modeld.core.jsonraw import RawJSON
-from modeld.core.redaction import without_backend_output
 from modeld.core.states import State
 from modeld.engine.lifecycle import Lifecycle
 from modeld.engine.status_fields import gpu_view, model_view, models_view, runtime_view
+from modeld.wire.status import GpuStatus, ModelInfo, Parking, Status, without_backend_output
 
 # The view shows times (how long a model has been loading): at most this stale.
 STATUS_MAX_AGE_S = 0.5
@@ -31,13 +30,14 @@ class StatusView:
         self._busy = busy
         self._subscribers = subscribers
         self._key: tuple[Any, ...] | None = None
-        self._view: dict[str, Any] = {}
+        self._view: Status | None = None
         self._json = RawJSON(b"{}")
         self._redacted: RawJSON | None = None
 
-    def status(self) -> dict[str, Any]:
-        """The whole view (do not modify it)."""
+    def status(self) -> Status:
+        """The whole view."""
         self._refresh()
+        assert self._view is not None, "built by the refresh"
         return self._view
 
     def status_json(self, redacted: bool = False) -> RawJSON:
@@ -47,8 +47,8 @@ class StatusView:
         if not redacted:
             return self._json
         if self._redacted is None:
-            view = without_backend_output(self._view)
-            self._redacted = RawJSON(json.dumps(view, separators=(",", ":")).encode())
+            assert self._view is not None, "built by the refresh"
+            self._redacted = RawJSON(without_backend_output(self._view).model_dump_json().encode())
         return self._redacted
 
     def _refresh(self) -> None:
@@ -62,38 +62,38 @@ class StatusView:
         if key == self._key:
             return
         self._view = self._build()
-        self._json = RawJSON(json.dumps(self._view, separators=(",", ":")).encode())
+        self._json = RawJSON(self._view.model_dump_json().encode())
         self._redacted = None
         self._key = key
 
-    def _build(self) -> dict[str, Any]:
+    def _build(self) -> Status:
         life, now = self._life, time.monotonic()
         records = life.records.values()
         busy = self._busy()
-        return {
-            "models": {
+        return Status(
+            models={
                 name: model_view(r, life.ledger.reading, now) for name, r in life.records.items()
             },
-            "gpu": self.gpu(),
-            "parking": {
-                "ram_budget_gb": life.config.daemon.park_ram_gb,
-                "ram_used_gb": round(life.ledger.ram_parked_gb(records), 1),
+            gpu=self.gpu(),
+            parking=Parking(
+                ram_budget_gb=life.config.daemon.park_ram_gb,
+                ram_used_gb=round(life.ledger.ram_parked_gb(records), 1),
                 # What the next park may take: the budget's rest, within the host's spare.
-                "ram_free_gb": round(max(0.0, life.ledger.ram_free_gb(records)), 1),
-            },
-            "runtimes": runtime_view(life.runtime_errors),
-            "eviction_policy": life.config.daemon.eviction_policy,
-            "busy": busy > 0,
-            "in_flight": busy,
-            "subscribers": self._subscribers(),
-        }
+                ram_free_gb=round(max(0.0, life.ledger.ram_free_gb(records)), 1),
+            ),
+            runtimes=runtime_view(life.runtime_errors),
+            eviction_policy=life.config.daemon.eviction_policy,
+            busy=busy > 0,
+            in_flight=busy,
+            subscribers=self._subscribers(),
+        )
 
-    def gpu(self) -> dict[str, Any]:
+    def gpu(self) -> GpuStatus:
         """The last GPU reading in the seed's shape, with devices and freshness."""
         ledger = self._life.ledger
         return gpu_view(ledger.reading, ledger.backend, ledger.error, ledger.error is not None)
 
-    def models(self) -> list[dict[str, Any]]:
+    def models(self) -> list[ModelInfo]:
         """The configured models."""
         return models_view(self._life.records.values(), self._life.ledger.reading)
 
@@ -103,4 +103,4 @@ class StatusView:
         shown_states = (State.RUNNING, State.LOADING, State.SLEEPING, State.FAILED)
         parts = [f"{counts[s]} {s.value}" for s in shown_states]
         shown = ", ".join(p for p in parts if not p.startswith("0 ")) or "none running"
-        return f"{shown} · {self.gpu()['available_gb']:.1f} GB free"
+        return f"{shown} · {self.gpu().available_gb:.1f} GB free"

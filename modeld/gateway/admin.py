@@ -9,14 +9,14 @@ from typing import Any
 
 from aiohttp import web
 
-from modeld.cli.client import Client, DaemonUnreachable, RpcError
+from modeld.client import Client, DaemonUnreachable, RpcError
 from modeld.core.naming import not_found
-from modeld.core.redaction import without_backend_output
 from modeld.gateway.auth import identity
 from modeld.gateway.body import Bodies
 from modeld.gateway.errors import GatewayError
 from modeld.gateway.link import DaemonLink
 from modeld.gateway.sse import EventStreams
+from modeld.wire.status import ModelStatus, without_backend_output
 
 # A backend's lines sent at once (`?lines=`), by default and at most.
 LOG_LINES = 100
@@ -25,7 +25,7 @@ MAX_LOG_LINES = 10_000
 MAX_HISTORY = 500
 
 # What a model's entry in /v1/models carries from modeld's status, besides OpenAI's.
-LISTED = (
+LISTED = {
     "status",
     "health",
     "size_gb",
@@ -37,7 +37,7 @@ LISTED = (
     "waiting",
     "sleep_mode",
     "since",
-)
+}
 
 
 Fields = Mapping[str, object]
@@ -112,12 +112,11 @@ class Admin:
 
     async def status(self, request: web.Request) -> web.Response:
         """`GET /v1/models/status`: every model and the GPU, with the seed's fields."""
-        status = await self._link.call("status")
+        status = await self._link.status()
         caller = identity(request)
         # Backends' output (command lines, prompts) is for admins only.
-        return web.json_response(
-            status if caller and caller.admin else without_backend_output(status)
-        )
+        shown = status if caller and caller.admin else without_backend_output(status)
+        return web.json_response(text=shown.model_dump_json())
 
     async def switch(self, request: web.Request) -> web.Response:
         """`POST /v1/models/switch?target_model=NAME[&wait=false][&force=true][&timeout=S]`,
@@ -199,18 +198,18 @@ class Admin:
     async def models(self, request: web.Request) -> web.Response:
         """`GET /v1/models`: OpenAI's list, of every configured model (not only the
         loaded ones), each with modeld's state and figures."""
-        status = await self._link.call("status")
+        status = await self._link.status()
         data = []
-        for name, view in status["models"].items():
+        for name, view in status.models.items():
             data.append(_listed(name, view))
             # Each alias is listed too, as OpenAI clients look names up in this list.
-            data += [_listed(alias, view, alias_of=name) for alias in view.get("aliases", [])]
+            data += [_listed(alias, view, alias_of=name) for alias in view.aliases]
         return web.json_response({"object": "list", "data": data})
 
     async def model(self, request: web.Request) -> web.Response:
         """`GET /v1/models/{name}`: OpenAI's retrieve, with modeld's state and figures."""
         asked = request.match_info["name"]
-        models = (await self._link.call("status"))["models"]
+        models = (await self._link.status()).models
         name = self._link.canonical(asked)
         if name not in models:
             raise GatewayError(
@@ -223,7 +222,7 @@ class Admin:
         return web.json_response(_listed(asked, models[name], alias_of=alias_of))
 
 
-def _listed(name: str, view: dict[str, Any], alias_of: str | None = None) -> dict[str, Any]:
+def _listed(name: str, view: ModelStatus, alias_of: str | None = None) -> dict[str, Any]:
     """One model as OpenAI lists it, with modeld's figures beside (an alias says whose)."""
     return {
         "id": name,
@@ -231,5 +230,5 @@ def _listed(name: str, view: dict[str, Any], alias_of: str | None = None) -> dic
         "created": 0,
         "owned_by": "modeld",
         **({"alias_of": alias_of} if alias_of else {}),
-        **{key: view.get(key) for key in LISTED},
+        **view.model_dump(mode="json", include=LISTED),
     }

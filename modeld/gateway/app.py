@@ -208,7 +208,7 @@ class Gateway:
         model_server_metrics_without_key gets the model server's families alone."""
         body = b"" if request.get(PROTOCOL_ONLY) else self.metrics.exposition()
         try:
-            body += self.model_server.exposition(await self.link.call("status"))
+            body += self.model_server.exposition(await self.link.status())
         except GatewayError as exc:
             log.warning("gateway.metrics_without_models", reason=exc.message)
         return web.Response(

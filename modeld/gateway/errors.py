@@ -12,7 +12,7 @@ from typing import Any
 
 from aiohttp import web
 
-from modeld.cli.client import DaemonUnreachable, RpcError
+from modeld.client import DaemonUnreachable, RpcError
 from modeld.core.redaction import without_backend_output
 
 STATUS: dict[str, int] = {

@@ -18,12 +18,12 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import structlog
-from pydantic import ValidationError
 
-from modeld.cli.client import Client, DaemonUnreachable, RpcError
+from modeld.client import Client, DaemonUnreachable, RpcError, UnreadableAnswer
 from modeld.core.events import EventBus
-from modeld.core.results import LeaseResult
 from modeld.gateway.errors import GatewayError
+from modeld.wire.results import LeaseResult
+from modeld.wire.status import Status
 
 log = structlog.get_logger("modeld.gateway.link")
 
@@ -98,6 +98,8 @@ async def _mapped(call: Awaitable[T], timeout: float, late: GatewayError) -> T:
         raise GatewayError.from_rpc(exc) from None
     except DaemonUnreachable as exc:
         raise GatewayError.from_unreachable(exc) from None
+    except UnreadableAnswer as exc:
+        raise GatewayError("upstream_error", str(exc)) from None
     except TimeoutError:
         raise late from None
 
@@ -124,11 +126,11 @@ class Lease:
         the connection (the daemon restarted)."""
         return self._client.closed and not self._released
 
-    def renewed(self, client: Client, granted: dict[str, Any]) -> None:
+    def renewed(self, client: Client, granted: LeaseResult) -> None:
         """The daemon granted it again on a new connection; ended at once if its request
         finished meanwhile."""
         self._client = client
-        self.granted = self.granted.model_copy(update={"lease": str(granted["lease"])})
+        self.granted = self.granted.model_copy(update={"lease": granted.lease})
         if self._released:
             self._released = False
             self._ending = asyncio.ensure_future(self.release())
@@ -192,22 +194,21 @@ class DaemonLink:
         granted = await _mapped(
             client.acquire(model, timeout_s, load=load), timeout_s + ANSWER_MARGIN_S, late
         )
-        try:
-            typed = LeaseResult.model_validate(granted)
-        except ValidationError as exc:
-            # Not what this gateway's daemon answers (another version?): give it back.
-            with contextlib.suppress(GatewayError):
-                await _answer(client, "release", CALL_TIMEOUT_S, lease=granted.get("lease"))
-            raise GatewayError(
-                "upstream_error", f"modeld's lease on {model} is not one this gateway reads: {exc}"
-            ) from None
-        lease = Lease(client, typed)
+        lease = Lease(client, granted)
         self._held.add(lease)
         try:
             yield lease
         finally:
             self._held.discard(lease)
             await lease.release()
+
+    async def status(self) -> Status:
+        """The daemon's `status`, read into its wire type."""
+        client = await self._calls.client()
+        late = GatewayError(
+            "daemon_unreachable", f"modeld did not answer status within {CALL_TIMEOUT_S:g}s"
+        )
+        return await _mapped(client.status(), CALL_TIMEOUT_S, late)
 
     async def _lease_client(self) -> Client:
         """The lease connection, watched: if it drops while the daemon still runs, the
@@ -237,14 +238,13 @@ class DaemonLink:
         """Learn the configured names from the daemon (at each connection, and after it
         reloads its config)."""
         try:
-            models = (await self.call("status"))["models"]
-            self.aliases = {
-                str(alias): name for name, view in models.items() for alias in view["aliases"]
-            }
-            self.models = frozenset(models) | frozenset(self.aliases)
-            self.states = {name: str(view.get("status")) for name, view in models.items()}
-        except (GatewayError, KeyError, TypeError, AttributeError) as exc:
-            log.warning("gateway.models_unknown", reason=str(exc))
+            models = (await self.status()).models
+        except GatewayError as exc:
+            log.warning("gateway.models_unknown", reason=exc.message)
+            return
+        self.aliases = {alias: name for name, view in models.items() for alias in view.aliases}
+        self.models = frozenset(models) | frozenset(self.aliases)
+        self.states = {name: view.status for name, view in models.items()}
 
     async def _renew(self) -> None:
         """The daemon is back: take again the leases of requests still streaming (theirs
@@ -255,14 +255,14 @@ class DaemonLink:
         if not lost:
             return
         try:
-            models = (await self.call("status"))["models"]
+            models = (await self.status()).models
             client = await self._lease_client()
         except GatewayError as exc:
             log.warning("gateway.leases_not_renewed", reason=exc.message, count=len(lost))
             return
         for lease in lost:
-            state = models.get(lease.model, {}).get("status")
-            if state not in ("running", "loading"):
+            view = models.get(lease.model)
+            if view is None or view.status not in ("running", "loading"):
                 continue
             late = GatewayError("timeout", f"{lease.model}: no lease within {RENEW_S:g}s")
             try:

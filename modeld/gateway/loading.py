@@ -16,7 +16,6 @@ import asyncio
 import json
 import time
 from datetime import datetime
-from typing import Any
 
 import structlog
 from aiohttp import web
@@ -99,17 +98,19 @@ class Feedback:
     async def _estimate(self) -> tuple[float | None, float]:
         """The expected load (or wake) seconds, and how far along it already is."""
         try:
-            view: dict[str, Any] = (await self._link.call("status"))["models"][self._model]
-        except (GatewayError, KeyError, TypeError):
+            view = (await self._link.status()).models.get(self._model)
+        except GatewayError:
             return None, 0.0
-        seconds = view.get("estimated_load_time_seconds")
-        if view.get("status") == "sleeping" and view.get("parked"):
-            seconds = view["parked"].get("estimated_wake_seconds")
+        if view is None:
+            return None, 0.0
+        seconds = view.estimated_load_time_seconds
+        if view.status == "sleeping" and view.parked is not None:
+            seconds = view.parked.estimated_wake_seconds
         elapsed = 0.0
-        if view.get("status") == "loading" and isinstance(view.get("since"), str):
-            since = datetime.fromisoformat(view["since"]).timestamp()
+        if view.status == "loading":
+            since = datetime.fromisoformat(view.since).timestamp()
             elapsed = max(0.0, time.time() - since)
-        return (float(seconds) if isinstance(seconds, int | float) else None), elapsed
+        return seconds, elapsed
 
     def _progress(self, estimate: tuple[float | None, float], started: float) -> str:
         """`loading MODEL 40% ~12 s left`, from the estimate and the time gone by."""

@@ -26,23 +26,24 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from typing import Any
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from modeld.wire.status import Status
+
 RESIDENT = frozenset({"running"})
 ON_THE_WAY = frozenset({"loading"})
 
 
-def max_models(status: dict[str, Any]) -> int:
+def max_models(status: Status) -> int:
     """How many configured models fit at once, smallest needs first, in all the GPU
     memory (see the module's note)."""
-    total = sum(float(d["total_gb"]) for d in status["gpu"]["devices"])
+    total = sum(d.total_gb for d in status.gpu.devices)
     held = 0.0
     count = 0
-    needs = sorted(float(m["gpu_memory_required_gb"]) for m in status["models"].values())
+    needs = sorted(m.gpu_memory_required_gb for m in status.models.values())
     for need in needs:
         if held + need > total:
             break
@@ -68,25 +69,24 @@ class ModelServerMetrics:
         self._adapters: tuple[str, str, str] | None = None
         self._changed_at = time.time()
 
-    def families(self, status: dict[str, Any]) -> list[Metric]:
+    def families(self, status: Status) -> list[Metric]:
         """The four families, as one scrape reports them."""
         waiting = running = kv_cache = 0.0
         resident: list[str] = []
         coming: list[str] = []
         held = 0
-        for name, model in status["models"].items():
-            waiting += float(model.get("waiting") or 0)
-            activity = model.get("activity") or {}
-            queued = float(activity.get("waiting") or 0)
-            waiting += queued
-            running += float(activity.get("in_flight") or 0) - queued
-            kv_cache = max(kv_cache, float(activity.get("kv_cache_usage") or 0))
-            names = [name, *model.get("aliases", [])]
+        for name, model in status.models.items():
+            waiting += model.waiting
+            if (activity := model.activity) is not None:
+                waiting += activity.waiting
+                running += activity.in_flight - activity.waiting
+                kv_cache = max(kv_cache, activity.kv_cache_usage)
+            names = [name, *model.aliases]
             # Each model in one list only: the scorer counts both lists against max_lora,
             # and a resident model's queued requests take no more memory.
-            if model["status"] in RESIDENT:
+            if model.status in RESIDENT:
                 resident += names
-            elif model["status"] in ON_THE_WAY or (model.get("waiting") or 0) > 0:
+            elif model.status in ON_THE_WAY or model.waiting > 0:
                 coming += names
             else:
                 continue
@@ -117,7 +117,7 @@ class ModelServerMetrics:
         info.add_metric(list(adapters), self._changed_at)
         return [queue, busy, cache, info]
 
-    def exposition(self, status: dict[str, Any]) -> bytes:
+    def exposition(self, status: Status) -> bytes:
         """The families in Prometheus' text format."""
         registry = CollectorRegistry(auto_describe=False)
         registry.register(_Scrape(self.families(status)))

@@ -196,9 +196,9 @@ async def test_exit_during_load_fails_at_once(engines: EngineFactory) -> None:
         await engine.models.switch("alpha")
     assert caught.value.data["exit_code"] == 3
     assert caught.value.data["last_lines"] == ["alpha: CUDA error: out of memory"]
-    view = engine.view.status()["models"]["alpha"]
-    assert view["status"] == "failed"
-    assert view["failure"]["exit_code"] == 3
+    view = engine.view.status().models["alpha"]
+    assert view.status == "failed"
+    assert view.failure is not None and view.failure.exit_code == 3
 
 
 async def test_load_timeout_fails_and_stops_backend(engines: EngineFactory) -> None:
@@ -228,7 +228,8 @@ async def test_failed_start_is_reported(engines: EngineFactory) -> None:
     runtime.behaviour["alpha"] = Behaviour(start_error="image not found")
     with pytest.raises(LoadFailed, match="image not found"):
         await engine.models.switch("alpha")
-    assert engine.view.status()["models"]["alpha"]["failure"]["reason"] == "alpha: image not found"
+    failure = engine.view.status().models["alpha"].failure
+    assert failure is not None and failure.reason == "alpha: image not found"
 
 
 async def test_exit_behind_back_is_noticed(engines: EngineFactory) -> None:
@@ -239,8 +240,8 @@ async def test_exit_behind_back_is_noticed(engines: EngineFactory) -> None:
     with capture_logs() as logs:
         await engine.poll_once()
     assert state_of(engine, "alpha") is State.FAILED
-    failure = engine.view.status()["models"]["alpha"]["failure"]
-    assert failure["exit_code"] == 137
+    failure = engine.view.status().models["alpha"].failure
+    assert failure is not None and failure.exit_code == 137
     assert {
         "event": "model.transition",
         "model": "alpha",
@@ -302,16 +303,16 @@ async def test_status_has_seed_fields(engines: EngineFactory) -> None:
     engine, _, _ = await engines(make_config(THREE, [60]))
     await engine.models.switch("alpha")
     status = engine.view.status()
-    alpha = status["models"]["alpha"]
-    assert alpha.keys() >= SEED_MODEL_FIELDS
-    assert status["gpu"].keys() >= SEED_GPU_FIELDS
-    assert alpha["status"] == "running"
-    assert alpha["health"] == "healthy"
-    assert alpha["gpu_memory_used_gb"] == 30.0
-    assert alpha["gpu_memory_source"] == "measured"
-    assert status["gpu"]["used_mb"] == 30 * 1024
-    assert status["gpu"]["available_gb"] == 30.0
-    assert status["gpu"]["total_mb"] == 60 * 1024
+    alpha = status.models["alpha"]
+    assert alpha.model_dump().keys() >= SEED_MODEL_FIELDS
+    assert status.gpu.model_dump().keys() >= SEED_GPU_FIELDS
+    assert alpha.status == "running"
+    assert alpha.health == "healthy"
+    assert alpha.gpu_memory_used_gb == 30.0
+    assert alpha.gpu_memory_source == "measured"
+    assert status.gpu.used_mb == 30 * 1024
+    assert status.gpu.available_gb == 30.0
+    assert status.gpu.total_mb == 60 * 1024
 
 
 class FlakyGpu(SimulatedGpu):
@@ -335,17 +336,17 @@ async def test_gpu_read_errors_use_recent_reading_then_refuse() -> None:
     try:
         gpu.failing = True
         assert (await engine.models.switch("alpha")).state == "running"
-        assert engine.view.gpu()["stale"] is True
-        assert engine.view.gpu()["error"] == "NVML read failed: GPU is lost"
+        assert engine.view.gpu().stale is True
+        assert engine.view.gpu().error == "NVML read failed: GPU is lost"
         await wait_for_state(engine, "alpha", {State.RUNNING}, 1)
         await asyncio.sleep(0.3)  # let the last good reading age past stale_after_s
         with pytest.raises(GpuUnavailable):
             await engine.models.switch("beta")
         assert state_of(engine, "beta") is State.STOPPED
-        assert engine.view.status()["models"]["alpha"]["status"] == "running"
+        assert engine.view.status().models["alpha"].status == "running"
         gpu.failing = False
         assert (await engine.models.switch("beta")).state == "running"
-        assert engine.view.gpu()["stale"] is False
+        assert engine.view.gpu().stale is False
     finally:
         await engine.shutdown()
 
@@ -402,15 +403,15 @@ async def test_restart_on_failure_backs_off_and_gives_up(engines: EngineFactory)
     for attempt in (1, 2):
         await runtime.kill_behind_back("alpha", exit_code=1)
         await engine.poll_once()
-        restart = engine.view.status()["models"]["alpha"]["restart"]
-        assert restart["attempts"] == attempt
-        assert restart["next_attempt_at"] is not None
+        restart = engine.view.status().models["alpha"].restart
+        assert restart.attempts == attempt
+        assert restart.next_attempt_at is not None
         await wait_for_state(engine, "alpha", {State.RUNNING}, 10)
     await runtime.kill_behind_back("alpha", exit_code=1)
     await engine.poll_once()
-    view = engine.view.status()["models"]["alpha"]
-    assert view["status"] == "failed"
-    assert view["restart"] == {
+    view = engine.view.status().models["alpha"]
+    assert view.status == "failed"
+    assert view.restart.model_dump() == {
         "policy": "on-failure",
         "attempts": 2,
         "max_retries": 2,
@@ -427,12 +428,12 @@ async def test_operator_action_cancels_pending_restart(engines: EngineFactory) -
     await engine.models.switch("alpha")
     await runtime.kill_behind_back("alpha")
     await engine.poll_once()
-    assert engine.view.status()["models"]["alpha"]["restart"]["attempts"] == 1
+    assert engine.view.status().models["alpha"].restart.attempts == 1
     await engine.models.stop("alpha")
-    view = engine.view.status()["models"]["alpha"]
-    assert view["status"] == "stopped"
-    assert view["restart"]["attempts"] == 0
-    assert view["restart"]["next_attempt_at"] is None
+    view = engine.view.status().models["alpha"]
+    assert view.status == "stopped"
+    assert view.restart.attempts == 0
+    assert view.restart.next_attempt_at is None
 
 
 def test_backoff_doubles_up_to_the_cap() -> None:

@@ -130,7 +130,7 @@ async def test_unmanaged_memory_is_shown_per_device(engines: EngineFactory) -> N
     engine, _, _ = await engines(config)
     await engine.models.switch("a")
     gpu = engine.view.gpu()
-    [device] = gpu["devices"]
-    assert (device["used_gb"], device["unmanaged_gb"]) == (13.0, 3.0)
-    [process] = gpu["processes"]
-    assert (process["model"], process["used_gb"], process["unmanaged"]) == ("a", 10.0, False)
+    [device] = gpu.devices
+    assert (device.used_gb, device.unmanaged_gb) == (13.0, 3.0)
+    [process] = gpu.processes
+    assert (process.model, process.used_gb, process.unmanaged) == ("a", 10.0, False)

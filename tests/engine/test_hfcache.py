@@ -74,12 +74,12 @@ async def test_status_follows_the_cache(engines: EngineFactory, tmp_path: Path) 
     )
     repo = cached_model(tmp_path, "org/alpha", {"w.safetensors": b"1" * 2048}, incomplete=True)
     engine, _, _ = await engines(config)
-    view = engine.view.status()["models"]["alpha"]
-    assert view["downloaded_size"] == "2.0KB"
-    assert view["download"]["complete"] is False
+    view = engine.view.status().models["alpha"]
+    assert view.downloaded_size == "2.0KB"
+    assert view.download is not None and view.download.complete is False
     (repo / "blobs" / "shaX.incomplete").rename(repo / "blobs" / "shaY")
     os.utime(repo / "blobs", (1, 1))  # a distinct mtime, however fast the test runs
     await engine.poll_once()
-    view = engine.view.status()["models"]["alpha"]
-    assert view["download"]["complete"] is True
-    assert view["download"]["bytes"] == 2048 + 10
+    view = engine.view.status().models["alpha"]
+    assert view.download is not None and view.download.complete is True
+    assert view.download.bytes == 2048 + 10

@@ -10,7 +10,7 @@ import aiohttp
 import pytest
 
 from modeld.adapters.gpu.simulated import SimulatedGpu
-from modeld.cli.client import Client, RpcError
+from modeld.client import Client, RpcError
 from modeld.core.config import Config
 from modeld.core.errors import LoadFailed, ModelsBusy, WouldLoad
 from modeld.core.states import State
@@ -44,7 +44,7 @@ async def test_a_leased_model_survives_a_switch_until_its_release(
     await next_of(events, "drain", model="a")
     assert state_of(engine, "a") is State.RUNNING
     latecomer = asyncio.create_task(engine.leases.acquire("a", owner=2))
-    assert engine.view.status()["models"]["a"]["leases"] == 1
+    assert engine.view.status().models["a"].leases == 1
     engine.leases.release(held.lease, owner=1)
     result = await switching
     assert result.unloaded_models == ["a"]
@@ -52,7 +52,7 @@ async def test_a_leased_model_survives_a_switch_until_its_release(
     granted = await latecomer  # its turn: a comes back once b is up
     assert granted.model == "a"
     assert state_of(engine, "a") is State.RUNNING
-    assert engine.view.status()["models"]["a"]["leases"] == 1
+    assert engine.view.status().models["a"].leases == 1
 
 
 async def test_a_drain_past_its_timeout_is_refused_and_loses_nothing(
@@ -119,7 +119,7 @@ async def test_twenty_concurrent_acquires_make_one_backend(
     granted = await asyncio.gather(*(engine.leases.acquire("a", owner=n) for n in range(20)))
     assert runtime.starts("a") == 1
     assert len({g.lease for g in granted}) == 20
-    assert engine.view.status()["models"]["a"]["leases"] == 20
+    assert engine.view.status().models["a"].leases == 20
 
 
 async def test_an_acquire_whose_model_fails_gets_the_error_and_no_lease(
@@ -130,7 +130,7 @@ async def test_an_acquire_whose_model_fails_gets_the_error_and_no_lease(
     runtime.behaviour["a"] = Behaviour(exit_code=1)
     with pytest.raises(LoadFailed):
         await engine.leases.acquire("a", owner=1)
-    assert engine.view.status()["models"]["a"]["leases"] == 0
+    assert engine.view.status().models["a"].leases == 0
 
 
 async def test_stop_waits_for_requests_in_flight_unless_forced(
@@ -156,14 +156,14 @@ async def test_a_closed_connections_leases_end_and_the_client_lease_block(
     async with Client(path) as client:
         async with client.lease("a") as endpoint:
             assert endpoint.startswith("http://127.0.0.1:")
-            assert engine.view.status()["models"]["a"]["leases"] == 1
-        assert engine.view.status()["models"]["a"]["leases"] == 0
+            assert engine.view.status().models["a"].leases == 1
+        assert engine.view.status().models["a"].leases == 0
         await client.call("acquire", model="a")
         await client.call("acquire", model="a")
-        assert engine.view.status()["models"]["a"]["leases"] == 2
+        assert engine.view.status().models["a"].leases == 2
 
     async def released() -> bool:
-        return bool(engine.view.status()["models"]["a"]["leases"] == 0)
+        return bool(engine.view.status().models["a"].leases == 0)
 
     await eventually(released, timeout=10)
     assert (await engine.models.switch("b")).unloaded_models == ["a"]
@@ -184,8 +184,8 @@ async def test_a_lease_waiter_that_gives_up_leaks_no_lease(serve: ServeFactory) 
         await next_of(events, "state", model="a", to_state="running")
 
         async def released() -> bool:
-            view = engine.view.status()["models"]["a"]
-            return bool(view["leases"] == 0 and view["status"] == "running")
+            view = engine.view.status().models["a"]
+            return bool(view.leases == 0 and view.status == "running")
 
         await eventually(released, timeout=10)  # while the connection stays open
         assert (await client.call("switch", model="b"))["unloaded_models"] == ["a"]
@@ -206,13 +206,13 @@ async def test_a_router_connection_with_many_waiting_acquires_still_releases(
         waiters = [asyncio.create_task(router.acquire("a")) for _ in range(20)]
 
         async def all_waiting() -> bool:
-            return bool(engine.view.status()["models"]["a"]["waiting"] == 20)
+            return bool(engine.view.status().models["a"].waiting == 20)
 
         await eventually(all_waiting, timeout=10)
-        await router.call("release", lease=held["lease"])
+        await router.call("release", lease=held.lease)
         assert (await switching).unloaded_models == ["a"]
         granted = await asyncio.wait_for(asyncio.gather(*waiters), 30)
-    assert {lease["model"] for lease in granted} == {"a"}
+    assert {lease.model for lease in granted} == {"a"}
 
 
 async def test_acquires_past_the_connections_bound_are_refused_not_queued(
@@ -226,7 +226,7 @@ async def test_acquires_past_the_connections_bound_are_refused_not_queued(
         waiting = [asyncio.create_task(client.acquire("a")) for _ in range(2)]
 
         async def both_waiting() -> bool:
-            return bool(engine.view.status()["models"]["a"]["waiting"] == 2)
+            return bool(engine.view.status().models["a"].waiting == 2)
 
         await eventually(both_waiting, timeout=10)
         with pytest.raises(RpcError) as refused:
@@ -270,7 +270,7 @@ async def test_release_of_someone_elses_lease_is_refused(serve: ServeFactory) ->
         with pytest.raises(Exception, match="no lease") as refused:
             await other.call("release", lease=granted["lease"])
         assert getattr(refused.value, "code", None) == -32014
-        assert engine.view.status()["models"]["a"]["leases"] == 1
+        assert engine.view.status().models["a"].leases == 1
 
 
 async def test_a_leased_model_is_never_idle_unloaded(engines: EngineFactory) -> None:
@@ -331,7 +331,7 @@ async def test_a_model_found_serving_at_startup_is_held_until_the_grace_ends(
             assert (await answer.content.readline()).startswith(b"data: ")  # streaming
             second = await _restarted(config, runtime, gpu, drain_timeout_s=0.3)
             try:
-                assert second.view.status()["models"]["a"]["leases"] == 1  # the daemon's hold
+                assert second.view.status().models["a"].leases == 1  # the daemon's hold
                 # The drain outlasts many readings of a's metrics, each showing one running.
                 with pytest.raises(ModelsBusy):
                     await second.models.switch("b")
@@ -352,7 +352,7 @@ async def test_a_model_found_idle_at_startup_is_not_held(engines: EngineFactory)
     try:
 
         async def released() -> bool:
-            return int(second.view.status()["models"]["a"]["leases"]) == 0
+            return int(second.view.status().models["a"].leases) == 0
 
         await eventually(released)
         result = await asyncio.wait_for(second.models.switch("b"), 10)  # far less than the grace

@@ -34,14 +34,14 @@ async def test_other_operations_proceed_while_a_model_loads(
     assert state_of(engine, "slow") is State.LOADING
     assert (await engine.models.switch("third")).state == "running"
     assert state_of(engine, "slow") is State.LOADING
-    assert engine.view.status()["models"]["slow"]["status"] == "loading"
-    assert engine.view.status()["in_flight"] == 1  # the caller waiting on `slow`
+    assert engine.view.status().models["slow"].status == "loading"
+    assert engine.view.status().in_flight == 1  # the caller waiting on `slow`
 
     second = asyncio.create_task(engine.models.switch("slow"))
     # Joining takes the lock for a moment only; then both wait on the same load.
 
     async def both_waiting() -> bool:
-        return bool(engine.view.status()["in_flight"] == 2)
+        return bool(engine.view.status().in_flight == 2)
 
     await eventually(both_waiting, timeout=5)
     assert runtime.starts("slow") == 1

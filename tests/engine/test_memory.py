@@ -47,20 +47,20 @@ async def test_measured_peak_is_reported_learned_and_preferred() -> None:
         await first.models.switch("beta")
         with capture_logs() as logs:
             await first.models.switch("alpha")
-        view = first.view.status()["models"]["alpha"]
-        assert view["gpu_memory_used_gb"] == 40.0
-        assert view["gpu_memory_source"] == "measured"
-        assert view["gpu_memory_over_plan_gb"] == 10.0
+        view = first.view.status().models["alpha"]
+        assert view.gpu_memory_used_gb == 40.0
+        assert view.gpu_memory_source == "measured"
+        assert view.gpu_memory_over_plan_gb == 10.0
         assert any(e["event"] == "memory.over_plan" and e["model"] == "alpha" for e in logs)
-        assert view["gpu_memory_required_gb"] == 40.0
-        assert view["gpu_memory_required_source"] == "learned"
+        assert view.gpu_memory_required_gb == 40.0
+        assert view.gpu_memory_required_source == "learned"
     finally:
         await first.shutdown()
 
     second, _ = await started(config)
     try:
-        view = second.view.status()["models"]["alpha"]
-        assert (view["gpu_memory_required_gb"], view["gpu_memory_required_source"]) == (
+        view = second.view.status().models["alpha"]
+        assert (view.gpu_memory_required_gb, view.gpu_memory_required_source) == (
             40.0,
             "learned",
         )
@@ -86,8 +86,8 @@ async def test_new_settings_forget_the_old_peak() -> None:
     )
     second, _ = await started(changed)
     try:
-        view = second.view.status()["models"]["alpha"]
-        assert (view["gpu_memory_required_gb"], view["gpu_memory_required_source"]) == (
+        view = second.view.status().models["alpha"]
+        assert (view.gpu_memory_required_gb, view.gpu_memory_required_source) == (
             35.0,
             "configured",
         )
@@ -112,8 +112,8 @@ async def test_two_gpu_plan_stops_only_what_frees_the_needed_device(
     assert result.memory_info is not None and result.memory_info.per_device is not None
     assert set(result.memory_info.per_device) == {"0", "1"}
     assert state_of(engine, "on0") is State.RUNNING
-    gpu = engine.view.gpu()["devices"]
-    assert [d["used_gb"] for d in gpu] == [70.0, 40.0]
+    gpu = engine.view.gpu().devices
+    assert [d.used_gb for d in gpu] == [70.0, 40.0]
 
 
 async def test_four_gpu_host_leaves_other_devices_alone(engines: EngineFactory) -> None:

@@ -77,22 +77,22 @@ async def test_metrics_match_status(host: tuple[Engine, FakeRuntime, str]) -> No
 
     samples = await scrape(url)
     status = engine.view.status()
-    for name, model in status["models"].items():
-        assert value(samples, "modeld_model_state", model=name, state=model["status"]) == 1
-        for device, gb in model["gpu_memory_per_device_gb"].items():
+    for name, model in status.models.items():
+        assert value(samples, "modeld_model_state", model=name, state=model.status) == 1
+        for device, gb in model.gpu_memory_per_device_gb.items():
             held = value(
                 samples,
                 "modeld_model_gpu_memory_bytes",
                 model=name,
                 device=device,
-                source=model["gpu_memory_source"],
+                source=model.gpu_memory_source or "",
             )
             assert held == gb * GIB
     assert value(samples, "modeld_model_state", model="alpha", state="running") == 0
-    device = status["gpu"]["devices"][0]
-    for kind in ("total", "used", "free"):
+    card = status.gpu.devices[0]
+    for kind, gb in (("total", card.total_gb), ("used", card.used_gb), ("free", card.free_gb)):
         assert value(samples, "modeld_gpu_memory_bytes", device="0", kind=kind) == pytest.approx(
-            device[f"{kind}_gb"] * GIB
+            gb * GIB
         )
     assert value(samples, "modeld_switch_duration_seconds_count", outcome="success") == 3
     assert value(samples, "modeld_switch_duration_seconds_count", outcome="already_loaded") == 1
@@ -106,7 +106,7 @@ async def test_metrics_match_status(host: tuple[Engine, FakeRuntime, str]) -> No
     await engine.poll_once()
     await engine.poll_once()
     samples = await scrape(url)
-    running = [n for n, m in engine.view.status()["models"].items() if m["status"] == "running"]
+    running = [n for n, m in engine.view.status().models.items() if m.status == "running"]
     for name in running:
         assert value(samples, "modeld_model_requests_in_backend", model=name) == 0
         assert value(samples, "modeld_model_requests_per_second", model=name) == 0

@@ -10,7 +10,8 @@ import pytest
 
 from modeld.core.errors import ConfigError, LoadFailed, UnknownModel
 from modeld.core.states import State
-from modeld.testing.fakes import Behaviour
+from modeld.engine.engine import Engine
+from modeld.testing.fakes import Behaviour, FakeRuntime
 from tests.support import EngineFactory, eventually, make_config, state_of
 
 MODELS: dict[str, dict[str, Any]] = {
@@ -28,7 +29,9 @@ def toml(config_models: dict[str, Any], path: Path, extra: str = "") -> None:
     path.write_text("\n".join(lines) + "\n")
 
 
-async def started(engines: EngineFactory, tmp_path: Path) -> Any:
+async def started(
+    engines: EngineFactory, tmp_path: Path
+) -> tuple[Engine, FakeRuntime, Path, dict[str, dict[str, Any]]]:
     """An Engine whose config file the test can rewrite."""
     config = make_config(MODELS, [60])
     path = tmp_path / "modeld.toml"
@@ -63,19 +66,19 @@ async def test_reload_adds_changes_and_removes(engines: EngineFactory, tmp_path:
     assert outcome.added == ["gamma"]
     assert outcome.unmanaged == ["beta"]
     assert outcome.changed_at_next_start == ["alpha"]
-    status = engine.view.status()["models"]
-    assert status["alpha"]["description"] == "first"
-    assert status["alpha"]["config_pending"] is True
-    assert status["beta"]["unmanaged"] is True
-    assert status["gamma"]["status"] == "stopped"
+    status = engine.view.status().models
+    assert status["alpha"].description == "first"
+    assert status["alpha"].config_pending is True
+    assert status["beta"].unmanaged is True
+    assert status["gamma"].status == "stopped"
     with pytest.raises(UnknownModel, match="unmanaged"):
         await engine.models.switch("beta")
-    assert [m["name"] for m in engine.view.models()] == ["alpha", "gamma"]
+    assert [m.name for m in engine.view.models()] == ["alpha", "gamma"]
 
     await engine.models.stop("beta")
-    assert "beta" not in engine.view.status()["models"]
+    assert "beta" not in engine.view.status().models
     await engine.models.restart("alpha")
-    assert engine.view.status()["models"]["alpha"]["description"] == "second"
+    assert engine.view.status().models["alpha"].description == "second"
     assert state_of(engine, "alpha") is State.RUNNING
 
 
@@ -93,8 +96,8 @@ async def test_a_failed_model_changed_by_a_reload_takes_it_now(
     toml(tables, path)
     outcome = await engine.reload()
     assert "alpha" in outcome.changed and "alpha" not in outcome.changed_at_next_start
-    status = engine.view.status()["models"]["alpha"]
-    assert status["description"] == "second" and status["config_pending"] is False
+    status = engine.view.status().models["alpha"]
+    assert status.description == "second" and status.config_pending is False
 
 
 async def test_invalid_config_is_rejected_and_old_stays(
@@ -106,7 +109,7 @@ async def test_invalid_config_is_rejected_and_old_stays(
     toml(tables, path)
     with pytest.raises(ConfigError, match=r"models\.alpha\.gpu_memory_gb"):
         await engine.reload()
-    assert engine.view.status()["models"]["alpha"]["gpu_memory_required_gb"] == 10.0
+    assert engine.view.status().models["alpha"].gpu_memory_required_gb == 10.0
 
 
 async def test_settings_bound_at_start_wait_for_a_restart(
@@ -117,7 +120,7 @@ async def test_settings_bound_at_start_wait_for_a_restart(
     toml(tables, path, '[daemon]\nsocket = "/tmp/elsewhere.sock"\neviction_policy = "lru"')
     outcome = await engine.reload()
     assert outcome.requires_restart == ["daemon.socket", "daemon.state_dir"]
-    assert engine.view.status()["eviction_policy"] == "lru"
+    assert engine.view.status().eviction_policy == "lru"
 
 
 async def test_new_model_on_missing_device_is_refused(
@@ -128,7 +131,7 @@ async def test_new_model_on_missing_device_is_refused(
     toml({**tables, "far": dict(tables["alpha"], gpus=[3])}, path)
     with pytest.raises(ConfigError, match=r"models\.far\.gpus"):
         await engine.reload()
-    assert "far" not in engine.view.status()["models"]
+    assert "far" not in engine.view.status().models
 
 
 async def test_new_model_that_can_never_fit_is_refused(
@@ -142,7 +145,7 @@ async def test_new_model_that_can_never_fit_is_refused(
         ConfigError, match=r"models\.vast: needs 61\.0 GB on GPU 0, which has 60\.0"
     ):
         await engine.reload()
-    assert "vast" not in engine.view.status()["models"]
+    assert "vast" not in engine.view.status().models
 
 
 async def test_a_switch_queued_behind_a_reload_that_removes_its_model_starts_nothing(
@@ -171,7 +174,7 @@ async def test_a_switch_queued_behind_a_reload_that_removes_its_model_starts_not
     reloading = asyncio.create_task(engine.reload())
 
     async def reload_waits_its_turn() -> bool:
-        return bool(engine.view.status()["in_flight"] >= 2)
+        return bool(engine.view.status().in_flight >= 2)
 
     await eventually(reload_waits_its_turn, timeout=5)
     switching = asyncio.create_task(engine.models.switch("delta"))
@@ -180,4 +183,4 @@ async def test_a_switch_queued_behind_a_reload_that_removes_its_model_starts_not
         await switching
     await holding
     assert runtime.starts("delta") == 0
-    assert "delta" not in engine.view.status()["models"]
+    assert "delta" not in engine.view.status().models

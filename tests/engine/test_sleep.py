@@ -30,7 +30,7 @@ PARKABLE = {
 
 def model_status(engine: Engine, name: str) -> dict[str, Any]:
     """One model's entry in `status`."""
-    return dict(engine.view.status()["models"][name])
+    return engine.view.status().models[name].model_dump()
 
 
 async def test_switch_parks_the_other_model_and_wakes_it_back(
@@ -51,7 +51,7 @@ async def test_switch_parks_the_other_model_and_wakes_it_back(
     assert parked["gpu_memory_used_gb"] == 1.5
     assert parked["gpu_memory_source"] == "measured"
     assert parked["parked"]["ram_gb"] == 40
-    assert engine.view.status()["parking"] == {
+    assert engine.view.status().parking.model_dump() == {
         "ram_budget_gb": 100,
         "ram_used_gb": 40.0,
         "ram_free_gb": 60.0,
@@ -97,7 +97,7 @@ async def test_ram_budget_exhausted_means_stop(engines: EngineFactory) -> None:
     assert result.parked_models == []
     assert result.unloaded_models == ["b"]
     assert state_of(engine, "b") is State.STOPPED
-    assert engine.view.status()["parking"]["ram_used_gb"] <= 60
+    assert engine.view.status().parking.ram_used_gb <= 60
 
 
 async def test_without_a_budget_sleep_mode_models_are_stopped(
@@ -150,7 +150,7 @@ async def test_monitor_notices_sleep_and_wake_behind_its_back(
     """Someone POSTs /sleep to a running model, then /wake_up: the monitor follows."""
     engine, _, _ = await engines(make_config(PARKABLE, [80], park_ram_gb=100))
     await engine.models.switch("a")
-    endpoint = engine.view.status()["models"]["a"]["endpoint"]
+    endpoint = engine.view.status().models["a"].endpoint
     async with aiohttp.ClientSession() as http:
         await (await http.post(f"{endpoint}/sleep?level=1")).release()
         await engine.poll_once()
@@ -172,7 +172,7 @@ async def test_a_parked_backend_found_at_startup_is_adopted_asleep(
     try:
         assert await wait_for_state(second, "a", {State.SLEEPING}, 5) is State.SLEEPING
         assert await wait_for_state(second, "b", {State.RUNNING}, 5) is State.RUNNING
-        assert second.view.status()["parking"]["ram_used_gb"] == 40
+        assert second.view.status().parking.ram_used_gb == 40
     finally:
         await second.shutdown()
 
@@ -205,7 +205,7 @@ async def test_idle_model_is_unloaded_but_never_with_requests_in_flight(
     await engine.models.switch("a")
     server = runtime.server("a")
     server.request_seconds = 1.0
-    endpoint = engine.view.status()["models"]["a"]["endpoint"]
+    endpoint = engine.view.status().models["a"].endpoint
     async with aiohttp.ClientSession() as http:
         async with http.post(f"{endpoint}/v1/completions", json={"prompt": "hi"}) as response:
             assert response.status == 200
@@ -225,7 +225,7 @@ async def test_idle_unload_stops_a_model_without_sleep_mode(
     engine, _, _ = await engines(make_config(models, [80], poll_interval_s=0.05))
     await engine.models.switch("idle")
     await engine.models.switch("busy")
-    endpoint = engine.view.status()["models"]["busy"]["endpoint"]
+    endpoint = engine.view.status().models["busy"].endpoint
 
     async def keep_busy() -> None:
         async with aiohttp.ClientSession() as http:
@@ -348,4 +348,4 @@ async def test_a_host_short_of_ram_stops_instead_of_parking(
     result = await engine.models.switch("b")
     assert result.parked_models == []
     assert state_of(engine, "a") is State.STOPPED
-    assert engine.view.status()["parking"]["ram_free_gb"] == 30.0
+    assert engine.view.status().parking.ram_free_gb == 30.0

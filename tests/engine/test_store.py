@@ -67,16 +67,16 @@ async def test_learned_load_time_survives_restart(engines: EngineFactory) -> Non
     """A measured load replaces the configured estimate, also for the next daemon."""
     config = make_config({"alpha": {"gpu_memory_gb": 10, "load_time_seconds": 99}}, [60])
     first, _, _ = await engines(config)
-    assert first.view.status()["models"]["alpha"]["estimated_load_time_seconds"] == 99
-    assert first.view.status()["models"]["alpha"]["estimated_load_time_source"] == "configured"
+    assert first.view.status().models["alpha"].estimated_load_time_seconds == 99
+    assert first.view.status().models["alpha"].estimated_load_time_source == "configured"
     await first.models.switch("alpha")
-    learned = first.view.status()["models"]["alpha"]["estimated_load_time_seconds"]
+    learned = first.view.status().models["alpha"].estimated_load_time_seconds
     assert learned < 99
     await first.shutdown()
     assert (config.daemon.state_dir / "state.json").exists()
     second, _, _ = await engines(config)
-    assert second.view.status()["models"]["alpha"]["estimated_load_time_seconds"] == learned
-    assert second.view.status()["models"]["alpha"]["estimated_load_time_source"] == "learned"
+    assert second.view.status().models["alpha"].estimated_load_time_seconds == learned
+    assert second.view.status().models["alpha"].estimated_load_time_source == "learned"
 
 
 async def test_adopting_a_running_backend_learns_no_load_time(
@@ -88,7 +88,7 @@ async def test_adopting_a_running_backend_learns_no_load_time(
     first, runtime, gpu = await engines(config)
     runtime.behaviour["alpha"] = Behaviour(load_seconds=0.3)
     await first.models.switch("alpha")
-    learned = first.view.status()["models"]["alpha"]["estimated_load_time_seconds"]
+    learned = first.view.status().models["alpha"].estimated_load_time_seconds
     store = Store(config.daemon.state_dir)
 
     async def saved() -> bool:
@@ -99,8 +99,8 @@ async def test_adopting_a_running_backend_learns_no_load_time(
     second = await start_over(config, runtime, gpu)
     try:
         assert await wait_for_state(second, "alpha", {State.RUNNING}, 5) is State.RUNNING
-        view = second.view.status()["models"]["alpha"]
-        assert view["estimated_load_time_seconds"] == learned
-        assert view["last_load_seconds"] is None
+        view = second.view.status().models["alpha"]
+        assert view.estimated_load_time_seconds == learned
+        assert view.last_load_seconds is None
     finally:
         await second.shutdown()

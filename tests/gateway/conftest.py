@@ -42,7 +42,7 @@ class Fronted:
 
     def leases(self, model: str) -> int:
         """Leases held on `model` now."""
-        return int(self.engine.view.status()["models"][model]["leases"])
+        return int(self.engine.view.status().models[model].leases)
 
 
 GatewayFactory = Callable[..., Awaitable[Fronted]]

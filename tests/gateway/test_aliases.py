@@ -6,7 +6,7 @@ import aiohttp
 import openai
 import pytest
 
-from modeld.cli.client import Client
+from modeld.client import Client
 from modeld.core.errors import ConfigError
 from modeld.core.states import State
 from tests.gateway.conftest import KEY, GatewayFactory

@@ -304,7 +304,7 @@ async def test_memory_text_follows_a_stop_within_a_poll(
     # reading after that announces it.
     async def released() -> bool:
         await front.engine.poll_once()
-        return bool(front.engine.view.gpu()["devices"][0]["used_gb"] == 0)
+        return bool(front.engine.view.gpu().devices[0].used_gb == 0)
 
     await eventually(released, timeout=10)
     # Sooner than the page's own 5 s re-read: the gpu.memory event brings it.

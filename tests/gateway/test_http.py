@@ -292,7 +292,7 @@ async def test_a_client_that_hangs_up_mid_stream_releases_at_once(
         return front.leases("a") == 0
 
     await eventually(released, timeout=10)
-    endpoint = front.engine.view.status()["models"]["a"]["endpoint"]
+    endpoint = front.engine.view.status().models["a"].endpoint
 
     async def backend_stopped() -> bool:  # the upstream request was closed, as vLLM sees it
         async with http.get(endpoint + "/metrics") as metrics:
@@ -350,8 +350,8 @@ async def test_a_client_that_hangs_up_while_its_model_loads_leaks_no_lease(
     await next_of(events, "state", model="a", to_state="running")
 
     async def released() -> bool:
-        view = front.engine.view.status()["models"]["a"]
-        return bool(view["leases"] == 0 and view["waiting"] == 0)
+        view = front.engine.view.status().models["a"]
+        return bool(view.leases == 0 and view.waiting == 0)
 
     await eventually(released, timeout=10)
 
@@ -499,7 +499,7 @@ async def test_a_stream_keeps_its_model_across_a_daemon_restart(
 
     def leases(count: int) -> Callable[[], Awaitable[bool]]:
         async def held() -> bool:
-            return bool(engine.view.status()["models"]["a"]["leases"] == count)
+            return bool(engine.view.status().models["a"].leases == count)
 
         return held
 

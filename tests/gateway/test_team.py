@@ -137,7 +137,7 @@ async def test_requests_that_join_a_load_under_way_spend_no_more_of_the_budget(
     more = [asyncio.create_task(post(http, url, chat("b"), ALICE)) for _ in range(5)]
 
     async def all_waiting() -> bool:
-        return bool(front.engine.view.status()["models"]["b"]["waiting"] == 6)
+        return bool(front.engine.view.status().models["b"].waiting == 6)
 
     await eventually(all_waiting, timeout=10)
     front.engine.leases.release(held.lease, owner=1)

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from modeld.cli.client import Client, DaemonUnreachable
+from modeld.client import Client, DaemonUnreachable
 from modeld.core.config import parse_config
 from modeld.core.errors import ConfigError
 from modeld.daemon.access import AccessPolicy, Caller, peer_credentials

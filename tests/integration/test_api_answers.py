@@ -7,7 +7,7 @@ from typing import Any
 
 from pydantic import BaseModel, TypeAdapter
 
-from modeld.cli.client import Client
+from modeld.client import Client
 from modeld.daemon.methods import BY_NAME
 from tests.support import ServeFactory, make_config
 

@@ -17,7 +17,7 @@ import pytest
 from modeld.adapters.gpu.simulated import SimulatedGpu
 from modeld.adapters.runtime.docker import DockerRuntime
 from modeld.adapters.vllm import VllmClient
-from modeld.cli.client import Client, DaemonUnreachable, RpcError
+from modeld.client import Client, DaemonUnreachable, RpcError
 from modeld.core.config import Config
 from modeld.core.errors import NameCollision
 from modeld.core.states import State
@@ -136,10 +136,11 @@ async def test_docker_stop_behind_back_is_noticed(
     await engine.models.switch("a")
     await asyncio.to_thread(docker_cli, "stop", f"{prefix}-a")
     assert await wait_for_state(engine, "a", {State.FAILED}, 15) is State.FAILED
-    failure = engine.view.status()["models"]["a"]["failure"]
-    assert "without modeld asking" in failure["reason"]
-    assert failure["exit_code"] == 0
-    assert failure["last_lines"][-1] == "fake-vllm: SIGTERM, shutting down"
+    failure = engine.view.status().models["a"].failure
+    assert failure is not None
+    assert "without modeld asking" in failure.reason
+    assert failure.exit_code == 0
+    assert failure.last_lines[-1] == "fake-vllm: SIGTERM, shutting down"
 
 
 async def test_existing_container_is_started_and_stopped(

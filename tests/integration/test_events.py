@@ -14,9 +14,9 @@ import pytest
 from rich.console import Console
 from rich.progress import Progress
 
-from modeld.cli.client import Client, RpcError
-from modeld.cli.ctl import switch_with_progress
+from modeld.cli.live import switch_with_progress
 from modeld.cli.sentences import describe_step
+from modeld.client import Client, RpcError
 from modeld.core.events import Subscription
 from modeld.daemon.connection import MAX_FOLLOWS_PER_CONNECTION
 from modeld.demo.main import private_copy
@@ -58,7 +58,7 @@ async def test_two_subscribers_see_the_same_ordered_story(
         readers = [asyncio.create_task(collect(c, until=4)) for c in (first, second)]
 
         async def all_subscribed() -> bool:
-            return bool(engine.view.status()["subscribers"] == 3)
+            return bool(engine.view.status().subscribers == 3)
 
         await eventually(all_subscribed, timeout=10)
         await engine.models.switch("c")

@@ -13,7 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from modeld.cli.client import Client
+from modeld.client import Client
 from modeld.daemon.rpc import MAX_MESSAGE_BYTES
 from modeld.daemon.server import RpcServer
 from tests.support import EngineFactory, make_config

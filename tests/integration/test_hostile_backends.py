@@ -101,7 +101,7 @@ async def test_a_70000_character_line_loads_stops_and_keeps_the_daemon_usable() 
         assert long_lines[0].endswith(f"[{70000 - MAX_LINE_CHARS} more characters]")
         assert (await engine.models.stop("talker")).status == "stopped"
         assert state_of(engine, "talker") is State.STOPPED
-        assert engine.view.status()["models"]["talker"]["status"] == "stopped"
+        assert engine.view.status().models["talker"].status == "stopped"
     finally:
         await engine.shutdown()
 

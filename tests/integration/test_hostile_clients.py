@@ -18,13 +18,14 @@ from typing import Any
 import pytest
 from rich.console import Console
 
-from modeld.cli.client import Client
 from modeld.cli.render import render_status
+from modeld.client import Client
 from modeld.daemon.access import AccessPolicy
 from modeld.daemon.server import MAX_BATCH, Limits, RpcServer
 from modeld.engine.engine import Engine
 from modeld.testing.fakes import Behaviour, FakeRuntime
 from modeld.testing.ports import wait_until
+from modeld.wire.status import Status
 from tests.support import EngineFactory, eventually, make_config
 
 NOBODY = 65534
@@ -169,14 +170,14 @@ async def test_subscribers_that_hang_up_leave_no_subscription(server: ServerFact
     await asyncio.gather(*(asyncio.to_thread(hang_up) for _ in range(300)))
 
     async def none_left() -> bool:
-        return bool(engine.view.status()["subscribers"] == 0 and rpc.connections == 0)
+        return bool(engine.view.status().subscribers == 0 and rpc.connections == 0)
 
     await eventually(none_left, timeout=20)
     reader, writer = await asyncio.open_unix_connection(str(path))
     writer.write(subscribe * 5)
     answers = [json.loads(await reader.readline()) for _ in range(5)]
     assert [a["result"]["already"] for a in answers] == [False, True, True, True, True]
-    assert engine.view.status()["subscribers"] == 1
+    assert engine.view.status().subscribers == 1
     writer.close()
     await eventually(none_left, timeout=20)
 
@@ -396,11 +397,11 @@ async def test_status_shows_backend_text_as_text(engines: EngineFactory) -> None
     runtime.behaviour["alpha"] = Behaviour(exit_code=1)
     with pytest.raises(Exception, match="exited"):
         await engine.models.switch("alpha")
-    status = json.loads(json.dumps(engine.view.status()))
+    status = engine.view.status().model_dump(mode="json")
     status["models"]["alpha"]["failure"].update(
         reason="exited [/bold]", last_lines=["ERROR [/opt/vllm] boom"]
     )
     out = StringIO()
-    render_status(Console(file=out, width=200), status)
+    render_status(Console(file=out, width=200), Status.model_validate(status))
     assert "ERROR [/opt/vllm] boom" in out.getvalue()
     assert "exited [/bold]" in out.getvalue()

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from modeld.cli.client import Client, RpcError
+from modeld.client import Client, RpcError
 from modeld.core.states import State
 from modeld.daemon.rpc import MAX_MESSAGE_BYTES
 from modeld.daemon.server import RpcServer

@@ -15,7 +15,7 @@ from modeld.adapters.gpu.base import BackendRef, GpuReading
 from modeld.adapters.gpu.simulated import SimulatedGpu
 from modeld.adapters.runtime.docker import DockerRuntime
 from modeld.adapters.vllm import VllmClient
-from modeld.cli.client import Client, RpcError
+from modeld.client import Client, RpcError
 from modeld.core.gpu_config import GpuConfig
 from modeld.daemon.server import RpcServer
 from modeld.engine.build import build_engine
@@ -129,5 +129,5 @@ async def test_storm_of_switches(image: str, prefix: str, tmp_path: Path) -> Non
             ).stdout.strip()
             == "true"
         )
-        assert status["models"][name]["status"] == ("running" if running else "stopped"), name
-    assert sum(m["status"] == "running" for m in status["models"].values()) == 2
+        assert status.models[name].status == ("running" if running else "stopped"), name
+    assert sum(m.status == "running" for m in status.models.values()) == 2

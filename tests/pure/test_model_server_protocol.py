@@ -8,19 +8,18 @@ from typing import Any
 from prometheus_client.parser import text_string_to_metric_families
 
 from modeld.gateway.protocol import ModelServerMetrics
+from modeld.wire.status import Status
+from tests.support.wire import model_status, whole_status
 
 
-def status(**models: dict[str, Any]) -> dict[str, Any]:
+def status(**models: dict[str, Any]) -> Status:
     """A status with one 80 GB GPU and 30 GB models (two fit at once)."""
-    full = {
-        name: {"status": "stopped", "aliases": [], "waiting": 0, "gpu_memory_required_gb": 30}
-        | model
-        for name, model in models.items()
-    }
-    return {"models": full, "gpu": {"devices": [{"total_gb": 80}]}}
+    return whole_status(
+        {name: model_status(gpu_memory_required_gb=30, **model) for name, model in models.items()}
+    )
 
 
-def scrape(metrics: ModelServerMetrics, seen: dict[str, Any]) -> dict[str, Any]:
+def scrape(metrics: ModelServerMetrics, seen: Status) -> dict[str, Any]:
     """The samples of one exposition, by name (the info gauge's labels under `info`)."""
     found: dict[str, Any] = {}
     for family in text_string_to_metric_families(metrics.exposition(seen).decode()):

@@ -31,7 +31,7 @@ import openai
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from modeld.cli.client import Client
+from modeld.client import Client
 from modeld.core.activity import FINISHED, IN_FLIGHT, KV_CACHE
 from modeld.testing.ports import free_port, wait_until
 from tests.support.realvllm import CPU_ENV, vllm_command

@@ -145,7 +145,7 @@ def docker_config(
 
 def state_of(engine: Engine, name: str) -> State:
     """A model's state, as `status` shows it."""
-    return State(engine.view.status()["models"][name]["status"])
+    return State(engine.view.status().models[name].status)
 
 
 async def wait_for_state(engine: Engine, name: str, states: set[State], timeout: float) -> State:

@@ -10,6 +10,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
+from modeld.wire.history import HistoryEntry
+
 
 class Result(BaseModel):
     """An operation's answer."""
@@ -123,3 +125,31 @@ class PlanResult(Result):
     estimated_seconds: float | None = None
     policy: str
     candidates: list[PlanCandidate] = []
+
+
+class Pong(Result):
+    """`ping`."""
+
+    pong: Literal[True]
+    version: str
+
+
+class Subscribed(Result):
+    """`subscribe`: events follow as `event` notifications (`already`: it was on)."""
+
+    subscribed: Literal[True]
+    already: bool
+
+
+class Following(Result):
+    """`logs` with `follow`: lines follow as `log` notifications."""
+
+    model: str
+    following: Literal[True]
+    already: bool
+
+
+class HistoryResult(Result):
+    """`history`: what was done to models and why, oldest first."""
+
+    entries: list[HistoryEntry]

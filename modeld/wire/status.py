@@ -1,7 +1,6 @@
-"""The shapes of the read-only answers (`status`, `gpu`, `models`, `ping`, `subscribe`,
-a followed `logs`), for docs/api.schema.json. The engine's view builds these answers
-from memory as JSON (it is asked thousands of times a second); a test checks that what
-it builds validates against these models, so the schema cannot drift from the answers."""
+"""`status`, `gpu` and `models` as they go over the wire: the engine builds them once
+per change (engine/view.py), the daemon sends them, and the CLI, the gateway and the
+page read their fields. docs/api.schema.json is generated from them."""
 
 from __future__ import annotations
 
@@ -9,42 +8,16 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
-from modeld.adapters.store import HistoryEntry
+Runtime = Literal["docker", "process"]
+ModelState = Literal["stopped", "loading", "running", "stopping", "sleeping", "failed"]
 
 
-class _Shape(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class _Wire(BaseModel):
+    # Read, never changed: a view is rebuilt whole when something it shows changes.
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class Pong(_Shape):
-    """`ping`."""
-
-    pong: Literal[True]
-    version: str
-
-
-class Subscribed(_Shape):
-    """`subscribe`: events follow as `event` notifications (`already`: it was on)."""
-
-    subscribed: Literal[True]
-    already: bool
-
-
-class Following(_Shape):
-    """`logs` with `follow`: lines follow as `log` notifications."""
-
-    model: str
-    following: Literal[True]
-    already: bool
-
-
-class HistoryShape(_Shape):
-    """`history`: what was done to models and why, oldest first."""
-
-    entries: list[HistoryEntry]
-
-
-class FailureShape(_Shape):
+class Failure(_Wire):
     """Why a model failed."""
 
     reason: str
@@ -52,7 +25,7 @@ class FailureShape(_Shape):
     last_lines: list[str]
 
 
-class DownloadShape(_Shape):
+class Download(_Wire):
     """What the HF cache holds of a model's weights."""
 
     bytes: int
@@ -60,7 +33,7 @@ class DownloadShape(_Shape):
     reason: str | None
 
 
-class ParkedShape(_Shape):
+class Parked(_Wire):
     """A parked model: the host RAM its weights take, and its expected wake."""
 
     ram_gb: float
@@ -68,7 +41,7 @@ class ParkedShape(_Shape):
     wake_source: str
 
 
-class RestartShape(_Shape):
+class RestartStatus(_Wire):
     """restart = "on-failure" bookkeeping."""
 
     policy: str
@@ -78,7 +51,7 @@ class RestartShape(_Shape):
     gave_up: bool
 
 
-class ActivityShape(_Shape):
+class Activity(_Wire):
     """A running model's work, from its backend's /metrics (per second: None until two
     readings)."""
 
@@ -89,10 +62,10 @@ class ActivityShape(_Shape):
     tokens_per_s: float | None
 
 
-class ModelStatusShape(_Shape):
+class ModelStatus(_Wire):
     """One model in `status`: the seed's fields, then state time, failure and sources."""
 
-    status: Literal["stopped", "loading", "running", "stopping", "sleeping", "failed"]
+    status: ModelState
     since: str
     size_gb: float | None
     description: str
@@ -106,31 +79,31 @@ class ModelStatusShape(_Shape):
     gpu_memory_required_source: str
     gpu_memory_over_plan_gb: float | None
     downloaded_size: str | None
-    download: DownloadShape | None
+    download: Download | None
     health: str
-    failure: FailureShape | None
+    failure: Failure | None
     gpus: list[int]
     pinned: bool
     sleep_mode: bool
-    parked: ParkedShape | None
+    parked: Parked | None
     last_wake_seconds: float | None
     wake_fallback: str | None
     idle_unload_after_s: float | None
     idle_seconds: float | None
-    runtime: Literal["docker", "process"]
+    runtime: Runtime
     endpoint: str
     last_load_seconds: float | None
-    restart: RestartShape
+    restart: RestartStatus
     unmanaged: bool
     leases: int
     waiting: int
-    activity: ActivityShape | None
+    activity: Activity | None
     config_pending: bool
     backend_pid: int | None
     container_id: str | None
 
 
-class DeviceShape(_Shape):
+class Device(_Wire):
     """One GPU."""
 
     index: int
@@ -144,7 +117,7 @@ class DeviceShape(_Shape):
     unmanaged_gb: float | None
 
 
-class ProcessShape(_Shape):
+class GpuProcess(_Wire):
     """One process holding GPU memory."""
 
     pid: int
@@ -154,7 +127,7 @@ class ProcessShape(_Shape):
     unmanaged: bool
 
 
-class GpuShape(_Shape):
+class GpuStatus(_Wire):
     """`gpu`: the seed's block summed over devices, then devices and freshness."""
 
     used_mb: int
@@ -163,8 +136,8 @@ class GpuShape(_Shape):
     used_gb: float
     total_gb: float
     available_gb: float
-    devices: list[DeviceShape]
-    processes: list[ProcessShape]
+    devices: list[Device]
+    processes: list[GpuProcess]
     backend: str
     read_at: str | None
     per_process: bool
@@ -173,7 +146,7 @@ class GpuShape(_Shape):
     source: Literal["measured"]
 
 
-class ParkingShape(_Shape):
+class Parking(_Wire):
     """Host RAM for parked models."""
 
     ram_budget_gb: float
@@ -181,31 +154,31 @@ class ParkingShape(_Shape):
     ram_free_gb: float
 
 
-class RuntimeShape(_Shape):
+class RuntimeStatus(_Wire):
     """Whether a runtime answers."""
 
     available: bool
     error: str | None
 
 
-class StatusShape(_Shape):
+class Status(_Wire):
     """`status`: every model, the GPU, parking, runtimes, and how busy the daemon is."""
 
-    models: dict[str, ModelStatusShape]
-    gpu: GpuShape
-    parking: ParkingShape
-    runtimes: dict[str, RuntimeShape]
+    models: dict[str, ModelStatus]
+    gpu: GpuStatus
+    parking: Parking
+    runtimes: dict[str, RuntimeStatus]
     eviction_policy: str
     busy: bool
     in_flight: int
     subscribers: int
 
 
-class ModelInfoShape(_Shape):
+class ModelInfo(_Wire):
     """One configured model in `models`."""
 
     name: str
-    runtime: Literal["docker", "process"]
+    runtime: Runtime
     container: str | None
     endpoint: str
     size_gb: float | None
@@ -218,3 +191,17 @@ class ModelInfoShape(_Shape):
     gpu_memory_required_gb: dict[str, float]
     gpu_memory_required_source: str
     load_timeout_s: float
+
+
+def without_backend_output(status: Status) -> Status:
+    """`status` for those who may not read backends' output (the daemon's read-only
+    peers, the gateway's inference keys): failures' last lines emptied, the field kept."""
+    models = {
+        name: model.model_copy(
+            update={"failure": model.failure.model_copy(update={"last_lines": []})}
+        )
+        if model.failure is not None and model.failure.last_lines
+        else model
+        for name, model in status.models.items()
+    }
+    return status.model_copy(update={"models": models})

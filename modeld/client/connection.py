@@ -1,4 +1,5 @@
-"""A small asyncio client for modeld's socket (used by modelctl and the tests)."""
+"""One connection to modeld's socket: calls from many tasks at once, pushed events and
+log lines, leases; answers read into the wire types."""
 
 from __future__ import annotations
 
@@ -10,9 +11,15 @@ import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ValidationError
 
 from modeld.core.queues import DropOldest
+from modeld.wire.results import LeaseResult
+from modeld.wire.status import GpuStatus, Status
+
+T = TypeVar("T", bound=BaseModel)
 
 DEFAULT_SOCKET = Path("/run/modeld/modeld.sock")
 
@@ -39,6 +46,22 @@ class DaemonUnreachable(Exception):
         super().__init__(f"cannot reach modeld at {path}: {reason}")
         self.path = path
         self.reason = reason
+
+
+class UnreadableAnswer(Exception):
+    """The daemon answered with something this client does not read (another version?)."""
+
+    def __init__(self, method: str, reason: str) -> None:
+        super().__init__(f"modeld's answer to {method} is not one this client reads: {reason}")
+        self.method = method
+
+
+def read_answer(kind: type[T], method: str, answer: Any) -> T:
+    """`answer` (to `method`) as its wire type; UnreadableAnswer if it is not one."""
+    try:
+        return kind.model_validate(answer)
+    except ValidationError as exc:
+        raise UnreadableAnswer(method, str(exc)) from None
 
 
 class Client:
@@ -73,7 +96,7 @@ class Client:
             raise DaemonUnreachable(
                 self.path, "permission denied (are you in the modeld group?)"
             ) from None
-        self._reading = asyncio.create_task(self._read(reader))
+        self._reading = asyncio.create_task(self.read_answer(reader))
         return self
 
     async def __aexit__(
@@ -89,7 +112,7 @@ class Client:
         if self._writer is not None:
             self._writer.close()
 
-    async def _read(self, reader: asyncio.StreamReader) -> None:
+    async def read_answer(self, reader: asyncio.StreamReader) -> None:
         """Match each answer to its call; queue pushed events."""
         try:
             while line := await reader.readline():
@@ -175,9 +198,17 @@ class Client:
         finally:
             self._logs.pop(model, None)
 
+    async def status(self) -> Status:
+        """`status`: every model, the GPU, parking and runtimes."""
+        return read_answer(Status, "status", await self.call("status"))
+
+    async def gpu(self) -> GpuStatus:
+        """`gpu`: the last GPU reading."""
+        return read_answer(GpuStatus, "gpu", await self.call("gpu"))
+
     async def acquire(
         self, model: str, timeout_s: float | None = None, *, load: bool = True
-    ) -> dict[str, Any]:
+    ) -> LeaseResult:
         """`acquire`: a lease on `model` once it runs (with `load` false, only if that
         needs no load or wake of its own). A caller cancelled while it waits (a client
         that hung up) does not leak the lease: it is released once granted."""
@@ -188,9 +219,17 @@ class Client:
             params["load"] = False
         pending = asyncio.ensure_future(self.call("acquire", **params))
         try:
-            return await asyncio.shield(pending)
+            granted = await asyncio.shield(pending)
         except asyncio.CancelledError:
             pending.add_done_callback(self._release_granted)
+            raise
+        try:
+            return read_answer(LeaseResult, "acquire", granted)
+        except UnreadableAnswer:
+            # Not a lease this client reads: given back, so nothing stays held.
+            if isinstance(granted, dict) and "lease" in granted:
+                with contextlib.suppress(RpcError, DaemonUnreachable):
+                    await self.call("release", lease=granted["lease"])
             raise
 
     def _release_granted(self, acquired: asyncio.Future[Any]) -> None:
@@ -218,10 +257,10 @@ class Client:
         `endpoint`; modeld keeps the model loaded (never evicts it) until the block ends."""
         granted = await self.acquire(model, timeout_s)
         try:
-            yield str(granted["endpoint"])
+            yield granted.endpoint
         finally:
             with contextlib.suppress(DaemonUnreachable):  # then it ended with the connection
-                await self.call("release", lease=granted["lease"])
+                await self.call("release", lease=granted.lease)
 
 
 async def call(method: str, path: Path | None = None, **params: Any) -> Any:
