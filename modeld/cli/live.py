@@ -13,8 +13,9 @@ from rich.live import Live
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from modeld.cli.render import dashboard
-from modeld.cli.sentences import describe_step
+from modeld.cli.sentences import describe_step, event_sentence
 from modeld.client import Client, call
+from modeld.wire.events import AnyEvent, StateChanged
 
 
 async def top(path: Path, console: Console, once: bool) -> None:
@@ -24,7 +25,7 @@ async def top(path: Path, console: Console, once: bool) -> None:
         if once:
             console.print(dashboard(status))
             return
-        queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        queue: asyncio.Queue[AnyEvent] = asyncio.Queue()
 
         async def listen() -> None:
             async with Client(path) as subscriber:
@@ -39,9 +40,7 @@ async def top(path: Path, console: Console, once: bool) -> None:
                     try:
                         async with asyncio.timeout(1.0):
                             event = await queue.get()
-                        last = f"{event['type']} {event.get('model', '')} " + str(
-                            event.get("to_state") or event.get("stopped") or ""
-                        )
+                        last = event_sentence(event)
                     except TimeoutError:
                         pass
                     live.update(dashboard(await query.status(), last))
@@ -73,7 +72,7 @@ async def switch_with_progress(
             bar = progress.add_task(f"{op} {model}", total=None)
             estimate: float | None = None
             loading_since: float | None = None
-            pushed: asyncio.Future[dict[str, Any]] = asyncio.ensure_future(anext(events))
+            pushed: asyncio.Future[AnyEvent] = asyncio.ensure_future(anext(events))
             try:
                 while not request.done():
                     await asyncio.wait(
@@ -88,10 +87,10 @@ async def switch_with_progress(
                         step = describe_step(event, model)
                         if step is not None:
                             progress.update(bar, description=step)
-                        if event["type"] == "state" and event["model"] == model:
-                            loading = event["to_state"] == "loading"
+                        if isinstance(event, StateChanged) and event.model == model:
+                            loading = event.to_state == "loading"
                             loading_since = time.monotonic() if loading else None
-                            waking = event["reason"] == "wake"
+                            waking = event.reason == "wake"
                             estimate = (wake_estimate if waking else load_estimate) or None
                     if loading_since is not None and estimate:
                         # Elapsed against the estimate; a slow load stretches the bar.

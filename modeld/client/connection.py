@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 from pydantic import BaseModel, ValidationError
 
 from modeld.core.queues import DropOldest
+from modeld.wire.events import AnyEvent, read_event
 from modeld.wire.results import LeaseResult
 from modeld.wire.status import GpuStatus, Status
 
@@ -171,20 +172,20 @@ class Client:
             raise RpcError(error["code"], error["message"], error.get("data"))
         return response["result"]
 
-    async def events(self) -> AsyncIterator[dict[str, Any]]:
+    async def events(self) -> AsyncIterator[AnyEvent]:
         """Subscribe, then yield each event the daemon pushes on this connection."""
         async for event in await self.subscribe():
             yield event
 
-    async def subscribe(self) -> AsyncIterator[dict[str, Any]]:
+    async def subscribe(self) -> AsyncIterator[AnyEvent]:
         """Subscribe now (events from this moment on are kept for the caller); iterate the
         result for each event the daemon pushes on this connection."""
         await self.call("subscribe")
         return self._pushed()
 
-    async def _pushed(self) -> AsyncIterator[dict[str, Any]]:
-        while (event := await self._events.get()) is not None:
-            yield event
+    async def _pushed(self) -> AsyncIterator[AnyEvent]:
+        while (pushed := await self._events.get()) is not None:
+            yield read_event(pushed)
         raise DaemonUnreachable(self.path, "connection closed by modeld")
 
     async def follow(self, model: str, lines: int = 50) -> AsyncIterator[str]:

@@ -8,10 +8,12 @@ from typing import Any
 from pydantic import TypeAdapter
 
 from modeld.daemon.methods import API
+from modeld.wire.events import EVENT
 
 
 def api_schema() -> dict[str, Any]:
-    """docs/api.schema.json: each method's params and result as JSON Schema."""
+    """docs/api.schema.json: each method's params and result, and the events, as JSON
+    Schema."""
     methods: dict[str, Any] = {}
     for method in API:
         methods[method.name] = {
@@ -26,6 +28,8 @@ def api_schema() -> dict[str, Any]:
         "title": "modeld JSON-RPC API",
         "description": "NDJSON JSON-RPC 2.0 over the daemon's Unix socket; see docs/api.md.",
         "methods": methods,
+        # What `subscribe` pushes, as `event` notifications (and GET /events sends).
+        "events": EVENT.json_schema(),
     }
 
 

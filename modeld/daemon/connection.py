@@ -16,9 +16,9 @@ from typing import Any
 import structlog
 
 from modeld.core.errors import LimitReached
-from modeld.core.events import Subscription
 from modeld.daemon.access import Caller
 from modeld.engine.engine import Engine
+from modeld.wire.events import Subscription, event_json
 
 log = structlog.get_logger("modeld.daemon.server")
 
@@ -132,7 +132,8 @@ class Pushes:
     async def _events(self, subscription: Subscription) -> None:
         connection = self._connection
         while not connection.writer.is_closing():
-            await connection.send(notification("event", await subscription.next()))
+            event = await subscription.next()
+            await connection.send(notification("event", event_json(event)))
 
     async def _logs(self, model: str, lines: AsyncIterator[str]) -> None:
         # The write deadline cuts off a caller that does not read; the runtime drops

@@ -35,7 +35,6 @@ from modeld.adapters.vllm import VllmClient
 from modeld.core.config import Config
 from modeld.core.config_checks import check_devices, check_fits
 from modeld.core.errors import ModeldError, RuntimeUnavailable
-from modeld.core.events import EventBus
 from modeld.core.states import State
 from modeld.engine.facades import Events, LeaseOps, ModelOps
 from modeld.engine.facts import Revision
@@ -53,6 +52,7 @@ from modeld.engine.reloading import Reloader
 from modeld.engine.restarts import Restarts
 from modeld.engine.switching import Switcher
 from modeld.engine.view import StatusView
+from modeld.wire.events import EventBus
 from modeld.wire.results import ReloadResult
 
 log = structlog.get_logger("modeld.engine.engine")

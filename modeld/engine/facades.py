@@ -12,7 +12,6 @@ from collections.abc import AsyncIterator
 import structlog
 
 from modeld.core.errors import ModeldError, ModelsBusy, OperationTimeout, WouldLoad
-from modeld.core.events import EventBus, Subscription
 from modeld.core.states import State
 from modeld.engine.facts import Revision
 from modeld.engine.leases import Leases
@@ -22,6 +21,7 @@ from modeld.engine.model import Model
 from modeld.engine.operations import Asker, Operations
 from modeld.engine.preview import preview_switch
 from modeld.engine.switching import Switcher
+from modeld.wire.events import EventBus, Subscription
 from modeld.wire.history import HistoryEntry
 from modeld.wire.results import (
     LeaseResult,

@@ -30,7 +30,6 @@ from modeld.core.errors import (
     RuntimeUnavailable,
     UnknownModel,
 )
-from modeld.core.events import EventBus
 from modeld.core.naming import not_found
 from modeld.core.states import Failure, State
 from modeld.engine.facts import LoadTask, Revision
@@ -39,6 +38,7 @@ from modeld.engine.learning import Learning
 from modeld.engine.ledger import GpuLedger
 from modeld.engine.model import Model, Transition
 from modeld.engine.readiness import await_ready
+from modeld.wire.events import EventBus, StateChanged
 
 log = structlog.get_logger("modeld.engine.lifecycle")
 
@@ -157,7 +157,7 @@ class Lifecycle:
         if event.failure is not None:
             fields.update(failure=event.failure.reason, exit_code=event.failure.exit_code)
         log.info("model.transition", **fields)
-        self.events.publish("state", **fields)
+        self.events.publish(StateChanged(**fields))
         for listener in self._listeners:
             listener(event)
         changed, self._changed = self._changed, asyncio.Event()

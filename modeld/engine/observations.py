@@ -18,6 +18,7 @@ from modeld.engine.leases import Leases
 from modeld.engine.lifecycle import Lifecycle
 from modeld.engine.model import Model
 from modeld.engine.parking import Parking
+from modeld.wire.events import DeviceMemory, GpuMemory
 
 log = structlog.get_logger("modeld.engine.observations")
 
@@ -64,10 +65,12 @@ class Observations:
         if moved:
             self._published = used
             devices = [
-                {"index": d.index, "used_gb": round(d.used_gb, 1), "free_gb": round(d.free_gb, 1)}
+                DeviceMemory(
+                    index=d.index, used_gb=round(d.used_gb, 1), free_gb=round(d.free_gb, 1)
+                )
                 for d in reading.devices
             ]
-            self._life.events.publish("gpu.memory", devices=devices)
+            self._life.events.publish(GpuMemory(devices=devices))
 
     def seen_exit(
         self, record: Model, generation: int, exit_code: int | None, lines: list[str]

@@ -19,6 +19,7 @@ from modeld.engine.lifecycle import Lifecycle
 from modeld.engine.metrics import MetricsSink
 from modeld.engine.model import Model
 from modeld.engine.operations import IDLE_UNLOAD, Operations
+from modeld.wire.events import IdleUnloaded, ParkFailed, WakeFailed, Waking
 
 log = structlog.get_logger("modeld.engine.parking")
 
@@ -61,7 +62,7 @@ class Parking:
                 raise SleepModeFailed("/sleep answered 200 but /is_sleeping says it is awake")
         except SleepModeFailed as exc:
             log.warning("park.failed", model=record.name, error=exc.message, fallback="stop")
-            life.events.publish("park.failed", model=record.name, error=exc.message)
+            life.events.publish(ParkFailed(model=record.name, error=exc.message))
             await life.stop_model(record, f"{reason}; parking failed: {exc.message}")
             return False
         record.parked(reason)
@@ -76,7 +77,7 @@ class Parking:
     def begin_wake(self, record: Model) -> None:
         """Begin waking a parked model: it is `loading` until the wake task ends."""
         record.begin_wake()
-        self._life.events.publish("switch.waking", model=record.name)
+        self._life.events.publish(Waking(model=record.name))
         record.watching(asyncio.create_task(self._wake(record), name=f"wake-{record.name}"))
 
     async def _wake(self, record: Model) -> ModeldError | None:
@@ -109,9 +110,7 @@ class Parking:
         life = self._life
         record.wake_fell_back(exc.message)
         log.warning("wake.failed", model=record.name, error=exc.message, fallback="cold start")
-        life.events.publish(
-            "wake.failed", model=record.name, error=exc.message, fallback="cold start"
-        )
+        life.events.publish(WakeFailed(model=record.name, error=exc.message, fallback="cold start"))
         self._metrics.woke(record.name, None)
         async with self._ops.lock:
             if not record.is_current(generation):
@@ -156,7 +155,7 @@ class Parking:
                 else:
                     await self._life.stop_model(record, reason)
                     action = "stopped"
-                self._life.events.publish("idle.unloaded", model=record.name, action=action)
+                self._life.events.publish(IdleUnloaded(model=record.name, action=action))
         except ModeldError:
             pass  # logged by the operation; the monitor tries again at its next pass
         finally:

@@ -16,6 +16,7 @@ from modeld.core.states import State
 from modeld.engine.learning import Learning
 from modeld.engine.lifecycle import Lifecycle
 from modeld.engine.operations import Asker, Operations
+from modeld.wire.events import ConfigReloaded
 from modeld.wire.results import ReloadResult
 
 log = structlog.get_logger("modeld.engine.reloading")
@@ -59,7 +60,7 @@ class Reloader:
             )
             log.info("config.reloaded", path=str(self._path), **outcome.answer())
             # Routers (the gateway) learn the model names from this.
-            life.events.publish("config.reloaded", added=outcome.added, removed=outcome.removed)
+            life.events.publish(ConfigReloaded(added=outcome.added, removed=outcome.removed))
             return outcome
 
     def _apply(self, plan: ReloadPlan) -> None:

@@ -21,6 +21,7 @@ from modeld.engine.metrics import MetricsSink
 from modeld.engine.model import Model
 from modeld.engine.operations import Operations
 from modeld.engine.parking import Parking
+from modeld.wire.events import Draining, SwitchParked, SwitchStopped
 
 log = structlog.get_logger("modeld.engine.room")
 
@@ -52,7 +53,7 @@ class Room:
         closed = self._leases.begin_drain(names)
         for name in names:
             log.info("drain.begun", model=name, leases=self._leases.held(name))
-            self._life.events.publish("drain", model=name, leases=self._leases.held(name))
+            self._life.events.publish(Draining(model=name, leases=self._leases.held(name)))
         limit = self._life.config.daemon.drain_timeout_s
         remaining = left(deadline)
         try:
@@ -99,15 +100,15 @@ class Room:
                 await self._life.stop_model(self._life.records[name], f"evicted for {record.name}")
                 self._metrics.evicted(name)
                 stopped.append(name)
-                self._life.events.publish("switch.stopped", model=record.name, stopped=name)
+                self._life.events.publish(SwitchStopped(model=record.name, stopped=name))
             for name in plan.park:
                 self._metrics.evicted(name)
                 if await self._parking.park(self._life.records[name], f"parked for {record.name}"):
                     parked.append(name)
-                    self._life.events.publish("switch.parked", model=record.name, parked=name)
+                    self._life.events.publish(SwitchParked(model=record.name, parked=name))
                 else:
                     stopped.append(name)
-                    self._life.events.publish("switch.stopped", model=record.name, stopped=name)
+                    self._life.events.publish(SwitchStopped(model=record.name, stopped=name))
             if not plan.park:
                 break
             reading = await self._life.ledger.read(self._life.records.values())

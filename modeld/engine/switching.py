@@ -44,6 +44,7 @@ from modeld.engine.operations import AUTO_RESTART, Asker, Operations
 from modeld.engine.parking import Parking
 from modeld.engine.preview import decide_with_plans, memory_info
 from modeld.engine.room import Room, left
+from modeld.wire.events import RoomReady, SwitchPlanned
 from modeld.wire.results import MemoryInfo, SwitchResult
 
 log = structlog.get_logger("modeld.engine.switching")
@@ -254,11 +255,12 @@ class Switcher:
         )
         self._life.history.planned(record.name, plan, self._life.config.daemon.eviction_policy)
         self._life.events.publish(
-            "switch.plan",
-            model=record.name,
-            stop=list(plan.stop),
-            park=list(plan.park),
-            memory_info=memory_info.answer(),
+            SwitchPlanned(
+                model=record.name,
+                stop=list(plan.stop),
+                park=list(plan.park),
+                memory_info=memory_info,
+            )
         )
         stopped, parked = await self.room.make_room(record, plan)
         moved = [*stopped, *parked]
@@ -270,7 +272,7 @@ class Switcher:
             await self._life.ledger.wait_for_room(record, self._life.records.values())
             if moved:
                 free = self._life.ledger.free_gb()
-                self._life.events.publish("switch.room_ready", model=record.name, free_gb=free)
+                self._life.events.publish(RoomReady(model=record.name, free_gb=free))
                 log.info(
                     "switch.room_ready",
                     model=record.name,

@@ -20,8 +20,14 @@ from typing import Any, TypeVar
 import structlog
 
 from modeld.client import Client, DaemonUnreachable, RpcError, UnreadableAnswer
-from modeld.core.events import EventBus
 from modeld.gateway.errors import GatewayError
+from modeld.wire.events import (
+    ConfigReloaded,
+    EventBus,
+    GatewayConnected,
+    GatewayDisconnected,
+    StateChanged,
+)
 from modeld.wire.results import LeaseResult
 from modeld.wire.status import Status
 
@@ -285,7 +291,7 @@ class DaemonLink:
                     self.connected.set()
                     for connection in (self._calls, self._leases):
                         connection.daemon_back()  # no fail-fast window once it answers
-                    self.events.publish("gateway.connected", socket=str(self.socket))
+                    self.events.publish(GatewayConnected(socket=str(self.socket)))
                     # (On its own: a renewal that waits for an adopted model's health
                     # must not hold up the events.)
                     self._renewing = asyncio.create_task(self._renew())
@@ -293,14 +299,14 @@ class DaemonLink:
                     delay = 0.5
                     async for event in subscription:
                         self.events.forward(event)
-                        if event.get("type") == "state":
-                            self.states[str(event.get("model"))] = str(event.get("to_state"))
-                        elif event.get("type") == "config.reloaded":
+                        if isinstance(event, StateChanged):
+                            self.states[event.model] = event.to_state
+                        elif isinstance(event, ConfigReloaded):
                             self._spawn(self._refresh_models())
             except (DaemonUnreachable, TimeoutError, OSError) as exc:
                 if self.connected.is_set():
                     log.warning("gateway.daemon_lost", reason=str(exc))
-                    self.events.publish("gateway.disconnected", reason=str(exc))
+                    self.events.publish(GatewayDisconnected(reason=str(exc)))
                 self.connected.clear()
             # Back off between attempts (a daemon restart takes seconds).
             await asyncio.sleep(delay)

@@ -1,6 +1,6 @@
 """`GET /events`: modeld's events as server-sent events.
 
-Each stream has its own bounded queue (modeld.core.events): a slow reader loses its oldest
+Each stream has its own bounded queue (modeld.wire.events): a slow reader loses its oldest
 events (the next says `dropped_before`), never holds anyone up, and is cut off when it
 does not read for WRITE_TIMEOUT_S. A comment line every KEEPALIVE_S keeps proxies from
 closing an idle stream and finds clients that left.
@@ -17,10 +17,10 @@ from typing import Any
 
 from aiohttp import web
 
-from modeld.core.events import EventBus
 from modeld.gateway.auth import ANONYMOUS, identity
 from modeld.gateway.errors import GatewayError
 from modeld.gateway.metrics import GatewayMetrics
+from modeld.wire.events import EventBus, Subscription, event_json
 
 KEEPALIVE_S = 15.0
 WRITE_TIMEOUT_S = 30.0
@@ -81,7 +81,9 @@ class EventStreams:
         with self.slot(request):
             subscription = self._bus.subscribe()
             try:
-                return await self.relay(request, subscription.next, b": modeld events\n\n")
+                return await self.relay(
+                    request, lambda: _as_json(subscription), b": modeld events\n\n"
+                )
             finally:
                 self._bus.unsubscribe(subscription)
 
@@ -132,3 +134,7 @@ class EventStreams:
             if pending is not None:
                 pending.cancel()
         return response
+
+
+async def _as_json(subscription: Subscription) -> dict[str, Any]:
+    return event_json(await subscription.next())

@@ -5,13 +5,13 @@ waiting callers. Ordered by events, not by timing."""
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 
 import pytest
 
 from modeld.core.errors import LoadFailed
 from modeld.core.states import State
 from modeld.testing.fakes import Behaviour
+from modeld.wire.events import AnyEvent
 from tests.support import EngineFactory, eventually, make_config, state_of, wait_for_state
 
 MODELS = {name: {"gpu_memory_gb": 20} for name in ("slow", "other", "third")}
@@ -68,10 +68,10 @@ async def test_a_switch_needing_a_loading_models_memory_waits_for_that_load(
     assert result.state == "running"
     assert result.unloaded_models == ["first"]
     assert (await loading).state == "running"  # it did answer before being evicted
-    seen: list[dict[str, Any]] = []
-    while len(seen) < 50 and not (seen and seen[-1].get("type") == "switch.room_ready"):
+    seen: list[AnyEvent] = []
+    while len(seen) < 50 and not (seen and seen[-1].type == "switch.room_ready"):
         seen.append(await asyncio.wait_for(events.next(), 5))
-    kinds = [(e["type"], e.get("model"), e.get("to_state")) for e in seen]
+    kinds = [(e.type, getattr(e, "model", None), getattr(e, "to_state", None)) for e in seen]
     healthy = kinds.index(("state", "first", "running"))
     planned = kinds.index(("switch.plan", "second", None))
     assert healthy < planned

@@ -163,7 +163,7 @@ async def test_a_switch_queued_behind_a_reload_that_removes_its_model_starts_not
     events = engine.events.subscribe()
     holding = asyncio.create_task(engine.models.switch("gamma"))
     async with asyncio.timeout(5):
-        while (await events.next())["type"] != "switch.stopped":
+        while (await events.next()).type != "switch.stopped":
             pass  # now it waits, under the lock, for the stopped model's memory
     keep = {
         name: m.model_dump(include={"runtime", "command", "endpoint", "gpu_memory_gb"})

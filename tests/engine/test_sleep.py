@@ -19,6 +19,7 @@ from modeld.core.errors import ConfigError, LoadFailed
 from modeld.core.states import State
 from modeld.engine.engine import Engine
 from modeld.testing.fakes import Behaviour
+from modeld.wire.events import AnyEvent
 from tests.support import EngineFactory, make_config, start_over, state_of, wait_for_state
 
 # Two 50 GB models that sleep, on one 80 GB GPU: only one runs at a time.
@@ -177,6 +178,11 @@ async def test_a_parked_backend_found_at_startup_is_adopted_asleep(
         await second.shutdown()
 
 
+def _field(event: AnyEvent, name: str) -> Any:
+    """An event's field, None for a kind without it."""
+    return getattr(event, name, None)
+
+
 async def test_events_show_the_park_and_the_wake(engines: EngineFactory) -> None:
     """Subscribers see a's park as a switch step and a state change to sleeping."""
     engine, _, _ = await engines(make_config(PARKABLE, [80], park_ram_gb=100))
@@ -184,11 +190,14 @@ async def test_events_show_the_park_and_the_wake(engines: EngineFactory) -> None
     subscription = engine.events.subscribe()
     await engine.models.switch("b")
     await engine.models.switch("a")
-    seen: list[dict[str, Any]] = []
+    seen: list[AnyEvent] = []
     async with asyncio.timeout(5):
-        while not seen or (seen[-1].get("model"), seen[-1].get("to_state")) != ("a", "running"):
+        while not seen or (_field(seen[-1], "model"), _field(seen[-1], "to_state")) != (
+            "a",
+            "running",
+        ):
             seen.append(await subscription.next())
-    kinds = [(e["type"], e.get("to_state") or e.get("parked")) for e in seen]
+    kinds = [(e.type, _field(e, "to_state") or _field(e, "parked")) for e in seen]
     assert ("switch.parked", "a") in kinds
     assert ("state", "sleeping") in kinds
     assert ("switch.waking", None) in kinds

@@ -7,6 +7,7 @@ import aiohttp
 
 from modeld.core.states import State
 from modeld.testing.fakes import Behaviour
+from modeld.wire.events import GpuMemory
 from tests.support import EngineFactory, make_config, next_of, wait_for_state
 
 MODELS = {"a": {"gpu_memory_gb": 30}, "b": {"gpu_memory_gb": 20}}
@@ -23,12 +24,15 @@ async def test_memory_freed_after_a_stop_is_announced(engines: EngineFactory) ->
     await engine.models.stop("a")
     await engine.poll_once()
     freed = await next_of(events, "gpu.memory")
-    assert freed["devices"] == [{"index": 0, "used_gb": 0.0, "free_gb": 80.0}]
+    assert isinstance(freed, GpuMemory)
+    assert [d.model_dump() for d in freed.devices] == [
+        {"index": 0, "used_gb": 0.0, "free_gb": 80.0}
+    ]
     assert engine.view.status().gpu.available_gb == 80.0
     quiet = engine.events.subscribe()
     await engine.poll_once()  # nothing moved
     await engine.models.switch("b")
-    assert (await quiet.next())["type"] == "switch.plan"
+    assert (await quiet.next()).type == "switch.plan"
 
 
 async def test_a_loading_models_health_reads_loading(engines: EngineFactory) -> None:

@@ -17,11 +17,11 @@ from rich.progress import Progress
 from modeld.cli.live import switch_with_progress
 from modeld.cli.sentences import describe_step
 from modeld.client import Client, RpcError
-from modeld.core.events import Subscription
 from modeld.daemon.connection import MAX_FOLLOWS_PER_CONNECTION
 from modeld.demo.main import private_copy
 from modeld.engine.engine import Engine
 from modeld.testing.fakes import Behaviour, FakeRuntime
+from modeld.wire.events import AnyEvent, OtherEvent, Subscription, Waking, read_event
 from tests.support import Served, ServeFactory, eventually, make_config
 
 THREE = {"a": {"gpu_memory_gb": 30}, "b": {"gpu_memory_gb": 25}, "c": {"gpu_memory_gb": 30}}
@@ -33,12 +33,13 @@ async def served(serve: ServeFactory) -> Served:
     return await serve(make_config(THREE, [60]))
 
 
-async def collect(client: Client, until: int) -> list[dict[str, Any]]:
+async def collect(client: Client, until: int) -> list[AnyEvent]:
     """Events until the `until`-th state change."""
-    events, states = [], 0
+    events: list[AnyEvent] = []
+    states = 0
     async for event in client.events():
         events.append(event)
-        states += event["type"] == "state"
+        states += event.type == "state"
         if states == until:
             return events
     return events
@@ -64,9 +65,17 @@ async def test_two_subscribers_see_the_same_ordered_story(
         await engine.models.switch("c")
         one, two = await asyncio.wait_for(asyncio.gather(*readers), 10)
     stalled[1].close()
-    assert [e["seq"] for e in one] == [e["seq"] for e in two]
-    assert [e["seq"] for e in one] == sorted(e["seq"] for e in one)
-    story = [(e["type"], e.get("model"), e.get("to_state") or e.get("stopped")) for e in one]
+    assert not [e for e in one if isinstance(e, OtherEvent)]  # each read as its own type
+    assert [e.seq for e in one] == [e.seq for e in two]
+    assert [e.seq for e in one] == sorted(e.seq for e in one)
+    story = [
+        (
+            e.type,
+            getattr(e, "model", None),
+            getattr(e, "to_state", None) or getattr(e, "stopped", None),
+        )
+        for e in one
+    ]
     assert story == [
         ("switch.plan", "c", None),
         ("state", "a", "stopping"),
@@ -81,16 +90,16 @@ async def test_two_subscribers_see_the_same_ordered_story(
 def test_full_queue_drops_the_oldest_and_says_so() -> None:
     """A subscriber that falls behind loses the oldest events, and is told how many."""
 
-    async def scenario() -> list[dict[str, Any]]:
+    async def scenario() -> list[AnyEvent]:
         subscription = Subscription(limit=3)
         for seq in range(1, 6):
-            subscription.offer({"seq": seq})
+            subscription.offer(Waking(model="a", seq=seq))
         return [await subscription.next() for _ in range(3)]
 
     events = asyncio.run(scenario())
-    assert [e["seq"] for e in events] == [3, 4, 5]
-    assert events[0]["dropped_before"] == 2
-    assert "dropped_before" not in events[1]
+    assert [e.seq for e in events] == [3, 4, 5]
+    assert events[0].dropped_before == 2
+    assert events[1].dropped_before is None
 
 
 async def test_logs_after_a_failed_load(served: tuple[Path, Engine, FakeRuntime]) -> None:
@@ -207,8 +216,17 @@ def test_switch_steps_are_described_from_events() -> None:
         ({"type": "switch.plan", "model": "other", "stop": [], "park": []}, None),
         ({"type": "state", "model": "a", "to_state": "running", "reason": "x"}, None),
     ]
+    # The fields each sample leaves out (the step does not depend on them).
+    rest: dict[str, dict[str, Any]] = {
+        "state": {"from_state": "stopped"},
+        "switch.plan": {
+            "memory_info": {"required_gb": None, "available_before_gb": None, "freed_gb": 0}
+        },
+    }
     for event, expected in steps:
-        assert describe_step(event, "t") == expected, event
+        typed = read_event(rest.get(event["type"], {}) | event)
+        assert not isinstance(typed, OtherEvent), event
+        assert describe_step(typed, "t") == expected, event
 
 
 async def test_switch_progress_follows_the_switch_through_events(

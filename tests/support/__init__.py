@@ -13,12 +13,12 @@ from typing import Any
 from modeld.adapters.gpu.simulated import SimulatedGpu
 from modeld.adapters.runtime.process import ProcessRuntime
 from modeld.core.config import Config, ModelConfig, parse_config
-from modeld.core.events import Subscription
 from modeld.core.states import State
 from modeld.engine.engine import Engine
 from modeld.testing.fakes import FakeRuntime
 from modeld.testing.host import build_fake_host
 from modeld.testing.ports import free_port
+from modeld.wire.events import AnyEvent, Subscription
 
 # The router seed's field names: clients written for it must keep working.
 SEED_MODEL_FIELDS = frozenset(
@@ -44,12 +44,12 @@ SEED_GPU_FIELDS = frozenset(
 )
 
 
-async def next_of(events: Subscription, kind: str, **match: Any) -> dict[str, Any]:
+async def next_of(events: Subscription, kind: str, **match: Any) -> AnyEvent:
     """The next event of `kind` whose fields match (ten seconds at most)."""
     async with asyncio.timeout(10):
         while True:
             event = await events.next()
-            if event["type"] == kind and all(event.get(k) == v for k, v in match.items()):
+            if event.type == kind and all(getattr(event, k, None) == v for k, v in match.items()):
                 return event
 
 
