@@ -13,7 +13,6 @@ import itertools
 import json
 import os
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +45,15 @@ from modeld.client import (
 )
 from modeld.core.config import load_config
 from modeld.core.errors import ConfigError
-from modeld.wire.status import GpuStatus, Status
+from modeld.wire.results import (
+    HistoryResult,
+    PlanResult,
+    Pong,
+    ReloadResult,
+    StopResult,
+    SwitchResult,
+)
+from modeld.wire.status import GpuStatus, ModelInfo, Status
 
 EXIT_OK = 0
 EXIT_REFUSED = 1
@@ -83,15 +90,28 @@ def _unreachable_message(exc: DaemonUnreachable) -> str:
     return f"modelctl: {exc}. {hint}"
 
 
-# How each reading command's answer is shown (the others: render_result).
-RENDERERS: dict[str, Callable[[Console, Any], None]] = {
-    "status": lambda console, answer: render_status(console, read_answer(Status, "status", answer)),
-    "gpu": lambda console, answer: render_gpu(console, read_answer(GpuStatus, "gpu", answer)),
-    "models": render_models,
-    "reload": render_reload,
-    "plan": render_plan,
-    "history": render_history,
-}
+def show(console: Console, op: str, answer: Any, path: Path) -> None:
+    """The daemon's answer to `op`, read into its wire type and shown in words."""
+    match op:
+        case "status":
+            render_status(console, read_answer(Status, op, answer))
+        case "gpu":
+            render_gpu(console, read_answer(GpuStatus, op, answer))
+        case "models":
+            listed = answer if isinstance(answer, list) else [answer]
+            render_models(console, [read_answer(ModelInfo, op, model) for model in listed])
+        case "reload":
+            render_reload(console, read_answer(ReloadResult, op, answer))
+        case "plan":
+            render_plan(console, read_answer(PlanResult, op, answer))
+        case "history":
+            render_history(console, read_answer(HistoryResult, op, answer))
+        case "ping":
+            console.print(f"modeld {read_answer(Pong, op, answer).version} answers on {path}")
+        case "stop":
+            render_result(console, read_answer(StopResult, op, answer))
+        case _:
+            render_result(console, read_answer(SwitchResult, op, answer))
 
 
 def socket_of(args: argparse.Namespace) -> Path:
@@ -145,7 +165,7 @@ async def _run(args: argparse.Namespace, console: Console) -> int:
     elif op in ("stop", "plan"):
         result = await call(op, path, model=args.model, **({"force": True} if args.force else {}))
     else:
-        params: dict[str, Any] = {"wait": not args.no_wait}
+        params: dict[str, object] = {"wait": not args.no_wait}
         if getattr(args, "force", False):
             params["force"] = True
         if args.timeout is not None:
@@ -156,12 +176,8 @@ async def _run(args: argparse.Namespace, console: Console) -> int:
             result = await call(op, path, model=args.model, **params)
     if args.json:
         print(json.dumps(result, indent=2))
-    elif op == "ping":
-        console.print(f"modeld {result['version']} answers on {path}")
-    elif op in RENDERERS:
-        RENDERERS[op](console, result)
     else:
-        render_result(console, op, result)
+        show(console, op, result, path)
     return EXIT_OK
 
 

@@ -50,7 +50,7 @@ async def top(path: Path, console: Console, once: bool) -> None:
 
 
 async def switch_with_progress(
-    console: Console, path: Path, op: str, model: str, params: dict[str, Any]
+    console: Console, path: Path, op: str, model: str, params: dict[str, object]
 ) -> Any:
     """Run a waiting call while its steps, pushed as events on a second connection, drive
     a progress bar: the current step, and loading time against the estimate."""

@@ -13,7 +13,8 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 
 from modeld.core.units import about, gigabytes, seconds
-from modeld.wire.status import GpuStatus, ModelStatus, Status
+from modeld.wire.results import HistoryResult, PlanResult, ReloadResult, StopResult, SwitchResult
+from modeld.wire.status import GpuStatus, ModelInfo, ModelStatus, Status
 
 STATE_STYLE = {
     "running": "green",
@@ -172,84 +173,79 @@ def render_gpu(console: Console, gpu: GpuStatus) -> None:
     )
 
 
-def render_models(console: Console, models: list[dict[str, Any]]) -> None:
+def render_models(console: Console, models: list[ModelInfo]) -> None:
     """The configured models."""
     table = Table(title="configured models")
     for column in ("model", "runtime", "gpus", "needs", "size", "description"):
         table.add_column(column)
     for model in models:
-        needs = ", ".join(f"{gb:.1f}" for gb in model["gpu_memory_required_gb"].values())
+        needs = ", ".join(f"{gb:.1f}" for gb in model.gpu_memory_required_gb.values())
         table.add_row(
-            model["name"],
-            model["runtime"],
-            ",".join(map(str, model["gpus"])),
-            f"{needs} GB ({model['gpu_memory_required_source']})",
-            _gb(model["size_gb"]),
-            model["description"],
+            model.name,
+            model.runtime,
+            ",".join(map(str, model.gpus)),
+            f"{needs} GB ({model.gpu_memory_required_source})",
+            _gb(model.size_gb),
+            model.description,
         )
     console.print(table)
 
 
-def render_history(console: Console, result: dict[str, Any]) -> None:
+def render_history(console: Console, result: HistoryResult) -> None:
     """What was done and why, a line per entry, oldest first."""
-    entries = result.get("entries") or []
-    if not entries:
+    if not result.entries:
         console.print("no history yet")
-    for entry in entries:
-        stamp = datetime.fromtimestamp(entry["at"]).strftime("%Y-%m-%d %H:%M:%S")
-        if entry.get("kind") == "plan":
-            text = f"{entry['model']}: switch planned: {escape(entry['reason'])}"
+    for entry in result.entries:
+        stamp = datetime.fromtimestamp(entry.at).strftime("%Y-%m-%d %H:%M:%S")
+        if entry.kind == "plan":
+            text = f"{entry.model}: switch planned: {escape(entry.reason)}"
         else:
-            state = entry.get("to_state") or ""
+            state = entry.to_state or ""
             text = (
-                f"{entry['model']}: {entry.get('from_state')} -> "
-                f"[{STATE_STYLE.get(state, '')}]{state}[/] ({escape(entry['reason'])})"
+                f"{entry.model}: {entry.from_state} -> "
+                f"[{STATE_STYLE.get(state, '')}]{state}[/] ({escape(entry.reason)})"
             )
-            if entry.get("seconds"):
-                text += f" after {seconds(entry['seconds'])}"
-            if entry.get("failure"):
-                text += f": {escape(entry['failure'])}"
+            if entry.seconds:
+                text += f" after {seconds(entry.seconds)}"
+            if entry.failure:
+                text += f": {escape(entry.failure)}"
         console.print(f"[dim]{stamp}[/] {text}", highlight=False, soft_wrap=True)
 
 
-def render_plan(console: Console, result: dict[str, Any]) -> None:
+def render_plan(console: Console, result: PlanResult) -> None:
     """A dry run in sentences: what a switch would do, the memory, what was weighed."""
-    console.print(f"switch to {result['model']}: {escape(result['message'])}", highlight=False)
-    memory = result.get("memory_info") or {}
-    if memory.get("required_gb") is not None:
+    console.print(f"switch to {result.model}: {escape(result.message)}", highlight=False)
+    memory = result.memory_info
+    if memory is not None and memory.required_gb is not None:
         console.print(
-            f"  GPU {memory.get('device')}: needs {memory['required_gb']:.1f} GB, "
-            f"{memory.get('available_before_gb') or 0:.1f} GB free now, "
-            f"{memory.get('freed_gb') or 0:.1f} GB freed by the plan",
+            f"  GPU {memory.device}: needs {memory.required_gb:.1f} GB, "
+            f"{memory.available_before_gb or 0:.1f} GB free now, "
+            f"{memory.freed_gb or 0:.1f} GB freed by the plan",
             highlight=False,
         )
-    for candidate in result.get("candidates") or []:
-        what = "may be parked" if candidate["can_park"] else "may be stopped"
-        if not candidate["movable"]:
+    for candidate in result.candidates:
+        what = "may be parked" if candidate.can_park else "may be stopped"
+        if not candidate.movable:
             what = "stays (pinned, loading or serving requests)"
         console.print(
-            f"  {candidate['name']}: holds {candidate['held_gb']:.1f} GB, reload "
-            f"{about(candidate['reload_seconds'])}, demand {candidate['demand']:.2f}; {what}",
+            f"  {candidate.name}: holds {candidate.held_gb:.1f} GB, reload "
+            f"{about(candidate.reload_seconds)}, demand {candidate.demand:.2f}; {what}",
             highlight=False,
         )
-    console.print(f"  (eviction policy: {result['policy']}; nothing was changed)", highlight=False)
+    console.print(f"  (eviction policy: {result.policy}; nothing was changed)", highlight=False)
 
 
-RELOAD_SENTENCES = (
-    ("added", "added"),
-    ("removed", "removed"),
-    ("unmanaged", "removed from the config while running: kept, unmanaged, until stopped"),
-    ("changed", "changed, in effect now"),
-    ("changed_at_next_start", "changed while running: in effect at its next start"),
-    ("requires_restart", "changed: needs a restart of modeld to take effect"),
-)
-
-
-def render_reload(console: Console, result: dict[str, Any]) -> None:
+def render_reload(console: Console, result: ReloadResult) -> None:
     """What a reload changed, a line per kind of change (or that nothing did)."""
     said = False
-    for key, sentence in RELOAD_SENTENCES:
-        names = result.get(key) or []
+    for names, sentence in (
+        (result.added, "added"),
+        (result.removed, "removed"),
+        (result.unmanaged, "removed from the config while running: kept, unmanaged, until stopped"),
+        (result.changed, "changed, in effect now"),
+        (result.changed_at_next_start, "changed while running: in effect at its next start"),
+        (result.requires_restart, "changed: needs a restart of modeld to take effect"),
+    ):
         if names:
             console.print(f"{escape(', '.join(names))}: {sentence}", highlight=False)
             said = True
@@ -257,33 +253,30 @@ def render_reload(console: Console, result: dict[str, Any]) -> None:
         console.print("config reloaded: nothing changed")
 
 
-def render_result(console: Console, op: str, result: dict[str, Any]) -> None:
+def render_result(console: Console, result: SwitchResult | StopResult) -> None:
     """A one-paragraph account of a switch/start/stop/restart."""
-    status = result.get("status")
-    model = result.get("model")
-    if status == "already_loaded":
+    model = result.model
+    if isinstance(result, StopResult):
+        console.print(f"{model}: {result.status.replace('_', ' ')}")
+        return
+    if result.status == "already_loaded":
         console.print(f"[green]{model} is already running and healthy[/]")
         return
-    if status in ("stopped", "already_stopped"):
-        console.print(f"{model}: {status.replace('_', ' ')}")
-        return
-    parked = result.get("parked_models", [])
-    for victim in result.get("unloaded_models", []):
+    parked = result.parked_models or []
+    for victim in result.unloaded_models or []:
         verb = "parked (sleep mode)" if victim in parked else "stopped"
         console.print(f"{verb} {victim} to free memory")
-    if result.get("woke"):
-        console.print(f"woke {model} from sleep in {seconds(result['wake_seconds'])}")
-    elif result.get("wake_fallback"):
-        fallback = escape(str(result["wake_fallback"]))
+    if result.woke:
+        console.print(f"woke {model} from sleep in {seconds(result.wake_seconds or 0.0)}")
+    elif result.wake_fallback:
+        fallback = escape(result.wake_fallback)
         console.print(f"[yellow]{model} would not wake ({fallback}): cold start[/]")
-    state = result.get("state")
-    if state == "running":
-        took = None if result.get("woke") else result.get("load_seconds")
+    if result.state == "running":
+        took = None if result.woke else result.load_seconds
         console.print(
             f"[green]{model} is running and healthy[/]"
             + (f" (loaded in {seconds(took)})" if took else "")
         )
     else:
-        console.print(
-            f"{model}: {state} (estimated load {about(result['estimated_load_time_seconds'])})"
-        )
+        estimate = result.estimated_load_time_seconds or 0.0
+        console.print(f"{model}: {result.state} (estimated load {about(estimate)})")

@@ -150,13 +150,13 @@ class Client:
         for queue in self._logs.values():
             queue.finish(None)
 
-    async def call(self, method: str, **params: Any) -> Any:
+    async def call(self, method: str, /, **params: object) -> Any:
         """Call `method` with named params; the result, or RpcError."""
         assert self._writer is not None, "use `async with`"
         if self._closed is not None:
             raise self._closed
         request_id = next(self._ids)
-        message: dict[str, Any] = {"jsonrpc": "2.0", "id": request_id, "method": method}
+        message: dict[str, object] = {"jsonrpc": "2.0", "id": request_id, "method": method}
         if params:
             message["params"] = params
         answer = asyncio.get_running_loop().create_future()
@@ -213,7 +213,7 @@ class Client:
         """`acquire`: a lease on `model` once it runs (with `load` false, only if that
         needs no load or wake of its own). A caller cancelled while it waits (a client
         that hung up) does not leak the lease: it is released once granted."""
-        params: dict[str, Any] = {"model": model}
+        params: dict[str, object] = {"model": model}
         if timeout_s is not None:
             params["timeout_s"] = timeout_s
         if not load:
@@ -264,7 +264,7 @@ class Client:
                 await self.call("release", lease=granted.lease)
 
 
-async def call(method: str, path: Path | None = None, **params: Any) -> Any:
+async def call(method: str, path: Path | None = None, /, **params: object) -> Any:
     """One call on a fresh connection."""
     async with Client(path) as client:
         return await client.call(method, **params)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any
 
 
 class State(StrEnum):
@@ -70,14 +69,6 @@ class Failure:
     reason: str
     exit_code: int | None = None
     last_lines: tuple[str, ...] = ()
-
-    def as_dict(self) -> dict[str, Any]:
-        """The failure as JSON-ready data."""
-        return {
-            "reason": self.reason,
-            "exit_code": self.exit_code,
-            "last_lines": list(self.last_lines),
-        }
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from typing import Any
 
 from pydantic import TypeAdapter
 
@@ -11,10 +10,10 @@ from modeld.daemon.methods import API
 from modeld.wire.events import EVENT
 
 
-def api_schema() -> dict[str, Any]:
+def api_schema() -> dict[str, object]:
     """docs/api.schema.json: each method's params and result, and the events, as JSON
     Schema."""
-    methods: dict[str, Any] = {}
+    methods: dict[str, object] = {}
     for method in API:
         methods[method.name] = {
             "description": method.doc,

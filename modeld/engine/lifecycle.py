@@ -13,7 +13,6 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Callable
-from typing import Any
 
 import structlog
 
@@ -148,16 +147,21 @@ class Lifecycle:
 
     def _announce(self, event: Transition) -> None:
         """A Model changed state: log it, publish it, tell the listeners, wake waiters."""
-        fields: dict[str, Any] = {
-            "model": event.model.name,
-            "from_state": event.old.value,
-            "to_state": event.new.value,
-            "reason": event.reason,
-        }
-        if event.failure is not None:
-            fields.update(failure=event.failure.reason, exit_code=event.failure.exit_code)
-        log.info("model.transition", **fields)
-        self.events.publish(StateChanged(**fields))
+        failure = event.failure
+        announced = StateChanged(
+            model=event.model.name,
+            from_state=event.old.value,
+            to_state=event.new.value,
+            reason=event.reason,
+            failure=failure.reason if failure is not None else None,
+            exit_code=failure.exit_code if failure is not None else None,
+        )
+        # The log line carries the failure's fields only when there is one.
+        unlogged = {"type", "seq", "time", "dropped_before"}
+        if failure is None:
+            unlogged |= {"failure", "exit_code"}
+        log.info("model.transition", **announced.model_dump(exclude=unlogged))
+        self.events.publish(announced)
         for listener in self._listeners:
             listener(event)
         changed, self._changed = self._changed, asyncio.Event()

@@ -129,8 +129,11 @@ class Room:
             plan = replanned
         return stopped, parked
 
-    async def restore(self, names: tuple[str, ...], failed: str) -> dict[str, Any]:
-        """Start again the models a failed switch stopped; say which came back."""
+    async def restore(
+        self, names: tuple[str, ...], failed: str
+    ) -> dict[str, list[str] | dict[str, str]]:
+        """Start again the models a failed switch stopped; say which came back (the
+        fields the failure's error data carries: `restored`, `not_restored`)."""
         restored: list[str] = []
         not_restored: dict[str, str] = {}
         for name in names:

@@ -4,6 +4,7 @@ OpenAI model list. The daemon decides; these only translate."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from typing import Any
 
@@ -21,7 +22,8 @@ from modeld.wire.status import ModelStatus, without_backend_output
 # A backend's lines sent at once (`?lines=`), by default and at most.
 LOG_LINES = 100
 MAX_LOG_LINES = 10_000
-# History entries asked for at once, at most (what the daemon's `history` takes).
+# History entries asked for at once, by default and at most (what `history` takes).
+HISTORY_SHOWN = 50
 MAX_HISTORY = 500
 
 # What a model's entry in /v1/models carries from modeld's status, besides OpenAI's.
@@ -142,9 +144,9 @@ class Admin:
                 async with Client(self._link.socket) as client:
                     following = client.follow(name, lines).__aiter__()
 
-                    async def next_line() -> dict[str, Any] | None:
+                    async def next_line() -> str | None:
                         try:
-                            return {"model": name, "line": await anext(following)}
+                            return json.dumps({"model": name, "line": await anext(following)})
                         except (StopAsyncIteration, RpcError, DaemonUnreachable):
                             return None
 
@@ -154,12 +156,13 @@ class Admin:
 
     async def history(self, request: web.Request) -> web.Response:
         """`GET /v1/history[?model=NAME][&limit=N]`: what was done to models and why."""
-        params: dict[str, Any] = {}
-        if model := request.query.get("model"):
-            params["model"] = model
-        if limit := request.query.get("limit"):
-            params["limit"] = _whole(limit, "limit", MAX_HISTORY)
-        return web.json_response(await self._link.call("history", **params))
+        limit = request.query.get("limit")
+        answer = await self._link.call(
+            "history",
+            model=request.query.get("model") or None,
+            limit=_whole(limit, "limit", MAX_HISTORY) if limit else HISTORY_SHOWN,
+        )
+        return web.json_response(answer)
 
     async def plan(self, request: web.Request) -> web.Response:
         """`GET /v1/models/{name}/plan[?force=true]`: what a switch would do now, and why
@@ -177,7 +180,7 @@ class Admin:
         return await self._load(request.query, action, name)
 
     async def _load(self, fields: Fields, method: str, model: str) -> web.Response:
-        params: dict[str, Any] = {"model": model, "wait": _flag(fields, "wait", True)}
+        params: dict[str, object] = {"model": model, "wait": _flag(fields, "wait", True)}
         if method == "switch" and _flag(fields, "force", False):
             params["force"] = True
         timeout = _timeout(fields)
@@ -186,7 +189,7 @@ class Admin:
         # A switch may wait for a drain, a stop and a load: the daemon's own deadlines
         # (drain_timeout_s, load_timeout_s) bound it; ours is their sum and a margin.
         waited = timeout if timeout is not None else 3600.0
-        result = await self._link.call(method, timeout=waited, **params)
+        result = await self._link.call(method, wait_s=waited, **params)
         if isinstance(result, dict) and result.get("status") == "already_loaded":
             result = {
                 "message": f"Model '{model}' is already running and healthy",

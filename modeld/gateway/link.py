@@ -110,7 +110,7 @@ async def _mapped(call: Awaitable[T], timeout: float, late: GatewayError) -> T:
         raise late from None
 
 
-async def _answer(client: Client, method: str, timeout: float, **params: Any) -> Any:
+async def _answer(client: Client, method: str, timeout: float, /, **params: object) -> Any:
     """A call with its deadline, errors as GatewayError."""
     late = GatewayError("daemon_unreachable", f"modeld did not answer {method} within {timeout:g}s")
     return await _mapped(client.call(method, **params), timeout, late)
@@ -184,9 +184,10 @@ class DaemonLink:
         self.renewals = 0
         self._background: set[asyncio.Task[None]] = set()
 
-    async def call(self, method: str, timeout: float | None = None, **params: Any) -> Any:
-        """Call `method`; a waiting call (`timeout` given) may take that long and a margin."""
-        limit = CALL_TIMEOUT_S if timeout is None else timeout + ANSWER_MARGIN_S
+    async def call(self, method: str, /, *, wait_s: float | None = None, **params: object) -> Any:
+        """Call `method` with `params`; a waiting call (`wait_s` given) may take that long
+        and a margin, else it is answered from memory within CALL_TIMEOUT_S."""
+        limit = CALL_TIMEOUT_S if wait_s is None else wait_s + ANSWER_MARGIN_S
         return await _answer(await self._calls.client(), method, limit, **params)
 
     @contextlib.asynccontextmanager

@@ -90,12 +90,12 @@ class EventStreams:
     async def relay(
         self,
         request: web.Request,
-        source: Callable[[], Awaitable[dict[str, Any] | None]],
+        source: Callable[[], Awaitable[str | None]],
         greeting: bytes,
     ) -> web.StreamResponse:
-        """Send what `source` gives, one `data:` message each, with a comment every
-        KEEPALIVE_S while it gives nothing, until it gives None (then an `end` event),
-        the client leaves or stops reading, or the gateway stops."""
+        """Send what `source` gives (JSON text), one `data:` message each, with a comment
+        every KEEPALIVE_S while it gives nothing, until it gives None (then an `end`
+        event), the client leaves or stops reading, or the gateway stops."""
         response = web.StreamResponse(
             headers={
                 "Content-Type": "text/event-stream",
@@ -104,7 +104,7 @@ class EventStreams:
             }
         )
         closing = asyncio.ensure_future(self.closing.wait())
-        pending: asyncio.Future[dict[str, Any] | None] | None = None
+        pending: asyncio.Future[str | None] | None = None
         try:
             await response.prepare(request)
             await response.write(greeting)
@@ -119,7 +119,7 @@ class EventStreams:
                     item, pending = pending.result(), None
                     # One `message` per item (an event's `type` is in its data), so a
                     # browser's EventSource.onmessage sees them all.
-                    line = f"data: {json.dumps(item)}\n\n" if item is not None else END
+                    line = f"data: {item}\n\n" if item is not None else END
                     async with asyncio.timeout(WRITE_TIMEOUT_S):
                         await response.write(line.encode())
                     if item is None:
@@ -136,5 +136,5 @@ class EventStreams:
         return response
 
 
-async def _as_json(subscription: Subscription) -> dict[str, Any]:
-    return event_json(await subscription.next())
+async def _as_json(subscription: Subscription) -> str:
+    return json.dumps(event_json(await subscription.next()))

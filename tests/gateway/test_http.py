@@ -356,6 +356,25 @@ async def test_a_client_that_hangs_up_while_its_model_loads_leaks_no_lease(
     await eventually(released, timeout=10)
 
 
+async def test_a_switch_with_a_timeout_is_bounded_by_it(
+    fronted: GatewayFactory, http: aiohttp.ClientSession
+) -> None:
+    """`timeout` on the switch endpoint (query or body) reaches the daemon: a load longer
+    than it is 504 `timeout` once it passes, and the load goes on; one within it is 200."""
+    front = await fronted(make_config(TWO, [80]))
+    front.runtime.behaviour["b"] = Behaviour(load_seconds=3.0)
+    started = asyncio.get_running_loop().time()
+    async with http.post(front.url + "/v1/models/switch?target_model=b&timeout=0.5") as answer:
+        assert answer.status == 504, await answer.text()
+        assert (await answer.json())["error"] == "timeout"
+    assert asyncio.get_running_loop().time() - started < 2.5
+    assert state_of(front.engine, "b") is State.LOADING  # a caller's timeout stops no load
+    body = {"target_model": "b", "timeout": 30}
+    async with http.post(front.url + "/v1/models/switch", json=body) as answer:
+        assert answer.status == 200, await answer.text()
+        assert (await answer.json())["model"] == "b"
+
+
 async def test_models_busy_and_load_failures_have_their_own_statuses(
     fronted: GatewayFactory, http: aiohttp.ClientSession
 ) -> None:
