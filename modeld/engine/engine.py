@@ -5,7 +5,7 @@ sub-facades:
 - engine.models   switch, start, stop, restart, preload, logs   (facades.py)
 - engine.leases   acquire, release                              (facades.py)
 - engine.view     status, gpu, models, the systemd line         (view.py)
-- engine.events   subscribe, and the next transition  (facades.py; core/events.py)
+- engine.events   subscribe, and the next transition  (facades.py; wire/events.py)
 - engine.reload   the config file again                         (reloading.py)
 
 Below them, each part owns one concern: lifecycle.py (the registry of Models and their

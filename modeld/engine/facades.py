@@ -1,6 +1,6 @@
 """The engine's sub-facades, each over the parts it needs: `ModelOps` (switch, start,
 stop, restart, preload, logs), `LeaseOps` (acquire, release) and `Events`. What they return is
-typed (core/results.py); the API layer turns it into JSON."""
+typed (wire/results.py); the API layer turns it into JSON."""
 
 from __future__ import annotations
 

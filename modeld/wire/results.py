@@ -1,8 +1,7 @@
-"""What operations answer, typed: the engine returns these, and `answer()` turns them
-into JSON, leaving out the fields an outcome never set, so each answer keeps the seed's
-shape (an `already_loaded` switch has no memory figures). The daemon's method table
-answers with it; the engine also uses it for the figures its events and log lines
-carry."""
+"""What operations answer, typed: the engine returns these and the daemon's method table
+sends them as JSON leaving out the fields an outcome never set, so each answer keeps
+the seed's shape (an `already_loaded` switch has no memory figures); `answer()` is that
+JSON, which the engine also logs and puts in errors' data."""
 
 from __future__ import annotations
 
