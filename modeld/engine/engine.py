@@ -50,9 +50,10 @@ from modeld.engine.operations import Asker, Operations
 from modeld.engine.parking import Parking
 from modeld.engine.reloading import Reloader
 from modeld.engine.restarts import Restarts
+from modeld.engine.room import Room
 from modeld.engine.switching import Switcher
 from modeld.engine.view import StatusView
-from modeld.wire.events import EventBus
+from modeld.wire.events import Event, EventBus, SwitchParked, SwitchStopped, WakeFailed
 from modeld.wire.results import ReloadResult
 
 log = structlog.get_logger("modeld.engine.engine")
@@ -85,8 +86,8 @@ class Engine:
         )
         ops = Operations(life)
         leases = Leases(life.records)
-        parking = Parking(life, ops, learning, self._metrics, leases.protected)
-        switcher = Switcher(life, ops, parking, leases, self._metrics)
+        parking = Parking(life, ops, learning, leases.protected)
+        switcher = Switcher(life, ops, Room(life, ops, parking, leases), leases)
         restarts = Restarts(switcher.bring_back)
         listeners = (
             learning.on_transition,
@@ -96,9 +97,10 @@ class Engine:
         )
         for listener in listeners:
             life.on_transition(listener)
+        bus.listen(self._count_event)
         self._life, self._learning, self._leases = life, learning, leases
-        self.models = ModelOps(life, ops, switcher, leases, self._metrics)
-        self.leases = LeaseOps(life, self.models, switcher, leases, self._metrics)
+        self.models = ModelOps(life, switcher, self._metrics)
+        self.leases = LeaseOps(life, self.models, leases, self._metrics)
         self.view = StatusView(life, lambda: ops.busy, lambda: bus.count)
         self.events = Events(bus, revision, life)
         self._reloader = Reloader(config_path, life, ops, learning)
@@ -171,7 +173,18 @@ class Engine:
         name = event.model.name
         if event.new is State.FAILED:
             self._metrics.failed(name)
+        if event.old is State.RUNNING and event.new is State.SLEEPING:
+            self._metrics.parked(name)
         if event.load_s is not None:
             self._metrics.load_done(name, event.load_s)
         if event.wake_s is not None:
             self._metrics.woke(name, event.wake_s)
+
+    def _count_event(self, event: Event) -> None:
+        """Metrics follow a switch's steps: each model it stopped or parked, and a wake
+        that failed."""
+        match event:
+            case SwitchStopped(stopped=name) | SwitchParked(parked=name):
+                self._metrics.evicted(name)
+            case WakeFailed(model=name):
+                self._metrics.woke(name, None)

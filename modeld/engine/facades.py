@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 
 import structlog
 
@@ -18,8 +18,7 @@ from modeld.engine.leases import Leases
 from modeld.engine.lifecycle import Lifecycle
 from modeld.engine.metrics import MetricsSink
 from modeld.engine.model import Model
-from modeld.engine.operations import Asker, Operations
-from modeld.engine.preview import preview_switch
+from modeld.engine.operations import Asker
 from modeld.engine.switching import Switcher
 from modeld.wire.events import EventBus, Subscription
 from modeld.wire.history import HistoryEntry
@@ -38,18 +37,9 @@ log = structlog.get_logger("modeld.engine.facades")
 class ModelOps:
     """What callers do to models: switch, start, stop, restart, preload; their logs."""
 
-    def __init__(
-        self,
-        lifecycle: Lifecycle,
-        operations: Operations,
-        switcher: Switcher,
-        leases: Leases,
-        metrics: MetricsSink,
-    ) -> None:
+    def __init__(self, lifecycle: Lifecycle, switcher: Switcher, metrics: MetricsSink) -> None:
         self._life = lifecycle
-        self._ops = operations
         self._switcher = switcher
-        self._leases = leases
         self._metrics = metrics
 
     def history(self, name: str | None = None, limit: int = 50) -> list[HistoryEntry]:
@@ -59,11 +49,19 @@ class ModelOps:
             self._life.record(name)  # UnknownModel for a name never configured
         return self._life.history.entries(name, limit)
 
+    def underway(self, name: str) -> bool:
+        """Whether a switch, start or restart of `name` is in progress."""
+        return self._switcher.underway(name)
+
+    async def settled(self, name: str) -> None:
+        """Return once no switch, start or restart of `name` is in progress."""
+        await self._switcher.settled(name)
+
     async def plan(self, name: str, *, force: bool = False) -> PlanResult:
         """What `switch` would do to bring `name` up now, and why; changes nothing."""
         name = self._life.canonical(name)
         record = self._life.record(name, managed=True)
-        return await preview_switch(self._life, self._leases, record, force)
+        return await self._switcher.preview(record, force)
 
     async def switch(
         self,
@@ -87,6 +85,8 @@ class ModelOps:
             return result
         except ModeldError as exc:
             outcome = exc.data["error"]
+            if isinstance(exc, ModelsBusy):
+                self._metrics.models_busy()
             raise
         finally:
             self._metrics.switch_done(outcome, time.monotonic() - started)
@@ -112,25 +112,17 @@ class ModelOps:
         """Stop `name`'s backend once its requests in flight have ended (ModelsBusy past
         drain_timeout_s), or at once with `force`; stopping a stopped model is fine."""
         name = self._life.canonical(name)  # an alias names its model
-        record = self._life.record(name)
-        async with self._no_requests(name, force), self._ops.operation("stop", record, caller):
-            if record.state is State.STOPPED:
-                return StopResult(status="already_stopped", model=name)
-            await self._life.check_runtime(record)
-            await self._life.stop_model(record, "requested")
-            return StopResult(status="stopped", model=name)
+        with self._busy_counted():
+            return await self._switcher.bring_down(self._life.record(name), caller, force)
 
-    @contextlib.asynccontextmanager
-    async def _no_requests(self, name: str, force: bool) -> AsyncIterator[None]:
-        """Drain `name` first if it serves requests (ModelsBusy past drain_timeout_s),
-        keeping new acquires waiting until the block is done; `force` skips it."""
-        drained = []
-        if not force and self._leases.protected(name):
-            drained = await self._switcher.room.drain([name], None)
+    @contextlib.contextmanager
+    def _busy_counted(self) -> Iterator[None]:
+        """A refusal for models still serving requests is counted (metrics)."""
         try:
             yield
-        finally:
-            self._leases.end_drain(drained)
+        except ModelsBusy:
+            self._metrics.models_busy()
+            raise
 
     async def restart(
         self,
@@ -144,12 +136,12 @@ class ModelOps:
         memory, and start it again."""
         name = self._life.canonical(name)  # an alias names its model
         record = self._life.record(name, managed=True)
-        async with self._no_requests(name, force=False):
-            result = await self._switcher.bring_up(
-                "restart", record, caller, evict=False, wait=wait, timeout=timeout, restart=True
-            )
-        result.status = "restarted"
-        return result
+        with self._busy_counted():
+            async with self._switcher.no_requests(name, force=False):
+                result = await self._switcher.bring_up(
+                    "restart", record, caller, evict=False, wait=wait, timeout=timeout, restart=True
+                )
+        return result.model_copy(update={"status": "restarted"})
 
     async def preload(self) -> dict[str, str]:
         """Start the configured `preload` models in order, each only if it fits without
@@ -185,16 +177,10 @@ class LeaseOps:
     """Requests in flight: a lease on a model once it runs and answers, and its end."""
 
     def __init__(
-        self,
-        lifecycle: Lifecycle,
-        models: ModelOps,
-        switcher: Switcher,
-        leases: Leases,
-        metrics: MetricsSink,
+        self, lifecycle: Lifecycle, models: ModelOps, leases: Leases, metrics: MetricsSink
     ) -> None:
         self._life = lifecycle
         self._models = models
-        self._switcher = switcher
         self._leases = leases
         self._metrics = metrics
 
@@ -233,12 +219,12 @@ class LeaseOps:
                 record = self._life.record(name, managed=True)
                 if record.state is State.RUNNING:
                     if not switched:  # a switch counted this request already
-                        self._switcher.count_demand(record)
+                        self._life.count_demand(record)
                     return self._grant(record, owner, started, caller)
                 left = None if deadline is None else deadline - time.monotonic()
                 if left is not None and left <= 0:
                     raise OperationTimeout(f"{name} did not run within {timeout}s", model=name)
-                if not load and self._switcher.underway(name):
+                if not load and self._models.underway(name):
                     # A load is on its way (room is being made for it): join it.
                     await self._settled(name, left, timeout)
                     continue
@@ -257,7 +243,7 @@ class LeaseOps:
     async def _settled(self, name: str, left: float | None, timeout: float | None) -> None:
         try:
             async with asyncio.timeout(left):
-                await self._switcher.settled(name)
+                await self._models.settled(name)
         except TimeoutError:
             raise OperationTimeout(f"{name} did not run within {timeout}s", model=name) from None
 
@@ -270,7 +256,7 @@ class LeaseOps:
         record = self._life.record(name, managed=True)
         if record.state is not State.RUNNING or self._leases.draining(name):
             return None
-        self._switcher.count_demand(record)
+        self._life.count_demand(record)
         return self._grant(record, owner, time.monotonic(), caller)
 
     def _grant(

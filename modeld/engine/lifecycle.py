@@ -43,6 +43,9 @@ log = structlog.get_logger("modeld.engine.lifecycle")
 
 
 Listener = Callable[[Transition], None]
+# cost_aware: at each request every model's demand decays by this factor, so favourites
+# that stop being asked for stop being protected within a few dozen requests.
+DEMAND_DECAY = 0.95
 
 
 class Lifecycle:
@@ -112,6 +115,13 @@ class Lifecycle:
     def new_model(self, name: str, config: Config | None = None) -> Model:
         """A stopped Model for a configured model."""
         return Model((config or self.config).models[name], self.revision, self._announce)
+
+    def count_demand(self, record: Model) -> None:
+        """A request for `record`'s model (a switch, or a lease granted without one):
+        cost_aware's demand decays everyone's and counts for it; lru's clock moves."""
+        for other in self.records.values():
+            other.demand_decayed(DEMAND_DECAY)
+        record.asked_for()
 
     def on_transition(self, listener: Listener) -> None:
         """Call `listener` after every transition, in the order they were added."""

@@ -16,7 +16,6 @@ from modeld.core.errors import GpuUnavailable, LoadFailed, ModeldError, SleepMod
 from modeld.core.states import State
 from modeld.engine.learning import Learning
 from modeld.engine.lifecycle import Lifecycle
-from modeld.engine.metrics import MetricsSink
 from modeld.engine.model import Model
 from modeld.engine.operations import IDLE_UNLOAD, Operations
 from modeld.wire.events import IdleUnloaded, ParkFailed, WakeFailed, Waking
@@ -32,13 +31,11 @@ class Parking:
         lifecycle: Lifecycle,
         operations: Operations,
         learning: Learning,
-        metrics: MetricsSink,
         serving: Callable[[str], bool] = lambda _: False,
     ) -> None:
         self._life = lifecycle
         self._ops = operations
         self._learning = learning
-        self._metrics = metrics
         # Whether a model serves requests (leases): then it is never idle.
         self._serving = serving
 
@@ -66,7 +63,6 @@ class Parking:
             await life.stop_model(record, f"{reason}; parking failed: {exc.message}")
             return False
         record.parked(reason)
-        self._metrics.parked(record.name)
         # What it keeps is measured, never assumed: plans count on it from now on.
         with contextlib.suppress(GpuUnavailable):
             reading = await life.ledger.read(life.records.values())
@@ -111,7 +107,6 @@ class Parking:
         record.wake_fell_back(exc.message)
         log.warning("wake.failed", model=record.name, error=exc.message, fallback="cold start")
         life.events.publish(WakeFailed(model=record.name, error=exc.message, fallback="cold start"))
-        self._metrics.woke(record.name, None)
         async with self._ops.lock:
             if not record.is_current(generation):
                 return LoadFailed(f"{record.name}: changed while waking", model=record.name)

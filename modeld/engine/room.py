@@ -17,7 +17,6 @@ from modeld.core.planner import Infeasible, Plan
 from modeld.core.states import State
 from modeld.engine.leases import Leases
 from modeld.engine.lifecycle import Lifecycle
-from modeld.engine.metrics import MetricsSink
 from modeld.engine.model import Model
 from modeld.engine.operations import Operations
 from modeld.engine.parking import Parking
@@ -30,7 +29,8 @@ PLAN_ROUNDS = 3
 
 
 class Room:
-    """Stops, parks, drains and restores for the Switcher."""
+    """Stops, parks, drains and restores for the Switcher; and the one "wait for the
+    room, then start or wake"."""
 
     def __init__(
         self,
@@ -38,13 +38,11 @@ class Room:
         operations: Operations,
         parking: Parking,
         leases: Leases,
-        metrics: MetricsSink,
     ) -> None:
         self._life = lifecycle
         self._ops = operations
         self._parking = parking
         self._leases = leases
-        self._metrics = metrics
 
     async def drain(self, names: list[str], deadline: float | None) -> list[str]:
         """Outside the lock: close the gate on `names` (new acquires wait), then wait for
@@ -63,7 +61,6 @@ class Room:
                 )
         except ModeldError as refusal:
             self._leases.end_drain(closed)
-            self._metrics.models_busy()
             raise refusal from None
         return closed
 
@@ -98,11 +95,9 @@ class Room:
         for _ in range(PLAN_ROUNDS):
             for name in plan.stop:
                 await self._life.stop_model(self._life.records[name], f"evicted for {record.name}")
-                self._metrics.evicted(name)
                 stopped.append(name)
                 self._life.events.publish(SwitchStopped(model=record.name, stopped=name))
             for name in plan.park:
-                self._metrics.evicted(name)
                 if await self._parking.park(self._life.records[name], f"parked for {record.name}"):
                     parked.append(name)
                     self._life.events.publish(SwitchParked(model=record.name, parked=name))
@@ -129,6 +124,16 @@ class Room:
             plan = replanned
         return stopped, parked
 
+    async def start_or_wake(self, record: Model) -> bool:
+        """Under the lock, once the driver shows the room: wake `record` if it is parked,
+        else start it (the caller waits on its load_task). True if it is waking."""
+        await self._life.ledger.wait_for_room(record, self._life.records.values())
+        if record.state is State.SLEEPING:
+            self._parking.begin_wake(record)
+            return True
+        await self._life.start_model(record)
+        return False
+
     async def restore(
         self, names: tuple[str, ...], failed: str
     ) -> dict[str, list[str] | dict[str, str]]:
@@ -140,11 +145,8 @@ class Room:
             victim = self._life.records[name]
             try:
                 async with self._ops.operation("rollback", victim, None):
-                    await self._life.ledger.wait_for_room(victim, self._life.records.values())
-                    if victim.state is State.SLEEPING:
-                        self._parking.begin_wake(victim)
-                    elif victim.state in (State.STOPPED, State.FAILED):
-                        await self._life.start_model(victim)
+                    if victim.state in (State.SLEEPING, State.STOPPED, State.FAILED):
+                        await self.start_or_wake(victim)
                 # Not through a shutdown: a daemon that stops says so, and exits.
                 if victim.load_task is not None and (
                     failure := await self._life.wait_load(victim, victim.load_task, None)

@@ -8,8 +8,9 @@ on failure). Making room and undoing it is room.py's."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -38,20 +39,14 @@ from modeld.core.states import State
 from modeld.engine.facts import LoadTask
 from modeld.engine.leases import Leases
 from modeld.engine.lifecycle import Lifecycle
-from modeld.engine.metrics import MetricsSink
 from modeld.engine.model import Model
 from modeld.engine.operations import AUTO_RESTART, Asker, Operations
-from modeld.engine.parking import Parking
-from modeld.engine.preview import decide_with_plans, memory_info
+from modeld.engine.preview import decide_with_plans, memory_info, preview_switch
 from modeld.engine.room import Room, left
 from modeld.wire.events import RoomReady, SwitchPlanned
-from modeld.wire.results import MemoryInfo, SwitchResult
+from modeld.wire.results import MemoryInfo, PlanResult, StopResult, SwitchResult
 
 log = structlog.get_logger("modeld.engine.switching")
-
-# cost_aware: at each request every model's demand decays by this factor, so favourites
-# that stop being asked for stop being protected within a few dozen requests.
-DEMAND_DECAY = 0.95
 
 
 @dataclass
@@ -86,19 +81,12 @@ class Switcher:
     """Brings models up: switch, start, restart, the restart policy's retries."""
 
     def __init__(
-        self,
-        lifecycle: Lifecycle,
-        operations: Operations,
-        parking: Parking,
-        leases: Leases,
-        metrics: MetricsSink,
+        self, lifecycle: Lifecycle, operations: Operations, room: Room, leases: Leases
     ) -> None:
         self._life = lifecycle
         self._ops = operations
-        self._parking = parking
         self._leases = leases
-        self._metrics = metrics
-        self.room = Room(lifecycle, operations, parking, leases, metrics)
+        self.room = room
         # Models being brought up now: a lease that may not cause a load joins one of
         # these even before the model is loading (while room is made for it).
         self._underway: dict[str, _Underway] = {}
@@ -123,6 +111,35 @@ class Switcher:
             if not under.count:
                 del self._underway[name]
                 under.ended.set()
+
+    async def preview(self, record: Model, force: bool) -> PlanResult:
+        """What a switch to `record` would do now, and why; changes nothing."""
+        return await preview_switch(self._life, self._leases, record, force)
+
+    @contextlib.asynccontextmanager
+    async def no_requests(self, name: str, force: bool) -> AsyncIterator[None]:
+        """Drain `name` first if it serves requests (ModelsBusy past drain_timeout_s),
+        keeping new acquires waiting until the block is done; `force` skips it."""
+        drained = []
+        if not force and self._leases.protected(name):
+            drained = await self.room.drain([name], None)
+        try:
+            yield
+        finally:
+            self._leases.end_drain(drained)
+
+    async def bring_down(self, record: Model, caller: Asker | None, force: bool) -> StopResult:
+        """Stop a model's backend once its requests in flight have ended (or at once with
+        `force`); stopping a stopped model is fine."""
+        async with (
+            self.no_requests(record.name, force),
+            self._ops.operation("stop", record, caller),
+        ):
+            if record.state is State.STOPPED:
+                return StopResult(status="already_stopped", model=record.name)
+            await self._life.check_runtime(record)
+            await self._life.stop_model(record, "requested")
+            return StopResult(status="stopped", model=record.name)
 
     async def bring_back(self, record: Model) -> bool:
         """The restart policy's retry: start it again if it is still down; False if that
@@ -221,7 +238,7 @@ class Switcher:
         decision = await self._decide(record, evict, force)
         match decision:
             case AlreadyRunning():
-                self.count_demand(record)
+                self._life.count_demand(record)
                 record.touched()
                 message = f"Model '{record.name}' is already running and healthy"
                 return _Begun(
@@ -229,14 +246,14 @@ class Switcher:
                     SwitchResult(status="already_loaded", model=record.name, message=message),
                 )
             case JoinLoad():
-                self.count_demand(record)
+                self._life.count_demand(record)
                 return _Begun(record, _success(record, [], None), load_task=record.load_task)
             case WaitForLoads() | Drain():
                 return _Blocked(decision)
             case Refuse(reason=Refusal.NO_ROOM, plan=Infeasible() as infeasible):
                 raise self.room.no_room(record, infeasible)
             case Refuse(plan=Plan() as plan):
-                self.count_demand(record)
+                self._life.count_demand(record)
                 raise _would_evict(record, plan, self._memory_info(record, plan))
             case Execute(plan=plan):
                 return await self._execute(record, plan)
@@ -244,7 +261,7 @@ class Switcher:
 
     async def _execute(self, record: Model, plan: Plan) -> _Begun:
         """Carry out a plan: make room, wait for the driver to show it, start or wake."""
-        self.count_demand(record)
+        self._life.count_demand(record)
         memory_info = self._memory_info(record, plan)
         log.info(
             "switch.plan",
@@ -268,9 +285,9 @@ class Switcher:
         result.parked_models = parked
         begun = _Begun(record, result, moved=moved)
         try:
-            # Start only once the driver shows the room (at once when nothing was stopped).
-            await self._life.ledger.wait_for_room(record, self._life.records.values())
             if moved:
+                # Said once the driver shows the room (start_or_wake waits for it too).
+                await self._life.ledger.wait_for_room(record, self._life.records.values())
                 free = self._life.ledger.free_gb()
                 self._life.events.publish(RoomReady(model=record.name, free_gb=free))
                 log.info(
@@ -280,11 +297,7 @@ class Switcher:
                     parked=parked,
                     free_gb=free,
                 )
-            if record.state is State.SLEEPING:
-                self._parking.begin_wake(record)
-                begun.waking = True
-            else:
-                await self._life.start_model(record)
+            begun.waking = await self.room.start_or_wake(record)
         except ModeldError as failure:
             begun.failure = failure  # the caller rolls back, outside the lock
         begun.load_task = record.load_task
@@ -292,13 +305,6 @@ class Switcher:
 
     def _memory_info(self, record: Model, plan: Plan) -> MemoryInfo:
         return memory_info(self._life, record, plan)
-
-    def count_demand(self, record: Model) -> None:
-        """A request for `record`'s model (a switch, or a lease granted without one):
-        cost_aware's demand decays everyone's and counts for it; lru's clock moves."""
-        for other in self._life.records.values():
-            other.demand_decayed(DEMAND_DECAY)
-        record.asked_for()
 
     async def _finish(self, begun: _Begun, wait: bool, timeout: float | None) -> SwitchResult:
         """Outside the lock: wait for the load begun (or joined), roll back on failure."""

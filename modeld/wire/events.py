@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import itertools
 import time
+from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
@@ -240,11 +241,18 @@ class Subscription:
 
 
 class EventBus:
-    """Numbers events and fans them out to subscriptions."""
+    """Tells its listeners (parts of the same process, at once) of each event, and numbers
+    events and fans them out to subscriptions (each its own bounded queue)."""
 
     def __init__(self) -> None:
         self._subscriptions: set[Subscription] = set()
+        self._listeners: list[Callable[[Event], None]] = []
         self._sequence = itertools.count(1)
+
+    def listen(self, listener: Callable[[Event], None]) -> None:
+        """Call `listener` with each event published here, as it is published, in the
+        order listeners were added (what counts events: the engine's metrics)."""
+        self._listeners.append(listener)
 
     def subscribe(self) -> Subscription:
         """A new subscription, receiving events from now on."""
@@ -267,7 +275,10 @@ class EventBus:
             subscription.offer(event)
 
     def publish(self, event: Event) -> None:
-        """Number `event`, stamp its time and send it to every subscriber."""
+        """Tell the listeners of `event`; number it, stamp its time and send it to every
+        subscriber."""
+        for listener in self._listeners:
+            listener(event)
         if not self._subscriptions:
             return
         stamped = event.model_copy(update={"seq": next(self._sequence), "time": time.time()})

@@ -7,11 +7,12 @@ from typing import Any
 
 import aiohttp
 import pytest
+from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from modeld.adapters.gpu.simulated import SimulatedGpu
 from modeld.core.config import parse_config
-from modeld.core.errors import LoadFailed
+from modeld.core.errors import LoadFailed, ModelsBusy
 from modeld.engine.engine import Engine
 from modeld.engine.metrics import Metrics, serve_metrics
 from modeld.testing.fakes import Behaviour, FakeRuntime
@@ -112,6 +113,35 @@ async def test_metrics_match_status(host: tuple[Engine, FakeRuntime, str]) -> No
         assert value(samples, "modeld_model_requests_per_second", model=name) == 0
         assert value(samples, "modeld_model_generation_tokens_per_second", model=name) == 0
     assert ("modeld_model_requests_in_backend", (("model", "alpha"),)) not in samples
+
+
+async def test_refusals_for_models_serving_requests_are_counted() -> None:
+    """A switch and a stop refused because a model still serves requests past
+    drain_timeout_s each count once in modeld_models_busy_total; nothing is evicted."""
+    config = make_config(
+        {"a": {"gpu_memory_gb": 50}, "b": {"gpu_memory_gb": 50}}, [80], drain_timeout_s=0.2
+    )
+    runtime = FakeRuntime()
+    metrics = Metrics()
+    engine = await start_over(
+        config, runtime, SimulatedGpu(config.gpu, alive=runtime.alive), metrics=metrics
+    )
+    try:
+        await engine.leases.acquire("a", owner=1)
+        with pytest.raises(ModelsBusy):
+            await engine.models.switch("b")
+        with pytest.raises(ModelsBusy):
+            await engine.models.stop("a")
+        text = generate_latest(metrics.registry).decode()
+        samples = {
+            (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+            for family in text_string_to_metric_families(text)
+            for sample in family.samples
+        }
+        assert value(samples, "modeld_models_busy_total") == 2
+        assert ("modeld_evictions_total", (("model", "a"),)) not in samples
+    finally:
+        await engine.shutdown()
 
 
 def test_metrics_listen_is_validated() -> None:
