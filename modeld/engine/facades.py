@@ -265,7 +265,7 @@ class LeaseOps:
         lease = self._leases.grant(record, owner)
         waited = time.monotonic() - started
         self._metrics.acquired(record.name, waited)
-        log.info("lease.granted", model=record.name, lease=lease.id, **dict(caller or {}))
+        log.info("lease.granted", model=record.name, lease=lease.id, caller=dict(caller or {}))
         return LeaseResult(
             lease=lease.id,
             model=record.name,

@@ -36,35 +36,27 @@ class Operations:
     async def operation(
         self, op: str, record: Model | None, caller: Asker | None
     ) -> AsyncIterator[None]:
-        """Hold the lock for one decision and its effects; log it, with its caller."""
+        """Hold the lock for one decision and its effects; log it, with its caller. Every
+        log line written meanwhile (and by the tasks it starts: a load, a wake) carries
+        `op`, `model` and `caller` (structlog's context)."""
         model = record.name if record else None
-        log.info("operation.requested", op=op, model=model, caller=dict(caller or {}))
-        if record is not None and op != AUTO_RESTART:
-            record.restarts_taken_over()  # an operator acting on the model takes over
-        with self.counted():  # waiting for its turn is being in flight too
-            async with self.lock:
-                started = time.monotonic()
-                try:
-                    if record is not None:
-                        self._still_configured(record, op)
-                    yield
-                except ModeldError as exc:
-                    log.warning(
-                        "operation.failed",
-                        op=op,
-                        model=model,
-                        error=exc.data["error"],
-                        message=exc.message,
-                        caller=dict(caller or {}),
-                    )
-                    raise
-                log.info(
-                    "operation.done",
-                    op=op,
-                    model=model,
-                    caller=dict(caller or {}),
-                    seconds=round(time.monotonic() - started, 3),
-                )
+        with structlog.contextvars.bound_contextvars(op=op, model=model, caller=dict(caller or {})):
+            log.info("operation.requested")
+            if record is not None and op != AUTO_RESTART:
+                record.restarts_taken_over()  # an operator acting on the model takes over
+            with self.counted():  # waiting for its turn is being in flight too
+                async with self.lock:
+                    started = time.monotonic()
+                    try:
+                        if record is not None:
+                            self._still_configured(record, op)
+                        yield
+                    except ModeldError as exc:
+                        log.warning(
+                            "operation.failed", error=exc.data["error"], message=exc.message
+                        )
+                        raise
+                    log.info("operation.done", seconds=round(time.monotonic() - started, 3))
 
     @contextlib.contextmanager
     def counted(self) -> Iterator[None]:
