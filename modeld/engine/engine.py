@@ -11,12 +11,16 @@ sub-facades:
 Below them, each part owns one concern: lifecycle.py (the registry of Models and their
 backends), operations.py (the lock), switching.py and room.py (a switch), parking.py
 (sleep mode), restarts.py, learning.py, observations.py (the monitor's one door).
-A transition reaches learning, the history, the transition metrics and the restart
-policy as listeners of the registry, which also logs and publishes it (lifecycle.py).
-Learning and the metrics also take facts that are not transitions from the part that
-has them: a switch's outcome and a lease's wait (facades.py), a busy refusal
-(room.py), a parked model's residual and a wake (parking.py), a memory reading
-(observations.py, lifecycle.py), a changed config (lifecycle.py, reloading.py).
+They hear of each other's work as listeners, not by being handed each other:
+- a transition reaches learning (load and wake times; settings changed with it), the
+  history, the metrics and the restart policy, as listeners of the registry, which also
+  logs and publishes it (lifecycle.py);
+- an event (wire/events.py) reaches the history (a switch's plan) and the metrics (each
+  model a switch stopped or parked, a wake that failed), as listeners of the bus;
+- a fresh GPU reading reaches learning (the models' peaks), as a listener of the ledger.
+What is not an event is told directly by the part that has it: a switch's outcome, a
+busy refusal and a lease's wait to the metrics (facades.py), a parked model's residual
+to learning (parking.py), settings a reload changed at once to learning (reloading.py).
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ from modeld.core.errors import ModeldError, RuntimeUnavailable
 from modeld.core.states import State
 from modeld.engine.facades import Events, LeaseOps, ModelOps
 from modeld.engine.facts import Revision
+from modeld.engine.history import History
 from modeld.engine.learning import Learning
 from modeld.engine.leases import Leases
 from modeld.engine.ledger import GpuLedger
@@ -77,13 +82,13 @@ class Engine:
         self._metrics = metrics or NoMetrics()
         revision = Revision()
         bus = EventBus()
-        ledger = GpuLedger(gpu, config, host_ram)
+        ledger = GpuLedger(gpu, lambda: life.config, host_ram)
         learning = Learning(
             store or Store(config.daemon.state_dir), lambda: list(life.records.values())
         )
-        life = Lifecycle(
-            config, dict(runtimes), vllm or VllmClient(), ledger, bus, revision, learning
-        )
+        ledger.on_reading(learning.memory)
+        history = History(learning)
+        life = Lifecycle(config, dict(runtimes), vllm or VllmClient(), ledger, bus, revision)
         ops = Operations(life)
         leases = Leases(life.records)
         parking = Parking(life, ops, learning, leases.protected)
@@ -91,20 +96,21 @@ class Engine:
         restarts = Restarts(switcher.bring_back)
         listeners = (
             learning.on_transition,
-            life.history.on_transition,
+            history.on_transition,
             self._count,
             restarts.on_transition,
         )
         for listener in listeners:
             life.on_transition(listener)
+        bus.listen(history.on_event)
         bus.listen(self._count_event)
         self._life, self._learning, self._leases = life, learning, leases
-        self.models = ModelOps(life, switcher, self._metrics)
+        self.models = ModelOps(life, switcher, history, self._metrics)
         self.leases = LeaseOps(life, self.models, leases, self._metrics)
         self.view = StatusView(life, lambda: ops.busy, lambda: bus.count)
         self.events = Events(bus, revision, life)
         self._reloader = Reloader(config_path, life, ops, learning)
-        observations = Observations(life, learning, parking, leases)
+        observations = Observations(life, parking, leases)
         self._monitor = Monitor(observations, ledger, life.vllm, lambda: life.config.daemon)
         self._monitoring: asyncio.Task[None] | None = None
 

@@ -14,6 +14,7 @@ import structlog
 from modeld.core.errors import ModeldError, ModelsBusy, OperationTimeout, WouldLoad
 from modeld.core.states import State
 from modeld.engine.facts import Revision
+from modeld.engine.history import History
 from modeld.engine.leases import Leases
 from modeld.engine.lifecycle import Lifecycle
 from modeld.engine.metrics import MetricsSink
@@ -37,9 +38,12 @@ log = structlog.get_logger("modeld.engine.facades")
 class ModelOps:
     """What callers do to models: switch, start, stop, restart, preload; their logs."""
 
-    def __init__(self, lifecycle: Lifecycle, switcher: Switcher, metrics: MetricsSink) -> None:
+    def __init__(
+        self, lifecycle: Lifecycle, switcher: Switcher, history: History, metrics: MetricsSink
+    ) -> None:
         self._life = lifecycle
         self._switcher = switcher
+        self._history = history
         self._metrics = metrics
 
     def history(self, name: str | None = None, limit: int = 50) -> list[HistoryEntry]:
@@ -47,7 +51,7 @@ class ModelOps:
         if name is not None:
             name = self._life.canonical(name)
             self._life.record(name)  # UnknownModel for a name never configured
-        return self._life.history.entries(name, limit)
+        return self._history.entries(name, limit)
 
     def underway(self, name: str) -> bool:
         """Whether a switch, start or restart of `name` is in progress."""

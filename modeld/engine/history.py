@@ -7,10 +7,10 @@ from __future__ import annotations
 import time
 
 from modeld.adapters.store import HISTORY_KEPT
-from modeld.core.planner import Plan
 from modeld.core.states import State
 from modeld.engine.learning import Learning
 from modeld.engine.model import Transition
+from modeld.wire.events import Event, SwitchPlanned
 from modeld.wire.history import HistoryEntry
 
 
@@ -43,24 +43,28 @@ class History:
             )
         )
 
-    def planned(self, model: str, plan: Plan, policy: str) -> None:
-        """A switch's plan, as it was carried out: who went, the memory it counted."""
-        moves = [f"stop {', '.join(plan.stop)}"] if plan.stop else []
-        moves += [f"park {', '.join(plan.park)}"] if plan.park else []
+    def on_event(self, event: Event) -> None:
+        """A switch's plan, as it is carried out: who goes, the memory it counted."""
+        if not isinstance(event, SwitchPlanned):
+            return
+        memory = event.memory_info
+        required, available = memory.required_gb or 0.0, memory.available_before_gb or 0.0
+        moves = [f"stop {', '.join(event.stop)}"] if event.stop else []
+        moves += [f"park {', '.join(event.park)}"] if event.park else []
         self._add(
             HistoryEntry(
                 at=time.time(),
-                model=model,
+                model=event.model,
                 kind="plan",
                 reason=(
-                    f"{'; '.join(moves) or 'fits as is'}: needs {plan.required_gb:.1f} GB on "
-                    f"GPU {plan.device}, {plan.available_before_gb:.1f} GB free ({policy})"
+                    f"{'; '.join(moves) or 'fits as is'}: needs {required:.1f} GB on "
+                    f"GPU {memory.device}, {available:.1f} GB free ({event.policy})"
                 ),
-                stop=list(plan.stop),
-                park=list(plan.park),
-                required_gb=round(plan.required_gb, 1),
-                available_before_gb=round(plan.available_before_gb, 1),
-                policy=policy,
+                stop=list(event.stop),
+                park=list(event.park),
+                required_gb=required,
+                available_before_gb=available,
+                policy=event.policy,
             )
         )
 

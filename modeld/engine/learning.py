@@ -52,8 +52,11 @@ class Learning:
                 record.measured_residual(learned_residual(learned, record.config))
 
     def on_transition(self, event: Transition) -> None:
-        """A load or wake modeld timed has ended: remember how long it took."""
+        """Settings changed with it: the learned peak follows them. A load or wake modeld
+        timed has ended: remember how long it took."""
         record = event.model
+        if event.config_changed:
+            self.config_changed(record)
         if event.load_s is not None:
             remember_load(self.learned, record.name, event.load_s)
             record.learned_times(load_s=self.learned.models[record.name].typical_load_s())

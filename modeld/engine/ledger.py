@@ -31,17 +31,23 @@ class GpuLedger:
     def __init__(
         self,
         monitor: GpuMonitor,
-        config: Config,
+        config: Callable[[], Config],
         host_ram: Callable[[], float | None] | None = None,
     ) -> None:
         self._monitor = monitor
-        self.config = config
+        # The config in force, as the registry holds it (a reload replaces it there).
+        self._config = config
         # Host RAM a park may still take (None: unknown, or simulated as with the
         # simulated GPU, whose fake backends move no weights).
         self._host_ram = host_ram
         self.reading: GpuReading | None = None
         self._read_at = 0.0
         self.error: str | None = None
+        self._listeners: list[Callable[[GpuReading], None]] = []
+
+    def on_reading(self, listener: Callable[[GpuReading], None]) -> None:
+        """Call `listener` with each fresh reading (what learns the models' peaks)."""
+        self._listeners.append(listener)
 
     async def read(self, records: Iterable[Model]) -> GpuReading:
         """A fresh reading; a recent one (marked stale) if the driver fails; else GpuUnavailable."""
@@ -50,13 +56,15 @@ class GpuLedger:
         except GpuUnavailable as exc:
             self.error = exc.message
             age = time.monotonic() - self._read_at
-            if self.reading is not None and age <= self.config.gpu.stale_after_s:
+            if self.reading is not None and age <= self._config().gpu.stale_after_s:
                 log.warning("gpu.stale_reading", error=exc.message, age_s=round(age, 2))
                 return self.reading
             raise
         self.reading = reading
         self._read_at = time.monotonic()
         self.error = None
+        for listener in self._listeners:
+            listener(reading)
         return reading
 
     @property
@@ -74,7 +82,7 @@ class GpuLedger:
         return record.need(device_totals(self.reading))
 
     def _backend_refs(self, records: Iterable[Model]) -> list[BackendRef]:
-        totals = device_totals(self.reading) or dict(enumerate(self.config.gpu.devices_gb))
+        totals = device_totals(self.reading) or dict(enumerate(self._config().gpu.devices_gb))
         return [
             BackendRef(
                 model=r.name,
@@ -99,7 +107,7 @@ class GpuLedger:
         totals = device_totals(reading)
         pending: dict[int, float] = defaultdict(float)
         candidates = []
-        parking = self.config.daemon.park_ram_gb > 0
+        parking = self._config().daemon.park_ram_gb > 0
         for record in records:
             if record is target or record.state not in HOLDERS:
                 continue
@@ -142,7 +150,7 @@ class GpuLedger:
     def ram_free_gb(self, records: Iterable[Model]) -> float:
         """Host RAM a park may take: what is left of park_ram_gb after the parked models,
         and never more than the host has to spare."""
-        budget = self.config.daemon.park_ram_gb - self.ram_parked_gb(records)
+        budget = self._config().daemon.park_ram_gb - self.ram_parked_gb(records)
         spare = self._host_ram() if self._host_ram is not None else None
         return budget if spare is None else min(budget, spare)
 
@@ -174,7 +182,7 @@ class GpuLedger:
             need,
             devices,
             candidates,
-            self.config.daemon.eviction_policy,
+            self._config().daemon.eviction_policy,
             max(0.0, self.ram_free_gb(everyone)),
         )
 
@@ -207,7 +215,7 @@ class GpuLedger:
 
     async def wait_for_room(self, target: Model, records: Iterable[Model]) -> None:
         """Poll the GPU until `target` fits without stopping anything, or time out."""
-        daemon = self.config.daemon
+        daemon = self._config().daemon
         everyone = list(records)
         deadline = time.monotonic() + daemon.memory_release_timeout_s
         while True:

@@ -2,9 +2,8 @@
 
 Each Model changes its own state through its intents (model.py); the registry hears
 every transition they announce, logs and publishes it as an event, and tells the
-listeners (learning, the history, the transition metrics, the restart policy). Learning
-and the metrics also take facts that are not transitions from the parts that have them
-(engine.py says which).
+listeners (learning, the history, the metrics, the restart policy: engine.py says what
+else each hears, and from whom).
 """
 
 from __future__ import annotations
@@ -32,8 +31,6 @@ from modeld.core.errors import (
 from modeld.core.naming import not_found
 from modeld.core.states import Failure, State
 from modeld.engine.facts import LoadTask, Revision
-from modeld.engine.history import History
-from modeld.engine.learning import Learning
 from modeld.engine.ledger import GpuLedger
 from modeld.engine.model import Model, Transition
 from modeld.engine.readiness import await_ready
@@ -59,7 +56,6 @@ class Lifecycle:
         ledger: GpuLedger,
         events: EventBus,
         revision: Revision,
-        learning: Learning,
     ) -> None:
         self.config = config
         self.runtimes = runtimes
@@ -73,11 +69,6 @@ class Lifecycle:
         self._changed = asyncio.Event()
         # Set once the daemon stops: callers waiting on a load are answered at once.
         self.closing = asyncio.Event()
-        # What a model's new settings mean for its learned figures, and what a backend
-        # that now answers holds.
-        self.learning = learning
-        # What was done to each model and why (kept with the learned figures).
-        self.history = History(learning)
 
     async def wait_load(
         self, record: Model, load: LoadTask, timeout: float | None
@@ -217,8 +208,7 @@ class Lifecycle:
 
     async def start_model(self, record: Model) -> None:
         """Start the backend and begin watching its load (the caller waits on record.load_task)."""
-        if record.begin_start():
-            self.learning.config_changed(record)
+        record.begin_start()
         try:
             if record.config.socket_path is not None:
                 # Made (or checked) before the backend binds there: only the gateway's
@@ -267,8 +257,7 @@ class Lifecycle:
                 )
             record.failed("stop failed", Failure(f"stop failed: {exc.message}"))
             raise exc from None
-        if record.stopped(reason):
-            self.learning.config_changed(record)
+        record.stopped(reason)
         if record.unmanaged:
             # Removed from the config by a reload: once stopped, it is forgotten.
             del self.records[record.name]
@@ -277,7 +266,7 @@ class Lifecycle:
     async def measured(self) -> None:
         """A backend now answers: what the models hold is what the driver measures now."""
         with contextlib.suppress(GpuUnavailable):
-            self.learning.memory(await self.ledger.read(self.records.values()))
+            await self.ledger.read(self.records.values())  # its listeners learn from it
 
     async def _watch_load(self, record: Model, timed: bool) -> ModeldError | None:
         """Race health against the backend's exit and the load deadline; record the outcome,

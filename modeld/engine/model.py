@@ -45,6 +45,9 @@ class Transition:
     wake_s: float | None = None
     # Set when a serving model died (the restart policy's cue).
     died: Died | None = None
+    # Settings a reload left pending applied with this change (learning's cue: only a
+    # peak learned under the new settings counts).
+    config_changed: bool = False
 
 
 Announce = Callable[[Transition], None]
@@ -66,7 +69,7 @@ class Model(Known):
         changed = self._apply_pending()
         self._memory = replace(self._memory, over_plan_gb=None, releasing_gb=None)
         self._health = Health.UNKNOWN
-        self._move(State.LOADING, "start")
+        self._move(State.LOADING, "start", config_changed=changed)
         self._loading = replace(self._loading, started=time.monotonic())
         return changed
 
@@ -151,8 +154,9 @@ class Model(Known):
         if its settings changed."""
         self._health = Health.UNKNOWN
         self._backend = None
-        self._move(State.STOPPED, reason)
-        return self._apply_pending()
+        changed = self._apply_pending()
+        self._move(State.STOPPED, reason, config_changed=changed)
+        return changed
 
     # ---- intents: what the monitor saw ----------------------------------------------------
 
@@ -315,6 +319,7 @@ class Model(Known):
         load_s: float | None = None,
         wake_s: float | None = None,
         died: Died | None = None,
+        config_changed: bool = False,
     ) -> None:
         """The one place its state changes: check the table, stamp, announce."""
         old = self.state
@@ -325,7 +330,9 @@ class Model(Known):
             # The idle clock starts when it answers; activity is read afresh from here.
             self._usage = replace(self._usage, last_active=time.monotonic(), activity=None)
         self._changed()
-        self._announce(Transition(self, old, new, reason, failure, load_s, wake_s, died))
+        self._announce(
+            Transition(self, old, new, reason, failure, load_s, wake_s, died, config_changed)
+        )
 
     def _apply_pending(self) -> bool:
         if self._pending_config is None:

@@ -13,7 +13,6 @@ from modeld.adapters.runtime.base import BackendStatus, Runtime
 from modeld.adapters.vllm import Health
 from modeld.core.activity import Activity
 from modeld.core.states import State
-from modeld.engine.learning import Learning
 from modeld.engine.leases import Leases
 from modeld.engine.lifecycle import Lifecycle
 from modeld.engine.model import Model
@@ -30,11 +29,8 @@ MEMORY_STEP_GB = 0.1
 class Observations:
     """Applies what the monitor saw to the Models."""
 
-    def __init__(
-        self, lifecycle: Lifecycle, learning: Learning, parking: Parking, leases: Leases
-    ) -> None:
+    def __init__(self, lifecycle: Lifecycle, parking: Parking, leases: Leases) -> None:
         self._life = lifecycle
-        self._learning = learning
         self._parking = parking
         self._leases = leases
         # Each device's use when it was last published (gpu.memory).
@@ -53,10 +49,9 @@ class Observations:
         return await self._life.inspect(record)
 
     def seen_memory(self, reading: GpuReading) -> None:
-        """A fresh GPU reading: learn running models' peaks; say when a device's use has
-        moved (`gpu.memory`: memory freed by a driver some time after a stop changes no
-        state, and the page and `watch` would show the old figure)."""
-        self._learning.memory(reading)
+        """A fresh GPU reading (learning had it from the ledger): say when a device's use
+        has moved (`gpu.memory`: memory freed by a driver some time after a stop changes
+        no state, and the page and `watch` would show the old figure)."""
         used = {d.index: round(d.used_gb, 1) for d in reading.devices}
         moved = any(
             abs(gb - self._published.get(index, -MEMORY_STEP_GB)) >= MEMORY_STEP_GB

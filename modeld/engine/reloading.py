@@ -81,7 +81,6 @@ class Reloader:
         for name in plan.unmanaged:
             life.records[name].managed(False)
         life.config = plan.config
-        life.ledger.config = plan.config
         life.revision.bump()
 
     def _check_runnable(self, plan: ReloadPlan) -> None:

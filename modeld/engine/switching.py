@@ -270,13 +270,13 @@ class Switcher:
             park=list(plan.park),
             **memory_info.answer(),
         )
-        self._life.history.planned(record.name, plan, self._life.config.daemon.eviction_policy)
         self._life.events.publish(
             SwitchPlanned(
                 model=record.name,
                 stop=list(plan.stop),
                 park=list(plan.park),
                 memory_info=memory_info,
+                policy=self._life.config.daemon.eviction_policy,
             )
         )
         stopped, parked = await self.room.make_room(record, plan)

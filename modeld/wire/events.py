@@ -48,13 +48,15 @@ class StateChanged(_Event):
 
 
 class SwitchPlanned(_Event):
-    """A switch's plan: what it stops and parks, and the memory it counted."""
+    """A switch's plan: what it stops and parks, the memory it counted, and the eviction
+    policy that chose."""
 
     type: Literal["switch.plan"] = "switch.plan"
     model: str
     stop: list[str]
     park: list[str]
     memory_info: MemoryInfo
+    policy: str
 
 
 class SwitchStopped(_Event):

@@ -220,7 +220,8 @@ def test_switch_steps_are_described_from_events() -> None:
     rest: dict[str, dict[str, Any]] = {
         "state": {"from_state": "stopped"},
         "switch.plan": {
-            "memory_info": {"required_gb": None, "available_before_gb": None, "freed_gb": 0}
+            "memory_info": {"required_gb": None, "available_before_gb": None, "freed_gb": 0},
+            "policy": "lru",
         },
     }
     for event, expected in steps:

@@ -24,6 +24,7 @@ SAMPLES: dict[str, dict[str, Any]] = {
         "stop": ["coder"],
         "park": ["big"],
         "memory_info": {"required_gb": 14.0, "available_before_gb": 4.0, "freed_gb": 0},
+        "policy": "cost_aware",
     },
     "switch.stopped": {"model": "chat", "stopped": "coder"},
     "switch.parked": {"model": "chat", "parked": "big"},
