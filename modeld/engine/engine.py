@@ -41,7 +41,6 @@ from modeld.core.config_checks import check_devices, check_fits
 from modeld.core.errors import ModeldError, RuntimeUnavailable
 from modeld.core.states import State
 from modeld.engine.facades import Events, LeaseOps, ModelOps
-from modeld.engine.facts import Revision
 from modeld.engine.history import History
 from modeld.engine.learning import Learning
 from modeld.engine.leases import Leases
@@ -58,7 +57,7 @@ from modeld.engine.restarts import Restarts
 from modeld.engine.room import Room
 from modeld.engine.switching import Switcher
 from modeld.engine.view import StatusView
-from modeld.wire.events import Event, EventBus, SwitchParked, SwitchStopped, WakeFailed
+from modeld.wire.events import Event, SwitchParked, SwitchStopped, WakeFailed
 from modeld.wire.results import ReloadResult
 
 log = structlog.get_logger("modeld.engine.engine")
@@ -80,15 +79,14 @@ class Engine:
         host_ram: Callable[[], float | None] | None = None,
     ) -> None:
         self._metrics = metrics or NoMetrics()
-        revision = Revision()
-        bus = EventBus()
         ledger = GpuLedger(gpu, lambda: life.config, host_ram)
         learning = Learning(
             store or Store(config.daemon.state_dir), lambda: list(life.records.values())
         )
         ledger.on_reading(learning.memory)
         history = History(learning)
-        life = Lifecycle(config, dict(runtimes), vllm or VllmClient(), ledger, bus, revision)
+        life = Lifecycle(config, dict(runtimes), vllm or VllmClient(), ledger)
+        bus = life.events
         ops = Operations(life)
         leases = Leases(life.records)
         parking = Parking(life, ops, learning, leases.protected)
@@ -108,7 +106,7 @@ class Engine:
         self.models = ModelOps(life, switcher, history, self._metrics)
         self.leases = LeaseOps(life, self.models, leases, self._metrics)
         self.view = StatusView(life, lambda: ops.busy, lambda: bus.count)
-        self.events = Events(bus, revision, life)
+        self.events = Events(life)
         self._reloader = Reloader(config_path, life, ops, learning)
         observations = Observations(life, parking, leases)
         self._monitor = Monitor(observations, ledger, life.vllm, lambda: life.config.daemon)

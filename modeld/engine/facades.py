@@ -13,7 +13,6 @@ import structlog
 
 from modeld.core.errors import ModeldError, ModelsBusy, OperationTimeout, WouldLoad
 from modeld.core.states import State
-from modeld.engine.facts import Revision
 from modeld.engine.history import History
 from modeld.engine.leases import Leases
 from modeld.engine.lifecycle import Lifecycle
@@ -21,7 +20,7 @@ from modeld.engine.metrics import MetricsSink
 from modeld.engine.model import Model
 from modeld.engine.operations import Asker
 from modeld.engine.switching import Switcher
-from modeld.wire.events import EventBus, Subscription
+from modeld.wire.events import Subscription
 from modeld.wire.history import HistoryEntry
 from modeld.wire.results import (
     LeaseResult,
@@ -298,9 +297,9 @@ class LeaseOps:
 class Events:
     """Live events (state changes, switch progress), and the next transition."""
 
-    def __init__(self, bus: EventBus, revision: Revision, lifecycle: Lifecycle) -> None:
-        self._bus = bus
-        self._revision = revision
+    def __init__(self, lifecycle: Lifecycle) -> None:
+        self._bus = lifecycle.events
+        self._revision = lifecycle.revision
         self._life = lifecycle
 
     def subscribe(self) -> Subscription:

@@ -54,15 +54,15 @@ class Lifecycle:
         runtimes: dict[str, Runtime],
         vllm: VllmClient,
         ledger: GpuLedger,
-        events: EventBus,
-        revision: Revision,
     ) -> None:
         self.config = config
         self.runtimes = runtimes
         self.vllm = vllm
         self.ledger = ledger
-        self.events = events
-        self.revision = revision
+        # What the registry says as models change: each transition (and each step of a
+        # switch) as an event, and a count every shown change bumps (`status`).
+        self.events = EventBus()
+        self.revision = Revision()
         self.records = {name: self.new_model(name) for name in config.models}
         self.runtime_errors: dict[str, str | None] = {name: None for name in runtimes}
         self._listeners: list[Listener] = []
