@@ -30,7 +30,7 @@ from modeld.engine.build import build_engine
 from modeld.engine.engine import Engine
 from modeld.engine.metrics import Metrics, serve_metrics
 from modeld.service.sdnotify import Notifier
-from modeld.service.signals import handle_signals, reload_on_sighup, unless_forced
+from modeld.service.signals import Signals, handle_signals, reload_on_sighup, unless_forced
 
 log = structlog.get_logger("modeld.daemon.run")
 
@@ -47,6 +47,7 @@ class Daemon:
         metrics: Metrics | None = None,
         limits: Limits | None = None,
         notifier: Notifier | None = None,
+        signals: Signals | None = None,
     ) -> None:
         daemon = config.daemon
         self.config = config
@@ -61,7 +62,8 @@ class Daemon:
             AccessPolicy(daemon.allow_uids, daemon.allow_groups),
             limits=limits or limits_for(daemon),
         )
-        self.reload_requested = asyncio.Event()
+        # What SIGTERM, SIGINT and SIGHUP asked for (run_daemon installs the handlers).
+        self.signals = signals or Signals()
         self._metrics_runner: web.AppRunner | None = None
         self._background: list[asyncio.Task[Any]] = []
 
@@ -101,9 +103,9 @@ class Daemon:
             jobs.append(_every(notifier.watchdog_interval_s, notifier.watchdog))
         self._background = [asyncio.create_task(job) for job in jobs]
 
-    async def serve(self, stop: asyncio.Event) -> None:
-        """Serve until `stop` is set."""
-        await stop.wait()
+    async def serve(self) -> None:
+        """Serve until a stop is asked for (SIGTERM or SIGINT)."""
+        await self.signals.stop.wait()
         log.info("daemon.stopping")
 
     async def shutdown(self) -> None:
@@ -134,7 +136,7 @@ class Daemon:
     async def _serve_reloads(self) -> None:
         """SIGHUP: re-read the config; an invalid one is logged and the old one stays."""
         await reload_on_sighup(
-            self.reload_requested, self._reload, self.notifier, self.engine.view.summary
+            self.signals.reload, self._reload, self.notifier, self.engine.view.summary
         )
 
     async def _reload(self) -> None:
@@ -158,11 +160,10 @@ async def run_daemon(config: Config, socket_path: Path, config_path: Path | None
         log.warning("config.risk", warning=warning)
     metrics = Metrics() if config.metrics.listen else None
     engine = await build_engine(config, metrics=metrics, config_path=config_path)
-    daemon = Daemon(config, engine=engine, socket_path=socket_path, metrics=metrics)
-    daemon.reload_requested = asked.reload
+    daemon = Daemon(config, engine=engine, socket_path=socket_path, metrics=metrics, signals=asked)
     try:
         await daemon.startup(inherited_socket())
-        await daemon.serve(asked.stop)
+        await daemon.serve()
     finally:
         # A second SIGTERM cuts the wait for calls in flight and backends' stops short.
         await unless_forced(daemon.shutdown(), asked.force)

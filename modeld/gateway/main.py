@@ -1,7 +1,6 @@
-"""`modeld-gateway`: run the HTTP gateway. Lifecycle like the daemon's (and uvicorn's):
-startup, serve until SIGTERM/SIGINT, shutdown; SIGHUP re-reads the API keys (callers'
-and backends'). Signal
-handlers only set events; sys.exit only in main()."""
+"""`modeld-gateway`: run the HTTP gateway. A GatewayService has the Daemon's lifecycle
+(and uvicorn's): startup, serve until SIGTERM/SIGINT, shutdown; SIGHUP re-reads the API
+keys (callers' and backends'). Signal handlers only set events; sys.exit only in main()."""
 
 from __future__ import annotations
 
@@ -23,7 +22,7 @@ from modeld.gateway.auth import BackendKeys, Keys
 from modeld.gateway.link import DaemonLink
 from modeld.service.logs import configure_logging
 from modeld.service.sdnotify import Notifier
-from modeld.service.signals import handle_signals, reload_on_sighup, unless_forced
+from modeld.service.signals import Signals, handle_signals, reload_on_sighup, unless_forced
 
 log = structlog.get_logger("modeld.gateway")
 
@@ -34,64 +33,97 @@ DEFAULT_CONFIG = Path("/etc/modeld/modeld.toml")
 SHUTDOWN_TIMEOUT_S = 30.0
 
 
-async def run_gateway(config: Config, config_path: Path, listen: str, socket: Path) -> None:
-    """Start up, serve until SIGTERM or SIGINT, shut down (answers in flight may finish,
-    up to SHUTDOWN_TIMEOUT_S; a second SIGTERM or SIGINT cuts that short)."""
-    asked = handle_signals()
-    notifier = Notifier()
-    accepted = Keys(read_keys(config.gateway, str(config_path)))
-    upstream = BackendKeys(backend_keys(config, str(config_path)))
-    host, port = split_host_port(listen)
-    if not accepted.required and not is_loopback(host):
-        log.warning(
-            "gateway.open",
-            listen=listen,
-            hint="no keys: anyone who reaches this address can load and switch models",
-        )
-    link = DaemonLink(socket, frozenset(config.models), config.aliases())
-    gateway = Gateway(config.gateway, link, accepted, upstream)
-    server = GatewayServer(gateway, SHUTDOWN_TIMEOUT_S)
-    reloads = asyncio.create_task(
-        reload_on_sighup(
-            asked.reload,
-            lambda: _reload_keys(config_path, gateway),
-            notifier,
-            lambda: "keys reloaded",
-        )
-    )
-    try:
-        await server.start(host, port)
-        notifier.ready(f"listening on {listen}")
+class GatewayService:
+    """One gateway process: its Gateway listening, systemd's view of it, and SIGHUP's
+    reloads of the keys; startup / serve / shutdown, like the Daemon (and uvicorn's
+    Server)."""
+
+    def __init__(
+        self,
+        config: Config,
+        config_path: Path,
+        socket: Path,
+        *,
+        notifier: Notifier | None = None,
+        signals: Signals | None = None,
+    ) -> None:
+        self.config_path = config_path
+        self.notifier = notifier or Notifier()
+        # What SIGTERM, SIGINT and SIGHUP asked for (run_gateway installs the handlers).
+        self.signals = signals or Signals()
+        accepted = Keys(read_keys(config.gateway, str(config_path)))
+        upstream = BackendKeys(backend_keys(config, str(config_path)))
+        link = DaemonLink(socket, frozenset(config.models), config.aliases())
+        self.gateway = Gateway(config.gateway, link, accepted, upstream)
+        self.server = GatewayServer(self.gateway, SHUTDOWN_TIMEOUT_S)
+        self._background: list[asyncio.Task[None]] = []
+
+    async def startup(self, listen: str) -> None:
+        """Listen on HOST:PORT (OSError when it is taken) and follow the daemon's events;
+        tell systemd we are ready; begin answering SIGHUP."""
+        host, port = split_host_port(listen)
+        if not self.gateway.keys.required and not is_loopback(host):
+            log.warning(
+                "gateway.open",
+                listen=listen,
+                hint="no keys: anyone who reaches this address can load and switch models",
+            )
+        await self.server.start(host, port)
+        self.notifier.ready(f"listening on {listen}")
         log.info(
             "gateway.ready",
             version=__version__,
             listen=listen,
-            socket=str(socket),
-            keys=accepted.required,
+            socket=str(self.gateway.link.socket),
+            keys=self.gateway.keys.required,
         )
-        await asked.stop.wait()
+        reloads = reload_on_sighup(
+            self.signals.reload, self._reload_keys, self.notifier, lambda: "keys reloaded"
+        )
+        self._background = [asyncio.create_task(reloads)]
+
+    async def serve(self) -> None:
+        """Serve until a stop is asked for (SIGTERM or SIGINT)."""
+        await self.signals.stop.wait()
         log.info("gateway.stopping")
-    finally:
-        notifier.stopping()
-        reloads.cancel()
-        await asyncio.gather(reloads, return_exceptions=True)
-        await unless_forced(server.close(), asked.force)
+
+    async def shutdown(self) -> None:
+        """Stop answering SIGHUP, stop listening, let answers in flight end (up to
+        SHUTDOWN_TIMEOUT_S), close the daemon connections."""
+        self.notifier.stopping()
+        for task in self._background:
+            task.cancel()
+        await asyncio.gather(*self._background, return_exceptions=True)
+        await self.server.close()
         log.info("gateway.stopped")
 
+    async def _reload_keys(self) -> None:
+        """SIGHUP: read the config's keys again, callers' and backends' (other settings
+        take a restart). Fails closed: a key file missing, unreadable or emptied, or a
+        config left with no key where there were some, keeps every key as it was (an
+        error and a metric)."""
+        gateway = self.gateway
+        try:
+            # Files read off the loop: requests in flight go on meanwhile.
+            callers, backends = await asyncio.to_thread(_read_all_keys, self.config_path)
+            gateway.keys.replace(callers)
+            gateway.backend_keys.replace(backends)
+            log.info("gateway.keys_reloaded", keys=len(callers))
+        except ConfigError as exc:
+            gateway.metrics.key_reload_failures.inc()
+            log.error("gateway.reload_rejected", reason=exc.message, kept="the keys loaded")
 
-async def _reload_keys(config_path: Path, gateway: Gateway) -> None:
-    """SIGHUP: read the config's keys again, callers' and backends' (other settings take
-    a restart). Fails closed: a key file missing, unreadable or emptied, or a config left
-    with no key where there were some, keeps every key as it was (an error and a metric)."""
+
+async def run_gateway(config: Config, config_path: Path, listen: str, socket: Path) -> None:
+    """Start up, serve until SIGTERM or SIGINT, shut down (answers in flight may finish,
+    up to SHUTDOWN_TIMEOUT_S; a second SIGTERM or SIGINT cuts that short)."""
+    asked = handle_signals()
+    service = GatewayService(config, config_path, socket, signals=asked)
     try:
-        # Files read off the loop: requests in flight go on meanwhile.
-        callers, backends = await asyncio.to_thread(_read_all_keys, config_path)
-        gateway.keys.replace(callers)
-        gateway.backend_keys.replace(backends)
-        log.info("gateway.keys_reloaded", keys=len(callers))
-    except ConfigError as exc:
-        gateway.metrics.key_reload_failures.inc()
-        log.error("gateway.reload_rejected", reason=exc.message, kept="the keys loaded")
+        await service.startup(listen)
+        await service.serve()
+    finally:
+        await unless_forced(service.shutdown(), asked.force)
 
 
 def _read_all_keys(config_path: Path) -> tuple[list[Key], dict[str, str]]:

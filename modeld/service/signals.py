@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import signal
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import structlog
 
@@ -19,18 +19,19 @@ log = structlog.get_logger("modeld.service.signals")
 
 @dataclass(frozen=True)
 class Signals:
-    """What the signals have asked for so far."""
+    """What the signals have asked for so far (a service built without handlers, as the
+    tests build one, gets events nothing sets: it is stopped by a call)."""
 
-    stop: asyncio.Event
+    stop: asyncio.Event = field(default_factory=asyncio.Event)
     # A second SIGTERM or SIGINT: stop waiting for what is in flight.
-    force: asyncio.Event
-    reload: asyncio.Event
+    force: asyncio.Event = field(default_factory=asyncio.Event)
+    reload: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 def handle_signals() -> Signals:
     """Install the handlers on the running loop; the events they set."""
     loop = asyncio.get_running_loop()
-    asked = Signals(asyncio.Event(), asyncio.Event(), asyncio.Event())
+    asked = Signals()
 
     def stopping() -> None:
         (asked.force if asked.stop.is_set() else asked.stop).set()
