@@ -42,6 +42,8 @@ class _Backend:
 class FakeRuntime:
     """A Runtime for engine tests: fake PIDs, real HTTP health endpoints."""
 
+    # It stands in for the process runtime: the models it runs are configured with
+    # `runtime = "process"` (a config knows no other), and `status` lists it under it.
     name = "process"
 
     def __init__(self, gpu: SimulatedGpu | None = None) -> None:
