@@ -281,8 +281,7 @@ class Switcher:
         )
         stopped, parked = await self.room.make_room(record, plan)
         moved = [*stopped, *parked]
-        result = _success(record, moved, memory_info)
-        result.parked_models = parked
+        result = _success(record, moved, memory_info).model_copy(update={"parked_models": parked})
         begun = _Begun(record, result, moved=moved)
         try:
             if moved:
@@ -321,17 +320,24 @@ class Switcher:
             if rollback and record.state is State.FAILED:
                 failure.data.update(await self.room.restore(tuple(begun.moved), record.name))
             raise failure
+        outcome: dict[str, object] = {}
+        woke = None
         if begun.waking and wait:
             woke_s = record.sleep.last_wake_s
-            result.woke = record.sleep.fallback is None
-            result.wake_seconds = round(woke_s, 2) if woke_s else None
-            result.wake_fallback = record.sleep.fallback
-        result.state = record.state.value
-        result.health = record.health.value
+            woke = record.sleep.fallback is None
+            outcome |= {
+                "woke": woke,
+                "wake_seconds": round(woke_s, 2) if woke_s else None,
+                "wake_fallback": record.sleep.fallback,
+            }
         # A woken model did not load: its wake time is in wake_seconds.
-        loaded = None if result.woke else record.loading.last_s
-        result.load_seconds = round(loaded, 2) if loaded else None
-        return result
+        loaded = None if woke else record.loading.last_s
+        outcome |= {
+            "state": record.state.value,
+            "health": record.health.value,
+            "load_seconds": round(loaded, 2) if loaded else None,
+        }
+        return result.model_copy(update=outcome)
 
 
 def _success(record: Model, unloaded: list[str], memory_info: MemoryInfo | None) -> SwitchResult:

@@ -13,9 +13,10 @@ from modeld.wire.history import HistoryEntry
 
 
 class Result(BaseModel):
-    """An operation's answer."""
+    """An operation's answer: built whole (a copy when a later step adds to it), never
+    changed once made."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
     def answer(self) -> dict[str, Any]:
         """The JSON-ready answer: only the fields this outcome set."""
