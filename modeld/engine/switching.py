@@ -178,44 +178,32 @@ class Switcher:
         the memory the target needs, wait (outside the lock) for them to settle and decide
         again: a loading model is never evicted from under its waiting callers. Models
         serving requests (leases) are drained first, unless `force`."""
-        with self._bringing(record.name):
-            return await self._bring_up(op, record, caller, evict, wait, timeout, restart, force)
-
-    async def _bring_up(
-        self,
-        op: str,
-        record: Model,
-        caller: Asker | None,
-        evict: bool,
-        wait: bool,
-        timeout: float | None,
-        restart: bool,
-        force: bool,
-    ) -> SwitchResult:
         deadline = None if timeout is None else time.monotonic() + timeout
         drained: list[str] = []
-        try:
-            while True:
-                async with self._ops.operation(op, record, caller):
-                    if restart:
-                        await self._life.check_runtime(record)
-                        if record.state is not State.STOPPED:
-                            await self._life.stop_model(record, "restart")
-                            records = self._life.records.values()
-                            await self._life.ledger.wait_for_room(record, records)
-                        restart = False
-                    begun = await self._begin(record, evict=evict, force=force)
-                if not isinstance(begun, _Blocked):
-                    break
-                if isinstance(begun.decision, Drain):
-                    drained += await self.room.drain(list(begun.decision.busy), deadline)
-                else:
-                    await self.room.settle(record, deadline)
-        finally:
-            # The evicted are gone (or the switch gave up): their acquires may go on.
-            self._leases.end_drain(drained)
-        with self._ops.counted():
-            return await self._finish(begun, wait, left(deadline))
+        # Meanwhile a lease that may not cause a load joins this one (underway()).
+        with self._bringing(record.name):
+            try:
+                while True:
+                    async with self._ops.operation(op, record, caller):
+                        if restart:
+                            await self._life.check_runtime(record)
+                            if record.state is not State.STOPPED:
+                                await self._life.stop_model(record, "restart")
+                                records = self._life.records.values()
+                                await self._life.ledger.wait_for_room(record, records)
+                            restart = False
+                        begun = await self._begin(record, evict=evict, force=force)
+                    if not isinstance(begun, _Blocked):
+                        break
+                    if isinstance(begun.decision, Drain):
+                        drained += await self.room.drain(list(begun.decision.busy), deadline)
+                    else:
+                        await self.room.settle(record, deadline)
+            finally:
+                # The evicted are gone (or the switch gave up): their acquires may go on.
+                self._leases.end_drain(drained)
+            with self._ops.counted():
+                return await self._finish(begun, wait, left(deadline))
 
     async def _decide(self, record: Model, evict: bool, force: bool) -> Decision:
         """Gather the facts (reading the GPU and planning only when the target is down)

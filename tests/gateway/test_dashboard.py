@@ -333,5 +333,8 @@ async def test_the_log_panel_follows_a_backend_and_shows_a_failure(
     with pytest.raises(LoadFailed):
         await front.engine.models.switch("coder")
     await expect(state(page, "coder")).to_have_text("failed")
+    await expect(page.locator("#notice.error")).to_have_text(
+        "coder failed: coder: backend exited with code 3 while loading"
+    )
     await page.click("button[data-action='logs'][data-model='coder']")
     await expect(page.locator("#logs-state")).to_contain_text("failed: coder")

@@ -269,7 +269,8 @@ function onEvent(event) {
       steps.delete(event.model);
     }
     if (event.to_state === "failed" && event.failure) {
-      notice(`${event.model} failed: ${event.failure.reason || "see its logs"}`, true);
+      // A state event's failure is its reason, a string (docs/api.schema.json).
+      notice(`${event.model} failed: ${event.failure}`, true);
     }
   } else {
     const step = describe(event);
