@@ -10,11 +10,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Mapping
-from typing import Any
+from typing import TypedDict, cast
 
 import aiodocker
 import aiohttp
 from aiodocker.containers import DockerContainer
+from aiodocker.types import JSONObject
+from pydantic import BaseModel, Field
 
 from modeld.adapters.backendkeys import (
     CONTAINER_VLLM_CACHE,
@@ -43,12 +45,60 @@ ENGINE_TIMEOUT_S = 30.0
 STOP_MARGIN_S = 30.0
 
 
-def _port_bindings(ports: list[str]) -> tuple[dict[str, Any], dict[str, Any]]:
+class PortBinding(TypedDict):
+    """Where a container port is published on the host."""
+
+    HostIp: str
+    HostPort: str
+
+
+class DeviceRequest(TypedDict):
+    """GPUs asked of the NVIDIA runtime."""
+
+    Driver: str
+    DeviceIDs: list[str]
+    Capabilities: list[list[str]]
+
+
+class HostConfig(TypedDict, total=False):
+    """The host side of a container: mounts, ports, network, GPUs."""
+
+    Binds: list[str]
+    PortBindings: dict[str, list[PortBinding]]
+    NetworkMode: str
+    DeviceRequests: list[DeviceRequest]
+
+
+class CreateBody(TypedDict, total=False):
+    """The Engine API's container create body, the fields modeld sets."""
+
+    Image: str
+    Cmd: list[str]
+    Env: list[str]
+    Labels: dict[str, str]
+    ExposedPorts: dict[str, dict[str, str]]
+    HostConfig: HostConfig
+    StopTimeout: int
+
+
+class _State(BaseModel):
+    """What modeld reads of the Engine's inspect `State` (the rest is ignored)."""
+
+    running: bool = Field(default=False, alias="Running")
+    pid: int | None = Field(default=None, alias="Pid")
+    started_at: str | None = Field(default=None, alias="StartedAt")
+    status: str | None = Field(default=None, alias="Status")
+    exit_code: int | None = Field(default=None, alias="ExitCode")
+
+
+def _port_bindings(
+    ports: list[str],
+) -> tuple[dict[str, dict[str, str]], dict[str, list[PortBinding]]]:
     """Compose-style "host:container" (or "ip:host:container") into Docker's two maps.
     Without an ip, the port is published on loopback only: a vLLM backend has no auth of
     its own (and in dev mode, for sleep, it serves admin endpoints)."""
-    exposed: dict[str, Any] = {}
-    bindings: dict[str, Any] = {}
+    exposed: dict[str, dict[str, str]] = {}
+    bindings: dict[str, list[PortBinding]] = {}
     for spec in ports:
         parts = spec.split(":")
         container_port = parts[-1] if "/" in parts[-1] else f"{parts[-1]}/tcp"
@@ -59,8 +109,10 @@ def _port_bindings(ports: list[str]) -> tuple[dict[str, Any], dict[str, Any]]:
     return exposed, bindings
 
 
-def container_config(model: ModelConfig, env: Mapping[str, str]) -> dict[str, Any]:
+def container_config(model: ModelConfig, env: Mapping[str, str]) -> CreateBody:
     """The Engine API create body for a model that names an image, its environment `env`."""
+    if model.image is None:
+        raise ValueError(f"{model.name} names a container, not an image: nothing to create")
     exposed, bindings = _port_bindings(model.ports)
     binds = list(model.volumes)
     if model.vllm_cache_dir is not None:
@@ -70,7 +122,7 @@ def container_config(model: ModelConfig, env: Mapping[str, str]) -> dict[str, An
         # where the socket's folder is: it sees no other backend's socket. The socket's
         # path on the host is a link into that directory (socketdir.prepare_backend_socket).
         binds.append(f"{private_dir(model.socket_path)}:{model.socket_path.parent}")
-    host: dict[str, Any] = {"Binds": binds, "PortBindings": bindings}
+    host: HostConfig = {"Binds": binds, "PortBindings": bindings}
     if model.network_mode:
         host["NetworkMode"] = model.network_mode
     if model.request_gpus:
@@ -81,7 +133,7 @@ def container_config(model: ModelConfig, env: Mapping[str, str]) -> dict[str, An
                 "Capabilities": [["gpu"]],
             }
         ]
-    config: dict[str, Any] = {
+    config: CreateBody = {
         "Image": model.image,
         "Env": [f"{key}={value}" for key, value in env.items()],
         "Labels": {LABEL: model.name},
@@ -94,22 +146,23 @@ def container_config(model: ModelConfig, env: Mapping[str, str]) -> dict[str, An
     return config
 
 
-def _status(info: dict[str, Any]) -> BackendStatus:
-    state = info["State"]
-    if state.get("Running"):
+def _status(container_id: str, inspected: object) -> BackendStatus:
+    """A container's state (the Engine's inspect `State`) as the runtime reports it."""
+    state = _State.model_validate(inspected)
+    if state.running:
         return BackendStatus(
             BackendState.RUNNING,
-            pid=int(state.get("Pid") or 0) or None,
-            id=info["Id"],
-            started_at=state.get("StartedAt"),
+            pid=state.pid or None,
+            id=container_id,
+            started_at=state.started_at,
         )
-    if state.get("Status") == "created":
-        return BackendStatus(BackendState.ABSENT, id=info["Id"])
+    if state.status == "created":
+        return BackendStatus(BackendState.ABSENT, id=container_id)
     return BackendStatus(
         BackendState.EXITED,
-        exit_code=state.get("ExitCode"),
-        id=info["Id"],
-        started_at=state.get("StartedAt"),
+        exit_code=state.exit_code,
+        id=container_id,
+        started_at=state.started_at,
     )
 
 
@@ -124,11 +177,6 @@ def _label(container: DockerContainer) -> str | None:
     labels = (container["Config"] or {}).get("Labels") or {}
     value = labels.get(LABEL)
     return value if isinstance(value, str) else None
-
-
-def _info(container: DockerContainer) -> dict[str, Any]:
-    """The inspect data `containers.get` already fetched, without a second request."""
-    return {"Id": container.id, "State": container["State"]}
 
 
 class DockerRuntime:
@@ -207,13 +255,15 @@ class DockerRuntime:
             if model.image:
                 if container is not None:
                     if container["State"].get("Running"):
-                        return _status(_info(container))
+                        # The inspect data `containers.get` fetched: no second request.
+                        return _status(container.id, container["State"])
                     await container.delete(force=True)
                 await asyncio.to_thread(prepare_cache, model)
                 env = await asyncio.to_thread(launch_environment, model, True)
-                container = await docker.containers.create(
-                    container_config(model, env), name=model.container_name
-                )
+                # A TypedDict of JSON values is a JSON object (mypy types it as a
+                # Mapping of objects only).
+                body = cast(JSONObject, container_config(model, env))
+                container = await docker.containers.create(body, name=model.container_name)
             elif container is None:
                 raise LoadFailed(
                     f"{model.name}: container {model.container_name!r} does not exist "
@@ -222,7 +272,8 @@ class DockerRuntime:
                     reason="no such container",
                 )
             await container.start()
-            return _status(await container.show())
+            shown = await container.show()
+            return _status(container.id, shown["State"])
 
     async def stop(self, model: ModelConfig) -> None:
         """Stop the container (SIGTERM, SIGKILL after `stop_timeout_s`); no-op when not running."""
@@ -239,7 +290,7 @@ class DockerRuntime:
             container = await self._find(docker, model)
             if container is None:
                 return BackendStatus(BackendState.ABSENT)
-            return _status(_info(container))
+            return _status(container.id, container["State"])
 
     async def wait_exit(self, model: ModelConfig) -> BackendStatus:
         """Block on the Engine's wait endpoint until the container stops running."""
