@@ -63,15 +63,14 @@ class Model(Known):
 
     # ---- intents: its life ----------------------------------------------------------------
 
-    def begin_start(self) -> bool:
+    def begin_start(self) -> None:
         """modeld starts its backend: `loading`, fresh health and memory notes; settings a
-        reload left pending apply now. True if its settings changed."""
+        reload left pending apply now (the transition says so)."""
         changed = self._apply_pending()
         self._memory = replace(self._memory, over_plan_gb=None, releasing_gb=None)
         self._health = Health.UNKNOWN
         self._move(State.LOADING, "start", config_changed=changed)
         self._loading = replace(self._loading, started=time.monotonic())
-        return changed
 
     def begin_watch(self, reason: str, backend: BackendStatus | None = None) -> None:
         """A backend modeld did not start (found running, or awake again) is watched to
@@ -149,14 +148,13 @@ class Model(Known):
                 self._memory, releasing_gb=held, releasing_base=base, releasing_until=until
             )
 
-    def stopped(self, reason: str) -> bool:
-        """Its backend is gone: `stopped`; settings a reload left pending apply now. True
-        if its settings changed."""
+    def stopped(self, reason: str) -> None:
+        """Its backend is gone: `stopped`; settings a reload left pending apply now (the
+        transition says so)."""
         self._health = Health.UNKNOWN
         self._backend = None
         changed = self._apply_pending()
         self._move(State.STOPPED, reason, config_changed=changed)
-        return changed
 
     # ---- intents: what the monitor saw ----------------------------------------------------
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import structlog
@@ -20,7 +20,7 @@ from modeld.engine.lifecycle import Lifecycle
 from modeld.engine.model import Model
 from modeld.engine.operations import Operations
 from modeld.engine.parking import Parking
-from modeld.wire.events import Draining, SwitchParked, SwitchStopped
+from modeld.wire.events import Draining, RoomReady, SwitchParked, SwitchStopped
 
 log = structlog.get_logger("modeld.engine.room")
 
@@ -124,10 +124,23 @@ class Room:
             plan = replanned
         return stopped, parked
 
-    async def start_or_wake(self, record: Model) -> bool:
-        """Under the lock, once the driver shows the room: wake `record` if it is parked,
-        else start it (the caller waits on its load_task). True if it is waking."""
+    async def start_or_wake(
+        self, record: Model, stopped: Sequence[str] = (), parked: Sequence[str] = ()
+    ) -> bool:
+        """Under the lock, once the driver shows the room (said, when models were
+        `stopped` or `parked` for it): wake `record` if it is parked, else start it (the
+        caller waits on its load_task). True if it is waking."""
         await self._life.ledger.wait_for_room(record, self._life.records.values())
+        if stopped or parked:
+            free = self._life.ledger.free_gb()
+            self._life.events.publish(RoomReady(model=record.name, free_gb=free))
+            log.info(
+                "switch.room_ready",
+                model=record.name,
+                stopped=list(stopped),
+                parked=list(parked),
+                free_gb=free,
+            )
         if record.state is State.SLEEPING:
             self._parking.begin_wake(record)
             return True

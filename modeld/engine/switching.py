@@ -43,7 +43,7 @@ from modeld.engine.model import Model
 from modeld.engine.operations import AUTO_RESTART, Asker, Operations
 from modeld.engine.preview import decide_with_plans, memory_info, preview_switch
 from modeld.engine.room import Room, left
-from modeld.wire.events import RoomReady, SwitchPlanned
+from modeld.wire.events import SwitchPlanned
 from modeld.wire.results import MemoryInfo, PlanResult, StopResult, SwitchResult
 
 log = structlog.get_logger("modeld.engine.switching")
@@ -272,19 +272,7 @@ class Switcher:
         result = _success(record, moved, memory_info).model_copy(update={"parked_models": parked})
         begun = _Begun(record, result, moved=moved)
         try:
-            if moved:
-                # Said once the driver shows the room (start_or_wake waits for it too).
-                await self._life.ledger.wait_for_room(record, self._life.records.values())
-                free = self._life.ledger.free_gb()
-                self._life.events.publish(RoomReady(model=record.name, free_gb=free))
-                log.info(
-                    "switch.room_ready",
-                    model=record.name,
-                    stopped=stopped,
-                    parked=parked,
-                    free_gb=free,
-                )
-            begun.waking = await self.room.start_or_wake(record)
+            begun.waking = await self.room.start_or_wake(record, stopped, parked)
         except ModeldError as failure:
             begun.failure = failure  # the caller rolls back, outside the lock
         begun.load_task = record.load_task

@@ -108,12 +108,14 @@ def test_a_stale_observation_is_dropped() -> None:
 
 def test_settings_a_reload_left_pending_apply_at_the_next_stop() -> None:
     """A config changed while running waits; the stop applies it and says so."""
-    m, _, _ = model()
+    m, heard, _ = model()
     newer = m.config.model_copy(update={"description": "newer"})
     m.begin_start()
+    assert heard[-1].config_changed is False
     m.became_running("healthy")
     m.reconfigure_later(newer)
     assert m.config.description != "newer" and m.pending_config is newer
     m.stopping("requested", None)
-    assert m.stopped("requested") is True
+    m.stopped("requested")
+    assert heard[-1].new is S.STOPPED and heard[-1].config_changed is True
     assert m.config is newer and m.pending_config is None
