@@ -28,7 +28,7 @@ from modeld.adapters.vllm import VllmClient
 from modeld.core.config import EvictionPolicy, parse_config
 from modeld.core.planner import Candidate, Device, Infeasible, Target, plan_switch
 from modeld.engine.build import build_engine
-from modeld.engine.lifecycle import DEMAND_DECAY
+from modeld.engine.registry import DEMAND_DECAY
 from modeld.service.logs import configure_logging
 from modeld.testing.fakes import Behaviour, FakeRuntime
 from modeld.testing.ports import free_port

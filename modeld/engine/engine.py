@@ -8,13 +8,14 @@ sub-facades:
 - engine.events   subscribe, and the next transition  (facades.py; wire/events.py)
 - engine.reload   the config file again                         (reloading.py)
 
-Below them, each part owns one concern: lifecycle.py (the registry of Models and their
-backends), operations.py (the lock), switching.py and room.py (a switch), parking.py
-(sleep mode), restarts.py, learning.py, observations.py (the monitor's one door).
+Below them, each part owns one concern: registry.py (the Models and the config in
+force), backends.py (their backends' start, stop and load watch), operations.py (the
+lock), switching.py and room.py (a switch), parking.py (sleep mode),
+restarts.py, learning.py, observations.py (the monitor's one door).
 They hear of each other's work as listeners, not by being handed each other:
 - a transition reaches learning (load and wake times; settings changed with it), the
   history, the metrics and the restart policy, as listeners of the registry, which also
-  logs and publishes it (lifecycle.py);
+  logs and publishes it (registry.py);
 - an event (wire/events.py) reaches the history (a switch's plan) and the metrics (each
   model a switch stopped or parked, a wake that failed), as listeners of the bus;
 - a fresh GPU reading reaches learning (the models' peaks), as a listener of the ledger.
@@ -40,18 +41,19 @@ from modeld.core.config import Config
 from modeld.core.config_checks import check_devices, check_fits
 from modeld.core.errors import ModeldError, RuntimeUnavailable
 from modeld.core.states import State
+from modeld.engine.backends import Backends
 from modeld.engine.facades import Events, LeaseOps, ModelOps
 from modeld.engine.history import History
 from modeld.engine.learning import Learning
 from modeld.engine.leases import Leases
 from modeld.engine.ledger import GpuLedger
-from modeld.engine.lifecycle import Lifecycle
 from modeld.engine.metrics import MetricsSink, NoMetrics
 from modeld.engine.model import Model, Transition
 from modeld.engine.monitor import Monitor
 from modeld.engine.observations import Observations
 from modeld.engine.operations import Asker, Operations
 from modeld.engine.parking import Parking
+from modeld.engine.registry import Registry
 from modeld.engine.reloading import Reloader
 from modeld.engine.restarts import Restarts
 from modeld.engine.room import Room
@@ -79,18 +81,19 @@ class Engine:
         host_ram: Callable[[], float | None] | None = None,
     ) -> None:
         self._metrics = metrics or NoMetrics()
-        ledger = GpuLedger(gpu, lambda: life.config, host_ram)
+        registry = Registry(config)
+        ledger = GpuLedger(gpu, lambda: registry.config, host_ram)
         learning = Learning(
-            store or Store(config.daemon.state_dir), lambda: list(life.records.values())
+            store or Store(config.daemon.state_dir), lambda: list(registry.models.values())
         )
         ledger.on_reading(learning.memory)
         history = History(learning)
-        life = Lifecycle(config, dict(runtimes), vllm or VllmClient(), ledger)
-        bus = life.events
-        ops = Operations(life)
-        leases = Leases(life.records)
-        parking = Parking(life, ops, learning, leases.protected)
-        switcher = Switcher(life, ops, Room(life, ops, parking, leases), leases)
+        backends = Backends(registry, dict(runtimes), vllm or VllmClient(), ledger)
+        bus = registry.events
+        ops = Operations(registry)
+        leases = Leases(registry.models)
+        parking = Parking(backends, ops, learning, leases.protected)
+        switcher = Switcher(backends, ops, Room(backends, ops, parking, leases), leases)
         restarts = Restarts(switcher.bring_back)
         listeners = (
             learning.on_transition,
@@ -99,59 +102,59 @@ class Engine:
             restarts.on_transition,
         )
         for listener in listeners:
-            life.on_transition(listener)
+            registry.on_transition(listener)
         bus.listen(history.on_event)
         bus.listen(self._count_event)
-        self._life, self._learning, self._leases = life, learning, leases
-        self.models = ModelOps(life, switcher, history, self._metrics)
-        self.leases = LeaseOps(life, self.models, leases, self._metrics)
-        self.view = StatusView(life, lambda: ops.busy, lambda: bus.count)
-        self.events = Events(life)
-        self._reloader = Reloader(config_path, life, ops, learning)
-        observations = Observations(life, parking, leases)
-        self._monitor = Monitor(observations, ledger, life.vllm, lambda: life.config.daemon)
+        self._registry, self._backends = registry, backends
+        self._learning, self._leases = learning, leases
+        self.models = ModelOps(backends, switcher, history, self._metrics)
+        self.leases = LeaseOps(registry, self.models, leases, self._metrics)
+        self.view = StatusView(backends, lambda: ops.busy, lambda: bus.count)
+        self.events = Events(registry)
+        self._reloader = Reloader(config_path, backends, ops, learning)
+        observations = Observations(backends, parking, leases)
+        self._monitor = Monitor(observations, ledger, backends.vllm, lambda: registry.config.daemon)
         self._monitoring: asyncio.Task[None] | None = None
 
     async def startup(self) -> None:
         """Read the GPU, check every model's devices exist and that each could fit alone
         (ConfigError naming the model and its numbers), find what already runs."""
-        life = self._life
-        reading = await life.ledger.read(life.records.values())
-        check_devices(life.config.models, {d.index for d in reading.devices})
-        check_fits(life.config.models, {d.index: d.total_gb for d in reading.devices})
+        reading = await self._backends.ledger.read(self._registry.models.values())
+        check_devices(self._registry.config.models, {d.index for d in reading.devices})
+        check_fits(self._registry.config.models, {d.index: d.total_gb for d in reading.devices})
         await self._learning.load()
-        for record in life.records.values():
-            await self._find_running(record)
+        for model in self._registry.models.values():
+            await self._find_running(model)
         await self.poll_once()
         self._monitoring = asyncio.create_task(self._monitor.run(), name="modeld-monitor")
 
-    async def _find_running(self, record: Model) -> None:
+    async def _find_running(self, model: Model) -> None:
         try:
-            backend = await self._life.inspect(record)
+            backend = await self._backends.inspect(model)
         except RuntimeUnavailable:
             return
         except ModeldError as exc:
-            log.warning("startup.not_adopted", model=record.name, reason=exc.message)
+            log.warning("startup.not_adopted", model=model.name, reason=exc.message)
             return
         if backend.state is BackendState.RUNNING:
             # Found running: watch it to health instead of restarting it.
-            self._life.begin_loading(record, "found running at startup", backend)
-            if grace := self._life.config.daemon.adopt_grace_s:
+            self._backends.begin_loading(model, "found running at startup", backend)
+            if grace := self._registry.config.daemon.adopt_grace_s:
                 # It may be streaming answers whose leases ended with the last daemon.
-                self._leases.hold(record, grace)
+                self._leases.hold(model, grace)
 
     def closing(self) -> None:
         """The daemon is stopping: callers waiting on a load are answered now (the load
         itself goes on until shutdown), so none holds the daemon's exit."""
-        self._life.closing.set()
+        self._backends.closing.set()
 
     async def shutdown(self) -> None:
         """Stop watching; models in containers keep running, process children are stopped."""
         self.closing()
-        records = list(self._life.records.values())
+        models = list(self._registry.models.values())
         pending: list[asyncio.Task[Any] | None] = [self._monitoring]
         pending += [
-            task for r in records for task in (r.load_task, r.restarts.task, r.usage.unload_task)
+            task for r in models for task in (r.load_task, r.restarts.task, r.usage.unload_task)
         ]
         tasks = [t for t in pending if t]
         for task in tasks:
@@ -159,10 +162,10 @@ class Engine:
         await asyncio.gather(*tasks, return_exceptions=True)
         self._leases.close()
         await self._learning.close()
-        for runtime in self._life.runtimes.values():
+        for runtime in self._backends.runtimes.values():
             await runtime.close()
-        await self._life.ledger.close()
-        await self._life.vllm.close()
+        await self._backends.ledger.close()
+        await self._backends.vllm.close()
 
     async def poll_once(self) -> None:
         """One monitor pass now: GPU, each model's backend and health, downloads."""

@@ -13,12 +13,13 @@ import structlog
 
 from modeld.core.errors import ModeldError, ModelsBusy, OperationTimeout, WouldLoad
 from modeld.core.states import State
+from modeld.engine.backends import Backends
 from modeld.engine.history import History
 from modeld.engine.leases import Leases
-from modeld.engine.lifecycle import Lifecycle
 from modeld.engine.metrics import MetricsSink
 from modeld.engine.model import Model
 from modeld.engine.operations import Asker
+from modeld.engine.registry import Registry
 from modeld.engine.switching import Switcher
 from modeld.wire.events import Subscription
 from modeld.wire.history import HistoryEntry
@@ -38,9 +39,10 @@ class ModelOps:
     """What callers do to models: switch, start, stop, restart, preload; their logs."""
 
     def __init__(
-        self, lifecycle: Lifecycle, switcher: Switcher, history: History, metrics: MetricsSink
+        self, backends: Backends, switcher: Switcher, history: History, metrics: MetricsSink
     ) -> None:
-        self._life = lifecycle
+        self._registry = backends.registry
+        self._backends = backends
         self._switcher = switcher
         self._history = history
         self._metrics = metrics
@@ -48,8 +50,8 @@ class ModelOps:
     def history(self, name: str | None = None, limit: int = 50) -> list[HistoryEntry]:
         """What was done to `name` (or to every model) and why, the latest `limit`."""
         if name is not None:
-            name = self._life.canonical(name)
-            self._life.record(name)  # UnknownModel for a name never configured
+            name = self._registry.canonical(name)
+            self._registry.model(name)  # UnknownModel for a name never configured
         return self._history.entries(name, limit)
 
     def underway(self, name: str) -> bool:
@@ -62,9 +64,9 @@ class ModelOps:
 
     async def plan(self, name: str, *, force: bool = False) -> PlanResult:
         """What `switch` would do to bring `name` up now, and why; changes nothing."""
-        name = self._life.canonical(name)
-        record = self._life.record(name, managed=True)
-        return await self._switcher.preview(record, force)
+        name = self._registry.canonical(name)
+        model = self._registry.model(name, managed=True)
+        return await self._switcher.preview(model, force)
 
     async def switch(
         self,
@@ -77,12 +79,12 @@ class ModelOps:
     ) -> SwitchResult:
         """Make `name` the model that answers: stop what must go (draining models that
         serve requests, unless `force`), start it, wait for health."""
-        name = self._life.canonical(name)  # an alias names its model
-        record = self._life.record(name, managed=True)
+        name = self._registry.canonical(name)  # an alias names its model
+        model = self._registry.model(name, managed=True)
         started, outcome = time.monotonic(), "error"
         try:
             result = await self._switcher.bring_up(
-                "switch", record, caller, evict=True, wait=wait, timeout=timeout, force=force
+                "switch", model, caller, evict=True, wait=wait, timeout=timeout, force=force
             )
             outcome = result.status
             return result
@@ -103,10 +105,10 @@ class ModelOps:
         caller: Asker | None = None,
     ) -> SwitchResult:
         """Start `name` only if it fits without stopping anything."""
-        name = self._life.canonical(name)  # an alias names its model
-        record = self._life.record(name, managed=True)
+        name = self._registry.canonical(name)  # an alias names its model
+        model = self._registry.model(name, managed=True)
         return await self._switcher.bring_up(
-            "start", record, caller, evict=False, wait=wait, timeout=timeout
+            "start", model, caller, evict=False, wait=wait, timeout=timeout
         )
 
     async def stop(
@@ -114,9 +116,9 @@ class ModelOps:
     ) -> StopResult:
         """Stop `name`'s backend once its requests in flight have ended (ModelsBusy past
         drain_timeout_s), or at once with `force`; stopping a stopped model is fine."""
-        name = self._life.canonical(name)  # an alias names its model
+        name = self._registry.canonical(name)  # an alias names its model
         with self._busy_counted():
-            return await self._switcher.bring_down(self._life.record(name), caller, force)
+            return await self._switcher.bring_down(self._registry.model(name), caller, force)
 
     @contextlib.contextmanager
     def _busy_counted(self) -> Iterator[None]:
@@ -137,12 +139,12 @@ class ModelOps:
     ) -> SwitchResult:
         """Stop `name` if it runs (once its requests in flight have ended), wait for its
         memory, and start it again."""
-        name = self._life.canonical(name)  # an alias names its model
-        record = self._life.record(name, managed=True)
+        name = self._registry.canonical(name)  # an alias names its model
+        model = self._registry.model(name, managed=True)
         with self._busy_counted():
             async with self._switcher.no_requests(name, force=False):
                 result = await self._switcher.bring_up(
-                    "restart", record, caller, evict=False, wait=wait, timeout=timeout, restart=True
+                    "restart", model, caller, evict=False, wait=wait, timeout=timeout, restart=True
                 )
         return result.model_copy(update={"status": "restarted"})
 
@@ -150,7 +152,7 @@ class ModelOps:
         """Start the configured `preload` models in order, each only if it fits without
         stopping anything; what became of each (never raises: the daemon serves on)."""
         outcome: dict[str, str] = {}
-        for name in self._life.config.daemon.preload:
+        for name in self._registry.config.daemon.preload:
             try:
                 result = await self.start(name, caller={"preload": 1})
                 outcome[name] = result.state or result.status
@@ -162,16 +164,16 @@ class ModelOps:
 
     async def logs(self, name: str, lines: int) -> LogsResult:
         """A model's backend's last output lines (Docker logs or captured output)."""
-        name = self._life.canonical(name)  # an alias names its model
-        record = self._life.record(name)
-        lines_kept = await self._life.runtime(record).logs(record.config, lines)
+        name = self._registry.canonical(name)  # an alias names its model
+        model = self._registry.model(name)
+        lines_kept = await self._backends.runtime(model).logs(model.config, lines)
         return LogsResult(model=name, lines=lines_kept)
 
     def follow_logs(self, name: str, lines: int) -> AsyncIterator[str]:
         """A model's backend's last lines, then each new one until the backend ends."""
-        name = self._life.canonical(name)  # an alias names its model
-        record = self._life.record(name)
-        return self._life.runtime(record).follow(record.config, lines)
+        name = self._registry.canonical(name)  # an alias names its model
+        model = self._registry.model(name)
+        return self._backends.runtime(model).follow(model.config, lines)
 
     # ---- operations -----------------------------------------------------------------------
 
@@ -180,9 +182,9 @@ class LeaseOps:
     """Requests in flight: a lease on a model once it runs and answers, and its end."""
 
     def __init__(
-        self, lifecycle: Lifecycle, models: ModelOps, leases: Leases, metrics: MetricsSink
+        self, registry: Registry, models: ModelOps, leases: Leases, metrics: MetricsSink
     ) -> None:
-        self._life = lifecycle
+        self._registry = registry
         self._models = models
         self._leases = leases
         self._metrics = metrics
@@ -200,8 +202,8 @@ class LeaseOps:
         as needed (concurrent acquires share one load). While it drains, new acquires
         wait their turn; a waiting acquire protects the model once it runs. With `load`
         false, WouldLoad instead of causing a load or a wake (joining one is fine)."""
-        name = self._life.canonical(name)  # an alias names its model
-        with self._leases.queued(self._life.record(name, managed=True)):
+        name = self._registry.canonical(name)  # an alias names its model
+        with self._leases.queued(self._registry.model(name, managed=True)):
             return await self._acquire(name, owner, timeout, caller, load)
 
     async def _acquire(
@@ -219,11 +221,11 @@ class LeaseOps:
         switched = False
         with self._leases.waiting(name):
             while True:
-                record = self._life.record(name, managed=True)
-                if record.state is State.RUNNING:
+                model = self._registry.model(name, managed=True)
+                if model.state is State.RUNNING:
                     if not switched:  # a switch counted this request already
-                        self._life.count_demand(record)
-                    return self._grant(record, owner, started, caller)
+                        self._registry.count_demand(model)
+                    return self._grant(model, owner, started, caller)
                 left = None if deadline is None else deadline - time.monotonic()
                 if left is not None and left <= 0:
                     raise OperationTimeout(f"{name} did not run within {timeout}s", model=name)
@@ -231,11 +233,11 @@ class LeaseOps:
                     # A load is on its way (room is being made for it): join it.
                     await self._settled(name, left, timeout)
                     continue
-                if not load and record.state is not State.LOADING:
+                if not load and model.state is not State.LOADING:
                     raise WouldLoad(
-                        f"{name} is {record.state.value}: a lease would need a load or a wake",
+                        f"{name} is {model.state.value}: a lease would need a load or a wake",
                         model=name,
-                        state=record.state.value,
+                        state=model.state.value,
                     )
                 try:
                     switched = True
@@ -255,27 +257,25 @@ class LeaseOps:
     ) -> LeaseResult | None:
         """A lease at once, when `name` runs and is not draining (the common case for a
         router: answered without a task); None when it must wait (then `acquire`)."""
-        name = self._life.canonical(name)  # an alias names its model
-        record = self._life.record(name, managed=True)
-        if record.state is not State.RUNNING or self._leases.draining(name):
+        name = self._registry.canonical(name)  # an alias names its model
+        model = self._registry.model(name, managed=True)
+        if model.state is not State.RUNNING or self._leases.draining(name):
             return None
-        self._life.count_demand(record)
-        return self._grant(record, owner, time.monotonic(), caller)
+        self._registry.count_demand(model)
+        return self._grant(model, owner, time.monotonic(), caller)
 
-    def _grant(
-        self, record: Model, owner: int, started: float, caller: Asker | None
-    ) -> LeaseResult:
-        lease = self._leases.grant(record, owner)
+    def _grant(self, model: Model, owner: int, started: float, caller: Asker | None) -> LeaseResult:
+        lease = self._leases.grant(model, owner)
         waited = time.monotonic() - started
-        self._metrics.acquired(record.name, waited)
-        log.info("lease.granted", model=record.name, lease=lease.id, caller=dict(caller or {}))
+        self._metrics.acquired(model.name, waited)
+        log.info("lease.granted", model=model.name, lease=lease.id, caller=dict(caller or {}))
         return LeaseResult(
             lease=lease.id,
-            model=record.name,
-            endpoint=record.config.endpoint,
-            served_model_name=record.config.served_name,
-            state=record.state.value,
-            leases=record.usage.leases,
+            model=model.name,
+            endpoint=model.config.endpoint,
+            served_model_name=model.config.served_name,
+            state=model.state.value,
+            leases=model.usage.leases,
             waited_seconds=round(waited, 3),
         )
 
@@ -297,10 +297,10 @@ class LeaseOps:
 class Events:
     """Live events (state changes, switch progress), and the next transition."""
 
-    def __init__(self, lifecycle: Lifecycle) -> None:
-        self._bus = lifecycle.events
-        self._revision = lifecycle.revision
-        self._life = lifecycle
+    def __init__(self, registry: Registry) -> None:
+        self._bus = registry.events
+        self._revision = registry.revision
+        self._registry = registry
 
     def subscribe(self) -> Subscription:
         """Events from now on: state changes and switch progress."""
@@ -314,4 +314,4 @@ class Events:
 
     async def changed(self) -> None:
         """Return at the next state transition."""
-        await self._life.changed()
+        await self._registry.changed()

@@ -31,49 +31,49 @@ OVER_PLAN_TOLERANCE_GB = 0.5
 
 
 class Learning:
-    """Owns the learned figures: loads them at start, updates records, saves changes."""
+    """Owns the learned figures: loads them at start, updates the Models, saves changes."""
 
-    def __init__(self, store: Store, records: Callable[[], Iterable[Model]]) -> None:
+    def __init__(self, store: Store, models: Callable[[], Iterable[Model]]) -> None:
         self._store = store
-        self._records = records
+        self._models = models
         self.learned = Learned()
         self._saving: asyncio.Task[None] | None = None
         self._dirty = False
 
     async def load(self) -> None:
-        """Read the state file (off the loop) and give each record its figures."""
+        """Read the state file (off the loop) and give each Model its figures."""
         self.learned = await asyncio.to_thread(self._store.load)
-        for record in self._records():
-            if learned := self.learned.models.get(record.name):
-                record.learned_times(
+        for model in self._models():
+            if learned := self.learned.models.get(model.name):
+                model.learned_times(
                     load_s=learned.typical_load_s(), wake_s=learned.typical_wake_s()
                 )
-                record.learned_peak(learned_peak(learned, record.config))
-                record.measured_residual(learned_residual(learned, record.config))
+                model.learned_peak(learned_peak(learned, model.config))
+                model.measured_residual(learned_residual(learned, model.config))
 
     def on_transition(self, event: Transition) -> None:
         """Settings changed with it: the learned peak follows them. A load or wake modeld
         timed has ended: remember how long it took."""
-        record = event.model
+        model = event.model
         if event.config_changed:
-            self.config_changed(record)
+            self.config_changed(model)
         if event.load_s is not None:
-            remember_load(self.learned, record.name, event.load_s)
-            record.learned_times(load_s=self.learned.models[record.name].typical_load_s())
+            remember_load(self.learned, model.name, event.load_s)
+            model.learned_times(load_s=self.learned.models[model.name].typical_load_s())
             self.save()
         if event.wake_s is not None:
-            remember_wake(self.learned, record.name, event.wake_s)
-            record.learned_times(wake_s=self.learned.models[record.name].typical_wake_s())
+            remember_wake(self.learned, model.name, event.wake_s)
+            model.learned_times(wake_s=self.learned.models[model.name].typical_wake_s())
             self.save()
 
-    def config_changed(self, record: Model) -> None:
+    def config_changed(self, model: Model) -> None:
         """Its settings changed: only a peak learned under the new ones counts."""
-        record.learned_peak(learned_peak(self.learned.models.get(record.name), record.config))
+        model.learned_peak(learned_peak(self.learned.models.get(model.name), model.config))
 
-    def parked(self, record: Model, measured: dict[int, float]) -> None:
+    def parked(self, model: Model, measured: dict[int, float]) -> None:
         """What a model kept on the GPU once parked, as measured."""
-        record.measured_residual(dict(measured))
-        remember_residual(self.learned, record.config, dict(measured))
+        model.measured_residual(dict(measured))
+        remember_residual(self.learned, model.config, dict(measured))
         self.save()
 
     def memory(self, reading: GpuReading) -> None:
@@ -81,22 +81,22 @@ class Learning:
         past what its configuration promised (the plan was built on that figure)."""
         totals = {d.index: d.total_gb for d in reading.devices}
         grew = False
-        for record in self._records():
-            measured = reading.per_model.get(record.name)
-            if record.state is not State.RUNNING or not measured:
+        for model in self._models():
+            measured = reading.per_model.get(model.name)
+            if model.state is not State.RUNNING or not measured:
                 continue
-            if not all(gpu in measured for gpu in record.config.gpus):
+            if not all(gpu in measured for gpu in model.config.gpus):
                 continue
-            if remember_peak(self.learned, record.config, dict(measured)):
+            if remember_peak(self.learned, model.config, dict(measured)):
                 grew = True
-                self.config_changed(record)
-            planned = model_need(record.config, totals)
+                self.config_changed(model)
+            planned = model_need(model.config, totals)
             over = sum(measured.values()) - planned.total_gb
-            if over > OVER_PLAN_TOLERANCE_GB and record.memory.over_plan_gb is None:
-                record.went_over_plan(round(over, 2))
+            if over > OVER_PLAN_TOLERANCE_GB and model.memory.over_plan_gb is None:
+                model.went_over_plan(round(over, 2))
                 log.warning(
                     "memory.over_plan",
-                    model=record.name,
+                    model=model.name,
                     planned_gb=planned.total_gb,
                     planned_source=planned.source.value,
                     measured_gb=round(sum(measured.values()), 2),

@@ -35,9 +35,9 @@ class Lease:
 class Leases:
     """Who holds which model, who is waiting to, and which models are draining."""
 
-    def __init__(self, records: Mapping[str, Model]) -> None:
-        # The live records: a model's lease count is kept on its record (status shows it).
-        self._records = records
+    def __init__(self, models: Mapping[str, Model]) -> None:
+        # The live models: a model's lease count is kept on its Model (status shows it).
+        self._models = models
         self._by_id: dict[str, Lease] = {}
         self._waiting: Counter[str] = Counter()
         self._draining: dict[str, asyncio.Event] = {}
@@ -47,18 +47,18 @@ class Leases:
 
     def held(self, name: str) -> int:
         """Leases held on `name` now."""
-        record = self._records.get(name)
-        return record.usage.leases if record is not None else 0
+        model = self._models.get(name)
+        return model.usage.leases if model is not None else 0
 
     def protected(self, name: str) -> bool:
         """Not to be evicted: leases held, or acquires waiting to be granted on it."""
         return self.held(name) > 0 or self._waiting[name] > 0
 
-    def grant(self, record: Model, owner: int) -> Lease:
-        """A new lease on `record` for connection `owner`."""
-        lease = Lease(secrets.token_hex(12), record.name, owner, time.time())
+    def grant(self, model: Model, owner: int) -> Lease:
+        """A new lease on `model` for connection `owner`."""
+        lease = Lease(secrets.token_hex(12), model.name, owner, time.time())
         self._by_id[lease.id] = lease
-        record.leased(+1)
+        model.leased(+1)
         return lease
 
     def release(self, lease_id: str, owner: int | None = None) -> Lease:
@@ -67,18 +67,18 @@ class Leases:
         if lease is None or (owner is not None and lease.owner != owner):
             raise UnknownLease(f"no lease {lease_id!r} held on this connection", lease=lease_id)
         del self._by_id[lease_id]
-        if (record := self._records.get(lease.model)) is not None:  # a reload may remove it
-            record.leased(-1)
+        if (model := self._models.get(lease.model)) is not None:  # a reload may remove it
+            model.leased(-1)
         self._tell()
         return lease
 
-    def hold(self, record: Model, seconds: float) -> None:
-        """Hold a lease on `record` for up to `seconds` (a model found running at
+    def hold(self, model: Model, seconds: float) -> None:
+        """Hold a lease on `model` for up to `seconds` (a model found running at
         startup: the requests it was serving when the last daemon stopped are invisible
         here until their routers take their leases again)."""
-        lease = self.grant(record, ADOPTION)
-        timer = asyncio.get_running_loop().call_later(seconds, self.end_hold, record.name)
-        self._holds[record.name] = (lease.id, timer)
+        lease = self.grant(model, ADOPTION)
+        timer = asyncio.get_running_loop().call_later(seconds, self.end_hold, model.name)
+        self._holds[model.name] = (lease.id, timer)
 
     def holding(self, name: str) -> bool:
         """Whether the daemon still holds `name` from startup."""
@@ -109,14 +109,14 @@ class Leases:
         return len(mine)
 
     @contextlib.contextmanager
-    def queued(self, record: Model) -> Iterator[None]:
-        """An acquire for `record`'s model from its start to its lease or error (status
+    def queued(self, model: Model) -> Iterator[None]:
+        """An acquire for `model` from its start to its lease or error (status
         shows how many wait); unlike `waiting`, it does not protect the model."""
-        record.queued(+1)
+        model.queued(+1)
         try:
             yield
         finally:
-            record.queued(-1)
+            model.queued(-1)
 
     @contextlib.contextmanager
     def waiting(self, name: str) -> Iterator[None]:

@@ -49,10 +49,10 @@ class GpuLedger:
         """Call `listener` with each fresh reading (what learns the models' peaks)."""
         self._listeners.append(listener)
 
-    async def read(self, records: Iterable[Model]) -> GpuReading:
+    async def read(self, models: Iterable[Model]) -> GpuReading:
         """A fresh reading; a recent one (marked stale) if the driver fails; else GpuUnavailable."""
         try:
-            reading = await self._monitor.read(self._backend_refs(records))
+            reading = await self._monitor.read(self._backend_refs(models))
         except GpuUnavailable as exc:
             self.error = exc.message
             age = time.monotonic() - self._read_at
@@ -77,11 +77,11 @@ class GpuLedger:
         devices = self.reading.devices if self.reading else ()
         return {str(d.index): round(d.free_gb, 2) for d in devices}
 
-    def need(self, record: Model) -> Need:
-        """What `record` needs per device on this host's devices."""
-        return record.need(device_totals(self.reading))
+    def need(self, model: Model) -> Need:
+        """What `model` needs per device on this host's devices."""
+        return model.need(device_totals(self.reading))
 
-    def _backend_refs(self, records: Iterable[Model]) -> list[BackendRef]:
+    def _backend_refs(self, models: Iterable[Model]) -> list[BackendRef]:
         totals = device_totals(self.reading) or dict(enumerate(self._config().gpu.devices_gb))
         return [
             BackendRef(
@@ -91,14 +91,14 @@ class GpuLedger:
                 expected_gb=model_need(r.config, totals).per_device,
                 parked=r.state is State.SLEEPING,
             )
-            for r in records
+            for r in models
             if r.backend is not None and r.backend.pid
         ]
 
     def plan_inputs(
         self,
         target: Model,
-        records: Iterable[Model],
+        models: Iterable[Model],
         reading: GpuReading,
         protected: Callable[[str], bool] = lambda _: False,
     ) -> tuple[Target, list[Device], list[Candidate]]:
@@ -108,33 +108,31 @@ class GpuLedger:
         pending: dict[int, float] = defaultdict(float)
         candidates = []
         parking = self._config().daemon.park_ram_gb > 0
-        for record in records:
-            if record is target or record.state not in HOLDERS:
+        for model in models:
+            if model is target or model.state not in HOLDERS:
                 continue
-            held, _ = record.held(reading)
-            if record.state is State.LOADING:
+            held, _ = model.held(reading)
+            if model.state is State.LOADING:
                 # A loading vLLM has not yet reserved all it will: count the rest as taken.
-                for device, gb in record.need(totals).per_device.items():
+                for device, gb in model.need(totals).per_device.items():
                     pending[device] += max(0.0, gb - held.get(device, 0.0))
                     held[device] = max(gb, held.get(device, 0.0))
             candidates.append(
                 Candidate(
-                    record.name,
+                    model.name,
                     held,
-                    record.config.size_gb,
-                    record.usage.last_used,
+                    model.config.size_gb,
+                    model.usage.last_used,
                     # A loading model has callers waiting on it, a leased one requests in
                     # flight: neither is evicted under them.
-                    record.config.pinned or record.state is State.LOADING or protected(record.name),
-                    reload_s=record.load_estimate_s(),
-                    demand=record.usage.demand,
-                    can_park=(
-                        parking and record.config.sleep_mode and record.state is State.RUNNING
-                    ),
-                    parked=record.state is State.SLEEPING,
-                    residual_gb=record.residual(reading),
-                    park_ram_gb=record.config.parked_ram_gb,
-                    wake_s=record.wake_estimate()[0],
+                    model.config.pinned or model.state is State.LOADING or protected(model.name),
+                    reload_s=model.load_estimate_s(),
+                    demand=model.usage.demand,
+                    can_park=(parking and model.config.sleep_mode and model.state is State.RUNNING),
+                    parked=model.state is State.SLEEPING,
+                    residual_gb=model.residual(reading),
+                    park_ram_gb=model.config.parked_ram_gb,
+                    wake_s=model.wake_estimate()[0],
                 )
             )
         devices = [
@@ -147,22 +145,22 @@ class GpuLedger:
             target_need = {d: max(0.0, gb - held.get(d, 0.0)) for d, gb in target_need.items()}
         return Target(target.name, target_need), devices, candidates
 
-    def ram_free_gb(self, records: Iterable[Model]) -> float:
+    def ram_free_gb(self, models: Iterable[Model]) -> float:
         """Host RAM a park may take: what is left of park_ram_gb after the parked models,
         and never more than the host has to spare."""
-        budget = self._config().daemon.park_ram_gb - self.ram_parked_gb(records)
+        budget = self._config().daemon.park_ram_gb - self.ram_parked_gb(models)
         spare = self._host_ram() if self._host_ram is not None else None
         return budget if spare is None else min(budget, spare)
 
     @staticmethod
-    def ram_parked_gb(records: Iterable[Model]) -> float:
+    def ram_parked_gb(models: Iterable[Model]) -> float:
         """Host RAM the weights of parked models take."""
-        return sum(r.config.parked_ram_gb for r in records if r.state is State.SLEEPING)
+        return sum(r.config.parked_ram_gb for r in models if r.state is State.SLEEPING)
 
     def plan(
         self,
         target: Model,
-        records: Iterable[Model],
+        models: Iterable[Model],
         reading: GpuReading,
         protected: Callable[[str], bool] = lambda _: False,
     ) -> Plan | Infeasible:
@@ -172,7 +170,7 @@ class GpuLedger:
         to release, counts as free here (so the plan stops no one for it); the start
         itself still waits until the driver shows it free (wait_for_room).
         """
-        everyone = list(records)
+        everyone = list(models)
         need, devices, candidates = self.plan_inputs(target, everyone, reading, protected)
         releasing = self.releasing(everyone, reading)
         devices = [
@@ -186,7 +184,7 @@ class GpuLedger:
             max(0.0, self.ram_free_gb(everyone)),
         )
 
-    def releasing(self, records: Iterable[Model], reading: GpuReading) -> dict[int, float]:
+    def releasing(self, models: Iterable[Model], reading: GpuReading) -> dict[int, float]:
         """Per device, memory that stopped backends held and the driver has not yet freed:
         what no model holds now beyond what no model held before they stopped, at most
         what they held. Known only where the driver reports per-process use."""
@@ -195,11 +193,11 @@ class GpuLedger:
         now = time.monotonic()
         unattributed = self.unattributed(reading)
         credit: dict[int, float] = defaultdict(float)
-        for record in records:
-            if record.memory.releasing_gb is None or now > record.memory.releasing_until:
+        for model in models:
+            if model.memory.releasing_gb is None or now > model.memory.releasing_until:
                 continue
-            for device, gb in record.memory.releasing_gb.items():
-                lingering = unattributed.get(device, 0.0) - record.memory.releasing_base.get(
+            for device, gb in model.memory.releasing_gb.items():
+                lingering = unattributed.get(device, 0.0) - model.memory.releasing_base.get(
                     device, 0.0
                 )
                 credit[device] += max(0.0, min(gb, lingering))
@@ -213,10 +211,10 @@ class GpuLedger:
             for d in reading.devices
         }
 
-    async def wait_for_room(self, target: Model, records: Iterable[Model]) -> None:
+    async def wait_for_room(self, target: Model, models: Iterable[Model]) -> None:
         """Poll the GPU until `target` fits without stopping anything, or time out."""
         daemon = self._config().daemon
-        everyone = list(records)
+        everyone = list(models)
         deadline = time.monotonic() + daemon.memory_release_timeout_s
         while True:
             need, devices, _ = self.plan_inputs(target, everyone, await self.read(everyone))

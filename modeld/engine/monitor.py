@@ -2,8 +2,8 @@
 
 It only reads (the GPU, each backend's runtime state, `/health`, `/is_sleeping`,
 `/metrics`, the HF cache) and reports what it saw to the Observations
-(observations.py), the one door through which those readings change records. Each
-report carries the record's generation from before the look: an observation made
+(observations.py), the one door through which those readings change models. Each
+report carries the model's generation from before the look: an observation made
 before another change is dropped rather than applied.
 """
 
@@ -32,7 +32,7 @@ WATCHED = frozenset({State.RUNNING, State.SLEEPING, State.STOPPED, State.FAILED}
 
 
 class Monitor:
-    """Polls the world and reports to the Engine; never changes a record itself."""
+    """Polls the world and reports to the Engine; never changes a model itself."""
 
     def __init__(
         self,
@@ -58,55 +58,55 @@ class Monitor:
 
     async def poll_once(self) -> None:
         """One pass: the GPU, then each model's backend, then the HF cache."""
-        records = self._observations.records()
+        models = self._observations.models()
         with contextlib.suppress(GpuUnavailable):
-            self._observations.seen_memory(await self._ledger.read(records))
-        await asyncio.gather(*(self._observe(r) for r in records if r.state in WATCHED))
-        await self._scan_downloads(records)
+            self._observations.seen_memory(await self._ledger.read(models))
+        await asyncio.gather(*(self._observe(r) for r in models if r.state in WATCHED))
+        await self._scan_downloads(models)
 
-    async def _observe(self, record: Model) -> None:
-        generation = record.generation
+    async def _observe(self, model: Model) -> None:
+        generation = model.generation
         try:
-            backend = await self._observations.inspect(record)
+            backend = await self._observations.inspect(model)
         except RuntimeUnavailable:
             return
         except ModeldError as exc:
             # E.g. a stranger's container under the model's name: nothing to adopt.
-            log.debug("monitor.inspect_refused", model=record.name, error=exc.message)
+            log.debug("monitor.inspect_refused", model=model.name, error=exc.message)
             return
-        if record.generation != generation:
+        if model.generation != generation:
             return
-        if record.state in (State.RUNNING, State.SLEEPING):
-            await self._observe_live(record, backend, generation)
+        if model.state in (State.RUNNING, State.SLEEPING):
+            await self._observe_live(model, backend, generation)
         elif backend.state is BackendState.RUNNING:
             # Re-adopt a failed model only once it truly answers again.
-            failed = record.state is State.FAILED
-            if failed and await self._vllm.health(record.config.endpoint) is not Health.HEALTHY:
+            failed = model.state is State.FAILED
+            if failed and await self._vllm.health(model.config.endpoint) is not Health.HEALTHY:
                 return
-            self._observations.seen_running(record, generation, backend)
+            self._observations.seen_running(model, generation, backend)
 
-    async def _observe_live(self, record: Model, backend: BackendStatus, generation: int) -> None:
+    async def _observe_live(self, model: Model, backend: BackendStatus, generation: int) -> None:
         """A running or parked model: has it died, been parked or woken behind modeld's
         back, or gone idle?"""
         if backend.state is not BackendState.RUNNING:
-            lines = await self._observations.runtime_for(record).logs(record.config)
-            self._observations.seen_exit(record, generation, backend.exit_code, lines)
+            lines = await self._observations.runtime_for(model).logs(model.config)
+            self._observations.seen_exit(model, generation, backend.exit_code, lines)
             return
         self._observations.seen_health(
-            record, generation, await self._vllm.health(record.config.endpoint)
+            model, generation, await self._vllm.health(model.config.endpoint)
         )
-        asleep = await self._vllm.says_asleep(record.config)
+        asleep = await self._vllm.says_asleep(model.config)
         if asleep is not None:
-            self._observations.seen_asleep(record, generation, asleep)
-        if record.generation == generation and record.state is State.RUNNING:
-            activity = await self._vllm.activity(record.config.endpoint)
-            self._observations.seen_activity(record, generation, activity)
+            self._observations.seen_asleep(model, generation, asleep)
+        if model.generation == generation and model.state is State.RUNNING:
+            activity = await self._vllm.activity(model.config.endpoint)
+            self._observations.seen_activity(model, generation, activity)
 
-    async def _scan_downloads(self, records: list[Model]) -> None:
+    async def _scan_downloads(self, models: list[Model]) -> None:
         """Refresh what the HF cache holds for each model, off the loop, only for models
         whose cache entry changed since the last look."""
         cache = hf_cache_dir(self._settings().hf_cache_dir)
-        paths = {r.name: r.config.hf_path for r in records if r.config.hf_path}
+        paths = {r.name: r.config.hf_path for r in models if r.config.hf_path}
         marks = dict(self._download_marks)
 
         def scan() -> dict[str, tuple[tuple[float, ...] | None, Download | None]]:

@@ -11,8 +11,8 @@ from collections.abc import AsyncIterator, Iterator, Mapping
 import structlog
 
 from modeld.core.errors import ModeldError, UnknownModel
-from modeld.engine.lifecycle import Lifecycle
 from modeld.engine.model import Model
+from modeld.engine.registry import Registry
 
 log = structlog.get_logger("modeld.engine.operations")
 
@@ -27,29 +27,29 @@ MANAGED_ONLY = frozenset({"switch", "start", "restart", AUTO_RESTART})
 class Operations:
     """The lock, the audit log of operations, and the in-flight count."""
 
-    def __init__(self, lifecycle: Lifecycle) -> None:
-        self._lifecycle = lifecycle
+    def __init__(self, registry: Registry) -> None:
+        self._registry = registry
         self.lock = asyncio.Lock()
         self.busy = 0
 
     @contextlib.asynccontextmanager
     async def operation(
-        self, op: str, record: Model | None, caller: Asker | None
+        self, op: str, model: Model | None, caller: Asker | None
     ) -> AsyncIterator[None]:
         """Hold the lock for one decision and its effects; log it, with its caller. Every
         log line written meanwhile (and by the tasks it starts: a load, a wake) carries
         `op`, `model` and `caller` (structlog's context)."""
-        model = record.name if record else None
-        with structlog.contextvars.bound_contextvars(op=op, model=model, caller=dict(caller or {})):
+        name = model.name if model else None
+        with structlog.contextvars.bound_contextvars(op=op, model=name, caller=dict(caller or {})):
             log.info("operation.requested")
-            if record is not None and op != AUTO_RESTART:
-                record.restarts_taken_over()  # an operator acting on the model takes over
+            if model is not None and op != AUTO_RESTART:
+                model.restarts_taken_over()  # an operator acting on the model takes over
             with self.counted():  # waiting for its turn is being in flight too
                 async with self.lock:
                     started = time.monotonic()
                     try:
-                        if record is not None:
-                            self._still_configured(record, op)
+                        if model is not None:
+                            self._still_configured(model, op)
                         yield
                     except ModeldError as exc:
                         log.warning(
@@ -62,23 +62,23 @@ class Operations:
     def counted(self) -> Iterator[None]:
         """A caller in flight: waiting for the lock, or for health outside it."""
         self.busy += 1
-        self._lifecycle.revision.bump()
+        self._registry.revision.bump()
         try:
             yield
         finally:
             self.busy -= 1
-            self._lifecycle.revision.bump()
+            self._registry.revision.bump()
 
-    def _still_configured(self, record: Model, op: str) -> None:
-        """Under the lock: the record a call looked up before its turn is still the one
+    def _still_configured(self, model: Model, op: str) -> None:
+        """Under the lock: the Model a call looked up before its turn is still the one
         configured (a reload meanwhile may have removed it)."""
         managed = op in MANAGED_ONLY
-        current = self._lifecycle.records.get(record.name)
-        if current is record and not (record.unmanaged and managed):
+        current = self._registry.models.get(model.name)
+        if current is model and not (model.unmanaged and managed):
             return
-        self._lifecycle.record(record.name, managed=managed)  # raises UnknownModel
+        self._registry.model(model.name, managed=managed)  # raises UnknownModel
         raise UnknownModel(
-            f"Model '{record.name}' was replaced by a reload while this call waited; call again",
-            model=record.name,
-            available=sorted(n for n, r in self._lifecycle.records.items() if not r.unmanaged),
+            f"Model '{model.name}' was replaced by a reload while this call waited; call again",
+            model=model.name,
+            available=sorted(n for n, r in self._registry.models.items() if not r.unmanaged),
         )

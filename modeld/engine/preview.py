@@ -25,21 +25,21 @@ from modeld.core.decision import (
 from modeld.core.planner import Infeasible, Plan
 from modeld.core.states import State
 from modeld.core.units import about
+from modeld.engine.backends import Backends
 from modeld.engine.leases import Leases
-from modeld.engine.lifecycle import Lifecycle
 from modeld.engine.model import Model
 from modeld.engine.room import staying, why_no_room
 from modeld.wire.results import MemoryInfo, PlanAction, PlanCandidate, PlanResult
 
 
-def memory_info(life: Lifecycle, record: Model, plan: Plan) -> MemoryInfo:
+def memory_info(backends: Backends, model: Model, plan: Plan) -> MemoryInfo:
     """The memory figures of a plan, as a switch answers them."""
     return MemoryInfo(
         required_gb=round(plan.required_gb, 1),
         available_before_gb=round(plan.available_before_gb, 1),
         freed_gb=round(plan.freed_gb, 1),
         device=plan.device,
-        source=life.ledger.need(record).source.value,
+        source=backends.ledger.need(model).source.value,
         per_device={
             str(d): {k: round(v, 1) for k, v in figures.items()}
             for d, figures in plan.per_device.items()
@@ -48,32 +48,32 @@ def memory_info(life: Lifecycle, record: Model, plan: Plan) -> MemoryInfo:
 
 
 async def decide_with_plans(
-    life: Lifecycle, leases: Leases, record: Model, evict: bool, force: bool
+    backends: Backends, leases: Leases, model: Model, evict: bool, force: bool
 ) -> tuple[Decision, list[Model], GpuReading, Callable[[str], bool]]:
     """The switch's decision once it needs a plan: read the GPU, plan (and plan as if the
     busy models were drained), and decide; with what it was decided from."""
-    records = list(life.records.values())
-    reading = await life.ledger.read(records)
+    models = list(backends.registry.models.values())
+    reading = await backends.ledger.read(models)
     protected: Callable[[str], bool] = (lambda _: False) if force else leases.protected
-    plan = life.ledger.plan(record, records, reading, protected)
+    plan = backends.ledger.plan(model, models, reading, protected)
     drained = None
     if isinstance(plan, Infeasible) and not force:
-        drained = life.ledger.plan(record, records, reading)
+        drained = backends.ledger.plan(model, models, reading)
     others_loading = any(
-        r is not record and r.state is State.LOADING and r.load_task is not None for r in records
+        r is not model and r.state is State.LOADING and r.load_task is not None for r in models
     )
-    busy = {r.name for r in records if protected(r.name)}
-    facts = SwitchFacts(record.state, evict, force, Plans(plan, drained), others_loading, busy)
-    return decide_switch(facts), records, reading, protected
+    busy = {r.name for r in models if protected(r.name)}
+    facts = SwitchFacts(model.state, evict, force, Plans(plan, drained), others_loading, busy)
+    return decide_switch(facts), models, reading, protected
 
 
 async def preview_switch(
-    life: Lifecycle, leases: Leases, record: Model, force: bool = False
+    backends: Backends, leases: Leases, model: Model, force: bool = False
 ) -> PlanResult:
-    """What `switch` would do to bring `record` up now, with the planner's figures."""
-    policy = life.config.daemon.eviction_policy
-    name = record.name
-    decision = decide_switch(SwitchFacts(record.state, True, force))
+    """What `switch` would do to bring `model` up now, with the planner's figures."""
+    policy = backends.registry.config.daemon.eviction_policy
+    name = model.name
+    decision = decide_switch(SwitchFacts(model.state, True, force))
     if isinstance(decision, AlreadyRunning):
         return PlanResult(
             model=name, action="none", message=f"{name} is already running", policy=policy
@@ -83,13 +83,13 @@ async def preview_switch(
             model=name,
             action="join_load",
             message=f"{name} is loading already: a switch waits for that load",
-            estimated_seconds=round(record.load_estimate_s(), 1),
+            estimated_seconds=round(model.load_estimate_s(), 1),
             policy=policy,
         )
     assert isinstance(decision, NeedPlan), decision
-    gathered = await decide_with_plans(life, leases, record, True, force)
-    decision, records, reading, protected = gathered
-    _, _, candidates = life.ledger.plan_inputs(record, records, reading, protected)
+    gathered = await decide_with_plans(backends, leases, model, True, force)
+    decision, models, reading, protected = gathered
+    _, _, candidates = backends.ledger.plan_inputs(model, models, reading, protected)
     weighed = [
         PlanCandidate(
             name=c.name,
@@ -107,10 +107,10 @@ async def preview_switch(
             model=name, policy=policy, candidates=weighed, action=action, message=message, **extra
         )
 
-    waking = record.state is State.SLEEPING
+    waking = model.state is State.SLEEPING
     match decision:
         case Execute(plan=chosen):
-            seconds = record.wake_estimate()[0] if waking else record.load_estimate_s()
+            seconds = model.wake_estimate()[0] if waking else model.load_estimate_s()
             verb = "wake" if waking else "start"
             moves = [f"stop {', '.join(chosen.stop)}"] if chosen.stop else []
             moves += [f"park {', '.join(chosen.park)}"] if chosen.park else []
@@ -120,7 +120,7 @@ async def preview_switch(
                 f"{steps}; then {verb} {name} ({about(seconds)})",
                 stop=list(chosen.stop),
                 park=list(chosen.park),
-                memory_info=memory_info(life, record, chosen),
+                memory_info=memory_info(backends, model, chosen),
                 estimated_seconds=round(seconds, 1),
             )
         case WaitForLoads():
@@ -141,6 +141,6 @@ async def preview_switch(
                 "refuse",
                 f"no room on GPU {no_room.device}: it needs {no_room.required_gb:.1f} GB, "
                 f"{no_room.total_available_gb:.1f} GB at most once every movable model is "
-                f"gone. {why_no_room(staying(life.records, no_room.blocked_by))}",
+                f"gone. {why_no_room(staying(backends.registry.models, no_room.blocked_by))}",
             )
     raise AssertionError(f"undecided: {decision!r}")

@@ -13,8 +13,8 @@ from modeld.core.config_checks import check_devices, check_fits
 from modeld.core.errors import ConfigError
 from modeld.core.reload import ReloadPlan, plan_reload
 from modeld.core.states import State
+from modeld.engine.backends import Backends
 from modeld.engine.learning import Learning
-from modeld.engine.lifecycle import Lifecycle
 from modeld.engine.operations import Asker, Operations
 from modeld.wire.events import ConfigReloaded
 from modeld.wire.results import ReloadResult
@@ -29,10 +29,11 @@ class Reloader:
     """Applies a new config file to a running engine; an invalid one changes nothing."""
 
     def __init__(
-        self, path: Path | None, lifecycle: Lifecycle, operations: Operations, learning: Learning
+        self, path: Path | None, backends: Backends, operations: Operations, learning: Learning
     ) -> None:
         self._path = path
-        self._life = lifecycle
+        self._backends = backends
+        self._registry = backends.registry
         self._ops = operations
         self._learning = learning
 
@@ -41,12 +42,11 @@ class Reloader:
         if self._path is None:
             raise ConfigError("modeld was started without a config file: nothing to reload")
         new = await asyncio.to_thread(load_config, self._path)
-        life = self._life
         async with self._ops.operation("reload", None, caller):
             # No backend runs for a stopped or a failed model: its changes apply now (a
             # failed one was once told "changed while running").
-            idle = {n for n, r in life.records.items() if r.state in NO_BACKEND}
-            plan = plan_reload(life.config, new, idle)
+            idle = {n for n, r in self._registry.models.items() if r.state in NO_BACKEND}
+            plan = plan_reload(self._registry.config, new, idle)
             self._check_runnable(plan)
             self._apply(plan)
             outcome = ReloadResult(
@@ -60,38 +60,35 @@ class Reloader:
             )
             log.info("config.reloaded", path=str(self._path), **outcome.answer())
             # Routers (the gateway) learn the model names from this.
-            life.events.publish(ConfigReloaded(added=outcome.added, removed=outcome.removed))
+            self._registry.events.publish(
+                ConfigReloaded(added=outcome.added, removed=outcome.removed)
+            )
             return outcome
 
     def _apply(self, plan: ReloadPlan) -> None:
         """The plan, applied to the registry and to each Model through its intents."""
-        life = self._life
-        for name in plan.added:
-            life.records[name] = life.new_model(name, plan.config)
-        for name in plan.removed:
-            del life.records[name]
-        for name, model in plan.config.models.items():
-            record = life.records[name]
-            record.managed(True)
+        registry = self._registry
+        registry.replace(plan.config, plan.added, plan.removed)
+        for name, settings in plan.config.models.items():
+            model = registry.models[name]
+            model.managed(True)
             if name in plan.changed_now:
-                record.reconfigured(model)
-                self._learning.config_changed(record)
+                model.reconfigured(settings)
+                self._learning.config_changed(model)
             elif name in plan.changed_at_next_start:
-                record.reconfigure_later(model)
+                model.reconfigure_later(settings)
         for name in plan.unmanaged:
-            life.records[name].managed(False)
-        life.config = plan.config
-        life.revision.bump()
+            registry.models[name].managed(False)
 
     def _check_runnable(self, plan: ReloadPlan) -> None:
         """Refuse a config whose models need a runtime or a GPU this daemon does not have."""
         for name, model in plan.config.models.items():
-            if model.runtime not in self._life.runtimes:
+            if model.runtime not in self._backends.runtimes:
                 raise ConfigError(
                     f"models.{name}.runtime: the {model.runtime} runtime is not running in "
                     "this daemon; restart modeld to add it",
                     fields=[f"models.{name}.runtime"],
                 )
-        if reading := self._life.ledger.reading:
+        if reading := self._backends.ledger.reading:
             check_devices(plan.config.models, {d.index for d in reading.devices})
             check_fits(plan.config.models, {d.index: d.total_gb for d in reading.devices})

@@ -29,31 +29,31 @@ class Restarts:
         if event.died is not None:
             self.schedule(event.model)
 
-    def schedule(self, record: Model) -> None:
+    def schedule(self, model: Model) -> None:
         """Start it again later, or give up, as decide_restart says."""
-        ran_for = time.monotonic() - (record.running_since or time.monotonic())
-        decision = decide_restart(record.config, record.restarts.attempts, ran_for)
+        ran_for = time.monotonic() - (model.running_since or time.monotonic())
+        decision = decide_restart(model.config, model.restarts.attempts, ran_for)
         if decision is None:
             return
         if isinstance(decision, GiveUp):
-            record.restarts_given_up(decision.attempts)
-            log.warning("restart.gave_up", model=record.name, attempts=decision.attempts)
+            model.restarts_given_up(decision.attempts)
+            log.warning("restart.gave_up", model=model.name, attempts=decision.attempts)
             return
         log.info(
             "restart.scheduled",
-            model=record.name,
+            model=model.name,
             attempt=decision.attempt,
             delay_s=decision.delay_s,
         )
         task = asyncio.create_task(
-            self._restart(record, decision.delay_s), name=f"restart-{record.name}"
+            self._restart(model, decision.delay_s), name=f"restart-{model.name}"
         )
-        record.restart_scheduled(decision.attempt, time.time() + decision.delay_s, task)
+        model.restart_scheduled(decision.attempt, time.time() + decision.delay_s, task)
 
-    async def _restart(self, record: Model, delay: float) -> None:
+    async def _restart(self, model: Model, delay: float) -> None:
         await asyncio.sleep(delay)
-        record.restart_due()
-        if not await self._bring_back(record):
+        model.restart_due()
+        if not await self._bring_back(model):
             # A failed retry is one more failure; the policy decides whether to go on.
-            record.restart_failed()
-            self.schedule(record)
+            model.restart_failed()
+            self.schedule(model)

@@ -15,8 +15,8 @@ import structlog
 from modeld.core.errors import InsufficientMemory, ModeldError, OperationTimeout
 from modeld.core.planner import Infeasible, Plan
 from modeld.core.states import State
+from modeld.engine.backends import Backends
 from modeld.engine.leases import Leases
-from modeld.engine.lifecycle import Lifecycle
 from modeld.engine.model import Model
 from modeld.engine.operations import Operations
 from modeld.engine.parking import Parking
@@ -34,12 +34,13 @@ class Room:
 
     def __init__(
         self,
-        lifecycle: Lifecycle,
+        backends: Backends,
         operations: Operations,
         parking: Parking,
         leases: Leases,
     ) -> None:
-        self._life = lifecycle
+        self._backends = backends
+        self._registry = backends.registry
         self._ops = operations
         self._parking = parking
         self._leases = leases
@@ -51,8 +52,8 @@ class Room:
         closed = self._leases.begin_drain(names)
         for name in names:
             log.info("drain.begun", model=name, leases=self._leases.held(name))
-            self._life.events.publish(Draining(model=name, leases=self._leases.held(name)))
-        limit = self._life.config.daemon.drain_timeout_s
+            self._registry.events.publish(Draining(model=name, leases=self._leases.held(name)))
+        limit = self._registry.config.daemon.drain_timeout_s
         remaining = left(deadline)
         try:
             with self._ops.counted():
@@ -64,12 +65,12 @@ class Room:
             raise refusal from None
         return closed
 
-    async def settle(self, record: Model, deadline: float | None) -> None:
+    async def settle(self, model: Model, deadline: float | None) -> None:
         """Wait for one of the loads in the way to end (the caller's deadline applies)."""
         loads: list[asyncio.Task[Any]] = [
             r.load_task
-            for r in self._life.records.values()
-            if r is not record and r.state is State.LOADING and r.load_task is not None
+            for r in self._registry.models.values()
+            if r is not model and r.state is State.LOADING and r.load_task is not None
         ]
         if not loads:
             return  # they ended while this waited for its turn
@@ -81,42 +82,46 @@ class Room:
             )
         if not done:
             raise OperationTimeout(
-                f"{record.name}: still waiting for other models' loads to end after the "
+                f"{model.name}: still waiting for other models' loads to end after the "
                 "timeout; nothing was changed for it",
-                model=record.name,
-                state=record.state.value,
+                model=model.name,
+                state=model.state.value,
             )
 
-    async def make_room(self, record: Model, plan: Plan) -> tuple[list[str], list[str]]:
+    async def make_room(self, model: Model, plan: Plan) -> tuple[list[str], list[str]]:
         """Carry out a plan: stops first (they may give back host RAM the parks need), then
         parks. A parked model may keep more than planned: plan again, a few times at most."""
         stopped: list[str] = []
         parked: list[str] = []
         for _ in range(PLAN_ROUNDS):
             for name in plan.stop:
-                await self._life.stop_model(self._life.records[name], f"evicted for {record.name}")
+                await self._backends.stop_model(
+                    self._registry.models[name], f"evicted for {model.name}"
+                )
                 stopped.append(name)
-                self._life.events.publish(SwitchStopped(model=record.name, stopped=name))
+                self._registry.events.publish(SwitchStopped(model=model.name, stopped=name))
             for name in plan.park:
-                if await self._parking.park(self._life.records[name], f"parked for {record.name}"):
+                if await self._parking.park(
+                    self._registry.models[name], f"parked for {model.name}"
+                ):
                     parked.append(name)
-                    self._life.events.publish(SwitchParked(model=record.name, parked=name))
+                    self._registry.events.publish(SwitchParked(model=model.name, parked=name))
                 else:
                     stopped.append(name)
-                    self._life.events.publish(SwitchStopped(model=record.name, stopped=name))
+                    self._registry.events.publish(SwitchStopped(model=model.name, stopped=name))
             if not plan.park:
                 break
-            reading = await self._life.ledger.read(self._life.records.values())
-            replanned = self._life.ledger.plan(
-                record, self._life.records.values(), reading, self._leases.protected
+            reading = await self._backends.ledger.read(self._registry.models.values())
+            replanned = self._backends.ledger.plan(
+                model, self._registry.models.values(), reading, self._leases.protected
             )
             if isinstance(replanned, Infeasible):
-                raise self.no_room(record, replanned)
+                raise self.no_room(model, replanned)
             if not (replanned.stop or replanned.park):
                 break
             log.info(
                 "switch.replan",
-                model=record.name,
+                model=model.name,
                 stop=list(replanned.stop),
                 park=list(replanned.park),
                 why="a parked model kept more memory than planned",
@@ -125,26 +130,26 @@ class Room:
         return stopped, parked
 
     async def start_or_wake(
-        self, record: Model, stopped: Sequence[str] = (), parked: Sequence[str] = ()
+        self, model: Model, stopped: Sequence[str] = (), parked: Sequence[str] = ()
     ) -> bool:
         """Under the lock, once the driver shows the room (said, when models were
-        `stopped` or `parked` for it): wake `record` if it is parked, else start it (the
+        `stopped` or `parked` for it): wake `model` if it is parked, else start it (the
         caller waits on its load_task). True if it is waking."""
-        await self._life.ledger.wait_for_room(record, self._life.records.values())
+        await self._backends.ledger.wait_for_room(model, self._registry.models.values())
         if stopped or parked:
-            free = self._life.ledger.free_gb()
-            self._life.events.publish(RoomReady(model=record.name, free_gb=free))
+            free = self._backends.ledger.free_gb()
+            self._registry.events.publish(RoomReady(model=model.name, free_gb=free))
             log.info(
                 "switch.room_ready",
-                model=record.name,
+                model=model.name,
                 stopped=list(stopped),
                 parked=list(parked),
                 free_gb=free,
             )
-        if record.state is State.SLEEPING:
-            self._parking.begin_wake(record)
+        if model.state is State.SLEEPING:
+            self._parking.begin_wake(model)
             return True
-        await self._life.start_model(record)
+        await self._backends.start_model(model)
         return False
 
     async def restore(
@@ -155,14 +160,14 @@ class Room:
         restored: list[str] = []
         not_restored: dict[str, str] = {}
         for name in names:
-            victim = self._life.records[name]
+            victim = self._registry.models[name]
             try:
                 async with self._ops.operation("rollback", victim, None):
                     if victim.state in (State.SLEEPING, State.STOPPED, State.FAILED):
                         await self.start_or_wake(victim)
                 # Not through a shutdown: a daemon that stops says so, and exits.
                 if victim.load_task is not None and (
-                    failure := await self._life.wait_load(victim, victim.load_task, None)
+                    failure := await self._backends.wait_load(victim, victim.load_task, None)
                 ):
                     raise failure
             except ModeldError as exc:
@@ -172,15 +177,15 @@ class Room:
         log.info("switch.rolled_back", model=failed, restored=restored, not_restored=not_restored)
         return {"restored": restored, "not_restored": not_restored}
 
-    def no_room(self, record: Model, plan: Infeasible) -> InsufficientMemory:
+    def no_room(self, model: Model, plan: Infeasible) -> InsufficientMemory:
         """No plan makes room: the refusal, with the planner's numbers, which models stay
         and why, and what the operator can do."""
-        kept = staying(self._life.records, plan.blocked_by)
+        kept = staying(self._registry.models, plan.blocked_by)
         return InsufficientMemory(
-            f"Cannot free enough GPU memory to load {record.name} on GPU {plan.device}. "
+            f"Cannot free enough GPU memory to load {model.name} on GPU {plan.device}. "
             f"Required: {plan.required_gb:.1f}GB, Available after unloading all models: "
             f"{plan.total_available_gb:.1f}GB. {why_no_room(kept)}",
-            model=record.name,
+            model=model.name,
             staying=kept,
             device=plan.device,
             required_gb=round(plan.required_gb, 1),
@@ -199,15 +204,15 @@ STAYS = {
 }
 
 
-def staying(records: Mapping[str, Model], names: Iterable[str]) -> dict[str, str]:
+def staying(models: Mapping[str, Model], names: Iterable[str]) -> dict[str, str]:
     """Why each of `names` (the models a plan may not move) stays: pinned, loading, or
     serving requests."""
     reasons = {}
     for name in names:
-        record = records[name]
-        if record.config.pinned:
+        model = models[name]
+        if model.config.pinned:
             reasons[name] = "pinned"
-        elif record.state is State.LOADING:
+        elif model.state is State.LOADING:
             reasons[name] = "loading"
         else:
             reasons[name] = "serving requests"

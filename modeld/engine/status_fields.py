@@ -1,4 +1,4 @@
-"""`status`, `gpu` and `models` (wire/status.py) from the records and the last GPU
+"""`status`, `gpu` and `models` (wire/status.py) from the Models and the last GPU
 reading: the seed's `status` and `gpu` shapes, and more.
 
 Pure functions of memory: `status` never does I/O.
@@ -35,45 +35,45 @@ def iso(timestamp: float) -> str:
     return datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="seconds")
 
 
-def model_view(record: Model, reading: GpuReading | None, now: float) -> ModelStatus:
+def model_view(model: Model, reading: GpuReading | None, now: float) -> ModelStatus:
     """One model in the seed's `status` fields, plus state time, failure and sources
     (`now`: the monotonic clock, for idle time)."""
-    config = record.config
-    need = record.need(device_totals(reading))
+    config = model.config
+    need = model.need(device_totals(reading))
     used_gb: float | None = None
     used_source: str | None = None
     per_device: dict[int, float] = {}
-    if record.state in ACTIVE:
-        per_device, source = record.held(reading)
+    if model.state in ACTIVE:
+        per_device, source = model.held(reading)
         used_gb = round(sum(per_device.values()), 1)
         used_source = source.value
-    failure = record.status.failure
+    failure = model.status.failure
     return ModelStatus(
-        status=record.state.value,
-        since=iso(record.status.since),
+        status=model.state.value,
+        since=iso(model.status.since),
         size_gb=config.size_gb,
         description=config.description,
         aliases=list(config.aliases),
-        estimated_load_time_seconds=round(record.load_estimate_s(), 1),
-        estimated_load_time_source="learned" if record.loading.learned_s else "configured",
+        estimated_load_time_seconds=round(model.load_estimate_s(), 1),
+        estimated_load_time_source="learned" if model.loading.learned_s else "configured",
         gpu_memory_used_gb=used_gb,
         gpu_memory_source=used_source,
         gpu_memory_per_device_gb={str(d): round(gb, 2) for d, gb in per_device.items()},
         gpu_memory_required_gb=round(need.total_gb, 1),
         gpu_memory_required_source=need.source.value,
-        gpu_memory_over_plan_gb=record.memory.over_plan_gb,
-        downloaded_size=human_size(record.download.bytes) if record.download else None,
+        gpu_memory_over_plan_gb=model.memory.over_plan_gb,
+        downloaded_size=human_size(model.download.bytes) if model.download else None,
         download=(
             Download(
-                bytes=record.download.bytes,
-                complete=record.download.complete,
-                reason=record.download.reason,
+                bytes=model.download.bytes,
+                complete=model.download.complete,
+                reason=model.download.reason,
             )
-            if record.download
+            if model.download
             else None
         ),
         # While it loads, /health is refused by design: "loading", not "unreachable".
-        health="loading" if record.state is State.LOADING else record.health.value,
+        health="loading" if model.state is State.LOADING else model.health.value,
         failure=(
             Failure(
                 reason=failure.reason,
@@ -89,37 +89,37 @@ def model_view(record: Model, reading: GpuReading | None, now: float) -> ModelSt
         parked=(
             Parked(
                 ram_gb=round(config.parked_ram_gb, 1),
-                estimated_wake_seconds=round(record.wake_estimate()[0], 2),
-                wake_source=record.wake_estimate()[1],
+                estimated_wake_seconds=round(model.wake_estimate()[0], 2),
+                wake_source=model.wake_estimate()[1],
             )
-            if record.state is State.SLEEPING
+            if model.state is State.SLEEPING
             else None
         ),
-        last_wake_seconds=round(record.sleep.last_wake_s, 2) if record.sleep.last_wake_s else None,
-        wake_fallback=record.sleep.fallback,
+        last_wake_seconds=round(model.sleep.last_wake_s, 2) if model.sleep.last_wake_s else None,
+        wake_fallback=model.sleep.fallback,
         idle_unload_after_s=config.idle_unload_after_s,
         idle_seconds=(
-            round(max(0.0, now - record.usage.last_active), 1)
-            if record.state is State.RUNNING and config.idle_unload_after_s
+            round(max(0.0, now - model.usage.last_active), 1)
+            if model.state is State.RUNNING and config.idle_unload_after_s
             else None
         ),
         runtime=config.runtime,
         endpoint=config.endpoint,
-        activity=_activity(record),
-        last_load_seconds=round(record.loading.last_s, 2) if record.loading.last_s else None,
+        activity=_activity(model),
+        last_load_seconds=round(model.loading.last_s, 2) if model.loading.last_s else None,
         restart=RestartStatus(
             policy=config.restart,
-            attempts=record.restarts.attempts,
+            attempts=model.restarts.attempts,
             max_retries=config.restart_max_retries,
-            next_attempt_at=iso(record.restarts.at) if record.restarts.at else None,
-            gave_up=record.restarts.gave_up,
+            next_attempt_at=iso(model.restarts.at) if model.restarts.at else None,
+            gave_up=model.restarts.gave_up,
         ),
-        unmanaged=record.unmanaged,
-        leases=record.usage.leases,
-        waiting=record.usage.waiting,
-        config_pending=record.pending_config is not None,
-        backend_pid=record.backend.pid if record.backend else None,
-        container_id=record.backend.id if record.backend else None,
+        unmanaged=model.unmanaged,
+        leases=model.usage.leases,
+        waiting=model.usage.waiting,
+        config_pending=model.pending_config is not None,
+        backend_pid=model.backend.pid if model.backend else None,
+        container_id=model.backend.id if model.backend else None,
     )
 
 
@@ -185,17 +185,15 @@ def gpu_view(reading: GpuReading | None, backend: str, error: str | None, stale:
     )
 
 
-def models_view(records: Iterable[Model], reading: GpuReading | None) -> list[ModelInfo]:
+def models_view(models: Iterable[Model], reading: GpuReading | None) -> list[ModelInfo]:
     """The configured models and the memory each will need, with the figure's source."""
     totals = device_totals(reading)
     views = []
-    for record in records:
-        if record.unmanaged:
+    for model in models:
+        if model.unmanaged:
             continue
-        config = record.pending_config or record.config
-        need = model_need(
-            config, totals, None if record.pending_config else record.memory.learned_gb
-        )
+        config = model.pending_config or model.config
+        need = model_need(config, totals, None if model.pending_config else model.memory.learned_gb)
         views.append(
             ModelInfo(
                 name=config.name,
@@ -222,10 +220,10 @@ def runtime_view(errors: Mapping[str, str | None]) -> dict[str, RuntimeStatus]:
     return {name: RuntimeStatus(available=err is None, error=err) for name, err in errors.items()}
 
 
-def _activity(record: Model) -> Activity | None:
+def _activity(model: Model) -> Activity | None:
     """What a running model is doing, as its backend's /metrics last said."""
-    rates = record.usage.rates
-    if record.state is not State.RUNNING or rates is None:
+    rates = model.usage.rates
+    if model.state is not State.RUNNING or rates is None:
         return None
     return Activity(
         in_flight=rates.in_flight,

@@ -36,9 +36,9 @@ from modeld.core.errors import (
 )
 from modeld.core.planner import Infeasible, Plan
 from modeld.core.states import State
+from modeld.engine.backends import Backends
 from modeld.engine.facts import LoadTask
 from modeld.engine.leases import Leases
-from modeld.engine.lifecycle import Lifecycle
 from modeld.engine.model import Model
 from modeld.engine.operations import AUTO_RESTART, Asker, Operations
 from modeld.engine.preview import decide_with_plans, memory_info, preview_switch
@@ -53,7 +53,7 @@ log = structlog.get_logger("modeld.engine.switching")
 class _Begun:
     """What an operation started under the lock, for its caller to wait on outside it."""
 
-    record: Model
+    model: Model
     result: SwitchResult
     load_task: LoadTask | None = None
     moved: list[str] = field(default_factory=list)
@@ -81,9 +81,10 @@ class Switcher:
     """Brings models up: switch, start, restart, the restart policy's retries."""
 
     def __init__(
-        self, lifecycle: Lifecycle, operations: Operations, room: Room, leases: Leases
+        self, backends: Backends, operations: Operations, room: Room, leases: Leases
     ) -> None:
-        self._life = lifecycle
+        self._backends = backends
+        self._registry = backends.registry
         self._ops = operations
         self._leases = leases
         self.room = room
@@ -112,9 +113,9 @@ class Switcher:
                 del self._underway[name]
                 under.ended.set()
 
-    async def preview(self, record: Model, force: bool) -> PlanResult:
-        """What a switch to `record` would do now, and why; changes nothing."""
-        return await preview_switch(self._life, self._leases, record, force)
+    async def preview(self, model: Model, force: bool) -> PlanResult:
+        """What a switch to `model` would do now, and why; changes nothing."""
+        return await preview_switch(self._backends, self._leases, model, force)
 
     @contextlib.asynccontextmanager
     async def no_requests(self, name: str, force: bool) -> AsyncIterator[None]:
@@ -128,29 +129,29 @@ class Switcher:
         finally:
             self._leases.end_drain(drained)
 
-    async def bring_down(self, record: Model, caller: Asker | None, force: bool) -> StopResult:
+    async def bring_down(self, model: Model, caller: Asker | None, force: bool) -> StopResult:
         """Stop a model's backend once its requests in flight have ended (or at once with
         `force`); stopping a stopped model is fine."""
         async with (
-            self.no_requests(record.name, force),
-            self._ops.operation("stop", record, caller),
+            self.no_requests(model.name, force),
+            self._ops.operation("stop", model, caller),
         ):
-            if record.state is State.STOPPED:
-                return StopResult(status="already_stopped", model=record.name)
-            await self._life.check_runtime(record)
-            await self._life.stop_model(record, "requested")
-            return StopResult(status="stopped", model=record.name)
+            if model.state is State.STOPPED:
+                return StopResult(status="already_stopped", model=model.name)
+            await self._backends.check_runtime(model)
+            await self._backends.stop_model(model, "requested")
+            return StopResult(status="stopped", model=model.name)
 
-    async def bring_back(self, record: Model) -> bool:
+    async def bring_back(self, model: Model) -> bool:
         """The restart policy's retry: start it again if it is still down; False if that
         failed (a model removed by a reload meanwhile counts as done)."""
         try:
-            async with self._ops.operation(AUTO_RESTART, record, None):
+            async with self._ops.operation(AUTO_RESTART, model, None):
                 # An operator's own operation cancels a pending restart before it gets
                 # here; a model found running again (re-adopted) needs none.
-                if record.state not in (State.FAILED, State.STOPPED):
+                if model.state not in (State.FAILED, State.STOPPED):
                     return True
-                begun = await self._begin(record, evict=False)
+                begun = await self._begin(model, evict=False)
             if isinstance(begun, _Blocked):
                 return False
             with self._ops.counted():
@@ -164,7 +165,7 @@ class Switcher:
     async def bring_up(
         self,
         op: str,
-        record: Model,
+        model: Model,
         caller: Asker | None,
         *,
         evict: bool,
@@ -181,160 +182,160 @@ class Switcher:
         deadline = None if timeout is None else time.monotonic() + timeout
         drained: list[str] = []
         # Meanwhile a lease that may not cause a load joins this one (underway()).
-        with self._bringing(record.name):
+        with self._bringing(model.name):
             try:
                 while True:
-                    async with self._ops.operation(op, record, caller):
+                    async with self._ops.operation(op, model, caller):
                         if restart:
-                            await self._life.check_runtime(record)
-                            if record.state is not State.STOPPED:
-                                await self._life.stop_model(record, "restart")
-                                records = self._life.records.values()
-                                await self._life.ledger.wait_for_room(record, records)
+                            await self._backends.check_runtime(model)
+                            if model.state is not State.STOPPED:
+                                await self._backends.stop_model(model, "restart")
+                                models = self._registry.models.values()
+                                await self._backends.ledger.wait_for_room(model, models)
                             restart = False
-                        begun = await self._begin(record, evict=evict, force=force)
+                        begun = await self._begin(model, evict=evict, force=force)
                     if not isinstance(begun, _Blocked):
                         break
                     if isinstance(begun.decision, Drain):
                         drained += await self.room.drain(list(begun.decision.busy), deadline)
                     else:
-                        await self.room.settle(record, deadline)
+                        await self.room.settle(model, deadline)
             finally:
                 # The evicted are gone (or the switch gave up): their acquires may go on.
                 self._leases.end_drain(drained)
             with self._ops.counted():
                 return await self._finish(begun, wait, left(deadline))
 
-    async def _decide(self, record: Model, evict: bool, force: bool) -> Decision:
+    async def _decide(self, model: Model, evict: bool, force: bool) -> Decision:
         """Gather the facts (reading the GPU and planning only when the target is down)
         and decide."""
-        facts = SwitchFacts(record.state, evict, force)
+        facts = SwitchFacts(model.state, evict, force)
         decision = decide_switch(facts)
         if not isinstance(decision, NeedPlan):
             return decision
-        await self._life.check_runtime(record)
+        await self._backends.check_runtime(model)
         if decision.clear_failed:
             # A failed backend may linger (vLLM's API server outlives its dead engine):
             # stop it first, so its memory is not counted twice.
-            await self._life.stop_model(record, "clearing failed backend before start")
-        decided, *_ = await decide_with_plans(self._life, self._leases, record, evict, force)
+            await self._backends.stop_model(model, "clearing failed backend before start")
+        decided, *_ = await decide_with_plans(self._backends, self._leases, model, evict, force)
         return decided
 
-    async def _begin(self, record: Model, *, evict: bool, force: bool = False) -> _Begun | _Blocked:
+    async def _begin(self, model: Model, *, evict: bool, force: bool = False) -> _Begun | _Blocked:
         """Under the lock: decide, then stop or park what must go and start (or begin
         waking) the target. Returns what the caller waits on, outside the lock."""
-        decision = await self._decide(record, evict, force)
+        decision = await self._decide(model, evict, force)
         match decision:
             case AlreadyRunning():
-                self._life.count_demand(record)
-                record.touched()
-                message = f"Model '{record.name}' is already running and healthy"
+                self._registry.count_demand(model)
+                model.touched()
+                message = f"Model '{model.name}' is already running and healthy"
                 return _Begun(
-                    record,
-                    SwitchResult(status="already_loaded", model=record.name, message=message),
+                    model,
+                    SwitchResult(status="already_loaded", model=model.name, message=message),
                 )
             case JoinLoad():
-                self._life.count_demand(record)
-                return _Begun(record, _success(record, [], None), load_task=record.load_task)
+                self._registry.count_demand(model)
+                return _Begun(model, _success(model, [], None), load_task=model.load_task)
             case WaitForLoads() | Drain():
                 return _Blocked(decision)
             case Refuse(reason=Refusal.NO_ROOM, plan=Infeasible() as infeasible):
-                raise self.room.no_room(record, infeasible)
+                raise self.room.no_room(model, infeasible)
             case Refuse(plan=Plan() as plan):
-                self._life.count_demand(record)
-                raise _would_evict(record, plan, self._memory_info(record, plan))
+                self._registry.count_demand(model)
+                raise _would_evict(model, plan, self._memory_info(model, plan))
             case Execute(plan=plan):
-                return await self._execute(record, plan)
+                return await self._execute(model, plan)
         raise AssertionError(f"undecided: {decision!r}")
 
-    async def _execute(self, record: Model, plan: Plan) -> _Begun:
+    async def _execute(self, model: Model, plan: Plan) -> _Begun:
         """Carry out a plan: make room, wait for the driver to show it, start or wake."""
-        self._life.count_demand(record)
-        memory_info = self._memory_info(record, plan)
+        self._registry.count_demand(model)
+        memory_info = self._memory_info(model, plan)
         log.info(
             "switch.plan",
-            model=record.name,
+            model=model.name,
             stop=list(plan.stop),
             park=list(plan.park),
             **memory_info.answer(),
         )
-        self._life.events.publish(
+        self._registry.events.publish(
             SwitchPlanned(
-                model=record.name,
+                model=model.name,
                 stop=list(plan.stop),
                 park=list(plan.park),
                 memory_info=memory_info,
-                policy=self._life.config.daemon.eviction_policy,
+                policy=self._registry.config.daemon.eviction_policy,
             )
         )
-        stopped, parked = await self.room.make_room(record, plan)
+        stopped, parked = await self.room.make_room(model, plan)
         moved = [*stopped, *parked]
-        result = _success(record, moved, memory_info).model_copy(update={"parked_models": parked})
-        begun = _Begun(record, result, moved=moved)
+        result = _success(model, moved, memory_info).model_copy(update={"parked_models": parked})
+        begun = _Begun(model, result, moved=moved)
         try:
-            begun.waking = await self.room.start_or_wake(record, stopped, parked)
+            begun.waking = await self.room.start_or_wake(model, stopped, parked)
         except ModeldError as failure:
             begun.failure = failure  # the caller rolls back, outside the lock
-        begun.load_task = record.load_task
+        begun.load_task = model.load_task
         return begun
 
-    def _memory_info(self, record: Model, plan: Plan) -> MemoryInfo:
-        return memory_info(self._life, record, plan)
+    def _memory_info(self, model: Model, plan: Plan) -> MemoryInfo:
+        return memory_info(self._backends, model, plan)
 
     async def _finish(self, begun: _Begun, wait: bool, timeout: float | None) -> SwitchResult:
         """Outside the lock: wait for the load begun (or joined), roll back on failure."""
-        record, result = begun.record, begun.result
+        model, result = begun.model, begun.result
         if result.status == "already_loaded":
             return result
         failure = begun.failure
         if failure is None and wait and begun.load_task is not None:
-            failure = await self._life.wait_load(record, begun.load_task, timeout)
+            failure = await self._backends.wait_load(model, begun.load_task, timeout)
         if failure is not None:
             # A failed switch should not leave users with nothing: bring back what it
             # stopped. A caller's own timeout is not a failure: the load goes on.
-            rollback = begun.moved and self._life.config.daemon.rollback_on_failure
-            if rollback and record.state is State.FAILED:
-                failure.data.update(await self.room.restore(tuple(begun.moved), record.name))
+            rollback = begun.moved and self._registry.config.daemon.rollback_on_failure
+            if rollback and model.state is State.FAILED:
+                failure.data.update(await self.room.restore(tuple(begun.moved), model.name))
             raise failure
         outcome: dict[str, object] = {}
         woke = None
         if begun.waking and wait:
-            woke_s = record.sleep.last_wake_s
-            woke = record.sleep.fallback is None
+            woke_s = model.sleep.last_wake_s
+            woke = model.sleep.fallback is None
             outcome |= {
                 "woke": woke,
                 "wake_seconds": round(woke_s, 2) if woke_s else None,
-                "wake_fallback": record.sleep.fallback,
+                "wake_fallback": model.sleep.fallback,
             }
         # A woken model did not load: its wake time is in wake_seconds.
-        loaded = None if woke else record.loading.last_s
+        loaded = None if woke else model.loading.last_s
         outcome |= {
-            "state": record.state.value,
-            "health": record.health.value,
+            "state": model.state.value,
+            "health": model.health.value,
             "load_seconds": round(loaded, 2) if loaded else None,
         }
         return result.model_copy(update=outcome)
 
 
-def _success(record: Model, unloaded: list[str], memory_info: MemoryInfo | None) -> SwitchResult:
+def _success(model: Model, unloaded: list[str], memory_info: MemoryInfo | None) -> SwitchResult:
     """The seed's `success` answer, before the outcome of the load is known."""
     return SwitchResult(
         status="success",
-        model=record.name,
+        model=model.name,
         unloaded_models=unloaded,
-        estimated_load_time_seconds=round(record.load_estimate_s(), 1),
+        estimated_load_time_seconds=round(model.load_estimate_s(), 1),
         memory_info=memory_info
         or MemoryInfo(required_gb=None, available_before_gb=None, freed_gb=0),
     )
 
 
-def _would_evict(record: Model, plan: Plan, memory_info: MemoryInfo) -> InsufficientMemory:
+def _would_evict(model: Model, plan: Plan, memory_info: MemoryInfo) -> InsufficientMemory:
     """`start` never stops or parks anything: the refusal, naming who would have to go."""
     touched = ", ".join([*plan.stop, *plan.park])
     return InsufficientMemory(
-        f"Not enough free GPU memory to start {record.name} without stopping "
+        f"Not enough free GPU memory to start {model.name} without stopping "
         f"{touched}; use switch to let modeld stop them",
-        model=record.name,
+        model=model.name,
         would_stop=list(plan.stop),
         would_park=list(plan.park),
         **memory_info.answer(),

@@ -1,6 +1,6 @@
 """The status view: every model in the seed's fields and the GPU block, built from
 memory and rebuilt only when something it shows has changed (callers may ask thousands
-of times a second). The one signal is the Revision every record write and every other
+of times a second). The one signal is the Revision every Model's change and every other
 shown change bumps; elapsed times in the view are refreshed every STATUS_MAX_AGE_S."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from typing import Any
 
 from modeld.core.jsonraw import RawJSON
 from modeld.core.states import State
-from modeld.engine.lifecycle import Lifecycle
+from modeld.engine.backends import Backends
 from modeld.engine.status_fields import gpu_view, model_view, models_view, runtime_view
 from modeld.wire.status import GpuStatus, ModelInfo, Parking, Status, without_backend_output
 
@@ -24,9 +24,10 @@ class StatusView:
     """`status`, `gpu`, `models` and the systemd status line, from memory."""
 
     def __init__(
-        self, lifecycle: Lifecycle, busy: Callable[[], int], subscribers: Callable[[], int]
+        self, backends: Backends, busy: Callable[[], int], subscribers: Callable[[], int]
     ) -> None:
-        self._life = lifecycle
+        self._backends = backends
+        self._registry = backends.registry
         self._busy = busy
         self._subscribers = subscribers
         self._key: tuple[Any, ...] | None = None
@@ -52,9 +53,9 @@ class StatusView:
         return self._redacted
 
     def _refresh(self) -> None:
-        ledger = self._life.ledger
+        ledger = self._backends.ledger
         key = (
-            self._life.revision.value,
+            self._registry.revision.value,
             id(ledger.reading),
             ledger.error,
             int(time.monotonic() / STATUS_MAX_AGE_S),
@@ -67,22 +68,23 @@ class StatusView:
         self._key = key
 
     def _build(self) -> Status:
-        life, now = self._life, time.monotonic()
-        records = life.records.values()
+        now, ledger = time.monotonic(), self._backends.ledger
+        models = self._registry.models.values()
         busy = self._busy()
         return Status(
             models={
-                name: model_view(r, life.ledger.reading, now) for name, r in life.records.items()
+                name: model_view(r, ledger.reading, now)
+                for name, r in self._registry.models.items()
             },
             gpu=self.gpu(),
             parking=Parking(
-                ram_budget_gb=life.config.daemon.park_ram_gb,
-                ram_used_gb=round(life.ledger.ram_parked_gb(records), 1),
+                ram_budget_gb=self._registry.config.daemon.park_ram_gb,
+                ram_used_gb=round(ledger.ram_parked_gb(models), 1),
                 # What the next park may take: the budget's rest, within the host's spare.
-                ram_free_gb=round(max(0.0, life.ledger.ram_free_gb(records)), 1),
+                ram_free_gb=round(max(0.0, ledger.ram_free_gb(models)), 1),
             ),
-            runtimes=runtime_view(life.runtime_errors),
-            eviction_policy=life.config.daemon.eviction_policy,
+            runtimes=runtime_view(self._backends.runtime_errors),
+            eviction_policy=self._registry.config.daemon.eviction_policy,
             busy=busy > 0,
             in_flight=busy,
             subscribers=self._subscribers(),
@@ -90,16 +92,16 @@ class StatusView:
 
     def gpu(self) -> GpuStatus:
         """The last GPU reading in the seed's shape, with devices and freshness."""
-        ledger = self._life.ledger
+        ledger = self._backends.ledger
         return gpu_view(ledger.reading, ledger.backend, ledger.error, ledger.error is not None)
 
     def models(self) -> list[ModelInfo]:
         """The configured models."""
-        return models_view(self._life.records.values(), self._life.ledger.reading)
+        return models_view(self._registry.models.values(), self._backends.ledger.reading)
 
     def summary(self) -> str:
         """One line for `systemctl status`: e.g. "2 running, 1 loading · 41.3 GB free"."""
-        counts = Counter(r.state for r in self._life.records.values())
+        counts = Counter(r.state for r in self._registry.models.values())
         shown_states = (State.RUNNING, State.LOADING, State.SLEEPING, State.FAILED)
         parts = [f"{counts[s]} {s.value}" for s in shown_states]
         shown = ", ".join(p for p in parts if not p.startswith("0 ")) or "none running"
