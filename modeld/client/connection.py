@@ -15,9 +15,10 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
+from modeld.core.errors import WouldLoad
 from modeld.core.queues import DropOldest
 from modeld.wire.events import AnyEvent, read_event
-from modeld.wire.results import LeaseResult
+from modeld.wire.results import LeaseResult, NotLoaded
 from modeld.wire.status import GpuStatus, Status
 
 T = TypeVar("T", bound=BaseModel)
@@ -152,6 +153,13 @@ class Client:
 
     async def call(self, method: str, /, **params: object) -> Any:
         """Call `method` with named params; the result, or RpcError."""
+        response = await self._ask(method, params)
+        if "error" in response:
+            raise _refusal(response)
+        return response["result"]
+
+    async def _ask(self, method: str, params: dict[str, object]) -> dict[str, Any]:
+        """Send one call; its whole answer (a `result` or an `error`)."""
         assert self._writer is not None, "use `async with`"
         if self._closed is not None:
             raise self._closed
@@ -159,18 +167,14 @@ class Client:
         message: dict[str, object] = {"jsonrpc": "2.0", "id": request_id, "method": method}
         if params:
             message["params"] = params
-        answer = asyncio.get_running_loop().create_future()
+        answer: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self._pending[request_id] = answer
         try:
             self._writer.write(json.dumps(message).encode() + b"\n")
             await self._writer.drain()
-            response = await answer
+            return await answer
         finally:
             self._pending.pop(request_id, None)
-        if "error" in response:
-            error = response["error"]
-            raise RpcError(error["code"], error["message"], error.get("data"))
-        return response["result"]
 
     async def events(self) -> AsyncIterator[AnyEvent]:
         """Subscribe, then yield each event the daemon pushes on this connection."""
@@ -207,23 +211,47 @@ class Client:
         """`gpu`: the last GPU reading."""
         return read_answer(GpuStatus, "gpu", await self.call("gpu"))
 
-    async def acquire(
-        self, model: str, timeout_s: float | None = None, *, load: bool = True
-    ) -> LeaseResult:
-        """`acquire`: a lease on `model` once it runs (with `load` false, only if that
-        needs no load or wake of its own). A caller cancelled while it waits (a client
-        that hung up) does not leak the lease: it is released once granted."""
+    async def acquire(self, model: str, timeout_s: float | None = None) -> LeaseResult:
+        """`acquire`: a lease on `model` once it runs, switching, waking or joining a load
+        as needed. A caller cancelled while it waits (a client that hung up) does not
+        leak the lease: it is released once granted."""
+        response = await self._acquire(model, timeout_s, load=True)
+        if "error" in response:
+            raise _refusal(response)
+        return await self._lease_read(response["result"])
+
+    async def acquire_if_loaded(
+        self, model: str, timeout_s: float | None = None
+    ) -> LeaseResult | NotLoaded:
+        """`acquire` with `load: false`: a lease on `model` if that needs no load or wake
+        of its own (joining one under way is fine), else NotLoaded, holding nothing. A
+        router budgets the loads its callers cause with it."""
+        response = await self._acquire(model, timeout_s, load=False)
+        if "error" not in response:
+            return await self._lease_read(response["result"])
+        error = response["error"]
+        data = error.get("data")
+        if error.get("code") != WouldLoad.code or not isinstance(data, dict):
+            raise _refusal(response)
+        try:
+            return NotLoaded(model=data["model"], state=data["state"], message=error["message"])
+        except (KeyError, ValidationError) as exc:
+            raise UnreadableAnswer("acquire", f"would_load without {exc}") from None
+
+    async def _acquire(self, model: str, timeout_s: float | None, load: bool) -> dict[str, Any]:
         params: dict[str, object] = {"model": model}
         if timeout_s is not None:
             params["timeout_s"] = timeout_s
         if not load:
             params["load"] = False
-        pending = asyncio.ensure_future(self.call("acquire", **params))
+        pending = asyncio.ensure_future(self._ask("acquire", params))
         try:
-            granted = await asyncio.shield(pending)
+            return await asyncio.shield(pending)
         except asyncio.CancelledError:
             pending.add_done_callback(self._release_granted)
             raise
+
+    async def _lease_read(self, granted: Any) -> LeaseResult:
         try:
             return read_answer(LeaseResult, "acquire", granted)
         except UnreadableAnswer:
@@ -233,10 +261,13 @@ class Client:
                     await self.call("release", lease=granted["lease"])
             raise
 
-    def _release_granted(self, acquired: asyncio.Future[Any]) -> None:
+    def _release_granted(self, acquired: asyncio.Future[dict[str, Any]]) -> None:
         if acquired.cancelled() or acquired.exception() is not None or self.closed:
             return
-        release = asyncio.ensure_future(self.call("release", lease=acquired.result()["lease"]))
+        granted = acquired.result().get("result")
+        if not isinstance(granted, dict) or "lease" not in granted:
+            return  # refused: nothing is held
+        release = asyncio.ensure_future(self.call("release", lease=granted["lease"]))
         self._background.add(release)
         release.add_done_callback(self._background.discard)
         release.add_done_callback(lambda done: done.cancelled() or done.exception())
@@ -262,6 +293,12 @@ class Client:
         finally:
             with contextlib.suppress(DaemonUnreachable):  # then it ended with the connection
                 await self.call("release", lease=granted.lease)
+
+
+def _refusal(response: dict[str, Any]) -> RpcError:
+    """An answer's `error`, as the exception a call raises."""
+    error = response["error"]
+    return RpcError(error["code"], error["message"], error.get("data"))
 
 
 async def call(method: str, path: Path | None = None, /, **params: object) -> Any:

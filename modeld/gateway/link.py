@@ -28,7 +28,7 @@ from modeld.wire.events import (
     GatewayDisconnected,
     StateChanged,
 )
-from modeld.wire.results import LeaseResult
+from modeld.wire.results import LeaseResult, NotLoaded
 from modeld.wire.status import Status
 
 log = structlog.get_logger("modeld.gateway.link")
@@ -191,16 +191,22 @@ class DaemonLink:
         return await _answer(await self._calls.client(), method, limit, **params)
 
     @contextlib.asynccontextmanager
-    async def lease(self, model: str, timeout_s: float, load: bool = True) -> AsyncIterator[Lease]:
+    async def lease(
+        self, model: str, timeout_s: float, load: bool = True
+    ) -> AsyncIterator[Lease | NotLoaded]:
         """Hold a lease on `model` for the block (or until its `release()`): the model
-        runs, and is not evicted, meanwhile. With `load` false, `would_load` instead of
-        causing a load or a wake. A block cancelled while it waits leaks nothing
-        (Client.acquire)."""
+        runs, and is not evicted, meanwhile. With `load` false, NotLoaded (nothing held)
+        where that would need a load or a wake of its own. A block cancelled while it
+        waits leaks nothing (Client.acquire)."""
         client = await self._lease_client()
         late = GatewayError("timeout", f"{model} did not run within {timeout_s:g}s", model=model)
-        granted = await _mapped(
-            client.acquire(model, timeout_s, load=load), timeout_s + ANSWER_MARGIN_S, late
+        asking: Awaitable[LeaseResult | NotLoaded] = (
+            client.acquire(model, timeout_s) if load else client.acquire_if_loaded(model, timeout_s)
         )
+        granted = await _mapped(asking, timeout_s + ANSWER_MARGIN_S, late)
+        if isinstance(granted, NotLoaded):
+            yield granted
+            return
         lease = Lease(client, granted)
         self._held.add(lease)
         try:

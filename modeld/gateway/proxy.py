@@ -14,6 +14,7 @@ import time
 from collections import Counter, deque
 from collections.abc import Awaitable
 from dataclasses import dataclass
+from typing import Literal, overload
 
 import structlog
 from aiohttp import web
@@ -30,6 +31,7 @@ from modeld.gateway.metrics import GatewayMetrics
 from modeld.gateway.shares import BODIES, QUEUE, FairShares, Hold
 from modeld.gateway.streaming import ClientGone
 from modeld.gateway.upstream import ANSWERED, FAILED, Upstream
+from modeld.wire.results import NotLoaded
 
 # How many of the latest requests the gateway keeps to show (GET /v1/requests).
 RECENT_KEPT = 100
@@ -243,11 +245,9 @@ class Proxy:
         idle = self._link.states.get(model) in IDLE_STATES and not self._loads_asked[model]
         if retry is None or not idle:
             # The daemon says whether it would load (the gateway's view is only a hint).
-            try:
-                return await self._serve(request, model, waiting, load=False, asked=asked)
-            except GatewayError as exc:
-                if exc.kind != "would_load":
-                    raise
+            answered = await self._serve(request, model, waiting, load=False, asked=asked)
+            if answered is not None:
+                return answered
             retry = self._budget.take(caller.name)
         # else: spent, the model stopped, asleep or failed as the daemon last said (an
         # unknown state is asked about) and no load of it asked for here: refused without
@@ -269,12 +269,23 @@ class Proxy:
         self._metrics.key_loads.labels(caller.name).inc()
         return await self._serve(request, model, waiting, load=True, asked=asked)
 
+    @overload
+    async def _serve(
+        self, request: web.Request, model: str, waiting: Waiting, load: Literal[True], asked: str
+    ) -> web.StreamResponse: ...
+
+    @overload
+    async def _serve(
+        self, request: web.Request, model: str, waiting: Waiting, load: Literal[False], asked: str
+    ) -> web.StreamResponse | None: ...
+
     async def _serve(
         self, request: web.Request, model: str, waiting: Waiting, load: bool, asked: str
-    ) -> web.StreamResponse:
+    ) -> web.StreamResponse | None:
         """Lease `model` (asked for as `asked`: its name or an alias) and forward the
-        request, under the name its backend serves it by. A streamed request that may
-        wait for a load gets its headers and loading comments meanwhile (loading.py)."""
+        request, under the name its backend serves it by; None (`load` false) where the
+        daemon says that would need a load or a wake. A streamed request that may wait for
+        a load gets its headers and loading comments meanwhile (loading.py)."""
         started, feedback = time.monotonic(), None
         state = self._link.states.get(model)
         # A request that will wait (for a load, or its turn) takes a place in the queue.
@@ -288,6 +299,15 @@ class Proxy:
         try:
             async with self._link.lease(model, self._config.acquire_timeout_s, load) as lease:
                 asking.done()
+                if isinstance(lease, NotLoaded):
+                    if load or (feedback is not None and feedback.response is not None):
+                        # Its headers said 200 while it joined a load that then failed:
+                        # the stream's error event says so (the daemon never refuses a
+                        # lease that may load this way).
+                        raise GatewayError(
+                            "would_load", lease.message, model=lease.model, state=lease.state
+                        )
+                    return None
                 place.release()
                 waiting.holding.release()
                 self._metrics.load_wait.labels(model).observe(time.monotonic() - started)

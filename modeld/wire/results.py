@@ -71,6 +71,16 @@ class LeaseResult(Result):
     waited_seconds: float
 
 
+class NotLoaded(Result):
+    """`acquire` with `load: false` refused (`would_load`, an error on the wire): `model`
+    would need a load or a wake of its own. The client reads it from that error, so a
+    router's budget is an answer it reads, not an exception it catches."""
+
+    model: str
+    state: str
+    message: str
+
+
 class ReleaseResult(Result):
     """`release`."""
 

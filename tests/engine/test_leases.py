@@ -17,6 +17,7 @@ from modeld.core.states import State
 from modeld.daemon.server import Limits
 from modeld.engine.engine import Engine
 from modeld.testing.fakes import Behaviour, FakeRuntime
+from modeld.wire.results import LeaseResult, NotLoaded
 from tests.support import (
     EngineFactory,
     ServeFactory,
@@ -359,3 +360,22 @@ async def test_a_model_found_idle_at_startup_is_not_held(engines: EngineFactory)
         assert result.unloaded_models == ["a"]
     finally:
         await second.shutdown()
+
+
+async def test_a_router_reads_would_load_as_an_answer(serve: ServeFactory) -> None:
+    """`acquire_if_loaded` (a router budgeting its callers' loads): a stopped model is an
+    answer, NotLoaded with its state, holding nothing and starting nothing; a running
+    one is a lease; and the same call with leave to load still loads it."""
+    path, engine, _ = await serve(make_config(TWO, [80]))
+    async with Client(path) as client:
+        refused = await client.acquire_if_loaded("a", 5)
+        assert isinstance(refused, NotLoaded)
+        assert (refused.model, refused.state) == ("a", "stopped")
+        assert state_of(engine, "a") is State.STOPPED
+        granted = await client.acquire("a", 30)
+        again = await client.acquire_if_loaded("a", 5)
+        assert isinstance(again, LeaseResult) and again.lease != granted.lease
+        assert engine.view.status().models["a"].leases == 2
+        with pytest.raises(RpcError) as unknown:
+            await client.acquire_if_loaded("nope", 5)
+        assert unknown.value.data["error"] == "unknown_model"
