@@ -138,13 +138,9 @@ def is_query(request: Any) -> bool:
 
 
 def _options(request: Any, context: Context) -> dict[str, Any]:
-    """jsonrpcserver's dispatch options for a line parsed already (or UNPARSED)."""
-    return {
-        "context": context,
-        # Parsed once already; what did not parse is left to jsonrpcserver to report.
-        "deserializer": json.loads if request is UNPARSED else lambda _: request,
-        "validator": validate_envelope,
-    }
+    """jsonrpcserver's dispatch options for a line parsed already (a line that did not
+    parse is refused before any dispatch)."""
+    return {"context": context, "deserializer": lambda _: request, "validator": validate_envelope}
 
 
 def answer_now(text: str, request: Any, context: Context) -> bytes | None:
