@@ -88,3 +88,36 @@ def human_size(size: int | None) -> str | None:
             return f"{value:.1f}{unit}"
         value /= 1024
     return f"{value:.1f}TB"
+
+
+def adapter_dir(cache: Path, adapter: str) -> Path | None:
+    """Where a LoRA adapter's files are: `adapter` itself when it is a path (absolute, or
+    starting with `.`), else the Hugging Face repo id's snapshot in the cache (the one
+    `refs/main` names, else the newest); None when the cache has none."""
+    if adapter.startswith(("/", ".")):
+        return Path(adapter)
+    repo = _repo(cache, adapter)
+    try:
+        revision = (repo / "refs" / "main").read_text().strip()
+    except OSError:
+        revision = ""
+    if revision and (repo / "snapshots" / revision).is_dir():
+        return repo / "snapshots" / revision
+    try:
+        snapshots = sorted((repo / "snapshots").iterdir(), key=lambda p: p.stat().st_mtime)
+    except OSError:
+        return None
+    return snapshots[-1] if snapshots else None
+
+
+def adapter_facts(path: Path) -> tuple[int | None, str | None] | None:
+    """An adapter directory's rank (`r`) and base model (`base_model_name_or_path`) from
+    its adapter_config.json; None when there is no readable one."""
+    try:
+        config = json.loads((path / "adapter_config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(config, dict):
+        return None
+    rank, base = config.get("r"), config.get("base_model_name_or_path")
+    return (rank if isinstance(rank, int) else None, base if isinstance(base, str) else None)

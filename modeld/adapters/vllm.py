@@ -1,10 +1,11 @@
-"""The one vLLM HTTP client: health, sleep mode and request metrics, over one session.
+"""The one vLLM HTTP client: health, sleep mode, LoRA adapters at run time and request
+metrics, over one session.
 
 Every read is bounded (a backend is not trusted to send a sane body) and every call has
 a deadline. Health is a verdict, never an exception; the sleep calls raise
 SleepModeFailed naming the endpoint and what it said, which the Engine turns into a
 fallback (stop instead of park, cold start instead of wake); metrics that cannot be
-read are None.
+read are None. The adapter calls raise AdapterFailed with vLLM's reason.
 
 vLLM serves the sleep endpoints only with VLLM_SERVER_DEV_MODE=1 and
 `--enable-sleep-mode` (docs/threat-model.md says why that must stay on loopback).
@@ -18,10 +19,11 @@ from dataclasses import replace
 from enum import StrEnum
 
 import aiohttp
+from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from modeld.core.activity import Activity, parse_activity
 from modeld.core.config import ModelConfig
-from modeld.core.errors import SleepModeFailed
+from modeld.core.errors import AdapterFailed, ModeldError, SleepModeFailed
 
 # Level 1 moves the weights to host RAM and drops the KV cache: a wake restores them.
 PARK_LEVEL = 1
@@ -29,6 +31,8 @@ PARK_LEVEL = 1
 # tens of kilobytes even with many label sets.
 MAX_ANSWER_BYTES = 64 * 1024
 MAX_METRICS_BYTES = 4 * 1024 * 1024
+# `/v1/models` lists the base and every adapter loaded in it (a few hundred bytes each).
+MAX_MODELS_BYTES = 1024 * 1024
 
 
 class Health(StrEnum):
@@ -57,8 +61,9 @@ async def _read(response: aiohttp.ClientResponse, limit: int) -> str:
 
 class VllmClient:
     """Talks to vLLM backends: `/health`, `/sleep`, `/wake_up`, `/is_sleeping`,
-    `/metrics`. One aiohttp session for every backend on TCP, and one for each backend
-    on a Unix socket (`unix:/path.sock`: aiohttp binds a Unix connector to one path)."""
+    `/v1/load_lora_adapter`, `/v1/unload_lora_adapter`, `/v1/models`, `/metrics`. One
+    aiohttp session for every backend on TCP, and one for each backend on a Unix socket
+    (`unix:/path.sock`: aiohttp binds a Unix connector to one path)."""
 
     def __init__(self, timeout_s: float = 2.0) -> None:
         self._timeout = aiohttp.ClientTimeout(total=timeout_s)
@@ -111,29 +116,40 @@ class VllmClient:
             return None
         return None if parsed is None else replace(parsed, at=time.monotonic())
 
-    async def _call(self, method: str, endpoint: str, path: str, timeout_s: float) -> str:
+    async def _call(
+        self,
+        method: str,
+        endpoint: str,
+        path: str,
+        timeout_s: float,
+        *,
+        body: dict[str, str] | None = None,
+        failed: type[ModeldError] = SleepModeFailed,
+        limit: int = MAX_ANSWER_BYTES,
+    ) -> str:
+        """One call to a backend's endpoint; its answer's text, or `failed` saying why."""
         session, url = self._url(endpoint, path)
         try:
             async with session.request(
-                method, url, timeout=aiohttp.ClientTimeout(total=timeout_s)
+                method, url, json=body, timeout=aiohttp.ClientTimeout(total=timeout_s)
             ) as response:
-                body = await _read(response, MAX_ANSWER_BYTES)
+                text = await _read(response, limit)
                 if response.status != 200:
-                    hint = " (is VLLM_SERVER_DEV_MODE=1 set?)" if response.status == 404 else ""
                     # What the backend said goes in `answer` (for admins), not the message.
-                    raise SleepModeFailed(
-                        f"{method} {path} answered {response.status}{hint}",
+                    raise failed(
+                        f"{method} {path} answered {response.status}"
+                        f"{_why(response.status, text, failed)}",
                         endpoint=endpoint,
                         status=response.status,
-                        answer=body[:200],
+                        answer=text[:200],
                     )
-                return body
+                return text
         except (aiohttp.ClientError, ConnectionError, _TooLong) as exc:
-            raise SleepModeFailed(
+            raise failed(
                 f"{method} {path} failed: {exc or type(exc).__name__}", endpoint=endpoint
             ) from None
         except TimeoutError:
-            raise SleepModeFailed(
+            raise failed(
                 f"{method} {path} did not answer within {timeout_s}s", endpoint=endpoint
             ) from None
 
@@ -170,9 +186,87 @@ class VllmClient:
         except SleepModeFailed:
             return None
 
+    async def load_adapter(self, endpoint: str, name: str, path: str, timeout_s: float) -> None:
+        """Load a LoRA adapter into a running base, served as `name` (vLLM reads it from
+        `path` before answering); AdapterFailed with vLLM's reason."""
+        body = {"lora_name": name, "lora_path": path}
+        await self._call(
+            "POST", endpoint, "/v1/load_lora_adapter", timeout_s, body=body, failed=AdapterFailed
+        )
+
+    async def unload_adapter(self, endpoint: str, name: str, timeout_s: float) -> bool:
+        """Unload adapter `name` from a base: True once unloaded, False if the base did
+        not have it (vLLM's 404); AdapterFailed otherwise."""
+        try:
+            await self._call(
+                "POST",
+                endpoint,
+                "/v1/unload_lora_adapter",
+                timeout_s,
+                body={"lora_name": name},
+                failed=AdapterFailed,
+            )
+        except AdapterFailed as exc:
+            if exc.data.get("status") == 404 and _vllm_error(exc.data.get("answer", "")):
+                return False
+            raise
+        return True
+
+    async def adapters(self, endpoint: str, timeout_s: float = 5.0) -> dict[str, str]:
+        """The adapters a base serves (`/v1/models` entries with a `parent`): name to the
+        path it was loaded from; AdapterFailed if the answer cannot be read."""
+        text = await self._call(
+            "GET", endpoint, "/v1/models", timeout_s, failed=AdapterFailed, limit=MAX_MODELS_BYTES
+        )
+        try:
+            listed = _MODELS.validate_json(text)
+        except ValidationError:
+            raise AdapterFailed(
+                "GET /v1/models did not answer a model list", endpoint=endpoint, answer=text[:200]
+            ) from None
+        return {m.id: m.root or "" for m in listed.data if m.parent is not None}
+
     async def close(self) -> None:
         """Close the HTTP session."""
         sessions = [*self._unix.values(), *([self._session] if self._session else [])]
         self._session, self._unix = None, {}
         for session in sessions:
             await session.close()
+
+
+class _Card(BaseModel):
+    """One entry of vLLM's `/v1/models` (only what modeld reads)."""
+
+    id: str
+    root: str | None = None
+    parent: str | None = None
+
+
+class _ModelList(BaseModel):
+    data: list[_Card]
+
+
+_MODELS = TypeAdapter(_ModelList)
+
+
+def _vllm_error(text: str) -> str | None:
+    """The message of vLLM's error body (`{"error": {"message": ...}}`), if it is one."""
+    try:
+        answer = json.loads(text)
+    except ValueError:
+        return None
+    error = answer.get("error") if isinstance(answer, dict) else None
+    message = error.get("message") if isinstance(error, dict) else None
+    return message if isinstance(message, str) else None
+
+
+def _why(status: int, text: str, failed: type[ModeldError]) -> str:
+    """What a refusal's message adds: vLLM's own reason for an adapter, or which setting
+    a missing endpoint (a 404 that is not vLLM's error) wants."""
+    if failed is AdapterFailed and (reason := _vllm_error(text)) is not None:
+        return f": {reason[:300]}"
+    if status != 404:
+        return ""
+    if failed is AdapterFailed:
+        return " (is VLLM_ALLOW_RUNTIME_LORA_UPDATING=True set, and --enable-lora given?)"
+    return " (is VLLM_SERVER_DEV_MODE=1 set?)"

@@ -18,9 +18,11 @@ from pydantic import (
 from modeld.core.addresses import fill_placeholders, served_in
 from modeld.core.config_base import NonNegativeFloat, PositiveFloat, Strict
 from modeld.core.config_errors import describe
+from modeld.core.config_tables import named_tables
 from modeld.core.errors import ConfigError
 from modeld.core.gateway_config import GatewayConfig, MetricsConfig
 from modeld.core.gpu_config import GpuConfig
+from modeld.core.lora import RUNTIME_LORA_ENV
 
 EvictionPolicy = Literal["largest_first", "lru", "fewest", "cost_aware"]
 SLEEP_MODE_FLAG = "--enable-sleep-mode"
@@ -164,6 +166,12 @@ class ModelConfig(Strict):
     wake_timeout_s: PositiveFloat = 60.0
     # Park (sleep_mode) or stop the model once it has served no request for this long.
     idle_unload_after_s: PositiveFloat | None = None
+    # A LoRA adapter (core/lora.py): the model it runs in, and its directory (PEFT's
+    # layout) or Hugging Face repo id. Its endpoint, runtime and GPUs are its base's.
+    base: str | None = None
+    adapter: str | None = None
+    # A base's adapters, by name: filled from the adapters' `base`, never written.
+    adapters: list[str] = Field(default_factory=list)
 
     @model_validator(mode="before")
     @classmethod
@@ -207,6 +215,10 @@ class ModelConfig(Strict):
 
     @model_validator(mode="after")
     def _runtime_fields(self) -> Self:
+        if (self.base is None) != (self.adapter is None):
+            raise ValueError("an adapter needs both `base` (its model) and `adapter` (its files)")
+        if self.base is not None:
+            return self  # its runtime is its base's
         if self.gpu_memory_gb is not None and self.gpu_memory_utilization is not None:
             raise ValueError("set gpu_memory_gb or gpu_memory_utilization, not both")
         if self.runtime == "docker" and not (self.container or self.image):
@@ -245,8 +257,11 @@ class ModelConfig(Strict):
     @property
     def launch_env(self) -> dict[str, str]:
         """The environment to add: `env`, with vLLM's dev mode (which serves /sleep) when
-        sleep_mode is on."""
-        return {**({"VLLM_SERVER_DEV_MODE": "1"} if self.sleep_mode else {}), **self.env}
+        sleep_mode is on, and runtime LoRA loading for a base with adapters."""
+        added = {"VLLM_SERVER_DEV_MODE": "1"} if self.sleep_mode else {}
+        if self.adapters:
+            added.update(RUNTIME_LORA_ENV)
+        return {**added, **self.env}
 
     @property
     def parked_ram_gb(self) -> float:
@@ -281,40 +296,8 @@ class Config(Strict):
     def _name_models(cls, data: object) -> object:
         # Each model learns its own name from its table key, so it can be passed around alone.
         if isinstance(data, dict) and isinstance(data.get("models"), dict):
-            data = dict(data)
-            daemon = data.get("daemon")
-            settings = daemon if isinstance(daemon, dict) else {}
-            # A value of the wrong type is reported by the [daemon] table's own check.
-            chosen, state = settings.get("cache_dir"), settings.get("state_dir")
-            cache = (
-                Path(chosen)
-                if isinstance(chosen, str | Path)
-                else Path(state if isinstance(state, str | Path) else DaemonConfig().state_dir)
-                / "cache"
-            )
-            chosen = settings.get("backend_socket_dir")
-            socket = settings.get("socket")
-            sockets = (
-                Path(chosen)
-                if isinstance(chosen, str | Path)
-                else Path(
-                    socket if isinstance(socket, str | Path) else DaemonConfig().socket
-                ).parent
-                / "backends"
-            )
-            data["models"] = {
-                name: (
-                    {
-                        "vllm_cache_dir": cache / "vllm" / name,
-                        "endpoint": f"unix:{sockets / (name.replace('/', '_') + '.sock')}",
-                        **table,
-                        "name": name,
-                    }
-                    if isinstance(table, dict)
-                    else table
-                )
-                for name, table in data["models"].items()
-            }
+            defaults = DaemonConfig()
+            return named_tables(data, defaults.state_dir, defaults.socket)
         return data
 
     @model_validator(mode="after")

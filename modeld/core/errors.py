@@ -130,6 +130,14 @@ class WouldLoad(ModeldError):
     kind = "would_load"
 
 
+class AdapterFailed(ModeldError):
+    """A base's runtime LoRA endpoint (/v1/load_lora_adapter, /v1/unload_lora_adapter)
+    did not do its job; the base keeps serving."""
+
+    code = -32017
+    kind = "adapter_failed"
+
+
 class SocketInUse(ModeldError):
     """Another process answers on the daemon's socket path."""
 

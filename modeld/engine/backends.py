@@ -24,6 +24,7 @@ from modeld.core.errors import (
 from modeld.core.states import Failure, State
 from modeld.engine.facts import LoadTask
 from modeld.engine.ledger import GpuLedger
+from modeld.engine.loras import LoraLoads
 from modeld.engine.model import Model
 from modeld.engine.readiness import await_ready
 from modeld.engine.registry import Registry
@@ -46,6 +47,8 @@ class Backends:
         self.vllm = vllm
         self.ledger = ledger
         self.runtime_errors: dict[str, str | None] = {name: None for name in runtimes}
+        # Adapters' "backends": their loads into their bases.
+        self.loras = LoraLoads(registry, vllm)
         # Set once the daemon stops: callers waiting on a load are answered at once.
         self.closing = asyncio.Event()
 
@@ -105,8 +108,9 @@ class Backends:
         return backend
 
     async def check_runtime(self, model: Model) -> None:
-        """Fail with RuntimeUnavailable before changing anything if the engine is down."""
-        await self.inspect(model)
+        """Fail with RuntimeUnavailable before changing anything if the engine is down
+        (an adapter's: its base's)."""
+        await self.inspect(self.loras.base_of(model) if model.config.base else model)
 
     def begin_loading(
         self, model: Model, reason: str, backend: BackendStatus | None = None
@@ -119,7 +123,11 @@ class Backends:
         )
 
     async def start_model(self, model: Model) -> None:
-        """Start the backend and begin watching its load (the caller waits on model.load_task)."""
+        """Start the backend and begin watching its load (the caller waits on
+        model.load_task); an adapter's is its load into its base."""
+        if model.config.base:
+            self.loras.start(model)
+            return
         model.begin_start()
         try:
             if model.config.socket_path is not None:
@@ -150,6 +158,11 @@ class Backends:
             await asyncio.wait({model.load_task})
         model.watching(None)
         if model.state is State.STOPPED:
+            return
+        if model.config.base:
+            await self.loras.stop(model, reason)
+            if model.unmanaged:
+                self.registry.forget(model)
             return
         reading = self.ledger.reading
         releasing = None

@@ -100,6 +100,7 @@ class Engine:
             history.on_transition,
             self._count,
             restarts.on_transition,
+            backends.loras.on_transition,
         )
         for listener in listeners:
             registry.on_transition(listener)
@@ -124,7 +125,8 @@ class Engine:
         check_fits(self._registry.config.models, {d.index: d.total_gb for d in reading.devices})
         await self._learning.load()
         for model in self._registry.models.values():
-            await self._find_running(model)
+            if not model.config.base:  # an adapter is found in its base once it runs
+                await self._find_running(model)
         await self.poll_once()
         self._monitoring = asyncio.create_task(self._monitor.run(), name="modeld-monitor")
 
@@ -161,6 +163,7 @@ class Engine:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         self._leases.close()
+        await self._backends.loras.close()
         await self._learning.close()
         for runtime in self._backends.runtimes.values():
             await runtime.close()

@@ -51,8 +51,13 @@ class Leases:
         return model.usage.leases if model is not None else 0
 
     def protected(self, name: str) -> bool:
-        """Not to be evicted: leases held, or acquires waiting to be granted on it."""
-        return self.held(name) > 0 or self._waiting[name] > 0
+        """Not to be evicted: leases held, or acquires waiting to be granted on it or, for
+        a base, on one of its adapters (their requests run in it)."""
+        if self.held(name) > 0 or self._waiting[name] > 0:
+            return True
+        model = self._models.get(name)
+        adapters = model.config.adapters if model is not None else []
+        return any(self.held(a) > 0 or self._waiting[a] > 0 for a in adapters)
 
     def grant(self, model: Model, owner: int) -> Lease:
         """A new lease on `model` for connection `owner`."""
@@ -129,9 +134,20 @@ class Leases:
             self._tell()
 
     async def gate(self, name: str) -> None:
-        """Return once `name` is not draining: new acquires wait while it drains."""
-        while (drain := self._draining.get(name)) is not None:
+        """Return once `name` is not draining: new acquires wait while it drains (an
+        adapter's, also while its base drains)."""
+        while True:
+            drain = self._draining.get(name)
+            if drain is None:
+                drain = self._draining.get(self._drained_as(name))
+            if drain is None:
+                return
             await drain.wait()
+
+    def _drained_as(self, name: str) -> str:
+        """The name whose drain closes the gate on `name` besides its own: its base's."""
+        model = self._models.get(name)
+        return (model.config.base or name) if model is not None else name
 
     def begin_drain(self, names: Iterable[str]) -> list[str]:
         """Close the gate on `names`; the ones this call closed (to reopen later)."""
@@ -148,7 +164,7 @@ class Leases:
 
     def draining(self, name: str) -> bool:
         """Whether new acquires for `name` wait."""
-        return name in self._draining
+        return name in self._draining or self._drained_as(name) in self._draining
 
     async def drained(self, names: list[str], timeout: float) -> None:
         """Return once no lease is held and no acquire waits on any of `names`;

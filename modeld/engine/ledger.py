@@ -108,9 +108,12 @@ class GpuLedger:
         pending: dict[int, float] = defaultdict(float)
         candidates = []
         parking = self._config().daemon.park_ram_gb > 0
-        for model in models:
-            if model is target or model.state not in HOLDERS:
+        everyone = {m.name: m for m in models}
+        for model in everyone.values():
+            # An adapter holds nothing of its own: its base is the candidate.
+            if model is target or model.state not in HOLDERS or model.config.base:
                 continue
+            adapters = [everyone[a] for a in model.config.adapters if a in everyone]
             held, _ = model.held(reading)
             if model.state is State.LOADING:
                 # A loading vLLM has not yet reserved all it will: count the rest as taken.
@@ -122,13 +125,21 @@ class GpuLedger:
                     model.name,
                     held,
                     model.config.size_gb,
-                    model.usage.last_used,
+                    # A base is worth what it and its adapters are asked for.
+                    max([model.usage.last_used, *(a.usage.last_used for a in adapters)]),
                     # A loading model has callers waiting on it, a leased one requests in
                     # flight: neither is evicted under them.
                     model.config.pinned or model.state is State.LOADING or protected(model.name),
                     reload_s=model.load_estimate_s(),
-                    demand=model.usage.demand,
-                    can_park=(parking and model.config.sleep_mode and model.state is State.RUNNING),
+                    demand=model.usage.demand + sum(a.usage.demand for a in adapters),
+                    # vLLM has corrupted adapters after a wake: a base with adapters is
+                    # stopped, never parked (docs/adapters.md).
+                    can_park=(
+                        parking
+                        and model.config.sleep_mode
+                        and not model.config.adapters
+                        and model.state is State.RUNNING
+                    ),
                     parked=model.state is State.SLEEPING,
                     residual_gb=model.residual(reading),
                     park_ram_gb=model.config.parked_ram_gb,

@@ -38,8 +38,9 @@ class Observations:
         self._published: dict[int, float] = {}
 
     def models(self) -> list[Model]:
-        """Every Model (the monitor reads them and never writes)."""
-        return list(self._registry.models.values())
+        """Every Model with a backend of its own (the monitor reads them and never
+        writes); adapters follow their bases (loras.py)."""
+        return [m for m in self._registry.models.values() if not m.config.base]
 
     def runtime_for(self, model: Model) -> Runtime:
         """The runtime a model's backend runs in."""

@@ -22,6 +22,7 @@ from modeld.core.decision import (
     WaitForLoads,
     decide_switch,
 )
+from modeld.core.errors import InsufficientMemory
 from modeld.core.planner import Infeasible, Plan
 from modeld.core.states import State
 from modeld.core.units import about
@@ -29,7 +30,7 @@ from modeld.engine.backends import Backends
 from modeld.engine.leases import Leases
 from modeld.engine.model import Model
 from modeld.engine.room import staying, why_no_room
-from modeld.wire.results import MemoryInfo, PlanAction, PlanCandidate, PlanResult
+from modeld.wire.results import MemoryInfo, PlanAction, PlanCandidate, PlanResult, SwitchResult
 
 
 def memory_info(backends: Backends, model: Model, plan: Plan) -> MemoryInfo:
@@ -144,3 +145,30 @@ async def preview_switch(
                 f"gone. {why_no_room(staying(backends.registry.models, no_room.blocked_by))}",
             )
     raise AssertionError(f"undecided: {decision!r}")
+
+
+def success_answer(
+    model: Model, unloaded: list[str], memory_info: MemoryInfo | None
+) -> SwitchResult:
+    """The seed's `success` answer, before the outcome of the load is known."""
+    return SwitchResult(
+        status="success",
+        model=model.name,
+        unloaded_models=unloaded,
+        estimated_load_time_seconds=round(model.load_estimate_s(), 1),
+        memory_info=memory_info
+        or MemoryInfo(required_gb=None, available_before_gb=None, freed_gb=0),
+    )
+
+
+def would_evict(model: Model, plan: Plan, memory_info: MemoryInfo) -> InsufficientMemory:
+    """`start` never stops or parks anything: the refusal, naming who would have to go."""
+    touched = ", ".join([*plan.stop, *plan.park])
+    return InsufficientMemory(
+        f"Not enough free GPU memory to start {model.name} without stopping "
+        f"{touched}; use switch to let modeld stop them",
+        model=model.name,
+        would_stop=list(plan.stop),
+        would_park=list(plan.park),
+        **memory_info.answer(),
+    )

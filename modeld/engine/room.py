@@ -152,6 +152,39 @@ class Room:
         await self._backends.start_model(model)
         return False
 
+    async def adapter_room(self, adapter: Model, force: bool) -> tuple[list[str], str | None]:
+        """Under the lock: make room in its base for `adapter` (the base holds at most its
+        capacity): unload the least recently used idle adapter while it is full. The
+        adapters unloaded; and, when every one loaded serves requests, the one to drain
+        first (None: there is room now). `force` unloads busy ones too."""
+        loras = self._backends.loras
+        base = loras.base_of(adapter)
+        capacity = loras.capacity(base)
+        unloaded: list[str] = []
+        while True:
+            loaded = [
+                a
+                for a in loras.adapters_of(base)
+                if a is not adapter and a.state in (State.LOADING, State.RUNNING)
+            ]
+            if len(loaded) < capacity:
+                return unloaded, None
+            movable = [
+                a
+                for a in loaded
+                if a.state is State.RUNNING and (force or not self._leases.protected(a.name))
+            ]
+            if not movable:
+                busy = [a for a in loaded if a.state is State.RUNNING]
+                if not busy:
+                    return unloaded, None  # all loading: joined by the load below
+                return unloaded, min(busy, key=lambda a: a.usage.last_used).name
+            victim = min(movable, key=lambda a: a.usage.last_used)
+            why = f"unloaded for {adapter.name} ({base.name} holds {capacity} adapters)"
+            await self._backends.stop_model(victim, why)
+            self._registry.events.publish(SwitchStopped(model=adapter.name, stopped=victim.name))
+            unloaded.append(victim.name)
+
     async def restore(
         self, names: tuple[str, ...], failed: str
     ) -> dict[str, list[str] | dict[str, str]]:

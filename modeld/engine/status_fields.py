@@ -120,6 +120,8 @@ def model_view(model: Model, reading: GpuReading | None, now: float) -> ModelSta
         config_pending=model.pending_config is not None,
         backend_pid=model.backend.pid if model.backend else None,
         container_id=model.backend.id if model.backend else None,
+        base=config.base,
+        adapters=list(config.adapters),
     )
 
 
@@ -210,6 +212,8 @@ def models_view(models: Iterable[Model], reading: GpuReading | None) -> list[Mod
                 gpu_memory_required_gb={str(d): round(gb, 2) for d, gb in need.per_device.items()},
                 gpu_memory_required_source=need.source.value,
                 load_timeout_s=config.load_timeout_s,
+                base=config.base,
+                adapters=list(config.adapters),
             )
         )
     return views

@@ -30,7 +30,6 @@ from modeld.core.decision import (
     decide_switch,
 )
 from modeld.core.errors import (
-    InsufficientMemory,
     ModeldError,
     UnknownModel,
 )
@@ -41,7 +40,13 @@ from modeld.engine.facts import LoadTask
 from modeld.engine.leases import Leases
 from modeld.engine.model import Model
 from modeld.engine.operations import AUTO_RESTART, Asker, Operations
-from modeld.engine.preview import decide_with_plans, memory_info, preview_switch
+from modeld.engine.preview import (
+    decide_with_plans,
+    memory_info,
+    preview_switch,
+    success_answer,
+    would_evict,
+)
 from modeld.engine.room import Room, left
 from modeld.wire.events import SwitchPlanned
 from modeld.wire.results import MemoryInfo, PlanResult, StopResult, SwitchResult
@@ -179,6 +184,17 @@ class Switcher:
         the memory the target needs, wait (outside the lock) for them to settle and decide
         again: a loading model is never evicted from under its waiting callers. Models
         serving requests (leases) are drained first, unless `force`."""
+        if model.config.base:
+            return await self._bring_up_adapter(
+                op,
+                model,
+                caller,
+                evict=evict,
+                wait=wait,
+                timeout=timeout,
+                restart=restart,
+                force=force,
+            )
         deadline = None if timeout is None else time.monotonic() + timeout
         drained: list[str] = []
         # Meanwhile a lease that may not cause a load joins this one (underway()).
@@ -203,6 +219,62 @@ class Switcher:
             finally:
                 # The evicted are gone (or the switch gave up): their acquires may go on.
                 self._leases.end_drain(drained)
+            with self._ops.counted():
+                return await self._finish(begun, wait, left(deadline))
+
+    async def _bring_up_adapter(
+        self,
+        op: str,
+        adapter: Model,
+        caller: Asker | None,
+        *,
+        evict: bool,
+        wait: bool,
+        timeout: float | None,
+        restart: bool,
+        force: bool,
+    ) -> SwitchResult:
+        """An adapter: its base first, as any model (room made for it on the GPU, a load
+        under way joined; never restarted when it runs), then, under the lock, room in
+        the base (idle adapters unloaded, busy ones drained first) and its load, waited
+        for outside the lock."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        base = self._backends.loras.base_of(adapter)
+        with self._bringing(adapter.name):
+            based = None
+            if base.state is not State.RUNNING:
+                based = await self.bring_up(
+                    op, base, caller, evict=evict, wait=False, timeout=left(deadline), force=force
+                )
+            unloaded = list(based.unloaded_models or []) if based else []
+            drained: list[str] = []
+            try:
+                while True:
+                    async with self._ops.operation(op, adapter, caller):
+                        if restart and adapter.state is not State.STOPPED:
+                            await self._backends.stop_model(adapter, "restart")
+                        restart = False
+                        self._registry.count_demand(adapter)
+                        if adapter.state is State.RUNNING:
+                            adapter.touched()
+                            message = f"Model '{adapter.name}' is already running and healthy"
+                            return SwitchResult(
+                                status="already_loaded", model=adapter.name, message=message
+                            )
+                        busy = None
+                        if adapter.state is not State.LOADING:
+                            moved, busy = await self.room.adapter_room(adapter, force)
+                            unloaded += moved
+                            if busy is None:
+                                await self._backends.start_model(adapter)
+                        load_task = adapter.load_task
+                    if busy is None:
+                        break
+                    drained += await self.room.drain([busy], deadline)
+            finally:
+                self._leases.end_drain(drained)
+            memory = based.memory_info if based else None
+            begun = _Begun(adapter, success_answer(adapter, unloaded, memory), load_task=load_task)
             with self._ops.counted():
                 return await self._finish(begun, wait, left(deadline))
 
@@ -236,14 +308,14 @@ class Switcher:
                 )
             case JoinLoad():
                 self._registry.count_demand(model)
-                return _Begun(model, _success(model, [], None), load_task=model.load_task)
+                return _Begun(model, success_answer(model, [], None), load_task=model.load_task)
             case WaitForLoads() | Drain():
                 return _Blocked(decision)
             case Refuse(reason=Refusal.NO_ROOM, plan=Infeasible() as infeasible):
                 raise self.room.no_room(model, infeasible)
             case Refuse(plan=Plan() as plan):
                 self._registry.count_demand(model)
-                raise _would_evict(model, plan, self._memory_info(model, plan))
+                raise would_evict(model, plan, self._memory_info(model, plan))
             case Execute(plan=plan):
                 return await self._execute(model, plan)
         raise AssertionError(f"undecided: {decision!r}")
@@ -270,7 +342,9 @@ class Switcher:
         )
         stopped, parked = await self.room.make_room(model, plan)
         moved = [*stopped, *parked]
-        result = _success(model, moved, memory_info).model_copy(update={"parked_models": parked})
+        result = success_answer(model, moved, memory_info).model_copy(
+            update={"parked_models": parked}
+        )
         begun = _Begun(model, result, moved=moved)
         try:
             begun.waking = await self.room.start_or_wake(model, stopped, parked)
@@ -315,28 +389,3 @@ class Switcher:
             "load_seconds": round(loaded, 2) if loaded else None,
         }
         return result.model_copy(update=outcome)
-
-
-def _success(model: Model, unloaded: list[str], memory_info: MemoryInfo | None) -> SwitchResult:
-    """The seed's `success` answer, before the outcome of the load is known."""
-    return SwitchResult(
-        status="success",
-        model=model.name,
-        unloaded_models=unloaded,
-        estimated_load_time_seconds=round(model.load_estimate_s(), 1),
-        memory_info=memory_info
-        or MemoryInfo(required_gb=None, available_before_gb=None, freed_gb=0),
-    )
-
-
-def _would_evict(model: Model, plan: Plan, memory_info: MemoryInfo) -> InsufficientMemory:
-    """`start` never stops or parks anything: the refusal, naming who would have to go."""
-    touched = ", ".join([*plan.stop, *plan.park])
-    return InsufficientMemory(
-        f"Not enough free GPU memory to start {model.name} without stopping "
-        f"{touched}; use switch to let modeld stop them",
-        model=model.name,
-        would_stop=list(plan.stop),
-        would_park=list(plan.park),
-        **memory_info.answer(),
-    )

@@ -14,7 +14,9 @@ from modeld.adapters.gpu.simulated import SimulatedGpu
 from modeld.adapters.runtime.base import BackendState, BackendStatus
 from modeld.core.config import ModelConfig
 from modeld.core.errors import LoadFailed
+from modeld.core.lora import lora_settings
 from modeld.testing.fakevllm import FakeVllm
+from modeld.testing.fakevllm_lora import FakeLoras
 
 
 @dataclass
@@ -29,6 +31,8 @@ class Behaviour:
     sleep_seconds: float = 0.02
     wake_seconds: float = 0.05
     wake_fails: bool = False
+    # Runtime LoRA loading (a base whose command enables it): how long a load takes.
+    lora_load_seconds: float = 0.01
 
 
 @dataclass
@@ -88,6 +92,7 @@ class FakeRuntime:
             sleep_seconds=behaviour.sleep_seconds,
             wake_seconds=behaviour.wake_seconds,
             wake_fails=behaviour.wake_fails,
+            loras=_loras(model, env, behaviour.lora_load_seconds),
         )
         pid = next(self._pids)
         stop = asyncio.Event()
@@ -179,3 +184,13 @@ class FakeRuntime:
             backend.stop.set()
         for name in list(self._backends):
             await self._ended(name)
+
+
+def _loras(model: ModelConfig, env: dict[str, str], seconds: float) -> FakeLoras | None:
+    """Adapters at run time where vLLM would serve them: --enable-lora in the command and
+    VLLM_ALLOW_RUNTIME_LORA_UPDATING in the environment."""
+    settings = lora_settings(model.launch_command or [])
+    updating = env.get("VLLM_ALLOW_RUNTIME_LORA_UPDATING", "").lower() in ("1", "true")
+    if not (settings.enabled and updating):
+        return None
+    return FakeLoras(model.served_model_name or model.name, settings.max_lora_rank, seconds)

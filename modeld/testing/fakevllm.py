@@ -9,6 +9,8 @@ With `--enable-sleep-mode` and VLLM_SERVER_DEV_MODE=1 it serves vLLM's sleep
 endpoints: `POST /sleep?level=1`, `POST /wake_up` (each taking its time, as moving
 weights between GPU and host RAM does), `GET /is_sleeping`; while asleep `/health`
 still answers 200 and completions wait (queued) until it is woken, as in vLLM 0.32.
+With `loras` (fakevllm_lora.py) it loads and unloads LoRA adapters at run time, and
+answers requests that name one as that adapter.
 `/metrics` serves the request counters and gauges vLLM exports (running, waiting,
 finished, `vllm:kv_cache_usage_perc` and `vllm:engine_sleep_state`), counting the
 completions it answered; each request running holds a share of the KV cache.
@@ -28,6 +30,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from modeld.testing.fakevllm_lora import FakeLoras, json_body, vllm_error
 from modeld.testing.fakevllm_metrics import FakeVllmMetrics
 
 # Like uvicorn's access lines under vLLM: client, request line, status.
@@ -59,8 +62,11 @@ class FakeVllm:
         api_key: str | None = None,
         access_log: logging.Logger | None = None,
         uds: str | None = None,
+        loras: FakeLoras | None = None,
     ) -> None:
         self.model = model
+        # Like vLLM with --enable-lora and runtime updating: adapters loaded at run time.
+        self.loras = loras
         # Like vLLM's --uds: listen on this Unix socket instead of host:port.
         self.uds = uds
         # The query string of the last inference request, as it arrived.
@@ -116,6 +122,8 @@ class FakeVllm:
         app.router.add_post("/v1/completions", self._complete)
         app.router.add_post("/v1/chat/completions", self._complete)
         app.router.add_post("/v1/embeddings", self._embed)
+        if self.loras is not None:
+            self.loras.add_routes(app)
         # Like vLLM: the sleep endpoints exist only in dev mode.
         if self.dev_mode:
             app.router.add_post("/sleep", self._sleep)
@@ -181,7 +189,7 @@ class FakeVllm:
                 "id": _request_id(chat),
                 "object": "chat.completion" if chat else "text_completion",
                 "created": int(time.time()),
-                "model": self.model,
+                "model": self._served(body),
                 "choices": [{**choice, "logprobs": None, "finish_reason": "stop"}],
                 "usage": _usage(tokens),
             }
@@ -195,6 +203,7 @@ class FakeVllm:
         await response.prepare(request)
         request_id, created = _request_id(chat), int(time.time())
         kind = "chat.completion.chunk" if chat else "text_completion"
+        served = self._served(body)
 
         async def send(delta: str | None, finish: str | None, first: bool = False) -> None:
             if chat:
@@ -208,7 +217,7 @@ class FakeVllm:
                 "id": request_id,
                 "object": kind,
                 "created": created,
-                "model": self.model,
+                "model": served,
                 "choices": [{**choice, "logprobs": None, "finish_reason": finish}],
             }
             await response.write(b"data: " + json.dumps(chunk).encode() + b"\n\n")
@@ -227,7 +236,7 @@ class FakeVllm:
         await send("" if not chat else None, "stop")
         options = body.get("stream_options")
         if isinstance(options, dict) and options.get("include_usage"):
-            usage = {"id": request_id, "object": kind, "created": created, "model": self.model}
+            usage = {"id": request_id, "object": kind, "created": created, "model": served}
             usage_chunk = {**usage, "choices": [], "usage": _usage(tokens)}
             await response.write(b"data: " + json.dumps(usage_chunk).encode() + b"\n\n")
         await response.write(b"data: [DONE]\n\n")
@@ -262,7 +271,7 @@ class FakeVllm:
         """An inference request's body, once the model may answer it (awake); or the
         error vLLM gives for a bad body or another model's name."""
         self.last_query = request.rel_url.raw_query_string
-        body = await _json_body(request)
+        body = await json_body(request)
         if isinstance(body, web.Response):
             return body
         if (refused := self._wrong_model(body)) is not None:
@@ -279,15 +288,24 @@ class FakeVllm:
     def _wrong_model(self, body: dict[str, object]) -> web.Response | None:
         """vLLM answers 404 for a model it does not serve (none named: its own)."""
         named = body.get("model")
-        if named is None or named == self.model:
+        if named is None or named == self.model or self._adapter(named):
             return None
-        return _error(404, "NotFoundError", f"The model `{named}` does not exist.")
+        return vllm_error(404, "NotFoundError", f"The model `{named}` does not exist.")
+
+    def _adapter(self, named: object) -> bool:
+        return isinstance(named, str) and self.loras is not None and self.loras.serves(named)
+
+    def _served(self, body: dict[str, object]) -> str:
+        """Who answers: the adapter the request names, else the base."""
+        named = body.get("model")
+        return named if isinstance(named, str) and self._adapter(named) else self.model
 
     def _tokens(self, body: dict[str, object]) -> list[str]:
-        """The answer, a token per word: the model's name, then `ok`s up to max_tokens."""
+        """The answer, a token per word: the name of who answers (the model, or the
+        adapter asked for), then `ok`s up to max_tokens."""
         limit = body.get("max_tokens") or body.get("max_completion_tokens") or 8
         count = max(1, min(int(limit) if isinstance(limit, int) else 8, MAX_TOKENS))
-        return [f"{self.model}", *[" ok"] * (count - 1)]
+        return [self._served(body), *[" ok"] * (count - 1)]
 
     async def _health(self, request: web.Request) -> web.Response:
         return web.Response(status=503 if self.engine_dead else 200)
@@ -303,7 +321,8 @@ class FakeVllm:
                         "created": self._created,
                         "owned_by": "vllm",
                         "root": self.model,
-                    }
+                    },
+                    *(self.loras.cards(self._created) if self.loras is not None else []),
                 ],
             }
         )
@@ -339,22 +358,6 @@ class FakeVllm:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
-
-
-async def _json_body(request: web.Request) -> dict[str, object] | web.Response:
-    try:
-        body = await request.json()
-    except ValueError:
-        return _error(400, "BadRequestError", "The request body is not valid JSON.")
-    if not isinstance(body, dict):
-        return _error(400, "BadRequestError", "The request body must be a JSON object.")
-    return body
-
-
-def _error(status: int, kind: str, message: str) -> web.Response:
-    """vLLM's error body."""
-    error = {"message": message, "type": kind, "param": None, "code": status}
-    return web.json_response({"error": error}, status=status)
 
 
 def _request_id(chat: bool) -> str:

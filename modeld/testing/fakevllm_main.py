@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from modeld.testing.fakevllm import POLLED, FakeVllm
+from modeld.testing.fakevllm_lora import FakeLoras
 
 
 def _stdout_logger() -> logging.Logger:
@@ -26,6 +27,15 @@ def _stdout_logger() -> logging.Logger:
     access.setLevel(logging.INFO)
     access.propagate = False
     return access
+
+
+def _loras(args: argparse.Namespace) -> FakeLoras | None:
+    """Adapters at run time, where vLLM serves them: --enable-lora and
+    VLLM_ALLOW_RUNTIME_LORA_UPDATING (1 or true, as vLLM reads it)."""
+    updating = os.environ.get("VLLM_ALLOW_RUNTIME_LORA_UPDATING", "0").strip().lower()
+    if not args.enable_lora or updating not in ("1", "true"):
+        return None
+    return FakeLoras(args.model, args.max_lora_rank, args.lora_load_seconds)
 
 
 async def _serve(args: argparse.Namespace) -> int:
@@ -48,6 +58,7 @@ async def _serve(args: argparse.Namespace) -> int:
         api_key=args.api_key or os.environ.get("VLLM_API_KEY") or None,
         access_log=_stdout_logger(),
         uds=args.uds,
+        loras=_loras(args),
     )
     print(f"fake-vllm: loading {args.model} ({args.load_seconds}s)", flush=True)
     loading = asyncio.create_task(
@@ -146,6 +157,12 @@ def main(argv: list[str] | None = None) -> None:
         "--token-seconds", type=float, default=0.0, help="time between two streamed tokens"
     )
     parser.add_argument("--api-key", help="key asked for under /v1 (default: $VLLM_API_KEY)")
+    parser.add_argument("--enable-lora", action="store_true", help="serve LoRA adapters")
+    parser.add_argument("--max-loras", type=int, default=1, help="adapters in one batch")
+    parser.add_argument("--max-lora-rank", type=int, default=16, help="largest adapter rank")
+    parser.add_argument(
+        "--lora-load-seconds", type=float, default=0.05, help="time loading an adapter takes"
+    )
     sys.exit(asyncio.run(_serve(parser.parse_args(argv))))
 
 

@@ -101,6 +101,9 @@ class ModelStatus(_Wire):
     config_pending: bool
     backend_pid: int | None
     container_id: str | None
+    # A LoRA adapter: the model it runs in; a base: its adapters (docs/adapters.md).
+    base: str | None
+    adapters: list[str]
 
 
 class Device(_Wire):
@@ -191,6 +194,8 @@ class ModelInfo(_Wire):
     gpu_memory_required_gb: dict[str, float]
     gpu_memory_required_source: str
     load_timeout_s: float
+    base: str | None
+    adapters: list[str]
 
 
 def without_backend_output(status: Status) -> Status:

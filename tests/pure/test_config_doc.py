@@ -35,6 +35,7 @@ DERIVED = {
     "vllm_cache_dir",
     "wake_time_seconds",
     "park_ram_gb",
+    "adapters",
 }
 
 

@@ -69,13 +69,17 @@ def make_config(
 ) -> Config:
     """A process-runtime config on a simulated GPU, each model on its own free port."""
     tables = {
-        name: {
-            "runtime": "process",
-            "command": ["unused"],
-            "endpoint": f"http://127.0.0.1:{free_port()}",
-            "load_timeout_s": 10,
-            **table,
-        }
+        name: (
+            {"load_timeout_s": 10, **table}
+            if "base" in table  # an adapter runs in its base's backend
+            else {
+                "runtime": "process",
+                "command": ["unused"],
+                "endpoint": f"http://127.0.0.1:{free_port()}",
+                "load_timeout_s": 10,
+                **table,
+            }
+        )
         for name, table in models.items()
     }
     gpu = {"backend": "simulated", "devices_gb": devices_gb or [80], "release_delay_s": 0.0}

