@@ -138,3 +138,26 @@ def with_adapters(models: Mapping[str, object]) -> dict[str, object]:
         else:
             out[name] = table
     return out
+
+
+def weights_of(command: Sequence[str], hf_path: str | None) -> list[str]:
+    """What a base's command loads (`--model X` or `vllm serve X`) and its hf_path."""
+    found = [hf_path] if hf_path else []
+    for i, arg in enumerate(command[:-1]):
+        if arg in ("--model", "serve") and not command[i + 1].startswith("-"):
+            found.append(command[i + 1])
+        elif arg.startswith("--model="):
+            found.append(arg.split("=", 1)[1])
+    if command and command[-1].startswith("--model="):
+        found.append(command[-1].split("=", 1)[1])
+    return found
+
+
+def looks_like(adapter_base: str, weights: Sequence[str]) -> bool:
+    """Whether an adapter trained on `adapter_base` (adapter_config.json's
+    base_model_name_or_path) looks made for a base loading `weights`: the last part of
+    a path or repo id matches, ignoring case (unknown weights: yes)."""
+    if not weights:
+        return True
+    name = adapter_base.rstrip("/").rsplit("/", 1)[-1].lower()
+    return any(w.rstrip("/").rsplit("/", 1)[-1].lower() == name for w in weights)

@@ -17,6 +17,7 @@ from modeld.core.errors import ConfigError
 from modeld.core.gateway_config import GatewayConfig
 from modeld.core.gateway_keys import read_keys
 from modeld.core.memory import model_need
+from modeld.daemon.checkadapters import adapter_problems, adapter_warnings
 
 
 def explain(config: Config, totals: Mapping[int, float] | None, learned: Learned) -> list[str]:
@@ -26,6 +27,9 @@ def explain(config: Config, totals: Mapping[int, float] | None, learned: Learned
     known = dict(totals or {})
     lines = [f"gpu: {config.gpu.backend}, " + _devices(known)]
     for name, model in config.models.items():
+        if model.base:
+            lines.append(f"model {name}: LoRA adapter of {model.base} ({model.adapter})")
+            continue
         need = model_need(model, known, learned_peak(learned.models.get(name), model))
         where = model.container_name if model.runtime == "docker" else " ".join(model.command or [])
         per_device = ", ".join(
@@ -70,10 +74,10 @@ def explain(config: Config, totals: Mapping[int, float] | None, learned: Learned
     lines.append(f"parking: {'off' if not budget else f'up to {budget:g} GB of host RAM'}")
     gateway = config.gateway
     lines.append(f"gateway (modeld-gateway): listens on {gateway.listen}; " + _keys(gateway))
-    lines += [f"warning: {w}" for w in config_warnings(config)]
+    lines += [f"warning: {w}" for w in config_warnings(config) + adapter_warnings(config)]
     for name, model in config.models.items():
         unsized = model.gpu_memory_gb is None and model.gpu_memory_utilization is None
-        if unsized and model.size_gb == 0:
+        if unsized and model.size_gb == 0 and not model.base:  # an adapter's is its base's
             lines.append(
                 f"warning: models.{name}: no memory figure (gpu_memory_gb, "
                 "gpu_memory_utilization or size_gb): modeld assumes it needs 0.0 GB, so it "
@@ -100,8 +104,9 @@ def problems(config: Config, source: str = "<config>") -> list[str]:
         # Unreadable for whoever runs check-config is not unreadable for the gateway.
         if "Permission denied" not in exc.message:
             found.append(exc.message)
+    found += adapter_problems(config, source)
     for name, model in config.models.items():
-        if model.runtime != "process" or not model.command:
+        if model.base or model.runtime != "process" or not model.command:
             continue
         program = model.command[0]
         if "/" in program:

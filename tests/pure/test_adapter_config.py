@@ -4,6 +4,9 @@ LoRA setting; a table that cannot work is refused, naming the model and the key.
 
 from __future__ import annotations
 
+import json
+import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -11,6 +14,7 @@ import pytest
 from modeld.core.config import Config, parse_config
 from modeld.core.errors import ConfigError
 from modeld.core.lora import LoraSettings, lora_settings
+from tests.pure.test_config import check_config
 
 BASE = ["vllm", "serve", "Qwen/Qwen2.5-7B-Instruct", "--uds", "{socket}", "--enable-lora"]
 
@@ -98,3 +102,47 @@ def test_a_bases_capacity_is_its_cpu_side_cache() -> None:
     """vLLM keeps up to --max-cpu-loras adapters (at least --max-loras) loaded at once."""
     assert lora_settings(["--enable-lora", "--max-loras=2", "--max-cpu-loras=8"]).capacity == 8
     assert lora_settings(["--enable-lora", "--max-loras", "4"]).capacity == 4
+
+
+def write_adapter(path: Path, rank: int, trained_on: str) -> Path:
+    path.mkdir(parents=True)
+    config = {"peft_type": "LORA", "r": rank, "base_model_name_or_path": trained_on}
+    (path / "adapter_config.json").write_text(json.dumps(config))
+    return path
+
+
+def test_check_config_refuses_adapters_that_would_not_load(tmp_path: Path) -> None:
+    """`modeld check-config`: a missing adapter directory and a rank above the base's
+    --max-lora-rank are refused (exit 78), naming the model; an adapter trained on
+    another model is a warning; a good one is listed as its base's adapter."""
+    good = write_adapter(tmp_path / "sql", 8, "Qwen/Qwen2.5-7B-Instruct")
+    wide = write_adapter(tmp_path / "wide", 64, "Qwen/Qwen2.5-7B-Instruct")
+    other = write_adapter(tmp_path / "llama", 8, "meta-llama/Llama-3.1-8B")
+    command = json.dumps([*BASE, "--max-lora-rank", "16"])
+    text = (
+        '[gpu]\nbackend = "simulated"\ndevices_gb = [80]\n'
+        f'[models.qwen]\nruntime = "process"\ncommand = {command}\ngpu_memory_gb = 40\n'
+        f'[models.sql]\nbase = "qwen"\nadapter = "{good}"\n'
+        f'[models.odd]\nbase = "qwen"\nadapter = "{other}"\n'
+    )
+    path = tmp_path / "ok.toml"
+    path.write_text(text.replace('command = ["vllm"', f'command = ["{sys.executable}"'))
+    result = check_config(path)
+    assert result.returncode == 0, result.stderr
+    assert f"model sql: LoRA adapter of qwen ({good})" in result.stdout
+    assert "warning: models.odd: its adapter_config.json says it was trained on" in result.stdout
+    assert "models.sql:" not in result.stdout.replace("model sql:", "")
+    broken = text + (
+        f'[models.gone]\nbase = "qwen"\nadapter = "{tmp_path / "nowhere"}"\n'
+        f'[models.wide]\nbase = "qwen"\nadapter = "{wide}"\n'
+    )
+    path.write_text(broken.replace('command = ["vllm"', f'command = ["{sys.executable}"'))
+    result = check_config(path)
+    assert result.returncode == 78
+    assert (
+        "models.gone.adapter:" in result.stderr and "holds no adapter_config.json" in result.stderr
+    )
+    assert "models.wide.adapter: its rank (64) is above qwen's --max-lora-rank (16)" in (
+        result.stderr
+    )
+    assert "models.sql" not in result.stderr
