@@ -92,6 +92,8 @@ def models_table(status: Status) -> Table:
         memory = _gb(model.gpu_memory_used_gb)
         if model.gpu_memory_source:
             memory += f" ({model.gpu_memory_source})"
+        if model.base is not None:
+            memory = f"in {model.base}"  # an adapter holds its base's memory
         estimate = about(model.estimated_load_time_seconds)
         if (parked := model.parked) is not None:
             estimate = f"{about(parked.estimated_wake_seconds)} (wake)"
@@ -123,7 +125,7 @@ def ps_table(status: Status) -> Table:
         table.add_row(
             name,
             f"[{STATE_STYLE.get(state, '')}]{state}[/]",
-            _gb(model.gpu_memory_used_gb),
+            _gb(model.gpu_memory_used_gb) if model.base is None else f"in {model.base}",
             str(model.leases),
             activity_text(model),
             _ago(model.since),
@@ -182,9 +184,9 @@ def render_models(console: Console, models: list[ModelInfo]) -> None:
         needs = ", ".join(f"{gb:.1f}" for gb in model.gpu_memory_required_gb.values())
         table.add_row(
             model.name,
-            model.runtime,
+            model.runtime if model.base is None else f"adapter of {model.base}",
             ",".join(map(str, model.gpus)),
-            f"{needs} GB ({model.gpu_memory_required_source})",
+            f"{needs} GB ({model.gpu_memory_required_source})" if model.base is None else "-",
             _gb(model.size_gb),
             model.description,
         )

@@ -14,8 +14,9 @@ lock), switching.py and room.py (a switch), parking.py (sleep mode),
 restarts.py, learning.py, observations.py (the monitor's one door).
 They hear of each other's work as listeners, not by being handed each other:
 - a transition reaches learning (load and wake times; settings changed with it), the
-  history, the metrics and the restart policy, as listeners of the registry, which also
-  logs and publishes it (registry.py);
+  history, the metrics, the restart policy and the adapters' loads (an adapter follows
+  its base, loras.py), as listeners of the registry, which also logs and publishes it
+  (registry.py);
 - an event (wire/events.py) reaches the history (a switch's plan) and the metrics (each
   model a switch stopped or parked, a wake that failed), as listeners of the bus;
 - a fresh GPU reading reaches learning (the models' peaks), as a listener of the ledger.

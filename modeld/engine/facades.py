@@ -165,15 +165,19 @@ class ModelOps:
     async def logs(self, name: str, lines: int) -> LogsResult:
         """A model's backend's last output lines (Docker logs or captured output)."""
         name = self._registry.canonical(name)  # an alias names its model
-        model = self._registry.model(name)
+        model = self._output_of(self._registry.model(name))
         lines_kept = await self._backends.runtime(model).logs(model.config, lines)
         return LogsResult(model=name, lines=lines_kept)
 
     def follow_logs(self, name: str, lines: int) -> AsyncIterator[str]:
         """A model's backend's last lines, then each new one until the backend ends."""
         name = self._registry.canonical(name)  # an alias names its model
-        model = self._registry.model(name)
+        model = self._output_of(self._registry.model(name))
         return self._backends.runtime(model).follow(model.config, lines)
+
+    def _output_of(self, model: Model) -> Model:
+        """Whose output a model's logs are: an adapter's are its base's (vLLM's lines)."""
+        return self._backends.loras.base_of(model) if model.config.base else model
 
     # ---- operations -----------------------------------------------------------------------
 

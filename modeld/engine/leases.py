@@ -55,9 +55,11 @@ class Leases:
         a base, on one of its adapters (their requests run in it)."""
         if self.held(name) > 0 or self._waiting[name] > 0:
             return True
-        model = self._models.get(name)
-        adapters = model.config.adapters if model is not None else []
-        return any(self.held(a) > 0 or self._waiting[a] > 0 for a in adapters)
+        return any(
+            m.usage.leases > 0 or self._waiting[m.name] > 0
+            for m in self._models.values()
+            if m.config.base == name
+        )
 
     def grant(self, model: Model, owner: int) -> Lease:
         """A new lease on `model` for connection `owner`."""

@@ -108,12 +108,16 @@ class GpuLedger:
         pending: dict[int, float] = defaultdict(float)
         candidates = []
         parking = self._config().daemon.park_ram_gb > 0
-        everyone = {m.name: m for m in models}
-        for model in everyone.values():
+        everyone = list(models)
+        carried: dict[str, list[Model]] = defaultdict(list)
+        for model in everyone:
+            if model.config.base:
+                carried[model.config.base].append(model)
+        for model in everyone:
             # An adapter holds nothing of its own: its base is the candidate.
             if model is target or model.state not in HOLDERS or model.config.base:
                 continue
-            adapters = [everyone[a] for a in model.config.adapters if a in everyone]
+            adapters = carried.get(model.name, [])
             held, _ = model.held(reading)
             if model.state is State.LOADING:
                 # A loading vLLM has not yet reserved all it will: count the rest as taken.
@@ -137,7 +141,7 @@ class GpuLedger:
                     can_park=(
                         parking
                         and model.config.sleep_mode
-                        and not model.config.adapters
+                        and not adapters
                         and model.state is State.RUNNING
                     ),
                     parked=model.state is State.SLEEPING,

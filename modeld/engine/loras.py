@@ -13,7 +13,7 @@ import time
 import structlog
 
 from modeld.adapters.hfcache import adapter_dir, hf_cache_dir
-from modeld.adapters.vllm import VllmClient
+from modeld.adapters.vllm import Health, VllmClient
 from modeld.core.errors import AdapterFailed, LoadFailed, ModeldError
 from modeld.core.lora import lora_settings
 from modeld.core.states import Failure, State
@@ -44,9 +44,9 @@ class LoraLoads:
         return self._registry.model(adapter.config.base or "")
 
     def adapters_of(self, base: Model) -> list[Model]:
-        """The base's adapters that are configured now."""
-        models = self._registry.models
-        return [models[name] for name in base.config.adapters if name in models]
+        """The adapters naming `base` now (read from theirs: a running base's own config
+        may predate a reload that added one)."""
+        return [m for m in self._registry.models.values() if m.config.base == base.name]
 
     def capacity(self, base: Model) -> int:
         """How many adapters the base may hold loaded at once (vLLM's CPU-side cache)."""
@@ -87,6 +87,7 @@ class LoraLoads:
             return LoadFailed(
                 f"{adapter.name}: {exc.message}", model=adapter.name, reason=exc.message
             )
+        adapter.saw_health(Health.HEALTHY)  # vLLM took it: it answers as its base does
         adapter.became_running(f"loaded in {base.name}", time.monotonic() - started)
         return None
 
@@ -113,11 +114,12 @@ class LoraLoads:
         """A base left `running` or `loading`: its adapters go with it. A base came up:
         adopt what vLLM already serves in it."""
         base = event.model
-        if not base.config.adapters:
+        adapters = self.adapters_of(base)
+        if not adapters:
             return
         if event.new not in CARRYING:
             fate = FATES.get(event.new, event.new.value)
-            for adapter in self.adapters_of(base):
+            for adapter in adapters:
                 self._taken_down(adapter, f"{base.name} {fate}")
         elif event.new is State.RUNNING:
             task = asyncio.create_task(self._adopt(base), name=f"adopt-{base.name}")
@@ -142,6 +144,7 @@ class LoraLoads:
         for adapter in self.adapters_of(base):
             if adapter.name in listed and adapter.state is State.STOPPED:
                 adapter.begin_watch(f"found loaded in {base.name}")
+                adapter.saw_health(Health.HEALTHY)
                 adapter.became_running(f"found loaded in {base.name}")
 
     async def close(self) -> None:

@@ -71,7 +71,23 @@ async def decide_with_plans(
 async def preview_switch(
     backends: Backends, leases: Leases, model: Model, force: bool = False
 ) -> PlanResult:
-    """What `switch` would do to bring `model` up now, with the planner's figures."""
+    """What `switch` would do to bring `model` up now, with the planner's figures. For
+    an adapter whose base is down: what bringing the base up would do, then its load."""
+    base = backends.loras.base_of(model) if model.config.base else None
+    if base is None or base.state is State.RUNNING or model.state is not State.STOPPED:
+        return await _preview(backends, leases, model, force)
+    first = await _preview(backends, leases, base, force)
+    estimate = (first.estimated_seconds or 0) + model.load_estimate_s()
+    return first.model_copy(
+        update={
+            "model": model.name,
+            "message": f"{first.message}; then {model.name} is loaded into {base.name}",
+            "estimated_seconds": round(estimate, 1),
+        }
+    )
+
+
+async def _preview(backends: Backends, leases: Leases, model: Model, force: bool) -> PlanResult:
     policy = backends.registry.config.daemon.eviction_policy
     name = model.name
     decision = decide_switch(SwitchFacts(model.state, True, force))

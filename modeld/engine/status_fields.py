@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 
 from modeld.adapters.gpu.base import GpuReading
 from modeld.adapters.hfcache import human_size
+from modeld.core.lora import lora_settings
 from modeld.core.memory import model_need
 from modeld.core.states import ACTIVE, State
 from modeld.engine.facts import device_totals
@@ -122,6 +123,7 @@ def model_view(model: Model, reading: GpuReading | None, now: float) -> ModelSta
         container_id=model.backend.id if model.backend else None,
         base=config.base,
         adapters=list(config.adapters),
+        adapter_slots=(lora_settings(config.command or []).capacity if config.adapters else None),
     )
 
 

@@ -101,9 +101,11 @@ class ModelStatus(_Wire):
     config_pending: bool
     backend_pid: int | None
     container_id: str | None
-    # A LoRA adapter: the model it runs in; a base: its adapters (docs/adapters.md).
+    # A LoRA adapter: the model it runs in; a base: its adapters (docs/adapters.md),
+    # and how many it may hold loaded at once (None: it takes none).
     base: str | None
     adapters: list[str]
+    adapter_slots: int | None
 
 
 class Device(_Wire):

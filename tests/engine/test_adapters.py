@@ -29,12 +29,13 @@ def adapter_dir(root: Path, name: str, rank: int = 8) -> str:
     return str(path)
 
 
-def lora_config(root: Path, max_loras: int = 2, **daemon: Any) -> Config:
-    """A base taking `max_loras` adapters, three adapters of it, and another model that
-    does not fit beside the base (80 GB)."""
+def lora_config(root: Path, max_loras: int = 2, base_sleeps: bool = False, **daemon: Any) -> Config:
+    """A base taking `max_loras` adapters (with sleep mode: `base_sleeps`), three
+    adapters of it and a broken one, and another model that does not fit beside the base
+    (80 GB)."""
     command = ["vllm", "--enable-lora", "--max-loras", str(max_loras), "--max-lora-rank", "16"]
     models: dict[str, dict[str, Any]] = {
-        "base": {"command": command, "gpu_memory_gb": 50},
+        "base": {"command": command, "gpu_memory_gb": 50, "sleep_mode": base_sleeps},
         "other": {"gpu_memory_gb": 50},
     }
     for name in ("sql", "chat", "math"):
@@ -205,3 +206,72 @@ async def test_a_restarted_daemon_adopts_the_base_and_its_loaded_adapters(
         assert runtime.starts("base") == 1
     finally:
         await second.shutdown()
+
+
+async def test_the_plan_for_an_adapter_says_its_base_comes_first(
+    engines: EngineFactory, tmp_path: Path
+) -> None:
+    """Base down (and `other` in the way): the plan is the base's (stop other), then the
+    adapter's load, estimated as both; with the base running, only the adapter's load."""
+    engine, _, _ = await engines(lora_config(tmp_path))
+    await engine.models.switch("other")
+    plan = await engine.models.plan("sql")
+    assert plan.model == "sql" and plan.stop == ["other"]
+    assert plan.message.endswith("then sql is loaded into base")
+    base_only = await engine.models.plan("base")
+    assert plan.estimated_seconds is not None and base_only.estimated_seconds is not None
+    assert plan.estimated_seconds > base_only.estimated_seconds
+    await engine.models.switch("base")
+    again = await engine.models.plan("sql")
+    assert again.action == "start" and again.stop == [] and "base" not in again.message
+
+
+async def test_after_its_base_crashes_an_adapter_loads_again_on_demand(
+    engines: EngineFactory, tmp_path: Path
+) -> None:
+    """The base's backend dies behind modeld's back: its adapters are stopped with it
+    (said), and the next acquire of one starts the base again and loads it: granted."""
+    engine, runtime, _ = await engines(lora_config(tmp_path))
+    await engine.models.switch("sql")
+    events = engine.events.subscribe()
+    await runtime.kill_behind_back("base", exit_code=1)
+    await engine.poll_once()
+    said = await next_of(events, "state", model="sql", to_state="stopped")
+    assert said.reason == "its base base failed"  # type: ignore[union-attr]
+    granted = await engine.leases.acquire("sql", owner=1, timeout=30)
+    assert granted.served_model_name == "sql" and runtime.starts("base") == 2
+    assert await answer(engine, "sql") == "sql"
+
+
+async def test_a_base_with_adapters_is_stopped_never_parked(
+    engines: EngineFactory, tmp_path: Path
+) -> None:
+    """vLLM has corrupted adapters after a wake: a sleep-mode base that has adapters is
+    stopped to make room, never parked, though parking has room for it."""
+    config = lora_config(tmp_path, base_sleeps=True, park_ram_gb=100)
+    engine, _, _ = await engines(config)
+    await engine.models.switch("sql")
+    result = await engine.models.switch("other")
+    assert result.parked_models == [] and result.unloaded_models == ["base"]
+    assert state_of(engine, "base") is State.STOPPED
+
+
+async def test_lru_values_a_base_by_the_last_use_of_its_adapters(
+    engines: EngineFactory, tmp_path: Path
+) -> None:
+    """lru: base was started before `other`, but its adapter was used after: making room
+    for a third model evicts `other`, not the base its adapter's requests run in."""
+    command = ["vllm", "--enable-lora"]
+    models: dict[str, dict[str, Any]] = {
+        "base": {"command": command, "gpu_memory_gb": 30},
+        "other": {"gpu_memory_gb": 30},
+        "third": {"gpu_memory_gb": 30},
+        "sql": {"base": "base", "adapter": adapter_dir(tmp_path, "sql")},
+    }
+    engine, _, _ = await engines(make_config(models, [80], eviction_policy="lru"))
+    await engine.models.switch("base")
+    await engine.models.switch("other")
+    await engine.models.switch("sql")
+    result = await engine.models.switch("third")
+    assert result.unloaded_models == ["other"]
+    assert state_of(engine, "sql") is State.RUNNING

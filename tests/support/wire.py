@@ -48,6 +48,7 @@ MODEL_DEFAULTS: dict[str, Any] = {
     "container_id": None,
     "base": None,
     "adapters": [],
+    "adapter_slots": None,
 }
 
 
