@@ -19,7 +19,10 @@ one for each model that still fits: room exactly when one more model fits. Which
 fit is an approximation: the most configured models whose memory needs, smallest first,
 fit in the host's total GPU memory together; the planner decides per device, so a host
 may hold fewer (needs spread badly over devices) or the same models in other
-combinations.
+combinations. LoRA adapters (docs/adapters.md) are listed as models are: running when
+loaded in a running base (exactly what the scorer's affinity routes on), and each free
+adapter slot of a resident base (its `--max-cpu-loras`, at least `--max-loras`) counts
+as room for one more.
 """
 
 from __future__ import annotations
@@ -43,12 +46,27 @@ def max_models(status: Status) -> int:
     total = sum(d.total_gb for d in status.gpu.devices)
     held = 0.0
     count = 0
-    needs = sorted(m.gpu_memory_required_gb for m in status.models.values())
+    # Adapters take no memory of their own: their room is their bases' slots.
+    needs = sorted(m.gpu_memory_required_gb for m in status.models.values() if m.base is None)
     for need in needs:
         if held + need > total:
             break
         held, count = held + need, count + 1
     return count
+
+
+def free_adapter_slots(status: Status) -> int:
+    """Adapters the resident bases could still load without unloading one."""
+    free = 0
+    for model in status.models.values():
+        if model.status in RESIDENT and model.adapter_slots:
+            loaded = sum(
+                status.models[name].status in RESIDENT | ON_THE_WAY
+                for name in model.adapters
+                if name in status.models
+            )
+            free += max(0, model.adapter_slots - loaded)
+    return free
 
 
 class _Scrape(Collector):
@@ -90,9 +108,15 @@ class ModelServerMetrics:
                 coming += names
             else:
                 continue
-            held += 1
-        # In the scorer's units, names: those listed, and one per model that still fits.
-        capacity = len(resident) + len(coming) + max(0, max_models(status) - held)
+            held += model.base is None
+        # In the scorer's units, names: those listed, one per model that still fits, and
+        # one per adapter slot still free in a resident base.
+        capacity = (
+            len(resident)
+            + len(coming)
+            + max(0, max_models(status) - held)
+            + free_adapter_slots(status)
+        )
         adapters = (",".join(resident), ",".join(coming), str(capacity))
         if adapters != self._adapters:
             self._adapters, self._changed_at = adapters, time.time()

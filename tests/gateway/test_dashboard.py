@@ -15,6 +15,7 @@ from playwright.async_api import Browser, Locator, Page, expect
 
 from modeld.core.errors import LoadFailed
 from modeld.testing.fakes import Behaviour
+from tests.engine.test_adapters import lora_config
 from tests.gateway.conftest import KEY, Fronted, GatewayFactory
 from tests.support import eventually, make_config
 
@@ -338,3 +339,24 @@ async def test_the_log_panel_follows_a_backend_and_shows_a_failure(
     )
     await page.click("button[data-action='logs'][data-model='coder']")
     await expect(page.locator("#logs-state")).to_contain_text("failed: coder")
+
+
+async def test_adapters_are_shown_under_their_base(
+    fronted: GatewayFactory, browser: Browser, tmp_path: Path
+) -> None:
+    """Each adapter's row follows its base's, marked as its adapter, its memory the
+    base's; a click switches to an adapter and the base is not restarted."""
+    front = await fronted(lora_config(tmp_path), api_keys=[KEY])
+    await front.engine.models.switch("sql")
+    page = await open_page(browser, front)
+    await expect(state(page, "sql")).to_have_text("running")
+    rows = await page.locator("#models tbody tr").evaluate_all(
+        "rows => rows.map(r => r.dataset.model)"
+    )
+    assert rows.index("base") + 1 == rows.index("sql") < rows.index("chat") < rows.index("other")
+    sql = page.locator("tr[data-model='sql']")
+    await expect(sql.locator(".tag.adapter")).to_have_text("adapter of base")
+    await expect(sql.locator("td[data-label='Memory']")).to_have_text("in base's")
+    await page.click("tr[data-model='chat'] button[data-action='switch']")
+    await expect(state(page, "chat")).to_have_text("running")
+    assert front.runtime.starts("base") == 1

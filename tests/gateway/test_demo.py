@@ -28,7 +28,13 @@ def test_the_seeds_curl_lines_and_the_openai_package_on_the_demo(demo_gateway: s
     from demo-chat and demo-large (which cannot share the GPU with both others), the
     gateway switching by the request's model, streamed and not."""
     status = curl(f"{demo_gateway}/v1/models/status")
-    assert set(status["models"]) == {"demo-chat", "demo-coder", "demo-large"}
+    assert set(status["models"]) == {
+        "demo-chat",
+        "demo-coder",
+        "demo-large",
+        "demo-large-sql",
+        "demo-large-poet",
+    }
     assert {"used_gb", "total_gb", "available_gb"} <= set(status["gpu"])
     switched = curl("-X", "POST", f"{demo_gateway}/v1/models/switch?target_model=demo-coder")
     assert switched["status"] == "success"

@@ -52,3 +52,24 @@ def test_capacity_is_names_listed_plus_models_that_still_fit() -> None:
     info = scrape(metrics, held)["info"]
     assert info["waiting_lora_adapters"] == "b"
     assert info["max_lora"] == "4"  # a, x, y, b: full
+
+
+def test_adapters_are_listed_as_running_and_capacity_counts_free_slots() -> None:
+    """A resident base with two adapter slots and one adapter loaded: the adapter is a
+    running name; room is one more model (two fit, one held) and one more adapter; an
+    adapter needs no memory of its own, so it does not make more models fit."""
+    metrics = ModelServerMetrics()
+    big = {"gpu_memory_required_gb": 30}
+    seen = whole_status(
+        {
+            "base": model_status(
+                status="running", adapters=["sql", "chat"], adapter_slots=2, **big
+            ),
+            "sql": model_status(status="running", base="base", gpu_memory_required_gb=0),
+            "chat": model_status(base="base", gpu_memory_required_gb=0),
+            "other": model_status(**big),
+        }
+    )
+    info = scrape(metrics, seen)["info"]
+    assert info["running_lora_adapters"] == "base,sql"
+    assert info["max_lora"] == "4"  # base, sql; one model; one adapter slot

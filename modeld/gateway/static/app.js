@@ -455,10 +455,26 @@ function loadProgress(name, view) {
   return [bar, text];
 }
 
+// Each base followed by its adapters (an adapter whose base is gone, last).
+function inOrder(models) {
+  const rows = [];
+  for (const [name, view] of Object.entries(models)) {
+    if (view.base) continue;
+    rows.push([name, view]);
+    for (const adapter of view.adapters || []) {
+      if (models[adapter]) rows.push([adapter, models[adapter]]);
+    }
+  }
+  for (const [name, view] of Object.entries(models)) {
+    if (view.base && !models[view.base]) rows.push([name, view]);
+  }
+  return rows;
+}
+
 function renderModels() {
   const body = $("#models tbody");
   body.replaceChildren();
-  for (const [name, view] of Object.entries(status.models)) {
+  for (const [name, view] of inOrder(status.models)) {
     const state = view.status;
     const stepText = steps.get(name);
     const stateCell = el("td", { "data-label": "State" },
@@ -469,9 +485,11 @@ function renderModels() {
     if (state === "failed" && view.failure) {
       stateCell.append(el("small", { class: "note", text: view.failure.reason || "" }));
     }
-    const memory = ["running", "loading", "sleeping", "stopping"].includes(state) && view.gpu_memory_used_gb !== null
-      ? `${gb(view.gpu_memory_used_gb)} (${view.gpu_memory_source})`
-      : `needs ${gb(view.gpu_memory_required_gb)} (${view.gpu_memory_required_source})`;
+    const memory = view.base
+      ? `in ${view.base}'s`
+      : ["running", "loading", "sleeping", "stopping"].includes(state) && view.gpu_memory_used_gb !== null
+        ? `${gb(view.gpu_memory_used_gb)} (${view.gpu_memory_source})`
+        : `needs ${gb(view.gpu_memory_required_gb)} (${view.gpu_memory_required_source})`;
     const timing = state === "sleeping" && view.parked
       ? `wakes in ${about(view.parked.estimated_wake_seconds)}`
       : `loads in ${about(view.estimated_load_time_seconds)}`;
@@ -505,10 +523,11 @@ function renderModels() {
         text: doomed ? `Switch would be refused now: ${plan.message}` : `Switch: ${plan.message}`,
       })
       : null;
-    body.append(el("tr", { "data-model": name },
+    body.append(el("tr", { "data-model": name, class: view.base ? "adapter" : "" },
       el("td", { class: "name", "data-label": "Model" },
         el("strong", { text: name }),
         view.pinned ? el("span", { class: "tag pinned", text: "pinned", title: "pinned in its config: never stopped or parked to make room" }) : null,
+        view.base ? el("span", { class: "tag adapter", text: `adapter of ${view.base}`, title: `a LoRA adapter: it runs in ${view.base}, which stays up when it is switched or stopped` }) : null,
         el("small", { text: view.description || "" })),
       stateCell,
       el("td", { "data-label": "Memory", text: memory }),
