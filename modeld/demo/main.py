@@ -2,8 +2,9 @@
 
 Starts `modeld` with the demo config shipped in the package (etc/modeld/demo.toml links
 to it; simulated GPU, fake vLLM backends as child processes) on a private socket, drives
-it with `modelctl`, sends two requests through `modeld-gateway` (each naming a model that
-is then loaded for it), then stops both.
+it with `modelctl` (a model switch, and a switch between two LoRA adapters of one base),
+sends three requests through `modeld-gateway` (each naming a model that is then loaded
+for it, one an adapter), then stops both.
 """
 
 from __future__ import annotations
@@ -36,6 +37,9 @@ STEPS: list[list[str]] = [
     ["status"],
     ["switch", "demo-large"],
     ["switch", "demo-large"],
+    # LoRA adapters of demo-large: loaded into it in a fraction of a second, no restart.
+    ["switch", "demo-large-sql"],
+    ["switch", "demo-large-poet"],
     ["status"],
     ["switch", "demo-chat"],
     ["status"],
@@ -162,7 +166,8 @@ def _wait_http(url: str, key: str, deadline_s: float) -> bool:
 
 def _through_the_gateway(config: Path, socket: Path, workdir: Path, console: Console) -> int:
     """Requests through modeld-gateway: naming demo-large loads it (parking what must go),
-    then demo-chat wakes for the next; how many steps failed."""
+    `sql` (an adapter's alias) is answered by that adapter, then demo-chat wakes for the
+    next; how many steps failed."""
     console.rule("[bold]$ modeld-gateway: the model a request names is loaded for it")
     with (workdir / "gateway.log").open("wb") as log:
         gateway, url, key = _start_gateway(config, socket, log)
@@ -171,13 +176,23 @@ def _through_the_gateway(config: Path, socket: Path, workdir: Path, console: Con
                 console.print(f"[red]modeld-gateway did not come up; see {workdir}/gateway.log")
                 return 1
             failed = 0
-            for model in ("demo-large", "demo-chat"):
+            for model in ("demo-large", "sql", "demo-chat"):
                 failed += not _gateway_request(url, key, model, console)
             failed += _ctl(socket, ["ps"], console) != 0
             return failed
         finally:
             gateway.terminate()
             gateway.wait(timeout=30)
+
+
+def write_adapters(directory: Path) -> Path:
+    """The demo adapters' files, as PEFT lays them out (adapter_config.json: all the fake
+    vLLM reads), in `directory`."""
+    for name in ("sql", "poet"):
+        (directory / name).mkdir(parents=True, exist_ok=True)
+        config = {"peft_type": "LORA", "r": 8, "lora_alpha": 16, "target_modules": ["q_proj"]}
+        (directory / name / "adapter_config.json").write_text(json.dumps(config))
+    return directory
 
 
 def private_copy(config: Path, directory: Path, fresh_ports: bool = False) -> Path:
@@ -190,6 +205,7 @@ def private_copy(config: Path, directory: Path, fresh_ports: bool = False) -> Pa
         config.read_text(),
         flags=re.MULTILINE,
     ).replace("/tmp/modeld-demo/backends", str(directory / "backends"))
+    text = text.replace("/tmp/modeld-demo/adapters", str(write_adapters(directory / "adapters")))
     if fresh_ports:
         for port in set(re.findall(r'"(?:http://)?127\.0\.0\.1:(\d+)"', text)):
             new = str(free_port())

@@ -186,11 +186,16 @@ def test_demo_command_switches_between_models() -> None:
     assert "woke demo-chat from sleep" in result.stdout
     assert "demo-large answered: 'demo-large ok ok ok ok ok'" in result.stdout
     assert "demo-chat answered: 'demo-chat ok ok ok ok ok'" in result.stdout
+    # An adapter switch beside the model switches: demo-large is not restarted for it,
+    # and a request naming the adapter's alias is answered by the adapter.
+    assert "demo-large-sql is running and healthy" in result.stdout
+    assert "demo-large-poet: stopped -> loading (start)" in result.stdout
+    assert "sql answered: 'demo-large-sql ok ok ok ok ok'" in result.stdout
     assert "demo done" in result.stdout
     # What it prints works as printed: the socket to export, and the curl line it ran.
     assert re.search(r"export MODELD_SOCKET=/\S+/modeld\.sock; modelctl watch", result.stdout)
     curls = [line[2:] for line in result.stdout.splitlines() if line.startswith("$ curl ")]
-    assert len(curls) == 2
+    assert len(curls) == 3
     argv = shlex.split(curls[0])
     assert argv[:2] == ["curl", "-sN"] and json.loads(argv[-1])["model"] == "demo-large"
     if shutil.which("curl"):
