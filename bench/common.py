@@ -41,6 +41,12 @@ class Figure:
         return self.median / self.baseline if self.baseline else None
 
 
+def ratio_text(ratio: float) -> str:
+    """A ratio as RESULTS.md writes it: two decimals, or two significant digits below
+    0.01 (an adapter switch is 0.0002x a cold start, not 0.00x)."""
+    return f"{ratio:.2g}x" if ratio < 0.01 else f"{ratio:.2f}x"
+
+
 def summarize(samples: Sequence[float]) -> tuple[float, float, float]:
     """Median, p99 and spread (p90 - p10) of samples."""
     ordered = sorted(samples)
@@ -66,7 +72,7 @@ class Report:
     def add(self, item: Figure) -> Figure:
         """Keep a figure and print it."""
         self.figures.append(item)
-        ratio = f"  ratio {item.ratio:.2f}x" if item.ratio is not None else ""
+        ratio = f"  ratio {ratio_text(item.ratio)}" if item.ratio is not None else ""
         verdict = {True: "  [met]", False: "  [MISSED]", None: ""}[item.met]
         print(
             f"{self.bench}: {item.name}: median {item.median:.4g} {item.unit}, p99 "

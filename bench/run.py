@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from bench import (
+    adapters,
     cold_start,
     footprint,
     gateway,
@@ -20,7 +21,7 @@ from bench import (
     switch_overhead,
     traces,
 )
-from bench.common import Report, machine
+from bench.common import Report, machine, ratio_text
 
 BENCHES = [
     rpc,
@@ -34,6 +35,7 @@ BENCHES = [
     pressure,
     traces,
     cold_start,
+    adapters,
 ]
 
 
@@ -97,7 +99,7 @@ def render(reports: list[Report], quick: bool, earlier: Earlier) -> str:
             notes.extend(earlier.notes.get(name, []))
             continue
         for f in by_name[name].figures:
-            ratio = f"{f.ratio:.2f}x" if f.ratio is not None else ""
+            ratio = ratio_text(f.ratio) if f.ratio is not None else ""
             met = {True: "yes", False: "**no**", None: ""}[f.met]
             lines.append(
                 f"| {name} | {f.name} | {f.median:.4g} {f.unit} | {f.p99:.4g} | "

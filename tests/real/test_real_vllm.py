@@ -1,8 +1,9 @@
 """Real vLLM (for CPU) behind the real `modeld` and `modeld-gateway`, driven with the
 `openai` package as a client would: loads on request, a stream that hears from modeld
 while the model loads, aliases, a switch between two servers (one on the Unix socket
-modeld chose, one on `{host}:{port}`), the model-server metrics from real vLLM's own, the
-kept compile cache, and a load that stalls.
+modeld chose, one on `{host}:{port}`), the model-server metrics from real vLLM's own, two
+LoRA adapters of the second answering as themselves, the kept compile cache, and a load
+that stalls.
 
 The tests share one daemon and run in file order, each from the state the one before
 left (a real cold start costs a minute on two cores: the tier takes four).
@@ -34,7 +35,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from modeld.client import Client
 from modeld.core.activity import FINISHED, IN_FLIGHT, KV_CACHE
 from modeld.testing.ports import free_port, wait_until
-from tests.support.realvllm import CPU_ENV, vllm_command
+from tests.support.realvllm import CPU_ENV, vllm_command, write_tiny_lora
 
 # A real cold start takes minutes on a busy two-core machine, not the suite's 180 s.
 pytestmark = pytest.mark.timeout(900)
@@ -104,8 +105,15 @@ def answers_health(url: str, key: str | None = None) -> bool:
 
 def config_text(python: Path, model_dir: Path, tmp: Path, gateway_port: int, port_b: int) -> str:
     """The config a new user would write: no endpoint for the socket model, a chosen
-    `{host}:{port}` for the other; each 6 GB on a 10 GB (simulated) GPU, so one at a
-    time."""
+    `{host}:{port}` for the other, which also carries two LoRA adapters; each 6 GB on a
+    10 GB (simulated) GPU, so one at a time."""
+    adapters: dict[str, dict[str, Any]] = {
+        f"tiny-b-{name}": {
+            "base": "tiny-b",
+            "adapter": str(write_tiny_lora(python, model_dir, tmp / "adapters" / name, seed)),
+        }
+        for name, seed in (("sql", 1), ("chat", 2))
+    }
     models: dict[str, dict[str, Any]] = {
         "tiny-a": {
             "command": vllm_command(python, model_dir, "tiny-a", "--uds", "{socket}"),
@@ -117,6 +125,7 @@ def config_text(python: Path, model_dir: Path, tmp: Path, gateway_port: int, por
             "command": [
                 *vllm_command(python, model_dir, "tiny-b", "--host", "{host}", "--port", "{port}"),
                 "--enforce-eager",
+                *("--enable-lora", "--max-loras", "2", "--max-lora-rank", "8"),
             ],
         },
         "tiny-stall": {
@@ -142,6 +151,9 @@ def config_text(python: Path, model_dir: Path, tmp: Path, gateway_port: int, por
         f'listen = "127.0.0.1:{gateway_port}"',
         f'api_keys = ["ci {KEY}"]',
     ]
+    for name, settings in adapters.items():
+        lines += ["", f'[models."{name}"]']
+        lines += [f"{key} = {json.dumps(value)}" for key, value in settings.items()]
     for name, settings in models.items():
         settings = {
             "runtime": "process",
@@ -284,10 +296,50 @@ def test_the_host_speaks_the_model_server_protocol_from_real_vllm(host: RealHost
         }
     info = found["vllm:lora_requests_info"].labels
     assert info["running_lora_adapters"].split(",") == ["tiny-b"]
-    # 4 GB (tiny-stall) and 6 GB fit the 10 GB together: two models at once.
-    assert info["waiting_lora_adapters"] == "" and info["max_lora"] == "2"
+    # 4 GB (tiny-stall) and 6 GB fit the 10 GB together: two models at once; and tiny-b
+    # takes two adapters (--max-loras 2), none loaded yet: room for three more names.
+    assert info["waiting_lora_adapters"] == "" and info["max_lora"] == "4"
     assert 0 <= found["vllm:kv_cache_usage_perc"].value <= 1
     assert found["vllm:num_requests_waiting"].value == 0
+
+
+def test_adapters_of_a_real_base_answer_as_themselves(host: RealHost) -> None:
+    """tiny-b runs with --enable-lora: its two adapters (written on the spot in PEFT's
+    layout) are asked for through the gateway with the openai package; each is loaded
+    into the running base without restarting it, and each answers unlike the base and
+    unlike the other (greedy). The gateway then lists them as running adapters."""
+    before = host.status()["models"]["tiny-b"]
+    assert before["status"] == "running"
+
+    def greedy(model: str) -> str:
+        done = host.openai().completions.create(
+            model=model, prompt="the model answers", max_tokens=8, temperature=0
+        )
+        assert done.model == model
+        return done.choices[0].text
+
+    answers = {model: greedy(model) for model in ("tiny-b", "tiny-b-sql", "tiny-b-chat")}
+    assert len(set(answers.values())) == 3, answers
+    status = host.status()["models"]
+    assert status["tiny-b"]["backend_pid"] == before["backend_pid"]  # never restarted
+    for name in ("tiny-b-sql", "tiny-b-chat"):
+        assert status[name]["status"] == "running" and status[name]["base"] == "tiny-b"
+        assert status[name]["last_load_seconds"] is not None
+    asked = urllib.request.Request(
+        f"{host.url}/metrics", headers={"Authorization": f"Bearer {KEY}"}
+    )
+    with urllib.request.urlopen(asked, timeout=10) as answer:
+        info = next(
+            sample.labels
+            for family in text_string_to_metric_families(answer.read().decode())
+            for sample in family.samples
+            if sample.name == "vllm:lora_requests_info"
+        )
+    assert {"tiny-b-sql", "tiny-b-chat"} <= set(info["running_lora_adapters"].split(","))
+    # Stopped, the adapter is unloaded from the base, which serves on.
+    host.call("stop", model="tiny-b-sql")
+    assert host.state("tiny-b-sql") == "stopped" and host.state("tiny-b") == "running"
+    assert greedy("tiny-b-chat") == answers["tiny-b-chat"]
 
 
 def test_the_second_cold_start_compiles_nothing_new(host: RealHost) -> None:
