@@ -11,7 +11,7 @@ import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any, NotRequired, TypedDict, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
@@ -29,6 +29,23 @@ DEFAULT_SOCKET = Path("/run/modeld/modeld.sock")
 def default_socket() -> Path:
     """MODELD_SOCKET, else the packaged default."""
     return Path(os.environ.get("MODELD_SOCKET", str(DEFAULT_SOCKET)))
+
+
+class RpcFailure(TypedDict):
+    """A JSON-RPC error object, as the daemon sends it."""
+
+    code: int
+    message: str
+    data: NotRequired[Any]
+
+
+class Response(TypedDict, total=False):
+    """One answer line to a call: a `result`, or an `error` (JSON-RPC 2.0)."""
+
+    jsonrpc: str
+    id: int | str | None
+    result: Any
+    error: RpcFailure
 
 
 class RpcError(Exception):
@@ -78,7 +95,7 @@ class Client:
         self._ids = itertools.count(1)
         self._writer: asyncio.StreamWriter | None = None
         self._reading: asyncio.Task[None] | None = None
-        self._pending: dict[int, asyncio.Future[dict[str, Any]]] = {}
+        self._pending: dict[int, asyncio.Future[Response]] = {}
         self._events: DropOldest[dict[str, Any] | None] = DropOldest(self.EVENTS_KEPT)
         # Followed logs, per model: each line, then None at the end.
         self._logs: dict[str, DropOldest[str | None]] = {}
@@ -158,7 +175,7 @@ class Client:
             raise _refusal(response)
         return response["result"]
 
-    async def _ask(self, method: str, params: dict[str, object]) -> dict[str, Any]:
+    async def _ask(self, method: str, params: dict[str, object]) -> Response:
         """Send one call; its whole answer (a `result` or an `error`)."""
         assert self._writer is not None, "use `async with`"
         if self._closed is not None:
@@ -167,7 +184,7 @@ class Client:
         message: dict[str, object] = {"jsonrpc": "2.0", "id": request_id, "method": method}
         if params:
             message["params"] = params
-        answer: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        answer: asyncio.Future[Response] = asyncio.get_running_loop().create_future()
         self._pending[request_id] = answer
         try:
             self._writer.write(json.dumps(message).encode() + b"\n")
@@ -238,7 +255,7 @@ class Client:
         except (KeyError, ValidationError) as exc:
             raise UnreadableAnswer("acquire", f"would_load without {exc}") from None
 
-    async def _acquire(self, model: str, timeout_s: float | None, load: bool) -> dict[str, Any]:
+    async def _acquire(self, model: str, timeout_s: float | None, load: bool) -> Response:
         params: dict[str, object] = {"model": model}
         if timeout_s is not None:
             params["timeout_s"] = timeout_s
@@ -261,7 +278,7 @@ class Client:
                     await self.call("release", lease=granted["lease"])
             raise
 
-    def _release_granted(self, acquired: asyncio.Future[dict[str, Any]]) -> None:
+    def _release_granted(self, acquired: asyncio.Future[Response]) -> None:
         if acquired.cancelled() or acquired.exception() is not None or self.closed:
             return
         granted = acquired.result().get("result")
@@ -295,7 +312,7 @@ class Client:
                 await self.call("release", lease=granted.lease)
 
 
-def _refusal(response: dict[str, Any]) -> RpcError:
+def _refusal(response: Response) -> RpcError:
     """An answer's `error`, as the exception a call raises."""
     error = response["error"]
     return RpcError(error["code"], error["message"], error.get("data"))
