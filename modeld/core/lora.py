@@ -14,6 +14,9 @@ from dataclasses import dataclass
 ADAPTER_KEYS = frozenset(
     {"base", "adapter", "description", "aliases", "load_timeout_s", "load_time_seconds"}
 )
+# An adapter's load is a fraction of a second, not a model's minutes: its estimate until
+# measured, and how long its load may take before it fails.
+ADAPTER_DEFAULTS = {"load_time_seconds": 1.0, "load_timeout_s": 60.0}
 ENABLE_LORA = "--enable-lora"
 # vLLM's settings for runtime loading (/v1/load_lora_adapter): added to a base that has
 # adapters, as sleep mode's are to a model that parks.
@@ -132,7 +135,7 @@ def with_adapters(models: Mapping[str, object]) -> dict[str, object]:
             carrier = models.get(base)
             given = carrier if isinstance(carrier, Mapping) else {}
             inherited = {k: given[k] for k in ("endpoint", "runtime", "gpus") if k in given}
-            out[name] = {**table, **inherited, "name": name}
+            out[name] = {**ADAPTER_DEFAULTS, **table, **inherited, "name": name}
         elif name in bases:
             out[name] = {**table, "adapters": bases[name]}
         else:

@@ -237,7 +237,7 @@ class LeaseOps:
                     # A load is on its way (room is being made for it): join it.
                     await self._settled(name, left, timeout)
                     continue
-                if not load and model.state is not State.LOADING:
+                if not load and model.state is not State.LOADING and not self._cheap(model):
                     raise WouldLoad(
                         f"{name} is {model.state.value}: a lease would need a load or a wake",
                         model=name,
@@ -248,6 +248,12 @@ class LeaseOps:
                     await self._models.switch(name, timeout=left, caller=caller)
                 except ModelsBusy:
                     continue  # its turn comes once the drain allows; our timeout rules
+
+    def _cheap(self, model: Model) -> bool:
+        """An adapter whose base runs: loading it takes a fraction of a second and moves
+        no model, so a lease that may not cause a load may still cause that."""
+        base = model.config.base
+        return base is not None and self._registry.model(base).state is State.RUNNING
 
     async def _settled(self, name: str, left: float | None, timeout: float | None) -> None:
         try:

@@ -175,6 +175,8 @@ class DaemonLink:
         self.models = None if models is None else models | frozenset(self.aliases)
         # Each model's state as the daemon's events last said (a hint: the daemon decides).
         self.states: dict[str, str] = {}
+        # Each adapter's base (docs/adapters.md), as the daemon last said.
+        self.bases: dict[str, str] = {}
         # The leases of requests in flight (renewed after a daemon restart).
         self._held: set[Lease] = set()
         self._renewing: asyncio.Task[None] | None = None
@@ -258,6 +260,7 @@ class DaemonLink:
         self.aliases = {alias: name for name, view in models.items() for alias in view.aliases}
         self.models = frozenset(models) | frozenset(self.aliases)
         self.states = {name: view.status for name, view in models.items()}
+        self.bases = {name: view.base for name, view in models.items() if view.base}
 
     async def _renew(self) -> None:
         """The daemon is back: take again the leases of requests still streaming (theirs

@@ -98,11 +98,17 @@ class Feedback:
     async def _estimate(self) -> tuple[float | None, float]:
         """The expected load (or wake) seconds, and how far along it already is."""
         try:
-            view = (await self._link.status()).models.get(self._model)
+            models = (await self._link.status()).models
         except GatewayError:
             return None, 0.0
+        view = models.get(self._model)
         if view is None:
             return None, 0.0
+        after = 0.0
+        base = models.get(view.base) if view.base is not None else None
+        if base is not None and base.status != "running":
+            # An adapter waits for its base: the base's load, then its own.
+            view, after = base, view.estimated_load_time_seconds
         seconds = view.estimated_load_time_seconds
         if view.status == "sleeping" and view.parked is not None:
             seconds = view.parked.estimated_wake_seconds
@@ -110,7 +116,7 @@ class Feedback:
         if view.status == "loading":
             since = datetime.fromisoformat(view.since).timestamp()
             elapsed = max(0.0, time.time() - since)
-        return seconds, elapsed
+        return seconds + after, elapsed
 
     def _progress(self, estimate: tuple[float | None, float], started: float) -> str:
         """`loading MODEL 40% ~12 s left`, from the estimate and the time gone by."""

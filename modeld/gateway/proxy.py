@@ -242,7 +242,7 @@ class Proxy:
         if caller.admin or not self._budget.limited:
             return await self._serve(request, model, waiting, load=True, asked=asked)
         retry = self._budget.spent(caller.name)
-        idle = self._link.states.get(model) in IDLE_STATES and not self._loads_asked[model]
+        idle = self._idle(model) and not self._loads_asked[model]
         if retry is None or not idle:
             # The daemon says whether it would load (the gateway's view is only a hint).
             answered = await self._serve(request, model, waiting, load=False, asked=asked)
@@ -268,6 +268,15 @@ class Proxy:
             raise refusal
         self._metrics.key_loads.labels(caller.name).inc()
         return await self._serve(request, model, waiting, load=True, asked=asked)
+
+    def _idle(self, model: str) -> bool:
+        """Whether a request for `model` would cause a load, as the daemon last said: it
+        is stopped, asleep or failed (an adapter whose base runs loads in a fraction of a
+        second: not a load the budget counts)."""
+        base = self._link.bases.get(model)
+        if base is not None and self._link.states.get(base) == "running":
+            return False
+        return self._link.states.get(model) in IDLE_STATES
 
     @overload
     async def _serve(

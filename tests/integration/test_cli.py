@@ -69,7 +69,13 @@ def test_modelctl_against_the_daemon(demo_daemon: tuple[subprocess.Popen[str], P
     daemon, socket = demo_daemon
     status = modelctl(socket, "--json", "status")
     assert status.returncode == 0
-    assert set(json.loads(status.stdout)["models"]) == {"demo-chat", "demo-coder", "demo-large"}
+    assert set(json.loads(status.stdout)["models"]) == {
+        "demo-chat",
+        "demo-coder",
+        "demo-large",
+        "demo-large-sql",
+        "demo-large-poet",
+    }
 
     switched = modelctl(socket, "switch", "demo-coder", "--json")
     assert switched.returncode == 0, switched.stderr
@@ -100,9 +106,10 @@ def test_modelctl_against_the_daemon(demo_daemon: tuple[subprocess.Popen[str], P
     unknown = modelctl(socket, "switch", "demo-chta")
     assert unknown.returncode == 1
     # One sentence, never wrapped off a terminal (a grep finds it whole).
-    assert "Did you mean demo-chat? The models: demo-chat, demo-coder and demo-large." in (
-        unknown.stderr
-    )
+    assert (
+        "Did you mean demo-chat? The models: demo-chat, demo-coder, demo-large, "
+        "demo-large-poet and demo-large-sql (also sql)."
+    ) in (unknown.stderr)
 
     daemon.send_signal(signal.SIGTERM)
     assert daemon.wait(timeout=30) == 0
@@ -311,7 +318,13 @@ def test_bash_completes_commands_options_and_the_daemons_models(
         ["bash", "-c", script], capture_output=True, text=True, env=env, timeout=60, check=True
     )
     answers = [block.split() for block in done.stdout.split("--\n")[:-1]]
-    assert answers == [["switch"], ["--follow"], ["demo-chat", "demo-coder"], ["demo-large"]]
+    # demo-l: demo-large and its two adapters.
+    assert answers == [
+        ["switch"],
+        ["--follow"],
+        ["demo-chat", "demo-coder"],
+        ["demo-large", "demo-large-poet", "demo-large-sql"],
+    ]
 
 
 def test_piped_output_is_never_wrapped_and_options_go_after_the_command(tmp_path: Path) -> None:

@@ -146,3 +146,19 @@ def test_check_config_refuses_adapters_that_would_not_load(tmp_path: Path) -> No
         result.stderr
     )
     assert "models.sql" not in result.stderr
+
+
+def test_an_adapters_estimate_and_deadline_are_an_adapters() -> None:
+    """An adapter loads in a fraction of a second: its estimate until measured is 1 s and
+    its load may take 60 s (not a model's 60 s and 900 s); either may be set."""
+    loaded = config(
+        {
+            "qwen": qwen(),
+            "sql": {"base": "qwen", "adapter": "/srv/sql"},
+            "slow": {"base": "qwen", "adapter": "/srv/slow", "load_timeout_s": 300},
+        }
+    )
+    sql, slow = loaded.models["sql"], loaded.models["slow"]
+    assert (sql.load_time_seconds, sql.load_timeout_s) == (1.0, 60.0)
+    assert slow.load_timeout_s == 300
+    assert loaded.models["qwen"].load_time_seconds == 60.0
