@@ -87,6 +87,11 @@ class LoraLoads:
             return LoadFailed(
                 f"{adapter.name}: {exc.message}", model=adapter.name, reason=exc.message
             )
+        if base.state is not State.RUNNING:
+            # The base left while vLLM took the adapter: it went with it.
+            why = f"its base {base.name} is {base.state.value}"
+            adapter.failed("load failed", Failure(why))
+            return LoadFailed(f"{adapter.name}: {why}", model=adapter.name, reason="base_down")
         adapter.saw_health(Health.HEALTHY)  # vLLM took it: it answers as its base does
         adapter.became_running(f"loaded in {base.name}", time.monotonic() - started)
         return None
@@ -127,9 +132,9 @@ class LoraLoads:
             task.add_done_callback(self._adopting.discard)
 
     def _taken_down(self, adapter: Model, why: str) -> None:
-        if adapter.load_task is not None and not adapter.load_task.done():
-            adapter.load_task.cancel()
-        if adapter.state in CARRYING:
+        # A loading adapter's own load sees its base gone (it waits on the base's load,
+        # or its call to the base fails) and says so to whoever waits on it.
+        if adapter.state is State.RUNNING:
             adapter.stopping(f"its base {why}", None)
             adapter.stopped(f"its base {why}")
 

@@ -19,7 +19,7 @@ from modeld.core.config import Config
 from modeld.core.errors import LoadFailed, ModelsBusy
 from modeld.core.states import State
 from modeld.engine.metrics import Metrics, serve_metrics
-from modeld.testing.fakes import FakeRuntime
+from modeld.testing.fakes import Behaviour, FakeRuntime
 from modeld.testing.ports import free_port
 from tests.engine.test_metrics import scrape
 from tests.support import EngineFactory, make_config, next_of, start_over, state_of
@@ -305,3 +305,18 @@ async def test_an_adapter_is_a_model_in_the_metrics_and_its_cost_is_learned(
     finally:
         await runner.cleanup()
         await engine.shutdown()
+
+
+async def test_a_base_that_fails_to_load_fails_its_adapters_load_saying_so(
+    engines: EngineFactory, tmp_path: Path
+) -> None:
+    """The base exits while loading: the switch to its adapter fails with the base's
+    fate as the reason (not a stop), and the adapter is failed, not loading."""
+    engine, runtime, _ = await engines(lora_config(tmp_path))
+    runtime.behaviour["base"] = Behaviour(load_seconds=0.2, exit_code=1)
+    with pytest.raises(LoadFailed, match="its base base is failed"):
+        await engine.models.switch("sql")
+    view = engine.view.status().models["sql"]
+    assert view.status == "failed" and view.failure is not None
+    assert view.failure.reason == "its base base is failed"
+    assert state_of(engine, "base") is State.FAILED
