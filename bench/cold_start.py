@@ -23,6 +23,7 @@ from modeld.adapters.runtime.process import ProcessRuntime
 from modeld.adapters.vllm import VllmClient
 from modeld.core.config import parse_config
 from modeld.engine.build import build_engine
+from modeld.engine.engine import Engine
 from modeld.service.logs import configure_logging
 from tests.support.realvllm import (
     CPU_ENV,
@@ -34,8 +35,18 @@ from tests.support.realvllm import (
 )
 
 
-async def cold_starts(python: Path, model_dir: Path, work: Path) -> tuple[float, float]:
-    """Seconds to running: with an empty cache, then with what that start left in it."""
+def real_vllm(bench: str) -> Path | None:
+    """The real-vLLM virtualenv's Python (quiet logs for the run), or None, said."""
+    configure_logging("warning")
+    python = vllm_python()
+    if python is None:
+        print(f"{bench}: skipped: no real-vLLM virtualenv at {venv_path()} (.ci/vllm-venv)")
+    return python
+
+
+async def real_engine(work: Path, models: dict[str, dict[str, object]]) -> Engine:
+    """A started Engine over real process backends (vLLM for CPU) on a simulated 10 GB
+    GPU, its state and caches in `work`."""
     config = parse_config(
         {
             "daemon": {
@@ -45,25 +56,35 @@ async def cold_starts(python: Path, model_dir: Path, work: Path) -> tuple[float,
                 "poll_interval_s": 3600,
             },
             "gpu": {"backend": "simulated", "devices_gb": [10], "release_delay_s": 0},
-            "models": {
-                "tiny": {
-                    "runtime": "process",
-                    "command": vllm_command(python, model_dir, "tiny", "--uds", "{socket}"),
-                    "env": CPU_ENV,
-                    "gpu_memory_gb": 6,
-                    "load_timeout_s": 900,
-                    "stop_timeout_s": 10,
-                }
-            },
+            "models": models,
         }
     )
     engine = await build_engine(
         config,
         gpu=SimulatedGpu(config.gpu),
         runtimes={"process": ProcessRuntime()},
-        vllm=VllmClient(timeout_s=2),
+        vllm=VllmClient(timeout_s=5),
     )
     await engine.startup()
+    return engine
+
+
+def tiny_table(command: list[str]) -> dict[str, object]:
+    """The tiny Llama's model table, started with `command`."""
+    return {
+        "runtime": "process",
+        "command": command,
+        "env": CPU_ENV,
+        "gpu_memory_gb": 6,
+        "load_timeout_s": 900,
+        "stop_timeout_s": 10,
+    }
+
+
+async def cold_starts(python: Path, model_dir: Path, work: Path) -> tuple[float, float]:
+    """Seconds to running: with an empty cache, then with what that start left in it."""
+    command = vllm_command(python, model_dir, "tiny", "--uds", "{socket}")
+    engine = await real_engine(work, {"tiny": tiny_table(command)})
     try:
         times = []
         for _ in range(2):
@@ -79,11 +100,9 @@ async def cold_starts(python: Path, model_dir: Path, work: Path) -> tuple[float,
 
 def run(quick: bool) -> Report:
     """First and second cold start of the same real vLLM model, over rounds."""
-    configure_logging("warning")
     report = Report("cold_start")
-    python = vllm_python()
+    python = real_vllm(report.bench)
     if python is None:
-        print(f"cold_start: skipped: no real-vLLM virtualenv at {venv_path()} (.ci/vllm-venv)")
         return report
     rounds = 1 if quick else 3
     first: list[float] = []

@@ -110,7 +110,11 @@ def adapter_dir(cache: Path, adapter: str) -> Path | None:
     return snapshots[-1] if snapshots else None
 
 
-def adapter_facts(path: Path) -> tuple[int | None, str | None] | None:
+# An adapter's rank and the base model it was trained on, as adapter_config.json says.
+AdapterFacts = tuple[int | None, str | None]
+
+
+def adapter_facts(path: Path) -> AdapterFacts | None:
     """An adapter directory's rank (`r`) and base model (`base_model_name_or_path`) from
     its adapter_config.json; None when there is no readable one."""
     try:

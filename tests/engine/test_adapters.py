@@ -14,14 +14,11 @@ from typing import Any
 import aiohttp
 import pytest
 
-from modeld.adapters.gpu.simulated import SimulatedGpu
 from modeld.core.config import Config
 from modeld.core.errors import LoadFailed, ModelsBusy
 from modeld.core.states import State
-from modeld.engine.metrics import Metrics, serve_metrics
 from modeld.testing.fakes import Behaviour, FakeRuntime
-from modeld.testing.ports import free_port
-from tests.engine.test_metrics import scrape
+from tests.engine.test_metrics import metered, scrape
 from tests.support import EngineFactory, make_config, next_of, start_over, state_of
 
 
@@ -286,25 +283,14 @@ async def test_an_adapter_is_a_model_in_the_metrics_and_its_cost_is_learned(
 ) -> None:
     """The daemon's Prometheus metrics count an adapter as a model (its state, its load
     time); its load time is learned, so estimates and plans use it."""
-    config = lora_config(tmp_path)
-    runtime = FakeRuntime()
-    gpu = SimulatedGpu(config.gpu, alive=runtime.alive)
-    metrics = Metrics()
-    engine = await start_over(config, runtime, gpu, metrics=metrics)
-    metrics.watch(engine.view.status)
-    listen = f"127.0.0.1:{free_port()}"
-    runner = await serve_metrics(metrics, listen)
-    try:
+    async with metered(lora_config(tmp_path)) as (engine, _, url):
         await engine.models.switch("sql")
-        samples = await scrape(f"http://{listen}/metrics")
+        samples = await scrape(url)
         assert samples[("modeld_model_state", (("model", "sql"), ("state", "running")))] == 1
         assert samples[("modeld_load_duration_seconds_count", (("model", "sql"),))] == 1
         view = engine.view.status().models["sql"]
         assert view.estimated_load_time_source == "learned"
         assert view.estimated_load_time_seconds < 1
-    finally:
-        await runner.cleanup()
-        await engine.shutdown()
 
 
 async def test_a_base_that_fails_to_load_fails_its_adapters_load_saying_so(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -11,7 +12,7 @@ from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from modeld.adapters.gpu.simulated import SimulatedGpu
-from modeld.core.config import parse_config
+from modeld.core.config import Config, parse_config
 from modeld.core.errors import LoadFailed, ModelsBusy
 from modeld.engine.engine import Engine
 from modeld.engine.metrics import Metrics, serve_metrics
@@ -20,6 +21,24 @@ from modeld.testing.ports import free_port
 from tests.support import make_config, start_over
 
 GIB = 1024**3
+
+
+@contextlib.asynccontextmanager
+async def metered(config: Config) -> AsyncIterator[tuple[Engine, FakeRuntime, str]]:
+    """An Engine over a fake host of `config`, with metrics served on a free port: the
+    Engine, its runtime, the metrics' URL."""
+    runtime = FakeRuntime()
+    gpu = SimulatedGpu(config.gpu, alive=runtime.alive)
+    metrics = Metrics()
+    engine = await start_over(config, runtime, gpu, metrics=metrics)
+    metrics.watch(engine.view.status)
+    listen = f"127.0.0.1:{free_port()}"
+    runner = await serve_metrics(metrics, listen)
+    try:
+        yield engine, runtime, f"http://{listen}/metrics"
+    finally:
+        await runner.cleanup()
+        await engine.shutdown()
 
 
 @pytest.fixture
@@ -33,16 +52,8 @@ async def host() -> AsyncIterator[tuple[Engine, FakeRuntime, str]]:
         },
         [60],
     )
-    runtime = FakeRuntime()
-    gpu = SimulatedGpu(config.gpu, alive=runtime.alive)
-    metrics = Metrics()
-    engine = await start_over(config, runtime, gpu, metrics=metrics)
-    metrics.watch(engine.view.status)
-    listen = f"127.0.0.1:{free_port()}"
-    runner = await serve_metrics(metrics, listen)
-    yield engine, runtime, f"http://{listen}/metrics"
-    await runner.cleanup()
-    await engine.shutdown()
+    async with metered(config) as served:
+        yield served
 
 
 async def scrape(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
