@@ -78,6 +78,8 @@ def tiny_table(command: list[str]) -> dict[str, object]:
         "gpu_memory_gb": 6,
         "load_timeout_s": 900,
         "stop_timeout_s": 10,
+        # A first token on a busy two-core machine may take more than 5 s.
+        "probe_timeout_s": 60,
     }
 
 

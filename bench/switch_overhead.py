@@ -78,6 +78,8 @@ async def measure(rounds: int) -> tuple[list[float], list[float]]:
             "models": {
                 "m": {
                     "runtime": "docker",
+                    # As the direct start it is measured against: trusted on /health 200.
+                    "probe": "health",
                     "container": name,
                     "gpu_memory_gb": 10,
                     "endpoint": f"http://127.0.0.1:{port}",

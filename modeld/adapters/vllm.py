@@ -23,7 +23,7 @@ from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from modeld.core.activity import Activity, parse_activity
 from modeld.core.config import ModelConfig
-from modeld.core.errors import AdapterFailed, ModeldError, SleepModeFailed
+from modeld.core.errors import AdapterFailed, ModeldError, ProbeFailed, SleepModeFailed
 
 # Level 1 moves the weights to host RAM and drops the KV cache: a wake restores them.
 PARK_LEVEL = 1
@@ -31,6 +31,9 @@ PARK_LEVEL = 1
 # tens of kilobytes even with many label sets.
 MAX_ANSWER_BYTES = 64 * 1024
 MAX_METRICS_BYTES = 4 * 1024 * 1024
+# What a probe asks: a greedy token (or an embedding) of a fixed prompt, so the answer
+# of a model that answers right is the same each time (the wake canary compares them).
+PROBE_PROMPT = "The capital of France is"
 # `/v1/models` lists the base and every adapter loaded in it (a few hundred bytes each).
 MAX_MODELS_BYTES = 1024 * 1024
 
@@ -186,6 +189,62 @@ class VllmClient:
         except SleepModeFailed:
             return None
 
+    async def probe(self, model: ModelConfig, timeout_s: float, key: str | None = None) -> str:
+        """The model's answer to its probe: the token of a greedy one-token completion
+        (`probe = "token"`), or the first numbers of a one-input embedding
+        (`"embedding"`); ProbeFailed saying what came back, or that nothing did within
+        `timeout_s` (a hung engine answers /health 200 and never a token)."""
+        embedding = model.probe == "embedding"
+        path = "/v1/embeddings" if embedding else "/v1/completions"
+        body: dict[str, object] = {"model": model.served_name, "input": PROBE_PROMPT}
+        if not embedding:
+            body = {
+                "model": model.served_name,
+                "prompt": PROBE_PROMPT,
+                "max_tokens": 1,
+                "temperature": 0,
+            }
+        session, url = self._url(model.endpoint, path)
+        headers = {"Authorization": f"Bearer {key}"} if key else None
+        try:
+            async with session.post(
+                url, json=body, headers=headers, timeout=aiohttp.ClientTimeout(total=timeout_s)
+            ) as response:
+                text = await _read(response, MAX_ANSWER_BYTES)
+        except TimeoutError:
+            raise ProbeFailed(
+                f"no {'embedding' if embedding else 'token'} in {timeout_s:g} s",
+                endpoint=model.endpoint,
+            ) from None
+        except (aiohttp.ClientError, ConnectionError, _TooLong) as exc:
+            raise ProbeFailed(
+                f"POST {path} failed: {exc or type(exc).__name__}", endpoint=model.endpoint
+            ) from None
+        if response.status != 200:
+            reason = _vllm_error(text)
+            raise ProbeFailed(
+                f"POST {path} answered {response.status}" + (f": {reason[:200]}" if reason else ""),
+                endpoint=model.endpoint,
+                status=response.status,
+            )
+        try:
+            answered = _PROBED.validate_json(text)
+        except ValidationError:
+            raise ProbeFailed(
+                f"POST {path} answered 200 without a {'vector' if embedding else 'choice'}",
+                endpoint=model.endpoint,
+                answer=text[:200],
+            ) from None
+        if embedding:
+            if not answered.data or not answered.data[0].embedding:
+                raise ProbeFailed(
+                    f"POST {path} answered an empty embedding", endpoint=model.endpoint
+                )
+            return " ".join(f"{x:.4g}" for x in answered.data[0].embedding[:4])
+        if not answered.choices:
+            raise ProbeFailed(f"POST {path} answered no choice", endpoint=model.endpoint)
+        return answered.choices[0].text
+
     async def load_adapter(self, endpoint: str, name: str, path: str, timeout_s: float) -> None:
         """Load a LoRA adapter into a running base, served as `name` (vLLM reads it from
         `path` before answering); AdapterFailed with vLLM's reason."""
@@ -232,6 +291,24 @@ class VllmClient:
         self._session, self._unix = None, {}
         for session in sessions:
             await session.close()
+
+
+class _Choice(BaseModel):
+    text: str = ""
+
+
+class _Vector(BaseModel):
+    embedding: list[float] = []
+
+
+class _Probed(BaseModel):
+    """A completion's or an embedding's answer (only what a probe reads)."""
+
+    choices: list[_Choice] = []
+    data: list[_Vector] = []
+
+
+_PROBED = TypeAdapter(_Probed)
 
 
 class _Card(BaseModel):

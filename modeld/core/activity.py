@@ -90,13 +90,19 @@ def parse_activity(text: str) -> Activity | None:
 
 
 def last_active(
-    previous: Activity | None, current: Activity | None, since: float, now: float
+    previous: Activity | None,
+    current: Activity | None,
+    since: float,
+    now: float,
+    probes: int = 0,
 ) -> float:
     """When the model was last seen busy: now if requests are in flight or more finished
-    since the previous reading, else `since` unchanged. Unreadable metrics count as busy:
-    a model is never unloaded on a guess."""
+    since the previous reading than the `probes` modeld sent meanwhile, else `since`
+    unchanged. Unreadable metrics count as busy: a model is never unloaded on a guess."""
     if current is None or current.in_flight > 0:
         return now
-    if previous is not None and current.finished != previous.finished:
-        return now
+    if previous is not None:
+        finished = current.finished - previous.finished
+        if finished < 0 or finished > probes:  # a restarted counter counts as busy
+            return now
     return since

@@ -166,6 +166,13 @@ class ModelConfig(Strict):
     wake_timeout_s: PositiveFloat = 60.0
     # Park (sleep_mode) or stop the model once it has served no request for this long.
     idle_unload_after_s: PositiveFloat | None = None
+    # Trusted only when it answers (docs/probes.md): after each load and wake, and once
+    # idle for probe_interval_s, a greedy one-token completion (`token`), a one-input
+    # embedding (`embedding`, for pooling models) or /health alone (`health`), with a
+    # deadline of probe_timeout_s; a failed probe fails the model.
+    probe: Literal["token", "embedding", "health"] = "token"
+    probe_timeout_s: PositiveFloat = 5.0
+    probe_interval_s: PositiveFloat | None = 300.0
     # A LoRA adapter (core/lora.py): the model it runs in, and its directory (PEFT's
     # layout) or Hugging Face repo id. Its endpoint, runtime and GPUs are its base's.
     base: str | None = None

@@ -138,6 +138,14 @@ class AdapterFailed(ModeldError):
     kind = "adapter_failed"
 
 
+class ProbeFailed(ModeldError):
+    """A backend did not answer its token probe (a greedy one-token completion, or a
+    one-input embedding) within its deadline, though /health may answer 200."""
+
+    code = -32018
+    kind = "probe_failed"
+
+
 class SocketInUse(ModeldError):
     """Another process answers on the daemon's socket path."""
 

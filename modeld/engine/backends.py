@@ -26,6 +26,7 @@ from modeld.engine.facts import LoadTask
 from modeld.engine.ledger import GpuLedger
 from modeld.engine.loras import LoraLoads
 from modeld.engine.model import Model
+from modeld.engine.probes import probe
 from modeld.engine.readiness import await_ready
 from modeld.engine.registry import Registry
 
@@ -204,6 +205,10 @@ class Backends:
                 self.registry.config.daemon.health_poll_interval_s,
                 model.saw_health,
             )
+            asleep = await self.vllm.says_asleep(model.config)
+            # Trusted once it answers a token, not when /health says 200 (probes.py).
+            if not asleep and (refused := await probe(self.vllm, model)) is not None:
+                raise LoadFailed(refused.message, model=model.name, reason="not_answering")
         except Exception as exc:
             failure = exc if isinstance(exc, ModeldError) else _crashed(model, exc)
             # Nothing half-loaded may keep GPU memory: stop it (a no-op once it exited).
@@ -216,7 +221,7 @@ class Backends:
             model.failed("load failed", why)
             return failure
         load_s = time.monotonic() - started
-        if await self.vllm.says_asleep(model.config):
+        if asleep:
             # Found at startup (or woken and parked again behind modeld's back) asleep.
             model.found_asleep()
             return None

@@ -43,6 +43,8 @@ class Died(StrEnum):
 
     EXITED = "backend exited"
     ENGINE_DIED = "engine died"
+    # /health answered 200, but its probe got no token (probes.py).
+    NOT_ANSWERING = "engine not answering"
 
 
 @dataclass(frozen=True)
@@ -104,6 +106,13 @@ class UsageFacts:
     unload_task: asyncio.Task[None] | None = field(default=None, repr=False)
     leases: int = 0
     waiting: int = 0
+    # Token probes (probes.py): when the last one answered, and what; how many were
+    # sent, and how many of them the last /metrics reading had seen (a probe is a
+    # finished request there, and must not count as activity).
+    probed_at: float = 0.0
+    probe_answer: str | None = None
+    probes: int = 0
+    probes_seen: int = 0
 
 
 class Known:

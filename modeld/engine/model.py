@@ -181,6 +181,13 @@ class Model(Known):
                 died=Died.ENGINE_DIED,
             )
 
+    def stopped_answering(self, generation: int, why: str) -> None:
+        """/health says 200 but its probe got no token: `failed` (the restart policy
+        applies, as for an engine that died)."""
+        if not self.is_current(generation) or self.state is not State.RUNNING:
+            return
+        self._move(State.FAILED, Died.NOT_ANSWERING.value, Failure(why), died=Died.NOT_ANSWERING)
+
     def observed_download(self, download: Download | None) -> None:
         """What the HF cache holds of its weights."""
         if download != self._download:
@@ -260,18 +267,27 @@ class Model(Known):
 
     def seen_activity(self, activity: Activity | None, now: float) -> None:
         """Its request metrics read at `now`: the rates since the last reading, and when
-        it was last seen busy."""
+        it was last seen busy (the probes sent since the last reading are not activity)."""
         usage = self._usage
+        probed = usage.probes - usage.probes_seen
         self._usage = replace(
             usage,
             activity=activity,
             rates=rates(usage.activity, activity),
-            last_active=last_active(usage.activity, activity, usage.last_active, now),
+            last_active=last_active(usage.activity, activity, usage.last_active, now, probed),
+            probes_seen=usage.probes,
         )
         # Polled every few seconds for every running model: status is rebuilt only when
         # what it shows (the rates) moved.
         if self._usage.rates != usage.rates:
             self._changed()
+
+    def probed(self, answer: str) -> None:
+        """It answered a token probe (probes.py) with `answer`."""
+        usage = self._usage
+        self._usage = replace(
+            usage, probed_at=time.monotonic(), probe_answer=answer, probes=usage.probes + 1
+        )
 
     def unloading(self, task: asyncio.Task[None] | None) -> None:
         """The idle unload in flight (None: it ended)."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Callable
 
 import structlog
@@ -24,6 +25,7 @@ from modeld.core.states import State
 from modeld.engine.ledger import GpuLedger
 from modeld.engine.model import Model
 from modeld.engine.observations import Observations
+from modeld.engine.probes import probe, probe_due
 
 log = structlog.get_logger("modeld.engine.monitor")
 
@@ -101,6 +103,10 @@ class Monitor:
         if model.generation == generation and model.state is State.RUNNING:
             activity = await self._vllm.activity(model.config.endpoint)
             self._observations.seen_activity(model, generation, activity)
+        # Idle this long: does it still answer? (/health alone cannot say.)
+        due = model.generation == generation and probe_due(model, time.monotonic())
+        if due and (refused := await probe(self._vllm, model)) is not None:
+            self._observations.seen_not_answering(model, generation, refused)
 
     async def _scan_downloads(self, models: list[Model]) -> None:
         """Refresh what the HF cache holds for each model, off the loop, only for models

@@ -12,6 +12,7 @@ from modeld.adapters.hfcache import Download
 from modeld.adapters.runtime.base import BackendStatus, Runtime
 from modeld.adapters.vllm import Health
 from modeld.core.activity import Activity
+from modeld.core.errors import ProbeFailed
 from modeld.core.states import State
 from modeld.engine.backends import Backends
 from modeld.engine.leases import Leases
@@ -49,6 +50,11 @@ class Observations:
     async def inspect(self, model: Model) -> BackendStatus:
         """What its runtime says of its backend (whether the runtime answered is noted)."""
         return await self._backends.inspect(model)
+
+    def seen_not_answering(self, model: Model, generation: int, refused: ProbeFailed) -> None:
+        """Its probe got no token though /health answers 200: `failed`, with why (the
+        restart policy takes it from there)."""
+        model.stopped_answering(generation, str(refused.data.get("reason", refused.message)))
 
     def seen_memory(self, reading: GpuReading) -> None:
         """A fresh GPU reading (learning had it from the ledger): say when a device's use

@@ -18,6 +18,7 @@ from modeld.engine.backends import Backends
 from modeld.engine.learning import Learning
 from modeld.engine.model import Model
 from modeld.engine.operations import IDLE_UNLOAD, Operations
+from modeld.engine.probes import probe
 from modeld.wire.events import IdleUnloaded, ParkFailed, WakeFailed, Waking
 
 log = structlog.get_logger("modeld.engine.parking")
@@ -91,6 +92,8 @@ class Parking:
             model.saw_health(health)
             if health is not Health.HEALTHY:
                 raise SleepModeFailed(f"/health says {health.value} after waking")
+            if (refused := await probe(self._backends.vllm, model)) is not None:
+                raise SleepModeFailed(f"woke, but {refused.data['reason']}")
         except SleepModeFailed as exc:
             return await self._cold_start_instead(model, generation, exc)
         if not model.is_current(generation):

@@ -31,6 +31,8 @@ class Behaviour:
     sleep_seconds: float = 0.02
     wake_seconds: float = 0.05
     wake_fails: bool = False
+    # Its engine hangs from the start (/health 200, no token ever).
+    hangs: bool = False
     # Runtime LoRA loading (a base whose command enables it): how long a load takes.
     lora_load_seconds: float = 0.01
 
@@ -94,6 +96,7 @@ class FakeRuntime:
             wake_fails=behaviour.wake_fails,
             loras=_loras(model, env, behaviour.lora_load_seconds),
         )
+        server.engine_hung = behaviour.hangs
         pid = next(self._pids)
         stop = asyncio.Event()
         task = asyncio.create_task(self._run(server, behaviour, stop))
@@ -141,6 +144,11 @@ class FakeRuntime:
     def server(self, name: str) -> FakeVllm:
         """The fake vLLM server of a running backend."""
         return self._backends[name].server
+
+    def engine_hangs(self, name: str, hung: bool = True) -> None:
+        """Make its engine hang: `/health` still 200, no request answered (vLLM issue
+        39863); `hung` False lets it answer again."""
+        self._backends[name].server.engine_hung = hung
 
     def engine_dies(self, name: str) -> None:
         """Make `/health` answer 503, as vLLM does when its engine process died."""

@@ -2,8 +2,9 @@
 
 Like vLLM it keeps its port closed while it "loads", then answers `/health` with
 200 and an empty body, `/v1/models` with the served model, and `/version`.
-It can also fail the ways vLLM fails: exit during load, or die later (`/health`
-503, then exit 0, as vLLM's API server does when its engine process dies).
+It can also fail the ways vLLM fails: exit during load, die later (`/health` 503, then
+exit 0, as vLLM's API server does when its engine process dies), or hang (`/health`
+still 200, no request ever answered).
 
 With `--enable-sleep-mode` and VLLM_SERVER_DEV_MODE=1 it serves vLLM's sleep
 endpoints: `POST /sleep?level=1`, `POST /wake_up` (each taking its time, as moving
@@ -79,6 +80,9 @@ class FakeVllm:
         self.host = host
         self.load_seconds = load_seconds
         self.engine_dead = False
+        # Set: its engine hangs while its API server lives, as vLLM's sometimes does:
+        # /health answers 200, an inference request is never answered.
+        self.engine_hung = False
         self.sleep_mode = sleep_mode
         self.dev_mode = dev_mode
         self.sleep_seconds = sleep_seconds
@@ -276,6 +280,8 @@ class FakeVllm:
             return body
         if (refused := self._wrong_model(body)) is not None:
             return refused
+        if self.engine_hung:
+            await asyncio.Event().wait()  # never answered: the client's deadline ends it
         # Like vLLM: a request sent while asleep waits (queued) until the wake-up.
         if self.sleeping:
             self._exported.waiting.inc()

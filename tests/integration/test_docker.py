@@ -155,6 +155,7 @@ async def test_existing_container_is_started_and_stopped(
     tables = {
         "existing": {
             "runtime": "docker",
+            "probe": "health",  # the image answers /health, not tokens
             "container": name,
             "endpoint": f"http://127.0.0.1:{port}",
             "gpu_memory_gb": 10,
@@ -176,6 +177,7 @@ async def test_missing_container_fails_with_docker_message(
     tables = {
         "ghost": {
             "runtime": "docker",
+            "probe": "health",  # the image answers /health, not tokens
             "container": f"{prefix}-ghost",
             "endpoint": f"http://127.0.0.1:{free_port()}",
             "gpu_memory_gb": 10,
@@ -232,6 +234,7 @@ async def test_engine_unreachable_is_a_clear_error(tmp_path: Path, daemon: Daemo
     tables = {
         "a": {
             "runtime": "docker",
+            "probe": "health",  # the image answers /health, not tokens
             "container": "whatever",
             "endpoint": "http://127.0.0.1:1",
             "gpu_memory_gb": 10,

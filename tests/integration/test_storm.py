@@ -67,6 +67,7 @@ def existing_container(image: str, prefix: str, name: str) -> dict[str, Any]:
     )
     return {
         "runtime": "docker",
+        "probe": "health",  # the image answers /health, not tokens
         "container": container,
         "endpoint": f"http://127.0.0.1:{port}",
         "gpu_memory_gb": 30,

@@ -160,6 +160,8 @@ def config_text(python: Path, model_dir: Path, tmp: Path, gateway_port: int, por
             "gpu_memory_gb": 6,
             "load_timeout_s": LOAD_S,
             "stop_timeout_s": 5,
+            # A first token on a busy two-core machine may take more than 5 s.
+            "probe_timeout_s": 60,
             "env": CPU_ENV,
             **settings,
         }

@@ -139,6 +139,8 @@ def docker_model(
     port = free_port()
     return {
         "runtime": "docker",
+        # The image answers /health, not tokens: it plays vLLM's runtime, not its engine.
+        "probe": "health",
         "image": image,
         "container": f"{prefix}-{name}",
         "command": ["/fake-vllm", str(port), str(load_seconds), *extra],
