@@ -106,3 +106,18 @@ def last_active(
         if finished < 0 or finished > probes:  # a restarted counter counts as busy
             return now
     return since
+
+
+def progressed(
+    previous: Activity | None, current: Activity | None, since: float, now: float
+) -> float:
+    """When a model's requests last moved: now if none is in flight, or a token was
+    generated or a request finished since the previous reading; else `since`.
+    Unreadable metrics say nothing: `since` unchanged."""
+    if current is None:
+        return since
+    if current.in_flight == 0 or previous is None:
+        return now
+    if current.tokens != previous.tokens or current.finished != previous.finished:
+        return now
+    return since

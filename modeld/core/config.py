@@ -173,6 +173,10 @@ class ModelConfig(Strict):
     probe: Literal["token", "embedding", "health"] = "token"
     probe_timeout_s: PositiveFloat = 5.0
     probe_interval_s: PositiveFloat | None = 300.0
+    # Requests in flight with no token generated and none finished this long: probe at
+    # once (a hung engine's requests wait forever). Generous: a long prompt's prefill
+    # generates nothing for a while. Unset: no stall probe.
+    stall_after_s: PositiveFloat | None = 120.0
     # A LoRA adapter (core/lora.py): the model it runs in, and its directory (PEFT's
     # layout) or Hugging Face repo id. Its endpoint, runtime and GPUs are its base's.
     base: str | None = None

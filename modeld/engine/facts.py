@@ -113,6 +113,9 @@ class UsageFacts:
     probe_answer: str | None = None
     probes: int = 0
     probes_seen: int = 0
+    # When its requests last moved (a token generated, a request finished) or none was
+    # in flight: the stall probe's clock.
+    progress_at: float = 0.0
 
 
 class Known:

@@ -19,7 +19,7 @@ from dataclasses import dataclass, replace
 from modeld.adapters.hfcache import Download
 from modeld.adapters.runtime.base import BackendStatus
 from modeld.adapters.vllm import Health
-from modeld.core.activity import Activity, last_active, rates
+from modeld.core.activity import Activity, last_active, progressed, rates
 from modeld.core.config import ModelConfig
 from modeld.core.states import Failure, ModelStatus, State, check_transition
 from modeld.engine.facts import (
@@ -276,6 +276,7 @@ class Model(Known):
             rates=rates(usage.activity, activity),
             last_active=last_active(usage.activity, activity, usage.last_active, now, probed),
             probes_seen=usage.probes,
+            progress_at=progressed(usage.activity, activity, usage.progress_at, now),
         )
         # Polled every few seconds for every running model: status is rebuilt only when
         # what it shows (the rates) moved.

@@ -1,6 +1,7 @@
 """Token probes: a backend is trusted when it answers a token, not when /health says 200
 (a hung engine keeps answering /health). Probed right after a load or a wake, before
-the model is announced running, and when it has been idle for probe_interval_s; a probe
+the model is announced running, when it has been idle for probe_interval_s, and at once
+when its requests have not moved for stall_after_s; a probe
 never counts as activity (model.py discounts it) and takes no lease. docs/probes.md.
 """
 
@@ -41,13 +42,19 @@ async def probe(vllm: VllmClient, model: Model) -> ProbeFailed | None:
 
 
 def probe_due(model: Model, now: float) -> bool:
-    """Whether a running model has been idle (no request, no probe) for its
-    probe_interval_s."""
+    """Whether a running model is due a probe: idle (no request, no probe) for its
+    probe_interval_s, or with requests in flight that have not moved (no token, none
+    finished) for its stall_after_s."""
     config = model.config
+    if config.probe == "health" or config.base or model.state is not State.RUNNING:
+        return False
+    usage = model.usage
+    started = model.running_since or 0.0
     interval = config.probe_interval_s
-    if config.probe == "health" or config.base or interval is None:
-        return False
-    if model.state is not State.RUNNING:
-        return False
-    quiet_since = max(model.usage.last_active, model.usage.probed_at, model.running_since or 0)
-    return now - quiet_since >= interval
+    quiet_since = max(usage.last_active, usage.probed_at, started)
+    if interval is not None and now - quiet_since >= interval:
+        return True
+    stall = config.stall_after_s
+    busy = usage.activity is not None and usage.activity.in_flight > 0
+    stuck_since = max(usage.progress_at, usage.probed_at, started)
+    return stall is not None and busy and now - stuck_since >= stall

@@ -281,7 +281,13 @@ class FakeVllm:
         if (refused := self._wrong_model(body)) is not None:
             return refused
         if self.engine_hung:
-            await asyncio.Event().wait()  # never answered: the client's deadline ends it
+            # Queued, never answered (its client's deadline ends it), as a hung engine's
+            # requests are: counted as waiting.
+            self._exported.waiting.inc()
+            try:
+                await asyncio.Event().wait()
+            finally:
+                self._exported.waiting.dec()
         # Like vLLM: a request sent while asleep waits (queued) until the wake-up.
         if self.sleeping:
             self._exported.waiting.inc()

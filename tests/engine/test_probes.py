@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 
+import aiohttp
 import pytest
 
 from modeld.core.errors import LoadFailed
@@ -117,3 +118,47 @@ async def test_a_wake_whose_engine_hangs_falls_back_to_a_cold_start(
     assert result.state == "running" and result.woke is False
     assert result.wake_fallback is not None and "engine not answering" in result.wake_fallback
     assert runtime.starts("a") == 2
+
+
+async def test_requests_that_stop_moving_get_the_model_probed_at_once(
+    engines: EngineFactory,
+) -> None:
+    """No idle probe (probe_interval_s unset): a request waits on a hung engine, its
+    /metrics show it in flight with no token for stall_after_s, so the next poll probes
+    at once; no token: failed, saying so."""
+    table = {"gpu_memory_gb": 40, "stall_after_s": 0.3, "probe_interval_s": None, **QUICK}
+    engine, runtime, _ = await engines(make_config({"a": table}, [80]))
+    await engine.models.switch("a")
+    runtime.engine_hangs("a")
+    endpoint = engine.view.status().models["a"].endpoint
+    events = engine.events.subscribe()
+    async with aiohttp.ClientSession() as http:
+        waiting = asyncio.create_task(
+            http.post(f"{endpoint}/v1/completions", json={"prompt": "hi", "max_tokens": 4})
+        )
+        await engine.poll_once()  # the request in flight, no token: the clock starts
+        assert state_of(engine, "a") is State.RUNNING
+        await asyncio.sleep(0.35)
+        await engine.poll_once()
+        failed = await next_of(events, "state", model="a", to_state="failed")
+        assert isinstance(failed, StateChanged) and failed.failure is not None
+        assert "engine not answering" in failed.failure
+        waiting.cancel()
+
+
+async def test_requests_that_move_are_not_a_stall(engines: EngineFactory) -> None:
+    """A slow stream that keeps generating tokens is never probed as a stall, however
+    long it runs."""
+    table = {"gpu_memory_gb": 40, "stall_after_s": 0.2, "probe_interval_s": None, **QUICK}
+    engine, runtime, _ = await engines(make_config({"a": table}, [80]))
+    await engine.models.switch("a")
+    runtime.server("a").token_seconds = 0.05
+    endpoint = engine.view.status().models["a"].endpoint
+    body = {"prompt": "hi", "max_tokens": 40, "stream": True}
+    async with aiohttp.ClientSession() as http, http.post(f"{endpoint}/v1/completions", json=body):
+        for _ in range(6):
+            await engine.poll_once()
+            await asyncio.sleep(0.1)
+        runtime.engine_hangs("a")  # now only a probe would fail: none was sent
+        await engine.poll_once()
+    assert state_of(engine, "a") is State.RUNNING
