@@ -6,13 +6,16 @@ probes are not activity. Against the fake vLLM, which can hang as vLLM's engine 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 
 import aiohttp
 import pytest
 
 from modeld.core.errors import LoadFailed
 from modeld.core.states import State
-from modeld.testing.fakes import Behaviour
+from modeld.engine.engine import Engine
+from modeld.testing.fakes import Behaviour, FakeRuntime
 from modeld.wire.events import StateChanged
 from tests.support import EngineFactory, make_config, next_of, state_of, wait_for_state
 
@@ -79,9 +82,8 @@ async def test_an_idle_model_that_stops_answering_is_failed_and_restarted(
     await engine.models.switch("a")
     runtime.engine_hangs("a")
     events = engine.events.subscribe()
-    await asyncio.sleep(0.25)  # idle for longer than probe_interval_s
-    await engine.poll_once()
-    failed = await next_of(events, "state", model="a", to_state="failed")
+    async with polling(engine):  # the probe is due once it has idled probe_interval_s
+        failed = await next_of(events, "state", model="a", to_state="failed")
     assert isinstance(failed, StateChanged) and failed.failure is not None
     assert failed.failure.startswith("engine not answering: no token in 0.3 s")
     assert await wait_for_state(engine, "a", {State.RUNNING}, 10) is State.RUNNING
@@ -120,27 +122,29 @@ async def test_a_wake_whose_engine_hangs_falls_back_to_a_cold_start(
     assert runtime.starts("a") == 2
 
 
+async def stalling(engines: EngineFactory, stall_after_s: float) -> tuple[Engine, FakeRuntime]:
+    """A running model probed on stalls only (no idle probe), its endpoint's fake vLLM."""
+    table = {"gpu_memory_gb": 40, "stall_after_s": stall_after_s, "probe_interval_s": None}
+    engine, runtime, _ = await engines(make_config({"a": {**table, **QUICK}}, [80]))
+    await engine.models.switch("a")
+    return engine, runtime
+
+
 async def test_requests_that_stop_moving_get_the_model_probed_at_once(
     engines: EngineFactory,
 ) -> None:
-    """No idle probe (probe_interval_s unset): a request waits on a hung engine, its
-    /metrics show it in flight with no token for stall_after_s, so the next poll probes
-    at once; no token: failed, saying so."""
-    table = {"gpu_memory_gb": 40, "stall_after_s": 0.3, "probe_interval_s": None, **QUICK}
-    engine, runtime, _ = await engines(make_config({"a": table}, [80]))
-    await engine.models.switch("a")
+    """No idle probe: a request waits on a hung engine, its /metrics show it in flight
+    with no token for stall_after_s, so a poll probes at once; no token: failed, saying
+    so."""
+    engine, runtime = await stalling(engines, 0.3)
     runtime.engine_hangs("a")
     endpoint = engine.view.status().models["a"].endpoint
     events = engine.events.subscribe()
     async with aiohttp.ClientSession() as http:
-        waiting = asyncio.create_task(
-            http.post(f"{endpoint}/v1/completions", json={"prompt": "hi", "max_tokens": 4})
-        )
-        await engine.poll_once()  # the request in flight, no token: the clock starts
-        assert state_of(engine, "a") is State.RUNNING
-        await asyncio.sleep(0.35)
-        await engine.poll_once()
-        failed = await next_of(events, "state", model="a", to_state="failed")
+        body = {"prompt": "hi", "max_tokens": 4}
+        waiting = asyncio.create_task(http.post(f"{endpoint}/v1/completions", json=body))
+        async with polling(engine):
+            failed = await next_of(events, "state", model="a", to_state="failed")
         assert isinstance(failed, StateChanged) and failed.failure is not None
         assert "engine not answering" in failed.failure
         waiting.cancel()
@@ -148,17 +152,42 @@ async def test_requests_that_stop_moving_get_the_model_probed_at_once(
 
 async def test_requests_that_move_are_not_a_stall(engines: EngineFactory) -> None:
     """A slow stream that keeps generating tokens is never probed as a stall, however
-    long it runs."""
-    table = {"gpu_memory_gb": 40, "stall_after_s": 0.2, "probe_interval_s": None, **QUICK}
-    engine, runtime, _ = await engines(make_config({"a": table}, [80]))
-    await engine.models.switch("a")
+    long it runs: once it has begun, the engine hangs for anything new (so any probe
+    would fail the model), and a poll follows every other token until it ends."""
+    engine, runtime = await stalling(engines, 0.2)
     runtime.server("a").token_seconds = 0.05
     endpoint = engine.view.status().models["a"].endpoint
     body = {"prompt": "hi", "max_tokens": 40, "stream": True}
-    async with aiohttp.ClientSession() as http, http.post(f"{endpoint}/v1/completions", json=body):
-        for _ in range(6):
-            await engine.poll_once()
-            await asyncio.sleep(0.1)
-        runtime.engine_hangs("a")  # now only a probe would fail: none was sent
-        await engine.poll_once()
+    tokens = 0
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(f"{endpoint}/v1/completions", json=body) as stream,
+    ):
+        async for line in stream.content:
+            if not line.startswith(b"data: {"):
+                continue
+            tokens += 1
+            if tokens == 1:
+                runtime.engine_hangs("a")
+            if tokens % 2 == 0:
+                await engine.poll_once()
+    assert tokens > 20  # it ran past stall_after_s many times over
     assert state_of(engine, "a") is State.RUNNING
+
+
+@contextlib.asynccontextmanager
+async def polling(engine: Engine) -> AsyncIterator[None]:
+    """The monitor's passes, one after another, for the block."""
+
+    async def passes() -> None:
+        while True:
+            await engine.poll_once()
+            await asyncio.sleep(0)  # a pass that awaited nothing still lets others run
+
+    task = asyncio.create_task(passes())
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
