@@ -228,22 +228,25 @@ class Client:
         """`gpu`: the last GPU reading."""
         return read_answer(GpuStatus, "gpu", await self.call("gpu"))
 
-    async def acquire(self, model: str, timeout_s: float | None = None) -> LeaseResult:
+    async def acquire(
+        self, model: str, timeout_s: float | None = None, request_bytes: int | None = None
+    ) -> LeaseResult:
         """`acquire`: a lease on `model` once it runs, switching, waking or joining a load
-        as needed. A caller cancelled while it waits (a client that hung up) does not
-        leak the lease: it is released once granted."""
-        response = await self._acquire(model, timeout_s, load=True)
+        as needed (for a request of `request_bytes`, named if it kills its backend). A
+        caller cancelled while it waits (a client that hung up) does not leak the lease:
+        it is released once granted."""
+        response = await self._acquire(model, timeout_s, True, request_bytes)
         if "error" in response:
             raise _refusal(response)
         return await self._lease_read(response["result"])
 
     async def acquire_if_loaded(
-        self, model: str, timeout_s: float | None = None
+        self, model: str, timeout_s: float | None = None, request_bytes: int | None = None
     ) -> LeaseResult | NotLoaded:
         """`acquire` with `load: false`: a lease on `model` if that needs no load or wake
         of its own (joining one under way is fine), else NotLoaded, holding nothing. A
         router budgets the loads its callers cause with it."""
-        response = await self._acquire(model, timeout_s, load=False)
+        response = await self._acquire(model, timeout_s, False, request_bytes)
         if "error" not in response:
             return await self._lease_read(response["result"])
         error = response["error"]
@@ -255,12 +258,16 @@ class Client:
         except (KeyError, ValidationError) as exc:
             raise UnreadableAnswer("acquire", f"would_load without {exc}") from None
 
-    async def _acquire(self, model: str, timeout_s: float | None, load: bool) -> Response:
+    async def _acquire(
+        self, model: str, timeout_s: float | None, load: bool, request_bytes: int | None
+    ) -> Response:
         params: dict[str, object] = {"model": model}
         if timeout_s is not None:
             params["timeout_s"] = timeout_s
         if not load:
             params["load"] = False
+        if request_bytes is not None:
+            params["request_bytes"] = request_bytes
         pending = asyncio.ensure_future(self._ask("acquire", params))
         try:
             return await asyncio.shield(pending)

@@ -146,6 +146,29 @@ class ProbeFailed(ModeldError):
     kind = "probe_failed"
 
 
+class CrashLooping(ModeldError):
+    """A model that died during requests more than restart_max_retries times in a row is
+    held failed: no lease loads it again until an operator starts it."""
+
+    code = -32019
+    kind = "crash_loop"
+
+
+class GpuUnusable(ModeldError):
+    """A model's device is unusable (a critical Xid, uncorrected ECC errors, a failed row
+    remap): nothing is loaded on it until an operator clears its health."""
+
+    code = -32020
+    kind = "gpu_unusable"
+
+
+class UnknownDevice(ModeldError):
+    """A device index this host does not have."""
+
+    code = -32602
+    kind = "invalid_params"
+
+
 class SocketInUse(ModeldError):
     """Another process answers on the daemon's socket path."""
 

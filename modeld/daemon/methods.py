@@ -254,16 +254,23 @@ async def _restart(ctx: Context, p: LoadParams) -> SwitchResult:
 
 async def _acquire(ctx: Context, p: AcquireParams) -> LeaseResult:
     return await ctx.engine.leases.acquire(
-        p.model, owner=ctx.owner, timeout=p.timeout_s, caller=ctx.caller.as_log(), load=p.load
+        p.model,
+        owner=ctx.owner,
+        timeout=p.timeout_s,
+        caller=ctx.caller.as_log(),
+        load=p.load,
+        request_bytes=p.request_bytes,
     )
 
 
 def _acquire_now(ctx: Context, p: AcquireParams) -> LeaseResult | None:
-    return ctx.engine.leases.acquire_now(p.model, owner=ctx.owner, caller=ctx.caller.as_log())
+    return ctx.engine.leases.acquire_now(
+        p.model, owner=ctx.owner, caller=ctx.caller.as_log(), request_bytes=p.request_bytes
+    )
 
 
 def _release(ctx: Context, p: ReleaseParams) -> ReleaseResult:
-    return ctx.engine.leases.release(p.lease, owner=ctx.owner)
+    return ctx.engine.leases.release(p.lease, owner=ctx.owner, broken=p.broken)
 
 
 def _subscribe(ctx: Context, _: NoParams) -> Subscribed:

@@ -68,9 +68,14 @@ class AcquireParams(ModelParams):
     # False: lease only a model that runs or is loading; one that would need a load or a
     # wake is refused at once (`would_load`), so a router can budget the loads it causes.
     load: bool = True
+    # The request's body size (a router's): named in a crash loop's reason.
+    request_bytes: int | None = Field(default=None, ge=0)
 
 
 class ReleaseParams(Params):
     """`release`: a lease this connection holds."""
 
     lease: str = Field(min_length=1, max_length=100)
+    # Its request was cut off by its backend (it broke off, refused the connection, or
+    # its model failed): a crash loop counts it (docs/probes.md).
+    broken: bool = False

@@ -95,7 +95,11 @@ class Engine:
         leases = Leases(registry.models)
         parking = Parking(backends, ops, learning, leases.protected)
         switcher = Switcher(backends, ops, Room(backends, ops, parking, leases), leases)
-        restarts = Restarts(switcher.bring_back)
+        # A death is seen up to a poll after the requests it cut ended at the gateway.
+        restarts = Restarts(
+            switcher.bring_back,
+            lambda model: leases.serving(model, registry.config.daemon.poll_interval_s + 1.0),
+        )
         listeners = (
             learning.on_transition,
             history.on_transition,

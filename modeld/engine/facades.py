@@ -11,7 +11,13 @@ from collections.abc import AsyncIterator, Iterator
 
 import structlog
 
-from modeld.core.errors import ModeldError, ModelsBusy, OperationTimeout, WouldLoad
+from modeld.core.errors import (
+    CrashLooping,
+    ModeldError,
+    ModelsBusy,
+    OperationTimeout,
+    WouldLoad,
+)
 from modeld.core.states import State
 from modeld.engine.backends import Backends
 from modeld.engine.history import History
@@ -201,17 +207,24 @@ class LeaseOps:
         timeout: float | None = None,
         caller: Asker | None = None,
         load: bool = True,
+        request_bytes: int | None = None,
     ) -> LeaseResult:
         """A lease on `name` once it runs and answers: switching, waking or joining a load
         as needed (concurrent acquires share one load). While it drains, new acquires
         wait their turn; a waiting acquire protects the model once it runs. With `load`
-        false, WouldLoad instead of causing a load or a wake (joining one is fine)."""
+        false, WouldLoad instead of causing a load or a wake (joining one is fine). A model
+        held for a crash loop is refused at once (CrashLooping)."""
         name = self._registry.canonical(name)  # an alias names its model
         with self._leases.queued(self._registry.model(name, managed=True)):
-            return await self._acquire(name, owner, timeout, caller, load)
+            return await self._acquire(name, (owner, request_bytes), timeout, caller, load)
 
     async def _acquire(
-        self, name: str, owner: int, timeout: float | None, caller: Asker | None, load: bool
+        self,
+        name: str,
+        owner: tuple[int, int | None],
+        timeout: float | None,
+        caller: Asker | None,
+        load: bool,
     ) -> LeaseResult:
         started = time.monotonic()
         deadline = None if timeout is None else started + timeout
@@ -230,6 +243,9 @@ class LeaseOps:
                     if not switched:  # a switch counted this request already
                         self._registry.count_demand(model)
                     return self._grant(model, owner, started, caller)
+                held = self._held(model)
+                if held is not None:
+                    raise held
                 left = None if deadline is None else deadline - time.monotonic()
                 if left is not None and left <= 0:
                     raise OperationTimeout(f"{name} did not run within {timeout}s", model=name)
@@ -249,6 +265,21 @@ class LeaseOps:
                 except ModelsBusy:
                     continue  # its turn comes once the drain allows; our timeout rules
 
+    def _held(self, model: Model) -> CrashLooping | None:
+        """A model held for a crash loop (or an adapter whose base is): the refusal."""
+        if model.config.base and not model.restarts.held:
+            model = self._registry.model(model.config.base)
+        if not model.restarts.held or model.state is State.RUNNING:
+            return None
+        failure = model.status.failure
+        return CrashLooping(
+            f"{model.name} is held failed: {failure.reason if failure else 'crash loop'}; "
+            f"start it (modelctl start {model.name}) once the cause is found",
+            model=model.name,
+            deaths=len(model.restarts.deaths),
+            request_bytes=[list(serving) for serving in model.restarts.deaths],
+        )
+
     def _cheap(self, model: Model) -> bool:
         """An adapter whose base runs: loading it takes a fraction of a second and moves
         no model, so a lease that may not cause a load may still cause that."""
@@ -263,7 +294,12 @@ class LeaseOps:
             raise OperationTimeout(f"{name} did not run within {timeout}s", model=name) from None
 
     def acquire_now(
-        self, name: str, *, owner: int, caller: Asker | None = None
+        self,
+        name: str,
+        *,
+        owner: int,
+        caller: Asker | None = None,
+        request_bytes: int | None = None,
     ) -> LeaseResult | None:
         """A lease at once, when `name` runs and is not draining (the common case for a
         router: answered without a task); None when it must wait (then `acquire`)."""
@@ -272,10 +308,12 @@ class LeaseOps:
         if model.state is not State.RUNNING or self._leases.draining(name):
             return None
         self._registry.count_demand(model)
-        return self._grant(model, owner, time.monotonic(), caller)
+        return self._grant(model, (owner, request_bytes), time.monotonic(), caller)
 
-    def _grant(self, model: Model, owner: int, started: float, caller: Asker | None) -> LeaseResult:
-        lease = self._leases.grant(model, owner)
+    def _grant(
+        self, model: Model, owner: tuple[int, int | None], started: float, caller: Asker | None
+    ) -> LeaseResult:
+        lease = self._leases.grant(model, *owner)
         waited = time.monotonic() - started
         self._metrics.acquired(model.name, waited)
         log.info("lease.granted", model=model.name, lease=lease.id, caller=dict(caller or {}))
@@ -289,9 +327,12 @@ class LeaseOps:
             waited_seconds=round(waited, 3),
         )
 
-    def release(self, lease: str, *, owner: int | None = None) -> ReleaseResult:
-        """End a lease (only the connection's own, given `owner`)."""
-        ended = self._leases.release(lease, owner)
+    def release(
+        self, lease: str, *, owner: int | None = None, broken: bool = False
+    ) -> ReleaseResult:
+        """End a lease (only the connection's own, given `owner`; `broken`: its backend
+        cut its request off)."""
+        ended = self._leases.release(lease, owner, broken)
         return ReleaseResult(
             released=True, model=ended.model, leases=self._leases.held(ended.model)
         )

@@ -18,6 +18,7 @@ from modeld.core.activity import Activity, Rates
 from modeld.core.config import ModelConfig
 from modeld.core.errors import ModeldError
 from modeld.core.memory import Need, Source, model_need, parked_residual
+from modeld.core.restart_policy import Deaths
 from modeld.core.states import ModelStatus, State
 
 WAKE_FRACTION_OF_LOAD = 0.1
@@ -80,6 +81,10 @@ class RestartFacts:
     at: float | None = None
     gave_up: bool = False
     task: asyncio.Task[None] | None = field(default=None, repr=False)
+    # Deaths in a row during requests (the sizes in flight at each), and whether that
+    # made it a crash loop held failed until an operator acts (core/restart_policy.py).
+    deaths: Deaths = ()
+    held: bool = False
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 import secrets
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 
@@ -19,6 +19,9 @@ from modeld.engine.model import Model
 
 # The owner of the leases the daemon holds on the models it found running at startup.
 ADOPTION = -1
+# Leases whose requests their backend cut off, kept per model for `serving` (a death is
+# seen a poll after it).
+ENDED_KEPT = 32
 
 
 @dataclass(frozen=True)
@@ -30,6 +33,8 @@ class Lease:
     model: str
     owner: int
     since: float
+    # The size of the request's body, as its caller said (a crash loop's reason names it).
+    request_bytes: int | None = None
 
 
 class Leases:
@@ -44,6 +49,9 @@ class Leases:
         self._changed = asyncio.Event()
         # Models found running at startup: the hold's lease and the timer that ends it.
         self._holds: dict[str, tuple[str, asyncio.TimerHandle]] = {}
+        # Per model, the latest leases whose backend cut their request off: when, and
+        # their request's size.
+        self._ended: dict[str, deque[tuple[float, int | None]]] = {}
 
     def held(self, name: str) -> int:
         """Leases held on `name` now."""
@@ -61,23 +69,39 @@ class Leases:
             if m.config.base == name
         )
 
-    def grant(self, model: Model, owner: int) -> Lease:
-        """A new lease on `model` for connection `owner`."""
-        lease = Lease(secrets.token_hex(12), model.name, owner, time.time())
+    def grant(self, model: Model, owner: int, request_bytes: int | None = None) -> Lease:
+        """A new lease on `model` for connection `owner` (for a request of
+        `request_bytes`, when its caller said)."""
+        lease = Lease(secrets.token_hex(12), model.name, owner, time.time(), request_bytes)
         self._by_id[lease.id] = lease
         model.leased(+1)
         return lease
 
-    def release(self, lease_id: str, owner: int | None = None) -> Lease:
-        """End a lease (only its own connection's, when `owner` is given)."""
+    def release(self, lease_id: str, owner: int | None = None, broken: bool = False) -> Lease:
+        """End a lease (only its own connection's, when `owner` is given; `broken`: its
+        backend cut its request off)."""
         lease = self._by_id.get(lease_id)
         if lease is None or (owner is not None and lease.owner != owner):
             raise UnknownLease(f"no lease {lease_id!r} held on this connection", lease=lease_id)
         del self._by_id[lease_id]
+        if broken:
+            ended = self._ended.setdefault(lease.model, deque(maxlen=ENDED_KEPT))
+            ended.append((time.monotonic(), lease.request_bytes))
         if (model := self._models.get(lease.model)) is not None:  # a reload may remove it
             model.leased(-1)
         self._tell()
         return lease
+
+    def serving(self, model: Model, within_s: float) -> tuple[int | None, ...]:
+        """The sizes of the requests `model` was serving: its leases held now, and those
+        of its last run whose backend cut them off in the last `within_s` (a request its
+        backend died under ends at once at the gateway; the monitor sees the death up to
+        a poll later)."""
+        since = max(time.monotonic() - within_s, model.running_since or 0.0)
+        name = model.name
+        held = [lease.request_bytes for lease in self._by_id.values() if lease.model == name]
+        ended = [size for at, size in self._ended.get(name, ()) if at >= since]
+        return (*held, *ended)
 
     def hold(self, model: Model, seconds: float) -> None:
         """Hold a lease on `model` for up to `seconds` (a model found running at

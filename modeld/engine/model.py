@@ -21,6 +21,7 @@ from modeld.adapters.runtime.base import BackendStatus
 from modeld.adapters.vllm import Health
 from modeld.core.activity import Activity, last_active, progressed, rates
 from modeld.core.config import ModelConfig
+from modeld.core.restart_policy import Deaths
 from modeld.core.states import Failure, ModelStatus, State, check_transition
 from modeld.engine.facts import (
     Died,
@@ -223,7 +224,7 @@ class Model(Known):
 
     def restart_scheduled(self, attempt: int, at: float, task: asyncio.Task[None]) -> None:
         """An automatic restart will run at `at` (wall clock)."""
-        self._restarts = RestartFacts(attempt, at, False, task)
+        self._restarts = replace(self._restarts, attempts=attempt, at=at, gave_up=False, task=task)
         self._changed()
 
     def restart_due(self) -> None:
@@ -238,16 +239,32 @@ class Model(Known):
 
     def restarts_given_up(self, attempts: int) -> None:
         """The policy gave up after `attempts`."""
-        self._restarts = RestartFacts(attempts, None, True, None)
+        self._restarts = replace(
+            self._restarts, attempts=attempts, at=None, gave_up=True, task=None
+        )
         self._changed()
 
     def restarts_taken_over(self) -> None:
-        """An operator acts on it: the pending restart is cancelled and the count reset."""
+        """An operator (or a request's load) acts on it: the pending restart is cancelled
+        and the count reset; its deaths during requests are kept unless it was held
+        (only an operator acts on a held model: its leases are refused)."""
         if self._restarts.task is not None:
             self._restarts.task.cancel()
-        if self._restarts != RestartFacts():
-            self._restarts = RestartFacts()
+        kept = RestartFacts() if self._restarts.held else RestartFacts(deaths=self._restarts.deaths)
+        if self._restarts != kept:
+            self._restarts = kept
             self._changed()
+
+    def died_serving(self, deaths: Deaths, held: bool, reason: str) -> None:
+        """Its deaths in a row during requests; `held`: a crash loop, failed until an
+        operator acts (with why in its failure)."""
+        self._restarts = replace(self._restarts, deaths=deaths, held=held)
+        if held and self.state is State.FAILED:
+            previous = self._status.failure
+            lines = previous.last_lines if previous is not None else ()
+            exit_code = previous.exit_code if previous is not None else None
+            self._status = replace(self._status, failure=Failure(reason, exit_code, lines))
+        self._changed()
 
     # ---- intents: usage --------------------------------------------------------------------
 

@@ -81,11 +81,17 @@ class Monitor:
         if model.state in (State.RUNNING, State.SLEEPING):
             await self._observe_live(model, backend, generation)
         elif backend.state is BackendState.RUNNING:
-            # Re-adopt a failed model only once it truly answers again.
-            failed = model.state is State.FAILED
-            if failed and await self._vllm.health(model.config.endpoint) is not Health.HEALTHY:
+            # Re-adopt a failed model only once it truly answers again: a token, not
+            # /health alone (a hung engine's /health still says 200).
+            if model.state is State.FAILED and not await self._answers(model):
                 return
             self._observations.seen_running(model, generation, backend)
+
+    async def _answers(self, model: Model) -> bool:
+        """Whether a backend answers: /health 200 and its probe."""
+        if await self._vllm.health(model.config.endpoint) is not Health.HEALTHY:
+            return False
+        return await probe(self._vllm, model) is None
 
     async def _observe_live(self, model: Model, backend: BackendStatus, generation: int) -> None:
         """A running or parked model: has it died, been parked or woken behind modeld's

@@ -84,6 +84,8 @@ class Parking:
         config = model.config
         started = time.monotonic()
         generation = model.generation
+        # The wake canary: its greedy token before it slept (a token probe's answer).
+        expected = model.usage.probe_answer if config.probe == "token" else None
         try:
             await self._backends.vllm.wake_up(config.endpoint, config.wake_timeout_s)
             if await self._backends.vllm.is_sleeping(config.endpoint):
@@ -94,6 +96,8 @@ class Parking:
                 raise SleepModeFailed(f"/health says {health.value} after waking")
             if (refused := await probe(self._backends.vllm, model)) is not None:
                 raise SleepModeFailed(f"woke, but {refused.data['reason']}")
+            if (wrong := await self._woke_wrong(model, expected)) is not None:
+                raise SleepModeFailed(wrong, canary=True)
         except SleepModeFailed as exc:
             return await self._cold_start_instead(model, generation, exc)
         if not model.is_current(generation):
@@ -102,6 +106,18 @@ class Parking:
         # Its weights are back on the GPU: refresh what `status` shows.
         await self._backends.measured()
         return None
+
+    async def _woke_wrong(self, model: Model, expected: str | None) -> str | None:
+        """The wake canary: a woken model whose greedy token for the probe's fixed prompt
+        is not the one it gave before it slept (vLLM has woken with corrupted weights or
+        adapters, answering without failing) is checked once more, then said wrong."""
+        if expected is None or model.usage.probe_answer == expected:
+            return None
+        first = model.usage.probe_answer
+        again = await probe(self._backends.vllm, model)
+        if again is None and model.usage.probe_answer == expected:
+            return None  # a tie between two tokens flipped once; corruption stays
+        return f"woke wrong: answered {first!r} where it answered {expected!r} before it slept"
 
     async def _cold_start_instead(
         self, model: Model, generation: int, exc: SleepModeFailed
@@ -116,9 +132,12 @@ class Parking:
                 return LoadFailed(f"{model.name}: changed while waking", model=model.name)
             model.watching(None)  # this task is no longer the load a stop would cancel
             try:
-                await self._backends.stop_model(
-                    model, f"wake failed: {exc.message}; cold start instead"
+                why = (
+                    f"{exc.message}: restarted cold"
+                    if exc.data.get("canary")
+                    else f"wake failed: {exc.message}; cold start instead"
                 )
+                await self._backends.stop_model(model, why)
                 await self._backends.ledger.wait_for_room(model, self._registry.models.values())
                 await self._backends.start_model(model)
             except ModeldError as failure:

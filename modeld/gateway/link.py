@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Awaitable, Coroutine, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -125,6 +125,8 @@ class Lease:
         self.model = granted.model
         self._released = False
         self._ending: asyncio.Future[None] | None = None
+        # Its backend cut the request off (said at release: a crash loop counts it).
+        self.broken = False
 
     @property
     def lost(self) -> bool:
@@ -150,7 +152,13 @@ class Lease:
             return  # it ended with the connection
         with contextlib.suppress(GatewayError):
             await asyncio.shield(
-                _answer(self._client, "release", CALL_TIMEOUT_S, lease=self.granted.lease)
+                _answer(
+                    self._client,
+                    "release",
+                    CALL_TIMEOUT_S,
+                    lease=self.granted.lease,
+                    **({"broken": True} if self.broken else {}),
+                )
             )
 
 
@@ -185,6 +193,11 @@ class DaemonLink:
         # Leases taken again after their connection was lost (since start).
         self.renewals = 0
         self._background: set[asyncio.Task[None]] = set()
+        self._state_listeners: list[Callable[[StateChanged], None]] = []
+
+    def on_state(self, listener: Callable[[StateChanged], None]) -> None:
+        """Call `listener` with each state change the daemon announces."""
+        self._state_listeners.append(listener)
 
     async def call(self, method: str, /, *, wait_s: float | None = None, **params: object) -> Any:
         """Call `method` with `params`; a waiting call (`wait_s` given) may take that long
@@ -194,7 +207,7 @@ class DaemonLink:
 
     @contextlib.asynccontextmanager
     async def lease(
-        self, model: str, timeout_s: float, load: bool = True
+        self, model: str, timeout_s: float, load: bool = True, request_bytes: int | None = None
     ) -> AsyncIterator[Lease | NotLoaded]:
         """Hold a lease on `model` for the block (or until its `release()`): the model
         runs, and is not evicted, meanwhile. With `load` false, NotLoaded (nothing held)
@@ -203,7 +216,9 @@ class DaemonLink:
         client = await self._lease_client()
         late = GatewayError("timeout", f"{model} did not run within {timeout_s:g}s", model=model)
         asking: Awaitable[LeaseResult | NotLoaded] = (
-            client.acquire(model, timeout_s) if load else client.acquire_if_loaded(model, timeout_s)
+            client.acquire(model, timeout_s, request_bytes)
+            if load
+            else client.acquire_if_loaded(model, timeout_s, request_bytes)
         )
         granted = await _mapped(asking, timeout_s + ANSWER_MARGIN_S, late)
         if isinstance(granted, NotLoaded):
@@ -311,6 +326,8 @@ class DaemonLink:
                         self.events.forward(event)
                         if isinstance(event, StateChanged):
                             self.states[event.model] = event.to_state
+                            for listener in self._state_listeners:
+                                listener(event)
                         elif isinstance(event, ConfigReloaded):
                             self._spawn(self._refresh_models())
             except (DaemonUnreachable, TimeoutError, OSError) as exc:

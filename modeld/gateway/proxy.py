@@ -10,6 +10,7 @@ on a dev-mode backend, never are).
 from __future__ import annotations
 
 import asyncio
+import sys
 import time
 from collections import Counter, deque
 from collections.abc import Awaitable
@@ -25,12 +26,14 @@ from modeld.gateway.auth import BackendKeys, Identity, Keys, identity
 from modeld.gateway.body import Bodies, Body
 from modeld.gateway.budget import LoadBudget
 from modeld.gateway.errors import GatewayError, cut
+from modeld.gateway.failures import Failures, cut_off, ended
 from modeld.gateway.link import DaemonLink
 from modeld.gateway.loading import Feedback
 from modeld.gateway.metrics import GatewayMetrics
 from modeld.gateway.shares import BODIES, QUEUE, FairShares, Hold
 from modeld.gateway.streaming import ClientGone
 from modeld.gateway.upstream import ANSWERED, FAILED, Upstream
+from modeld.wire.events import StateChanged
 from modeld.wire.results import NotLoaded
 
 # How many of the latest requests the gateway keeps to show (GET /v1/requests).
@@ -110,6 +113,22 @@ class Proxy:
         # Leases asked for that may cause a load, per model, until granted or refused:
         # others' requests for that model join the load (the daemon says) at no budget.
         self._loads_asked: Counter[str] = Counter()
+        # Requests each backend is answering: ended at once when its model fails.
+        self.failures = Failures()
+        link.on_state(self._state_changed)
+
+    def _state_changed(self, event: StateChanged) -> None:
+        """A model the daemon says failed: its requests in flight (and its adapters',
+        served by the same engine) end now with an error, not at max_request_s."""
+        if event.to_state != "failed":
+            return
+        why = event.failure or event.reason
+        ended = self.failures.failed(event.model, why)
+        for adapter, base in self._link.bases.items():
+            if base == event.model:
+                ended += self.failures.failed(adapter, why)
+        if ended:
+            log.warning("gateway.requests_ended", model=event.model, count=ended, reason=cut(why))
 
     @property
     def in_flight(self) -> int:
@@ -306,7 +325,9 @@ class Proxy:
             await feedback.start()
         asking = _Asking(self._loads_asked, model if load else None)
         try:
-            async with self._link.lease(model, self._config.acquire_timeout_s, load) as lease:
+            size = len(waiting.body.sent)  # named in a crash loop's reason
+            timeout = self._config.acquire_timeout_s
+            async with self._link.lease(model, timeout, load, size) as lease:
                 asking.done()
                 if isinstance(lease, NotLoaded):
                     if load or (feedback is not None and feedback.response is not None):
@@ -327,9 +348,15 @@ class Proxy:
                 early = feedback.response if feedback is not None else None
                 # The lease ends right after, with the block that holds it: a release
                 # before the last byte would cost every answer a round trip to the daemon.
-                return await self.upstream.forward(
-                    request, lease.granted.endpoint, model, data, early
-                )
+                with self.failures.answering(model) as ending:
+                    try:
+                        return await self.upstream.forward(
+                            request, lease.granted.endpoint, model, data, early
+                        )
+                    except asyncio.CancelledError:
+                        return ended(request, ending, model, early)
+                    finally:
+                        lease.broken = cut_off(request, sys.exception())
         except GatewayError as exc:
             if feedback is None or feedback.response is None:
                 raise

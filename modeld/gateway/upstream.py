@@ -32,6 +32,8 @@ ANSWERED: web.RequestKey[int] = web.RequestKey("answered", int)
 # after the headers, or an upstream that broke off): what it really came to, for the
 # log, the metrics and /v1/requests.
 FAILED: web.RequestKey[GatewayError] = web.RequestKey("failed", GatewayError)
+# Set on a request once the backend's answer began to go out (its headers sent).
+BEGUN: web.RequestKey[web.StreamResponse] = web.RequestKey("begun", web.StreamResponse)
 
 
 class Upstream:
@@ -136,6 +138,7 @@ class Upstream:
                 try:
                     if not response.prepared:
                         await response.prepare(request)
+                    request[BEGUN] = response
                     # Each piece as it arrives: a streamed answer's events flushed one by one.
                     async for chunk in upstream.content.iter_any():
                         watch.writing = True

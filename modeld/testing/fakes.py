@@ -33,6 +33,10 @@ class Behaviour:
     wake_fails: bool = False
     # Its engine hangs from the start (/health 200, no token ever).
     hangs: bool = False
+    # Its engine dies (the backend exits 1) on a prompt of more fake tokens than this.
+    dies_over_tokens: int | None = None
+    # Each wake leaves it answering wrong (its greedy first token changes).
+    wakes_wrong: bool = False
     # Runtime LoRA loading (a base whose command enables it): how long a load takes.
     lora_load_seconds: float = 0.01
 
@@ -97,6 +101,8 @@ class FakeRuntime:
             loras=_loras(model, env, behaviour.lora_load_seconds),
         )
         server.engine_hung = behaviour.hangs
+        server.faults.die_over_tokens = behaviour.dies_over_tokens
+        server.faults.wakes_wrong = behaviour.wakes_wrong
         pid = next(self._pids)
         stop = asyncio.Event()
         task = asyncio.create_task(self._run(server, behaviour, stop))
@@ -114,8 +120,10 @@ class FakeRuntime:
             loading = asyncio.create_task(server.load())
             await asyncio.wait({loading, stopped}, return_when=asyncio.FIRST_COMPLETED)
             loading.cancel()
-            await stop.wait()
-            return 0
+            died = asyncio.create_task(server.faults.died.wait())
+            await asyncio.wait({stopped, died}, return_when=asyncio.FIRST_COMPLETED)
+            died.cancel()
+            return 0 if stop.is_set() else 1  # its engine died: vLLM's server exits 1
         finally:
             stopped.cancel()
             await server.close()

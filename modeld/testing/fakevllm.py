@@ -31,6 +31,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from modeld.testing.fakevllm_faults import Faults
 from modeld.testing.fakevllm_lora import FakeLoras, json_body, vllm_error
 from modeld.testing.fakevllm_metrics import FakeVllmMetrics
 
@@ -93,6 +94,10 @@ class FakeVllm:
         # Set: a streamed answer breaks off after this many tokens, its connection
         # dropped, as when vLLM's engine dies mid-answer.
         self.cut_after_tokens: int | None = None
+        self.faults = Faults()
+        # Set: after this many tokens of a streamed answer its engine hangs (the stream
+        # waits forever, running; /health still 200; nothing new is answered).
+        self.hang_after_tokens: int | None = None
         # Set while awake: completions sent while asleep wait for it.
         self._awake = asyncio.Event()
         self._awake.set()
@@ -159,6 +164,7 @@ class FakeVllm:
                 )
             self._awake.set()
             self._show_sleep_state()
+            self.faults.woke()
         return web.json_response({"status": "awake"})
 
     async def _is_sleeping(self, request: web.Request) -> web.Response:
@@ -174,6 +180,8 @@ class FakeVllm:
         body = await self._admit(request)
         if isinstance(body, web.Response):
             return body
+        if self.faults.kills(request, body):
+            return web.Response(status=500)  # (never sent: the connection is dropped)
         chat = request.path.endswith("/chat/completions")
         tokens = self._tokens(body)
         with self._exported.running():
@@ -233,6 +241,9 @@ class FakeVllm:
             if sent == self.cut_after_tokens and request.transport is not None:
                 request.transport.abort()
                 return response
+            if sent == self.hang_after_tokens:
+                self.engine_hung = True
+                await asyncio.Event().wait()
             await send(token, None)
             self._exported.generated.inc()
             if self.token_seconds:
@@ -317,7 +328,7 @@ class FakeVllm:
         adapter asked for), then `ok`s up to max_tokens."""
         limit = body.get("max_tokens") or body.get("max_completion_tokens") or 8
         count = max(1, min(int(limit) if isinstance(limit, int) else 8, MAX_TOKENS))
-        return [self._served(body), *[" ok"] * (count - 1)]
+        return [self.faults.first_token(self._served(body)), *[" ok"] * (count - 1)]
 
     async def _health(self, request: web.Request) -> web.Response:
         return web.Response(status=503 if self.engine_dead else 200)

@@ -90,6 +90,26 @@ async def test_an_idle_model_that_stops_answering_is_failed_and_restarted(
     assert runtime.starts("a") == 2
 
 
+async def test_a_failed_engine_that_still_says_healthy_is_not_adopted_again(
+    engines: EngineFactory,
+) -> None:
+    """Failed for answering no token, its backend still up and /health 200: the monitor
+    keeps it failed (a failed backend is adopted again only once it answers a token),
+    and adopts it once its engine answers again."""
+    table = {"gpu_memory_gb": 40, "probe_interval_s": 0.2, **QUICK}
+    engine, runtime, _ = await engines(make_config({"a": table}, [80]))
+    await engine.models.switch("a")
+    runtime.engine_hangs("a")
+    while state_of(engine, "a") is not State.FAILED:
+        await engine.poll_once()
+    await engine.poll_once()
+    assert state_of(engine, "a") is State.FAILED
+    runtime.engine_hangs("a", False)
+    await engine.poll_once()
+    assert await wait_for_state(engine, "a", {State.RUNNING}, 10) is State.RUNNING
+    assert runtime.starts("a") == 1
+
+
 async def test_probes_are_not_use(
     engines: EngineFactory,
 ) -> None:
@@ -120,6 +140,34 @@ async def test_a_wake_whose_engine_hangs_falls_back_to_a_cold_start(
     assert result.state == "running" and result.woke is False
     assert result.wake_fallback is not None and "engine not answering" in result.wake_fallback
     assert runtime.starts("a") == 2
+
+
+async def test_a_model_that_wakes_wrong_is_restarted_cold(engines: EngineFactory) -> None:
+    """The wake canary: parked, then woken answering a greedy token other than before it
+    slept (vLLM has woken corrupted, answering without failing): checked once more, then
+    stopped and started cold, the history saying "woke wrong: ... restarted cold"; it
+    answers as loaded again."""
+    models = {
+        name: {"gpu_memory_gb": 50, "size_gb": 40, "sleep_mode": True, **QUICK}
+        for name in ("a", "b")
+    }
+    engine, runtime, _ = await engines(make_config(models, [80], park_ram_gb=100))
+    runtime.behaviour["a"] = Behaviour(wakes_wrong=True)
+    await engine.models.switch("a")
+    loaded = engine.view.status().models["a"]
+    await engine.models.switch("b")  # parks a
+    result = await engine.models.switch("a")
+    assert result.state == "running" and result.woke is False
+    assert result.wake_fallback is not None
+    assert result.wake_fallback.startswith("woke wrong: answered ' garbled' where it answered 'a'")
+    assert runtime.starts("a") == 2
+    reasons = [entry.reason for entry in engine.models.history("a")]
+    assert any(r.startswith("woke wrong") and r.endswith("restarted cold") for r in reasons)
+    endpoint = loaded.endpoint
+    async with aiohttp.ClientSession() as http:
+        body = {"model": "a", "prompt": "hi", "max_tokens": 1, "temperature": 0}
+        async with http.post(f"{endpoint}/v1/completions", json=body) as answer:
+            assert (await answer.json())["choices"][0]["text"] == "a"
 
 
 async def stalling(engines: EngineFactory, stall_after_s: float) -> tuple[Engine, FakeRuntime]:
