@@ -17,6 +17,7 @@ from bench import (
     memory_wait,
     parking,
     pressure,
+    reliability,
     rpc,
     switch_overhead,
     traces,
@@ -34,6 +35,7 @@ BENCHES = [
     hostile,
     pressure,
     traces,
+    reliability,
     cold_start,
     adapters,
 ]

@@ -157,7 +157,9 @@ async def _run(args: argparse.Namespace, console: Console) -> int:
         else:
             console.print(ps_table(status))
         return EXIT_OK
-    if op in ("status", "gpu", "models", "ping", "reload"):
+    if op == "gpu" and args.action == "reset-health":
+        result = await call("gpu_reset_health", path, device=args.device)
+    elif op in ("status", "gpu", "models", "ping", "reload"):
         result = await call(op, path)
     elif op == "history":
         named = {"model": args.model} if args.model else {}
@@ -226,7 +228,6 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     for name, text in (
         ("status", "models and GPU"),
-        ("gpu", "GPU memory"),
         ("models", "configured models"),
         ("ps", "only what is loaded (running, loading, sleeping)"),
         ("ping", "is the daemon up"),
@@ -246,6 +247,12 @@ def build_parser() -> argparse.ArgumentParser:
             command.add_argument(
                 "--force", action="store_true", help="evict models even while they serve requests"
             )
+    gpu = sub.add_parser(
+        "gpu",
+        help="GPU memory and health; `gpu reset-health N`: GPU N is ok again (after a check)",
+    )
+    gpu.add_argument("action", nargs="?", choices=["reset-health"])
+    gpu.add_argument("device", nargs="?", type=int)
     history = sub.add_parser("history", help="what was done to models (or MODEL) and why")
     history.add_argument("model", nargs="?")
     history.add_argument("-n", "--limit", type=int, default=50, help="the latest N (max 500)")
@@ -288,6 +295,8 @@ def run(argv: list[str] | None = None) -> int:
     parser = build_parser()
     argcomplete.autocomplete(parser)  # answers a shell's completion request, then exits
     args = parser.parse_args(argv)
+    if args.command == "gpu" and (args.action is None) != (args.device is None):
+        parser.error("gpu: reset-health takes a device index (modelctl gpu reset-health 0)")
     if args.command == "completion":
         print(shellcode(["modelctl"], shell=args.shell), end="")
         return EXIT_OK

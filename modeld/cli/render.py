@@ -24,6 +24,8 @@ STATE_STYLE = {
     "sleeping": "cyan",
     "failed": "bold red",
 }
+# A device's health (docs/gpu-health.md).
+HEALTH_STYLE = {"ok": "green", "degraded": "yellow", "unusable": "bold red"}
 
 
 def _ago(iso_time: str | None) -> str:
@@ -162,12 +164,21 @@ def dashboard(status: Status, last_event: str | None = None) -> Group:
 
 
 def render_gpu(console: Console, gpu: GpuStatus) -> None:
-    """One line per device, and the total."""
+    """One line per device (its health, with why unless ok; the processes modeld does
+    not manage that hold its memory), and the total."""
     for device in gpu.devices:
+        style = HEALTH_STYLE.get(device.health, "")
+        why = f": {escape('; '.join(device.health_reasons))}" if device.health_reasons else ""
         console.print(
-            f"GPU {device.index} {device.name}: {device.used_gb:.1f} / "
-            f"{device.total_gb:.1f} GB used, {device.free_gb:.1f} GB free"
+            f"GPU {device.index} {escape(device.name)}: {device.used_gb:.1f} / "
+            f"{device.total_gb:.1f} GB used, {device.free_gb:.1f} GB free, "
+            f"[{style}]{device.health}[/]{why}"
         )
+        for process in gpu.processes:
+            if process.unmanaged and process.device == device.index:
+                console.print(
+                    f"  pid {process.pid} holds {process.used_gb:.1f} GB, not managed by modeld"
+                )
     note = " [yellow](stale reading)[/]" if gpu.stale else ""
     console.print(
         f"total: {gpu.used_gb:.1f} / {gpu.total_gb:.1f} GB used, "

@@ -9,13 +9,14 @@ from datetime import datetime
 from rich.console import Console
 from rich.markup import escape
 
-from modeld.cli.render import STATE_STYLE
+from modeld.cli.render import HEALTH_STYLE, STATE_STYLE
 from modeld.wire.events import (
     AnyEvent,
     ConfigReloaded,
     Draining,
     GatewayConnected,
     GatewayDisconnected,
+    GpuHealthChanged,
     GpuMemory,
     IdleUnloaded,
     OtherEvent,
@@ -137,6 +138,13 @@ def event_sentence(event: AnyEvent) -> str:
             return "GPU memory now: " + ", ".join(
                 f"GPU {d.index} {d.used_gb:.1f} GB used, {d.free_gb:.1f} GB free"
                 for d in event.devices
+            )
+        case GpuHealthChanged():
+            style = HEALTH_STYLE.get(event.to_health, "")
+            why = f" ({escape('; '.join(event.reasons))})" if event.reasons else ""
+            on = f"; on it: {_names(event.models)}" if event.models else ""
+            return (
+                f"GPU {event.device}: {event.from_health} -> [{style}]{event.to_health}[/]{why}{on}"
             )
         case GatewayConnected():
             return f"gateway: connected to modeld at {escape(event.socket)}"

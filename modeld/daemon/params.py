@@ -22,6 +22,12 @@ class ModelParams(Params):
     model: str = Field(min_length=1)
 
 
+class DeviceParams(Params):
+    """`gpu_reset_health`: a device's index."""
+
+    device: int = Field(ge=0, le=1023)
+
+
 class LogsParams(ModelParams):
     """`logs`: a model, how many of its last lines, and whether to follow new ones."""
 

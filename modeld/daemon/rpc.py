@@ -28,7 +28,8 @@ from pydantic import (
 )
 
 from modeld.core.jsonraw import response_line
-from modeld.daemon.methods import API, AsyncHandler, Context, SyncHandler
+from modeld.daemon.dispatch import AsyncHandler, Context, SyncHandler
+from modeld.daemon.methods import API
 
 log = structlog.get_logger("modeld.daemon.rpc")
 

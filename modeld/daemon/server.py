@@ -22,7 +22,7 @@ from modeld.core.config import DaemonConfig
 from modeld.core.errors import LimitReached, SocketInUse, TooManyConnections
 from modeld.daemon.access import AccessPolicy, Caller, peer_credentials
 from modeld.daemon.connection import Connection
-from modeld.daemon.methods import Context
+from modeld.daemon.dispatch import Context
 from modeld.daemon.rpc import (
     INVALID_REQUEST,
     MAX_MESSAGE_BYTES,

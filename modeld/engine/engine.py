@@ -41,6 +41,7 @@ from modeld.adapters.vllm import VllmClient
 from modeld.core.config import Config
 from modeld.core.config_checks import check_devices, check_fits
 from modeld.core.errors import ModeldError, RuntimeUnavailable
+from modeld.core.gpu_health import DeviceHealth
 from modeld.core.states import State
 from modeld.engine.backends import Backends
 from modeld.engine.facades import Events, LeaseOps, ModelOps
@@ -60,7 +61,7 @@ from modeld.engine.restarts import Restarts
 from modeld.engine.room import Room
 from modeld.engine.switching import Switcher
 from modeld.engine.view import StatusView
-from modeld.wire.events import Event, SwitchParked, SwitchStopped, WakeFailed
+from modeld.wire.events import Event, GpuHealthChanged, SwitchParked, SwitchStopped, WakeFailed
 from modeld.wire.results import ReloadResult
 
 log = structlog.get_logger("modeld.engine.engine")
@@ -111,7 +112,8 @@ class Engine:
             registry.on_transition(listener)
         bus.listen(history.on_event)
         bus.listen(self._count_event)
-        self._registry, self._backends = registry, backends
+        ledger.health.on_change(self._health_changed)
+        self._registry, self._backends, self._ops = registry, backends, ops
         self._learning, self._leases = learning, leases
         self.models = ModelOps(backends, switcher, history, self._metrics)
         self.leases = LeaseOps(registry, self.models, leases, self._metrics)
@@ -182,6 +184,30 @@ class Engine:
     async def reload(self, *, caller: Asker | None = None) -> ReloadResult:
         """Re-read the config file and apply it; an invalid one changes nothing."""
         return await self._reloader.reload(caller)
+
+    async def reset_gpu_health(self, device: int, *, caller: Asker | None = None) -> None:
+        """An operator checked (or reset) a device: its health is `ok` again; audited
+        like an operation."""
+        async with self._ops.operation("gpu_reset_health", None, caller):
+            self._backends.ledger.health.reset(device)
+
+    def _health_changed(self, device: int, before: DeviceHealth, after: DeviceHealth) -> None:
+        """A device's health moved: `status` shows it, and the event says it."""
+        self._registry.revision.bump()
+        on = sorted(
+            m.name
+            for m in self._registry.models.values()
+            if device in m.config.gpus and m.backend is not None and not m.config.base
+        )
+        self._registry.events.publish(
+            GpuHealthChanged(
+                device=device,
+                from_health=before.state.value,
+                to_health=after.state.value,
+                reasons=list(after.reasons),
+                models=on,
+            )
+        )
 
     def _count(self, event: Transition) -> None:
         """Metrics follow transitions."""

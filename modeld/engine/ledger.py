@@ -17,6 +17,7 @@ from modeld.core.memory import Need, model_need
 from modeld.core.planner import Candidate, Device, Infeasible, Plan, Target, plan_switch
 from modeld.core.states import State
 from modeld.engine.facts import device_totals
+from modeld.engine.gpu_health import GpuHealth
 from modeld.engine.model import Model
 
 log = structlog.get_logger("modeld.engine.ledger")
@@ -44,6 +45,8 @@ class GpuLedger:
         self._read_at = 0.0
         self.error: str | None = None
         self._listeners: list[Callable[[GpuReading], None]] = []
+        # Each device's health, from every fresh reading.
+        self.health = GpuHealth()
 
     def on_reading(self, listener: Callable[[GpuReading], None]) -> None:
         """Call `listener` with each fresh reading (what learns the models' peaks)."""
@@ -63,6 +66,7 @@ class GpuLedger:
         self.reading = reading
         self._read_at = time.monotonic()
         self.error = None
+        self.health.seen(reading)
         for listener in self._listeners:
             listener(reading)
         return reading
@@ -226,6 +230,18 @@ class GpuLedger:
             for d in reading.devices
         }
 
+    def held_outside(self, devices: Iterable[int]) -> str:
+        """What processes modeld does not manage hold on `devices`, in words ("GPU 0:
+        12.3 GB held by pid 4242, not managed by modeld"); empty when none (or unknown:
+        the driver does not list processes)."""
+        wanted = set(devices)
+        found = [
+            f"GPU {p.device}: {p.used_gb:.1f} GB held by pid {p.pid}, not managed by modeld"
+            for p in (self.reading.processes if self.reading else ())
+            if p.model is None and p.device in wanted
+        ]
+        return "; ".join(found)
+
     async def wait_for_room(self, target: Model, models: Iterable[Model]) -> None:
         """Poll the GPU until `target` fits without stopping anything, or time out."""
         daemon = self._config().daemon
@@ -242,9 +258,10 @@ class GpuLedger:
             if not short:
                 return
             if time.monotonic() >= deadline:
+                outside = self.held_outside(int(device) for device in short)
                 raise OperationTimeout(
                     f"GPU memory for {target.name} was not released within "
-                    f"{daemon.memory_release_timeout_s}s",
+                    f"{daemon.memory_release_timeout_s}s" + (f" ({outside})" if outside else ""),
                     model=target.name,
                     short_gb=short,
                 )

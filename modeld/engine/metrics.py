@@ -96,6 +96,14 @@ class _StatusCollector(Collector):
             held = (("total", card.total_gb), ("used", card.used_gb), ("free", card.free_gb))
             for kind, gb in held:
                 gpu.add_metric([str(card.index), kind], gb * GIB)
+        health = GaugeMetricFamily(
+            "modeld_gpu_health",
+            "1 for each device's health (ok, degraded, unusable)",
+            labels=["device", "health"],
+        )
+        for card in status.gpu.devices:
+            for kind in ("ok", "degraded", "unusable"):
+                health.add_metric([str(card.index), kind], float(card.health == kind))
         in_flight = GaugeMetricFamily(
             "modeld_operations_in_flight", "Operations running or waiting for their turn"
         )
@@ -137,7 +145,18 @@ class _StatusCollector(Collector):
                 requests.add_metric([name], activity.requests_per_s)
             if activity.tokens_per_s is not None:
                 tokens.add_metric([name], activity.tokens_per_s)
-        yield from (state, memory, gpu, in_flight, parked, leases, working, requests, tokens)
+        yield from (
+            state,
+            memory,
+            gpu,
+            health,
+            in_flight,
+            parked,
+            leases,
+            working,
+            requests,
+            tokens,
+        )
 
 
 class Metrics:

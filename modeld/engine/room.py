@@ -214,10 +214,12 @@ class Room:
         """No plan makes room: the refusal, with the planner's numbers, which models stay
         and why, and what the operator can do."""
         kept = staying(self._registry.models, plan.blocked_by)
+        outside = self._backends.ledger.held_outside([plan.device])
         return InsufficientMemory(
             f"Cannot free enough GPU memory to load {model.name} on GPU {plan.device}. "
             f"Required: {plan.required_gb:.1f}GB, Available after unloading all models: "
-            f"{plan.total_available_gb:.1f}GB. {why_no_room(kept)}",
+            f"{plan.total_available_gb:.1f}GB. {why_no_room(kept)}"
+            + (f" Held outside modeld: {outside}." if outside else ""),
             model=model.name,
             staying=kept,
             device=plan.device,

@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 
 from modeld.adapters.gpu.base import GpuReading
 from modeld.adapters.hfcache import human_size
+from modeld.core.gpu_health import DeviceHealth
 from modeld.core.lora import lora_settings
 from modeld.core.memory import model_need
 from modeld.core.states import ACTIVE, State
@@ -131,8 +132,14 @@ def _mb(gb: float) -> int:
     return round(gb * 1024)
 
 
-def gpu_view(reading: GpuReading | None, backend: str, error: str | None, stale: bool) -> GpuStatus:
-    """The seed's `gpu` block summed over devices, with a `devices` list and freshness."""
+def gpu_view(
+    reading: GpuReading | None,
+    backend: str,
+    error: str | None,
+    health: Mapping[int, DeviceHealth],
+) -> GpuStatus:
+    """The seed's `gpu` block summed over devices, with a `devices` list, each device's
+    health, and freshness (a reading kept after the driver failed is stale)."""
     devices = reading.devices if reading else ()
     total = sum(d.total_gb for d in devices)
     used = sum(d.used_gb for d in devices)
@@ -167,6 +174,8 @@ def gpu_view(reading: GpuReading | None, backend: str, error: str | None, stale:
                     if reading and reading.per_process
                     else None
                 ),
+                health=health.get(d.index, DeviceHealth()).state.value,
+                health_reasons=list(health.get(d.index, DeviceHealth()).reasons),
             )
             for d in devices
         ],
@@ -183,7 +192,7 @@ def gpu_view(reading: GpuReading | None, backend: str, error: str | None, stale:
         backend=backend,
         read_at=iso(reading.taken_at) if reading else None,
         per_process=reading.per_process if reading else False,
-        stale=stale,
+        stale=error is not None,
         error=error,
         source="measured",
     )

@@ -286,6 +286,8 @@ class Switcher:
         if not isinstance(decision, NeedPlan):
             return decision
         await self._backends.check_runtime(model)
+        # Nothing is loaded on an unusable device (gpu_health.py).
+        self._backends.ledger.health.check(model.name, model.config.gpus)
         if decision.clear_failed:
             # A failed backend may linger (vLLM's API server outlives its dead engine):
             # stop it first, so its memory is not counted twice.

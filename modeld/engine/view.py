@@ -93,7 +93,7 @@ class StatusView:
     def gpu(self) -> GpuStatus:
         """The last GPU reading in the seed's shape, with devices and freshness."""
         ledger = self._backends.ledger
-        return gpu_view(ledger.reading, ledger.backend, ledger.error, ledger.error is not None)
+        return gpu_view(ledger.reading, ledger.backend, ledger.error, ledger.health.devices)
 
     def models(self) -> list[ModelInfo]:
         """The configured models."""

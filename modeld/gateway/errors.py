@@ -30,6 +30,7 @@ STATUS: dict[str, int] = {
     "insufficient_memory": 503,
     "load_failed": 503,
     "crash_loop": 503,
+    "gpu_unusable": 503,
     "runtime_unavailable": 503,
     "gpu_unavailable": 503,
     "sleep_mode_failed": 503,

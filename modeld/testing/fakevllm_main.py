@@ -60,6 +60,8 @@ async def _serve(args: argparse.Namespace) -> int:
         uds=args.uds,
         loras=_loras(args),
     )
+    server.faults.die_over_tokens = args.die_over_tokens
+    server.faults.wakes_wrong = args.wakes_wrong
     print(f"fake-vllm: loading {args.model} ({args.load_seconds}s)", flush=True)
     loading = asyncio.create_task(
         asyncio.sleep(args.fail_after)
@@ -88,8 +90,13 @@ async def _serve(args: argparse.Namespace) -> int:
             await asyncio.sleep(1.0)
             await server.close()
             return 0
-    await stop.wait()
+    server.engine_hung = args.hang
+    died = asyncio.create_task(server.faults.died.wait())
+    await asyncio.wait({stopped, died}, return_when=asyncio.FIRST_COMPLETED)
     await server.close()
+    if not stop.is_set():
+        print("fake-vllm: engine core died (prompt too long); exiting", flush=True)
+        return 1
     return 0
 
 
@@ -142,6 +149,15 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--exit-code", type=int, default=1, help="exit code for --fail-after")
     parser.add_argument("--die-after", type=float, help="engine dies this long after ready")
+    parser.add_argument(
+        "--die-over-tokens", type=int, help="the engine dies (exit 1) on a longer prompt"
+    )
+    parser.add_argument(
+        "--hang", action="store_true", help="once loaded, /health 200 but no token ever"
+    )
+    parser.add_argument(
+        "--wakes-wrong", action="store_true", help="after a wake, answers another first token"
+    )
     parser.add_argument(
         "--enable-sleep-mode",
         action="store_true",

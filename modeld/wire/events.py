@@ -140,6 +140,19 @@ class GpuMemory(_Event):
     devices: list[DeviceMemory]
 
 
+class GpuHealthChanged(_Event):
+    """A device's health moved (ok, degraded, unusable), with why; or an operator
+    cleared it."""
+
+    type: Literal["gpu.health"] = "gpu.health"
+    device: int
+    from_health: str
+    to_health: str
+    reasons: list[str]
+    # The models with a backend on it now (they keep running; the operator decides).
+    models: list[str]
+
+
 class ConfigReloaded(_Event):
     """The config file was read again: the models it added and removed."""
 
@@ -174,6 +187,7 @@ Event = Annotated[
     | IdleUnloaded
     | Draining
     | GpuMemory
+    | GpuHealthChanged
     | ConfigReloaded
     | GatewayConnected
     | GatewayDisconnected,

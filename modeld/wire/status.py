@@ -120,6 +120,9 @@ class Device(_Wire):
     used_mb: int
     free_mb: int
     unmanaged_gb: float | None
+    # ok, degraded or unusable (nothing is loaded there), and why (docs/gpu-health.md).
+    health: Literal["ok", "degraded", "unusable"]
+    health_reasons: list[str]
 
 
 class GpuProcess(_Wire):

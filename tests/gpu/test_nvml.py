@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import subprocess
+import threading
 from pathlib import Path
 
 import pytest
@@ -40,3 +41,26 @@ def test_nvml_reads_real_devices() -> None:
     for device in reading.devices:
         assert 0 <= device.used_gb <= device.total_gb
         assert device.name
+
+
+def test_nvml_health_signals_read_and_the_xid_watcher_stops() -> None:
+    """On a GPU host: each device's health signals are read (an H100's ECC count is a
+    number, its retired-page state known), a healthy card has no Xid and no
+    uncorrected error since the driver loaded, and the Xid event thread ends with
+    close()."""
+    _nvml_or_skip()
+
+    async def read() -> tuple[GpuReading, bool]:
+        monitor = await NvmlMonitor.open()
+        try:
+            reading = await monitor.read([])
+        finally:
+            await monitor.close()
+        return reading, any(t.name == "nvml-xid" and t.is_alive() for t in threading.enumerate())
+
+    reading, watcher_alive = asyncio.run(read())
+    assert not watcher_alive
+    for device in reading.devices:
+        assert device.signals.xids == ()
+        assert device.signals.ecc_uncorrected in (None, 0)
+        assert device.signals.remap_failed in (None, False)

@@ -24,6 +24,7 @@ ROOT = Path(__file__).resolve().parents[2]
         "hostile",
         "pressure",
         "traces",
+        "reliability",
     ],
 )
 def test_bench_runs_quick(bench: str) -> None:

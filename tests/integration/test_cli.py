@@ -103,6 +103,16 @@ def test_modelctl_against_the_daemon(demo_daemon: tuple[subprocess.Popen[str], P
     assert still["demo-coder"]["status"] == "running"
     assert still["demo-large"]["status"] == "stopped"
 
+    # Each device's health, and an operator's reset of one (ok already: stays ok).
+    gpu = modelctl(socket, "gpu")
+    assert gpu.returncode == 0, gpu.stderr
+    assert "GB free, ok" in gpu.stdout
+    reset = modelctl(socket, "gpu", "reset-health", "0")
+    assert reset.returncode == 0, reset.stderr
+    assert "GPU 0 " in reset.stdout
+    assert modelctl(socket, "gpu", "reset-health", "9").returncode == 1
+    assert modelctl(socket, "gpu", "reset-health").returncode == 2
+
     unknown = modelctl(socket, "switch", "demo-chta")
     assert unknown.returncode == 1
     # One sentence, never wrapped off a terminal (a grep finds it whole).

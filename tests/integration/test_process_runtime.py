@@ -55,6 +55,36 @@ async def test_fake_vllm_child_serves_health_then_stops() -> None:
         await probe.close()
 
 
+async def test_the_process_fake_dies_on_a_long_prompt_as_vllm_has() -> None:
+    """modeld-fake-vllm --die-over-tokens: a short prompt is answered, a longer one
+    drops its connection and the backend exits 1, saying why (vLLM issue 52871), as a
+    crash loop's test needs of a real process."""
+    port = free_port()
+    command = ["modeld-fake-vllm", "--model", "m", "--port", str(port), "--load-seconds", "0"]
+    model = process_model([*command, "--die-over-tokens", "50"], port)
+    runtime, probe = ProcessRuntime(), VllmClient(timeout_s=1)
+    try:
+        await runtime.start(model)
+
+        async def healthy() -> bool:
+            return await probe.health(model.endpoint) is Health.HEALTHY
+
+        await eventually(healthy)
+        url = f"{model.endpoint}/v1/completions"
+        async with aiohttp.ClientSession() as http:
+            async with http.post(url, json={"model": "m", "prompt": "short"}) as answer:
+                assert answer.status == 200
+            with pytest.raises(aiohttp.ClientError):
+                async with http.post(url, json={"model": "m", "prompt": "w " * 60}) as answer:
+                    await answer.read()
+        ended = await asyncio.wait_for(runtime.wait_exit(model), 10)
+        assert ended.exit_code == 1
+        assert any("engine core died" in line for line in await runtime.logs(model))
+    finally:
+        await runtime.close()
+        await probe.close()
+
+
 async def test_a_backend_key_reaches_the_backend_and_a_missing_file_fails_the_load(
     tmp_path: Path,
 ) -> None:

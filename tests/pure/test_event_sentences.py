@@ -36,6 +36,13 @@ SAMPLES: dict[str, dict[str, Any]] = {
     "drain": {"model": "coder", "leases": 2},
     "config.reloaded": {"added": ["new"], "removed": []},
     "gpu.memory": {"devices": [{"index": 0, "used_gb": 9.2, "free_gb": 70.8}]},
+    "gpu.health": {
+        "device": 0,
+        "from_health": "ok",
+        "to_health": "unusable",
+        "reasons": ["Xid 79: GPU has fallen off the bus"],
+        "models": ["chat"],
+    },
     "gateway.connected": {"socket": "/run/modeld/modeld.sock"},
     "gateway.disconnected": {"reason": "connection closed"},
 }

@@ -70,6 +70,8 @@ def whole_status(models: dict[str, ModelStatus], gpu_total_gb: float = 80.0) -> 
         "used_mb": 0,
         "free_mb": total_mb,
         "unmanaged_gb": None,
+        "health": "ok",
+        "health_reasons": [],
     }
     gpu = GpuStatus.model_validate(
         {

@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
+from modeld.core.gpu_health import DeviceSignals
+
 GIB = 1024**3
 
 
@@ -19,6 +21,8 @@ class DeviceReading:
     name: str
     total_gb: float
     used_gb: float
+    # What it says of its health in this reading (critical Xids since the last, ECC).
+    signals: DeviceSignals = field(default_factory=DeviceSignals)
 
     @property
     def free_gb(self) -> float:

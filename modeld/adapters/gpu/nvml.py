@@ -19,6 +19,7 @@ from modeld.adapters.gpu.base import (
     ProcessUse,
     owner_of,
 )
+from modeld.adapters.gpu.nvml_health import XidWatcher, signals
 from modeld.core.errors import GpuUnavailable
 
 
@@ -36,6 +37,7 @@ class NvmlMonitor:
         # NVML calls are thread-safe, but reads are serialized so a slow driver call
         # never piles up threads.
         self._lock = threading.Lock()
+        self._xids = XidWatcher()
 
     @classmethod
     async def open(cls) -> NvmlMonitor:
@@ -49,7 +51,9 @@ class NvmlMonitor:
                 '"simulated".',
                 reason=str(exc),
             ) from None
-        return cls()
+        monitor = cls()
+        await asyncio.to_thread(monitor._xids.start)
+        return monitor
 
     def _read_sync(self, backends: Sequence[BackendRef]) -> GpuReading:
         with self._lock:
@@ -66,6 +70,7 @@ class NvmlMonitor:
                         name=_text(pynvml.nvmlDeviceGetName(handle)),
                         total_gb=memory.total / GIB,
                         used_gb=memory.used / GIB,
+                        signals=signals(handle, self._xids.take(index)),
                     )
                 )
                 try:
@@ -96,6 +101,7 @@ class NvmlMonitor:
             raise GpuUnavailable(f"NVML read failed: {exc}", reason=str(exc)) from None
 
     async def close(self) -> None:
-        """Shut NVML down."""
+        """Stop waiting for events; shut NVML down."""
+        await asyncio.to_thread(self._xids.stop)
         with contextlib.suppress(pynvml.NVMLError):
             await asyncio.to_thread(pynvml.nvmlShutdown)

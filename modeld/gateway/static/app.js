@@ -272,6 +272,10 @@ function onEvent(event) {
       // A state event's failure is its reason, a string (docs/api.schema.json).
       notice(`${event.model} failed: ${event.failure}`, true);
     }
+  } else if (event.type === "gpu.health") {
+    if (event.to_health !== "ok") {
+      notice(`GPU ${event.device} is ${event.to_health}: ${(event.reasons || []).join("; ")}`, true);
+    }
   } else {
     const step = describe(event);
     if (step && event.model) steps.set(event.model, step);
@@ -418,9 +422,13 @@ function renderGpus() {
       class: "figures",
       text: `used ${gb(device.used_gb)} · free ${gb(device.free_gb)} · total ${gb(device.total_gb)}`,
     });
-    box.append(el("div", { class: "gpu", "data-device": device.index },
-      el("strong", { text: `GPU ${device.index}` }), el("small", { text: ` ${device.name || ""}` }),
-      bar, figures, legend));
+    // Its health: ok, degraded, or unusable (nothing is loaded there), and why.
+    const health = device.health || "ok";
+    const why = (device.health_reasons || []).join("; ");
+    const healthy = el("span", { class: `health ${health}`, text: health, title: why });
+    box.append(el("div", { class: "gpu", "data-device": device.index, "data-health": health },
+      el("strong", { text: `GPU ${device.index}` }), el("small", { text: ` ${device.name || ""} ` }),
+      healthy, bar, figures, legend, ...(why ? [el("p", { class: "note", text: why })] : [])));
   }
   if (gpu.stale || gpu.error) box.append(el("p", { class: "note", text: `GPU reading: ${gpu.error || "stale"}` }));
   const parking = status.parking || {};
