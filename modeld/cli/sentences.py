@@ -128,10 +128,12 @@ def event_sentence(event: AnyEvent) -> str:
             return _failed(event.model, "wake", event.error)
         case IdleUnloaded():
             return f"{event.model}: idle too long, {escape(event.action)}"
-        case Draining():
+        case Draining() if event.leases:
             return (
                 f"{event.model}: waiting for its {event.leases} requests in flight before it goes"
             )
+        case Draining():
+            return f"{event.model}: waiting for its lease holders to let go before it goes"
         case ConfigReloaded():
             return _reloaded(event)
         case GpuMemory():

@@ -175,6 +175,16 @@ class Client:
             raise _refusal(response)
         return response["result"]
 
+    def notify(self, method: str, /, **params: object) -> None:
+        """Send `method` as a notification: no answer comes, none is waited for (a
+        standing lease's counts). Written at once, in order with this connection's calls;
+        a connection already closed drops it."""
+        assert self._writer is not None, "use `async with`"
+        if self._closed is not None or self._writer.is_closing():
+            return
+        message = {"jsonrpc": "2.0", "method": method, "params": params}
+        self._writer.write(json.dumps(message).encode() + b"\n")
+
     async def _ask(self, method: str, params: dict[str, object]) -> Response:
         """Send one call; its whole answer (a `result` or an `error`)."""
         assert self._writer is not None, "use `async with`"
@@ -229,24 +239,32 @@ class Client:
         return read_answer(GpuStatus, "gpu", await self.call("gpu"))
 
     async def acquire(
-        self, model: str, timeout_s: float | None = None, request_bytes: int | None = None
+        self,
+        model: str,
+        timeout_s: float | None = None,
+        request_bytes: int | None = None,
+        standing: bool = False,
     ) -> LeaseResult:
         """`acquire`: a lease on `model` once it runs, switching, waking or joining a load
         as needed (for a request of `request_bytes`, named if it kills its backend). A
         caller cancelled while it waits (a client that hung up) does not leak the lease:
         it is released once granted."""
-        response = await self._acquire(model, timeout_s, True, request_bytes)
+        response = await self._acquire(model, timeout_s, True, request_bytes, standing)
         if "error" in response:
             raise _refusal(response)
         return await self._lease_read(response["result"])
 
     async def acquire_if_loaded(
-        self, model: str, timeout_s: float | None = None, request_bytes: int | None = None
+        self,
+        model: str,
+        timeout_s: float | None = None,
+        request_bytes: int | None = None,
+        standing: bool = False,
     ) -> LeaseResult | NotLoaded:
         """`acquire` with `load: false`: a lease on `model` if that needs no load or wake
         of its own (joining one under way is fine), else NotLoaded, holding nothing. A
         router budgets the loads its callers cause with it."""
-        response = await self._acquire(model, timeout_s, False, request_bytes)
+        response = await self._acquire(model, timeout_s, False, request_bytes, standing)
         if "error" not in response:
             return await self._lease_read(response["result"])
         error = response["error"]
@@ -259,7 +277,12 @@ class Client:
             raise UnreadableAnswer("acquire", f"would_load without {exc}") from None
 
     async def _acquire(
-        self, model: str, timeout_s: float | None, load: bool, request_bytes: int | None
+        self,
+        model: str,
+        timeout_s: float | None,
+        load: bool,
+        request_bytes: int | None,
+        standing: bool,
     ) -> Response:
         params: dict[str, object] = {"model": model}
         if timeout_s is not None:
@@ -268,6 +291,8 @@ class Client:
             params["load"] = False
         if request_bytes is not None:
             params["request_bytes"] = request_bytes
+        if standing:
+            params["standing"] = True
         pending = asyncio.ensure_future(self._ask("acquire", params))
         try:
             return await asyncio.shield(pending)

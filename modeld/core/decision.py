@@ -36,6 +36,8 @@ class SwitchFacts:
     plans: Plans | None = None
     others_loading: bool = False
     protected: Collection[str] = ()
+    # Models with nothing in flight but a standing lease held: drained before they move.
+    standing: Collection[str] = ()
 
 
 @dataclass(frozen=True)
@@ -116,4 +118,7 @@ def decide_switch(facts: SwitchFacts) -> Decision:
         return Refuse(Refusal.NO_ROOM, plan)
     if (plan.stop or plan.park) and not facts.evict:
         return Refuse(Refusal.WOULD_EVICT, plan)
+    held = tuple(n for n in (*plan.stop, *plan.park) if n in facts.standing)
+    if held and not facts.force:
+        return Drain(held)
     return Execute(plan)

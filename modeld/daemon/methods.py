@@ -16,6 +16,7 @@ from modeld.daemon.params import (
     AcquireParams,
     DeviceParams,
     HistoryParams,
+    LeaseUpdateParams,
     LoadParams,
     LogsParams,
     NoParams,
@@ -28,6 +29,7 @@ from modeld.wire.results import (
     Following,
     HistoryResult,
     LeaseResult,
+    LeaseUpdated,
     LogsResult,
     PlanResult,
     Pong,
@@ -99,12 +101,23 @@ async def _acquire(ctx: Context, p: AcquireParams) -> LeaseResult:
         caller=ctx.caller.as_log(),
         load=p.load,
         request_bytes=p.request_bytes,
+        standing=p.standing,
     )
 
 
 def _acquire_now(ctx: Context, p: AcquireParams) -> LeaseResult | None:
     return ctx.engine.leases.acquire_now(
-        p.model, owner=ctx.owner, caller=ctx.caller.as_log(), request_bytes=p.request_bytes
+        p.model,
+        owner=ctx.owner,
+        caller=ctx.caller.as_log(),
+        request_bytes=p.request_bytes,
+        standing=p.standing,
+    )
+
+
+def _lease_update(ctx: Context, p: LeaseUpdateParams) -> LeaseUpdated:
+    return ctx.engine.leases.update(
+        p.lease, owner=ctx.owner, in_flight=p.in_flight, served=p.served, cut_bytes=p.cut_bytes
     )
 
 
@@ -211,6 +224,15 @@ API: tuple[Method[Any], ...] = (
         ReleaseResult,
         _release,
         "End a lease this connection holds.",
+        inline=True,
+    ),
+    Method(
+        "lease_update",
+        LeaseUpdateParams,
+        LeaseUpdated,
+        _lease_update,
+        "A standing lease's requests in flight, served and cut off (often a notification).",
+        mutates=True,
         inline=True,
     ),
     Method(

@@ -3,6 +3,8 @@ these types; anything else is `invalid_params`, naming the field."""
 
 from __future__ import annotations
 
+from typing import Annotated
+
 from pydantic import BaseModel, ConfigDict, Field
 
 
@@ -26,6 +28,16 @@ class DeviceParams(Params):
     """`gpu_reset_health`: a device's index."""
 
     device: int = Field(ge=0, le=1023)
+
+
+class LeaseUpdateParams(Params):
+    """`lease_update`: a standing lease's requests in flight now, those served since the
+    last update, and the body sizes of those its backend cut off."""
+
+    lease: str = Field(min_length=1, max_length=100)
+    in_flight: int = Field(ge=0, le=1_000_000)
+    served: int = Field(default=0, ge=0, le=1_000_000)
+    cut_bytes: list[Annotated[int, Field(ge=0)]] = Field(default_factory=list, max_length=64)
 
 
 class LogsParams(ModelParams):
@@ -76,6 +88,9 @@ class AcquireParams(ModelParams):
     load: bool = True
     # The request's body size (a router's): named in a crash loop's reason.
     request_bytes: int | None = Field(default=None, ge=0)
+    # A standing lease: its holder's requests for the model share it, and it says how
+    # many are in flight with `lease_update` (docs/gateway.md: lease batching).
+    standing: bool = False
 
 
 class ReleaseParams(Params):

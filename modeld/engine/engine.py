@@ -94,7 +94,7 @@ class Engine:
         bus = registry.events
         ops = Operations(registry)
         leases = Leases(registry.models)
-        parking = Parking(backends, ops, learning, leases.protected)
+        parking = Parking(backends, ops, learning, leases.busy)
         switcher = Switcher(backends, ops, Room(backends, ops, parking, leases), leases)
         # A death is seen up to a poll after the requests it cut ended at the gateway.
         restarts = Restarts(

@@ -31,6 +31,7 @@ from modeld.wire.events import Subscription
 from modeld.wire.history import HistoryEntry
 from modeld.wire.results import (
     LeaseResult,
+    LeaseUpdated,
     LogsResult,
     PlanResult,
     ReleaseResult,
@@ -39,6 +40,9 @@ from modeld.wire.results import (
 )
 
 log = structlog.get_logger("modeld.engine.facades")
+# A standing lease's served requests counted as demand per update, at most (each count
+# decays every model's demand: an update must stay cheap).
+SERVED_COUNTED = 1000
 
 
 class ModelOps:
@@ -208,6 +212,7 @@ class LeaseOps:
         caller: Asker | None = None,
         load: bool = True,
         request_bytes: int | None = None,
+        standing: bool = False,
     ) -> LeaseResult:
         """A lease on `name` once it runs and answers: switching, waking or joining a load
         as needed (concurrent acquires share one load). While it drains, new acquires
@@ -216,12 +221,14 @@ class LeaseOps:
         held for a crash loop is refused at once (CrashLooping)."""
         name = self._registry.canonical(name)  # an alias names its model
         with self._leases.queued(self._registry.model(name, managed=True)):
-            return await self._acquire(name, (owner, request_bytes), timeout, caller, load)
+            return await self._acquire(
+                name, (owner, request_bytes, standing), timeout, caller, load
+            )
 
     async def _acquire(
         self,
         name: str,
-        owner: tuple[int, int | None],
+        owner: tuple[int, int | None, bool],
         timeout: float | None,
         caller: Asker | None,
         load: bool,
@@ -300,6 +307,7 @@ class LeaseOps:
         owner: int,
         caller: Asker | None = None,
         request_bytes: int | None = None,
+        standing: bool = False,
     ) -> LeaseResult | None:
         """A lease at once, when `name` runs and is not draining (the common case for a
         router: answered without a task); None when it must wait (then `acquire`)."""
@@ -308,10 +316,14 @@ class LeaseOps:
         if model.state is not State.RUNNING or self._leases.draining(name):
             return None
         self._registry.count_demand(model)
-        return self._grant(model, (owner, request_bytes), time.monotonic(), caller)
+        return self._grant(model, (owner, request_bytes, standing), time.monotonic(), caller)
 
     def _grant(
-        self, model: Model, owner: tuple[int, int | None], started: float, caller: Asker | None
+        self,
+        model: Model,
+        owner: tuple[int, int | None, bool],
+        started: float,
+        caller: Asker | None,
     ) -> LeaseResult:
         lease = self._leases.grant(model, *owner)
         waited = time.monotonic() - started
@@ -326,6 +338,24 @@ class LeaseOps:
             leases=model.usage.leases,
             waited_seconds=round(waited, 3),
         )
+
+    def update(
+        self,
+        lease: str,
+        *,
+        owner: int | None,
+        in_flight: int,
+        served: int = 0,
+        cut_bytes: list[int] | None = None,
+    ) -> LeaseUpdated:
+        """A standing lease's requests: in flight now, `served` since its last update
+        (each counted as a request for the model, as an acquire is), and the sizes of
+        those its backend cut off."""
+        updated = self._leases.update(lease, owner, in_flight, cut_bytes or [])
+        model = self._registry.model(updated.model)
+        for _ in range(min(served, SERVED_COUNTED)):
+            self._registry.count_demand(model)
+        return LeaseUpdated(model=updated.model, leases=self._leases.held(updated.model))
 
     def release(
         self, lease: str, *, owner: int | None = None, broken: bool = False

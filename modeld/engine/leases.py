@@ -12,7 +12,7 @@ import secrets
 import time
 from collections import Counter, deque
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from modeld.core.errors import ModelsBusy, UnknownLease
 from modeld.engine.model import Model
@@ -35,6 +35,10 @@ class Lease:
     since: float
     # The size of the request's body, as its caller said (a crash loop's reason names it).
     request_bytes: int | None = None
+    # A standing lease: its holder's requests share it (a gateway's, for one model) and
+    # it says how many are in flight (`update`); it protects the model while held.
+    standing: bool = False
+    in_flight: int = 1
 
 
 class Leases:
@@ -52,6 +56,8 @@ class Leases:
         # Per model, the latest leases whose backend cut their request off: when, and
         # their request's size.
         self._ended: dict[str, deque[tuple[float, int | None]]] = {}
+        # Standing leases held per model.
+        self._standing: Counter[str] = Counter()
 
     def held(self, name: str) -> int:
         """Leases held on `name` now."""
@@ -59,8 +65,8 @@ class Leases:
         return model.usage.leases if model is not None else 0
 
     def protected(self, name: str) -> bool:
-        """Not to be evicted: leases held, or acquires waiting to be granted on it or, for
-        a base, on one of its adapters (their requests run in it)."""
+        """Not to be evicted: requests in flight (leases held), or acquires waiting to be
+        granted on it or, for a base, on one of its adapters (their requests run in it)."""
         if self.held(name) > 0 or self._waiting[name] > 0:
             return True
         return any(
@@ -69,26 +75,72 @@ class Leases:
             if m.config.base == name
         )
 
-    def grant(self, model: Model, owner: int, request_bytes: int | None = None) -> Lease:
+    def standing(self, name: str) -> bool:
+        """A standing lease is held on it (or, for a base, on one of its adapters): its
+        holder may send it a request without asking, so it is drained before it is
+        moved, even with nothing in flight (its holder lets go at the drain)."""
+        if self._standing[name] > 0:
+            return True
+        return any(
+            self._standing[m.name] > 0 for m in self._models.values() if m.config.base == name
+        )
+
+    def busy(self, name: str) -> bool:
+        """Protected, or holding a standing lease: it is drained before it goes."""
+        return self.protected(name) or self.standing(name)
+
+    def grant(
+        self, model: Model, owner: int, request_bytes: int | None = None, standing: bool = False
+    ) -> Lease:
         """A new lease on `model` for connection `owner` (for a request of
-        `request_bytes`, when its caller said)."""
-        lease = Lease(secrets.token_hex(12), model.name, owner, time.time(), request_bytes)
+        `request_bytes`, when its caller said; `standing`: shared by its holder's
+        requests, one in flight now)."""
+        lease = Lease(
+            secrets.token_hex(12), model.name, owner, time.time(), request_bytes, standing
+        )
         self._by_id[lease.id] = lease
+        if standing:
+            self._standing[model.name] += 1
         model.leased(+1)
+        return lease
+
+    def update(
+        self, lease_id: str, owner: int | None, in_flight: int, cut_bytes: list[int]
+    ) -> Lease:
+        """A standing lease's requests in flight now, and the sizes of those its backend
+        cut off (a crash loop's evidence, as a broken release's)."""
+        lease = self._owned(lease_id, owner)
+        if not lease.standing:
+            raise UnknownLease(f"lease {lease_id!r} is not a standing lease", lease=lease_id)
+        self._by_id[lease_id] = replace(lease, in_flight=in_flight)
+        if (model := self._models.get(lease.model)) is not None:
+            model.leased(in_flight - lease.in_flight)
+        for size in cut_bytes:
+            ended = self._ended.setdefault(lease.model, deque(maxlen=ENDED_KEPT))
+            ended.append((time.monotonic(), size))
+        self._tell()
+        return self._by_id[lease_id]
+
+    def _owned(self, lease_id: str, owner: int | None) -> Lease:
+        lease = self._by_id.get(lease_id)
+        if lease is None or (owner is not None and lease.owner != owner):
+            raise UnknownLease(f"no lease {lease_id!r} held on this connection", lease=lease_id)
         return lease
 
     def release(self, lease_id: str, owner: int | None = None, broken: bool = False) -> Lease:
         """End a lease (only its own connection's, when `owner` is given; `broken`: its
         backend cut its request off)."""
-        lease = self._by_id.get(lease_id)
-        if lease is None or (owner is not None and lease.owner != owner):
-            raise UnknownLease(f"no lease {lease_id!r} held on this connection", lease=lease_id)
+        lease = self._owned(lease_id, owner)
         del self._by_id[lease_id]
+        if lease.standing:
+            self._standing[lease.model] -= 1
+            if not self._standing[lease.model]:
+                del self._standing[lease.model]
         if broken:
             ended = self._ended.setdefault(lease.model, deque(maxlen=ENDED_KEPT))
             ended.append((time.monotonic(), lease.request_bytes))
         if (model := self._models.get(lease.model)) is not None:  # a reload may remove it
-            model.leased(-1)
+            model.leased(-lease.in_flight)
         self._tell()
         return lease
 
@@ -99,7 +151,12 @@ class Leases:
         a poll later)."""
         since = max(time.monotonic() - within_s, model.running_since or 0.0)
         name = model.name
-        held = [lease.request_bytes for lease in self._by_id.values() if lease.model == name]
+        held: list[int | None] = []
+        for lease in self._by_id.values():
+            if lease.model != name:
+                continue
+            # A standing lease's requests: as many as it last said, sizes unknown.
+            held += [None] * lease.in_flight if lease.standing else [lease.request_bytes]
         ended = [size for at, size in self._ended.get(name, ()) if at >= since]
         return (*held, *ended)
 
@@ -197,11 +254,11 @@ class Leases:
         ModelsBusy naming them and their leases after `timeout`."""
         try:
             async with asyncio.timeout(timeout):
-                while any(self.protected(name) for name in names):
+                while any(self.busy(name) for name in names):
                     changed = self._changed
                     await changed.wait()
         except TimeoutError:
-            busy = {name: self.held(name) for name in names if self.protected(name)}
+            busy = {name: self.held(name) for name in names if self.busy(name)}
             raise ModelsBusy(
                 f"models still serving requests after {timeout:g}s: "
                 + ", ".join(f"{name} ({count} leases)" for name, count in busy.items())

@@ -64,7 +64,9 @@ async def decide_with_plans(
         r is not model and r.state is State.LOADING and r.load_task is not None for r in models
     )
     busy = {r.name for r in models if protected(r.name)}
-    facts = SwitchFacts(model.state, evict, force, Plans(plan, drained), others_loading, busy)
+    held = set() if force else {r.name for r in models if leases.standing(r.name)}
+    plans = Plans(plan, drained)
+    facts = SwitchFacts(model.state, evict, force, plans, others_loading, busy, held - busy)
     return decide_switch(facts), models, reading, protected
 
 

@@ -113,7 +113,7 @@ class Room:
                 break
             reading = await self._backends.ledger.read(self._registry.models.values())
             replanned = self._backends.ledger.plan(
-                model, self._registry.models.values(), reading, self._leases.protected
+                model, self._registry.models.values(), reading, self._leases.busy
             )
             if isinstance(replanned, Infeasible):
                 raise self.no_room(model, replanned)
@@ -172,7 +172,7 @@ class Room:
             movable = [
                 a
                 for a in loaded
-                if a.state is State.RUNNING and (force or not self._leases.protected(a.name))
+                if a.state is State.RUNNING and (force or not self._leases.busy(a.name))
             ]
             if not movable:
                 busy = [a for a in loaded if a.state is State.RUNNING]

@@ -127,7 +127,7 @@ class Switcher:
         """Drain `name` first if it serves requests (ModelsBusy past drain_timeout_s),
         keeping new acquires waiting until the block is done; `force` skips it."""
         drained = []
-        if not force and self._leases.protected(name):
+        if not force and self._leases.busy(name):
             drained = await self.room.drain([name], None)
         try:
             yield

@@ -21,8 +21,10 @@ import structlog
 
 from modeld.client import Client, DaemonUnreachable, RpcError, UnreadableAnswer
 from modeld.gateway.errors import GatewayError
+from modeld.gateway.standing import Held, StandingLeases
 from modeld.wire.events import (
     ConfigReloaded,
+    Draining,
     EventBus,
     GatewayConnected,
     GatewayDisconnected,
@@ -125,8 +127,11 @@ class Lease:
         self.model = granted.model
         self._released = False
         self._ending: asyncio.Future[None] | None = None
-        # Its backend cut the request off (said at release: a crash loop counts it).
-        self.broken = False
+
+    @property
+    def client(self) -> Client:
+        """The connection it is held on."""
+        return self._client
 
     @property
     def lost(self) -> bool:
@@ -152,13 +157,7 @@ class Lease:
             return  # it ended with the connection
         with contextlib.suppress(GatewayError):
             await asyncio.shield(
-                _answer(
-                    self._client,
-                    "release",
-                    CALL_TIMEOUT_S,
-                    lease=self.granted.lease,
-                    **({"broken": True} if self.broken else {}),
-                )
+                _answer(self._client, "release", CALL_TIMEOUT_S, lease=self.granted.lease)
             )
 
 
@@ -193,6 +192,8 @@ class DaemonLink:
         # Leases taken again after their connection was lost (since start).
         self.renewals = 0
         self._background: set[asyncio.Task[None]] = set()
+        # Each model's standing lease, shared by its requests (standing.py).
+        self._standing = StandingLeases(self._held, self._spawn, lambda: self.bases)
         self._state_listeners: list[Callable[[StateChanged], None]] = []
 
     def on_state(self, listener: Callable[[StateChanged], None]) -> None:
@@ -208,29 +209,33 @@ class DaemonLink:
     @contextlib.asynccontextmanager
     async def lease(
         self, model: str, timeout_s: float, load: bool = True, request_bytes: int | None = None
-    ) -> AsyncIterator[Lease | NotLoaded]:
-        """Hold a lease on `model` for the block (or until its `release()`): the model
-        runs, and is not evicted, meanwhile. With `load` false, NotLoaded (nothing held)
-        where that would need a load or a wake of its own. A block cancelled while it
-        waits leaks nothing (Client.acquire)."""
-        client = await self._lease_client()
-        late = GatewayError("timeout", f"{model} did not run within {timeout_s:g}s", model=model)
-        asking: Awaitable[LeaseResult | NotLoaded] = (
-            client.acquire(model, timeout_s, request_bytes)
-            if load
-            else client.acquire_if_loaded(model, timeout_s, request_bytes)
-        )
-        granted = await _mapped(asking, timeout_s + ANSWER_MARGIN_S, late)
-        if isinstance(granted, NotLoaded):
-            yield granted
-            return
-        lease = Lease(client, granted)
-        self._held.add(lease)
+    ) -> AsyncIterator[Held | NotLoaded]:
+        """Hold `model` for the block: it runs, and is not evicted, meanwhile. The
+        request joins the model's standing lease when the gateway holds one (no round
+        trip), else acquires one (standing.py). With `load` false, NotLoaded (nothing
+        held) where that would need a load or a wake of its own. A block cancelled
+        while it waits leaks nothing (Client.acquire)."""
+        standing = self._standing.join(model, self.states.get(model) == "running")
+        if standing is None:
+            client = await self._lease_client()
+            late = GatewayError(
+                "timeout", f"{model} did not run within {timeout_s:g}s", model=model
+            )
+            asking: Awaitable[LeaseResult | NotLoaded] = (
+                client.acquire(model, timeout_s, request_bytes, standing=True)
+                if load
+                else client.acquire_if_loaded(model, timeout_s, request_bytes, standing=True)
+            )
+            granted = await _mapped(asking, timeout_s + ANSWER_MARGIN_S, late)
+            if isinstance(granted, NotLoaded):
+                yield granted
+                return
+            standing = self._standing.adopt(Lease(client, granted))
+        held = Held(standing.lease.granted)
         try:
-            yield lease
+            yield held
         finally:
-            self._held.discard(lease)
-            await lease.release()
+            self._standing.leave(standing, held, request_bytes)
 
     async def status(self) -> Status:
         """The daemon's `status`, read into its wire type."""
@@ -282,6 +287,7 @@ class DaemonLink:
         ended with the old connection), so that no model is evicted under them. Only for
         models the daemon has running or adopting: a backend that died with the old
         daemon is not loaded again for a request whose answer is gone."""
+        self._standing.renewed()  # idle standing leases lost are simply dropped
         lost = [lease for lease in self._held if lease.lost]
         if not lost:
             return
@@ -297,12 +303,14 @@ class DaemonLink:
                 continue
             late = GatewayError("timeout", f"{lease.model}: no lease within {RENEW_S:g}s")
             try:
-                granted = await _mapped(client.acquire(lease.model, RENEW_S), RENEW_S, late)
+                taken = client.acquire(lease.model, RENEW_S, standing=True)
+                granted = await _mapped(taken, RENEW_S, late)
             except GatewayError as exc:
                 log.warning("gateway.lease_not_renewed", model=lease.model, reason=exc.message)
                 continue
             lease.renewed(client, granted)
             self.renewals += 1
+        self._standing.renewed()  # their counts go to the daemon again
         log.info("gateway.leases_renewed", count=len(lost))
 
     async def follow_events(self) -> None:
@@ -326,8 +334,12 @@ class DaemonLink:
                         self.events.forward(event)
                         if isinstance(event, StateChanged):
                             self.states[event.model] = event.to_state
+                            if event.to_state != "running":
+                                self._standing.closing(event.model)
                             for listener in self._state_listeners:
                                 listener(event)
+                        elif isinstance(event, Draining):
+                            self._standing.closing(event.model)
                         elif isinstance(event, ConfigReloaded):
                             self._spawn(self._refresh_models())
             except (DaemonUnreachable, TimeoutError, OSError) as exc:

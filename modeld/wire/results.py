@@ -89,6 +89,13 @@ class ReleaseResult(Result):
     leases: int
 
 
+class LeaseUpdated(Result):
+    """`lease_update`: a standing lease's requests in flight, as its holder counts them."""
+
+    model: str
+    leases: int
+
+
 class ReloadResult(Result):
     """`reload`: what the new config changed."""
 

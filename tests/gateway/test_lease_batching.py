@@ -1,0 +1,72 @@
+"""Lease batching: the gateway's requests for a model share one standing lease (no
+round trip each), and nothing of the lease guarantees is given up: the daemon's count of
+requests in flight stays exact, a model with one in flight is never moved, and a switch
+that needs the model drains the lingering lease at once."""
+
+from __future__ import annotations
+
+import asyncio
+
+import aiohttp
+import pytest
+
+from modeld.core.states import State
+from modeld.gateway import standing
+from tests.gateway.conftest import KEY, GatewayFactory
+from tests.gateway.test_openai import TWO
+from tests.gateway.test_team import bearer, chat, post
+from tests.support import eventually, make_config, next_of, state_of
+
+
+async def test_requests_share_a_standing_lease_and_the_count_stays_exact(
+    fronted: GatewayFactory, http: aiohttp.ClientSession
+) -> None:
+    """Requests one after another and two at once: the daemon counts exactly the
+    requests in flight (2 while both stream, 0 once done), and its one standing lease
+    for them lingers after the last, so the next request asks the daemon nothing."""
+    front = await fronted(make_config(TWO, [80]), api_keys=[KEY])
+    url = f"{front.url}/v1/chat/completions"
+    for _ in range(3):
+        assert (await post(http, url, chat("a")))[0] == 200
+    front.runtime.server("a").token_seconds = 0.02
+    body = chat("a", max_tokens=30, stream=True)
+    async with (
+        http.post(url, json=body, headers=bearer(KEY)) as one,
+        http.post(url, json=body, headers=bearer(KEY)) as two,
+    ):
+        await one.content.readline()
+        await two.content.readline()
+
+        async def both() -> bool:
+            return front.leases("a") == 2
+
+        await eventually(both)
+        await one.read()
+        await two.read()
+
+    async def none() -> bool:
+        return front.leases("a") == 0
+
+    await eventually(none)
+    status = front.engine.view.status()
+    assert status.models["a"].leases == 0 and status.models["a"].status == "running"
+
+
+async def test_a_switch_drains_a_lingering_lease_at_once(
+    fronted: GatewayFactory, http: aiohttp.ClientSession, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Right after a request, its model's standing lease lingers (here for a minute)
+    with nothing in flight: a switch that needs the memory drains it, the gateway lets
+    go at the drain event, and the model is stopped long before the linger would end;
+    the other model then answers."""
+    monkeypatch.setattr(standing, "LINGER_S", 60.0)
+    front = await fronted(make_config(TWO, [80]), api_keys=[KEY])
+    url = f"{front.url}/v1/chat/completions"
+    assert (await post(http, url, chat("a")))[0] == 200
+    events = front.engine.events.subscribe()
+    switched = await asyncio.wait_for(front.engine.models.switch("b"), 20)
+    assert switched.status == "success"
+    await next_of(events, "drain", model="a")
+    assert state_of(front.engine, "a") is State.STOPPED
+    status, _, answer = await post(http, url, chat("b"))
+    assert status == 200 and answer["choices"][0]["message"]["content"] == "b ok"
