@@ -9,6 +9,7 @@ from pathlib import Path
 
 from bench import (
     adapters,
+    chunk_cost,
     cold_start,
     footprint,
     gateway,
@@ -36,6 +37,7 @@ BENCHES = [
     pressure,
     traces,
     reliability,
+    chunk_cost,
     cold_start,
     adapters,
 ]

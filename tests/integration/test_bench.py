@@ -25,6 +25,7 @@ ROOT = Path(__file__).resolve().parents[2]
         "pressure",
         "traces",
         "reliability",
+        "chunk_cost",
     ],
 )
 def test_bench_runs_quick(bench: str) -> None:
