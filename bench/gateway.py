@@ -21,10 +21,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -34,9 +32,9 @@ from pathlib import Path
 
 import aiohttp
 
-from bench.common import Report, cli, figure, write_config
+from bench.common import Report, cli, figure, modeld_and_gateway, write_config
 from modeld.client import call
-from modeld.testing.ports import free_port, wait_listening, wait_until
+from modeld.testing.ports import wait_until
 
 COMPLETION = {"model": "m0", "prompt": "hi", "max_tokens": 4}
 STREAM = {"model": "m0", "messages": [{"role": "user", "content": "hi"}], "stream": True}
@@ -77,34 +75,10 @@ def stack(
         )
         if gateway:
             config.write_text(config.read_text() + "[gateway]\n" + gateway + "\n")
-        env = {**os.environ, "MODELD_LOG_LEVEL": "warning"}
-        bin_dir = Path(sys.executable).parent
-        daemon = subprocess.Popen(
-            [bin_dir / "modeld", "--config", config], stderr=subprocess.DEVNULL, env=env
-        )
-        listen = f"127.0.0.1:{free_port()}"
-        front = subprocess.Popen(
-            [
-                str(bin_dir / "modeld-gateway"),
-                "--config",
-                str(config),
-                "--listen",
-                listen,
-                "--socket",
-                str(socket),
-            ],
-            stderr=subprocess.DEVNULL,
-            env=env,
-        )
-        try:
-            wait_listening(socket, alive=lambda: daemon.poll() is None)
+        with modeld_and_gateway(config, socket) as (_, front, listen):
             asyncio.run(call("switch", socket, model="m0"))
             wait_until(lambda: _answers(f"http://{listen}/health", admin_key), "the gateway")
             yield Stack(f"http://127.0.0.1:{ports[0]}", f"http://{listen}", front, socket)
-        finally:
-            for process in (front, daemon):
-                process.terminate()
-                process.wait(timeout=60)
 
 
 def _answers(url: str, key: str | None) -> bool:

@@ -40,9 +40,6 @@ from modeld.wire.results import (
 )
 
 log = structlog.get_logger("modeld.engine.facades")
-# A standing lease's served requests counted as demand per update, at most (each count
-# decays every model's demand: an update must stay cheap).
-SERVED_COUNTED = 1000
 
 
 class ModelOps:
@@ -352,9 +349,8 @@ class LeaseOps:
         (each counted as a request for the model, as an acquire is), and the sizes of
         those its backend cut off."""
         updated = self._leases.update(lease, owner, in_flight, cut_bytes or [])
-        model = self._registry.model(updated.model)
-        for _ in range(min(served, SERVED_COUNTED)):
-            self._registry.count_demand(model)
+        if served:
+            self._registry.count_demand(self._registry.model(updated.model), served)
         return LeaseUpdated(model=updated.model, leases=self._leases.held(updated.model))
 
     def release(

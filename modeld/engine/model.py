@@ -268,9 +268,11 @@ class Model(Known):
 
     # ---- intents: usage --------------------------------------------------------------------
 
-    def asked_for(self) -> None:
-        """A request for it: lru's clock moves and cost_aware's demand counts it."""
-        self._usage = replace(self._usage, last_used=time.time(), demand=self._usage.demand + 1.0)
+    def asked_for(self, weight: float = 1.0) -> None:
+        """A request for it (`weight`: several at once, as decayed): lru's clock moves
+        and cost_aware's demand counts it."""
+        demand = self._usage.demand + weight
+        self._usage = replace(self._usage, last_used=time.time(), demand=demand)
         self._changed()
 
     def demand_decayed(self, factor: float) -> None:

@@ -89,12 +89,15 @@ class Registry:
             del self._models[model.name]
             log.info("model.forgotten", model=model.name)
 
-    def count_demand(self, model: Model) -> None:
-        """A request for `model` (a switch, or a lease granted without one): cost_aware's
-        demand decays everyone's and counts for it; lru's clock moves."""
+    def count_demand(self, model: Model, requests: int = 1) -> None:
+        """`requests` for `model` (a switch, a lease granted without one, or the requests
+        a standing lease served): cost_aware's demand decays everyone's and counts each
+        for it, as that many one after another would; lru's clock moves."""
+        factor = DEMAND_DECAY**requests
         for other in self._models.values():
-            other.demand_decayed(DEMAND_DECAY)
-        model.asked_for()
+            other.demand_decayed(factor)
+        # Each request added 1 and was decayed by those after it: a geometric sum.
+        model.asked_for((1 - factor) / (1 - DEMAND_DECAY))
 
     def on_transition(self, listener: Listener) -> None:
         """Call `listener` after every transition, in the order they were added."""

@@ -30,6 +30,16 @@ PARENT_AND_CHILD = (
 )
 
 
+async def started(runtime: ProcessRuntime, probe: VllmClient, model: ModelConfig) -> None:
+    """Start `model`'s backend and wait until its /health answers 200."""
+    await runtime.start(model)
+
+    async def healthy() -> bool:
+        return await probe.health(model.endpoint) is Health.HEALTHY
+
+    await eventually(healthy)
+
+
 async def test_fake_vllm_child_serves_health_then_stops() -> None:
     """modeld-fake-vllm keeps its port closed while loading, then answers; stop ends it."""
     port = free_port()
@@ -64,12 +74,7 @@ async def test_the_process_fake_dies_on_a_long_prompt_as_vllm_has() -> None:
     model = process_model([*command, "--die-over-tokens", "50"], port)
     runtime, probe = ProcessRuntime(), VllmClient(timeout_s=1)
     try:
-        await runtime.start(model)
-
-        async def healthy() -> bool:
-            return await probe.health(model.endpoint) is Health.HEALTHY
-
-        await eventually(healthy)
+        await started(runtime, probe, model)
         url = f"{model.endpoint}/v1/completions"
         async with aiohttp.ClientSession() as http:
             async with http.post(url, json={"model": "m", "prompt": "short"}) as answer:
@@ -97,12 +102,7 @@ async def test_a_backend_key_reaches_the_backend_and_a_missing_file_fails_the_lo
     model = process_model(command, port, api_key_file=str(key_file))
     runtime, probe = ProcessRuntime(), VllmClient(timeout_s=1)
     try:
-        await runtime.start(model)
-
-        async def healthy() -> bool:
-            return await probe.health(model.endpoint) is Health.HEALTHY
-
-        await eventually(healthy)
+        await started(runtime, probe, model)
         async with aiohttp.ClientSession() as http:
             url = model.endpoint + "/v1/models"
             async with http.get(url) as bare:
