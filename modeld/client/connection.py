@@ -89,6 +89,9 @@ class Client:
     end when it closes."""
 
     EVENTS_KEPT = 10_000
+    # Notifications are not written past this many bytes waiting to be sent: a daemon
+    # that stops reading cannot make a notifier's memory grow.
+    NOTIFY_BUFFER_BYTES = 1024 * 1024
 
     def __init__(self, path: Path | None = None) -> None:
         self.path = path or default_socket()
@@ -175,15 +178,19 @@ class Client:
             raise _refusal(response)
         return response["result"]
 
-    def notify(self, method: str, /, **params: object) -> None:
+    def notify(self, method: str, /, **params: object) -> bool:
         """Send `method` as a notification: no answer comes, none is waited for (a
         standing lease's counts). Written at once, in order with this connection's calls;
-        a connection already closed drops it."""
+        False (not sent) when the connection is closed or NOTIFY_BUFFER_BYTES wait to be
+        sent already (the daemon is not reading)."""
         assert self._writer is not None, "use `async with`"
         if self._closed is not None or self._writer.is_closing():
-            return
+            return False
+        if self._writer.transport.get_write_buffer_size() > self.NOTIFY_BUFFER_BYTES:
+            return False
         message = {"jsonrpc": "2.0", "method": method, "params": params}
         self._writer.write(json.dumps(message).encode() + b"\n")
+        return True
 
     async def _ask(self, method: str, params: dict[str, object]) -> Response:
         """Send one call; its whole answer (a `result` or an `error`)."""

@@ -129,6 +129,7 @@ class StandingLeases:
         standing.in_flight -= 1
         if held.broken:
             standing.cut.append(request_bytes or 0)
+            del standing.cut[:-64]  # (the most an update carries)
         if standing.in_flight and not held.broken:
             self._report_soon()
             return
@@ -197,13 +198,14 @@ class StandingLeases:
         if standing.in_flight == standing.reported and not standing.served and not standing.cut:
             return
         client = standing.lease.client
-        if client.closed:
-            return  # renewed (then reported) or gone with the daemon
-        client.notify(
+        sent = client.notify(
             "lease_update",
             lease=standing.lease.granted.lease,
             in_flight=standing.in_flight,
             served=standing.served,
-            cut_bytes=standing.cut[-64:],
+            cut_bytes=standing.cut,
         )
-        standing.reported, standing.served, standing.cut = standing.in_flight, 0, []
+        # Not sent (gone with the daemon, to be renewed, or it is not reading): kept for
+        # the next report.
+        if sent:
+            standing.reported, standing.served, standing.cut = standing.in_flight, 0, []

@@ -6,10 +6,12 @@ that needs the model drains the lingering lease at once."""
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 import aiohttp
 import pytest
 
+from modeld.client import Client
 from modeld.core.states import State
 from modeld.gateway import standing
 from tests.gateway.conftest import KEY, GatewayFactory
@@ -70,3 +72,28 @@ async def test_a_switch_drains_a_lingering_lease_at_once(
     assert state_of(front.engine, "a") is State.STOPPED
     status, _, answer = await post(http, url, chat("b"))
     assert status == 200 and answer["choices"][0]["message"]["content"] == "b ok"
+
+
+async def test_counts_to_a_daemon_that_stops_reading_are_bounded(tmp_path: Path) -> None:
+    """A peer on the socket that never reads: notifications (a standing lease's counts)
+    stop being written once a bounded amount waits to be sent, instead of growing the
+    notifier's memory; they say so (not sent), so the counts are kept for later."""
+    path = tmp_path / "deaf.sock"
+    accepted = asyncio.Event()
+
+    async def deaf(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        accepted.set()
+        await asyncio.Event().wait()  # never reads
+
+    server = await asyncio.start_unix_server(deaf, path=str(path))
+    async with server, Client(path) as client:
+        await accepted.wait()
+        sent = 0
+        while client.notify("lease_update", lease="x" * 64, in_flight=1, served=1):
+            sent += 1
+            assert sent < 1_000_000, "never refused: unbounded"
+        # Each line is about 120 bytes: what was written is the bound plus what the
+        # kernel's socket buffers took (a few hundred KiB), never more.
+        assert sent * 120 <= Client.NOTIFY_BUFFER_BYTES + 4 * 1024 * 1024
+        assert not client.notify("lease_update", lease="x", in_flight=0)
+        server.close()
