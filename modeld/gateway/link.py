@@ -119,7 +119,8 @@ async def _answer(client: Client, method: str, timeout: float, /, **params: obje
 
 
 class Lease:
-    """A lease the gateway holds for one request."""
+    """A lease the gateway holds from the daemon: a model's standing lease, which its
+    requests share (standing.py)."""
 
     def __init__(self, client: Client, granted: LeaseResult) -> None:
         self._client = client

@@ -346,8 +346,8 @@ class Proxy:
                 served = lease.granted.served_model_name
                 data = await self.bodies.upstream(waiting.body, served if served != asked else None)
                 early = feedback.response if feedback is not None else None
-                # The lease ends right after, with the block that holds it: a release
-                # before the last byte would cost every answer a round trip to the daemon.
+                # The request's hold ends right after, with the block: its model's standing
+                # lease (shared, no round trip) then lingers for the next request.
                 with self.failures.answering(model) as ending:
                     try:
                         return await self.upstream.forward(
