@@ -219,6 +219,7 @@ class DaemonLink:
         standing = self._standing.join(model, self.states.get(model) == "running")
         if standing is None:
             client = await self._lease_client()
+            self._standing.report_now()
             late = GatewayError(
                 "timeout", f"{model} did not run within {timeout_s:g}s", model=model
             )

@@ -7,12 +7,15 @@ the last of them ends, so that the next one pays no round trip either, and given
 once when the daemon drains the model (its `drain` event) or says it left `running`.
 The daemon hears the count of requests in flight, the requests served (its demand and
 LRU clock count each, as an acquire's) and the sizes of any its backend cut off (a crash
-loop's evidence) in a `lease_update` notification: at once when the count leaves or
-reaches zero or a request is cut off, else at most every REPORT_S. What stays
-exact (docs/gateway.md): a model with a request in flight holds a lease (the standing
-one protects it while held, whatever its count), so it is never stopped, parked or
-unloaded under a request; a switch that needs it drains it, and the gateway lets it go
-the moment its last request ends.
+loop's evidence) in a `lease_update` notification: at once when a request begins on a
+lease the daemon counts none in flight on, or one is cut off; else at most REPORT_S
+later, the end of the last one too (so the daemon counts more in flight than there are
+for up to REPORT_S, never fewer, and requests one after another send nothing each), and
+before any acquire of the gateway's (a switch it causes is planned from exact counts).
+What stays exact (docs/gateway.md): a model with a request in flight holds a lease (the
+standing one protects it while held, whatever its count), so it is never stopped,
+parked or unloaded under a request; a switch that needs it drains it, and the gateway
+lets it go the moment its last request ends.
 """
 
 from __future__ import annotations
@@ -105,8 +108,10 @@ class StandingLeases:
         if standing.linger is not None:
             standing.linger.cancel()
             standing.linger = None
-        if standing.in_flight == 1:
-            self._send(standing)  # idle to busy: the daemon's status says so at once
+        if standing.reported == 0:
+            # The daemon counts none in flight: it hears of this one at once, so that it
+            # never counts fewer than one while any is (its plans protect the model).
+            self._send(standing)
         else:
             self._report_soon()
         return standing
@@ -130,12 +135,14 @@ class StandingLeases:
         if held.broken:
             standing.cut.append(request_bytes or 0)
             del standing.cut[:-64]  # (the most an update carries)
-        if standing.in_flight and not held.broken:
+        if held.broken:
+            self._send(standing)  # a crash loop's evidence: said now, not at the next report
+        else:
+            # Even the last one's end waits for the next report: back-to-back requests
+            # then cost no notification each, and the daemon meanwhile counts one more
+            # than is in flight, never fewer (its own switches read the counts exact:
+            # `report_now` goes before each acquire).
             self._report_soon()
-            return
-        # The last request ended (the daemon's plans must see it idle at once), or one
-        # was cut off (a crash loop's evidence): said now, not at the next report.
-        self._send(standing)
         if standing.in_flight:
             return
         if standing.closing:
@@ -183,6 +190,13 @@ class StandingLeases:
         self._held.discard(standing.lease)
         self._send(standing)  # its last counts first, on the same connection
         self._spawn(standing.lease.release())
+
+    def report_now(self) -> None:
+        """Send every count not yet reported (before an acquire on the same connection:
+        the switch it may cause is planned from exact counts)."""
+        if self._report is not None:
+            self._report.cancel()
+        self._send_all()
 
     def _report_soon(self) -> None:
         if self._report is None:

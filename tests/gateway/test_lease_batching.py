@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
@@ -14,6 +15,7 @@ import pytest
 from modeld.client import Client
 from modeld.core.states import State
 from modeld.gateway import standing
+from modeld.wire.results import LeaseUpdated
 from tests.gateway.conftest import KEY, GatewayFactory
 from tests.gateway.test_openai import TWO
 from tests.gateway.test_team import bearer, chat, post
@@ -52,6 +54,32 @@ async def test_requests_share_a_standing_lease_and_the_count_stays_exact(
     await eventually(none)
     status = front.engine.view.status()
     assert status.models["a"].leases == 0 and status.models["a"].status == "running"
+
+
+async def test_requests_one_after_another_send_the_daemon_no_update_each(
+    fronted: GatewayFactory, http: aiohttp.ClientSession, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Requests one after another on a held standing lease tell the daemon nothing each
+    (their counts wait for the next report, here a minute away): the daemon meanwhile
+    counts one in flight, never none. A request for another model sends the counts first
+    (the switch it may cause is planned from exact ones): then the daemon counts none."""
+    monkeypatch.setattr(standing, "REPORT_S", 60.0)
+    front = await fronted(make_config(TWO, [120]), api_keys=[KEY])
+    updates: list[int] = []
+    told = front.engine.leases.update
+
+    def counted(lease: str, **counts: Any) -> LeaseUpdated:
+        updates.append(counts["in_flight"])
+        return told(lease, **counts)
+
+    monkeypatch.setattr(front.engine.leases, "update", counted)
+    url = f"{front.url}/v1/chat/completions"
+    for _ in range(20):
+        assert (await post(http, url, chat("a")))[0] == 200
+    assert updates == [] and front.leases("a") == 1
+    status, _, answer = await post(http, url, chat("b"))
+    assert status == 200 and answer["choices"][0]["message"]["content"] == "b ok"
+    assert updates == [0] and front.leases("a") == 0
 
 
 async def test_a_switch_drains_a_lingering_lease_at_once(
