@@ -7,6 +7,8 @@ modeld and modeld-gateway run as processes over one model; unpaced streamed comp
 the gateway. Over the gateway's run, the CPU time of the gateway's process and of the
 backend's whole process tree (vLLM's API server and engine core), each divided by the
 chunks relayed. Target: the gateway at most half the backend's, against each backend.
+The same streams through a bare aiohttp proxy (bareproxy.py) give the floor: what any
+aiohttp proxy spends relaying a chunk on this machine.
 Without the real-vLLM virtualenv the vLLM half says so and measures nothing.
 """
 
@@ -14,16 +16,17 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
 
+from bench.bareproxy import bare_proxy
 from bench.cold_start import real_vllm
-from bench.common import Report, cli, figure, modeld_and_gateway
+from bench.common import Report, cli, figure, modeld_and_gateway, tcp_listening
 from bench.footprint import cpu_seconds
 from modeld.adapters.runtime.reaper import descendants
 from modeld.client import call
@@ -73,14 +76,8 @@ def served(
             asyncio.run(call("switch", socket, model="m", timeout=900))
             status = asyncio.run(call("status", socket))
             backend = int(status["models"]["m"]["backend_pid"])
-            wait_until(lambda: _listening(listen), "the gateway")
+            wait_until(lambda: tcp_listening(listen), "the gateway")
             yield f"http://127.0.0.1:{port}", f"http://{listen}", backend, gateway.pid
-
-
-def _listening(listen: str) -> bool:
-    host, port = listen.rsplit(":", 1)
-    with socket.socket() as probe:
-        return probe.connect_ex((host, int(port))) == 0
 
 
 async def streams(url: str, count: int, tokens: int) -> int:
@@ -106,11 +103,21 @@ async def streams(url: str, count: int, tokens: int) -> int:
         return sum(await asyncio.gather(*(one(http) for _ in range(count))))
 
 
+@dataclass
+class Measured:
+    """CPU seconds per chunk over the same streams: the gateway's and the backend's over
+    the gateway's run, a bare aiohttp proxy's over its own (the floor); chunks relayed."""
+
+    gateway: float
+    backend: float
+    bare: float
+    chunks: int
+
+
 def measure(
     command: list[str], env: dict[str, str], port: int, count: int, tokens: int
-) -> tuple[float, float, int]:
-    """CPU seconds per chunk of the gateway and of the backend over the gateway's run,
-    and the chunks relayed."""
+) -> Measured:
+    """The gateway's, the backend's and a bare proxy's CPU per chunk."""
     with served(command, env, port) as (direct, gated, backend, gateway):
         asyncio.run(streams(direct, 2, 8))  # warm-up, both ways
         asyncio.run(streams(gated, 2, 8))
@@ -118,13 +125,27 @@ def measure(
         chunks = asyncio.run(streams(gated, count, tokens))
         gateway_used = cpu_seconds(gateway) - gateway_before
         backend_used = tree_cpu(backend) - backend_before
-    return gateway_used / chunks, backend_used / chunks, chunks
+        with bare_proxy(direct) as (bare_url, bare_pid):
+            asyncio.run(streams(bare_url, 2, 8))
+            bare_before = cpu_seconds(bare_pid)
+            bare_chunks = asyncio.run(streams(bare_url, count, tokens))
+            bare = (cpu_seconds(bare_pid) - bare_before) / bare_chunks
+    return Measured(gateway_used / chunks, backend_used / chunks, bare, chunks)
 
 
-def add(report: Report, name: str, measured: tuple[float, float, int], notes: str) -> None:
-    """The backend's figure (the baseline) and the gateway's against it."""
-    gateway, backend, chunks = measured
+def add(report: Report, name: str, measured: Measured, notes: str) -> None:
+    """The backend's figure (the baseline), the floor's, and the gateway's."""
+    gateway, backend, chunks = measured.gateway, measured.backend, measured.chunks
     base = report.add(figure(f"{name}: backend CPU per chunk (baseline)", "us", [backend * 1e6]))
+    report.add(
+        figure(
+            f"{name}: bare aiohttp proxy CPU per relayed chunk (the floor)",
+            "us",
+            [measured.bare * 1e6],
+            baseline=base.median,
+            notes="the same streams through bench/bareproxy.py",
+        )
+    )
     report.add(
         figure(
             f"{name}: gateway CPU per relayed chunk",

@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 import platform
+import socket
 import statistics
 import subprocess
 import sys
@@ -198,6 +199,13 @@ def modeld_and_gateway(
         for process in (gateway, daemon):
             process.terminate()
             process.wait(timeout=120)
+
+
+def tcp_listening(listen: str) -> bool:
+    """Whether something accepts connections at HOST:PORT."""
+    host, port = listen.rsplit(":", 1)
+    with socket.socket() as probe:
+        return probe.connect_ex((host, int(port))) == 0
 
 
 def rss_kb(pid: int, field: str = "VmRSS") -> int:

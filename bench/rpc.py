@@ -6,6 +6,10 @@ answers each request line with a line as long as modeld's `status` answer (same
 transport, same wakeups, same copies): what is left is modeld's own work. A plain echo
 of the request line is reported for context. P2: at least 5,000 `status` calls per
 second from 16 concurrent clients.
+
+The floor under P1: a process with the echo's loop that dispatches each line through
+jsonrpcserver's public API with the options modeld gives it, to a method answering as
+many bytes serialized once. What `status` costs beyond that floor is modeld's own.
 """
 
 from __future__ import annotations
@@ -35,6 +39,42 @@ async def _echo_server(path: str, reply_bytes: int = 0) -> None:
         writer.close()
 
     server = await asyncio.start_unix_server(echo, path=path)
+    async with server:
+        await server.serve_forever()
+
+
+async def _dispatch_server(path: str, reply_bytes: int) -> None:
+    """The floor under `status`: each line dispatched by jsonrpcserver's public API, with
+    the options modeld gives it (its parse, its envelope check), to a method answering
+    `reply_bytes` serialized once, the answer written as modeld writes it."""
+    from jsonrpcserver import Result, Success, dispatch_to_serializable
+
+    from modeld.core.jsonraw import RawJSON, response_line
+    from modeld.daemon.rpc import parse, validate_envelope
+
+    # A JSON string: with the envelope around it, the answer line is reply_bytes long.
+    raw = RawJSON(b'"' + b"x" * (reply_bytes - 37) + b'"')
+
+    def status(context: None) -> Result:
+        return Success(raw)
+
+    methods = {"status": status}
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while line := await reader.readline():
+            text, request = parse(line)
+            dispatched = dispatch_to_serializable(
+                text,
+                methods,
+                context=None,
+                deserializer=lambda _, parsed=request: parsed,
+                validator=validate_envelope,
+            )
+            writer.write(response_line(dispatched) or b"")
+            await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_unix_server(answer, path=path)
     async with server:
         await server.serve_forever()
 
@@ -75,13 +115,15 @@ async def throughput(path: Path, clients: int, seconds: float) -> float:
     return done / (time.perf_counter() - started)
 
 
-def _echo(path: Path, reply_bytes: int = 0) -> subprocess.Popen[bytes]:
+def _echo(
+    path: Path, reply_bytes: int = 0, server: str = "_echo_server"
+) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
         [
             sys.executable,
             "-c",
-            "import asyncio, sys; from bench.rpc import _echo_server; "
-            "asyncio.run(_echo_server(sys.argv[1], int(sys.argv[2])))",
+            f"import asyncio, sys; from bench.rpc import {server}; "
+            f"asyncio.run({server}(sys.argv[1], int(sys.argv[2])))",
             str(path),
             str(reply_bytes),
         ]
@@ -102,6 +144,7 @@ def run(quick: bool) -> Report:
     count = 300 if quick else 5000
     with tempfile.TemporaryDirectory() as tmp:
         echo_path, sized_path = Path(tmp) / "echo.sock", Path(tmp) / "sized.sock"
+        floor_path = Path(tmp) / "floor.sock"
         echo = _echo(echo_path)
         try:
             wait_listening(echo_path)
@@ -109,17 +152,32 @@ def run(quick: bool) -> Report:
                 with daemon(models) as (_, socket):
                     size = asyncio.run(_status_bytes(socket))
                     sized = _echo(sized_path, size)
+                    floor = _echo(floor_path, size, "_dispatch_server")
                     try:
                         wait_listening(sized_path)
-                        # Taking turns request by request: both see the same machine.
-                        baseline, status, plain = asyncio.run(
-                            round_trips([sized_path, socket, echo_path], count)
+                        wait_listening(floor_path)
+                        # Taking turns request by request: all see the same machine.
+                        baseline, status, plain, dispatched = asyncio.run(
+                            round_trips([sized_path, socket, echo_path, floor_path], count)
                         )
                     finally:
-                        sized.terminate()
-                        sized.wait()
-                        sized_path.unlink(missing_ok=True)
-                    base = figure(f"echo answering {size} bytes (baseline)", "us", baseline)
+                        for process, path in ((sized, sized_path), (floor, floor_path)):
+                            process.terminate()
+                            process.wait()
+                            path.unlink(missing_ok=True)
+                    base = report.add(
+                        figure(f"echo answering {size} bytes (baseline)", "us", baseline)
+                    )
+                    report.add(
+                        figure(
+                            f"jsonrpcserver answering {size} bytes (the floor), {models} models",
+                            "us",
+                            dispatched,
+                            baseline=base.median,
+                            notes="the echo's loop, jsonrpcserver's dispatch with modeld's "
+                            "options, the answer serialized once",
+                        )
+                    )
                     result = figure(
                         f"status, {models} models",
                         "us",
@@ -130,7 +188,6 @@ def run(quick: bool) -> Report:
                         f"{statistics.median(plain):.0f} us",
                     )
                     result.met = result.median <= 1.3 * base.median and result.p99 < 1000
-                    report.add(base)
                     report.add(result)
                     if models == 4:
                         rates = [
