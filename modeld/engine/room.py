@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
@@ -26,6 +27,22 @@ log = structlog.get_logger("modeld.engine.room")
 
 # A parked model may keep more than planned: plan again after parking, at most this often.
 PLAN_ROUNDS = 3
+
+
+@dataclass(frozen=True)
+class AdapterRoom:
+    """What making room in a base for an adapter came to: the adapters unloaded, and,
+    while there is still none, what is in the way: an adapter serving requests to drain
+    first, or only adapters still loading (a load to wait for)."""
+
+    unloaded: list[str] = field(default_factory=list)
+    drain: str | None = None
+    loads: bool = False
+
+    @property
+    def made(self) -> bool:
+        """There is room: the adapter may be loaded now."""
+        return self.drain is None and not self.loads
 
 
 class Room:
@@ -152,11 +169,12 @@ class Room:
         await self._backends.start_model(model)
         return False
 
-    async def adapter_room(self, adapter: Model, force: bool) -> tuple[list[str], str | None]:
+    async def adapter_room(self, adapter: Model, force: bool) -> AdapterRoom:
         """Under the lock: make room in its base for `adapter` (the base holds at most its
-        capacity): unload the least recently used idle adapter while it is full. The
-        adapters unloaded; and, when every one loaded serves requests, the one to drain
-        first (None: there is room now). `force` unloads busy ones too."""
+        capacity): unload the least recently used idle adapter while it is full. When
+        every one loaded serves requests, the one to drain first; when the others are
+        still loading, a load to wait for (never one past the capacity meanwhile).
+        `force` unloads busy ones too."""
         loras = self._backends.loras
         base = loras.base_of(adapter)
         capacity = loras.capacity(base)
@@ -168,7 +186,7 @@ class Room:
                 if a is not adapter and a.state in (State.LOADING, State.RUNNING)
             ]
             if len(loaded) < capacity:
-                return unloaded, None
+                return AdapterRoom(unloaded)
             movable = [
                 a
                 for a in loaded
@@ -177,8 +195,8 @@ class Room:
             if not movable:
                 busy = [a for a in loaded if a.state is State.RUNNING]
                 if not busy:
-                    return unloaded, None  # all loading: joined by the load below
-                return unloaded, min(busy, key=lambda a: a.usage.last_used).name
+                    return AdapterRoom(unloaded, loads=True)
+                return AdapterRoom(unloaded, drain=min(busy, key=lambda a: a.usage.last_used).name)
             victim = min(movable, key=lambda a: a.usage.last_used)
             why = f"unloaded for {adapter.name} ({base.name} holds {capacity} adapters)"
             await self._backends.stop_model(victim, why)

@@ -47,7 +47,7 @@ from modeld.engine.preview import (
     success_answer,
     would_evict,
 )
-from modeld.engine.room import Room, left
+from modeld.engine.room import AdapterRoom, Room, left
 from modeld.wire.events import SwitchPlanned
 from modeld.wire.results import MemoryInfo, PlanResult, StopResult, SwitchResult
 
@@ -261,16 +261,19 @@ class Switcher:
                             return SwitchResult(
                                 status="already_loaded", model=adapter.name, message=message
                             )
-                        busy = None
+                        room = AdapterRoom()  # joining its own load: nothing to make
                         if adapter.state is not State.LOADING:
-                            moved, busy = await self.room.adapter_room(adapter, force)
-                            unloaded += moved
-                            if busy is None:
+                            room = await self.room.adapter_room(adapter, force)
+                            unloaded += room.unloaded
+                            if room.made:
                                 await self._backends.start_model(adapter)
                         load_task = adapter.load_task
-                    if busy is None:
+                    if room.made:
                         break
-                    drained += await self.room.drain([busy], deadline)
+                    if room.drain is not None:
+                        drained += await self.room.drain([room.drain], deadline)
+                    else:
+                        await self.room.settle(adapter, deadline)  # a slot's load ends
             finally:
                 self._leases.end_drain(drained)
             memory = based.memory_info if based else None

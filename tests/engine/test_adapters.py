@@ -192,6 +192,20 @@ async def test_concurrent_asks_for_two_adapters_share_one_base_load(
     assert {g.endpoint for g in granted} == {engine.view.status().models["base"].endpoint}
 
 
+async def test_asks_past_its_capacity_at_once_never_load_more_than_it_holds(
+    engines: EngineFactory, tmp_path: Path
+) -> None:
+    """Three adapters asked for at once of a cold base taking two: the third waits for a
+    load to end rather than loading past the capacity, then unloads the least recently
+    used idle one; each switch succeeds and the base holds two."""
+    engine, runtime, _ = await engines(lora_config(tmp_path))
+    results = await asyncio.gather(*(engine.models.switch(n) for n in ("sql", "chat", "math")))
+    assert [r.status for r in results] == ["success"] * 3
+    running = {n for n in ("sql", "chat", "math") if state_of(engine, n) is State.RUNNING}
+    assert len(running) == 2 and set(loaded(runtime)) == running
+    assert runtime.starts("base") == 1
+
+
 async def test_a_restarted_daemon_adopts_the_base_and_its_loaded_adapters(
     engines: EngineFactory, tmp_path: Path
 ) -> None:
