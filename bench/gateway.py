@@ -203,7 +203,8 @@ def _cpu(report: Report, samples: list[list[float]]) -> None:
             "CPU per completion: modeld (daemon)",
             "us",
             daemon,
-            notes="its background polls included; lease counts batched (docs/gateway.md)",
+            notes="mostly reading the backend's log line per request (the fake prints one, "
+            "as vLLM's server does); lease counts batched (docs/gateway.md)",
         )
     )
 
