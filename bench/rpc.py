@@ -22,7 +22,11 @@ import tempfile
 import time
 from pathlib import Path
 
+from jsonrpcserver import Result, Success, dispatch_to_serializable
+
 from bench.common import Report, cli, daemon, figure
+from modeld.core.jsonraw import RawJSON, response_line
+from modeld.daemon.rpc import parse, validate_envelope
 from modeld.testing.ports import wait_listening
 
 REQUEST = b'{"jsonrpc":"2.0","id":1,"method":"status"}\n'
@@ -47,13 +51,9 @@ async def _dispatch_server(path: str, reply_bytes: int) -> None:
     """The floor under `status`: each line dispatched by jsonrpcserver's public API, with
     the options modeld gives it (its parse, its envelope check), to a method answering
     `reply_bytes` serialized once, the answer written as modeld writes it."""
-    from jsonrpcserver import Result, Success, dispatch_to_serializable
-
-    from modeld.core.jsonraw import RawJSON, response_line
-    from modeld.daemon.rpc import parse, validate_envelope
-
     # A JSON string: with the envelope around it, the answer line is reply_bytes long.
-    raw = RawJSON(b'"' + b"x" * (reply_bytes - 37) + b'"')
+    envelope = len(response_line({"jsonrpc": "2.0", "result": RawJSON(b'""'), "id": 1}) or b"")
+    raw = RawJSON(b'"' + b"x" * (reply_bytes - envelope) + b'"')
 
     def status(context: None) -> Result:
         return Success(raw)

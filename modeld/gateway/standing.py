@@ -135,7 +135,6 @@ class StandingLeases:
         if held.broken:
             standing.cut.append(request_bytes or 0)
             del standing.cut[:-64]  # (the most an update carries)
-        if held.broken:
             self._send(standing)  # a crash loop's evidence: said now, not at the next report
         else:
             # Even the last one's end waits for the next report: back-to-back requests
